@@ -1,0 +1,1 @@
+//! build: see docs/architecture.md for what this module owns.

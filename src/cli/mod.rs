@@ -1,0 +1,87 @@
+//! The command line. Each family of commands lives in its own file with its own clap types, so
+//! the modules behind them can grow without touching each other:
+//!
+//! - `image_cmds`: import, images, tag, rmi, inspect, save, load (store + OCI formats)
+//! - `dockerfile_cmds`: parse, check (the Dockerfile front end)
+//! - `build_cmd`: build (the build engine)
+//! - `run_cmds`: run, ps, logs, stop, kill, rm, wait, exec, port, volume (the runner)
+//! - `registry_cmds`: pull, push, login, logout (the registry client)
+
+pub mod build_cmd;
+pub mod dockerfile_cmds;
+pub mod image_cmds;
+pub mod registry_cmds;
+pub mod run_cmds;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+/// kiln: build OCI images from Dockerfiles without a daemon, and run them.
+#[derive(Debug, Parser)]
+#[command(name = "kiln", version, about, max_term_width = 100)]
+pub struct Cli {
+    #[command(flatten)]
+    pub globals: Globals,
+    #[command(subcommand)]
+    pub command: Commands,
+}
+
+/// Options that every command takes.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Globals {
+    /// Where kiln keeps its state (images, cache, containers).
+    #[arg(long, global = true, env = "KILN_ROOT", default_value = "/var/lib/kiln")]
+    pub root: PathBuf,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Commands {
+    #[command(flatten)]
+    Image(image_cmds::ImageCommands),
+    #[command(flatten)]
+    Dockerfile(dockerfile_cmds::DockerfileCommands),
+    #[command(flatten)]
+    Build(build_cmd::BuildCommands),
+    #[command(flatten)]
+    Run(run_cmds::RunCommands),
+    #[command(flatten)]
+    Registry(registry_cmds::RegistryCommands),
+}
+
+/// Runs kiln with the process's arguments and returns the exit code.
+pub fn main() -> i32 {
+    let cli = Cli::parse();
+    match dispatch(cli) {
+        Ok(code) => code,
+        Err(err) => {
+            report_error(&err);
+            // Commands that must use docker's codes (run: 125) map their own errors.
+            1
+        }
+    }
+}
+
+fn dispatch(cli: Cli) -> anyhow::Result<i32> {
+    let globals = cli.globals;
+    match cli.command {
+        Commands::Image(cmd) => image_cmds::run(cmd, &globals),
+        Commands::Dockerfile(cmd) => dockerfile_cmds::run(cmd, &globals),
+        Commands::Build(cmd) => build_cmd::run(cmd, &globals),
+        Commands::Run(cmd) => run_cmds::run(cmd, &globals),
+        Commands::Registry(cmd) => registry_cmds::run(cmd, &globals),
+    }
+}
+
+/// Prints an error as one line, `kiln: outer: inner: root cause`, the way ripgrep does: what
+/// failed, then why.
+pub fn report_error(err: &anyhow::Error) {
+    let mut line = String::from("kiln: ");
+    for (i, cause) in err.chain().enumerate() {
+        if i > 0 {
+            line.push_str(": ");
+        }
+        line.push_str(&cause.to_string());
+    }
+    eprintln!("{line}");
+}

@@ -1,0 +1,12 @@
+//! Commands of this family; see src/cli/mod.rs.
+
+use clap::Subcommand;
+
+use super::Globals;
+
+#[derive(Debug, Subcommand)]
+pub enum RunCommands {}
+
+pub fn run(cmd: RunCommands, _globals: &Globals) -> anyhow::Result<i32> {
+    match cmd {}
+}

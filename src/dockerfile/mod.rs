@@ -1,0 +1,1 @@
+//! dockerfile: see docs/architecture.md for what this module owns.

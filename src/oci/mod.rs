@@ -1,0 +1,1 @@
+//! oci: see docs/architecture.md for what this module owns.

@@ -1,0 +1,1 @@
+//! runner: see docs/architecture.md for what this module owns.

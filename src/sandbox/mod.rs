@@ -1,0 +1,1 @@
+//! sandbox: see docs/architecture.md for what this module owns.

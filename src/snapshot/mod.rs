@@ -1,0 +1,1 @@
+//! snapshot: see docs/architecture.md for what this module owns.
