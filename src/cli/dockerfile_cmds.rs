@@ -45,9 +45,8 @@ pub fn run(cmd: DockerfileCommands, _globals: &Globals) -> anyhow::Result<i32> {
                     }
                 },
                 ParseFormat::Json => {
-                    let raw = dockerfile::raw::parse_raw(&source);
-                    match raw {
-                        Ok(raw) => println!("{}", serde_json::to_string_pretty(&raw)?),
+                    match dockerfile::parse(&source) {
+                        Ok(df) => println!("{}", serde_json::to_string_pretty(&df)?),
                         Err(e) => {
                             eprintln!("{}", e.render(&name));
                             return Ok(1);
