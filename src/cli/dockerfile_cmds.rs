@@ -44,15 +44,13 @@ pub fn run(cmd: DockerfileCommands, _globals: &Globals) -> anyhow::Result<i32> {
                         return Ok(1);
                     }
                 },
-                ParseFormat::Json => {
-                    match dockerfile::parse(&source) {
-                        Ok(df) => println!("{}", serde_json::to_string_pretty(&df)?),
-                        Err(e) => {
-                            eprintln!("{}", e.render(&name));
-                            return Ok(1);
-                        }
+                ParseFormat::Json => match dockerfile::parse(&source) {
+                    Ok(df) => println!("{}", serde_json::to_string_pretty(&df)?),
+                    Err(e) => {
+                        eprintln!("{}", e.render(&name));
+                        return Ok(1);
                     }
-                }
+                },
             }
             Ok(0)
         }

@@ -70,10 +70,9 @@ impl Lexer {
             pos: 0,
             env,
         };
-        sw.process_stop_on(&[], false)
-            .map_err(|e| ExpandError {
-                message: format!("failed to process {word:?}: {}", e.message),
-            })
+        sw.process_stop_on(&[], false).map_err(|e| ExpandError {
+            message: format!("failed to process {word:?}: {}", e.message),
+        })
     }
 }
 
@@ -223,7 +222,9 @@ impl ShellWord<'_> {
         loop {
             match self.next() {
                 None => {
-                    return err("unexpected end of statement while looking for matching single-quote")
+                    return err(
+                        "unexpected end of statement while looking for matching single-quote",
+                    )
                 }
                 Some('\'') => {
                     if self.lex.raw_quotes {
@@ -245,7 +246,9 @@ impl ShellWord<'_> {
         loop {
             match self.peek() {
                 None => {
-                    return err("unexpected end of statement while looking for matching double-quote")
+                    return err(
+                        "unexpected end of statement while looking for matching double-quote",
+                    )
                 }
                 Some('"') => {
                     self.next();
@@ -378,18 +381,32 @@ impl ShellWord<'_> {
                 if self.lex.skip_unset_env && value.is_none() {
                     return Ok(format!("${{{name}{modifier}{word}}}"));
                 }
-                let empty = value.as_deref().map_or(true, |v| null_is_unset && v.is_empty());
+                let empty = value
+                    .as_deref()
+                    .map_or(true, |v| null_is_unset && v.is_empty());
                 match op {
-                    '-' => Ok(if empty { word } else { value.unwrap_or_default() }),
+                    '-' => Ok(if empty {
+                        word
+                    } else {
+                        value.unwrap_or_default()
+                    }),
                     '+' => Ok(if empty { String::new() } else { word }),
                     '?' => match value {
                         None => err(format!(
                             "{name}: {}",
-                            if word.is_empty() { "is not allowed to be unset" } else { &word }
+                            if word.is_empty() {
+                                "is not allowed to be unset"
+                            } else {
+                                &word
+                            }
                         )),
                         Some(v) if null_is_unset && v.is_empty() => err(format!(
                             "{name}: {}",
-                            if word.is_empty() { "is not allowed to be empty" } else { &word }
+                            if word.is_empty() {
+                                "is not allowed to be empty"
+                            } else {
+                                &word
+                            }
                         )),
                         Some(v) => Ok(v),
                     },
@@ -633,6 +650,9 @@ mod tests {
     fn skip_unset_keeps_references() {
         let mut lex = Lexer::new('\\');
         lex.skip_unset_env = true;
-        assert_eq!(lex.process_word("$x ${y} ${z:-d}", &env).unwrap(), "$x ${y} ${z:-d}");
+        assert_eq!(
+            lex.process_word("$x ${y} ${z:-d}", &env).unwrap(),
+            "$x ${y} ${z:-d}"
+        );
     }
 }

@@ -67,15 +67,14 @@ pub fn typed(source: &str, raw: RawDockerfile) -> Result<Dockerfile, ParseError>
     let mut instructions = Vec::with_capacity(raw.nodes.len());
     for node in &raw.nodes {
         let instruction = instruction(node, false).map_err(|e| {
-            let column = e
-                .at
-                .as_deref()
-                .and_then(|needle| {
-                    let line = source.split('\n').nth(node.start_line.saturating_sub(1))?;
-                    let i = line.find(needle)?;
-                    Some(line[..i].chars().count() + 1)
-                })
-                .unwrap_or(node.column);
+            let column =
+                e.at.as_deref()
+                    .and_then(|needle| {
+                        let line = source.split('\n').nth(node.start_line.saturating_sub(1))?;
+                        let i = line.find(needle)?;
+                        Some(line[..i].chars().count() + 1)
+                    })
+                    .unwrap_or(node.column);
             ParseError::at(source, node.start_line, column, e.message)
         })?;
         instructions.push(Spanned {
@@ -140,7 +139,9 @@ fn instruction(node: &Node, in_onbuild: bool) -> IResultI<Instruction> {
     let one = |what: &str| -> IResultI<String> {
         match args.as_slice() {
             [a] => Ok(a.clone()),
-            [] => Err(InstrError::new(format!("{kw} requires exactly one argument: {what}"))),
+            [] => Err(InstrError::new(format!(
+                "{kw} requires exactly one argument: {what}"
+            ))),
             _ => Err(InstrError::new(format!(
                 "{kw} requires exactly one argument: {what}"
             ))),
@@ -311,7 +312,9 @@ fn instruction(node: &Node, in_onbuild: bool) -> IResultI<Instruction> {
         "ARG" => {
             no_flags(&[])?;
             if args.is_empty() {
-                return Err(InstrError::new("ARG requires at least one argument: ARG NAME[=DEFAULT]"));
+                return Err(InstrError::new(
+                    "ARG requires at least one argument: ARG NAME[=DEFAULT]",
+                ));
             }
             let mut out = Vec::new();
             for a in args {
@@ -320,7 +323,9 @@ fn instruction(node: &Node, in_onbuild: bool) -> IResultI<Instruction> {
                     None => (a.clone(), None),
                 };
                 if name.is_empty() {
-                    return Err(InstrError::new(format!("ARG names can not be blank (got {a:?})")));
+                    return Err(InstrError::new(format!(
+                        "ARG names can not be blank (got {a:?})"
+                    )));
                 }
                 out.push((name, default));
             }
@@ -329,7 +334,9 @@ fn instruction(node: &Node, in_onbuild: bool) -> IResultI<Instruction> {
         "EXPOSE" => {
             no_flags(&[])?;
             if args.is_empty() {
-                return Err(InstrError::new("EXPOSE requires at least one argument: EXPOSE PORT[/PROTO]..."));
+                return Err(InstrError::new(
+                    "EXPOSE requires at least one argument: EXPOSE PORT[/PROTO]...",
+                ));
             }
             Instruction::Expose(args.clone())
         }
@@ -339,7 +346,9 @@ fn instruction(node: &Node, in_onbuild: bool) -> IResultI<Instruction> {
                 return Err(InstrError::new("VOLUME requires at least one argument"));
             }
             if args.iter().any(|a| a.trim().is_empty()) {
-                return Err(InstrError::new("VOLUME specified can not be an empty string"));
+                return Err(InstrError::new(
+                    "VOLUME specified can not be an empty string",
+                ));
             }
             Instruction::Volume(args.clone())
         }
@@ -363,10 +372,14 @@ fn instruction(node: &Node, in_onbuild: bool) -> IResultI<Instruction> {
         "ONBUILD" => {
             no_flags(&[])?;
             if in_onbuild {
-                return Err(InstrError::new("Chaining ONBUILD via `ONBUILD ONBUILD` isn't allowed"));
+                return Err(InstrError::new(
+                    "Chaining ONBUILD via `ONBUILD ONBUILD` isn't allowed",
+                ));
             }
             let Some(sub) = &node.sub else {
-                return Err(InstrError::new("ONBUILD requires at least one argument: ONBUILD INSTRUCTION"));
+                return Err(InstrError::new(
+                    "ONBUILD requires at least one argument: ONBUILD INSTRUCTION",
+                ));
             };
             let sub_kw = sub.keyword.to_ascii_uppercase();
             match sub_kw.as_str() {
@@ -593,7 +606,10 @@ fn parse_flags(raw: &[String], defs: &[(&str, FlagKind)], kw: &str) -> IResultI<
             return Err(InstrError::at(format!("unknown flag {at} ({hint})"), at));
         };
         if *kind != FlagKind::Multi && values.iter().any(|(n, _)| n == name) {
-            return Err(InstrError::at(format!("duplicate flag specified: {at}"), at));
+            return Err(InstrError::at(
+                format!("duplicate flag specified: {at}"),
+                at,
+            ));
         }
         let value = match kind {
             FlagKind::Bool => match value.as_deref().map(str::to_ascii_lowercase).as_deref() {
@@ -684,7 +700,9 @@ fn parse_bool_value(key: &str, v: Option<&str>) -> Result<bool, String> {
     match v.map(str::to_ascii_lowercase).as_deref() {
         None | Some("true") | Some("1") => Ok(true),
         Some("false") | Some("0") => Ok(false),
-        Some(other) => Err(format!("invalid value for {key}: {other:?} (use true or false)")),
+        Some(other) => Err(format!(
+            "invalid value for {key}: {other:?} (use true or false)"
+        )),
     }
 }
 
@@ -731,11 +749,9 @@ pub fn parse_mount(
                     "tmpfs" => MountType::Tmpfs,
                     "secret" => MountType::Secret,
                     "ssh" => MountType::Ssh,
-                    other => {
-                        return Err(format!(
-                            "unsupported mount type {other:?}: use bind, cache, tmpfs, secret or ssh"
-                        ))
-                    }
+                    other => return Err(format!(
+                        "unsupported mount type {other:?}: use bind, cache, tmpfs, secret or ssh"
+                    )),
                 }
             }
             "source" | "src" => m.source = Some(need(&value)?),
@@ -760,10 +776,9 @@ pub fn parse_mount(
             }
             "mode" => {
                 let v = need(&value)?;
-                m.mode = Some(
-                    u32::from_str_radix(&v, 8)
-                        .map_err(|_| format!("invalid mode {v:?}: expected an octal number such as 0755"))?,
-                );
+                m.mode = Some(u32::from_str_radix(&v, 8).map_err(|_| {
+                    format!("invalid mode {v:?}: expected an octal number such as 0755")
+                })?);
             }
             "uid" | "gid" => {
                 let v = need(&value)?;
@@ -802,7 +817,11 @@ pub fn parse_mount(
                     return Err("secret mount needs id= or target=".into());
                 }
                 let base = m.target.rsplit('/').next().unwrap_or("").to_string();
-                m.id = Some(if base.is_empty() { m.env.clone().unwrap_or_default() } else { base });
+                m.id = Some(if base.is_empty() {
+                    m.env.clone().unwrap_or_default()
+                } else {
+                    base
+                });
             }
             if m.target.is_empty() && m.env.is_none() {
                 m.target = format!("/run/secrets/{}", m.id.as_deref().unwrap_or(""));
@@ -818,7 +837,12 @@ pub fn parse_mount(
             m.mode.get_or_insert(0o600);
         }
     }
-    if m.target.is_empty() && matches!(m.kind, MountType::Bind | MountType::Cache | MountType::Tmpfs) {
+    if m.target.is_empty()
+        && matches!(
+            m.kind,
+            MountType::Bind | MountType::Cache | MountType::Tmpfs
+        )
+    {
         return Err(format!("mount {spec:?} needs a target: add target=PATH"));
     }
     Ok(m)
@@ -841,7 +865,10 @@ mod tests {
     fn mounts_get_buildkit_defaults() {
         let id = |s: &str| Ok(s.to_string());
         let m = parse_mount("type=cache,target=/root/.cache", &id).unwrap();
-        assert_eq!((m.read_only, m.id.as_deref(), m.mode), (false, Some("/root/.cache"), Some(0o755)));
+        assert_eq!(
+            (m.read_only, m.id.as_deref(), m.mode),
+            (false, Some("/root/.cache"), Some(0o755))
+        );
         let m = parse_mount("type=secret,id=aws", &id).unwrap();
         assert_eq!(m.target, "/run/secrets/aws");
         let m = parse_mount("target=/src,rw", &id).unwrap();
@@ -849,7 +876,12 @@ mod tests {
         assert!(parse_mount("type=bind", &id).is_err());
         assert!(parse_mount("type=nope,target=/x", &id).is_err());
         assert!(parse_mount("target=/x,bogus=1", &id).is_err());
-        assert_eq!(parse_mount("type=tmpfs,target=/t,size=64m", &id).unwrap().size, Some(64 << 20));
+        assert_eq!(
+            parse_mount("type=tmpfs,target=/t,size=64m", &id)
+                .unwrap()
+                .size,
+            Some(64 << 20)
+        );
     }
 
     #[test]

@@ -800,7 +800,11 @@ fn parse_name_val(rest: &str, key: &str, escape: char) -> Result<Vec<String>, St
             ));
         };
         let value = rest[i..].trim_start_matches(is_ws_sep);
-        return Ok(vec![rest[..i].to_string(), value.to_string(), String::new()]);
+        return Ok(vec![
+            rest[..i].to_string(),
+            value.to_string(),
+            String::new(),
+        ]);
     }
     let mut out = Vec::new();
     for w in words {
@@ -820,7 +824,10 @@ mod tests {
 
     #[test]
     fn quote_like_go() {
-        assert_eq!(go_quote("a\"b\\c\u{0}\u{7f}♥"), "\"a\\\"b\\\\c\\x00\\x7f♥\"");
+        assert_eq!(
+            go_quote("a\"b\\c\u{0}\u{7f}♥"),
+            "\"a\\\"b\\\\c\\x00\\x7f♥\""
+        );
         assert_eq!(go_quote("\u{a0}"), "\"\\u00a0\"");
     }
 
