@@ -13,7 +13,7 @@ pub struct ParseError {
 }
 
 impl ParseError {
-    pub(crate) fn at(source: &str, line: usize, column: usize, message: impl Into<String>) -> Self {
+    pub fn at(source: &str, line: usize, column: usize, message: impl Into<String>) -> Self {
         let source_line = source
             .split('\n')
             .nth(line.saturating_sub(1))

@@ -749,9 +749,11 @@ pub fn parse_mount(
                     "tmpfs" => MountType::Tmpfs,
                     "secret" => MountType::Secret,
                     "ssh" => MountType::Ssh,
-                    other => return Err(format!(
+                    other => {
+                        return Err(format!(
                         "unsupported mount type {other:?}: use bind, cache, tmpfs, secret or ssh"
-                    )),
+                    ))
+                    }
                 }
             }
             "source" | "src" => m.source = Some(need(&value)?),

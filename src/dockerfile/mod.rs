@@ -37,3 +37,5 @@ pub fn parse(source: &str) -> Result<Dockerfile, ParseError> {
     let raw = raw::parse_raw(source)?;
     instructions::typed(source, raw)
 }
+pub mod stages;
+pub use stages::{stages, stages_with, BuildContext, Platform, Stage, Stages, Vars};
