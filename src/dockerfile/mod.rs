@@ -39,3 +39,5 @@ pub fn parse(source: &str) -> Result<Dockerfile, ParseError> {
 }
 pub mod stages;
 pub use stages::{stages, stages_with, BuildContext, Platform, Stage, Stages, Vars};
+pub mod dockerignore;
+pub use dockerignore::DockerIgnore;
