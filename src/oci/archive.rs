@@ -107,7 +107,8 @@ pub fn save(
                     progress: &mut progress,
                 };
                 let (_, mut plain) = decompress(input)?;
-                let mut c = Compressor::new(io::BufWriter::new(tmp.reopen()?), compression)?;
+                let mut c = Compressor::new(io::BufWriter::new(tmp.reopen()?), compression)?
+                    .without_diff_id();
                 io::copy(&mut plain, &mut c)
                     .with_context(|| format!("recompressing layer {digest}"))?;
                 let (mut w, d) = c.finish()?;
