@@ -6,7 +6,9 @@ use anyhow::{bail, Context, Result};
 use clap::Subcommand;
 
 use super::Globals;
-use crate::registry::{self, auth, local::DirStore, Platform, PushOptions, RegistryContext, RepoRef};
+use crate::registry::{
+    self, auth, local::DirStore, Platform, PushOptions, RegistryContext, RepoRef,
+};
 
 #[derive(Debug, Subcommand)]
 pub enum RegistryCommands {
@@ -45,9 +47,7 @@ pub enum RegistryCommands {
         password_stdin: bool,
     },
     /// Forget the saved credentials for a registry.
-    Logout {
-        registry: Option<String>,
-    },
+    Logout { registry: Option<String> },
 }
 
 pub fn run(cmd: RegistryCommands, globals: &Globals) -> Result<i32> {
@@ -66,7 +66,13 @@ pub fn run(cmd: RegistryCommands, globals: &Globals) -> Result<i32> {
             if quiet {
                 println!("{}", pulled.manifest_digest);
             } else {
-                println!("{}: pulled, digest {} (manifest {}, config {})", pulled.name, pulled.resolved_digest, pulled.manifest_digest, pulled.config_digest);
+                println!(
+                    "{}: pulled, digest {} (manifest {}, config {})",
+                    pulled.name,
+                    pulled.resolved_digest,
+                    pulled.manifest_digest,
+                    pulled.config_digest
+                );
             }
             Ok(0)
         }
@@ -101,7 +107,10 @@ pub fn run(cmd: RegistryCommands, globals: &Globals) -> Result<i32> {
             };
             let password = if password_stdin {
                 let mut line = String::new();
-                std::io::stdin().lock().read_line(&mut line).context("reading the password from standard input")?;
+                std::io::stdin()
+                    .lock()
+                    .read_line(&mut line)
+                    .context("reading the password from standard input")?;
                 line.trim_end_matches(['\n', '\r']).to_string()
             } else if std::io::stdin().is_terminal() {
                 prompt_hidden("Password: ")?

@@ -126,7 +126,9 @@ impl LocalStore for DirStore {
     }
 
     fn blob_size(&self, digest: &str) -> Option<u64> {
-        std::fs::metadata(self.path(digest).ok()?).ok().map(|m| m.len())
+        std::fs::metadata(self.path(digest).ok()?)
+            .ok()
+            .map(|m| m.len())
     }
 
     fn read_blob(&self, digest: &str) -> Result<Vec<u8>> {
@@ -135,7 +137,8 @@ impl LocalStore for DirStore {
 
     fn set_image(&self, name: &str, manifest_digest: &str) -> Result<()> {
         self.update(|s| {
-            s.images.insert(name.to_string(), manifest_digest.to_string());
+            s.images
+                .insert(name.to_string(), manifest_digest.to_string());
         })
     }
 
@@ -143,9 +146,17 @@ impl LocalStore for DirStore {
         Ok(self.read_state()?.images.get(name).cloned())
     }
 
-    fn record_pull(&self, name: &str, resolved_digest: &str, registry: &str, repository: &str, blobs: &[String]) -> Result<()> {
+    fn record_pull(
+        &self,
+        name: &str,
+        resolved_digest: &str,
+        registry: &str,
+        repository: &str,
+        blobs: &[String],
+    ) -> Result<()> {
         self.update(|s| {
-            s.pulls.insert(name.to_string(), resolved_digest.to_string());
+            s.pulls
+                .insert(name.to_string(), resolved_digest.to_string());
         })?;
         self.record_blob_sources(registry, repository, blobs)
     }
@@ -160,11 +171,20 @@ impl LocalStore for DirStore {
             .read_state()?
             .sources
             .get(digest)
-            .map(|v| v.iter().filter_map(|s| s.strip_prefix(&prefix).map(str::to_string)).collect())
+            .map(|v| {
+                v.iter()
+                    .filter_map(|s| s.strip_prefix(&prefix).map(str::to_string))
+                    .collect()
+            })
             .unwrap_or_default())
     }
 
-    fn record_blob_sources(&self, registry: &str, repository: &str, blobs: &[String]) -> Result<()> {
+    fn record_blob_sources(
+        &self,
+        registry: &str,
+        repository: &str,
+        blobs: &[String],
+    ) -> Result<()> {
         let source = format!("{registry}/{repository}");
         self.update(|s| {
             for b in blobs {
