@@ -402,10 +402,29 @@ fn pump(
     let mut buf = vec![0u8; 64 * 1024];
     // Bytes held back so a needle split across reads is still seen.
     let mut pending: Vec<u8> = Vec::new();
+    // A short read timeout flushes what is held back when the stream pauses (end of a
+    // response on a kept-alive connection).
+    let _ = from.set_read_timeout(Some(Duration::from_millis(20)));
     loop {
         let n = match from.read(&mut buf) {
-            Ok(0) | Err(_) => break,
+            Ok(0) => break,
             Ok(n) => n,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                if stop.load(Ordering::SeqCst) && sabotage == Sabotage::Cut {
+                    break;
+                }
+                if to.write_all(&pending).is_err() {
+                    break;
+                }
+                pending.clear();
+                continue;
+            }
+            Err(_) => break,
         };
         pending.extend_from_slice(&buf[..n]);
         if let Some(pos) = pending.windows(needle.len()).position(|w| w == needle) {
