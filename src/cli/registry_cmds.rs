@@ -7,7 +7,7 @@ use clap::Subcommand;
 
 use super::Globals;
 use crate::registry::{
-    self, auth, local::DirStore, Platform, PushOptions, RegistryContext, RepoRef,
+    self, auth, local::open_store, Platform, PushOptions, RegistryContext, RepoRef,
 };
 
 #[derive(Debug, Subcommand)]
@@ -61,7 +61,7 @@ pub fn run(cmd: RegistryCommands, globals: &Globals) -> Result<i32> {
             ctx.quiet = quiet;
             let r = RepoRef::parse(&image)?;
             let platform = Platform::parse(&platform)?;
-            let store = DirStore::open(&globals.root)?;
+            let store = open_store(&globals.root)?;
             let pulled = registry::pull(&ctx, &store, &r, &platform)?;
             if quiet {
                 println!("{}", pulled.manifest_digest);
@@ -83,14 +83,13 @@ pub fn run(cmd: RegistryCommands, globals: &Globals) -> Result<i32> {
             quiet,
         } => {
             ctx.quiet = quiet;
-            let local = RepoRef::parse(&image)?;
             let dest = match &destination {
                 Some(d) => RepoRef::parse(d)?,
-                None => local.clone(),
+                None => RepoRef::parse(&image)?,
             };
-            let store = DirStore::open(&globals.root)?;
+            let store = open_store(&globals.root)?;
             let opts = PushOptions { chunk_size, quiet };
-            let pushed = registry::push(&ctx, &store, &local.name(), &dest, &opts)?;
+            let pushed = registry::push(&ctx, &store, &image, &dest, &opts)?;
             println!("{}", pushed.manifest_digest);
             Ok(0)
         }

@@ -4,7 +4,10 @@
 use std::fs::File;
 use std::io::Read;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
+use rusqlite::{params, OptionalExtension};
+
+use crate::reference::Reference;
 
 pub trait LocalStore: Sync {
     fn has_blob(&self, digest: &str) -> bool;
@@ -14,11 +17,13 @@ pub trait LocalStore: Sync {
     fn open_blob(&self, digest: &str) -> Result<File>;
     fn blob_size(&self, digest: &str) -> Option<u64>;
     fn read_blob(&self, digest: &str) -> Result<Vec<u8>>;
-    /// Names `name` (normalised, `docker.io/library/busybox:latest`) the image whose manifest is
-    /// `manifest_digest`; its config and layers are in the store already.
-    fn set_image(&self, name: &str, manifest_digest: &str) -> Result<()>;
-    /// The manifest digest of the image called `name`.
+    /// Stores `manifest_bytes` exactly (its config and layers are in the store already) and
+    /// names it `name` (normalised, `docker.io/library/busybox:latest`); returns its digest.
+    fn add_image(&self, name: &str, manifest_bytes: &[u8]) -> Result<String>;
+    /// The manifest digest of the image called `name` exactly.
     fn image(&self, name: &str) -> Result<Option<String>>;
+    /// The manifest digest of a local image as the user names it (name, ID, digest).
+    fn resolve_image(&self, spec: &str) -> Result<String>;
     /// Remembers what a pull of `name` resolved to at the registry (an index's digest for a
     /// multi-platform image), and that these blobs exist in `registry/repository`.
     fn record_pull(
@@ -38,112 +43,65 @@ pub trait LocalStore: Sync {
         -> Result<()>;
 }
 
-/// A stand-in store (blobs under `ROOT/blobs/sha256`, names in `ROOT/registry-state.json`)
-/// until `store::Store` lands; replaced by the real store's implementation of [`LocalStore`].
-pub struct DirStore {
-    root: std::path::PathBuf,
-    state: std::sync::Mutex<()>,
+const MIGRATIONS: &[&str] = &["
+    -- What each pulled name resolved to at the registry (an index digest for a multi-platform
+    -- image): the build cache keys FROM on it.
+    CREATE TABLE registry_pulls (
+        name TEXT PRIMARY KEY,
+        resolved TEXT NOT NULL,
+        pulled INTEGER NOT NULL
+    );
+    -- Repositories known to hold a blob, for cross-repository mounts on push.
+    CREATE TABLE registry_blob_sources (
+        blob TEXT NOT NULL,
+        registry TEXT NOT NULL,
+        repository TEXT NOT NULL,
+        PRIMARY KEY (blob, registry, repository)
+    );
+"];
+
+/// Opens the store with the registry's tables.
+pub fn open_store(root: &std::path::Path) -> Result<crate::store::Store> {
+    let store = crate::store::Store::open(root)?;
+    store.migrate("registry", MIGRATIONS)?;
+    Ok(store)
 }
 
-#[derive(Default, serde::Serialize, serde::Deserialize)]
-struct DirState {
-    images: std::collections::BTreeMap<String, String>,
-    pulls: std::collections::BTreeMap<String, String>,
-    sources: std::collections::BTreeMap<String, Vec<String>>,
+fn parse_name(name: &str) -> Result<Reference> {
+    Reference::parse(name).with_context(|| format!("image name {name:?}"))
 }
 
-impl DirStore {
-    pub fn open(root: &std::path::Path) -> Result<DirStore> {
-        std::fs::create_dir_all(root.join("blobs/sha256"))?;
-        std::fs::create_dir_all(root.join("tmp"))?;
-        Ok(DirStore {
-            root: root.to_path_buf(),
-            state: std::sync::Mutex::new(()),
-        })
-    }
-
-    fn path(&self, digest: &str) -> Result<std::path::PathBuf> {
-        let hex = digest
-            .strip_prefix("sha256:")
-            .filter(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()))
-            .ok_or_else(|| anyhow::anyhow!("invalid digest {digest:?}"))?;
-        Ok(self.root.join("blobs/sha256").join(hex))
-    }
-
-    fn update(&self, f: impl FnOnce(&mut DirState)) -> Result<()> {
-        let _guard = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        let path = self.root.join("registry-state.json");
-        let mut state: DirState = match std::fs::read(&path) {
-            Ok(b) => serde_json::from_slice(&b)?,
-            Err(_) => DirState::default(),
-        };
-        f(&mut state);
-        let tmp = tempfile::NamedTempFile::new_in(self.root.join("tmp"))?;
-        std::fs::write(tmp.path(), serde_json::to_vec(&state)?)?;
-        tmp.persist(&path)?;
-        Ok(())
-    }
-
-    fn read_state(&self) -> Result<DirState> {
-        match std::fs::read(self.root.join("registry-state.json")) {
-            Ok(b) => Ok(serde_json::from_slice(&b)?),
-            Err(_) => Ok(DirState::default()),
-        }
-    }
-}
-
-impl LocalStore for DirStore {
+impl LocalStore for crate::store::Store {
     fn has_blob(&self, digest: &str) -> bool {
-        self.path(digest).is_ok_and(|p| p.exists())
+        crate::store::Store::has_blob(self, digest)
     }
 
     fn put_blob(&self, reader: &mut dyn Read, expected: &str) -> Result<()> {
-        use sha2::Digest as _;
-        use std::io::Write as _;
-        let dest = self.path(expected)?;
-        let mut tmp = tempfile::NamedTempFile::new_in(self.root.join("tmp"))?;
-        let mut hasher = sha2::Sha256::new();
-        let mut buf = vec![0u8; 1 << 20];
-        loop {
-            let n = reader.read(&mut buf)?;
-            if n == 0 {
-                break;
-            }
-            hasher.update(&buf[..n]);
-            tmp.write_all(&buf[..n])?;
-        }
-        let got = format!("sha256:{}", hex::encode(hasher.finalize()));
-        if got != expected {
-            anyhow::bail!("content does not match its digest: expected {expected}, got {got}");
-        }
-        tmp.as_file().sync_all()?;
-        tmp.persist(dest)?;
-        Ok(())
+        crate::store::Store::put_blob(self, reader, Some(expected)).map(|_| ())
     }
 
     fn open_blob(&self, digest: &str) -> Result<File> {
-        Ok(File::open(self.path(digest)?)?)
+        crate::store::Store::open_blob(self, digest)
     }
 
     fn blob_size(&self, digest: &str) -> Option<u64> {
-        std::fs::metadata(self.path(digest).ok()?)
-            .ok()
-            .map(|m| m.len())
+        crate::store::Store::blob_size(self, digest)
     }
 
     fn read_blob(&self, digest: &str) -> Result<Vec<u8>> {
-        Ok(std::fs::read(self.path(digest)?)?)
+        crate::store::Store::read_blob(self, digest)
     }
 
-    fn set_image(&self, name: &str, manifest_digest: &str) -> Result<()> {
-        self.update(|s| {
-            s.images
-                .insert(name.to_string(), manifest_digest.to_string());
-        })
+    fn add_image(&self, name: &str, manifest_bytes: &[u8]) -> Result<String> {
+        self.add_manifest_with_names(manifest_bytes, &[parse_name(name)?])
     }
 
     fn image(&self, name: &str) -> Result<Option<String>> {
-        Ok(self.read_state()?.images.get(name).cloned())
+        Ok(crate::store::Store::image(self, &parse_name(name)?)?.map(|r| r.manifest_digest))
+    }
+
+    fn resolve_image(&self, spec: &str) -> Result<String> {
+        Ok(self.resolve(spec)?.manifest_digest)
     }
 
     fn record_pull(
@@ -154,29 +112,42 @@ impl LocalStore for DirStore {
         repository: &str,
         blobs: &[String],
     ) -> Result<()> {
-        self.update(|s| {
-            s.pulls
-                .insert(name.to_string(), resolved_digest.to_string());
-        })?;
-        self.record_blob_sources(registry, repository, blobs)
+        self.transaction(|tx| {
+            tx.execute(
+                "INSERT OR REPLACE INTO registry_pulls (name, resolved, pulled) VALUES (?1, ?2, ?3)",
+                params![name, resolved_digest, chrono::Utc::now().timestamp()],
+            )?;
+            for b in blobs {
+                tx.execute(
+                    "INSERT OR IGNORE INTO registry_blob_sources (blob, registry, repository) VALUES (?1, ?2, ?3)",
+                    params![b, registry, repository],
+                )?;
+            }
+            Ok(())
+        })
     }
 
     fn pulled_digest(&self, name: &str) -> Result<Option<String>> {
-        Ok(self.read_state()?.pulls.get(name).cloned())
+        self.with_conn(|c| {
+            Ok(c.query_row(
+                "SELECT resolved FROM registry_pulls WHERE name = ?1",
+                [name],
+                |r| r.get(0),
+            )
+            .optional()?)
+        })
     }
 
     fn blob_sources(&self, digest: &str, registry: &str) -> Result<Vec<String>> {
-        let prefix = format!("{registry}/");
-        Ok(self
-            .read_state()?
-            .sources
-            .get(digest)
-            .map(|v| {
-                v.iter()
-                    .filter_map(|s| s.strip_prefix(&prefix).map(str::to_string))
-                    .collect()
-            })
-            .unwrap_or_default())
+        self.with_conn(|c| {
+            let mut stmt = c.prepare(
+                "SELECT repository FROM registry_blob_sources WHERE blob = ?1 AND registry = ?2 ORDER BY repository",
+            )?;
+            let rows = stmt
+                .query_map(params![digest, registry], |r| r.get::<_, String>(0))?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(rows)
+        })
     }
 
     fn record_blob_sources(
@@ -185,14 +156,14 @@ impl LocalStore for DirStore {
         repository: &str,
         blobs: &[String],
     ) -> Result<()> {
-        let source = format!("{registry}/{repository}");
-        self.update(|s| {
+        self.transaction(|tx| {
             for b in blobs {
-                let v = s.sources.entry(b.clone()).or_default();
-                if !v.contains(&source) {
-                    v.push(source.clone());
-                }
+                tx.execute(
+                    "INSERT OR IGNORE INTO registry_blob_sources (blob, registry, repository) VALUES (?1, ?2, ?3)",
+                    params![b, registry, repository],
+                )?;
             }
+            Ok(())
         })
     }
 }

@@ -137,7 +137,7 @@ pub fn push(
     if dest.digest.is_some() {
         bail!("cannot push to a digest reference ({dest}); push to a tag");
     }
-    let manifest_digest = store.image(local_name)?.with_context(|| {
+    let manifest_digest = store.resolve_image(local_name).with_context(|| {
         format!("image {local_name} is not in the local store; build, pull or tag it first")
     })?;
     // Ask for pull access to the repositories a blob could be mounted from, in the same token.

@@ -286,9 +286,13 @@ pub(crate) fn pull_from(
     for (b, d) in stored_first {
         store.put_blob(&mut b.as_slice(), &d)?;
     }
-    store.put_blob(&mut manifest_bytes.as_slice(), &manifest_digest)?;
     let name = r.name();
-    store.set_image(&name, &manifest_digest)?;
+    let stored = store
+        .add_image(&name, &manifest_bytes)
+        .with_context(|| format!("storing {name}"))?;
+    if stored != manifest_digest {
+        bail!("the store recorded manifest {manifest_digest} as {stored}");
+    }
     let mut blobs: Vec<String> = layers.iter().map(|d| d.digest.clone()).collect();
     blobs.push(image.config.digest.clone());
     store.record_pull(&name, &resolved_digest, &r.registry, repo, &blobs)?;
