@@ -165,10 +165,15 @@ fn round_trip(mode: AuthMode) {
             "kiln login 3",
         );
     }
+    let tokens_before = reg2.token_requests();
     let out = ok(
         kiln_env(r2, &cfg, &["pull", "-q", &dest2], None),
         "kiln pull back",
     );
+    if mode == AuthMode::Token {
+        // One token serves the manifest, the config and both layers (fetched in parallel).
+        assert_eq!(reg2.token_requests() - tokens_before, 1);
+    }
     assert_eq!(out.trim(), fx.manifest_digests[0]);
     assert!(has_blob(r2, &fx.config_digests[0]));
     assert_store_clean(r2);
