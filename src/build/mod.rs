@@ -1,1 +1,10 @@
-//! build: see docs/architecture.md for what this module owns.
+//! `kiln build`: the build engine. A Dockerfile becomes a graph of steps (`graph`), solved on
+//! tokio with a content-addressed cache (`solver`, `cache`); COPY/ADD are file operations
+//! (`copy`, `archive`) over a build context (`context`) whose files are hashed as BuildKit's
+//! contenthash does (`contenthash`); progress goes to a terminal, plain lines or JSON (`progress`).
+
+pub mod archive;
+pub mod contenthash;
+pub mod context;
+pub mod copy;
+pub mod fsutil;
