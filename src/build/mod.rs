@@ -4,7 +4,16 @@
 //! contenthash does (`contenthash`); progress goes to a terminal, plain lines or JSON (`progress`).
 
 pub mod archive;
+pub mod cache;
 pub mod contenthash;
 pub mod context;
 pub mod copy;
+pub mod expand;
 pub mod fsutil;
+pub mod graph;
+pub mod imageconfig;
+pub mod model;
+pub mod progress;
+pub mod solver;
+#[cfg(test)]
+mod solver_tests;
