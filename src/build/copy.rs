@@ -426,6 +426,51 @@ fn display_in_root(root: &Path, path: &Path) -> String {
     }
 }
 
+/// `mkdir -p` of an absolute image path inside `root` (WORKDIR): symlinks resolved inside the
+/// root, created directories 0755 and owned by `owner` (root when `None`).
+pub fn mkdir_in_root(root: &Path, path: &str, owner: Option<(u32, u32)>) -> Result<()> {
+    let src = CopySource { root, filter: &super::context::NoFilter, from_context: true };
+    let opts = CopyOptions { chown: owner, ..Default::default() };
+    let excludes = ExcludeSet::new(&[])?;
+    let mut w = Writer { src: &src, dest_root: root, opts: &opts, excludes: &excludes, owner_default: owner.unwrap_or((0, 0)) };
+    w.ensure_dir_path(&clean_rel(path))?;
+    Ok(())
+}
+
+/// Writes a file at an absolute image path inside `root` (here-documents, downloads), creating
+/// parents, replacing what is there (never following a symlink at the destination).
+pub fn write_file_in_root(root: &Path, path: &str, data: &[u8], mode: u32, owner: (u32, u32)) -> Result<()> {
+    let rel = clean_rel(path);
+    let (parent_rel, name) = match rel.rfind('/') {
+        Some(i) => (&rel[..i], &rel[i + 1..]),
+        None => ("", rel.as_str()),
+    };
+    if name.is_empty() {
+        bail!("cannot write a file at {path}");
+    }
+    let src = CopySource { root, filter: &super::context::NoFilter, from_context: true };
+    let opts = CopyOptions { chown: Some(owner), ..Default::default() };
+    let excludes = ExcludeSet::new(&[])?;
+    let mut w = Writer { src: &src, dest_root: root, opts: &opts, excludes: &excludes, owner_default: owner };
+    let parent = w.ensure_dir_path(parent_rel)?;
+    let dest = parent.join(name);
+    match fs::symlink_metadata(&dest) {
+        Ok(m) if m.is_dir() => bail!("cannot replace directory {path} with a file"),
+        Ok(_) => fs::remove_file(&dest)?,
+        Err(_) => {}
+    }
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .custom_flags_nofollow()
+        .open(&dest)
+        .with_context(|| format!("writing {path}"))?;
+    std::io::Write::write_all(&mut f, data)?;
+    std::os::unix::fs::lchown(&dest, Some(owner.0), Some(owner.1))?;
+    fs::set_permissions(&dest, fs::Permissions::from_mode(mode))?;
+    Ok(())
+}
+
 /// Resolves a `--chown` value (`user`, `uid`, `user:group`, `uid:gid`) through the image's
 /// /etc/passwd and /etc/group. A user without a group uses the same number as the gid, as docker
 /// documents.

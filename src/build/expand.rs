@@ -4,13 +4,13 @@
 use anyhow::Result;
 
 /// Expands `$var` references and quotes in one Dockerfile word (ENV values, COPY paths, ...).
-pub fn expand_word(word: &str, lookup: &dyn Fn(&str) -> Option<String>) -> Result<String> {
+pub fn expand_word(word: &str, lookup: &dyn Fn(&str) -> Option<String>, _escape: char) -> Result<String> {
     fallback::expand(word, lookup)
 }
 
 /// Expands and splits into words (EXPOSE, VOLUME in shell form).
-pub fn expand_words(word: &str, lookup: &dyn Fn(&str) -> Option<String>) -> Result<Vec<String>> {
-    Ok(expand_word(word, lookup)?
+pub fn expand_words(word: &str, lookup: &dyn Fn(&str) -> Option<String>, escape: char) -> Result<Vec<String>> {
+    Ok(expand_word(word, lookup, escape)?
         .split_whitespace()
         .map(str::to_string)
         .collect())
@@ -152,11 +152,11 @@ mod tests {
             _ => None,
         };
         assert_eq!(
-            expand_word("$A/${A}/${B:-x}/${E:-y}/${E-z}/${A:+w}", &look).unwrap(),
+            expand_word("$A/${A}/${B:-x}/${E:-y}/${E-z}/${A:+w}", &look, '\\').unwrap(),
             "1/1/x/y//w"
         );
         assert_eq!(
-            expand_word("\"a b\" 'c $A' \\$A", &look).unwrap(),
+            expand_word("\"a b\" 'c $A' \\$A", &look, '\\').unwrap(),
             "a b c $A $A"
         );
     }

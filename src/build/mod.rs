@@ -17,3 +17,8 @@ pub mod progress;
 pub mod solver;
 #[cfg(test)]
 mod solver_tests;
+pub mod engine;
+pub mod exec;
+pub mod fetch;
+pub mod frontend;
+pub mod options;

@@ -156,6 +156,8 @@ pub trait Backend: Send + Sync + 'static {
 
 pub struct BuildRequest {
     pub model: DockerfileModel,
+    /// The Dockerfile's escape character (`# escape=`).
+    pub escape: char,
     /// Identifies this Dockerfile and context for explaining misses across builds.
     pub place_id: String,
     pub build_args: BTreeMap<String, String>,
@@ -198,6 +200,7 @@ struct Shared {
     /// Global ARG values (after `--build-arg` overrides), visible in FROM lines.
     global_args: BTreeMap<String, String>,
     started: i64,
+    escape: char,
 }
 
 struct BuildRequestShared {
@@ -237,7 +240,7 @@ pub async fn solve(
         let value = match request.build_args.get(name) {
             Some(v) => Some(v.clone()),
             None => match default {
-                Some(d) => Some(expand_word(d, &|k| global_args.get(k).cloned())?),
+                Some(d) => Some(expand_word(d, &|k| global_args.get(k).cloned(), request.escape)?),
                 None => None,
             },
         };
@@ -247,8 +250,9 @@ pub async fn solve(
     }
     let graph = {
         let ga = global_args.clone();
+        let escape = request.escape;
         build_graph(&request.model, request.target.as_deref(), &move |w| {
-            expand_word(w, &|k| ga.get(k).cloned())
+            expand_word(w, &|k| ga.get(k).cloned(), escape)
         })?
     };
     let file_cache = {
@@ -291,6 +295,7 @@ pub async fn solve(
         outcomes,
         global_args,
         started,
+        escape: request.escape,
     });
     let mut tasks = tokio::task::JoinSet::new();
     for &stage in &shared.graph.order {
@@ -387,6 +392,7 @@ struct StageWalk {
     /// Time of the newest filesystem state (history `created` of config-only steps).
     created: i64,
     new_history: Vec<History>,
+    escape: char,
 }
 
 impl StageWalk {
@@ -402,7 +408,7 @@ impl StageWalk {
     }
 
     fn expand(&self, word: &str) -> Result<String> {
-        expand_word(word, &|k| self.lookup(k))
+        expand_word(word, &|k| self.lookup(k), self.escape)
     }
 
     /// ARGs that have values and are not shadowed by ENV: RUN sees them as environment.
@@ -471,6 +477,7 @@ async fn solve_stage(shared: &Arc<Shared>, stage: usize) -> Result<Arc<StageResu
                 cmd_set_here: false,
                 created: shared.started,
                 new_history: Vec::new(),
+                escape: shared.escape,
             };
             (walk, Vec::new())
         }
@@ -484,6 +491,7 @@ async fn solve_stage(shared: &Arc<Shared>, stage: usize) -> Result<Arc<StageResu
                 cmd_set_here: false,
                 created: base.created,
                 new_history: Vec::new(),
+                escape: shared.escape,
             };
             (walk, Vec::new())
         }
@@ -535,6 +543,7 @@ async fn solve_stage(shared: &Arc<Shared>, stage: usize) -> Result<Arc<StageResu
                     .source_date_epoch
                     .map_or(created, |e| created.min(e)),
                 new_history: Vec::new(),
+                escape: shared.escape,
             };
             (walk, trigger_instrs)
         }
@@ -655,7 +664,7 @@ async fn plan_step(
         InstrKind::Expose(ports) => {
             let mut added = Vec::new();
             for p in ports {
-                for word in expand_words(p, &|k| walk.lookup(k))? {
+                for word in expand_words(p, &|k| walk.lookup(k), walk.escape)? {
                     for port in expand_port(&word)? {
                         walk.config
                             .config

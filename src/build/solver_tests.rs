@@ -164,6 +164,7 @@ fn build(
 ) -> Result<StageResult> {
     let request = BuildRequest {
         model,
+        escape: '\\',
         place_id: "test".into(),
         build_args: args
             .iter()
