@@ -1,1 +1,234 @@
-//! sandbox: see docs/architecture.md for what this module owns.
+//! sandbox: running one process isolated inside a root filesystem. Used by `build` (RUN steps)
+//! and `runner` (`kiln run`).
+//!
+//! # What a sandboxed process gets
+//! - New mount, PID, UTS and IPC namespaces; a new network namespace with only a loopback that
+//!   is up (`Network::None`) or the host's (`Network::Host`).
+//! - `pivot_root` into `ExecSpec::rootfs` (typically `snapshot::ActiveSnapshot::merged()`), with
+//!   a new procfs on /proc, a tmpfs /dev (null zero full random urandom tty, ptmx + a new devpts,
+//!   shm, mqueue, fd/stdin/stdout/stderr links), read-only sysfs on /sys, generated /etc/hosts
+//!   and /etc/hostname (and the host's /etc/resolv.conf with `Network::Host`) bound in; the old
+//!   root is detached. Mount points that had to be created in the root filesystem (e.g. a
+//!   missing /etc/hosts) are removed again when the execution ends, so they never reach a diff.
+//! - Docker's masked and read-only /proc paths (`rootfs::MASKED_PATHS`, `READONLY_PATHS`) and
+//!   Docker's 14 default capabilities (`caps::DEFAULT_CAPS`); no_new_privs is not set (Docker's
+//!   default).
+//! - The user (`name`, `uid`, `uid:gid`, `name:group`) resolved in the image's /etc/passwd and
+//!   /etc/group with supplementary groups; `HOME` from passwd and a default `PATH` when the
+//!   environment has none; the working directory created if missing.
+//! - An init as PID 1 (a forked copy of the setup process) that reaps zombies, forwards signals
+//!   to the command and exits when the command does. Killing kiln kills the whole tree
+//!   (PR_SET_PDEATHSIG at each level; the PID namespace dies with its init).
+//! - Optional cgroup limits (`Resources`), v1 or v2 as mounted; the cgroup is removed at the end.
+//!
+//! # API
+//! ```ignore
+//! let mut spec = sandbox::ExecSpec::new(snapshot.merged(), ["/bin/sh", "-c", "echo hi"]);
+//! spec.stdout = sandbox::Stdio::Piped;
+//! let mut running = sandbox::spawn(&spec)?;      // returns once the command is exec'd
+//! let out = running.stdout.take();                // read it while it runs
+//! let exit = running.wait()?;                     // ExitInfo { code, signal, oom_killed }
+//! let exit = sandbox::run(&spec)?;                // spawn + wait (inherit/null/fd stdio)
+//! let (exit, out, err) = sandbox::output(&spec)?; // captures stdout and stderr
+//! ```
+//! `Running::pid()` is the container init's pid on the host: `/proc/<pid>/ns/net` is the
+//! container's network namespace (see `Running::netns_path`). Call `sandbox::recover()` at
+//! start-up to remove cgroups a killed kiln left behind.
+//!
+//! Privileged calls of the filesystem setup go through `syscall::Syscall` (real:
+//! `LinuxSyscall`; test: `RecordingSyscall`).
+
+pub mod caps;
+pub mod cgroup;
+mod process;
+pub mod rootfs;
+pub mod syscall;
+pub mod user;
+
+use std::fs::File;
+use std::net::IpAddr;
+use std::os::fd::OwnedFd;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+pub use process::Running;
+
+/// The container's network.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Network {
+    /// Its own network namespace with only the loopback interface, up.
+    #[default]
+    None,
+    /// The host's network namespace.
+    Host,
+}
+
+/// What is mounted at an extra mount point.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MountKind {
+    /// A host path (file or directory), bound recursively.
+    Bind { source: PathBuf, readonly: bool },
+    /// A fresh tmpfs.
+    Tmpfs { size_bytes: Option<u64>, mode: u32 },
+}
+
+/// An extra mount: `target` is an absolute path inside the container (symlinks in it are
+/// resolved inside the root filesystem; missing components are created and removed afterwards).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mount {
+    pub target: PathBuf,
+    pub kind: MountKind,
+}
+
+/// cgroup limits; all `None` = no cgroup.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Resources {
+    pub memory_bytes: Option<u64>,
+    /// cgroup v1 shares (converted to a v2 weight on v2).
+    pub cpu_shares: Option<u64>,
+    /// A cpuset list such as "0" or "0-1".
+    pub cpuset: Option<String>,
+    pub pids_limit: Option<u64>,
+}
+
+impl Resources {
+    pub fn is_empty(&self) -> bool {
+        self.memory_bytes.is_none()
+            && self.cpu_shares.is_none()
+            && self.cpuset.is_none()
+            && self.pids_limit.is_none()
+    }
+}
+
+/// Where one of the command's standard streams goes.
+#[derive(Debug, Clone, Default)]
+pub enum Stdio {
+    /// kiln's own stream.
+    #[default]
+    Inherit,
+    /// /dev/null.
+    Null,
+    /// A pipe; the other end is in `Running::stdin`/`stdout`/`stderr`.
+    Piped,
+    /// This descriptor (a file, a socket, a pty's slave end).
+    Fd(Arc<OwnedFd>),
+}
+
+/// One execution.
+#[derive(Debug, Clone)]
+pub struct ExecSpec {
+    /// The root filesystem (host path), e.g. an active snapshot's merged directory.
+    pub rootfs: PathBuf,
+    /// argv; `args[0]` without a `/` is looked up in the `PATH` of `env` inside the container.
+    pub args: Vec<String>,
+    /// `KEY=VALUE` entries. `PATH` and `HOME` get defaults when missing.
+    pub env: Vec<String>,
+    /// Working directory inside the container (created if missing).
+    pub cwd: PathBuf,
+    /// `""` (root), `name`, `uid`, `uid:gid`, `name:group`.
+    pub user: String,
+    pub hostname: String,
+    /// Extra /etc/hosts lines (`--add-host name:ip`).
+    pub extra_hosts: Vec<(String, IpAddr)>,
+    pub network: Network,
+    pub mounts: Vec<Mount>,
+    pub resources: Resources,
+    pub stdin: Stdio,
+    pub stdout: Stdio,
+    pub stderr: Stdio,
+    /// The command's stdin is a terminal: it gets a new session with stdin as its controlling
+    /// terminal (the runner passes a pty slave as `Stdio::Fd`).
+    pub tty: bool,
+}
+
+impl ExecSpec {
+    /// A spec with Docker-like defaults: root, cwd `/`, hostname `kiln`, no network, stdio
+    /// inherited, no limits.
+    pub fn new<I, S>(rootfs: impl Into<PathBuf>, args: I) -> ExecSpec
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        ExecSpec {
+            rootfs: rootfs.into(),
+            args: args.into_iter().map(Into::into).collect(),
+            env: Vec::new(),
+            cwd: PathBuf::from("/"),
+            user: String::new(),
+            hostname: "kiln".to_string(),
+            extra_hosts: Vec::new(),
+            network: Network::None,
+            mounts: Vec::new(),
+            resources: Resources::default(),
+            stdin: Stdio::Inherit,
+            stdout: Stdio::Inherit,
+            stderr: Stdio::Inherit,
+            tty: false,
+        }
+    }
+}
+
+/// How the command ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExitInfo {
+    /// The exit code, or 128+n for a death by signal n.
+    pub code: i32,
+    /// The signal that killed the command, if one did.
+    pub signal: Option<i32>,
+    /// The cgroup's OOM killer killed a process of this execution (a memory limit was set).
+    pub oom_killed: bool,
+}
+
+impl ExitInfo {
+    pub fn success(&self) -> bool {
+        self.code == 0
+    }
+}
+
+/// Starts the command and returns once it has been exec'd (setup and exec failures are errors
+/// here, with the reason, e.g. `exec "foo": No such file or directory`).
+pub fn spawn(spec: &ExecSpec) -> anyhow::Result<Running> {
+    process::spawn(spec)
+}
+
+/// Runs the command to its end. With `Stdio::Piped` use `output` or `spawn` instead (nothing
+/// would read the pipes).
+pub fn run(spec: &ExecSpec) -> anyhow::Result<ExitInfo> {
+    spawn(spec)?.wait()
+}
+
+/// Runs the command with stdout and stderr captured (stdin as in `spec`).
+pub fn output(spec: &ExecSpec) -> anyhow::Result<(ExitInfo, Vec<u8>, Vec<u8>)> {
+    let mut spec = spec.clone();
+    spec.stdout = Stdio::Piped;
+    spec.stderr = Stdio::Piped;
+    let mut running = spawn(&spec)?;
+    let out = running.stdout.take();
+    let err = running.stderr.take();
+    let read_all = |f: Option<File>| {
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            if let Some(mut f) = f {
+                let _ = std::io::Read::read_to_end(&mut f, &mut buf);
+            }
+            buf
+        })
+    };
+    let (t_out, t_err) = (read_all(out), read_all(err));
+    let exit = running.wait()?;
+    let out = t_out.join().unwrap_or_default();
+    let err = t_err.join().unwrap_or_default();
+    Ok((exit, out, err))
+}
+
+/// Removes what a killed kiln left behind: cgroups under `kiln/` whose owner is gone.
+pub fn recover() {
+    cgroup::recover();
+}
+
+/// Whether a process exists (signal 0).
+pub(crate) fn process_alive(pid: i32) -> bool {
+    // SAFETY: kill(2) with signal 0 only checks for existence.
+    let rc = unsafe { libc::kill(pid, 0) };
+    rc == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+}

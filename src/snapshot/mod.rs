@@ -1,1 +1,274 @@
-//! snapshot: see docs/architecture.md for what this module owns.
+//! snapshot: root filesystems for executions, and what an execution changed.
+//!
+//! # Layout under the kiln root
+//! - `snapshots/layers/<key>/`: one unpacked layer (an overlay lowerdir, with overlay-style
+//!   whiteouts), shared by every image that has it.
+//! - `snapshots/active/<id>/`: one active snapshot: `lock` (flock'ed by the owning process),
+//!   `upper/`, `work/`, `merged/` (the overlay mount), and transient `lowerview/`.
+//!
+//! # API
+//! ```ignore
+//! snapshot::recover(root)?;                          // at start-up: leftovers of a killed kiln
+//! let snapshotter = snapshot::Snapshotter::new(root)?;
+//! // lowers: layer directories, base layer FIRST (image order).
+//! let snap = snapshotter.prepare(&lowers, &snapshot::PrepareOptions { volatile: true })?;
+//! sandbox::run(&sandbox::ExecSpec::new(snap.merged(), ["sh", "-c", "..."]))?;
+//! let changes: Vec<oci::change::Change> = snap.changes()?; // read from snap.merged()/upper()
+//! snap.release()?;                                  // or drop: unmount + remove
+//! ```
+//! `changes()` reads the upperdir (`diff::diff_upper`) and falls back to comparing the lower view
+//! with the merged view (`diff::diff_trees`) when the upperdir holds overlay redirects or
+//! metacopy entries. Every active snapshot is also registered with `cleanup`, so Ctrl-C/SIGTERM
+//! unmounts it; `recover` handles SIGKILL.
+
+pub mod cleanup;
+pub mod diff;
+pub mod overlay;
+
+use std::fs::File;
+use std::io;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+
+use crate::oci::change::Change;
+
+/// Options for an active snapshot.
+#[derive(Debug, Clone, Default)]
+pub struct PrepareOptions {
+    /// Mount with `volatile` (no syncs): for throwaway build containers whose upperdir is never
+    /// reused after a crash.
+    pub volatile: bool,
+}
+
+/// Owns `ROOT/snapshots`.
+#[derive(Debug, Clone)]
+pub struct Snapshotter {
+    dir: PathBuf,
+}
+
+/// A mounted overlay: `merged()` is the root filesystem for a sandbox.
+#[derive(Debug)]
+pub struct ActiveSnapshot {
+    dir: PathBuf,
+    /// Top-most first (overlay's order).
+    lowers: Vec<PathBuf>,
+    mounted: bool,
+    cleanup_key: u64,
+    _lock: File,
+}
+
+fn random_id() -> String {
+    use rand::Rng;
+    let n: u64 = rand::thread_rng().gen();
+    format!("{n:016x}")
+}
+
+fn try_lock(f: &File) -> bool {
+    // SAFETY: flock on an fd we own.
+    unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) == 0 }
+}
+
+impl Snapshotter {
+    /// The snapshotter of the kiln root `root` (creates `snapshots/` if needed).
+    pub fn new(root: &Path) -> Result<Snapshotter> {
+        let dir = root.join("snapshots");
+        for d in ["layers", "active"] {
+            std::fs::create_dir_all(dir.join(d))
+                .with_context(|| format!("create {}", dir.join(d).display()))?;
+        }
+        Ok(Snapshotter { dir })
+    }
+
+    /// Where unpacked layers live (`layers/<key>`).
+    pub fn layers_dir(&self) -> PathBuf {
+        self.dir.join("layers")
+    }
+
+    /// Mounts an overlay of `lowers` (layer directories, base layer first; may be empty) with a
+    /// fresh upperdir.
+    pub fn prepare(&self, lowers: &[PathBuf], opts: &PrepareOptions) -> Result<ActiveSnapshot> {
+        let dir = self.dir.join("active").join(random_id());
+        std::fs::create_dir(&dir).with_context(|| format!("create {}", dir.display()))?;
+        let lock = File::create(dir.join("lock"))
+            .and_then(|f| {
+                if try_lock(&f) {
+                    Ok(f)
+                } else {
+                    Err(io::Error::other("locked"))
+                }
+            })
+            .with_context(|| format!("lock {}", dir.display()));
+        let lock = match lock {
+            Ok(l) => l,
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&dir);
+                return Err(e);
+            }
+        };
+        let cleanup_dir = dir.clone();
+        let cleanup_key = cleanup::register(move || remove_snapshot_dir(&cleanup_dir));
+        let mut snap = ActiveSnapshot {
+            dir,
+            lowers: lowers.iter().rev().cloned().collect(),
+            mounted: false,
+            cleanup_key,
+            _lock: lock,
+        };
+        for d in ["upper", "work", "merged"] {
+            std::fs::create_dir(snap.dir.join(d))
+                .with_context(|| format!("create {}", snap.dir.join(d).display()))?;
+        }
+        if snap.lowers.is_empty() {
+            let empty = snap.dir.join("empty");
+            std::fs::create_dir(&empty).with_context(|| format!("create {}", empty.display()))?;
+            snap.lowers.push(empty);
+        }
+        let upper = snap.upper();
+        let work = snap.dir.join("work");
+        let spec = overlay::OverlaySpec {
+            lowers: &snap.lowers,
+            upper_work: Some((&upper, &work)),
+            volatile: opts.volatile,
+        };
+        overlay::mount_overlay(&spec, &snap.merged()).with_context(|| {
+            format!(
+                "mount overlay on {} ({} lower layers)",
+                snap.merged().display(),
+                snap.lowers.len()
+            )
+        })?;
+        snap.mounted = true;
+        Ok(snap)
+    }
+}
+
+impl ActiveSnapshot {
+    /// The overlay mount: the execution's root filesystem.
+    pub fn merged(&self) -> PathBuf {
+        self.dir.join("merged")
+    }
+
+    /// The upperdir: what the execution wrote.
+    pub fn upper(&self) -> PathBuf {
+        self.dir.join("upper")
+    }
+
+    /// The lower layer directories, top-most first.
+    pub fn lowers(&self) -> &[PathBuf] {
+        &self.lowers
+    }
+
+    /// What the execution changed, relative to the lower layers.
+    pub fn changes(&self) -> Result<Vec<Change>> {
+        let trusted = diff::upper_is_trustworthy(&self.upper())
+            .with_context(|| format!("scan upperdir {}", self.upper().display()))?;
+        self.with_lower_view(|lower| {
+            if trusted {
+                diff::diff_upper(&self.upper(), lower)
+            } else {
+                diff::diff_trees(lower, &self.merged())
+            }
+        })
+        .context("diff the snapshot")
+    }
+
+    /// Compares the lower view with the merged view directly (`diff::diff_trees`), ignoring the
+    /// upperdir's overlay metadata.
+    pub fn changes_by_tree_compare(&self) -> Result<Vec<Change>> {
+        self.with_lower_view(|lower| diff::diff_trees(lower, &self.merged()))
+            .context("diff the snapshot trees")
+    }
+
+    /// Runs `f` with the merged view of the lower layers: the layer itself when there is one, a
+    /// temporary read-only overlay otherwise.
+    fn with_lower_view<T>(&self, f: impl FnOnce(&Path) -> io::Result<T>) -> io::Result<T> {
+        if self.lowers.len() == 1 {
+            return f(&self.lowers[0]);
+        }
+        let view = self.dir.join("lowerview");
+        std::fs::create_dir_all(&view)?;
+        let spec = overlay::OverlaySpec {
+            lowers: &self.lowers,
+            upper_work: None,
+            volatile: false,
+        };
+        overlay::mount_overlay(&spec, &view)?;
+        let result = f(&view);
+        let unmounted = overlay::unmount(&view);
+        let _ = std::fs::remove_dir(&view);
+        let value = result?;
+        unmounted?;
+        Ok(value)
+    }
+
+    /// Unmounts and removes the snapshot (upperdir included).
+    pub fn release(mut self) -> Result<()> {
+        self.release_inner()
+    }
+
+    fn release_inner(&mut self) -> Result<()> {
+        if !self.mounted {
+            return Ok(());
+        }
+        self.mounted = false;
+        cleanup::unregister(self.cleanup_key);
+        for m in overlay::mounts_under(&self.dir) {
+            overlay::unmount(&m).with_context(|| format!("unmount {}", m.display()))?;
+        }
+        std::fs::remove_dir_all(&self.dir)
+            .with_context(|| format!("remove {}", self.dir.display()))?;
+        Ok(())
+    }
+}
+
+impl Drop for ActiveSnapshot {
+    fn drop(&mut self) {
+        if self.mounted {
+            let _ = self.release_inner();
+        } else {
+            // Failed half-way through `prepare`.
+            cleanup::unregister(self.cleanup_key);
+            remove_snapshot_dir(&self.dir);
+        }
+    }
+}
+
+fn remove_snapshot_dir(dir: &Path) {
+    for m in overlay::mounts_under(dir) {
+        let _ = overlay::unmount(&m);
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Removes active snapshots a killed kiln left under `root` (their lock is free): unmounts them
+/// and deletes their directories. Snapshots of running kiln processes are left alone. Returns
+/// how many were removed.
+pub fn recover(root: &Path) -> Result<usize> {
+    let active = root.join("snapshots").join("active");
+    let entries = match std::fs::read_dir(&active) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(e).with_context(|| format!("read {}", active.display())),
+    };
+    let mut removed = 0;
+    for entry in entries.flatten() {
+        let dir = entry.path();
+        let stale = match File::open(dir.join("lock")) {
+            Ok(f) => try_lock(&f),
+            // No lock file: a prepare that died before taking it, if it is not brand new.
+            Err(_) => entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age.as_secs() > 60),
+        };
+        if stale {
+            remove_snapshot_dir(&dir);
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}

@@ -1,0 +1,278 @@
+//! Resource limits through cgroups, v1 (one directory per controller, as on this machine) or v2
+//! (one unified directory). A cgroup is made per execution under `kiln/` and removed when it
+//! ends; `recover` removes the ones a killed kiln left behind.
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+use super::Resources;
+
+const CGROUP_ROOT: &str = "/sys/fs/cgroup";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CgroupVersion {
+    V1,
+    V2,
+}
+
+/// Which hierarchy holds the controllers: v2 when /sys/fs/cgroup is the unified hierarchy,
+/// otherwise v1 (hybrid systems keep a controller-less cgroup2 at /sys/fs/cgroup/unified).
+pub fn detect() -> CgroupVersion {
+    if Path::new(CGROUP_ROOT).join("cgroup.controllers").exists() {
+        CgroupVersion::V2
+    } else {
+        CgroupVersion::V1
+    }
+}
+
+/// One execution's cgroup.
+#[derive(Debug)]
+pub struct Cgroup {
+    version: CgroupVersion,
+    /// v1: one directory per controller used; v2: the single directory.
+    dirs: Vec<PathBuf>,
+    memory_dir: Option<PathBuf>,
+}
+
+fn write(path: &Path, value: &str) -> io::Result<()> {
+    std::fs::write(path, value).map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!("write {value:?} to {}: {e}", path.display()),
+        )
+    })
+}
+
+/// cgroup v1 shares (2..262144, default 1024) to v2 weight (1..10000, default 100), as runc does.
+pub fn shares_to_weight(shares: u64) -> u64 {
+    let shares = shares.clamp(2, 262_144);
+    1 + ((shares - 2) * 9999) / 262_142
+}
+
+impl Cgroup {
+    /// Makes `kiln/<name>` with the limits in `res`; `None` when `res` asks for nothing.
+    pub fn create(name: &str, res: &Resources) -> io::Result<Option<Cgroup>> {
+        if res.is_empty() {
+            return Ok(None);
+        }
+        match detect() {
+            CgroupVersion::V1 => Self::create_v1(name, res).map(Some),
+            CgroupVersion::V2 => Self::create_v2(name, res).map(Some),
+        }
+    }
+
+    fn create_v1(name: &str, res: &Resources) -> io::Result<Cgroup> {
+        let mut cg = Cgroup {
+            version: CgroupVersion::V1,
+            dirs: Vec::new(),
+            memory_dir: None,
+        };
+        let mut make = |controller: &str| -> io::Result<PathBuf> {
+            let parent = Path::new(CGROUP_ROOT).join(controller).join("kiln");
+            if controller == "cpuset" && !parent.exists() {
+                std::fs::create_dir_all(&parent)?;
+                copy_cpuset(&Path::new(CGROUP_ROOT).join("cpuset"), &parent)?;
+            }
+            std::fs::create_dir_all(&parent)?;
+            let dir = parent.join(name);
+            std::fs::create_dir(&dir)
+                .map_err(|e| io::Error::new(e.kind(), format!("mkdir {}: {e}", dir.display())))?;
+            cg.dirs.push(dir.clone());
+            Ok(dir)
+        };
+        let result = (|| {
+            if let Some(bytes) = res.memory_bytes {
+                let dir = make("memory")?;
+                write(&dir.join("memory.limit_in_bytes"), &bytes.to_string())?;
+                // With swap the limit would only slow an allocation down; count swap too.
+                let memsw = dir.join("memory.memsw.limit_in_bytes");
+                if memsw.exists() {
+                    write(&memsw, &bytes.to_string())?;
+                }
+                let _ = write(&dir.join("memory.swappiness"), "0");
+                cg.memory_dir = Some(dir);
+            }
+            if let Some(shares) = res.cpu_shares {
+                let dir = make("cpu")?;
+                write(&dir.join("cpu.shares"), &shares.to_string())?;
+            }
+            if let Some(cpus) = &res.cpuset {
+                let dir = make("cpuset")?;
+                let mems =
+                    std::fs::read_to_string(dir.parent().unwrap_or(&dir).join("cpuset.mems"))?;
+                write(&dir.join("cpuset.mems"), mems.trim())?;
+                write(&dir.join("cpuset.cpus"), cpus)?;
+            }
+            if let Some(pids) = res.pids_limit {
+                let dir = make("pids")?;
+                write(&dir.join("pids.max"), &pids.to_string())?;
+            }
+            Ok(())
+        })();
+        match result {
+            Ok(()) => Ok(cg),
+            Err(e) => {
+                cg.remove();
+                Err(e)
+            }
+        }
+    }
+
+    fn create_v2(name: &str, res: &Resources) -> io::Result<Cgroup> {
+        let root = Path::new(CGROUP_ROOT);
+        let parent = root.join("kiln");
+        std::fs::create_dir_all(&parent)?;
+        let available =
+            std::fs::read_to_string(root.join("cgroup.controllers")).unwrap_or_default();
+        let wanted: Vec<&str> = ["memory", "cpu", "cpuset", "pids"]
+            .into_iter()
+            .filter(|c| available.split_whitespace().any(|a| a == *c))
+            .collect();
+        let enable: String = wanted.iter().map(|c| format!("+{c} ")).collect();
+        let _ = write(&root.join("cgroup.subtree_control"), enable.trim());
+        let _ = write(&parent.join("cgroup.subtree_control"), enable.trim());
+        let dir = parent.join(name);
+        std::fs::create_dir(&dir)
+            .map_err(|e| io::Error::new(e.kind(), format!("mkdir {}: {e}", dir.display())))?;
+        let cg = Cgroup {
+            version: CgroupVersion::V2,
+            dirs: vec![dir.clone()],
+            memory_dir: res.memory_bytes.map(|_| dir.clone()),
+        };
+        let result = (|| {
+            if let Some(bytes) = res.memory_bytes {
+                write(&dir.join("memory.max"), &bytes.to_string())?;
+                let swap = dir.join("memory.swap.max");
+                if swap.exists() {
+                    write(&swap, "0")?;
+                }
+            }
+            if let Some(shares) = res.cpu_shares {
+                write(
+                    &dir.join("cpu.weight"),
+                    &shares_to_weight(shares).to_string(),
+                )?;
+            }
+            if let Some(cpus) = &res.cpuset {
+                write(&dir.join("cpuset.cpus"), cpus)?;
+            }
+            if let Some(pids) = res.pids_limit {
+                write(&dir.join("pids.max"), &pids.to_string())?;
+            }
+            Ok(())
+        })();
+        match result {
+            Ok(()) => Ok(cg),
+            Err(e) => {
+                cg.remove();
+                Err(e)
+            }
+        }
+    }
+
+    pub fn version(&self) -> CgroupVersion {
+        self.version
+    }
+
+    /// The `cgroup.procs` files a process writes itself into (one per v1 controller).
+    pub fn procs_files(&self) -> Vec<PathBuf> {
+        self.dirs.iter().map(|d| d.join("cgroup.procs")).collect()
+    }
+
+    /// How many processes the kernel's OOM killer killed in this cgroup.
+    pub fn oom_kills(&self) -> u64 {
+        let Some(dir) = &self.memory_dir else {
+            return 0;
+        };
+        let file = match self.version {
+            CgroupVersion::V1 => "memory.oom_control",
+            CgroupVersion::V2 => "memory.events",
+        };
+        std::fs::read_to_string(dir.join(file))
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("oom_kill ")
+                    .and_then(|n| n.trim().parse().ok())
+            })
+            .unwrap_or(0)
+    }
+
+    /// Kills whatever is still inside and removes the directories.
+    pub fn remove(&self) {
+        for dir in &self.dirs {
+            remove_dir(dir);
+        }
+    }
+}
+
+fn copy_cpuset(from: &Path, to: &Path) -> io::Result<()> {
+    for f in ["cpuset.cpus", "cpuset.mems"] {
+        let v = std::fs::read_to_string(from.join(f))?;
+        write(&to.join(f), v.trim())?;
+    }
+    Ok(())
+}
+
+/// Removes one cgroup directory, killing stragglers; retries briefly because the kernel frees a
+/// cgroup a moment after its last process is reaped.
+fn remove_dir(dir: &Path) {
+    for attempt in 0..50 {
+        match std::fs::remove_dir(dir) {
+            Ok(()) => return,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return,
+            Err(_) => {
+                if let Ok(procs) = std::fs::read_to_string(dir.join("cgroup.procs")) {
+                    for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+                        // SAFETY: kill(2) with a pid read from the cgroup.
+                        unsafe { libc::kill(pid, libc::SIGKILL) };
+                    }
+                }
+                std::thread::sleep(std::time::Duration::from_millis(if attempt < 10 {
+                    1
+                } else {
+                    10
+                }));
+            }
+        }
+    }
+}
+
+/// Removes cgroups under `kiln/` whose owning kiln process (the pid in the name) is gone.
+pub fn recover() {
+    let mut parents = Vec::new();
+    match detect() {
+        CgroupVersion::V2 => parents.push(Path::new(CGROUP_ROOT).join("kiln")),
+        CgroupVersion::V1 => {
+            for c in ["memory", "cpu", "cpuset", "pids"] {
+                parents.push(Path::new(CGROUP_ROOT).join(c).join("kiln"));
+            }
+        }
+    }
+    for parent in parents {
+        let Ok(entries) = std::fs::read_dir(&parent) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let Some(owner) = name.split('.').next().and_then(|p| p.parse::<i32>().ok()) else {
+                continue;
+            };
+            if e.path().is_dir() && !super::process_alive(owner) {
+                remove_dir(&e.path());
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shares_convert_like_runc() {
+        assert_eq!(shares_to_weight(2), 1);
+        assert_eq!(shares_to_weight(1024), 39);
+        assert_eq!(shares_to_weight(262_144), 10_000);
+    }
+}

@@ -1,0 +1,304 @@
+//! The privileged calls the container setup makes, behind a trait (as youki's `Syscall`): the
+//! real implementation talks to the kernel; the recording one logs each call so the setup logic
+//! in `rootfs` is unit-tested without root.
+
+use std::ffi::CString;
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use nix::mount::{MntFlags, MsFlags};
+
+/// What kind of file a path is, as far as mount setup cares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileKind {
+    Dir,
+    Other,
+}
+
+/// A device node to create in the container's /dev.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CharDev {
+    pub major: u64,
+    pub minor: u64,
+    pub mode: u32,
+}
+
+pub trait Syscall {
+    fn mount(
+        &self,
+        source: Option<&Path>,
+        target: &Path,
+        fstype: Option<&str>,
+        flags: MsFlags,
+        data: Option<&str>,
+    ) -> io::Result<()>;
+    fn umount2(&self, target: &Path, flags: MntFlags) -> io::Result<()>;
+    /// `pivot_root(new_root, put_old)`.
+    fn pivot_root(&self, new_root: &Path, put_old: &Path) -> io::Result<()>;
+    fn chdir(&self, path: &Path) -> io::Result<()>;
+    fn mkdir_all(&self, path: &Path, mode: u32) -> io::Result<()>;
+    /// Creates an empty regular file if nothing is there (a mount point for a file bind).
+    fn touch(&self, path: &Path) -> io::Result<()>;
+    fn mknod_char(&self, path: &Path, dev: CharDev) -> io::Result<()>;
+    fn symlink(&self, target: &Path, link: &Path) -> io::Result<()>;
+    fn sethostname(&self, name: &str) -> io::Result<()>;
+    /// Brings the loopback interface of the current network namespace up.
+    fn loopback_up(&self) -> io::Result<()>;
+    /// `lstat`-based kind of a path; `None` when it does not exist.
+    fn kind(&self, path: &Path) -> Option<FileKind>;
+    fn write_file(&self, path: &Path, content: &[u8], mode: u32) -> io::Result<()>;
+    fn unlink(&self, path: &Path) -> io::Result<()>;
+}
+
+fn cpath(p: &Path) -> io::Result<CString> {
+    CString::new(p.as_os_str().as_bytes()).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))
+}
+
+fn nix_io(e: nix::Error) -> io::Error {
+    io::Error::from_raw_os_error(e as i32)
+}
+
+/// The kernel.
+pub struct LinuxSyscall;
+
+impl Syscall for LinuxSyscall {
+    fn mount(
+        &self,
+        source: Option<&Path>,
+        target: &Path,
+        fstype: Option<&str>,
+        flags: MsFlags,
+        data: Option<&str>,
+    ) -> io::Result<()> {
+        nix::mount::mount(source, target, fstype, flags, data).map_err(nix_io)
+    }
+
+    fn umount2(&self, target: &Path, flags: MntFlags) -> io::Result<()> {
+        nix::mount::umount2(target, flags).map_err(nix_io)
+    }
+
+    fn pivot_root(&self, new_root: &Path, put_old: &Path) -> io::Result<()> {
+        nix::unistd::pivot_root(new_root, put_old).map_err(nix_io)
+    }
+
+    fn chdir(&self, path: &Path) -> io::Result<()> {
+        nix::unistd::chdir(path).map_err(nix_io)
+    }
+
+    fn mkdir_all(&self, path: &Path, mode: u32) -> io::Result<()> {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(mode)
+            .create(path)
+    }
+
+    fn touch(&self, path: &Path) -> io::Result<()> {
+        match std::fs::symlink_metadata(path) {
+            Ok(_) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(path)
+                .map(|_| ()),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn mknod_char(&self, path: &Path, dev: CharDev) -> io::Result<()> {
+        let c = cpath(path)?;
+        let devno = libc::makedev(dev.major as u32, dev.minor as u32);
+        // SAFETY: `c` is a valid NUL-terminated path that outlives the call.
+        let rc = unsafe { libc::mknod(c.as_ptr(), libc::S_IFCHR | dev.mode, devno) };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // mknod is subject to the umask; set the exact mode.
+        // SAFETY: as above.
+        if unsafe { libc::chmod(c.as_ptr(), dev.mode) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    fn symlink(&self, target: &Path, link: &Path) -> io::Result<()> {
+        std::os::unix::fs::symlink(target, link)
+    }
+
+    fn sethostname(&self, name: &str) -> io::Result<()> {
+        nix::unistd::sethostname(name).map_err(nix_io)
+    }
+
+    fn loopback_up(&self) -> io::Result<()> {
+        // SAFETY: plain socket(2); the fd is closed below.
+        let sock = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+        if sock < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: ifreq is plain old data; zeroed is a valid value.
+        let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+        for (i, b) in b"lo".iter().enumerate() {
+            req.ifr_name[i] = *b as libc::c_char;
+        }
+        // SAFETY: `req` is a valid ifreq for SIOCGIFFLAGS/SIOCSIFFLAGS on an open socket.
+        let result = unsafe {
+            if libc::ioctl(sock, libc::SIOCGIFFLAGS, &mut req) != 0 {
+                Err(io::Error::last_os_error())
+            } else {
+                req.ifr_ifru.ifru_flags |= (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
+                if libc::ioctl(sock, libc::SIOCSIFFLAGS, &req) != 0 {
+                    Err(io::Error::last_os_error())
+                } else {
+                    Ok(())
+                }
+            }
+        };
+        // SAFETY: `sock` is an fd we own.
+        unsafe { libc::close(sock) };
+        result
+    }
+
+    fn write_file(&self, path: &Path, content: &[u8], mode: u32) -> io::Result<()> {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(mode)
+            .open(path)?;
+        f.write_all(content)
+    }
+
+    fn unlink(&self, path: &Path) -> io::Result<()> {
+        std::fs::remove_file(path)
+    }
+
+    fn kind(&self, path: &Path) -> Option<FileKind> {
+        std::fs::symlink_metadata(path).ok().map(|m| {
+            if m.is_dir() {
+                FileKind::Dir
+            } else {
+                FileKind::Other
+            }
+        })
+    }
+}
+
+/// One recorded call (paths as given).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Call {
+    Mount {
+        source: Option<PathBuf>,
+        target: PathBuf,
+        fstype: Option<String>,
+        flags: MsFlags,
+        data: Option<String>,
+    },
+    Umount2(PathBuf, MntFlags),
+    PivotRoot(PathBuf, PathBuf),
+    Chdir(PathBuf),
+    MkdirAll(PathBuf, u32),
+    Touch(PathBuf),
+    Mknod(PathBuf, CharDev),
+    Symlink(PathBuf, PathBuf),
+    Sethostname(String),
+    LoopbackUp,
+    WriteFile(PathBuf, Vec<u8>, u32),
+    Unlink(PathBuf),
+}
+
+/// Records every call and succeeds; `kind` answers from the paths given at construction.
+#[derive(Default)]
+pub struct RecordingSyscall {
+    pub calls: Mutex<Vec<Call>>,
+    pub dirs: Vec<PathBuf>,
+    pub files: Vec<PathBuf>,
+}
+
+impl RecordingSyscall {
+    pub fn new(dirs: &[&str], files: &[&str]) -> Self {
+        RecordingSyscall {
+            calls: Mutex::new(Vec::new()),
+            dirs: dirs.iter().map(PathBuf::from).collect(),
+            files: files.iter().map(PathBuf::from).collect(),
+        }
+    }
+
+    pub fn calls(&self) -> Vec<Call> {
+        self.calls.lock().map(|c| c.clone()).unwrap_or_default()
+    }
+
+    fn push(&self, call: Call) -> io::Result<()> {
+        if let Ok(mut c) = self.calls.lock() {
+            c.push(call);
+        }
+        Ok(())
+    }
+}
+
+impl Syscall for RecordingSyscall {
+    fn mount(
+        &self,
+        source: Option<&Path>,
+        target: &Path,
+        fstype: Option<&str>,
+        flags: MsFlags,
+        data: Option<&str>,
+    ) -> io::Result<()> {
+        self.push(Call::Mount {
+            source: source.map(Path::to_path_buf),
+            target: target.to_path_buf(),
+            fstype: fstype.map(str::to_string),
+            flags,
+            data: data.map(str::to_string),
+        })
+    }
+    fn umount2(&self, target: &Path, flags: MntFlags) -> io::Result<()> {
+        self.push(Call::Umount2(target.to_path_buf(), flags))
+    }
+    fn pivot_root(&self, new_root: &Path, put_old: &Path) -> io::Result<()> {
+        self.push(Call::PivotRoot(
+            new_root.to_path_buf(),
+            put_old.to_path_buf(),
+        ))
+    }
+    fn chdir(&self, path: &Path) -> io::Result<()> {
+        self.push(Call::Chdir(path.to_path_buf()))
+    }
+    fn mkdir_all(&self, path: &Path, mode: u32) -> io::Result<()> {
+        self.push(Call::MkdirAll(path.to_path_buf(), mode))
+    }
+    fn touch(&self, path: &Path) -> io::Result<()> {
+        self.push(Call::Touch(path.to_path_buf()))
+    }
+    fn mknod_char(&self, path: &Path, dev: CharDev) -> io::Result<()> {
+        self.push(Call::Mknod(path.to_path_buf(), dev))
+    }
+    fn symlink(&self, target: &Path, link: &Path) -> io::Result<()> {
+        self.push(Call::Symlink(target.to_path_buf(), link.to_path_buf()))
+    }
+    fn sethostname(&self, name: &str) -> io::Result<()> {
+        self.push(Call::Sethostname(name.to_string()))
+    }
+    fn loopback_up(&self) -> io::Result<()> {
+        self.push(Call::LoopbackUp)
+    }
+    fn write_file(&self, path: &Path, content: &[u8], mode: u32) -> io::Result<()> {
+        self.push(Call::WriteFile(path.to_path_buf(), content.to_vec(), mode))
+    }
+    fn unlink(&self, path: &Path) -> io::Result<()> {
+        self.push(Call::Unlink(path.to_path_buf()))
+    }
+    fn kind(&self, path: &Path) -> Option<FileKind> {
+        if self.dirs.iter().any(|d| d == path) {
+            Some(FileKind::Dir)
+        } else if self.files.iter().any(|f| f == path) {
+            Some(FileKind::Other)
+        } else {
+            None
+        }
+    }
+}

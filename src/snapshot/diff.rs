@@ -1,0 +1,313 @@
+//! Turning an execution's effect into a list of changes.
+//!
+//! `diff_upper` reads an overlay upperdir (mounted with redirect_dir=off, metacopy=off): whiteouts
+//! (char device 0:0) are deletions, `trusted.overlay.opaque=y` directories replace what was
+//! below, and entries overlay copied up without changing them (a chmod to the same mode, a file
+//! opened for writing but left as it was) are left out by comparing them with the lower view.
+//! `diff_trees` compares two complete trees; it is the fallback when the upperdir cannot be
+//! trusted (`upper_is_trustworthy`).
+
+use std::collections::BTreeSet;
+use std::ffi::{CString, OsString};
+use std::fs::{self, Metadata};
+use std::io::{self, Read};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+
+use crate::oci::change::Change;
+
+const OVERLAY_XATTR_PREFIX: &[u8] = b"trusted.overlay.";
+
+fn lstat(p: &Path) -> Option<Metadata> {
+    fs::symlink_metadata(p).ok()
+}
+
+fn sorted_entries(dir: &Path) -> io::Result<Vec<OsString>> {
+    let mut names: Vec<OsString> = fs::read_dir(dir)
+        .map_err(|e| io::Error::new(e.kind(), format!("read {}: {e}", dir.display())))?
+        .map(|e| e.map(|e| e.file_name()))
+        .collect::<io::Result<_>>()?;
+    names.sort();
+    Ok(names)
+}
+
+fn is_whiteout(m: &Metadata) -> bool {
+    m.file_type().is_char_device() && m.rdev() == 0
+}
+
+fn cpath(p: &Path) -> io::Result<CString> {
+    CString::new(p.as_os_str().as_bytes()).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))
+}
+
+/// One extended attribute's value (`None` when absent), without following symlinks.
+pub fn get_xattr(p: &Path, name: &str) -> io::Result<Option<Vec<u8>>> {
+    let path = cpath(p)?;
+    let name = CString::new(name).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    let mut buf = vec![0u8; 256];
+    loop {
+        // SAFETY: lgetxattr with valid C strings and a buffer of the given length.
+        let n = unsafe {
+            libc::lgetxattr(
+                path.as_ptr(),
+                name.as_ptr(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+            )
+        };
+        if n >= 0 {
+            buf.truncate(n as usize);
+            return Ok(Some(buf));
+        }
+        let e = io::Error::last_os_error();
+        match e.raw_os_error() {
+            Some(libc::ENODATA) | Some(libc::ENOTSUP) => return Ok(None),
+            Some(libc::ERANGE) => buf.resize(buf.len() * 4, 0),
+            _ => return Err(e),
+        }
+    }
+}
+
+/// All extended attributes of a path except overlay's own, sorted by name.
+pub fn xattrs(p: &Path) -> io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    let path = cpath(p)?;
+    let mut names = vec![0u8; 1024];
+    let len = loop {
+        // SAFETY: llistxattr with a valid path and a buffer of the given length.
+        let n = unsafe { libc::llistxattr(path.as_ptr(), names.as_mut_ptr().cast(), names.len()) };
+        if n >= 0 {
+            break n as usize;
+        }
+        let e = io::Error::last_os_error();
+        match e.raw_os_error() {
+            Some(libc::ENOTSUP) => return Ok(Vec::new()),
+            Some(libc::ERANGE) => names.resize(names.len() * 4, 0),
+            _ => return Err(e),
+        }
+    };
+    let mut out = Vec::new();
+    for name in names[..len].split(|b| *b == 0).filter(|n| !n.is_empty()) {
+        if name.starts_with(OVERLAY_XATTR_PREFIX) {
+            continue;
+        }
+        let name_str = String::from_utf8_lossy(name).into_owned();
+        if let Some(v) = get_xattr(p, &name_str)? {
+            out.push((name.to_vec(), v));
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+fn is_opaque(p: &Path) -> io::Result<bool> {
+    Ok(get_xattr(p, "trusted.overlay.opaque")?.as_deref() == Some(b"y"))
+}
+
+fn same_content(a: &Path, b: &Path) -> io::Result<bool> {
+    let mut fa = fs::File::open(a)?;
+    let mut fb = fs::File::open(b)?;
+    let mut ba = vec![0u8; 64 * 1024];
+    let mut bb = vec![0u8; 64 * 1024];
+    loop {
+        let na = read_full(&mut fa, &mut ba)?;
+        let nb = read_full(&mut fb, &mut bb)?;
+        if na != nb || ba[..na] != bb[..nb] {
+            return Ok(false);
+        }
+        if na == 0 {
+            return Ok(true);
+        }
+    }
+}
+
+fn read_full(f: &mut fs::File, buf: &mut [u8]) -> io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match f.read(&mut buf[n..])? {
+            0 => break,
+            k => n += k,
+        }
+    }
+    Ok(n)
+}
+
+/// Whether two entries look the same to a container: type and mode, owner, xattrs, and the
+/// content (files), target (symlinks) or device number. Times are not compared.
+fn same_entry(a: &Path, am: &Metadata, b: &Path, bm: &Metadata) -> io::Result<bool> {
+    if am.mode() != bm.mode() || am.uid() != bm.uid() || am.gid() != bm.gid() {
+        return Ok(false);
+    }
+    let ft = am.file_type();
+    if ft.is_file() {
+        if am.len() != bm.len() || !same_content(a, b)? {
+            return Ok(false);
+        }
+    } else if ft.is_symlink() {
+        if fs::read_link(a)? != fs::read_link(b)? {
+            return Ok(false);
+        }
+    } else if (ft.is_char_device() || ft.is_block_device()) && am.rdev() != bm.rdev() {
+        return Ok(false);
+    }
+    Ok(xattrs(a)? == xattrs(b)?)
+}
+
+/// Upserts `rel` and everything below it in `tree` (skipping whiteouts, which mean nothing in a
+/// directory that is new).
+fn add_all(tree: &Path, rel: &Path, out: &mut Vec<Change>) -> io::Result<()> {
+    for name in sorted_entries(&tree.join(rel))? {
+        let r = rel.join(&name);
+        let m = match lstat(&tree.join(&r)) {
+            Some(m) => m,
+            None => continue,
+        };
+        if is_whiteout(&m) {
+            continue;
+        }
+        out.push(Change::Upsert(r.clone()));
+        if m.is_dir() {
+            add_all(tree, &r, out)?;
+        }
+    }
+    Ok(())
+}
+
+/// The changes an overlay upperdir holds, relative to `lower` (the merged view of the lower
+/// layers: a single layer directory, or a read-only overlay of several).
+pub fn diff_upper(upper: &Path, lower: &Path) -> io::Result<Vec<Change>> {
+    let mut out = Vec::new();
+    walk_upper(upper, lower, Path::new(""), &mut out)?;
+    Ok(out)
+}
+
+fn walk_upper(upper: &Path, lower: &Path, rel: &Path, out: &mut Vec<Change>) -> io::Result<()> {
+    for name in sorted_entries(&upper.join(rel))? {
+        let r = rel.join(&name);
+        let u = upper.join(&r);
+        let Some(um) = lstat(&u) else { continue };
+        // `lower.join(r)` is safe to lstat: its parent was checked to be a real directory.
+        let l = lower.join(&r);
+        let lm = lstat(&l);
+        if is_whiteout(&um) {
+            if lm.is_some() {
+                out.push(Change::Delete(r));
+            }
+            continue;
+        }
+        if um.is_dir() {
+            if is_opaque(&u)? {
+                out.push(Change::Opaque(r.clone()));
+                add_all(upper, &r, out)?;
+                continue;
+            }
+            match lm {
+                Some(lm) if lm.is_dir() => {
+                    if !same_entry(&u, &um, &l, &lm)? {
+                        out.push(Change::Upsert(r.clone()));
+                    }
+                    walk_upper(upper, lower, &r, out)?;
+                }
+                _ => {
+                    // New, or replacing a non-directory (overlay hides what was below).
+                    out.push(Change::Upsert(r.clone()));
+                    add_all(upper, &r, out)?;
+                }
+            }
+            continue;
+        }
+        // A link count above one in the upperdir means links made in the container (copy-up
+        // does not preserve links with index=off): every name of the inode goes in the layer.
+        let changed = match &lm {
+            _ if um.nlink() > 1 => true,
+            Some(lm) if !lm.is_dir() => !same_entry(&u, &um, &l, lm)?,
+            _ => true,
+        };
+        if changed {
+            out.push(Change::Upsert(r));
+        }
+    }
+    Ok(())
+}
+
+/// The changes that turn tree `old` into tree `new` (both plain directory trees, e.g. the lower
+/// view and the merged view of a snapshot).
+pub fn diff_trees(old: &Path, new: &Path) -> io::Result<Vec<Change>> {
+    let mut out = Vec::new();
+    walk_trees(old, new, Path::new(""), &mut out)?;
+    Ok(out)
+}
+
+fn walk_trees(old: &Path, new: &Path, rel: &Path, out: &mut Vec<Change>) -> io::Result<()> {
+    let new_names = sorted_entries(&new.join(rel))?;
+    let old_names: BTreeSet<OsString> = sorted_entries(&old.join(rel))?.into_iter().collect();
+    let new_set: BTreeSet<&OsString> = new_names.iter().collect();
+    // Deletions first, by name order, then additions and modifications.
+    let mut changes = Vec::new();
+    for name in old_names.iter().filter(|n| !new_set.contains(n)) {
+        changes.push((name.clone(), None));
+    }
+    for name in &new_names {
+        changes.push((name.clone(), Some(())));
+    }
+    changes.sort();
+    for (name, present) in changes {
+        let r = rel.join(&name);
+        if present.is_none() {
+            out.push(Change::Delete(r));
+            continue;
+        }
+        let n = new.join(&r);
+        let o = old.join(&r);
+        let Some(nm) = lstat(&n) else { continue };
+        let om = lstat(&o);
+        match om {
+            None => {
+                out.push(Change::Upsert(r.clone()));
+                if nm.is_dir() {
+                    add_all(new, &r, out)?;
+                }
+            }
+            Some(om) if nm.is_dir() && om.is_dir() => {
+                if !same_entry(&n, &nm, &o, &om)? {
+                    out.push(Change::Upsert(r.clone()));
+                }
+                walk_trees(old, new, &r, out)?;
+            }
+            Some(_) if nm.is_dir() => {
+                out.push(Change::Upsert(r.clone()));
+                add_all(new, &r, out)?;
+            }
+            Some(om) => {
+                if om.is_dir() || nm.nlink() != om.nlink() || !same_entry(&n, &nm, &o, &om)? {
+                    out.push(Change::Upsert(r));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Whether an upperdir can be read as a self-contained diff: no redirects or metacopy entries
+/// (which point into lower layers) anywhere in it.
+pub fn upper_is_trustworthy(upper: &Path) -> io::Result<bool> {
+    fn walk(dir: &Path) -> io::Result<bool> {
+        for name in sorted_entries(dir)? {
+            let p = dir.join(name);
+            if get_xattr(&p, "trusted.overlay.redirect")?.is_some()
+                || get_xattr(&p, "trusted.overlay.metacopy")?.is_some()
+            {
+                return Ok(false);
+            }
+            if lstat(&p).is_some_and(|m| m.is_dir()) && !walk(&p)? {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+    walk(upper)
+}
+
+/// Paths in `changes`, for messages and tests.
+pub fn paths(changes: &[Change]) -> Vec<PathBuf> {
+    changes.iter().map(|c| c.path().to_path_buf()).collect()
+}

@@ -1,0 +1,184 @@
+//! The sandbox on a busybox overlay snapshot, as root: namespaces, filesystem, privileges.
+
+mod common;
+
+use std::path::PathBuf;
+
+use kiln::sandbox::{self, ExecSpec, Network};
+use kiln::snapshot::{PrepareOptions, Snapshotter};
+
+struct Fixture {
+    _root: tempfile::TempDir,
+    snap: kiln::snapshot::ActiveSnapshot,
+}
+
+fn busybox_snapshot() -> Fixture {
+    common::require_root();
+    let root = common::temp_root();
+    let snapshotter = Snapshotter::new(root.path()).unwrap();
+    let snap = snapshotter
+        .prepare(
+            &[common::busybox_rootfs()],
+            &PrepareOptions { volatile: true },
+        )
+        .unwrap();
+    Fixture { _root: root, snap }
+}
+
+fn sh(fx: &Fixture, script: &str) -> ExecSpec {
+    ExecSpec::new(fx.snap.merged(), ["/bin/sh", "-c", script])
+}
+
+fn output(spec: &ExecSpec) -> (i32, String, String) {
+    let (exit, out, err) = sandbox::output(spec).unwrap();
+    (
+        exit.code,
+        String::from_utf8_lossy(&out).into_owned(),
+        String::from_utf8_lossy(&err).into_owned(),
+    )
+}
+
+#[test]
+fn sees_its_own_pid_1_hostname_and_only_loopback() {
+    let fx = busybox_snapshot();
+    let mut spec = sh(&fx, "echo pid=$$; hostname; cat /etc/hostname; ls /sys/class/net; ip link show lo | head -1; ps -o pid,comm | tail -n +2");
+    spec.hostname = "kiln-test-box".into();
+    let (code, out, err) = output(&spec);
+    assert_eq!(code, 0, "stderr: {err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(
+        lines[0], "pid=2",
+        "the command is the init's only child: {out}"
+    );
+    assert_eq!(lines[1], "kiln-test-box");
+    assert_eq!(lines[2], "kiln-test-box");
+    assert_eq!(lines[3], "lo", "only loopback: {out}");
+    assert!(lines[4].contains("UP"), "loopback is up: {out}");
+    // The process table holds only the init, the shell and ps.
+    let pids: Vec<&str> = lines[5..]
+        .iter()
+        .map(|l| l.split_whitespace().next().unwrap())
+        .collect();
+    assert!(pids.contains(&"1"), "{out}");
+    assert!(lines.len() <= 5 + 4, "no host processes visible: {out}");
+    assert!(out.contains("1 kiln-init"), "{out}");
+}
+
+#[test]
+fn host_network_sees_host_interfaces_and_resolv_conf() {
+    let fx = busybox_snapshot();
+    let mut spec = sh(
+        &fx,
+        "ls /sys/class/net | sort | tr '\\n' ' '; echo; cat /etc/resolv.conf",
+    );
+    spec.network = Network::Host;
+    let (code, out, err) = output(&spec);
+    assert_eq!(code, 0, "stderr: {err}");
+    let mut host: Vec<String> = std::fs::read_dir("/sys/class/net")
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    host.sort();
+    assert_eq!(out.lines().next().unwrap().trim(), host.join(" "));
+    let resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+    assert!(
+        out.contains(resolv.trim()),
+        "host resolv.conf bound in: {out}"
+    );
+}
+
+#[test]
+fn sees_the_image_files_not_the_hosts() {
+    let fx = busybox_snapshot();
+    let marker = format!("/kiln-host-marker-{}", std::process::id());
+    std::fs::write(&marker, "host").unwrap();
+    let (code, out, _) = output(&sh(
+        &fx,
+        &format!("test -e {marker} && echo LEAK; cat /etc/passwd | head -1; ls /"),
+    ));
+    std::fs::remove_file(&marker).unwrap();
+    assert_eq!(code, 0);
+    assert!(!out.contains("LEAK"));
+    assert!(out.starts_with("root:x:0:0:root:/root:/bin/sh"));
+    assert!(!out.contains("usr\n"), "busybox image has no /usr: {out}");
+}
+
+#[test]
+fn cannot_mount_or_load_modules_and_proc_is_masked() {
+    let fx = busybox_snapshot();
+    let (code, out, err) = output(&sh(
+        &fx,
+        "mount -t tmpfs none /mnt 2>/dev/null && echo MOUNTED; \
+         mkdir -p /mnt; mount -t tmpfs none /mnt 2>/dev/null && echo MOUNTED2; \
+         echo x > /tmp/m.ko; insmod /tmp/m.ko 2>/dev/null && echo LOADED; \
+         echo kcore=$(cat /proc/kcore | wc -c); \
+         echo 1 > /proc/sys/kernel/hostname 2>/dev/null && echo SYSWRITE; \
+         grep -c . /proc/keys; \
+         grep CapEff /proc/self/status",
+    ));
+    assert_eq!(code, 0, "stderr: {err}");
+    assert!(!out.contains("MOUNTED"), "{out}");
+    assert!(!out.contains("LOADED"), "{out}");
+    assert!(!out.contains("SYSWRITE"), "/proc/sys is read-only: {out}");
+    assert!(
+        out.contains("kcore=0"),
+        "/proc/kcore masked with /dev/null: {out}"
+    );
+    assert!(
+        out.contains("CapEff:\t00000000a80425fb"),
+        "docker's default caps: {out}"
+    );
+}
+
+#[test]
+fn writes_land_in_the_upperdir() {
+    let fx = busybox_snapshot();
+    let (code, _, err) = output(&sh(&fx, "echo hello > /root/new.txt && mkdir -p /work/a"));
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        std::fs::read_to_string(fx.snap.upper().join("root/new.txt")).unwrap(),
+        "hello\n"
+    );
+    assert!(fx.snap.upper().join("work/a").is_dir());
+    // Mount points the sandbox created (/etc/hosts etc. exist?) do not linger in the upperdir
+    // beyond what the image lacked and the command made.
+    assert!(!fx.snap.upper().join("proc").exists());
+    assert!(!common::busybox_rootfs().join("root/new.txt").exists());
+}
+
+#[test]
+fn exit_codes_signals_cwd_env_and_user() {
+    let fx = busybox_snapshot();
+    assert_eq!(sandbox::run(&sh(&fx, "exit 42")).unwrap().code, 42);
+    let exit = sandbox::run(&sh(&fx, "kill -TERM $$")).unwrap();
+    assert_eq!((exit.code, exit.signal), (143, Some(15)));
+
+    let mut spec = sh(&fx, "pwd; echo $FOO; echo $HOME; id -u; id -g; echo $PATH");
+    spec.cwd = PathBuf::from("/does/not/exist");
+    spec.env = vec!["FOO=bar".into()];
+    spec.user = "nobody".into();
+    let (code, out, err) = output(&spec);
+    assert_eq!(code, 0, "{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[0], "/does/not/exist");
+    assert_eq!(lines[1], "bar");
+    assert_eq!(lines[2], "/home");
+    assert_eq!(lines[3], "65534");
+    assert_eq!(lines[4], "65534");
+    assert!(lines[5].contains("/bin"));
+
+    let mut spec = sh(&fx, "id -u; id -g; grep CapEff /proc/self/status");
+    spec.user = "1234:5678".into();
+    let (_, out, _) = output(&spec);
+    assert_eq!(out.lines().take(2).collect::<Vec<_>>(), ["1234", "5678"]);
+    assert!(out.contains("CapEff:\t0000000000000000"), "{out}");
+
+    let mut spec = sh(&fx, "true");
+    spec.user = "ghost".into();
+    let err = sandbox::run(&spec).unwrap_err().to_string();
+    assert!(err.contains("ghost"), "{err}");
+
+    let spec = ExecSpec::new(fx.snap.merged(), ["no-such-command"]);
+    let err = sandbox::run(&spec).unwrap_err().to_string();
+    assert!(err.contains("no-such-command"), "{err}");
+}
