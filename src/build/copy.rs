@@ -429,17 +429,36 @@ fn display_in_root(root: &Path, path: &Path) -> String {
 /// `mkdir -p` of an absolute image path inside `root` (WORKDIR): symlinks resolved inside the
 /// root, created directories 0755 and owned by `owner` (root when `None`).
 pub fn mkdir_in_root(root: &Path, path: &str, owner: Option<(u32, u32)>) -> Result<()> {
-    let src = CopySource { root, filter: &super::context::NoFilter, from_context: true };
-    let opts = CopyOptions { chown: owner, ..Default::default() };
+    let src = CopySource {
+        root,
+        filter: &super::context::NoFilter,
+        from_context: true,
+    };
+    let opts = CopyOptions {
+        chown: owner,
+        ..Default::default()
+    };
     let excludes = ExcludeSet::new(&[])?;
-    let mut w = Writer { src: &src, dest_root: root, opts: &opts, excludes: &excludes, owner_default: owner.unwrap_or((0, 0)) };
+    let mut w = Writer {
+        src: &src,
+        dest_root: root,
+        opts: &opts,
+        excludes: &excludes,
+        owner_default: owner.unwrap_or((0, 0)),
+    };
     w.ensure_dir_path(&clean_rel(path))?;
     Ok(())
 }
 
 /// Writes a file at an absolute image path inside `root` (here-documents, downloads), creating
 /// parents, replacing what is there (never following a symlink at the destination).
-pub fn write_file_in_root(root: &Path, path: &str, data: &[u8], mode: u32, owner: (u32, u32)) -> Result<()> {
+pub fn write_file_in_root(
+    root: &Path,
+    path: &str,
+    data: &[u8],
+    mode: u32,
+    owner: (u32, u32),
+) -> Result<()> {
     let rel = clean_rel(path);
     let (parent_rel, name) = match rel.rfind('/') {
         Some(i) => (&rel[..i], &rel[i + 1..]),
@@ -448,10 +467,23 @@ pub fn write_file_in_root(root: &Path, path: &str, data: &[u8], mode: u32, owner
     if name.is_empty() {
         bail!("cannot write a file at {path}");
     }
-    let src = CopySource { root, filter: &super::context::NoFilter, from_context: true };
-    let opts = CopyOptions { chown: Some(owner), ..Default::default() };
+    let src = CopySource {
+        root,
+        filter: &super::context::NoFilter,
+        from_context: true,
+    };
+    let opts = CopyOptions {
+        chown: Some(owner),
+        ..Default::default()
+    };
     let excludes = ExcludeSet::new(&[])?;
-    let mut w = Writer { src: &src, dest_root: root, opts: &opts, excludes: &excludes, owner_default: owner };
+    let mut w = Writer {
+        src: &src,
+        dest_root: root,
+        opts: &opts,
+        excludes: &excludes,
+        owner_default: owner,
+    };
     let parent = w.ensure_dir_path(parent_rel)?;
     let dest = parent.join(name);
     match fs::symlink_metadata(&dest) {

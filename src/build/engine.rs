@@ -31,7 +31,8 @@ pub fn build(root: &Path, opts: BuildOptions) -> Result<i32> {
         }
     }
 
-    let (mut context, dockerfile_text, dockerfile_name, dockerfile_path) = open_context(&store, &opts)?;
+    let (mut context, dockerfile_text, dockerfile_name, dockerfile_path) =
+        open_context(&store, &opts)?;
     let ignore = crate::dockerfile::DockerIgnore::load(context.root(), dockerfile_path.as_deref())
         .map_err(|e| anyhow!("reading .dockerignore: {e}"))?;
     context.set_filter(Arc::new(super::frontend::IgnoreFilter(ignore)));
@@ -42,13 +43,20 @@ pub fn build(root: &Path, opts: BuildOptions) -> Result<i32> {
         .get("SOURCE_DATE_EPOCH")
         .cloned()
         .or_else(|| std::env::var("SOURCE_DATE_EPOCH").ok())
-        .map(|v| v.trim().parse::<i64>().map_err(|_| anyhow!("SOURCE_DATE_EPOCH={v}: expected seconds since the epoch")))
+        .map(|v| {
+            v.trim()
+                .parse::<i64>()
+                .map_err(|_| anyhow!("SOURCE_DATE_EPOCH={v}: expected seconds since the epoch"))
+        })
         .transpose()?;
 
     let place_id = format!(
         "{}\0{}",
         context.root().display(),
-        dockerfile_path.as_ref().map(|p| p.display().to_string()).unwrap_or(dockerfile_name.clone())
+        dockerfile_path
+            .as_ref()
+            .map(|p| p.display().to_string())
+            .unwrap_or(dockerfile_name.clone())
     );
     let request = BuildRequest {
         model,
@@ -66,19 +74,31 @@ pub fn build(root: &Path, opts: BuildOptions) -> Result<i32> {
         max_parallelism: opts.max_parallelism,
     };
     let db = Arc::new(Mutex::new(open_db(store.root())?));
-    let backend: Arc<dyn Backend> = Arc::new(StoreBackend { store: store.clone() });
+    let backend: Arc<dyn Backend> = Arc::new(StoreBackend {
+        store: store.clone(),
+    });
     let context = Arc::new(context);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(opts.max_parallelism.clamp(1, 8))
         .enable_all()
         .build()
         .context("starting the build runtime")?;
-    let result = runtime.block_on(solver::solve(request, backend, context, progress.clone(), db))?;
+    let result = runtime.block_on(solver::solve(
+        request,
+        backend,
+        context,
+        progress.clone(),
+        db,
+    ))?;
     drop(runtime);
 
     let mut config = result.config.clone();
     for (k, v) in &opts.labels {
-        config.config.labels.get_or_insert_with(BTreeMap::new).insert(k.clone(), v.clone());
+        config
+            .config
+            .labels
+            .get_or_insert_with(BTreeMap::new)
+            .insert(k.clone(), v.clone());
     }
     let image_id = export(&store, &progress, &opts, &config, &result)?;
     if let Some(path) = &opts.iidfile {
@@ -94,7 +114,8 @@ pub fn build(root: &Path, opts: BuildOptions) -> Result<i32> {
 /// A second connection to the store's database for the build cache (SQLite serialises writers
 /// across connections; WAL lets readers proceed).
 fn open_db(root: &Path) -> Result<rusqlite::Connection> {
-    let conn = rusqlite::Connection::open(root.join("kiln.db")).context("opening the build cache database")?;
+    let conn = rusqlite::Connection::open(root.join("kiln.db"))
+        .context("opening the build cache database")?;
     conn.busy_timeout(std::time::Duration::from_secs(60))?;
     conn.execute_batch("PRAGMA synchronous=NORMAL;")?;
     Ok(conn)
@@ -102,7 +123,10 @@ fn open_db(root: &Path) -> Result<rusqlite::Connection> {
 
 /// The context and the Dockerfile, as docker finds them: `-f` relative to the working directory,
 /// else `Dockerfile` in the context; `-f -` or a Dockerfile piped as the context from stdin.
-fn open_context(store: &Store, opts: &BuildOptions) -> Result<(BuildContext, String, String, Option<PathBuf>)> {
+fn open_context(
+    store: &Store,
+    opts: &BuildOptions,
+) -> Result<(BuildContext, String, String, Option<PathBuf>)> {
     let source = if opts.context == "-" {
         if opts.dockerfile.as_deref() == Some("-") {
             bail!("-f - and a context from stdin (-) cannot both read stdin");
@@ -113,7 +137,10 @@ fn open_context(store: &Store, opts: &BuildOptions) -> Result<(BuildContext, Str
         match std::fs::metadata(&path) {
             Ok(m) if m.is_dir() => ContextSource::Dir(path),
             Ok(_) => ContextSource::Tarball(path),
-            Err(e) => bail!("build context {}: {e} (give a directory, a tarball or -)", path.display()),
+            Err(e) => bail!(
+                "build context {}: {e} (give a directory, a tarball or -)",
+                path.display()
+            ),
         }
     };
     let from_dir = matches!(source, ContextSource::Dir(_));
@@ -125,12 +152,14 @@ fn open_context(store: &Store, opts: &BuildOptions) -> Result<(BuildContext, Str
     match opts.dockerfile.as_deref() {
         Some("-") => {
             let mut text = String::new();
-            std::io::Read::read_to_string(&mut std::io::stdin(), &mut text).context("reading the Dockerfile from stdin")?;
+            std::io::Read::read_to_string(&mut std::io::stdin(), &mut text)
+                .context("reading the Dockerfile from stdin")?;
             Ok((context, text, "Dockerfile".into(), None))
         }
         Some(f) if from_dir => {
             let path = PathBuf::from(f);
-            let text = std::fs::read_to_string(&path).with_context(|| format!("reading Dockerfile {}", path.display()))?;
+            let text = std::fs::read_to_string(&path)
+                .with_context(|| format!("reading Dockerfile {}", path.display()))?;
             let abs = std::fs::canonicalize(&path).unwrap_or(path.clone());
             Ok((context, text, f.to_string(), Some(abs)))
         }
@@ -138,9 +167,12 @@ fn open_context(store: &Store, opts: &BuildOptions) -> Result<(BuildContext, Str
             // In a tar context the Dockerfile is a path inside it.
             let name = other.unwrap_or("Dockerfile");
             let rel = super::fsutil::clean_rel(name);
-            let data = context
-                .read_file(&rel)?
-                .ok_or_else(|| anyhow!("{name}: no such Dockerfile in the build context {}", opts.context))?;
+            let data = context.read_file(&rel)?.ok_or_else(|| {
+                anyhow!(
+                    "{name}: no such Dockerfile in the build context {}",
+                    opts.context
+                )
+            })?;
             let text = String::from_utf8(data).map_err(|_| anyhow!("{name}: not UTF-8 text"))?;
             let path = context.root().join(&rel);
             Ok((context, text, name.to_string(), Some(path)))
@@ -161,7 +193,8 @@ impl Backend for StoreBackend {
             .map_err(|_| anyhow!("base image {name} is not in kiln's store (kiln pull {name}, or kiln load/import it)"))?;
         let manifest = self.store.manifest(&record.manifest_digest)?;
         let config_bytes = self.store.read_blob(&record.config_digest)?;
-        let config = ImageConfigFile::from_json(&config_bytes).with_context(|| format!("reading the config of {name}"))?;
+        let config = ImageConfigFile::from_json(&config_bytes)
+            .with_context(|| format!("reading the config of {name}"))?;
         if config.rootfs.diff_ids.len() != manifest.layers().len() {
             bail!("image {name}: config and manifest disagree on the number of layers");
         }
@@ -176,7 +209,11 @@ impl Backend for StoreBackend {
                 media_type: d.media_type().to_string(),
             })
             .collect();
-        Ok(BaseImage { id: record.manifest_digest, config, layers })
+        Ok(BaseImage {
+            id: record.manifest_digest,
+            config,
+            layers,
+        })
     }
 
     fn has_layer(&self, layer: &LayerRef) -> bool {
@@ -197,23 +234,39 @@ fn descriptor(layer: &LayerRef) -> Result<oci_spec::image::Descriptor> {
     Ok(oci_spec::image::Descriptor::new(
         media_type,
         layer.size,
-        layer.digest.parse::<oci_spec::image::Digest>().map_err(|e| anyhow!("layer digest {}: {e}", layer.digest))?,
+        layer
+            .digest
+            .parse::<oci_spec::image::Digest>()
+            .map_err(|e| anyhow!("layer digest {}: {e}", layer.digest))?,
     ))
 }
 
 /// Writes the config and manifest, names the image, and writes the other outputs. Returns the
 /// image ID (the config digest, as docker prints it).
-fn export(store: &Store, progress: &Progress, opts: &BuildOptions, config: &ImageConfigFile, result: &StageResult) -> Result<String> {
+fn export(
+    store: &Store,
+    progress: &Progress,
+    opts: &BuildOptions,
+    config: &ImageConfigFile,
+    result: &StageResult,
+) -> Result<String> {
     let config_bytes = config.to_json();
     let config_blob = store.put_blob_bytes(&config_bytes)?;
-    let layers: Vec<oci_spec::image::Descriptor> = result.layers.iter().map(descriptor).collect::<Result<_>>()?;
+    let layers: Vec<oci_spec::image::Descriptor> = result
+        .layers
+        .iter()
+        .map(descriptor)
+        .collect::<Result<_>>()?;
     let manifest = oci_spec::image::ImageManifestBuilder::default()
         .schema_version(2u32)
         .media_type(oci_spec::image::MediaType::ImageManifest)
         .config(oci_spec::image::Descriptor::new(
             oci_spec::image::MediaType::ImageConfig,
             config_blob.size,
-            config_blob.digest.parse::<oci_spec::image::Digest>().map_err(|e| anyhow!("config digest: {e}"))?,
+            config_blob
+                .digest
+                .parse::<oci_spec::image::Digest>()
+                .map_err(|e| anyhow!("config digest: {e}"))?,
         ))
         .layers(layers)
         .build()
@@ -237,20 +290,41 @@ fn export(store: &Store, progress: &Progress, opts: &BuildOptions, config: &Imag
             Output::Image { .. } => {}
             Output::Local { dest } => {
                 progress.note(&format!("exporting the filesystem to {}", dest.display()));
-                std::fs::create_dir_all(dest).with_context(|| format!("creating {}", dest.display()))?;
+                std::fs::create_dir_all(dest)
+                    .with_context(|| format!("creating {}", dest.display()))?;
                 flatten_into(store, &result.layers, dest)?;
             }
             Output::Tar { dest } => {
-                progress.note(&format!("exporting the filesystem as a tarball to {}", dest.display()));
-                let tmp = tempfile::Builder::new().prefix("export.").tempdir_in(store.tmp_dir())?;
+                progress.note(&format!(
+                    "exporting the filesystem as a tarball to {}",
+                    dest.display()
+                ));
+                let tmp = tempfile::Builder::new()
+                    .prefix("export.")
+                    .tempdir_in(store.tmp_dir())?;
                 flatten_into(store, &result.layers, tmp.path())?;
-                let opts = crate::oci::layer::WriteOptions { source_date_epoch: None };
-                write_to_dest(dest, |w| crate::oci::layer::write_tree_layer(tmp.path(), w, &opts))?;
+                let opts = crate::oci::layer::WriteOptions {
+                    source_date_epoch: None,
+                };
+                write_to_dest(dest, |w| {
+                    crate::oci::layer::write_tree_layer(tmp.path(), w, &opts)
+                })?;
             }
             Output::Oci { dest, compression } | Output::Docker { dest, compression } => {
                 let oci = matches!(out, Output::Oci { .. });
-                progress.note(&format!("exporting to {} archive {}", if oci { "an OCI" } else { "a docker" }, dest.display()));
-                super::exec::save_archive(store, &manifest_digest, &names, oci, *compression, dest)?;
+                progress.note(&format!(
+                    "exporting to {} archive {}",
+                    if oci { "an OCI" } else { "a docker" },
+                    dest.display()
+                ));
+                super::export::save_archive(
+                    store,
+                    &manifest_digest,
+                    &names,
+                    oci,
+                    *compression,
+                    dest,
+                )?;
             }
         }
     }
@@ -258,7 +332,7 @@ fn export(store: &Store, progress: &Progress, opts: &BuildOptions, config: &Imag
     Ok(image_id)
 }
 
-fn write_to_dest(dest: &Path, f: impl FnOnce(&mut dyn Write) -> Result<()>) -> Result<()> {
+pub fn write_to_dest(dest: &Path, f: impl FnOnce(&mut dyn Write) -> Result<()>) -> Result<()> {
     if dest.as_os_str() == "-" {
         let stdout = std::io::stdout();
         let mut lock = stdout.lock();
@@ -266,15 +340,20 @@ fn write_to_dest(dest: &Path, f: impl FnOnce(&mut dyn Write) -> Result<()>) -> R
         lock.flush()?;
         return Ok(());
     }
-    let dir = dest.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let mut tmp = tempfile::NamedTempFile::new_in(dir).with_context(|| format!("writing {}", dest.display()))?;
+    let dir = dest
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let mut tmp = tempfile::NamedTempFile::new_in(dir)
+        .with_context(|| format!("writing {}", dest.display()))?;
     {
         let mut w = std::io::BufWriter::new(tmp.as_file_mut());
         f(&mut w)?;
         w.flush()?;
     }
     tmp.as_file().sync_all()?;
-    tmp.persist(dest).map_err(|e| anyhow!("writing {}: {}", dest.display(), e.error))?;
+    tmp.persist(dest)
+        .map_err(|e| anyhow!("writing {}: {}", dest.display(), e.error))?;
     Ok(())
 }
 
@@ -282,8 +361,12 @@ fn write_to_dest(dest: &Path, f: impl FnOnce(&mut dyn Write) -> Result<()>) -> R
 pub fn flatten_into(store: &Store, layers: &[LayerRef], dest: &Path) -> Result<()> {
     for layer in layers {
         let blob = store.open_blob(&layer.digest)?;
-        crate::oci::layer::apply_layer(std::io::BufReader::new(blob), dest, crate::oci::layer::ApplyMode::Flatten)
-            .with_context(|| format!("applying layer {}", layer.digest))?;
+        crate::oci::layer::apply_layer(
+            std::io::BufReader::new(blob),
+            dest,
+            crate::oci::layer::ApplyMode::Flatten,
+        )
+        .with_context(|| format!("applying layer {}", layer.digest))?;
     }
     Ok(())
 }

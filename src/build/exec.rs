@@ -16,7 +16,8 @@ use crate::snapshot::{ActiveSnapshot, PrepareOptions, Snapshotter};
 use crate::store::Store;
 
 /// Layers written by builds are compressed with this (the store's parallel gzip).
-const LAYER_COMPRESSION: crate::oci::compress::Compression = crate::oci::compress::Compression::Gzip;
+const LAYER_COMPRESSION: crate::oci::compress::Compression =
+    crate::oci::compress::Compression::Gzip;
 
 /// How many lines of a failing RUN's output the error repeats.
 const ERROR_TAIL: usize = 8;
@@ -34,7 +35,9 @@ pub fn execute(store: &Store, req: ExecRequest) -> Result<Option<LayerRef>> {
         snap.release()?;
         return Ok(None);
     }
-    let opts = crate::oci::layer::WriteOptions { source_date_epoch: req.source_date_epoch };
+    let opts = crate::oci::layer::WriteOptions {
+        source_date_epoch: req.source_date_epoch,
+    };
     let merged = snap.merged();
     let stored = crate::oci::layer::store_layer(store, LAYER_COMPRESSION, |w| {
         crate::oci::layer::write_layer(&merged, &changes, w, &opts)
@@ -54,8 +57,15 @@ pub fn execute(store: &Store, req: ExecRequest) -> Result<Option<LayerRef>> {
 
 /// Unpacks a layer blob once under `snapshots/layers/<diffid hex>` (overlay-style whiteouts), for
 /// use as a lowerdir. Concurrent builds race benignly: each unpacks to a temp name and renames.
-pub fn ensure_unpacked(store: &Store, snapshotter: &Snapshotter, layer: &LayerRef) -> Result<PathBuf> {
-    let hex = layer.diff_id.strip_prefix("sha256:").unwrap_or(&layer.diff_id);
+pub fn ensure_unpacked(
+    store: &Store,
+    snapshotter: &Snapshotter,
+    layer: &LayerRef,
+) -> Result<PathBuf> {
+    let hex = layer
+        .diff_id
+        .strip_prefix("sha256:")
+        .unwrap_or(&layer.diff_id);
     if hex.is_empty() || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
         bail!("layer {}: malformed DiffID {}", layer.digest, layer.diff_id);
     }
@@ -68,10 +78,19 @@ pub fn ensure_unpacked(store: &Store, snapshotter: &Snapshotter, layer: &LayerRe
         .tempdir_in(snapshotter.layers_dir())
         .context("creating a directory to unpack a layer")?;
     let blob = store.open_blob(&layer.digest)?;
-    let applied = crate::oci::layer::apply_layer(BufReader::new(blob), tmp.path(), crate::oci::layer::ApplyMode::Overlay)
-        .with_context(|| format!("unpacking layer {}", layer.digest))?;
+    let applied = crate::oci::layer::apply_layer(
+        BufReader::new(blob),
+        tmp.path(),
+        crate::oci::layer::ApplyMode::Overlay,
+    )
+    .with_context(|| format!("unpacking layer {}", layer.digest))?;
     if applied.diff_id != layer.diff_id {
-        bail!("layer {}: content has DiffID {}, expected {}", layer.digest, applied.diff_id, layer.diff_id);
+        bail!(
+            "layer {}: content has DiffID {}, expected {}",
+            layer.digest,
+            applied.diff_id,
+            layer.diff_id
+        );
     }
     let kept = tmp.keep();
     if std::fs::rename(&kept, &dir).is_err() {
@@ -84,7 +103,11 @@ pub fn ensure_unpacked(store: &Store, snapshotter: &Snapshotter, layer: &LayerRe
     Ok(dir)
 }
 
-fn mount_layers(store: &Store, snapshotter: &Snapshotter, layers: &[LayerRef]) -> Result<ActiveSnapshot> {
+fn mount_layers(
+    store: &Store,
+    snapshotter: &Snapshotter,
+    layers: &[LayerRef],
+) -> Result<ActiveSnapshot> {
     let lowers = layers
         .iter()
         .map(|l| ensure_unpacked(store, snapshotter, l))
@@ -111,9 +134,10 @@ fn resolve_user(root: &Path, user: &str) -> Result<(u32, u32)> {
         .ok()
         .and_then(|p| std::fs::read_to_string(p).ok())
         .unwrap_or_default();
-    let entry = passwd.lines().map(|l| l.split(':').collect::<Vec<_>>()).find(|f| {
-        f.len() >= 4 && (f[0] == u || f[2] == u)
-    });
+    let entry = passwd
+        .lines()
+        .map(|l| l.split(':').collect::<Vec<_>>())
+        .find(|f| f.len() >= 4 && (f[0] == u || f[2] == u));
     let uid = match u.parse::<u32>() {
         Ok(n) => n,
         Err(_) => entry
@@ -129,22 +153,40 @@ fn resolve_user(root: &Path, user: &str) -> Result<(u32, u32)> {
 }
 
 /// A read-only view of a stage's or image's filesystem, for COPY --from and bind mounts.
-fn source_view(store: &Store, snapshotter: &Snapshotter, tree: &SourceTree) -> Result<Option<ActiveSnapshot>> {
+fn source_view(
+    store: &Store,
+    snapshotter: &Snapshotter,
+    tree: &SourceTree,
+) -> Result<Option<ActiveSnapshot>> {
     match tree {
         SourceTree::Context => Ok(None),
         SourceTree::Layers(layers) => Ok(Some(mount_layers(store, snapshotter, layers)?)),
     }
 }
 
-fn copy_step(store: &Store, snapshotter: &Snapshotter, snap: &ActiveSnapshot, c: &CopyOp, req: &ExecRequest) -> Result<()> {
+fn copy_step(
+    store: &Store,
+    snapshotter: &Snapshotter,
+    snap: &ActiveSnapshot,
+    c: &CopyOp,
+    req: &ExecRequest,
+) -> Result<()> {
     let dest_root = snap.merged();
     let view = source_view(store, snapshotter, &c.from)?;
     let filter = req.context.filter();
     let no_filter = super::context::NoFilter;
     let view_root = view.as_ref().map(|v| v.merged());
     let src = match &view_root {
-        None => CopySource { root: req.context.root(), filter: filter.as_ref(), from_context: true },
-        Some(root) => CopySource { root, filter: &no_filter, from_context: false },
+        None => CopySource {
+            root: req.context.root(),
+            filter: filter.as_ref(),
+            from_context: true,
+        },
+        Some(root) => CopySource {
+            root,
+            filter: &no_filter,
+            from_context: false,
+        },
     };
     let mut options = c.options.clone();
     if let Some(spec) = &c.chown {
@@ -153,16 +195,37 @@ fn copy_step(store: &Store, snapshotter: &Snapshotter, snap: &ActiveSnapshot, c:
     if !c.sources.is_empty() {
         copy::copy(&src, &c.sources, &dest_root, &c.dest, &options)?;
     }
-    let dest_is_dir = c.dest.ends_with('/') || c.heredocs.len() + c.urls.len() + c.sources.len() > 1;
+    let dest_is_dir =
+        c.dest.ends_with('/') || c.heredocs.len() + c.urls.len() + c.sources.len() > 1;
     for (name, content) in &c.heredocs {
-        let target = if dest_is_dir { format!("{}/{}", c.dest.trim_end_matches('/'), name) } else { c.dest.clone() };
-        copy::write_file_in_root(&dest_root, &target, content.as_bytes(), options.chmod.unwrap_or(0o644), options.chown.unwrap_or((0, 0)))?;
+        let target = if dest_is_dir {
+            format!("{}/{}", c.dest.trim_end_matches('/'), name)
+        } else {
+            c.dest.clone()
+        };
+        copy::write_file_in_root(
+            &dest_root,
+            &target,
+            content.as_bytes(),
+            options.chmod.unwrap_or(0o644),
+            options.chown.unwrap_or((0, 0)),
+        )?;
     }
     for (url, checksum) in &c.urls {
         let data = super::fetch::fetch(url, checksum.as_deref())?;
         let name = super::fetch::file_name(url);
-        let target = if dest_is_dir || c.dest.ends_with('/') { format!("{}/{}", c.dest.trim_end_matches('/'), name) } else { c.dest.clone() };
-        copy::write_file_in_root(&dest_root, &target, &data, options.chmod.unwrap_or(0o600), options.chown.unwrap_or((0, 0)))?;
+        let target = if dest_is_dir || c.dest.ends_with('/') {
+            format!("{}/{}", c.dest.trim_end_matches('/'), name)
+        } else {
+            c.dest.clone()
+        };
+        copy::write_file_in_root(
+            &dest_root,
+            &target,
+            &data,
+            options.chmod.unwrap_or(0o600),
+            options.chown.unwrap_or((0, 0)),
+        )?;
     }
     if let Some(v) = view {
         v.release()?;
@@ -177,7 +240,13 @@ struct MountGuards {
     _locks: Vec<std::fs::File>,
 }
 
-fn run_step(store: &Store, snapshotter: &Snapshotter, snap: &ActiveSnapshot, run: &RunOp, req: &ExecRequest) -> Result<()> {
+fn run_step(
+    store: &Store,
+    snapshotter: &Snapshotter,
+    snap: &ActiveSnapshot,
+    run: &RunOp,
+    req: &ExecRequest,
+) -> Result<()> {
     let mut spec = crate::sandbox::ExecSpec::new(snap.merged(), run.argv.clone());
     spec.env = run.env.clone();
     spec.cwd = PathBuf::from(&run.cwd);
@@ -190,11 +259,16 @@ fn run_step(store: &Store, snapshotter: &Snapshotter, snap: &ActiveSnapshot, run
     spec.stdin = crate::sandbox::Stdio::Null;
     spec.stdout = crate::sandbox::Stdio::Piped;
     spec.stderr = crate::sandbox::Stdio::Piped;
-    let mut guards = MountGuards { views: Vec::new(), _temps: Vec::new(), _locks: Vec::new() };
+    let mut guards = MountGuards {
+        views: Vec::new(),
+        _temps: Vec::new(),
+        _locks: Vec::new(),
+    };
     for m in &run.mounts {
         add_mount(store, snapshotter, &mut spec, &mut guards, m, req)?;
     }
-    let mut running = crate::sandbox::spawn(&spec).with_context(|| format!("starting {}", run.display))?;
+    let mut running =
+        crate::sandbox::spawn(&spec).with_context(|| format!("starting {}", run.display))?;
     let tail = std::sync::Arc::new(std::sync::Mutex::new(VecDeque::new()));
     let readers: Vec<_> = [running.stdout.take(), running.stderr.take()]
         .into_iter()
@@ -206,8 +280,14 @@ fn run_step(store: &Store, snapshotter: &Snapshotter, snap: &ActiveSnapshot, run
             std::thread::spawn(move || {
                 let mut reader = BufReader::new(f);
                 let mut line = Vec::new();
-                while reader.read_until(b'\n', &mut line).map(|n| n > 0).unwrap_or(false) {
-                    let text = String::from_utf8_lossy(&line).trim_end_matches(['\n', '\r']).to_string();
+                while reader
+                    .read_until(b'\n', &mut line)
+                    .map(|n| n > 0)
+                    .unwrap_or(false)
+                {
+                    let text = String::from_utf8_lossy(&line)
+                        .trim_end_matches(['\n', '\r'])
+                        .to_string();
                     progress.log(step, &text);
                     let mut t = tail.lock().unwrap_or_else(|e| e.into_inner());
                     t.push_back(text);
@@ -258,12 +338,18 @@ fn add_mount(
 ) -> Result<()> {
     use crate::sandbox::{Mount, MountKind};
     match m {
-        RunMount::Bind { target, source, from, rw } => {
+        RunMount::Bind {
+            target,
+            source,
+            from,
+            rw,
+        } => {
             let rel = super::fsutil::clean_rel(source);
             let base = match from {
                 None | Some(SourceTree::Context) => req.context.root().to_path_buf(),
                 Some(tree) => {
-                    let view = source_view(store, snapshotter, tree)?.ok_or_else(|| anyhow!("no view"))?;
+                    let view =
+                        source_view(store, snapshotter, tree)?.ok_or_else(|| anyhow!("no view"))?;
                     let p = view.merged();
                     guards.views.push(view);
                     p
@@ -275,22 +361,50 @@ fn add_mount(
             }
             if *rw {
                 // Writes to a rw bind are discarded: give the command a scratch copy.
-                let tmp = tempfile::Builder::new().prefix("bind-rw.").tempdir_in(store.tmp_dir())?;
-                let status = std::process::Command::new("cp").arg("-a").arg(&host).arg(tmp.path().join("src")).status()?;
+                let tmp = tempfile::Builder::new()
+                    .prefix("bind-rw.")
+                    .tempdir_in(store.tmp_dir())?;
+                let status = std::process::Command::new("cp")
+                    .arg("-a")
+                    .arg(&host)
+                    .arg(tmp.path().join("src"))
+                    .status()?;
                 if !status.success() {
                     bail!("copying the rw bind source {source:?}");
                 }
                 host = tmp.path().join("src");
                 guards._temps.push(tmp);
             }
-            spec.mounts.push(Mount { target: PathBuf::from(target), kind: MountKind::Bind { source: host, readonly: !rw } });
+            spec.mounts.push(Mount {
+                target: PathBuf::from(target),
+                kind: MountKind::Bind {
+                    source: host,
+                    readonly: !rw,
+                },
+            });
         }
-        RunMount::Cache { target, id, sharing, mode, uid, gid } => {
-            let dir = store.root().join("build-cache-mounts").join(super::fsutil::clean_rel(&hex::encode(sha256(id.as_bytes()))));
+        RunMount::Cache {
+            target,
+            id,
+            sharing,
+            mode,
+            uid,
+            gid,
+        } => {
+            let dir = store
+                .root()
+                .join("build-cache-mounts")
+                .join(super::fsutil::clean_rel(&hex::encode(sha256(
+                    id.as_bytes(),
+                ))));
             if !dir.exists() {
-                std::fs::create_dir_all(&dir).with_context(|| format!("creating cache mount {id}"))?;
+                std::fs::create_dir_all(&dir)
+                    .with_context(|| format!("creating cache mount {id}"))?;
                 std::os::unix::fs::chown(&dir, Some(*uid), Some(*gid))?;
-                std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(*mode))?;
+                std::fs::set_permissions(
+                    &dir,
+                    std::os::unix::fs::PermissionsExt::from_mode(*mode),
+                )?;
             }
             if sharing == "locked" {
                 let lock = std::fs::File::create(dir.with_extension("lock"))?;
@@ -298,32 +412,74 @@ fn add_mount(
                 unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&lock), libc::LOCK_EX) };
                 guards._locks.push(lock);
             }
-            spec.mounts.push(Mount { target: PathBuf::from(target), kind: MountKind::Bind { source: dir, readonly: false } });
+            spec.mounts.push(Mount {
+                target: PathBuf::from(target),
+                kind: MountKind::Bind {
+                    source: dir,
+                    readonly: false,
+                },
+            });
         }
         RunMount::Tmpfs { target, size } => {
-            spec.mounts.push(Mount { target: PathBuf::from(target), kind: MountKind::Tmpfs { size_bytes: *size, mode: 0o1777 } });
+            spec.mounts.push(Mount {
+                target: PathBuf::from(target),
+                kind: MountKind::Tmpfs {
+                    size_bytes: *size,
+                    mode: 0o1777,
+                },
+            });
         }
-        RunMount::Secret { id, target, env, required, mode, uid, gid } => {
+        RunMount::Secret {
+            id,
+            target,
+            env,
+            required,
+            mode,
+            uid,
+            gid,
+        } => {
             let value = match req.secrets.get(id) {
-                Some(SecretSource::File(p)) => Some(std::fs::read(p).with_context(|| format!("reading secret {id} from {}", p.display()))?),
-                Some(SecretSource::Env(var)) => Some(std::env::var(var).map_err(|_| anyhow!("secret {id}: environment variable {var} is not set"))?.into_bytes()),
-                None if *required => bail!("secret {id:?} is required but was not given (--secret id={id},src=PATH)"),
+                Some(SecretSource::File(p)) => Some(
+                    std::fs::read(p)
+                        .with_context(|| format!("reading secret {id} from {}", p.display()))?,
+                ),
+                Some(SecretSource::Env(var)) => Some(
+                    std::env::var(var)
+                        .map_err(|_| anyhow!("secret {id}: environment variable {var} is not set"))?
+                        .into_bytes(),
+                ),
+                None if *required => {
+                    bail!("secret {id:?} is required but was not given (--secret id={id},src=PATH)")
+                }
                 None => None,
             };
             let Some(value) = value else { return Ok(()) };
             if let Some(var) = env {
-                let text = String::from_utf8(value.clone()).map_err(|_| anyhow!("secret {id}: not UTF-8, cannot be an environment variable"))?;
+                let text = String::from_utf8(value.clone()).map_err(|_| {
+                    anyhow!("secret {id}: not UTF-8, cannot be an environment variable")
+                })?;
                 spec.env.push(format!("{var}={text}"));
             }
             if let Some(target) = target {
                 // The secret lives in a private temp dir outside the rootfs, bound read-only:
                 // it never lands in the upperdir, so never in a layer.
-                let tmp = tempfile::Builder::new().prefix("secret.").tempdir_in(store.tmp_dir())?;
+                let tmp = tempfile::Builder::new()
+                    .prefix("secret.")
+                    .tempdir_in(store.tmp_dir())?;
                 let file = tmp.path().join("secret");
                 std::fs::write(&file, &value)?;
                 std::os::unix::fs::chown(&file, Some(*uid), Some(*gid))?;
-                std::fs::set_permissions(&file, std::os::unix::fs::PermissionsExt::from_mode(*mode))?;
-                spec.mounts.push(Mount { target: PathBuf::from(target), kind: MountKind::Bind { source: file, readonly: true } });
+                std::fs::set_permissions(
+                    &file,
+                    std::os::unix::fs::PermissionsExt::from_mode(*mode),
+                )?;
+                spec.mounts.push(Mount {
+                    target: PathBuf::from(target),
+                    kind: MountKind::Bind {
+                        source: file,
+                        readonly: true,
+                    },
+                });
                 guards._temps.push(tmp);
             }
         }

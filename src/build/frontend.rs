@@ -4,7 +4,9 @@
 use anyhow::{anyhow, bail, Result};
 
 use super::context::PathFilter;
-use super::model::{self, CommandForm, DockerfileModel, HealthArgs, Heredoc, Instr, InstrKind, MountSpec, Stage};
+use super::model::{
+    self, CommandForm, DockerfileModel, HealthArgs, Heredoc, Instr, InstrKind, MountSpec, Stage,
+};
 use crate::dockerfile::{self, Instruction, ShellOrExec, Spanned};
 
 /// `.dockerignore` as a context filter.
@@ -31,14 +33,20 @@ pub fn to_model(df: &dockerfile::Dockerfile, file: &str) -> Result<DockerfileMod
     for spanned in &df.instructions {
         let line = spanned.span.start_line;
         match &spanned.instruction {
-            Instruction::From { image, platform, alias } => model.stages.push(Stage {
+            Instruction::From {
+                image,
+                platform,
+                alias,
+            } => model.stages.push(Stage {
                 name: alias.clone(),
                 base: image.clone(),
                 platform: platform.clone(),
                 line,
                 instructions: Vec::new(),
             }),
-            Instruction::Arg(args) if model.stages.is_empty() => model.global_args.extend(args.iter().cloned()),
+            Instruction::Arg(args) if model.stages.is_empty() => {
+                model.global_args.extend(args.iter().cloned())
+            }
             _ => {
                 let Some(stage) = model.stages.last_mut() else {
                     bail!(
@@ -65,7 +73,12 @@ fn form(c: &ShellOrExec) -> CommandForm {
 
 fn heredocs(docs: &[dockerfile::Heredoc]) -> Vec<Heredoc> {
     docs.iter()
-        .map(|d| Heredoc { name: d.name.clone(), content: d.content.clone(), expand: d.expand, chomp: d.chomp })
+        .map(|d| Heredoc {
+            name: d.name.clone(),
+            content: d.content.clone(),
+            expand: d.expand,
+            chomp: d.chomp,
+        })
         .collect()
 }
 
@@ -138,7 +151,14 @@ fn kind(instruction: &Instruction, original: &str) -> Result<InstrKind> {
         Instruction::Onbuild { source, .. } => InstrKind::Onbuild(source.clone()),
         Instruction::Healthcheck(h) => InstrKind::Healthcheck(match h {
             dockerfile::Healthcheck::None => HealthArgs::default(),
-            dockerfile::Healthcheck::Cmd { test, interval, timeout, start_period, start_interval, retries } => {
+            dockerfile::Healthcheck::Cmd {
+                test,
+                interval,
+                timeout,
+                start_period,
+                start_interval,
+                retries,
+            } => {
                 let d = |v: &Option<std::time::Duration>| v.map(|d| format!("{}ns", d.as_nanos()));
                 HealthArgs {
                     command: Some(form(test)),
@@ -164,10 +184,20 @@ fn convert(spanned: &Spanned) -> Result<Instr> {
 
 /// Parses an ONBUILD trigger of a base image (`RUN make`) into an instruction.
 pub fn parse_trigger(trigger: &str) -> Result<Instr> {
-    let df = dockerfile::parse(&format!("{trigger}\n")).map_err(|e| anyhow!("{}", e.render("ONBUILD")))?;
-    let first = df.instructions.first().ok_or_else(|| anyhow!("empty ONBUILD trigger"))?;
-    if matches!(first.instruction, Instruction::From { .. } | Instruction::Onbuild { .. }) {
-        bail!("{} is not allowed as an ONBUILD trigger", first.instruction.keyword());
+    let df = dockerfile::parse(&format!("{trigger}\n"))
+        .map_err(|e| anyhow!("{}", e.render("ONBUILD")))?;
+    let first = df
+        .instructions
+        .first()
+        .ok_or_else(|| anyhow!("empty ONBUILD trigger"))?;
+    if matches!(
+        first.instruction,
+        Instruction::From { .. } | Instruction::Onbuild { .. }
+    ) {
+        bail!(
+            "{} is not allowed as an ONBUILD trigger",
+            first.instruction.keyword()
+        );
     }
     convert(first)
 }

@@ -22,9 +22,15 @@ pub enum Output {
     /// The image in the store, under the `-t` names (and `name=` of the output).
     Image { names: Vec<String> },
     /// An OCI image layout tarball.
-    Oci { dest: PathBuf, compression: OutputCompression },
+    Oci {
+        dest: PathBuf,
+        compression: OutputCompression,
+    },
     /// A `docker load` tarball.
-    Docker { dest: PathBuf, compression: OutputCompression },
+    Docker {
+        dest: PathBuf,
+        compression: OutputCompression,
+    },
     /// The final filesystem as a tarball.
     Tar { dest: PathBuf },
     /// The final filesystem written into a directory.
@@ -107,7 +113,9 @@ pub fn parse_secret(spec: &str) -> Result<(String, SecretSource)> {
             "src" | "source" => src = Some(v),
             "env" => env = Some(v),
             "type" => kind = Some(v),
-            other => bail!("--secret {spec:?}: unknown key {other:?} (expected id, src, env or type)"),
+            other => {
+                bail!("--secret {spec:?}: unknown key {other:?} (expected id, src, env or type)")
+            }
         }
     }
     let id = id.ok_or_else(|| anyhow!("--secret {spec:?}: id= is required"))?;
@@ -139,15 +147,34 @@ pub fn parse_secret(spec: &str) -> Result<(String, SecretSource)> {
 pub fn parse_output(spec: &str, tags: &[String]) -> Result<Output> {
     if !spec.contains('=') {
         return Ok(if spec == "-" {
-            Output::Tar { dest: PathBuf::from("-") }
+            Output::Tar {
+                dest: PathBuf::from("-"),
+            }
         } else {
-            Output::Local { dest: PathBuf::from(spec) }
+            Output::Local {
+                dest: PathBuf::from(spec),
+            }
         });
     }
     let pairs = kv_list(spec, "--output")?;
-    let get = |k: &str| pairs.iter().rev().find(|(key, _)| key == k).map(|(_, v)| v.clone());
+    let get = |k: &str| {
+        pairs
+            .iter()
+            .rev()
+            .find(|(key, _)| key == k)
+            .map(|(_, v)| v.clone())
+    };
     for (k, _) in &pairs {
-        if !matches!(k.as_str(), "type" | "dest" | "compression" | "name" | "push" | "oci-mediatypes" | "force-compression") {
+        if !matches!(
+            k.as_str(),
+            "type"
+                | "dest"
+                | "compression"
+                | "name"
+                | "push"
+                | "oci-mediatypes"
+                | "force-compression"
+        ) {
             bail!("--output {spec:?}: unknown key {k:?}");
         }
     }
@@ -158,7 +185,9 @@ pub fn parse_output(spec: &str, tags: &[String]) -> Result<Output> {
         Some(other) => bail!("--output compression={other}: expected gzip, zstd or none"),
     };
     let dest = || -> Result<PathBuf> {
-        get("dest").map(PathBuf::from).ok_or_else(|| anyhow!("--output {spec:?}: dest= is required for this type"))
+        get("dest")
+            .map(PathBuf::from)
+            .ok_or_else(|| anyhow!("--output {spec:?}: dest= is required for this type"))
     };
     let kind = get("type").ok_or_else(|| anyhow!("--output {spec:?}: type= is required"))?;
     Ok(match kind.as_str() {
@@ -172,8 +201,14 @@ pub fn parse_output(spec: &str, tags: &[String]) -> Result<Output> {
             }
             Output::Image { names }
         }
-        "oci" => Output::Oci { dest: dest()?, compression },
-        "docker" => Output::Docker { dest: dest()?, compression },
+        "oci" => Output::Oci {
+            dest: dest()?,
+            compression,
+        },
+        "docker" => Output::Docker {
+            dest: dest()?,
+            compression,
+        },
         "tar" => Output::Tar { dest: dest()? },
         "local" => Output::Local { dest: dest()? },
         other => bail!("--output type={other}: expected image, oci, docker, tar or local"),
@@ -184,7 +219,9 @@ pub fn parse_network(s: &str) -> Result<Network> {
     match s {
         "host" | "default" => Ok(Network::Host),
         "none" => Ok(Network::None),
-        other => bail!("--network={other}: expected host or none (kiln builds never create bridges)"),
+        other => {
+            bail!("--network={other}: expected host or none (kiln builds never create bridges)")
+        }
     }
 }
 
@@ -197,10 +234,21 @@ mod tests {
         let tags = vec!["a:1".to_string()];
         assert_eq!(
             parse_output("type=oci,dest=/x.tar,compression=zstd", &tags).unwrap(),
-            Output::Oci { dest: "/x.tar".into(), compression: OutputCompression::Zstd }
+            Output::Oci {
+                dest: "/x.tar".into(),
+                compression: OutputCompression::Zstd
+            }
         );
-        assert_eq!(parse_output("out", &tags).unwrap(), Output::Local { dest: "out".into() });
-        assert_eq!(parse_output("type=image,name=b", &tags).unwrap(), Output::Image { names: vec!["a:1".into(), "b".into()] });
+        assert_eq!(
+            parse_output("out", &tags).unwrap(),
+            Output::Local { dest: "out".into() }
+        );
+        assert_eq!(
+            parse_output("type=image,name=b", &tags).unwrap(),
+            Output::Image {
+                names: vec!["a:1".into(), "b".into()]
+            }
+        );
         assert!(parse_output("type=oci", &tags).is_err());
         assert!(parse_output("type=weird,dest=x", &tags).is_err());
     }

@@ -240,7 +240,11 @@ pub async fn solve(
         let value = match request.build_args.get(name) {
             Some(v) => Some(v.clone()),
             None => match default {
-                Some(d) => Some(expand_word(d, &|k| global_args.get(k).cloned(), request.escape)?),
+                Some(d) => Some(expand_word(
+                    d,
+                    &|k| global_args.get(k).cloned(),
+                    request.escape,
+                )?),
                 None => None,
             },
         };

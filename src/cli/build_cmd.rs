@@ -102,12 +102,16 @@ fn to_options(args: BuildArgs) -> anyhow::Result<BuildOptions> {
         outputs.push(options::parse_output(o, &args.tags)?);
     }
     if outputs.is_empty() {
-        outputs.push(Output::Image { names: args.tags.clone() });
+        outputs.push(Output::Image {
+            names: args.tags.clone(),
+        });
     }
     let max_parallelism = match args.max_parallelism {
         Some(0) => anyhow::bail!("--max-parallelism must be at least 1"),
         Some(n) => n,
-        None => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
+        None => std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2),
     };
     Ok(BuildOptions {
         context: args.context,
