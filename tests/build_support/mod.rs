@@ -18,12 +18,13 @@ pub fn root_with_busybox() -> tempfile::TempDir {
 pub fn import_busybox(root: &Path) {
     let store = kiln::store::Store::open(root).unwrap();
     let tar = common::busybox_tar();
-    let layer = kiln::oci::layer::store_layer(&store, kiln::oci::compress::Compression::Gzip, |w| {
-        let mut f = std::fs::File::open(&tar)?;
-        std::io::copy(&mut f, w)?;
-        Ok(())
-    })
-    .unwrap();
+    let layer =
+        kiln::oci::layer::store_layer(&store, kiln::oci::compress::Compression::Gzip, |w| {
+            let mut f = std::fs::File::open(&tar)?;
+            std::io::copy(&mut f, w)?;
+            Ok(())
+        })
+        .unwrap();
     let config: oci_spec::image::ImageConfiguration = serde_json::from_value(serde_json::json!({
         "created": "2024-01-01T00:00:00Z",
         "architecture": kiln::build::imageconfig::host_architecture(),
@@ -34,7 +35,9 @@ pub fn import_busybox(root: &Path) {
     }))
     .unwrap();
     let name = kiln::reference::Reference::parse("busybox:latest").unwrap();
-    store.commit_image(&config, &[layer.descriptor], &[name]).unwrap();
+    store
+        .commit_image(&config, &[layer.descriptor], &[name])
+        .unwrap();
 }
 
 pub fn build(root: &Path, args: &[&str]) -> Output {
@@ -47,7 +50,11 @@ pub fn build_ok(root: &Path, args: &[&str]) -> (String, String) {
     let out = build(root, args);
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(out.status.success(), "kiln build {args:?} failed ({}):\n{stderr}", out.status);
+    assert!(
+        out.status.success(),
+        "kiln build {args:?} failed ({}):\n{stderr}",
+        out.status
+    );
     (stdout, stderr)
 }
 
@@ -71,14 +78,22 @@ pub fn rootfs_of(root: &Path, name: &str) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     for l in manifest.layers() {
         let blob = store.open_blob(&l.digest().to_string()).unwrap();
-        kiln::oci::layer::apply_layer(std::io::BufReader::new(blob), dir.path(), kiln::oci::layer::ApplyMode::Flatten).unwrap();
+        kiln::oci::layer::apply_layer(
+            std::io::BufReader::new(blob),
+            dir.path(),
+            kiln::oci::layer::ApplyMode::Flatten,
+        )
+        .unwrap();
     }
     dir
 }
 
 /// A context directory with the given files.
 pub fn context(files: &[(&str, &str)]) -> tempfile::TempDir {
-    let dir = tempfile::Builder::new().prefix("kiln-ctx.").tempdir().unwrap();
+    let dir = tempfile::Builder::new()
+        .prefix("kiln-ctx.")
+        .tempdir()
+        .unwrap();
     for (path, content) in files {
         let p = dir.path().join(path);
         std::fs::create_dir_all(p.parent().unwrap()).unwrap();
@@ -88,5 +103,7 @@ pub fn context(files: &[(&str, &str)]) -> tempfile::TempDir {
 }
 
 pub fn testdata(case: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("testdata/build").join(case)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("testdata/build")
+        .join(case)
 }
