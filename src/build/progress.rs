@@ -208,7 +208,7 @@ impl Progress {
         let word = match outcome {
             Outcome::Cached => "CACHED".to_string(),
             Outcome::Done => format!("DONE {secs:.1}s"),
-            Outcome::Failed(e) => format!("ERROR {e}"),
+            Outcome::Failed(e) => format!("ERROR {}", e.lines().next().unwrap_or("")),
         };
         if let Some(bar) = run.bar {
             bar.set_style(
