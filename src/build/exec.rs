@@ -43,6 +43,7 @@ pub fn execute(store: &Store, req: ExecRequest) -> Result<Option<LayerRef>> {
         crate::oci::layer::write_layer(&merged, &changes, w, &opts)
     })
     .context("writing the step's layer")?;
+    reuse_upper_as_layer(&snapshotter, &snap, &stored.diff_id, req.source_date_epoch.is_none());
     snap.release()?;
     let layer = LayerRef {
         digest: stored.descriptor.digest().to_string(),
@@ -53,6 +54,27 @@ pub fn execute(store: &Store, req: ExecRequest) -> Result<Option<LayerRef>> {
     // Keep the layer while the build cache refers to it, whatever image GC decides.
     store.pin_blob("build-cache", &layer.digest)?;
     Ok(Some(layer))
+}
+
+/// The upperdir of a finished step already is the new layer in overlay form (whiteouts as 0:0
+/// devices, opaque directories marked), so it becomes the layer's unpacked directory instead of
+/// unpacking the blob again when a later step needs it. Not with SOURCE_DATE_EPOCH, where the blob's
+/// mtimes are clamped and the upperdir's are not. Best effort: on any failure the blob is
+/// unpacked later as usual.
+fn reuse_upper_as_layer(snapshotter: &Snapshotter, snap: &ActiveSnapshot, diff_id: &str, enabled: bool) {
+    if !enabled {
+        return;
+    }
+    let hex = diff_id.strip_prefix("sha256:").unwrap_or(diff_id);
+    if hex.is_empty() || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return;
+    }
+    let dir = snapshotter.layers_dir().join(hex);
+    if dir.exists() {
+        return;
+    }
+    // Renaming within the snapshots filesystem; the overlay keeps working until it is unmounted.
+    let _ = std::fs::rename(snap.upper(), &dir);
 }
 
 /// Unpacks a layer blob once under `snapshots/layers/<diffid hex>` (overlay-style whiteouts), for
