@@ -98,16 +98,20 @@ pub fn echo_server() -> PathBuf {
     if bin.exists() {
         return bin;
     }
-    let src = dir.join(format!("echo-server.{}.c", std::process::id()));
+    // Unique per caller: tests of one process build it concurrently.
+    let work = tempfile::Builder::new()
+        .prefix("echo-server.")
+        .tempdir_in(&dir)
+        .unwrap();
+    let src = work.path().join("echo.c");
     std::fs::write(&src, ECHO_C).unwrap();
-    let tmp = dir.join(format!("echo-server.{}", std::process::id()));
+    let tmp = work.path().join("echo");
     let out = Command::new("cc")
         .args(["-O2", "-static", "-pthread", "-o"])
         .arg(&tmp)
         .arg(&src)
         .output()
         .unwrap();
-    let _ = std::fs::remove_file(&src);
     assert!(
         out.status.success(),
         "building the echo server failed: {}",
