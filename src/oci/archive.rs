@@ -472,7 +472,7 @@ fn blob_name(digest: &str) -> Result<String> {
 /// `total`: the input's size when known (for progress).
 pub fn load(
     store: &Store,
-    input: impl Read + Send,
+    input: impl Read,
     total: Option<u64>,
     quiet: bool,
 ) -> Result<Vec<LoadedImage>> {
