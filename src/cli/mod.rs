@@ -31,7 +31,12 @@ pub struct Cli {
 #[derive(Debug, Clone, clap::Args)]
 pub struct Globals {
     /// Where kiln keeps its state (images, cache, containers).
-    #[arg(long, global = true, env = "KILN_ROOT", default_value = "/var/lib/kiln")]
+    #[arg(
+        long,
+        global = true,
+        env = "KILN_ROOT",
+        default_value = "/var/lib/kiln"
+    )]
     pub root: PathBuf,
 }
 

@@ -65,7 +65,9 @@ pub fn busybox_rootfs() -> PathBuf {
         .tempdir_in(fixtures_dir())
         .unwrap();
     let root = tmp.path();
-    for d in ["bin", "etc", "tmp", "root", "proc", "sys", "dev", "home", "var"] {
+    for d in [
+        "bin", "etc", "tmp", "root", "proc", "sys", "dev", "home", "var",
+    ] {
         fs::create_dir_all(root.join(d)).unwrap();
     }
     let busybox = Path::new("/bin/busybox");
@@ -106,7 +108,13 @@ pub fn busybox_tar() -> PathBuf {
     let rootfs = busybox_rootfs();
     let tmp = fixtures_dir().join(format!("busybox.tar.{}", std::process::id()));
     let status = Command::new("tar")
-        .args(["--sort=name", "--mtime=@0", "--numeric-owner", "--exclude=./.complete", "-C"])
+        .args([
+            "--sort=name",
+            "--mtime=@0",
+            "--numeric-owner",
+            "--exclude=./.complete",
+            "-C",
+        ])
         .arg(&rootfs)
         .arg("-cf")
         .arg(&tmp)
@@ -120,5 +128,8 @@ pub fn busybox_tar() -> PathBuf {
 
 /// A fresh, empty kiln root for one test.
 pub fn temp_root() -> tempfile::TempDir {
-    tempfile::Builder::new().prefix("kiln-test-root.").tempdir().unwrap()
+    tempfile::Builder::new()
+        .prefix("kiln-test-root.")
+        .tempdir()
+        .unwrap()
 }

@@ -1,0 +1,658 @@
+//! Word expansion with BuildKit's shell-lexer semantics (`frontend/dockerfile/shell` in
+//! BuildKit): quotes, the escape character, `$v` / `${v}` and its modifiers, and word splitting.
+//!
+//! This is not a shell: there is no command substitution, globbing or arithmetic. It is the
+//! small language Dockerfile instructions such as ENV, COPY or WORKDIR use for their arguments.
+
+use std::fmt;
+
+/// Why a word could not be expanded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExpandError {
+    pub message: String,
+}
+
+impl fmt::Display for ExpandError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for ExpandError {}
+
+fn err<T>(message: impl Into<String>) -> Result<T, ExpandError> {
+    Err(ExpandError {
+        message: message.into(),
+    })
+}
+
+/// Looks a variable up: `Some(value)` when set (possibly empty), `None` when unset.
+pub type EnvLookup<'a> = &'a dyn Fn(&str) -> Option<String>;
+
+/// Options of the lexer, mirroring BuildKit's `shell.Lex` fields.
+#[derive(Debug, Clone, Copy)]
+pub struct Lexer {
+    pub escape: char,
+    /// Keep quote characters in the output (used to find heredoc words).
+    pub raw_quotes: bool,
+    /// Keep escape characters in the output.
+    pub raw_escapes: bool,
+    /// Leave references to unset variables as written instead of expanding them to "".
+    pub skip_unset_env: bool,
+}
+
+impl Lexer {
+    pub fn new(escape: char) -> Self {
+        Lexer {
+            escape,
+            raw_quotes: false,
+            raw_escapes: false,
+            skip_unset_env: false,
+        }
+    }
+
+    /// Expands `word` into one string (quotes removed, variables substituted, no splitting).
+    pub fn process_word(&self, word: &str, env: EnvLookup) -> Result<String, ExpandError> {
+        self.run(word, env).map(|(s, _)| s)
+    }
+
+    /// Expands `word` and splits it into words the way BuildKit does: white space outside quotes
+    /// and white space produced by an unquoted variable separate words.
+    pub fn process_words(&self, word: &str, env: EnvLookup) -> Result<Vec<String>, ExpandError> {
+        self.run(word, env).map(|(_, w)| w)
+    }
+
+    fn run(&self, word: &str, env: EnvLookup) -> Result<(String, Vec<String>), ExpandError> {
+        let chars: Vec<char> = word.chars().collect();
+        let mut sw = ShellWord {
+            lex: *self,
+            chars: &chars,
+            pos: 0,
+            env,
+        };
+        sw.process_stop_on(&[], false).map_err(|e| ExpandError {
+            message: format!("failed to process {word:?}: {}", e.message),
+        })
+    }
+}
+
+/// Expands one word with the default options (BuildKit's `ProcessWord`).
+pub fn expand(
+    word: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+    escape: char,
+) -> Result<String, ExpandError> {
+    Lexer::new(escape).process_word(word, env)
+}
+
+/// Expands and splits into words (BuildKit's `ProcessWords`).
+pub fn expand_words(
+    word: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+    escape: char,
+) -> Result<Vec<String>, ExpandError> {
+    Lexer::new(escape).process_words(word, env)
+}
+
+#[derive(Default)]
+struct Words {
+    word: String,
+    words: Vec<String>,
+    in_word: bool,
+}
+
+impl Words {
+    fn add_char(&mut self, ch: char) {
+        if ch.is_whitespace() {
+            if self.in_word && !self.word.is_empty() {
+                self.words.push(std::mem::take(&mut self.word));
+                self.in_word = false;
+            }
+        } else {
+            self.add_raw_char(ch);
+        }
+    }
+    fn add_raw_char(&mut self, ch: char) {
+        self.word.push(ch);
+        self.in_word = true;
+    }
+    fn add_string(&mut self, s: &str) {
+        for ch in s.chars() {
+            self.add_char(ch);
+        }
+    }
+    fn add_raw_string(&mut self, s: &str) {
+        self.word.push_str(s);
+        self.in_word = true;
+    }
+    fn finish(mut self) -> Vec<String> {
+        if !self.word.is_empty() {
+            self.words.push(std::mem::take(&mut self.word));
+        }
+        self.words
+    }
+}
+
+struct ShellWord<'a> {
+    lex: Lexer,
+    chars: &'a [char],
+    pos: usize,
+    env: EnvLookup<'a>,
+}
+
+impl ShellWord<'_> {
+    fn peek(&self) -> Option<char> {
+        self.chars.get(self.pos).copied()
+    }
+    fn next(&mut self) -> Option<char> {
+        let c = self.chars.get(self.pos).copied();
+        if c.is_some() {
+            self.pos += 1;
+        }
+        c
+    }
+    fn get_env(&self, name: &str) -> Option<String> {
+        (self.env)(name)
+    }
+
+    /// Processes until end of input or one of `stops` (consumed). With stops, reaching the end
+    /// is an error.
+    fn process_stop_on(
+        &mut self,
+        stops: &[char],
+        raw_escapes: bool,
+    ) -> Result<(String, Vec<String>), ExpandError> {
+        let raw_escapes = raw_escapes || self.lex.raw_escapes;
+        let mut result = String::new();
+        let mut words = Words::default();
+        while let Some(ch) = self.peek() {
+            if stops.contains(&ch) {
+                self.next();
+                return Ok((result, words.finish()));
+            }
+            match ch {
+                '\'' | '"' => {
+                    let tmp = if ch == '\'' {
+                        self.process_single_quote()?
+                    } else {
+                        self.process_double_quote()?
+                    };
+                    result.push_str(&tmp);
+                    words.add_raw_string(&tmp);
+                }
+                '$' => {
+                    let tmp = self.process_dollar()?;
+                    result.push_str(&tmp);
+                    words.add_string(&tmp);
+                }
+                _ => {
+                    self.next();
+                    let mut ch = ch;
+                    if ch == self.lex.escape {
+                        if raw_escapes {
+                            words.add_raw_char(ch);
+                            result.push(ch);
+                        }
+                        match self.next() {
+                            None => break,
+                            Some(c) => ch = c,
+                        }
+                        words.add_raw_char(ch);
+                    } else {
+                        words.add_char(ch);
+                    }
+                    result.push(ch);
+                }
+            }
+        }
+        if let Some(stop) = stops.first() {
+            return err(format!(
+                "unexpected end of statement while looking for matching {stop}"
+            ));
+        }
+        Ok((result, words.finish()))
+    }
+
+    fn process_single_quote(&mut self) -> Result<String, ExpandError> {
+        let mut result = String::new();
+        let open = self.next();
+        if self.lex.raw_quotes {
+            result.extend(open);
+        }
+        loop {
+            match self.next() {
+                None => {
+                    return err(
+                        "unexpected end of statement while looking for matching single-quote",
+                    )
+                }
+                Some('\'') => {
+                    if self.lex.raw_quotes {
+                        result.push('\'');
+                    }
+                    return Ok(result);
+                }
+                Some(c) => result.push(c),
+            }
+        }
+    }
+
+    fn process_double_quote(&mut self) -> Result<String, ExpandError> {
+        let mut result = String::new();
+        let open = self.next();
+        if self.lex.raw_quotes {
+            result.extend(open);
+        }
+        loop {
+            match self.peek() {
+                None => {
+                    return err(
+                        "unexpected end of statement while looking for matching double-quote",
+                    )
+                }
+                Some('"') => {
+                    self.next();
+                    if self.lex.raw_quotes {
+                        result.push('"');
+                    }
+                    return Ok(result);
+                }
+                Some('$') => {
+                    let v = self.process_dollar()?;
+                    result.push_str(&v);
+                }
+                Some(_) => {
+                    let mut ch = self.next().unwrap_or_default();
+                    if ch == self.lex.escape {
+                        if self.lex.raw_escapes {
+                            result.push(ch);
+                        }
+                        match self.peek() {
+                            None => continue,
+                            Some(c) if c == '"' || c == '$' || c == self.lex.escape => {
+                                ch = c;
+                                self.next();
+                            }
+                            Some(_) => {
+                                if self.lex.raw_escapes {
+                                    continue;
+                                }
+                            }
+                        }
+                    }
+                    result.push(ch);
+                }
+            }
+        }
+    }
+
+    fn process_name(&mut self) -> String {
+        let mut name = String::new();
+        while let Some(ch) = self.peek() {
+            if name.is_empty() && ch.is_ascii_digit() {
+                while let Some(d) = self.peek().filter(|c| c.is_ascii_digit()) {
+                    name.push(d);
+                    self.next();
+                }
+                return name;
+            }
+            if name.is_empty() && matches!(ch, '@' | '*' | '#' | '?' | '-' | '$' | '!' | '0') {
+                self.next();
+                return ch.to_string();
+            }
+            if !ch.is_alphanumeric() && ch != '_' {
+                break;
+            }
+            name.push(ch);
+            self.next();
+        }
+        name
+    }
+
+    fn process_dollar(&mut self) -> Result<String, ExpandError> {
+        self.next(); // the '$'
+        if self.peek() != Some('{') {
+            let name = self.process_name();
+            if name.is_empty() {
+                return Ok("$".into());
+            }
+            return Ok(match self.get_env(&name) {
+                Some(v) => v,
+                None if self.lex.skip_unset_env => format!("${name}"),
+                None => String::new(),
+            });
+        }
+        self.next(); // the '{'
+        match self.peek() {
+            None => return err("syntax error: missing '}'"),
+            Some('{') | Some('}') | Some(':') => return err("syntax error: bad substitution"),
+            _ => {}
+        }
+        let name = self.process_name();
+        let Some(first) = self.next() else {
+            return err("syntax error: missing '}'");
+        };
+        let mut modifier = first.to_string();
+        match first {
+            '}' => Ok(match self.get_env(&name) {
+                Some(v) => v,
+                None if self.lex.skip_unset_env => format!("${{{name}}}"),
+                None => String::new(),
+            }),
+            ':' | '+' | '-' | '?' | '#' | '%' => {
+                let null_is_unset = first == ':';
+                let mut op = first;
+                if null_is_unset {
+                    match self.next() {
+                        Some(c) => {
+                            op = c;
+                            modifier.push(c);
+                        }
+                        None => return err("syntax error: missing '}'"),
+                    }
+                }
+                let pattern_op = op == '#' || op == '%';
+                if null_is_unset && pattern_op {
+                    return err(format!("unsupported modifier ({modifier}) in substitution"));
+                }
+                if !matches!(op, '+' | '-' | '?' | '#' | '%') {
+                    // Consume to the closing brace first so "missing }" wins, as in BuildKit.
+                    self.process_stop_on(&['}'], pattern_op).map_err(|e| {
+                        if self.peek().is_none() {
+                            ExpandError {
+                                message: "syntax error: missing '}'".into(),
+                            }
+                        } else {
+                            e
+                        }
+                    })?;
+                    return err(format!("unsupported modifier ({modifier}) in substitution"));
+                }
+                let (word, _) = self.process_stop_on(&['}'], pattern_op).map_err(|e| {
+                    if self.peek().is_none() {
+                        ExpandError {
+                            message: "syntax error: missing '}'".into(),
+                        }
+                    } else {
+                        e
+                    }
+                })?;
+                let value = self.get_env(&name);
+                if self.lex.skip_unset_env && value.is_none() {
+                    return Ok(format!("${{{name}{modifier}{word}}}"));
+                }
+                let empty = value
+                    .as_deref()
+                    .map_or(true, |v| null_is_unset && v.is_empty());
+                match op {
+                    '-' => Ok(if empty {
+                        word
+                    } else {
+                        value.unwrap_or_default()
+                    }),
+                    '+' => Ok(if empty { String::new() } else { word }),
+                    '?' => match value {
+                        None => err(format!(
+                            "{name}: {}",
+                            if word.is_empty() {
+                                "is not allowed to be unset"
+                            } else {
+                                &word
+                            }
+                        )),
+                        Some(v) if null_is_unset && v.is_empty() => err(format!(
+                            "{name}: {}",
+                            if word.is_empty() {
+                                "is not allowed to be empty"
+                            } else {
+                                &word
+                            }
+                        )),
+                        Some(v) => Ok(v),
+                    },
+                    _ => {
+                        let (greedy, pat) = match word.strip_prefix(op) {
+                            Some(rest) => (true, rest.to_string()),
+                            None => (false, word),
+                        };
+                        let pattern = Pattern::compile(&pat)?;
+                        let value = value.unwrap_or_default();
+                        Ok(if op == '#' {
+                            pattern.trim_prefix(&value, greedy).to_string()
+                        } else {
+                            pattern.trim_suffix(&value, greedy).to_string()
+                        })
+                    }
+                }
+            }
+            '/' => {
+                let replace_all = self.peek() == Some('/');
+                if replace_all {
+                    self.next();
+                }
+                let (pat, _) = self.process_stop_on(&['/'], true).map_err(|e| {
+                    if self.peek().is_none() {
+                        ExpandError {
+                            message: "syntax error: missing '/' in ${}".into(),
+                        }
+                    } else {
+                        e
+                    }
+                })?;
+                let (replacement, _) = self.process_stop_on(&['}'], true).map_err(|e| {
+                    if self.peek().is_none() {
+                        ExpandError {
+                            message: "syntax error: missing '}'".into(),
+                        }
+                    } else {
+                        e
+                    }
+                })?;
+                let value = self.get_env(&name);
+                if self.lex.skip_unset_env && value.is_none() {
+                    let slash = if replace_all { "//" } else { "/" };
+                    return Ok(format!("${{{name}{slash}{pat}/{replacement}}}"));
+                }
+                let pattern = Pattern::compile(&pat)?;
+                Ok(pattern.replace(&value.unwrap_or_default(), &replacement, replace_all))
+            }
+            _ => err(format!("unsupported modifier ({modifier}) in substitution")),
+        }
+    }
+}
+
+/// A shell pattern (`*`, `?`, literal characters; `\` escapes `*`, `?`, `\`, and is dropped
+/// before `}` and `/`) as used by `${v#p}`, `${v%p}` and `${v/p/r}`.
+#[derive(Debug)]
+struct Pattern {
+    tokens: Vec<Tok>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Tok {
+    Star,
+    Any,
+    Lit(char),
+}
+
+impl Pattern {
+    fn compile(p: &str) -> Result<Pattern, ExpandError> {
+        let chars: Vec<char> = p.chars().collect();
+        let mut tokens = Vec::new();
+        let mut i = 0;
+        while i < chars.len() {
+            let c = chars[i];
+            i += 1;
+            match c {
+                '*' => tokens.push(Tok::Star),
+                '?' => tokens.push(Tok::Any),
+                '\\' => match chars.get(i) {
+                    Some('}') | Some('/') => {}
+                    Some(&n @ ('*' | '?' | '\\')) => {
+                        tokens.push(Tok::Lit(n));
+                        i += 1;
+                    }
+                    Some(n) => {
+                        return err(format!(
+                            "invalid pattern ({p}) in substitution: invalid escape '\\{n}'"
+                        ))
+                    }
+                    None => {
+                        return err(format!(
+                            "invalid pattern ({p}) in substitution: trailing backslash"
+                        ))
+                    }
+                },
+                c => tokens.push(Tok::Lit(c)),
+            }
+        }
+        Ok(Pattern { tokens })
+    }
+
+    fn matches(&self, s: &[char]) -> bool {
+        fn go(t: &[Tok], s: &[char]) -> bool {
+            // Iterative star backtracking: linear in practice, no recursion blow-up.
+            let (mut ti, mut si) = (0, 0);
+            let mut star: Option<(usize, usize)> = None;
+            while si < s.len() {
+                match t.get(ti) {
+                    Some(Tok::Star) => {
+                        star = Some((ti, si));
+                        ti += 1;
+                    }
+                    Some(Tok::Any) => {
+                        ti += 1;
+                        si += 1;
+                    }
+                    Some(Tok::Lit(c)) if *c == s[si] => {
+                        ti += 1;
+                        si += 1;
+                    }
+                    _ => match star {
+                        Some((st, ss)) => {
+                            ti = st + 1;
+                            si = ss + 1;
+                            star = Some((st, ss + 1));
+                        }
+                        None => return false,
+                    },
+                }
+            }
+            t[ti..].iter().all(|t| *t == Tok::Star)
+        }
+        go(&self.tokens, s)
+    }
+
+    fn trim_prefix<'v>(&self, value: &'v str, greedy: bool) -> &'v str {
+        let chars: Vec<char> = value.chars().collect();
+        let offsets: Vec<usize> = value
+            .char_indices()
+            .map(|(i, _)| i)
+            .chain(std::iter::once(value.len()))
+            .collect();
+        let mut ends: Box<dyn Iterator<Item = usize>> = if greedy {
+            Box::new((0..=chars.len()).rev())
+        } else {
+            Box::new(0..=chars.len())
+        };
+        match ends.find(|&n| self.matches(&chars[..n])) {
+            Some(n) => &value[offsets[n]..],
+            None => value,
+        }
+    }
+
+    fn trim_suffix<'v>(&self, value: &'v str, greedy: bool) -> &'v str {
+        let chars: Vec<char> = value.chars().collect();
+        let offsets: Vec<usize> = value
+            .char_indices()
+            .map(|(i, _)| i)
+            .chain(std::iter::once(value.len()))
+            .collect();
+        let mut starts: Box<dyn Iterator<Item = usize>> = if greedy {
+            Box::new(0..=chars.len())
+        } else {
+            Box::new((0..=chars.len()).rev())
+        };
+        match starts.find(|&n| self.matches(&chars[n..])) {
+            Some(n) => &value[..offsets[n]],
+            None => value,
+        }
+    }
+
+    /// Replaces the leftmost-longest match (or every match) of the pattern in `value`.
+    fn replace(&self, value: &str, replacement: &str, all: bool) -> String {
+        let chars: Vec<char> = value.chars().collect();
+        let mut out = String::new();
+        let mut pos = 0;
+        let mut replaced = false;
+        while pos <= chars.len() {
+            if replaced && !all {
+                out.extend(&chars[pos..]);
+                return out;
+            }
+            let found = (pos..=chars.len()).find_map(|start| {
+                (start..=chars.len())
+                    .rev()
+                    .find(|&end| self.matches(&chars[start..end]))
+                    .map(|end| (start, end))
+            });
+            match found {
+                None => {
+                    out.extend(&chars[pos..]);
+                    return out;
+                }
+                Some((start, end)) => {
+                    out.extend(&chars[pos..start]);
+                    out.push_str(replacement);
+                    replaced = true;
+                    if end == start {
+                        if let Some(c) = chars.get(start) {
+                            out.push(*c);
+                        }
+                        pos = start + 1;
+                    } else {
+                        pos = end;
+                    }
+                }
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(name: &str) -> Option<String> {
+        match name {
+            "v" => Some("abcabc".into()),
+            "path" => Some("/usr/local/bin/app".into()),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn pattern_modifiers() {
+        let e = |w: &str| expand(w, &env, '\\').unwrap();
+        assert_eq!(e("${v#a*b}"), "cabc");
+        assert_eq!(e("${v##a*b}"), "c");
+        assert_eq!(e("${v%b*}"), "abca");
+        assert_eq!(e("${v%%b*}"), "a");
+        assert_eq!(e("${v/b/X}"), "aXcabc");
+        assert_eq!(e("${v//b/X}"), "aXcaXc");
+        assert_eq!(e("${path##*/}"), "app");
+        assert_eq!(e("${path%/*}"), "/usr/local/bin");
+        assert_eq!(e("${nope#x}"), "");
+    }
+
+    #[test]
+    fn skip_unset_keeps_references() {
+        let mut lex = Lexer::new('\\');
+        lex.skip_unset_env = true;
+        assert_eq!(
+            lex.process_word("$x ${y} ${z:-d}", &env).unwrap(),
+            "$x ${y} ${z:-d}"
+        );
+    }
+}

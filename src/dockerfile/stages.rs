@@ -1,0 +1,593 @@
+//! Build stages and the variables each instruction sees, with BuildKit's scoping rules:
+//!
+//! - ARGs before the first FROM are *global*: they, and the automatic platform ARGs
+//!   (`TARGETPLATFORM`, `BUILDPLATFORM`, their `OS`/`ARCH`/`VARIANT` parts), can be used in FROM
+//!   lines only. A stage sees a global ARG after re-declaring it (`ARG NAME` with no default
+//!   takes the global value).
+//! - `--build-arg NAME=VALUE` overrides the default of a declared ARG (global or in a stage).
+//!   Undeclared build args are not visible, except the predefined proxy args, which reach RUN's
+//!   environment without a declaration.
+//! - ENV wins over ARG when both define a name.
+//! - Only ADD COPY ENV EXPOSE FROM LABEL STOPSIGNAL USER VOLUME WORKDIR (and ARG defaults, RUN
+//!   --mount values) are expanded; RUN/CMD/ENTRYPOINT text goes to the shell as written, and
+//!   ONBUILD triggers are expanded when they run in the downstream build.
+
+use std::collections::HashMap;
+
+use super::ast::*;
+use super::error::ParseError;
+use super::expand::{ExpandError, Lexer};
+use super::instructions::parse_mount;
+use super::raw::parse_heredoc_word;
+
+/// The predefined proxy ARGs: passed to RUN when given as build args, without a declaration.
+pub const PROXY_ARGS: &[&str] = &[
+    "HTTP_PROXY",
+    "http_proxy",
+    "HTTPS_PROXY",
+    "https_proxy",
+    "FTP_PROXY",
+    "ftp_proxy",
+    "NO_PROXY",
+    "no_proxy",
+    "ALL_PROXY",
+    "all_proxy",
+];
+
+/// An OS/architecture/variant triple such as `linux/arm64/v8`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Platform {
+    pub os: String,
+    pub arch: String,
+    pub variant: String,
+}
+
+impl Platform {
+    pub fn linux_amd64() -> Self {
+        Platform {
+            os: "linux".into(),
+            arch: "amd64".into(),
+            variant: String::new(),
+        }
+    }
+
+    /// Parses `os/arch[/variant]`.
+    pub fn parse(s: &str) -> Option<Self> {
+        let mut parts = s.split('/');
+        let os = parts.next().filter(|p| !p.is_empty())?.to_string();
+        let arch = parts.next().filter(|p| !p.is_empty())?.to_string();
+        let variant = parts.next().unwrap_or("").to_string();
+        if parts.next().is_some() {
+            return None;
+        }
+        Some(Platform { os, arch, variant })
+    }
+}
+
+impl std::fmt::Display for Platform {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.os, self.arch)?;
+        if !self.variant.is_empty() {
+            write!(f, "/{}", self.variant)?;
+        }
+        Ok(())
+    }
+}
+
+/// What a build is run with: `--build-arg`s and the platforms.
+#[derive(Debug, Clone)]
+pub struct BuildContext {
+    pub build_args: HashMap<String, String>,
+    pub target_platform: Platform,
+    pub build_platform: Platform,
+}
+
+impl BuildContext {
+    /// linux/amd64 for both platforms.
+    pub fn new(build_args: HashMap<String, String>) -> Self {
+        BuildContext {
+            build_args,
+            target_platform: Platform::linux_amd64(),
+            build_platform: Platform::linux_amd64(),
+        }
+    }
+
+    /// The automatic platform ARGs and their values.
+    pub fn platform_args(&self) -> Vec<(String, String)> {
+        let t = &self.target_platform;
+        let b = &self.build_platform;
+        vec![
+            ("TARGETPLATFORM".into(), t.to_string()),
+            ("TARGETOS".into(), t.os.clone()),
+            ("TARGETARCH".into(), t.arch.clone()),
+            ("TARGETVARIANT".into(), t.variant.clone()),
+            ("BUILDPLATFORM".into(), b.to_string()),
+            ("BUILDOS".into(), b.os.clone()),
+            ("BUILDARCH".into(), b.arch.clone()),
+            ("BUILDVARIANT".into(), b.variant.clone()),
+        ]
+    }
+}
+
+/// One build stage: its FROM (expanded) and the instructions up to the next FROM.
+#[derive(Debug, Clone)]
+pub struct Stage {
+    pub index: usize,
+    /// `AS name`, lower-cased.
+    pub name: Option<String>,
+    /// The base image reference with global ARGs expanded (`scratch` for none).
+    pub base: String,
+    /// When `base` names an earlier stage: its index.
+    pub base_stage: Option<usize>,
+    /// `--platform` with global ARGs expanded.
+    pub platform: Option<String>,
+    pub from: Spanned,
+    pub instructions: Vec<Spanned>,
+}
+
+/// The result of splitting a Dockerfile into stages.
+#[derive(Debug, Clone)]
+pub struct Stages {
+    pub stages: Vec<Stage>,
+    /// Global ARGs with their resolved values (`None`: declared without a value).
+    pub global_args: Vec<(String, Option<String>)>,
+    pub context: BuildContext,
+    pub escape: char,
+}
+
+fn stage_error(step: &Spanned, message: impl Into<String>) -> ParseError {
+    ParseError {
+        line: step.span.start_line,
+        column: step.span.column,
+        message: message.into(),
+        source_line: step.original.clone(),
+    }
+}
+
+/// Splits `df` into stages with linux/amd64 platforms; see [`stages_with`].
+pub fn stages(df: &Dockerfile, build_args: &HashMap<String, String>) -> Result<Stages, ParseError> {
+    stages_with(df, BuildContext::new(build_args.clone()))
+}
+
+/// Splits `df` into stages, resolving global ARGs and expanding each FROM.
+pub fn stages_with(df: &Dockerfile, context: BuildContext) -> Result<Stages, ParseError> {
+    let escape = df.escape();
+    let lexer = Lexer::new(escape);
+    let mut global: Vec<(String, Option<String>)> = Vec::new();
+    let platform_args = context.platform_args();
+    let mut stages: Vec<Stage> = Vec::new();
+    for step in &df.instructions {
+        match &step.instruction {
+            Instruction::Arg(args) if stages.is_empty() => {
+                for (name, default) in args {
+                    let value = match context.build_args.get(name) {
+                        Some(v) => Some(v.clone()),
+                        None => match default {
+                            Some(d) => {
+                                let lookup = |k: &str| global_lookup(&global, &platform_args, k);
+                                Some(lexer.process_word(d, &lookup).map_err(|e| {
+                                    stage_error(step, format!("ARG {name}: {e}"))
+                                })?)
+                            }
+                            None => None,
+                        },
+                    };
+                    global.retain(|(n, _)| n != name);
+                    global.push((name.clone(), value));
+                }
+            }
+            Instruction::From {
+                image,
+                platform,
+                alias,
+            } => {
+                let lookup = |k: &str| global_lookup(&global, &platform_args, k);
+                let base = lexer
+                    .process_word(image, &lookup)
+                    .map_err(|e| stage_error(step, format!("FROM {image}: {e}")))?;
+                if base.is_empty() {
+                    return Err(stage_error(
+                        step,
+                        format!("base name ({image}) should not be blank: set the ARG it uses or give it a default"),
+                    ));
+                }
+                let platform = match platform {
+                    Some(p) => Some(
+                        lexer
+                            .process_word(p, &lookup)
+                            .map_err(|e| stage_error(step, format!("--platform {p}: {e}")))?,
+                    ),
+                    None => None,
+                };
+                if let Some(name) = alias {
+                    if stages.iter().any(|s| s.name.as_deref() == Some(name)) {
+                        return Err(stage_error(
+                            step,
+                            format!("duplicate stage name {name:?}: each FROM ... AS needs its own name"),
+                        ));
+                    }
+                }
+                let lower = base.to_lowercase();
+                let base_stage = stages
+                    .iter()
+                    .find(|s| s.name.as_deref() == Some(lower.as_str()))
+                    .map(|s| s.index);
+                stages.push(Stage {
+                    index: stages.len(),
+                    name: alias.clone(),
+                    base,
+                    base_stage,
+                    platform,
+                    from: step.clone(),
+                    instructions: Vec::new(),
+                });
+            }
+            _ => match stages.last_mut() {
+                Some(stage) => stage.instructions.push(step.clone()),
+                None => {
+                    return Err(stage_error(
+                        step,
+                        format!(
+                            "no build stage in current context: {} before the first FROM (only ARG may come before FROM)",
+                            step.instruction.keyword()
+                        ),
+                    ))
+                }
+            },
+        }
+    }
+    if stages.is_empty() {
+        let line = df.instructions.last().map(|s| s.span.end_line).unwrap_or(1);
+        return Err(ParseError {
+            line,
+            column: 1,
+            message: "no FROM instruction: a Dockerfile needs at least one FROM".into(),
+            source_line: String::new(),
+        });
+    }
+    Ok(Stages {
+        stages,
+        global_args: global,
+        context,
+        escape,
+    })
+}
+
+fn global_lookup(
+    global: &[(String, Option<String>)],
+    platform_args: &[(String, String)],
+    name: &str,
+) -> Option<String> {
+    if let Some((_, v)) = global.iter().rev().find(|(n, _)| n == name) {
+        return v.clone();
+    }
+    platform_args
+        .iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, v)| v.clone())
+}
+
+impl Stages {
+    /// The stage a `--target` names (by name or index); the last stage when `None`.
+    pub fn target(&self, target: Option<&str>) -> Option<&Stage> {
+        match target {
+            None => self.stages.last(),
+            Some(t) => {
+                let t = t.to_lowercase();
+                self.stages
+                    .iter()
+                    .find(|s| s.name.as_deref() == Some(t.as_str()))
+                    .or_else(|| t.parse::<usize>().ok().and_then(|i| self.stages.get(i)))
+            }
+        }
+    }
+
+    /// The variable state at the start of `stage`, given the base image's ENV.
+    pub fn vars(&self, base_env: &[(String, String)]) -> Vars {
+        Vars {
+            escape: self.escape,
+            env: base_env.to_vec(),
+            args: Vec::new(),
+            global_args: self.global_args.clone(),
+            build_args: self.context.build_args.clone(),
+            platform_args: self.context.platform_args(),
+        }
+    }
+}
+
+/// The variables in scope at one point of a stage. Feed it each instruction in order with
+/// [`Vars::apply`], which returns the instruction with BuildKit's expansions done and updates
+/// ENV and ARG state.
+#[derive(Debug, Clone)]
+pub struct Vars {
+    pub escape: char,
+    /// The image environment (base image ENV, then this stage's ENV), in order.
+    pub env: Vec<(String, String)>,
+    /// ARGs declared in this stage, with values (`None`: declared, no value).
+    pub args: Vec<(String, Option<String>)>,
+    global_args: Vec<(String, Option<String>)>,
+    build_args: HashMap<String, String>,
+    platform_args: Vec<(String, String)>,
+}
+
+impl Vars {
+    /// The value of `name` for expansion: ENV first, then ARGs declared in the stage.
+    pub fn lookup(&self, name: &str) -> Option<String> {
+        if let Some((_, v)) = self.env.iter().rev().find(|(k, _)| k == name) {
+            return Some(v.clone());
+        }
+        self.args
+            .iter()
+            .rev()
+            .find(|(k, _)| k == name)
+            .and_then(|(_, v)| v.clone())
+    }
+
+    pub fn expand(&self, word: &str) -> Result<String, ExpandError> {
+        Lexer::new(self.escape).process_word(word, &|k| self.lookup(k))
+    }
+
+    pub fn expand_words(&self, word: &str) -> Result<Vec<String>, ExpandError> {
+        Lexer::new(self.escape).process_words(word, &|k| self.lookup(k))
+    }
+
+    /// The environment a RUN gets: the image ENV, the stage's ARGs that have values (ENV wins),
+    /// and the proxy build args.
+    pub fn run_env(&self) -> Vec<(String, String)> {
+        let mut out = self.env.clone();
+        let has = |out: &[(String, String)], k: &str| out.iter().any(|(n, _)| n == k);
+        for (k, v) in &self.args {
+            if let Some(v) = v {
+                if !has(&out, k) {
+                    out.push((k.clone(), v.clone()));
+                }
+            }
+        }
+        for p in PROXY_ARGS {
+            if let Some(v) = self.build_args.get(*p) {
+                if !has(&out, p) {
+                    out.push((p.to_string(), v.clone()));
+                }
+            }
+        }
+        out
+    }
+
+    /// Expands `inst` as BuildKit does and applies its effect on variables (ENV, ARG).
+    pub fn apply(&mut self, inst: &Instruction) -> Result<Instruction, ExpandError> {
+        let e = |w: &String| self.expand(w);
+        let opt = |w: &Option<String>| -> Result<Option<String>, ExpandError> {
+            w.as_ref().map(|w| self.expand(w)).transpose()
+        };
+        let out = match inst {
+            Instruction::Env(pairs) => {
+                let mut done = Vec::new();
+                for (k, v) in pairs {
+                    done.push((self.expand(k)?, self.expand(v)?));
+                }
+                for (k, v) in &done {
+                    self.env.retain(|(n, _)| n != k);
+                    self.env.push((k.clone(), v.clone()));
+                }
+                Instruction::Env(done)
+            }
+            Instruction::Arg(args) => {
+                let mut done = Vec::new();
+                for (name, default) in args {
+                    let value = match self.build_args.get(name) {
+                        Some(v) => Some(v.clone()),
+                        None => match default {
+                            Some(d) => Some(self.expand(d)?),
+                            None => self
+                                .global_args
+                                .iter()
+                                .rev()
+                                .find(|(n, _)| n == name)
+                                .and_then(|(_, v)| v.clone())
+                                .or_else(|| {
+                                    self.platform_args
+                                        .iter()
+                                        .find(|(n, _)| n == name)
+                                        .map(|(_, v)| v.clone())
+                                }),
+                        },
+                    };
+                    self.args.retain(|(n, _)| n != name);
+                    self.args.push((name.clone(), value.clone()));
+                    done.push((name.clone(), value));
+                }
+                Instruction::Arg(done)
+            }
+            Instruction::Label(pairs) => Instruction::Label(
+                pairs
+                    .iter()
+                    .map(|(k, v)| Ok((e(k)?, e(v)?)))
+                    .collect::<Result<_, ExpandError>>()?,
+            ),
+            Instruction::Expose(ports) => {
+                let mut out = Vec::new();
+                for p in ports {
+                    out.extend(self.expand_words(p)?);
+                }
+                Instruction::Expose(out)
+            }
+            Instruction::Volume(v) => {
+                Instruction::Volume(v.iter().map(e).collect::<Result<_, _>>()?)
+            }
+            Instruction::User(u) => Instruction::User(e(u)?),
+            Instruction::Workdir(w) => Instruction::Workdir(e(w)?),
+            Instruction::StopSignal(s) => Instruction::StopSignal(e(s)?),
+            Instruction::Copy(c) | Instruction::Add(c) => {
+                let mut c2 = c.clone();
+                c2.sources = c
+                    .sources
+                    .iter()
+                    .map(|s| {
+                        // Heredoc sources keep their marker so the engine can match them.
+                        if !c.heredocs.is_empty() && parse_heredoc_word(s).is_some() {
+                            Ok(s.clone())
+                        } else {
+                            e(s)
+                        }
+                    })
+                    .collect::<Result<_, _>>()?;
+                c2.dest = e(&c.dest)?;
+                c2.from = opt(&c.from)?;
+                c2.chown = opt(&c.chown)?;
+                c2.chmod = opt(&c.chmod)?;
+                c2.checksum = opt(&c.checksum)?;
+                c2.exclude = c.exclude.iter().map(e).collect::<Result<_, _>>()?;
+                for h in &mut c2.heredocs {
+                    if h.expand {
+                        h.content = expand_heredoc(&h.content, &|k| self.lookup(k))?;
+                    }
+                }
+                if matches!(inst, Instruction::Add(_)) {
+                    Instruction::Add(c2)
+                } else {
+                    Instruction::Copy(c2)
+                }
+            }
+            Instruction::Run(r) => {
+                let mut r2 = r.clone();
+                let expand = |s: &str| self.expand(s).map_err(|e| e.message);
+                r2.mounts = r
+                    .mounts
+                    .iter()
+                    .map(|m| parse_mount(&m.spec, &expand))
+                    .collect::<Result<_, _>>()
+                    .map_err(|message| ExpandError { message })?;
+                Instruction::Run(r2)
+            }
+            other => other.clone(),
+        };
+        Ok(out)
+    }
+}
+
+/// Expands variables in a heredoc body the way BuildKit does for COPY/ADD: `$VAR`, `${VAR}` and
+/// the escape character, while quotes are kept as literal text.
+fn expand_heredoc(
+    content: &str,
+    lookup: &dyn Fn(&str) -> Option<String>,
+) -> Result<String, ExpandError> {
+    // Quotes are literal in a heredoc body: shield them by processing each quote-free run.
+    let mut out = String::new();
+    let mut run = String::new();
+    let lexer = Lexer::new('\\');
+    for c in content.chars() {
+        if c == '\'' || c == '"' {
+            out.push_str(&lexer.process_word(&run, lookup)?);
+            run.clear();
+            out.push(c);
+        } else {
+            run.push(c);
+        }
+    }
+    out.push_str(&lexer.process_word(&run, lookup)?);
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dockerfile::parse;
+
+    fn args(kv: &[(&str, &str)]) -> HashMap<String, String> {
+        kv.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn global_args_in_from_only() {
+        let df = parse(
+            "ARG BASE=alpine\nARG TAG=3.19\nFROM ${BASE}:${TAG} AS one\nRUN echo\nFROM --platform=$BUILDPLATFORM one\nARG BASE\nARG TAG=x\nWORKDIR /$BASE/$TAG/$TARGETARCH\n",
+        )
+        .unwrap();
+        let st = stages(&df, &args(&[("TAG", "3.20")])).unwrap();
+        assert_eq!(st.stages[0].base, "alpine:3.20");
+        assert_eq!(st.stages[1].base_stage, Some(0));
+        assert_eq!(st.stages[1].platform.as_deref(), Some("linux/amd64"));
+        let mut vars = st.vars(&[]);
+        let mut last = None;
+        for s in &st.stages[1].instructions {
+            last = Some(vars.apply(&s.instruction).unwrap());
+        }
+        // BASE re-declared: global value; TAG: build arg beats the stage default; TARGETARCH
+        // not declared in the stage: empty.
+        assert_eq!(last, Some(Instruction::Workdir("/alpine/3.20/".into())));
+    }
+
+    #[test]
+    fn env_wins_over_arg_and_run_env() {
+        let df = parse("FROM a\nENV X=env\nARG X=arg\nARG Y\nUSER $X:$Y\n").unwrap();
+        let st = stages(&df, &args(&[("Y", "why"), ("HTTP_PROXY", "http://p")])).unwrap();
+        let mut vars = st.vars(&[("PATH".into(), "/bin".into())]);
+        let mut out = Vec::new();
+        for s in &st.stages[0].instructions {
+            out.push(vars.apply(&s.instruction).unwrap());
+        }
+        assert_eq!(out[3], Instruction::User("env:why".into()));
+        let env = vars.run_env();
+        assert!(env.contains(&("X".into(), "env".into())));
+        assert!(env.contains(&("Y".into(), "why".into())));
+        assert!(env.contains(&("HTTP_PROXY".into(), "http://p".into())));
+    }
+
+    #[test]
+    fn run_text_is_not_expanded_but_mounts_are() {
+        let df = parse("FROM a\nARG T=/cache\nRUN --mount=type=cache,target=$T echo $T\n").unwrap();
+        let st = stages(&df, &HashMap::new()).unwrap();
+        let mut vars = st.vars(&[]);
+        vars.apply(&st.stages[0].instructions[0].instruction)
+            .unwrap();
+        let Instruction::Run(r) = vars
+            .apply(&st.stages[0].instructions[1].instruction)
+            .unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(r.mounts[0].target, "/cache");
+        assert_eq!(r.command, ShellOrExec::Shell("echo $T".into()));
+    }
+
+    #[test]
+    fn stage_errors() {
+        let df = parse("RUN x\nFROM a\n").unwrap();
+        assert!(stages(&df, &HashMap::new())
+            .unwrap_err()
+            .message
+            .contains("no build stage"));
+        let df = parse("FROM a AS x\nFROM b AS X\n").unwrap();
+        assert!(stages(&df, &HashMap::new())
+            .unwrap_err()
+            .message
+            .contains("duplicate stage"));
+        let df = parse("ARG B\nFROM $B\n").unwrap();
+        assert!(stages(&df, &HashMap::new())
+            .unwrap_err()
+            .message
+            .contains("blank"));
+    }
+
+    #[test]
+    fn copy_heredoc_expands_when_unquoted() {
+        let df =
+            parse("FROM a\nARG N=world\nCOPY <<EOF <<'RAW' /d/\nhi $N \"q\"\nEOF\nhi $N\nRAW\n")
+                .unwrap();
+        let st = stages(&df, &HashMap::new()).unwrap();
+        let mut vars = st.vars(&[]);
+        vars.apply(&st.stages[0].instructions[0].instruction)
+            .unwrap();
+        let Instruction::Copy(c) = vars
+            .apply(&st.stages[0].instructions[1].instruction)
+            .unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(c.heredocs[0].content, "hi world \"q\"\n");
+        assert_eq!(c.heredocs[1].content, "hi $N\n");
+        assert_eq!(c.sources, vec!["<<EOF", "<<'RAW'"]);
+    }
+}

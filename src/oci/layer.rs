@@ -1,0 +1,919 @@
+//! OCI layer tarballs: writing one from a change list (or a whole tree) and applying one to a
+//! directory, either flattened (whiteouts delete) or as an overlay lowerdir (whiteouts become
+//! overlay whiteouts).
+//!
+//! Writing is deterministic: entries sorted by path, headers normalised (no user/group names,
+//! mtimes in whole seconds, optionally clamped to SOURCE_DATE_EPOCH), PAX records only where
+//! USTAR cannot hold a value, and for xattrs (`SCHILY.xattr.*`).
+//!
+//! Applying never writes outside the target: `..` components are rejected, absolute paths are
+//! taken relative to the target, and parent directories are resolved with symlinks interpreted
+//! inside the target (like a chroot), so a symlinked parent or a hard link cannot escape.
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::ffi::{CString, OsStr, OsString};
+use std::fs;
+use std::io::{self, Read, Write};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, OpenOptionsExt};
+use std::path::{Component, Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use sha2::{Digest as _, Sha256};
+
+use super::change::Change;
+
+/// The opaque-directory marker in a layer.
+pub const OPAQUE_WHITEOUT: &str = ".wh..wh..opq";
+/// The prefix of a whiteout entry.
+pub const WHITEOUT_PREFIX: &str = ".wh.";
+
+/// Options for writing a layer.
+#[derive(Debug, Clone, Default)]
+pub struct WriteOptions {
+    /// Clamp every mtime to at most this (seconds since the epoch): SOURCE_DATE_EPOCH.
+    pub source_date_epoch: Option<i64>,
+}
+
+impl WriteOptions {
+    /// Reads SOURCE_DATE_EPOCH from the environment (ignored when unset or not a number).
+    pub fn from_env() -> WriteOptions {
+        WriteOptions {
+            source_date_epoch: std::env::var("SOURCE_DATE_EPOCH")
+                .ok()
+                .and_then(|v| v.trim().parse().ok()),
+        }
+    }
+}
+
+enum Planned {
+    Upsert,
+    Whiteout,
+    Opaque,
+}
+
+/// Every path under `root` (not `root` itself) as an Upsert, sorted.
+pub fn tree_changes(root: &Path) -> Result<Vec<Change>> {
+    let mut changes = Vec::new();
+    for entry in walkdir::WalkDir::new(root).follow_links(false).min_depth(1) {
+        let entry = entry.with_context(|| format!("walking {}", root.display()))?;
+        let rel = entry
+            .path()
+            .strip_prefix(root)
+            .context("walked outside the root")?;
+        changes.push(Change::Upsert(rel.to_path_buf()));
+    }
+    changes.sort();
+    Ok(changes)
+}
+
+/// Writes the whole tree at `root` as a layer.
+pub fn write_tree_layer(root: &Path, out: impl Write, opts: &WriteOptions) -> Result<()> {
+    write_layer(root, &tree_changes(root)?, out, opts)
+}
+
+/// Writes an uncompressed OCI layer tar for `changes` (paths relative to `source_root`): Upsert
+/// -> the entry as on disk with its metadata; Delete -> `.wh.<name>`; Opaque -> the directory
+/// plus `.wh..wh..opq`. Hard links among the layer's files are written as links.
+pub fn write_layer(
+    source_root: &Path,
+    changes: &[Change],
+    out: impl Write,
+    opts: &WriteOptions,
+) -> Result<()> {
+    let mut plan: BTreeMap<PathBuf, Planned> = BTreeMap::new();
+    for change in changes {
+        let rel = clean_change_path(change.path())?;
+        match change {
+            Change::Upsert(_) => {
+                plan.entry(rel).or_insert(Planned::Upsert);
+            }
+            Change::Delete(_) => {
+                let name = rel.file_name().context("a whiteout needs a name")?;
+                let mut wh = OsString::from(WHITEOUT_PREFIX);
+                wh.push(name);
+                plan.insert(rel.with_file_name(wh), Planned::Whiteout);
+            }
+            Change::Opaque(_) => {
+                plan.insert(rel.join(OPAQUE_WHITEOUT), Planned::Opaque);
+                plan.insert(rel, Planned::Upsert);
+            }
+        }
+    }
+    let mut tar = TarWriter { out, opts };
+    let mut inodes: HashMap<(u64, u64), Vec<u8>> = HashMap::new();
+    for (rel, planned) in &plan {
+        let name = rel.as_os_str().as_bytes();
+        match planned {
+            Planned::Whiteout | Planned::Opaque => {
+                tar.append(&EntryHeader::marker(name.to_vec()), &[], None)?;
+            }
+            Planned::Upsert => {
+                let path = source_root.join(rel);
+                tar.append_from_disk(&path, name, &mut inodes)
+                    .with_context(|| format!("adding {} to a layer", path.display()))?;
+            }
+        }
+    }
+    tar.out.write_all(&[0u8; 1024])?;
+    tar.out.flush()?;
+    Ok(())
+}
+
+fn clean_change_path(p: &Path) -> Result<PathBuf> {
+    let mut out = PathBuf::new();
+    for c in p.components() {
+        match c {
+            Component::Normal(n) => out.push(n),
+            Component::RootDir | Component::CurDir => {}
+            Component::ParentDir | Component::Prefix(_) => {
+                bail!("change path {} leaves the root", p.display())
+            }
+        }
+    }
+    if out.as_os_str().is_empty() {
+        bail!("a change names the root itself ({:?})", p);
+    }
+    Ok(out)
+}
+
+struct EntryHeader {
+    name: Vec<u8>,
+    kind: u8,
+    mode: u32,
+    uid: u64,
+    gid: u64,
+    size: u64,
+    mtime: i64,
+    link: Vec<u8>,
+    dev: (u64, u64),
+}
+
+impl EntryHeader {
+    fn marker(name: Vec<u8>) -> EntryHeader {
+        EntryHeader {
+            name,
+            kind: b'0',
+            mode: 0,
+            uid: 0,
+            gid: 0,
+            size: 0,
+            mtime: 0,
+            link: Vec::new(),
+            dev: (0, 0),
+        }
+    }
+}
+
+struct TarWriter<'o, W> {
+    out: W,
+    opts: &'o WriteOptions,
+}
+
+impl<W: Write> TarWriter<'_, W> {
+    fn append_from_disk(
+        &mut self,
+        path: &Path,
+        name: &[u8],
+        inodes: &mut HashMap<(u64, u64), Vec<u8>>,
+    ) -> Result<()> {
+        let meta = fs::symlink_metadata(path)?;
+        let ft = meta.file_type();
+        let mut mtime = meta.mtime();
+        if let Some(epoch) = self.opts.source_date_epoch {
+            mtime = mtime.min(epoch);
+        }
+        let mut h = EntryHeader {
+            name: name.to_vec(),
+            kind: b'0',
+            mode: meta.mode() & 0o7777,
+            uid: meta.uid() as u64,
+            gid: meta.gid() as u64,
+            size: 0,
+            mtime,
+            link: Vec::new(),
+            dev: (0, 0),
+        };
+        let xattrs = read_xattrs(path)?;
+        if !ft.is_dir() && meta.nlink() > 1 {
+            let key = (meta.dev(), meta.ino());
+            if let Some(first) = inodes.get(&key) {
+                h.kind = b'1';
+                h.link = first.clone();
+                h.mode = meta.mode() & 0o7777;
+                return self.append(&h, &[], None);
+            }
+            inodes.insert(key, name.to_vec());
+        }
+        if ft.is_dir() {
+            h.kind = b'5';
+            h.name.push(b'/');
+            self.append(&h, &xattrs, None)
+        } else if ft.is_file() {
+            h.size = meta.len();
+            let mut file = fs::File::open(path)?;
+            self.append(&h, &xattrs, Some(&mut file))
+        } else if ft.is_symlink() {
+            h.kind = b'2';
+            h.link = fs::read_link(path)?.into_os_string().into_vec();
+            self.append(&h, &xattrs, None)
+        } else if ft.is_char_device() || ft.is_block_device() {
+            h.kind = if ft.is_char_device() { b'3' } else { b'4' };
+            let rdev = meta.rdev();
+            h.dev = (libc::major(rdev) as u64, libc::minor(rdev) as u64);
+            self.append(&h, &xattrs, None)
+        } else if ft.is_fifo() {
+            h.kind = b'6';
+            self.append(&h, &xattrs, None)
+        } else {
+            bail!("sockets cannot go into a layer")
+        }
+    }
+
+    fn append(
+        &mut self,
+        h: &EntryHeader,
+        xattrs: &[(Vec<u8>, Vec<u8>)],
+        data: Option<&mut fs::File>,
+    ) -> Result<()> {
+        let mut pax: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+        if h.name.len() > 100 {
+            pax.push((b"path".to_vec(), h.name.clone()));
+        }
+        if h.link.len() > 100 {
+            pax.push((b"linkpath".to_vec(), h.link.clone()));
+        }
+        const MAX7: u64 = 0o7777777;
+        const MAX11: u64 = 0o77777777777;
+        if h.uid > MAX7 {
+            pax.push((b"uid".to_vec(), h.uid.to_string().into_bytes()));
+        }
+        if h.gid > MAX7 {
+            pax.push((b"gid".to_vec(), h.gid.to_string().into_bytes()));
+        }
+        if h.size > MAX11 {
+            pax.push((b"size".to_vec(), h.size.to_string().into_bytes()));
+        }
+        if h.mtime < 0 || h.mtime as u64 > MAX11 {
+            pax.push((b"mtime".to_vec(), h.mtime.to_string().into_bytes()));
+        }
+        for (k, v) in xattrs {
+            let mut key = b"SCHILY.xattr.".to_vec();
+            key.extend_from_slice(k);
+            pax.push((key, v.clone()));
+        }
+        if !pax.is_empty() {
+            let mut body = Vec::new();
+            for (k, v) in &pax {
+                body.extend_from_slice(&pax_record(k, v));
+            }
+            let mut name = b"PaxHeaders/".to_vec();
+            name.extend_from_slice(&h.name[..h.name.len().min(80)]);
+            let xh = EntryHeader {
+                kind: b'x',
+                size: body.len() as u64,
+                ..EntryHeader::marker(name)
+            };
+            self.write_header(&xh)?;
+            self.out.write_all(&body)?;
+            self.pad(body.len() as u64)?;
+        }
+        self.write_header(h)?;
+        if let Some(file) = data {
+            let copied = io::copy(&mut file.take(h.size), &mut self.out)?;
+            if copied != h.size {
+                bail!("file shrank while being added to the layer");
+            }
+            self.pad(h.size)?;
+        }
+        Ok(())
+    }
+
+    fn pad(&mut self, size: u64) -> io::Result<()> {
+        let rem = (size % 512) as usize;
+        if rem != 0 {
+            self.out.write_all(&[0u8; 512][..512 - rem])?;
+        }
+        Ok(())
+    }
+
+    fn write_header(&mut self, h: &EntryHeader) -> io::Result<()> {
+        let mut b = [0u8; 512];
+        let name = &h.name[..h.name.len().min(100)];
+        b[..name.len()].copy_from_slice(name);
+        octal(&mut b[100..108], h.mode as u64);
+        octal(&mut b[108..116], h.uid.min(0o7777777));
+        octal(&mut b[116..124], h.gid.min(0o7777777));
+        octal(&mut b[124..136], h.size.min(0o77777777777));
+        octal(&mut b[136..148], h.mtime.clamp(0, 0o77777777777) as u64);
+        b[156] = h.kind;
+        let link = &h.link[..h.link.len().min(100)];
+        b[157..157 + link.len()].copy_from_slice(link);
+        b[257..263].copy_from_slice(b"ustar\0");
+        b[263..265].copy_from_slice(b"00");
+        if h.kind == b'3' || h.kind == b'4' {
+            octal(&mut b[329..337], h.dev.0.min(0o7777777));
+            octal(&mut b[337..345], h.dev.1.min(0o7777777));
+        }
+        b[148..156].copy_from_slice(b"        ");
+        let sum: u32 = b.iter().map(|&x| x as u32).sum();
+        let cks = format!("{sum:06o}\0 ");
+        b[148..156].copy_from_slice(cks.as_bytes());
+        self.out.write_all(&b)
+    }
+}
+
+/// Writes `v` as zero-padded octal filling `field` but its last byte (a NUL).
+fn octal(field: &mut [u8], v: u64) {
+    let digits = field.len() - 1;
+    let s = format!("{v:0digits$o}");
+    field[..digits].copy_from_slice(&s.as_bytes()[s.len() - digits..]);
+    field[digits] = 0;
+}
+
+fn pax_record(key: &[u8], value: &[u8]) -> Vec<u8> {
+    // "<len> <key>=<value>\n" where len counts itself.
+    let rest = key.len() + value.len() + 3;
+    let mut len = rest + 1;
+    while len != rest + len.to_string().len() {
+        len = rest + len.to_string().len();
+    }
+    let mut r = format!("{len} ").into_bytes();
+    r.extend_from_slice(key);
+    r.push(b'=');
+    r.extend_from_slice(value);
+    r.push(b'\n');
+    r
+}
+
+fn cpath(p: &Path) -> io::Result<CString> {
+    CString::new(p.as_os_str().as_bytes()).map_err(|_| io::Error::other("path contains NUL"))
+}
+
+/// The xattrs of `path` (not followed), sorted, without overlayfs' own `trusted.overlay.*`.
+fn read_xattrs(path: &Path) -> io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    let c = cpath(path)?;
+    let mut names = vec![0u8; 1024];
+    let len = loop {
+        // SAFETY: c is a valid C string; names is a writable buffer of the length passed.
+        let n = unsafe { libc::llistxattr(c.as_ptr(), names.as_mut_ptr().cast(), names.len()) };
+        if n >= 0 {
+            break n as usize;
+        }
+        let err = io::Error::last_os_error();
+        match err.raw_os_error() {
+            Some(libc::ERANGE) => names.resize(names.len() * 4, 0),
+            Some(libc::ENOTSUP) => return Ok(Vec::new()),
+            _ => return Err(err),
+        }
+    };
+    let mut out = Vec::new();
+    for name in names[..len].split(|&b| b == 0).filter(|n| !n.is_empty()) {
+        if name.starts_with(b"trusted.overlay.") {
+            continue;
+        }
+        let cname = CString::new(name).map_err(io::Error::other)?;
+        let mut value = vec![0u8; 256];
+        loop {
+            // SAFETY: valid C strings; value is a writable buffer of the length passed.
+            let n = unsafe {
+                libc::lgetxattr(
+                    c.as_ptr(),
+                    cname.as_ptr(),
+                    value.as_mut_ptr().cast(),
+                    value.len(),
+                )
+            };
+            if n >= 0 {
+                value.truncate(n as usize);
+                break;
+            }
+            let err = io::Error::last_os_error();
+            match err.raw_os_error() {
+                Some(libc::ERANGE) => value.resize(value.len() * 16, 0),
+                Some(libc::ENODATA) => {
+                    value.clear();
+                    break;
+                }
+                _ => return Err(err),
+            }
+        }
+        out.push((name.to_vec(), value));
+    }
+    out.sort();
+    Ok(out)
+}
+
+fn set_xattr(path: &Path, name: &[u8], value: &[u8]) -> io::Result<()> {
+    let c = cpath(path)?;
+    let cname = CString::new(name).map_err(io::Error::other)?;
+    // SAFETY: valid C strings; value is a readable buffer of the length passed.
+    let rc = unsafe {
+        libc::lsetxattr(
+            c.as_ptr(),
+            cname.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            0,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Applying
+
+/// How whiteouts are applied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ApplyMode {
+    /// Onto a full root filesystem: `.wh.x` deletes `x`, `.wh..wh..opq` empties the directory of
+    /// what lower layers put there.
+    Flatten,
+    /// Into the layer's own directory, to serve as an overlay lowerdir: `.wh.x` becomes a 0:0
+    /// character device `x`, `.wh..wh..opq` the xattr `trusted.overlay.opaque=y`.
+    Overlay,
+}
+
+/// What applying a layer saw.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppliedLayer {
+    /// `sha256:` of the uncompressed tar stream.
+    pub diff_id: String,
+    /// Size of the uncompressed tar stream.
+    pub size: u64,
+    pub entries: u64,
+}
+
+struct HashingReader<R> {
+    inner: R,
+    hasher: Sha256,
+    size: u64,
+}
+
+impl<R: Read> Read for HashingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.size += n as u64;
+        Ok(n)
+    }
+}
+
+/// Applies a layer tar (gzip, zstd or uncompressed: detected) to `target`, preserving owners
+/// (when running as root), modes, xattrs, devices and mtimes. Never writes outside `target`.
+pub fn apply_layer(tar: impl Read + Send, target: &Path, mode: ApplyMode) -> Result<AppliedLayer> {
+    let (_, stream) = super::compress::decompress(tar).context("reading the layer")?;
+    let mut reader = HashingReader {
+        inner: stream,
+        hasher: Sha256::new(),
+        size: 0,
+    };
+    fs::create_dir_all(target).with_context(|| format!("creating {}", target.display()))?;
+    let root = target
+        .canonicalize()
+        .with_context(|| format!("resolving {}", target.display()))?;
+    let mut applier = Applier {
+        root,
+        mode,
+        as_root: nix::unistd::Uid::effective().is_root(),
+        written: HashSet::new(),
+        dir_times: Vec::new(),
+    };
+    let mut entries = 0u64;
+    {
+        let mut archive = tar::Archive::new(&mut reader);
+        for entry in archive.entries().context("reading the layer tar")? {
+            let mut entry = entry.context("reading the layer tar")?;
+            let name = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
+            applier
+                .apply_entry(&mut entry)
+                .with_context(|| format!("layer entry {name:?}"))?;
+            entries += 1;
+        }
+    }
+    // Hash what follows the end-of-archive marker too: the DiffID covers the whole stream.
+    io::copy(&mut reader, &mut io::sink()).context("reading the layer tar")?;
+    // Directory mtimes last: creating their children changed them.
+    for (path, mtime) in applier.dir_times.iter().rev() {
+        set_times(path, *mtime)?;
+    }
+    Ok(AppliedLayer {
+        diff_id: format!("sha256:{}", hex::encode(reader.hasher.finalize())),
+        size: reader.size,
+        entries,
+    })
+}
+
+struct Applier {
+    root: PathBuf,
+    mode: ApplyMode,
+    as_root: bool,
+    /// Real paths this layer wrote (an opaque marker keeps them).
+    written: HashSet<PathBuf>,
+    dir_times: Vec<(PathBuf, (i64, u32))>,
+}
+
+/// Splits a tar path into normal components: leading `/` and `.` dropped, `..` rejected.
+fn tar_components(raw: &[u8]) -> Result<Vec<OsString>> {
+    let mut out = Vec::new();
+    for part in raw.split(|&b| b == b'/') {
+        match part {
+            b"" | b"." => {}
+            b".." => bail!(
+                "the path {:?} climbs out of the layer with `..`: refusing this layer",
+                String::from_utf8_lossy(raw)
+            ),
+            p => out.push(OsStr::from_bytes(p).to_os_string()),
+        }
+    }
+    Ok(out)
+}
+
+const MAX_SYMLINKS: usize = 255;
+
+impl Applier {
+    /// Resolves the directory `comps` inside the root, following symlinks as if the root were
+    /// `/`, creating missing directories (0755) when `create`. The result is always inside the
+    /// root.
+    fn resolve_dir(&self, comps: &[OsString], create: bool) -> Result<PathBuf> {
+        let mut todo: VecDeque<OsString> = comps.iter().cloned().collect();
+        let mut resolved: Vec<OsString> = Vec::new();
+        let mut links = 0;
+        while let Some(c) = todo.pop_front() {
+            match c.as_bytes() {
+                b"" | b"." => continue,
+                b".." => {
+                    resolved.pop();
+                    continue;
+                }
+                _ => {}
+            }
+            let mut candidate = self.root.clone();
+            candidate.extend(&resolved);
+            candidate.push(&c);
+            match fs::symlink_metadata(&candidate) {
+                Ok(m) if m.is_dir() => resolved.push(c),
+                Ok(m) if m.file_type().is_symlink() => {
+                    links += 1;
+                    if links > MAX_SYMLINKS {
+                        bail!(
+                            "too many levels of symbolic links under {}",
+                            candidate.display()
+                        );
+                    }
+                    let target = fs::read_link(&candidate)?;
+                    let bytes = target.as_os_str().as_bytes();
+                    if bytes.starts_with(b"/") {
+                        resolved.clear();
+                    }
+                    for part in bytes.split(|&b| b == b'/').rev() {
+                        todo.push_front(OsStr::from_bytes(part).to_os_string());
+                    }
+                }
+                Ok(_) => bail!(
+                    "{} is not a directory but the layer puts files under it",
+                    candidate
+                        .strip_prefix(&self.root)
+                        .unwrap_or(&candidate)
+                        .display()
+                ),
+                Err(e) if e.kind() == io::ErrorKind::NotFound && create => {
+                    fs::DirBuilder::new()
+                        .mode(0o755)
+                        .create(&candidate)
+                        .with_context(|| format!("creating {}", candidate.display()))?;
+                    resolved.push(c);
+                }
+                Err(e) => {
+                    return Err(e).with_context(|| format!("looking up {}", candidate.display()))
+                }
+            }
+        }
+        let mut dir = self.root.clone();
+        dir.extend(&resolved);
+        Ok(dir)
+    }
+
+    fn apply_entry<R: Read>(&mut self, entry: &mut tar::Entry<R>) -> Result<()> {
+        let kind = entry.header().entry_type();
+        if matches!(kind, tar::EntryType::XGlobalHeader) {
+            return Ok(());
+        }
+        let comps = tar_components(&entry.path_bytes())?;
+        let Some((name, parents)) = comps.split_last() else {
+            // The root itself: take its metadata when it is a directory.
+            if kind.is_dir() {
+                let meta = EntryMeta::read(entry)?;
+                let root = self.root.clone();
+                self.set_metadata(&root, &meta, true)?;
+            }
+            return Ok(());
+        };
+        let name_bytes = name.as_bytes();
+        if let Some(hidden) = name_bytes.strip_prefix(WHITEOUT_PREFIX.as_bytes()) {
+            return self.apply_whiteout(parents, hidden);
+        }
+        let parent = self.resolve_dir(parents, true)?;
+        let dest = parent.join(name);
+        let meta = EntryMeta::read(entry)?;
+        let existing = fs::symlink_metadata(&dest).ok();
+        if kind.is_dir() {
+            if !existing.as_ref().is_some_and(|m| m.is_dir()) {
+                if existing.is_some() {
+                    remove_any(&dest)?;
+                }
+                fs::DirBuilder::new().mode(0o700).create(&dest)?;
+            }
+            self.set_metadata(&dest, &meta, true)?;
+            self.dir_times.push((dest.clone(), meta.mtime));
+            self.written.insert(dest);
+            return Ok(());
+        }
+        if existing.is_some() {
+            remove_any(&dest)?;
+        }
+        match kind {
+            tar::EntryType::Regular | tar::EntryType::Continuous => {
+                let mut file = fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o600)
+                    .custom_flags(libc::O_NOFOLLOW)
+                    .open(&dest)?;
+                io::copy(entry, &mut file)?;
+                drop(file);
+                self.set_metadata(&dest, &meta, false)?;
+            }
+            tar::EntryType::Symlink => {
+                let target = entry
+                    .link_name_bytes()
+                    .context("symlink without a target")?
+                    .into_owned();
+                std::os::unix::fs::symlink(OsStr::from_bytes(&target), &dest)?;
+                self.set_metadata(&dest, &meta, false)?;
+            }
+            tar::EntryType::Link => {
+                let raw = entry
+                    .link_name_bytes()
+                    .context("hard link without a target")?
+                    .into_owned();
+                let target_comps = tar_components(&raw)?;
+                let Some((tname, tparents)) = target_comps.split_last() else {
+                    bail!("hard link to the root directory");
+                };
+                let source = self.resolve_dir(tparents, false)?.join(tname);
+                let smeta = fs::symlink_metadata(&source).with_context(|| {
+                    format!(
+                        "hard link target {:?} does not exist in the layer",
+                        String::from_utf8_lossy(&raw)
+                    )
+                })?;
+                if smeta.is_dir() {
+                    bail!("hard link to a directory");
+                }
+                fs::hard_link(&source, &dest)?;
+            }
+            tar::EntryType::Char | tar::EntryType::Block | tar::EntryType::Fifo => {
+                let (sflag, dev) = match kind {
+                    tar::EntryType::Char => (nix::sys::stat::SFlag::S_IFCHR, meta.dev),
+                    tar::EntryType::Block => (nix::sys::stat::SFlag::S_IFBLK, meta.dev),
+                    _ => (nix::sys::stat::SFlag::S_IFIFO, (0, 0)),
+                };
+                nix::sys::stat::mknod(
+                    &dest,
+                    sflag,
+                    nix::sys::stat::Mode::from_bits_truncate(0o600),
+                    nix::sys::stat::makedev(dev.0, dev.1),
+                )
+                .with_context(|| format!("creating device {}", dest.display()))?;
+                self.set_metadata(&dest, &meta, false)?;
+            }
+            other => bail!("unsupported tar entry type {other:?}"),
+        }
+        self.written.insert(dest);
+        Ok(())
+    }
+
+    fn apply_whiteout(&mut self, parents: &[OsString], hidden: &[u8]) -> Result<()> {
+        if hidden == &OPAQUE_WHITEOUT.as_bytes()[WHITEOUT_PREFIX.len()..] {
+            let dir = self.resolve_dir(parents, true)?;
+            match self.mode {
+                ApplyMode::Flatten => {
+                    for child in fs::read_dir(&dir)? {
+                        let child = child?.path();
+                        if !self.written.contains(&child) {
+                            remove_any(&child)?;
+                        }
+                    }
+                }
+                ApplyMode::Overlay => set_xattr(&dir, b"trusted.overlay.opaque", b"y")
+                    .with_context(|| format!("marking {} opaque", dir.display()))?,
+            }
+            return Ok(());
+        }
+        if hidden.starts_with(WHITEOUT_PREFIX.as_bytes()) {
+            // Other `.wh..wh.` names are aufs metadata (hard link directories): nothing to do.
+            return Ok(());
+        }
+        if hidden.is_empty() || hidden == b"." || hidden == b".." {
+            bail!(
+                "malformed whiteout name {:?}",
+                String::from_utf8_lossy(hidden)
+            );
+        }
+        let dir = self.resolve_dir(parents, true)?;
+        let victim = dir.join(OsStr::from_bytes(hidden));
+        match self.mode {
+            ApplyMode::Flatten => {
+                if fs::symlink_metadata(&victim).is_ok() {
+                    remove_any(&victim)?;
+                }
+            }
+            ApplyMode::Overlay => {
+                if fs::symlink_metadata(&victim).is_ok() {
+                    remove_any(&victim)?;
+                }
+                nix::sys::stat::mknod(
+                    &victim,
+                    nix::sys::stat::SFlag::S_IFCHR,
+                    nix::sys::stat::Mode::empty(),
+                    0,
+                )
+                .with_context(|| format!("creating overlay whiteout {}", victim.display()))?;
+                self.written.insert(victim);
+            }
+        }
+        Ok(())
+    }
+
+    fn set_metadata(&self, path: &Path, meta: &EntryMeta, is_dir: bool) -> Result<()> {
+        let is_link = fs::symlink_metadata(path)?.file_type().is_symlink();
+        if let Err(e) = std::os::unix::fs::lchown(path, Some(meta.uid), Some(meta.gid)) {
+            if self.as_root {
+                return Err(e).with_context(|| format!("chown {}", path.display()));
+            }
+        }
+        for (k, v) in &meta.xattrs {
+            if k.starts_with(b"trusted.overlay.") {
+                continue; // overlayfs' own: a layer must not smuggle redirects or opacity
+            }
+            if let Err(e) = set_xattr(path, k, v) {
+                if self.as_root && e.raw_os_error() != Some(libc::ENOTSUP) {
+                    return Err(e).with_context(|| {
+                        format!(
+                            "setting xattr {} on {}",
+                            String::from_utf8_lossy(k),
+                            path.display()
+                        )
+                    });
+                }
+            }
+        }
+        if !is_link {
+            // After chown, which clears set-id bits.
+            use std::os::unix::fs::PermissionsExt;
+            fs::set_permissions(path, fs::Permissions::from_mode(meta.mode & 0o7777))?;
+        }
+        if !is_dir {
+            set_times(path, meta.mtime)?;
+        }
+        Ok(())
+    }
+}
+
+fn set_times(path: &Path, (secs, nsecs): (i64, u32)) -> Result<()> {
+    let t = nix::sys::time::TimeSpec::new(secs, nsecs as i64);
+    nix::sys::stat::utimensat(
+        None,
+        path,
+        &t,
+        &t,
+        nix::sys::stat::UtimensatFlags::NoFollowSymlink,
+    )
+    .with_context(|| format!("setting times on {}", path.display()))
+}
+
+fn remove_any(path: &Path) -> Result<()> {
+    let meta = fs::symlink_metadata(path)?;
+    if meta.is_dir() {
+        fs::remove_dir_all(path)
+    } else {
+        fs::remove_file(path)
+    }
+    .with_context(|| format!("removing {}", path.display()))
+}
+
+struct EntryMeta {
+    mode: u32,
+    uid: u32,
+    gid: u32,
+    mtime: (i64, u32),
+    dev: (u64, u64),
+    xattrs: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+impl EntryMeta {
+    fn read<R: Read>(entry: &mut tar::Entry<R>) -> Result<EntryMeta> {
+        let h = entry.header();
+        let mode =
+            lenient(h.mode().map(u64::from), &h.as_old().mode).context("bad mode field")? as u32;
+        // Like Go's reader, an empty numeric field means 0.
+        let old = h.as_old();
+        let uid = lenient(h.uid(), &old.uid).context("bad uid field")?;
+        let gid = lenient(h.gid(), &old.gid).context("bad gid field")?;
+        let mtime = lenient(h.mtime(), &old.mtime).context("bad mtime field")?;
+        let mut mtime = (mtime as i64, 0u32);
+        let dev = (
+            h.device_major().ok().flatten().unwrap_or(0) as u64,
+            h.device_minor().ok().flatten().unwrap_or(0) as u64,
+        );
+        let mut xattrs = Vec::new();
+        if let Some(exts) = entry.pax_extensions().context("bad PAX header")? {
+            for ext in exts {
+                let ext = ext.context("bad PAX record")?;
+                let key = ext.key_bytes();
+                if let Some(name) = key.strip_prefix(b"SCHILY.xattr.") {
+                    xattrs.push((name.to_vec(), ext.value_bytes().to_vec()));
+                } else if key == b"mtime" {
+                    if let Some(t) = ext.value().ok().and_then(parse_pax_time) {
+                        mtime = t;
+                    }
+                }
+            }
+        }
+        Ok(EntryMeta {
+            mode,
+            uid: u32::try_from(uid).context("uid out of range")?,
+            gid: u32::try_from(gid).context("gid out of range")?,
+            mtime,
+            dev,
+            xattrs,
+        })
+    }
+}
+
+fn lenient(value: io::Result<u64>, field: &[u8]) -> io::Result<u64> {
+    match value {
+        Err(_) if field.iter().all(|&b| b == 0 || b == b' ') => Ok(0),
+        v => v,
+    }
+}
+
+fn parse_pax_time(s: &str) -> Option<(i64, u32)> {
+    let (secs, frac) = s.split_once('.').unwrap_or((s, ""));
+    let secs: i64 = secs.parse().ok()?;
+    let mut digits: String = frac.chars().take(9).collect();
+    while digits.len() < 9 {
+        digits.push('0');
+    }
+    let nanos: u32 = digits.parse().ok()?;
+    if secs < 0 && nanos > 0 {
+        return Some((secs - 1, 1_000_000_000 - nanos));
+    }
+    Some((secs, nanos))
+}
+
+/// A layer blob written to the store by [`store_layer`].
+#[derive(Debug, Clone)]
+pub struct StoredLayer {
+    /// Media type, compressed digest and size: goes into the manifest.
+    pub descriptor: oci_spec::image::Descriptor,
+    /// Goes into the config's `rootfs.diff_ids`.
+    pub diff_id: String,
+    pub uncompressed_size: u64,
+}
+
+/// Streams a layer tar produced by `write` (e.g. a closure calling [`write_layer`]) through the
+/// compressor into a new blob, and records the layer (digest -> DiffID). One pass, no temp tar.
+pub fn store_layer(
+    store: &crate::store::Store,
+    compression: super::compress::Compression,
+    write: impl FnOnce(&mut dyn Write) -> Result<()>,
+) -> Result<StoredLayer> {
+    let mut compressor = super::compress::Compressor::new(store.blob_writer()?, compression)?;
+    write(&mut compressor)?;
+    let (blob_writer, digests) = compressor.finish().context("compressing a layer")?;
+    let blob = blob_writer.commit(Some(&digests.digest))?;
+    let media_type = compression.layer_media_type();
+    store.record_layer(&crate::store::LayerRecord {
+        digest: blob.digest.clone(),
+        diff_id: digests.diff_id.clone(),
+        media_type: media_type.to_string(),
+        size: blob.size,
+    })?;
+    Ok(StoredLayer {
+        descriptor: oci_spec::image::Descriptor::new(
+            media_type,
+            blob.size,
+            blob.digest
+                .parse::<oci_spec::image::Digest>()
+                .context("layer digest")?,
+        ),
+        diff_id: digests.diff_id,
+        uncompressed_size: digests.uncompressed_size,
+    })
+}

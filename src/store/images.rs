@@ -1,0 +1,572 @@
+//! Images in the store: names -> manifest digests, the manifests' blobs (for garbage collection),
+//! and layer records (compressed digest -> DiffID).
+
+use std::collections::BTreeSet;
+
+use anyhow::{bail, Context, Result};
+use oci_spec::image::{
+    Descriptor, ImageConfiguration, ImageManifest, ImageManifestBuilder, MediaType,
+};
+use rusqlite::{params, OptionalExtension, Transaction};
+
+use super::Store;
+use crate::reference::Reference;
+
+pub(super) const MIGRATIONS: &[&str] = &["
+    CREATE TABLE images (
+        name TEXT PRIMARY KEY,          -- full normalised reference
+        manifest TEXT NOT NULL,
+        updated INTEGER NOT NULL
+    );
+    CREATE INDEX images_manifest ON images(manifest);
+    CREATE TABLE manifests (
+        digest TEXT PRIMARY KEY,
+        config TEXT NOT NULL,
+        size INTEGER NOT NULL,          -- config + layers, compressed
+        created INTEGER NOT NULL        -- unix seconds, from the config
+    );
+    CREATE INDEX manifests_config ON manifests(config);
+    CREATE TABLE manifest_blobs (
+        manifest TEXT NOT NULL,
+        blob TEXT NOT NULL,
+        PRIMARY KEY (manifest, blob)
+    );
+    CREATE INDEX manifest_blobs_blob ON manifest_blobs(blob);
+    CREATE TABLE layers (
+        digest TEXT PRIMARY KEY,        -- the blob as stored (compressed or not)
+        diff_id TEXT NOT NULL,          -- sha256 of the uncompressed tar
+        media_type TEXT NOT NULL,
+        size INTEGER NOT NULL
+    );
+    CREATE INDEX layers_diff_id ON layers(diff_id);
+    -- Other modules pin blobs they need (e.g. the build cache): never garbage-collected.
+    CREATE TABLE blob_refs (
+        owner TEXT NOT NULL,
+        blob TEXT NOT NULL,
+        PRIMARY KEY (owner, blob)
+    );
+    -- Users of an image (the runner's containers): `rmi` refuses these images unless forced.
+    CREATE TABLE image_uses (
+        manifest TEXT NOT NULL,
+        user TEXT NOT NULL,
+        PRIMARY KEY (manifest, user)
+    );
+"];
+
+/// An image as `kiln images` lists it: one row per name, or a nameless (dangling) manifest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageRecord {
+    pub name: Option<Reference>,
+    pub manifest_digest: String,
+    /// The image ID (docker shows its first 12 hex digits).
+    pub config_digest: String,
+    /// Config + layers as stored (compressed), in bytes.
+    pub size: u64,
+    /// Unix seconds, from the config's `created` (0 when absent).
+    pub created: i64,
+}
+
+impl ImageRecord {
+    /// The ID docker prints: the first 12 hex digits of the config digest.
+    pub fn short_id(&self) -> &str {
+        let hex = self.config_digest.trim_start_matches("sha256:");
+        &hex[..hex.len().min(12)]
+    }
+}
+
+/// A layer blob and its DiffID.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LayerRecord {
+    pub digest: String,
+    pub diff_id: String,
+    pub media_type: String,
+    pub size: u64,
+}
+
+/// What [`Store::commit_image`] wrote.
+#[derive(Debug, Clone)]
+pub struct CommittedImage {
+    pub manifest_digest: String,
+    pub manifest: ImageManifest,
+    pub config_digest: String,
+    pub manifest_size: u64,
+}
+
+fn now() -> i64 {
+    chrono::Utc::now().timestamp()
+}
+
+impl Store {
+    /// Writes `config` and a manifest over `layers` (blobs already in the store, in order, each
+    /// with its DiffID in `config.rootfs.diff_ids`), then points every name in `names` at it, in
+    /// one transaction. This is what the build engine, import and pull call.
+    pub fn commit_image(
+        &self,
+        config: &ImageConfiguration,
+        layers: &[Descriptor],
+        names: &[Reference],
+    ) -> Result<CommittedImage> {
+        if config.rootfs().diff_ids().len() != layers.len() {
+            bail!(
+                "image config lists {} layer DiffIDs but the manifest has {} layers",
+                config.rootfs().diff_ids().len(),
+                layers.len()
+            );
+        }
+        let config_bytes =
+            crate::oci::image::canonical_json(config).context("serialising the image config")?;
+        let config_blob = self.put_blob_bytes(&config_bytes)?;
+        let manifest = ImageManifestBuilder::default()
+            .schema_version(2u32)
+            .media_type(MediaType::ImageManifest)
+            .config(Descriptor::new(
+                MediaType::ImageConfig,
+                config_blob.size,
+                config_blob
+                    .digest
+                    .parse::<oci_spec::image::Digest>()
+                    .context("config digest")?,
+            ))
+            .layers(layers.to_vec())
+            .build()
+            .context("building the image manifest")?;
+        let manifest_bytes =
+            crate::oci::image::canonical_json(&manifest).context("serialising the manifest")?;
+        let manifest_digest = self.add_manifest_with_names(&manifest_bytes, names)?;
+        Ok(CommittedImage {
+            manifest_digest,
+            manifest,
+            config_digest: config_blob.digest,
+            manifest_size: manifest_bytes.len() as u64,
+        })
+    }
+
+    /// Stores an image manifest exactly as given (so its digest is kept, e.g. on load or pull)
+    /// and records its blobs and layers. The config and layer blobs must already be stored.
+    /// Returns the manifest digest.
+    pub fn add_manifest(&self, manifest_bytes: &[u8]) -> Result<String> {
+        self.add_manifest_with_names(manifest_bytes, &[])
+    }
+
+    /// [`Store::add_manifest`], then points `names` at it, in one transaction.
+    pub fn add_manifest_with_names(
+        &self,
+        manifest_bytes: &[u8],
+        names: &[Reference],
+    ) -> Result<String> {
+        let manifest: ImageManifest = serde_json::from_slice(manifest_bytes)
+            .context("parsing an image manifest: not valid OCI/docker manifest JSON")?;
+        let config_digest = manifest.config().digest().to_string();
+        let config_bytes = self
+            .read_blob(&config_digest)
+            .context("the manifest's config")?;
+        let config: ImageConfiguration = serde_json::from_slice(&config_bytes)
+            .with_context(|| format!("parsing image config {config_digest}"))?;
+        let diff_ids = config.rootfs().diff_ids();
+        if diff_ids.len() != manifest.layers().len() {
+            bail!(
+                "image config {config_digest} lists {} layer DiffIDs but the manifest has {} layers",
+                diff_ids.len(),
+                manifest.layers().len()
+            );
+        }
+        let mut size = config_bytes.len() as u64;
+        for layer in manifest.layers() {
+            let digest = layer.digest().to_string();
+            if !self.has_blob(&digest) {
+                bail!("layer {digest} is missing from the store");
+            }
+            size += self.blob_size(&digest).unwrap_or(layer.size());
+        }
+        let created = config
+            .created()
+            .as_deref()
+            .and_then(|c| chrono::DateTime::parse_from_rfc3339(c).ok())
+            .map(|t| t.timestamp())
+            .unwrap_or(0);
+        let manifest_blob = self.put_blob_bytes(manifest_bytes)?;
+        let digest = manifest_blob.digest.clone();
+        self.transaction(|tx| {
+            tx.execute(
+                "INSERT OR IGNORE INTO manifests (digest, config, size, created)
+                 VALUES (?1, ?2, ?3, ?4)",
+                params![digest, config_digest, size as i64, created],
+            )?;
+            tx.execute(
+                "INSERT OR IGNORE INTO manifest_blobs (manifest, blob) VALUES (?1, ?2)",
+                params![digest, config_digest],
+            )?;
+            for (layer, diff_id) in manifest.layers().iter().zip(diff_ids) {
+                let layer_digest = layer.digest().to_string();
+                tx.execute(
+                    "INSERT OR IGNORE INTO manifest_blobs (manifest, blob) VALUES (?1, ?2)",
+                    params![digest, layer_digest],
+                )?;
+                tx.execute(
+                    "INSERT OR IGNORE INTO layers (digest, diff_id, media_type, size)
+                     VALUES (?1, ?2, ?3, ?4)",
+                    params![
+                        layer_digest,
+                        diff_id,
+                        layer.media_type().to_string(),
+                        layer.size() as i64
+                    ],
+                )?;
+            }
+            // A concurrent rmi may have collected a blob between our checks and this
+            // transaction; check again under the write lock.
+            for blob in std::iter::once(&config_digest).chain(
+                manifest
+                    .layers()
+                    .iter()
+                    .map(|l| l.digest().to_string())
+                    .collect::<Vec<_>>()
+                    .iter(),
+            ) {
+                if !self.has_blob(blob) {
+                    bail!("blob {blob} was removed while the image was being stored; try again");
+                }
+            }
+            for name in names {
+                set_name_tx(tx, name, &digest)?;
+            }
+            Ok(())
+        })?;
+        Ok(digest)
+    }
+
+    /// Points `name` at a stored manifest. The manifest the name pointed to before (if any) stays
+    /// in the store without a name (docker's `<none>`).
+    pub fn set_name(&self, name: &Reference, manifest_digest: &str) -> Result<()> {
+        self.transaction(|tx| set_name_tx(tx, name, manifest_digest))
+    }
+
+    /// Records the layer blob `digest` with its DiffID (done by [`Store::commit_image`] too).
+    pub fn record_layer(&self, layer: &LayerRecord) -> Result<()> {
+        self.with_conn(|conn| {
+            conn.execute(
+                "INSERT OR IGNORE INTO layers (digest, diff_id, media_type, size)
+                 VALUES (?1, ?2, ?3, ?4)",
+                params![
+                    layer.digest,
+                    layer.diff_id,
+                    layer.media_type,
+                    layer.size as i64
+                ],
+            )?;
+            Ok(())
+        })
+    }
+
+    /// The layer record of a blob.
+    pub fn layer(&self, digest: &str) -> Result<Option<LayerRecord>> {
+        self.query_layer("digest", digest)
+    }
+
+    /// A stored layer blob with this DiffID (any compression), if any.
+    pub fn layer_by_diff_id(&self, diff_id: &str) -> Result<Option<LayerRecord>> {
+        self.query_layer("diff_id", diff_id)
+    }
+
+    fn query_layer(&self, column: &str, value: &str) -> Result<Option<LayerRecord>> {
+        self.with_conn(|conn| {
+            let sql = format!(
+                "SELECT digest, diff_id, media_type, size FROM layers WHERE {column} = ?1 LIMIT 1"
+            );
+            Ok(conn
+                .query_row(&sql, [value], |row| {
+                    Ok(LayerRecord {
+                        digest: row.get(0)?,
+                        diff_id: row.get(1)?,
+                        media_type: row.get(2)?,
+                        size: row.get::<_, i64>(3)? as u64,
+                    })
+                })
+                .optional()?)
+        })
+    }
+
+    /// The image a name points to.
+    pub fn image(&self, name: &Reference) -> Result<Option<ImageRecord>> {
+        self.with_conn(|conn| {
+            Ok(conn
+                .query_row(
+                    "SELECT i.name, m.digest, m.config, m.size, m.created
+                     FROM images i JOIN manifests m ON m.digest = i.manifest WHERE i.name = ?1",
+                    [name.full()],
+                    record_from_row,
+                )
+                .optional()?)
+        })
+    }
+
+    /// Finds an image as docker's commands do: a name (`busybox` = `busybox:latest`), a
+    /// `name@sha256:...`, a manifest digest, or an image ID (config digest) or a unique prefix
+    /// of its hex digits.
+    pub fn resolve(&self, spec: &str) -> Result<ImageRecord> {
+        let by_name = Reference::parse(spec)
+            .ok()
+            .map(|r| self.image(&r))
+            .transpose()?
+            .flatten();
+        if let Some(rec) = by_name {
+            return Ok(rec);
+        }
+        if let Ok(r) = Reference::parse(spec) {
+            if let Some(d) = r.digest() {
+                if let Some(rec) = self.manifest_record(d)? {
+                    return Ok(ImageRecord {
+                        name: Some(r.clone()),
+                        ..rec
+                    });
+                }
+            }
+        }
+        let hex = spec.strip_prefix("sha256:").unwrap_or(spec);
+        if !hex.is_empty() && hex.len() <= 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+            if let Some(rec) = self.manifest_record(&format!("sha256:{hex}"))? {
+                return Ok(rec);
+            }
+            let matches: Vec<ImageRecord> = self
+                .list_images()?
+                .into_iter()
+                .filter(|r| r.config_digest["sha256:".len()..].starts_with(hex))
+                .collect();
+            let ids: BTreeSet<&str> = matches.iter().map(|r| r.manifest_digest.as_str()).collect();
+            match ids.len() {
+                0 => {}
+                1 => return Ok(matches[0].clone()),
+                _ => bail!("image ID prefix {spec:?} is ambiguous: give more digits"),
+            }
+        }
+        bail!("no such image: {spec}")
+    }
+
+    fn manifest_record(&self, digest: &str) -> Result<Option<ImageRecord>> {
+        self.with_conn(|conn| {
+            Ok(conn
+                .query_row(
+                    "SELECT NULL, digest, config, size, created FROM manifests WHERE digest = ?1",
+                    [digest],
+                    record_from_row,
+                )
+                .optional()?)
+        })
+    }
+
+    /// Every named image (one row per name) and every manifest without a name, newest first.
+    pub fn list_images(&self) -> Result<Vec<ImageRecord>> {
+        self.with_conn(|conn| {
+            let mut stmt = conn.prepare(
+                "SELECT i.name, m.digest, m.config, m.size, m.created
+                 FROM manifests m LEFT JOIN images i ON i.manifest = m.digest
+                 ORDER BY m.created DESC, i.name",
+            )?;
+            let rows = stmt
+                .query_map([], record_from_row)?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(rows)
+        })
+    }
+
+    /// The names pointing at a manifest.
+    pub fn names_of(&self, manifest_digest: &str) -> Result<Vec<Reference>> {
+        self.with_conn(|conn| {
+            let mut stmt =
+                conn.prepare("SELECT name FROM images WHERE manifest = ?1 ORDER BY name")?;
+            let names = stmt
+                .query_map([manifest_digest], |row| row.get::<_, String>(0))?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            names.iter().map(|n| Reference::parse(n)).collect()
+        })
+    }
+
+    /// The manifest bytes, exactly as stored.
+    pub fn manifest_bytes(&self, manifest_digest: &str) -> Result<Vec<u8>> {
+        self.read_blob(manifest_digest)
+    }
+
+    pub fn manifest(&self, manifest_digest: &str) -> Result<ImageManifest> {
+        let bytes = self.read_blob(manifest_digest)?;
+        serde_json::from_slice(&bytes)
+            .with_context(|| format!("parsing stored manifest {manifest_digest}"))
+    }
+
+    pub fn config(&self, config_digest: &str) -> Result<ImageConfiguration> {
+        let bytes = self.read_blob(config_digest)?;
+        serde_json::from_slice(&bytes)
+            .with_context(|| format!("parsing stored config {config_digest}"))
+    }
+
+    /// `kiln tag SOURCE TARGET`.
+    pub fn tag(&self, source: &str, target: &Reference) -> Result<()> {
+        let image = self.resolve(source)?;
+        self.set_name(target, &image.manifest_digest)
+    }
+
+    /// Records that `user` (e.g. a container ID) uses the image: `rmi` refuses it unless forced.
+    pub fn add_image_use(&self, manifest_digest: &str, user: &str) -> Result<()> {
+        self.with_conn(|conn| {
+            conn.execute(
+                "INSERT OR IGNORE INTO image_uses (manifest, user) VALUES (?1, ?2)",
+                params![manifest_digest, user],
+            )?;
+            Ok(())
+        })
+    }
+
+    /// Forgets every image use by `user`.
+    pub fn remove_image_uses(&self, user: &str) -> Result<()> {
+        self.with_conn(|conn| {
+            conn.execute("DELETE FROM image_uses WHERE user = ?1", [user])?;
+            Ok(())
+        })
+    }
+
+    /// Pins a blob for `owner` (e.g. a build-cache entry) so image removal never deletes it.
+    pub fn pin_blob(&self, owner: &str, digest: &str) -> Result<()> {
+        self.with_conn(|conn| {
+            conn.execute(
+                "INSERT OR IGNORE INTO blob_refs (owner, blob) VALUES (?1, ?2)",
+                params![owner, digest],
+            )?;
+            Ok(())
+        })
+    }
+
+    /// Drops every pin held by `owner`.
+    pub fn unpin_blobs(&self, owner: &str) -> Result<()> {
+        self.with_conn(|conn| {
+            conn.execute("DELETE FROM blob_refs WHERE owner = ?1", [owner])?;
+            Ok(())
+        })
+    }
+
+    /// `kiln rmi SPEC`: removes a name; when a manifest is left without names, deletes it and
+    /// the blobs nothing else references. Without `force`, refuses an image in use and an ID
+    /// that several names share. Returns what docker prints: `Untagged: x` / `Deleted: sha256:..`.
+    pub fn remove_image(&self, spec: &str, force: bool) -> Result<Vec<String>> {
+        let image = self.resolve(spec)?;
+        let by_name = image
+            .name
+            .as_ref()
+            .filter(|n| Reference::parse(spec).is_ok_and(|r| &r == *n && r.digest().is_none()));
+        let names = self.names_of(&image.manifest_digest)?;
+        let targets: Vec<Reference> =
+            match by_name {
+                Some(name) => vec![name.clone()],
+                None => {
+                    if names.len() > 1 && !force {
+                        bail!(
+                        "conflict: unable to delete {} (must be forced): image is referenced in \
+                         multiple repositories ({})",
+                        image.short_id(),
+                        names.iter().map(|n| n.to_string()).collect::<Vec<_>>().join(", ")
+                    );
+                    }
+                    names.clone()
+                }
+            };
+        let mut report = Vec::new();
+        self.transaction(|tx| {
+            let remaining = names.len() - targets.len().min(names.len());
+            if remaining == 0 && !force {
+                let users: Vec<String> = {
+                    let mut stmt = tx.prepare("SELECT user FROM image_uses WHERE manifest = ?1")?;
+                    let users = stmt
+                        .query_map([&image.manifest_digest], |row| row.get(0))?
+                        .collect::<rusqlite::Result<Vec<_>>>()?;
+                    users
+                };
+                if !users.is_empty() {
+                    bail!(
+                        "conflict: unable to remove {spec}: image is being used by container {} \
+                         (remove the container first, or use -f)",
+                        users.join(", ")
+                    );
+                }
+            }
+            for name in &targets {
+                tx.execute("DELETE FROM images WHERE name = ?1", [name.full()])?;
+                report.push(format!("Untagged: {name}"));
+            }
+            if remaining == 0 {
+                report.extend(self.delete_manifest_tx(tx, &image.manifest_digest)?);
+            }
+            Ok(())
+        })?;
+        Ok(report)
+    }
+
+    /// Deletes a nameless manifest and every blob of it that nothing else references.
+    fn delete_manifest_tx(&self, tx: &Transaction, manifest: &str) -> Result<Vec<String>> {
+        let blobs: Vec<String> = {
+            let mut stmt = tx.prepare("SELECT blob FROM manifest_blobs WHERE manifest = ?1")?;
+            let rows = stmt
+                .query_map([manifest], |row| row.get(0))?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            rows
+        };
+        let config: Option<String> = tx
+            .query_row(
+                "SELECT config FROM manifests WHERE digest = ?1",
+                [manifest],
+                |r| r.get(0),
+            )
+            .optional()?;
+        tx.execute("DELETE FROM manifest_blobs WHERE manifest = ?1", [manifest])?;
+        tx.execute("DELETE FROM manifests WHERE digest = ?1", [manifest])?;
+        tx.execute("DELETE FROM image_uses WHERE manifest = ?1", [manifest])?;
+        let mut deleted = vec![format!("Deleted: {manifest}")];
+        let mut files = vec![manifest.to_string()];
+        for blob in blobs {
+            let used: bool = tx.query_row(
+                "SELECT EXISTS(SELECT 1 FROM manifest_blobs WHERE blob = ?1)
+                     OR EXISTS(SELECT 1 FROM blob_refs WHERE blob = ?1)
+                     OR EXISTS(SELECT 1 FROM manifests WHERE digest = ?1)",
+                [&blob],
+                |r| r.get(0),
+            )?;
+            if !used {
+                tx.execute("DELETE FROM layers WHERE digest = ?1", [&blob])?;
+                if Some(&blob) == config.as_ref() {
+                    deleted.push(format!("Deleted: {blob}"));
+                }
+                files.push(blob);
+            }
+        }
+        // Under the write lock: a concurrent commit re-checks its blobs in its own transaction.
+        for file in files {
+            self.delete_blob(&file)?;
+        }
+        Ok(deleted)
+    }
+}
+
+fn set_name_tx(tx: &Transaction, name: &Reference, manifest_digest: &str) -> Result<()> {
+    let exists: bool = tx.query_row(
+        "SELECT EXISTS(SELECT 1 FROM manifests WHERE digest = ?1)",
+        [manifest_digest],
+        |r| r.get(0),
+    )?;
+    if !exists {
+        bail!("manifest {manifest_digest} is not in the store");
+    }
+    tx.execute(
+        "INSERT INTO images (name, manifest, updated) VALUES (?1, ?2, ?3)
+         ON CONFLICT(name) DO UPDATE SET manifest = excluded.manifest, updated = excluded.updated",
+        params![name.full(), manifest_digest, now()],
+    )?;
+    Ok(())
+}
+
+fn record_from_row(row: &rusqlite::Row) -> rusqlite::Result<ImageRecord> {
+    let name: Option<String> = row.get(0)?;
+    Ok(ImageRecord {
+        name: name.and_then(|n| Reference::parse(&n).ok()),
+        manifest_digest: row.get(1)?,
+        config_digest: row.get(2)?,
+        size: row.get::<_, i64>(3)? as u64,
+        created: row.get(4)?,
+    })
+}
