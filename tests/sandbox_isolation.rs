@@ -264,10 +264,20 @@ fn extra_mounts_bind_ro_rw_and_tmpfs_and_mount_points_are_removed() {
     assert!(out.starts_with("from host\n"), "{out}");
     assert!(!out.contains("WROTE_RO"), "{out}");
     assert!(out.contains("tmpfs"), "{out}");
-    assert_eq!(std::fs::read_to_string(rw.path().join("result")).unwrap(), "out\n");
+    assert_eq!(
+        std::fs::read_to_string(rw.path().join("result")).unwrap(),
+        "out\n"
+    );
     // The mount points the sandbox made in the root filesystem are gone again.
     for p in ["src", "out", "scratch", "etc/hosts", "etc/hostname"] {
-        assert!(!fx.snap.upper().join(p).exists(), "{p} left in the upperdir");
+        assert!(
+            !fx.snap.upper().join(p).exists(),
+            "{p} left in the upperdir"
+        );
     }
-    assert!(fx.snap.changes().unwrap().is_empty(), "{:?}", fx.snap.changes());
+    assert!(
+        fx.snap.changes().unwrap().is_empty(),
+        "{:?}",
+        fx.snap.changes()
+    );
 }
