@@ -615,16 +615,20 @@ impl Fixture {
 
     /// `skopeo copy` of the fixture to `registry/repo:tag`.
     pub fn push_with_skopeo(&self, registry: &Registry, repo_tag: &str) {
+        self.push_with_skopeo_as(registry, repo_tag, None)
+    }
+
+    /// The same, converting the manifest to `format` (`v2s2`: Docker schema 2) when given.
+    pub fn push_with_skopeo_as(&self, registry: &Registry, repo_tag: &str, format: Option<&str>) {
         let mut cmd = Command::new("skopeo");
-        cmd.args([
-            "copy",
-            "--all",
-            "--preserve-digests",
-            "--dest-tls-verify=false",
-        ])
-        .args(registry.creds_args("--dest-creds"))
-        .arg(format!("oci:{}:fixture", self.layout.path().display()))
-        .arg(format!("docker://{}/{repo_tag}", registry.host()));
+        cmd.args(["copy", "--all", "--dest-tls-verify=false"]);
+        match format {
+            Some(f) => cmd.args(["--format", f]),
+            None => cmd.arg("--preserve-digests"),
+        };
+        cmd.args(registry.creds_args("--dest-creds"))
+            .arg(format!("oci:{}:fixture", self.layout.path().display()))
+            .arg(format!("docker://{}/{repo_tag}", registry.host()));
         let out = cmd.output().expect("skopeo");
         assert!(
             out.status.success(),
