@@ -1,12 +1,672 @@
-//! Commands of this family; see src/cli/mod.rs.
+//! Container commands (docker's flags and output): run, ps, logs, stop, kill, rm, wait, exec,
+//! port, container inspect, volume. The work is in `crate::runner`.
 
+use std::io::Write;
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
 use clap::Subcommand;
 
 use super::Globals;
+use crate::runner::{self, state, state::Status, RunOptions};
 
 #[derive(Debug, Subcommand)]
-pub enum RunCommands {}
+pub enum RunCommands {
+    /// Run a command in a new container.
+    Run {
+        /// Remove the container (and its anonymous volumes) when it exits.
+        #[arg(long)]
+        rm: bool,
+        /// Run in the background and print the container ID.
+        #[arg(short = 'd', long)]
+        detach: bool,
+        /// Name the container.
+        #[arg(long)]
+        name: Option<String>,
+        /// Set an environment variable (KEY=VALUE, or KEY to take kiln's value).
+        #[arg(short = 'e', long = "env", value_name = "KEY[=VALUE]")]
+        env: Vec<String>,
+        /// Read environment variables from a file (KEY=VALUE lines).
+        #[arg(long = "env-file", value_name = "FILE")]
+        env_file: Vec<String>,
+        /// Working directory inside the container.
+        #[arg(short = 'w', long = "workdir", value_name = "DIR")]
+        workdir: Option<String>,
+        /// User (name, uid, uid:gid, name:group).
+        #[arg(short = 'u', long = "user", value_name = "USER[:GROUP]")]
+        user: Option<String>,
+        /// Mount a host path or a named volume: /host:/ctr[:ro], NAME:/ctr[:ro], /ctr.
+        #[arg(short = 'v', long = "volume", value_name = "SRC:DST[:ro]")]
+        volume: Vec<String>,
+        /// Publish a port: [ip:][hostPort:]containerPort[/tcp|/udp], ranges allowed.
+        #[arg(short = 'p', long = "publish", value_name = "SPEC")]
+        publish: Vec<String>,
+        /// Publish every EXPOSEd port on a free host port.
+        #[arg(short = 'P', long = "publish-all")]
+        publish_all: bool,
+        /// none (own network namespace, loopback only) or host.
+        #[arg(long, default_value = "none")]
+        network: String,
+        /// The container's hostname (default: the short container ID).
+        #[arg(long)]
+        hostname: Option<String>,
+        /// Override the image's ENTRYPOINT ("" clears it).
+        #[arg(long)]
+        entrypoint: Option<String>,
+        /// CPUs the container may use (0-3, 0,1).
+        #[arg(long = "cpuset-cpus", value_name = "CPUS")]
+        cpuset_cpus: Option<String>,
+        /// CPU shares (relative weight, default 1024).
+        #[arg(short = 'c', long = "cpu-shares")]
+        cpu_shares: Option<u64>,
+        /// Memory limit (e.g. 256m, 1g).
+        #[arg(short = 'm', long = "memory")]
+        memory: Option<String>,
+        /// Maximum number of processes (-1 for unlimited).
+        #[arg(long = "pids-limit", allow_negative_numbers = true)]
+        pids_limit: Option<i64>,
+        /// Run an init as PID 1 (kiln always does: it reaps zombies and forwards signals).
+        #[arg(long)]
+        init: bool,
+        /// Keep standard input open.
+        #[arg(short = 'i', long)]
+        interactive: bool,
+        /// Allocate a terminal (not supported yet: the command gets kiln's streams).
+        #[arg(short = 't', long)]
+        tty: bool,
+        /// The image to run.
+        image: String,
+        /// The command and its arguments (replace the image's CMD).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        command: Vec<String>,
+    },
+    /// List containers.
+    Ps {
+        /// Show all containers (default shows just running).
+        #[arg(short, long)]
+        all: bool,
+        /// Only display container IDs.
+        #[arg(short, long)]
+        quiet: bool,
+        /// Do not truncate output.
+        #[arg(long)]
+        no_trunc: bool,
+    },
+    /// Print a container's logs.
+    Logs {
+        /// Follow the output until the container stops.
+        #[arg(short, long)]
+        follow: bool,
+        /// Number of lines from the end ("all" for everything).
+        #[arg(short = 'n', long, default_value = "all")]
+        tail: String,
+        container: String,
+    },
+    /// Stop running containers (the image's STOPSIGNAL, then SIGKILL after a grace period).
+    Stop {
+        /// Seconds to wait before killing.
+        #[arg(short = 't', long = "time", default_value_t = 10)]
+        time: u64,
+        #[arg(required = true)]
+        containers: Vec<String>,
+    },
+    /// Send a signal to running containers.
+    Kill {
+        /// Signal (name or number).
+        #[arg(short, long, default_value = "KILL")]
+        signal: String,
+        #[arg(required = true)]
+        containers: Vec<String>,
+    },
+    /// Remove containers.
+    Rm {
+        /// Kill and remove running containers.
+        #[arg(short, long)]
+        force: bool,
+        /// Remove the containers' anonymous volumes too.
+        #[arg(short, long)]
+        volumes: bool,
+        #[arg(required = true)]
+        containers: Vec<String>,
+    },
+    /// Wait for containers to stop, then print their exit codes.
+    Wait {
+        #[arg(required = true)]
+        containers: Vec<String>,
+    },
+    /// Run a command in a running container.
+    Exec {
+        /// Keep standard input open.
+        #[arg(short = 'i', long)]
+        interactive: bool,
+        /// Allocate a terminal (the command gets kiln's terminal as its controlling one).
+        #[arg(short = 't', long)]
+        tty: bool,
+        /// Set environment variables.
+        #[arg(short = 'e', long = "env")]
+        env: Vec<String>,
+        /// Working directory inside the container.
+        #[arg(short = 'w', long = "workdir")]
+        workdir: Option<String>,
+        /// User (name, uid, uid:gid, name:group).
+        #[arg(short = 'u', long = "user")]
+        user: Option<String>,
+        container: String,
+        #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
+        command: Vec<String>,
+    },
+    /// List a container's published ports, or the host address of one.
+    Port {
+        container: String,
+        /// PORT[/PROTO]
+        port: Option<String>,
+    },
+    /// Container commands: inspect.
+    Container {
+        #[command(subcommand)]
+        cmd: ContainerCommands,
+    },
+    /// Manage volumes.
+    Volume {
+        #[command(subcommand)]
+        cmd: VolumeCommands,
+    },
+    /// Internal: owns a detached container (started by `kiln run -d`).
+    #[command(name = "container-monitor", hide = true)]
+    ContainerMonitor { id: String },
+}
 
-pub fn run(cmd: RunCommands, _globals: &Globals) -> anyhow::Result<i32> {
-    match cmd {}
+#[derive(Debug, Subcommand)]
+pub enum ContainerCommands {
+    /// Print containers' details as JSON.
+    Inspect {
+        #[arg(required = true)]
+        containers: Vec<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum VolumeCommands {
+    /// Create a named volume.
+    Create { name: String },
+    /// List volumes.
+    Ls {
+        #[arg(short, long)]
+        quiet: bool,
+    },
+    /// Remove volumes (refuses volumes in use).
+    Rm {
+        #[arg(short, long)]
+        force: bool,
+        #[arg(required = true)]
+        volumes: Vec<String>,
+    },
+    /// Remove unused anonymous volumes (-a: all unused volumes).
+    Prune {
+        #[arg(short, long)]
+        all: bool,
+        /// Do not ask for confirmation (kiln never asks).
+        #[arg(short, long)]
+        force: bool,
+    },
+    /// Print volumes' details as JSON.
+    Inspect {
+        #[arg(required = true)]
+        volumes: Vec<String>,
+    },
+}
+
+pub fn run(cmd: RunCommands, globals: &Globals) -> anyhow::Result<i32> {
+    let root = globals.root.as_path();
+    match cmd {
+        RunCommands::Run {
+            rm,
+            detach,
+            name,
+            env,
+            env_file,
+            workdir,
+            user,
+            volume,
+            publish,
+            publish_all,
+            network,
+            hostname,
+            entrypoint,
+            cpuset_cpus,
+            cpu_shares,
+            memory,
+            pids_limit,
+            init,
+            interactive,
+            tty,
+            image,
+            command,
+        } => {
+            let opts = RunOptions {
+                image,
+                args: command,
+                name,
+                detach,
+                rm,
+                env,
+                env_files: env_file,
+                workdir,
+                user,
+                volumes: volume,
+                publish,
+                publish_all,
+                network,
+                hostname,
+                entrypoint,
+                cpuset: cpuset_cpus,
+                cpu_shares,
+                memory,
+                pids_limit,
+                init,
+                interactive,
+                tty,
+            };
+            Ok(runner::run(root, &opts))
+        }
+        RunCommands::ContainerMonitor { id } => Ok(runner::monitor(root, &id)),
+        RunCommands::Ps {
+            all,
+            quiet,
+            no_trunc,
+        } => ps(root, all, quiet, no_trunc),
+        RunCommands::Logs {
+            follow,
+            tail,
+            container,
+        } => logs(root, follow, &tail, &container),
+        RunCommands::Stop { time, containers } => each(root, &containers, |store, rec| {
+            runner::stop(store, rec, Duration::from_secs(time))
+        }),
+        RunCommands::Kill { signal, containers } => {
+            let sig = runner::config::parse_signal(&signal)?;
+            each(root, &containers, |_, rec| runner::signal(rec, sig))
+        }
+        RunCommands::Rm {
+            force,
+            volumes,
+            containers,
+        } => each(root, &containers, |store, rec| {
+            runner::rm(store, rec, force, volumes)
+        }),
+        RunCommands::Wait { containers } => {
+            let store = runner::open_store(root)?;
+            let mut failed = false;
+            for c in &containers {
+                let result = state::find(&store, c)
+                    .and_then(|rec| runner::wait_stopped(&store, &rec.id, None));
+                match result {
+                    Ok(Some(rec)) => println!("{}", rec.shown_exit_code()),
+                    Ok(None) => println!("0"),
+                    Err(e) => {
+                        super::report_error(&e.context(format!("wait {c}")));
+                        failed = true;
+                    }
+                }
+            }
+            Ok(failed as i32)
+        }
+        RunCommands::Exec {
+            interactive,
+            tty,
+            env,
+            workdir,
+            user,
+            container,
+            command,
+        } => {
+            let store = runner::open_store(root)?;
+            let rec = state::find(&store, &container)?;
+            drop(store);
+            let opts = runner::exec::ExecOptions {
+                interactive: interactive || tty,
+                tty,
+                env,
+                workdir,
+                user,
+            };
+            match runner::exec::exec(&rec, &opts, &command) {
+                Ok(code) => Ok(code),
+                Err(e) => {
+                    super::report_error(&e.context("kiln exec"));
+                    Ok(126)
+                }
+            }
+        }
+        RunCommands::Port { container, port } => cmd_port(root, &container, port.as_deref()),
+        RunCommands::Container {
+            cmd: ContainerCommands::Inspect { containers },
+        } => match runner::inspect_containers(root, &containers)? {
+            Some(v) => {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+                Ok(0)
+            }
+            None => {
+                let store = runner::open_store(root)?;
+                for c in &containers {
+                    state::find(&store, c)?;
+                }
+                Ok(1)
+            }
+        },
+        RunCommands::Volume { cmd } => volume(root, cmd),
+    }
+}
+
+/// Runs `f` on each named container, printing each name as docker does; exit 1 if any failed.
+fn each(
+    root: &Path,
+    names: &[String],
+    f: impl Fn(&crate::store::Store, &state::ContainerRecord) -> Result<()>,
+) -> Result<i32> {
+    let store = runner::open_store(root)?;
+    let mut failed = false;
+    for n in names {
+        match state::find(&store, n).and_then(|rec| f(&store, &rec)) {
+            Ok(()) => println!("{n}"),
+            Err(e) => {
+                super::report_error(&e);
+                failed = true;
+            }
+        }
+    }
+    Ok(failed as i32)
+}
+
+/// docker's HumanDuration.
+fn human_duration(secs: i64) -> String {
+    let secs = secs.max(0);
+    match secs {
+        0 => "Less than a second".into(),
+        1 => "1 second".into(),
+        s if s < 60 => format!("{s} seconds"),
+        s if s < 120 => "About a minute".into(),
+        s if s < 3600 => format!("{} minutes", s / 60),
+        s if s < 7200 => "About an hour".into(),
+        s if s < 48 * 3600 => format!("{} hours", s / 3600),
+        s if s < 7 * 86400 * 2 => format!("{} days", s / 86400),
+        s if s < 30 * 86400 * 2 => format!("{} weeks", s / (7 * 86400)),
+        s if s < 365 * 86400 * 2 => format!("{} months", s / (30 * 86400)),
+        s => format!("{} years", s / (365 * 86400)),
+    }
+}
+
+fn ago(ns: i64) -> i64 {
+    (state::now_ns() - ns) / 1_000_000_000
+}
+
+fn ps(root: &Path, all: bool, quiet: bool, no_trunc: bool) -> Result<i32> {
+    let store = runner::open_store(root)?;
+    let mut rows: Vec<[String; 7]> = Vec::new();
+    for rec in state::list(&store)? {
+        let status = rec.status();
+        if !all && status != Status::Running {
+            continue;
+        }
+        if quiet {
+            println!(
+                "{}",
+                if no_trunc {
+                    rec.id.as_str()
+                } else {
+                    rec.short_id()
+                }
+            );
+            continue;
+        }
+        let mut command = rec.config.args().join(" ");
+        if !no_trunc && command.chars().count() > 20 {
+            command = command.chars().take(19).collect::<String>() + "…";
+        }
+        let status_text = match status {
+            Status::Running => format!("Up {}", human_duration(ago(rec.started_ns))),
+            Status::Created => "Created".into(),
+            Status::Exited => format!(
+                "Exited ({}) {} ago",
+                rec.shown_exit_code(),
+                human_duration(ago(rec.finished_ns.max(rec.created_ns)))
+            ),
+        };
+        rows.push([
+            if no_trunc {
+                rec.id.clone()
+            } else {
+                rec.short_id().to_string()
+            },
+            rec.image.clone(),
+            format!("\"{command}\""),
+            format!("{} ago", human_duration(ago(rec.created_ns))),
+            status_text,
+            if status == Status::Running {
+                state::ports_column(&rec.ports)
+            } else {
+                String::new()
+            },
+            rec.name.clone(),
+        ]);
+    }
+    if quiet {
+        return Ok(0);
+    }
+    let header = [
+        "CONTAINER ID",
+        "IMAGE",
+        "COMMAND",
+        "CREATED",
+        "STATUS",
+        "PORTS",
+        "NAMES",
+    ];
+    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    for r in &rows {
+        for (w, c) in widths.iter_mut().zip(r) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    let mut out = std::io::stdout().lock();
+    let line = |cells: Vec<&str>| -> String {
+        let mut s = String::new();
+        for (i, c) in cells.iter().enumerate() {
+            s.push_str(c);
+            if i + 1 < cells.len() {
+                s.push_str(&" ".repeat(widths[i] - c.chars().count() + 3));
+            }
+        }
+        s
+    };
+    writeln!(out, "{}", line(header.to_vec()))?;
+    for r in &rows {
+        writeln!(out, "{}", line(r.iter().map(String::as_str).collect()))?;
+    }
+    Ok(0)
+}
+
+fn logs(root: &Path, follow: bool, tail: &str, container: &str) -> Result<i32> {
+    let store = runner::open_store(root)?;
+    let rec = state::find(&store, container)?;
+    let path = runner::logs::log_path(&runner::lifecycle::container_dir(&store, &rec.id), &rec.id);
+    let tail: Option<usize> = match tail {
+        "all" | "-1" => None,
+        n => Some(
+            n.parse()
+                .with_context(|| format!("invalid --tail {n:?}: expected a number or all"))?,
+        ),
+    };
+    let (mut lines, mut offset) = runner::logs::read_from(&path, 0)?;
+    if let Some(n) = tail {
+        let skip = lines.len().saturating_sub(n);
+        lines.drain(..skip);
+    }
+    let emit = |lines: Vec<runner::logs::LogLine>| -> Result<()> {
+        let mut out = std::io::stdout().lock();
+        let mut err = std::io::stderr().lock();
+        for l in lines {
+            if l.stream == "stderr" {
+                err.write_all(&l.text)?;
+            } else {
+                out.write_all(&l.text)?;
+            }
+        }
+        out.flush()?;
+        Ok(())
+    };
+    emit(lines)?;
+    if follow {
+        loop {
+            let running =
+                state::get(&store, &rec.id)?.is_some_and(|r| r.status() != Status::Exited);
+            let (more, next) = runner::logs::read_from(&path, offset)?;
+            offset = next;
+            emit(more)?;
+            if !running {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    Ok(0)
+}
+
+fn cmd_port(root: &Path, container: &str, port: Option<&str>) -> Result<i32> {
+    let store = runner::open_store(root)?;
+    let rec = state::find(&store, container)?;
+    let filter = match port {
+        None => None,
+        Some(p) => {
+            let (num, proto) = p.split_once('/').unwrap_or((p, "tcp"));
+            let num: u16 = num
+                .parse()
+                .with_context(|| format!("invalid port {p:?}: expected PORT[/tcp|/udp]"))?;
+            Some((num, proto.to_string()))
+        }
+    };
+    let fmt = |b: &runner::config::PortBinding| match b.host_ip {
+        std::net::IpAddr::V6(ip) => format!("[{ip}]:{}", b.host_port),
+        ip => format!("{ip}:{}", b.host_port),
+    };
+    let mut found = false;
+    for b in &rec.ports {
+        match &filter {
+            None => println!("{}/{} -> {}", b.container_port, b.proto, fmt(b)),
+            Some((n, p)) if *n == b.container_port && *p == b.proto.to_string() => {
+                println!("{}", fmt(b));
+                found = true;
+            }
+            Some(_) => {}
+        }
+    }
+    if let Some((n, p)) = filter {
+        if !found {
+            bail!("no public port '{n}/{p}' published for {}", rec.short_id());
+        }
+    }
+    Ok(0)
+}
+
+fn volume(root: &Path, cmd: VolumeCommands) -> Result<i32> {
+    let store = runner::open_store(root)?;
+    match cmd {
+        VolumeCommands::Create { name } => {
+            if !runner::config::valid_volume_name(&name) {
+                bail!("invalid volume name {name:?}: only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed");
+            }
+            let dir = runner::volumes::data_dir(store.root(), &name);
+            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+            state::add_volume(&store, &name, false)?;
+            println!("{name}");
+            Ok(0)
+        }
+        VolumeCommands::Ls { quiet } => {
+            let vols = state::volumes(&store)?;
+            if !quiet {
+                println!("DRIVER    VOLUME NAME");
+            }
+            for v in vols {
+                if quiet {
+                    println!("{}", v.name);
+                } else {
+                    println!("local     {}", v.name);
+                }
+            }
+            Ok(0)
+        }
+        VolumeCommands::Rm { force: _, volumes } => {
+            let mut failed = false;
+            for name in &volumes {
+                let result = (|| -> Result<()> {
+                    let v = state::volume(&store, name)?
+                        .with_context(|| format!("no such volume: {name}"))?;
+                    if !v.users.is_empty() {
+                        bail!(
+                            "remove {name}: volume is in use - [{}]: remove those containers \
+                             first",
+                            v.users.join(", ")
+                        );
+                    }
+                    if state::delete_volume_row(&store, name)? {
+                        runner::volumes::remove_dir(store.root(), name)?;
+                    }
+                    Ok(())
+                })();
+                match result {
+                    Ok(()) => println!("{name}"),
+                    Err(e) => {
+                        super::report_error(&e);
+                        failed = true;
+                    }
+                }
+            }
+            Ok(failed as i32)
+        }
+        VolumeCommands::Prune { all, force: _ } => {
+            let mut deleted = Vec::new();
+            for v in state::volumes(&store)? {
+                if v.users.is_empty()
+                    && (all || v.anonymous)
+                    && state::delete_volume_row(&store, &v.name)?
+                {
+                    runner::volumes::remove_dir(store.root(), &v.name)?;
+                    deleted.push(v.name);
+                }
+            }
+            if !deleted.is_empty() {
+                println!("Deleted Volumes:");
+                for d in &deleted {
+                    println!("{d}");
+                }
+                println!();
+            }
+            println!("Total reclaimed space: {} volumes", deleted.len());
+            Ok(0)
+        }
+        VolumeCommands::Inspect { volumes } => {
+            let mut out = Vec::new();
+            for name in &volumes {
+                let v = state::volume(&store, name)?
+                    .with_context(|| format!("no such volume: {name}"))?;
+                let created = chrono::DateTime::from_timestamp(v.created, 0)
+                    .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+                    .unwrap_or_default();
+                out.push(serde_json::json!({
+                    "CreatedAt": created,
+                    "Driver": "local",
+                    "Labels": null,
+                    "Mountpoint": runner::volumes::data_dir(store.root(), &v.name),
+                    "Name": v.name,
+                    "Options": null,
+                    "Scope": "local",
+                    "Anonymous": v.anonymous,
+                    "UsedBy": v.users,
+                }));
+            }
+            println!("{}", serde_json::to_string_pretty(&out)?);
+            Ok(0)
+        }
+    }
 }

@@ -1,1 +1,697 @@
-//! runner: see docs/architecture.md for what this module owns.
+//! runner: `kiln run` and the container lifecycle, on the snapshot and sandbox modules.
+//!
+//! # Model
+//! A container is a row in the runner's tables (`state`) plus `ROOT/containers/<id>/` (its
+//! json-file log and the monitor's own error log). Exactly one process *owns* a running
+//! container: the foreground `kiln run`, or for `-d` a monitor (kiln re-executed as the hidden
+//! `container-monitor` command, in its own session). The owner mounts the root filesystem,
+//! binds the published ports, starts the sandbox, runs the port proxy and the log copiers,
+//! records the exit status and cleans up. Killing the owner kills the container (the sandbox's
+//! parent-death signals); a container whose owner is gone shows as exited (pid + start time).
+//!
+//! # API for other modules
+//! ```ignore
+//! runner::image_in_use(&store, manifest_digest)?  // container IDs using an image (for rmi)
+//! runner::inspect_containers(root, &names)?       // docker-like JSON, or None if not containers
+//! ```
+
+pub mod config;
+pub mod exec;
+mod layers;
+pub mod lifecycle;
+pub mod logs;
+pub mod proxy;
+pub mod state;
+pub mod volumes;
+
+use std::io::Write;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::path::Path;
+use std::sync::atomic::{AtomicI32, Ordering};
+
+use anyhow::{bail, Context, Result};
+
+use config::{MountType, PortRequest, VolumeMount};
+use lifecycle::StreamMode;
+use state::{ContainerConfig, ContainerRecord, Status};
+
+use crate::store::Store;
+
+pub use state::open_store;
+
+/// `kiln run`'s options, as parsed from the command line.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    pub image: String,
+    pub args: Vec<String>,
+    pub name: Option<String>,
+    pub detach: bool,
+    pub rm: bool,
+    pub env: Vec<String>,
+    pub env_files: Vec<String>,
+    pub workdir: Option<String>,
+    pub user: Option<String>,
+    pub volumes: Vec<String>,
+    pub publish: Vec<String>,
+    pub publish_all: bool,
+    pub network: String,
+    pub hostname: Option<String>,
+    pub entrypoint: Option<String>,
+    pub cpuset: Option<String>,
+    pub cpu_shares: Option<u64>,
+    pub memory: Option<String>,
+    pub pids_limit: Option<i64>,
+    pub init: bool,
+    pub interactive: bool,
+    pub tty: bool,
+}
+
+fn random_hex(bytes: usize) -> String {
+    use rand::RngCore;
+    let mut b = vec![0u8; bytes];
+    rand::thread_rng().fill_bytes(&mut b);
+    hex::encode(b)
+}
+
+/// A docker-style name: `adjective_scientist`.
+fn random_name() -> String {
+    use rand::seq::SliceRandom;
+    const LEFT: &[&str] = &[
+        "admiring",
+        "brave",
+        "clever",
+        "dazzling",
+        "eager",
+        "focused",
+        "gallant",
+        "happy",
+        "jolly",
+        "keen",
+        "loving",
+        "modest",
+        "nifty",
+        "optimistic",
+        "peaceful",
+        "quirky",
+        "relaxed",
+        "serene",
+        "trusting",
+        "upbeat",
+        "vibrant",
+        "wizardly",
+        "youthful",
+        "zealous",
+    ];
+    const RIGHT: &[&str] = &[
+        "agnesi", "babbage", "curie", "darwin", "euler", "fermat", "galois", "hopper", "hypatia",
+        "johnson", "kepler", "lovelace", "mayer", "noether", "pascal", "ritchie", "shannon",
+        "thompson", "turing", "volta", "wozniak", "yalow", "zuse", "lamarr",
+    ];
+    let mut rng = rand::thread_rng();
+    format!(
+        "{}_{}_{}",
+        LEFT.choose(&mut rng).unwrap_or(&"kiln"),
+        RIGHT.choose(&mut rng).unwrap_or(&"box"),
+        &random_hex(2)
+    )
+}
+
+/// Works out the container's config from the image and the options, and records it (state
+/// `created`).
+pub fn create(store: &Store, opts: &RunOptions) -> Result<ContainerRecord> {
+    let image = store
+        .resolve(&opts.image)
+        .with_context(|| format!("unable to find image {:?} locally", opts.image))?;
+    let image_config = store.config(&image.config_digest)?;
+    let ic = image_config.config().clone().unwrap_or_default();
+
+    let (entrypoint, cmd) = config::command_line(
+        ic.entrypoint().as_deref().unwrap_or(&[]),
+        ic.cmd().as_deref().unwrap_or(&[]),
+        opts.entrypoint.as_deref(),
+        &opts.args,
+    )?;
+    let mut env: Vec<String> = ic.env().clone().unwrap_or_default();
+    for file in &opts.env_files {
+        for e in config::read_env_file(file)? {
+            config::apply_env_flag(&mut env, &e, |k| std::env::var(k).ok())?;
+        }
+    }
+    for e in &opts.env {
+        config::apply_env_flag(&mut env, e, |k| std::env::var(k).ok())?;
+    }
+
+    let network = match opts.network.as_str() {
+        "" | "none" => "none",
+        "host" => "host",
+        n => bail!(
+            "network {n:?} is not supported: kiln has `none` (own namespace, loopback only, \
+             ports published through a proxy) and `host`"
+        ),
+    };
+    let exposed: Vec<String> = ic
+        .exposed_ports()
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .collect();
+    let mut publish: Vec<PortRequest> = Vec::new();
+    for p in &opts.publish {
+        publish.extend(config::parse_publish(p)?);
+    }
+    if opts.publish_all {
+        for e in &exposed {
+            for mut r in config::parse_exposed(e)? {
+                r.host_ports = None;
+                if !publish
+                    .iter()
+                    .any(|p| p.container_port == r.container_port && p.proto == r.proto)
+                {
+                    publish.push(r);
+                }
+            }
+        }
+    }
+    if network == "host" && !publish.is_empty() {
+        eprintln!("WARNING: Published ports are discarded when using host network mode");
+        publish.clear();
+    }
+
+    let mut mounts: Vec<VolumeMount> = Vec::new();
+    for v in &opts.volumes {
+        let mut m = config::parse_volume(v)?;
+        if m.anonymous {
+            m.source = random_hex(32);
+        }
+        if mounts.iter().any(|o| o.target == m.target) {
+            bail!("duplicate mount point: {}", m.target);
+        }
+        mounts.push(m);
+    }
+    for target in ic.volumes().clone().unwrap_or_default() {
+        let target = config::normalize_path(&target);
+        if !mounts.iter().any(|m| m.target == target) {
+            mounts.push(VolumeMount {
+                kind: MountType::Volume,
+                source: random_hex(32),
+                target,
+                readonly: false,
+                anonymous: true,
+            });
+        }
+    }
+
+    let memory = opts
+        .memory
+        .as_deref()
+        .map(config::parse_memory)
+        .transpose()?;
+    let stop_signal = match ic.stop_signal() {
+        Some(s) => config::parse_signal(s).with_context(|| "the image's STOPSIGNAL")?,
+        None => libc::SIGTERM,
+    };
+    if opts.cpu_shares == Some(0) || opts.cpu_shares.is_some_and(|s| s < 2) {
+        bail!("invalid --cpu-shares: the minimum is 2");
+    }
+    let id = random_hex(32);
+    let cfg = ContainerConfig {
+        entrypoint,
+        cmd,
+        env,
+        working_dir: opts
+            .workdir
+            .clone()
+            .or_else(|| ic.working_dir().clone())
+            .unwrap_or_default(),
+        user: opts
+            .user
+            .clone()
+            .or_else(|| ic.user().clone())
+            .unwrap_or_default(),
+        hostname: opts
+            .hostname
+            .clone()
+            .unwrap_or_else(|| id[..12].to_string()),
+        network: network.to_string(),
+        publish,
+        mounts,
+        memory,
+        cpu_shares: opts.cpu_shares,
+        cpuset: opts.cpuset.clone(),
+        pids_limit: opts.pids_limit.filter(|n| *n > 0).map(|n| n as u64),
+        stop_signal,
+        auto_remove: opts.rm,
+        interactive: opts.interactive,
+        tty: opts.tty,
+        init: opts.init,
+        exposed,
+    };
+    if !cfg.working_dir.is_empty() && !cfg.working_dir.starts_with('/') {
+        bail!(
+            "the working directory {:?} is not an absolute path",
+            cfg.working_dir
+        );
+    }
+    let name = match &opts.name {
+        Some(n) => {
+            let valid = n.len() >= 2
+                && n.as_bytes()[0].is_ascii_alphanumeric()
+                && n.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
+            if !valid {
+                bail!("invalid container name {n:?}: only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed");
+            }
+            n.clone()
+        }
+        None => random_name(),
+    };
+    let rec = ContainerRecord {
+        id: id.clone(),
+        name,
+        image: opts.image.clone(),
+        image_id: image.config_digest.clone(),
+        manifest: image.manifest_digest.clone(),
+        created_ns: state::now_ns(),
+        config: cfg,
+        state: "created".into(),
+        owner_pid: 0,
+        owner_start: 0,
+        init_pid: 0,
+        exit_code: 0,
+        oom_killed: false,
+        error: String::new(),
+        started_ns: 0,
+        finished_ns: 0,
+        ports: Vec::new(),
+    };
+    let dir = lifecycle::container_dir(store, &id);
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    if let Err(e) = state::insert(store, &rec) {
+        let _ = std::fs::remove_dir_all(&dir);
+        return Err(e);
+    }
+    Ok(rec)
+}
+
+/// Removes what killed kiln processes left: snapshots and cgroups of dead owners.
+fn recover(root: &Path) {
+    let _ = crate::snapshot::recover(root);
+    crate::sandbox::recover();
+}
+
+/// `kiln run`: returns the exit code (the container's, or 125/126/127 as docker).
+pub fn run(root: &Path, opts: &RunOptions) -> i32 {
+    let store = match open_store(root) {
+        Ok(s) => s,
+        Err(e) => {
+            crate::cli::report_error(&e);
+            return 125;
+        }
+    };
+    recover(store.root());
+    let rec = match create(&store, opts) {
+        Ok(r) => r,
+        Err(e) => {
+            crate::cli::report_error(&e.context("kiln run"));
+            return 125;
+        }
+    };
+    if opts.detach {
+        return match spawn_monitor(&store, &rec) {
+            Ok(()) => {
+                println!("{}", rec.id);
+                0
+            }
+            Err((code, msg)) => {
+                eprintln!("kiln: kiln run: {msg}");
+                code
+            }
+        };
+    }
+    let mode = if opts.rm {
+        StreamMode::Inherit
+    } else {
+        StreamMode::Tee
+    };
+    let started = match lifecycle::start(&store, &rec, mode) {
+        Ok(s) => s,
+        Err(e) => return start_failed(&store, &rec, e),
+    };
+    forward_signals_to(started.running.pid());
+    match lifecycle::finish(&store, &rec, started) {
+        Ok(exit) => exit.code,
+        Err(e) => {
+            crate::cli::report_error(&e.context("kiln run"));
+            125
+        }
+    }
+}
+
+fn start_failed(store: &Store, rec: &ContainerRecord, e: anyhow::Error) -> i32 {
+    let code = lifecycle::start_failure_code(&e);
+    let msg = format!("{e:#}");
+    let e = e.context("kiln run: starting the container");
+    crate::cli::report_error(&e);
+    if rec.config.auto_remove {
+        let _ = lifecycle::remove(store, rec, true);
+    } else {
+        let _ = state::set_exited(store, &rec.id, code, false, &msg);
+    }
+    code
+}
+
+static FORWARD_TO: AtomicI32 = AtomicI32::new(0);
+
+extern "C" fn forward_signal(sig: libc::c_int) {
+    let pid = FORWARD_TO.load(Ordering::Relaxed);
+    if pid > 0 {
+        // SAFETY: kill(2) is async-signal-safe.
+        unsafe { libc::kill(pid, sig) };
+    }
+}
+
+/// Sends the signals a user sends kiln (Ctrl-C, kill) to the container's init, which passes
+/// them to the command; kiln keeps waiting for the container's exit.
+fn forward_signals_to(pid: i32) {
+    FORWARD_TO.store(pid, Ordering::Relaxed);
+    for sig in [
+        libc::SIGINT,
+        libc::SIGTERM,
+        libc::SIGHUP,
+        libc::SIGQUIT,
+        libc::SIGUSR1,
+        libc::SIGUSR2,
+    ] {
+        // SAFETY: installing a handler that only calls kill(2).
+        unsafe {
+            let mut sa: libc::sigaction = std::mem::zeroed();
+            sa.sa_sigaction = forward_signal as extern "C" fn(libc::c_int) as usize;
+            sa.sa_flags = libc::SA_RESTART;
+            libc::sigaction(sig, &sa, std::ptr::null_mut());
+        }
+    }
+}
+
+/// Starts the detached monitor and waits until the container runs (or failed to start).
+fn spawn_monitor(store: &Store, rec: &ContainerRecord) -> std::result::Result<(), (i32, String)> {
+    let fail = |e: anyhow::Error| (125, format!("{e:#}"));
+    let dir = lifecycle::container_dir(store, &rec.id);
+    let monitor_log = std::fs::File::create(dir.join("monitor.log"))
+        .context("creating the monitor log")
+        .map_err(fail)?;
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 fills the array.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(fail(std::io::Error::last_os_error().into()));
+    }
+    // SAFETY: both descriptors were just created and are owned here.
+    let (ready_r, ready_w) =
+        unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    let exe = std::env::current_exe()
+        .context("finding the kiln executable")
+        .map_err(fail)?;
+    let mut cmd = std::process::Command::new(exe);
+    cmd.arg("--root")
+        .arg(store.root())
+        .arg("container-monitor")
+        .arg(&rec.id)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(monitor_log);
+    let w = ready_w.as_raw_fd();
+    // SAFETY: between fork and exec only async-signal-safe calls: setsid, dup2, fcntl.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || {
+            libc::setsid();
+            if w == 3 {
+                libc::fcntl(3, libc::F_SETFD, 0);
+            } else if libc::dup2(w, 3) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    // The monitor is not waited for: it outlives this command, reparented to init.
+    let child = cmd.spawn().context("starting the monitor").map_err(fail)?;
+    drop(ready_w);
+    let mut report = String::new();
+    let _ = std::io::Read::read_to_string(&mut std::fs::File::from(ready_r), &mut report);
+    drop(child);
+    if report.starts_with("ok") {
+        return Ok(());
+    }
+    match report.split_once(' ') {
+        Some((code, msg)) => Err((code.parse().unwrap_or(125), msg.trim().to_string())),
+        None => {
+            let log = std::fs::read_to_string(dir.join("monitor.log")).unwrap_or_default();
+            Err((125, format!("the container monitor died: {}", log.trim())))
+        }
+    }
+}
+
+/// The hidden `container-monitor` command: owns a detached container until it ends. fd 3 is
+/// the ready pipe to `kiln run -d`.
+pub fn monitor(root: &Path, id: &str) -> i32 {
+    // SAFETY: fd 3 was set up by `spawn_monitor` for this process.
+    let mut ready = unsafe { std::fs::File::from_raw_fd(3) };
+    let mut report = |msg: String| {
+        let _ = ready.write_all(msg.as_bytes());
+    };
+    let store = match open_store(root) {
+        Ok(s) => s,
+        Err(e) => {
+            report(format!("125 {e:#}"));
+            return 125;
+        }
+    };
+    let rec = match state::get(&store, id) {
+        Ok(Some(r)) => r,
+        Ok(None) => {
+            report(format!("125 no such container: {id}"));
+            return 125;
+        }
+        Err(e) => {
+            report(format!("125 {e:#}"));
+            return 125;
+        }
+    };
+    // SAFETY: getpid has no preconditions.
+    let _ = state::set_owner(&store, id, unsafe { libc::getpid() });
+    let started = match lifecycle::start(&store, &rec, StreamMode::LogOnly) {
+        Ok(s) => s,
+        Err(e) => {
+            let code = lifecycle::start_failure_code(&e);
+            let msg = format!("{e:#}");
+            if rec.config.auto_remove {
+                let _ = lifecycle::remove(&store, &rec, true);
+            } else {
+                let _ = state::set_exited(&store, id, code, false, &msg);
+            }
+            report(format!("{code} {msg}"));
+            return code;
+        }
+    };
+    forward_signals_to(started.running.pid());
+    report("ok\n".into());
+    drop(ready);
+    match lifecycle::finish(&store, &rec, started) {
+        Ok(exit) => exit.code,
+        Err(e) => {
+            eprintln!("kiln monitor: {e:#}");
+            125
+        }
+    }
+}
+
+/// Waits until the container is no longer running (or gone); returns the fresh record.
+pub fn wait_stopped(
+    store: &Store,
+    id: &str,
+    timeout: Option<std::time::Duration>,
+) -> Result<Option<ContainerRecord>> {
+    let start = std::time::Instant::now();
+    loop {
+        let rec = state::get(store, id)?;
+        match &rec {
+            None => return Ok(None),
+            Some(r) if r.status() == Status::Exited && !r.owner_alive() => return Ok(rec),
+            Some(r) if r.status() == Status::Created && r.owner_pid == 0 => return Ok(rec),
+            _ => {}
+        }
+        if timeout.is_some_and(|t| start.elapsed() >= t) {
+            return Ok(rec);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
+/// Sends `signal` to a running container's command (SIGKILL kills the whole container).
+pub fn signal(rec: &ContainerRecord, signal: i32) -> Result<()> {
+    if rec.status() != Status::Running || rec.init_pid <= 0 {
+        bail!("container {} is not running", rec.name);
+    }
+    // SAFETY: kill(2) on the init of a container whose owner is alive (so it is not reaped).
+    if unsafe { libc::kill(rec.init_pid, signal) } != 0 {
+        return Err(std::io::Error::last_os_error())
+            .with_context(|| format!("signalling container {}", rec.name));
+    }
+    Ok(())
+}
+
+/// `kiln stop`: the stop signal, then SIGKILL after `timeout`.
+pub fn stop(store: &Store, rec: &ContainerRecord, timeout: std::time::Duration) -> Result<()> {
+    if rec.status() != Status::Running {
+        return Ok(());
+    }
+    signal(rec, rec.config.stop_signal)?;
+    let after = wait_stopped(store, &rec.id, Some(timeout))?;
+    if let Some(r) = after {
+        if r.owner_alive() && r.status() == Status::Running {
+            let _ = signal(&r, libc::SIGKILL);
+            wait_stopped(store, &rec.id, Some(std::time::Duration::from_secs(30)))?;
+        }
+    }
+    Ok(())
+}
+
+/// `kiln rm`: removes a stopped container (with `force`, kills a running one first).
+pub fn rm(store: &Store, rec: &ContainerRecord, force: bool, volumes: bool) -> Result<()> {
+    if rec.owner_alive() {
+        if !force {
+            bail!(
+                "cannot remove container {}: it is running: stop it first (kiln stop) or use \
+                 kiln rm -f",
+                rec.name
+            );
+        }
+        if rec.init_pid > 0 {
+            // SAFETY: kill(2) on the init of a live container.
+            unsafe { libc::kill(rec.init_pid, libc::SIGKILL) };
+        }
+        // The owner unmounts and removes the cgroup before it exits.
+        let start = std::time::Instant::now();
+        while rec.owner_alive() && start.elapsed() < std::time::Duration::from_secs(30) {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+    }
+    match state::get(store, &rec.id)? {
+        Some(fresh) => lifecycle::remove(store, &fresh, volumes),
+        None => Ok(()), // removed by its owner (--rm)
+    }
+}
+
+/// The IDs of containers (any state) that use the image with this manifest digest: `rmi`
+/// refuses to remove it unless forced.
+pub fn image_in_use(store: &Store, manifest_digest: &str) -> Result<Vec<String>> {
+    store.migrate("runner", state::MIGRATIONS)?;
+    state::image_in_use(store, manifest_digest)
+}
+
+/// docker-like `inspect` JSON for each name if every name is a container (`Ok(None)` when one
+/// is not: the caller then treats the names as images).
+pub fn inspect_containers(root: &Path, names: &[String]) -> Result<Option<serde_json::Value>> {
+    let store = open_store(root)?;
+    let mut out = Vec::new();
+    for n in names {
+        match state::find(&store, n) {
+            Ok(rec) => out.push(inspect_json(&store, &rec)),
+            Err(_) => return Ok(None),
+        }
+    }
+    Ok(Some(serde_json::Value::Array(out)))
+}
+
+fn rfc3339(ns: i64) -> String {
+    if ns == 0 {
+        return "0001-01-01T00:00:00Z".into();
+    }
+    chrono::DateTime::from_timestamp(ns / 1_000_000_000, (ns % 1_000_000_000) as u32)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Nanos, true))
+        .unwrap_or_default()
+}
+
+/// One container as docker's `inspect` shows it (the fields scripts use).
+pub fn inspect_json(store: &Store, rec: &ContainerRecord) -> serde_json::Value {
+    use serde_json::json;
+    let status = rec.status();
+    let c = &rec.config;
+    let args = c.args();
+    let mut ports = serde_json::Map::new();
+    for p in &rec.ports {
+        let key = format!("{}/{}", p.container_port, p.proto);
+        let entry = ports.entry(key).or_insert_with(|| json!([]));
+        if let Some(a) = entry.as_array_mut() {
+            a.push(json!({"HostIp": p.host_ip.to_string(), "HostPort": p.host_port.to_string()}));
+        }
+    }
+    let mounts: Vec<serde_json::Value> = c
+        .mounts
+        .iter()
+        .map(|m| match m.kind {
+            MountType::Bind => json!({
+                "Type": "bind", "Source": m.source, "Destination": m.target,
+                "Mode": if m.readonly {"ro"} else {""}, "RW": !m.readonly,
+            }),
+            MountType::Volume => json!({
+                "Type": "volume", "Name": m.source,
+                "Source": volumes::data_dir(store.root(), &m.source),
+                "Destination": m.target, "Driver": "local",
+                "Mode": if m.readonly {"ro"} else {""}, "RW": !m.readonly,
+            }),
+        })
+        .collect();
+    let dir = lifecycle::container_dir(store, &rec.id);
+    json!({
+        "Id": rec.id,
+        "Created": rfc3339(rec.created_ns),
+        "Path": args.first(),
+        "Args": args.get(1..).unwrap_or(&[]),
+        "State": {
+            "Status": match status { Status::Created => "created", Status::Running => "running", Status::Exited => "exited" },
+            "Running": status == Status::Running,
+            "Paused": false,
+            "Restarting": false,
+            "OOMKilled": rec.oom_killed,
+            "Dead": false,
+            "Pid": if status == Status::Running { rec.init_pid } else { 0 },
+            "ExitCode": if status == Status::Exited { rec.shown_exit_code() } else { 0 },
+            "Error": rec.error,
+            "StartedAt": rfc3339(rec.started_ns),
+            "FinishedAt": rfc3339(rec.finished_ns),
+            // kiln's: the process that owns the container (foreground kiln or monitor).
+            "OwnerPid": if rec.owner_alive() { rec.owner_pid } else { 0 },
+        },
+        "Image": rec.image_id,
+        "LogPath": logs::log_path(&dir, &rec.id),
+        "Name": format!("/{}", rec.name),
+        "Config": {
+            "Hostname": c.hostname,
+            "User": c.user,
+            "Env": c.env,
+            "Cmd": c.cmd,
+            "Entrypoint": c.entrypoint,
+            "WorkingDir": c.working_dir,
+            "Image": rec.image,
+            "ExposedPorts": c.exposed.iter().map(|e| (e.clone(), json!({}))).collect::<serde_json::Map<_,_>>(),
+            "StopSignal": c.stop_signal,
+            "OpenStdin": c.interactive,
+            "Tty": c.tty,
+        },
+        "HostConfig": {
+            "NetworkMode": c.network,
+            "AutoRemove": c.auto_remove,
+            "Memory": c.memory.unwrap_or(0),
+            "CpuShares": c.cpu_shares.unwrap_or(0),
+            "CpusetCpus": c.cpuset.clone().unwrap_or_default(),
+            "PidsLimit": c.pids_limit,
+            "Init": c.init,
+            "PortBindings": c.publish.iter().map(|p| json!({
+                "ContainerPort": format!("{}/{}", p.container_port, p.proto),
+                "HostIp": p.host_ip.to_string(),
+                "HostPort": p.host_ports.map(|(a, b)| if a == b { a.to_string() } else { format!("{a}-{b}") }).unwrap_or_default(),
+            })).collect::<Vec<_>>(),
+        },
+        "Mounts": mounts,
+        "NetworkSettings": { "Ports": ports },
+    })
+}

@@ -1,0 +1,375 @@
+//! `kiln exec`: a new process in a running container. It joins the container's cgroups and its
+//! IPC, UTS, network, PID and mount namespaces, takes the container's root as its root, then
+//! drops to the user and capabilities a container process gets, and execs.
+//!
+//! ```text
+//! kiln ──fork──> joiner (J): joins cgroups + namespaces (setns(PID) applies to children only)
+//!                  └─fork──> command (C): user, capabilities, cwd, exec
+//! ```
+
+use std::ffi::CString;
+use std::fs::File;
+use std::io::Read;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+
+use super::config;
+use super::state::{ContainerRecord, Status};
+use crate::sandbox::{caps, cgroup, user};
+
+const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// `kiln exec` options.
+#[derive(Debug, Clone, Default)]
+pub struct ExecOptions {
+    pub interactive: bool,
+    pub tty: bool,
+    pub env: Vec<String>,
+    pub workdir: Option<String>,
+    pub user: Option<String>,
+}
+
+/// The cgroup.procs files of the process `pid` for the controllers the sandbox uses.
+fn cgroup_procs_of(pid: i32) -> Vec<PathBuf> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let mut f = line.splitn(3, ':');
+        let (Some(_), Some(controllers), Some(path)) = (f.next(), f.next(), f.next()) else {
+            continue;
+        };
+        if !path.starts_with("/kiln/") {
+            continue;
+        }
+        let rel = path.trim_start_matches('/');
+        match cgroup::detect() {
+            cgroup::CgroupVersion::V2 if controllers.is_empty() => {
+                out.push(Path::new("/sys/fs/cgroup").join(rel).join("cgroup.procs"));
+            }
+            cgroup::CgroupVersion::V1 => {
+                for c in ["memory", "cpu", "cpuset", "pids"] {
+                    if controllers.split(',').any(|x| x == c) {
+                        out.push(
+                            Path::new("/sys/fs/cgroup")
+                                .join(c)
+                                .join(rel)
+                                .join("cgroup.procs"),
+                        );
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+fn cstring(s: impl AsRef<[u8]>) -> Result<CString> {
+    CString::new(s.as_ref()).context("an argument contains a NUL byte")
+}
+
+/// Runs `cmd` in the running container `rec`; returns its exit code (126/127 for exec
+/// failures, 128+n for a signal).
+pub fn exec(rec: &ContainerRecord, opts: &ExecOptions, cmd: &[String]) -> Result<i32> {
+    if rec.status() != Status::Running || rec.init_pid <= 0 {
+        bail!(
+            "container {} is not running: start a new one with kiln run",
+            rec.short_id()
+        );
+    }
+    if cmd.is_empty() {
+        bail!("no command given: kiln exec CONTAINER COMMAND [ARG...]");
+    }
+    let pid = rec.init_pid;
+    let proc_dir = PathBuf::from(format!("/proc/{pid}"));
+    let open = |p: &str| -> Result<File> {
+        File::open(proc_dir.join(p)).with_context(|| {
+            format!(
+                "opening {}/{p} of container {}",
+                proc_dir.display(),
+                rec.short_id()
+            )
+        })
+    };
+    let mut namespaces = Vec::new();
+    for (name, flag) in [
+        ("ns/ipc", libc::CLONE_NEWIPC),
+        ("ns/uts", libc::CLONE_NEWUTS),
+        ("ns/net", libc::CLONE_NEWNET),
+        ("ns/pid", libc::CLONE_NEWPID),
+        ("ns/mnt", libc::CLONE_NEWNS),
+    ] {
+        namespaces.push((open(name)?, flag));
+    }
+    let root = open("root")?;
+    let passwd = std::fs::read_to_string(proc_dir.join("root/etc/passwd")).unwrap_or_default();
+    let group = std::fs::read_to_string(proc_dir.join("root/etc/group")).unwrap_or_default();
+    let user_spec = opts.user.clone().unwrap_or_else(|| rec.config.user.clone());
+    let user = user::resolve(&user_spec, &passwd, &group)
+        .map_err(|e| anyhow::anyhow!("exec: user {user_spec:?}: {e}"))?;
+
+    let mut env = rec.config.env.clone();
+    for e in &opts.env {
+        config::apply_env_flag(&mut env, e, |k| std::env::var(k).ok())?;
+    }
+    if !env.iter().any(|e| e.starts_with("PATH=")) {
+        env.push(format!("PATH={DEFAULT_PATH}"));
+    }
+    if !env.iter().any(|e| e.starts_with("HOME=")) {
+        env.push(format!("HOME={}", user.home));
+    }
+    let search: Vec<CString> = if cmd[0].contains('/') {
+        vec![cstring(&cmd[0])?]
+    } else {
+        let path = env
+            .iter()
+            .find_map(|e| e.strip_prefix("PATH="))
+            .unwrap_or(DEFAULT_PATH);
+        path.split(':')
+            .filter(|d| !d.is_empty())
+            .map(|d| cstring(format!("{d}/{}", cmd[0])))
+            .collect::<Result<_>>()?
+    };
+    let cwd = cstring(
+        opts.workdir
+            .clone()
+            .filter(|w| !w.is_empty())
+            .unwrap_or_else(|| {
+                if rec.config.working_dir.is_empty() {
+                    "/".into()
+                } else {
+                    rec.config.working_dir.clone()
+                }
+            }),
+    )?;
+    let argv: Vec<CString> = cmd.iter().map(cstring).collect::<Result<_>>()?;
+    let envp: Vec<CString> = env.iter().map(cstring).collect::<Result<_>>()?;
+    let procs: Vec<CString> = cgroup_procs_of(pid)
+        .iter()
+        .map(|p| cstring(p.as_os_str().as_bytes()))
+        .collect::<Result<_>>()?;
+    let null = if opts.interactive {
+        None
+    } else {
+        Some(File::open("/dev/null")?)
+    };
+
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 fills the array with two new descriptors.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(std::io::Error::last_os_error()).context("exec: pipe");
+    }
+    // SAFETY: both were just created and are owned only here.
+    let (report_r, report_w) =
+        unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    let child = Child {
+        namespaces: namespaces
+            .iter()
+            .map(|(f, fl)| (f.as_raw_fd(), *fl))
+            .collect(),
+        root: root.as_raw_fd(),
+        procs,
+        report: report_w.as_raw_fd(),
+        stdin: null.as_ref().map(|f| f.as_raw_fd()),
+        tty: opts.tty,
+        user,
+        cwd,
+        search,
+        argv,
+        envp,
+    };
+    // SAFETY: kiln exec is single-threaded here; the child only makes syscalls and small
+    // allocations before exec or _exit.
+    let joiner = unsafe { libc::fork() };
+    if joiner < 0 {
+        return Err(std::io::Error::last_os_error()).context("exec: fork");
+    }
+    if joiner == 0 {
+        child.joiner();
+    }
+    drop(report_w);
+    let mut report = Vec::new();
+    let _ = File::from(report_r).read_to_end(&mut report);
+    let mut status = 0;
+    // SAFETY: waiting for our own child with a valid pointer.
+    while unsafe { libc::waitpid(joiner, &mut status, 0) } < 0 {
+        if std::io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
+            break;
+        }
+    }
+    if !report.is_empty() {
+        let msg = String::from_utf8_lossy(&report[1..]).into_owned();
+        let code = report[0] as i32;
+        eprintln!("kiln: exec: {msg}");
+        return Ok(code);
+    }
+    Ok(if libc::WIFEXITED(status) {
+        libc::WEXITSTATUS(status)
+    } else if libc::WIFSIGNALED(status) {
+        128 + libc::WTERMSIG(status)
+    } else {
+        125
+    })
+}
+
+/// What the forked processes need, prepared before the fork.
+struct Child {
+    namespaces: Vec<(RawFd, libc::c_int)>,
+    root: RawFd,
+    procs: Vec<CString>,
+    report: RawFd,
+    stdin: Option<RawFd>,
+    tty: bool,
+    user: user::User,
+    cwd: CString,
+    search: Vec<CString>,
+    argv: Vec<CString>,
+    envp: Vec<CString>,
+}
+
+impl Child {
+    fn fail(&self, code: u8, what: &str) -> ! {
+        let err = std::io::Error::last_os_error();
+        let msg = format!("{}{what}: {err}", code as char);
+        // SAFETY: writing our buffer to the report pipe, then leaving without destructors.
+        unsafe {
+            libc::write(self.report, msg.as_ptr().cast(), msg.len());
+            libc::_exit(code as i32)
+        }
+    }
+
+    fn fail_msg(&self, code: u8, msg: &str) -> ! {
+        let msg = format!("{}{msg}", code as char);
+        // SAFETY: as in `fail`.
+        unsafe {
+            libc::write(self.report, msg.as_ptr().cast(), msg.len());
+            libc::_exit(code as i32)
+        }
+    }
+
+    /// J: joins the container, forks the command, passes its status on.
+    fn joiner(&self) -> ! {
+        for procs in &self.procs {
+            // SAFETY: open/write/close of a cgroup file.
+            let ok = unsafe {
+                let fd = libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+                let ok = fd >= 0 && libc::write(fd, b"0".as_ptr().cast(), 1) == 1;
+                if fd >= 0 {
+                    libc::close(fd);
+                }
+                ok
+            };
+            if !ok {
+                self.fail(125, &format!("join cgroup {}", procs.to_string_lossy()));
+            }
+        }
+        for (fd, flag) in &self.namespaces {
+            // SAFETY: setns with a namespace fd we hold; this process is single-threaded.
+            if unsafe { libc::setns(*fd, *flag) } != 0 {
+                self.fail(125, "join the container's namespaces");
+            }
+        }
+        // SAFETY: fchdir to the container's root (an fd opened before joining), then chroot.
+        unsafe {
+            if libc::fchdir(self.root) != 0 || libc::chroot(c".".as_ptr()) != 0 {
+                self.fail(125, "enter the container's root");
+            }
+        }
+        // SAFETY: fork in a single-threaded process; the child is in the container's PID ns.
+        let pid = unsafe { libc::fork() };
+        if pid < 0 {
+            self.fail(125, "fork in the container");
+        }
+        if pid == 0 {
+            self.command();
+        }
+        // SAFETY: our copy of the report pipe is no longer needed; terminal signals are the
+        // command's business.
+        unsafe {
+            libc::close(self.report);
+            libc::signal(libc::SIGINT, libc::SIG_IGN);
+            libc::signal(libc::SIGQUIT, libc::SIG_IGN);
+        }
+        let mut status = 0;
+        // SAFETY: waiting for our child.
+        while unsafe { libc::waitpid(pid, &mut status, 0) } < 0 {
+            if std::io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
+                break;
+            }
+        }
+        let code = if libc::WIFEXITED(status) {
+            libc::WEXITSTATUS(status)
+        } else if libc::WIFSIGNALED(status) {
+            128 + libc::WTERMSIG(status)
+        } else {
+            125
+        };
+        // SAFETY: leaving without running kiln's destructors.
+        unsafe { libc::_exit(code) }
+    }
+
+    /// C: the command.
+    fn command(&self) -> ! {
+        // SAFETY: stdio and session setup with descriptors we hold.
+        unsafe {
+            if let Some(fd) = self.stdin {
+                libc::dup2(fd, 0);
+            }
+            if self.tty {
+                libc::setsid();
+                libc::ioctl(0, libc::TIOCSCTTY, 0);
+            }
+        }
+        if caps::drop_bounding(caps::default_mask()).is_err() {
+            self.fail(125, "drop capabilities");
+        }
+        let u = &self.user;
+        // SAFETY: identity changes with computed values; each checked.
+        unsafe {
+            if libc::setgroups(u.additional_gids.len(), u.additional_gids.as_ptr()) != 0 {
+                self.fail(125, "setgroups");
+            }
+            if libc::setgid(u.gid) != 0 {
+                self.fail(125, "setgid");
+            }
+            if libc::setuid(u.uid) != 0 {
+                self.fail(125, "setuid");
+            }
+        }
+        let mask = if u.uid == 0 { caps::default_mask() } else { 0 };
+        if caps::set_process_caps(mask).is_err() {
+            self.fail(125, "set capabilities");
+        }
+        // SAFETY: chdir with a NUL-terminated path.
+        if unsafe { libc::chdir(self.cwd.as_ptr()) } != 0 {
+            self.fail(125, &format!("chdir to {}", self.cwd.to_string_lossy()));
+        }
+        let mut argv: Vec<*const libc::c_char> = self.argv.iter().map(|a| a.as_ptr()).collect();
+        argv.push(std::ptr::null());
+        let mut envp: Vec<*const libc::c_char> = self.envp.iter().map(|e| e.as_ptr()).collect();
+        envp.push(std::ptr::null());
+        let mut denied = false;
+        for candidate in &self.search {
+            // SAFETY: execve with NUL-terminated arrays; returns only on failure.
+            unsafe { libc::execve(candidate.as_ptr(), argv.as_ptr(), envp.as_ptr()) };
+            match std::io::Error::last_os_error().raw_os_error() {
+                Some(libc::EACCES) | Some(libc::ENOEXEC) => denied = true,
+                _ => {}
+            }
+        }
+        let name = self.argv[0].to_string_lossy();
+        if denied {
+            self.fail_msg(126, &format!("{name:?}: permission denied"))
+        } else if name.contains('/') {
+            self.fail_msg(127, &format!("{name:?}: no such file or directory"))
+        } else {
+            self.fail_msg(
+                127,
+                &format!("{name:?}: executable file not found in $PATH"),
+            )
+        }
+    }
+}

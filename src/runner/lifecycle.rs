@@ -1,0 +1,197 @@
+//! One container's life in its owner process (the foreground `kiln run`, or the detached
+//! monitor): root filesystem, volumes, ports, the sandboxed process, logs, the exit status, and
+//! the clean-up afterwards.
+
+use std::fs::File;
+use std::io::Write;
+use std::path::PathBuf;
+use std::thread::JoinHandle;
+
+use anyhow::{Context, Result};
+
+use super::config::PortBinding;
+use super::logs::{self, LogWriter};
+use super::proxy::{self, Proxy};
+use super::state::{self, ContainerRecord};
+use super::{layers, volumes};
+use crate::sandbox::{self, ExecSpec, ExitInfo, Network, Resources, Stdio};
+use crate::snapshot::{ActiveSnapshot, PrepareOptions, Snapshotter};
+use crate::store::Store;
+
+/// Where the container's standard streams go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamMode {
+    /// Straight to kiln's own streams, no log (foreground `--rm`: the log would be removed).
+    Inherit,
+    /// To kiln's streams and the log (foreground).
+    Tee,
+    /// To the log only (detached).
+    LogOnly,
+}
+
+/// A started container, owned by this process.
+pub struct Started {
+    pub running: sandbox::Running,
+    snapshot: Option<ActiveSnapshot>,
+    proxy: Option<Proxy>,
+    copiers: Vec<JoinHandle<()>>,
+    pub ports: Vec<PortBinding>,
+}
+
+/// A container's directory: `ROOT/containers/<id>`.
+pub fn container_dir(store: &Store, id: &str) -> PathBuf {
+    store.root().join("containers").join(id)
+}
+
+/// The exit code docker gives a container that could not start: 127 when the command is not
+/// found, 126 when it cannot be executed, 125 for everything else (kiln's own failures).
+pub fn start_failure_code(err: &anyhow::Error) -> i32 {
+    let text = format!("{err:#}");
+    let exec_failure = text.contains("exec \"") || text.contains("exec: ");
+    if exec_failure
+        && (text.contains("not found in $PATH") || text.contains("No such file or directory"))
+    {
+        127
+    } else if exec_failure
+        && (text.contains("Permission denied") || text.contains("Exec format error"))
+    {
+        126
+    } else {
+        125
+    }
+}
+
+/// Builds the root filesystem and starts the container's command.
+pub fn start(store: &Store, rec: &ContainerRecord, mode: StreamMode) -> Result<Started> {
+    let cfg = &rec.config;
+    let root = store.root();
+    let image_config = store.config(&rec.image_id).with_context(|| {
+        format!(
+            "reading the config of image {} (was it removed?)",
+            rec.image
+        )
+    })?;
+    let snapshotter = Snapshotter::new(root)?;
+    let lowers = layers::image_lowers(store, &snapshotter, &rec.manifest, &image_config)?;
+    // Volatile: a container's upperdir is never reused after a crash.
+    let snapshot = snapshotter.prepare(&lowers, &PrepareOptions { volatile: true })?;
+    let mounts = volumes::sandbox_mounts(root, &snapshot.merged(), &cfg.mounts)?;
+
+    let network = if cfg.network == "host" {
+        Network::Host
+    } else {
+        Network::None
+    };
+    let (ports, listeners) = if network == Network::None {
+        proxy::bind(&cfg.publish)?
+    } else {
+        (Vec::new(), Vec::new())
+    };
+
+    let mut spec = ExecSpec::new(snapshot.merged(), cfg.args());
+    spec.env = cfg.env.clone();
+    spec.cwd = PathBuf::from(if cfg.working_dir.is_empty() {
+        "/"
+    } else {
+        &cfg.working_dir
+    });
+    spec.user = cfg.user.clone();
+    spec.hostname = cfg.hostname.clone();
+    spec.network = network;
+    spec.mounts = mounts;
+    spec.resources = Resources {
+        memory_bytes: cfg.memory,
+        cpu_shares: cfg.cpu_shares,
+        cpuset: cfg.cpuset.clone(),
+        pids_limit: cfg.pids_limit,
+    };
+    spec.stdin = if cfg.interactive && mode != StreamMode::LogOnly {
+        Stdio::Inherit
+    } else {
+        Stdio::Null
+    };
+    let (out, err) = match mode {
+        StreamMode::Inherit => (Stdio::Inherit, Stdio::Inherit),
+        StreamMode::Tee | StreamMode::LogOnly => (Stdio::Piped, Stdio::Piped),
+    };
+    spec.stdout = out;
+    spec.stderr = err;
+
+    let mut running = sandbox::spawn(&spec)?;
+    let mut copiers = Vec::new();
+    if mode != StreamMode::Inherit {
+        let dir = container_dir(store, &rec.id);
+        let log = LogWriter::open(&logs::log_path(&dir, &rec.id))?;
+        let tee = mode == StreamMode::Tee;
+        if let Some(o) = running.stdout.take() {
+            let t: Option<Box<dyn Write + Send>> = tee.then(|| Box::new(std::io::stdout()) as _);
+            copiers.push(log.copy_from(o, "stdout", t));
+        }
+        if let Some(e) = running.stderr.take() {
+            let t: Option<Box<dyn Write + Send>> = tee.then(|| Box::new(std::io::stderr()) as _);
+            copiers.push(log.copy_from(e, "stderr", t));
+        }
+    }
+    let proxy = if listeners.is_empty() {
+        None
+    } else {
+        let netns = File::open(running.netns_path())
+            .context("opening the container's network namespace for the port proxy")?;
+        Some(Proxy::start(&ports, listeners, netns)?)
+    };
+    // SAFETY: getpid has no preconditions.
+    let me = unsafe { libc::getpid() };
+    state::set_running(store, &rec.id, me, running.pid(), &ports)?;
+    Ok(Started {
+        running,
+        snapshot: Some(snapshot),
+        proxy,
+        copiers,
+        ports,
+    })
+}
+
+/// Waits for the container to end, closes its ports, records the exit and removes its root
+/// filesystem (and the container itself with `--rm`).
+pub fn finish(store: &Store, rec: &ContainerRecord, mut started: Started) -> Result<ExitInfo> {
+    let exit = started.running.wait();
+    if let Some(p) = started.proxy.take() {
+        p.stop();
+    }
+    for c in started.copiers.drain(..) {
+        let _ = c.join();
+    }
+    let released = started
+        .snapshot
+        .take()
+        .map(|s| s.release())
+        .unwrap_or(Ok(()));
+    let exit = exit?;
+    if rec.config.auto_remove {
+        remove(store, rec, true)?;
+    } else {
+        state::set_exited(store, &rec.id, exit.code, exit.oom_killed, "")?;
+    }
+    released?;
+    Ok(exit)
+}
+
+/// Removes a container that is not running: its directory, rows, and with `volumes` its
+/// anonymous volumes that nothing else uses.
+pub fn remove(store: &Store, rec: &ContainerRecord, volumes: bool) -> Result<()> {
+    let dir = container_dir(store, &rec.id);
+    match std::fs::remove_dir_all(&dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("removing {}", dir.display())),
+    }
+    state::delete(store, &rec.id)?;
+    if volumes {
+        for m in rec.config.mounts.iter().filter(|m| m.anonymous) {
+            if state::delete_volume_row(store, &m.source)? {
+                volumes::remove_dir(store.root(), &m.source)?;
+            }
+        }
+    }
+    Ok(())
+}
