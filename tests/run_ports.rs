@@ -79,8 +79,22 @@ fn every_publish_form_tcp_and_udp() {
     let c = Container::run(
         r,
         &[
-            "-p", &p_explicit, "-p", &p_all, "-p", "127.0.0.1::7000", "-p", "7001", "-p",
-            &p_range, "-p", &p_udp, "-p", "127.0.0.1::7002/udp", "-P", "echo",
+            "-p",
+            &p_explicit,
+            "-p",
+            &p_all,
+            "-p",
+            "127.0.0.1::7000",
+            "-p",
+            "7001",
+            "-p",
+            &p_range,
+            "-p",
+            &p_udp,
+            "-p",
+            "127.0.0.1::7002/udp",
+            "-P",
+            "echo",
         ],
     );
     let at = |p: u16| SocketAddr::from(([127, 0, 0, 1], p));
@@ -90,9 +104,18 @@ fn every_publish_form_tcp_and_udp() {
     assert_eq!(tcp_echo(at(range_start + 1), b"r1").unwrap(), b"r1");
     let ports = common::kiln_ok(r, &["port", &c.id]);
     let lines: Vec<&str> = ports.lines().collect();
-    assert!(lines.contains(&format!("7000/tcp -> 127.0.0.1:{explicit}").as_str()), "{ports}");
-    assert!(lines.contains(&format!("7000/tcp -> 0.0.0.0:{all_ifaces}").as_str()), "{ports}");
-    assert!(lines.contains(&format!("7002/udp -> 127.0.0.1:{udp_explicit}").as_str()), "{ports}");
+    assert!(
+        lines.contains(&format!("7000/tcp -> 127.0.0.1:{explicit}").as_str()),
+        "{ports}"
+    );
+    assert!(
+        lines.contains(&format!("7000/tcp -> 0.0.0.0:{all_ifaces}").as_str()),
+        "{ports}"
+    );
+    assert!(
+        lines.contains(&format!("7002/udp -> 127.0.0.1:{udp_explicit}").as_str()),
+        "{ports}"
+    );
     // ip::port, containerPort alone, and -P got free ports; every one of them echoes.
     let mut tcp_ports = 0;
     let mut udp_ports = 0;
@@ -105,7 +128,11 @@ fn every_publish_form_tcp_and_udp() {
             assert_eq!(got.as_deref(), Some(spec.as_bytes()), "udp via {l}");
             udp_ports += 1;
         } else {
-            assert_eq!(tcp_echo(at(port), l.as_bytes()).unwrap(), l.as_bytes(), "{l}");
+            assert_eq!(
+                tcp_echo(at(port), l.as_bytes()).unwrap(),
+                l.as_bytes(),
+                "{l}"
+            );
             tcp_ports += 1;
         }
     }
@@ -113,9 +140,16 @@ fn every_publish_form_tcp_and_udp() {
     // exposed ports not published otherwise, as docker).
     assert_eq!((tcp_ports, udp_ports), (6, 2), "{ports}");
     let ps = common::kiln_ok(r, &["ps"]);
-    assert!(ps.contains(&format!("127.0.0.1:{explicit}->7000/tcp")), "{ps}");
+    assert!(
+        ps.contains(&format!("127.0.0.1:{explicit}->7000/tcp")),
+        "{ps}"
+    );
     let udp = common::kiln_ok(r, &["port", &c.id, "7002/udp"]);
-    assert!(udp.lines().any(|l| l == format!("127.0.0.1:{udp_explicit}")), "{udp}");
+    assert!(
+        udp.lines()
+            .any(|l| l == format!("127.0.0.1:{udp_explicit}")),
+        "{udp}"
+    );
     assert_eq!(udp.lines().count(), 2, "{udp}");
 
     // Several UDP clients at once keep their own sessions.
@@ -127,8 +161,15 @@ fn every_publish_form_tcp_and_udp() {
             })
         })
         .collect();
-    let ok = clients.into_iter().map(|t| t.join().unwrap()).filter(|r| *r == Some(true)).count();
-    assert!(ok >= 18, "only {ok}/20 UDP clients got their echo (loopback UDP loses little)");
+    let ok = clients
+        .into_iter()
+        .map(|t| t.join().unwrap())
+        .filter(|r| *r == Some(true))
+        .count();
+    assert!(
+        ok >= 18,
+        "only {ok}/20 UDP clients got their echo (loopback UDP loses little)"
+    );
 
     // Stopped: every host port is closed (and free to bind again).
     common::kiln_ok(r, &["stop", "-t", "1", &c.id]);
@@ -165,8 +206,15 @@ fn two_hundred_concurrent_connections_no_data_lost_or_mixed() {
             })
         })
         .collect();
-    let good = threads.into_iter().map(|t| t.join().unwrap()).filter(|ok| *ok).count();
-    assert_eq!(good, 200, "every connection gets exactly its own bytes back");
+    let good = threads
+        .into_iter()
+        .map(|t| t.join().unwrap())
+        .filter(|ok| *ok)
+        .count();
+    assert_eq!(
+        good, 200,
+        "every connection gets exactly its own bytes back"
+    );
 }
 
 #[test]
@@ -181,7 +229,10 @@ fn a_taken_host_port_fails_the_run() {
     let o = common::kiln(r, &["run", "--rm", "-p", &spec, "echo"]);
     assert_eq!(o.status.code(), Some(125));
     let err = String::from_utf8_lossy(&o.stderr);
-    assert!(err.contains(&port.to_string()) && err.contains("taken"), "{err}");
+    assert!(
+        err.contains(&port.to_string()) && err.contains("taken"),
+        "{err}"
+    );
     let o = common::kiln(r, &["run", "--rm", "-p", "80/sctp", "echo"]);
     assert_eq!(o.status.code(), Some(125));
     assert_eq!(common::kiln_ok(r, &["ps", "-a", "-q"]), "");
