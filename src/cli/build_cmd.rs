@@ -1,12 +1,135 @@
-//! Commands of this family; see src/cli/mod.rs.
+//! `kiln build`, with docker's flags. The work is in `crate::build::engine`.
+
+use std::path::PathBuf;
 
 use clap::Subcommand;
 
 use super::Globals;
+use crate::build::options::{self, BuildOptions, Output};
 
 #[derive(Debug, Subcommand)]
-pub enum BuildCommands {}
+pub enum BuildCommands {
+    /// Build an image from a Dockerfile and a context (a directory, a tarball, or `-` for stdin)
+    Build(BuildArgs),
+}
 
-pub fn run(cmd: BuildCommands, _globals: &Globals) -> anyhow::Result<i32> {
-    match cmd {}
+#[derive(Debug, clap::Args)]
+pub struct BuildArgs {
+    /// Name and optionally a tag (`name:tag`); may be repeated
+    #[arg(short = 't', long = "tag", value_name = "NAME[:TAG]")]
+    pub tags: Vec<String>,
+    /// The Dockerfile (default: CONTEXT/Dockerfile); `-` reads it from stdin
+    #[arg(short = 'f', long = "file", value_name = "PATH")]
+    pub file: Option<String>,
+    /// Set a build-time variable (`KEY=VALUE`, or `KEY` to take it from the environment)
+    #[arg(long = "build-arg", value_name = "KEY[=VALUE]")]
+    pub build_args: Vec<String>,
+    /// The stage to build (default: the last)
+    #[arg(long, value_name = "STAGE")]
+    pub target: Option<String>,
+    /// Do not use the cache
+    #[arg(long)]
+    pub no_cache: bool,
+    /// Do not use the cache for these stages
+    #[arg(long = "no-cache-filter", value_name = "STAGE", value_delimiter = ',')]
+    pub no_cache_filter: Vec<String>,
+    /// Always look for a newer version of base images in their registry
+    #[arg(long)]
+    pub pull: bool,
+    /// Network for RUN steps: host (default) or none
+    #[arg(long, default_value = "host", value_name = "MODE")]
+    pub network: String,
+    /// Set metadata on the image (`KEY=VALUE`)
+    #[arg(long = "label", value_name = "KEY=VALUE")]
+    pub labels: Vec<String>,
+    /// A secret for `RUN --mount=type=secret` (`id=ID,src=PATH` or `id=ID,env=VAR`)
+    #[arg(long = "secret", value_name = "SPEC")]
+    pub secrets: Vec<String>,
+    /// Progress output: auto, tty, plain, quiet or rawjson
+    #[arg(long, default_value = "auto", value_name = "MODE")]
+    pub progress: String,
+    /// Say why each step missed the cache (always on with --progress plain)
+    #[arg(long)]
+    pub explain: bool,
+    /// Write the image ID to this file
+    #[arg(long, value_name = "FILE")]
+    pub iidfile: Option<PathBuf>,
+    /// Output: type=image|oci|docker|local|tar[,dest=PATH][,compression=gzip|zstd|none]
+    #[arg(short = 'o', long = "output", value_name = "SPEC")]
+    pub outputs: Vec<String>,
+    /// Print only the image ID
+    #[arg(short = 'q', long)]
+    pub quiet: bool,
+    /// How many steps may run at the same time (default: the number of cores)
+    #[arg(long = "max-parallelism", value_name = "N")]
+    pub max_parallelism: Option<usize>,
+    /// Target platform; only this machine's (linux/<arch>) is supported
+    #[arg(long, value_name = "PLATFORM")]
+    pub platform: Option<String>,
+    /// The build context: a directory, a tarball, or `-`
+    #[arg(value_name = "CONTEXT")]
+    pub context: String,
+}
+
+pub fn run(cmd: BuildCommands, globals: &Globals) -> anyhow::Result<i32> {
+    match cmd {
+        BuildCommands::Build(args) => {
+            let opts = to_options(args)?;
+            crate::build::engine::build(&globals.root, opts)
+        }
+    }
+}
+
+fn to_options(args: BuildArgs) -> anyhow::Result<BuildOptions> {
+    if let Some(p) = &args.platform {
+        let host = format!("linux/{}", crate::build::imageconfig::host_architecture());
+        if p != &host {
+            anyhow::bail!("--platform={p}: only this machine's platform ({host}) can be built");
+        }
+    }
+    let progress = if args.quiet {
+        crate::build::progress::Mode::Quiet
+    } else {
+        crate::build::progress::Mode::parse(&args.progress)?
+    };
+    let mut secrets = std::collections::HashMap::new();
+    for s in &args.secrets {
+        let (id, source) = options::parse_secret(s)?;
+        secrets.insert(id, source);
+    }
+    let mut outputs = Vec::new();
+    for o in &args.outputs {
+        outputs.push(options::parse_output(o, &args.tags)?);
+    }
+    if outputs.is_empty() {
+        outputs.push(Output::Image {
+            names: args.tags.clone(),
+        });
+    }
+    let max_parallelism = match args.max_parallelism {
+        Some(0) => anyhow::bail!("--max-parallelism must be at least 1"),
+        Some(n) => n,
+        None => std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2),
+    };
+    Ok(BuildOptions {
+        context: args.context,
+        dockerfile: args.file,
+        tags: args.tags,
+        build_args: options::parse_build_args(&args.build_args)?,
+        target: args.target,
+        no_cache: args.no_cache,
+        no_cache_filter: args.no_cache_filter,
+        pull: args.pull,
+        network: options::parse_network(&args.network)?,
+        labels: options::parse_labels(&args.labels)?,
+        secrets,
+        progress,
+        explain: args.explain,
+        iidfile: args.iidfile,
+        outputs,
+        quiet: args.quiet,
+        max_parallelism,
+    })
 }

@@ -23,6 +23,16 @@ pub enum DockerfileCommands {
         #[arg(value_name = "DOCKERFILE", conflicts_with = "file")]
         path: Option<PathBuf>,
     },
+    /// Lint a Dockerfile like `docker build --check`: prints `FILE:LINE: Rule: explanation`
+    /// for each finding and exits 1 when there is any.
+    Check {
+        /// The Dockerfile (default: CONTEXT/Dockerfile).
+        #[arg(short = 'f', long = "file", value_name = "FILE")]
+        file: Option<PathBuf>,
+        /// The build context, for the .dockerignore checks (default: the current directory).
+        #[arg(value_name = "CONTEXT")]
+        context: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -53,6 +63,48 @@ pub fn run(cmd: DockerfileCommands, _globals: &Globals) -> anyhow::Result<i32> {
                 },
             }
             Ok(0)
+        }
+        DockerfileCommands::Check { file, context } => {
+            let context = context.unwrap_or_else(|| PathBuf::from("."));
+            let path = file.unwrap_or_else(|| context.join("Dockerfile"));
+            let (name, source) = read_dockerfile(&path)?;
+            let raw = match dockerfile::raw::parse_raw(&source) {
+                Ok(raw) => raw,
+                Err(e) => {
+                    eprintln!("{}", e.render(&name));
+                    return Ok(1);
+                }
+            };
+            let df = match dockerfile::instructions::typed(&source, raw.clone()) {
+                Ok(df) => df,
+                Err(e) => {
+                    eprintln!("{}", e.render(&name));
+                    return Ok(1);
+                }
+            };
+            let ignore = if context.is_dir() {
+                Some(
+                    dockerfile::DockerIgnore::load(&context, Some(&path)).with_context(|| {
+                        format!("reading the .dockerignore of {}", context.display())
+                    })?,
+                )
+            } else {
+                None
+            };
+            let findings = dockerfile::lint::check(&df, &raw, ignore.as_ref());
+            for f in &findings {
+                println!("{name}:{}: {}: {}", f.line, f.rule, f.message);
+            }
+            if findings.is_empty() {
+                Ok(0)
+            } else {
+                eprintln!(
+                    "{} problem{} found in {name}",
+                    findings.len(),
+                    if findings.len() == 1 { "" } else { "s" }
+                );
+                Ok(1)
+            }
         }
     }
 }

@@ -1,12 +1,518 @@
-//! Commands of this family; see src/cli/mod.rs.
+//! Image commands: import, images, tag, rmi, inspect, save, load (store + OCI formats). Flags
+//! follow docker's, so a docker user's habits work.
 
-use clap::Subcommand;
+use std::collections::BTreeSet;
+use std::io::{self, IsTerminal, Write};
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use clap::{Subcommand, ValueEnum};
 
 use super::Globals;
+use crate::oci::archive::{self, ArchiveFormat, SaveItem};
+use crate::oci::compress::Compression;
+use crate::oci::import::{import, ImportOptions};
+use crate::oci::progress::human_bytes;
+use crate::reference::Reference;
+use crate::store::{ImageRecord, Store};
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum CompressionArg {
+    Gzip,
+    Zstd,
+    None,
+}
+
+impl From<CompressionArg> for Compression {
+    fn from(c: CompressionArg) -> Compression {
+        match c {
+            CompressionArg::Gzip => Compression::Gzip,
+            CompressionArg::Zstd => Compression::Zstd,
+            CompressionArg::None => Compression::None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum SaveFormat {
+    Docker,
+    Oci,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum ListFormat {
+    Table,
+    Json,
+}
 
 #[derive(Debug, Subcommand)]
-pub enum ImageCommands {}
+pub enum ImageCommands {
+    /// Make a one-layer image from a root filesystem tarball (like `docker import`).
+    Import {
+        /// The tarball (`.tar`, `.tar.gz`, `.tar.zst`), or `-` for stdin.
+        source: String,
+        /// NAME[:TAG] for the image.
+        name: Option<String>,
+        /// Apply a Dockerfile instruction to the config: CMD, ENTRYPOINT, ENV, EXPOSE, LABEL,
+        /// USER, WORKDIR, VOLUME, STOPSIGNAL.
+        #[arg(short = 'c', long = "change")]
+        changes: Vec<String>,
+        /// How to store the layer (kiln's extension; `save` recompresses as asked).
+        #[arg(long, value_enum, default_value = "gzip")]
+        compression: CompressionArg,
+        /// Print only the image ID.
+        #[arg(short, long)]
+        quiet: bool,
+    },
+    /// List images.
+    Images {
+        /// Only images of this repository (NAME or NAME:TAG).
+        repository: Option<String>,
+        /// Only show image IDs.
+        #[arg(short, long)]
+        quiet: bool,
+        /// Output format: table or json (one JSON object per line, as docker prints).
+        #[arg(long, value_enum, default_value = "table")]
+        format: ListFormat,
+        /// Show full image IDs.
+        #[arg(long)]
+        no_trunc: bool,
+        /// Show all images (kiln has no intermediate images; accepted for docker's habits).
+        #[arg(short, long)]
+        all: bool,
+    },
+    /// Give an image another name: SOURCE_IMAGE[:TAG] TARGET_IMAGE[:TAG].
+    Tag { source: String, target: String },
+    /// Remove images (by name, ID or digest).
+    Rmi {
+        /// Remove even if containers use it or several names share the ID.
+        #[arg(short, long)]
+        force: bool,
+        #[arg(required = true)]
+        images: Vec<String>,
+    },
+    /// Print images' config and manifest as JSON.
+    Inspect {
+        #[arg(required = true)]
+        images: Vec<String>,
+    },
+    /// Write images to a tar archive (docker or OCI layout).
+    Save {
+        /// Write to this file (`-` for stdout) instead of stdout.
+        #[arg(short, long)]
+        output: Option<String>,
+        /// docker: what `docker load` reads; oci: an OCI image layout.
+        #[arg(long, value_enum, default_value = "docker")]
+        format: SaveFormat,
+        /// Layer compression for OCI output.
+        #[arg(long, value_enum, default_value = "gzip")]
+        compression: CompressionArg,
+        /// No progress output.
+        #[arg(short, long)]
+        quiet: bool,
+        #[arg(required = true)]
+        images: Vec<String>,
+    },
+    /// Load images from a tar archive (docker save, skopeo docker-archive: or oci-archive:).
+    Load {
+        /// Read from this file instead of stdin.
+        #[arg(short, long)]
+        input: Option<String>,
+        /// No progress output; print only the result.
+        #[arg(short, long)]
+        quiet: bool,
+    },
+}
 
-pub fn run(cmd: ImageCommands, _globals: &Globals) -> anyhow::Result<i32> {
-    match cmd {}
+pub fn run(cmd: ImageCommands, globals: &Globals) -> Result<i32> {
+    match cmd {
+        ImageCommands::Import {
+            source,
+            name,
+            changes,
+            compression,
+            quiet,
+        } => cmd_import(
+            globals,
+            &source,
+            name.as_deref(),
+            &changes,
+            compression.into(),
+            quiet,
+        ),
+        ImageCommands::Images {
+            repository,
+            quiet,
+            format,
+            no_trunc,
+            all: _,
+        } => cmd_images(globals, repository.as_deref(), quiet, format, no_trunc),
+        ImageCommands::Tag { source, target } => {
+            let store = open(globals)?;
+            let target = Reference::parse(&target).context("tag: target")?;
+            store.tag(&source, &target).context("tag")?;
+            Ok(0)
+        }
+        ImageCommands::Rmi { force, images } => cmd_rmi(globals, &images, force),
+        ImageCommands::Inspect { images } => cmd_inspect(globals, &images),
+        ImageCommands::Save {
+            output,
+            format,
+            compression,
+            quiet,
+            images,
+        } => cmd_save(
+            globals,
+            output.as_deref(),
+            format,
+            compression.into(),
+            quiet,
+            &images,
+        ),
+        ImageCommands::Load { input, quiet } => cmd_load(globals, input.as_deref(), quiet),
+    }
+}
+
+fn open(globals: &Globals) -> Result<Store> {
+    Store::open(&globals.root)
+        .with_context(|| format!("opening the state root {}", globals.root.display()))
+}
+
+fn cmd_import(
+    globals: &Globals,
+    source: &str,
+    name: Option<&str>,
+    changes: &[String],
+    compression: Compression,
+    quiet: bool,
+) -> Result<i32> {
+    let names = match name {
+        Some(n) => vec![Reference::parse(n).context("import")?],
+        None => Vec::new(),
+    };
+    let store = open(globals)?;
+    let opts = ImportOptions {
+        names: &names,
+        changes,
+        compression,
+        source,
+    };
+    let image = if source == "-" {
+        let mut progress = crate::oci::progress::Progress::new("Importing", None, quiet);
+        let input = crate::oci::progress::ProgressReader {
+            inner: io::stdin(),
+            progress: &mut progress,
+        };
+        let image = import(&store, input, &opts).context("import: stdin")?;
+        progress.finish();
+        image
+    } else {
+        let file = std::fs::File::open(source).with_context(|| format!("import: {source}"))?;
+        let total = file.metadata().ok().map(|m| m.len());
+        let mut progress = crate::oci::progress::Progress::new("Importing", total, quiet);
+        let input = crate::oci::progress::ProgressReader {
+            inner: file,
+            progress: &mut progress,
+        };
+        let image = import(&store, input, &opts).with_context(|| format!("import: {source}"))?;
+        progress.finish();
+        image
+    };
+    println!("{}", image.config_digest);
+    Ok(0)
+}
+
+fn created_since(created: i64) -> String {
+    if created <= 0 {
+        return "N/A".into();
+    }
+    let secs = (chrono::Utc::now().timestamp() - created).max(0);
+    let (n, unit) = match secs {
+        s if s < 1 => return "Less than a second ago".into(),
+        s if s < 60 => (s, "second"),
+        s if s < 3600 => {
+            if s / 60 == 1 {
+                return "About a minute ago".into();
+            }
+            (s / 60, "minute")
+        }
+        s if s < 86400 => {
+            if s / 3600 == 1 {
+                return "About an hour ago".into();
+            }
+            (s / 3600, "hour")
+        }
+        s if s < 86400 * 14 => (s / 86400, "day"),
+        s if s < 86400 * 60 => (s / (86400 * 7), "week"),
+        s if s < 86400 * 365 * 2 => (s / (86400 * 30), "month"),
+        s => (s / (86400 * 365), "year"),
+    };
+    format!("{n} {unit}{} ago", if n == 1 { "" } else { "s" })
+}
+
+fn cmd_images(
+    globals: &Globals,
+    repository: Option<&str>,
+    quiet: bool,
+    format: ListFormat,
+    no_trunc: bool,
+) -> Result<i32> {
+    let store = open(globals)?;
+    let mut images = store.list_images().context("images")?;
+    if let Some(filter) = repository {
+        let wanted = Reference::parse(filter).context("images: filter")?;
+        let tag_given = filter
+            .rsplit('/')
+            .next()
+            .is_some_and(|last| last.contains(':'));
+        images.retain(|img| {
+            img.name.as_ref().is_some_and(|n| {
+                n.repository() == wanted.repository() && (!tag_given || n.tag() == wanted.tag())
+            })
+        });
+    }
+    let id = |img: &ImageRecord| {
+        if no_trunc {
+            img.config_digest.clone()
+        } else {
+            img.short_id().to_string()
+        }
+    };
+    let mut out = io::stdout().lock();
+    if quiet {
+        let mut seen = BTreeSet::new();
+        for img in &images {
+            if seen.insert(img.config_digest.clone()) {
+                writeln!(out, "{}", id(img))?;
+            }
+        }
+        return Ok(0);
+    }
+    let rows: Vec<[String; 5]> = images
+        .iter()
+        .map(|img| {
+            let (repo, tag) = match &img.name {
+                Some(n) => (
+                    n.familiar_repository(),
+                    n.tag().unwrap_or("<none>").to_string(),
+                ),
+                None => ("<none>".into(), "<none>".into()),
+            };
+            [
+                repo,
+                tag,
+                id(img),
+                created_since(img.created),
+                human_bytes(img.size),
+            ]
+        })
+        .collect();
+    if format == ListFormat::Json {
+        for (img, row) in images.iter().zip(&rows) {
+            let created_at = chrono::DateTime::from_timestamp(img.created, 0)
+                .map(|t| t.format("%Y-%m-%d %H:%M:%S +0000 UTC").to_string())
+                .unwrap_or_default();
+            let digest = img
+                .name
+                .as_ref()
+                .and_then(|n| n.digest().map(String::from))
+                .unwrap_or_else(|| "<none>".into());
+            let obj = serde_json::json!({
+                "Containers": "N/A",
+                "CreatedAt": created_at,
+                "CreatedSince": row[3],
+                "Digest": digest,
+                "ID": row[2],
+                "ManifestDigest": img.manifest_digest,
+                "Repository": row[0],
+                "SharedSize": "N/A",
+                "Size": row[4],
+                "Tag": row[1],
+                "UniqueSize": "N/A",
+                "VirtualSize": row[4],
+            });
+            writeln!(out, "{obj}")?;
+        }
+        return Ok(0);
+    }
+    let header = ["REPOSITORY", "TAG", "IMAGE ID", "CREATED", "SIZE"];
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.len());
+        }
+    }
+    let print_row = |out: &mut dyn Write, cells: &[&str]| -> io::Result<()> {
+        let mut line = String::new();
+        for (i, cell) in cells.iter().enumerate() {
+            if i + 1 == cells.len() {
+                line.push_str(cell);
+            } else {
+                line.push_str(&format!("{cell:<w$}   ", w = widths[i]));
+            }
+        }
+        writeln!(out, "{}", line.trim_end())
+    };
+    print_row(&mut out, &header)?;
+    for row in &rows {
+        let cells: Vec<&str> = row.iter().map(String::as_str).collect();
+        print_row(&mut out, &cells)?;
+    }
+    Ok(0)
+}
+
+fn cmd_rmi(globals: &Globals, images: &[String], force: bool) -> Result<i32> {
+    let store = open(globals)?;
+    // Containers record their images through Store::add_image_use (the runner's hook): rmi
+    // refuses those images unless forced.
+    let mut code = 0;
+    for spec in images {
+        match store.remove_image(spec, force) {
+            Ok(lines) => {
+                for line in lines {
+                    println!("{line}");
+                }
+            }
+            Err(e) => {
+                super::report_error(&e.context(format!("rmi: {spec}")));
+                code = 1;
+            }
+        }
+    }
+    Ok(code)
+}
+
+fn cmd_inspect(globals: &Globals, images: &[String]) -> Result<i32> {
+    let store = open(globals)?;
+    let mut out = Vec::new();
+    let mut code = 0;
+    for spec in images {
+        let result = (|| -> Result<serde_json::Value> {
+            let img = store.resolve(spec)?;
+            let manifest: serde_json::Value =
+                serde_json::from_slice(&store.manifest_bytes(&img.manifest_digest)?)?;
+            let config: serde_json::Value =
+                serde_json::from_slice(&store.read_blob(&img.config_digest)?)?;
+            let names = store.names_of(&img.manifest_digest)?;
+            let created = config
+                .get("created")
+                .cloned()
+                .unwrap_or(serde_json::Value::Null);
+            Ok(serde_json::json!({
+                "Id": img.config_digest,
+                "RepoTags": names.iter().filter(|n| n.tag().is_some()).map(|n| n.to_string()).collect::<Vec<_>>(),
+                "RepoDigests": names.iter().map(|n| format!("{}@{}", n.familiar_repository(), img.manifest_digest)).collect::<Vec<_>>(),
+                "Created": created,
+                "Size": img.size,
+                "Architecture": config.get("architecture"),
+                "Os": config.get("os"),
+                "ManifestDigest": img.manifest_digest,
+                "Manifest": manifest,
+                "Config": config,
+            }))
+        })();
+        match result {
+            Ok(v) => out.push(v),
+            Err(e) => {
+                super::report_error(&e.context(format!("inspect: {spec}")));
+                code = 1;
+            }
+        }
+    }
+    println!("{}", serde_json::to_string_pretty(&out)?);
+    Ok(code)
+}
+
+fn cmd_save(
+    globals: &Globals,
+    output: Option<&str>,
+    format: SaveFormat,
+    compression: Compression,
+    quiet: bool,
+    images: &[String],
+) -> Result<i32> {
+    let store = open(globals)?;
+    let mut items: Vec<SaveItem> = Vec::new();
+    for spec in images {
+        let img = store
+            .resolve(spec)
+            .with_context(|| format!("save: {spec}"))?;
+        // Named by what the user typed when it is a name (docker keeps just that tag).
+        let name = img.name.clone().filter(|n| n.digest().is_none());
+        match items
+            .iter_mut()
+            .find(|i| i.manifest_digest == img.manifest_digest)
+        {
+            Some(item) => item.names.extend(name),
+            None => items.push(SaveItem {
+                manifest_digest: img.manifest_digest.clone(),
+                names: name.into_iter().collect(),
+            }),
+        }
+    }
+    let format = match format {
+        SaveFormat::Docker => ArchiveFormat::Docker,
+        SaveFormat::Oci => ArchiveFormat::Oci,
+    };
+    match output {
+        None | Some("-") => {
+            let stdout = io::stdout();
+            if output.is_none() && stdout.is_terminal() {
+                bail!("save: cowardly refusing to write an archive to a terminal: use -o FILE or redirect stdout");
+            }
+            let out = io::BufWriter::with_capacity(1 << 20, stdout.lock());
+            archive::save(&store, &items, format, compression, out, quiet).context("save")?;
+        }
+        Some(path) => {
+            let path = Path::new(path);
+            let dir = match path.parent() {
+                Some(p) if !p.as_os_str().is_empty() => p,
+                _ => Path::new("."),
+            };
+            // Written to a temp name next to the target, then renamed: no half-written file.
+            let tmp = tempfile::Builder::new()
+                .prefix(".kiln-save.")
+                .tempfile_in(dir)
+                .with_context(|| format!("save: {}: cannot write there", path.display()))?;
+            let mut out = io::BufWriter::with_capacity(1 << 20, tmp.as_file());
+            archive::save(&store, &items, format, compression, &mut out, quiet)
+                .with_context(|| format!("save: {}", path.display()))?;
+            out.flush()?;
+            drop(out);
+            tmp.as_file().sync_all()?;
+            tmp.persist(path)
+                .map_err(|e| e.error)
+                .with_context(|| format!("save: {}", path.display()))?;
+            use std::os::unix::fs::PermissionsExt;
+            let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o644));
+        }
+    }
+    Ok(0)
+}
+
+fn cmd_load(globals: &Globals, input: Option<&str>, quiet: bool) -> Result<i32> {
+    let store = open(globals)?;
+    let loaded = match input {
+        None | Some("-") => {
+            let stdin = io::stdin();
+            if input.is_none() && stdin.is_terminal() {
+                bail!("load: requested load from stdin, but stdin is empty (a terminal): use -i FILE or pipe an archive");
+            }
+            archive::load(&store, stdin, None, quiet).context("load: stdin")?
+        }
+        Some(path) => {
+            let file = std::fs::File::open(path).with_context(|| format!("load: {path}"))?;
+            let total = file.metadata().ok().map(|m| m.len());
+            archive::load(&store, file, total, quiet).with_context(|| format!("load: {path}"))?
+        }
+    };
+    for image in loaded {
+        if image.names.is_empty() {
+            println!("Loaded image ID: {}", image.config_digest);
+        }
+        for name in image.names {
+            println!("Loaded image: {name}");
+        }
+    }
+    Ok(0)
 }

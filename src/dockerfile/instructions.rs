@@ -693,7 +693,7 @@ fn parse_size(s: &str) -> Option<u64> {
         _ => return None,
     };
     let v = n * mult;
-    (v.is_finite() && v >= 0.0 && v < 1.8e19).then_some(v as u64)
+    (0.0..1.8e19).contains(&v).then_some(v as u64)
 }
 
 fn parse_bool_value(key: &str, v: Option<&str>) -> Result<bool, String> {

@@ -41,3 +41,4 @@ pub mod stages;
 pub use stages::{stages, stages_with, BuildContext, Platform, Stage, Stages, Vars};
 pub mod dockerignore;
 pub use dockerignore::DockerIgnore;
+pub mod lint;

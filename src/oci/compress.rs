@@ -82,7 +82,7 @@ pub fn decompress<'a>(
 /// The digests of one compressed layer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LayerDigests {
-    /// `sha256:` of the uncompressed tar.
+    /// `sha256:` of the uncompressed tar (empty after [`Compressor::without_diff_id`]).
     pub diff_id: String,
     pub uncompressed_size: u64,
     /// `sha256:` of the bytes written out.
@@ -118,7 +118,8 @@ enum Encoder<W: Write> {
 /// Compresses what is written to it into `out`, hashing both sides. Call [`Compressor::finish`].
 pub struct Compressor<W: Write> {
     encoder: Encoder<W>,
-    diff_hasher: Sha256,
+    /// None when the caller knows the DiffID already (recompressing a stored layer).
+    diff_hasher: Option<Sha256>,
     uncompressed_size: u64,
 }
 
@@ -138,9 +139,16 @@ impl<W: Write> Compressor<W> {
         };
         Ok(Compressor {
             encoder,
-            diff_hasher: Sha256::new(),
+            diff_hasher: Some(Sha256::new()),
             uncompressed_size: 0,
         })
+    }
+
+    /// Skips hashing the uncompressed stream (saves a SHA-256 pass when the DiffID is known);
+    /// [`LayerDigests::diff_id`] is then empty.
+    pub fn without_diff_id(mut self) -> Self {
+        self.diff_hasher = None;
+        self
     }
 
     /// Flushes everything and returns the output with the digests.
@@ -151,7 +159,10 @@ impl<W: Write> Compressor<W> {
             Encoder::Zstd(z) => z.finish()?,
         };
         let digests = LayerDigests {
-            diff_id: format!("sha256:{}", hex::encode(self.diff_hasher.finalize())),
+            diff_id: self
+                .diff_hasher
+                .map(|h| format!("sha256:{}", hex::encode(h.finalize())))
+                .unwrap_or_default(),
             uncompressed_size: self.uncompressed_size,
             digest: format!("sha256:{}", hex::encode(out.hasher.finalize())),
             size: out.size,
@@ -167,7 +178,9 @@ impl<W: Write> Write for Compressor<W> {
             Encoder::Gzip(g) => g.write(buf)?,
             Encoder::Zstd(z) => z.write(buf)?,
         };
-        self.diff_hasher.update(&buf[..n]);
+        if let Some(h) = &mut self.diff_hasher {
+            h.update(&buf[..n]);
+        }
         self.uncompressed_size += n as u64;
         Ok(n)
     }

@@ -200,9 +200,19 @@ impl Cgroup {
 
     /// Kills whatever is still inside and removes the directories.
     pub fn remove(&self) {
-        for dir in &self.dirs {
-            remove_dir(dir);
-        }
+        remove_dirs(&self.dirs);
+    }
+
+    /// The cgroup's directories (one per v1 controller).
+    pub fn dirs(&self) -> &[PathBuf] {
+        &self.dirs
+    }
+}
+
+/// Kills whatever is inside these cgroup directories and removes them.
+pub fn remove_dirs(dirs: &[PathBuf]) {
+    for dir in dirs {
+        remove_dir(dir);
     }
 }
 

@@ -104,6 +104,7 @@ pub struct Running {
     cgroup: Option<Cgroup>,
     created: Vec<PathBuf>,
     exit: Option<ExitInfo>,
+    cleanup_key: Option<u64>,
     /// The write end of the command's stdin with `Stdio::Piped`.
     pub stdin: Option<File>,
     /// The read end of the command's stdout with `Stdio::Piped`.
@@ -269,6 +270,14 @@ fn prepare_and_start(
     let started = start(spec, plan, &cgroup);
     match started {
         Ok(mut running) => {
+            // If kiln is interrupted, the container dies with it and its cgroup goes.
+            let init = running.init_pid;
+            let dirs = cgroup.as_ref().map(|c| c.dirs().to_vec()).unwrap_or_default();
+            running.cleanup_key = Some(crate::snapshot::cleanup::register(move || {
+                // SAFETY: kill(2) on the init this execution started.
+                unsafe { libc::kill(init, libc::SIGKILL) };
+                super::cgroup::remove_dirs(&dirs);
+            }));
             running.cgroup = cgroup;
             Ok(running)
         }
@@ -412,6 +421,7 @@ fn start(spec: &ExecSpec, plan: RootfsPlan, cgroup: &Option<Cgroup>) -> anyhow::
         cgroup: None,
         created: Vec::new(),
         exit: None,
+        cleanup_key: None,
         stdin: parent_ends[0].take(),
         stdout: parent_ends[1].take(),
         stderr: parent_ends[2].take(),
@@ -838,6 +848,9 @@ impl Running {
             return Ok(exit);
         }
         let setup_status = wait_status(self.setup_pid);
+        if let Some(key) = self.cleanup_key.take() {
+            crate::snapshot::cleanup::unregister(key);
+        }
         let mut buf = Vec::new();
         let _ = self.status.read_to_end(&mut buf);
         let recs = records(&buf);

@@ -118,6 +118,43 @@ impl Store {
         writer.commit(expected)
     }
 
+    /// Moves the file at `path` (which must be in [`Store::tmp_dir`] or at least on the same
+    /// filesystem; it is copied otherwise) into the store after hashing it and checking it
+    /// against `expected` when given. The file is gone afterwards in every case but errors.
+    pub fn put_blob_file(&self, path: &std::path::Path, expected: Option<&str>) -> Result<Blob> {
+        let mut file =
+            fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+        let mut hasher = Sha256::new();
+        let size = io::copy(&mut file, &mut HashInto(&mut hasher))
+            .with_context(|| format!("reading {}", path.display()))?;
+        let digest = format!("sha256:{}", hex::encode(hasher.finalize()));
+        if let Some(expected) = expected {
+            if expected != digest {
+                bail!(
+                    "{}: content does not match its digest: expected {expected}, got {digest}; \
+                     the archive is corrupt",
+                    path.display()
+                );
+            }
+        }
+        let dest = self.blob_path(&digest)?;
+        if dest.exists() {
+            let _ = fs::remove_file(path);
+        } else {
+            file.sync_all().context("fsyncing a blob")?;
+            if fs::rename(path, &dest).is_err() {
+                // Another filesystem: copy through a temp file.
+                let blob = self.put_blob(fs::File::open(path)?, Some(&digest))?;
+                let _ = fs::remove_file(path);
+                return Ok(blob);
+            }
+            if let Ok(dir) = fs::File::open(self.blobs_dir()) {
+                let _ = dir.sync_all();
+            }
+        }
+        Ok(Blob { digest, size })
+    }
+
     /// Stores `bytes`.
     pub fn put_blob_bytes(&self, bytes: &[u8]) -> Result<Blob> {
         self.put_blob(bytes, None)
@@ -160,5 +197,17 @@ impl Store {
             }
             _ => Ok(()),
         }
+    }
+}
+
+struct HashInto<'a>(&'a mut Sha256);
+
+impl Write for HashInto<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.update(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
     }
 }

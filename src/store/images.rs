@@ -113,7 +113,8 @@ impl Store {
                 layers.len()
             );
         }
-        let config_bytes = serde_json::to_vec(config).context("serialising the image config")?;
+        let config_bytes =
+            crate::oci::image::canonical_json(config).context("serialising the image config")?;
         let config_blob = self.put_blob_bytes(&config_bytes)?;
         let manifest = ImageManifestBuilder::default()
             .schema_version(2u32)
@@ -129,7 +130,8 @@ impl Store {
             .layers(layers.to_vec())
             .build()
             .context("building the image manifest")?;
-        let manifest_bytes = serde_json::to_vec(&manifest).context("serialising the manifest")?;
+        let manifest_bytes =
+            crate::oci::image::canonical_json(&manifest).context("serialising the manifest")?;
         let manifest_digest = self.add_manifest_with_names(&manifest_bytes, names)?;
         Ok(CommittedImage {
             manifest_digest,

@@ -1,0 +1,74 @@
+//! Start-to-exit of `true` in a busybox snapshot (`sandbox::run`, network none, no cgroup),
+//! median of N runs; also the full cycle with the snapshot's mount and unmount.
+//!
+//! Run as root: `cargo bench --bench exec` (N from `KILN_BENCH_RUNS`, default 200).
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::time::{Duration, Instant};
+
+use kiln::sandbox::{self, ExecSpec};
+use kiln::snapshot::{PrepareOptions, Snapshotter};
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.2} ms", d.as_secs_f64() * 1000.0)
+}
+
+fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        return;
+    }
+    common::require_root();
+    let runs: usize = std::env::var("KILN_BENCH_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200);
+    let root = common::temp_root();
+    let snapshotter = Snapshotter::new(root.path()).unwrap();
+    let lower = common::busybox_rootfs();
+    let opts = PrepareOptions { volatile: true };
+
+    let snap = snapshotter.prepare(std::slice::from_ref(&lower), &opts).unwrap();
+    let spec = ExecSpec::new(snap.merged(), ["/bin/true"]);
+    for _ in 0..10 {
+        sandbox::run(&spec).unwrap();
+    }
+    let mut exec = Vec::with_capacity(runs);
+    for _ in 0..runs {
+        let t = Instant::now();
+        let exit = sandbox::run(&spec).unwrap();
+        exec.push(t.elapsed());
+        assert_eq!(exit.code, 0);
+    }
+    snap.release().unwrap();
+
+    let mut cycle = Vec::with_capacity(runs);
+    for _ in 0..runs {
+        let t = Instant::now();
+        let snap = snapshotter.prepare(std::slice::from_ref(&lower), &opts).unwrap();
+        let exit = sandbox::run(&ExecSpec::new(snap.merged(), ["/bin/true"])).unwrap();
+        snap.release().unwrap();
+        cycle.push(t.elapsed());
+        assert_eq!(exit.code, 0);
+    }
+    let (lo, hi) = (
+        exec.iter().min().copied().unwrap_or_default(),
+        exec.iter().max().copied().unwrap_or_default(),
+    );
+    println!(
+        "exec true in a busybox snapshot: median {} (min {}, max {}, {runs} runs)",
+        ms(median(exec)),
+        ms(lo),
+        ms(hi)
+    );
+    println!(
+        "prepare snapshot + exec true + release: median {} ({runs} runs)",
+        ms(median(cycle))
+    );
+}

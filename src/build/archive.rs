@@ -1,0 +1,144 @@
+//! Unpacking tar archives for a tar build context and for ADD's auto-extraction, confined to the
+//! target directory: entries with `..`, absolute paths or parents that are symlinks leading out are
+//! refused by the tar crate's `unpack_in` (it canonicalises each parent and checks it stays
+//! inside), so an archive never writes outside its target.
+
+use std::io::Read;
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+
+/// Unpacks an uncompressed tar stream into `dest`. With `owner`, every entry is owned by it
+/// (ADD --chown); otherwise the archive's numeric owners are kept.
+pub fn unpack_confined<R: Read>(reader: R, dest: &Path, owner: Option<(u32, u32)>) -> Result<()> {
+    let mut archive = tar::Archive::new(reader);
+    archive.set_preserve_permissions(true);
+    archive.set_preserve_ownerships(owner.is_none());
+    archive.set_preserve_mtime(true);
+    archive.set_overwrite(true);
+    archive.set_unpack_xattrs(false);
+    for entry in archive.entries().context("reading the archive")? {
+        let mut entry = entry.context("reading the archive")?;
+        let path = entry
+            .path()
+            .context("reading an entry's path")?
+            .into_owned();
+        let unpacked = entry
+            .unpack_in(dest)
+            .with_context(|| format!("unpacking {}", path.display()))?;
+        if !unpacked {
+            bail!(
+                "archive entry {} would be written outside the target",
+                path.display()
+            );
+        }
+        if let Some((uid, gid)) = owner {
+            let target = dest.join(crate::build::fsutil::clean_rel(&path.to_string_lossy()));
+            if target.symlink_metadata().is_ok() {
+                std::os::unix::fs::lchown(&target, Some(uid), Some(gid))
+                    .with_context(|| format!("chown {}", target.display()))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Unpacks a possibly compressed tar file (gzip, zstd; bzip2 and xz when supported) into `dest`.
+pub fn unpack_file(path: &Path, dest: &Path, owner: Option<(u32, u32)>) -> Result<()> {
+    let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let (reader, _) = crate::build::context::decompressing_reader(file)?;
+    unpack_confined(reader, dest, owner)
+}
+
+/// Whether ADD should unpack this local file: it is a tar archive, compressed or not. Reads only
+/// the first bytes (and, for compressed files, the first block after decompression).
+pub fn is_local_archive(path: &Path) -> bool {
+    use crate::build::context::{archive_kind, ArchiveKind};
+    let mut head = [0u8; 512];
+    let Ok(mut file) = std::fs::File::open(path) else {
+        return false;
+    };
+    let n = read_up_to(&mut file, &mut head);
+    match archive_kind(&head[..n]) {
+        None => false,
+        Some(ArchiveKind::Tar) => true,
+        Some(_) => {
+            // A compressed file is an archive only when what it holds is a tar.
+            let Ok(file) = std::fs::File::open(path) else {
+                return false;
+            };
+            let Ok((mut reader, _)) = crate::build::context::decompressing_reader(file) else {
+                return false;
+            };
+            let n = read_up_to(&mut reader, &mut head);
+            matches!(archive_kind(&head[..n]), Some(ArchiveKind::Tar))
+        }
+    }
+}
+
+fn read_up_to(reader: &mut dyn Read, buf: &mut [u8]) -> usize {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match reader.read(&mut buf[filled..]) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => filled += n,
+        }
+    }
+    filled
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tar_with(entries: &[(&str, &[u8])]) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        for (name, data) in entries {
+            let mut h = tar::Header::new_gnu();
+            h.set_size(data.len() as u64);
+            h.set_mode(0o644);
+            h.set_uid(0);
+            h.set_gid(0);
+            h.set_mtime(0);
+            h.set_entry_type(tar::EntryType::Regular);
+            // set_path refuses `..`; write the raw name to build a hostile archive.
+            let bytes = name.as_bytes();
+            h.as_old_mut().name[..bytes.len()].copy_from_slice(bytes);
+            h.set_cksum();
+            b.append(&h, *data).unwrap();
+        }
+        b.into_inner().unwrap()
+    }
+
+    #[test]
+    fn traversal_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("dest");
+        std::fs::create_dir(&dest).unwrap();
+        let data = tar_with(&[("ok.txt", b"fine"), ("../escape.txt", b"bad")]);
+        let _ = unpack_confined(std::io::Cursor::new(data), &dest, None);
+        assert!(!dir.path().join("escape.txt").exists());
+        assert_eq!(std::fs::read(dest.join("ok.txt")).unwrap(), b"fine");
+    }
+
+    #[test]
+    fn gzip_archives_are_recognised() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = tar_with(&[("a", b"x")]);
+        let plain = dir.path().join("a.tar");
+        std::fs::write(&plain, &data).unwrap();
+        let gz = dir.path().join("a.tar.gz");
+        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        std::io::Write::write_all(&mut enc, &data).unwrap();
+        std::fs::write(&gz, enc.finish().unwrap()).unwrap();
+        let text = dir.path().join("t.txt");
+        std::fs::write(&text, "not an archive").unwrap();
+        assert!(is_local_archive(&plain));
+        assert!(is_local_archive(&gz));
+        assert!(!is_local_archive(&text));
+        let out = dir.path().join("out");
+        std::fs::create_dir(&out).unwrap();
+        unpack_file(&gz, &out, None).unwrap();
+        assert_eq!(std::fs::read(out.join("a")).unwrap(), b"x");
+    }
+}

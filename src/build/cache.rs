@@ -1,0 +1,225 @@
+//! The build cache in the store's SQLite database: step cache key -> the layer the step produced
+//! (or none, when it changed nothing), and, for explaining misses, the inputs each step had the
+//! last time it ran at the same place in the same Dockerfile.
+
+use std::collections::BTreeMap;
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+
+/// A layer in the store: compressed blob digest, uncompressed DiffID, size and media type.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LayerRef {
+    pub digest: String,
+    pub diff_id: String,
+    pub size: u64,
+    pub media_type: String,
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS build_cache (
+    key TEXT PRIMARY KEY,
+    layer TEXT,
+    created INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS build_step_inputs (
+    place TEXT PRIMARY KEY,
+    inputs TEXT NOT NULL
+);";
+
+pub fn init(conn: &rusqlite::Connection) -> Result<()> {
+    conn.execute_batch(SCHEMA)
+        .context("creating the build cache tables")
+}
+
+/// A cached result: `Some(None)` is a step that changed nothing.
+pub fn lookup(conn: &rusqlite::Connection, key: &str) -> Result<Option<Option<LayerRef>>> {
+    let mut stmt = conn.prepare_cached("SELECT layer FROM build_cache WHERE key = ?1")?;
+    let mut rows = stmt.query([key])?;
+    match rows.next()? {
+        None => Ok(None),
+        Some(row) => {
+            let layer: Option<String> = row.get(0)?;
+            match layer {
+                None => Ok(Some(None)),
+                Some(json) => match serde_json::from_str(&json) {
+                    Ok(l) => Ok(Some(Some(l))),
+                    Err(_) => Ok(None),
+                },
+            }
+        }
+    }
+}
+
+/// Records a step's result; `created` (seconds since the epoch) becomes the history time of later
+/// cache hits, so a fully cached rebuild reproduces the same image.
+pub fn record(
+    conn: &rusqlite::Connection,
+    key: &str,
+    layer: Option<&LayerRef>,
+    created: i64,
+) -> Result<()> {
+    let json = layer.map(|l| serde_json::to_string(l).unwrap_or_default());
+    let now = created;
+    conn.execute(
+        "INSERT OR REPLACE INTO build_cache (key, layer, created) VALUES (?1, ?2, ?3)",
+        rusqlite::params![key, json, now],
+    )
+    .context("recording a build cache entry")?;
+    Ok(())
+}
+
+/// When a cached step was first built.
+pub fn created_of(conn: &rusqlite::Connection, key: &str) -> Result<Option<i64>> {
+    let mut stmt = conn.prepare_cached("SELECT created FROM build_cache WHERE key = ?1")?;
+    let mut rows = stmt.query([key])?;
+    Ok(match rows.next()? {
+        Some(row) => Some(row.get(0)?),
+        None => None,
+    })
+}
+
+/// What went into a step's cache key, kept to explain the next miss at the same place.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct StepInputs {
+    pub parent: String,
+    pub instruction: String,
+    #[serde(default)]
+    pub args: BTreeMap<String, String>,
+    #[serde(default)]
+    pub env: Vec<String>,
+    /// For COPY/ADD from the context: (path, digest prefix) of each selected entry.
+    #[serde(default)]
+    pub files: Vec<(String, String)>,
+    #[serde(default)]
+    pub sources: Vec<String>,
+}
+
+pub fn load_inputs(conn: &rusqlite::Connection, place: &str) -> Result<Option<StepInputs>> {
+    let mut stmt = conn.prepare_cached("SELECT inputs FROM build_step_inputs WHERE place = ?1")?;
+    let mut rows = stmt.query([place])?;
+    Ok(match rows.next()? {
+        Some(row) => serde_json::from_str(&row.get::<_, String>(0)?).ok(),
+        None => None,
+    })
+}
+
+pub fn save_inputs(conn: &rusqlite::Connection, place: &str, inputs: &StepInputs) -> Result<()> {
+    conn.execute(
+        "INSERT OR REPLACE INTO build_step_inputs (place, inputs) VALUES (?1, ?2)",
+        rusqlite::params![place, serde_json::to_string(inputs)?],
+    )?;
+    Ok(())
+}
+
+/// Why a step missed the cache, comparing its inputs with the last ones recorded at its place.
+pub fn explain_miss(old: Option<&StepInputs>, new: &StepInputs, first_step: bool) -> String {
+    let Some(old) = old else {
+        return "no earlier build of this step".to_string();
+    };
+    let mut reasons = Vec::new();
+    if old.instruction != new.instruction {
+        reasons.push(format!("instruction changed (was: {})", old.instruction));
+    }
+    let mut arg_names: Vec<&String> = old.args.keys().chain(new.args.keys()).collect();
+    arg_names.sort();
+    arg_names.dedup();
+    for name in arg_names {
+        if old.args.get(name) != new.args.get(name) {
+            reasons.push(format!("build arg {name} changed"));
+        }
+    }
+    if reasons.is_empty() && old.env != new.env {
+        let changed: Vec<String> = new
+            .env
+            .iter()
+            .filter(|e| !old.env.contains(e))
+            .chain(old.env.iter().filter(|e| !new.env.contains(e)))
+            .filter_map(|e| e.split_once('=').map(|(k, _)| k.to_string()))
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        reasons.push(format!("environment changed: {}", changed.join(", ")));
+    }
+    if old.sources != new.sources && !new.sources.is_empty() {
+        reasons.push("a source stage or image changed".to_string());
+    }
+    let to_pairs = |v: &[(String, String)]| -> Vec<(String, [u8; 32])> {
+        v.iter()
+            .map(|(p, d)| {
+                let mut digest = [0u8; 32];
+                let bytes = hex::decode(d).unwrap_or_default();
+                let n = bytes.len().min(32);
+                digest[..n].copy_from_slice(&bytes[..n]);
+                (p.clone(), digest)
+            })
+            .collect()
+    };
+    if let Some(files) =
+        super::contenthash::describe_changes(&to_pairs(&old.files), &to_pairs(&new.files))
+    {
+        reasons.push(files);
+    }
+    if reasons.is_empty() && old.parent != new.parent {
+        reasons.push(if first_step {
+            "the base image changed".into()
+        } else {
+            "a previous step changed".into()
+        });
+    }
+    if reasons.is_empty() {
+        reasons.push("cache entry missing (pruned or never recorded)".into());
+    }
+    reasons.join("; ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_and_explains() {
+        let conn = rusqlite::Connection::open_in_memory().unwrap();
+        init(&conn).unwrap();
+        assert_eq!(lookup(&conn, "k").unwrap(), None);
+        record(&conn, "k", None, 5).unwrap();
+        assert_eq!(created_of(&conn, "k").unwrap(), Some(5));
+        assert_eq!(lookup(&conn, "k").unwrap(), Some(None));
+        let l = LayerRef {
+            digest: "sha256:a".into(),
+            diff_id: "sha256:b".into(),
+            size: 3,
+            media_type: "m".into(),
+        };
+        record(&conn, "k2", Some(&l), 6).unwrap();
+        assert_eq!(lookup(&conn, "k2").unwrap(), Some(Some(l)));
+
+        let mut old = StepInputs {
+            instruction: "RUN make".into(),
+            ..Default::default()
+        };
+        old.args.insert("VERSION".into(), "1".into());
+        save_inputs(&conn, "p", &old).unwrap();
+        let mut new = old.clone();
+        new.args.insert("VERSION".into(), "2".into());
+        let loaded = load_inputs(&conn, "p").unwrap();
+        assert_eq!(
+            explain_miss(loaded.as_ref(), &new, false),
+            "build arg VERSION changed"
+        );
+        let mut copy_old = StepInputs {
+            instruction: "COPY . /app".into(),
+            ..Default::default()
+        };
+        copy_old.files = vec![
+            ("src/app.js".into(), "aa".into()),
+            ("x".into(), "bb".into()),
+        ];
+        let mut copy_new = copy_old.clone();
+        copy_new.files[0].1 = "cc".into();
+        assert_eq!(
+            explain_miss(Some(&copy_old), &copy_new, false),
+            "1 file changed: src/app.js"
+        );
+    }
+}

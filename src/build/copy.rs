@@ -1,0 +1,751 @@
+//! COPY and ADD as file operations from a source tree (the context or a stage's filesystem) into a
+//! destination tree (the step's root filesystem), with BuildKit's semantics:
+//!
+//! - sources are cleaned so they cannot leave their tree; globs match per path component; a
+//!   directory source copies its contents; a source symlink is followed (inside its tree);
+//! - the destination is a directory when it ends with `/` (or `.`), when there are several
+//!   sources, or when it already is one; otherwise a single file source is written to it;
+//! - missing parents are created (0755, owned by the `--chown` owner);
+//! - owners: files from the context become 0:0, files from a stage keep theirs, `--chown` wins;
+//!   `--chmod` sets the permission bits of everything copied; mtimes are kept;
+//! - destination symlinks are resolved inside the destination root, never outside it;
+//! - ADD unpacks local tar archives (plain or compressed) into the destination directory.
+
+use std::fs;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, bail, Context, Result};
+
+use super::context::PathFilter;
+use super::fsutil::{
+    clean_rel, expand_glob, has_glob_meta, join_rel, resolve_in_root, resolve_parent_in_root,
+};
+
+/// `--exclude` patterns (Go globs, `*` does not cross `/`). A pattern without `/` also matches a
+/// base name at any depth, so `--exclude=*.txt` drops every text file.
+pub struct ExcludeSet {
+    full: globset::GlobSet,
+    base: globset::GlobSet,
+    empty: bool,
+}
+
+impl ExcludeSet {
+    pub fn new(patterns: &[String]) -> Result<ExcludeSet> {
+        let mut full = globset::GlobSetBuilder::new();
+        let mut base = globset::GlobSetBuilder::new();
+        for p in patterns {
+            let cleaned = clean_rel(p);
+            let glob = globset::GlobBuilder::new(&cleaned)
+                .literal_separator(true)
+                .backslash_escape(true)
+                .build()
+                .with_context(|| format!("invalid --exclude pattern {p:?}"))?;
+            if cleaned.contains('/') {
+                full.add(glob);
+            } else {
+                base.add(glob);
+            }
+        }
+        Ok(ExcludeSet {
+            full: full.build()?,
+            base: base.build()?,
+            empty: patterns.is_empty(),
+        })
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.empty
+    }
+
+    pub fn is_excluded(&self, rel: &str) -> bool {
+        if self.empty {
+            return false;
+        }
+        let name = rel.rsplit('/').next().unwrap_or(rel);
+        self.full.is_match(rel) || self.base.is_match(name)
+    }
+}
+
+/// Where a COPY reads from.
+pub struct CopySource<'a> {
+    pub root: &'a Path,
+    /// `.dockerignore` for the context; `NoFilter` for a stage.
+    pub filter: &'a dyn PathFilter,
+    /// Files from the build context are owned by root in the image unless `--chown` says
+    /// otherwise; files from a stage or image keep their owners.
+    pub from_context: bool,
+}
+
+#[derive(Debug, Default, Clone)]
+pub struct CopyOptions {
+    /// Resolved `--chown`.
+    pub chown: Option<(u32, u32)>,
+    /// `--chmod` permission bits.
+    pub chmod: Option<u32>,
+    pub excludes: Vec<String>,
+    /// `--parents`: keep each source's path (relative to the tree, or to a `/./` pivot in it).
+    pub parents: bool,
+    /// ADD: unpack local tar archives instead of copying them.
+    pub unpack_archives: bool,
+}
+
+/// The sources a COPY selects, expanded: paths relative to the source root. A literal source that
+/// does not exist is an error; a pattern that matches nothing selects nothing (as BuildKit).
+pub fn expand_sources(src: &CopySource, sources: &[String]) -> Result<Vec<String>> {
+    let mut out = Vec::new();
+    for s in sources {
+        if has_glob_meta(s) {
+            out.extend(expand_glob(src.root, s, src.filter)?);
+        } else {
+            let rel = clean_rel(s);
+            let exists = resolve_in_root(src.root, &rel)
+                .map(|p| fs::symlink_metadata(p).is_ok())
+                .unwrap_or(false);
+            if !exists || (!rel.is_empty() && src.filter.is_excluded(&rel)) {
+                bail!("\"/{rel}\": not found");
+            }
+            out.push(rel);
+        }
+    }
+    Ok(out)
+}
+
+/// Copies `sources` (as written in the Dockerfile) from `src` to `dest` (an absolute path in the
+/// image, already made absolute against WORKDIR) inside `dest_root`.
+pub fn copy(
+    src: &CopySource,
+    sources: &[String],
+    dest_root: &Path,
+    dest: &str,
+    opts: &CopyOptions,
+) -> Result<()> {
+    let expanded = expand_sources(src, sources)?;
+    let excludes = ExcludeSet::new(&opts.excludes)?;
+    let owner_default = opts.chown.unwrap_or((0, 0));
+    let dest_clean = clean_rel(dest);
+    let dest_says_dir =
+        dest.ends_with('/') || dest.ends_with("/.") || dest == "." || dest_clean.is_empty();
+    let dest_is_dir = dest_says_dir
+        || sources.len() > 1
+        || expanded.len() > 1
+        || resolve_in_root(dest_root, &dest_clean)
+            .map(|p| p.is_dir())
+            .unwrap_or(false);
+    let mut w = Writer {
+        src,
+        dest_root,
+        opts,
+        excludes: &excludes,
+        owner_default,
+    };
+    for rel in &expanded {
+        let path = resolve_in_root(src.root, rel)?;
+        let meta = fs::symlink_metadata(&path).with_context(|| format!("\"/{rel}\": not found"))?;
+        let target_base = if opts.parents {
+            join_rel(&dest_clean, &parents_path(sources, rel))
+        } else {
+            dest_clean.clone()
+        };
+        if meta.is_dir() {
+            let target = if opts.parents {
+                target_base
+            } else {
+                dest_clean.clone()
+            };
+            let dir = w.ensure_dir_path(&target)?;
+            w.copy_children(&path, rel, "", &dir)?;
+        } else if opts.unpack_archives && meta.is_file() && super::archive::is_local_archive(&path)
+        {
+            let dir = w.ensure_dir_path(&dest_clean)?;
+            super::archive::unpack_file(&path, &dir, opts.chown)?;
+        } else {
+            let name = rel.rsplit('/').next().unwrap_or(rel);
+            let target = if opts.parents {
+                target_base
+            } else if dest_is_dir {
+                join_rel(&dest_clean, name)
+            } else {
+                dest_clean.clone()
+            };
+            let (parent_rel, file_name) = match target.rfind('/') {
+                Some(i) => (&target[..i], &target[i + 1..]),
+                None => ("", target.as_str()),
+            };
+            let parent = w.ensure_dir_path(parent_rel)?;
+            w.copy_entry(&path, &meta, &parent.join(file_name))?;
+        }
+    }
+    Ok(())
+}
+
+/// `--parents`: the path kept under the destination, everything after a `/./` pivot in the
+/// source pattern, or the whole relative path.
+fn parents_path(sources: &[String], rel: &str) -> String {
+    for s in sources {
+        if let Some(i) = s.find("/./") {
+            let prefix = clean_rel(&s[..i]);
+            if let Some(rest) = rel.strip_prefix(&format!("{prefix}/")) {
+                return rest.to_string();
+            }
+        }
+    }
+    rel.to_string()
+}
+
+struct Writer<'a> {
+    src: &'a CopySource<'a>,
+    dest_root: &'a Path,
+    opts: &'a CopyOptions,
+    excludes: &'a ExcludeSet,
+    owner_default: (u32, u32),
+}
+
+impl Writer<'_> {
+    /// Makes sure the directory `rel` (relative to the destination root) exists, creating missing
+    /// parents with mode 0755 and the copy's owner, following existing symlinks inside the root.
+    fn ensure_dir_path(&mut self, rel: &str) -> Result<PathBuf> {
+        let mut current = String::new();
+        for comp in rel.split('/').filter(|c| !c.is_empty()) {
+            current = join_rel(&current, comp);
+            let (parent, name) = resolve_parent_in_root(self.dest_root, &current)?;
+            let name = name.ok_or_else(|| anyhow!("empty path component"))?;
+            let path = parent.join(&name);
+            match fs::symlink_metadata(&path) {
+                Ok(m) if m.is_dir() => {}
+                Ok(m) if m.file_type().is_symlink() => {
+                    let resolved = resolve_in_root(self.dest_root, &current)?;
+                    if !resolved.is_dir() {
+                        fs::create_dir_all(&resolved)
+                            .with_context(|| format!("creating /{current} in the image"))?;
+                    }
+                }
+                Ok(_) => bail!("cannot copy into /{current}: it exists and is not a directory"),
+                Err(_) => {
+                    fs::create_dir(&path)
+                        .with_context(|| format!("creating /{current} in the image"))?;
+                    fs::set_permissions(&path, fs::Permissions::from_mode(0o755))?;
+                    let (uid, gid) = self.owner_default;
+                    std::os::unix::fs::lchown(&path, Some(uid), Some(gid))?;
+                }
+            }
+        }
+        resolve_in_root(self.dest_root, rel)
+    }
+
+    /// Copies the children of the source directory `dir` into the existing directory `target`.
+    fn copy_children(
+        &mut self,
+        dir: &Path,
+        rel: &str,
+        in_source: &str,
+        target: &Path,
+    ) -> Result<()> {
+        let mut children: Vec<(std::ffi::OsString, PathBuf)> = fs::read_dir(dir)
+            .with_context(|| format!("listing {}", dir.display()))?
+            .map(|e| e.map(|e| (e.file_name(), e.path())))
+            .collect::<std::io::Result<_>>()
+            .with_context(|| format!("listing {}", dir.display()))?;
+        children.sort();
+        for (name, child) in children {
+            let name_str = name.to_string_lossy();
+            let child_rel = join_rel(rel, &name_str);
+            let child_in_source = join_rel(in_source, &name_str);
+            let meta = fs::symlink_metadata(&child)
+                .with_context(|| format!("reading {}", child.display()))?;
+            let excluded = self.src.filter.is_excluded(&child_rel)
+                || self.excludes.is_excluded(&child_in_source);
+            if excluded
+                && (!meta.is_dir()
+                    || self.src.filter.can_prune_dir(&child_rel) && self.excludes.is_empty())
+            {
+                continue;
+            }
+            let dest = target.join(&name);
+            if meta.is_dir() {
+                let dest_dir = self.ensure_child_dir(&dest, &meta, excluded)?;
+                self.copy_children(&child, &child_rel, &child_in_source, &dest_dir)?;
+                if !excluded {
+                    self.set_times(&dest_dir, &meta)?;
+                }
+            } else if !excluded {
+                self.copy_entry(&child, &meta, &dest)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// A directory inside a copied tree: kept when it exists (a symlink to a directory is
+    /// followed inside the root), created with the source's metadata otherwise.
+    fn ensure_child_dir(
+        &mut self,
+        dest: &Path,
+        meta: &fs::Metadata,
+        excluded: bool,
+    ) -> Result<PathBuf> {
+        match fs::symlink_metadata(dest) {
+            Ok(m) if m.is_dir() => Ok(dest.to_path_buf()),
+            Ok(m) if m.file_type().is_symlink() => {
+                let rel = dest
+                    .strip_prefix(self.dest_root)
+                    .map_err(|_| anyhow!("destination outside the root"))?;
+                let resolved = resolve_in_root(self.dest_root, &rel.to_string_lossy())?;
+                if resolved.is_dir() {
+                    Ok(resolved)
+                } else {
+                    fs::remove_file(dest)?;
+                    self.make_dir(dest, meta, excluded)
+                }
+            }
+            Ok(_) => {
+                fs::remove_file(dest).with_context(|| format!("replacing {}", dest.display()))?;
+                self.make_dir(dest, meta, excluded)
+            }
+            Err(_) => self.make_dir(dest, meta, excluded),
+        }
+    }
+
+    fn make_dir(&mut self, dest: &Path, meta: &fs::Metadata, excluded: bool) -> Result<PathBuf> {
+        fs::create_dir(dest).with_context(|| format!("creating {}", dest.display()))?;
+        let mode = if excluded {
+            0o755
+        } else {
+            self.opts.chmod.unwrap_or(meta.mode() & 0o7777)
+        };
+        self.set_owner(dest, meta)?;
+        fs::set_permissions(dest, fs::Permissions::from_mode(mode))?;
+        Ok(dest.to_path_buf())
+    }
+
+    fn owner_for(&self, meta: &fs::Metadata) -> (u32, u32) {
+        match self.opts.chown {
+            Some(o) => o,
+            None if self.src.from_context => (0, 0),
+            None => (meta.uid(), meta.gid()),
+        }
+    }
+
+    fn set_owner(&self, path: &Path, meta: &fs::Metadata) -> Result<()> {
+        let (uid, gid) = self.owner_for(meta);
+        std::os::unix::fs::lchown(path, Some(uid), Some(gid))
+            .with_context(|| format!("chown {}", path.display()))
+    }
+
+    fn set_times(&self, path: &Path, meta: &fs::Metadata) -> Result<()> {
+        let ts = nix::sys::time::TimeSpec::new(meta.mtime(), meta.mtime_nsec());
+        nix::sys::stat::utimensat(
+            None,
+            path,
+            &ts,
+            &ts,
+            nix::sys::stat::UtimensatFlags::NoFollowSymlink,
+        )
+        .with_context(|| format!("setting times of {}", path.display()))
+    }
+
+    /// Copies one non-directory entry (file, symlink, device, fifo) to `dest`, replacing what is
+    /// there unless it is a directory. The destination itself is never followed.
+    fn copy_entry(&mut self, src: &Path, meta: &fs::Metadata, dest: &Path) -> Result<()> {
+        if meta.is_dir() {
+            let dir = self.ensure_child_dir(dest, meta, false)?;
+            let rel = src
+                .strip_prefix(self.src.root)
+                .map(|p| p.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            self.copy_children(src, &rel, "", &dir)?;
+            return self.set_times(&dir, meta);
+        }
+        match fs::symlink_metadata(dest) {
+            Ok(m) if m.is_dir() => bail!(
+                "cannot replace directory {} with a file",
+                display_in_root(self.dest_root, dest)
+            ),
+            Ok(_) => {
+                fs::remove_file(dest).with_context(|| format!("replacing {}", dest.display()))?
+            }
+            Err(_) => {}
+        }
+        let ft = meta.file_type();
+        if ft.is_file() {
+            let mut input =
+                fs::File::open(src).with_context(|| format!("reading {}", src.display()))?;
+            let mut output = fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .custom_flags_nofollow()
+                .open(dest)
+                .with_context(|| format!("writing {}", display_in_root(self.dest_root, dest)))?;
+            std::io::copy(&mut input, &mut output)
+                .with_context(|| format!("copying {}", src.display()))?;
+        } else if ft.is_symlink() {
+            let target = fs::read_link(src)?;
+            std::os::unix::fs::symlink(&target, dest)
+                .with_context(|| format!("creating link {}", dest.display()))?;
+        } else if ft.is_char_device() || ft.is_block_device() || ft.is_fifo() {
+            let kind = if ft.is_char_device() {
+                nix::sys::stat::SFlag::S_IFCHR
+            } else if ft.is_block_device() {
+                nix::sys::stat::SFlag::S_IFBLK
+            } else {
+                nix::sys::stat::SFlag::S_IFIFO
+            };
+            nix::sys::stat::mknod(
+                dest,
+                kind,
+                nix::sys::stat::Mode::from_bits_truncate(meta.mode() & 0o7777),
+                meta.rdev(),
+            )
+            .with_context(|| format!("creating {}", dest.display()))?;
+        } else {
+            return Ok(()); // sockets are not copied
+        }
+        self.set_owner(dest, meta)?;
+        if !ft.is_symlink() {
+            let mode = self.opts.chmod.unwrap_or(meta.mode() & 0o7777);
+            fs::set_permissions(dest, fs::Permissions::from_mode(mode))?;
+        }
+        self.set_times(dest, meta)
+    }
+}
+
+trait NoFollow {
+    fn custom_flags_nofollow(&mut self) -> &mut Self;
+}
+
+impl NoFollow for fs::OpenOptions {
+    fn custom_flags_nofollow(&mut self) -> &mut Self {
+        use std::os::unix::fs::OpenOptionsExt;
+        self.custom_flags(libc::O_NOFOLLOW)
+    }
+}
+
+fn display_in_root(root: &Path, path: &Path) -> String {
+    match path.strip_prefix(root) {
+        Ok(rel) => format!("/{}", rel.display()),
+        Err(_) => path.display().to_string(),
+    }
+}
+
+/// `mkdir -p` of an absolute image path inside `root` (WORKDIR): symlinks resolved inside the
+/// root, created directories 0755 and owned by `owner` (root when `None`).
+pub fn mkdir_in_root(root: &Path, path: &str, owner: Option<(u32, u32)>) -> Result<()> {
+    let src = CopySource {
+        root,
+        filter: &super::context::NoFilter,
+        from_context: true,
+    };
+    let opts = CopyOptions {
+        chown: owner,
+        ..Default::default()
+    };
+    let excludes = ExcludeSet::new(&[])?;
+    let mut w = Writer {
+        src: &src,
+        dest_root: root,
+        opts: &opts,
+        excludes: &excludes,
+        owner_default: owner.unwrap_or((0, 0)),
+    };
+    w.ensure_dir_path(&clean_rel(path))?;
+    Ok(())
+}
+
+/// Writes a file at an absolute image path inside `root` (here-documents, downloads), creating
+/// parents, replacing what is there (never following a symlink at the destination).
+pub fn write_file_in_root(
+    root: &Path,
+    path: &str,
+    data: &[u8],
+    mode: u32,
+    owner: (u32, u32),
+) -> Result<()> {
+    let rel = clean_rel(path);
+    let (parent_rel, name) = match rel.rfind('/') {
+        Some(i) => (&rel[..i], &rel[i + 1..]),
+        None => ("", rel.as_str()),
+    };
+    if name.is_empty() {
+        bail!("cannot write a file at {path}");
+    }
+    let src = CopySource {
+        root,
+        filter: &super::context::NoFilter,
+        from_context: true,
+    };
+    let opts = CopyOptions {
+        chown: Some(owner),
+        ..Default::default()
+    };
+    let excludes = ExcludeSet::new(&[])?;
+    let mut w = Writer {
+        src: &src,
+        dest_root: root,
+        opts: &opts,
+        excludes: &excludes,
+        owner_default: owner,
+    };
+    let parent = w.ensure_dir_path(parent_rel)?;
+    let dest = parent.join(name);
+    match fs::symlink_metadata(&dest) {
+        Ok(m) if m.is_dir() => bail!("cannot replace directory {path} with a file"),
+        Ok(_) => fs::remove_file(&dest)?,
+        Err(_) => {}
+    }
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .custom_flags_nofollow()
+        .open(&dest)
+        .with_context(|| format!("writing {path}"))?;
+    std::io::Write::write_all(&mut f, data)?;
+    std::os::unix::fs::lchown(&dest, Some(owner.0), Some(owner.1))?;
+    fs::set_permissions(&dest, fs::Permissions::from_mode(mode))?;
+    Ok(())
+}
+
+/// Resolves a `--chown` value (`user`, `uid`, `user:group`, `uid:gid`) through the image's
+/// /etc/passwd and /etc/group. A user without a group uses the same number as the gid, as docker
+/// documents.
+pub fn resolve_chown(image_root: &Path, spec: &str) -> Result<(u32, u32)> {
+    let (user, group) = match spec.split_once(':') {
+        Some((u, g)) => (u, Some(g)),
+        None => (spec, None),
+    };
+    let uid = match user.parse::<u32>() {
+        Ok(n) => n,
+        Err(_) => lookup_id(image_root, "etc/passwd", user).with_context(|| {
+            format!("--chown={spec}: unknown user {user:?} in the image's /etc/passwd")
+        })?,
+    };
+    let gid = match group {
+        None => uid,
+        Some(g) => match g.parse::<u32>() {
+            Ok(n) => n,
+            Err(_) => lookup_id(image_root, "etc/group", g).with_context(|| {
+                format!("--chown={spec}: unknown group {g:?} in the image's /etc/group")
+            })?,
+        },
+    };
+    Ok((uid, gid))
+}
+
+/// Finds `name` in a passwd- or group-format file of the image and returns its third field.
+fn lookup_id(image_root: &Path, file: &str, name: &str) -> Result<u32> {
+    let path = resolve_in_root(image_root, file)?;
+    let text = fs::read_to_string(&path).with_context(|| format!("reading /{file}"))?;
+    for line in text.lines() {
+        let fields: Vec<&str> = line.split(':').collect();
+        if fields.len() >= 3 && fields[0] == name {
+            return fields[2]
+                .parse()
+                .with_context(|| format!("/{file}: bad id for {name}"));
+        }
+    }
+    bail!("not found")
+}
+
+/// Parses `--chmod` (octal only, as BuildKit accepts without the labs syntax).
+pub fn parse_chmod(s: &str) -> Result<u32> {
+    let mode = u32::from_str_radix(s, 8)
+        .map_err(|_| anyhow!("--chmod={s}: expected an octal mode such as 755"))?;
+    if mode > 0o7777 {
+        bail!("--chmod={s}: mode out of range");
+    }
+    Ok(mode)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::build::context::NoFilter;
+    use std::os::unix::fs::symlink;
+
+    struct Fixture {
+        _dir: tempfile::TempDir,
+        ctx: PathBuf,
+        img: PathBuf,
+    }
+
+    fn fixture() -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let ctx = dir.path().join("ctx");
+        let img = dir.path().join("img");
+        for d in ["src/sub", "docs"] {
+            fs::create_dir_all(ctx.join(d)).unwrap();
+        }
+        fs::write(ctx.join("src/a.js"), "a").unwrap();
+        fs::write(ctx.join("src/b.txt"), "b").unwrap();
+        fs::write(ctx.join("src/sub/c.js"), "c").unwrap();
+        fs::write(ctx.join("docs/readme"), "r").unwrap();
+        fs::write(ctx.join("top"), "t").unwrap();
+        fs::create_dir_all(img.join("etc")).unwrap();
+        fs::write(
+            img.join("etc/passwd"),
+            "root:x:0:0::/root:/bin/sh\napp:x:1000:1000::/home/app:/bin/sh\n",
+        )
+        .unwrap();
+        fs::write(img.join("etc/group"), "root:x:0:\nstaff:x:50:\n").unwrap();
+        Fixture {
+            _dir: dir,
+            ctx,
+            img,
+        }
+    }
+
+    fn run(f: &Fixture, sources: &[&str], dest: &str, opts: CopyOptions) -> Result<()> {
+        let src = CopySource {
+            root: &f.ctx,
+            filter: &NoFilter,
+            from_context: true,
+        };
+        let sources: Vec<String> = sources.iter().map(|s| s.to_string()).collect();
+        copy(&src, &sources, &f.img, dest, &opts)
+    }
+
+    #[test]
+    fn directory_sources_copy_their_contents() {
+        let f = fixture();
+        run(&f, &["src"], "/app", CopyOptions::default()).unwrap();
+        assert_eq!(fs::read(f.img.join("app/a.js")).unwrap(), b"a");
+        assert_eq!(fs::read(f.img.join("app/sub/c.js")).unwrap(), b"c");
+        assert!(!f.img.join("app/src").exists());
+    }
+
+    #[test]
+    fn file_to_file_and_file_into_dir() {
+        let f = fixture();
+        run(&f, &["top"], "/renamed", CopyOptions::default()).unwrap();
+        assert_eq!(fs::read(f.img.join("renamed")).unwrap(), b"t");
+        run(&f, &["top"], "/dir/", CopyOptions::default()).unwrap();
+        assert_eq!(fs::read(f.img.join("dir/top")).unwrap(), b"t");
+        run(
+            &f,
+            &["top", "docs/readme"],
+            "/multi",
+            CopyOptions::default(),
+        )
+        .unwrap();
+        assert!(f.img.join("multi/top").is_file() && f.img.join("multi/readme").is_file());
+    }
+
+    #[test]
+    fn globs_and_excludes() {
+        let f = fixture();
+        run(&f, &["src/*.js"], "/g/", CopyOptions::default()).unwrap();
+        assert!(f.img.join("g/a.js").exists());
+        assert!(!f.img.join("g/b.txt").exists());
+        let opts = CopyOptions {
+            excludes: vec!["*.txt".into()],
+            ..Default::default()
+        };
+        run(&f, &["src"], "/e", opts).unwrap();
+        assert!(f.img.join("e/a.js").exists() && f.img.join("e/sub/c.js").exists());
+        assert!(!f.img.join("e/b.txt").exists());
+        // A pattern that matches nothing is fine; a missing literal source is not.
+        run(&f, &["nothing*"], "/n/", CopyOptions::default()).unwrap();
+        let err = run(&f, &["missing.txt"], "/n/", CopyOptions::default()).unwrap_err();
+        assert!(
+            err.to_string().contains("\"/missing.txt\": not found"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn sources_cannot_leave_the_context() {
+        let f = fixture();
+        fs::write(f.ctx.parent().unwrap().join("outside"), "secret").unwrap();
+        assert!(run(&f, &["../outside"], "/x", CopyOptions::default()).is_err());
+        symlink("../outside", f.ctx.join("link")).unwrap();
+        assert!(run(&f, &["link"], "/x", CopyOptions::default()).is_err());
+    }
+
+    #[test]
+    fn destination_symlinks_stay_in_the_root() {
+        let f = fixture();
+        let outside = f.img.parent().unwrap().join("host-dir");
+        fs::create_dir_all(&outside).unwrap();
+        symlink(&outside, f.img.join("evil")).unwrap();
+        run(&f, &["top"], "/evil/", CopyOptions::default()).unwrap();
+        assert!(
+            !outside.join("top").exists(),
+            "followed a symlink out of the root"
+        );
+        assert!(f
+            .img
+            .join(outside.strip_prefix("/").unwrap())
+            .join("top")
+            .exists());
+        // A file at the destination that is a symlink is replaced, not written through.
+        let victim = f.img.parent().unwrap().join("victim");
+        fs::write(&victim, "keep").unwrap();
+        symlink(&victim, f.img.join("link-file")).unwrap();
+        run(&f, &["top"], "/link-file", CopyOptions::default()).unwrap();
+        assert_eq!(fs::read(&victim).unwrap(), b"keep");
+        assert_eq!(fs::read(f.img.join("link-file")).unwrap(), b"t");
+    }
+
+    #[test]
+    fn chown_by_name_and_chmod() {
+        let f = fixture();
+        let owner = resolve_chown(&f.img, "app:staff").unwrap();
+        assert_eq!(owner, (1000, 50));
+        assert_eq!(resolve_chown(&f.img, "app").unwrap(), (1000, 1000));
+        assert_eq!(resolve_chown(&f.img, "7:8").unwrap(), (7, 8));
+        assert!(resolve_chown(&f.img, "nobody").is_err());
+        let opts = CopyOptions {
+            chown: Some(owner),
+            chmod: Some(parse_chmod("640").unwrap()),
+            ..Default::default()
+        };
+        run(&f, &["top"], "/new/parent/file", opts).unwrap();
+        let meta = fs::metadata(f.img.join("new/parent/file")).unwrap();
+        assert_eq!(
+            (meta.uid(), meta.gid(), meta.mode() & 0o777),
+            (1000, 50, 0o640)
+        );
+        let parent = fs::metadata(f.img.join("new/parent")).unwrap();
+        assert_eq!((parent.uid(), parent.mode() & 0o777), (1000, 0o755));
+        assert!(parse_chmod("u+x").is_err());
+    }
+
+    #[test]
+    fn parents_keep_the_source_path() {
+        let f = fixture();
+        let opts = CopyOptions {
+            parents: true,
+            ..Default::default()
+        };
+        run(&f, &["src/*.js", "docs/readme"], "/p/", opts.clone()).unwrap();
+        assert!(f.img.join("p/src/a.js").exists() && f.img.join("p/docs/readme").exists());
+        run(&f, &["src/./sub/c.js"], "/q/", opts).unwrap();
+        assert!(f.img.join("q/sub/c.js").exists());
+    }
+
+    #[test]
+    fn add_unpacks_local_archives() {
+        let f = fixture();
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_gnu();
+        h.set_size(5);
+        h.set_mode(0o600);
+        h.set_uid(33);
+        h.set_gid(33);
+        h.set_mtime(0);
+        h.set_cksum();
+        b.append_data(&mut h, "inner/file", &b"hello"[..]).unwrap();
+        let data = b.into_inner().unwrap();
+        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        std::io::Write::write_all(&mut enc, &data).unwrap();
+        fs::write(f.ctx.join("a.tgz"), enc.finish().unwrap()).unwrap();
+        let opts = CopyOptions {
+            unpack_archives: true,
+            ..Default::default()
+        };
+        run(&f, &["a.tgz"], "/x", opts).unwrap();
+        let meta = fs::metadata(f.img.join("x/inner/file")).unwrap();
+        assert_eq!((meta.uid(), meta.mode() & 0o777), (33, 0o600));
+        // COPY does not unpack.
+        run(&f, &["a.tgz"], "/y/", CopyOptions::default()).unwrap();
+        assert!(f.img.join("y/a.tgz").is_file());
+    }
+}

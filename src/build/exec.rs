@@ -1,0 +1,515 @@
+//! Executing one filesystem step: an overlay snapshot over the parent's layers (unpacked once per
+//! layer and shared), the operation (RUN in the sandbox, COPY/ADD as file operations, WORKDIR's
+//! mkdir), then the snapshot's changes become a layer blob in the store. A step that changed
+//! nothing produces no layer.
+
+use std::collections::VecDeque;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, bail, Context, Result};
+
+use super::cache::LayerRef;
+use super::copy::{self, CopySource};
+use super::solver::{CopyOp, ExecRequest, Network, Op, RunMount, RunOp, SecretSource, SourceTree};
+use crate::snapshot::{ActiveSnapshot, PrepareOptions, Snapshotter};
+use crate::store::Store;
+
+/// Layers written by builds are compressed with this (the store's parallel gzip).
+const LAYER_COMPRESSION: crate::oci::compress::Compression =
+    crate::oci::compress::Compression::Gzip;
+
+/// How many lines of a failing RUN's output the error repeats.
+const ERROR_TAIL: usize = 8;
+
+pub fn execute(store: &Store, req: ExecRequest) -> Result<Option<LayerRef>> {
+    let snapshotter = Snapshotter::new(store.root())?;
+    let snap = mount_layers(store, &snapshotter, &req.parent)?;
+    match &req.op {
+        Op::Run(run) => run_step(store, &snapshotter, &snap, run, &req)?,
+        Op::Copy(c) => copy_step(store, &snapshotter, &snap, c, &req)?,
+        Op::Mkdir { path, user } => mkdir_step(&snap.merged(), path, user.as_deref())?,
+    }
+    let changes = snap.changes()?;
+    if changes.is_empty() {
+        snap.release()?;
+        return Ok(None);
+    }
+    let opts = crate::oci::layer::WriteOptions {
+        source_date_epoch: req.source_date_epoch,
+    };
+    let merged = snap.merged();
+    let stored = crate::oci::layer::store_layer(store, LAYER_COMPRESSION, |w| {
+        crate::oci::layer::write_layer(&merged, &changes, w, &opts)
+    })
+    .context("writing the step's layer")?;
+    reuse_upper_as_layer(&snapshotter, &snap, &stored.diff_id, req.source_date_epoch.is_none());
+    snap.release()?;
+    let layer = LayerRef {
+        digest: stored.descriptor.digest().to_string(),
+        diff_id: stored.diff_id,
+        size: stored.descriptor.size(),
+        media_type: stored.descriptor.media_type().to_string(),
+    };
+    // Keep the layer while the build cache refers to it, whatever image GC decides.
+    store.pin_blob("build-cache", &layer.digest)?;
+    Ok(Some(layer))
+}
+
+/// The upperdir of a finished step already is the new layer in overlay form (whiteouts as 0:0
+/// devices, opaque directories marked), so it becomes the layer's unpacked directory instead of
+/// unpacking the blob again when a later step needs it. Not with SOURCE_DATE_EPOCH, where the blob's
+/// mtimes are clamped and the upperdir's are not. Best effort: on any failure the blob is
+/// unpacked later as usual.
+fn reuse_upper_as_layer(snapshotter: &Snapshotter, snap: &ActiveSnapshot, diff_id: &str, enabled: bool) {
+    if !enabled {
+        return;
+    }
+    let hex = diff_id.strip_prefix("sha256:").unwrap_or(diff_id);
+    if hex.is_empty() || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return;
+    }
+    let dir = snapshotter.layers_dir().join(hex);
+    if dir.exists() {
+        return;
+    }
+    // Renaming within the snapshots filesystem; the overlay keeps working until it is unmounted.
+    let _ = std::fs::rename(snap.upper(), &dir);
+}
+
+/// Unpacks a layer blob once under `snapshots/layers/<diffid hex>` (overlay-style whiteouts), for
+/// use as a lowerdir. Concurrent builds race benignly: each unpacks to a temp name and renames.
+pub fn ensure_unpacked(
+    store: &Store,
+    snapshotter: &Snapshotter,
+    layer: &LayerRef,
+) -> Result<PathBuf> {
+    let hex = layer
+        .diff_id
+        .strip_prefix("sha256:")
+        .unwrap_or(&layer.diff_id);
+    if hex.is_empty() || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        bail!("layer {}: malformed DiffID {}", layer.digest, layer.diff_id);
+    }
+    let dir = snapshotter.layers_dir().join(hex);
+    if dir.is_dir() {
+        return Ok(dir);
+    }
+    let tmp = tempfile::Builder::new()
+        .prefix(".unpack-")
+        .tempdir_in(snapshotter.layers_dir())
+        .context("creating a directory to unpack a layer")?;
+    let blob = store.open_blob(&layer.digest)?;
+    let applied = crate::oci::layer::apply_layer(
+        BufReader::new(blob),
+        tmp.path(),
+        crate::oci::layer::ApplyMode::Overlay,
+    )
+    .with_context(|| format!("unpacking layer {}", layer.digest))?;
+    if applied.diff_id != layer.diff_id {
+        bail!(
+            "layer {}: content has DiffID {}, expected {}",
+            layer.digest,
+            applied.diff_id,
+            layer.diff_id
+        );
+    }
+    let kept = tmp.keep();
+    if std::fs::rename(&kept, &dir).is_err() {
+        // Another process won the race; its copy is identical.
+        let _ = std::fs::remove_dir_all(&kept);
+        if !dir.is_dir() {
+            bail!("could not place unpacked layer at {}", dir.display());
+        }
+    }
+    Ok(dir)
+}
+
+fn mount_layers(
+    store: &Store,
+    snapshotter: &Snapshotter,
+    layers: &[LayerRef],
+) -> Result<ActiveSnapshot> {
+    let lowers = layers
+        .iter()
+        .map(|l| ensure_unpacked(store, snapshotter, l))
+        .collect::<Result<Vec<_>>>()?;
+    snapshotter.prepare(&lowers, &PrepareOptions { volatile: true })
+}
+
+fn mkdir_step(root: &Path, path: &str, user: Option<&str>) -> Result<()> {
+    let owner = match user {
+        Some(u) => Some(resolve_user(root, u)?),
+        None => None,
+    };
+    copy::mkdir_in_root(root, path, owner)
+}
+
+/// A USER value (`name`, `uid`, `name:group`, `uid:gid`) as numbers, through the image's files.
+/// Unlike `--chown`, a user without a group takes the user's primary group.
+fn resolve_user(root: &Path, user: &str) -> Result<(u32, u32)> {
+    let (u, g) = match user.split_once(':') {
+        Some((u, g)) => (u, Some(g)),
+        None => (user, None),
+    };
+    let passwd = super::fsutil::resolve_in_root(root, "etc/passwd")
+        .ok()
+        .and_then(|p| std::fs::read_to_string(p).ok())
+        .unwrap_or_default();
+    let entry = passwd
+        .lines()
+        .map(|l| l.split(':').collect::<Vec<_>>())
+        .find(|f| f.len() >= 4 && (f[0] == u || f[2] == u));
+    let uid = match u.parse::<u32>() {
+        Ok(n) => n,
+        Err(_) => entry
+            .as_ref()
+            .and_then(|f| f[2].parse().ok())
+            .ok_or_else(|| anyhow!("user {u:?} is not in the image's /etc/passwd"))?,
+    };
+    let gid = match g {
+        Some(g) => copy::resolve_chown(root, &format!("{uid}:{g}"))?.1,
+        None => entry.as_ref().and_then(|f| f[3].parse().ok()).unwrap_or(0),
+    };
+    Ok((uid, gid))
+}
+
+/// A read-only view of a stage's or image's filesystem, for COPY --from and bind mounts.
+fn source_view(
+    store: &Store,
+    snapshotter: &Snapshotter,
+    tree: &SourceTree,
+) -> Result<Option<ActiveSnapshot>> {
+    match tree {
+        SourceTree::Context => Ok(None),
+        SourceTree::Layers(layers) => Ok(Some(mount_layers(store, snapshotter, layers)?)),
+    }
+}
+
+fn copy_step(
+    store: &Store,
+    snapshotter: &Snapshotter,
+    snap: &ActiveSnapshot,
+    c: &CopyOp,
+    req: &ExecRequest,
+) -> Result<()> {
+    let dest_root = snap.merged();
+    let view = source_view(store, snapshotter, &c.from)?;
+    let filter = req.context.filter();
+    let no_filter = super::context::NoFilter;
+    let view_root = view.as_ref().map(|v| v.merged());
+    let src = match &view_root {
+        None => CopySource {
+            root: req.context.root(),
+            filter: filter.as_ref(),
+            from_context: true,
+        },
+        Some(root) => CopySource {
+            root,
+            filter: &no_filter,
+            from_context: false,
+        },
+    };
+    let mut options = c.options.clone();
+    if let Some(spec) = &c.chown {
+        options.chown = Some(copy::resolve_chown(&dest_root, spec)?);
+    }
+    if !c.sources.is_empty() {
+        copy::copy(&src, &c.sources, &dest_root, &c.dest, &options)?;
+    }
+    let dest_is_dir =
+        c.dest.ends_with('/') || c.heredocs.len() + c.urls.len() + c.sources.len() > 1;
+    for (name, content) in &c.heredocs {
+        let target = if dest_is_dir {
+            format!("{}/{}", c.dest.trim_end_matches('/'), name)
+        } else {
+            c.dest.clone()
+        };
+        copy::write_file_in_root(
+            &dest_root,
+            &target,
+            content.as_bytes(),
+            options.chmod.unwrap_or(0o644),
+            options.chown.unwrap_or((0, 0)),
+        )?;
+    }
+    for (url, checksum) in &c.urls {
+        let data = super::fetch::fetch(url, checksum.as_deref())?;
+        let name = super::fetch::file_name(url);
+        let target = if dest_is_dir || c.dest.ends_with('/') {
+            format!("{}/{}", c.dest.trim_end_matches('/'), name)
+        } else {
+            c.dest.clone()
+        };
+        copy::write_file_in_root(
+            &dest_root,
+            &target,
+            &data,
+            options.chmod.unwrap_or(0o600),
+            options.chown.unwrap_or((0, 0)),
+        )?;
+    }
+    if let Some(v) = view {
+        v.release()?;
+    }
+    Ok(())
+}
+
+/// Keeps what a RUN mounted that is not part of the layer alive until the command ends.
+struct MountGuards {
+    views: Vec<ActiveSnapshot>,
+    _temps: Vec<tempfile::TempDir>,
+    _locks: Vec<std::fs::File>,
+}
+
+fn run_step(
+    store: &Store,
+    snapshotter: &Snapshotter,
+    snap: &ActiveSnapshot,
+    run: &RunOp,
+    req: &ExecRequest,
+) -> Result<()> {
+    let mut spec = crate::sandbox::ExecSpec::new(snap.merged(), run.argv.clone());
+    spec.env = run.env.clone();
+    spec.cwd = PathBuf::from(&run.cwd);
+    spec.user = run.user.clone().unwrap_or_default();
+    spec.hostname = "buildkitsandbox".into();
+    spec.network = match run.network {
+        Network::Host => crate::sandbox::Network::Host,
+        Network::None => crate::sandbox::Network::None,
+    };
+    spec.stdin = crate::sandbox::Stdio::Null;
+    spec.stdout = crate::sandbox::Stdio::Piped;
+    spec.stderr = crate::sandbox::Stdio::Piped;
+    let mut guards = MountGuards {
+        views: Vec::new(),
+        _temps: Vec::new(),
+        _locks: Vec::new(),
+    };
+    for m in &run.mounts {
+        add_mount(store, snapshotter, &mut spec, &mut guards, m, req)?;
+    }
+    let mut running =
+        crate::sandbox::spawn(&spec).with_context(|| format!("starting {}", run.display))?;
+    let tail = std::sync::Arc::new(std::sync::Mutex::new(VecDeque::new()));
+    let readers: Vec<_> = [running.stdout.take(), running.stderr.take()]
+        .into_iter()
+        .flatten()
+        .map(|f| {
+            let progress = req.progress.clone();
+            let tail = tail.clone();
+            let step = req.step;
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(f);
+                let mut line = Vec::new();
+                while reader
+                    .read_until(b'\n', &mut line)
+                    .map(|n| n > 0)
+                    .unwrap_or(false)
+                {
+                    let text = String::from_utf8_lossy(&line)
+                        .trim_end_matches(['\n', '\r'])
+                        .to_string();
+                    progress.log(step, &text);
+                    let mut t = tail.lock().unwrap_or_else(|e| e.into_inner());
+                    t.push_back(text);
+                    if t.len() > ERROR_TAIL {
+                        t.pop_front();
+                    }
+                    line.clear();
+                }
+            })
+        })
+        .collect();
+    let exit = running.wait();
+    for r in readers {
+        let _ = r.join();
+    }
+    for v in guards.views.drain(..) {
+        let _ = v.release();
+    }
+    let exit = exit?;
+    if !exit.success() {
+        let tail = tail.lock().unwrap_or_else(|e| e.into_inner());
+        let mut msg = format!(
+            "process \"{}\" did not complete successfully: exit code: {}",
+            run.display, exit.code
+        );
+        if exit.oom_killed {
+            msg.push_str(" (killed: out of memory)");
+        }
+        if !tail.is_empty() {
+            msg.push_str("\nlast output:");
+            for l in tail.iter() {
+                msg.push_str("\n  ");
+                msg.push_str(l);
+            }
+        }
+        bail!(msg);
+    }
+    Ok(())
+}
+
+fn add_mount(
+    store: &Store,
+    snapshotter: &Snapshotter,
+    spec: &mut crate::sandbox::ExecSpec,
+    guards: &mut MountGuards,
+    m: &RunMount,
+    req: &ExecRequest,
+) -> Result<()> {
+    use crate::sandbox::{Mount, MountKind};
+    match m {
+        RunMount::Bind {
+            target,
+            source,
+            from,
+            rw,
+        } => {
+            let rel = super::fsutil::clean_rel(source);
+            let base = match from {
+                None | Some(SourceTree::Context) => req.context.root().to_path_buf(),
+                Some(tree) => {
+                    let view =
+                        source_view(store, snapshotter, tree)?.ok_or_else(|| anyhow!("no view"))?;
+                    let p = view.merged();
+                    guards.views.push(view);
+                    p
+                }
+            };
+            let mut host = super::fsutil::resolve_in_root(&base, &rel)?;
+            if !host.exists() {
+                bail!("--mount source {source:?}: not found");
+            }
+            if *rw {
+                // Writes to a rw bind are discarded: give the command a scratch copy.
+                let tmp = tempfile::Builder::new()
+                    .prefix("bind-rw.")
+                    .tempdir_in(store.tmp_dir())?;
+                let status = std::process::Command::new("cp")
+                    .arg("-a")
+                    .arg(&host)
+                    .arg(tmp.path().join("src"))
+                    .status()?;
+                if !status.success() {
+                    bail!("copying the rw bind source {source:?}");
+                }
+                host = tmp.path().join("src");
+                guards._temps.push(tmp);
+            }
+            spec.mounts.push(Mount {
+                target: PathBuf::from(target),
+                kind: MountKind::Bind {
+                    source: host,
+                    readonly: !rw,
+                },
+            });
+        }
+        RunMount::Cache {
+            target,
+            id,
+            sharing,
+            mode,
+            uid,
+            gid,
+        } => {
+            let dir = store
+                .root()
+                .join("build-cache-mounts")
+                .join(super::fsutil::clean_rel(&hex::encode(sha256(
+                    id.as_bytes(),
+                ))));
+            if !dir.exists() {
+                std::fs::create_dir_all(&dir)
+                    .with_context(|| format!("creating cache mount {id}"))?;
+                std::os::unix::fs::chown(&dir, Some(*uid), Some(*gid))?;
+                std::fs::set_permissions(
+                    &dir,
+                    std::os::unix::fs::PermissionsExt::from_mode(*mode),
+                )?;
+            }
+            if sharing == "locked" {
+                let lock = std::fs::File::create(dir.with_extension("lock"))?;
+                // SAFETY: flock on a descriptor we own; blocks until the other user releases it.
+                unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&lock), libc::LOCK_EX) };
+                guards._locks.push(lock);
+            }
+            spec.mounts.push(Mount {
+                target: PathBuf::from(target),
+                kind: MountKind::Bind {
+                    source: dir,
+                    readonly: false,
+                },
+            });
+        }
+        RunMount::Tmpfs { target, size } => {
+            spec.mounts.push(Mount {
+                target: PathBuf::from(target),
+                kind: MountKind::Tmpfs {
+                    size_bytes: *size,
+                    mode: 0o1777,
+                },
+            });
+        }
+        RunMount::Secret {
+            id,
+            target,
+            env,
+            required,
+            mode,
+            uid,
+            gid,
+        } => {
+            let value = match req.secrets.get(id) {
+                Some(SecretSource::File(p)) => Some(
+                    std::fs::read(p)
+                        .with_context(|| format!("reading secret {id} from {}", p.display()))?,
+                ),
+                Some(SecretSource::Env(var)) => Some(
+                    std::env::var(var)
+                        .map_err(|_| anyhow!("secret {id}: environment variable {var} is not set"))?
+                        .into_bytes(),
+                ),
+                None if *required => {
+                    bail!("secret {id:?} is required but was not given (--secret id={id},src=PATH)")
+                }
+                None => None,
+            };
+            let Some(value) = value else { return Ok(()) };
+            if let Some(var) = env {
+                let text = String::from_utf8(value.clone()).map_err(|_| {
+                    anyhow!("secret {id}: not UTF-8, cannot be an environment variable")
+                })?;
+                spec.env.push(format!("{var}={text}"));
+            }
+            if let Some(target) = target {
+                // The secret lives in a private temp dir outside the rootfs, bound read-only:
+                // it never lands in the upperdir, so never in a layer.
+                let tmp = tempfile::Builder::new()
+                    .prefix("secret.")
+                    .tempdir_in(store.tmp_dir())?;
+                let file = tmp.path().join("secret");
+                std::fs::write(&file, &value)?;
+                std::os::unix::fs::chown(&file, Some(*uid), Some(*gid))?;
+                std::fs::set_permissions(
+                    &file,
+                    std::os::unix::fs::PermissionsExt::from_mode(*mode),
+                )?;
+                spec.mounts.push(Mount {
+                    target: PathBuf::from(target),
+                    kind: MountKind::Bind {
+                        source: file,
+                        readonly: true,
+                    },
+                });
+                guards._temps.push(tmp);
+            }
+        }
+    }
+    Ok(())
+}
+
+fn sha256(data: &[u8]) -> [u8; 32] {
+    use sha2::Digest;
+    sha2::Sha256::digest(data).into()
+}

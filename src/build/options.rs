@@ -1,0 +1,268 @@
+//! `kiln build`'s options, parsed from docker's flag syntax: `--build-arg K[=V]`,
+//! `--secret id=ID,src=PATH|env=VAR`, `--output type=...,dest=...`, `--label K=V`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+
+use anyhow::{anyhow, bail, Result};
+
+use super::solver::{Network, SecretSource};
+
+/// Layer compression for archive outputs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutputCompression {
+    Gzip,
+    Zstd,
+    None,
+}
+
+/// Where the result goes (`--output`); the default is the image in kiln's store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Output {
+    /// The image in the store, under the `-t` names (and `name=` of the output).
+    Image { names: Vec<String> },
+    /// An OCI image layout tarball.
+    Oci {
+        dest: PathBuf,
+        compression: OutputCompression,
+    },
+    /// A `docker load` tarball.
+    Docker {
+        dest: PathBuf,
+        compression: OutputCompression,
+    },
+    /// The final filesystem as a tarball.
+    Tar { dest: PathBuf },
+    /// The final filesystem written into a directory.
+    Local { dest: PathBuf },
+}
+
+#[derive(Debug, Clone)]
+pub struct BuildOptions {
+    pub context: String,
+    pub dockerfile: Option<String>,
+    pub tags: Vec<String>,
+    pub build_args: BTreeMap<String, String>,
+    pub target: Option<String>,
+    pub no_cache: bool,
+    pub no_cache_filter: Vec<String>,
+    pub pull: bool,
+    pub network: Network,
+    pub labels: BTreeMap<String, String>,
+    pub secrets: HashMap<String, SecretSource>,
+    pub progress: super::progress::Mode,
+    pub explain: bool,
+    pub iidfile: Option<PathBuf>,
+    pub outputs: Vec<Output>,
+    pub quiet: bool,
+    pub max_parallelism: usize,
+}
+
+/// `--build-arg K=V`, or `K` alone to take the value from the environment (skipped when unset).
+pub fn parse_build_args(values: &[String]) -> Result<BTreeMap<String, String>> {
+    let mut out = BTreeMap::new();
+    for v in values {
+        match v.split_once('=') {
+            Some((k, val)) if !k.is_empty() => {
+                out.insert(k.to_string(), val.to_string());
+            }
+            Some(_) => bail!("--build-arg {v:?}: expected KEY=VALUE"),
+            None => {
+                if let Ok(val) = std::env::var(v) {
+                    out.insert(v.clone(), val);
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+pub fn parse_labels(values: &[String]) -> Result<BTreeMap<String, String>> {
+    let mut out = BTreeMap::new();
+    for v in values {
+        let (k, val) = v.split_once('=').unwrap_or((v.as_str(), ""));
+        if k.is_empty() {
+            bail!("--label {v:?}: expected KEY=VALUE");
+        }
+        out.insert(k.to_string(), val.to_string());
+    }
+    Ok(out)
+}
+
+fn kv_list(spec: &str, flag: &str) -> Result<Vec<(String, String)>> {
+    spec.split(',')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            p.split_once('=')
+                .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.to_string()))
+                .ok_or_else(|| anyhow!("{flag} {spec:?}: {p:?} is not KEY=VALUE"))
+        })
+        .collect()
+}
+
+/// `--secret id=ID[,src=PATH|,env=VAR][,type=file|env]`; with neither src nor env, the
+/// environment variable named like the id is used when set, else a file of that name.
+pub fn parse_secret(spec: &str) -> Result<(String, SecretSource)> {
+    let mut id = None;
+    let mut src = None;
+    let mut env = None;
+    let mut kind = None;
+    for (k, v) in kv_list(spec, "--secret")? {
+        match k.as_str() {
+            "id" => id = Some(v),
+            "src" | "source" => src = Some(v),
+            "env" => env = Some(v),
+            "type" => kind = Some(v),
+            other => {
+                bail!("--secret {spec:?}: unknown key {other:?} (expected id, src, env or type)")
+            }
+        }
+    }
+    let id = id.ok_or_else(|| anyhow!("--secret {spec:?}: id= is required"))?;
+    let source = match (src, env, kind.as_deref()) {
+        (Some(p), None, None | Some("file")) => SecretSource::File(PathBuf::from(p)),
+        (None, Some(e), None | Some("env")) => SecretSource::Env(e),
+        (Some(p), None, Some("env")) => SecretSource::Env(p),
+        (None, None, Some("env")) => SecretSource::Env(id.clone()),
+        (None, None, Some("file")) => SecretSource::File(PathBuf::from(&id)),
+        (None, None, None) => {
+            if std::env::var_os(&id).is_some() {
+                SecretSource::Env(id.clone())
+            } else {
+                SecretSource::File(PathBuf::from(&id))
+            }
+        }
+        _ => bail!("--secret {spec:?}: give either src= or env="),
+    };
+    if let SecretSource::File(p) = &source {
+        if !p.is_file() {
+            bail!("--secret {spec:?}: {} is not a readable file", p.display());
+        }
+    }
+    Ok((id, source))
+}
+
+/// `--output type=oci|docker|tar|local|image[,dest=PATH][,compression=...][,name=...]`, or a bare
+/// path (docker's shorthand for `type=local,dest=PATH`; `-` means a tar on stdout).
+pub fn parse_output(spec: &str, tags: &[String]) -> Result<Output> {
+    if !spec.contains('=') {
+        return Ok(if spec == "-" {
+            Output::Tar {
+                dest: PathBuf::from("-"),
+            }
+        } else {
+            Output::Local {
+                dest: PathBuf::from(spec),
+            }
+        });
+    }
+    let pairs = kv_list(spec, "--output")?;
+    let get = |k: &str| {
+        pairs
+            .iter()
+            .rev()
+            .find(|(key, _)| key == k)
+            .map(|(_, v)| v.clone())
+    };
+    for (k, _) in &pairs {
+        if !matches!(
+            k.as_str(),
+            "type"
+                | "dest"
+                | "compression"
+                | "name"
+                | "push"
+                | "oci-mediatypes"
+                | "force-compression"
+        ) {
+            bail!("--output {spec:?}: unknown key {k:?}");
+        }
+    }
+    let compression = match get("compression").as_deref() {
+        None | Some("gzip") => OutputCompression::Gzip,
+        Some("zstd") => OutputCompression::Zstd,
+        Some("none") | Some("uncompressed") => OutputCompression::None,
+        Some(other) => bail!("--output compression={other}: expected gzip, zstd or none"),
+    };
+    let dest = || -> Result<PathBuf> {
+        get("dest")
+            .map(PathBuf::from)
+            .ok_or_else(|| anyhow!("--output {spec:?}: dest= is required for this type"))
+    };
+    let kind = get("type").ok_or_else(|| anyhow!("--output {spec:?}: type= is required"))?;
+    Ok(match kind.as_str() {
+        "image" | "registry" => {
+            if get("push").as_deref() == Some("true") || kind == "registry" {
+                bail!("--output {spec:?}: pushing from a build is not supported; use kiln push");
+            }
+            let mut names: Vec<String> = tags.to_vec();
+            if let Some(n) = get("name") {
+                names.extend(n.split(',').map(str::to_string));
+            }
+            Output::Image { names }
+        }
+        "oci" => Output::Oci {
+            dest: dest()?,
+            compression,
+        },
+        "docker" => Output::Docker {
+            dest: dest()?,
+            compression,
+        },
+        "tar" => Output::Tar { dest: dest()? },
+        "local" => Output::Local { dest: dest()? },
+        other => bail!("--output type={other}: expected image, oci, docker, tar or local"),
+    })
+}
+
+pub fn parse_network(s: &str) -> Result<Network> {
+    match s {
+        "host" | "default" => Ok(Network::Host),
+        "none" => Ok(Network::None),
+        other => {
+            bail!("--network={other}: expected host or none (kiln builds never create bridges)")
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outputs() {
+        let tags = vec!["a:1".to_string()];
+        assert_eq!(
+            parse_output("type=oci,dest=/x.tar,compression=zstd", &tags).unwrap(),
+            Output::Oci {
+                dest: "/x.tar".into(),
+                compression: OutputCompression::Zstd
+            }
+        );
+        assert_eq!(
+            parse_output("out", &tags).unwrap(),
+            Output::Local { dest: "out".into() }
+        );
+        assert_eq!(
+            parse_output("type=image,name=b", &tags).unwrap(),
+            Output::Image {
+                names: vec!["a:1".into(), "b".into()]
+            }
+        );
+        assert!(parse_output("type=oci", &tags).is_err());
+        assert!(parse_output("type=weird,dest=x", &tags).is_err());
+    }
+
+    #[test]
+    fn build_args_and_secrets() {
+        let args = parse_build_args(&["A=1".into(), "B=".into()]).unwrap();
+        assert_eq!(args["A"], "1");
+        assert_eq!(args["B"], "");
+        assert!(parse_build_args(&["=x".into()]).is_err());
+        let (id, src) = parse_secret("id=tok,env=HOME").unwrap();
+        assert_eq!(id, "tok");
+        assert!(matches!(src, SecretSource::Env(v) if v == "HOME"));
+        assert!(parse_secret("id=x,src=/nonexistent/file").is_err());
+        assert!(parse_secret("src=/etc/hostname").is_err());
+    }
+}

@@ -1,0 +1,118 @@
+//! kiln's registry settings: `/etc/kiln/config.toml`, or the file named by `KILN_CONFIG`.
+//!
+//! ```toml
+//! registry-mirrors = ["https://mirror.example.com", "http://127.0.0.1:5000"]
+//! insecure-registries = ["registry.lan:5000"]
+//! ```
+//! Mirrors serve docker.io only and are tried in order before Docker Hub, as dockerd does.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use serde::Deserialize;
+
+pub const DEFAULT_CONFIG: &str = "/etc/kiln/config.toml";
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct RegistryConfig {
+    #[serde(default)]
+    pub registry_mirrors: Vec<String>,
+    #[serde(default)]
+    pub insecure_registries: Vec<String>,
+}
+
+impl RegistryConfig {
+    /// Reads the config file; a missing file is an empty config, a malformed one an error.
+    pub fn load() -> Result<RegistryConfig> {
+        let path = std::env::var_os("KILN_CONFIG")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG));
+        let text = match std::fs::read_to_string(&path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Self::default()),
+            Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+        };
+        toml::from_str(&text).with_context(|| {
+            format!(
+                "{}: invalid kiln config (expected registry-mirrors = [..], insecure-registries = [..])",
+                path.display()
+            )
+        })
+    }
+
+    /// The base URL (`scheme://host[:port]`) for a registry host: plain HTTP for loopback and
+    /// configured insecure registries, HTTPS otherwise.
+    pub fn base_url(&self, host: &str) -> String {
+        let scheme = if self.is_insecure(host) {
+            "http"
+        } else {
+            "https"
+        };
+        format!("{scheme}://{host}")
+    }
+
+    pub fn is_insecure(&self, host: &str) -> bool {
+        is_loopback(host)
+            || self.insecure_registries.iter().any(|h| {
+                let h = h.trim_start_matches("http://").trim_end_matches('/');
+                h == host || h == strip_port(host)
+            })
+    }
+
+    /// Mirror base URLs for docker.io, in the order to try them.
+    pub fn mirror_urls(&self) -> Vec<String> {
+        self.registry_mirrors
+            .iter()
+            .map(|m| {
+                let m = m.trim_end_matches('/');
+                if m.starts_with("http://") || m.starts_with("https://") {
+                    m.to_string()
+                } else {
+                    self.base_url(m)
+                }
+            })
+            .collect()
+    }
+}
+
+fn strip_port(host: &str) -> &str {
+    if let Some(rest) = host.strip_prefix('[') {
+        return rest.split(']').next().unwrap_or(rest);
+    }
+    match host.rsplit_once(':') {
+        Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h,
+        _ => host,
+    }
+}
+
+/// `localhost`, 127.0.0.0/8 and ::1, with or without a port.
+pub fn is_loopback(host: &str) -> bool {
+    let h = strip_port(host);
+    h == "localhost" || h.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_http_only_for_loopback_and_insecure() {
+        let cfg: RegistryConfig = toml::from_str(
+            "registry-mirrors = [\"127.0.0.1:5000\", \"https://m.example/\"]\ninsecure-registries = [\"lan:5000\"]",
+        )
+        .unwrap();
+        assert_eq!(cfg.base_url("127.0.0.7:99"), "http://127.0.0.7:99");
+        assert_eq!(cfg.base_url("localhost"), "http://localhost");
+        assert_eq!(cfg.base_url("[::1]:5000"), "http://[::1]:5000");
+        assert_eq!(cfg.base_url("lan:5000"), "http://lan:5000");
+        assert_eq!(cfg.base_url("lan:6000"), "https://lan:6000");
+        assert_eq!(cfg.base_url("ghcr.io"), "https://ghcr.io");
+        assert_eq!(
+            cfg.mirror_urls(),
+            ["http://127.0.0.1:5000", "https://m.example"]
+        );
+        assert!(toml::from_str::<RegistryConfig>("mirrors = []").is_err());
+    }
+}

@@ -1,0 +1,217 @@
+//! Outputs and reproducibility: `--output` types, `--iidfile`, SOURCE_DATE_EPOCH, ONBUILD
+//! triggers, secrets that never reach the image.
+mod build_support;
+mod common;
+
+use build_support::*;
+
+const DOCKERFILE: &str = "FROM busybox:latest\nRUN echo hello > /hello.txt\nCOPY app.js /app/\nCMD [\"cat\", \"/hello.txt\"]\n";
+
+#[test]
+fn local_tar_oci_docker_outputs_and_iidfile() {
+    let root = root_with_busybox();
+    let ctx = context(&[("Dockerfile", DOCKERFILE), ("app.js", "1\n")]);
+    let c = ctx.path().to_str().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let o = |n: &str| out.path().join(n).display().to_string();
+    let local = format!("type=local,dest={}", o("local"));
+    let tar = format!("type=tar,dest={}", o("fs.tar"));
+    let oci = format!("type=oci,dest={}", o("oci.tar"));
+    let docker = format!("type=docker,dest={}", o("docker.tar"));
+    let iid = o("iid");
+    build_ok(
+        root.path(),
+        &[
+            "-t",
+            "out:1",
+            "-o",
+            "type=image",
+            "-o",
+            &local,
+            "-o",
+            &tar,
+            "-o",
+            &oci,
+            "-o",
+            &docker,
+            "--iidfile",
+            &iid,
+            c,
+        ],
+    );
+    assert_eq!(
+        std::fs::read_to_string(out.path().join("local/hello.txt")).unwrap(),
+        "hello\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(out.path().join("local/app/app.js")).unwrap(),
+        "1\n"
+    );
+    let listing = std::process::Command::new("tar")
+        .arg("-tf")
+        .arg(o("fs.tar"))
+        .output()
+        .unwrap();
+    let listing = String::from_utf8_lossy(&listing.stdout);
+    assert!(
+        listing
+            .lines()
+            .any(|l| l.trim_start_matches("./") == "hello.txt"),
+        "{listing}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&iid).unwrap(),
+        image_id(root.path(), "out:1")
+    );
+    for (kind, file) in [("oci-archive", "oci.tar"), ("docker-archive", "docker.tar")] {
+        let r = std::process::Command::new("skopeo")
+            .args(["inspect", "--raw"])
+            .arg(format!("{kind}:{}", o(file)))
+            .output();
+        let r = match r {
+            Ok(r) => r,
+            Err(_) => {
+                eprintln!("skopeo not installed; skipping the {kind} check");
+                continue;
+            }
+        };
+        assert!(
+            r.status.success(),
+            "skopeo inspect {kind}: {}",
+            String::from_utf8_lossy(&r.stderr)
+        );
+    }
+}
+
+#[test]
+fn source_date_epoch_builds_are_reproducible_across_roots() {
+    let ctx = context(&[("Dockerfile", DOCKERFILE), ("app.js", "1\n")]);
+    let c = ctx.path().to_str().unwrap();
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        let root = root_with_busybox();
+        build_ok(
+            root.path(),
+            &["-t", "r", "--build-arg", "SOURCE_DATE_EPOCH=1700000000", c],
+        );
+        let cfg = config_of(root.path(), "r");
+        assert_eq!(cfg["created"], "2023-11-14T22:13:20Z");
+        ids.push(image_id(root.path(), "r"));
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+    }
+    assert_eq!(ids[0], ids[1]);
+}
+
+#[test]
+fn onbuild_triggers_run_in_the_child() {
+    let root = root_with_busybox();
+    let base = context(&[(
+        "Dockerfile",
+        "FROM busybox:latest\nONBUILD RUN echo triggered > /onbuild.txt\n",
+    )]);
+    build_ok(
+        root.path(),
+        &["-t", "with-trigger", base.path().to_str().unwrap()],
+    );
+    let child = context(&[(
+        "Dockerfile",
+        "FROM with-trigger\nRUN cat /onbuild.txt > /seen.txt\n",
+    )]);
+    build_ok(
+        root.path(),
+        &["-t", "child", child.path().to_str().unwrap()],
+    );
+    let fs = rootfs_of(root.path(), "child");
+    assert_eq!(
+        std::fs::read_to_string(fs.path().join("seen.txt")).unwrap(),
+        "triggered\n"
+    );
+    assert!(config_of(root.path(), "child")["config"]["OnBuild"].is_null());
+}
+
+#[test]
+fn secrets_never_reach_the_image_or_the_store() {
+    let root = root_with_busybox();
+    let secret_dir = tempfile::tempdir().unwrap();
+    let secret = secret_dir.path().join("tok");
+    std::fs::write(&secret, "kiln-very-secret-value").unwrap();
+    let ctx = context(&[(
+        "Dockerfile",
+        "FROM busybox:latest\nRUN --mount=type=secret,id=tok wc -c < /run/secrets/tok > /len\nRUN --mount=type=secret,id=tok,env=TOK test ${#TOK} -eq 22 && touch /ok\n",
+    )]);
+    let spec = format!("id=tok,src={}", secret.display());
+    build_ok(
+        root.path(),
+        &["-t", "s", "--secret", &spec, ctx.path().to_str().unwrap()],
+    );
+    let fs = rootfs_of(root.path(), "s");
+    assert!(fs.path().join("ok").exists());
+    assert_eq!(
+        std::fs::read_to_string(fs.path().join("len"))
+            .unwrap()
+            .trim(),
+        "22"
+    );
+    assert!(fs
+        .path()
+        .join("run/secrets/tok")
+        .symlink_metadata()
+        .is_err());
+    // Not in any blob (layers are gzip: check the flattened tree too) nor in the database.
+    let grep = std::process::Command::new("grep")
+        .args(["-r", "-a", "-l", "kiln-very-secret-value"])
+        .arg(root.path())
+        .arg(fs.path())
+        .output()
+        .unwrap();
+    assert!(
+        grep.stdout.is_empty(),
+        "secret found in: {}",
+        String::from_utf8_lossy(&grep.stdout)
+    );
+}
+
+#[test]
+fn context_from_a_tarball_and_dockerfile_from_stdin() {
+    let root = root_with_busybox();
+    let ctx = context(&[("Dockerfile", DOCKERFILE), ("app.js", "from-tar\n")]);
+    let tarball = tempfile::NamedTempFile::new().unwrap();
+    let st = std::process::Command::new("tar")
+        .arg("-czf")
+        .arg(tarball.path())
+        .arg("-C")
+        .arg(ctx.path())
+        .arg(".")
+        .status()
+        .unwrap();
+    assert!(st.success());
+    build_ok(root.path(), &["-t", "t", tarball.path().to_str().unwrap()]);
+    let fs = rootfs_of(root.path(), "t");
+    assert_eq!(
+        std::fs::read_to_string(fs.path().join("app/app.js")).unwrap(),
+        "from-tar\n"
+    );
+
+    let mut child = std::process::Command::new(common::kiln_bin())
+        .arg("--root")
+        .arg(root.path())
+        .args(["build", "-q", "-t", "stdin", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"FROM busybox:latest\nRUN echo piped > /p.txt\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let fs = rootfs_of(root.path(), "stdin");
+    assert_eq!(
+        std::fs::read_to_string(fs.path().join("p.txt")).unwrap(),
+        "piped\n"
+    );
+}
