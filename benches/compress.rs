@@ -24,12 +24,21 @@ fn data_tar() -> PathBuf {
     let tree = dir.join("seq-tree");
     let _ = fs::remove_dir_all(&tree);
     fs::create_dir_all(&tree).unwrap();
-    let seq = Command::new("seq").args(["1", "1500000"]).output().unwrap().stdout;
+    let seq = Command::new("seq")
+        .args(["1", "1500000"])
+        .output()
+        .unwrap()
+        .stdout;
     for i in 0..40 {
         fs::write(tree.join(format!("seq-{i:02}.txt")), &seq).unwrap();
     }
     let tmp = dir.join("seq-layer.tar.tmp");
-    sh(Command::new("tar").arg("-C").arg(&tree).arg("-cf").arg(&tmp).arg("."));
+    sh(Command::new("tar")
+        .arg("-C")
+        .arg(&tree)
+        .arg("-cf")
+        .arg(&tmp)
+        .arg("."));
     fs::rename(&tmp, &tar).unwrap();
     fs::remove_dir_all(&tree).unwrap();
     tar
@@ -51,7 +60,10 @@ fn main() {
     let kiln = Path::new(env!("CARGO_BIN_EXE_kiln"));
     let tar = data_tar();
     let size = fs::metadata(&tar).unwrap().len() as f64 / 1e6;
-    let root = tempfile::Builder::new().prefix("kiln-bench.").tempdir().unwrap();
+    let root = tempfile::Builder::new()
+        .prefix("kiln-bench.")
+        .tempdir()
+        .unwrap();
     sh(Command::new(kiln)
         .arg("--root")
         .arg(root.path())
@@ -65,20 +77,31 @@ fn main() {
     let mut gzip_best = f64::MAX;
     for _ in 0..runs {
         let mut save = Command::new(kiln);
-        save.arg("--root")
-            .arg(root.path())
-            .args(["save", "-q", "--format", "oci", "-o", "-", "bench/seq:latest"]);
+        save.arg("--root").arg(root.path()).args([
+            "save",
+            "-q",
+            "--format",
+            "oci",
+            "-o",
+            "-",
+            "bench/seq:latest",
+        ]);
         kiln_best = kiln_best.min(time("kiln save", save));
         let mut gzip = Command::new("gzip");
         gzip.args(["-6", "-c"]).arg(&tar);
         gzip_best = gzip_best.min(time("gzip -6", gzip));
     }
-    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
     println!("layer: {size:.0} MB uncompressed tar ({})", tar.display());
     println!(
         "kiln save --format oci (gzip, {cores} cores): {kiln_best:.2}s ({:.0} MB/s)",
         size / kiln_best
     );
-    println!("gzip -6 -c (single thread):       {gzip_best:.2}s ({:.0} MB/s)", size / gzip_best);
+    println!(
+        "gzip -6 -c (single thread):       {gzip_best:.2}s ({:.0} MB/s)",
+        size / gzip_best
+    );
     println!("speed-up: {:.2}x (best of {runs})", gzip_best / kiln_best);
 }

@@ -34,7 +34,9 @@ fn main() {
     let lower = common::busybox_rootfs();
     let opts = PrepareOptions { volatile: true };
 
-    let snap = snapshotter.prepare(std::slice::from_ref(&lower), &opts).unwrap();
+    let snap = snapshotter
+        .prepare(std::slice::from_ref(&lower), &opts)
+        .unwrap();
     let spec = ExecSpec::new(snap.merged(), ["/bin/true"]);
     for _ in 0..10 {
         sandbox::run(&spec).unwrap();
@@ -51,7 +53,9 @@ fn main() {
     let mut cycle = Vec::with_capacity(runs);
     for _ in 0..runs {
         let t = Instant::now();
-        let snap = snapshotter.prepare(std::slice::from_ref(&lower), &opts).unwrap();
+        let snap = snapshotter
+            .prepare(std::slice::from_ref(&lower), &opts)
+            .unwrap();
         let exit = sandbox::run(&ExecSpec::new(snap.merged(), ["/bin/true"])).unwrap();
         snap.release().unwrap();
         cycle.push(t.elapsed());

@@ -6,7 +6,10 @@ use kiln::sandbox::{self, ExecSpec, Resources, Stdio};
 use kiln::snapshot::{PrepareOptions, Snapshotter};
 
 fn mount_count() -> usize {
-    std::fs::read_to_string("/proc/self/mountinfo").unwrap().lines().count()
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .count()
 }
 
 /// Processes whose parent is this test process, and processes named like the sandbox init.
@@ -58,9 +61,15 @@ fn two_hundred_executions_leave_nothing_behind() {
     let (_, inits_before) = our_processes();
     for i in 0..200 {
         let snap = snapshotter
-            .prepare(std::slice::from_ref(&lower), &PrepareOptions { volatile: true })
+            .prepare(
+                std::slice::from_ref(&lower),
+                &PrepareOptions { volatile: true },
+            )
             .unwrap();
-        let mut spec = ExecSpec::new(snap.merged(), ["/bin/sh", "-c", "echo $0 > /tmp/out; sleep 0 & true"]);
+        let mut spec = ExecSpec::new(
+            snap.merged(),
+            ["/bin/sh", "-c", "echo $0 > /tmp/out; sleep 0 & true"],
+        );
         spec.stdout = Stdio::Null;
         if i % 2 == 0 {
             spec.resources = Resources {
@@ -81,10 +90,17 @@ fn two_hundred_executions_leave_nothing_behind() {
     let (children, inits) = our_processes();
     assert_eq!(children, 0, "no child processes left");
     assert_eq!(inits, inits_before, "no sandbox inits left");
-    assert!(our_cgroups().is_empty(), "no cgroups left: {:?}", our_cgroups());
+    assert!(
+        our_cgroups().is_empty(),
+        "no cgroups left: {:?}",
+        our_cgroups()
+    );
     let active: Vec<_> = std::fs::read_dir(root.path().join("snapshots/active"))
         .unwrap()
         .collect();
     assert!(active.is_empty(), "no snapshot directories left");
-    assert!(!lower.join("tmp/out").exists(), "the lower layer is untouched");
+    assert!(
+        !lower.join("tmp/out").exists(),
+        "the lower layer is untouched"
+    );
 }

@@ -10,7 +10,10 @@ fn busybox_snapshot() -> (tempfile::TempDir, ActiveSnapshot) {
     let root = common::temp_root();
     let snap = Snapshotter::new(root.path())
         .unwrap()
-        .prepare(&[common::busybox_rootfs()], &PrepareOptions { volatile: true })
+        .prepare(
+            &[common::busybox_rootfs()],
+            &PrepareOptions { volatile: true },
+        )
         .unwrap();
     (root, snap)
 }
@@ -60,7 +63,9 @@ fn cgroup_dir(pid: i32, controller: &str) -> String {
                 .lines()
                 .find_map(|l| {
                     let f: Vec<&str> = l.splitn(3, ':').collect();
-                    f[1].split(',').any(|c| c == controller).then(|| f[2].to_string())
+                    f[1].split(',')
+                        .any(|c| c == controller)
+                        .then(|| f[2].to_string())
                 })
                 .unwrap();
             format!("/sys/fs/cgroup/{controller}{path}")

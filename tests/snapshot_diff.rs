@@ -16,14 +16,22 @@ use kiln::sandbox::{self, ExecSpec};
 use kiln::snapshot::{diff, ActiveSnapshot, PrepareOptions, Snapshotter};
 
 fn cp_a(from: &Path, to: &Path) {
-    let st = Command::new("cp").arg("-a").arg(from).arg(to).status().unwrap();
+    let st = Command::new("cp")
+        .arg("-a")
+        .arg(from)
+        .arg(to)
+        .status()
+        .unwrap();
     assert!(st.success());
 }
 
 fn mknod_whiteout(p: &Path) {
     let c = CString::new(p.as_os_str().as_bytes()).unwrap();
     // SAFETY: mknod with a valid path.
-    assert_eq!(unsafe { libc::mknod(c.as_ptr(), libc::S_IFCHR | 0o000, 0) }, 0);
+    assert_eq!(
+        unsafe { libc::mknod(c.as_ptr(), libc::S_IFCHR | 0o000, 0) },
+        0
+    );
 }
 
 struct Layers {
@@ -39,7 +47,17 @@ impl Layers {
         cp_a(&common::busybox_rootfs(), &l1);
         let data = l1.join("data");
         std::fs::create_dir_all(data.join("dir/sub")).unwrap();
-        for f in ["file1", "file2", "file3", "file4", "file5", "samemode", "gone", "dir/a", "dir/sub/b"] {
+        for f in [
+            "file1",
+            "file2",
+            "file3",
+            "file4",
+            "file5",
+            "samemode",
+            "gone",
+            "dir/a",
+            "dir/sub/b",
+        ] {
             std::fs::write(data.join(f), format!("content of {f}\n")).unwrap();
             std::fs::set_permissions(data.join(f), std::fs::Permissions::from_mode(0o644)).unwrap();
         }
@@ -59,7 +77,10 @@ impl Layers {
     fn flattened(&self, to: &Path) {
         cp_a(&self.dir.path().join("l1"), to);
         std::fs::remove_file(to.join("data/gone")).unwrap();
-        cp_a(&self.dir.path().join("l2/data/layer2.txt"), &to.join("data/layer2.txt"));
+        cp_a(
+            &self.dir.path().join("l2/data/layer2.txt"),
+            &to.join("data/layer2.txt"),
+        );
     }
 }
 
@@ -195,7 +216,15 @@ fn tree_diff_sees_type_changes_symlinks_and_xattrs() {
     let target = CString::new(new.join("xattr").as_os_str().as_bytes()).unwrap();
     // SAFETY: lsetxattr with valid C strings and a value buffer.
     assert_eq!(
-        unsafe { libc::lsetxattr(target.as_ptr(), c"user.k".as_ptr(), b"v".as_ptr().cast(), 1, 0) },
+        unsafe {
+            libc::lsetxattr(
+                target.as_ptr(),
+                c"user.k".as_ptr(),
+                b"v".as_ptr().cast(),
+                1,
+                0,
+            )
+        },
         0
     );
     assert_eq!(
@@ -263,7 +292,10 @@ fn applying_the_changes_on_the_lower_view_reproduces_the_container_view() {
     let root = common::temp_root();
     let snap = prepare(&layers, root.path());
     run_script(&snap);
-    for changes in [snap.changes().unwrap(), snap.changes_by_tree_compare().unwrap()] {
+    for changes in [
+        snap.changes().unwrap(),
+        snap.changes_by_tree_compare().unwrap(),
+    ] {
         let out = tempfile::tempdir().unwrap();
         let applied = out.path().join("applied");
         layers.flattened(&applied);

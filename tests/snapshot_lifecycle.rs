@@ -35,7 +35,10 @@ fn many_layers_with_long_paths_mount_past_the_option_page_limit() {
         lowers.push(layers.path().join(format!("{long}-layer-{i:03}")));
     }
     let total: usize = lowers.iter().map(|l| l.as_os_str().len() + 1).sum();
-    assert!(total > 4096, "the lowerdir option alone exceeds a page: {total}");
+    assert!(
+        total > 4096,
+        "the lowerdir option alone exceeds a page: {total}"
+    );
     let snap = Snapshotter::new(root.path())
         .unwrap()
         .prepare(&lowers, &PrepareOptions::default())
@@ -46,7 +49,11 @@ fn many_layers_with_long_paths_mount_past_the_option_page_limit() {
     ))
     .unwrap();
     assert_eq!(exit.code, 0, "{}", String::from_utf8_lossy(&err));
-    assert_eq!(String::from_utf8_lossy(&out), "149\n150\n", "the last layer is on top");
+    assert_eq!(
+        String::from_utf8_lossy(&out),
+        "149\n150\n",
+        "the last layer is on top"
+    );
     let merged = snap.merged();
     snap.release().unwrap();
     assert!(!merged.exists());
@@ -90,7 +97,10 @@ fn helper_hold_a_snapshot_and_a_sandbox() {
     };
     let snap = Snapshotter::new(Path::new(&root))
         .unwrap()
-        .prepare(&[common::busybox_rootfs()], &PrepareOptions { volatile: true })
+        .prepare(
+            &[common::busybox_rootfs()],
+            &PrepareOptions { volatile: true },
+        )
         .unwrap();
     let mut spec = ExecSpec::new(snap.merged(), ["/bin/sleep", "1000"]);
     spec.resources.pids_limit = Some(10);
@@ -102,7 +112,12 @@ fn helper_hold_a_snapshot_and_a_sandbox() {
 /// Starts the helper; returns it and the container init's pid.
 fn start_helper(root: &Path) -> (std::process::Child, i32) {
     let mut child = Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "helper_hold_a_snapshot_and_a_sandbox", "--ignored", "--nocapture"])
+        .args([
+            "--exact",
+            "helper_hold_a_snapshot_and_a_sandbox",
+            "--ignored",
+            "--nocapture",
+        ])
         .env("KILN_TEST_HELPER_ROOT", root)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -150,13 +165,18 @@ fn sigkill_leftovers_are_recovered_at_the_next_start() {
     child.kill().unwrap(); // SIGKILL: no cleanup code runs
     child.wait().unwrap();
     assert!(wait_gone(init), "the container died with kiln (PDEATHSIG)");
-    assert!(mounts_under(root.path()) > 0, "a SIGKILL leaves the overlay mounted");
+    assert!(
+        mounts_under(root.path()) > 0,
+        "a SIGKILL leaves the overlay mounted"
+    );
     assert!(!kiln_cgroups_of(helper_pid).is_empty(), "and its cgroup");
 
     assert_eq!(snapshot::recover(root.path()).unwrap(), 1);
     sandbox::recover();
     assert_eq!(mounts_under(root.path()), 0);
-    let active: Vec<_> = std::fs::read_dir(root.path().join("snapshots/active")).unwrap().collect();
+    let active: Vec<_> = std::fs::read_dir(root.path().join("snapshots/active"))
+        .unwrap()
+        .collect();
     assert!(active.is_empty());
     assert!(kiln_cgroups_of(helper_pid).is_empty());
 }
@@ -170,10 +190,19 @@ fn sigterm_unmounts_and_kills_the_container_before_exiting() {
     // SAFETY: sending SIGTERM to our own child.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     let status = child.wait().unwrap();
-    assert_eq!(std::os::unix::process::ExitStatusExt::signal(&status), Some(libc::SIGTERM));
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&status),
+        Some(libc::SIGTERM)
+    );
     assert!(wait_gone(init));
-    assert_eq!(mounts_under(root.path()), 0, "unmounted by the SIGTERM cleanup");
-    let active: Vec<_> = std::fs::read_dir(root.path().join("snapshots/active")).unwrap().collect();
+    assert_eq!(
+        mounts_under(root.path()),
+        0,
+        "unmounted by the SIGTERM cleanup"
+    );
+    let active: Vec<_> = std::fs::read_dir(root.path().join("snapshots/active"))
+        .unwrap()
+        .collect();
     assert!(active.is_empty());
     assert!(kiln_cgroups_of(helper_pid).is_empty());
 }

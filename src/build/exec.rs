@@ -43,7 +43,12 @@ pub fn execute(store: &Store, req: ExecRequest) -> Result<Option<LayerRef>> {
         crate::oci::layer::write_layer(&merged, &changes, w, &opts)
     })
     .context("writing the step's layer")?;
-    reuse_upper_as_layer(&snapshotter, &snap, &stored.diff_id, req.source_date_epoch.is_none());
+    reuse_upper_as_layer(
+        &snapshotter,
+        &snap,
+        &stored.diff_id,
+        req.source_date_epoch.is_none(),
+    );
     snap.release()?;
     let layer = LayerRef {
         digest: stored.descriptor.digest().to_string(),
@@ -61,7 +66,12 @@ pub fn execute(store: &Store, req: ExecRequest) -> Result<Option<LayerRef>> {
 /// unpacking the blob again when a later step needs it. Not with SOURCE_DATE_EPOCH, where the blob's
 /// mtimes are clamped and the upperdir's are not. Best effort: on any failure the blob is
 /// unpacked later as usual.
-fn reuse_upper_as_layer(snapshotter: &Snapshotter, snap: &ActiveSnapshot, diff_id: &str, enabled: bool) {
+fn reuse_upper_as_layer(
+    snapshotter: &Snapshotter,
+    snap: &ActiveSnapshot,
+    diff_id: &str,
+    enabled: bool,
+) {
     if !enabled {
         return;
     }

@@ -272,7 +272,10 @@ fn prepare_and_start(
         Ok(mut running) => {
             // If kiln is interrupted, the container dies with it and its cgroup goes.
             let init = running.init_pid;
-            let dirs = cgroup.as_ref().map(|c| c.dirs().to_vec()).unwrap_or_default();
+            let dirs = cgroup
+                .as_ref()
+                .map(|c| c.dirs().to_vec())
+                .unwrap_or_default();
             running.cleanup_key = Some(crate::snapshot::cleanup::register(move || {
                 // SAFETY: kill(2) on the init this execution started.
                 unsafe { libc::kill(init, libc::SIGKILL) };
