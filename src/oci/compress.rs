@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use anyhow::{bail, Result};
-use sha2::{Digest as _, Sha256};
+use crate::digest::Sha256;
 
 /// Uncompressed bytes per gzip member.
 const GZIP_CHUNK: usize = 1 << 20;
