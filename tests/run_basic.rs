@@ -144,7 +144,16 @@ fn detached_container_lifecycle() {
     let (code, _, stderr) = out(&kiln(r, &["run", "-d", "--name", "web", "bb", "true"]));
     assert_eq!(code, 125);
     assert!(stderr.contains("already in use"), "{stderr}");
+    // `kiln inspect` (an image command) falls back to containers; rmi refuses a used image.
+    let insp: serde_json::Value =
+        serde_json::from_str(&common::kiln_ok(r, &["inspect", "web"])).unwrap();
+    assert_eq!(insp[0]["Id"], c.id.as_str());
+    assert_eq!(insp[0]["Name"], "/web");
+    let (code, _, stderr) = out(&kiln(r, &["rmi", "bb"]));
+    assert_ne!(code, 0);
+    assert!(stderr.contains(&c.id), "{stderr}");
     common::kiln_ok(r, &["rm", &c.id[..8]]);
+    assert!(common::kiln_ok(r, &["rmi", "bb"]).contains("Untagged"));
     assert_eq!(common::kiln_ok(r, &["ps", "-a", "-q"]), "");
 }
 

@@ -413,10 +413,14 @@ fn cmd_inspect(globals: &Globals, images: &[String]) -> Result<i32> {
         })();
         match result {
             Ok(v) => out.push(v),
-            Err(e) => {
-                super::report_error(&e.context(format!("inspect: {spec}")));
-                code = 1;
-            }
+            // Not an image: maybe a container (the runner's hook, docker's `inspect` does both).
+            Err(e) => match crate::runner::inspect_container(&globals.root, spec) {
+                Some(v) => out.push(v),
+                None => {
+                    super::report_error(&e.context(format!("inspect: {spec}")));
+                    code = 1;
+                }
+            },
         }
     }
     println!("{}", serde_json::to_string_pretty(&out)?);

@@ -601,6 +601,14 @@ pub fn inspect_containers(root: &Path, names: &[String]) -> Result<Option<serde_
     Ok(Some(serde_json::Value::Array(out)))
 }
 
+/// docker-like `inspect` JSON of one container by ID, ID prefix or name; `None` when there is
+/// no such container (or the root cannot be opened). `kiln inspect` falls back to this.
+pub fn inspect_container(root: &Path, spec: &str) -> Option<serde_json::Value> {
+    let store = open_store(root).ok()?;
+    let rec = state::find(&store, spec).ok()?;
+    Some(inspect_json(&store, &rec))
+}
+
 fn rfc3339(ns: i64) -> String {
     if ns == 0 {
         return "0001-01-01T00:00:00Z".into();

@@ -258,8 +258,16 @@ pub fn cgroups_of(pid: i64) -> Vec<PathBuf> {
     out
 }
 
+/// Whether a process exists and is not a zombie (an exited process its new parent, pid 1, has
+/// not reaped yet holds nothing but its pid).
 pub fn process_alive(pid: i64) -> bool {
-    Path::new(&format!("/proc/{pid}")).exists()
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat
+            .rfind(')')
+            .and_then(|i| stat[i + 1..].split_whitespace().next())
+            .is_some_and(|state| state != "Z" && state != "X"),
+        Err(_) => false,
+    }
 }
 
 /// Retries `f` for up to `secs` seconds until it returns Some.
