@@ -203,10 +203,20 @@ impl StoreBackend {
         };
         let mut ctx = crate::registry::RegistryContext::load(self.store.root().to_path_buf())?;
         ctx.quiet = true;
-        let platform = crate::registry::Platform::parse(&format!("linux/{}", super::imageconfig::host_architecture()))?;
-        let policy = if pull { crate::registry::PullPolicy::Always } else { crate::registry::PullPolicy::Missing };
-        let record = crate::registry::ensure_image(&ctx, self.store.as_ref(), &r, policy, &platform)
-            .with_context(|| format!("base image {name}: not in kiln's store, and pulling it failed"))?;
+        let platform = crate::registry::Platform::parse(&format!(
+            "linux/{}",
+            super::imageconfig::host_architecture()
+        ))?;
+        let policy = if pull {
+            crate::registry::PullPolicy::Always
+        } else {
+            crate::registry::PullPolicy::Missing
+        };
+        let record =
+            crate::registry::ensure_image(&ctx, self.store.as_ref(), &r, policy, &platform)
+                .with_context(|| {
+                    format!("base image {name}: not in kiln's store, and pulling it failed")
+                })?;
         Ok(record.manifest_digest)
     }
 }
