@@ -281,3 +281,37 @@ fn extra_mounts_bind_ro_rw_and_tmpfs_and_mount_points_are_removed() {
         fx.snap.changes()
     );
 }
+
+#[test]
+fn tty_makes_the_pty_the_controlling_terminal() {
+    let fx = busybox_snapshot();
+    let pty = nix::pty::openpty(None, None).unwrap();
+    let slave = std::sync::Arc::new(pty.slave);
+    let mut spec = sh(
+        &fx,
+        "[ -t 0 ] && [ -t 1 ] && echo is-a-tty; \
+         [ \"$(cut -d' ' -f6 /proc/$$/stat)\" = \"$$\" ] && echo session-leader",
+    );
+    spec.tty = true;
+    spec.stdin = sandbox::Stdio::Fd(slave.clone());
+    spec.stdout = sandbox::Stdio::Fd(slave.clone());
+    spec.stderr = sandbox::Stdio::Fd(slave.clone());
+    let exit = sandbox::run(&spec).unwrap();
+    // Every copy of the slave must be closed for the master to report the end.
+    drop(spec);
+    drop(slave);
+    let mut master = std::fs::File::from(pty.master);
+    let mut out = Vec::new();
+    // Reading a pty master whose slave is closed ends with EIO once drained.
+    let mut buf = [0u8; 256];
+    while let Ok(n) = std::io::Read::read(&mut master, &mut buf) {
+        if n == 0 {
+            break;
+        }
+        out.extend_from_slice(&buf[..n]);
+    }
+    let out = String::from_utf8_lossy(&out);
+    assert_eq!(exit.code, 0, "{out}");
+    assert!(out.contains("is-a-tty"), "{out}");
+    assert!(out.contains("session-leader"), "{out}");
+}

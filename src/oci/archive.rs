@@ -710,9 +710,8 @@ fn load_docker(
 }
 
 fn verify_diff_id(path: &Path, diff_id: &str) -> Result<()> {
-    use sha2::Digest as _;
     let (_, mut r) = decompress(fs::File::open(path)?)?;
-    let mut hasher = sha2::Sha256::new();
+    let mut hasher = crate::digest::Sha256::new();
     let mut buf = vec![0u8; 256 * 1024];
     loop {
         let n = r.read(&mut buf)?;

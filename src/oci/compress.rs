@@ -13,8 +13,8 @@ use std::sync::mpsc::{self, Receiver, SyncSender};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
+use crate::digest::Sha256;
 use anyhow::{bail, Result};
-use sha2::{Digest as _, Sha256};
 
 /// Uncompressed bytes per gzip member.
 const GZIP_CHUNK: usize = 1 << 20;

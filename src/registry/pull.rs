@@ -4,8 +4,8 @@
 use std::io::{self, Read};
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use crate::digest::Sha256;
 use anyhow::{anyhow, bail, Context, Result};
-use sha2::{Digest as _, Sha256};
 use ureq::http::Method;
 
 use super::client::{error_summary, Body, Client};
