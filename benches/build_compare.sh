@@ -17,7 +17,12 @@ k() { "$KILN" --root "$ROOT" build -q --network host -t "bench/$1" "${@:2}" "$W/
 d() { docker-ref build -q --network=host -t "bench/$1" "${@:2}" "$W/$1"; }
 export -f k d; export KILN ROOT W
 f="$W/bigctx/node_modules/pkg1500/lib/f3.js"
-hf() { hyperfine -N --runs "$RUNS" --export-json /tmp/hf.json "$@" >/dev/null 2>&1 || true; python3 -c 'import json;r=json.load(open("/tmp/hf.json"))["results"];print("  ".join(f"{x[\"command\"][:40]:40s} {x[\"median\"]*1000:8.0f} ms" for x in r))'; }
+hf() { hyperfine -N --runs "$RUNS" --export-json /tmp/hf.json "$@" >/dev/null 2>&1 || true; python3 - <<'P'
+import json
+for x in json.load(open("/tmp/hf.json"))["results"]:
+    print("  %-40s %8.0f ms" % (x["command"][:40], x["median"] * 1000))
+P
+}
 echo "tiny no-op";            k tiny >/dev/null; d tiny >/dev/null; hf "bash -c 'k tiny'" "bash -c 'd tiny'"
 echo "bigctx cold";           hf "bash -c 'k bigctx --no-cache'" "bash -c 'd bigctx --no-cache'"
 echo "bigctx no-op";          hf "bash -c 'k bigctx'" "bash -c 'd bigctx'"

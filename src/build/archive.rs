@@ -43,7 +43,7 @@ pub fn unpack_confined<R: Read>(reader: R, dest: &Path, owner: Option<(u32, u32)
     Ok(())
 }
 
-/// Unpacks a possibly compressed tar file (gzip, zstd; bzip2 and xz when supported) into `dest`.
+/// Unpacks a possibly compressed tar file (gzip, zstd, bzip2, xz) into `dest`.
 pub fn unpack_file(path: &Path, dest: &Path, owner: Option<(u32, u32)>) -> Result<()> {
     let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
     let (reader, _) = crate::build::context::decompressing_reader(file)?;
@@ -140,5 +140,20 @@ mod tests {
         std::fs::create_dir(&out).unwrap();
         unpack_file(&gz, &out, None).unwrap();
         assert_eq!(std::fs::read(out.join("a")).unwrap(), b"x");
+        for (program, ext) in [("xz", "xz"), ("bzip2", "bz2")] {
+            let st = std::process::Command::new(program)
+                .arg("-kf")
+                .arg(&plain)
+                .status();
+            if !st.map(|s| s.success()).unwrap_or(false) {
+                panic!("{program} is needed by this test (Debian package {program})");
+            }
+            let packed = dir.path().join(format!("a.tar.{ext}"));
+            assert!(is_local_archive(&packed), "{program}");
+            let out = dir.path().join(format!("out-{ext}"));
+            std::fs::create_dir(&out).unwrap();
+            unpack_file(&packed, &out, None).unwrap();
+            assert_eq!(std::fs::read(out.join("a")).unwrap(), b"x");
+        }
     }
 }

@@ -3,9 +3,10 @@
 //! and a selection's digest covers its entries in sorted order. Two contexts with the same files
 //! give the same digest; touching a file without changing it does not change it.
 //!
-//! Reading file contents is the expensive part, so content digests are cached per file, keyed by
-//! (path, size, mtime ns, inode, ctime ns): a no-op rebuild stats every file and reads none. Files
-//! that do need reading are hashed on two threads.
+//! Reading file contents is the expensive part, so entry digests are cached per path, keyed by
+//! (path, size, mtime ns, inode, ctime ns): any change to content, mode, owner or xattrs moves
+//! ctime, so a no-op rebuild stats every entry and reads nothing else (no contents, no xattrs).
+//! Files that do need reading are hashed on two threads.
 
 use std::collections::HashMap;
 use std::ffi::CString;
@@ -61,7 +62,7 @@ pub struct FileDigestCache {
     dirty: Mutex<DirtyList>,
 }
 
-const CACHE_SCHEMA: &str = "CREATE TABLE IF NOT EXISTS build_file_digest (
+const CACHE_SCHEMA: &str = "CREATE TABLE IF NOT EXISTS build_entry_digest (
     path BLOB PRIMARY KEY,
     size INTEGER NOT NULL,
     mtime_ns INTEGER NOT NULL,
@@ -80,7 +81,7 @@ impl FileDigestCache {
         let mut hi = dir.as_os_str().as_bytes().to_vec();
         hi.push(b'/' + 1);
         let mut stmt = conn.prepare_cached(
-            "SELECT path, size, mtime_ns, ino, ctime_ns, digest FROM build_file_digest
+            "SELECT path, size, mtime_ns, ino, ctime_ns, digest FROM build_entry_digest
              WHERE path >= ?1 AND path < ?2",
         )?;
         let mut map = HashMap::new();
@@ -115,7 +116,7 @@ impl FileDigestCache {
         let tx = conn.transaction()?;
         {
             let mut stmt = tx.prepare_cached(
-                "INSERT OR REPLACE INTO build_file_digest (path, size, mtime_ns, ino, ctime_ns, digest)
+                "INSERT OR REPLACE INTO build_entry_digest (path, size, mtime_ns, ino, ctime_ns, digest)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             )?;
             for (path, key, digest) in &dirty {
@@ -180,6 +181,8 @@ struct Pending {
     meta: fs::Metadata,
     kind: u8,
     content: Option<[u8; 32]>,
+    /// The whole entry's digest, when the cache had it.
+    digest: Option<[u8; 32]>,
 }
 
 /// Hashes the sources (paths relative to `root`, already expanded from globs) the way a COPY reads
@@ -203,10 +206,25 @@ pub fn hash_selection(root: &Path, sources: &[String], opts: &HashOptions) -> Re
         )?;
     }
     hash_contents(&mut pending, opts.cache)?;
+    let now = now_ns();
     let mut entries = Vec::with_capacity(pending.len());
     let mut total = Sha256::new();
     for p in &pending {
-        let digest = entry_digest(p)?;
+        let digest = match p.digest {
+            Some(d) => d,
+            None => {
+                let d = entry_digest(p)?;
+                if let Some(cache) = opts.cache {
+                    cache.record(
+                        p.path.as_os_str().as_bytes().to_vec(),
+                        StatKey::of(&p.meta),
+                        d,
+                        now,
+                    );
+                }
+                d
+            }
+        };
         total.update(p.rel.as_bytes());
         total.update([0]);
         total.update(digest);
@@ -266,6 +284,7 @@ fn collect(
             meta: meta.clone(),
             kind,
             content: None,
+            digest: None,
         });
     }
     if kind == b'd' {
@@ -300,20 +319,21 @@ fn now_ns() -> i64 {
         .unwrap_or(0)
 }
 
-/// Fills in the content digest of every regular file, from the cache where its stat matches,
-/// else by reading it (on `HASH_THREADS` threads).
+/// Takes each entry's digest from the cache where its stat matches; reads the content of the
+/// regular files that missed (on `HASH_THREADS` threads).
 fn hash_contents(pending: &mut [Pending], cache: Option<&FileDigestCache>) -> Result<()> {
-    let now = now_ns();
     let mut todo: Vec<&mut Pending> = Vec::new();
-    for p in pending.iter_mut().filter(|p| p.kind == b'f') {
+    for p in pending.iter_mut() {
         if let Some(cache) = cache {
             let key = StatKey::of(&p.meta);
             if let Some(d) = cache.lookup(p.path.as_os_str().as_bytes(), key) {
-                p.content = Some(d);
+                p.digest = Some(d);
                 continue;
             }
         }
-        todo.push(p);
+        if p.kind == b'f' {
+            todo.push(p);
+        }
     }
     if todo.is_empty() {
         return Ok(());
@@ -327,16 +347,7 @@ fn hash_contents(pending: &mut [Pending], cache: Option<&FileDigestCache>) -> Re
                 scope.spawn(move || -> Result<()> {
                     let mut buf = vec![0u8; 64 * 1024];
                     for p in slice.iter_mut() {
-                        let d = hash_file(&p.path, &mut buf)?;
-                        if let Some(cache) = cache {
-                            cache.record(
-                                p.path.as_os_str().as_bytes().to_vec(),
-                                StatKey::of(&p.meta),
-                                d,
-                                now,
-                            );
-                        }
-                        p.content = Some(d);
+                        p.content = Some(hash_file(&p.path, &mut buf)?);
                     }
                     Ok(())
                 })

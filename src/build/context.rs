@@ -179,10 +179,11 @@ pub fn archive_kind(head: &[u8]) -> Option<ArchiveKind> {
     None
 }
 
-/// Wraps a reader in the decompressor its first bytes call for.
-pub fn decompressing_reader<'a, R: Read + 'a>(
+/// Wraps a reader in the decompressor its first bytes call for. bzip2 and xz go through the
+/// system's `bzip2` and `xz` programs (Debian's bzip2 and xz-utils).
+pub fn decompressing_reader<R: Read + Send + 'static>(
     reader: R,
-) -> Result<(Box<dyn Read + 'a>, ArchiveKind)> {
+) -> Result<(Box<dyn Read>, ArchiveKind)> {
     let mut reader = BufReader::with_capacity(64 * 1024, reader);
     let head = std::io::BufRead::fill_buf(&mut reader)?.to_vec();
     let kind = archive_kind(&head).unwrap_or(ArchiveKind::Tar);
@@ -190,15 +191,86 @@ pub fn decompressing_reader<'a, R: Read + 'a>(
         ArchiveKind::Tar => Box::new(reader),
         ArchiveKind::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(reader)),
         ArchiveKind::Zstd => Box::new(zstd::stream::read::Decoder::with_buffer(reader)?),
-        ArchiveKind::Bzip2 | ArchiveKind::Xz => {
-            bail!("{kind:?} compressed archives are not supported yet; decompress it first")
-        }
+        ArchiveKind::Bzip2 => Box::new(ExternalDecoder::spawn("bzip2", reader)?),
+        ArchiveKind::Xz => Box::new(ExternalDecoder::spawn("xz", reader)?),
     };
     Ok((boxed, kind))
 }
 
+/// A decompressor run as a child process (`PROGRAM -dc`), fed by a thread.
+struct ExternalDecoder {
+    program: &'static str,
+    child: std::process::Child,
+    stdout: std::process::ChildStdout,
+    feeder: Option<std::thread::JoinHandle<()>>,
+}
+
+impl ExternalDecoder {
+    fn spawn<R: Read + Send + 'static>(
+        program: &'static str,
+        mut input: R,
+    ) -> Result<ExternalDecoder> {
+        let mut child = std::process::Command::new(program)
+            .arg("-dc")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .with_context(|| {
+                format!("running {program} to decompress (install Debian's {program} package)")
+            })?;
+        let mut stdin = child
+            .stdin
+            .take()
+            .ok_or_else(|| anyhow::anyhow!("{program}: no stdin"))?;
+        let stdout = child
+            .stdout
+            .take()
+            .ok_or_else(|| anyhow::anyhow!("{program}: no stdout"))?;
+        let feeder = std::thread::spawn(move || {
+            let _ = std::io::copy(&mut input, &mut stdin);
+        });
+        Ok(ExternalDecoder {
+            program,
+            child,
+            stdout,
+            feeder: Some(feeder),
+        })
+    }
+}
+
+impl Read for ExternalDecoder {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.stdout.read(buf)?;
+        if n == 0 && !buf.is_empty() {
+            if let Some(f) = self.feeder.take() {
+                let _ = f.join();
+            }
+            let status = self.child.wait()?;
+            if !status.success() {
+                return Err(std::io::Error::other(format!(
+                    "{} -dc failed: {status}",
+                    self.program
+                )));
+            }
+        }
+        Ok(n)
+    }
+}
+
+impl Drop for ExternalDecoder {
+    fn drop(&mut self) {
+        // Stop a decoder whose output is no longer read (is_local_archive reads one block).
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// Unpacks a (possibly compressed) tar into a fresh temporary directory, confined to it.
-fn unpack_tar_context<R: Read>(reader: R, tmp_dir: &Path) -> Result<tempfile::TempDir> {
+fn unpack_tar_context<R: Read + Send + 'static>(
+    reader: R,
+    tmp_dir: &Path,
+) -> Result<tempfile::TempDir> {
     let dir = make_tmp_dir(tmp_dir)?;
     let (reader, _) = decompressing_reader(reader)?;
     crate::build::archive::unpack_confined(reader, dir.path(), None)?;

@@ -138,6 +138,8 @@ pub fn copy(
         opts,
         excludes: &excludes,
         owner_default,
+        jobs: Vec::new(),
+        dir_times: Vec::new(),
     };
     for rel in &expanded {
         let path = resolve_in_root(src.root, rel)?;
@@ -155,6 +157,7 @@ pub fn copy(
             };
             let dir = w.ensure_dir_path(&target)?;
             w.copy_children(&path, rel, "", &dir)?;
+            w.flush()?;
         } else if opts.unpack_archives && meta.is_file() && super::archive::is_local_archive(&path)
         {
             let dir = w.ensure_dir_path(&dest_clean)?;
@@ -193,12 +196,20 @@ fn parents_path(sources: &[String], rel: &str) -> String {
     rel.to_string()
 }
 
+/// How many threads copy files.
+const COPY_THREADS: usize = 2;
+
+/// A queued file copy: source, its metadata, destination.
+type FileJob = (PathBuf, fs::Metadata, PathBuf);
+
 struct Writer<'a> {
     src: &'a CopySource<'a>,
     dest_root: &'a Path,
     opts: &'a CopyOptions,
     excludes: &'a ExcludeSet,
     owner_default: (u32, u32),
+    jobs: Vec<FileJob>,
+    dir_times: Vec<(PathBuf, fs::Metadata)>,
 }
 
 impl Writer<'_> {
@@ -266,11 +277,44 @@ impl Writer<'_> {
                 let dest_dir = self.ensure_child_dir(&dest, &meta, excluded)?;
                 self.copy_children(&child, &child_rel, &child_in_source, &dest_dir)?;
                 if !excluded {
-                    self.set_times(&dest_dir, &meta)?;
+                    self.dir_times.push((dest_dir, meta));
                 }
             } else if !excluded {
-                self.copy_entry(&child, &meta, &dest)?;
+                self.jobs.push((child, meta, dest));
             }
+        }
+        Ok(())
+    }
+
+    /// Copies the files queued by `copy_children` on `COPY_THREADS` threads (creating inodes is
+    /// most of a big COPY's time), then sets directory times, children before parents, since
+    /// creating entries changed them.
+    fn flush(&mut self) -> Result<()> {
+        let jobs = std::mem::take(&mut self.jobs);
+        if !jobs.is_empty() {
+            let threads = COPY_THREADS.min(jobs.len());
+            let chunk = jobs.len().div_ceil(threads);
+            let this = &*self;
+            std::thread::scope(|scope| -> Result<()> {
+                let handles: Vec<_> = jobs
+                    .chunks(chunk)
+                    .map(|slice| {
+                        scope.spawn(move || -> Result<()> {
+                            for (src, meta, dest) in slice {
+                                this.copy_file(src, meta, dest)?;
+                            }
+                            Ok(())
+                        })
+                    })
+                    .collect();
+                for h in handles {
+                    h.join().map_err(|_| anyhow!("a copy thread panicked"))??;
+                }
+                Ok(())
+            })?;
+        }
+        for (dir, meta) in std::mem::take(&mut self.dir_times) {
+            self.set_times(&dir, &meta)?;
         }
         Ok(())
     }
@@ -353,8 +397,14 @@ impl Writer<'_> {
                 .map(|p| p.to_string_lossy().into_owned())
                 .unwrap_or_default();
             self.copy_children(src, &rel, "", &dir)?;
+            self.flush()?;
             return self.set_times(&dir, meta);
         }
+        self.copy_file(src, meta, dest)
+    }
+
+    /// Copies one non-directory entry; safe to run for different destinations at once.
+    fn copy_file(&self, src: &Path, meta: &fs::Metadata, dest: &Path) -> Result<()> {
         match fs::symlink_metadata(dest) {
             Ok(m) if m.is_dir() => bail!(
                 "cannot replace directory {} with a file",
@@ -445,6 +495,8 @@ pub fn mkdir_in_root(root: &Path, path: &str, owner: Option<(u32, u32)>) -> Resu
         opts: &opts,
         excludes: &excludes,
         owner_default: owner.unwrap_or((0, 0)),
+        jobs: Vec::new(),
+        dir_times: Vec::new(),
     };
     w.ensure_dir_path(&clean_rel(path))?;
     Ok(())
@@ -483,6 +535,8 @@ pub fn write_file_in_root(
         opts: &opts,
         excludes: &excludes,
         owner_default: owner,
+        jobs: Vec::new(),
+        dir_times: Vec::new(),
     };
     let parent = w.ensure_dir_path(parent_rel)?;
     let dest = parent.join(name);

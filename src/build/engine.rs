@@ -188,12 +188,43 @@ struct StoreBackend {
     store: Arc<Store>,
 }
 
+impl StoreBackend {
+    /// A FROM (or `--from`) image: the local image when there is one (docker's default), else a
+    /// pull; `--pull` always asks the registry. Local-only names (an image ID, a name that is not
+    /// a registry reference) are looked up in the store alone.
+    fn resolve_base(&self, name: &str, pull: bool) -> Result<String> {
+        if !pull {
+            if let Ok(record) = self.store.resolve(name) {
+                return Ok(record.manifest_digest);
+            }
+        }
+        let Ok(r) = crate::registry::RepoRef::parse(name) else {
+            bail!("base image {name} is not in kiln's store (kiln pull, load or import it)");
+        };
+        let mut ctx = crate::registry::RegistryContext::load(self.store.root().to_path_buf())?;
+        ctx.quiet = true;
+        let platform = crate::registry::Platform::parse(&format!(
+            "linux/{}",
+            super::imageconfig::host_architecture()
+        ))?;
+        let policy = if pull {
+            crate::registry::PullPolicy::Always
+        } else {
+            crate::registry::PullPolicy::Missing
+        };
+        let record =
+            crate::registry::ensure_image(&ctx, self.store.as_ref(), &r, policy, &platform)
+                .with_context(|| {
+                    format!("base image {name}: not in kiln's store, and pulling it failed")
+                })?;
+        Ok(record.manifest_digest)
+    }
+}
+
 impl Backend for StoreBackend {
-    fn base_image(&self, name: &str, _pull: bool) -> Result<BaseImage> {
-        let record = self
-            .store
-            .resolve(name)
-            .map_err(|_| anyhow!("base image {name} is not in kiln's store (kiln pull {name}, or kiln load/import it)"))?;
+    fn base_image(&self, name: &str, pull: bool) -> Result<BaseImage> {
+        let manifest_digest = self.resolve_base(name, pull)?;
+        let record = self.store.resolve(&manifest_digest)?;
         let manifest = self.store.manifest(&record.manifest_digest)?;
         let config_bytes = self.store.read_blob(&record.config_digest)?;
         let config = ImageConfigFile::from_json(&config_bytes)

@@ -75,11 +75,9 @@ fn reuse_upper_as_layer(
     if !enabled {
         return;
     }
-    let hex = diff_id.strip_prefix("sha256:").unwrap_or(diff_id);
-    if hex.is_empty() || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+    let Ok(dir) = snapshotter.layer_dir(diff_id) else {
         return;
-    }
-    let dir = snapshotter.layers_dir().join(hex);
+    };
     if dir.exists() {
         return;
     }
@@ -87,52 +85,13 @@ fn reuse_upper_as_layer(
     let _ = std::fs::rename(snap.upper(), &dir);
 }
 
-/// Unpacks a layer blob once under `snapshots/layers/<diffid hex>` (overlay-style whiteouts), for
-/// use as a lowerdir. Concurrent builds race benignly: each unpacks to a temp name and renames.
+/// The unpacked directory of a layer (a lowerdir), through the snapshotter's shared layer store.
 pub fn ensure_unpacked(
     store: &Store,
     snapshotter: &Snapshotter,
     layer: &LayerRef,
 ) -> Result<PathBuf> {
-    let hex = layer
-        .diff_id
-        .strip_prefix("sha256:")
-        .unwrap_or(&layer.diff_id);
-    if hex.is_empty() || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
-        bail!("layer {}: malformed DiffID {}", layer.digest, layer.diff_id);
-    }
-    let dir = snapshotter.layers_dir().join(hex);
-    if dir.is_dir() {
-        return Ok(dir);
-    }
-    let tmp = tempfile::Builder::new()
-        .prefix(".unpack-")
-        .tempdir_in(snapshotter.layers_dir())
-        .context("creating a directory to unpack a layer")?;
-    let blob = store.open_blob(&layer.digest)?;
-    let applied = crate::oci::layer::apply_layer(
-        BufReader::new(blob),
-        tmp.path(),
-        crate::oci::layer::ApplyMode::Overlay,
-    )
-    .with_context(|| format!("unpacking layer {}", layer.digest))?;
-    if applied.diff_id != layer.diff_id {
-        bail!(
-            "layer {}: content has DiffID {}, expected {}",
-            layer.digest,
-            applied.diff_id,
-            layer.diff_id
-        );
-    }
-    let kept = tmp.keep();
-    if std::fs::rename(&kept, &dir).is_err() {
-        // Another process won the race; its copy is identical.
-        let _ = std::fs::remove_dir_all(&kept);
-        if !dir.is_dir() {
-            bail!("could not place unpacked layer at {}", dir.display());
-        }
-    }
-    Ok(dir)
+    snapshotter.ensure_unpacked_blob(store, &layer.digest, Some(&layer.diff_id))
 }
 
 fn mount_layers(
