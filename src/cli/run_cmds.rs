@@ -72,7 +72,7 @@ pub enum RunCommands {
         /// Keep standard input open.
         #[arg(short = 'i', long)]
         interactive: bool,
-        /// Allocate a terminal (not supported yet: the command gets kiln's streams).
+        /// Allocate a terminal for the command (with -i, kiln relays its own terminal in raw mode).
         #[arg(short = 't', long)]
         tty: bool,
         /// The image to run.
