@@ -177,6 +177,22 @@ fn kill_rm_force_and_dead_monitor() {
     run_fixtures::eventually(5, || (!run_fixtures::process_alive(init)).then_some(()))
         .expect("the container dies with its monitor");
     assert_eq!(c.inspect()["State"]["Status"], "exited");
+    assert_eq!(c.inspect()["State"]["ExitCode"], 255);
+    // A foreground `run --rm` killed with SIGKILL: the next kiln run removes its container.
+    let mut fg = std::process::Command::new(common::kiln_bin())
+        .arg("--root")
+        .arg(r)
+        .args(["run", "--rm", "--name", "fg", "bb"])
+        .spawn()
+        .unwrap();
+    run_fixtures::eventually(5, || {
+        common::kiln_ok(r, &["ps"]).contains(" fg\n").then_some(())
+    })
+    .expect("the foreground container runs");
+    fg.kill().unwrap();
+    fg.wait().unwrap();
+    common::kiln_ok(r, &["run", "--rm", "bb", "true"]);
+    assert!(!common::kiln_ok(r, &["ps", "-a"]).contains(" fg\n"));
     common::kiln_ok(r, &["rm", "-f", &b.id, &c.id, &a.id]);
     // The next kiln cleans what the dead monitor left.
     common::kiln_ok(r, &["run", "--rm", "bb", "true"]);

@@ -358,6 +358,20 @@ pub fn list(store: &Store) -> Result<Vec<ContainerRecord>> {
     rows.into_iter().map(finish_row).collect()
 }
 
+/// Containers not recorded as exited (running, or being started).
+pub fn list_unfinished(store: &Store) -> Result<Vec<ContainerRecord>> {
+    let rows = store.with_conn(|c| {
+        let mut stmt = c.prepare(&format!(
+            "SELECT {COLUMNS} FROM containers WHERE state != 'exited'"
+        ))?;
+        let rows = stmt
+            .query_map([], from_row)?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        Ok(rows)
+    })?;
+    rows.into_iter().map(finish_row).collect()
+}
+
 /// Finds a container by full ID, name, or unique ID prefix (docker's order).
 pub fn find(store: &Store, spec: &str) -> Result<ContainerRecord> {
     let spec_name = spec.strip_prefix('/').unwrap_or(spec);
