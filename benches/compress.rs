@@ -4,6 +4,10 @@
 //! The layer is 40 files of `seq 1 1500000` output. It is imported with `--compression none`, so
 //! that `save` has to gzip it (the default OCI compression): what is timed is kiln's save,
 //! end to end, writing the archive to /dev/null.
+//!
+//! Measured 2026-11-28 on the 2-core VM while other builds ran (load average ~17):
+//! kiln save 22.85 s vs gzip -6 57.14 s wall (2.50x, best of 3); CPU time 9.7 s vs 22.5 s user;
+//! output 128.6 MB vs 127.7 MB (independent 1 MiB gzip members cost 0.7%).
 
 use std::fs;
 use std::path::{Path, PathBuf};

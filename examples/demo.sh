@@ -1,23 +1,27 @@
 #!/bin/sh
-# kiln's main job until the build engine lands: make a busybox root filesystem from
-# /bin/busybox (Debian's busybox-static), import it as an image, save it as an OCI archive, and
-# check the archive with skopeo and umoci. Run as root after `cargo build --release`.
+# kiln's main job, end to end, with nothing from outside but Debian's packages:
+#   1. make a busybox base image from /bin/busybox (Debian's busybox-static) with `kiln import`;
+#   2. `kiln build` the example in examples/hello (a small web server);
+#   3. `kiln run -d -p` it, fetch its page through the published port, read its logs, stop it;
+#   4. `kiln save --format oci` the image and check the archive with skopeo.
+# Run as root after `cargo build --release`. State goes to target/demo/root (or $KILN_ROOT).
 set -eu
 cd "$(dirname "$0")/.."
 KILN=${KILN:-./target/release/kiln}
 OUT=${OUT:-target/demo}
 ROOT=${KILN_ROOT:-$OUT/root}
+k() { "$KILN" --root "$ROOT" "$@"; }
 
-for tool in "$KILN" /bin/busybox skopeo umoci; do
+for tool in "$KILN" /bin/busybox skopeo; do
     command -v "$tool" >/dev/null 2>&1 || [ -x "$tool" ] || {
-        echo "demo: $tool is missing (cargo build --release; apt-get install busybox-static skopeo umoci)" >&2
+        echo "demo: $tool is missing (cargo build --release; apt-get install busybox-static skopeo)" >&2
         exit 1
     }
 done
 
-rm -rf "$OUT/rootfs" "$OUT/bundle" "$OUT/layout"
+echo "==> 1. a busybox base image from /bin/busybox"
+rm -rf "$OUT/rootfs"
 mkdir -p "$OUT/rootfs"
-echo "==> making a busybox root filesystem in $OUT/rootfs"
 (
     cd "$OUT/rootfs"
     mkdir -p bin etc root tmp proc sys dev home var
@@ -30,21 +34,31 @@ echo "==> making a busybox root filesystem in $OUT/rootfs"
     printf 'root:x:0:\n' > etc/group
 )
 tar --numeric-owner --sort=name --mtime=@0 -C "$OUT/rootfs" -cf "$OUT/busybox.tar" .
+k import -q "$OUT/busybox.tar" busybox:latest --change 'CMD ["sh"]'
 
-echo "==> kiln import"
-"$KILN" --root "$ROOT" import "$OUT/busybox.tar" kiln-demo/busybox:latest --change 'CMD ["sh"]'
-"$KILN" --root "$ROOT" images kiln-demo/busybox
+echo "==> 2. kiln build -t kiln-demo/hello examples/hello"
+k build --progress plain -t kiln-demo/hello examples/hello
+k images
 
-echo "==> kiln save --format oci -o $OUT/busybox-oci.tar"
-"$KILN" --root "$ROOT" save --format oci -o "$OUT/busybox-oci.tar" kiln-demo/busybox:latest
+echo "==> 3. kiln run -d -p 127.0.0.1::8080 kiln-demo/hello"
+k rm -f kiln-demo-hello >/dev/null 2>&1 || true
+k run -d --name kiln-demo-hello -p 127.0.0.1::8080 kiln-demo/hello
+addr=$(k port kiln-demo-hello 8080/tcp | head -1 | sed 's/.*-> //')
+echo "published on $addr"
+page=""
+for _ in 1 2 3 4 5 6 7 8 9 10; do
+    # a client from the busybox image itself, on the host's network
+    page=$(k run --rm --network host busybox:latest wget -qO- "http://$addr/" 2>/dev/null) && break
+    sleep 0.3
+done
+echo "$page"
+echo "$page" | grep -q "hello from kiln" || { echo "demo: the page did not come back" >&2; k logs kiln-demo-hello >&2; exit 1; }
+k logs kiln-demo-hello
+k ps
+k rm -f kiln-demo-hello
 
-echo "==> skopeo inspect oci-archive:$OUT/busybox-oci.tar"
-skopeo inspect "oci-archive:$OUT/busybox-oci.tar"
+echo "==> 4. kiln save --format oci -o $OUT/hello-oci.tar kiln-demo/hello"
+k save --format oci -o "$OUT/hello-oci.tar" kiln-demo/hello
+skopeo inspect "oci-archive:$OUT/hello-oci.tar" | head -20
 
-echo "==> umoci unpack"
-mkdir -p "$OUT/layout"
-tar -C "$OUT/layout" -xf "$OUT/busybox-oci.tar"
-umoci unpack --image "$OUT/layout:latest" "$OUT/bundle" >/dev/null
-"$OUT/bundle/rootfs/bin/busybox" echo "busybox from the unpacked image runs"
-
-echo "==> done: $OUT/busybox-oci.tar is a standard OCI image archive"
+echo "==> done: built, ran and exported kiln-demo/hello ($OUT/hello-oci.tar is a standard OCI archive)"

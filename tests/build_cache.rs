@@ -114,3 +114,18 @@ fn explain_in_quiet_modes_and_rawjson_events() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn no_cache_filter_reruns_only_that_stage() {
+    let root = root_with_busybox();
+    let ctx = context(&[("Dockerfile", "FROM busybox:latest AS deps\nRUN echo deps > /deps\nFROM busybox:latest AS app\nCOPY --from=deps /deps /deps\nRUN echo app > /app\n")]);
+    let c = ctx.path().to_str().unwrap();
+    build_ok(root.path(), &["-t", "f", c]);
+    let (_, err) = build_ok(root.path(), &["-t", "f", "--no-cache-filter", "app", c]);
+    assert!(
+        err.contains("cache miss: RUN echo app > /app: --no-cache"),
+        "{err}"
+    );
+    assert!(!err.contains("cache miss: RUN echo deps"), "{err}");
+    assert_eq!(cached(&err), 1, "{err}");
+}

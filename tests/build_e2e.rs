@@ -48,12 +48,16 @@ fn tiny_build_and_noop_rebuild() {
 }
 
 /// Not a test: seeds `$KILN_SEED_ROOT` with busybox:latest for manual runs and benchmarks
-/// (`KILN_SEED_ROOT=/tmp/r cargo test --test build_e2e seed_root -- --ignored`).
+/// (`KILN_SEED_ROOT=/tmp/r [KILN_SEED_TAR=rootfs.tar] cargo test --test build_e2e seed_root --
+/// --ignored`).
 #[test]
 #[ignore]
 fn seed_root() {
     if let Ok(root) = std::env::var("KILN_SEED_ROOT") {
         std::fs::create_dir_all(&root).unwrap();
-        import_busybox(std::path::Path::new(&root));
+        match std::env::var("KILN_SEED_TAR") {
+            Ok(tar) => import_busybox_from(std::path::Path::new(&root), std::path::Path::new(&tar)),
+            Err(_) => import_busybox(std::path::Path::new(&root)),
+        }
     }
 }

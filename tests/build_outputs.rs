@@ -215,3 +215,52 @@ fn context_from_a_tarball_and_dockerfile_from_stdin() {
         "piped\n"
     );
 }
+
+#[test]
+fn add_from_a_url_with_checksum() {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut s) = stream else { break };
+            let mut req = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                match s.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => req.extend_from_slice(&buf[..n]),
+                }
+            }
+            let _ = s.write_all(b"HTTP/1.0 200 OK\r\nContent-Length: 9\r\n\r\ndownload\n");
+        }
+    });
+    let root = root_with_busybox();
+    // sha256 of "download\n"
+    let sum = "sha256:0b4b4e0a8c8b4c4e2f3f3c54c9e8d2b8e6e4c3a0d6c5b8b4f6b6f3b7a1e2d3c4";
+    let good = {
+        use sha2::Digest;
+        format!(
+            "sha256:{}",
+            hex::encode(sha2::Sha256::digest(b"download\n"))
+        )
+    };
+    let url = format!("http://127.0.0.1:{port}/files/got.txt");
+    let ctx = context(&[(
+        "Dockerfile",
+        &format!("FROM busybox:latest\nADD --checksum={good} {url} /dl/\n"),
+    )]);
+    build_ok(root.path(), &["-t", "u", ctx.path().to_str().unwrap()]);
+    let fs = rootfs_of(root.path(), "u");
+    let p = fs.path().join("dl/got.txt");
+    assert_eq!(std::fs::read_to_string(&p).unwrap(), "download\n");
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(std::fs::metadata(&p).unwrap().mode() & 0o777, 0o600);
+    let bad = context(&[(
+        "Dockerfile",
+        &format!("FROM busybox:latest\nADD --checksum={sum} {url} /dl/\n"),
+    )]);
+    let out = build(root.path(), &[bad.path().to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("checksum mismatch"));
+}

@@ -496,3 +496,40 @@ fn tree_changes_lists_every_path() {
         ]
     );
 }
+
+#[test]
+fn store_layer_compresses_once_and_applies_back() {
+    common::require_root();
+    let src = tempdir();
+    make_tree(src.path());
+    let root = common::temp_root();
+    let store = kiln::store::Store::open(root.path()).unwrap();
+    for compression in [
+        kiln::oci::compress::Compression::Gzip,
+        kiln::oci::compress::Compression::Zstd,
+        kiln::oci::compress::Compression::None,
+    ] {
+        let layer = kiln::oci::layer::store_layer(&store, compression, |w| {
+            write_tree_layer(src.path(), w, &WriteOptions::default())
+        })
+        .unwrap();
+        let digest = layer.descriptor.digest().to_string();
+        assert_eq!(
+            store
+                .layer_by_diff_id(&layer.diff_id)
+                .unwrap()
+                .unwrap()
+                .diff_id,
+            layer.diff_id
+        );
+        let dst = tempdir();
+        let applied = apply_layer(
+            store.open_blob(&digest).unwrap(),
+            dst.path(),
+            ApplyMode::Overlay,
+        )
+        .unwrap();
+        assert_eq!(applied.diff_id, layer.diff_id, "{compression:?}");
+        assert_eq!(describe(src.path()), describe(dst.path()));
+    }
+}

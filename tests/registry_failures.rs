@@ -263,3 +263,61 @@ fn base64_encode(s: &str) -> String {
     use base64::Engine as _;
     base64::engine::general_purpose::STANDARD.encode(s)
 }
+
+#[test]
+fn registry_pull_killed_mid_transfer_then_next_pull_completes() {
+    let reg = Registry::start(AuthMode::None);
+    let fx = Fixture::image(12, &[1_500_000]);
+    fx.push_with_skopeo(&reg, "killed/app:1");
+    let layer = &fx.layers[0];
+    let needle = layer[layer.len() / 2..layer.len() / 2 + 32].to_vec();
+    let proxy = Proxy::start(reg.port, needle, Sabotage::Stall);
+    let root = temp_root();
+    std::fs::write(root.path().join("kiln-config.toml"), "").unwrap();
+    let mut child = std::process::Command::new(common::kiln_bin())
+        .arg("--root")
+        .arg(root.path())
+        .args([
+            "pull",
+            "-q",
+            &format!("127.0.0.1:{}/killed/app:1", proxy.port),
+        ])
+        .env("KILN_CONFIG", root.path().join("kiln-config.toml"))
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !proxy.triggered.load(std::sync::atomic::Ordering::SeqCst) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the pull never reached the layer"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let layer_digest = sha256(layer);
+    assert!(
+        !has_blob(root.path(), &layer_digest),
+        "a half-downloaded layer landed"
+    );
+    drop(proxy);
+    // The next kiln cleans what the killed one left in tmp/ and completes the pull.
+    let out = kiln_cfg(
+        root.path(),
+        &["pull", "-q", &format!("{}/killed/app:1", reg.host())],
+        &[],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        fx.manifest_digests[0]
+    );
+    assert!(has_blob(root.path(), &layer_digest));
+    assert_store_clean(root.path());
+}

@@ -292,3 +292,50 @@ fn registry_login_with_wrong_password_fails_and_saves_nothing() {
         let _ = kiln_ok;
     }
 }
+
+#[test]
+fn registry_docker_schema2_manifest_round_trips() {
+    let reg = Registry::start(AuthMode::None);
+    let fx = Fixture::image(33, &[4000]);
+    fx.push_with_skopeo_as(&reg, "docker/app:1", Some("v2s2"));
+    let (source_digest, _) = skopeo_inspect(&reg, "docker/app:1");
+    assert_ne!(
+        source_digest, fx.manifest_digests[0],
+        "skopeo converted the manifest"
+    );
+    let root = temp_root();
+    let cfg = empty_config(root.path());
+    let host = reg.host();
+    let out = ok(
+        kiln_env(
+            root.path(),
+            &cfg,
+            &["pull", "-q", &format!("{host}/docker/app:1")],
+            None,
+        ),
+        "kiln pull v2s2",
+    );
+    assert_eq!(out.trim(), source_digest);
+    let manifest =
+        std::fs::read(root.path().join("blobs/sha256").join(&source_digest[7..])).unwrap();
+    assert!(String::from_utf8_lossy(&manifest)
+        .contains("application/vnd.docker.distribution.manifest.v2+json"));
+    let out = ok(
+        kiln_env(
+            root.path(),
+            &cfg,
+            &[
+                "push",
+                "-q",
+                &format!("{host}/docker/app:1"),
+                &format!("{host}/docker/copy:1"),
+            ],
+            None,
+        ),
+        "kiln push v2s2",
+    );
+    assert_eq!(out.trim(), source_digest);
+    let (d, config) = skopeo_inspect(&reg, "docker/copy:1");
+    assert_eq!(d, source_digest);
+    assert_eq!(sha256(&config), fx.config_digests[0]);
+}

@@ -182,3 +182,136 @@ fn exit_codes_signals_cwd_env_and_user() {
     let err = sandbox::run(&spec).unwrap_err().to_string();
     assert!(err.contains("no-such-command"), "{err}");
 }
+
+#[test]
+fn init_reaps_orphans_and_forwards_signals() {
+    let fx = busybox_snapshot();
+    // The orphaned sleep is re-parented to the init, which must reap it.
+    let (code, out, _) = output(&sh(
+        &fx,
+        "(sleep 0.1 &); sleep 0.5; ps -o stat,comm | grep -c '^Z' || true",
+    ));
+    assert_eq!((code, out.trim()), (0, "0"), "no zombies");
+
+    let mut spec = sh(
+        &fx,
+        "trap 'echo got TERM; exit 3' TERM; echo ready; while :; do sleep 0.05; done",
+    );
+    spec.stdout = sandbox::Stdio::Piped;
+    let mut running = sandbox::spawn(&spec).unwrap();
+    let mut reader = std::io::BufReader::new(running.stdout.take().unwrap());
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut reader, &mut line).unwrap();
+    assert_eq!(line, "ready\n");
+    running.kill(libc::SIGTERM).unwrap();
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut reader, &mut rest).unwrap();
+    let exit = running.wait().unwrap();
+    assert_eq!((exit.code, rest.as_str()), (3, "got TERM\n"));
+
+    // SIGKILL to the init takes the whole container down.
+    let mut running = sandbox::spawn(&sh(&fx, "sleep 100 & sleep 100")).unwrap();
+    assert!(std::path::Path::new(&running.netns_path()).exists());
+    running.kill(libc::SIGKILL).unwrap();
+    let exit = running.wait().unwrap();
+    assert_eq!((exit.code, exit.signal), (137, Some(9)));
+}
+
+#[test]
+fn extra_mounts_bind_ro_rw_and_tmpfs_and_mount_points_are_removed() {
+    let fx = busybox_snapshot();
+    let host = tempfile::tempdir().unwrap();
+    std::fs::write(host.path().join("in.txt"), "from host\n").unwrap();
+    let rw = tempfile::tempdir().unwrap();
+    let mut spec = sh(
+        &fx,
+        "cat /src/in.txt; touch /src/x 2>/dev/null && echo WROTE_RO; \
+         echo out > /out/result; grep ' /scratch ' /proc/mounts | cut -d' ' -f3; \
+         echo tmp > /scratch/t",
+    );
+    spec.mounts = vec![
+        sandbox::Mount {
+            target: "/src".into(),
+            kind: sandbox::MountKind::Bind {
+                source: host.path().to_path_buf(),
+                readonly: true,
+            },
+        },
+        sandbox::Mount {
+            target: "/out".into(),
+            kind: sandbox::MountKind::Bind {
+                source: rw.path().to_path_buf(),
+                readonly: false,
+            },
+        },
+        sandbox::Mount {
+            target: "/scratch/deep".into(),
+            kind: sandbox::MountKind::Tmpfs {
+                size_bytes: Some(1 << 20),
+                mode: 0o755,
+            },
+        },
+        sandbox::Mount {
+            target: "/scratch".into(),
+            kind: sandbox::MountKind::Tmpfs {
+                size_bytes: None,
+                mode: 0o1777,
+            },
+        },
+    ];
+    let (code, out, err) = output(&spec);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with("from host\n"), "{out}");
+    assert!(!out.contains("WROTE_RO"), "{out}");
+    assert!(out.contains("tmpfs"), "{out}");
+    assert_eq!(
+        std::fs::read_to_string(rw.path().join("result")).unwrap(),
+        "out\n"
+    );
+    // The mount points the sandbox made in the root filesystem are gone again.
+    for p in ["src", "out", "scratch", "etc/hosts", "etc/hostname"] {
+        assert!(
+            !fx.snap.upper().join(p).exists(),
+            "{p} left in the upperdir"
+        );
+    }
+    assert!(
+        fx.snap.changes().unwrap().is_empty(),
+        "{:?}",
+        fx.snap.changes()
+    );
+}
+
+#[test]
+fn tty_makes_the_pty_the_controlling_terminal() {
+    let fx = busybox_snapshot();
+    let pty = nix::pty::openpty(None, None).unwrap();
+    let slave = std::sync::Arc::new(pty.slave);
+    let mut spec = sh(
+        &fx,
+        "[ -t 0 ] && [ -t 1 ] && echo is-a-tty; \
+         [ \"$(cut -d' ' -f6 /proc/$$/stat)\" = \"$$\" ] && echo session-leader",
+    );
+    spec.tty = true;
+    spec.stdin = sandbox::Stdio::Fd(slave.clone());
+    spec.stdout = sandbox::Stdio::Fd(slave.clone());
+    spec.stderr = sandbox::Stdio::Fd(slave.clone());
+    let exit = sandbox::run(&spec).unwrap();
+    // Every copy of the slave must be closed for the master to report the end.
+    drop(spec);
+    drop(slave);
+    let mut master = std::fs::File::from(pty.master);
+    let mut out = Vec::new();
+    // Reading a pty master whose slave is closed ends with EIO once drained.
+    let mut buf = [0u8; 256];
+    while let Ok(n) = std::io::Read::read(&mut master, &mut buf) {
+        if n == 0 {
+            break;
+        }
+        out.extend_from_slice(&buf[..n]);
+    }
+    let out = String::from_utf8_lossy(&out);
+    assert_eq!(exit.code, 0, "{out}");
+    assert!(out.contains("is-a-tty"), "{out}");
+    assert!(out.contains("session-leader"), "{out}");
+}

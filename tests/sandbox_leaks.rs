@@ -5,14 +5,23 @@ mod common;
 use kiln::sandbox::{self, ExecSpec, Resources, Stdio};
 use kiln::snapshot::{PrepareOptions, Snapshotter};
 
-fn mount_count() -> usize {
+/// Mounts at or below `under` (field 5 of mountinfo is the mount point). Counting only this
+/// test's own root keeps other tests that mount things at the same time out of the count.
+fn mount_count(under: &std::path::Path) -> usize {
+    let under = under.to_string_lossy().into_owned();
     std::fs::read_to_string("/proc/self/mountinfo")
         .unwrap()
         .lines()
+        .filter(|l| {
+            l.split(' ')
+                .nth(4)
+                .is_some_and(|mp| mp.starts_with(under.as_str()))
+        })
         .count()
 }
 
-/// Processes whose parent is this test process, and processes named like the sandbox init.
+/// Processes whose parent is this test process, and sandbox inits descended from it, so other
+/// tests' sandboxes running at the same time do not count.
 fn our_processes() -> (usize, usize) {
     let me = std::process::id().to_string();
     let (mut children, mut inits) = (0, 0);
@@ -27,8 +36,22 @@ fn our_processes() -> (usize, usize) {
         if status.lines().any(|l| l == format!("PPid:\t{me}")) {
             children += 1;
         }
+        // An init's parent is the setup process this test forked (inits are killed with their
+        // parent through PR_SET_PDEATHSIG, so a leaked one still hangs below this test).
         if status.lines().next() == Some("Name:\tkiln-init") {
-            inits += 1;
+            let ppid_of = |s: &str| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix("PPid:\t"))
+                    .unwrap_or("0")
+                    .to_string()
+            };
+            let parent = ppid_of(&status);
+            let grandparent = ppid_of(
+                &std::fs::read_to_string(format!("/proc/{parent}/status")).unwrap_or_default(),
+            );
+            if parent == me || grandparent == me {
+                inits += 1;
+            }
         }
     }
     (children, inits)
@@ -57,7 +80,7 @@ fn two_hundred_executions_leave_nothing_behind() {
     let root = common::temp_root();
     let snapshotter = Snapshotter::new(root.path()).unwrap();
     let lower = common::busybox_rootfs();
-    let mounts_before = mount_count();
+    let mounts_before = mount_count(root.path());
     let (_, inits_before) = our_processes();
     for i in 0..200 {
         let snap = snapshotter
@@ -86,7 +109,7 @@ fn two_hundred_executions_leave_nothing_behind() {
             drop(snap);
         }
     }
-    assert_eq!(mount_count(), mounts_before, "no mounts left");
+    assert_eq!(mount_count(root.path()), mounts_before, "no mounts left");
     let (children, inits) = our_processes();
     assert_eq!(children, 0, "no child processes left");
     assert_eq!(inits, inits_before, "no sandbox inits left");

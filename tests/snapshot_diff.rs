@@ -29,7 +29,7 @@ fn mknod_whiteout(p: &Path) {
     let c = CString::new(p.as_os_str().as_bytes()).unwrap();
     // SAFETY: mknod with a valid path.
     assert_eq!(
-        unsafe { libc::mknod(c.as_ptr(), libc::S_IFCHR | 0o000, 0) },
+        unsafe { libc::mknod(c.as_ptr(), libc::S_IFCHR, 0) },
         0
     );
 }
@@ -306,4 +306,122 @@ fn applying_the_changes_on_the_lower_view_reproduces_the_container_view() {
         let b = std::fs::metadata(applied.join("data/link4")).unwrap();
         assert_eq!(a.ino(), b.ino(), "the hard link is a hard link");
     }
+}
+
+/// The end-to-end path of a RUN step: the diff, written as an OCI layer by `oci::layer`, applied
+/// on the lower layers (flattened, and as an overlay lowerdir) gives exactly the container's view.
+#[test]
+fn layer_written_from_the_diff_reproduces_the_container_view() {
+    use kiln::oci::layer::{apply_layer, write_layer, ApplyMode, WriteOptions};
+    let layers = Layers::new();
+    let root = common::temp_root();
+    let snap = prepare(&layers, root.path());
+    run_script(&snap);
+    for changes in [
+        snap.changes().unwrap(),
+        snap.changes_by_tree_compare().unwrap(),
+    ] {
+        let mut tar = Vec::new();
+        write_layer(&snap.merged(), &changes, &mut tar, &WriteOptions::default()).unwrap();
+
+        // Flattened onto the lower view.
+        let out = tempfile::tempdir().unwrap();
+        let applied = out.path().join("applied");
+        layers.flattened(&applied);
+        apply_layer(&tar[..], &applied, ApplyMode::Flatten).unwrap();
+        let remaining = diff::diff_trees(&applied, &snap.merged()).unwrap();
+        assert!(
+            remaining.is_empty(),
+            "flatten: differences left: {remaining:?}"
+        );
+        let a = std::fs::metadata(applied.join("data/file4")).unwrap();
+        let b = std::fs::metadata(applied.join("data/link4")).unwrap();
+        assert_eq!(a.ino(), b.ino(), "the hard link is a hard link");
+
+        // As a new overlay lowerdir on top of the two layers.
+        let new_layer = out.path().join("layer3");
+        apply_layer(&tar[..], &new_layer, ApplyMode::Overlay).unwrap();
+        let view = out.path().join("view");
+        std::fs::create_dir(&view).unwrap();
+        let mut lowers = layers.lowers();
+        lowers.push(new_layer);
+        lowers.reverse();
+        kiln::snapshot::overlay::mount_overlay(
+            &kiln::snapshot::overlay::OverlaySpec {
+                lowers: &lowers,
+                upper_work: None,
+                volatile: false,
+            },
+            &view,
+        )
+        .unwrap();
+        let remaining = diff::diff_trees(&view, &snap.merged());
+        kiln::snapshot::overlay::unmount(&view).unwrap();
+        let remaining = remaining.unwrap();
+        assert!(
+            remaining.is_empty(),
+            "overlay: differences left: {remaining:?}"
+        );
+    }
+}
+
+#[test]
+fn ensure_unpacked_unpacks_a_stored_layer_once_by_diff_id() {
+    use kiln::oci::compress::Compression;
+    use kiln::oci::layer::{store_layer, write_layer, WriteOptions};
+    let layers = Layers::new();
+    let root = common::temp_root();
+    let store = kiln::store::Store::open(root.path()).unwrap();
+    let snapshotter = Snapshotter::new(root.path()).unwrap();
+
+    // A layer with a deletion and an opaque directory, stored gzipped.
+    let snap = prepare(&layers, root.path());
+    run_script(&snap);
+    let changes = snap.changes().unwrap();
+    let stored = store_layer(&store, Compression::Gzip, |w| {
+        write_layer(&snap.merged(), &changes, w, &WriteOptions::default())
+    })
+    .unwrap();
+    let dir = snapshotter
+        .ensure_unpacked(&store, &stored.descriptor)
+        .unwrap();
+    assert_eq!(dir, snapshotter.layer_dir(&stored.diff_id).unwrap());
+    // Overlay form: the deletion is a whiteout device, the replaced directory is opaque.
+    let wh = std::fs::symlink_metadata(dir.join("data/file1")).unwrap();
+    assert!(std::os::unix::fs::FileTypeExt::is_char_device(&wh.file_type()) && wh.rdev() == 0);
+    assert_eq!(
+        diff::get_xattr(&dir.join("data/dir"), "trusted.overlay.opaque")
+            .unwrap()
+            .as_deref(),
+        Some(&b"y"[..])
+    );
+    // Second use: the same directory, not unpacked again.
+    let ino = std::fs::metadata(&dir).unwrap().ino();
+    let again = snapshotter
+        .ensure_unpacked_blob(
+            &store,
+            stored.descriptor.digest().as_ref(),
+            Some(&stored.diff_id),
+        )
+        .unwrap();
+    assert_eq!(
+        (again.clone(), std::fs::metadata(&again).unwrap().ino()),
+        (dir.clone(), ino)
+    );
+    // A wrong DiffID is refused.
+    let wrong = format!("sha256:{}", "0".repeat(64));
+    let err = snapshotter
+        .ensure_unpacked_blob(
+            &store,
+            stored.descriptor.digest().as_ref(),
+            Some(&wrong),
+        )
+        .unwrap_err();
+    assert!(format!("{err:#}").contains("DiffID"), "{err:#}");
+    let leftovers: Vec<_> = std::fs::read_dir(snapshotter.layers_dir())
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with(".unpack-"))
+        .collect();
+    assert!(leftovers.is_empty());
 }

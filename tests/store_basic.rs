@@ -241,3 +241,9 @@ fn concurrent_stores_on_one_root_all_succeed() {
     let store = Store::open(root.path()).unwrap();
     assert_eq!(store.list_images().unwrap().len(), 40);
 }
+
+#[test]
+fn store_is_send_and_sync() {
+    fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<Store>();
+}

@@ -50,10 +50,15 @@ impl StatKey {
 
 /// Cached content digests of files, by absolute path. Loaded for one context from the database,
 /// saved back (only what changed) after hashing.
+/// Absolute path bytes -> (stat key, content digest).
+type DigestMap = HashMap<Vec<u8>, (StatKey, [u8; 32])>;
+/// Entries computed since loading, to be saved.
+type DirtyList = Vec<(Vec<u8>, StatKey, [u8; 32])>;
+
 #[derive(Default)]
 pub struct FileDigestCache {
-    entries: Mutex<HashMap<Vec<u8>, (StatKey, [u8; 32])>>,
-    dirty: Mutex<Vec<(Vec<u8>, StatKey, [u8; 32])>>,
+    entries: Mutex<DigestMap>,
+    dirty: Mutex<DirtyList>,
 }
 
 const CACHE_SCHEMA: &str = "CREATE TABLE IF NOT EXISTS build_file_digest (

@@ -254,7 +254,9 @@ fn export(
     result: &StageResult,
 ) -> Result<String> {
     let config_bytes = config.to_json();
-    let config_blob = store.put_blob_bytes(&config_bytes)?;
+    // A no-op rebuild produces the same config: skip rewriting (and fsyncing) it.
+    let config_digest = crate::store::sha256_digest(&config_bytes);
+    let config_blob = store.put_blob(&config_bytes[..], Some(&config_digest))?;
     let layers: Vec<oci_spec::image::Descriptor> = result
         .layers
         .iter()

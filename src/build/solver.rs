@@ -1408,7 +1408,7 @@ async fn run_step(
             cache::lookup(&conn, &key)?
         };
         if let Some((layer, created)) = hit.map(|h| (h, cached_time(shared, &key))) {
-            let usable = layer.as_ref().is_none_or(|l| shared.backend.has_layer(l));
+            let usable = layer.as_ref().map_or(true, |l| shared.backend.has_layer(l));
             if usable {
                 let created = shared
                     .req

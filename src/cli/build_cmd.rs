@@ -10,7 +10,7 @@ use crate::build::options::{self, BuildOptions, Output};
 #[derive(Debug, Subcommand)]
 pub enum BuildCommands {
     /// Build an image from a Dockerfile and a context (a directory, a tarball, or `-` for stdin)
-    Build(BuildArgs),
+    Build(Box<BuildArgs>),
 }
 
 #[derive(Debug, clap::Args)]
@@ -74,7 +74,7 @@ pub struct BuildArgs {
 pub fn run(cmd: BuildCommands, globals: &Globals) -> anyhow::Result<i32> {
     match cmd {
         BuildCommands::Build(args) => {
-            let opts = to_options(args)?;
+            let opts = to_options(*args)?;
             crate::build::engine::build(&globals.root, opts)
         }
     }

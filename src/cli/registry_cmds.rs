@@ -22,6 +22,9 @@ pub enum RegistryCommands {
         /// No progress output; print only the digest.
         #[arg(short, long)]
         quiet: bool,
+        /// Talk plain HTTP to this registry (HOST[:PORT]; repeatable). Loopback always is.
+        #[arg(long = "insecure-registry", value_name = "HOST")]
+        insecure_registries: Vec<String>,
     },
     /// Upload an image from the store to a registry.
     Push {
@@ -33,6 +36,9 @@ pub enum RegistryCommands {
         /// request per blob).
         #[arg(long, value_name = "BYTES")]
         chunk_size: Option<u64>,
+        /// Talk plain HTTP to this registry (HOST[:PORT]; repeatable). Loopback always is.
+        #[arg(long = "insecure-registry", value_name = "HOST")]
+        insecure_registries: Vec<String>,
         #[arg(short, long)]
         quiet: bool,
     },
@@ -45,6 +51,9 @@ pub enum RegistryCommands {
         /// Read the password from standard input.
         #[arg(long)]
         password_stdin: bool,
+        /// Talk plain HTTP to this registry (HOST[:PORT]; repeatable). Loopback always is.
+        #[arg(long = "insecure-registry", value_name = "HOST")]
+        insecure_registries: Vec<String>,
     },
     /// Forget the saved credentials for a registry.
     Logout { registry: Option<String> },
@@ -57,7 +66,9 @@ pub fn run(cmd: RegistryCommands, globals: &Globals) -> Result<i32> {
             image,
             platform,
             quiet,
+            insecure_registries,
         } => {
+            ctx.config.insecure_registries.extend(insecure_registries);
             ctx.quiet = quiet;
             let r = RepoRef::parse(&image)?;
             let platform = Platform::parse(&platform)?;
@@ -81,7 +92,9 @@ pub fn run(cmd: RegistryCommands, globals: &Globals) -> Result<i32> {
             destination,
             chunk_size,
             quiet,
+            insecure_registries,
         } => {
+            ctx.config.insecure_registries.extend(insecure_registries);
             ctx.quiet = quiet;
             let dest = match &destination {
                 Some(d) => RepoRef::parse(d)?,
@@ -97,7 +110,9 @@ pub fn run(cmd: RegistryCommands, globals: &Globals) -> Result<i32> {
             registry,
             username,
             password_stdin,
+            insecure_registries,
         } => {
+            ctx.config.insecure_registries.extend(insecure_registries);
             let registry = registry.unwrap_or_else(|| "docker.io".to_string());
             let username = match username {
                 Some(u) => u,

@@ -168,46 +168,62 @@ impl IgnorePattern {
 }
 
 fn match_tokens(t: &[Tok], s: &[char]) -> bool {
-    // Memoised recursion over (token, position): patterns and paths are short, and the memo
-    // keeps adversarial `*a*a*a...` patterns polynomial.
-    let mut memo = vec![None; (t.len() + 1) * (s.len() + 1)];
-    fn go(t: &[Tok], s: &[char], ti: usize, si: usize, memo: &mut Vec<Option<bool>>) -> bool {
-        let key = ti * (s.len() + 1) + si;
-        if let Some(v) = memo[key] {
-            return v;
-        }
-        let r = match t.get(ti) {
-            None => si == s.len(),
-            Some(Tok::Lit(c)) => si < s.len() && s[si] == *c && go(t, s, ti + 1, si + 1, memo),
-            Some(Tok::One) => si < s.len() && s[si] != '/' && go(t, s, ti + 1, si + 1, memo),
-            Some(Tok::Class(neg, ranges)) => {
-                si < s.len()
-                    && ranges.iter().any(|(lo, hi)| (*lo..=*hi).contains(&s[si])) != *neg
-                    && go(t, s, ti + 1, si + 1, memo)
-            }
-            Some(Tok::Star) => {
-                let mut j = si;
-                loop {
-                    if go(t, s, ti + 1, j, memo) {
-                        break true;
-                    }
-                    if j >= s.len() || s[j] == '/' {
-                        break false;
-                    }
-                    j += 1;
+    match_prefixes(t, s).is_some_and(|reach| reach[s.len()])
+}
+
+/// For every prefix length `k`, whether the whole pattern matches `s[..k]` (`None`: no prefix
+/// matches). Each step only looks backwards, so one pass answers all prefixes at once.
+/// A set-of-positions simulation: `reach[p]` says the tokens so far can match `s[..p]`;
+/// O(tokens x path) time and O(path) memory, no recursion, whatever the input.
+fn match_prefixes(t: &[Tok], s: &[char]) -> Option<Vec<bool>> {
+    let n = s.len();
+    let mut reach = vec![false; n + 1];
+    reach[0] = true;
+    let mut next = vec![false; n + 1];
+    for tok in t {
+        next.iter_mut().for_each(|b| *b = false);
+        match tok {
+            Tok::Lit(c) => {
+                for p in 0..n {
+                    next[p + 1] = reach[p] && s[p] == *c;
                 }
             }
-            Some(Tok::Rest) => true,
-            Some(Tok::AnyDirs) => {
-                // Zero directories, or any prefix ending in '/'.
-                go(t, s, ti + 1, si, memo)
-                    || (si..s.len()).any(|j| s[j] == '/' && go(t, s, ti + 1, j + 1, memo))
+            Tok::One => {
+                for p in 0..n {
+                    next[p + 1] = reach[p] && s[p] != '/';
+                }
             }
-        };
-        memo[key] = Some(r);
-        r
+            Tok::Class(neg, ranges) => {
+                for p in 0..n {
+                    next[p + 1] = reach[p]
+                        && ranges.iter().any(|(lo, hi)| (*lo..=*hi).contains(&s[p])) != *neg;
+                }
+            }
+            Tok::Star => {
+                next[0] = reach[0];
+                for p in 1..=n {
+                    next[p] = reach[p] || (next[p - 1] && s[p - 1] != '/');
+                }
+            }
+            Tok::Rest => {
+                if let Some(first) = reach.iter().position(|b| *b) {
+                    next[first..].iter_mut().for_each(|b| *b = true);
+                }
+            }
+            Tok::AnyDirs => {
+                let mut seen = false;
+                for p in 0..=n {
+                    next[p] = reach[p] || (seen && p > 0 && s[p - 1] == '/');
+                    seen |= reach[p];
+                }
+            }
+        }
+        std::mem::swap(&mut reach, &mut next);
+        if !reach.iter().any(|b| *b) {
+            return None;
+        }
     }
-    go(t, s, 0, 0, &mut memo)
+    Some(reach)
 }
 
 /// Could `tokens` match `dir`, an ancestor of it, or something below it? Used to decide whether
@@ -342,21 +358,16 @@ impl DockerIgnore {
         if path == "." {
             return false;
         }
-        let parents: Vec<&str> = {
-            let mut v = Vec::new();
-            let mut idx = 0;
-            while let Some(off) = path[idx..].find('/') {
-                v.push(&path[..idx + off]);
-                idx += off + 1;
-            }
-            v
-        };
+        let chars: Vec<char> = path.chars().collect();
         let mut matched = false;
         for p in &self.patterns {
             if p.exception != matched {
                 continue;
             }
-            let hit = p.matches(&path) || parents.iter().any(|d| p.matches(d));
+            // The path itself or any parent directory (a prefix ending before a '/').
+            let hit = match_prefixes(&p.tokens, &chars).is_some_and(|reach| {
+                reach[chars.len()] || (1..chars.len()).any(|k| chars[k] == '/' && reach[k])
+            });
             if hit {
                 matched = !p.exception;
             }

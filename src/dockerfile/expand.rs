@@ -69,6 +69,7 @@ impl Lexer {
             chars: &chars,
             pos: 0,
             env,
+            depth: 0,
         };
         sw.process_stop_on(&[], false).map_err(|e| ExpandError {
             message: format!("failed to process {word:?}: {}", e.message),
@@ -138,7 +139,12 @@ struct ShellWord<'a> {
     chars: &'a [char],
     pos: usize,
     env: EnvLookup<'a>,
+    /// Nesting of `${...}` being processed; bounded so hostile input cannot exhaust the stack.
+    depth: usize,
 }
+
+/// How deeply `${a:-${b:-...}}` may nest.
+const MAX_DEPTH: usize = 64;
 
 impl ShellWord<'_> {
     fn peek(&self) -> Option<char> {
@@ -310,6 +316,18 @@ impl ShellWord<'_> {
     }
 
     fn process_dollar(&mut self) -> Result<String, ExpandError> {
+        if self.depth >= MAX_DEPTH {
+            return err(format!(
+                "variable substitutions nested more than {MAX_DEPTH} deep"
+            ));
+        }
+        self.depth += 1;
+        let r = self.process_dollar_inner();
+        self.depth -= 1;
+        r
+    }
+
+    fn process_dollar_inner(&mut self) -> Result<String, ExpandError> {
         self.next(); // the '$'
         if self.peek() != Some('{') {
             let name = self.process_name();

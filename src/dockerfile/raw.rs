@@ -365,7 +365,7 @@ pub fn parse_raw(source: &str) -> Result<RawDockerfile, ParseError> {
                 message: "Empty continuation line found; empty continuation lines will become errors in a future release".into(),
             });
         }
-        let mut node = node_from_line(&buf, escape)
+        let mut node = node_from_line(&buf, escape, 0)
             .map_err(|m| ParseError::at(source, start_line, column, m))?;
         node.comments = std::mem::take(&mut comments);
         if can_contain_heredoc(&node) && buf.contains("<<") {
@@ -494,7 +494,10 @@ fn heredocs_from_line(line: &str) -> Vec<Heredoc> {
 }
 
 /// BuildKit's `splitCommand` + dispatch to the per-instruction argument parser.
-fn node_from_line(line: &str, escape: char) -> Result<Node, String> {
+fn node_from_line(line: &str, escape: char, depth: usize) -> Result<Node, String> {
+    if depth > 8 {
+        return Err("ONBUILD nested too deeply (ONBUILD cannot be chained)".into());
+    }
     let trimmed = line.trim_matches(is_space);
     let (keyword, rest) = match trimmed.find(is_ws_sep) {
         Some(i) => (
@@ -545,7 +548,7 @@ fn node_from_line(line: &str, escape: char) -> Result<Node, String> {
         }
         "onbuild" => {
             if !args.is_empty() {
-                node.sub = Some(Box::new(node_from_line(args, escape)?));
+                node.sub = Some(Box::new(node_from_line(args, escape, depth + 1)?));
             }
         }
         "healthcheck" => {

@@ -472,7 +472,7 @@ fn blob_name(digest: &str) -> Result<String> {
 /// `total`: the input's size when known (for progress).
 pub fn load(
     store: &Store,
-    input: impl Read + Send,
+    input: impl Read,
     total: Option<u64>,
     quiet: bool,
 ) -> Result<Vec<LoadedImage>> {
@@ -710,9 +710,8 @@ fn load_docker(
 }
 
 fn verify_diff_id(path: &Path, diff_id: &str) -> Result<()> {
-    use sha2::Digest as _;
     let (_, mut r) = decompress(fs::File::open(path)?)?;
-    let mut hasher = sha2::Sha256::new();
+    let mut hasher = crate::digest::Sha256::new();
     let mut buf = vec![0u8; 256 * 1024];
     loop {
         let n = r.read(&mut buf)?;

@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use anyhow::{bail, Result};
-use sha2::{Digest as _, Sha256};
+use crate::digest::Sha256;
 
 /// Uncompressed bytes per gzip member.
 const GZIP_CHUNK: usize = 1 << 20;
@@ -65,13 +65,11 @@ impl Compression {
 
 /// Wraps `reader` so that it yields the decompressed stream, whatever the compression (gzip
 /// with any number of members, zstd, or none). Returns the compression found.
-pub fn decompress<'a>(
-    reader: impl Read + Send + 'a,
-) -> io::Result<(Compression, Box<dyn Read + Send + 'a>)> {
+pub fn decompress<'a>(reader: impl Read + 'a) -> io::Result<(Compression, Box<dyn Read + 'a>)> {
     let mut buffered = BufReader::with_capacity(256 * 1024, reader);
     let magic = buffered.fill_buf()?;
     let compression = Compression::detect(magic);
-    let out: Box<dyn Read + Send + 'a> = match compression {
+    let out: Box<dyn Read + 'a> = match compression {
         Compression::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(buffered)),
         Compression::Zstd => Box::new(zstd::stream::read::Decoder::with_buffer(buffered)?),
         Compression::None => Box::new(buffered),

@@ -42,11 +42,7 @@ impl<R: Read, W: Write> Read for Tee<R, W> {
 }
 
 /// Imports the tarball read from `input` (gzip, zstd or uncompressed).
-pub fn import(
-    store: &Store,
-    input: impl Read + Send,
-    opts: &ImportOptions,
-) -> Result<CommittedImage> {
+pub fn import(store: &Store, input: impl Read, opts: &ImportOptions) -> Result<CommittedImage> {
     // Validate the config changes before reading anything big.
     let created = now_rfc3339();
     let mut config: ImageConfiguration = ImageConfigurationBuilder::default()

@@ -19,7 +19,7 @@ use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, OpenOptionsExt}
 use std::path::{Component, Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use sha2::{Digest as _, Sha256};
+use crate::digest::Sha256;
 
 use super::change::Change;
 
@@ -465,7 +465,7 @@ impl<R: Read> Read for HashingReader<R> {
 
 /// Applies a layer tar (gzip, zstd or uncompressed: detected) to `target`, preserving owners
 /// (when running as root), modes, xattrs, devices and mtimes. Never writes outside `target`.
-pub fn apply_layer(tar: impl Read + Send, target: &Path, mode: ApplyMode) -> Result<AppliedLayer> {
+pub fn apply_layer(tar: impl Read, target: &Path, mode: ApplyMode) -> Result<AppliedLayer> {
     let (_, stream) = super::compress::decompress(tar).context("reading the layer")?;
     let mut reader = HashingReader {
         inner: stream,

@@ -154,6 +154,9 @@ pub fn push(
         }
     }
     let client = ctx.client(&dest.registry, scopes)?;
+    // Authenticate once, up front: the parallel uploads then share one token, and a wrong
+    // login fails before anything is sent.
+    client.ping().with_context(|| format!("pushing {dest}"))?;
     let opts = PushOptions {
         quiet: opts.quiet || ctx.quiet,
         ..opts.clone()

@@ -5,7 +5,7 @@ use std::io::{self, Read};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{anyhow, bail, Context, Result};
-use sha2::{Digest as _, Sha256};
+use crate::digest::Sha256;
 use ureq::http::Method;
 
 use super::client::{error_summary, Body, Client};
@@ -70,11 +70,11 @@ pub fn status_error(
     }
 }
 
-/// A reader that hashes and counts what passes through and remembers whether the transport
-/// failed (a broken connection is worth a retry, a digest mismatch is not).
+/// A reader that counts what passes through (the store hashes and verifies it) and remembers
+/// whether the transport failed (a broken connection is worth a retry, a digest mismatch is
+/// not).
 struct Verifying<'a, R> {
     inner: R,
-    hasher: Sha256,
     read: u64,
     limit: u64,
     io_failed: &'a AtomicBool,
@@ -94,7 +94,6 @@ impl<R: Read> Read for Verifying<'_, R> {
                 self.limit
             )));
         }
-        self.hasher.update(&buf[..n]);
         self.bar.inc(n as u64);
         Ok(n)
     }
@@ -182,13 +181,15 @@ pub(crate) fn fetch_blob(
             }
             let mut reader = Verifying {
                 inner: resp.into_body().into_reader(),
-                hasher: Sha256::new(),
                 read: 0,
                 limit: desc.size,
                 io_failed: &io_failed,
                 bar: &bar,
             };
-            store.put_blob(&mut reader, &desc.digest)?;
+            // Large reads: the store hashes and writes in big chunks instead of 8 KiB ones.
+            let mut buffered = io::BufReader::with_capacity(1 << 20, &mut reader);
+            store.put_blob(&mut buffered, &desc.digest)?;
+            drop(buffered);
             if reader.read != desc.size {
                 // Cannot happen for a verified blob unless the manifest's size lies.
                 bail!(

@@ -1,8 +1,9 @@
 //! snapshot: root filesystems for executions, and what an execution changed.
 //!
 //! # Layout under the kiln root
-//! - `snapshots/layers/<key>/`: one unpacked layer (an overlay lowerdir, with overlay-style
-//!   whiteouts), shared by every image that has it.
+//! - `snapshots/layers/<diffid hex>/`: one unpacked layer (an overlay lowerdir, with
+//!   overlay-style whiteouts), shared by every image that has it (`ensure_unpacked`);
+//!   `layers/.unpack-<pid>-*` while one is being unpacked.
 //! - `snapshots/active/<id>/`: one active snapshot: `lock` (flock'ed by the owning process),
 //!   `upper/`, `work/`, `merged/` (the overlay mount), and transient `lowerview/`.
 //!
@@ -10,6 +11,8 @@
 //! ```ignore
 //! snapshot::recover(root)?;                          // at start-up: leftovers of a killed kiln
 //! let snapshotter = snapshot::Snapshotter::new(root)?;
+//! let lower = snapshotter.ensure_unpacked(&store, &layer_descriptor)?; // by DiffID, once
+//! let lowers = snapshotter.image_lowers(&store, &manifest, &config)?; // a whole image
 //! // lowers: layer directories, base layer FIRST (image order).
 //! let snap = snapshotter.prepare(&lowers, &snapshot::PrepareOptions { volatile: true })?;
 //! sandbox::run(&sandbox::ExecSpec::new(snap.merged(), ["sh", "-c", "..."]))?;
@@ -23,6 +26,7 @@
 
 pub mod cleanup;
 pub mod diff;
+mod layers;
 pub mod overlay;
 
 use std::fs::File;
@@ -246,6 +250,7 @@ fn remove_snapshot_dir(dir: &Path) {
 /// and deletes their directories. Snapshots of running kiln processes are left alone. Returns
 /// how many were removed.
 pub fn recover(root: &Path) -> Result<usize> {
+    layers::recover_unpacks(&root.join("snapshots").join("layers"));
     let active = root.join("snapshots").join("active");
     let entries = match std::fs::read_dir(&active) {
         Ok(e) => e,

@@ -5,7 +5,7 @@ use std::io::{self, Read, Write};
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
-use sha2::{Digest as _, Sha256};
+use crate::digest::Sha256;
 
 use super::{digest_hex, Store};
 

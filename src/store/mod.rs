@@ -226,6 +226,5 @@ pub fn digest_hex(digest: &str) -> Result<&str> {
 
 /// `sha256:<hex>` of `bytes`.
 pub fn sha256_digest(bytes: &[u8]) -> String {
-    use sha2::Digest as _;
-    format!("sha256:{}", hex::encode(sha2::Sha256::digest(bytes)))
+    crate::digest::sha256_digest(bytes)
 }

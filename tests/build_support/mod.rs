@@ -16,8 +16,13 @@ pub fn root_with_busybox() -> tempfile::TempDir {
 }
 
 pub fn import_busybox(root: &Path) {
+    import_busybox_from(root, &common::busybox_tar());
+}
+
+/// Stores a rootfs tarball as `busybox:latest` (what `kiln import` will do once it exists).
+pub fn import_busybox_from(root: &Path, tar: &Path) {
     let store = kiln::store::Store::open(root).unwrap();
-    let tar = common::busybox_tar();
+    let tar = tar.to_path_buf();
     let layer =
         kiln::oci::layer::store_layer(&store, kiln::oci::compress::Compression::Gzip, |w| {
             let mut f = std::fs::File::open(&tar)?;
@@ -77,7 +82,7 @@ pub fn rootfs_of(root: &Path, name: &str) -> tempfile::TempDir {
     let manifest = store.manifest(&rec.manifest_digest).unwrap();
     let dir = tempfile::tempdir().unwrap();
     for l in manifest.layers() {
-        let blob = store.open_blob(&l.digest().to_string()).unwrap();
+        let blob = store.open_blob(l.digest().as_ref()).unwrap();
         kiln::oci::layer::apply_layer(
             std::io::BufReader::new(blob),
             dir.path(),

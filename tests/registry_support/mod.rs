@@ -348,12 +348,16 @@ pub enum Sabotage {
     Corrupt,
     /// Forward the needle, then close every connection and stop listening.
     Cut,
+    /// Forward the needle, then send nothing more (a transfer that hangs).
+    Stall,
 }
 
 /// A TCP proxy in front of a registry that sabotages the transfer containing `needle`.
 pub struct Proxy {
     pub port: u16,
     stop: Arc<AtomicBool>,
+    /// Set once the needle went by.
+    pub triggered: Arc<AtomicBool>,
 }
 
 impl Drop for Proxy {
@@ -369,6 +373,8 @@ impl Proxy {
         let port = listener.local_addr().unwrap().port();
         let stop = Arc::new(AtomicBool::new(false));
         let stop2 = stop.clone();
+        let triggered = Arc::new(AtomicBool::new(false));
+        let triggered2 = triggered.clone();
         let needle = Arc::new(needle);
         std::thread::spawn(move || {
             for conn in listener.incoming() {
@@ -384,11 +390,15 @@ impl Proxy {
                     let _ = std::io::copy(&mut &c2, &mut &s2);
                     let _ = s2.shutdown(Shutdown::Write);
                 });
-                let (needle, stop3) = (needle.clone(), stop2.clone());
-                std::thread::spawn(move || pump(server, client, &needle, sabotage, &stop3));
+                let (needle, stop3, trig) = (needle.clone(), stop2.clone(), triggered2.clone());
+                std::thread::spawn(move || pump(server, client, &needle, sabotage, &stop3, &trig));
             }
         });
-        Proxy { port, stop }
+        Proxy {
+            port,
+            stop,
+            triggered,
+        }
     }
 }
 
@@ -398,6 +408,7 @@ fn pump(
     needle: &[u8],
     sabotage: Sabotage,
     stop: &AtomicBool,
+    triggered: &AtomicBool,
 ) {
     let mut buf = vec![0u8; 64 * 1024];
     // Bytes held back so a needle split across reads is still seen.
@@ -428,6 +439,7 @@ fn pump(
         };
         pending.extend_from_slice(&buf[..n]);
         if let Some(pos) = pending.windows(needle.len()).position(|w| w == needle) {
+            triggered.store(true, Ordering::SeqCst);
             match sabotage {
                 Sabotage::Corrupt => {
                     pending[pos + needle.len() / 2] ^= 0x55;
@@ -437,6 +449,14 @@ fn pump(
                     stop.store(true, Ordering::SeqCst);
                     let _ = to.shutdown(Shutdown::Both);
                     let _ = from.shutdown(Shutdown::Both);
+                    return;
+                }
+                Sabotage::Stall => {
+                    let _ = to.write_all(&pending[..pos + needle.len()]);
+                    // Hold both connections open until the proxy is dropped.
+                    while !stop.load(Ordering::SeqCst) {
+                        std::thread::sleep(Duration::from_millis(50));
+                    }
                     return;
                 }
             }
@@ -615,16 +635,20 @@ impl Fixture {
 
     /// `skopeo copy` of the fixture to `registry/repo:tag`.
     pub fn push_with_skopeo(&self, registry: &Registry, repo_tag: &str) {
+        self.push_with_skopeo_as(registry, repo_tag, None)
+    }
+
+    /// The same, converting the manifest to `format` (`v2s2`: Docker schema 2) when given.
+    pub fn push_with_skopeo_as(&self, registry: &Registry, repo_tag: &str, format: Option<&str>) {
         let mut cmd = Command::new("skopeo");
-        cmd.args([
-            "copy",
-            "--all",
-            "--preserve-digests",
-            "--dest-tls-verify=false",
-        ])
-        .args(registry.creds_args("--dest-creds"))
-        .arg(format!("oci:{}:fixture", self.layout.path().display()))
-        .arg(format!("docker://{}/{repo_tag}", registry.host()));
+        cmd.args(["copy", "--all", "--dest-tls-verify=false"]);
+        match format {
+            Some(f) => cmd.args(["--format", f]),
+            None => cmd.arg("--preserve-digests"),
+        };
+        cmd.args(registry.creds_args("--dest-creds"))
+            .arg(format!("oci:{}:fixture", self.layout.path().display()))
+            .arg(format!("docker://{}/{repo_tag}", registry.host()));
         let out = cmd.output().expect("skopeo");
         assert!(
             out.status.success(),
