@@ -177,9 +177,69 @@ fn kill_rm_force_and_dead_monitor() {
     run_fixtures::eventually(5, || (!run_fixtures::process_alive(init)).then_some(()))
         .expect("the container dies with its monitor");
     assert_eq!(c.inspect()["State"]["Status"], "exited");
+    assert_eq!(c.inspect()["State"]["ExitCode"], 255);
+    // A foreground `run --rm` killed with SIGKILL: the next kiln run removes its container.
+    let mut fg = std::process::Command::new(common::kiln_bin())
+        .arg("--root")
+        .arg(r)
+        .args(["run", "--rm", "--name", "fg", "bb"])
+        .spawn()
+        .unwrap();
+    run_fixtures::eventually(5, || {
+        common::kiln_ok(r, &["ps"]).contains(" fg\n").then_some(())
+    })
+    .expect("the foreground container runs");
+    fg.kill().unwrap();
+    fg.wait().unwrap();
+    common::kiln_ok(r, &["run", "--rm", "bb", "true"]);
+    assert!(!common::kiln_ok(r, &["ps", "-a"]).contains(" fg\n"));
     common::kiln_ok(r, &["rm", "-f", &b.id, &c.id, &a.id]);
     // The next kiln cleans what the dead monitor left.
     common::kiln_ok(r, &["run", "--rm", "bb", "true"]);
     assert!(run_fixtures::cgroups_of(owner).is_empty());
     assert_eq!(run_fixtures::mounts_under(r), Vec::<String>::new());
+}
+
+#[test]
+fn stdin_with_i_and_a_terminal_with_t() {
+    let root = setup(json!({"Cmd": ["sh"]}));
+    let r = root.path();
+    // -i: kiln's stdin reaches the command; without it the command reads nothing.
+    let mut child = std::process::Command::new(common::kiln_bin())
+        .arg("--root")
+        .arg(r)
+        .args([
+            "run",
+            "--rm",
+            "-i",
+            "bb",
+            "sh",
+            "-c",
+            "read line; echo got:$line",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all(b"hello\n").unwrap();
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "got:hello\n");
+    assert_eq!(
+        common::kiln_ok(r, &["run", "--rm", "bb", "sh", "-c", "cat; echo end"]),
+        "end\n"
+    );
+    // -t: the command's stdio is a terminal (its output gets the terminal's \r\n); -d logs it.
+    let c = Container::run(
+        r,
+        &[
+            "-t",
+            "bb",
+            "sh",
+            "-c",
+            "[ -t 0 ] && [ -t 1 ] && echo is-a-tty",
+        ],
+    );
+    assert_eq!(common::kiln_ok(r, &["wait", &c.id]), "0\n");
+    assert_eq!(common::kiln_ok(r, &["logs", &c.id]), "is-a-tty\r\n");
 }

@@ -11,6 +11,8 @@ use clap::Subcommand;
 use super::Globals;
 use crate::runner::{self, state, state::Status, RunOptions};
 
+// `run`'s many flags make its variant big; the enum is built once per process.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum RunCommands {
     /// Run a command in a new container.
@@ -72,7 +74,7 @@ pub enum RunCommands {
         /// Keep standard input open.
         #[arg(short = 'i', long)]
         interactive: bool,
-        /// Allocate a terminal (not supported yet: the command gets kiln's streams).
+        /// Allocate a terminal for the command (with -i, kiln relays its own terminal in raw mode).
         #[arg(short = 't', long)]
         tty: bool,
         /// The image to run.
@@ -519,8 +521,9 @@ fn logs(root: &Path, follow: bool, tail: &str, container: &str) -> Result<i32> {
     emit(lines)?;
     if follow {
         loop {
-            let running =
-                state::get(&store, &rec.id)?.is_some_and(|r| r.status() != Status::Exited);
+            // Follow while the container runs or its owner is still starting it.
+            let running = state::get(&store, &rec.id)?
+                .is_some_and(|r| r.status() == Status::Running || r.owner_alive());
             let (more, next) = runner::logs::read_from(&path, offset)?;
             offset = next;
             emit(more)?;

@@ -31,7 +31,7 @@ pub fn image_lowers(
     for (layer, diff_id) in manifest.layers().iter().zip(diff_ids) {
         let dir = snapshotter.layers_dir().join(digest_hex(diff_id)?);
         if !dir.exists() {
-            unpack(store, &layer.digest().to_string(), diff_id, &dir)?;
+            unpack(store, layer.digest().as_ref(), diff_id, &dir)?;
         }
         lowers.push(dir);
     }

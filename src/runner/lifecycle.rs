@@ -32,6 +32,8 @@ pub enum StreamMode {
 /// A started container, owned by this process.
 pub struct Started {
     pub running: sandbox::Running,
+    /// kiln's terminal settings before `-it` made it raw; restored at the end.
+    saved_termios: Option<nix::sys::termios::Termios>,
     snapshot: Option<ActiveSnapshot>,
     proxy: Option<Proxy>,
     copiers: Vec<JoinHandle<()>>,
@@ -116,10 +118,52 @@ pub fn start(store: &Store, rec: &ContainerRecord, mode: StreamMode) -> Result<S
     };
     spec.stdout = out;
     spec.stderr = err;
+    // -t: the command's stdio is a new terminal; kiln relays its master side.
+    let mut pty_master = None;
+    if cfg.tty {
+        let size = terminal_size();
+        let pty = nix::pty::openpty(size.as_ref(), None).context("allocating a terminal")?;
+        let slave = std::sync::Arc::new(pty.slave);
+        spec.stdin = Stdio::Fd(slave.clone());
+        spec.stdout = Stdio::Fd(slave.clone());
+        spec.stderr = Stdio::Fd(slave);
+        spec.tty = true;
+        pty_master = Some(File::from(pty.master));
+    }
 
     let mut running = sandbox::spawn(&spec)?;
+    // Our copies of the terminal's slave end must go, or the master never sees the end.
+    drop(spec);
     let mut copiers = Vec::new();
-    if mode != StreamMode::Inherit {
+    let mut saved_termios = None;
+    if let Some(master) = pty_master {
+        let log = match mode {
+            StreamMode::Inherit => None,
+            _ => Some(LogWriter::open(&logs::log_path(
+                &container_dir(store, &rec.id),
+                &rec.id,
+            ))?),
+        };
+        if mode != StreamMode::LogOnly && cfg.interactive {
+            saved_termios = raw_terminal();
+            let mut to_master = master.try_clone()?;
+            // Not joined: it blocks on kiln's stdin until kiln exits.
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut std::io::stdin().lock(), &mut to_master);
+            });
+        }
+        let tee: Option<Box<dyn Write + Send>> =
+            (mode != StreamMode::LogOnly).then(|| Box::new(std::io::stdout()) as _);
+        copiers.push(match log {
+            Some(log) => log.copy_from(master, "stdout", tee),
+            None => std::thread::spawn(move || {
+                let mut master = master;
+                if let Some(mut t) = tee {
+                    let _ = std::io::copy(&mut master, &mut t);
+                }
+            }),
+        });
+    } else if mode != StreamMode::Inherit {
         let dir = container_dir(store, &rec.id);
         let log = LogWriter::open(&logs::log_path(&dir, &rec.id))?;
         let tee = mode == StreamMode::Tee;
@@ -144,6 +188,7 @@ pub fn start(store: &Store, rec: &ContainerRecord, mode: StreamMode) -> Result<S
     state::set_running(store, &rec.id, me, running.pid(), &ports)?;
     Ok(Started {
         running,
+        saved_termios,
         snapshot: Some(snapshot),
         proxy,
         copiers,
@@ -160,6 +205,10 @@ pub fn finish(store: &Store, rec: &ContainerRecord, mut started: Started) -> Res
     }
     for c in started.copiers.drain(..) {
         let _ = c.join();
+    }
+    if let Some(t) = started.saved_termios.take() {
+        let _ =
+            nix::sys::termios::tcsetattr(std::io::stdin(), nix::sys::termios::SetArg::TCSANOW, &t);
     }
     let released = started
         .snapshot
@@ -194,4 +243,24 @@ pub fn remove(store: &Store, rec: &ContainerRecord, volumes: bool) -> Result<()>
         }
     }
     Ok(())
+}
+
+/// kiln's terminal size (for the container's terminal), when stdin is a terminal.
+fn terminal_size() -> Option<nix::pty::Winsize> {
+    let mut ws: libc::winsize = unsafe { std::mem::zeroed() };
+    // SAFETY: TIOCGWINSZ fills a winsize we own; fails harmlessly when stdin is no terminal.
+    let rc = unsafe { libc::ioctl(0, libc::TIOCGWINSZ, &mut ws) };
+    (rc == 0).then_some(ws)
+}
+
+/// Puts kiln's terminal in raw mode (keys go to the container as typed); returns the previous
+/// settings, or None when stdin is not a terminal.
+fn raw_terminal() -> Option<nix::sys::termios::Termios> {
+    use nix::sys::termios;
+    let stdin = std::io::stdin();
+    let saved = termios::tcgetattr(&stdin).ok()?;
+    let mut raw = saved.clone();
+    termios::cfmakeraw(&mut raw);
+    termios::tcsetattr(&stdin, termios::SetArg::TCSANOW, &raw).ok()?;
+    Some(saved)
 }

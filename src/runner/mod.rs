@@ -293,10 +293,24 @@ pub fn create(store: &Store, opts: &RunOptions) -> Result<ContainerRecord> {
     Ok(rec)
 }
 
-/// Removes what killed kiln processes left: snapshots and cgroups of dead owners.
-fn recover(root: &Path) {
-    let _ = crate::snapshot::recover(root);
+/// Removes what killed kiln processes left: snapshots and cgroups of dead owners; containers
+/// whose owner died (kill -9, reboot) are marked exited (255, as docker after a crash), and
+/// removed when they were started with `--rm`.
+fn recover(store: &Store) {
+    let _ = crate::snapshot::recover(store.root());
     crate::sandbox::recover();
+    let orphans: Vec<ContainerRecord> = state::list_unfinished(store)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|r| r.owner_pid > 0 && !r.owner_alive())
+        .collect();
+    for rec in orphans {
+        if rec.config.auto_remove {
+            let _ = lifecycle::remove(store, &rec, true);
+        } else {
+            let _ = state::set_exited(store, &rec.id, 255, false, "the owner process died");
+        }
+    }
 }
 
 /// `kiln run`: returns the exit code (the container's, or 125/126/127 as docker).
@@ -308,7 +322,7 @@ pub fn run(root: &Path, opts: &RunOptions) -> i32 {
             return 125;
         }
     };
-    recover(store.root());
+    recover(&store);
     let rec = match create(&store, opts) {
         Ok(r) => r,
         Err(e) => {

@@ -258,14 +258,9 @@ async fn udp_replies(
     sessions: Sessions,
 ) {
     let mut buf = vec![0u8; 65536];
-    loop {
-        match tokio::time::timeout(UDP_IDLE, upstream.recv(&mut buf)).await {
-            Ok(Ok(n)) => {
-                let _ = host.send_to(&buf[..n], client).await;
-            }
-            // Idle, or the container refused (ICMP port unreachable): end the session.
-            _ => break,
-        }
+    // Ends when idle, or when the container refused (ICMP port unreachable).
+    while let Ok(Ok(n)) = tokio::time::timeout(UDP_IDLE, upstream.recv(&mut buf)).await {
+        let _ = host.send_to(&buf[..n], client).await;
     }
     if let Ok(mut map) = sessions.lock() {
         map.remove(&client);
