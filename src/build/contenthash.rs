@@ -17,8 +17,8 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
+use crate::digest::Sha256;
 use anyhow::{Context, Result};
-use sha2::{Digest, Sha256};
 
 use super::context::PathFilter;
 use super::fsutil::{join_rel, resolve_in_root};
@@ -373,7 +373,7 @@ fn hash_file(path: &Path, buf: &mut [u8]) -> Result<[u8; 32]> {
         }
         h.update(&buf[..n]);
     }
-    Ok(h.finalize().into())
+    Ok(h.finalize())
 }
 
 /// The digest of one entry: type, permission bits, owner, size, link target, xattrs, content.
@@ -402,7 +402,7 @@ fn entry_digest(p: &Pending) -> Result<[u8; 32]> {
         h.update([0]);
         h.update(&value);
     }
-    Ok(h.finalize().into())
+    Ok(h.finalize())
 }
 
 /// The extended attributes of a path (not followed), sorted by name; empty when it has none or
