@@ -40,6 +40,8 @@ pub struct Globals {
     pub root: PathBuf,
 }
 
+// Parsed once per process and consumed at once: the size of the largest variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Commands {
     #[command(flatten)]
