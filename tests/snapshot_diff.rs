@@ -28,10 +28,7 @@ fn cp_a(from: &Path, to: &Path) {
 fn mknod_whiteout(p: &Path) {
     let c = CString::new(p.as_os_str().as_bytes()).unwrap();
     // SAFETY: mknod with a valid path.
-    assert_eq!(
-        unsafe { libc::mknod(c.as_ptr(), libc::S_IFCHR, 0) },
-        0
-    );
+    assert_eq!(unsafe { libc::mknod(c.as_ptr(), libc::S_IFCHR, 0) }, 0);
 }
 
 struct Layers {
@@ -411,11 +408,7 @@ fn ensure_unpacked_unpacks_a_stored_layer_once_by_diff_id() {
     // A wrong DiffID is refused.
     let wrong = format!("sha256:{}", "0".repeat(64));
     let err = snapshotter
-        .ensure_unpacked_blob(
-            &store,
-            stored.descriptor.digest().as_ref(),
-            Some(&wrong),
-        )
+        .ensure_unpacked_blob(&store, stored.descriptor.digest().as_ref(), Some(&wrong))
         .unwrap_err();
     assert!(format!("{err:#}").contains("DiffID"), "{err:#}");
     let leftovers: Vec<_> = std::fs::read_dir(snapshotter.layers_dir())

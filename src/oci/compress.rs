@@ -13,8 +13,8 @@ use std::sync::mpsc::{self, Receiver, SyncSender};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
-use anyhow::{bail, Result};
 use crate::digest::Sha256;
+use anyhow::{bail, Result};
 
 /// Uncompressed bytes per gzip member.
 const GZIP_CHUNK: usize = 1 << 20;

@@ -18,8 +18,8 @@ use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Component, Path, PathBuf};
 
-use anyhow::{bail, Context, Result};
 use crate::digest::Sha256;
+use anyhow::{bail, Context, Result};
 
 use super::change::Change;
 

@@ -4,8 +4,8 @@
 use std::io::{self, Read};
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use anyhow::{anyhow, bail, Context, Result};
 use crate::digest::Sha256;
+use anyhow::{anyhow, bail, Context, Result};
 use ureq::http::Method;
 
 use super::client::{error_summary, Body, Client};

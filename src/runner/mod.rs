@@ -4,7 +4,7 @@
 //! A container is a row in the runner's tables (`state`) plus `ROOT/containers/<id>/` (its
 //! json-file log and the monitor's own error log). Exactly one process *owns* a running
 //! container: the foreground `kiln run`, or for `-d` a monitor (kiln re-executed as the hidden
-//! `container-monitor` command, in its own session). The owner mounts the root filesystem,
+//! `container-monitor` command, double-forked in its own session). The owner mounts the root filesystem,
 //! binds the published ports, starts the sandbox, runs the port proxy and the log copiers,
 //! records the exit status and cleans up. Killing the owner kills the container (the sandbox's
 //! parent-death signals); a container whose owner is gone shows as exited (pid + start time).
@@ -445,12 +445,13 @@ fn spawn_monitor(store: &Store, rec: &ContainerRecord) -> std::result::Result<()
             Ok(())
         });
     }
-    // The monitor is not waited for: it outlives this command, reparented to init.
-    let child = cmd.spawn().context("starting the monitor").map_err(fail)?;
+    // The spawned process forks the monitor and exits at once (reaped here); the monitor
+    // outlives this command, a child of init.
+    let mut child = cmd.spawn().context("starting the monitor").map_err(fail)?;
+    let _ = child.wait();
     drop(ready_w);
     let mut report = String::new();
     let _ = std::io::Read::read_to_string(&mut std::fs::File::from(ready_r), &mut report);
-    drop(child);
     if report.starts_with("ok") {
         return Ok(());
     }
@@ -466,6 +467,20 @@ fn spawn_monitor(store: &Store, rec: &ContainerRecord) -> std::result::Result<()
 /// The hidden `container-monitor` command: owns a detached container until it ends. fd 3 is
 /// the ready pipe to `kiln run -d`.
 pub fn monitor(root: &Path, id: &str) -> i32 {
+    // The second fork of the classic daemon double fork: `kiln run -d` reaps the first process
+    // at once, and this one (already in its own session) is never anyone's child but init's.
+    // SAFETY: nothing has started a thread yet; the child only continues as a normal process.
+    match unsafe { libc::fork() } {
+        0 => {}
+        pid if pid > 0 => {
+            // SAFETY: leaving the intermediate process without running destructors.
+            unsafe { libc::_exit(0) }
+        }
+        _ => {
+            eprintln!("kiln monitor: fork: {}", std::io::Error::last_os_error());
+            return 125;
+        }
+    }
     // SAFETY: fd 3 was set up by `spawn_monitor` for this process.
     let mut ready = unsafe { std::fs::File::from_raw_fd(3) };
     let mut report = |msg: String| {

@@ -4,8 +4,8 @@ use std::fs;
 use std::io::{self, Read, Write};
 use std::path::PathBuf;
 
-use anyhow::{bail, Context, Result};
 use crate::digest::Sha256;
+use anyhow::{bail, Context, Result};
 
 use super::{digest_hex, Store};
 
