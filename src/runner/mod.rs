@@ -284,12 +284,9 @@ pub fn create(store: &Store, opts: &RunOptions) -> Result<ContainerRecord> {
         finished_ns: 0,
         ports: Vec::new(),
     };
-    let dir = lifecycle::container_dir(store, &id);
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    if let Err(e) = state::insert(store, &rec) {
-        let _ = std::fs::remove_dir_all(&dir);
-        return Err(e);
-    }
+    // The container's directory is made when something goes in it (a log, the monitor's log):
+    // `run --rm` in the foreground needs none.
+    state::insert(store, &rec)?;
     Ok(rec)
 }
 
@@ -410,6 +407,9 @@ fn forward_signals_to(pid: i32) {
 fn spawn_monitor(store: &Store, rec: &ContainerRecord) -> std::result::Result<(), (i32, String)> {
     let fail = |e: anyhow::Error| (125, format!("{e:#}"));
     let dir = lifecycle::container_dir(store, &rec.id);
+    std::fs::create_dir_all(&dir)
+        .with_context(|| format!("creating {}", dir.display()))
+        .map_err(fail)?;
     let monitor_log = std::fs::File::create(dir.join("monitor.log"))
         .context("creating the monitor log")
         .map_err(fail)?;
