@@ -243,3 +243,36 @@ fn stdin_with_i_and_a_terminal_with_t() {
     assert_eq!(common::kiln_ok(r, &["wait", &c.id]), "0\n");
     assert_eq!(common::kiln_ok(r, &["logs", &c.id]), "is-a-tty\r\n");
 }
+
+#[test]
+fn signals_to_foreground_kiln_reach_the_container() {
+    let root = setup(json!({"Cmd": ["sh"]}));
+    let r = root.path();
+    let child = std::process::Command::new(common::kiln_bin())
+        .arg("--root")
+        .arg(r)
+        .args([
+            "run",
+            "--rm",
+            "--name",
+            "sig",
+            "bb",
+            "sh",
+            "-c",
+            "trap 'echo got-int; exit 5' INT; echo ready; while :; do sleep 0.1; done",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    run_fixtures::eventually(10, || {
+        common::kiln_ok(r, &["ps"]).contains(" sig\n").then_some(())
+    })
+    .expect("the container runs");
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    // What Ctrl-C sends kiln (SIGINT) goes to the container, and kiln exits with its code.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(o.status.code(), Some(5));
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "ready\ngot-int\n");
+    assert_eq!(common::kiln_ok(r, &["ps", "-a", "-q"]), "");
+}

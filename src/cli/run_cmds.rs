@@ -11,78 +11,10 @@ use clap::Subcommand;
 use super::Globals;
 use crate::runner::{self, state, state::Status, RunOptions};
 
-// `run`'s many flags make its variant big; the enum is built once per process.
-#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum RunCommands {
     /// Run a command in a new container.
-    Run {
-        /// Remove the container (and its anonymous volumes) when it exits.
-        #[arg(long)]
-        rm: bool,
-        /// Run in the background and print the container ID.
-        #[arg(short = 'd', long)]
-        detach: bool,
-        /// Name the container.
-        #[arg(long)]
-        name: Option<String>,
-        /// Set an environment variable (KEY=VALUE, or KEY to take kiln's value).
-        #[arg(short = 'e', long = "env", value_name = "KEY[=VALUE]")]
-        env: Vec<String>,
-        /// Read environment variables from a file (KEY=VALUE lines).
-        #[arg(long = "env-file", value_name = "FILE")]
-        env_file: Vec<String>,
-        /// Working directory inside the container.
-        #[arg(short = 'w', long = "workdir", value_name = "DIR")]
-        workdir: Option<String>,
-        /// User (name, uid, uid:gid, name:group).
-        #[arg(short = 'u', long = "user", value_name = "USER[:GROUP]")]
-        user: Option<String>,
-        /// Mount a host path or a named volume: /host:/ctr[:ro], NAME:/ctr[:ro], /ctr.
-        #[arg(short = 'v', long = "volume", value_name = "SRC:DST[:ro]")]
-        volume: Vec<String>,
-        /// Publish a port: [ip:][hostPort:]containerPort[/tcp|/udp], ranges allowed.
-        #[arg(short = 'p', long = "publish", value_name = "SPEC")]
-        publish: Vec<String>,
-        /// Publish every EXPOSEd port on a free host port.
-        #[arg(short = 'P', long = "publish-all")]
-        publish_all: bool,
-        /// none (own network namespace, loopback only) or host.
-        #[arg(long, default_value = "none")]
-        network: String,
-        /// The container's hostname (default: the short container ID).
-        #[arg(long)]
-        hostname: Option<String>,
-        /// Override the image's ENTRYPOINT ("" clears it).
-        #[arg(long)]
-        entrypoint: Option<String>,
-        /// CPUs the container may use (0-3, 0,1).
-        #[arg(long = "cpuset-cpus", value_name = "CPUS")]
-        cpuset_cpus: Option<String>,
-        /// CPU shares (relative weight, default 1024).
-        #[arg(short = 'c', long = "cpu-shares")]
-        cpu_shares: Option<u64>,
-        /// Memory limit (e.g. 256m, 1g).
-        #[arg(short = 'm', long = "memory")]
-        memory: Option<String>,
-        /// Maximum number of processes (-1 for unlimited).
-        #[arg(long = "pids-limit", allow_negative_numbers = true)]
-        pids_limit: Option<i64>,
-        /// Run an init as PID 1 (kiln always does: it reaps zombies and forwards signals).
-        #[arg(long)]
-        init: bool,
-        /// Keep standard input open.
-        #[arg(short = 'i', long)]
-        interactive: bool,
-        /// Allocate a terminal for the command (with -i, kiln relays its own terminal in raw mode).
-        #[arg(short = 't', long)]
-        tty: bool,
-        /// The image to run.
-        image: String,
-        /// The command and its arguments (replace the image's CMD).
-        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
-        command: Vec<String>,
-    },
+    Run(Box<RunArgs>),
     /// List containers.
     Ps {
         /// Show all containers (default shows just running).
@@ -179,6 +111,76 @@ pub enum RunCommands {
     ContainerMonitor { id: String },
 }
 
+/// `kiln run`'s flags (boxed in `RunCommands`: they are many).
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// Remove the container (and its anonymous volumes) when it exits.
+    #[arg(long)]
+    rm: bool,
+    /// Run in the background and print the container ID.
+    #[arg(short = 'd', long)]
+    detach: bool,
+    /// Name the container.
+    #[arg(long)]
+    name: Option<String>,
+    /// Set an environment variable (KEY=VALUE, or KEY to take kiln's value).
+    #[arg(short = 'e', long = "env", value_name = "KEY[=VALUE]")]
+    env: Vec<String>,
+    /// Read environment variables from a file (KEY=VALUE lines).
+    #[arg(long = "env-file", value_name = "FILE")]
+    env_file: Vec<String>,
+    /// Working directory inside the container.
+    #[arg(short = 'w', long = "workdir", value_name = "DIR")]
+    workdir: Option<String>,
+    /// User (name, uid, uid:gid, name:group).
+    #[arg(short = 'u', long = "user", value_name = "USER[:GROUP]")]
+    user: Option<String>,
+    /// Mount a host path or a named volume: /host:/ctr[:ro], NAME:/ctr[:ro], /ctr.
+    #[arg(short = 'v', long = "volume", value_name = "SRC:DST[:ro]")]
+    volume: Vec<String>,
+    /// Publish a port: [ip:][hostPort:]containerPort[/tcp|/udp], ranges allowed.
+    #[arg(short = 'p', long = "publish", value_name = "SPEC")]
+    publish: Vec<String>,
+    /// Publish every EXPOSEd port on a free host port.
+    #[arg(short = 'P', long = "publish-all")]
+    publish_all: bool,
+    /// none (own network namespace, loopback only) or host.
+    #[arg(long, default_value = "none")]
+    network: String,
+    /// The container's hostname (default: the short container ID).
+    #[arg(long)]
+    hostname: Option<String>,
+    /// Override the image's ENTRYPOINT ("" clears it).
+    #[arg(long)]
+    entrypoint: Option<String>,
+    /// CPUs the container may use (0-3, 0,1).
+    #[arg(long = "cpuset-cpus", value_name = "CPUS")]
+    cpuset_cpus: Option<String>,
+    /// CPU shares (relative weight, default 1024).
+    #[arg(short = 'c', long = "cpu-shares")]
+    cpu_shares: Option<u64>,
+    /// Memory limit (e.g. 256m, 1g).
+    #[arg(short = 'm', long = "memory")]
+    memory: Option<String>,
+    /// Maximum number of processes (-1 for unlimited).
+    #[arg(long = "pids-limit", allow_negative_numbers = true)]
+    pids_limit: Option<i64>,
+    /// Run an init as PID 1 (kiln always does: it reaps zombies and forwards signals).
+    #[arg(long)]
+    init: bool,
+    /// Keep standard input open.
+    #[arg(short = 'i', long)]
+    interactive: bool,
+    /// Allocate a terminal for the command (with -i, kiln relays its own terminal in raw mode).
+    #[arg(short = 't', long)]
+    tty: bool,
+    /// The image to run.
+    image: String,
+    /// The command and its arguments (replace the image's CMD).
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    command: Vec<String>,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum ContainerCommands {
     /// Print containers' details as JSON.
@@ -222,30 +224,31 @@ pub enum VolumeCommands {
 pub fn run(cmd: RunCommands, globals: &Globals) -> anyhow::Result<i32> {
     let root = globals.root.as_path();
     match cmd {
-        RunCommands::Run {
-            rm,
-            detach,
-            name,
-            env,
-            env_file,
-            workdir,
-            user,
-            volume,
-            publish,
-            publish_all,
-            network,
-            hostname,
-            entrypoint,
-            cpuset_cpus,
-            cpu_shares,
-            memory,
-            pids_limit,
-            init,
-            interactive,
-            tty,
-            image,
-            command,
-        } => {
+        RunCommands::Run(args) => {
+            let RunArgs {
+                rm,
+                detach,
+                name,
+                env,
+                env_file,
+                workdir,
+                user,
+                volume,
+                publish,
+                publish_all,
+                network,
+                hostname,
+                entrypoint,
+                cpuset_cpus,
+                cpu_shares,
+                memory,
+                pids_limit,
+                init,
+                interactive,
+                tty,
+                image,
+                command,
+            } = *args;
             let opts = RunOptions {
                 image,
                 args: command,

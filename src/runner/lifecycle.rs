@@ -179,9 +179,16 @@ pub fn start(store: &Store, rec: &ContainerRecord, mode: StreamMode) -> Result<S
     let proxy = if listeners.is_empty() {
         None
     } else {
-        let netns = File::open(running.netns_path())
-            .context("opening the container's network namespace for the port proxy")?;
-        Some(Proxy::start(&ports, listeners, netns)?)
+        match File::open(running.netns_path()) {
+            Ok(netns) => Some(Proxy::start(&ports, listeners, netns)?),
+            // A command that ends at once (`true`) takes its namespace with it: nothing to
+            // forward to, and the host ports close as the listeners drop.
+            Err(_) if state::process_start_time(running.pid()).is_none() => None,
+            Err(e) => {
+                return Err(e)
+                    .context("opening the container's network namespace for the port proxy")
+            }
+        }
     };
     // SAFETY: getpid has no preconditions.
     let me = unsafe { libc::getpid() };

@@ -32,6 +32,9 @@ pub struct LogWriter {
 
 impl LogWriter {
     pub fn open(path: &Path) -> Result<LogWriter> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
         let file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)

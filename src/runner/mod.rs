@@ -4,7 +4,7 @@
 //! A container is a row in the runner's tables (`state`) plus `ROOT/containers/<id>/` (its
 //! json-file log and the monitor's own error log). Exactly one process *owns* a running
 //! container: the foreground `kiln run`, or for `-d` a monitor (kiln re-executed as the hidden
-//! `container-monitor` command, in its own session). The owner mounts the root filesystem,
+//! `container-monitor` command, double-forked in its own session). The owner mounts the root filesystem,
 //! binds the published ports, starts the sandbox, runs the port proxy and the log copiers,
 //! records the exit status and cleans up. Killing the owner kills the container (the sandbox's
 //! parent-death signals); a container whose owner is gone shows as exited (pid + start time).
@@ -284,12 +284,9 @@ pub fn create(store: &Store, opts: &RunOptions) -> Result<ContainerRecord> {
         finished_ns: 0,
         ports: Vec::new(),
     };
-    let dir = lifecycle::container_dir(store, &id);
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    if let Err(e) = state::insert(store, &rec) {
-        let _ = std::fs::remove_dir_all(&dir);
-        return Err(e);
-    }
+    // The container's directory is made when something goes in it (a log, the monitor's log):
+    // `run --rm` in the foreground needs none.
+    state::insert(store, &rec)?;
     Ok(rec)
 }
 
@@ -410,6 +407,9 @@ fn forward_signals_to(pid: i32) {
 fn spawn_monitor(store: &Store, rec: &ContainerRecord) -> std::result::Result<(), (i32, String)> {
     let fail = |e: anyhow::Error| (125, format!("{e:#}"));
     let dir = lifecycle::container_dir(store, &rec.id);
+    std::fs::create_dir_all(&dir)
+        .with_context(|| format!("creating {}", dir.display()))
+        .map_err(fail)?;
     let monitor_log = std::fs::File::create(dir.join("monitor.log"))
         .context("creating the monitor log")
         .map_err(fail)?;
@@ -445,12 +445,13 @@ fn spawn_monitor(store: &Store, rec: &ContainerRecord) -> std::result::Result<()
             Ok(())
         });
     }
-    // The monitor is not waited for: it outlives this command, reparented to init.
-    let child = cmd.spawn().context("starting the monitor").map_err(fail)?;
+    // The spawned process forks the monitor and exits at once (reaped here); the monitor
+    // outlives this command, a child of init.
+    let mut child = cmd.spawn().context("starting the monitor").map_err(fail)?;
+    let _ = child.wait();
     drop(ready_w);
     let mut report = String::new();
     let _ = std::io::Read::read_to_string(&mut std::fs::File::from(ready_r), &mut report);
-    drop(child);
     if report.starts_with("ok") {
         return Ok(());
     }
@@ -466,6 +467,20 @@ fn spawn_monitor(store: &Store, rec: &ContainerRecord) -> std::result::Result<()
 /// The hidden `container-monitor` command: owns a detached container until it ends. fd 3 is
 /// the ready pipe to `kiln run -d`.
 pub fn monitor(root: &Path, id: &str) -> i32 {
+    // The second fork of the classic daemon double fork: `kiln run -d` reaps the first process
+    // at once, and this one (already in its own session) is never anyone's child but init's.
+    // SAFETY: nothing has started a thread yet; the child only continues as a normal process.
+    match unsafe { libc::fork() } {
+        0 => {}
+        pid if pid > 0 => {
+            // SAFETY: leaving the intermediate process without running destructors.
+            unsafe { libc::_exit(0) }
+        }
+        _ => {
+            eprintln!("kiln monitor: fork: {}", std::io::Error::last_os_error());
+            return 125;
+        }
+    }
     // SAFETY: fd 3 was set up by `spawn_monitor` for this process.
     let mut ready = unsafe { std::fs::File::from_raw_fd(3) };
     let mut report = |msg: String| {
