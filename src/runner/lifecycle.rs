@@ -179,11 +179,11 @@ pub fn start(store: &Store, rec: &ContainerRecord, mode: StreamMode) -> Result<S
     let proxy = if listeners.is_empty() {
         None
     } else {
-        match File::open(running.netns_path()) {
-            Ok(netns) => Some(Proxy::start(&ports, listeners, netns)?),
+        match open_netns_unless_exited(&running) {
+            Ok(Some(netns)) => Some(Proxy::start(&ports, listeners, netns)?),
             // A command that ends at once (`true`) takes its namespace with it: nothing to
             // forward to, and the host ports close as the listeners drop.
-            Err(_) if state::process_start_time(running.pid()).is_none() => None,
+            Ok(None) => None,
             Err(e) => {
                 return Err(e)
                     .context("opening the container's network namespace for the port proxy")
@@ -270,4 +270,20 @@ fn raw_terminal() -> Option<nix::sys::termios::Termios> {
     termios::cfmakeraw(&mut raw);
     termios::tcsetattr(&stdin, termios::SetArg::TCSANOW, &raw).ok()?;
     Some(saved)
+}
+
+/// Opens the container's network namespace, or `None` when the container has already exited.
+/// An exiting process drops its namespaces a moment before it becomes a zombie, so a failed open
+/// while the process still looks alive is retried briefly before it counts as an error.
+fn open_netns_unless_exited(running: &sandbox::Running) -> std::io::Result<Option<File>> {
+    let mut last_err = None;
+    for _ in 0..50 {
+        match File::open(running.netns_path()) {
+            Ok(netns) => return Ok(Some(netns)),
+            Err(_) if state::process_start_time(running.pid()).is_none() => return Ok(None),
+            Err(e) => last_err = Some(e),
+        }
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    Err(last_err.unwrap_or_else(|| std::io::Error::other("no network namespace")))
 }
