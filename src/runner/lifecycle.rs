@@ -13,7 +13,7 @@ use super::config::PortBinding;
 use super::logs::{self, LogWriter};
 use super::proxy::{self, Proxy};
 use super::state::{self, ContainerRecord};
-use super::{layers, volumes};
+use super::volumes;
 use crate::sandbox::{self, ExecSpec, ExitInfo, Network, Resources, Stdio};
 use crate::snapshot::{ActiveSnapshot, PrepareOptions, Snapshotter};
 use crate::store::Store;
@@ -74,7 +74,8 @@ pub fn start(store: &Store, rec: &ContainerRecord, mode: StreamMode) -> Result<S
         )
     })?;
     let snapshotter = Snapshotter::new(root)?;
-    let lowers = layers::image_lowers(store, &snapshotter, &rec.manifest, &image_config)?;
+    let manifest = store.manifest(&rec.manifest)?;
+    let lowers = snapshotter.image_lowers(store, &manifest, &image_config)?;
     // Volatile: a container's upperdir is never reused after a crash.
     let snapshot = snapshotter.prepare(&lowers, &PrepareOptions { volatile: true })?;
     let mounts = volumes::sandbox_mounts(root, &snapshot.merged(), &cfg.mounts)?;

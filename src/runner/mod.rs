@@ -17,7 +17,6 @@
 
 pub mod config;
 pub mod exec;
-mod layers;
 pub mod lifecycle;
 pub mod logs;
 pub mod proxy;
