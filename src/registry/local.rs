@@ -10,6 +10,11 @@ use rusqlite::{params, OptionalExtension};
 use crate::reference::Reference;
 
 pub trait LocalStore: Sync {
+    /// Makes sure the registry's own tables exist. Every entry point of the registry module calls
+    /// it first, so callers (the build engine's FROM, the CLI) may pass any opened store.
+    fn prepare(&self) -> Result<()> {
+        Ok(())
+    }
     fn has_blob(&self, digest: &str) -> bool;
     /// Stores the bytes of `reader` as blob `expected`; it lands only if the bytes hash to
     /// `expected` (temp file, fsync, verify, rename), and nothing is left behind otherwise.
@@ -72,6 +77,10 @@ fn parse_name(name: &str) -> Result<Reference> {
 }
 
 impl LocalStore for crate::store::Store {
+    fn prepare(&self) -> Result<()> {
+        self.migrate("registry", MIGRATIONS)
+    }
+
     fn has_blob(&self, digest: &str) -> bool {
         crate::store::Store::has_blob(self, digest)
     }

@@ -108,6 +108,7 @@ pub fn pull(
     r: &RepoRef,
     platform: &Platform,
 ) -> Result<PulledImage> {
+    store.prepare()?;
     let progress = Progress::new(ctx.quiet);
     let clients = ctx.pull_clients(r)?;
     let last = clients.len() - 1;
@@ -134,6 +135,7 @@ pub fn push(
     dest: &RepoRef,
     opts: &PushOptions,
 ) -> Result<PushedImage> {
+    store.prepare()?;
     if dest.digest.is_some() {
         bail!("cannot push to a digest reference ({dest}); push to a tag");
     }
@@ -174,6 +176,7 @@ pub fn ensure_image(
     policy: PullPolicy,
     platform: &Platform,
 ) -> Result<ImageRecord> {
+    store.prepare()?;
     let name = r.name();
     let local = store.image(&name)?;
     let pinned = r.digest.is_some();
