@@ -72,3 +72,46 @@ fn from_a_loopback_registry_builds_and_pull_follows_a_moved_tag() {
     let out = common::kiln_ok(root.path(), &["run", "--rm", "app:3"]);
     assert_eq!(out.trim(), "second");
 }
+
+#[test]
+fn build_push_and_output_push_reach_the_registry() {
+    common::require_root();
+    let reg = Registry::start(AuthMode::None);
+    let root = common::temp_root();
+    common::kiln_ok(
+        root.path(),
+        &[
+            "import",
+            common::busybox_tar().to_str().unwrap(),
+            "busybox:latest",
+        ],
+    );
+    let ctx = tempfile::tempdir().unwrap();
+    std::fs::write(
+        ctx.path().join("Dockerfile"),
+        "FROM busybox:latest\nRUN echo pushed > /marker\n",
+    )
+    .unwrap();
+    let dir = ctx.path().to_str().unwrap();
+
+    let first = format!("{}/app/one:1", reg.host());
+    common::kiln_ok(root.path(), &["build", "-q", "--push", "-t", &first, dir]);
+    let second = format!("{}/app/two:1", reg.host());
+    let spec = format!("type=image,name={second},push=true");
+    common::kiln_ok(root.path(), &["build", "-q", "--output", &spec, dir]);
+
+    // What the registry holds is what the store holds: same manifest digest, seen by skopeo.
+    for (name, repo) in [(&first, "app/one:1"), (&second, "app/two:1")] {
+        let (digest, _) = skopeo_inspect(&reg, repo);
+        let local = common::kiln_ok(root.path(), &["inspect", name]);
+        assert!(
+            local.contains(&digest),
+            "{name}: the registry's manifest {digest} is not the local one:\n{local}"
+        );
+    }
+
+    // A push without a name is refused before anything is built.
+    let out = common::kiln(root.path(), &["build", "-q", "--push", dir]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--push needs a name"));
+}

@@ -144,6 +144,28 @@ pub fn parse_secret(spec: &str) -> Result<(String, SecretSource)> {
 
 /// `--output type=oci|docker|tar|local|image[,dest=PATH][,compression=...][,name=...]`, or a bare
 /// path (docker's shorthand for `type=local,dest=PATH`; `-` means a tar on stdout).
+/// Whether an `--output` spec asks for the image to be pushed (`type=registry`, or
+/// `type=image,push=true`), as BuildKit's image exporter does. The CLI pushes after the build.
+pub fn output_pushes(spec: &str) -> bool {
+    let pairs: Vec<(&str, &str)> = spec
+        .split(',')
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k.trim(), v.trim()))
+        .collect();
+    let value = |k: &str| {
+        pairs
+            .iter()
+            .rev()
+            .find(|(key, _)| *key == k)
+            .map(|(_, v)| *v)
+    };
+    match value("type") {
+        Some("registry") => true,
+        Some("image") => value("push") == Some("true"),
+        _ => false,
+    }
+}
+
 pub fn parse_output(spec: &str, tags: &[String]) -> Result<Output> {
     if !spec.contains('=') {
         return Ok(if spec == "-" {
@@ -192,9 +214,6 @@ pub fn parse_output(spec: &str, tags: &[String]) -> Result<Output> {
     let kind = get("type").ok_or_else(|| anyhow!("--output {spec:?}: type= is required"))?;
     Ok(match kind.as_str() {
         "image" | "registry" => {
-            if get("push").as_deref() == Some("true") || kind == "registry" {
-                bail!("--output {spec:?}: pushing from a build is not supported; use kiln push");
-            }
             let mut names: Vec<String> = tags.to_vec();
             if let Some(n) = get("name") {
                 names.extend(n.split(',').map(str::to_string));
@@ -250,6 +269,10 @@ mod tests {
             }
         );
         assert!(parse_output("type=oci", &tags).is_err());
+        assert!(output_pushes("type=image,push=true"));
+        assert!(output_pushes("type=registry,name=x"));
+        assert!(!output_pushes("type=image,push=false"));
+        assert!(!output_pushes("type=oci,dest=x,push=true"));
         assert!(parse_output("type=weird,dest=x", &tags).is_err());
     }
 

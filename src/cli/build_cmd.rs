@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 
+use anyhow::Context;
 use clap::Subcommand;
 
 use super::Globals;
@@ -60,6 +61,9 @@ pub struct BuildArgs {
     /// Print only the image ID
     #[arg(short = 'q', long)]
     pub quiet: bool,
+    /// Push the image to its registry after the build (same as `--output type=image,push=true`)
+    #[arg(long)]
+    pub push: bool,
     /// How many steps may run at the same time (default: the number of cores)
     #[arg(long = "max-parallelism", value_name = "N")]
     pub max_parallelism: Option<usize>,
@@ -74,8 +78,14 @@ pub struct BuildArgs {
 pub fn run(cmd: BuildCommands, globals: &Globals) -> anyhow::Result<i32> {
     match cmd {
         BuildCommands::Build(args) => {
+            let push_names = names_to_push(&args)?;
             let opts = to_options(*args)?;
-            crate::build::engine::build(&globals.root, opts)
+            let quiet = opts.quiet;
+            let code = crate::build::engine::build(&globals.root, opts)?;
+            if code == 0 && !push_names.is_empty() {
+                push_after_build(&globals.root, &push_names, quiet)?;
+            }
+            Ok(code)
         }
     }
 }
@@ -132,4 +142,42 @@ fn to_options(args: BuildArgs) -> anyhow::Result<BuildOptions> {
         quiet: args.quiet,
         max_parallelism,
     })
+}
+
+/// The names `--push` or a pushing `--output` asks to push, checked before the build starts so a
+/// build that cannot be pushed fails at once.
+fn names_to_push(args: &BuildArgs) -> anyhow::Result<Vec<String>> {
+    let mut names = Vec::new();
+    if args.push {
+        names.extend(args.tags.iter().cloned());
+    }
+    for spec in &args.outputs {
+        if options::output_pushes(spec) {
+            if let Output::Image { names: n } = options::parse_output(spec, &args.tags)? {
+                names.extend(n);
+            }
+        }
+    }
+    if (args.push || args.outputs.iter().any(|s| options::output_pushes(s))) && names.is_empty() {
+        anyhow::bail!("--push needs a name to push to: add -t REGISTRY/NAME[:TAG]");
+    }
+    names.sort();
+    names.dedup();
+    Ok(names)
+}
+
+fn push_after_build(root: &std::path::Path, names: &[String], quiet: bool) -> anyhow::Result<()> {
+    use crate::registry::{self, PushOptions, RegistryContext, RepoRef};
+    let mut ctx = RegistryContext::load(root.to_path_buf())?;
+    ctx.quiet |= quiet;
+    let store = crate::store::Store::open(root)?;
+    for name in names {
+        let dest = RepoRef::parse(name)?;
+        registry::push(&ctx, &store, name, &dest, &PushOptions::default())
+            .with_context(|| format!("pushing the built image {name}"))?;
+        if !quiet {
+            eprintln!("pushed {name}");
+        }
+    }
+    Ok(())
 }
