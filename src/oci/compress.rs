@@ -123,6 +123,12 @@ pub struct Compressor<W: Write> {
 
 impl<W: Write> Compressor<W> {
     pub fn new(out: W, compression: Compression) -> io::Result<Self> {
+        Self::with_gzip_level(out, compression, DEFAULT_GZIP_LEVEL)
+    }
+
+    /// Like [`Compressor::new`], with gzip at `gzip_level` (1 fastest ..= 9 smallest); other
+    /// compressions are unaffected.
+    pub fn with_gzip_level(out: W, compression: Compression, gzip_level: u32) -> io::Result<Self> {
         let out = HashingWriter {
             inner: out,
             hasher: Sha256::new(),
@@ -130,7 +136,7 @@ impl<W: Write> Compressor<W> {
         };
         let encoder = match compression {
             Compression::None => Encoder::None(out),
-            Compression::Gzip => Encoder::Gzip(ParallelGzip::new(out, DEFAULT_GZIP_LEVEL)),
+            Compression::Gzip => Encoder::Gzip(ParallelGzip::new(out, gzip_level.clamp(1, 9))),
             Compression::Zstd => {
                 Encoder::Zstd(zstd::stream::write::Encoder::new(out, DEFAULT_ZSTD_LEVEL)?)
             }
