@@ -327,6 +327,12 @@ impl Writer<'_> {
         meta: &fs::Metadata,
         excluded: bool,
     ) -> Result<PathBuf> {
+        // Usually the destination is new: creating it first saves a lookup through the overlay.
+        match fs::create_dir(dest) {
+            Ok(()) => return self.set_up_new_dir(dest, meta, excluded),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e).with_context(|| format!("creating {}", dest.display())),
+        }
         match fs::symlink_metadata(dest) {
             Ok(m) if m.is_dir() => Ok(dest.to_path_buf()),
             Ok(m) if m.file_type().is_symlink() => {
@@ -351,6 +357,10 @@ impl Writer<'_> {
 
     fn make_dir(&mut self, dest: &Path, meta: &fs::Metadata, excluded: bool) -> Result<PathBuf> {
         fs::create_dir(dest).with_context(|| format!("creating {}", dest.display()))?;
+        self.set_up_new_dir(dest, meta, excluded)
+    }
+
+    fn set_up_new_dir(&self, dest: &Path, meta: &fs::Metadata, excluded: bool) -> Result<PathBuf> {
         let mode = if excluded {
             0o755
         } else {
@@ -405,29 +415,12 @@ impl Writer<'_> {
 
     /// Copies one non-directory entry; safe to run for different destinations at once.
     fn copy_file(&self, src: &Path, meta: &fs::Metadata, dest: &Path) -> Result<()> {
-        match fs::symlink_metadata(dest) {
-            Ok(m) if m.is_dir() => bail!(
-                "cannot replace directory {} with a file",
-                display_in_root(self.dest_root, dest)
-            ),
-            Ok(_) => {
-                fs::remove_file(dest).with_context(|| format!("replacing {}", dest.display()))?
-            }
-            Err(_) => {}
-        }
         let ft = meta.file_type();
         if ft.is_file() {
-            let mut input =
-                fs::File::open(src).with_context(|| format!("reading {}", src.display()))?;
-            let mut output = fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .custom_flags_nofollow()
-                .open(dest)
-                .with_context(|| format!("writing {}", display_in_root(self.dest_root, dest)))?;
-            std::io::copy(&mut input, &mut output)
-                .with_context(|| format!("copying {}", src.display()))?;
-        } else if ft.is_symlink() {
+            return self.copy_regular_file(src, meta, dest);
+        }
+        self.remove_existing(dest)?;
+        if ft.is_symlink() {
             let target = fs::read_link(src)?;
             std::os::unix::fs::symlink(&target, dest)
                 .with_context(|| format!("creating link {}", dest.display()))?;
@@ -456,6 +449,92 @@ impl Writer<'_> {
         }
         self.set_times(dest, meta)
     }
+    /// Clears the way for a new entry at `dest`: a file or symlink there is removed, a directory
+    /// is an error (BuildKit's rule), nothing there is fine.
+    fn remove_existing(&self, dest: &Path) -> Result<()> {
+        match fs::symlink_metadata(dest) {
+            Ok(m) if m.is_dir() => bail!(
+                "cannot replace directory {} with a file",
+                display_in_root(self.dest_root, dest)
+            ),
+            Ok(_) => fs::remove_file(dest).with_context(|| format!("replacing {}", dest.display())),
+            Err(_) => Ok(()),
+        }
+    }
+
+    /// A regular file: created exclusively (the common case, a fresh destination, costs no
+    /// lookup first; an existing entry is replaced as `remove_existing` says), its data copied,
+    /// then owner, mode and times set through the open descriptor. Every path-based call
+    /// resolves the destination through the overlay again, which is most of a big COPY's time.
+    fn copy_regular_file(&self, src: &Path, meta: &fs::Metadata, dest: &Path) -> Result<()> {
+        let open_new = || {
+            fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .custom_flags_nofollow()
+                .open(dest)
+        };
+        let mut input =
+            fs::File::open(src).with_context(|| format!("reading {}", src.display()))?;
+        let mut output = match open_new() {
+            Ok(f) => Ok(f),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                self.remove_existing(dest)?;
+                open_new()
+            }
+            Err(e) => Err(e),
+        }
+        .with_context(|| format!("writing {}", display_in_root(self.dest_root, dest)))?;
+        copy_data(&mut input, &mut output, meta.len())
+            .with_context(|| format!("copying {}", src.display()))?;
+        let (uid, gid) = self.owner_for(meta);
+        std::os::unix::fs::fchown(&output, Some(uid), Some(gid))
+            .with_context(|| format!("chown {}", dest.display()))?;
+        // After the chown, which clears set-id bits.
+        let mode = self.opts.chmod.unwrap_or(meta.mode() & 0o7777);
+        output
+            .set_permissions(fs::Permissions::from_mode(mode))
+            .with_context(|| format!("chmod {}", dest.display()))?;
+        let ts = nix::sys::time::TimeSpec::new(meta.mtime(), meta.mtime_nsec());
+        nix::sys::stat::futimens(std::os::fd::AsRawFd::as_raw_fd(&output), &ts, &ts)
+            .with_context(|| format!("setting times of {}", dest.display()))
+    }
+}
+
+/// Files up to this size are copied through a per-thread buffer (two syscalls); bigger ones
+/// through `std::io::copy` (copy_file_range/sendfile in the kernel).
+const SMALL_FILE: u64 = 256 * 1024;
+
+/// Copies a file's data. Small files: read into a reused buffer until the size `stat` gave is
+/// reached (a short read at that size is the end; a file that grew is read to its new end).
+fn copy_data(input: &mut fs::File, output: &mut fs::File, size: u64) -> std::io::Result<()> {
+    use std::io::{Read, Write};
+    if size > SMALL_FILE {
+        std::io::copy(input, output)?;
+        return Ok(());
+    }
+    thread_local! {
+        static BUF: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0; SMALL_FILE as usize + 1]);
+    }
+    BUF.with(|buf| {
+        let mut buf = buf.borrow_mut();
+        let mut total = 0u64;
+        loop {
+            let n = match input.read(&mut buf[..]) {
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            if n == 0 {
+                return Ok(());
+            }
+            output.write_all(&buf[..n])?;
+            total += n as u64;
+            if n < buf.len() && total >= size {
+                return Ok(());
+            }
+        }
+    })
 }
 
 trait NoFollow {

@@ -117,12 +117,18 @@ enum Encoder<W: Write> {
 pub struct Compressor<W: Write> {
     encoder: Encoder<W>,
     /// None when the caller knows the DiffID already (recompressing a stored layer).
-    diff_hasher: Option<Sha256>,
+    diff_hasher: Option<DiffHasher>,
     uncompressed_size: u64,
 }
 
 impl<W: Write> Compressor<W> {
     pub fn new(out: W, compression: Compression) -> io::Result<Self> {
+        Self::with_gzip_level(out, compression, DEFAULT_GZIP_LEVEL)
+    }
+
+    /// Like [`Compressor::new`], with gzip at `gzip_level` (1 fastest ..= 9 smallest); other
+    /// compressions are unaffected.
+    pub fn with_gzip_level(out: W, compression: Compression, gzip_level: u32) -> io::Result<Self> {
         let out = HashingWriter {
             inner: out,
             hasher: Sha256::new(),
@@ -130,14 +136,14 @@ impl<W: Write> Compressor<W> {
         };
         let encoder = match compression {
             Compression::None => Encoder::None(out),
-            Compression::Gzip => Encoder::Gzip(ParallelGzip::new(out, DEFAULT_GZIP_LEVEL)),
+            Compression::Gzip => Encoder::Gzip(ParallelGzip::new(out, gzip_level.clamp(1, 9))),
             Compression::Zstd => {
                 Encoder::Zstd(zstd::stream::write::Encoder::new(out, DEFAULT_ZSTD_LEVEL)?)
             }
         };
         Ok(Compressor {
             encoder,
-            diff_hasher: Some(Sha256::new()),
+            diff_hasher: Some(DiffHasher::default()),
             uncompressed_size: 0,
         })
     }
@@ -156,11 +162,12 @@ impl<W: Write> Compressor<W> {
             Encoder::Gzip(g) => g.finish()?,
             Encoder::Zstd(z) => z.finish()?,
         };
+        let diff_id = match self.diff_hasher {
+            Some(h) => format!("sha256:{}", hex::encode(h.finalize()?)),
+            None => String::new(),
+        };
         let digests = LayerDigests {
-            diff_id: self
-                .diff_hasher
-                .map(|h| format!("sha256:{}", hex::encode(h.finalize())))
-                .unwrap_or_default(),
+            diff_id,
             uncompressed_size: self.uncompressed_size,
             digest: format!("sha256:{}", hex::encode(out.hasher.finalize())),
             size: out.size,
@@ -184,6 +191,58 @@ impl<W: Write> Write for Compressor<W> {
     }
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
+    }
+}
+
+/// The DiffID's SHA-256 of the uncompressed stream. Past the first chunk it runs on a thread of
+/// its own, fed whole chunks, so it overlaps with producing the tar and compressing it: inline it
+/// was the largest single cost of writing a big layer. Small layers are hashed inline.
+#[derive(Default)]
+struct DiffHasher {
+    buf: Vec<u8>,
+    worker: Option<(SyncSender<Vec<u8>>, JoinHandle<Sha256>)>,
+}
+
+impl DiffHasher {
+    fn update(&mut self, data: &[u8]) {
+        self.buf.extend_from_slice(data);
+        if self.buf.len() >= GZIP_CHUNK {
+            let chunk = std::mem::replace(&mut self.buf, Vec::with_capacity(2 * GZIP_CHUNK));
+            let (tx, _) = self.worker.get_or_insert_with(|| {
+                let (tx, rx) = mpsc::sync_channel::<Vec<u8>>(4);
+                let handle = std::thread::spawn(move || {
+                    let mut hasher = Sha256::new();
+                    for chunk in rx {
+                        hasher.update(&chunk);
+                    }
+                    hasher
+                });
+                (tx, handle)
+            });
+            // A send fails only when the thread died; `finalize` reports that.
+            let _ = tx.send(chunk);
+        }
+    }
+
+    fn finalize(self) -> io::Result<[u8; 32]> {
+        match self.worker {
+            None => {
+                let mut hasher = Sha256::new();
+                hasher.update(&self.buf);
+                Ok(hasher.finalize())
+            }
+            Some((tx, handle)) => {
+                let sent = self.buf.is_empty() || tx.send(self.buf).is_ok();
+                drop(tx);
+                let hasher = handle
+                    .join()
+                    .map_err(|_| io::Error::other("the layer hashing thread failed"))?;
+                if !sent {
+                    return Err(io::Error::other("the layer hashing thread stopped early"));
+                }
+                Ok(hasher.finalize())
+            }
+        }
     }
 }
 

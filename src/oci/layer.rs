@@ -894,7 +894,26 @@ pub fn store_layer(
     compression: super::compress::Compression,
     write: impl FnOnce(&mut dyn Write) -> Result<()>,
 ) -> Result<StoredLayer> {
-    let mut compressor = super::compress::Compressor::new(store.blob_writer()?, compression)?;
+    store_layer_with_gzip_level(
+        store,
+        compression,
+        super::compress::DEFAULT_GZIP_LEVEL,
+        write,
+    )
+}
+
+/// [`store_layer`] with gzip at `gzip_level` (builds trade a little size for speed).
+pub fn store_layer_with_gzip_level(
+    store: &crate::store::Store,
+    compression: super::compress::Compression,
+    gzip_level: u32,
+    write: impl FnOnce(&mut dyn Write) -> Result<()>,
+) -> Result<StoredLayer> {
+    let mut compressor = super::compress::Compressor::with_gzip_level(
+        store.blob_writer()?,
+        compression,
+        gzip_level,
+    )?;
     write(&mut compressor)?;
     let (blob_writer, digests) = compressor.finish().context("compressing a layer")?;
     let blob = blob_writer.commit(Some(&digests.digest))?;

@@ -178,6 +178,26 @@ impl ActiveSnapshot {
         .context("diff the snapshot")
     }
 
+    /// Like [`ActiveSnapshot::changes`], with the directory the changed entries are best read from
+    /// for the layer: the upperdir itself when it is self-contained (no redirect or metacopy;
+    /// every upserted path is then a plain entry there, with the metadata the merged view shows),
+    /// which spares the overlay's lookups; the merged view otherwise.
+    pub fn changes_with_source(&self) -> Result<(Vec<Change>, PathBuf)> {
+        let upper = self.upper();
+        let trusted = diff::upper_is_trustworthy(&upper)
+            .with_context(|| format!("scan upperdir {}", upper.display()))?;
+        let changes = self
+            .with_lower_view(|lower| {
+                if trusted {
+                    diff::diff_upper(&upper, lower)
+                } else {
+                    diff::diff_trees(lower, &self.merged())
+                }
+            })
+            .context("diff the snapshot")?;
+        Ok((changes, if trusted { upper } else { self.merged() }))
+    }
+
     /// Compares the lower view with the merged view directly (`diff::diff_trees`), ignoring the
     /// upperdir's overlay metadata.
     pub fn changes_by_tree_compare(&self) -> Result<Vec<Change>> {
