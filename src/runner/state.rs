@@ -366,24 +366,18 @@ pub fn get(store: &Store, id: &str) -> Result<Option<ContainerRecord>> {
 
 /// Every container, newest first.
 pub fn list(store: &Store) -> Result<Vec<ContainerRecord>> {
-    let rows = store.with_conn(|c| {
-        let mut stmt = c.prepare(&format!(
-            "SELECT {COLUMNS} FROM containers ORDER BY created DESC"
-        ))?;
-        let rows = stmt
-            .query_map([], from_row)?
-            .collect::<rusqlite::Result<Vec<_>>>()?;
-        Ok(rows)
-    })?;
-    rows.into_iter().map(finish_row).collect()
+    select(store, "ORDER BY created DESC")
 }
 
 /// Containers not recorded as exited (running, or being started).
 pub fn list_unfinished(store: &Store) -> Result<Vec<ContainerRecord>> {
+    select(store, "WHERE state != 'exited'")
+}
+
+/// The containers a `SELECT ... FROM containers {tail}` query returns.
+fn select(store: &Store, tail: &str) -> Result<Vec<ContainerRecord>> {
     let rows = store.with_conn(|c| {
-        let mut stmt = c.prepare(&format!(
-            "SELECT {COLUMNS} FROM containers WHERE state != 'exited'"
-        ))?;
+        let mut stmt = c.prepare(&format!("SELECT {COLUMNS} FROM containers {tail}"))?;
         let rows = stmt
             .query_map([], from_row)?
             .collect::<rusqlite::Result<Vec<_>>>()?;
