@@ -646,6 +646,7 @@ mod tests {
         match name {
             "v" => Some("abcabc".into()),
             "path" => Some("/usr/local/bin/app".into()),
+            "file" => Some("naïve.tar.gz".into()),
             _ => None,
         }
     }
@@ -662,6 +663,78 @@ mod tests {
         assert_eq!(e("${path##*/}"), "app");
         assert_eq!(e("${path%/*}"), "/usr/local/bin");
         assert_eq!(e("${nope#x}"), "");
+    }
+
+    /// `#`, `##`, `%` and `%%` share one trimming routine; these pin each side and greediness
+    /// on the edges: no match, empty pattern, a pattern that matches everything or nothing but
+    /// the empty string, and multi-byte characters (trimmed on character boundaries).
+    #[test]
+    fn trim_operators_edges() {
+        let e = |w: &str| expand(w, &env, '\\').unwrap();
+        for op in ["#", "##", "%", "%%"] {
+            assert_eq!(e(&format!("${{v{op}x}}")), "abcabc", "no match with {op}");
+            assert_eq!(
+                e(&format!("${{v{op}}}")),
+                "abcabc",
+                "empty pattern with {op}"
+            );
+            assert_eq!(e(&format!("${{v{op}abcabc}}")), "", "whole value with {op}");
+            assert_eq!(e(&format!("${{nope{op}a}}")), "", "unset with {op}");
+        }
+        assert_eq!(e("${v#*}"), "abcabc");
+        assert_eq!(e("${v##*}"), "");
+        assert_eq!(e("${v%*}"), "abcabc");
+        assert_eq!(e("${v%%*}"), "");
+        assert_eq!(e("${v#?}"), "bcabc");
+        assert_eq!(e("${v##?}"), "bcabc");
+        assert_eq!(e("${v%?}"), "abcab");
+        assert_eq!(e("${v%%?}"), "abcab");
+        assert_eq!(e("${v#*c}"), "abc");
+        assert_eq!(e("${v##*c}"), "");
+        assert_eq!(e("${v%a*}"), "abc");
+        assert_eq!(e("${v%%a*}"), "");
+        assert_eq!(e("${file%.*}"), "naïve.tar");
+        assert_eq!(e("${file%%.*}"), "naïve");
+        assert_eq!(e("${file#*ï}"), "ve.tar.gz");
+        assert_eq!(e("${file##*.}"), "gz");
+        assert_eq!(e("${file#??ï}"), "ve.tar.gz");
+        assert_eq!(e("${file%ï*}"), "na");
+        assert!(expand("${v:#a}", &env, '\\').is_err());
+        assert!(expand("${v:%a}", &env, '\\').is_err());
+    }
+
+    /// The error for each unterminated construct names what was missing.
+    #[test]
+    fn unterminated_constructs_say_what_is_missing() {
+        let msg = |w: &str| expand(w, &env, '\\').unwrap_err().message;
+        let cases = [
+            ("'abc", "looking for matching single-quote"),
+            ("\"abc", "looking for matching double-quote"),
+            ("${v:-abc", "syntax error: missing '}'"),
+            ("${v#abc", "syntax error: missing '}'"),
+            ("${v:xabc", "syntax error: missing '}'"),
+            ("${v:x}", "unsupported modifier (:x) in substitution"),
+            ("${v/abc", "syntax error: missing '/' in ${}"),
+            ("${v/a/b", "syntax error: missing '}'"),
+            // At the end of input a nested error becomes "missing }"; before it, it is kept.
+            ("${v:-'abc}", "syntax error: missing '}'"),
+            ("${v:-${x:y}}", "unsupported modifier (:y) in substitution"),
+            ("${v/${x:y}/b}", "unsupported modifier (:y) in substitution"),
+        ];
+        for (word, want) in cases {
+            let got = msg(word);
+            assert!(got.ends_with(want), "{word}: {got}");
+        }
+    }
+
+    #[test]
+    fn raw_quotes_keep_both_kinds_of_quote() {
+        let mut lex = Lexer::new('\\');
+        lex.raw_quotes = true;
+        assert_eq!(
+            lex.process_word("'a$v' \"b$v\"", &env).unwrap(),
+            "'a$v' \"babcabc\""
+        );
     }
 
     #[test]
