@@ -435,11 +435,12 @@ impl ShellWord<'_> {
                         };
                         let pattern = Pattern::compile(&pat)?;
                         let value = value.unwrap_or_default();
-                        Ok(if op == '#' {
-                            pattern.trim_prefix(&value, greedy).to_string()
+                        let side = if op == '#' {
+                            Side::Prefix
                         } else {
-                            pattern.trim_suffix(&value, greedy).to_string()
-                        })
+                            Side::Suffix
+                        };
+                        Ok(pattern.trim(&value, side, greedy).to_string())
                     }
                 }
             }
@@ -484,6 +485,13 @@ impl ShellWord<'_> {
 #[derive(Debug)]
 struct Pattern {
     tokens: Vec<Tok>,
+}
+
+/// The end of a value that `${v#p}` (prefix) or `${v%p}` (suffix) trims.
+#[derive(Debug, Clone, Copy)]
+enum Side {
+    Prefix,
+    Suffix,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -561,39 +569,33 @@ impl Pattern {
         go(&self.tokens, s)
     }
 
-    fn trim_prefix<'v>(&self, value: &'v str, greedy: bool) -> &'v str {
+    /// Removes from one end of `value` the shortest match of the pattern (`${v#p}`, `${v%p}`)
+    /// or, `greedy`, the longest (`${v##p}`, `${v%%p}`); `value` unchanged when nothing matches.
+    fn trim<'v>(&self, value: &'v str, side: Side, greedy: bool) -> &'v str {
         let chars: Vec<char> = value.chars().collect();
-        let offsets: Vec<usize> = value
-            .char_indices()
-            .map(|(i, _)| i)
-            .chain(std::iter::once(value.len()))
-            .collect();
-        let mut ends: Box<dyn Iterator<Item = usize>> = if greedy {
-            Box::new((0..=chars.len()).rev())
-        } else {
-            Box::new(0..=chars.len())
+        let n = chars.len();
+        let matches_end = |len: &usize| {
+            self.matches(match side {
+                Side::Prefix => &chars[..*len],
+                Side::Suffix => &chars[n - len..],
+            })
         };
-        match ends.find(|&n| self.matches(&chars[..n])) {
-            Some(n) => &value[offsets[n]..],
-            None => value,
-        }
-    }
-
-    fn trim_suffix<'v>(&self, value: &'v str, greedy: bool) -> &'v str {
-        let chars: Vec<char> = value.chars().collect();
-        let offsets: Vec<usize> = value
-            .char_indices()
-            .map(|(i, _)| i)
-            .chain(std::iter::once(value.len()))
-            .collect();
-        let mut starts: Box<dyn Iterator<Item = usize>> = if greedy {
-            Box::new(0..=chars.len())
+        let mut lengths = 0..=n;
+        let removed = if greedy {
+            lengths.rev().find(matches_end)
         } else {
-            Box::new((0..=chars.len()).rev())
+            lengths.find(matches_end)
         };
-        match starts.find(|&n| self.matches(&chars[n..])) {
-            Some(n) => &value[..offsets[n]],
-            None => value,
+        let byte_at = |char_index: usize| {
+            value
+                .char_indices()
+                .nth(char_index)
+                .map_or(value.len(), |(i, _)| i)
+        };
+        match (removed, side) {
+            (None, _) => value,
+            (Some(len), Side::Prefix) => &value[byte_at(len)..],
+            (Some(len), Side::Suffix) => &value[..byte_at(n - len)],
         }
     }
 
