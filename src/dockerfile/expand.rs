@@ -178,11 +178,7 @@ impl ShellWord<'_> {
             }
             match ch {
                 '\'' | '"' => {
-                    let tmp = if ch == '\'' {
-                        self.process_single_quote()?
-                    } else {
-                        self.process_double_quote()?
-                    };
+                    let tmp = self.process_quoted(ch)?;
                     result.push_str(&tmp);
                     words.add_raw_string(&tmp);
                 }
@@ -219,31 +215,28 @@ impl ShellWord<'_> {
         Ok((result, words.finish()))
     }
 
-    fn process_single_quote(&mut self) -> Result<String, ExpandError> {
-        let mut result = String::new();
-        let open = self.next();
-        if self.lex.raw_quotes {
-            result.extend(open);
-        }
-        loop {
-            match self.next() {
-                None => {
-                    return err(
-                        "unexpected end of statement while looking for matching single-quote",
-                    )
+    /// Processes up to `stop` inside `${...}`. Running out of input there is BuildKit's syntax
+    /// error naming the missing `}` or `/`, in place of what a nested construct reported.
+    fn process_until(&mut self, stop: char, raw_escapes: bool) -> Result<String, ExpandError> {
+        let processed = self.process_stop_on(&[stop], raw_escapes);
+        processed.map(|(s, _)| s).map_err(|e| {
+            if self.peek().is_some() {
+                e
+            } else if stop == '/' {
+                ExpandError {
+                    message: "syntax error: missing '/' in ${}".into(),
                 }
-                Some('\'') => {
-                    if self.lex.raw_quotes {
-                        result.push('\'');
-                    }
-                    return Ok(result);
+            } else {
+                ExpandError {
+                    message: "syntax error: missing '}'".into(),
                 }
-                Some(c) => result.push(c),
             }
-        }
+        })
     }
 
-    fn process_double_quote(&mut self) -> Result<String, ExpandError> {
+    /// Processes a quoted string from its opening `quote` to the matching close: single quotes
+    /// keep everything literally, double quotes expand `$` and honour the escape character.
+    fn process_quoted(&mut self, quote: char) -> Result<String, ExpandError> {
         let mut result = String::new();
         let open = self.next();
         if self.lex.raw_quotes {
@@ -252,44 +245,54 @@ impl ShellWord<'_> {
         loop {
             match self.peek() {
                 None => {
-                    return err(
-                        "unexpected end of statement while looking for matching double-quote",
-                    )
+                    let name = if quote == '\'' {
+                        "single-quote"
+                    } else {
+                        "double-quote"
+                    };
+                    return err(format!(
+                        "unexpected end of statement while looking for matching {name}"
+                    ));
                 }
-                Some('"') => {
+                Some(c) if c == quote => {
                     self.next();
                     if self.lex.raw_quotes {
-                        result.push('"');
+                        result.push(quote);
                     }
                     return Ok(result);
                 }
-                Some('$') => {
-                    let v = self.process_dollar()?;
-                    result.push_str(&v);
-                }
-                Some(_) => {
-                    let mut ch = self.next().unwrap_or_default();
-                    if ch == self.lex.escape {
-                        if self.lex.raw_escapes {
-                            result.push(ch);
-                        }
-                        match self.peek() {
-                            None => continue,
-                            Some(c) if c == '"' || c == '$' || c == self.lex.escape => {
-                                ch = c;
-                                self.next();
-                            }
-                            Some(_) => {
-                                if self.lex.raw_escapes {
-                                    continue;
-                                }
-                            }
-                        }
-                    }
-                    result.push(ch);
-                }
+                Some(_) if quote == '\'' => result.extend(self.next()),
+                Some(_) => self.process_double_quoted_char(&mut result)?,
             }
         }
+    }
+
+    /// One character, escape sequence or `$` substitution inside double quotes: the escape
+    /// character only escapes `"`, `$` and itself there.
+    fn process_double_quoted_char(&mut self, result: &mut String) -> Result<(), ExpandError> {
+        if self.peek() == Some('$') {
+            result.push_str(&self.process_dollar()?);
+            return Ok(());
+        }
+        let Some(mut ch) = self.next() else {
+            return Ok(());
+        };
+        if ch == self.lex.escape {
+            if self.lex.raw_escapes {
+                result.push(ch);
+            }
+            match self.peek() {
+                None => return Ok(()),
+                Some(c) if c == '"' || c == '$' || c == self.lex.escape => {
+                    ch = c;
+                    self.next();
+                }
+                Some(_) if self.lex.raw_escapes => return Ok(()),
+                Some(_) => {}
+            }
+        }
+        result.push(ch);
+        Ok(())
     }
 
     fn process_name(&mut self) -> String {
@@ -375,26 +378,10 @@ impl ShellWord<'_> {
                 }
                 if !matches!(op, '+' | '-' | '?' | '#' | '%') {
                     // Consume to the closing brace first so "missing }" wins, as in BuildKit.
-                    self.process_stop_on(&['}'], pattern_op).map_err(|e| {
-                        if self.peek().is_none() {
-                            ExpandError {
-                                message: "syntax error: missing '}'".into(),
-                            }
-                        } else {
-                            e
-                        }
-                    })?;
+                    self.process_until('}', pattern_op)?;
                     return err(format!("unsupported modifier ({modifier}) in substitution"));
                 }
-                let (word, _) = self.process_stop_on(&['}'], pattern_op).map_err(|e| {
-                    if self.peek().is_none() {
-                        ExpandError {
-                            message: "syntax error: missing '}'".into(),
-                        }
-                    } else {
-                        e
-                    }
-                })?;
+                let word = self.process_until('}', pattern_op)?;
                 let value = self.get_env(&name);
                 if self.lex.skip_unset_env && value.is_none() {
                     return Ok(format!("${{{name}{modifier}{word}}}"));
@@ -449,24 +436,8 @@ impl ShellWord<'_> {
                 if replace_all {
                     self.next();
                 }
-                let (pat, _) = self.process_stop_on(&['/'], true).map_err(|e| {
-                    if self.peek().is_none() {
-                        ExpandError {
-                            message: "syntax error: missing '/' in ${}".into(),
-                        }
-                    } else {
-                        e
-                    }
-                })?;
-                let (replacement, _) = self.process_stop_on(&['}'], true).map_err(|e| {
-                    if self.peek().is_none() {
-                        ExpandError {
-                            message: "syntax error: missing '}'".into(),
-                        }
-                    } else {
-                        e
-                    }
-                })?;
+                let pat = self.process_until('/', true)?;
+                let replacement = self.process_until('}', true)?;
                 let value = self.get_env(&name);
                 if self.lex.skip_unset_env && value.is_none() {
                     let slash = if replace_all { "//" } else { "/" };
