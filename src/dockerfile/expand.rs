@@ -700,23 +700,22 @@ mod tests {
         }
     }
 
+    /// Expands `word` with a lexer that `configure` sets options on.
+    fn expand_with(configure: fn(&mut Lexer), word: &str) -> String {
+        let mut lex = Lexer::new('\\');
+        configure(&mut lex);
+        lex.process_word(word, &env).unwrap()
+    }
+
     #[test]
     fn raw_quotes_keep_both_kinds_of_quote() {
-        let mut lex = Lexer::new('\\');
-        lex.raw_quotes = true;
-        assert_eq!(
-            lex.process_word("'a$v' \"b$v\"", &env).unwrap(),
-            "'a$v' \"babcabc\""
-        );
+        let got = expand_with(|l| l.raw_quotes = true, "'a$v' \"b$v\"");
+        assert_eq!(got, "'a$v' \"babcabc\"");
     }
 
     #[test]
     fn skip_unset_keeps_references() {
-        let mut lex = Lexer::new('\\');
-        lex.skip_unset_env = true;
-        assert_eq!(
-            lex.process_word("$x ${y} ${z:-d}", &env).unwrap(),
-            "$x ${y} ${z:-d}"
-        );
+        let got = expand_with(|l| l.skip_unset_env = true, "$x ${y} ${z:-d}");
+        assert_eq!(got, "$x ${y} ${z:-d}");
     }
 }
