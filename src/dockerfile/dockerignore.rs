@@ -354,6 +354,9 @@ impl DockerIgnore {
 
     /// Is `rel_path` (relative to the context root, `/`-separated) excluded from the context?
     pub fn is_excluded(&self, rel_path: &str) -> bool {
+        if self.patterns.is_empty() {
+            return false;
+        }
         let path = clean_path(rel_path.trim_start_matches('/'));
         if path == "." {
             return false;
