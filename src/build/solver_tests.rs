@@ -15,6 +15,7 @@ use crate::dockerfile::Spanned;
 #[derive(Default)]
 struct Fake {
     ran: Mutex<Vec<String>>,
+    ops: Mutex<Vec<Op>>,
 }
 
 impl Backend for Fake {
@@ -40,6 +41,7 @@ impl Backend for Fake {
             anyhow::bail!("process exited with 3");
         }
         self.ran.lock().unwrap().push(desc.clone());
+        self.ops.lock().unwrap().push(req.op.clone());
         let n = req.parent.len();
         Ok(Some(LayerRef {
             digest: format!("sha256:l{n}-{desc}"),
@@ -208,4 +210,32 @@ fn target_and_failures() {
         msg.contains("Dockerfile:10: COPY missing /x") && msg.contains("\"/missing\": not found"),
         "{msg}"
     );
+}
+
+#[test]
+fn words_are_expanded_by_the_front_end_rules() {
+    let env = env();
+    let fake = Arc::new(Fake::default());
+    let dockerfile = "FROM busybox\nARG N=world\nARG T=/cache\nCOPY <<EOF <<'RAW' /d/\nhi $N \"q\"\nEOF\n$N\nRAW\nRUN --mount=type=cache,target=$T,id=c-$N echo $T\n";
+    build(&env, &fake, &[], None, dockerfile).unwrap();
+    let ops = std::mem::take(&mut *fake.ops.lock().unwrap());
+    let [Op::Copy(copy), Op::Run(run)] = &ops[..] else {
+        panic!("{ops:?}")
+    };
+    // Heredoc bodies: variables expanded unless the delimiter is quoted, quotes kept as text.
+    assert!(copy.sources.is_empty(), "{:?}", copy.sources);
+    assert_eq!(
+        copy.heredocs,
+        vec![
+            ("EOF".to_string(), "hi world \"q\"\n".to_string()),
+            ("RAW".to_string(), "$N\n".to_string())
+        ]
+    );
+    // RUN text goes to the shell as written; mount options and the ARG environment are expanded.
+    assert_eq!(run.argv.last().map(String::as_str), Some("echo $T"));
+    assert!(run.env.contains(&"T=/cache".to_string()), "{:?}", run.env);
+    let [RunMount::Cache { target, id, .. }] = &run.mounts[..] else {
+        panic!("{:?}", run.mounts)
+    };
+    assert_eq!((target.as_str(), id.as_str()), ("/cache", "c-world"));
 }

@@ -558,6 +558,30 @@ mod tests {
     }
 
     #[test]
+    fn arg_env_and_redeclared_args() {
+        let df = parse("FROM a\nARG A=1\nARG B=2\nENV B=env\nARG A\nARG C\nUSER $A\n").unwrap();
+        let st = stages(&df, &HashMap::new()).unwrap();
+        let mut vars = st.vars(&[]);
+        let mut last = None;
+        for s in &st.stages[0].instructions {
+            last = Some(vars.apply(&s.instruction).unwrap());
+        }
+        // `ARG A` again keeps its value; B is shadowed by ENV; C has none.
+        assert_eq!(last, Some(Instruction::User("1".into())));
+        assert_eq!(vars.arg_env(), vec![("A".to_string(), "1".to_string())]);
+    }
+
+    #[test]
+    fn expand_global_sees_global_and_platform_args_only() {
+        let df = parse("ARG SRC=base\nFROM a\nARG LOCAL=x\n").unwrap();
+        let st = stages(&df, &args(&[("SRC", "cli")])).unwrap();
+        assert_eq!(
+            st.expand_global("$SRC-$TARGETOS-${LOCAL:-none}").unwrap(),
+            "cli-linux-none"
+        );
+    }
+
+    #[test]
     fn run_text_is_not_expanded_but_mounts_are() {
         let df = parse("FROM a\nARG T=/cache\nRUN --mount=type=cache,target=$T echo $T\n").unwrap();
         let st = stages(&df, &HashMap::new()).unwrap();
