@@ -178,11 +178,7 @@ impl ShellWord<'_> {
             }
             match ch {
                 '\'' | '"' => {
-                    let tmp = if ch == '\'' {
-                        self.process_single_quote()?
-                    } else {
-                        self.process_double_quote()?
-                    };
+                    let tmp = self.process_quoted(ch)?;
                     result.push_str(&tmp);
                     words.add_raw_string(&tmp);
                 }
@@ -219,31 +215,28 @@ impl ShellWord<'_> {
         Ok((result, words.finish()))
     }
 
-    fn process_single_quote(&mut self) -> Result<String, ExpandError> {
-        let mut result = String::new();
-        let open = self.next();
-        if self.lex.raw_quotes {
-            result.extend(open);
-        }
-        loop {
-            match self.next() {
-                None => {
-                    return err(
-                        "unexpected end of statement while looking for matching single-quote",
-                    )
+    /// Processes up to `stop` inside `${...}`. Running out of input there is BuildKit's syntax
+    /// error naming the missing `}` or `/`, in place of what a nested construct reported.
+    fn process_until(&mut self, stop: char, raw_escapes: bool) -> Result<String, ExpandError> {
+        let processed = self.process_stop_on(&[stop], raw_escapes);
+        processed.map(|(s, _)| s).map_err(|e| {
+            if self.peek().is_some() {
+                e
+            } else if stop == '/' {
+                ExpandError {
+                    message: "syntax error: missing '/' in ${}".into(),
                 }
-                Some('\'') => {
-                    if self.lex.raw_quotes {
-                        result.push('\'');
-                    }
-                    return Ok(result);
+            } else {
+                ExpandError {
+                    message: "syntax error: missing '}'".into(),
                 }
-                Some(c) => result.push(c),
             }
-        }
+        })
     }
 
-    fn process_double_quote(&mut self) -> Result<String, ExpandError> {
+    /// Processes a quoted string from its opening `quote` to the matching close: single quotes
+    /// keep everything literally, double quotes expand `$` and honour the escape character.
+    fn process_quoted(&mut self, quote: char) -> Result<String, ExpandError> {
         let mut result = String::new();
         let open = self.next();
         if self.lex.raw_quotes {
@@ -252,44 +245,54 @@ impl ShellWord<'_> {
         loop {
             match self.peek() {
                 None => {
-                    return err(
-                        "unexpected end of statement while looking for matching double-quote",
-                    )
+                    let name = if quote == '\'' {
+                        "single-quote"
+                    } else {
+                        "double-quote"
+                    };
+                    return err(format!(
+                        "unexpected end of statement while looking for matching {name}"
+                    ));
                 }
-                Some('"') => {
+                Some(c) if c == quote => {
                     self.next();
                     if self.lex.raw_quotes {
-                        result.push('"');
+                        result.push(quote);
                     }
                     return Ok(result);
                 }
-                Some('$') => {
-                    let v = self.process_dollar()?;
-                    result.push_str(&v);
-                }
-                Some(_) => {
-                    let mut ch = self.next().unwrap_or_default();
-                    if ch == self.lex.escape {
-                        if self.lex.raw_escapes {
-                            result.push(ch);
-                        }
-                        match self.peek() {
-                            None => continue,
-                            Some(c) if c == '"' || c == '$' || c == self.lex.escape => {
-                                ch = c;
-                                self.next();
-                            }
-                            Some(_) => {
-                                if self.lex.raw_escapes {
-                                    continue;
-                                }
-                            }
-                        }
-                    }
-                    result.push(ch);
-                }
+                Some(_) if quote == '\'' => result.extend(self.next()),
+                Some(_) => self.process_double_quoted_char(&mut result)?,
             }
         }
+    }
+
+    /// One character, escape sequence or `$` substitution inside double quotes: the escape
+    /// character only escapes `"`, `$` and itself there.
+    fn process_double_quoted_char(&mut self, result: &mut String) -> Result<(), ExpandError> {
+        if self.peek() == Some('$') {
+            result.push_str(&self.process_dollar()?);
+            return Ok(());
+        }
+        let Some(mut ch) = self.next() else {
+            return Ok(());
+        };
+        if ch == self.lex.escape {
+            if self.lex.raw_escapes {
+                result.push(ch);
+            }
+            match self.peek() {
+                None => return Ok(()),
+                Some(c) if c == '"' || c == '$' || c == self.lex.escape => {
+                    ch = c;
+                    self.next();
+                }
+                Some(_) if self.lex.raw_escapes => return Ok(()),
+                Some(_) => {}
+            }
+        }
+        result.push(ch);
+        Ok(())
     }
 
     fn process_name(&mut self) -> String {
@@ -375,26 +378,10 @@ impl ShellWord<'_> {
                 }
                 if !matches!(op, '+' | '-' | '?' | '#' | '%') {
                     // Consume to the closing brace first so "missing }" wins, as in BuildKit.
-                    self.process_stop_on(&['}'], pattern_op).map_err(|e| {
-                        if self.peek().is_none() {
-                            ExpandError {
-                                message: "syntax error: missing '}'".into(),
-                            }
-                        } else {
-                            e
-                        }
-                    })?;
+                    self.process_until('}', pattern_op)?;
                     return err(format!("unsupported modifier ({modifier}) in substitution"));
                 }
-                let (word, _) = self.process_stop_on(&['}'], pattern_op).map_err(|e| {
-                    if self.peek().is_none() {
-                        ExpandError {
-                            message: "syntax error: missing '}'".into(),
-                        }
-                    } else {
-                        e
-                    }
-                })?;
+                let word = self.process_until('}', pattern_op)?;
                 let value = self.get_env(&name);
                 if self.lex.skip_unset_env && value.is_none() {
                     return Ok(format!("${{{name}{modifier}{word}}}"));
@@ -435,11 +422,12 @@ impl ShellWord<'_> {
                         };
                         let pattern = Pattern::compile(&pat)?;
                         let value = value.unwrap_or_default();
-                        Ok(if op == '#' {
-                            pattern.trim_prefix(&value, greedy).to_string()
+                        let side = if op == '#' {
+                            Side::Prefix
                         } else {
-                            pattern.trim_suffix(&value, greedy).to_string()
-                        })
+                            Side::Suffix
+                        };
+                        Ok(pattern.trim(&value, side, greedy).to_string())
                     }
                 }
             }
@@ -448,24 +436,8 @@ impl ShellWord<'_> {
                 if replace_all {
                     self.next();
                 }
-                let (pat, _) = self.process_stop_on(&['/'], true).map_err(|e| {
-                    if self.peek().is_none() {
-                        ExpandError {
-                            message: "syntax error: missing '/' in ${}".into(),
-                        }
-                    } else {
-                        e
-                    }
-                })?;
-                let (replacement, _) = self.process_stop_on(&['}'], true).map_err(|e| {
-                    if self.peek().is_none() {
-                        ExpandError {
-                            message: "syntax error: missing '}'".into(),
-                        }
-                    } else {
-                        e
-                    }
-                })?;
+                let pat = self.process_until('/', true)?;
+                let replacement = self.process_until('}', true)?;
                 let value = self.get_env(&name);
                 if self.lex.skip_unset_env && value.is_none() {
                     let slash = if replace_all { "//" } else { "/" };
@@ -484,6 +456,13 @@ impl ShellWord<'_> {
 #[derive(Debug)]
 struct Pattern {
     tokens: Vec<Tok>,
+}
+
+/// The end of a value that `${v#p}` (prefix) or `${v%p}` (suffix) trims.
+#[derive(Debug, Clone, Copy)]
+enum Side {
+    Prefix,
+    Suffix,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -561,39 +540,33 @@ impl Pattern {
         go(&self.tokens, s)
     }
 
-    fn trim_prefix<'v>(&self, value: &'v str, greedy: bool) -> &'v str {
+    /// Removes from one end of `value` the shortest match of the pattern (`${v#p}`, `${v%p}`)
+    /// or, `greedy`, the longest (`${v##p}`, `${v%%p}`); `value` unchanged when nothing matches.
+    fn trim<'v>(&self, value: &'v str, side: Side, greedy: bool) -> &'v str {
         let chars: Vec<char> = value.chars().collect();
-        let offsets: Vec<usize> = value
-            .char_indices()
-            .map(|(i, _)| i)
-            .chain(std::iter::once(value.len()))
-            .collect();
-        let mut ends: Box<dyn Iterator<Item = usize>> = if greedy {
-            Box::new((0..=chars.len()).rev())
-        } else {
-            Box::new(0..=chars.len())
+        let n = chars.len();
+        let matches_end = |len: &usize| {
+            self.matches(match side {
+                Side::Prefix => &chars[..*len],
+                Side::Suffix => &chars[n - len..],
+            })
         };
-        match ends.find(|&n| self.matches(&chars[..n])) {
-            Some(n) => &value[offsets[n]..],
-            None => value,
-        }
-    }
-
-    fn trim_suffix<'v>(&self, value: &'v str, greedy: bool) -> &'v str {
-        let chars: Vec<char> = value.chars().collect();
-        let offsets: Vec<usize> = value
-            .char_indices()
-            .map(|(i, _)| i)
-            .chain(std::iter::once(value.len()))
-            .collect();
-        let mut starts: Box<dyn Iterator<Item = usize>> = if greedy {
-            Box::new(0..=chars.len())
+        let mut lengths = 0..=n;
+        let removed = if greedy {
+            lengths.rev().find(matches_end)
         } else {
-            Box::new((0..=chars.len()).rev())
+            lengths.find(matches_end)
         };
-        match starts.find(|&n| self.matches(&chars[n..])) {
-            Some(n) => &value[..offsets[n]],
-            None => value,
+        let byte_at = |char_index: usize| {
+            value
+                .char_indices()
+                .nth(char_index)
+                .map_or(value.len(), |(i, _)| i)
+        };
+        match (removed, side) {
+            (None, _) => value,
+            (Some(len), Side::Prefix) => &value[byte_at(len)..],
+            (Some(len), Side::Suffix) => &value[..byte_at(n - len)],
         }
     }
 
@@ -646,6 +619,7 @@ mod tests {
         match name {
             "v" => Some("abcabc".into()),
             "path" => Some("/usr/local/bin/app".into()),
+            "file" => Some("naïve.tar.gz".into()),
             _ => None,
         }
     }
@@ -664,13 +638,84 @@ mod tests {
         assert_eq!(e("${nope#x}"), "");
     }
 
+    /// `#`, `##`, `%` and `%%` share one trimming routine; these pin each side and greediness
+    /// on the edges: no match, empty pattern, a pattern that matches everything or nothing but
+    /// the empty string, and multi-byte characters (trimmed on character boundaries).
+    #[test]
+    fn trim_operators_edges() {
+        let e = |w: &str| expand(w, &env, '\\').unwrap();
+        for op in ["#", "##", "%", "%%"] {
+            assert_eq!(e(&format!("${{v{op}x}}")), "abcabc", "no match with {op}");
+            assert_eq!(
+                e(&format!("${{v{op}}}")),
+                "abcabc",
+                "empty pattern with {op}"
+            );
+            assert_eq!(e(&format!("${{v{op}abcabc}}")), "", "whole value with {op}");
+            assert_eq!(e(&format!("${{nope{op}a}}")), "", "unset with {op}");
+        }
+        assert_eq!(e("${v#*}"), "abcabc");
+        assert_eq!(e("${v##*}"), "");
+        assert_eq!(e("${v%*}"), "abcabc");
+        assert_eq!(e("${v%%*}"), "");
+        assert_eq!(e("${v#?}"), "bcabc");
+        assert_eq!(e("${v##?}"), "bcabc");
+        assert_eq!(e("${v%?}"), "abcab");
+        assert_eq!(e("${v%%?}"), "abcab");
+        assert_eq!(e("${v#*c}"), "abc");
+        assert_eq!(e("${v##*c}"), "");
+        assert_eq!(e("${v%a*}"), "abc");
+        assert_eq!(e("${v%%a*}"), "");
+        assert_eq!(e("${file%.*}"), "naïve.tar");
+        assert_eq!(e("${file%%.*}"), "naïve");
+        assert_eq!(e("${file#*ï}"), "ve.tar.gz");
+        assert_eq!(e("${file##*.}"), "gz");
+        assert_eq!(e("${file#??ï}"), "ve.tar.gz");
+        assert_eq!(e("${file%ï*}"), "na");
+        assert!(expand("${v:#a}", &env, '\\').is_err());
+        assert!(expand("${v:%a}", &env, '\\').is_err());
+    }
+
+    /// The error for each unterminated construct names what was missing.
+    #[test]
+    fn unterminated_constructs_say_what_is_missing() {
+        let msg = |w: &str| expand(w, &env, '\\').unwrap_err().message;
+        let cases = [
+            ("'abc", "looking for matching single-quote"),
+            ("\"abc", "looking for matching double-quote"),
+            ("${v:-abc", "syntax error: missing '}'"),
+            ("${v#abc", "syntax error: missing '}'"),
+            ("${v:xabc", "syntax error: missing '}'"),
+            ("${v:x}", "unsupported modifier (:x) in substitution"),
+            ("${v/abc", "syntax error: missing '/' in ${}"),
+            ("${v/a/b", "syntax error: missing '}'"),
+            // At the end of input a nested error becomes "missing }"; before it, it is kept.
+            ("${v:-'abc}", "syntax error: missing '}'"),
+            ("${v:-${x:y}}", "unsupported modifier (:y) in substitution"),
+            ("${v/${x:y}/b}", "unsupported modifier (:y) in substitution"),
+        ];
+        for (word, want) in cases {
+            let got = msg(word);
+            assert!(got.ends_with(want), "{word}: {got}");
+        }
+    }
+
+    /// Expands `word` with a lexer that `configure` sets options on.
+    fn expand_with(configure: fn(&mut Lexer), word: &str) -> String {
+        let mut lex = Lexer::new('\\');
+        configure(&mut lex);
+        lex.process_word(word, &env).unwrap()
+    }
+
+    #[test]
+    fn raw_quotes_keep_both_kinds_of_quote() {
+        let got = expand_with(|l| l.raw_quotes = true, "'a$v' \"b$v\"");
+        assert_eq!(got, "'a$v' \"babcabc\"");
+    }
+
     #[test]
     fn skip_unset_keeps_references() {
-        let mut lex = Lexer::new('\\');
-        lex.skip_unset_env = true;
-        assert_eq!(
-            lex.process_word("$x ${y} ${z:-d}", &env).unwrap(),
-            "$x ${y} ${z:-d}"
-        );
+        let got = expand_with(|l| l.skip_unset_env = true, "$x ${y} ${z:-d}");
+        assert_eq!(got, "$x ${y} ${z:-d}");
     }
 }

@@ -97,8 +97,9 @@ pub fn typed(source: &str, raw: RawDockerfile) -> Result<Dockerfile, ParseError>
     })
 }
 
-/// Levenshtein distance, for suggestions.
-fn distance(a: &str, b: &str) -> usize {
+/// Levenshtein distance in characters, for "did you mean" suggestions: keywords here, variable
+/// names in `lint`.
+pub(super) fn edit_distance(a: &str, b: &str) -> usize {
     let b: Vec<char> = b.chars().collect();
     let mut prev: Vec<usize> = (0..=b.len()).collect();
     for (i, ca) in a.chars().enumerate() {
@@ -118,7 +119,7 @@ pub fn suggest_keyword(word: &str) -> Option<&'static str> {
     let upper = word.to_uppercase();
     KEYWORDS
         .iter()
-        .map(|k| (distance(&upper, k), *k))
+        .map(|k| (edit_distance(&upper, k), *k))
         .filter(|(d, k)| *d <= 2 && *d < k.len())
         .min_by_key(|(d, _)| *d)
         .map(|(_, k)| k)
@@ -884,6 +885,15 @@ mod tests {
                 .size,
             Some(64 << 20)
         );
+    }
+
+    #[test]
+    fn edit_distance_counts_characters() {
+        assert_eq!(edit_distance("", ""), 0);
+        assert_eq!(edit_distance("abc", ""), 3);
+        assert_eq!(edit_distance("kitten", "sitting"), 3);
+        assert_eq!(edit_distance("naïve", "naive"), 1);
+        assert_eq!(edit_distance("cpoy", "COPY"), 4);
     }
 
     #[test]

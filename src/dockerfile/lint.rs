@@ -7,6 +7,7 @@ use std::collections::{HashMap, HashSet};
 use super::ast::*;
 use super::dockerignore::DockerIgnore;
 use super::expand::Lexer;
+use super::instructions::edit_distance;
 use super::raw::RawDockerfile;
 use super::stages::BuildContext;
 
@@ -442,17 +443,35 @@ fn closest<'a>(name: &str, defined: &'a HashSet<String>) -> Option<&'a String> {
         .min_by_key(|d| edit_distance(d, name))
 }
 
-fn edit_distance(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut prev: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut cur = vec![i + 1; b.len() + 1];
-        for (j, cb) in b.iter().enumerate() {
-            cur[j + 1] = (prev[j] + usize::from(ca != *cb))
-                .min(prev[j + 1] + 1)
-                .min(cur[j] + 1);
-        }
-        prev = cur;
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dockerfile::{parse, raw::parse_raw};
+
+    fn undefined_var_messages(src: &str) -> Vec<String> {
+        let raw = parse_raw(src).unwrap();
+        let df = parse(src).unwrap();
+        check(&df, &raw, None)
+            .into_iter()
+            .filter(|f| f.rule == "UndefinedVar")
+            .map(|f| f.message)
+            .collect()
     }
-    prev[b.len()]
+
+    /// A near miss (within two edits) or a different casing of a defined name is suggested.
+    #[test]
+    fn undefined_var_suggests_the_close_name() {
+        let msgs = undefined_var_messages("FROM a\nENV APP_HOME=/app\nRUN true\nUSER $APP_HOM\n");
+        assert_eq!(
+            msgs,
+            ["Usage of undefined variable '$APP_HOM' (did you mean $APP_HOME?)"]
+        );
+        let msgs = undefined_var_messages("FROM a\nENV APP_HOME=/app\nUSER $app_home\n");
+        assert_eq!(
+            msgs,
+            ["Usage of undefined variable '$app_home' (did you mean $APP_HOME?)"]
+        );
+        let msgs = undefined_var_messages("FROM a\nENV APP_HOME=/app\nUSER $OTHER\n");
+        assert_eq!(msgs, ["Usage of undefined variable '$OTHER'"]);
+    }
 }
