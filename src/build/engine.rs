@@ -12,7 +12,6 @@ use anyhow::{anyhow, bail, Context, Result};
 use super::cache::LayerRef;
 use super::context::{BuildContext, ContextSource};
 use super::imageconfig::ImageConfigFile;
-use super::model::Instr;
 use super::options::{BuildOptions, Output, OutputCompression};
 use super::progress::Progress;
 use super::solver::{self, Backend, BaseImage, BuildRequest, ExecRequest, StageResult};
@@ -39,7 +38,7 @@ pub fn build(root: &Path, opts: BuildOptions) -> Result<i32> {
     let ignore = crate::dockerfile::DockerIgnore::load(context.root(), dockerfile_path.as_deref())
         .map_err(|e| anyhow!("reading .dockerignore: {e}"))?;
     context.set_filter(Arc::new(super::frontend::IgnoreFilter(ignore)));
-    let (model, escape) = super::frontend::parse_model(&dockerfile_text, &dockerfile_name)?;
+    let stages = super::frontend::load(&dockerfile_text, &dockerfile_name, &opts.build_args)?;
 
     let source_date_epoch = opts
         .build_args
@@ -62,10 +61,8 @@ pub fn build(root: &Path, opts: BuildOptions) -> Result<i32> {
             .unwrap_or(dockerfile_name.clone())
     );
     let request = BuildRequest {
-        model,
-        escape,
+        stages,
         place_id,
-        build_args: opts.build_args.clone(),
         target: opts.target.clone(),
         no_cache: opts.no_cache,
         no_cache_filter: opts.no_cache_filter.clone(),
@@ -258,7 +255,7 @@ impl Backend for StoreBackend {
         super::exec::execute(&self.store, req)
     }
 
-    fn parse_trigger(&self, trigger: &str) -> Result<Instr> {
+    fn parse_trigger(&self, trigger: &str) -> Result<crate::dockerfile::Spanned> {
         super::frontend::parse_trigger(trigger)
     }
 }

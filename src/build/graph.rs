@@ -2,11 +2,9 @@
 //! `FROM <stage>`, `COPY --from=<stage>` and `RUN --mount=from=<stage>`, and an order in which
 //! they can be solved. Stages the target does not reach are never built.
 
-use std::collections::HashMap;
+use anyhow::{anyhow, bail, Result};
 
-use anyhow::{bail, Result};
-
-use super::model::{DockerfileModel, InstrKind};
+use crate::dockerfile::{Instruction, Stage, Stages};
 
 /// What a stage starts from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -28,9 +26,9 @@ pub struct Graph {
 }
 
 /// Finds a stage by name (case-insensitive) or index among the stages before `before`.
-pub fn stage_ref(model: &DockerfileModel, name: &str, before: usize) -> Option<usize> {
+pub fn stage_ref(stages: &[Stage], name: &str, before: usize) -> Option<usize> {
     let lower = name.to_ascii_lowercase();
-    if let Some(i) = model.stages[..before.min(model.stages.len())]
+    if let Some(i) = stages[..before.min(stages.len())]
         .iter()
         .position(|s| s.name.as_deref() == Some(lower.as_str()))
     {
@@ -42,26 +40,19 @@ pub fn stage_ref(model: &DockerfileModel, name: &str, before: usize) -> Option<u
     }
 }
 
-/// Builds the graph. `expand_global` expands a FROM or `--from` word with the global ARGs (and
-/// `--build-arg` overrides).
-pub fn build_graph(
-    model: &DockerfileModel,
-    target: Option<&str>,
-    expand_global: &dyn Fn(&str) -> Result<String>,
-) -> Result<Graph> {
-    if model.stages.is_empty() {
+/// Builds the graph. A `--from` word is expanded in the global scope (global ARGs, `--build-arg`
+/// overrides, platform ARGs), as BuildKit does to find a stage's dependencies.
+pub fn build_graph(stages: &Stages, target: Option<&str>) -> Result<Graph> {
+    let all = &stages.stages;
+    if all.is_empty() {
         bail!("the Dockerfile has no FROM instruction");
     }
     let target = match target {
-        None => model.stages.len() - 1,
-        Some(t) => match stage_ref(model, t, model.stages.len()) {
+        None => all.len() - 1,
+        Some(t) => match stage_ref(all, t, all.len()) {
             Some(i) if t.parse::<usize>().is_err() => i,
             _ => {
-                let names: Vec<&str> = model
-                    .stages
-                    .iter()
-                    .filter_map(|s| s.name.as_deref())
-                    .collect();
+                let names: Vec<&str> = all.iter().filter_map(|s| s.name.as_deref()).collect();
                 bail!(
                     "target stage {t:?} could not be found (stages: {})",
                     if names.is_empty() {
@@ -73,36 +64,29 @@ pub fn build_graph(
             }
         },
     };
-    let mut bases = Vec::with_capacity(model.stages.len());
-    let mut deps = Vec::with_capacity(model.stages.len());
-    for (i, stage) in model.stages.iter().enumerate() {
-        let base = expand_global(&stage.base)?;
-        let base_ref = if base.eq_ignore_ascii_case("scratch") {
+    let mut bases = Vec::with_capacity(all.len());
+    let mut deps = Vec::with_capacity(all.len());
+    for (i, stage) in all.iter().enumerate() {
+        let base_ref = if stage.base.eq_ignore_ascii_case("scratch") {
             BaseRef::Scratch
-        } else if let Some(j) = model.stages[..i]
-            .iter()
-            .position(|s| s.name.as_deref() == Some(base.to_ascii_lowercase().as_str()))
-        {
+        } else if let Some(j) = stage.base_stage {
             BaseRef::Stage(j)
         } else {
-            BaseRef::Image(base)
+            BaseRef::Image(stage.base.clone())
         };
         let mut d = Vec::new();
         if let BaseRef::Stage(j) = base_ref {
             d.push(j);
         }
-        for instr in &stage.instructions {
-            let from = match &instr.kind {
-                InstrKind::Copy(c) => c.from.iter().cloned().collect::<Vec<_>>(),
-                InstrKind::Run { mounts, .. } => mounts
-                    .iter()
-                    .filter_map(|m| m.get("from").map(str::to_string))
-                    .collect(),
+        for step in &stage.instructions {
+            let from: Vec<&String> = match &step.instruction {
+                Instruction::Copy(c) => c.from.iter().collect(),
+                Instruction::Run(r) => r.mounts.iter().filter_map(|m| m.from.as_ref()).collect(),
                 _ => Vec::new(),
             };
             for f in from {
-                let f = expand_global(&f)?;
-                if let Some(j) = stage_ref(model, &f, i) {
+                let f = stages.expand_global(f).map_err(|e| anyhow!("{e}"))?;
+                if let Some(j) = stage_ref(all, &f, i) {
                     if !d.contains(&j) {
                         d.push(j);
                     }
@@ -114,7 +98,7 @@ pub fn build_graph(
     }
     // Depth-first from the target; dependencies always have lower indices, so sorting the
     // reached set gives a valid order.
-    let mut reached = vec![false; model.stages.len()];
+    let mut reached = vec![false; all.len()];
     let mut stack = vec![target];
     while let Some(s) = stack.pop() {
         if reached[s] {
@@ -123,7 +107,7 @@ pub fn build_graph(
         reached[s] = true;
         stack.extend(deps[s].iter().copied());
     }
-    let order = (0..model.stages.len()).filter(|i| reached[*i]).collect();
+    let order = (0..all.len()).filter(|i| reached[*i]).collect();
     Ok(Graph {
         target,
         order,
@@ -132,68 +116,55 @@ pub fn build_graph(
     })
 }
 
-/// Stage names for progress lines: the `AS` name, else `stage-N`.
-pub fn stage_labels(model: &DockerfileModel) -> Vec<String> {
-    let mut seen = HashMap::new();
-    model
-        .stages
+/// Stage names for progress lines: the `AS name`, else `stage-N`.
+pub fn stage_labels(stages: &[Stage]) -> Vec<String> {
+    stages
         .iter()
         .enumerate()
-        .map(|(i, s)| {
-            let label = s.name.clone().unwrap_or_else(|| format!("stage-{i}"));
-            *seen.entry(label.clone()).or_insert(0) += 1;
-            label
-        })
+        .map(|(i, s)| s.name.clone().unwrap_or_else(|| format!("stage-{i}")))
         .collect()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::build::model::{CopyArgs, Instr, Stage};
+    use std::collections::HashMap;
 
-    fn stage(name: Option<&str>, base: &str, from: Option<&str>) -> Stage {
-        let mut instructions = Vec::new();
-        if let Some(f) = from {
-            instructions.push(Instr {
-                line: 1,
-                original: String::new(),
-                kind: InstrKind::Copy(CopyArgs {
-                    from: Some(f.to_string()),
-                    ..Default::default()
-                }),
-            });
-        }
-        Stage {
-            name: name.map(str::to_string),
-            base: base.into(),
-            platform: None,
-            line: 1,
-            instructions,
-        }
+    fn stages(text: &str) -> Stages {
+        crate::dockerfile::stages(&crate::dockerfile::parse(text).unwrap(), &HashMap::new())
+            .unwrap()
     }
 
     #[test]
     fn only_reached_stages_are_solved() {
-        let model = DockerfileModel {
-            global_args: vec![],
-            stages: vec![
-                stage(Some("a"), "busybox", None),
-                stage(Some("b"), "busybox", None),
-                stage(Some("unused"), "busybox", None),
-                stage(None, "a", Some("b")),
-            ],
-        };
-        let g = build_graph(&model, None, &|s| Ok(s.to_string())).unwrap();
+        let st = stages(
+            "ARG FROM_STAGE=b\nFROM busybox AS a\nFROM busybox AS b\nFROM busybox AS unused\nFROM a\nCOPY --from=$FROM_STAGE /x /x\n",
+        );
+        let g = build_graph(&st, None).unwrap();
         assert_eq!(g.order, vec![0, 1, 3]);
         assert_eq!(g.bases[3], BaseRef::Stage(0));
-        let g = build_graph(&model, Some("b"), &|s| Ok(s.to_string())).unwrap();
+        assert_eq!(g.bases[0], BaseRef::Image("busybox".into()));
+        let g = build_graph(&st, Some("b")).unwrap();
         assert_eq!(g.order, vec![1]);
-        let err = build_graph(&model, Some("nope"), &|s| Ok(s.to_string())).unwrap_err();
+        let err = build_graph(&st, Some("nope")).unwrap_err();
         assert!(
             err.to_string()
                 .contains("target stage \"nope\" could not be found"),
             "{err}"
         );
+        assert_eq!(
+            stage_labels(&st.stages),
+            vec!["a", "b", "unused", "stage-3"]
+        );
+    }
+
+    #[test]
+    fn mount_from_is_a_dependency() {
+        let st = stages(
+            "FROM scratch AS src\nFROM busybox AS other\nFROM busybox\nRUN --mount=from=src,target=/s true\n",
+        );
+        let g = build_graph(&st, None).unwrap();
+        assert_eq!(g.order, vec![0, 2]);
+        assert_eq!(g.bases[0], BaseRef::Scratch);
     }
 }

@@ -17,7 +17,6 @@ pub mod frontend;
 pub mod fsutil;
 pub mod graph;
 pub mod imageconfig;
-pub mod model;
 pub mod options;
 pub mod progress;
 pub mod solver;

@@ -20,13 +20,13 @@ use super::cache::{self, LayerRef, StepInputs};
 use super::contenthash::{hash_selection, FileDigestCache, HashOptions};
 use super::context::BuildContext;
 use super::copy::CopyOptions;
-use super::expand::{expand_word, expand_words};
 use super::graph::{build_graph, stage_labels, stage_ref, BaseRef, Graph};
 use super::imageconfig::{HealthConfig, History, ImageConfigFile};
-use super::model::{
-    CommandForm, CopyArgs, DockerfileModel, HealthArgs, Heredoc, Instr, InstrKind, MountSpec,
-};
 use super::progress::{Progress, StepId};
+use crate::dockerfile::{
+    self, CopyArgs, Healthcheck, Heredoc, Instruction, Mount, MountType, Sharing, ShellOrExec,
+    Spanned, Stages, Vars,
+};
 
 /// A base image as the store (or a registry) gives it.
 #[derive(Debug, Clone)]
@@ -151,16 +151,15 @@ pub trait Backend: Send + Sync + 'static {
     /// Executes a step on top of `parent`; the new layer, or `None` when nothing changed.
     fn execute(&self, req: ExecRequest) -> Result<Option<LayerRef>>;
     /// Parses an ONBUILD trigger into an instruction.
-    fn parse_trigger(&self, trigger: &str) -> Result<Instr>;
+    fn parse_trigger(&self, trigger: &str) -> Result<Spanned>;
 }
 
 pub struct BuildRequest {
-    pub model: DockerfileModel,
-    /// The Dockerfile's escape character (`# escape=`).
-    pub escape: char,
+    /// The Dockerfile split into stages, with the `--build-arg`s and platform it is built with
+    /// (`frontend::load`).
+    pub stages: Stages,
     /// Identifies this Dockerfile and context for explaining misses across builds.
     pub place_id: String,
-    pub build_args: BTreeMap<String, String>,
     pub target: Option<String>,
     pub no_cache: bool,
     pub no_cache_filter: Vec<String>,
@@ -185,7 +184,7 @@ pub struct StageResult {
 type Outcome = Option<Result<Arc<StageResult>, String>>;
 
 struct Shared {
-    model: DockerfileModel,
+    stages: Stages,
     graph: Graph,
     labels: Vec<String>,
     req: BuildRequestShared,
@@ -197,33 +196,16 @@ struct Shared {
     secrets: Arc<HashMap<String, SecretSource>>,
     permits: tokio::sync::Semaphore,
     outcomes: Vec<tokio::sync::watch::Sender<Outcome>>,
-    /// Global ARG values (after `--build-arg` overrides), visible in FROM lines.
-    global_args: BTreeMap<String, String>,
     started: i64,
-    escape: char,
 }
 
 struct BuildRequestShared {
     place_id: String,
-    build_args: BTreeMap<String, String>,
     no_cache: bool,
     no_cache_filter: Vec<String>,
     pull: bool,
     network: Network,
     source_date_epoch: Option<i64>,
-}
-
-/// The platform args BuildKit defines in the global scope.
-fn platform_args() -> BTreeMap<String, String> {
-    let arch = super::imageconfig::host_architecture();
-    let mut m = BTreeMap::new();
-    for prefix in ["TARGET", "BUILD"] {
-        m.insert(format!("{prefix}PLATFORM"), format!("linux/{arch}"));
-        m.insert(format!("{prefix}OS"), "linux".into());
-        m.insert(format!("{prefix}ARCH"), arch.into());
-        m.insert(format!("{prefix}VARIANT"), String::new());
-    }
-    m
 }
 
 /// Solves the build: returns the target stage's result.
@@ -234,38 +216,14 @@ pub async fn solve(
     progress: Arc<Progress>,
     db: Arc<Mutex<rusqlite::Connection>>,
 ) -> Result<StageResult> {
-    // Global ARGs: defaults expanded in order, `--build-arg` wins.
-    let mut global_args: BTreeMap<String, String> = platform_args();
-    for (name, default) in &request.model.global_args {
-        let value = match request.build_args.get(name) {
-            Some(v) => Some(v.clone()),
-            None => match default {
-                Some(d) => Some(expand_word(
-                    d,
-                    &|k| global_args.get(k).cloned(),
-                    request.escape,
-                )?),
-                None => None,
-            },
-        };
-        if let Some(v) = value {
-            global_args.insert(name.clone(), v);
-        }
-    }
-    let graph = {
-        let ga = global_args.clone();
-        let escape = request.escape;
-        build_graph(&request.model, request.target.as_deref(), &move |w| {
-            expand_word(w, &|k| ga.get(k).cloned(), escape)
-        })?
-    };
+    let graph = build_graph(&request.stages, request.target.as_deref())?;
     let file_cache = {
         let conn = db.lock().map_err(|_| anyhow!("database lock poisoned"))?;
         cache::init(&conn)?;
         FileDigestCache::load(&conn, context.root())?
     };
-    let labels = stage_labels(&request.model);
-    let n = request.model.stages.len();
+    let labels = stage_labels(&request.stages.stages);
+    let n = request.stages.stages.len();
     let outcomes = (0..n)
         .map(|_| tokio::sync::watch::channel(None).0)
         .collect();
@@ -276,7 +234,6 @@ pub async fn solve(
         labels,
         req: BuildRequestShared {
             place_id: request.place_id,
-            build_args: request.build_args,
             no_cache: request.no_cache,
             no_cache_filter: request
                 .no_cache_filter
@@ -288,7 +245,7 @@ pub async fn solve(
             source_date_epoch: request.source_date_epoch,
         },
         graph,
-        model: request.model,
+        stages: request.stages,
         backend,
         context,
         progress,
@@ -297,9 +254,7 @@ pub async fn solve(
         secrets: Arc::new(request.secrets),
         permits: tokio::sync::Semaphore::new(request.max_parallelism.max(1)),
         outcomes,
-        global_args,
         started,
-        escape: request.escape,
     });
     let mut tasks = tokio::task::JoinSet::new();
     for &stage in &shared.graph.order {
@@ -389,43 +344,47 @@ struct StageWalk {
     layers: Vec<LayerRef>,
     /// Key of the current filesystem state.
     key: String,
-    /// Declared ARGs in scope with their values (None: declared without a value).
-    args: Vec<(String, Option<String>)>,
+    /// ENV and ARG in scope: expands each instruction as BuildKit does. Its ENV follows the
+    /// config's (the base image's, then this stage's ENV instructions).
+    vars: Vars,
     /// Whether CMD was set in this stage (ENTRYPOINT resets an inherited CMD only).
     cmd_set_here: bool,
     /// Time of the newest filesystem state (history `created` of config-only steps).
     created: i64,
     new_history: Vec<History>,
-    escape: char,
 }
 
 impl StageWalk {
-    fn lookup(&self, name: &str) -> Option<String> {
-        if let Some(v) = self.config.env_get(name) {
-            return Some(v.to_string());
-        }
-        self.args
+    /// The walk at the start of a stage on top of a base with `config`.
+    fn start(
+        shared: &Shared,
+        config: ImageConfigFile,
+        layers: Vec<LayerRef>,
+        key: String,
+        created: i64,
+    ) -> Self {
+        let base_env: Vec<(String, String)> = config
+            .config
+            .env
             .iter()
-            .rev()
-            .find(|(k, _)| k == name)
-            .and_then(|(_, v)| v.clone())
-    }
-
-    fn expand(&self, word: &str) -> Result<String> {
-        expand_word(word, &|k| self.lookup(k), self.escape)
+            .flatten()
+            .filter_map(|e| e.split_once('='))
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        StageWalk {
+            vars: shared.stages.vars(&base_env),
+            config,
+            layers,
+            key,
+            cmd_set_here: false,
+            created,
+            new_history: Vec::new(),
+        }
     }
 
     /// ARGs that have values and are not shadowed by ENV: RUN sees them as environment.
     fn arg_env(&self) -> BTreeMap<String, String> {
-        let mut out = BTreeMap::new();
-        for (k, v) in &self.args {
-            if let Some(v) = v {
-                if self.config.env_get(k).is_none() {
-                    out.insert(k.clone(), v.clone());
-                }
-            }
-        }
-        out
+        self.vars.arg_env().into_iter().collect()
     }
 
     fn workdir(&self) -> String {
@@ -462,41 +421,41 @@ pub fn format_time(secs: i64) -> String {
         .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }
 
-fn with_line<T>(result: Result<T>, instr: &Instr) -> Result<T> {
-    result.with_context(|| format!("Dockerfile:{}: {}", instr.line, instr.original))
+fn with_line<T>(result: Result<T>, instr: &Spanned) -> Result<T> {
+    result.with_context(|| format!("Dockerfile:{}: {}", instr.span.start_line, instr.original))
 }
 
 async fn solve_stage(shared: &Arc<Shared>, stage: usize) -> Result<Arc<StageResult>> {
-    let model_stage = &shared.model.stages[stage];
+    let df_stage = &shared.stages.stages[stage];
+    let from_line = df_stage.from.span.start_line;
     let label = &shared.labels[stage];
-    let total = model_stage.instructions.len() + 1;
-    let from_name = format!("[{label} 1/{total}] FROM {}", model_stage.base);
+    let total = df_stage.instructions.len() + 1;
+    // Progress shows the FROM word as written.
+    let from_word = match &df_stage.from.instruction {
+        Instruction::From { image, .. } => image.as_str(),
+        _ => df_stage.base.as_str(),
+    };
+    let from_name = format!("[{label} 1/{total}] FROM {from_word}");
     let (mut walk, mut instructions) = match &shared.graph.bases[stage] {
         BaseRef::Scratch => {
-            let walk = StageWalk {
-                config: ImageConfigFile::scratch().for_new_stage(),
-                layers: Vec::new(),
-                key: digest_of(&["scratch"]),
-                args: Vec::new(),
-                cmd_set_here: false,
-                created: shared.started,
-                new_history: Vec::new(),
-                escape: shared.escape,
-            };
+            let walk = StageWalk::start(
+                shared,
+                ImageConfigFile::scratch().for_new_stage(),
+                Vec::new(),
+                digest_of(&["scratch"]),
+                shared.started,
+            );
             (walk, Vec::new())
         }
         BaseRef::Stage(j) => {
             let base = wait_stage(shared, *j).await?;
-            let walk = StageWalk {
-                config: base.config.clone().for_new_stage(),
-                layers: base.layers.clone(),
-                key: base.key.clone(),
-                args: Vec::new(),
-                cmd_set_here: false,
-                created: base.created,
-                new_history: Vec::new(),
-                escape: shared.escape,
-            };
+            let walk = StageWalk::start(
+                shared,
+                base.config.clone().for_new_stage(),
+                base.layers.clone(),
+                base.key.clone(),
+                base.created,
+            );
             (walk, Vec::new())
         }
         BaseRef::Image(name) => {
@@ -513,20 +472,17 @@ async fn solve_stage(shared: &Arc<Shared>, stage: usize) -> Result<Arc<StageResu
                 }
                 Err(e) => {
                     shared.progress.failed(id, &format!("{e:#}"));
-                    return Err(e)
-                        .with_context(|| format!("Dockerfile:{}: FROM {name}", model_stage.line));
+                    return Err(e).with_context(|| format!("Dockerfile:{from_line}: FROM {name}"));
                 }
             };
             let triggers = base.config.config.on_build.clone().unwrap_or_default();
             let mut trigger_instrs = Vec::new();
             for t in &triggers {
                 let mut instr = shared.backend.parse_trigger(t).with_context(|| {
-                    format!(
-                        "Dockerfile:{}: ONBUILD trigger {t:?} of {name}",
-                        model_stage.line
-                    )
+                    format!("Dockerfile:{from_line}: ONBUILD trigger {t:?} of {name}")
                 })?;
-                instr.line = model_stage.line;
+                // A trigger runs as part of the FROM line.
+                instr.span.start_line = from_line;
                 trigger_instrs.push(instr);
             }
             let created = base
@@ -536,25 +492,22 @@ async fn solve_stage(shared: &Arc<Shared>, stage: usize) -> Result<Arc<StageResu
                 .and_then(|c| chrono::DateTime::parse_from_rfc3339(c).ok())
                 .map(|t| t.timestamp())
                 .unwrap_or(0);
-            let walk = StageWalk {
-                config: base.config.clone().for_new_stage(),
-                layers: base.layers.clone(),
-                key: digest_of(&["image", &base.id]),
-                args: Vec::new(),
-                cmd_set_here: false,
-                created: shared
+            let walk = StageWalk::start(
+                shared,
+                base.config.clone().for_new_stage(),
+                base.layers.clone(),
+                digest_of(&["image", &base.id]),
+                shared
                     .req
                     .source_date_epoch
                     .map_or(created, |e| created.min(e)),
-                new_history: Vec::new(),
-                escape: shared.escape,
-            };
+            );
             (walk, trigger_instrs)
         }
     };
-    instructions.extend(model_stage.instructions.iter().cloned());
+    instructions.extend(df_stage.instructions.iter().cloned());
     let no_cache = shared.req.no_cache
-        || model_stage
+        || df_stage
             .name
             .as_ref()
             .is_some_and(|n| shared.req.no_cache_filter.contains(n))
@@ -621,71 +574,57 @@ async fn plan_step(
     shared: &Arc<Shared>,
     stage: usize,
     walk: &mut StageWalk,
-    instr: &Instr,
+    instr: &Spanned,
 ) -> Result<Option<Planned>> {
     let created = walk.created;
-    match &instr.kind {
-        InstrKind::Env(pairs) => {
-            let mut expanded = Vec::new();
+    // The instruction with BuildKit's expansions done; ENV and ARG also update the scope.
+    let expanded = walk
+        .vars
+        .apply(&instr.instruction)
+        .map_err(|e| anyhow!("{e}"))?;
+    match &expanded {
+        Instruction::From { .. } => bail!("FROM inside a stage"),
+        Instruction::Env(pairs) => {
+            let text: Vec<String> = pairs.iter().map(|(k, v)| format!("{k}={v}")).collect();
             for (k, v) in pairs {
-                expanded.push((walk.expand(k)?, walk.expand(v)?));
-            }
-            let text: Vec<String> = expanded.iter().map(|(k, v)| format!("{k}={v}")).collect();
-            for (k, v) in expanded {
-                walk.config.env_set(&k, &v);
+                walk.config.env_set(k, v);
             }
             walk.history(format!("ENV {}", text.join(" ")), true, created);
         }
-        InstrKind::Arg(args) => {
-            for (name, default) in args {
-                let value = match shared.req.build_args.get(name) {
-                    Some(v) => Some(v.clone()),
-                    None => match default {
-                        Some(d) => Some(walk.expand(d)?),
-                        None => shared.global_args.get(name).cloned(),
-                    },
-                };
-                walk.args.push((name.clone(), value));
-            }
-        }
-        InstrKind::Label(pairs) => {
+        Instruction::Arg(_) => {}
+        Instruction::Label(pairs) => {
             let mut text = Vec::new();
             for (k, v) in pairs {
-                let (k, v) = (walk.expand(k)?, walk.expand(v)?);
                 text.push(format!("{k}={v}"));
                 walk.config
                     .config
                     .labels
                     .get_or_insert_with(BTreeMap::new)
-                    .insert(k, v);
+                    .insert(k.clone(), v.clone());
             }
             walk.history(format!("LABEL {}", text.join(" ")), true, created);
         }
-        InstrKind::Maintainer(m) => {
+        Instruction::Maintainer(m) => {
             walk.config.author = Some(m.clone());
             walk.history(format!("MAINTAINER {m}"), true, created);
         }
-        InstrKind::Expose(ports) => {
+        Instruction::Expose(ports) => {
             let mut added = Vec::new();
-            for p in ports {
-                for word in expand_words(p, &|k| walk.lookup(k), walk.escape)? {
-                    for port in expand_port(&word)? {
-                        walk.config
-                            .config
-                            .exposed_ports
-                            .get_or_insert_with(BTreeMap::new)
-                            .insert(port.clone(), serde_json::json!({}));
-                        added.push(port);
-                    }
+            for word in ports {
+                for port in expand_port(word)? {
+                    walk.config
+                        .config
+                        .exposed_ports
+                        .get_or_insert_with(BTreeMap::new)
+                        .insert(port.clone(), serde_json::json!({}));
+                    added.push(port);
                 }
             }
             let list: Vec<String> = added.iter().map(|p| format!("{p}:{{}}")).collect();
             walk.history(format!("EXPOSE map[{}]", list.join(" ")), true, created);
         }
-        InstrKind::Volume(vols) => {
-            let mut added = Vec::new();
+        Instruction::Volume(vols) => {
             for v in vols {
-                let v = walk.expand(v)?;
                 if v.is_empty() {
                     bail!("VOLUME specified can not be an empty string");
                 }
@@ -694,31 +633,28 @@ async fn plan_step(
                     .volumes
                     .get_or_insert_with(BTreeMap::new)
                     .insert(v.clone(), serde_json::json!({}));
-                added.push(v);
             }
-            walk.history(format!("VOLUME [{}]", added.join(" ")), true, created);
+            walk.history(format!("VOLUME [{}]", vols.join(" ")), true, created);
         }
-        InstrKind::User(u) => {
-            let u = walk.expand(u)?;
+        Instruction::User(u) => {
             walk.config.config.user = Some(u.clone());
             walk.history(format!("USER {u}"), true, created);
         }
-        InstrKind::StopSignal(s) => {
-            let s = walk.expand(s)?;
+        Instruction::StopSignal(s) => {
             walk.config.config.stop_signal = Some(s.clone());
             walk.history(format!("STOPSIGNAL {s}"), true, created);
         }
-        InstrKind::Shell(argv) => {
+        Instruction::Shell(argv) => {
             walk.config.config.shell = Some(argv.clone());
             walk.history(format!("SHELL [{}]", argv.join(" ")), true, created);
         }
-        InstrKind::Cmd(form) => {
+        Instruction::Cmd(form) => {
             let argv = command_argv(walk, form);
             walk.history(format!("CMD {}", go_quoted(&argv)), true, created);
             walk.config.config.cmd = Some(argv);
             walk.cmd_set_here = true;
         }
-        InstrKind::Entrypoint(form) => {
+        Instruction::Entrypoint(form) => {
             let argv = command_argv(walk, form);
             walk.history(format!("ENTRYPOINT {}", go_quoted(&argv)), true, created);
             walk.config.config.entrypoint = Some(argv);
@@ -726,8 +662,8 @@ async fn plan_step(
                 walk.config.config.cmd = None;
             }
         }
-        InstrKind::Healthcheck(h) => {
-            walk.config.config.healthcheck = Some(health_config(walk, h)?);
+        Instruction::Healthcheck(h) => {
+            walk.config.config.healthcheck = Some(health_config(h));
             let text = instr
                 .original
                 .split_once(char::is_whitespace)
@@ -735,17 +671,16 @@ async fn plan_step(
                 .unwrap_or("");
             walk.history(format!("HEALTHCHECK {text}"), true, created);
         }
-        InstrKind::Onbuild(trigger) => {
+        Instruction::Onbuild { source, .. } => {
             walk.config
                 .config
                 .on_build
                 .get_or_insert_with(Vec::new)
-                .push(trigger.clone());
-            walk.history(format!("ONBUILD {trigger}"), true, created);
+                .push(source.clone());
+            walk.history(format!("ONBUILD {source}"), true, created);
         }
-        InstrKind::Workdir(dir) => {
-            let dir = walk.expand(dir)?;
-            let path = absolute_in(&walk.workdir(), &dir);
+        Instruction::Workdir(dir) => {
+            let path = absolute_in(&walk.workdir(), dir);
             walk.config.config.working_dir = Some(path.clone());
             let user = walk.config.config.user.clone().filter(|u| !u.is_empty());
             let key = digest_of(&[&walk.key, "mkdir", &path, user.as_deref().unwrap_or("")]);
@@ -764,32 +699,23 @@ async fn plan_step(
                 created_by: format!("WORKDIR {path}"),
             }));
         }
-        InstrKind::Run {
-            command,
-            heredocs,
-            mounts,
-            network,
-            security,
-        } => {
-            if let Some(sec) = security {
-                if sec != "sandbox" {
-                    bail!("RUN --security={sec} is not supported (only sandbox)");
-                }
+        Instruction::Run(run) => {
+            if run.security == dockerfile::Security::Insecure {
+                bail!("RUN --security=insecure is not supported (only sandbox)");
             }
-            let argv = run_argv(walk, command, heredocs);
+            let argv = run_argv(walk, &run.command, &run.heredocs);
             let arg_env = walk.arg_env();
             let mut env: Vec<String> = walk.config.config.env.clone().unwrap_or_default();
             env.extend(arg_env.iter().map(|(k, v)| format!("{k}={v}")));
-            let network = match network.as_deref() {
-                None | Some("default") => shared.req.network,
-                Some("none") => Network::None,
-                Some("host") => Network::Host,
-                Some(other) => bail!("RUN --network={other}: expected default, none or host"),
+            let network = match run.network {
+                dockerfile::Network::Default => shared.req.network,
+                dockerfile::Network::None => Network::None,
+                dockerfile::Network::Host => Network::Host,
             };
             let mut resolved = Vec::new();
             let mut mount_keys = Vec::new();
-            for m in mounts {
-                let (mount, key_part) = resolve_mount(shared, stage, walk, m).await?;
+            for m in &run.mounts {
+                let (mount, key_part) = resolve_mount(shared, stage, m).await?;
                 resolved.push(mount);
                 mount_keys.push(key_part);
             }
@@ -839,11 +765,9 @@ async fn plan_step(
                 created_by,
             }));
         }
-        InstrKind::Copy(args) | InstrKind::Add(args) => {
-            let is_add = matches!(instr.kind, InstrKind::Add(_));
-            return plan_copy(shared, stage, walk, args, is_add, instr)
-                .await
-                .map(Some);
+        Instruction::Copy(args) | Instruction::Add(args) => {
+            let is_add = matches!(expanded, Instruction::Add(_));
+            return plan_copy(shared, stage, walk, args, is_add).await.map(Some);
         }
     }
     Ok(None)
@@ -864,10 +788,10 @@ fn absolute_in(base: &str, path: &str) -> String {
     clean
 }
 
-fn command_argv(walk: &StageWalk, form: &CommandForm) -> Vec<String> {
+fn command_argv(walk: &StageWalk, form: &ShellOrExec) -> Vec<String> {
     match form {
-        CommandForm::Exec(argv) => argv.clone(),
-        CommandForm::Shell(cmd) => {
+        ShellOrExec::Exec(argv) => argv.clone(),
+        ShellOrExec::Shell(cmd) => {
             let mut argv = walk.shell();
             argv.push(cmd.clone());
             argv
@@ -877,10 +801,10 @@ fn command_argv(walk: &StageWalk, form: &CommandForm) -> Vec<String> {
 
 /// RUN's argv: exec form as is; shell form through SHELL, with here-documents inlined so the
 /// shell reads them (`RUN <<EOF` alone runs the document as the script).
-fn run_argv(walk: &StageWalk, form: &CommandForm, heredocs: &[Heredoc]) -> Vec<String> {
+fn run_argv(walk: &StageWalk, form: &ShellOrExec, heredocs: &[Heredoc]) -> Vec<String> {
     match form {
-        CommandForm::Exec(argv) => argv.clone(),
-        CommandForm::Shell(cmd) => {
+        ShellOrExec::Exec(argv) => argv.clone(),
+        ShellOrExec::Shell(cmd) => {
             let mut script = cmd.clone();
             let only_doc = heredocs.len() == 1 && {
                 let t = cmd.trim();
@@ -944,82 +868,41 @@ fn expand_port(spec: &str) -> Result<Vec<String>> {
     Ok((lo..=hi).map(|p| format!("{p}/{proto}")).collect())
 }
 
-/// Go duration strings (`30s`, `1m30s`, `500ms`) in nanoseconds.
-pub fn parse_duration(s: &str) -> Result<i64> {
-    let mut total: f64 = 0.0;
-    let mut rest = s.trim();
-    if rest == "0" {
-        return Ok(0);
-    }
-    if rest.is_empty() {
-        bail!("empty duration");
-    }
-    while !rest.is_empty() {
-        let num_len = rest
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .unwrap_or(rest.len());
-        if num_len == 0 {
-            bail!("invalid duration {s:?}");
-        }
-        let value: f64 = rest[..num_len]
-            .parse()
-            .map_err(|_| anyhow!("invalid duration {s:?}"))?;
-        rest = &rest[num_len..];
-        let unit_len = rest
-            .find(|c: char| c.is_ascii_digit() || c == '.')
-            .unwrap_or(rest.len());
-        let scale = match &rest[..unit_len] {
-            "ns" => 1.0,
-            "us" | "µs" => 1e3,
-            "ms" => 1e6,
-            "s" => 1e9,
-            "m" => 60e9,
-            "h" => 3600e9,
-            _ => bail!("invalid duration {s:?} (expected a unit such as 30s or 1m)"),
-        };
-        total += value * scale;
-        rest = &rest[unit_len..];
-    }
-    Ok(total as i64)
-}
-
-fn health_config(walk: &StageWalk, h: &HealthArgs) -> Result<HealthConfig> {
-    let Some(cmd) = &h.command else {
-        return Ok(HealthConfig {
+/// The config's healthcheck (durations in nanoseconds, as Docker writes them).
+fn health_config(h: &Healthcheck) -> HealthConfig {
+    let Healthcheck::Cmd {
+        test,
+        interval,
+        timeout,
+        start_period,
+        start_interval,
+        retries,
+    } = h
+    else {
+        return HealthConfig {
             test: Some(vec!["NONE".into()]),
             ..Default::default()
-        });
+        };
     };
-    let test = match cmd {
-        CommandForm::Shell(s) => vec!["CMD-SHELL".to_string(), s.clone()],
-        CommandForm::Exec(argv) => {
+    let test = match test {
+        ShellOrExec::Shell(s) => vec!["CMD-SHELL".to_string(), s.clone()],
+        ShellOrExec::Exec(argv) => {
             let mut t = vec!["CMD".to_string()];
             t.extend(argv.iter().cloned());
             t
         }
     };
-    let dur = |v: &Option<String>, flag: &str| -> Result<Option<i64>> {
-        v.as_ref()
-            .map(|s| {
-                parse_duration(&walk.expand(s)?).with_context(|| format!("HEALTHCHECK --{flag}"))
-            })
-            .transpose()
+    let nanos = |d: &Option<std::time::Duration>| {
+        d.map(|d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
     };
-    Ok(HealthConfig {
+    HealthConfig {
         test: Some(test),
-        interval: dur(&h.interval, "interval")?,
-        timeout: dur(&h.timeout, "timeout")?,
-        start_period: dur(&h.start_period, "start-period")?,
-        start_interval: dur(&h.start_interval, "start-interval")?,
-        retries: h
-            .retries
-            .as_ref()
-            .map(|r| {
-                r.parse::<i64>()
-                    .map_err(|_| anyhow!("HEALTHCHECK --retries={r}: expected a number"))
-            })
-            .transpose()?,
-    })
+        interval: nanos(interval),
+        timeout: nanos(timeout),
+        start_period: nanos(start_period),
+        start_interval: nanos(start_interval),
+        retries: retries.map(i64::from),
+    }
 }
 
 /// Resolves `--from` of COPY or a mount: a stage (its layers, waiting for it), or an image.
@@ -1028,7 +911,7 @@ async fn resolve_from(
     stage: usize,
     from: &str,
 ) -> Result<(SourceTree, String)> {
-    if let Some(j) = stage_ref(&shared.model, from, stage) {
+    if let Some(j) = stage_ref(&shared.stages.stages, from, stage) {
         let r = wait_stage(shared, j).await?;
         return Ok((SourceTree::Layers(r.layers.clone()), r.key.clone()));
     }
@@ -1047,19 +930,23 @@ async fn resolve_from(
     ))
 }
 
+/// Plans a COPY or ADD whose words are expanded already.
 async fn plan_copy(
     shared: &Arc<Shared>,
     stage: usize,
-    walk: &mut StageWalk,
+    walk: &StageWalk,
     args: &CopyArgs,
     is_add: bool,
-    instr: &Instr,
 ) -> Result<Planned> {
     let verb = if is_add { "ADD" } else { "COPY" };
     let mut sources = Vec::new();
     let mut urls = Vec::new();
     for s in &args.sources {
-        let s = walk.expand(s)?;
+        // Here-documents are sources named after their delimiter, not context files.
+        if !args.heredocs.is_empty() && dockerfile::raw::parse_heredoc_word(s).is_some() {
+            continue;
+        }
+        let s = s.clone();
         if is_add && (s.starts_with("http://") || s.starts_with("https://")) {
             urls.push((s, args.checksum.clone()));
         } else if s.starts_with("git@") || (is_add && s.ends_with(".git") && s.contains("://")) {
@@ -1071,42 +958,21 @@ async fn plan_copy(
     if !is_add && args.checksum.is_some() {
         bail!("COPY does not take --checksum");
     }
-    let dest_word = walk.expand(&args.dest)?;
+    let dest_word = args.dest.clone();
     let dest = absolute_in(&walk.workdir(), &dest_word);
-    let chown = args.chown.as_ref().map(|c| walk.expand(c)).transpose()?;
+    let chown = args.chown.clone();
     let chmod = args
         .chmod
         .as_ref()
-        .map(|c| walk.expand(c))
-        .transpose()?
-        .map(|c| super::copy::parse_chmod(&c))
+        .map(|c| super::copy::parse_chmod(c))
         .transpose()?;
-    let excludes = args
-        .excludes
-        .iter()
-        .map(|e| walk.expand(e))
-        .collect::<Result<Vec<_>>>()?;
+    let excludes = args.exclude.clone();
     let heredocs: Vec<(String, String)> = args
         .heredocs
         .iter()
-        .map(|d| {
-            Ok((
-                d.name.clone(),
-                if d.expand {
-                    walk.expand(&d.content)?
-                } else {
-                    d.content.clone()
-                },
-            ))
-        })
-        .collect::<Result<_>>()?;
-    // Here-documents are sources named after their delimiter, not context files.
-    sources.retain(|s| {
-        !heredocs
-            .iter()
-            .any(|(n, _)| s == &format!("<<{n}") || s == &format!("<<-{n}"))
-    });
-    let from = args.from.as_ref().map(|f| walk.expand(f)).transpose()?;
+        .map(|d| (d.name.clone(), d.content.clone()))
+        .collect();
+    let from = args.from.clone();
     let (tree, source_key, files) = match &from {
         Some(f) => {
             let (tree, key) = resolve_from(shared, stage, f).await?;
@@ -1202,7 +1068,6 @@ async fn plan_copy(
         },
         ..Default::default()
     };
-    let _ = instr;
     let op = Op::Copy(CopyOp {
         from: tree,
         sources,
@@ -1220,44 +1085,23 @@ async fn plan_copy(
     })
 }
 
-/// Resolves one `RUN --mount` and the part of it that belongs in the cache key (never a
-/// secret's value).
+/// Resolves one `RUN --mount` (parsed and expanded by the front end, BuildKit's defaults filled
+/// in) and the part of it that belongs in the cache key (never a secret's value).
 async fn resolve_mount(
     shared: &Arc<Shared>,
     stage: usize,
-    walk: &StageWalk,
-    m: &MountSpec,
+    m: &Mount,
 ) -> Result<(RunMount, String)> {
-    let get = |k: &str| -> Result<Option<String>> { m.get(k).map(|v| walk.expand(v)).transpose() };
-    let flag = |k: &str| -> Result<bool> {
-        Ok(match get(k)? {
-            None => false,
-            Some(v) if v.is_empty() || v == "true" => true,
-            Some(v) if v == "false" => false,
-            Some(v) => bail!("--mount {k}={v}: expected true or false"),
-        })
-    };
-    let target = get("target")?.or(get("dst")?).or(get("destination")?);
-    let num = |k: &str, default: u32, radix: u32| -> Result<u32> {
-        match get(k)? {
-            None => Ok(default),
-            Some(v) => u32::from_str_radix(&v, radix)
-                .map_err(|_| anyhow!("--mount {k}={v}: expected a number")),
-        }
-    };
-    let kind = if m.kind.is_empty() {
-        "bind"
-    } else {
-        m.kind.as_str()
-    };
-    match kind {
-        "bind" => {
-            let target = target.ok_or_else(|| anyhow!("--mount=type=bind needs a target"))?;
-            let source = get("source")?.or(get("src")?).unwrap_or_default();
-            let rw = flag("rw")? || flag("readwrite")?;
-            let (from, key) = match get("from")? {
+    let target = m.target.clone();
+    let uid = m.uid.unwrap_or(0);
+    let gid = m.gid.unwrap_or(0);
+    match m.kind {
+        MountType::Bind => {
+            let source = m.source.clone().unwrap_or_default();
+            let rw = !m.read_only;
+            let (from, key) = match &m.from {
                 Some(f) => {
-                    let (tree, key) = resolve_from(shared, stage, &f).await?;
+                    let (tree, key) = resolve_from(shared, stage, f).await?;
                     (Some(tree), key)
                 }
                 None => {
@@ -1291,18 +1135,18 @@ async fn resolve_mount(
                 key_part,
             ))
         }
-        "cache" => {
-            let target = target.ok_or_else(|| anyhow!("--mount=type=cache needs a target"))?;
-            let id = get("id")?.unwrap_or_else(|| target.clone());
-            let sharing = get("sharing")?.unwrap_or_else(|| "shared".into());
-            if !matches!(sharing.as_str(), "shared" | "private" | "locked") {
-                bail!("--mount sharing={sharing}: expected shared, private or locked");
-            }
-            if get("from")?.is_some() {
+        MountType::Cache => {
+            if m.from.is_some() {
                 bail!("--mount=type=cache,from=... is not supported");
             }
-            let mode = num("mode", 0o755, 8)?;
-            let (uid, gid) = (num("uid", 0, 10)?, num("gid", 0, 10)?);
+            let id = m.id.clone().unwrap_or_else(|| target.clone());
+            let sharing = match m.sharing {
+                Sharing::Shared => "shared",
+                Sharing::Private => "private",
+                Sharing::Locked => "locked",
+            }
+            .to_string();
+            let mode = m.mode.unwrap_or(0o755);
             // The cache's contents are not part of the key (as BuildKit): only where it is.
             let key_part = format!("cache:{target}:{id}:{sharing}:{mode}:{uid}:{gid}");
             Ok((
@@ -1317,9 +1161,8 @@ async fn resolve_mount(
                 key_part,
             ))
         }
-        "tmpfs" => {
-            let target = target.ok_or_else(|| anyhow!("--mount=type=tmpfs needs a target"))?;
-            let size = get("size")?.map(|s| parse_size(&s)).transpose()?;
+        MountType::Tmpfs => {
+            let size = m.size;
             Ok((
                 RunMount::Tmpfs {
                     target: target.clone(),
@@ -1328,22 +1171,15 @@ async fn resolve_mount(
                 format!("tmpfs:{target}:{size:?}"),
             ))
         }
-        "secret" => {
-            let id = get("id")?.or_else(|| {
-                target
-                    .as_ref()
-                    .map(|t| t.rsplit('/').next().unwrap_or(t).to_string())
-            });
-            let id = id.ok_or_else(|| anyhow!("--mount=type=secret needs an id or a target"))?;
-            let env = get("env")?;
-            let target = match (&target, &env) {
-                (Some(t), _) => Some(t.clone()),
-                (None, None) => Some(format!("/run/secrets/{id}")),
-                (None, Some(_)) => None,
-            };
-            let required = flag("required")?;
-            let mode = num("mode", 0o400, 8)?;
-            let (uid, gid) = (num("uid", 0, 10)?, num("gid", 0, 10)?);
+        MountType::Secret => {
+            let id =
+                m.id.clone()
+                    .ok_or_else(|| anyhow!("--mount=type=secret needs an id or a target"))?;
+            let env = m.env.clone();
+            // No target with `env=`: the secret is only an environment variable.
+            let target = (!target.is_empty()).then_some(target);
+            let required = m.required;
+            let mode = m.mode.unwrap_or(0o400);
             if required && !shared.secrets.contains_key(&id) {
                 bail!("secret {id:?} is required but was not given (--secret id={id},src=PATH)");
             }
@@ -1362,22 +1198,8 @@ async fn resolve_mount(
                 key_part,
             ))
         }
-        "ssh" => bail!("RUN --mount=type=ssh is not supported"),
-        other => bail!("--mount type={other}: expected bind, cache, tmpfs, secret or ssh"),
+        MountType::Ssh => bail!("RUN --mount=type=ssh is not supported"),
     }
-}
-
-fn parse_size(s: &str) -> Result<u64> {
-    let lower = s.to_ascii_lowercase();
-    let (num, mult) = match lower.trim_end_matches('b').chars().last() {
-        Some('k') => (&lower[..lower.trim_end_matches('b').len() - 1], 1u64 << 10),
-        Some('m') => (&lower[..lower.trim_end_matches('b').len() - 1], 1 << 20),
-        Some('g') => (&lower[..lower.trim_end_matches('b').len() - 1], 1 << 30),
-        _ => (lower.trim_end_matches('b'), 1),
-    };
-    num.parse::<u64>()
-        .map(|n| n * mult)
-        .map_err(|_| anyhow!("--mount size={s}: expected a size such as 64m"))
 }
 
 /// Looks the step up in the cache, executes it on a miss, and advances the walk.
@@ -1386,7 +1208,7 @@ async fn run_step(
     shared: &Arc<Shared>,
     walk: &mut StageWalk,
     planned: Planned,
-    instr: &Instr,
+    instr: &Spanned,
     name: &str,
     place: &str,
     id: StepId,
@@ -1446,7 +1268,7 @@ async fn run_step(
     let started = Instant::now();
     let req = ExecRequest {
         step: id,
-        line: instr.line,
+        line: instr.span.start_line,
         name: name.to_string(),
         parent: walk.layers.clone(),
         op,

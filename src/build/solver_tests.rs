@@ -8,13 +8,14 @@ use anyhow::Result;
 use super::cache::LayerRef;
 use super::context::BuildContext;
 use super::imageconfig::ImageConfigFile;
-use super::model::*;
 use super::progress::{Mode, Progress};
 use super::solver::*;
+use crate::dockerfile::Spanned;
 
 #[derive(Default)]
 struct Fake {
     ran: Mutex<Vec<String>>,
+    ops: Mutex<Vec<Op>>,
 }
 
 impl Backend for Fake {
@@ -40,6 +41,7 @@ impl Backend for Fake {
             anyhow::bail!("process exited with 3");
         }
         self.ran.lock().unwrap().push(desc.clone());
+        self.ops.lock().unwrap().push(req.op.clone());
         let n = req.parent.len();
         Ok(Some(LayerRef {
             digest: format!("sha256:l{n}-{desc}"),
@@ -48,95 +50,28 @@ impl Backend for Fake {
             media_type: "m".into(),
         }))
     }
-    fn parse_trigger(&self, _trigger: &str) -> Result<Instr> {
+    fn parse_trigger(&self, _trigger: &str) -> Result<Spanned> {
         anyhow::bail!("no triggers here")
     }
 }
 
-fn instr(line: usize, original: &str, kind: InstrKind) -> Instr {
-    Instr {
-        line,
-        original: original.into(),
-        kind,
-    }
-}
-
-fn run(cmd: &str) -> InstrKind {
-    InstrKind::Run {
-        command: CommandForm::Shell(cmd.into()),
-        heredocs: vec![],
-        mounts: vec![],
-        network: None,
-        security: None,
-    }
-}
-
-fn copy(src: &str, dest: &str, from: Option<&str>) -> InstrKind {
-    InstrKind::Copy(CopyArgs {
-        sources: vec![src.into()],
-        dest: dest.into(),
-        from: from.map(str::to_string),
-        ..Default::default()
-    })
-}
-
-fn model() -> DockerfileModel {
-    DockerfileModel {
-        global_args: vec![("BASE".into(), Some("busybox".into()))],
-        stages: vec![
-            Stage {
-                name: Some("a".into()),
-                base: "$BASE".into(),
-                platform: None,
-                line: 2,
-                instructions: vec![instr(3, "RUN make a", run("make a"))],
-            },
-            Stage {
-                name: Some("unused".into()),
-                base: "busybox".into(),
-                platform: None,
-                line: 4,
-                instructions: vec![instr(5, "RUN never", run("never"))],
-            },
-            Stage {
-                name: None,
-                base: "busybox".into(),
-                platform: None,
-                line: 6,
-                instructions: vec![
-                    instr(
-                        7,
-                        "ARG VERSION=1",
-                        InstrKind::Arg(vec![("VERSION".into(), Some("1".into()))]),
-                    ),
-                    instr(
-                        8,
-                        "ENV APP=/app",
-                        InstrKind::Env(vec![("APP".into(), "/app".into())]),
-                    ),
-                    instr(9, "WORKDIR $APP", InstrKind::Workdir("$APP".into())),
-                    instr(10, "COPY . .", copy(".", ".", None)),
-                    instr(
-                        11,
-                        "COPY --from=a /out /out",
-                        copy("/out", "/out", Some("a")),
-                    ),
-                    instr(12, "RUN make", run("make")),
-                    instr(
-                        13,
-                        "ENTRYPOINT [\"app\"]",
-                        InstrKind::Entrypoint(CommandForm::Exec(vec!["app".into()])),
-                    ),
-                    instr(
-                        14,
-                        "LABEL x=$VERSION",
-                        InstrKind::Label(vec![("x".into(), "$VERSION".into())]),
-                    ),
-                ],
-            },
-        ],
-    }
-}
+/// Line numbers matter: errors name them.
+const DOCKERFILE: &str = "\
+ARG BASE=busybox
+FROM $BASE AS a
+RUN make a
+FROM busybox AS unused
+RUN never
+FROM busybox
+ARG VERSION=1
+ENV APP=/app
+WORKDIR $APP
+COPY . .
+COPY --from=a /out /out
+RUN make
+ENTRYPOINT [\"app\"]
+LABEL x=$VERSION
+";
 
 struct Env {
     _dir: tempfile::TempDir,
@@ -160,16 +95,15 @@ fn build(
     fake: &Arc<Fake>,
     args: &[(&str, &str)],
     target: Option<&str>,
-    model: DockerfileModel,
+    dockerfile: &str,
 ) -> Result<StageResult> {
+    let build_args = args
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect::<BTreeMap<_, _>>();
     let request = BuildRequest {
-        model,
-        escape: '\\',
+        stages: super::frontend::load(dockerfile, "Dockerfile", &build_args)?,
         place_id: "test".into(),
-        build_args: args
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect::<BTreeMap<_, _>>(),
         target: target.map(str::to_string),
         no_cache: false,
         no_cache_filter: vec![],
@@ -201,7 +135,7 @@ fn take(fake: &Fake) -> Vec<String> {
 fn solves_reached_stages_and_caches() {
     let env = env();
     let fake = Arc::new(Fake::default());
-    let r = build(&env, &fake, &[], None, model()).unwrap();
+    let r = build(&env, &fake, &[], None, DOCKERFILE).unwrap();
     let ran = take(&fake);
     assert_eq!(ran.len(), 5, "{ran:?}");
     assert!(
@@ -233,13 +167,13 @@ fn solves_reached_stages_and_caches() {
     assert_eq!(r.config.rootfs.diff_ids.len(), 4);
 
     // No-op rebuild: nothing runs, same config.
-    let again = build(&env, &fake, &[], None, model()).unwrap();
+    let again = build(&env, &fake, &[], None, DOCKERFILE).unwrap();
     assert!(take(&fake).is_empty());
     assert_eq!(again.config, r.config);
 
     // A changed file re-runs the COPY and what follows, not stage a.
     std::fs::write(env.ctx.join("app.js"), "2").unwrap();
-    build(&env, &fake, &[], None, model()).unwrap();
+    build(&env, &fake, &[], None, DOCKERFILE).unwrap();
     let ran = take(&fake);
     assert_eq!(ran.len(), 3, "{ran:?}");
     assert!(
@@ -249,7 +183,7 @@ fn solves_reached_stages_and_caches() {
     );
 
     // A changed build arg re-runs only the RUN that sees it.
-    build(&env, &fake, &[("VERSION", "2")], None, model()).unwrap();
+    build(&env, &fake, &[("VERSION", "2")], None, DOCKERFILE).unwrap();
     assert_eq!(take(&fake), vec!["run make".to_string()]);
 }
 
@@ -257,27 +191,51 @@ fn solves_reached_stages_and_caches() {
 fn target_and_failures() {
     let env = env();
     let fake = Arc::new(Fake::default());
-    build(&env, &fake, &[], Some("a"), model()).unwrap();
+    build(&env, &fake, &[], Some("a"), DOCKERFILE).unwrap();
     assert_eq!(take(&fake), vec!["run make a".to_string()]);
-    let err = build(&env, &fake, &[], Some("zzz"), model()).unwrap_err();
+    let err = build(&env, &fake, &[], Some("zzz"), DOCKERFILE).unwrap_err();
     assert!(format!("{err:#}").contains("target stage \"zzz\" could not be found"));
-    let mut m = model();
-    m.stages[2]
-        .instructions
-        .push(instr(15, "RUN fail", run("fail")));
-    let err = build(&env, &fake, &[], None, m).unwrap_err();
+    let err = build(&env, &fake, &[], None, &format!("{DOCKERFILE}RUN fail\n")).unwrap_err();
     let msg = format!("{err:#}");
     assert!(
         msg.contains("Dockerfile:15: RUN fail") && msg.contains("exited with 3"),
         "{msg}"
     );
-    let mut m = model();
-    m.stages[2]
-        .instructions
-        .insert(3, instr(10, "COPY missing /x", copy("missing", "/x", None)));
-    let msg = format!("{:#}", build(&env, &fake, &[], None, m).unwrap_err());
+    let with_missing = DOCKERFILE.replace("COPY . .\n", "COPY missing /x\nCOPY . .\n");
+    let msg = format!(
+        "{:#}",
+        build(&env, &fake, &[], None, &with_missing).unwrap_err()
+    );
     assert!(
         msg.contains("Dockerfile:10: COPY missing /x") && msg.contains("\"/missing\": not found"),
         "{msg}"
     );
+}
+
+#[test]
+fn words_are_expanded_by_the_front_end_rules() {
+    let env = env();
+    let fake = Arc::new(Fake::default());
+    let dockerfile = "FROM busybox\nARG N=world\nARG T=/cache\nCOPY <<EOF <<'RAW' /d/\nhi $N \"q\"\nEOF\n$N\nRAW\nRUN --mount=type=cache,target=$T,id=c-$N echo $T\n";
+    build(&env, &fake, &[], None, dockerfile).unwrap();
+    let ops = std::mem::take(&mut *fake.ops.lock().unwrap());
+    let [Op::Copy(copy), Op::Run(run)] = &ops[..] else {
+        panic!("{ops:?}")
+    };
+    // Heredoc bodies: variables expanded unless the delimiter is quoted, quotes kept as text.
+    assert!(copy.sources.is_empty(), "{:?}", copy.sources);
+    assert_eq!(
+        copy.heredocs,
+        vec![
+            ("EOF".to_string(), "hi world \"q\"\n".to_string()),
+            ("RAW".to_string(), "$N\n".to_string())
+        ]
+    );
+    // RUN text goes to the shell as written; mount options and the ARG environment are expanded.
+    assert_eq!(run.argv.last().map(String::as_str), Some("echo $T"));
+    assert!(run.env.contains(&"T=/cache".to_string()), "{:?}", run.env);
+    let [RunMount::Cache { target, id, .. }] = &run.mounts[..] else {
+        panic!("{:?}", run.mounts)
+    };
+    assert_eq!((target.as_str(), id.as_str()), ("/cache", "c-world"));
 }

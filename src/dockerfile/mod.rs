@@ -33,10 +33,11 @@
 //! stages(&Dockerfile, &HashMap<String, String>) -> Result<Stages, ParseError>
 //! stages_with(&Dockerfile, BuildContext { build_args, target_platform, build_platform })
 //! Stages { stages: Vec<Stage>, global_args, context, escape }; .target(Option<&str>);
-//!     .vars(base_image_env) -> Vars
+//!     .vars(base_image_env) -> Vars; .expand_global(word) (global + platform ARGs, as FROM)
 //! Stage { index, name, base, base_stage, platform, from, instructions }
 //! Vars::apply(&mut self, &Instruction) -> Result<Instruction, ExpandError>  (expanded copy;
-//!     updates ENV/ARG); Vars::run_env() (ENV + ARGs + proxy build args); Vars::lookup/expand
+//!     updates ENV/ARG); Vars::run_env() (ENV + ARGs + proxy build args); Vars::arg_env()
+//!     (ARGs with values not shadowed by ENV); Vars::lookup/expand
 //! DockerIgnore::load(context_dir, Some(dockerfile_path)) -> anyhow::Result<DockerIgnore>
 //! DockerIgnore::is_excluded(rel_path) -> bool; DockerIgnore::can_prune_dir(rel_dir) -> bool
 //! ```

@@ -282,6 +282,15 @@ impl Stages {
         }
     }
 
+    /// Expands `word` in the global scope: the global ARGs and the platform ARGs, what a FROM
+    /// line sees (and what decides which stage `COPY --from=` or `RUN --mount=from=` reads).
+    pub fn expand_global(&self, word: &str) -> Result<String, ExpandError> {
+        let platform_args = self.context.platform_args();
+        Lexer::new(self.escape).process_word(word, &|k| {
+            global_lookup(&self.global_args, &platform_args, k)
+        })
+    }
+
     /// The variable state at the start of `stage`, given the base image's ENV.
     pub fn vars(&self, base_env: &[(String, String)]) -> Vars {
         Vars {
@@ -331,18 +340,22 @@ impl Vars {
         Lexer::new(self.escape).process_words(word, &|k| self.lookup(k))
     }
 
+    /// The stage's ARGs that have values and are not shadowed by ENV, in declaration order:
+    /// what a RUN sees of the build args (its cache key and history record them).
+    pub fn arg_env(&self) -> Vec<(String, String)> {
+        self.args
+            .iter()
+            .filter(|(k, _)| !self.env.iter().any(|(n, _)| n == k))
+            .filter_map(|(k, v)| Some((k.clone(), v.clone()?)))
+            .collect()
+    }
+
     /// The environment a RUN gets: the image ENV, the stage's ARGs that have values (ENV wins),
     /// and the proxy build args.
     pub fn run_env(&self) -> Vec<(String, String)> {
         let mut out = self.env.clone();
+        out.extend(self.arg_env());
         let has = |out: &[(String, String)], k: &str| out.iter().any(|(n, _)| n == k);
-        for (k, v) in &self.args {
-            if let Some(v) = v {
-                if !has(&out, k) {
-                    out.push((k.clone(), v.clone()));
-                }
-            }
-        }
         for p in PROXY_ARGS {
             if let Some(v) = self.build_args.get(*p) {
                 if !has(&out, p) {
@@ -392,6 +405,15 @@ impl Vars {
                                 }),
                         },
                     };
+                    // Re-declaring an ARG without a value keeps the one it has (BuildKit adds
+                    // an ARG's value to the stage's environment and never takes it back).
+                    let value = value.or_else(|| {
+                        self.args
+                            .iter()
+                            .rev()
+                            .find(|(n, _)| n == name)
+                            .and_then(|(_, v)| v.clone())
+                    });
                     self.args.retain(|(n, _)| n != name);
                     self.args.push((name.clone(), value.clone()));
                     done.push((name.clone(), value));
@@ -533,6 +555,30 @@ mod tests {
         assert!(env.contains(&("X".into(), "env".into())));
         assert!(env.contains(&("Y".into(), "why".into())));
         assert!(env.contains(&("HTTP_PROXY".into(), "http://p".into())));
+    }
+
+    #[test]
+    fn arg_env_and_redeclared_args() {
+        let df = parse("FROM a\nARG A=1\nARG B=2\nENV B=env\nARG A\nARG C\nUSER $A\n").unwrap();
+        let st = stages(&df, &HashMap::new()).unwrap();
+        let mut vars = st.vars(&[]);
+        let mut last = None;
+        for s in &st.stages[0].instructions {
+            last = Some(vars.apply(&s.instruction).unwrap());
+        }
+        // `ARG A` again keeps its value; B is shadowed by ENV; C has none.
+        assert_eq!(last, Some(Instruction::User("1".into())));
+        assert_eq!(vars.arg_env(), vec![("A".to_string(), "1".to_string())]);
+    }
+
+    #[test]
+    fn expand_global_sees_global_and_platform_args_only() {
+        let df = parse("ARG SRC=base\nFROM a\nARG LOCAL=x\n").unwrap();
+        let st = stages(&df, &args(&[("SRC", "cli")])).unwrap();
+        assert_eq!(
+            st.expand_global("$SRC-$TARGETOS-${LOCAL:-none}").unwrap(),
+            "cli-linux-none"
+        );
     }
 
     #[test]
