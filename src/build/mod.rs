@@ -10,7 +10,6 @@ pub mod context;
 pub mod copy;
 pub mod engine;
 pub mod exec;
-pub mod expand;
 pub mod export;
 pub mod fetch;
 pub mod frontend;

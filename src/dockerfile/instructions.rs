@@ -184,7 +184,7 @@ fn instruction(node: &Node, in_onbuild: bool) -> IResultI<Instruction> {
                 .multi("mount")
                 .iter()
                 .map(|spec| {
-                    parse_mount(spec, &|s| Ok(s.to_string()))
+                    parse_mount(spec, &|_, s| Ok(s.to_string()))
                         .map_err(|m| InstrError::at(m, "--mount"))
                 })
                 .collect::<IResultI<Vec<_>>>()?;
@@ -709,9 +709,11 @@ fn parse_bool_value(key: &str, v: Option<&str>) -> Result<bool, String> {
 
 /// Parses one `RUN --mount=` value, expanding each field's value with `expand` (BuildKit
 /// expands mount values with the build args and environment).
+/// Parses one `--mount` value; `expand(key, value)` expands each option's value (the key says
+/// which scope applies: `from` names a stage in the global scope).
 pub fn parse_mount(
     spec: &str,
-    expand: &dyn Fn(&str) -> Result<String, String>,
+    expand: &dyn Fn(&str, &str) -> Result<String, String>,
 ) -> Result<Mount, String> {
     let mut m = Mount {
         kind: MountType::Bind,
@@ -735,7 +737,11 @@ pub fn parse_mount(
             continue;
         }
         let (key, value) = match field.split_once('=') {
-            Some((k, v)) => (k.trim().to_ascii_lowercase(), Some(expand(v)?)),
+            Some((k, v)) => {
+                let key = k.trim().to_ascii_lowercase();
+                let value = expand(&key, v)?;
+                (key, Some(value))
+            }
             None => (field.trim().to_ascii_lowercase(), None),
         };
         let need = |v: &Option<String>| -> Result<String, String> {
@@ -866,7 +872,7 @@ mod tests {
 
     #[test]
     fn mounts_get_buildkit_defaults() {
-        let id = |s: &str| Ok(s.to_string());
+        let id = |_: &str, s: &str| Ok(s.to_string());
         let m = parse_mount("type=cache,target=/root/.cache", &id).unwrap();
         assert_eq!(
             (m.read_only, m.id.as_deref(), m.mode),

@@ -340,6 +340,15 @@ impl Vars {
         Lexer::new(self.escape).process_words(word, &|k| self.lookup(k))
     }
 
+    /// Expands `word` in the global scope, as `Stages::expand_global`: what `COPY --from=` and
+    /// `RUN --mount=from=` name a stage with, so the build graph (made before any stage runs)
+    /// and the step agree on which stage that is.
+    pub fn expand_global(&self, word: &str) -> Result<String, ExpandError> {
+        Lexer::new(self.escape).process_word(word, &|k| {
+            global_lookup(&self.global_args, &self.platform_args, k)
+        })
+    }
+
     /// The stage's ARGs that have values and are not shadowed by ENV, in declaration order:
     /// what a RUN sees of the build args (its cache key and history record them).
     pub fn arg_env(&self) -> Vec<(String, String)> {
@@ -454,7 +463,7 @@ impl Vars {
                     })
                     .collect::<Result<_, _>>()?;
                 c2.dest = e(&c.dest)?;
-                c2.from = opt(&c.from)?;
+                c2.from = c.from.as_ref().map(|f| self.expand_global(f)).transpose()?;
                 c2.chown = opt(&c.chown)?;
                 c2.chmod = opt(&c.chmod)?;
                 c2.checksum = opt(&c.checksum)?;
@@ -472,7 +481,14 @@ impl Vars {
             }
             Instruction::Run(r) => {
                 let mut r2 = r.clone();
-                let expand = |s: &str| self.expand(s).map_err(|e| e.message);
+                let expand = |key: &str, value: &str| {
+                    let expanded = if key == "from" {
+                        self.expand_global(value)
+                    } else {
+                        self.expand(value)
+                    };
+                    expanded.map_err(|e| e.message)
+                };
                 r2.mounts = r
                     .mounts
                     .iter()
@@ -579,6 +595,31 @@ mod tests {
             st.expand_global("$SRC-$TARGETOS-${LOCAL:-none}").unwrap(),
             "cli-linux-none"
         );
+    }
+
+    #[test]
+    fn from_names_a_stage_in_the_global_scope() {
+        // A stage-level ARG (or ENV) of the same name does not redirect --from: the build graph
+        // is made from global ARGs before any stage runs.
+        let df = parse(
+            "ARG SRC=one\nFROM a AS one\nFROM a AS two\nARG SRC=two\nENV SRC=two\n\
+             COPY --from=$SRC /x /x\nRUN --mount=from=$SRC,target=/m,source=/ true\n",
+        )
+        .unwrap();
+        let st = stages(&df, &HashMap::new()).unwrap();
+        let mut vars = st.vars(&[]);
+        let mut from = Vec::new();
+        for i in &st.stages[1].instructions {
+            match vars.apply(&i.instruction).unwrap() {
+                Instruction::Copy(c) => from.push(c.from.unwrap()),
+                Instruction::Run(r) => {
+                    from.push(r.mounts[0].from.clone().unwrap());
+                    assert_eq!(r.mounts[0].target, "/m");
+                }
+                _ => {}
+            }
+        }
+        assert_eq!(from, ["one", "one"]);
     }
 
     #[test]
