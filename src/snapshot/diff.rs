@@ -4,8 +4,7 @@
 //! (char device 0:0) are deletions, `trusted.overlay.opaque=y` directories replace what was
 //! below, and entries overlay copied up without changing them (a chmod to the same mode, a file
 //! opened for writing but left as it was) are left out by comparing them with the lower view.
-//! `diff_trees` compares two complete trees; it is the fallback when the upperdir cannot be
-//! trusted (`upper_is_trustworthy`).
+//! `diff_trees` compares two complete trees; tests use it to check `diff_upper`.
 
 use std::collections::BTreeSet;
 use std::ffi::{CString, OsString};
@@ -285,26 +284,6 @@ fn walk_trees(old: &Path, new: &Path, rel: &Path, out: &mut Vec<Change>) -> io::
         }
     }
     Ok(())
-}
-
-/// Whether an upperdir can be read as a self-contained diff: no redirects or metacopy entries
-/// (which point into lower layers) anywhere in it.
-pub fn upper_is_trustworthy(upper: &Path) -> io::Result<bool> {
-    fn walk(dir: &Path) -> io::Result<bool> {
-        for name in sorted_entries(dir)? {
-            let p = dir.join(name);
-            if get_xattr(&p, "trusted.overlay.redirect")?.is_some()
-                || get_xattr(&p, "trusted.overlay.metacopy")?.is_some()
-            {
-                return Ok(false);
-            }
-            if lstat(&p).is_some_and(|m| m.is_dir()) && !walk(&p)? {
-                return Ok(false);
-            }
-        }
-        Ok(true)
-    }
-    walk(upper)
 }
 
 /// Paths in `changes`, for messages and tests.

@@ -19,9 +19,8 @@
 //! let changes: Vec<oci::change::Change> = snap.changes()?; // read from snap.merged()/upper()
 //! snap.release()?;                                  // or drop: unmount + remove
 //! ```
-//! `changes()` reads the upperdir (`diff::diff_upper`) and falls back to comparing the lower view
-//! with the merged view (`diff::diff_trees`) when the upperdir holds overlay redirects or
-//! metacopy entries. Every active snapshot is also registered with `cleanup`, so Ctrl-C/SIGTERM
+//! `changes()` reads the upperdir (`diff::diff_upper`), self-contained because of the mount
+//! options; `changes_by_tree_compare()` compares the lower and merged views instead. Every active snapshot is also registered with `cleanup`, so Ctrl-C/SIGTERM
 //! unmounts it; `recover` handles SIGKILL.
 
 pub mod cleanup;
@@ -164,38 +163,25 @@ impl ActiveSnapshot {
         &self.lowers
     }
 
-    /// What the execution changed, relative to the lower layers.
+    /// What the execution changed, relative to the lower layers, read from the upperdir.
+    ///
+    /// The upperdir is a self-contained diff by construction: the overlay is mounted with
+    /// `redirect_dir=off,metacopy=off` (a kernel without those options fails the mount), so the kernel writes no redirect or
+    /// metacopy entries pointing into lower layers, and it refuses `trusted.overlay.*` xattrs set
+    /// through the mount. Nothing needs checking first (a check walked the whole upperdir again).
     pub fn changes(&self) -> Result<Vec<Change>> {
-        let trusted = diff::upper_is_trustworthy(&self.upper())
-            .with_context(|| format!("scan upperdir {}", self.upper().display()))?;
-        self.with_lower_view(|lower| {
-            if trusted {
-                diff::diff_upper(&self.upper(), lower)
-            } else {
-                diff::diff_trees(lower, &self.merged())
-            }
-        })
-        .context("diff the snapshot")
+        Ok(self.changes_with_source()?.0)
     }
 
-    /// Like [`ActiveSnapshot::changes`], with the directory the changed entries are best read from
-    /// for the layer: the upperdir itself when it is self-contained (no redirect or metacopy;
-    /// every upserted path is then a plain entry there, with the metadata the merged view shows),
-    /// which spares the overlay's lookups; the merged view otherwise.
+    /// Like [`ActiveSnapshot::changes`], with the directory to read the changed entries from for
+    /// the layer: the upperdir, where every upserted path is a plain entry with the metadata the
+    /// merged view shows, which spares the overlay's lookups.
     pub fn changes_with_source(&self) -> Result<(Vec<Change>, PathBuf)> {
         let upper = self.upper();
-        let trusted = diff::upper_is_trustworthy(&upper)
-            .with_context(|| format!("scan upperdir {}", upper.display()))?;
         let changes = self
-            .with_lower_view(|lower| {
-                if trusted {
-                    diff::diff_upper(&upper, lower)
-                } else {
-                    diff::diff_trees(lower, &self.merged())
-                }
-            })
+            .with_lower_view(|lower| diff::diff_upper(&upper, lower))
             .context("diff the snapshot")?;
-        Ok((changes, if trusted { upper } else { self.merged() }))
+        Ok((changes, upper))
     }
 
     /// Compares the lower view with the merged view directly (`diff::diff_trees`), ignoring the
