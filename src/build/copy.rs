@@ -182,6 +182,75 @@ pub fn copy(
     Ok(())
 }
 
+/// Makes sure the directory `rel` (relative to `root`) exists, creating missing parents with mode
+/// 0755 and `owner`, following existing symlinks inside the root; returns its resolved path.
+fn ensure_dir_path(root: &Path, rel: &str, owner: (u32, u32)) -> Result<PathBuf> {
+    let mut current = String::new();
+    for comp in rel.split('/').filter(|c| !c.is_empty()) {
+        current = join_rel(&current, comp);
+        let (parent, name) = resolve_parent_in_root(root, &current)?;
+        let name = name.ok_or_else(|| anyhow!("empty path component"))?;
+        let path = parent.join(&name);
+        match fs::symlink_metadata(&path) {
+            Ok(m) if m.is_dir() => {}
+            Ok(m) if m.file_type().is_symlink() => {
+                let resolved = resolve_in_root(root, &current)?;
+                if !resolved.is_dir() {
+                    fs::create_dir_all(&resolved)
+                        .with_context(|| format!("creating /{current} in the image"))?;
+                }
+            }
+            Ok(_) => bail!("cannot copy into /{current}: it exists and is not a directory"),
+            Err(_) => {
+                fs::create_dir(&path)
+                    .with_context(|| format!("creating /{current} in the image"))?;
+                fs::set_permissions(&path, fs::Permissions::from_mode(0o755))?;
+                let (uid, gid) = owner;
+                std::os::unix::fs::lchown(&path, Some(uid), Some(gid))?;
+            }
+        }
+    }
+    resolve_in_root(root, rel)
+}
+
+/// For a COPY whose sources are all directories (their contents go into `dest`): when the
+/// destination directory is missing or empty in `root` (the step's overlay), makes it exist
+/// there, so that the overlay has copied it and its parents up with their metadata, and returns
+/// its path relative to the root, symlinks resolved. Nothing the copy then writes can meet an
+/// entry of the layers below, so it can be written straight into the upperdir, without the
+/// overlay's per-file cost. `None` when the destination holds something already.
+pub fn claim_fresh_directory(root: &Path, dest: &str, owner: (u32, u32)) -> Result<Option<String>> {
+    let rel = clean_rel(dest);
+    if rel.is_empty() {
+        return Ok(None);
+    }
+    let resolved = resolve_in_root(root, &rel)?;
+    match fs::symlink_metadata(&resolved) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            ensure_dir_path(root, &rel, owner)?;
+        }
+        Ok(m) if m.is_dir() => {
+            let empty = fs::read_dir(&resolved)
+                .with_context(|| format!("listing /{rel} in the image"))?
+                .next()
+                .is_none();
+            if !empty {
+                return Ok(None);
+            }
+            // Setting the owner it already has changes nothing but makes the overlay copy the
+            // directory up, so the upperdir has it with its metadata.
+            std::os::unix::fs::lchown(&resolved, Some(m.uid()), Some(m.gid()))
+                .with_context(|| format!("preparing /{rel} in the image"))?;
+        }
+        _ => return Ok(None),
+    }
+    let resolved = resolve_in_root(root, &rel)?;
+    Ok(resolved
+        .strip_prefix(root)
+        .ok()
+        .map(|p| p.to_string_lossy().into_owned()))
+}
+
 /// `--parents`: the path kept under the destination, everything after a `/./` pivot in the
 /// source pattern, or the whole relative path.
 fn parents_path(sources: &[String], rel: &str) -> String {
@@ -213,35 +282,10 @@ struct Writer<'a> {
 }
 
 impl Writer<'_> {
-    /// Makes sure the directory `rel` (relative to the destination root) exists, creating missing
-    /// parents with mode 0755 and the copy's owner, following existing symlinks inside the root.
+    /// Makes sure the directory `rel` (relative to the destination root) exists: see
+    /// [`ensure_dir_path`].
     fn ensure_dir_path(&mut self, rel: &str) -> Result<PathBuf> {
-        let mut current = String::new();
-        for comp in rel.split('/').filter(|c| !c.is_empty()) {
-            current = join_rel(&current, comp);
-            let (parent, name) = resolve_parent_in_root(self.dest_root, &current)?;
-            let name = name.ok_or_else(|| anyhow!("empty path component"))?;
-            let path = parent.join(&name);
-            match fs::symlink_metadata(&path) {
-                Ok(m) if m.is_dir() => {}
-                Ok(m) if m.file_type().is_symlink() => {
-                    let resolved = resolve_in_root(self.dest_root, &current)?;
-                    if !resolved.is_dir() {
-                        fs::create_dir_all(&resolved)
-                            .with_context(|| format!("creating /{current} in the image"))?;
-                    }
-                }
-                Ok(_) => bail!("cannot copy into /{current}: it exists and is not a directory"),
-                Err(_) => {
-                    fs::create_dir(&path)
-                        .with_context(|| format!("creating /{current} in the image"))?;
-                    fs::set_permissions(&path, fs::Permissions::from_mode(0o755))?;
-                    let (uid, gid) = self.owner_default;
-                    std::os::unix::fs::lchown(&path, Some(uid), Some(gid))?;
-                }
-            }
-        }
-        resolve_in_root(self.dest_root, rel)
+        ensure_dir_path(self.dest_root, rel, self.owner_default)
     }
 
     /// Copies the children of the source directory `dir` into the existing directory `target`.

@@ -213,6 +213,14 @@ impl ActiveSnapshot {
         Ok(value)
     }
 
+    /// Unmounts the merged view and keeps the rest: the upperdir becomes a plain directory that
+    /// may be written directly (the kernel allows changing an upperdir while its overlay is not
+    /// mounted, never while it is), and `changes` still reads it. `release` removes it all.
+    pub fn unmount_merged(&mut self) -> Result<()> {
+        let merged = self.merged();
+        overlay::unmount(&merged).with_context(|| format!("unmount {}", merged.display()))
+    }
+
     /// Unmounts and removes the snapshot (upperdir included).
     pub fn release(mut self) -> Result<()> {
         self.release_inner()
