@@ -264,3 +264,56 @@ fn add_from_a_url_with_checksum() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("checksum mismatch"));
 }
+
+/// Without `--checksum`, ADD of a URL is keyed by what the URL serves at build time (BuildKit's
+/// behaviour): the same content is a cache hit, new content is a miss and lands in the image.
+#[test]
+fn add_url_without_checksum_follows_the_content() {
+    use std::io::{Read, Write};
+    use std::sync::{Arc, Mutex};
+    let served = Arc::new(Mutex::new(b"first\n".to_vec()));
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let body = served.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut s) = stream else { break };
+            let mut req = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                match s.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => req.extend_from_slice(&buf[..n]),
+                }
+            }
+            let data = body.lock().unwrap().clone();
+            let head = format!("HTTP/1.0 200 OK\r\nContent-Length: {}\r\n\r\n", data.len());
+            let _ = s.write_all(head.as_bytes());
+            let _ = s.write_all(&data);
+        }
+    });
+    let root = root_with_busybox();
+    let url = format!("http://127.0.0.1:{port}/f.txt");
+    let ctx = context(&[(
+        "Dockerfile",
+        &format!("FROM busybox:latest\nADD {url} /dl/\n"),
+    )]);
+    let dir = ctx.path().to_str().unwrap();
+    let read = |root: &std::path::Path| {
+        std::fs::read_to_string(rootfs_of(root, "u").path().join("dl/f.txt")).unwrap()
+    };
+    build_ok(root.path(), &["-t", "u", dir]);
+    assert_eq!(read(root.path()), "first\n");
+    let (_, again) = build_ok(root.path(), &["-t", "u", dir]);
+    assert!(
+        again.contains("CACHED"),
+        "same content must hit the cache:\n{again}"
+    );
+    *served.lock().unwrap() = b"second\n".to_vec();
+    let (_, changed) = build_ok(root.path(), &["-t", "u", dir]);
+    assert!(
+        !changed.contains("#2 CACHED"),
+        "new content must miss:\n{changed}"
+    );
+    assert_eq!(read(root.path()), "second\n");
+}

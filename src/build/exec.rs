@@ -433,12 +433,43 @@ fn add_mount(
             uid,
             gid,
         } => {
-            let dir = store
+            let base = store
                 .root()
                 .join("build-cache-mounts")
                 .join(super::fsutil::clean_rel(&hex::encode(sha256(
                     id.as_bytes(),
                 ))));
+            let dir = match sharing.as_str() {
+                // Waits until no other step holds the cache.
+                "locked" => {
+                    guards
+                        ._locks
+                        .push(lock_cache_dir(&base, true)?.ok_or_else(|| {
+                            anyhow!("cache mount {id}: could not lock {}", base.display())
+                        })?);
+                    base
+                }
+                // The first free one of the cache's instances: the persistent one when no other
+                // private user has it, another (kept for later builds too) when one has.
+                "private" => {
+                    let mut instance = 0;
+                    loop {
+                        let dir = if instance == 0 {
+                            base.clone()
+                        } else {
+                            let mut name = base.clone().into_os_string();
+                            name.push(format!("-{instance}"));
+                            PathBuf::from(name)
+                        };
+                        if let Some(lock) = lock_cache_dir(&dir, false)? {
+                            guards._locks.push(lock);
+                            break dir;
+                        }
+                        instance += 1;
+                    }
+                }
+                _ => base,
+            };
             if !dir.exists() {
                 std::fs::create_dir_all(&dir)
                     .with_context(|| format!("creating cache mount {id}"))?;
@@ -447,12 +478,6 @@ fn add_mount(
                     &dir,
                     std::os::unix::fs::PermissionsExt::from_mode(*mode),
                 )?;
-            }
-            if sharing == "locked" {
-                let lock = std::fs::File::create(dir.with_extension("lock"))?;
-                // SAFETY: flock on a descriptor we own; blocks until the other user releases it.
-                unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&lock), libc::LOCK_EX) };
-                guards._locks.push(lock);
             }
             spec.mounts.push(Mount {
                 target: PathBuf::from(target),
@@ -527,6 +552,35 @@ fn add_mount(
         }
     }
     Ok(())
+}
+
+/// Takes the exclusive lock of a cache mount directory (`<dir>.lock` next to it): waiting for it
+/// with `wait`, else `None` when another step holds it. Held until the file is dropped.
+fn lock_cache_dir(dir: &Path, wait: bool) -> Result<Option<std::fs::File>> {
+    if let Some(parent) = dir.parent() {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("creating {}", parent.display()))?;
+    }
+    let mut path = dir.to_path_buf().into_os_string();
+    path.push(".lock");
+    let path = PathBuf::from(path);
+    let lock = std::fs::File::create(&path)
+        .with_context(|| format!("creating the lock {}", path.display()))?;
+    let flags = if wait {
+        libc::LOCK_EX
+    } else {
+        libc::LOCK_EX | libc::LOCK_NB
+    };
+    // SAFETY: flock on a descriptor this function owns.
+    let rc = unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&lock), flags) };
+    if rc == 0 {
+        return Ok(Some(lock));
+    }
+    let err = std::io::Error::last_os_error();
+    if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
+        return Ok(None);
+    }
+    Err(err).with_context(|| format!("locking {}", path.display()))
 }
 
 fn sha256(data: &[u8]) -> [u8; 32] {

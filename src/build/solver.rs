@@ -948,7 +948,21 @@ async fn plan_copy(
         }
         let s = s.clone();
         if is_add && (s.starts_with("http://") || s.starts_with("https://")) {
-            urls.push((s, args.checksum.clone()));
+            // Keyed by what the URL serves now, as BuildKit does: without --checksum the content
+            // is fetched to learn its digest (the step then verifies it got the same bytes).
+            let checksum = match &args.checksum {
+                Some(c) => c.clone(),
+                None => {
+                    let url = s.clone();
+                    tokio::task::spawn_blocking(move || -> Result<String> {
+                        let data = super::fetch::fetch(&url, None)?;
+                        Ok(format!("sha256:{}", hex::encode(Sha256::digest(&data))))
+                    })
+                    .await
+                    .map_err(|e| anyhow!("fetching {s}: {e}"))??
+                }
+            };
+            urls.push((s, Some(checksum)));
         } else if s.starts_with("git@") || (is_add && s.ends_with(".git") && s.contains("://")) {
             bail!("{verb} of a git repository ({s}) is not supported");
         } else {
