@@ -205,8 +205,8 @@ fn copy_step(
     } else if !c.sources.is_empty() {
         copy::copy(&src, &c.sources, &dest_root, &c.dest, &options)?;
     }
-    let dest_is_dir =
-        c.dest.ends_with('/') || c.heredocs.len() + c.urls.len() + c.sources.len() > 1;
+    let dest_is_dir = c.dest.ends_with('/')
+        || c.heredocs.len() + c.urls.len() + c.sources.len() + c.git.len() > 1;
     for (name, content) in &c.heredocs {
         let target = if dest_is_dir {
             format!("{}/{}", c.dest.trim_end_matches('/'), name)
@@ -237,6 +237,16 @@ fn copy_step(
             options.chown.unwrap_or((0, 0)),
         )?;
     }
+    for g in &c.git {
+        // A repository's tree is copied like a directory source: its contents go into dest.
+        let checkout = super::git::checkout(g, &store.tmp_dir(), req.source_date_epoch)?;
+        let tree = CopySource {
+            root: checkout.root(),
+            filter: &no_filter,
+            from_context: true,
+        };
+        copy::copy(&tree, &[".".to_string()], &dest_root, &c.dest, &options)?;
+    }
     if let Some(v) = view {
         v.release()?;
     }
@@ -256,6 +266,7 @@ fn fresh_destination(
     if c.sources.is_empty()
         || !c.heredocs.is_empty()
         || !c.urls.is_empty()
+        || !c.git.is_empty()
         || options.parents
         || options.unpack_archives
     {

@@ -14,6 +14,7 @@ pub mod export;
 pub mod fetch;
 pub mod frontend;
 pub mod fsutil;
+pub mod git;
 pub mod graph;
 pub mod imageconfig;
 pub mod options;

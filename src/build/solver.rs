@@ -115,6 +115,8 @@ pub struct CopyOp {
     pub heredocs: Vec<(String, String)>,
     /// ADD of URLs: (url, checksum).
     pub urls: Vec<(String, Option<String>)>,
+    /// ADD of git repositories, resolved to commits.
+    pub git: Vec<super::git::GitSource>,
 }
 
 /// A filesystem-changing operation.
@@ -422,7 +424,13 @@ pub fn format_time(secs: i64) -> String {
 }
 
 fn with_line<T>(result: Result<T>, instr: &Spanned) -> Result<T> {
-    result.with_context(|| format!("Dockerfile:{}: {}", instr.span.start_line, instr.original))
+    result.with_context(|| {
+        format!(
+            "Dockerfile:{}: {}",
+            instr.span.start_line,
+            super::git::redact_urls(&instr.original)
+        )
+    })
 }
 
 async fn solve_stage(shared: &Arc<Shared>, stage: usize) -> Result<Arc<StageResult>> {
@@ -518,7 +526,7 @@ async fn solve_stage(shared: &Arc<Shared>, stage: usize) -> Result<Arc<StageResu
             "[{label} {}/{}] {}",
             index + 2,
             instructions.len() + 1,
-            instr.original
+            super::git::redact_urls(&instr.original)
         );
         let place = digest_of(&[
             &shared.req.place_id,
@@ -941,13 +949,35 @@ async fn plan_copy(
     let verb = if is_add { "ADD" } else { "COPY" };
     let mut sources = Vec::new();
     let mut urls = Vec::new();
+    let mut git = Vec::new();
     for s in &args.sources {
         // Here-documents are sources named after their delimiter, not context files.
         if !args.heredocs.is_empty() && dockerfile::raw::parse_heredoc_word(s).is_some() {
             continue;
         }
         let s = s.clone();
-        if is_add && (s.starts_with("http://") || s.starts_with("https://")) {
+        if let Some(url) = super::git::parse(&s) {
+            if !is_add {
+                bail!(
+                    "COPY cannot copy a git repository ({}): use ADD",
+                    url.display()
+                );
+            }
+            // Keyed by the commit the ref names now (as BuildKit): resolved before the step.
+            let checksum = args.checksum.clone();
+            let keep_git_dir = args.keep_git_dir.unwrap_or(false);
+            let source = tokio::task::spawn_blocking(move || -> Result<_> {
+                let resolved = super::git::resolve(&url, checksum.as_deref())?;
+                Ok(super::git::GitSource {
+                    url,
+                    resolved,
+                    keep_git_dir,
+                })
+            })
+            .await
+            .map_err(|e| anyhow!("resolving a git source: {e}"))??;
+            git.push(source);
+        } else if is_add && (s.starts_with("http://") || s.starts_with("https://")) {
             // Keyed by what the URL serves now, as BuildKit does: without --checksum the content
             // is fetched to learn its digest (the step then verifies it got the same bytes).
             let checksum = match &args.checksum {
@@ -963,8 +993,6 @@ async fn plan_copy(
                 }
             };
             urls.push((s, Some(checksum)));
-        } else if s.starts_with("git@") || (is_add && s.ends_with(".git") && s.contains("://")) {
-            bail!("{verb} of a git repository ({s}) is not supported");
         } else {
             sources.push(s);
         }
@@ -1054,11 +1082,28 @@ async fn plan_copy(
         .cloned()
         .chain(urls.iter().map(|(u, _)| u.clone()))
         .collect();
-    text.push_str(&format!(" {} {}", all_sources.join(" "), dest_word));
+    // The key names a git source by its commit, not its URL; the history by its URL without
+    // credentials.
+    let key_text = format!(
+        "{text} {} {}",
+        all_sources
+            .iter()
+            .cloned()
+            .chain(git.iter().map(|g| g.cache_key()))
+            .collect::<Vec<_>>()
+            .join(" "),
+        dest_word
+    );
+    let shown_sources: Vec<String> = all_sources
+        .iter()
+        .cloned()
+        .chain(git.iter().map(|g| g.url.display()))
+        .collect();
+    text.push_str(&format!(" {} {}", shown_sources.join(" "), dest_word));
     let mut parts: Vec<String> = vec![
         walk.key.clone(),
         "copy".into(),
-        text.clone(),
+        key_text,
         dest.clone(),
         source_key.clone(),
         unpack.to_string(),
@@ -1078,7 +1123,7 @@ async fn plan_copy(
         sources: if from.is_some() {
             vec![source_key]
         } else {
-            Vec::new()
+            git.iter().map(|g| g.cache_key()).collect()
         },
         ..Default::default()
     };
@@ -1090,6 +1135,7 @@ async fn plan_copy(
         options,
         heredocs,
         urls,
+        git,
     });
     Ok(Planned {
         op,
