@@ -151,15 +151,21 @@ impl Repo {
     }
 }
 
+/// A store with busybox, the repository, where it is served from, and its server.
+fn setup() -> (tempfile::TempDir, Repo, PathBuf, StaticServer) {
+    let root = root_with_busybox();
+    let (repo, served) = Repo::new();
+    let server = StaticServer::start(&served);
+    (root, repo, served, server)
+}
+
 fn read(root: &Path, path: &str) -> String {
     std::fs::read_to_string(root.join(path)).unwrap_or_else(|e| panic!("{path}: {e}"))
 }
 
 #[test]
 fn add_branch_tag_subdir_keep_git_dir_chown_exclude() {
-    let root = root_with_busybox();
-    let (repo, served) = Repo::new();
-    let server = StaticServer::start(&served);
+    let (root, repo, served, server) = setup();
     let url = server.url("repo.git");
     let head = git(&repo.work, &["rev-parse", "HEAD"]);
     let dockerfile = format!(
@@ -218,9 +224,7 @@ fn add_branch_tag_subdir_keep_git_dir_chown_exclude() {
 
 #[test]
 fn cached_while_the_branch_stays_rebuilt_when_it_moves() {
-    let root = root_with_busybox();
-    let (repo, served) = Repo::new();
-    let server = StaticServer::start(&served);
+    let (root, repo, served, server) = setup();
     let url = server.url("repo.git");
     let dockerfile =
         format!("FROM busybox:latest\nADD {url}#main /src\nRUN cat /src/hello > /copy.txt\n");
@@ -250,9 +254,7 @@ fn cached_while_the_branch_stays_rebuilt_when_it_moves() {
 
 #[test]
 fn unknown_refs_missing_subdirs_and_unreachable_repositories_fail_clearly() {
-    let root = root_with_busybox();
-    let (_repo, served) = Repo::new();
-    let server = StaticServer::start(&served);
+    let (root, _repo, served, server) = setup();
     let url = server.url("repo.git");
     // A port nothing listens on.
     let closed = {
@@ -300,9 +302,7 @@ fn unknown_refs_missing_subdirs_and_unreachable_repositories_fail_clearly() {
 
 #[test]
 fn submodules_are_checked_out_and_source_date_epoch_gives_commit_mtimes() {
-    let root = root_with_busybox();
-    let (repo, served) = Repo::new();
-    let server = StaticServer::start(&served);
+    let (root, repo, served, server) = setup();
     // A second repository, a submodule of the first, served beside it.
     let lib_work = served.parent().unwrap().join("lib");
     std::fs::create_dir_all(&lib_work).unwrap();
