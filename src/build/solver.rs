@@ -751,7 +751,6 @@ async fn plan_step(
             parts.push("\0mounts");
             parts.extend(mount_keys.iter().map(String::as_str));
             let key = digest_of(&parts);
-            let mut env = env;
             env.extend(walk.proxy_env());
             let inputs = StepInputs {
                 parent: walk.key.clone(),
