@@ -129,3 +129,22 @@ fn no_cache_filter_reruns_only_that_stage() {
     assert!(!err.contains("cache miss: RUN echo deps"), "{err}");
     assert_eq!(cached(&err), 1, "{err}");
 }
+
+/// Proxy build args reach RUN without an ARG line, and stay out of the cache key and the history
+/// (BuildKit's rule): changing the proxy does not rebuild anything.
+#[test]
+fn proxy_build_args_reach_run_but_not_the_key_or_history() {
+    let root = root_with_busybox();
+    let ctx = context(&[("Dockerfile", "FROM busybox:latest\nRUN env > /env.txt\n")]);
+    let c = ctx.path().to_str().unwrap();
+    let proxy = |v: &str| format!("HTTP_PROXY={v}");
+    let first = proxy("http://127.0.0.1:3128");
+    build_ok(root.path(), &["-t", "p", "--build-arg", &first, c]);
+    let env = std::fs::read_to_string(rootfs_of(root.path(), "p").path().join("env.txt")).unwrap();
+    assert!(env.lines().any(|l| l == first), "{env}");
+    let history = config_of(root.path(), "p")["history"].to_string();
+    assert!(!history.contains("PROXY"), "{history}");
+    let second = proxy("http://127.0.0.1:8080");
+    let (_, err) = build_ok(root.path(), &["-t", "p", "--build-arg", &second, c]);
+    assert_eq!(cached(&err), 1, "a proxy change must not rebuild:\n{err}");
+}

@@ -218,23 +218,9 @@ fn context_from_a_tarball_and_dockerfile_from_stdin() {
 
 #[test]
 fn add_from_a_url_with_checksum() {
-    use std::io::{Read, Write};
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut s) = stream else { break };
-            let mut req = Vec::new();
-            let mut buf = [0u8; 1024];
-            while !req.windows(4).any(|w| w == b"\r\n\r\n") {
-                match s.read(&mut buf) {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => req.extend_from_slice(&buf[..n]),
-                }
-            }
-            let _ = s.write_all(b"HTTP/1.0 200 OK\r\nContent-Length: 9\r\n\r\ndownload\n");
-        }
-    });
+    let port = serve_http(std::sync::Arc::new(std::sync::Mutex::new(
+        b"download\n".to_vec(),
+    )));
     let root = root_with_busybox();
     // sha256 of "download\n"
     let sum = "sha256:0b4b4e0a8c8b4c4e2f3f3c54c9e8d2b8e6e4c3a0d6c5b8b4f6b6f3b7a1e2d3c4";
@@ -269,29 +255,9 @@ fn add_from_a_url_with_checksum() {
 /// behaviour): the same content is a cache hit, new content is a miss and lands in the image.
 #[test]
 fn add_url_without_checksum_follows_the_content() {
-    use std::io::{Read, Write};
     use std::sync::{Arc, Mutex};
     let served = Arc::new(Mutex::new(b"first\n".to_vec()));
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let body = served.clone();
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut s) = stream else { break };
-            let mut req = Vec::new();
-            let mut buf = [0u8; 1024];
-            while !req.windows(4).any(|w| w == b"\r\n\r\n") {
-                match s.read(&mut buf) {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => req.extend_from_slice(&buf[..n]),
-                }
-            }
-            let data = body.lock().unwrap().clone();
-            let head = format!("HTTP/1.0 200 OK\r\nContent-Length: {}\r\n\r\n", data.len());
-            let _ = s.write_all(head.as_bytes());
-            let _ = s.write_all(&data);
-        }
-    });
+    let port = serve_http(served.clone());
     let root = root_with_busybox();
     let url = format!("http://127.0.0.1:{port}/f.txt");
     let ctx = context(&[(
@@ -316,4 +282,30 @@ fn add_url_without_checksum_follows_the_content() {
         "new content must miss:\n{changed}"
     );
     assert_eq!(read(root.path()), "second\n");
+}
+
+/// A one-file HTTP server on 127.0.0.1 (any path gets `body` as it is at the time of the
+/// request); returns its port.
+fn serve_http(body: std::sync::Arc<std::sync::Mutex<Vec<u8>>>) -> u16 {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut s) = stream else { break };
+            let mut req = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                match s.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => req.extend_from_slice(&buf[..n]),
+                }
+            }
+            let data = body.lock().unwrap().clone();
+            let head = format!("HTTP/1.0 200 OK\r\nContent-Length: {}\r\n\r\n", data.len());
+            let _ = s.write_all(head.as_bytes());
+            let _ = s.write_all(&data);
+        }
+    });
+    port
 }

@@ -389,6 +389,15 @@ impl StageWalk {
         self.vars.arg_env().into_iter().collect()
     }
 
+    /// Proxy build args for a RUN's environment only (never its key or history).
+    fn proxy_env(&self) -> Vec<String> {
+        self.vars
+            .proxy_env()
+            .into_iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect()
+    }
+
     fn workdir(&self) -> String {
         self.config
             .config
@@ -750,6 +759,7 @@ async fn plan_step(
             parts.push("\0mounts");
             parts.extend(mount_keys.iter().map(String::as_str));
             let key = digest_of(&parts);
+            env.extend(walk.proxy_env());
             let inputs = StepInputs {
                 parent: walk.key.clone(),
                 instruction: format!("RUN {display}"),

@@ -364,15 +364,21 @@ impl Vars {
     pub fn run_env(&self) -> Vec<(String, String)> {
         let mut out = self.env.clone();
         out.extend(self.arg_env());
-        let has = |out: &[(String, String)], k: &str| out.iter().any(|(n, _)| n == k);
-        for p in PROXY_ARGS {
-            if let Some(v) = self.build_args.get(*p) {
-                if !has(&out, p) {
-                    out.push((p.to_string(), v.clone()));
-                }
-            }
-        }
+        out.extend(self.proxy_env());
         out
+    }
+
+    /// The proxy build args (`--build-arg HTTP_PROXY=...` and the like) a RUN gets without
+    /// declaring them, unless ENV or a declared ARG sets the name: BuildKit keeps them out of
+    /// the cache key and the history, so a proxy change does not invalidate the cache.
+    pub fn proxy_env(&self) -> Vec<(String, String)> {
+        let declared =
+            |k: &str| self.env.iter().any(|(n, _)| n == k) || self.args.iter().any(|(n, _)| n == k);
+        PROXY_ARGS
+            .iter()
+            .filter(|p| !declared(p))
+            .filter_map(|p| Some((p.to_string(), self.build_args.get(*p)?.clone())))
+            .collect()
     }
 
     /// Expands `inst` as BuildKit does and applies its effect on variables (ENV, ARG).
