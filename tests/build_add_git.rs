@@ -165,7 +165,7 @@ fn read(root: &Path, path: &str) -> String {
 
 #[test]
 fn add_branch_tag_subdir_keep_git_dir_chown_exclude() {
-    let (root, repo, served, server) = setup();
+    let (root, repo, _served, server) = setup();
     let url = server.url("repo.git");
     let head = git(&repo.work, &["rev-parse", "HEAD"]);
     let dockerfile = format!(
@@ -224,7 +224,7 @@ fn add_branch_tag_subdir_keep_git_dir_chown_exclude() {
 
 #[test]
 fn cached_while_the_branch_stays_rebuilt_when_it_moves() {
-    let (root, repo, served, server) = setup();
+    let (root, repo, _served, server) = setup();
     let url = server.url("repo.git");
     let dockerfile =
         format!("FROM busybox:latest\nADD {url}#main /src\nRUN cat /src/hello > /copy.txt\n");
