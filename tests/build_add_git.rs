@@ -172,13 +172,16 @@ fn add_branch_tag_subdir_keep_git_dir_chown_exclude() {
         "FROM busybox:latest\n\
          ADD {url}#main /src\n\
          ADD {url}#v1:sub /tagsub/\n\
-         ADD --keep-git-dir=true {url}#main /kept\n\
+         ADD --keep-git-dir=true {secret_url}#main /kept\n\
          ADD --chown=1000:1001 --exclude=*.md --checksum={short} {url} /owned\n\
          RUN /src/run.sh > /ran.txt\n",
-        short = &head[..12]
+        short = &head[..12],
+        secret_url = url.replace("http://", "http://user:s3cret@"),
     );
     let ctx = context(&[("Dockerfile", &dockerfile)]);
-    build_ok(root.path(), &["-t", "g:1", ctx.path().to_str().unwrap()]);
+    let (out, err) = build_ok(root.path(), &["-t", "g:1", ctx.path().to_str().unwrap()]);
+    // Credentials in the URL reach neither the progress, the history nor the kept repository.
+    assert!(!out.contains("s3cret") && !err.contains("s3cret"), "{err}");
     let fs = rootfs_of(root.path(), "g:1");
     let fs = fs.path();
 
@@ -220,6 +223,9 @@ fn add_branch_tag_subdir_keep_git_dir_chown_exclude() {
         history.contains(&format!("ADD {url}#v1:sub /tagsub/")),
         "{history}"
     );
+    assert!(!config.to_string().contains("s3cret"), "{config}");
+    let git_config = std::fs::read_to_string(kept.join(".git/config")).unwrap();
+    assert!(!git_config.contains("s3cret"), "{git_config}");
 }
 
 #[test]

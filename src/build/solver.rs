@@ -1104,9 +1104,10 @@ async fn plan_copy(
             .join(" "),
         dest_word
     );
-    let shown_sources: Vec<String> = all_sources
+    let shown_sources: Vec<String> = sources
         .iter()
         .cloned()
+        .chain(urls.iter().map(|(u, _)| super::git::redact_urls(u)))
         .chain(git.iter().map(|g| g.url.display()))
         .collect();
     text.push_str(&format!(" {} {}", shown_sources.join(" "), dest_word));
@@ -1329,7 +1330,9 @@ async fn run_step(
         let old = cache::load_inputs(&conn, place)?;
         cache::explain_miss(old.as_ref(), &inputs, first_fs_step)
     };
-    shared.progress.explain(id, &instr.original, &reason);
+    shared
+        .progress
+        .explain(id, &super::git::redact_urls(&instr.original), &reason);
     let _permit = shared
         .permits
         .acquire()
