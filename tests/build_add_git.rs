@@ -307,6 +307,32 @@ fn unknown_refs_missing_subdirs_and_unreachable_repositories_fail_clearly() {
 }
 
 #[test]
+fn a_missing_git_command_says_to_install_it() {
+    let root = root_with_busybox();
+    let ctx = context(&[(
+        "Dockerfile",
+        "FROM busybox:latest\nADD https://example.invalid/r.git#main /src\n",
+    )]);
+    let empty = tempfile::tempdir().unwrap();
+    let out = Command::new(common::kiln_bin())
+        .arg("--root")
+        .arg(root.path())
+        .args(["build", "--progress", "plain"])
+        .arg(ctx.path())
+        .env("PATH", empty.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    let last = stderr.lines().last().unwrap_or("");
+    assert!(last.contains("Dockerfile:2"), "{last}");
+    assert!(
+        last.contains("the git command is not installed") && last.contains("install"),
+        "{last}"
+    );
+}
+
+#[test]
 fn submodules_are_checked_out_and_source_date_epoch_gives_commit_mtimes() {
     let (root, repo, served, server) = setup();
     // A second repository, a submodule of the first, served beside it.
