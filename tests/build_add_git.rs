@@ -250,7 +250,9 @@ fn cached_while_the_branch_stays_rebuilt_when_it_moves() {
     let (_, err) = build_ok(root.path(), &["-t", "g:1", c]);
     assert_eq!(cached(&err), 0, "{err}");
     assert!(
-        err.contains(&format!("cache miss: ADD {url}#main /src")),
+        err.contains(&format!(
+            "cache miss: ADD {url}#main /src: the git ref now points at commit"
+        )),
         "{err}"
     );
     let fs = rootfs_of(root.path(), "g:1");

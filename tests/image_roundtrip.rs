@@ -558,3 +558,32 @@ fn malicious_import_tarballs_are_rejected() {
             .success()
     );
 }
+
+/// kiln processes that open a new root at the same moment all succeed: SQLite can answer
+/// "locked" to the switch to WAL mode without waiting, which the store retries.
+#[test]
+fn concurrent_first_opens_of_a_root_all_succeed() {
+    for _ in 0..30 {
+        let root = common::temp_root();
+        let children: Vec<_> = (0..6)
+            .map(|_| {
+                std::process::Command::new(common::kiln_bin())
+                    .arg("--root")
+                    .arg(root.path())
+                    .arg("images")
+                    .stdout(std::process::Stdio::null())
+                    .stderr(std::process::Stdio::piped())
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        for child in children {
+            let out = child.wait_with_output().unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+}

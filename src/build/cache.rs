@@ -142,7 +142,17 @@ pub fn explain_miss(old: Option<&StepInputs>, new: &StepInputs, first_step: bool
         reasons.push(format!("environment changed: {}", changed.join(", ")));
     }
     if old.sources != new.sources && !new.sources.is_empty() {
-        reasons.push("a source stage or image changed".to_string());
+        let mut what: Vec<String> = new
+            .sources
+            .iter()
+            .filter(|s| !old.sources.contains(s))
+            .map(|s| describe_source(s))
+            .collect();
+        what.dedup();
+        if what.is_empty() {
+            what.push("a source was removed".to_string());
+        }
+        reasons.push(what.join("; "));
     }
     let to_pairs = |v: &[(String, String)]| -> Vec<(String, [u8; 32])> {
         v.iter()
@@ -171,6 +181,20 @@ pub fn explain_miss(old: Option<&StepInputs>, new: &StepInputs, first_step: bool
         reasons.push("cache entry missing (pruned or never recorded)".into());
     }
     reasons.join("; ")
+}
+
+/// What a changed source of a step is, for a miss explanation: a git ref that moved, a URL that
+/// serves new content, or a stage or image.
+fn describe_source(source: &str) -> String {
+    if let Some(commit) = source.strip_prefix("git:") {
+        let short: String = commit.chars().take(12).collect();
+        format!("the git ref now points at commit {short}")
+    } else if let Some(rest) = source.strip_prefix("url:") {
+        let url = rest.split_once(' ').map_or(rest, |(_, u)| u);
+        format!("{url} serves new content")
+    } else {
+        "a source stage or image changed".to_string()
+    }
 }
 
 #[cfg(test)]

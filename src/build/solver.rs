@@ -1134,7 +1134,13 @@ async fn plan_copy(
         sources: if from.is_some() {
             vec![source_key]
         } else {
-            git.iter().map(|g| g.cache_key()).collect()
+            git.iter()
+                .map(|g| g.cache_key())
+                .chain(urls.iter().map(|(u, c)| {
+                    let digest = c.as_deref().unwrap_or("");
+                    format!("url:{digest} {}", super::git::redact_urls(u))
+                }))
+                .collect()
         },
         ..Default::default()
     };

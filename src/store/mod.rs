@@ -68,9 +68,7 @@ impl Store {
         let conn = Connection::open(&db_path)
             .with_context(|| format!("opening database {}", db_path.display()))?;
         conn.busy_timeout(BUSY_TIMEOUT)?;
-        // journal_mode=WAL needs the write lock the first time; busy_timeout covers the race.
-        let mode: String = conn
-            .query_row("PRAGMA journal_mode=WAL", [], |row| row.get(0))
+        let mode = set_wal_mode(&conn)
             .with_context(|| format!("setting WAL mode on {}", db_path.display()))?;
         if !mode.eq_ignore_ascii_case("wal") {
             bail!(
@@ -249,4 +247,26 @@ pub fn digest_hex(digest: &str) -> Result<&str> {
 /// `sha256:<hex>` of `bytes`.
 pub fn sha256_digest(bytes: &[u8]) -> String {
     crate::digest::sha256_digest(bytes)
+}
+
+/// Switches the database to WAL mode (a no-op once it is). The switch needs the write lock, and
+/// while another process is opening a new database SQLite can answer "locked" without calling
+/// the busy handler, so that answer is retried here until `BUSY_TIMEOUT` has passed.
+fn set_wal_mode(conn: &Connection) -> rusqlite::Result<String> {
+    let deadline = std::time::Instant::now() + BUSY_TIMEOUT;
+    let mut pause = std::time::Duration::from_millis(2);
+    loop {
+        match conn.query_row("PRAGMA journal_mode=WAL", [], |row| row.get(0)) {
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if matches!(
+                    e.code,
+                    rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked
+                ) && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(std::time::Duration::from_millis(100));
+            }
+            other => return other,
+        }
+    }
 }
