@@ -106,7 +106,13 @@ pub fn busybox_tar() -> PathBuf {
         return tar;
     }
     let rootfs = busybox_rootfs();
-    let tmp = fixtures_dir().join(format!("busybox.tar.{}", std::process::id()));
+    // Unique per process and thread: tests of one binary run on threads of one process, and
+    // several may make the fixture at once.
+    let tmp = fixtures_dir().join(format!(
+        "busybox.tar.{}.{:?}",
+        std::process::id(),
+        std::thread::current().id()
+    ));
     let status = Command::new("tar")
         .args([
             "--sort=name",
