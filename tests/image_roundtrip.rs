@@ -387,26 +387,14 @@ fn two_concurrent_imports_on_one_root_both_succeed() {
     require_root();
     let root = temp_root();
     let tar = common::busybox_tar();
-    let children: Vec<_> = (0..2)
-        .map(|i| {
-            Command::new(common::kiln_bin())
-                .arg("--root")
-                .arg(root.path())
-                .args(["import", tar.to_str().unwrap(), &format!("concurrent:{i}")])
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn()
-                .unwrap()
-        })
-        .collect();
-    for child in children {
-        let out = child.wait_with_output().unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
+    let tar = tar.to_str().unwrap();
+    run_at_once(
+        root.path(),
+        &[
+            vec!["import", tar, "concurrent:0"],
+            vec!["import", tar, "concurrent:1"],
+        ],
+    );
     let listed = kiln_ok(root.path(), &["images"]);
     assert!(
         listed.contains("concurrent") && listed.lines().count() == 3,
@@ -565,25 +553,31 @@ fn malicious_import_tarballs_are_rejected() {
 fn concurrent_first_opens_of_a_root_all_succeed() {
     for _ in 0..30 {
         let root = common::temp_root();
-        let children: Vec<_> = (0..6)
-            .map(|_| {
-                std::process::Command::new(common::kiln_bin())
-                    .arg("--root")
-                    .arg(root.path())
-                    .arg("images")
-                    .stdout(std::process::Stdio::null())
-                    .stderr(std::process::Stdio::piped())
-                    .spawn()
-                    .unwrap()
-            })
-            .collect();
-        for child in children {
-            let out = child.wait_with_output().unwrap();
-            assert!(
-                out.status.success(),
-                "{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
+        run_at_once(root.path(), &vec![vec!["images"]; 6]);
+    }
+}
+
+/// Starts one kiln process per argument list on `root`, all at once; each must succeed.
+fn run_at_once(root: &Path, commands: &[Vec<&str>]) {
+    let children: Vec<_> = commands
+        .iter()
+        .map(|args| {
+            Command::new(common::kiln_bin())
+                .arg("--root")
+                .arg(root)
+                .args(args)
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for child in children {
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 }
