@@ -147,11 +147,6 @@ impl Reference {
         self.with_suffix(self.repository())
     }
 
-    /// The same reference with another tag (and no digest).
-    pub fn with_tag(&self, tag: &str) -> Result<Reference> {
-        Reference::parse(&format!("{}:{tag}", self.repository()))
-    }
-
     fn with_suffix(&self, mut s: String) -> String {
         if let Some(tag) = &self.tag {
             s.push(':');

@@ -602,26 +602,7 @@ fn display_in_root(root: &Path, path: &Path) -> String {
 /// `mkdir -p` of an absolute image path inside `root` (WORKDIR): symlinks resolved inside the
 /// root, created directories 0755 and owned by `owner` (root when `None`).
 pub fn mkdir_in_root(root: &Path, path: &str, owner: Option<(u32, u32)>) -> Result<()> {
-    let src = CopySource {
-        root,
-        filter: &super::context::NoFilter,
-        from_context: true,
-    };
-    let opts = CopyOptions {
-        chown: owner,
-        ..Default::default()
-    };
-    let excludes = ExcludeSet::new(&[])?;
-    let mut w = Writer {
-        src: &src,
-        dest_root: root,
-        opts: &opts,
-        excludes: &excludes,
-        owner_default: owner.unwrap_or((0, 0)),
-        jobs: Vec::new(),
-        dir_times: Vec::new(),
-    };
-    w.ensure_dir_path(&clean_rel(path))?;
+    ensure_dir_path(root, &clean_rel(path), owner.unwrap_or((0, 0)))?;
     Ok(())
 }
 
@@ -642,26 +623,7 @@ pub fn write_file_in_root(
     if name.is_empty() {
         bail!("cannot write a file at {path}");
     }
-    let src = CopySource {
-        root,
-        filter: &super::context::NoFilter,
-        from_context: true,
-    };
-    let opts = CopyOptions {
-        chown: Some(owner),
-        ..Default::default()
-    };
-    let excludes = ExcludeSet::new(&[])?;
-    let mut w = Writer {
-        src: &src,
-        dest_root: root,
-        opts: &opts,
-        excludes: &excludes,
-        owner_default: owner,
-        jobs: Vec::new(),
-        dir_times: Vec::new(),
-    };
-    let parent = w.ensure_dir_path(parent_rel)?;
+    let parent = ensure_dir_path(root, parent_rel, owner)?;
     let dest = parent.join(name);
     match fs::symlink_metadata(&dest) {
         Ok(m) if m.is_dir() => bail!("cannot replace directory {path} with a file"),

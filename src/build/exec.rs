@@ -484,11 +484,7 @@ fn add_mount(
             if !dir.exists() {
                 std::fs::create_dir_all(&dir)
                     .with_context(|| format!("creating cache mount {id}"))?;
-                std::os::unix::fs::chown(&dir, Some(*uid), Some(*gid))?;
-                std::fs::set_permissions(
-                    &dir,
-                    std::os::unix::fs::PermissionsExt::from_mode(*mode),
-                )?;
+                set_owner_and_mode(&dir, (*uid, *gid), *mode)?;
             }
             spec.mounts.push(Mount {
                 target: PathBuf::from(target),
@@ -511,7 +507,6 @@ fn add_mount(
             id,
             target,
             env,
-            required,
             mode,
             uid,
             gid,
@@ -526,9 +521,7 @@ fn add_mount(
                         .map_err(|_| anyhow!("secret {id}: environment variable {var} is not set"))?
                         .into_bytes(),
                 ),
-                None if *required => {
-                    bail!("secret {id:?} is required but was not given (--secret id={id},src=PATH)")
-                }
+                // A required secret that was not given stopped the build when it was planned.
                 None => None,
             };
             let Some(value) = value else { return Ok(()) };
@@ -546,11 +539,7 @@ fn add_mount(
                     .tempdir_in(store.tmp_dir())?;
                 let file = tmp.path().join("secret");
                 std::fs::write(&file, &value)?;
-                std::os::unix::fs::chown(&file, Some(*uid), Some(*gid))?;
-                std::fs::set_permissions(
-                    &file,
-                    std::os::unix::fs::PermissionsExt::from_mode(*mode),
-                )?;
+                set_owner_and_mode(&file, (*uid, *gid), *mode)?;
                 spec.mounts.push(Mount {
                     target: PathBuf::from(target),
                     kind: MountKind::Bind {
@@ -563,6 +552,14 @@ fn add_mount(
         }
     }
     Ok(())
+}
+
+/// Sets what a mount source (cache directory, secret file) belongs to and its permission bits.
+fn set_owner_and_mode(path: &Path, (uid, gid): (u32, u32), mode: u32) -> Result<()> {
+    std::os::unix::fs::chown(path, Some(uid), Some(gid))
+        .with_context(|| format!("chown {}", path.display()))?;
+    std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(mode))
+        .with_context(|| format!("chmod {}", path.display()))
 }
 
 /// Takes the exclusive lock of a cache mount directory (`<dir>.lock` next to it): waiting for it

@@ -77,7 +77,6 @@ pub enum RunMount {
         id: String,
         target: Option<String>,
         env: Option<String>,
-        required: bool,
         mode: u32,
         uid: u32,
         gid: u32,
@@ -99,7 +98,7 @@ pub struct RunOp {
     pub user: Option<String>,
     pub network: Network,
     pub mounts: Vec<RunMount>,
-    /// Files to write for here-documents fed to the command (none when inlined in the script).
+    /// The command as the progress display and errors show it.
     pub display: String,
 }
 
@@ -365,16 +364,8 @@ impl StageWalk {
         key: String,
         created: i64,
     ) -> Self {
-        let base_env: Vec<(String, String)> = config
-            .config
-            .env
-            .iter()
-            .flatten()
-            .filter_map(|e| e.split_once('='))
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
         StageWalk {
-            vars: shared.stages.vars(&base_env),
+            vars: shared.stages.vars(&config.env_pairs()),
             config,
             layers,
             key,
@@ -1255,9 +1246,8 @@ async fn resolve_mount(
             let env = m.env.clone();
             // No target with `env=`: the secret is only an environment variable.
             let target = (!target.is_empty()).then_some(target);
-            let required = m.required;
             let mode = m.mode.unwrap_or(0o400);
-            if required && !shared.secrets.contains_key(&id) {
+            if m.required && !shared.secrets.contains_key(&id) {
                 bail!("secret {id:?} is required but was not given (--secret id={id},src=PATH)");
             }
             // Only where the secret goes, never its value.
@@ -1267,7 +1257,6 @@ async fn resolve_mount(
                     id,
                     target,
                     env,
-                    required,
                     mode,
                     uid,
                     gid,

@@ -35,17 +35,6 @@ pub struct WriteOptions {
     pub source_date_epoch: Option<i64>,
 }
 
-impl WriteOptions {
-    /// Reads SOURCE_DATE_EPOCH from the environment (ignored when unset or not a number).
-    pub fn from_env() -> WriteOptions {
-        WriteOptions {
-            source_date_epoch: std::env::var("SOURCE_DATE_EPOCH")
-                .ok()
-                .and_then(|v| v.trim().parse().ok()),
-        }
-    }
-}
-
 enum Planned {
     Upsert,
     Whiteout,

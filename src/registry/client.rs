@@ -124,6 +124,17 @@ pub fn error_summary(body: &str) -> Option<(String, String)> {
     Some((first.code, first.message))
 }
 
+/// Reads an error answer's body (at most 64 KiB) and summarises it as `error_summary` does.
+pub fn read_error_summary(resp: &mut ureq::http::Response<ureq::Body>) -> Option<(String, String)> {
+    let body = resp
+        .body_mut()
+        .with_config()
+        .limit(1 << 16)
+        .read_to_string()
+        .unwrap_or_default();
+    error_summary(&body)
+}
+
 impl Client {
     pub fn new(
         base: String,
@@ -400,16 +411,10 @@ impl Client {
         if status == 200 {
             return Ok(());
         }
-        let body = resp
-            .body_mut()
-            .with_config()
-            .limit(1 << 16)
-            .read_to_string()
-            .unwrap_or_default();
         bail!(
             "{}: GET /v2/ answered HTTP {status}{}",
             self.name,
-            error_summary(&body)
+            read_error_summary(&mut resp)
                 .map(|(c, m)| format!(" ({c}: {m})"))
                 .unwrap_or_default()
         )

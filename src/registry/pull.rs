@@ -8,7 +8,7 @@ use crate::digest::Sha256;
 use anyhow::{anyhow, bail, Context, Result};
 use ureq::http::Method;
 
-use super::client::{error_summary, Body, Client};
+use super::client::{read_error_summary, Body, Client};
 use super::local::LocalStore;
 use super::manifest::{self, Descriptor, Manifest, Platform};
 use super::progress::{self, Progress};
@@ -46,13 +46,7 @@ pub fn status_error(
     what: &str,
 ) -> anyhow::Error {
     let status = resp.status().as_u16();
-    let body = resp
-        .body_mut()
-        .with_config()
-        .limit(1 << 16)
-        .read_to_string()
-        .unwrap_or_default();
-    let summary = error_summary(&body);
+    let summary = read_error_summary(resp);
     let code = summary.as_ref().map(|(c, _)| c.as_str()).unwrap_or("");
     let detail = summary
         .as_ref()

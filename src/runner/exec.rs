@@ -253,16 +253,7 @@ impl Child {
     /// J: joins the container, forks the command, passes its status on.
     fn joiner(&self) -> ! {
         for procs in &self.procs {
-            // SAFETY: open/write/close of a cgroup file.
-            let ok = unsafe {
-                let fd = libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
-                let ok = fd >= 0 && libc::write(fd, b"0".as_ptr().cast(), 1) == 1;
-                if fd >= 0 {
-                    libc::close(fd);
-                }
-                ok
-            };
-            if !ok {
+            if !crate::sandbox::cgroup::join_raw(procs) {
                 self.fail(125, &format!("join cgroup {}", procs.to_string_lossy()));
             }
         }

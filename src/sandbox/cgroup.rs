@@ -17,6 +17,21 @@ pub enum CgroupVersion {
 
 /// Which hierarchy holds the controllers: v2 when /sys/fs/cgroup is the unified hierarchy,
 /// otherwise v1 (hybrid systems keep a controller-less cgroup2 at /sys/fs/cgroup/unified).
+/// Moves the calling process into the cgroup whose `cgroup.procs` file is `procs` (writes "0").
+/// Only raw syscalls and no allocation, so a forked child of a multi-threaded process may call
+/// it before exec. False when the file could not be opened or written.
+pub fn join_raw(procs: &std::ffi::CStr) -> bool {
+    // SAFETY: open/write/close of a file by a NUL-terminated path; the descriptor is closed.
+    unsafe {
+        let fd = libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+        let ok = fd >= 0 && libc::write(fd, b"0".as_ptr().cast(), 1) == 1;
+        if fd >= 0 {
+            libc::close(fd);
+        }
+        ok
+    }
+}
+
 pub fn detect() -> CgroupVersion {
     if Path::new(CGROUP_ROOT).join("cgroup.controllers").exists() {
         CgroupVersion::V2

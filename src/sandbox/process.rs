@@ -550,16 +550,7 @@ fn setup_process(ctx: &ChildContext) -> ! {
     // The descriptors kept were close-on-exec in kiln; they must survive only until exec, which
     // they do.
     for procs in &ctx.cgroup_procs {
-        // SAFETY: open/write/close of a cgroup file with a valid path.
-        let ok = unsafe {
-            let fd = libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
-            let ok = fd >= 0 && libc::write(fd, b"0".as_ptr().cast(), 1) == 1;
-            if fd >= 0 {
-                libc::close(fd);
-            }
-            ok
-        };
-        if !ok {
+        if !crate::sandbox::cgroup::join_raw(procs) {
             fail(
                 report,
                 &format!("join cgroup {}", procs.to_string_lossy()),

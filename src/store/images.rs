@@ -434,14 +434,6 @@ impl Store {
         })
     }
 
-    /// Drops every pin held by `owner`.
-    pub fn unpin_blobs(&self, owner: &str) -> Result<()> {
-        self.with_conn(|conn| {
-            conn.execute("DELETE FROM blob_refs WHERE owner = ?1", [owner])?;
-            Ok(())
-        })
-    }
-
     /// `kiln rmi SPEC`: removes a name; when a manifest is left without names, deletes it and
     /// the blobs nothing else references. Without `force`, refuses an image in use and an ID
     /// that several names share. Returns what docker prints: `Untagged: x` / `Deleted: sha256:..`.
