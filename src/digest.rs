@@ -65,6 +65,29 @@ pub fn sha256_digest(bytes: &[u8]) -> String {
     h.finalize_oci()
 }
 
+/// Checks that `digest` is `sha256:<64 lowercase hex>` and returns the hex part.
+pub fn digest_hex(digest: &str) -> anyhow::Result<&str> {
+    match digest.strip_prefix("sha256:") {
+        Some(hex)
+            if hex.len() == 64
+                && hex
+                    .bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) =>
+        {
+            Ok(hex)
+        }
+        _ => anyhow::bail!("invalid digest {digest:?}: expected sha256:<64 lowercase hex digits>"),
+    }
+}
+
+/// JSON with object keys sorted (serde_json's map is ordered), so that a config holding hash
+/// maps (labels) always serialises to the same bytes and the same digest.
+pub fn canonical_json(value: &impl serde::Serialize) -> anyhow::Result<Vec<u8>> {
+    let value =
+        serde_json::to_value(value).map_err(|e| anyhow::anyhow!("serialising JSON: {e}"))?;
+    Ok(serde_json::to_vec(&value)?)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -3,21 +3,27 @@
 //! The pipeline, and which module owns each step (docs/architecture.md has the long form):
 //!
 //! ```text
-//! Dockerfile -> dockerfile (parse, expand, .dockerignore) -> build (graph, solver, cache)
-//!   RUN -> sandbox on a snapshot;  COPY/ADD -> file operations on a snapshot
+//! Dockerfile -> dockerfile (parse, expand, stages) -> solver (graph, plan + cache keys, schedule)
+//!   sources: source::{local, image, http, git}    ops: ops::run (sandbox), ops::file (COPY/ADD)
 //!   snapshot (overlay upperdir) -> oci::layer (diff -> tar) -> store (blobs + SQLite)
-//!   -> oci (save/load archives), registry (push/pull)
-//! run: runner -> snapshot -> sandbox
+//!   -> exporter::{image, archive, local, tar, registry}
+//! engine wires them for `kiln build`; run: runner -> snapshot -> sandbox
 //! ```
 
-pub mod build;
+pub mod cleanup;
 pub mod cli;
 pub mod digest;
 pub mod dockerfile;
+pub mod engine;
+pub mod exporter;
 pub mod oci;
+pub mod ops;
 pub mod reference;
 pub mod registry;
+pub mod report;
 pub mod runner;
 pub mod sandbox;
 pub mod snapshot;
+pub mod solver;
+pub mod source;
 pub mod store;

@@ -31,7 +31,7 @@ impl Reference {
         }
         let (rest, digest) = match s.split_once('@') {
             Some((name, digest)) => {
-                crate::store::digest_hex(digest).map_err(|_| {
+                crate::digest::digest_hex(digest).map_err(|_| {
                     anyhow::anyhow!(
                         "invalid reference format {s:?}: digest must be sha256:<64 hex digits>"
                     )

@@ -89,7 +89,7 @@ fn tree(root: &Path) -> Vec<String> {
                 .unwrap()
                 .read_to_end(&mut data)
                 .unwrap();
-            ("f", kiln::store::sha256_digest(&data))
+            ("f", kiln::digest::sha256_digest(&data))
         } else if m.is_dir() {
             ("d", String::new())
         } else {
@@ -486,7 +486,7 @@ fn bad_archives_fail_cleanly_and_leave_the_store_unchanged() {
     let layout = dir.path().join("layout");
     fs::create_dir_all(layout.join("blobs/sha256")).unwrap();
     let manifest = br#"{"schemaVersion":2,"config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:0000000000000000000000000000000000000000000000000000000000000000","size":2},"layers":[]}"#;
-    let md = kiln::store::sha256_digest(manifest);
+    let md = kiln::digest::sha256_digest(manifest);
     fs::write(layout.join("blobs/sha256").join(&md[7..]), manifest).unwrap();
     fs::write(
         layout.join("index.json"),

@@ -116,7 +116,7 @@ fn describe(root: &Path) -> Vec<String> {
                 .unwrap()
                 .read_to_end(&mut h)
                 .unwrap();
-            kiln::store::sha256_digest(&h)
+            kiln::digest::sha256_digest(&h)
         } else {
             String::new()
         };
@@ -153,7 +153,7 @@ fn tree_round_trips_with_all_metadata_and_is_deterministic() {
 
     let dst = tempdir();
     let applied = apply_layer(&a[..], dst.path(), ApplyMode::Flatten).unwrap();
-    assert_eq!(applied.diff_id, kiln::store::sha256_digest(&a));
+    assert_eq!(applied.diff_id, kiln::digest::sha256_digest(&a));
     assert_eq!(describe(src.path()), describe(dst.path()));
     assert_eq!(
         get_xattr(&dst.path().join("dir"), "trusted.kiln").as_deref(),

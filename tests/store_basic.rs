@@ -3,9 +3,10 @@
 use std::fs;
 use std::sync::Arc;
 
+use kiln::digest::sha256_digest;
 use kiln::oci::compress::Compression;
 use kiln::reference::Reference;
-use kiln::store::{sha256_digest, Store};
+use kiln::store::Store;
 use oci_spec::image::{
     ConfigBuilder, Descriptor, ImageConfiguration, ImageConfigurationBuilder, MediaType,
     RootFsBuilder,

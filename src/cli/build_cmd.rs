@@ -1,12 +1,11 @@
-//! `kiln build`, with docker's flags. The work is in `crate::build::engine`.
+//! `kiln build`, with docker's flags. The work is in `crate::engine`.
 
 use std::path::PathBuf;
 
-use anyhow::Context;
 use clap::Subcommand;
 
 use super::Globals;
-use crate::build::options::{self, BuildOptions, Output};
+use crate::engine::options::{self, BuildOptions, Output};
 
 #[derive(Debug, Subcommand)]
 pub enum BuildCommands {
@@ -81,9 +80,9 @@ pub fn run(cmd: BuildCommands, globals: &Globals) -> anyhow::Result<i32> {
             let push_names = names_to_push(&args)?;
             let opts = to_options(*args)?;
             let quiet = opts.quiet;
-            let code = crate::build::engine::build(&globals.root, opts)?;
+            let code = crate::engine::build(&globals.root, opts)?;
             if code == 0 && !push_names.is_empty() {
-                push_after_build(&globals.root, &push_names, quiet)?;
+                crate::exporter::registry::push(&globals.root, &push_names, quiet)?;
             }
             Ok(code)
         }
@@ -92,15 +91,15 @@ pub fn run(cmd: BuildCommands, globals: &Globals) -> anyhow::Result<i32> {
 
 fn to_options(args: BuildArgs) -> anyhow::Result<BuildOptions> {
     if let Some(p) = &args.platform {
-        let host = format!("linux/{}", crate::build::imageconfig::host_architecture());
+        let host = format!("linux/{}", crate::oci::image::host_architecture());
         if p != &host {
             anyhow::bail!("--platform={p}: only this machine's platform ({host}) can be built");
         }
     }
     let progress = if args.quiet {
-        crate::build::progress::Mode::Quiet
+        crate::solver::progress::Mode::Quiet
     } else {
-        crate::build::progress::Mode::parse(&args.progress)?
+        crate::solver::progress::Mode::parse(&args.progress)?
     };
     let mut secrets = std::collections::HashMap::new();
     for s in &args.secrets {
@@ -164,20 +163,4 @@ fn names_to_push(args: &BuildArgs) -> anyhow::Result<Vec<String>> {
     names.sort();
     names.dedup();
     Ok(names)
-}
-
-fn push_after_build(root: &std::path::Path, names: &[String], quiet: bool) -> anyhow::Result<()> {
-    use crate::registry::{self, PushOptions, RegistryContext, RepoRef};
-    let mut ctx = RegistryContext::load(root.to_path_buf())?;
-    ctx.quiet |= quiet;
-    let store = crate::store::Store::open(root)?;
-    for name in names {
-        let dest = RepoRef::parse(name)?;
-        registry::push(&ctx, &store, name, &dest, &PushOptions::default())
-            .with_context(|| format!("pushing the built image {name}"))?;
-        if !quiet {
-            eprintln!("pushed {name}");
-        }
-    }
-    Ok(())
 }

@@ -374,7 +374,7 @@ fn cmd_rmi(globals: &Globals, images: &[String], force: bool) -> Result<i32> {
                 }
             }
             Err(e) => {
-                super::report_error(&e.context(format!("rmi: {spec}")));
+                crate::report::report_error(&e.context(format!("rmi: {spec}")));
                 code = 1;
             }
         }
@@ -417,7 +417,7 @@ fn cmd_inspect(globals: &Globals, images: &[String]) -> Result<i32> {
             Err(e) => match crate::runner::inspect_container(&globals.root, spec) {
                 Some(v) => out.push(v),
                 None => {
-                    super::report_error(&e.context(format!("inspect: {spec}")));
+                    crate::report::report_error(&e.context(format!("inspect: {spec}")));
                     code = 1;
                 }
             },

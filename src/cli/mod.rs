@@ -62,7 +62,7 @@ pub fn main() -> i32 {
     match dispatch(cli) {
         Ok(code) => code,
         Err(err) => {
-            report_error(&err);
+            crate::report::report_error(&err);
             // Commands that must use docker's codes (run: 125) map their own errors.
             1
         }
@@ -78,17 +78,4 @@ fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         Commands::Run(cmd) => run_cmds::run(cmd, &globals),
         Commands::Registry(cmd) => registry_cmds::run(cmd, &globals),
     }
-}
-
-/// Prints an error as one line, `kiln: outer: inner: root cause`, the way ripgrep does: what
-/// failed, then why.
-pub fn report_error(err: &anyhow::Error) {
-    let mut line = String::from("kiln: ");
-    for (i, cause) in err.chain().enumerate() {
-        if i > 0 {
-            line.push_str(": ");
-        }
-        line.push_str(&cause.to_string());
-    }
-    eprintln!("{line}");
 }

@@ -310,7 +310,7 @@ pub fn run(cmd: RunCommands, globals: &Globals) -> anyhow::Result<i32> {
                     Ok(Some(rec)) => println!("{}", rec.shown_exit_code()),
                     Ok(None) => println!("0"),
                     Err(e) => {
-                        super::report_error(&e.context(format!("wait {c}")));
+                        crate::report::report_error(&e.context(format!("wait {c}")));
                         failed = true;
                     }
                 }
@@ -339,7 +339,7 @@ pub fn run(cmd: RunCommands, globals: &Globals) -> anyhow::Result<i32> {
             match runner::exec::exec(&rec, &opts, &command) {
                 Ok(code) => Ok(code),
                 Err(e) => {
-                    super::report_error(&e.context("kiln exec"));
+                    crate::report::report_error(&e.context("kiln exec"));
                     Ok(126)
                 }
             }
@@ -376,7 +376,7 @@ fn each(
         match state::find(&store, n).and_then(|rec| f(&store, &rec)) {
             Ok(()) => println!("{n}"),
             Err(e) => {
-                super::report_error(&e);
+                crate::report::report_error(&e);
                 failed = true;
             }
         }
@@ -623,7 +623,7 @@ fn volume(root: &Path, cmd: VolumeCommands) -> Result<i32> {
                 match result {
                     Ok(()) => println!("{name}"),
                     Err(e) => {
-                        super::report_error(&e);
+                        crate::report::report_error(&e);
                         failed = true;
                     }
                 }

@@ -15,10 +15,11 @@ use oci_spec::image::{
 use serde::{Deserialize, Serialize};
 
 use super::compress::{decompress, Compression, Compressor};
-use super::image::canonical_json;
 use super::progress::{Progress, ProgressReader, ProgressWriter};
+use crate::digest::canonical_json;
+use crate::digest::digest_hex;
 use crate::reference::Reference;
-use crate::store::{digest_hex, Store};
+use crate::store::Store;
 
 /// The annotation docker and containerd use for an image's full name in an OCI index.
 pub const ANNOTATION_IMAGE_NAME: &str = "io.containerd.image.name";
@@ -127,7 +128,7 @@ pub fn save(
                 manifest.set_layers(layers);
                 manifest.set_media_type(Some(MediaType::ImageManifest));
                 manifest_bytes = canonical_json(&manifest)?;
-                manifest_digest = crate::store::sha256_digest(&manifest_bytes);
+                manifest_digest = crate::digest::sha256_digest(&manifest_bytes);
             }
         }
         let config_digest = manifest.config().digest().to_string();
@@ -534,7 +535,7 @@ fn load_oci(
                 bail!("index.json: nested indexes too deep");
             }
             let bytes = unpacked.read_small(&blob_name(desc.digest().as_ref())?)?;
-            if crate::store::sha256_digest(&bytes) != desc.digest().to_string() {
+            if crate::digest::sha256_digest(&bytes) != desc.digest().to_string() {
                 bail!("index {} does not match its digest", desc.digest());
             }
             let nested: ImageIndex =
@@ -564,7 +565,7 @@ fn load_oci(
     for (desc, mut names) in merged {
         let digest = desc.digest().to_string();
         let bytes = unpacked.read_small(&blob_name(&digest)?)?;
-        if crate::store::sha256_digest(&bytes) != digest {
+        if crate::digest::sha256_digest(&bytes) != digest {
             bail!("manifest {digest} does not match its digest: the archive is corrupt");
         }
         let manifest: ImageManifest = serde_json::from_slice(&bytes)

@@ -424,8 +424,8 @@ mod tests {
                 let d = compress(&data[..], &mut out, c).unwrap();
                 assert_eq!(d.uncompressed_size, len as u64);
                 assert_eq!(d.size, out.len() as u64);
-                assert_eq!(d.diff_id, crate::store::sha256_digest(&data));
-                assert_eq!(d.digest, crate::store::sha256_digest(&out));
+                assert_eq!(d.diff_id, crate::digest::sha256_digest(&data));
+                assert_eq!(d.digest, crate::digest::sha256_digest(&out));
                 let (found, mut r) = decompress(&out[..]).unwrap();
                 if len > 0 || c != Compression::None {
                     assert_eq!(found, c);

@@ -5,14 +5,6 @@ use std::collections::HashMap;
 
 use anyhow::{bail, Context, Result};
 use oci_spec::image::{Config, ImageConfiguration};
-use serde::Serialize;
-
-/// JSON with object keys sorted (serde_json's map is ordered), so that a config holding hash
-/// maps (labels) always serialises to the same bytes and the same digest.
-pub fn canonical_json(value: &impl Serialize) -> Result<Vec<u8>> {
-    let value = serde_json::to_value(value).context("serialising JSON")?;
-    Ok(serde_json::to_vec(&value)?)
-}
 
 /// The OCI architecture name of this machine (`amd64`, `arm64`, ...).
 pub fn host_architecture() -> &'static str {

@@ -866,6 +866,15 @@ fn parse_pax_time(s: &str) -> Option<(i64, u32)> {
     Some((secs, nanos))
 }
 
+/// A layer in the store: compressed blob digest, uncompressed DiffID, size and media type.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct LayerRef {
+    pub digest: String,
+    pub diff_id: String,
+    pub size: u64,
+    pub media_type: String,
+}
+
 /// A layer blob written to the store by [`store_layer`].
 #[derive(Debug, Clone)]
 pub struct StoredLayer {

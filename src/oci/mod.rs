@@ -3,6 +3,7 @@
 pub mod archive;
 pub mod change;
 pub mod compress;
+pub mod config;
 pub mod image;
 pub mod import;
 pub mod layer;

@@ -4,7 +4,6 @@
 use std::io::{self, Read};
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use crate::digest::Sha256;
 use anyhow::{anyhow, bail, Context, Result};
 use ureq::http::Method;
 
@@ -32,11 +31,6 @@ pub struct PulledImage {
     pub config_digest: String,
     /// Which endpoint served it (a mirror or the registry itself).
     pub source: String,
-}
-
-/// sha256 of bytes, `sha256:<hex>`.
-pub fn sha256_digest(bytes: &[u8]) -> String {
-    format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
 }
 
 /// Turns a non-success answer into an error that says what was missing.
@@ -125,7 +119,7 @@ pub(crate) fn fetch_manifest(
         .limit(manifest::MAX_MANIFEST_BYTES)
         .read_to_vec()
         .with_context(|| format!("{}: reading manifest {display}", client.name))?;
-    let digest = sha256_digest(&bytes);
+    let digest = crate::digest::sha256_digest(&bytes);
     let expected = if reference.starts_with("sha256:") {
         Some(reference.to_string())
     } else {

@@ -11,8 +11,9 @@ use super::client::{encode, Body, Client};
 use super::local::LocalStore;
 use super::manifest::{self, Descriptor, Manifest};
 use super::progress::{self, Progress};
-use super::pull::{sha256_digest, status_error};
+use super::pull::status_error;
 use super::RepoRef;
+use crate::digest::sha256_digest;
 
 const PARALLEL_BLOBS: usize = 4;
 

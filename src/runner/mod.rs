@@ -314,7 +314,7 @@ pub fn run(root: &Path, opts: &RunOptions) -> i32 {
     let store = match open_store(root) {
         Ok(s) => s,
         Err(e) => {
-            crate::cli::report_error(&e);
+            crate::report::report_error(&e);
             return 125;
         }
     };
@@ -322,7 +322,7 @@ pub fn run(root: &Path, opts: &RunOptions) -> i32 {
     let rec = match create(&store, opts) {
         Ok(r) => r,
         Err(e) => {
-            crate::cli::report_error(&e.context("kiln run"));
+            crate::report::report_error(&e.context("kiln run"));
             return 125;
         }
     };
@@ -351,7 +351,7 @@ pub fn run(root: &Path, opts: &RunOptions) -> i32 {
     match lifecycle::finish(&store, &rec, started) {
         Ok(exit) => exit.code,
         Err(e) => {
-            crate::cli::report_error(&e.context("kiln run"));
+            crate::report::report_error(&e.context("kiln run"));
             125
         }
     }
@@ -361,7 +361,7 @@ fn start_failed(store: &Store, rec: &ContainerRecord, e: anyhow::Error) -> i32 {
     let code = lifecycle::start_failure_code(&e);
     let msg = format!("{e:#}");
     let e = e.context("kiln run: starting the container");
-    crate::cli::report_error(&e);
+    crate::report::report_error(&e);
     if rec.config.auto_remove {
         let _ = lifecycle::remove(store, rec, true);
     } else {

@@ -283,7 +283,7 @@ pub fn recover() {
             let Some(owner) = name.split('.').next().and_then(|p| p.parse::<i32>().ok()) else {
                 continue;
             };
-            if e.path().is_dir() && !super::process_alive(owner) {
+            if e.path().is_dir() && !crate::cleanup::process_alive(owner) {
                 remove_dir(&e.path());
             }
         }

@@ -225,10 +225,3 @@ pub fn output(spec: &ExecSpec) -> anyhow::Result<(ExitInfo, Vec<u8>, Vec<u8>)> {
 pub fn recover() {
     cgroup::recover();
 }
-
-/// Whether a process exists (signal 0).
-pub(crate) fn process_alive(pid: i32) -> bool {
-    // SAFETY: kill(2) with signal 0 only checks for existence.
-    let rc = unsafe { libc::kill(pid, 0) };
-    rc == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
-}

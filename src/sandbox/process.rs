@@ -276,7 +276,7 @@ fn prepare_and_start(
                 .as_ref()
                 .map(|c| c.dirs().to_vec())
                 .unwrap_or_default();
-            running.cleanup_key = Some(crate::snapshot::cleanup::register(move || {
+            running.cleanup_key = Some(crate::cleanup::register(move || {
                 // SAFETY: kill(2) on the init this execution started.
                 unsafe { libc::kill(init, libc::SIGKILL) };
                 super::cgroup::remove_dirs(&dirs);
@@ -843,7 +843,7 @@ impl Running {
         }
         let setup_status = wait_status(self.setup_pid);
         if let Some(key) = self.cleanup_key.take() {
-            crate::snapshot::cleanup::unregister(key);
+            crate::cleanup::unregister(key);
         }
         let mut buf = Vec::new();
         let _ = self.status.read_to_end(&mut buf);

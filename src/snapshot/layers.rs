@@ -122,7 +122,7 @@ pub(super) fn recover_unpacks(layers: &Path) -> usize {
             continue;
         };
         let owner = rest.split('-').next().and_then(|p| p.parse::<i32>().ok());
-        let alive = owner.is_some_and(crate::sandbox::process_alive);
+        let alive = owner.is_some_and(crate::cleanup::process_alive);
         if !alive && std::fs::remove_dir_all(e.path()).is_ok() {
             removed += 1;
         }

@@ -23,7 +23,6 @@
 //! options; `changes_by_tree_compare()` compares the lower and merged views instead. Every active snapshot is also registered with `cleanup`, so Ctrl-C/SIGTERM
 //! unmounts it; `recover` handles SIGKILL.
 
-pub mod cleanup;
 pub mod diff;
 mod layers;
 pub mod overlay;
@@ -111,7 +110,7 @@ impl Snapshotter {
             }
         };
         let cleanup_dir = dir.clone();
-        let cleanup_key = cleanup::register(move || remove_snapshot_dir(&cleanup_dir));
+        let cleanup_key = crate::cleanup::register(move || remove_snapshot_dir(&cleanup_dir));
         let mut snap = ActiveSnapshot {
             dir,
             lowers: lowers.iter().rev().cloned().collect(),
@@ -231,7 +230,7 @@ impl ActiveSnapshot {
             return Ok(());
         }
         self.mounted = false;
-        cleanup::unregister(self.cleanup_key);
+        crate::cleanup::unregister(self.cleanup_key);
         for m in overlay::mounts_under(&self.dir) {
             overlay::unmount(&m).with_context(|| format!("unmount {}", m.display()))?;
         }
@@ -247,7 +246,7 @@ impl Drop for ActiveSnapshot {
             let _ = self.release_inner();
         } else {
             // Failed half-way through `prepare`.
-            cleanup::unregister(self.cleanup_key);
+            crate::cleanup::unregister(self.cleanup_key);
             remove_snapshot_dir(&self.dir);
         }
     }

@@ -7,7 +7,8 @@ use std::path::PathBuf;
 use crate::digest::Sha256;
 use anyhow::{bail, Context, Result};
 
-use super::{digest_hex, Store};
+use super::Store;
+use crate::digest::digest_hex;
 
 /// A blob in the store.
 #[derive(Debug, Clone, PartialEq, Eq)]

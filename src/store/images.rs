@@ -114,7 +114,7 @@ impl Store {
             );
         }
         let config_bytes =
-            crate::oci::image::canonical_json(config).context("serialising the image config")?;
+            crate::digest::canonical_json(config).context("serialising the image config")?;
         let config_blob = self.put_blob_bytes(&config_bytes)?;
         let manifest = ImageManifestBuilder::default()
             .schema_version(2u32)
@@ -131,7 +131,7 @@ impl Store {
             .build()
             .context("building the image manifest")?;
         let manifest_bytes =
-            crate::oci::image::canonical_json(&manifest).context("serialising the manifest")?;
+            crate::digest::canonical_json(&manifest).context("serialising the manifest")?;
         let manifest_digest = self.add_manifest_with_names(&manifest_bytes, names)?;
         Ok(CommittedImage {
             manifest_digest,

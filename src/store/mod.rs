@@ -229,26 +229,6 @@ fn flock(file: &fs::File, op: libc::c_int) -> std::io::Result<()> {
     }
 }
 
-/// Checks that `digest` is `sha256:<64 lowercase hex>` and returns the hex part.
-pub fn digest_hex(digest: &str) -> Result<&str> {
-    match digest.strip_prefix("sha256:") {
-        Some(hex)
-            if hex.len() == 64
-                && hex
-                    .bytes()
-                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) =>
-        {
-            Ok(hex)
-        }
-        _ => bail!("invalid digest {digest:?}: expected sha256:<64 lowercase hex digits>"),
-    }
-}
-
-/// `sha256:<hex>` of `bytes`.
-pub fn sha256_digest(bytes: &[u8]) -> String {
-    crate::digest::sha256_digest(bytes)
-}
-
 /// Switches the database to WAL mode (a no-op once it is). The switch needs the write lock, and
 /// while another process is opening a new database SQLite can answer "locked" without calling
 /// the busy handler, so that answer is retried here until `BUSY_TIMEOUT` has passed.

@@ -32,7 +32,7 @@ pub fn import_busybox_from(root: &Path, tar: &Path) {
         .unwrap();
     let config: oci_spec::image::ImageConfiguration = serde_json::from_value(serde_json::json!({
         "created": "2024-01-01T00:00:00Z",
-        "architecture": kiln::build::imageconfig::host_architecture(),
+        "architecture": kiln::oci::image::host_architecture(),
         "os": "linux",
         "config": {"Cmd": ["sh"], "Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"]},
         "rootfs": {"type": "layers", "diff_ids": [layer.diff_id]},

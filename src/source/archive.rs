@@ -3,7 +3,7 @@
 //! refused by the tar crate's `unpack_in` (it canonicalises each parent and checks it stays
 //! inside), so an archive never writes outside its target.
 
-use std::io::Read;
+use std::io::{BufReader, Read};
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
@@ -33,7 +33,7 @@ pub fn unpack_confined<R: Read>(reader: R, dest: &Path, owner: Option<(u32, u32)
             );
         }
         if let Some((uid, gid)) = owner {
-            let target = dest.join(crate::build::fsutil::clean_rel(&path.to_string_lossy()));
+            let target = dest.join(crate::source::fsutil::clean_rel(&path.to_string_lossy()));
             if target.symlink_metadata().is_ok() {
                 std::os::unix::fs::lchown(&target, Some(uid), Some(gid))
                     .with_context(|| format!("chown {}", target.display()))?;
@@ -46,14 +46,13 @@ pub fn unpack_confined<R: Read>(reader: R, dest: &Path, owner: Option<(u32, u32)
 /// Unpacks a possibly compressed tar file (gzip, zstd, bzip2, xz) into `dest`.
 pub fn unpack_file(path: &Path, dest: &Path, owner: Option<(u32, u32)>) -> Result<()> {
     let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
-    let (reader, _) = crate::build::context::decompressing_reader(file)?;
+    let (reader, _) = decompressing_reader(file)?;
     unpack_confined(reader, dest, owner)
 }
 
 /// Whether ADD should unpack this local file: it is a tar archive, compressed or not. Reads only
 /// the first bytes (and, for compressed files, the first block after decompression).
 pub fn is_local_archive(path: &Path) -> bool {
-    use crate::build::context::{archive_kind, ArchiveKind};
     let mut head = [0u8; 512];
     let Ok(mut file) = std::fs::File::open(path) else {
         return false;
@@ -67,7 +66,7 @@ pub fn is_local_archive(path: &Path) -> bool {
             let Ok(file) = std::fs::File::open(path) else {
                 return false;
             };
-            let Ok((mut reader, _)) = crate::build::context::decompressing_reader(file) else {
+            let Ok((mut reader, _)) = decompressing_reader(file) else {
                 return false;
             };
             let n = read_up_to(&mut reader, &mut head);
@@ -85,6 +84,122 @@ fn read_up_to(reader: &mut dyn Read, buf: &mut [u8]) -> usize {
         }
     }
     filled
+}
+
+/// The compression of an archive, sniffed from its first bytes; `None` when it is not an archive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ArchiveKind {
+    Tar,
+    Gzip,
+    Bzip2,
+    Xz,
+    Zstd,
+}
+
+pub fn archive_kind(head: &[u8]) -> Option<ArchiveKind> {
+    if head.starts_with(&[0x1f, 0x8b]) {
+        return Some(ArchiveKind::Gzip);
+    }
+    if head.starts_with(b"BZh") {
+        return Some(ArchiveKind::Bzip2);
+    }
+    if head.starts_with(&[0xfd, b'7', b'z', b'X', b'Z', 0x00]) {
+        return Some(ArchiveKind::Xz);
+    }
+    if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+        return Some(ArchiveKind::Zstd);
+    }
+    if head.len() >= 262 && &head[257..262] == b"ustar" {
+        return Some(ArchiveKind::Tar);
+    }
+    None
+}
+
+/// Wraps a reader in the decompressor its first bytes call for. bzip2 and xz go through the
+/// system's `bzip2` and `xz` programs (Debian's bzip2 and xz-utils).
+pub fn decompressing_reader<R: Read + Send + 'static>(
+    reader: R,
+) -> Result<(Box<dyn Read>, ArchiveKind)> {
+    let mut reader = BufReader::with_capacity(64 * 1024, reader);
+    let head = std::io::BufRead::fill_buf(&mut reader)?.to_vec();
+    let kind = archive_kind(&head).unwrap_or(ArchiveKind::Tar);
+    let boxed: Box<dyn Read> = match kind {
+        ArchiveKind::Tar => Box::new(reader),
+        ArchiveKind::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(reader)),
+        ArchiveKind::Zstd => Box::new(zstd::stream::read::Decoder::with_buffer(reader)?),
+        ArchiveKind::Bzip2 => Box::new(ExternalDecoder::spawn("bzip2", reader)?),
+        ArchiveKind::Xz => Box::new(ExternalDecoder::spawn("xz", reader)?),
+    };
+    Ok((boxed, kind))
+}
+
+/// A decompressor run as a child process (`PROGRAM -dc`), fed by a thread.
+struct ExternalDecoder {
+    program: &'static str,
+    child: std::process::Child,
+    stdout: std::process::ChildStdout,
+    feeder: Option<std::thread::JoinHandle<()>>,
+}
+
+impl ExternalDecoder {
+    fn spawn<R: Read + Send + 'static>(
+        program: &'static str,
+        mut input: R,
+    ) -> Result<ExternalDecoder> {
+        let mut child = std::process::Command::new(program)
+            .arg("-dc")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .with_context(|| {
+                format!("running {program} to decompress (install Debian's {program} package)")
+            })?;
+        let mut stdin = child
+            .stdin
+            .take()
+            .ok_or_else(|| anyhow::anyhow!("{program}: no stdin"))?;
+        let stdout = child
+            .stdout
+            .take()
+            .ok_or_else(|| anyhow::anyhow!("{program}: no stdout"))?;
+        let feeder = std::thread::spawn(move || {
+            let _ = std::io::copy(&mut input, &mut stdin);
+        });
+        Ok(ExternalDecoder {
+            program,
+            child,
+            stdout,
+            feeder: Some(feeder),
+        })
+    }
+}
+
+impl Read for ExternalDecoder {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.stdout.read(buf)?;
+        if n == 0 && !buf.is_empty() {
+            if let Some(f) = self.feeder.take() {
+                let _ = f.join();
+            }
+            let status = self.child.wait()?;
+            if !status.success() {
+                return Err(std::io::Error::other(format!(
+                    "{} -dc failed: {status}",
+                    self.program
+                )));
+            }
+        }
+        Ok(n)
+    }
+}
+
+impl Drop for ExternalDecoder {
+    fn drop(&mut self) {
+        // Stop a decoder whose output is no longer read (is_local_archive reads one block).
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 #[cfg(test)]

@@ -1,6 +1,8 @@
 //! Cleanup on Ctrl-C and SIGTERM: mounts and sandboxes register what must be undone; on the
 //! first SIGINT, SIGTERM or SIGHUP a thread runs it (newest first) and then lets the signal take
-//! its default course. `snapshot::recover` covers what a SIGKILL leaves.
+//! its default course. What a SIGKILL leaves is recovered at the next start (`snapshot::recover`,
+//! `sandbox::recover`), which removes only what belongs to processes that are gone
+//! (`process_alive`).
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
@@ -90,4 +92,11 @@ pub fn install_signal_handlers() {
             }
         }
     });
+}
+
+/// Whether a process exists (signal 0).
+pub fn process_alive(pid: i32) -> bool {
+    // SAFETY: kill(2) with signal 0 only checks for existence.
+    let rc = unsafe { libc::kill(pid, 0) };
+    rc == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
 }

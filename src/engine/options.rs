@@ -6,36 +6,8 @@ use std::path::PathBuf;
 
 use anyhow::{anyhow, bail, Result};
 
-use super::solver::{Network, SecretSource};
-
-/// Layer compression for archive outputs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum OutputCompression {
-    Gzip,
-    Zstd,
-    None,
-}
-
-/// Where the result goes (`--output`); the default is the image in kiln's store.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Output {
-    /// The image in the store, under the `-t` names (and `name=` of the output).
-    Image { names: Vec<String> },
-    /// An OCI image layout tarball.
-    Oci {
-        dest: PathBuf,
-        compression: OutputCompression,
-    },
-    /// A `docker load` tarball.
-    Docker {
-        dest: PathBuf,
-        compression: OutputCompression,
-    },
-    /// The final filesystem as a tarball.
-    Tar { dest: PathBuf },
-    /// The final filesystem written into a directory.
-    Local { dest: PathBuf },
-}
+pub use crate::exporter::{Output, OutputCompression};
+use crate::solver::{Network, SecretSource};
 
 #[derive(Debug, Clone)]
 pub struct BuildOptions {
@@ -50,7 +22,7 @@ pub struct BuildOptions {
     pub network: Network,
     pub labels: BTreeMap<String, String>,
     pub secrets: HashMap<String, SecretSource>,
-    pub progress: super::progress::Mode,
+    pub progress: crate::solver::progress::Mode,
     pub explain: bool,
     pub iidfile: Option<PathBuf>,
     pub outputs: Vec<Output>,

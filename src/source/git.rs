@@ -113,7 +113,7 @@ pub fn parse(source: &str) -> Option<GitUrl> {
             let (r, sub) = f.split_once(':').unwrap_or((f, ""));
             (
                 (!r.is_empty()).then(|| r.to_string()),
-                super::fsutil::clean_rel(sub),
+                crate::source::fsutil::clean_rel(sub),
             )
         }
     };
@@ -458,7 +458,7 @@ pub fn checkout(
     let root = if url.subdir.is_empty() {
         tree
     } else {
-        let path = super::fsutil::resolve_in_root(&tree, &url.subdir)?;
+        let path = crate::source::fsutil::resolve_in_root(&tree, &url.subdir)?;
         if !path.is_dir() {
             bail!(
                 "{shown}: commit {commit} has no directory {:?}: check the path after ':' in the URL",

@@ -1,363 +1,44 @@
-//! The solver: walks each stage the target reaches, computes every step's cache key, reuses cached
-//! results and executes the rest through a `Backend`. Stages run as concurrent tokio tasks; a
-//! stage waits for another only where it reads it (its FROM, or the step with `--from`), and step
-//! executions are bounded by a parallelism limit.
-//!
-//! Cache keys cover what determines a step's filesystem result, and nothing else: the parent
-//! filesystem's key, the instruction as expanded, the environment and build args a RUN sees, and
-//! for COPY/ADD the content digest of exactly the files selected. Config-only instructions (ENV,
-//! LABEL, CMD, ...) change the image config but not the chain of keys, so a new LABEL does not
-//! re-run the RUN steps after it (as BuildKit).
+//! Planning: each instruction, expanded with the stage's scope, becomes a config change or a
+//! filesystem step with its operation, cache key and the inputs kept to explain misses.
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use anyhow::{anyhow, bail, Context, Result};
 use sha2::{Digest, Sha256};
 
-use super::cache::{self, LayerRef, StepInputs};
-use super::contenthash::{hash_selection, FileDigestCache, HashOptions};
-use super::context::BuildContext;
-use super::copy::CopyOptions;
-use super::graph::{build_graph, stage_labels, stage_ref, BaseRef, Graph};
-use super::imageconfig::{HealthConfig, History, ImageConfigFile};
-use super::progress::{Progress, StepId};
+use super::cache::{LayerRef, StepInputs};
+use super::graph::stage_ref;
+use super::{
+    digest_of, format_time, wait_stage, CopyOp, CopyOptions, Network, Op, RunMount, RunOp, Shared,
+    SourceTree,
+};
 use crate::dockerfile::{
     self, CopyArgs, Healthcheck, Heredoc, Instruction, Mount, MountType, Sharing, ShellOrExec,
-    Spanned, Stages, Vars,
+    Spanned, Vars,
 };
-
-/// A base image as the store (or a registry) gives it.
-#[derive(Debug, Clone)]
-pub struct BaseImage {
-    /// A stable identity for cache keys (the config or manifest digest).
-    pub id: String,
-    pub config: ImageConfigFile,
-    pub layers: Vec<LayerRef>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Network {
-    Host,
-    None,
-}
-
-/// Where a secret comes from (`--secret id=ID,src=PATH|env=VAR`).
-#[derive(Debug, Clone)]
-pub enum SecretSource {
-    File(std::path::PathBuf),
-    Env(String),
-}
-
-/// A RUN mount, resolved.
-#[derive(Debug, Clone)]
-pub enum RunMount {
-    /// Read-only (unless rw) view of the context or of a stage/image's filesystem.
-    Bind {
-        target: String,
-        source: String,
-        from: Option<SourceTree>,
-        rw: bool,
-    },
-    Cache {
-        target: String,
-        id: String,
-        sharing: String,
-        mode: u32,
-        uid: u32,
-        gid: u32,
-    },
-    Tmpfs {
-        target: String,
-        size: Option<u64>,
-    },
-    /// A secret as a file (target) or environment variable (env).
-    Secret {
-        id: String,
-        target: Option<String>,
-        env: Option<String>,
-        mode: u32,
-        uid: u32,
-        gid: u32,
-    },
-}
-
-/// The filesystem a COPY or bind mount reads from.
-#[derive(Debug, Clone)]
-pub enum SourceTree {
-    Context,
-    Layers(Vec<LayerRef>),
-}
-
-#[derive(Debug, Clone)]
-pub struct RunOp {
-    pub argv: Vec<String>,
-    pub env: Vec<String>,
-    pub cwd: String,
-    pub user: Option<String>,
-    pub network: Network,
-    pub mounts: Vec<RunMount>,
-    /// The command as the progress display and errors show it.
-    pub display: String,
-}
-
-#[derive(Debug, Clone)]
-pub struct CopyOp {
-    pub from: SourceTree,
-    pub sources: Vec<String>,
-    /// Absolute, made absolute against WORKDIR; a trailing `/` kept.
-    pub dest: String,
-    pub chown: Option<String>,
-    pub options: CopyOptions,
-    /// Here-documents become files named after them in the destination.
-    pub heredocs: Vec<(String, String)>,
-    /// ADD of URLs: (url, checksum).
-    pub urls: Vec<(String, Option<String>)>,
-    /// ADD of git repositories, resolved to commits.
-    pub git: Vec<super::git::GitSource>,
-}
-
-/// A filesystem-changing operation.
-#[derive(Debug, Clone)]
-pub enum Op {
-    Run(RunOp),
-    Copy(CopyOp),
-    /// WORKDIR: create the directory (owned by the stage's user, when set).
-    Mkdir {
-        path: String,
-        user: Option<String>,
-    },
-}
-
-/// What the backend needs to execute one step.
-pub struct ExecRequest {
-    pub step: StepId,
-    pub line: usize,
-    pub name: String,
-    pub parent: Vec<LayerRef>,
-    pub op: Op,
-    pub context: Arc<BuildContext>,
-    pub progress: Arc<Progress>,
-    pub secrets: Arc<HashMap<String, SecretSource>>,
-    pub source_date_epoch: Option<i64>,
-}
-
-/// Where the solver gets images and runs steps: the store, snapshots and the sandbox in real
-/// builds (`engine.rs`), a fake in unit tests.
-pub trait Backend: Send + Sync + 'static {
-    fn base_image(&self, name: &str, pull: bool) -> Result<BaseImage>;
-    /// Whether a cached layer's blob is still in the store.
-    fn has_layer(&self, layer: &LayerRef) -> bool;
-    /// Executes a step on top of `parent`; the new layer, or `None` when nothing changed.
-    fn execute(&self, req: ExecRequest) -> Result<Option<LayerRef>>;
-    /// Parses an ONBUILD trigger into an instruction.
-    fn parse_trigger(&self, trigger: &str) -> Result<Spanned>;
-}
-
-pub struct BuildRequest {
-    /// The Dockerfile split into stages, with the `--build-arg`s and platform it is built with
-    /// (`frontend::load`).
-    pub stages: Stages,
-    /// Identifies this Dockerfile and context for explaining misses across builds.
-    pub place_id: String,
-    pub target: Option<String>,
-    pub no_cache: bool,
-    pub no_cache_filter: Vec<String>,
-    pub pull: bool,
-    pub network: Network,
-    pub labels: BTreeMap<String, String>,
-    pub secrets: HashMap<String, SecretSource>,
-    pub source_date_epoch: Option<i64>,
-    pub max_parallelism: usize,
-}
-
-/// A solved stage: its config (with history and diff_ids) and layers.
-#[derive(Debug, Clone)]
-pub struct StageResult {
-    pub config: ImageConfigFile,
-    pub layers: Vec<LayerRef>,
-    pub key: String,
-    /// Seconds since the epoch of the newest step (for the config's `created`).
-    pub created: i64,
-}
-
-type Outcome = Option<Result<Arc<StageResult>, String>>;
-
-struct Shared {
-    stages: Stages,
-    graph: Graph,
-    labels: Vec<String>,
-    req: BuildRequestShared,
-    backend: Arc<dyn Backend>,
-    context: Arc<BuildContext>,
-    progress: Arc<Progress>,
-    db: Arc<Mutex<rusqlite::Connection>>,
-    file_cache: FileDigestCache,
-    secrets: Arc<HashMap<String, SecretSource>>,
-    permits: tokio::sync::Semaphore,
-    outcomes: Vec<tokio::sync::watch::Sender<Outcome>>,
-    started: i64,
-}
-
-struct BuildRequestShared {
-    place_id: String,
-    no_cache: bool,
-    no_cache_filter: Vec<String>,
-    pull: bool,
-    network: Network,
-    source_date_epoch: Option<i64>,
-}
-
-/// Solves the build: returns the target stage's result.
-pub async fn solve(
-    request: BuildRequest,
-    backend: Arc<dyn Backend>,
-    context: Arc<BuildContext>,
-    progress: Arc<Progress>,
-    db: Arc<Mutex<rusqlite::Connection>>,
-) -> Result<StageResult> {
-    let graph = build_graph(&request.stages, request.target.as_deref())?;
-    let file_cache = {
-        let conn = db.lock().map_err(|_| anyhow!("database lock poisoned"))?;
-        cache::init(&conn)?;
-        FileDigestCache::load(&conn, context.root())?
-    };
-    let labels = stage_labels(&request.stages.stages);
-    let n = request.stages.stages.len();
-    let outcomes = (0..n)
-        .map(|_| tokio::sync::watch::channel(None).0)
-        .collect();
-    let started = request
-        .source_date_epoch
-        .unwrap_or_else(|| chrono::Utc::now().timestamp());
-    let shared = Arc::new(Shared {
-        labels,
-        req: BuildRequestShared {
-            place_id: request.place_id,
-            no_cache: request.no_cache,
-            no_cache_filter: request
-                .no_cache_filter
-                .iter()
-                .map(|s| s.to_ascii_lowercase())
-                .collect(),
-            pull: request.pull,
-            network: request.network,
-            source_date_epoch: request.source_date_epoch,
-        },
-        graph,
-        stages: request.stages,
-        backend,
-        context,
-        progress,
-        db: db.clone(),
-        file_cache,
-        secrets: Arc::new(request.secrets),
-        permits: tokio::sync::Semaphore::new(request.max_parallelism.max(1)),
-        outcomes,
-        started,
-    });
-    let mut tasks = tokio::task::JoinSet::new();
-    for &stage in &shared.graph.order {
-        let shared = shared.clone();
-        tasks.spawn(async move {
-            let result = solve_stage(&shared, stage).await;
-            let published = match &result {
-                Ok(r) => Ok(r.clone()),
-                Err(e) => Err(format!("{e:#}")),
-            };
-            shared.outcomes[stage].send_replace(Some(published));
-            (stage, result)
-        });
-    }
-    let mut first_error: Option<(usize, anyhow::Error)> = None;
-    let mut target_result = None;
-    while let Some(joined) = tasks.join_next().await {
-        let (stage, result) = joined.map_err(|e| anyhow!("a build task failed: {e}"))?;
-        match result {
-            Ok(r) if stage == shared.graph.target => target_result = Some(r),
-            Ok(_) => {}
-            Err(e) => {
-                let is_dependency_error = e.downcast_ref::<DependencyFailed>().is_some();
-                let replace = match &first_error {
-                    None => true,
-                    Some((_, prev)) => {
-                        prev.downcast_ref::<DependencyFailed>().is_some() && !is_dependency_error
-                    }
-                };
-                if replace {
-                    first_error = Some((stage, e));
-                }
-                if !is_dependency_error {
-                    // The root cause is known: stop the other stages.
-                    tasks.abort_all();
-                }
-            }
-        }
-    }
-    // Keep what was hashed for the next build, even when the build failed.
-    {
-        let mut conn = db.lock().map_err(|_| anyhow!("database lock poisoned"))?;
-        shared.file_cache.save(&mut conn)?;
-    }
-    if let Some((_, e)) = first_error {
-        return Err(e);
-    }
-    let result = target_result.ok_or_else(|| anyhow!("the target stage produced no result"))?;
-    Ok(Arc::try_unwrap(result).unwrap_or_else(|a| (*a).clone()))
-}
-
-#[derive(Debug)]
-struct DependencyFailed(String);
-
-impl std::fmt::Display for DependencyFailed {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "stage {} failed", self.0)
-    }
-}
-
-impl std::error::Error for DependencyFailed {}
-
-async fn wait_stage(shared: &Shared, stage: usize) -> Result<Arc<StageResult>> {
-    let mut rx = shared.outcomes[stage].subscribe();
-    let value = rx
-        .wait_for(|v| v.is_some())
-        .await
-        .map_err(|_| anyhow!(DependencyFailed(shared.labels[stage].clone())))?;
-    match value.as_ref() {
-        Some(Ok(r)) => Ok(r.clone()),
-        _ => Err(anyhow!(DependencyFailed(shared.labels[stage].clone()))),
-    }
-}
-
-fn digest_of(parts: &[&str]) -> String {
-    let mut h = Sha256::new();
-    for p in parts {
-        h.update((p.len() as u64).to_le_bytes());
-        h.update(p.as_bytes());
-    }
-    format!("sha256:{}", hex::encode(h.finalize()))
-}
+use crate::oci::config::{HealthConfig, History, ImageConfigFile};
+use crate::source::local::contenthash::{hash_selection, HashOptions};
 
 /// The per-stage walk state.
-struct StageWalk {
-    config: ImageConfigFile,
-    layers: Vec<LayerRef>,
+pub(super) struct StageWalk {
+    pub(super) config: ImageConfigFile,
+    pub(super) layers: Vec<LayerRef>,
     /// Key of the current filesystem state.
-    key: String,
+    pub(super) key: String,
     /// ENV and ARG in scope: expands each instruction as BuildKit does. Its ENV follows the
     /// config's (the base image's, then this stage's ENV instructions).
-    vars: Vars,
+    pub(super) vars: Vars,
     /// Whether CMD was set in this stage (ENTRYPOINT resets an inherited CMD only).
-    cmd_set_here: bool,
+    pub(super) cmd_set_here: bool,
     /// Time of the newest filesystem state (history `created` of config-only steps).
-    created: i64,
-    new_history: Vec<History>,
+    pub(super) created: i64,
+    pub(super) new_history: Vec<History>,
 }
 
 impl StageWalk {
     /// The walk at the start of a stage on top of a base with `config`.
-    fn start(
+    pub(super) fn start(
         shared: &Shared,
         config: ImageConfigFile,
         layers: Vec<LayerRef>,
@@ -376,12 +57,12 @@ impl StageWalk {
     }
 
     /// ARGs that have values and are not shadowed by ENV: RUN sees them as environment.
-    fn arg_env(&self) -> BTreeMap<String, String> {
+    pub(super) fn arg_env(&self) -> BTreeMap<String, String> {
         self.vars.arg_env().into_iter().collect()
     }
 
     /// Proxy build args for a RUN's environment only (never its key or history).
-    fn proxy_env(&self) -> Vec<String> {
+    pub(super) fn proxy_env(&self) -> Vec<String> {
         self.vars
             .proxy_env()
             .into_iter()
@@ -389,7 +70,7 @@ impl StageWalk {
             .collect()
     }
 
-    fn workdir(&self) -> String {
+    pub(super) fn workdir(&self) -> String {
         self.config
             .config
             .working_dir
@@ -398,7 +79,7 @@ impl StageWalk {
             .unwrap_or_else(|| "/".into())
     }
 
-    fn shell(&self) -> Vec<String> {
+    pub(super) fn shell(&self) -> Vec<String> {
         self.config
             .config
             .shell
@@ -406,7 +87,7 @@ impl StageWalk {
             .unwrap_or_else(|| vec!["/bin/sh".into(), "-c".into()])
     }
 
-    fn history(&mut self, created_by: String, empty: bool, created: i64) {
+    pub(super) fn history(&mut self, created_by: String, empty: bool, created: i64) {
         self.new_history.push(History {
             created: Some(format_time(created)),
             created_by: Some(created_by),
@@ -417,168 +98,15 @@ impl StageWalk {
     }
 }
 
-pub fn format_time(secs: i64) -> String {
-    chrono::DateTime::from_timestamp(secs, 0)
-        .unwrap_or_default()
-        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
-}
-
-fn with_line<T>(result: Result<T>, instr: &Spanned) -> Result<T> {
-    result.with_context(|| {
-        format!(
-            "Dockerfile:{}: {}",
-            instr.span.start_line,
-            super::git::redact_urls(&instr.original)
-        )
-    })
-}
-
-async fn solve_stage(shared: &Arc<Shared>, stage: usize) -> Result<Arc<StageResult>> {
-    let df_stage = &shared.stages.stages[stage];
-    let from_line = df_stage.from.span.start_line;
-    let label = &shared.labels[stage];
-    let total = df_stage.instructions.len() + 1;
-    // Progress shows the FROM word as written.
-    let from_word = match &df_stage.from.instruction {
-        Instruction::From { image, .. } => image.as_str(),
-        _ => df_stage.base.as_str(),
-    };
-    let from_name = format!("[{label} 1/{total}] FROM {from_word}");
-    let (mut walk, mut instructions) = match &shared.graph.bases[stage] {
-        BaseRef::Scratch => {
-            let walk = StageWalk::start(
-                shared,
-                ImageConfigFile::scratch().for_new_stage(),
-                Vec::new(),
-                digest_of(&["scratch"]),
-                shared.started,
-            );
-            (walk, Vec::new())
-        }
-        BaseRef::Stage(j) => {
-            let base = wait_stage(shared, *j).await?;
-            let walk = StageWalk::start(
-                shared,
-                base.config.clone().for_new_stage(),
-                base.layers.clone(),
-                base.key.clone(),
-                base.created,
-            );
-            (walk, Vec::new())
-        }
-        BaseRef::Image(name) => {
-            let id = shared.progress.start(&from_name);
-            let backend = shared.backend.clone();
-            let (name_owned, pull) = (name.clone(), shared.req.pull);
-            let base = tokio::task::spawn_blocking(move || backend.base_image(&name_owned, pull))
-                .await
-                .map_err(|e| anyhow!("resolving the base image: {e}"))?;
-            let base = match base {
-                Ok(b) => {
-                    shared.progress.done(id);
-                    b
-                }
-                Err(e) => {
-                    shared.progress.failed(id, &format!("{e:#}"));
-                    return Err(e).with_context(|| format!("Dockerfile:{from_line}: FROM {name}"));
-                }
-            };
-            let triggers = base.config.config.on_build.clone().unwrap_or_default();
-            let mut trigger_instrs = Vec::new();
-            for t in &triggers {
-                let mut instr = shared.backend.parse_trigger(t).with_context(|| {
-                    format!("Dockerfile:{from_line}: ONBUILD trigger {t:?} of {name}")
-                })?;
-                // A trigger runs as part of the FROM line.
-                instr.span.start_line = from_line;
-                trigger_instrs.push(instr);
-            }
-            let created = base
-                .config
-                .created
-                .as_deref()
-                .and_then(|c| chrono::DateTime::parse_from_rfc3339(c).ok())
-                .map(|t| t.timestamp())
-                .unwrap_or(0);
-            let walk = StageWalk::start(
-                shared,
-                base.config.clone().for_new_stage(),
-                base.layers.clone(),
-                digest_of(&["image", &base.id]),
-                shared
-                    .req
-                    .source_date_epoch
-                    .map_or(created, |e| created.min(e)),
-            );
-            (walk, trigger_instrs)
-        }
-    };
-    instructions.extend(df_stage.instructions.iter().cloned());
-    let no_cache = shared.req.no_cache
-        || df_stage
-            .name
-            .as_ref()
-            .is_some_and(|n| shared.req.no_cache_filter.contains(n))
-        || shared.req.no_cache_filter.contains(&stage.to_string());
-    let mut first_fs_step = true;
-    for (index, instr) in instructions.iter().enumerate() {
-        let name = format!(
-            "[{label} {}/{}] {}",
-            index + 2,
-            instructions.len() + 1,
-            super::git::redact_urls(&instr.original)
-        );
-        let place = digest_of(&[
-            &shared.req.place_id,
-            &stage.to_string(),
-            &index.to_string(),
-            &instr.original,
-        ]);
-        let step = with_line(plan_step(shared, stage, &mut walk, instr).await, instr)?;
-        let Some(planned) = step else { continue };
-        let id = shared.progress.start(&name);
-        let result = run_step(
-            shared,
-            &mut walk,
-            planned,
-            instr,
-            &name,
-            &place,
-            id,
-            no_cache,
-            first_fs_step,
-        )
-        .await;
-        first_fs_step = false;
-        if let Err(e) = result {
-            shared.progress.failed(id, &format!("{e:#}"));
-            return Err(e);
-        }
-    }
-    // The stage's image config: layers, history, created.
-    let mut config = walk.config;
-    config.rootfs.kind = "layers".into();
-    config.rootfs.diff_ids = walk.layers.iter().map(|l| l.diff_id.clone()).collect();
-    config.history.extend(walk.new_history);
-    config.created = Some(format_time(walk.created));
-    Ok(Arc::new(StageResult {
-        config,
-        layers: walk.layers,
-        key: walk.key,
-        created: walk.created,
-    }))
-}
-
-/// A filesystem step ready to run: its op, key and the inputs recorded for explanations.
-struct Planned {
-    op: Op,
-    key: String,
-    inputs: StepInputs,
-    created_by: String,
+pub(super) struct Planned {
+    pub(super) op: Op,
+    pub(super) key: String,
+    pub(super) inputs: StepInputs,
+    pub(super) created_by: String,
 }
 
 /// Applies a config-only instruction to the walk, or plans a filesystem step.
-async fn plan_step(
+pub(super) async fn plan_step(
     shared: &Arc<Shared>,
     stage: usize,
     walk: &mut StageWalk,
@@ -790,7 +318,7 @@ fn absolute_in(base: &str, path: &str) -> String {
         format!("{}/{}", base.trim_end_matches('/'), path)
     };
     let trailing = path.ends_with('/') || path.ends_with("/.") || path == ".";
-    let mut clean = format!("/{}", super::fsutil::clean_rel(&joined));
+    let mut clean = format!("/{}", crate::source::fsutil::clean_rel(&joined));
     if trailing && clean != "/" {
         clean.push('/');
     }
@@ -957,7 +485,7 @@ async fn plan_copy(
             continue;
         }
         let s = s.clone();
-        if let Some(url) = super::git::parse(&s) {
+        if let Some(url) = crate::source::git::parse(&s) {
             if !is_add {
                 bail!(
                     "COPY cannot copy a git repository ({}): use ADD",
@@ -968,8 +496,8 @@ async fn plan_copy(
             let checksum = args.checksum.clone();
             let keep_git_dir = args.keep_git_dir.unwrap_or(false);
             let source = tokio::task::spawn_blocking(move || -> Result<_> {
-                let resolved = super::git::resolve(&url, checksum.as_deref())?;
-                Ok(super::git::GitSource {
+                let resolved = crate::source::git::resolve(&url, checksum.as_deref())?;
+                Ok(crate::source::git::GitSource {
                     url,
                     resolved,
                     keep_git_dir,
@@ -986,7 +514,7 @@ async fn plan_copy(
                 None => {
                     let url = s.clone();
                     tokio::task::spawn_blocking(move || -> Result<String> {
-                        let data = super::fetch::fetch(&url, None)?;
+                        let data = crate::source::http::fetch(&url, None)?;
                         Ok(format!("sha256:{}", hex::encode(Sha256::digest(&data))))
                     })
                     .await
@@ -1004,11 +532,7 @@ async fn plan_copy(
     let dest_word = args.dest.clone();
     let dest = absolute_in(&walk.workdir(), &dest_word);
     let chown = args.chown.clone();
-    let chmod = args
-        .chmod
-        .as_ref()
-        .map(|c| super::copy::parse_chmod(c))
-        .transpose()?;
+    let chmod = args.chmod.as_ref().map(|c| parse_chmod(c)).transpose()?;
     let excludes = args.exclude.clone();
     let heredocs: Vec<(String, String)> = args
         .heredocs
@@ -1028,12 +552,12 @@ async fn plan_copy(
             let excl = excludes.clone();
             let selection = tokio::task::spawn_blocking(move || -> Result<_> {
                 let filter = shared2.context.filter();
-                let src = super::copy::CopySource {
+                let src = crate::source::select::CopySource {
                     root: shared2.context.root(),
                     filter: filter.as_ref(),
                     from_context: true,
                 };
-                let expanded = super::copy::expand_sources(&src, &srcs)?;
+                let expanded = crate::source::select::expand_sources(&src, &srcs)?;
                 hash_selection(
                     shared2.context.root(),
                     &expanded,
@@ -1098,7 +622,7 @@ async fn plan_copy(
     let shown_sources: Vec<String> = sources
         .iter()
         .cloned()
-        .chain(urls.iter().map(|(u, _)| super::git::redact_urls(u)))
+        .chain(urls.iter().map(|(u, _)| crate::source::git::redact_urls(u)))
         .chain(git.iter().map(|g| g.url.display()))
         .collect();
     text.push_str(&format!(" {} {}", shown_sources.join(" "), dest_word));
@@ -1129,7 +653,7 @@ async fn plan_copy(
                 .map(|g| g.cache_key())
                 .chain(urls.iter().map(|(u, c)| {
                     let digest = c.as_deref().unwrap_or("");
-                    format!("url:{digest} {}", super::git::redact_urls(u))
+                    format!("url:{digest} {}", crate::source::git::redact_urls(u))
                 }))
                 .collect()
         },
@@ -1174,7 +698,7 @@ async fn resolve_mount(
                 }
                 None => {
                     let shared2 = shared.clone();
-                    let src = super::fsutil::clean_rel(&source);
+                    let src = crate::source::fsutil::clean_rel(&source);
                     let sel = tokio::task::spawn_blocking(move || {
                         let filter = shared2.context.filter();
                         hash_selection(
@@ -1268,112 +792,24 @@ async fn resolve_mount(
     }
 }
 
-/// Looks the step up in the cache, executes it on a miss, and advances the walk.
-#[allow(clippy::too_many_arguments)]
-async fn run_step(
-    shared: &Arc<Shared>,
-    walk: &mut StageWalk,
-    planned: Planned,
-    instr: &Spanned,
-    name: &str,
-    place: &str,
-    id: StepId,
-    no_cache: bool,
-    first_fs_step: bool,
-) -> Result<()> {
-    let Planned {
-        op,
-        key,
-        inputs,
-        created_by,
-    } = planned;
-    if !no_cache {
-        let hit = {
-            let conn = shared
-                .db
-                .lock()
-                .map_err(|_| anyhow!("database lock poisoned"))?;
-            cache::lookup(&conn, &key)?
-        };
-        if let Some((layer, created)) = hit.map(|h| (h, cached_time(shared, &key))) {
-            let usable = layer.as_ref().map_or(true, |l| shared.backend.has_layer(l));
-            if usable {
-                let created = shared
-                    .req
-                    .source_date_epoch
-                    .or(created)
-                    .unwrap_or(walk.created);
-                walk.created = created.max(walk.created);
-                walk.history(created_by, layer.is_none(), created);
-                if let Some(l) = layer {
-                    walk.layers.push(l);
-                }
-                walk.key = key;
-                shared.progress.cached(id);
-                return Ok(());
-            }
-        }
+/// Parses `--chmod` (octal only, as BuildKit accepts without the labs syntax).
+pub fn parse_chmod(s: &str) -> Result<u32> {
+    let mode = u32::from_str_radix(s, 8)
+        .map_err(|_| anyhow!("--chmod={s}: expected an octal mode such as 755"))?;
+    if mode > 0o7777 {
+        bail!("--chmod={s}: mode out of range");
     }
-    // A miss: say why, then run.
-    let reason = if no_cache {
-        "--no-cache".to_string()
-    } else {
-        let conn = shared
-            .db
-            .lock()
-            .map_err(|_| anyhow!("database lock poisoned"))?;
-        let old = cache::load_inputs(&conn, place)?;
-        cache::explain_miss(old.as_ref(), &inputs, first_fs_step)
-    };
-    shared
-        .progress
-        .explain(id, &super::git::redact_urls(&instr.original), &reason);
-    let _permit = shared
-        .permits
-        .acquire()
-        .await
-        .map_err(|_| anyhow!("build cancelled"))?;
-    let started = Instant::now();
-    let req = ExecRequest {
-        step: id,
-        line: instr.span.start_line,
-        name: name.to_string(),
-        parent: walk.layers.clone(),
-        op,
-        context: shared.context.clone(),
-        progress: shared.progress.clone(),
-        secrets: shared.secrets.clone(),
-        source_date_epoch: shared.req.source_date_epoch,
-    };
-    let backend = shared.backend.clone();
-    let result = tokio::task::spawn_blocking(move || backend.execute(req))
-        .await
-        .map_err(|e| anyhow!("executing a step: {e}"))?;
-    let layer = with_line(result, instr)?;
-    let _ = started;
-    let created = shared
-        .req
-        .source_date_epoch
-        .unwrap_or_else(|| chrono::Utc::now().timestamp());
-    {
-        let conn = shared
-            .db
-            .lock()
-            .map_err(|_| anyhow!("database lock poisoned"))?;
-        cache::record(&conn, &key, layer.as_ref(), created)?;
-        cache::save_inputs(&conn, place, &inputs)?;
-    }
-    walk.created = created.max(walk.created);
-    walk.history(created_by, layer.is_none(), created);
-    if let Some(l) = layer {
-        walk.layers.push(l);
-    }
-    walk.key = key;
-    shared.progress.done(id);
-    Ok(())
+    Ok(mode)
 }
 
-fn cached_time(shared: &Shared, key: &str) -> Option<i64> {
-    let conn = shared.db.lock().ok()?;
-    cache::created_of(&conn, key).ok().flatten()
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chmod_is_octal_only() {
+        assert_eq!(parse_chmod("640").unwrap(), 0o640);
+        assert!(parse_chmod("u+x").is_err());
+        assert!(parse_chmod("17777").is_err());
+    }
 }

@@ -17,99 +17,9 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context, Result};
 
-use super::context::PathFilter;
-use super::fsutil::{
-    clean_rel, expand_glob, has_glob_meta, join_rel, resolve_in_root, resolve_parent_in_root,
-};
-
-/// `--exclude` patterns (Go globs, `*` does not cross `/`). A pattern without `/` also matches a
-/// base name at any depth, so `--exclude=*.txt` drops every text file.
-pub struct ExcludeSet {
-    full: globset::GlobSet,
-    base: globset::GlobSet,
-    empty: bool,
-}
-
-impl ExcludeSet {
-    pub fn new(patterns: &[String]) -> Result<ExcludeSet> {
-        let mut full = globset::GlobSetBuilder::new();
-        let mut base = globset::GlobSetBuilder::new();
-        for p in patterns {
-            let cleaned = clean_rel(p);
-            let glob = globset::GlobBuilder::new(&cleaned)
-                .literal_separator(true)
-                .backslash_escape(true)
-                .build()
-                .with_context(|| format!("invalid --exclude pattern {p:?}"))?;
-            if cleaned.contains('/') {
-                full.add(glob);
-            } else {
-                base.add(glob);
-            }
-        }
-        Ok(ExcludeSet {
-            full: full.build()?,
-            base: base.build()?,
-            empty: patterns.is_empty(),
-        })
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.empty
-    }
-
-    pub fn is_excluded(&self, rel: &str) -> bool {
-        if self.empty {
-            return false;
-        }
-        let name = rel.rsplit('/').next().unwrap_or(rel);
-        self.full.is_match(rel) || self.base.is_match(name)
-    }
-}
-
-/// Where a COPY reads from.
-pub struct CopySource<'a> {
-    pub root: &'a Path,
-    /// `.dockerignore` for the context; `NoFilter` for a stage.
-    pub filter: &'a dyn PathFilter,
-    /// Files from the build context are owned by root in the image unless `--chown` says
-    /// otherwise; files from a stage or image keep their owners.
-    pub from_context: bool,
-}
-
-#[derive(Debug, Default, Clone)]
-pub struct CopyOptions {
-    /// Resolved `--chown`.
-    pub chown: Option<(u32, u32)>,
-    /// `--chmod` permission bits.
-    pub chmod: Option<u32>,
-    pub excludes: Vec<String>,
-    /// `--parents`: keep each source's path (relative to the tree, or to a `/./` pivot in it).
-    pub parents: bool,
-    /// ADD: unpack local tar archives instead of copying them.
-    pub unpack_archives: bool,
-}
-
-/// The sources a COPY selects, expanded: paths relative to the source root. A literal source that
-/// does not exist is an error; a pattern that matches nothing selects nothing (as BuildKit).
-pub fn expand_sources(src: &CopySource, sources: &[String]) -> Result<Vec<String>> {
-    let mut out = Vec::new();
-    for s in sources {
-        if has_glob_meta(s) {
-            out.extend(expand_glob(src.root, s, src.filter)?);
-        } else {
-            let rel = clean_rel(s);
-            let exists = resolve_in_root(src.root, &rel)
-                .map(|p| fs::symlink_metadata(p).is_ok())
-                .unwrap_or(false);
-            if !exists || (!rel.is_empty() && src.filter.is_excluded(&rel)) {
-                bail!("\"/{rel}\": not found");
-            }
-            out.push(rel);
-        }
-    }
-    Ok(out)
-}
+use crate::solver::CopyOptions;
+use crate::source::fsutil::{clean_rel, join_rel, resolve_in_root, resolve_parent_in_root};
+use crate::source::select::{expand_sources, CopySource, ExcludeSet};
 
 /// Copies `sources` (as written in the Dockerfile) from `src` to `dest` (an absolute path in the
 /// image, already made absolute against WORKDIR) inside `dest_root`.
@@ -158,10 +68,12 @@ pub fn copy(
             let dir = w.ensure_dir_path(&target)?;
             w.copy_children(&path, rel, "", &dir)?;
             w.flush()?;
-        } else if opts.unpack_archives && meta.is_file() && super::archive::is_local_archive(&path)
+        } else if opts.unpack_archives
+            && meta.is_file()
+            && crate::source::archive::is_local_archive(&path)
         {
             let dir = w.ensure_dir_path(&dest_clean)?;
-            super::archive::unpack_file(&path, &dir, opts.chown)?;
+            crate::source::archive::unpack_file(&path, &dir, opts.chown)?;
         } else {
             let name = rel.rsplit('/').next().unwrap_or(rel);
             let target = if opts.parents {
@@ -683,20 +595,10 @@ fn lookup_id(image_root: &Path, file: &str, name: &str) -> Result<u32> {
     bail!("not found")
 }
 
-/// Parses `--chmod` (octal only, as BuildKit accepts without the labs syntax).
-pub fn parse_chmod(s: &str) -> Result<u32> {
-    let mode = u32::from_str_radix(s, 8)
-        .map_err(|_| anyhow!("--chmod={s}: expected an octal mode such as 755"))?;
-    if mode > 0o7777 {
-        bail!("--chmod={s}: mode out of range");
-    }
-    Ok(mode)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::build::context::NoFilter;
+    use crate::source::fsutil::NoFilter;
     use std::os::unix::fs::symlink;
 
     struct Fixture {
@@ -833,7 +735,7 @@ mod tests {
         assert!(resolve_chown(&f.img, "nobody").is_err());
         let opts = CopyOptions {
             chown: Some(owner),
-            chmod: Some(parse_chmod("640").unwrap()),
+            chmod: Some(0o640),
             ..Default::default()
         };
         run(&f, &["top"], "/new/parent/file", opts).unwrap();
@@ -844,7 +746,6 @@ mod tests {
         );
         let parent = fs::metadata(f.img.join("new/parent")).unwrap();
         assert_eq!((parent.uid(), parent.mode() & 0o777), (1000, 0o755));
-        assert!(parse_chmod("u+x").is_err());
     }
 
     #[test]

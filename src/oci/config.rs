@@ -105,7 +105,7 @@ impl ImageConfigFile {
     /// The config of `FROM scratch`.
     pub fn scratch() -> ImageConfigFile {
         ImageConfigFile {
-            architecture: host_architecture().to_string(),
+            architecture: super::image::host_architecture().to_string(),
             os: "linux".into(),
             rootfs: RootFs {
                 kind: "layers".into(),
@@ -169,20 +169,6 @@ impl ImageConfigFile {
                 None => (e.clone(), String::new()),
             })
             .collect()
-    }
-}
-
-/// The OCI architecture name of this machine.
-pub fn host_architecture() -> &'static str {
-    match std::env::consts::ARCH {
-        "x86_64" => "amd64",
-        "aarch64" => "arm64",
-        "arm" => "arm",
-        "x86" => "386",
-        "powerpc64" => "ppc64le",
-        "s390x" => "s390x",
-        "riscv64" => "riscv64",
-        other => other,
     }
 }
 

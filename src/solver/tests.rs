@@ -5,12 +5,12 @@ use std::sync::{Arc, Mutex};
 
 use anyhow::Result;
 
-use super::cache::LayerRef;
-use super::context::BuildContext;
-use super::imageconfig::ImageConfigFile;
-use super::progress::{Mode, Progress};
-use super::solver::*;
 use crate::dockerfile::Spanned;
+use crate::oci::config::ImageConfigFile;
+use crate::solver::cache::LayerRef;
+use crate::solver::progress::{Mode, Progress};
+use crate::solver::*;
+use crate::source::local::BuildContext;
 
 #[derive(Default)]
 struct Fake {
@@ -102,7 +102,7 @@ fn build(
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect::<BTreeMap<_, _>>();
     let request = BuildRequest {
-        stages: super::frontend::load(dockerfile, "Dockerfile", &build_args)?,
+        stages: crate::dockerfile::load(dockerfile, "Dockerfile", &build_args)?,
         place_id: "test".into(),
         target: target.map(str::to_string),
         no_cache: false,

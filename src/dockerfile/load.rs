@@ -1,25 +1,12 @@
-//! The seam to the front end: reads a Dockerfile into the front end's stages (`crate::dockerfile`:
-//! AST, stage split, global ARGs for the host platform), parses ONBUILD triggers, and provides the
-//! `.dockerignore` filter.
+//! What a build asks of the front end: a Dockerfile's text read into its stages (AST, stage split,
+//! global ARGs for the host platform), with errors rendered as `file:line:column`, and a base
+//! image's ONBUILD triggers parsed.
 
 use std::collections::{BTreeMap, HashMap};
 
 use anyhow::{anyhow, bail, Result};
 
-use super::context::PathFilter;
 use crate::dockerfile::{self, Instruction, Platform, Spanned, Stages};
-
-/// `.dockerignore` as a context filter.
-pub struct IgnoreFilter(pub dockerfile::DockerIgnore);
-
-impl PathFilter for IgnoreFilter {
-    fn is_excluded(&self, rel: &str) -> bool {
-        self.0.is_excluded(rel)
-    }
-    fn can_prune_dir(&self, rel: &str) -> bool {
-        self.0.can_prune_dir(rel)
-    }
-}
 
 /// Parses Dockerfile text and splits it into stages, with `build_args` and the host's platform
 /// for the global and platform ARGs; errors name `file:line:column`.
@@ -27,7 +14,7 @@ pub fn load(source: &str, file: &str, build_args: &BTreeMap<String, String>) -> 
     let df = dockerfile::parse(source).map_err(|e| anyhow!("{}", e.render(file)))?;
     let host = Platform {
         os: "linux".into(),
-        arch: super::imageconfig::host_architecture().into(),
+        arch: crate::oci::image::host_architecture().into(),
         variant: String::new(),
     };
     let context = dockerfile::BuildContext {

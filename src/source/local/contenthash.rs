@@ -25,8 +25,8 @@ use nix::sys::stat::{fstatat, Mode};
 use crate::digest::Sha256;
 use anyhow::{Context, Result};
 
-use super::context::PathFilter;
-use super::fsutil::{join_rel, resolve_in_root};
+use crate::source::fsutil::PathFilter;
+use crate::source::fsutil::{join_rel, resolve_in_root};
 
 /// How many threads read file contents.
 const HASH_THREADS: usize = 2;
@@ -325,7 +325,7 @@ struct Pending {
 /// them: a source symlink is followed (inside the root), a directory source contributes everything
 /// below it that the filter keeps.
 pub fn hash_selection(root: &Path, sources: &[String], opts: &HashOptions) -> Result<Selection> {
-    let excludes = super::copy::ExcludeSet::new(opts.excludes)?;
+    let excludes = crate::source::select::ExcludeSet::new(opts.excludes)?;
     let mut pending: Vec<Pending> = Vec::new();
     for source in sources {
         let path = resolve_in_root(root, source)?;
@@ -434,7 +434,7 @@ struct QueueState {
 /// lookup per file), and only entries the cache lacks get a path of their own.
 struct SourceWalk<'a> {
     filter: &'a dyn PathFilter,
-    excludes: &'a super::copy::ExcludeSet,
+    excludes: &'a crate::source::select::ExcludeSet,
     cache: Option<&'a FileDigestCache>,
 }
 
@@ -775,7 +775,7 @@ pub fn describe_changes(old: &[(String, [u8; 32])], new: &[(String, [u8; 32])]) 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::build::context::NoFilter;
+    use crate::source::fsutil::NoFilter;
 
     fn opts<'a>(cache: Option<&'a FileDigestCache>) -> HashOptions<'a> {
         HashOptions {

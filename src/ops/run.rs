@@ -1,7 +1,5 @@
-//! Executing one filesystem step: an overlay snapshot over the parent's layers (unpacked once per
-//! layer and shared), the operation (RUN in the sandbox, COPY/ADD as file operations, WORKDIR's
-//! mkdir), then the snapshot's changes become a layer blob in the store. A step that changed
-//! nothing produces no layer.
+//! RUN: the command in the sandbox on the step's snapshot, with its mounts (bind, cache, tmpfs,
+//! secret).
 
 use std::collections::VecDeque;
 use std::io::{BufRead, BufReader};
@@ -9,282 +7,13 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context, Result};
 
-use super::cache::LayerRef;
-use super::copy::{self, CopySource};
-use super::solver::{CopyOp, ExecRequest, Network, Op, RunMount, RunOp, SecretSource, SourceTree};
-use crate::snapshot::{ActiveSnapshot, PrepareOptions, Snapshotter};
+use super::source_view;
+use crate::snapshot::{ActiveSnapshot, Snapshotter};
+use crate::solver::{ExecRequest, Network, RunMount, RunOp, SecretSource, SourceTree};
 use crate::store::Store;
-
-/// Layers written by builds are compressed with this (the store's parallel gzip).
-const LAYER_COMPRESSION: crate::oci::compress::Compression =
-    crate::oci::compress::Compression::Gzip;
-/// At this level: gzip's fastest. Layer writing is on every rebuild's path (a big COPY's layer is
-/// written again when one file changes); level 6 costs about twice the CPU for a few percent
-/// smaller blobs on typical trees. Deterministic like any fixed level.
-const LAYER_GZIP_LEVEL: u32 = 1;
 
 /// How many lines of a failing RUN's output the error repeats.
 const ERROR_TAIL: usize = 8;
-
-pub fn execute(store: &Store, req: ExecRequest) -> Result<Option<LayerRef>> {
-    let snapshotter = Snapshotter::new(store.root())?;
-    let mut snap = mount_layers(store, &snapshotter, &req.parent)?;
-    match &req.op {
-        Op::Run(run) => run_step(store, &snapshotter, &snap, run, &req)?,
-        Op::Copy(c) => copy_step(store, &snapshotter, &mut snap, c, &req)?,
-        Op::Mkdir { path, user } => mkdir_step(&snap.merged(), path, user.as_deref())?,
-    }
-    // The changed entries are read from the upperdir when it is self-contained (no overlay
-    // lookups: a big COPY's layer reads every file again).
-    let (changes, source) = snap.changes_with_source()?;
-    if changes.is_empty() {
-        snap.release()?;
-        return Ok(None);
-    }
-    let opts = crate::oci::layer::WriteOptions {
-        source_date_epoch: req.source_date_epoch,
-    };
-    let stored = crate::oci::layer::store_layer_with_gzip_level(
-        store,
-        LAYER_COMPRESSION,
-        LAYER_GZIP_LEVEL,
-        |w| crate::oci::layer::write_layer(&source, &changes, w, &opts),
-    )
-    .context("writing the step's layer")?;
-    reuse_upper_as_layer(
-        &snapshotter,
-        &snap,
-        &stored.diff_id,
-        req.source_date_epoch.is_none(),
-    );
-    snap.release()?;
-    let layer = LayerRef {
-        digest: stored.descriptor.digest().to_string(),
-        diff_id: stored.diff_id,
-        size: stored.descriptor.size(),
-        media_type: stored.descriptor.media_type().to_string(),
-    };
-    // Keep the layer while the build cache refers to it, whatever image GC decides.
-    store.pin_blob("build-cache", &layer.digest)?;
-    Ok(Some(layer))
-}
-
-/// The upperdir of a finished step already is the new layer in overlay form (whiteouts as 0:0
-/// devices, opaque directories marked), so it becomes the layer's unpacked directory instead of
-/// unpacking the blob again when a later step needs it. Not with SOURCE_DATE_EPOCH, where the blob's
-/// mtimes are clamped and the upperdir's are not. Best effort: on any failure the blob is
-/// unpacked later as usual.
-fn reuse_upper_as_layer(
-    snapshotter: &Snapshotter,
-    snap: &ActiveSnapshot,
-    diff_id: &str,
-    enabled: bool,
-) {
-    if !enabled {
-        return;
-    }
-    let Ok(dir) = snapshotter.layer_dir(diff_id) else {
-        return;
-    };
-    if dir.exists() {
-        return;
-    }
-    // Renaming within the snapshots filesystem; the overlay keeps working until it is unmounted.
-    let _ = std::fs::rename(snap.upper(), &dir);
-}
-
-/// The unpacked directory of a layer (a lowerdir), through the snapshotter's shared layer store.
-pub fn ensure_unpacked(
-    store: &Store,
-    snapshotter: &Snapshotter,
-    layer: &LayerRef,
-) -> Result<PathBuf> {
-    snapshotter.ensure_unpacked_blob(store, &layer.digest, Some(&layer.diff_id))
-}
-
-fn mount_layers(
-    store: &Store,
-    snapshotter: &Snapshotter,
-    layers: &[LayerRef],
-) -> Result<ActiveSnapshot> {
-    let lowers = layers
-        .iter()
-        .map(|l| ensure_unpacked(store, snapshotter, l))
-        .collect::<Result<Vec<_>>>()?;
-    snapshotter.prepare(&lowers, &PrepareOptions { volatile: true })
-}
-
-fn mkdir_step(root: &Path, path: &str, user: Option<&str>) -> Result<()> {
-    let owner = match user {
-        Some(u) => Some(resolve_user(root, u)?),
-        None => None,
-    };
-    copy::mkdir_in_root(root, path, owner)
-}
-
-/// A USER value (`name`, `uid`, `name:group`, `uid:gid`) as numbers, through the image's files.
-/// Unlike `--chown`, a user without a group takes the user's primary group.
-fn resolve_user(root: &Path, user: &str) -> Result<(u32, u32)> {
-    let (u, g) = match user.split_once(':') {
-        Some((u, g)) => (u, Some(g)),
-        None => (user, None),
-    };
-    let passwd = super::fsutil::resolve_in_root(root, "etc/passwd")
-        .ok()
-        .and_then(|p| std::fs::read_to_string(p).ok())
-        .unwrap_or_default();
-    let entry = passwd
-        .lines()
-        .map(|l| l.split(':').collect::<Vec<_>>())
-        .find(|f| f.len() >= 4 && (f[0] == u || f[2] == u));
-    let uid = match u.parse::<u32>() {
-        Ok(n) => n,
-        Err(_) => entry
-            .as_ref()
-            .and_then(|f| f[2].parse().ok())
-            .ok_or_else(|| anyhow!("user {u:?} is not in the image's /etc/passwd"))?,
-    };
-    let gid = match g {
-        Some(g) => copy::resolve_chown(root, &format!("{uid}:{g}"))?.1,
-        None => entry.as_ref().and_then(|f| f[3].parse().ok()).unwrap_or(0),
-    };
-    Ok((uid, gid))
-}
-
-/// A read-only view of a stage's or image's filesystem, for COPY --from and bind mounts.
-fn source_view(
-    store: &Store,
-    snapshotter: &Snapshotter,
-    tree: &SourceTree,
-) -> Result<Option<ActiveSnapshot>> {
-    match tree {
-        SourceTree::Context => Ok(None),
-        SourceTree::Layers(layers) => Ok(Some(mount_layers(store, snapshotter, layers)?)),
-    }
-}
-
-fn copy_step(
-    store: &Store,
-    snapshotter: &Snapshotter,
-    snap: &mut ActiveSnapshot,
-    c: &CopyOp,
-    req: &ExecRequest,
-) -> Result<()> {
-    let dest_root = snap.merged();
-    let view = source_view(store, snapshotter, &c.from)?;
-    let filter = req.context.filter();
-    let no_filter = super::context::NoFilter;
-    let view_root = view.as_ref().map(|v| v.merged());
-    let src = match &view_root {
-        None => CopySource {
-            root: req.context.root(),
-            filter: filter.as_ref(),
-            from_context: true,
-        },
-        Some(root) => CopySource {
-            root,
-            filter: &no_filter,
-            from_context: false,
-        },
-    };
-    let mut options = c.options.clone();
-    if let Some(spec) = &c.chown {
-        options.chown = Some(copy::resolve_chown(&dest_root, spec)?);
-    }
-    if let Some(fresh) = fresh_destination(snap, &src, c, &options)? {
-        // Everything goes below a directory the layers below don't have: write it straight into
-        // the upperdir, with the overlay out of the way.
-        snap.unmount_merged()?;
-        copy::copy(
-            &src,
-            &c.sources,
-            &snap.upper(),
-            &format!("/{fresh}/"),
-            &options,
-        )?;
-    } else if !c.sources.is_empty() {
-        copy::copy(&src, &c.sources, &dest_root, &c.dest, &options)?;
-    }
-    let dest_is_dir = c.dest.ends_with('/')
-        || c.heredocs.len() + c.urls.len() + c.sources.len() + c.git.len() > 1;
-    for (name, content) in &c.heredocs {
-        let target = if dest_is_dir {
-            format!("{}/{}", c.dest.trim_end_matches('/'), name)
-        } else {
-            c.dest.clone()
-        };
-        copy::write_file_in_root(
-            &dest_root,
-            &target,
-            content.as_bytes(),
-            options.chmod.unwrap_or(0o644),
-            options.chown.unwrap_or((0, 0)),
-        )?;
-    }
-    for (url, checksum) in &c.urls {
-        let data = super::fetch::fetch(url, checksum.as_deref())?;
-        let name = super::fetch::file_name(url);
-        let target = if dest_is_dir || c.dest.ends_with('/') {
-            format!("{}/{}", c.dest.trim_end_matches('/'), name)
-        } else {
-            c.dest.clone()
-        };
-        copy::write_file_in_root(
-            &dest_root,
-            &target,
-            &data,
-            options.chmod.unwrap_or(0o600),
-            options.chown.unwrap_or((0, 0)),
-        )?;
-    }
-    for g in &c.git {
-        // A repository's tree is copied like a directory source: its contents go into dest.
-        let checkout = super::git::checkout(g, &store.tmp_dir(), req.source_date_epoch)?;
-        let tree = CopySource {
-            root: checkout.root(),
-            filter: &no_filter,
-            from_context: true,
-        };
-        copy::copy(&tree, &[".".to_string()], &dest_root, &c.dest, &options)?;
-    }
-    if let Some(v) = view {
-        v.release()?;
-    }
-    Ok(())
-}
-
-/// The destination of a COPY that only copies directories' contents, when it is new or empty in
-/// the layers below (see `copy::claim_fresh_directory`) and the upperdir now has it: its path
-/// relative to the root. The common `COPY node_modules /app/node_modules` of a big tree then
-/// costs what a plain copy costs, about half of what creating files through the overlay does.
-fn fresh_destination(
-    snap: &ActiveSnapshot,
-    src: &CopySource,
-    c: &CopyOp,
-    options: &copy::CopyOptions,
-) -> Result<Option<String>> {
-    if c.sources.is_empty()
-        || !c.heredocs.is_empty()
-        || !c.urls.is_empty()
-        || !c.git.is_empty()
-        || options.parents
-        || options.unpack_archives
-    {
-        return Ok(None);
-    }
-    for rel in copy::expand_sources(src, &c.sources)? {
-        let path = super::fsutil::resolve_in_root(src.root, &rel)?;
-        if !std::fs::symlink_metadata(&path).is_ok_and(|m| m.is_dir()) {
-            return Ok(None);
-        }
-    }
-    let owner = options.chown.unwrap_or((0, 0));
-    let Some(fresh) = copy::claim_fresh_directory(&snap.merged(), &c.dest, owner)? else {
-        return Ok(None);
-    };
-    let in_upper = std::fs::symlink_metadata(snap.upper().join(&fresh));
-    Ok(in_upper.is_ok_and(|m| m.is_dir()).then_some(fresh))
-}
 
 /// Keeps what a RUN mounted that is not part of the layer alive until the command ends.
 struct MountGuards {
@@ -293,7 +22,7 @@ struct MountGuards {
     _locks: Vec<std::fs::File>,
 }
 
-fn run_step(
+pub(super) fn run_step(
     store: &Store,
     snapshotter: &Snapshotter,
     snap: &ActiveSnapshot,
@@ -397,7 +126,7 @@ fn add_mount(
             from,
             rw,
         } => {
-            let rel = super::fsutil::clean_rel(source);
+            let rel = crate::source::fsutil::clean_rel(source);
             let base = match from {
                 None | Some(SourceTree::Context) => req.context.root().to_path_buf(),
                 Some(tree) => {
@@ -408,7 +137,7 @@ fn add_mount(
                     p
                 }
             };
-            let mut host = super::fsutil::resolve_in_root(&base, &rel)?;
+            let mut host = crate::source::fsutil::resolve_in_root(&base, &rel)?;
             if !host.exists() {
                 bail!("--mount source {source:?}: not found");
             }
@@ -444,12 +173,13 @@ fn add_mount(
             uid,
             gid,
         } => {
-            let base = store
-                .root()
-                .join("build-cache-mounts")
-                .join(super::fsutil::clean_rel(&hex::encode(sha256(
-                    id.as_bytes(),
-                ))));
+            let base =
+                store
+                    .root()
+                    .join("build-cache-mounts")
+                    .join(crate::source::fsutil::clean_rel(&hex::encode(sha256(
+                        id.as_bytes(),
+                    ))));
             let dir = match sharing.as_str() {
                 // Waits until no other step holds the cache.
                 "locked" => {

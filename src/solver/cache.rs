@@ -7,14 +7,7 @@ use std::collections::BTreeMap;
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
-/// A layer in the store: compressed blob digest, uncompressed DiffID, size and media type.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LayerRef {
-    pub digest: String,
-    pub diff_id: String,
-    pub size: u64,
-    pub media_type: String,
-}
+pub use crate::oci::layer::LayerRef;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS build_cache (
@@ -165,9 +158,10 @@ pub fn explain_miss(old: Option<&StepInputs>, new: &StepInputs, first_step: bool
             })
             .collect()
     };
-    if let Some(files) =
-        super::contenthash::describe_changes(&to_pairs(&old.files), &to_pairs(&new.files))
-    {
+    if let Some(files) = crate::source::local::contenthash::describe_changes(
+        &to_pairs(&old.files),
+        &to_pairs(&new.files),
+    ) {
         reasons.push(files);
     }
     if reasons.is_empty() && old.parent != new.parent {

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use anyhow::Result;
 
-use super::options::OutputCompression;
+use super::OutputCompression;
 use crate::oci::archive::{ArchiveFormat, SaveItem};
 use crate::oci::compress::Compression;
 use crate::reference::Reference;
@@ -34,7 +34,7 @@ pub fn save_archive(
         OutputCompression::Zstd => Compression::Zstd,
         OutputCompression::None => Compression::None,
     };
-    super::engine::write_to_dest(dest, |out| {
+    super::write_to_dest(dest, |out| {
         crate::oci::archive::save(store, &items, format, compression, out, true)
     })
 }

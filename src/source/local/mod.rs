@@ -12,25 +12,20 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 
-/// Decides which context paths exist for the build (the `.dockerignore` rules). Paths are
-/// relative to the context root, `/`-separated, without a leading `/` or `./`.
-pub trait PathFilter: Send + Sync {
-    /// The path is excluded from the context.
-    fn is_excluded(&self, rel: &str) -> bool;
-    /// Nothing below this (excluded) directory can be re-included by an exception, so a walk may
-    /// skip it without reading it.
-    fn can_prune_dir(&self, rel: &str) -> bool;
-}
+pub mod contenthash;
 
-/// The filter of a context without a `.dockerignore`.
-pub struct NoFilter;
+use crate::dockerfile::DockerIgnore;
+use crate::source::fsutil::{NoFilter, PathFilter};
 
-impl PathFilter for NoFilter {
-    fn is_excluded(&self, _rel: &str) -> bool {
-        false
+/// `.dockerignore` as a context filter.
+pub struct IgnoreFilter(pub DockerIgnore);
+
+impl PathFilter for IgnoreFilter {
+    fn is_excluded(&self, rel: &str) -> bool {
+        self.0.is_excluded(rel)
     }
-    fn can_prune_dir(&self, _rel: &str) -> bool {
-        false
+    fn can_prune_dir(&self, rel: &str) -> bool {
+        self.0.can_prune_dir(rel)
     }
 }
 
@@ -84,7 +79,7 @@ impl BuildContext {
                     .lock()
                     .read_to_end(&mut data)
                     .context("build context: reading stdin")?;
-                if archive_kind(&data).is_some() {
+                if crate::source::archive::archive_kind(&data).is_some() {
                     let unpacked = unpack_tar_context(std::io::Cursor::new(data), tmp_dir)
                         .context("build context from stdin")?;
                     Ok(BuildContext::from_unpacked(unpacked, None))
@@ -133,7 +128,7 @@ impl BuildContext {
     /// Reads a small file of the context (the Dockerfile, `.dockerignore`), refusing paths that
     /// leave it. `None` when it does not exist.
     pub fn read_file(&self, rel: &str) -> Result<Option<Vec<u8>>> {
-        let path = crate::build::fsutil::resolve_in_root(&self.root, rel)?;
+        let path = crate::source::fsutil::resolve_in_root(&self.root, rel)?;
         match fs::read(&path) {
             Ok(data) => Ok(Some(data)),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
@@ -150,129 +145,13 @@ fn make_tmp_dir(tmp_dir: &Path) -> Result<tempfile::TempDir> {
         .with_context(|| format!("creating a temporary directory in {}", tmp_dir.display()))
 }
 
-/// The compression of an archive, sniffed from its first bytes; `None` when it is not an archive.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ArchiveKind {
-    Tar,
-    Gzip,
-    Bzip2,
-    Xz,
-    Zstd,
-}
-
-pub fn archive_kind(head: &[u8]) -> Option<ArchiveKind> {
-    if head.starts_with(&[0x1f, 0x8b]) {
-        return Some(ArchiveKind::Gzip);
-    }
-    if head.starts_with(b"BZh") {
-        return Some(ArchiveKind::Bzip2);
-    }
-    if head.starts_with(&[0xfd, b'7', b'z', b'X', b'Z', 0x00]) {
-        return Some(ArchiveKind::Xz);
-    }
-    if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
-        return Some(ArchiveKind::Zstd);
-    }
-    if head.len() >= 262 && &head[257..262] == b"ustar" {
-        return Some(ArchiveKind::Tar);
-    }
-    None
-}
-
-/// Wraps a reader in the decompressor its first bytes call for. bzip2 and xz go through the
-/// system's `bzip2` and `xz` programs (Debian's bzip2 and xz-utils).
-pub fn decompressing_reader<R: Read + Send + 'static>(
-    reader: R,
-) -> Result<(Box<dyn Read>, ArchiveKind)> {
-    let mut reader = BufReader::with_capacity(64 * 1024, reader);
-    let head = std::io::BufRead::fill_buf(&mut reader)?.to_vec();
-    let kind = archive_kind(&head).unwrap_or(ArchiveKind::Tar);
-    let boxed: Box<dyn Read> = match kind {
-        ArchiveKind::Tar => Box::new(reader),
-        ArchiveKind::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(reader)),
-        ArchiveKind::Zstd => Box::new(zstd::stream::read::Decoder::with_buffer(reader)?),
-        ArchiveKind::Bzip2 => Box::new(ExternalDecoder::spawn("bzip2", reader)?),
-        ArchiveKind::Xz => Box::new(ExternalDecoder::spawn("xz", reader)?),
-    };
-    Ok((boxed, kind))
-}
-
-/// A decompressor run as a child process (`PROGRAM -dc`), fed by a thread.
-struct ExternalDecoder {
-    program: &'static str,
-    child: std::process::Child,
-    stdout: std::process::ChildStdout,
-    feeder: Option<std::thread::JoinHandle<()>>,
-}
-
-impl ExternalDecoder {
-    fn spawn<R: Read + Send + 'static>(
-        program: &'static str,
-        mut input: R,
-    ) -> Result<ExternalDecoder> {
-        let mut child = std::process::Command::new(program)
-            .arg("-dc")
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .with_context(|| {
-                format!("running {program} to decompress (install Debian's {program} package)")
-            })?;
-        let mut stdin = child
-            .stdin
-            .take()
-            .ok_or_else(|| anyhow::anyhow!("{program}: no stdin"))?;
-        let stdout = child
-            .stdout
-            .take()
-            .ok_or_else(|| anyhow::anyhow!("{program}: no stdout"))?;
-        let feeder = std::thread::spawn(move || {
-            let _ = std::io::copy(&mut input, &mut stdin);
-        });
-        Ok(ExternalDecoder {
-            program,
-            child,
-            stdout,
-            feeder: Some(feeder),
-        })
-    }
-}
-
-impl Read for ExternalDecoder {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = self.stdout.read(buf)?;
-        if n == 0 && !buf.is_empty() {
-            if let Some(f) = self.feeder.take() {
-                let _ = f.join();
-            }
-            let status = self.child.wait()?;
-            if !status.success() {
-                return Err(std::io::Error::other(format!(
-                    "{} -dc failed: {status}",
-                    self.program
-                )));
-            }
-        }
-        Ok(n)
-    }
-}
-
-impl Drop for ExternalDecoder {
-    fn drop(&mut self) {
-        // Stop a decoder whose output is no longer read (is_local_archive reads one block).
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// Unpacks a (possibly compressed) tar into a fresh temporary directory, confined to it.
 fn unpack_tar_context<R: Read + Send + 'static>(
     reader: R,
     tmp_dir: &Path,
 ) -> Result<tempfile::TempDir> {
     let dir = make_tmp_dir(tmp_dir)?;
-    let (reader, _) = decompressing_reader(reader)?;
-    crate::build::archive::unpack_confined(reader, dir.path(), None)?;
+    let (reader, _) = crate::source::archive::decompressing_reader(reader)?;
+    crate::source::archive::unpack_confined(reader, dir.path(), None)?;
     Ok(dir)
 }

@@ -9,7 +9,27 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 
-use super::context::PathFilter;
+/// Decides which context paths exist for the build (the `.dockerignore` rules). Paths are
+/// relative to the context root, `/`-separated, without a leading `/` or `./`.
+pub trait PathFilter: Send + Sync {
+    /// The path is excluded from the context.
+    fn is_excluded(&self, rel: &str) -> bool;
+    /// Nothing below this (excluded) directory can be re-included by an exception, so a walk may
+    /// skip it without reading it.
+    fn can_prune_dir(&self, rel: &str) -> bool;
+}
+
+/// The filter of a context without a `.dockerignore`.
+pub struct NoFilter;
+
+impl PathFilter for NoFilter {
+    fn is_excluded(&self, _rel: &str) -> bool {
+        false
+    }
+    fn can_prune_dir(&self, _rel: &str) -> bool {
+        false
+    }
+}
 
 /// Cleans a path lexically as Go's `path.Clean("/" + p)` does and returns it without the leading
 /// `/`: `../a/./b/` becomes `a/b`, and the root becomes the empty string. A path cleaned this way
@@ -168,7 +188,7 @@ pub fn join_rel(base: &str, name: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::build::context::NoFilter;
+    use crate::source::fsutil::NoFilter;
     use std::os::unix::fs::symlink;
 
     #[test]

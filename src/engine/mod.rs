@@ -1,0 +1,205 @@
+//! `kiln build` end to end: reads the context and the Dockerfile, solves the graph with the store
+//! as the backend (base images, layers, the cache), executes steps on snapshots (RUN in the
+//! sandbox, COPY/ADD/WORKDIR as file operations), commits the image and writes the outputs.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use anyhow::{anyhow, bail, Context, Result};
+
+pub mod options;
+
+use crate::reference::Reference;
+use crate::solver::cache::LayerRef;
+use crate::solver::progress::Progress;
+use crate::solver::{self, Backend, BaseImage, BuildRequest, ExecRequest};
+use crate::source::local::{BuildContext, ContextSource};
+use crate::store::Store;
+use options::{BuildOptions, Output};
+
+/// Runs a build; returns the process exit code.
+pub fn build(root: &Path, opts: BuildOptions) -> Result<i32> {
+    let store = Arc::new(Store::open(root)?);
+    // What a killed kiln left: overlay mounts, snapshot dirs, cgroups (live ones are left alone).
+    crate::snapshot::recover(store.root()).context("cleaning up after an earlier kiln")?;
+    crate::sandbox::recover();
+    let progress = Arc::new(Progress::new(opts.progress, opts.explain));
+    for out in &opts.outputs {
+        if let Output::Image { names } = out {
+            for n in names {
+                Reference::parse(n).with_context(|| format!("-t {n}: invalid image name"))?;
+            }
+        }
+    }
+
+    let (mut context, dockerfile_text, dockerfile_name, dockerfile_path) =
+        open_context(&store, &opts)?;
+    let ignore = crate::dockerfile::DockerIgnore::load(context.root(), dockerfile_path.as_deref())
+        .map_err(|e| anyhow!("reading .dockerignore: {e}"))?;
+    context.set_filter(Arc::new(crate::source::local::IgnoreFilter(ignore)));
+    let stages = crate::dockerfile::load(&dockerfile_text, &dockerfile_name, &opts.build_args)?;
+
+    let source_date_epoch = opts
+        .build_args
+        .get("SOURCE_DATE_EPOCH")
+        .cloned()
+        .or_else(|| std::env::var("SOURCE_DATE_EPOCH").ok())
+        .map(|v| {
+            v.trim()
+                .parse::<i64>()
+                .map_err(|_| anyhow!("SOURCE_DATE_EPOCH={v}: expected seconds since the epoch"))
+        })
+        .transpose()?;
+
+    let place_id = format!(
+        "{}\0{}",
+        context.root().display(),
+        dockerfile_path
+            .as_ref()
+            .map(|p| p.display().to_string())
+            .unwrap_or(dockerfile_name.clone())
+    );
+    let request = BuildRequest {
+        stages,
+        place_id,
+        target: opts.target.clone(),
+        no_cache: opts.no_cache,
+        no_cache_filter: opts.no_cache_filter.clone(),
+        pull: opts.pull,
+        network: opts.network,
+        labels: opts.labels.clone(),
+        secrets: opts.secrets.clone(),
+        source_date_epoch,
+        max_parallelism: opts.max_parallelism,
+    };
+    let db = Arc::new(Mutex::new(open_db(store.root())?));
+    let backend: Arc<dyn Backend> = Arc::new(StoreBackend {
+        store: store.clone(),
+    });
+    let context = Arc::new(context);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(opts.max_parallelism.clamp(1, 8))
+        .enable_all()
+        .build()
+        .context("starting the build runtime")?;
+    let result = runtime.block_on(solver::solve(
+        request,
+        backend,
+        context,
+        progress.clone(),
+        db,
+    ))?;
+    drop(runtime);
+
+    let mut config = result.config.clone();
+    for (k, v) in &opts.labels {
+        config
+            .config
+            .labels
+            .get_or_insert_with(BTreeMap::new)
+            .insert(k.clone(), v.clone());
+    }
+    let image_id =
+        crate::exporter::export(&store, &progress, &opts.outputs, &config, &result.layers)?;
+    if let Some(path) = &opts.iidfile {
+        std::fs::write(path, &image_id).with_context(|| format!("--iidfile {}", path.display()))?;
+    }
+    progress.summary(Some(&image_id));
+    if opts.quiet {
+        println!("{image_id}");
+    }
+    Ok(0)
+}
+
+/// A second connection to the store's database for the build cache (SQLite serialises writers
+/// across connections; WAL lets readers proceed).
+fn open_db(root: &Path) -> Result<rusqlite::Connection> {
+    let conn = rusqlite::Connection::open(root.join("kiln.db"))
+        .context("opening the build cache database")?;
+    conn.busy_timeout(std::time::Duration::from_secs(60))?;
+    conn.execute_batch("PRAGMA synchronous=NORMAL;")?;
+    Ok(conn)
+}
+
+/// The context and the Dockerfile, as docker finds them: `-f` relative to the working directory,
+/// else `Dockerfile` in the context; `-f -` or a Dockerfile piped as the context from stdin.
+fn open_context(
+    store: &Store,
+    opts: &BuildOptions,
+) -> Result<(BuildContext, String, String, Option<PathBuf>)> {
+    let source = if opts.context == "-" {
+        if opts.dockerfile.as_deref() == Some("-") {
+            bail!("-f - and a context from stdin (-) cannot both read stdin");
+        }
+        ContextSource::Stdin
+    } else {
+        let path = PathBuf::from(&opts.context);
+        match std::fs::metadata(&path) {
+            Ok(m) if m.is_dir() => ContextSource::Dir(path),
+            Ok(_) => ContextSource::Tarball(path),
+            Err(e) => bail!(
+                "build context {}: {e} (give a directory, a tarball or -)",
+                path.display()
+            ),
+        }
+    };
+    let from_dir = matches!(source, ContextSource::Dir(_));
+    let context = BuildContext::open(source, &store.tmp_dir())?;
+    if let Some(text) = &context.stdin_dockerfile {
+        let text = text.clone();
+        return Ok((context, text, "Dockerfile".into(), None));
+    }
+    match opts.dockerfile.as_deref() {
+        Some("-") => {
+            let mut text = String::new();
+            std::io::Read::read_to_string(&mut std::io::stdin(), &mut text)
+                .context("reading the Dockerfile from stdin")?;
+            Ok((context, text, "Dockerfile".into(), None))
+        }
+        Some(f) if from_dir => {
+            let path = PathBuf::from(f);
+            let text = std::fs::read_to_string(&path)
+                .with_context(|| format!("reading Dockerfile {}", path.display()))?;
+            let abs = std::fs::canonicalize(&path).unwrap_or(path.clone());
+            Ok((context, text, f.to_string(), Some(abs)))
+        }
+        other => {
+            // In a tar context the Dockerfile is a path inside it.
+            let name = other.unwrap_or("Dockerfile");
+            let rel = crate::source::fsutil::clean_rel(name);
+            let data = context.read_file(&rel)?.ok_or_else(|| {
+                anyhow!(
+                    "{name}: no such Dockerfile in the build context {}",
+                    opts.context
+                )
+            })?;
+            let text = String::from_utf8(data).map_err(|_| anyhow!("{name}: not UTF-8 text"))?;
+            let path = context.root().join(&rel);
+            Ok((context, text, name.to_string(), Some(path)))
+        }
+    }
+}
+
+/// The store as the solver's backend.
+struct StoreBackend {
+    store: Arc<Store>,
+}
+
+impl Backend for StoreBackend {
+    fn base_image(&self, name: &str, pull: bool) -> Result<BaseImage> {
+        crate::source::image::resolve(&self.store, name, pull)
+    }
+
+    fn has_layer(&self, layer: &LayerRef) -> bool {
+        self.store.has_blob(&layer.digest)
+    }
+
+    fn execute(&self, req: ExecRequest) -> Result<Option<LayerRef>> {
+        crate::ops::execute(&self.store, req)
+    }
+
+    fn parse_trigger(&self, trigger: &str) -> Result<crate::dockerfile::Spanned> {
+        crate::dockerfile::parse_trigger(trigger)
+    }
+}

@@ -1,0 +1,23 @@
+//! `--push` / `--output type=registry`: the built image, from the store, pushed to the registry
+//! of each of its names once the build has committed it.
+
+use std::path::Path;
+
+use anyhow::{Context, Result};
+
+/// Pushes each named image from the store at `root`.
+pub fn push(root: &Path, names: &[String], quiet: bool) -> Result<()> {
+    use crate::registry::{self, PushOptions, RegistryContext, RepoRef};
+    let mut ctx = RegistryContext::load(root.to_path_buf())?;
+    ctx.quiet |= quiet;
+    let store = crate::store::Store::open(root)?;
+    for name in names {
+        let dest = RepoRef::parse(name)?;
+        registry::push(&ctx, &store, name, &dest, &PushOptions::default())
+            .with_context(|| format!("pushing the built image {name}"))?;
+        if !quiet {
+            eprintln!("pushed {name}");
+        }
+    }
+    Ok(())
+}

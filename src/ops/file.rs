@@ -1,0 +1,173 @@
+//! The file operations: COPY and ADD (context, stage, URL and git sources, here-documents) and
+//! WORKDIR's mkdir, on the step's snapshot.
+
+use std::path::Path;
+
+use anyhow::{anyhow, Result};
+
+use super::copy;
+use super::source_view;
+use crate::snapshot::{ActiveSnapshot, Snapshotter};
+use crate::solver::{CopyOp, ExecRequest};
+use crate::source::select::CopySource;
+use crate::store::Store;
+
+pub(super) fn mkdir_step(root: &Path, path: &str, user: Option<&str>) -> Result<()> {
+    let owner = match user {
+        Some(u) => Some(resolve_user(root, u)?),
+        None => None,
+    };
+    copy::mkdir_in_root(root, path, owner)
+}
+
+/// A USER value (`name`, `uid`, `name:group`, `uid:gid`) as numbers, through the image's files.
+/// Unlike `--chown`, a user without a group takes the user's primary group.
+pub(super) fn resolve_user(root: &Path, user: &str) -> Result<(u32, u32)> {
+    let (u, g) = match user.split_once(':') {
+        Some((u, g)) => (u, Some(g)),
+        None => (user, None),
+    };
+    let passwd = crate::source::fsutil::resolve_in_root(root, "etc/passwd")
+        .ok()
+        .and_then(|p| std::fs::read_to_string(p).ok())
+        .unwrap_or_default();
+    let entry = passwd
+        .lines()
+        .map(|l| l.split(':').collect::<Vec<_>>())
+        .find(|f| f.len() >= 4 && (f[0] == u || f[2] == u));
+    let uid = match u.parse::<u32>() {
+        Ok(n) => n,
+        Err(_) => entry
+            .as_ref()
+            .and_then(|f| f[2].parse().ok())
+            .ok_or_else(|| anyhow!("user {u:?} is not in the image's /etc/passwd"))?,
+    };
+    let gid = match g {
+        Some(g) => copy::resolve_chown(root, &format!("{uid}:{g}"))?.1,
+        None => entry.as_ref().and_then(|f| f[3].parse().ok()).unwrap_or(0),
+    };
+    Ok((uid, gid))
+}
+
+pub(super) fn copy_step(
+    store: &Store,
+    snapshotter: &Snapshotter,
+    snap: &mut ActiveSnapshot,
+    c: &CopyOp,
+    req: &ExecRequest,
+) -> Result<()> {
+    let dest_root = snap.merged();
+    let view = source_view(store, snapshotter, &c.from)?;
+    let filter = req.context.filter();
+    let no_filter = crate::source::fsutil::NoFilter;
+    let view_root = view.as_ref().map(|v| v.merged());
+    let src = match &view_root {
+        None => CopySource {
+            root: req.context.root(),
+            filter: filter.as_ref(),
+            from_context: true,
+        },
+        Some(root) => CopySource {
+            root,
+            filter: &no_filter,
+            from_context: false,
+        },
+    };
+    let mut options = c.options.clone();
+    if let Some(spec) = &c.chown {
+        options.chown = Some(copy::resolve_chown(&dest_root, spec)?);
+    }
+    if let Some(fresh) = fresh_destination(snap, &src, c, &options)? {
+        // Everything goes below a directory the layers below don't have: write it straight into
+        // the upperdir, with the overlay out of the way.
+        snap.unmount_merged()?;
+        copy::copy(
+            &src,
+            &c.sources,
+            &snap.upper(),
+            &format!("/{fresh}/"),
+            &options,
+        )?;
+    } else if !c.sources.is_empty() {
+        copy::copy(&src, &c.sources, &dest_root, &c.dest, &options)?;
+    }
+    let dest_is_dir = c.dest.ends_with('/')
+        || c.heredocs.len() + c.urls.len() + c.sources.len() + c.git.len() > 1;
+    for (name, content) in &c.heredocs {
+        let target = if dest_is_dir {
+            format!("{}/{}", c.dest.trim_end_matches('/'), name)
+        } else {
+            c.dest.clone()
+        };
+        copy::write_file_in_root(
+            &dest_root,
+            &target,
+            content.as_bytes(),
+            options.chmod.unwrap_or(0o644),
+            options.chown.unwrap_or((0, 0)),
+        )?;
+    }
+    for (url, checksum) in &c.urls {
+        let data = crate::source::http::fetch(url, checksum.as_deref())?;
+        let name = crate::source::http::file_name(url);
+        let target = if dest_is_dir || c.dest.ends_with('/') {
+            format!("{}/{}", c.dest.trim_end_matches('/'), name)
+        } else {
+            c.dest.clone()
+        };
+        copy::write_file_in_root(
+            &dest_root,
+            &target,
+            &data,
+            options.chmod.unwrap_or(0o600),
+            options.chown.unwrap_or((0, 0)),
+        )?;
+    }
+    for g in &c.git {
+        // A repository's tree is copied like a directory source: its contents go into dest.
+        let checkout = crate::source::git::checkout(g, &store.tmp_dir(), req.source_date_epoch)?;
+        let tree = CopySource {
+            root: checkout.root(),
+            filter: &no_filter,
+            from_context: true,
+        };
+        copy::copy(&tree, &[".".to_string()], &dest_root, &c.dest, &options)?;
+    }
+    if let Some(v) = view {
+        v.release()?;
+    }
+    Ok(())
+}
+
+/// The destination of a COPY that only copies directories' contents, when it is new or empty in
+/// the layers below (see `copy::claim_fresh_directory`) and the upperdir now has it: its path
+/// relative to the root. The common `COPY node_modules /app/node_modules` of a big tree then
+/// costs what a plain copy costs, about half of what creating files through the overlay does.
+fn fresh_destination(
+    snap: &ActiveSnapshot,
+    src: &CopySource,
+    c: &CopyOp,
+    options: &crate::solver::CopyOptions,
+) -> Result<Option<String>> {
+    if c.sources.is_empty()
+        || !c.heredocs.is_empty()
+        || !c.urls.is_empty()
+        || !c.git.is_empty()
+        || options.parents
+        || options.unpack_archives
+    {
+        return Ok(None);
+    }
+    for rel in crate::source::select::expand_sources(src, &c.sources)? {
+        let path = crate::source::fsutil::resolve_in_root(src.root, &rel)?;
+        if !std::fs::symlink_metadata(&path).is_ok_and(|m| m.is_dir()) {
+            return Ok(None);
+        }
+    }
+    let owner = options.chown.unwrap_or((0, 0));
+    let Some(fresh) = copy::claim_fresh_directory(&snap.merged(), &c.dest, owner)? else {
+        return Ok(None);
+    };
+    let in_upper = std::fs::symlink_metadata(snap.upper().join(&fresh));
+    Ok(in_upper.is_ok_and(|m| m.is_dir()).then_some(fresh))
+}

@@ -1,0 +1,145 @@
+//! What crosses the seam between the solver and the rest of the engine: the operations a step
+//! executes, and the `Backend` that resolves base images and executes steps.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use anyhow::Result;
+
+use super::progress::{Progress, StepId};
+use crate::dockerfile::Spanned;
+use crate::oci::layer::LayerRef;
+use crate::source::image::BaseImage;
+use crate::source::local::BuildContext;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Network {
+    Host,
+    None,
+}
+
+/// Where a secret comes from (`--secret id=ID,src=PATH|env=VAR`).
+#[derive(Debug, Clone)]
+pub enum SecretSource {
+    File(std::path::PathBuf),
+    Env(String),
+}
+
+/// A RUN mount, resolved.
+#[derive(Debug, Clone)]
+pub enum RunMount {
+    /// Read-only (unless rw) view of the context or of a stage/image's filesystem.
+    Bind {
+        target: String,
+        source: String,
+        from: Option<SourceTree>,
+        rw: bool,
+    },
+    Cache {
+        target: String,
+        id: String,
+        sharing: String,
+        mode: u32,
+        uid: u32,
+        gid: u32,
+    },
+    Tmpfs {
+        target: String,
+        size: Option<u64>,
+    },
+    /// A secret as a file (target) or environment variable (env).
+    Secret {
+        id: String,
+        target: Option<String>,
+        env: Option<String>,
+        mode: u32,
+        uid: u32,
+        gid: u32,
+    },
+}
+
+/// The filesystem a COPY or bind mount reads from.
+#[derive(Debug, Clone)]
+pub enum SourceTree {
+    Context,
+    Layers(Vec<LayerRef>),
+}
+
+#[derive(Debug, Clone)]
+pub struct RunOp {
+    pub argv: Vec<String>,
+    pub env: Vec<String>,
+    pub cwd: String,
+    pub user: Option<String>,
+    pub network: Network,
+    pub mounts: Vec<RunMount>,
+    /// The command as the progress display and errors show it.
+    pub display: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct CopyOp {
+    pub from: SourceTree,
+    pub sources: Vec<String>,
+    /// Absolute, made absolute against WORKDIR; a trailing `/` kept.
+    pub dest: String,
+    pub chown: Option<String>,
+    pub options: CopyOptions,
+    /// Here-documents become files named after them in the destination.
+    pub heredocs: Vec<(String, String)>,
+    /// ADD of URLs: (url, checksum).
+    pub urls: Vec<(String, Option<String>)>,
+    /// ADD of git repositories, resolved to commits.
+    pub git: Vec<crate::source::git::GitSource>,
+}
+
+/// A filesystem-changing operation.
+#[derive(Debug, Clone)]
+pub enum Op {
+    Run(RunOp),
+    Copy(CopyOp),
+    /// WORKDIR: create the directory (owned by the stage's user, when set).
+    Mkdir {
+        path: String,
+        user: Option<String>,
+    },
+}
+
+/// What the backend needs to execute one step.
+pub struct ExecRequest {
+    pub step: StepId,
+    pub line: usize,
+    pub name: String,
+    pub parent: Vec<LayerRef>,
+    pub op: Op,
+    pub context: Arc<BuildContext>,
+    pub progress: Arc<Progress>,
+    pub secrets: Arc<HashMap<String, SecretSource>>,
+    pub source_date_epoch: Option<i64>,
+}
+
+/// Where the solver gets images and runs steps: the store, snapshots and the sandbox in real
+/// builds (`engine.rs`), a fake in unit tests.
+pub trait Backend: Send + Sync + 'static {
+    fn base_image(&self, name: &str, pull: bool) -> Result<BaseImage>;
+    /// Whether a cached layer's blob is still in the store.
+    fn has_layer(&self, layer: &LayerRef) -> bool;
+    /// Executes a step on top of `parent`; the new layer, or `None` when nothing changed.
+    fn execute(&self, req: ExecRequest) -> Result<Option<LayerRef>>;
+    /// Parses an ONBUILD trigger into an instruction.
+    fn parse_trigger(&self, trigger: &str) -> Result<Spanned>;
+}
+
+/// How a COPY or ADD writes what it selects.
+#[derive(Debug, Default, Clone)]
+pub struct CopyOptions {
+    /// Resolved `--chown`.
+    pub chown: Option<(u32, u32)>,
+    /// `--chmod` permission bits.
+    pub chmod: Option<u32>,
+    pub excludes: Vec<String>,
+    /// `--parents`: keep each source's path (relative to the tree, or to a `/./` pivot in it).
+    pub parents: bool,
+    /// ADD: unpack local tar archives instead of copying them.
+    pub unpack_archives: bool,
+}

@@ -1,0 +1,489 @@
+//! The solver: walks each stage the target reaches, computes every step's cache key, reuses cached
+//! results and executes the rest through a `Backend`. Stages run as concurrent tokio tasks; a
+//! stage waits for another only where it reads it (its FROM, or the step with `--from`), and step
+//! executions are bounded by a parallelism limit.
+//!
+//! Cache keys cover what determines a step's filesystem result, and nothing else: the parent
+//! filesystem's key, the instruction as expanded, the environment and build args a RUN sees, and
+//! for COPY/ADD the content digest of exactly the files selected. Config-only instructions (ENV,
+//! LABEL, CMD, ...) change the image config but not the chain of keys, so a new LABEL does not
+//! re-run the RUN steps after it (as BuildKit).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use anyhow::{anyhow, Context, Result};
+use sha2::{Digest, Sha256};
+
+mod backend;
+pub mod cache;
+pub mod graph;
+mod plan;
+pub mod progress;
+#[cfg(test)]
+mod tests;
+
+pub use crate::source::image::BaseImage;
+pub use backend::{
+    Backend, CopyOp, CopyOptions, ExecRequest, Network, Op, RunMount, RunOp, SecretSource,
+    SourceTree,
+};
+
+use crate::dockerfile::{Instruction, Spanned, Stages};
+use crate::oci::config::ImageConfigFile;
+use crate::source::local::contenthash::FileDigestCache;
+use crate::source::local::BuildContext;
+use cache::LayerRef;
+use graph::{build_graph, stage_labels, BaseRef, Graph};
+use plan::{plan_step, Planned, StageWalk};
+use progress::{Progress, StepId};
+
+pub struct BuildRequest {
+    /// The Dockerfile split into stages, with the `--build-arg`s and platform it is built with
+    /// (`frontend::load`).
+    pub stages: Stages,
+    /// Identifies this Dockerfile and context for explaining misses across builds.
+    pub place_id: String,
+    pub target: Option<String>,
+    pub no_cache: bool,
+    pub no_cache_filter: Vec<String>,
+    pub pull: bool,
+    pub network: Network,
+    pub labels: BTreeMap<String, String>,
+    pub secrets: HashMap<String, SecretSource>,
+    pub source_date_epoch: Option<i64>,
+    pub max_parallelism: usize,
+}
+
+/// A solved stage: its config (with history and diff_ids) and layers.
+#[derive(Debug, Clone)]
+pub struct StageResult {
+    pub config: ImageConfigFile,
+    pub layers: Vec<LayerRef>,
+    pub key: String,
+    /// Seconds since the epoch of the newest step (for the config's `created`).
+    pub created: i64,
+}
+
+type Outcome = Option<Result<Arc<StageResult>, String>>;
+
+struct Shared {
+    stages: Stages,
+    graph: Graph,
+    labels: Vec<String>,
+    req: BuildRequestShared,
+    backend: Arc<dyn Backend>,
+    context: Arc<BuildContext>,
+    progress: Arc<Progress>,
+    db: Arc<Mutex<rusqlite::Connection>>,
+    file_cache: FileDigestCache,
+    secrets: Arc<HashMap<String, SecretSource>>,
+    permits: tokio::sync::Semaphore,
+    outcomes: Vec<tokio::sync::watch::Sender<Outcome>>,
+    started: i64,
+}
+
+struct BuildRequestShared {
+    place_id: String,
+    no_cache: bool,
+    no_cache_filter: Vec<String>,
+    pull: bool,
+    network: Network,
+    source_date_epoch: Option<i64>,
+}
+
+/// Solves the build: returns the target stage's result.
+pub async fn solve(
+    request: BuildRequest,
+    backend: Arc<dyn Backend>,
+    context: Arc<BuildContext>,
+    progress: Arc<Progress>,
+    db: Arc<Mutex<rusqlite::Connection>>,
+) -> Result<StageResult> {
+    let graph = build_graph(&request.stages, request.target.as_deref())?;
+    let file_cache = {
+        let conn = db.lock().map_err(|_| anyhow!("database lock poisoned"))?;
+        cache::init(&conn)?;
+        FileDigestCache::load(&conn, context.root())?
+    };
+    let labels = stage_labels(&request.stages.stages);
+    let n = request.stages.stages.len();
+    let outcomes = (0..n)
+        .map(|_| tokio::sync::watch::channel(None).0)
+        .collect();
+    let started = request
+        .source_date_epoch
+        .unwrap_or_else(|| chrono::Utc::now().timestamp());
+    let shared = Arc::new(Shared {
+        labels,
+        req: BuildRequestShared {
+            place_id: request.place_id,
+            no_cache: request.no_cache,
+            no_cache_filter: request
+                .no_cache_filter
+                .iter()
+                .map(|s| s.to_ascii_lowercase())
+                .collect(),
+            pull: request.pull,
+            network: request.network,
+            source_date_epoch: request.source_date_epoch,
+        },
+        graph,
+        stages: request.stages,
+        backend,
+        context,
+        progress,
+        db: db.clone(),
+        file_cache,
+        secrets: Arc::new(request.secrets),
+        permits: tokio::sync::Semaphore::new(request.max_parallelism.max(1)),
+        outcomes,
+        started,
+    });
+    let mut tasks = tokio::task::JoinSet::new();
+    for &stage in &shared.graph.order {
+        let shared = shared.clone();
+        tasks.spawn(async move {
+            let result = solve_stage(&shared, stage).await;
+            let published = match &result {
+                Ok(r) => Ok(r.clone()),
+                Err(e) => Err(format!("{e:#}")),
+            };
+            shared.outcomes[stage].send_replace(Some(published));
+            (stage, result)
+        });
+    }
+    let mut first_error: Option<(usize, anyhow::Error)> = None;
+    let mut target_result = None;
+    while let Some(joined) = tasks.join_next().await {
+        let (stage, result) = joined.map_err(|e| anyhow!("a build task failed: {e}"))?;
+        match result {
+            Ok(r) if stage == shared.graph.target => target_result = Some(r),
+            Ok(_) => {}
+            Err(e) => {
+                let is_dependency_error = e.downcast_ref::<DependencyFailed>().is_some();
+                let replace = match &first_error {
+                    None => true,
+                    Some((_, prev)) => {
+                        prev.downcast_ref::<DependencyFailed>().is_some() && !is_dependency_error
+                    }
+                };
+                if replace {
+                    first_error = Some((stage, e));
+                }
+                if !is_dependency_error {
+                    // The root cause is known: stop the other stages.
+                    tasks.abort_all();
+                }
+            }
+        }
+    }
+    // Keep what was hashed for the next build, even when the build failed.
+    {
+        let mut conn = db.lock().map_err(|_| anyhow!("database lock poisoned"))?;
+        shared.file_cache.save(&mut conn)?;
+    }
+    if let Some((_, e)) = first_error {
+        return Err(e);
+    }
+    let result = target_result.ok_or_else(|| anyhow!("the target stage produced no result"))?;
+    Ok(Arc::try_unwrap(result).unwrap_or_else(|a| (*a).clone()))
+}
+
+#[derive(Debug)]
+struct DependencyFailed(String);
+
+impl std::fmt::Display for DependencyFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "stage {} failed", self.0)
+    }
+}
+
+impl std::error::Error for DependencyFailed {}
+
+async fn wait_stage(shared: &Shared, stage: usize) -> Result<Arc<StageResult>> {
+    let mut rx = shared.outcomes[stage].subscribe();
+    let value = rx
+        .wait_for(|v| v.is_some())
+        .await
+        .map_err(|_| anyhow!(DependencyFailed(shared.labels[stage].clone())))?;
+    match value.as_ref() {
+        Some(Ok(r)) => Ok(r.clone()),
+        _ => Err(anyhow!(DependencyFailed(shared.labels[stage].clone()))),
+    }
+}
+
+fn digest_of(parts: &[&str]) -> String {
+    let mut h = Sha256::new();
+    for p in parts {
+        h.update((p.len() as u64).to_le_bytes());
+        h.update(p.as_bytes());
+    }
+    format!("sha256:{}", hex::encode(h.finalize()))
+}
+
+pub fn format_time(secs: i64) -> String {
+    chrono::DateTime::from_timestamp(secs, 0)
+        .unwrap_or_default()
+        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+fn with_line<T>(result: Result<T>, instr: &Spanned) -> Result<T> {
+    result.with_context(|| {
+        format!(
+            "Dockerfile:{}: {}",
+            instr.span.start_line,
+            crate::source::git::redact_urls(&instr.original)
+        )
+    })
+}
+
+async fn solve_stage(shared: &Arc<Shared>, stage: usize) -> Result<Arc<StageResult>> {
+    let df_stage = &shared.stages.stages[stage];
+    let from_line = df_stage.from.span.start_line;
+    let label = &shared.labels[stage];
+    let total = df_stage.instructions.len() + 1;
+    // Progress shows the FROM word as written.
+    let from_word = match &df_stage.from.instruction {
+        Instruction::From { image, .. } => image.as_str(),
+        _ => df_stage.base.as_str(),
+    };
+    let from_name = format!("[{label} 1/{total}] FROM {from_word}");
+    let (mut walk, mut instructions) = match &shared.graph.bases[stage] {
+        BaseRef::Scratch => {
+            let walk = StageWalk::start(
+                shared,
+                ImageConfigFile::scratch().for_new_stage(),
+                Vec::new(),
+                digest_of(&["scratch"]),
+                shared.started,
+            );
+            (walk, Vec::new())
+        }
+        BaseRef::Stage(j) => {
+            let base = wait_stage(shared, *j).await?;
+            let walk = StageWalk::start(
+                shared,
+                base.config.clone().for_new_stage(),
+                base.layers.clone(),
+                base.key.clone(),
+                base.created,
+            );
+            (walk, Vec::new())
+        }
+        BaseRef::Image(name) => {
+            let id = shared.progress.start(&from_name);
+            let backend = shared.backend.clone();
+            let (name_owned, pull) = (name.clone(), shared.req.pull);
+            let base = tokio::task::spawn_blocking(move || backend.base_image(&name_owned, pull))
+                .await
+                .map_err(|e| anyhow!("resolving the base image: {e}"))?;
+            let base = match base {
+                Ok(b) => {
+                    shared.progress.done(id);
+                    b
+                }
+                Err(e) => {
+                    shared.progress.failed(id, &format!("{e:#}"));
+                    return Err(e).with_context(|| format!("Dockerfile:{from_line}: FROM {name}"));
+                }
+            };
+            let triggers = base.config.config.on_build.clone().unwrap_or_default();
+            let mut trigger_instrs = Vec::new();
+            for t in &triggers {
+                let mut instr = shared.backend.parse_trigger(t).with_context(|| {
+                    format!("Dockerfile:{from_line}: ONBUILD trigger {t:?} of {name}")
+                })?;
+                // A trigger runs as part of the FROM line.
+                instr.span.start_line = from_line;
+                trigger_instrs.push(instr);
+            }
+            let created = base
+                .config
+                .created
+                .as_deref()
+                .and_then(|c| chrono::DateTime::parse_from_rfc3339(c).ok())
+                .map(|t| t.timestamp())
+                .unwrap_or(0);
+            let walk = StageWalk::start(
+                shared,
+                base.config.clone().for_new_stage(),
+                base.layers.clone(),
+                digest_of(&["image", &base.id]),
+                shared
+                    .req
+                    .source_date_epoch
+                    .map_or(created, |e| created.min(e)),
+            );
+            (walk, trigger_instrs)
+        }
+    };
+    instructions.extend(df_stage.instructions.iter().cloned());
+    let no_cache = shared.req.no_cache
+        || df_stage
+            .name
+            .as_ref()
+            .is_some_and(|n| shared.req.no_cache_filter.contains(n))
+        || shared.req.no_cache_filter.contains(&stage.to_string());
+    let mut first_fs_step = true;
+    for (index, instr) in instructions.iter().enumerate() {
+        let name = format!(
+            "[{label} {}/{}] {}",
+            index + 2,
+            instructions.len() + 1,
+            crate::source::git::redact_urls(&instr.original)
+        );
+        let place = digest_of(&[
+            &shared.req.place_id,
+            &stage.to_string(),
+            &index.to_string(),
+            &instr.original,
+        ]);
+        let step = with_line(plan_step(shared, stage, &mut walk, instr).await, instr)?;
+        let Some(planned) = step else { continue };
+        let id = shared.progress.start(&name);
+        let result = run_step(
+            shared,
+            &mut walk,
+            planned,
+            instr,
+            &name,
+            &place,
+            id,
+            no_cache,
+            first_fs_step,
+        )
+        .await;
+        first_fs_step = false;
+        if let Err(e) = result {
+            shared.progress.failed(id, &format!("{e:#}"));
+            return Err(e);
+        }
+    }
+    // The stage's image config: layers, history, created.
+    let mut config = walk.config;
+    config.rootfs.kind = "layers".into();
+    config.rootfs.diff_ids = walk.layers.iter().map(|l| l.diff_id.clone()).collect();
+    config.history.extend(walk.new_history);
+    config.created = Some(format_time(walk.created));
+    Ok(Arc::new(StageResult {
+        config,
+        layers: walk.layers,
+        key: walk.key,
+        created: walk.created,
+    }))
+}
+
+/// A filesystem step ready to run: its op, key and the inputs recorded for explanations.
+/// Looks the step up in the cache, executes it on a miss, and advances the walk.
+#[allow(clippy::too_many_arguments)]
+async fn run_step(
+    shared: &Arc<Shared>,
+    walk: &mut StageWalk,
+    planned: Planned,
+    instr: &Spanned,
+    name: &str,
+    place: &str,
+    id: StepId,
+    no_cache: bool,
+    first_fs_step: bool,
+) -> Result<()> {
+    let Planned {
+        op,
+        key,
+        inputs,
+        created_by,
+    } = planned;
+    if !no_cache {
+        let hit = {
+            let conn = shared
+                .db
+                .lock()
+                .map_err(|_| anyhow!("database lock poisoned"))?;
+            cache::lookup(&conn, &key)?
+        };
+        if let Some((layer, created)) = hit.map(|h| (h, cached_time(shared, &key))) {
+            let usable = layer.as_ref().map_or(true, |l| shared.backend.has_layer(l));
+            if usable {
+                let created = shared
+                    .req
+                    .source_date_epoch
+                    .or(created)
+                    .unwrap_or(walk.created);
+                walk.created = created.max(walk.created);
+                walk.history(created_by, layer.is_none(), created);
+                if let Some(l) = layer {
+                    walk.layers.push(l);
+                }
+                walk.key = key;
+                shared.progress.cached(id);
+                return Ok(());
+            }
+        }
+    }
+    // A miss: say why, then run.
+    let reason = if no_cache {
+        "--no-cache".to_string()
+    } else {
+        let conn = shared
+            .db
+            .lock()
+            .map_err(|_| anyhow!("database lock poisoned"))?;
+        let old = cache::load_inputs(&conn, place)?;
+        cache::explain_miss(old.as_ref(), &inputs, first_fs_step)
+    };
+    shared.progress.explain(
+        id,
+        &crate::source::git::redact_urls(&instr.original),
+        &reason,
+    );
+    let _permit = shared
+        .permits
+        .acquire()
+        .await
+        .map_err(|_| anyhow!("build cancelled"))?;
+    let started = Instant::now();
+    let req = ExecRequest {
+        step: id,
+        line: instr.span.start_line,
+        name: name.to_string(),
+        parent: walk.layers.clone(),
+        op,
+        context: shared.context.clone(),
+        progress: shared.progress.clone(),
+        secrets: shared.secrets.clone(),
+        source_date_epoch: shared.req.source_date_epoch,
+    };
+    let backend = shared.backend.clone();
+    let result = tokio::task::spawn_blocking(move || backend.execute(req))
+        .await
+        .map_err(|e| anyhow!("executing a step: {e}"))?;
+    let layer = with_line(result, instr)?;
+    let _ = started;
+    let created = shared
+        .req
+        .source_date_epoch
+        .unwrap_or_else(|| chrono::Utc::now().timestamp());
+    {
+        let conn = shared
+            .db
+            .lock()
+            .map_err(|_| anyhow!("database lock poisoned"))?;
+        cache::record(&conn, &key, layer.as_ref(), created)?;
+        cache::save_inputs(&conn, place, &inputs)?;
+    }
+    walk.created = created.max(walk.created);
+    walk.history(created_by, layer.is_none(), created);
+    if let Some(l) = layer {
+        walk.layers.push(l);
+    }
+    walk.key = key;
+    shared.progress.done(id);
+    Ok(())
+}
+
+fn cached_time(shared: &Shared, key: &str) -> Option<i64> {
+    let conn = shared.db.lock().ok()?;
+    cache::created_of(&conn, key).ok().flatten()
+}
