@@ -67,13 +67,13 @@ group_proc() {
     report proc-sys-kernel-core_pattern open_write /proc/sys/kernel/core_pattern
     report proc-sys-vm-drop_caches open_write /proc/sys/vm/drop_caches
     report proc-sys-kernel-hostname open_write /proc/sys/kernel/hostname
-    report proc-sys-create create_file /proc/sys/kiln-probe-$$
+    report proc-sys-create create_file /proc/sys/kiln-probe-$tag
 }
 
 group_sys() {
     report sys-class-net-lo-mtu open_write /sys/class/net/lo/mtu
     report sys-kernel-uevent_helper open_write /sys/kernel/uevent_helper
-    report sys-create-file create_file /sys/kiln-probe-$$
+    report sys-create-file create_file /sys/kiln-probe-$tag
 }
 
 group_mount() {
@@ -115,19 +115,19 @@ group_dev() {
     report dev-default-null-write open_write /dev/null
     report dev-default-ptmx open_read /dev/ptmx
     report dev-default-tty open_read /dev/tty
-    report dev-shm-create create_file /dev/shm/probe-$$
+    report dev-shm-create create_file /dev/shm/probe-$tag
 }
 
 group_robind() {
-    report robind-top create_file /host/kiln-probe-$$
-    report robind-tmp create_file /host/tmp/kiln-probe-$$
+    report robind-top create_file /host/kiln-probe-$tag
+    report robind-tmp create_file /host/tmp/kiln-probe-$tag
     report robind-proc-sys-kernel-core_pattern open_write /host/proc/sys/kernel/core_pattern
     report robind-proc-sys-vm-drop_caches open_write /host/proc/sys/vm/drop_caches
     report robind-dev-pts-ptmx open_read /host/dev/pts/ptmx
-    report robind-dev-create create_file /host/dev/kiln-probe-$$
-    report robind-dev-shm-create create_file /host/dev/shm/kiln-probe-$$
+    report robind-dev-create create_file /host/dev/kiln-probe-$tag
+    report robind-dev-shm-create create_file /host/dev/shm/kiln-probe-$tag
     report robind-dev-null-write open_write /host/dev/null
-    report robind-sys-fs-cgroup-mkdir make_dir /host/sys/fs/cgroup/pids/kiln-probe-$$
+    report robind-sys-fs-cgroup-mkdir make_dir /host/sys/fs/cgroup/pids/kiln-probe-$tag
     report robind-sys-class-net-lo-mtu open_write /host/sys/class/net/lo/mtu
 }
 
@@ -143,6 +143,8 @@ group_seccomp() {
 }
 
 groups=${*:-caps proc sys mount dev robind}
+# Names of what a probe makes on the host, unique per run ($$ is the same in every container).
+tag=$$-$(head -c 6 /dev/urandom | od -An -tx1 | tr -d ' \n')
 for g in $groups; do
     group_$g
 done
