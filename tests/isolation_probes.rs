@@ -182,3 +182,91 @@ fn writes_under_a_readonly_bind_of_root_match_docker() {
 fn seccomp_probes_match_docker() {
     assert_group_matches_docker("seccomp");
 }
+
+/// The device cgroup on its own (v1 `devices` controller, or v2's device program): the host's
+/// /dev bound in (a bind keeps the host mount's flags, so nodev does not apply) still gives only
+/// Docker's default devices. Without any device cgroup, binds are nodev and nothing opens.
+#[test]
+fn device_cgroup_guards_host_devices_reached_through_a_bind() {
+    common::require_root();
+    let root = common::temp_root();
+    busybox_image(root.path(), "probe", json!({"Cmd": ["sh"]}));
+    let out = common::kiln_ok(
+        root.path(),
+        &[
+            "run",
+            "--rm",
+            "-v",
+            "/dev:/hostdev",
+            "probe",
+            "sh",
+            "-c",
+            "for d in kvm loop-control loop0 fuse tty1 hwrng kmsg; do \
+               [ -e /hostdev/$d ] && { ( exec 3</hostdev/$d ) 2>/dev/null && echo OPENED $d; }; \
+             done; ( exec 3<>/hostdev/null ) && echo null-ok; grep devices /proc/self/cgroup",
+        ],
+    );
+    assert!(!out.contains("OPENED"), "host devices opened: {out}");
+    let v1_devices = std::path::Path::new("/sys/fs/cgroup/devices/devices.allow").exists();
+    if v1_devices {
+        assert!(out.contains("null-ok"), "default devices open: {out}");
+        assert!(
+            out.contains(":devices:/kiln/"),
+            "in a kiln devices cgroup: {out}"
+        );
+    }
+}
+
+/// The v2 device program, live: attached to a new cgroup in a cgroup2 hierarchy (the unified
+/// one, or /sys/fs/cgroup/unified on a hybrid v1 machine like this one, where the kernel runs
+/// cgroup2 device programs too), a shell moved into it cannot open /dev/kvm but can /dev/null.
+#[test]
+fn v2_device_program_denies_all_but_the_default_devices() {
+    common::require_root();
+    let base = ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"]
+        .into_iter()
+        .map(std::path::Path::new)
+        .find(|p| p.join("cgroup.procs").exists() && p.join("cgroup.subtree_control").exists())
+        .expect("a cgroup2 hierarchy (/sys/fs/cgroup or /sys/fs/cgroup/unified)");
+    /// Removes the test's cgroup (empty once the shell has exited) however the test ends.
+    struct CgroupDir(PathBuf);
+    impl Drop for CgroupDir {
+        fn drop(&mut self) {
+            for _ in 0..100 {
+                if std::fs::remove_dir(&self.0).is_ok() {
+                    return;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+        }
+    }
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    let dir = CgroupDir(base.join(format!("kiln-test-devprog.{}.{nanos}", std::process::id())));
+    std::fs::create_dir(&dir.0).unwrap();
+    kiln::sandbox::device_filter::attach(&dir.0, kiln::sandbox::cgroup::DEFAULT_DEVICES).unwrap();
+    let procs = dir.0.join("cgroup.procs");
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(
+            "echo $$ > \"$1\" || exit 9; \
+             for d in kvm loop-control loop0 fuse hwrng kmsg; do \
+               [ -e /dev/$d ] && { ( exec 3</dev/$d ) 2>/dev/null && echo OPENED $d || echo denied $d; }; \
+             done; ( exec 3<>/dev/null ) && echo null-ok; ( exec 3</dev/urandom ) && echo urandom-ok",
+        )
+        .arg("sh")
+        .arg(&procs)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    drop(dir);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(!text.contains("OPENED"), "{text}");
+    assert!(text.contains("denied kvm"), "{text}");
+    assert!(
+        text.contains("null-ok") && text.contains("urandom-ok"),
+        "{text}"
+    );
+}

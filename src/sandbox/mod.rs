@@ -40,6 +40,7 @@
 
 pub mod caps;
 pub mod cgroup;
+pub mod device_filter;
 mod process;
 pub mod rootfs;
 pub mod syscall;
