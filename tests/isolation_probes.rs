@@ -7,6 +7,7 @@
 //! To add a probe: add it to probes.sh, record Docker's answers again, and (for a new group) add
 //! a test below calling `assert_group_matches_docker`.
 
+mod build_support;
 mod common;
 mod run_fixtures;
 
@@ -124,8 +125,12 @@ fn kiln_answers(group: &str) -> (String, BTreeMap<String, String>) {
 /// Every probe of `group` gives Docker's verdict under kiln, and kiln ran no probe Docker did
 /// not answer.
 fn assert_group_matches_docker(group: &str) {
-    let docker = docker_answers(group);
     let (raw, kiln) = kiln_answers(group);
+    assert_answers_match_docker(group, &raw, &kiln);
+}
+
+fn assert_answers_match_docker(group: &str, raw: &str, kiln: &BTreeMap<String, String>) {
+    let docker = docker_answers(group);
     let mut diffs = Vec::new();
     for (name, want) in &docker {
         match kiln.get(name) {
@@ -269,4 +274,43 @@ fn v2_device_program_denies_all_but_the_default_devices() {
         text.contains("null-ok") && text.contains("urandom-ok"),
         "{text}"
     );
+}
+
+/// RUN steps get the same sandbox: the device probes answer as Docker's, and a read-only
+/// `RUN --mount=type=bind` is read-only below its top too (a tmpfs mounted inside the context).
+#[test]
+fn build_run_steps_get_the_device_rules_and_recursive_read_only_binds() {
+    let root = build_support::root_with_busybox();
+    let probes = std::fs::read_to_string(testdata().join("probes.sh")).unwrap();
+    let ctx = build_support::context(&[
+        (
+            "Dockerfile",
+            "FROM busybox:latest\n\
+             RUN --mount=type=bind,target=/probes sh /probes/probes.sh dev > /dev-answers\n\
+             RUN --mount=type=bind,target=/ctx sh -c 'if touch /ctx/sub/x 2>/dev/null; \
+                 then echo writable; else echo read-only; fi > /bind-answer'\n",
+        ),
+        ("probes.sh", &probes),
+        ("sub/.keep", ""),
+    ]);
+    let sub = ctx.path().join("sub");
+    let st = Command::new("mount")
+        .args(["-t", "tmpfs", "kiln-test", sub.to_str().unwrap()])
+        .status()
+        .unwrap();
+    assert!(st.success(), "mount a tmpfs in the context");
+    struct Unmount(PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _unmount = Unmount(sub.clone());
+    build_support::build_ok(root.path(), &["-t", "probed", ctx.path().to_str().unwrap()]);
+    assert!(!sub.join("x").exists(), "the build wrote into the context");
+    let fs = build_support::rootfs_of(root.path(), "probed");
+    let bind = std::fs::read_to_string(fs.path().join("bind-answer")).unwrap();
+    assert_eq!(bind.trim(), "read-only");
+    let raw = std::fs::read_to_string(fs.path().join("dev-answers")).unwrap();
+    assert_answers_match_docker("dev", &raw, &verdicts(&raw));
 }
