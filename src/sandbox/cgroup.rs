@@ -153,7 +153,8 @@ impl Cgroup {
                         return Ok(None);
                     }
                 }
-                Self::create_v1(name, res, devices).map(Some)
+                let cg = Self::create_v1(name, res, devices)?;
+                Ok((!cg.dirs.is_empty()).then_some(cg))
             }
             CgroupVersion::V2 => Self::create_v2(name, res),
         }
@@ -206,17 +207,34 @@ impl Cgroup {
                 let dir = make("pids")?;
                 write(&dir.join("pids.max"), &pids.to_string())?;
             }
-            if devices {
-                let dir = make("devices")?;
-                // A new cgroup inherits its parent's rules; "a" clears them and denies all.
-                write(&dir.join("devices.deny"), "a")?;
-                for r in DEFAULT_DEVICES {
-                    write(&dir.join("devices.allow"), &r.v1_line())?;
-                }
-            }
             Ok(())
         })();
-        cg.devices = devices;
+        if result.is_ok() && devices {
+            // A new cgroup inherits its parent's rules; "a" clears them and denies all. A rule
+            // the parent does not allow is refused (EPERM, e.g. kiln inside a container): the
+            // device stays denied. When the cgroup cannot be made at all, nodev mounts remain.
+            let dir = Path::new(CGROUP_ROOT).join("devices/kiln").join(name);
+            let made = std::fs::create_dir_all(dir.parent().unwrap_or(&dir))
+                .and_then(|()| std::fs::create_dir(&dir))
+                .map_err(|e| io::Error::new(e.kind(), format!("mkdir {}: {e}", dir.display())));
+            match made.and_then(|()| {
+                cg.dirs.push(dir.clone());
+                write(&dir.join("devices.deny"), "a")
+            }) {
+                Ok(()) => {
+                    for r in DEFAULT_DEVICES {
+                        let _ = write(&dir.join("devices.allow"), &r.v1_line());
+                    }
+                    cg.devices = true;
+                }
+                Err(e) => {
+                    warn_no_device_cgroup(&e.to_string());
+                    if let Some(d) = cg.dirs.pop_if(|d| *d == dir) {
+                        remove_dir(&d);
+                    }
+                }
+            }
+        }
         match result {
             Ok(()) => Ok(cg),
             Err(e) => {
@@ -400,6 +418,27 @@ pub fn recover() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn v1_device_rules_are_dockers_default_list() {
+        let lines: Vec<String> = DEFAULT_DEVICES.iter().map(DeviceRule::v1_line).collect();
+        assert_eq!(
+            lines,
+            [
+                "c *:* m",
+                "b *:* m",
+                "c 1:3 rwm",
+                "c 1:5 rwm",
+                "c 1:7 rwm",
+                "c 1:8 rwm",
+                "c 1:9 rwm",
+                "c 5:0 rwm",
+                "c 5:1 rwm",
+                "c 5:2 rwm",
+                "c 136:* rwm",
+            ]
+        );
+    }
 
     #[test]
     fn shares_convert_like_runc() {
