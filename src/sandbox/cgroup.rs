@@ -229,8 +229,9 @@ impl Cgroup {
                 }
                 Err(e) => {
                     warn_no_device_cgroup(&e.to_string());
-                    if let Some(d) = cg.dirs.pop_if(|d| *d == dir) {
-                        remove_dir(&d);
+                    if cg.dirs.last() == Some(&dir) {
+                        cg.dirs.pop();
+                        remove_dir(&dir);
                     }
                 }
             }
