@@ -94,9 +94,24 @@ pub fn install_signal_handlers() {
     });
 }
 
-/// Whether a process exists (signal 0).
+/// Whether a process exists (signal 0) and is not a zombie: a killed kiln whose parent has not
+/// reaped it yet (e.g. a detached monitor reparented to an init that reaps slowly) owns nothing.
 pub fn process_alive(pid: i32) -> bool {
     // SAFETY: kill(2) with signal 0 only checks for existence.
     let rc = unsafe { libc::kill(pid, 0) };
-    rc == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+    let exists = rc == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM);
+    exists && !is_zombie(pid)
+}
+
+fn is_zombie(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            let after = &stat[stat.rfind(')')? + 1..];
+            after
+                .split_whitespace()
+                .next()
+                .map(|s| s == "Z" || s == "X")
+        })
+        .unwrap_or(false)
 }

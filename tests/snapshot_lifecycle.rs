@@ -146,7 +146,7 @@ fn wait_gone(pid: i32) -> bool {
 
 fn kiln_cgroups_of(pid: u32) -> Vec<PathBuf> {
     let prefix = format!("{pid}.");
-    ["memory", "cpu", "cpuset", "pids", ""]
+    ["memory", "cpu", "cpuset", "pids", "devices", ""]
         .iter()
         .filter_map(|c| std::fs::read_dir(Path::new("/sys/fs/cgroup").join(c).join("kiln")).ok())
         .flat_map(|d| d.flatten())

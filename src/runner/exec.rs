@@ -50,8 +50,8 @@ fn cgroup_procs_of(pid: i32) -> Vec<PathBuf> {
                 out.push(Path::new("/sys/fs/cgroup").join(rel).join("cgroup.procs"));
             }
             cgroup::CgroupVersion::V1 => {
-                for c in ["memory", "cpu", "cpuset", "pids"] {
-                    if controllers.split(',').any(|x| x == c) {
+                for c in cgroup::V1_CONTROLLERS {
+                    if controllers.split(',').any(|x| x == *c) {
                         out.push(
                             Path::new("/sys/fs/cgroup")
                                 .join(c)

@@ -1,13 +1,85 @@
-//! Resource limits through cgroups, v1 (one directory per controller, as on this machine) or v2
-//! (one unified directory). A cgroup is made per execution under `kiln/` and removed when it
-//! ends; `recover` removes the ones a killed kiln left behind.
+//! Resource limits and device control through cgroups, v1 (one directory per controller, as on
+//! this machine) or v2 (one unified directory). A cgroup is made per execution under `kiln/` and
+//! removed when it ends; `recover` removes the ones a killed kiln left behind.
+//!
+//! Every execution gets Docker's default device rules (`DEFAULT_DEVICES`): on v1 in the
+//! `devices` controller (`devices.deny a`, then one `devices.allow` per rule), on v2 as a
+//! `BPF_PROG_TYPE_CGROUP_DEVICE` program attached to the cgroup (`device_filter`). Where neither
+//! is available kiln says so once and relies on `nodev` mounts alone (see `rootfs`).
 
 use std::io;
 use std::path::{Path, PathBuf};
 
-use super::Resources;
+use super::{device_filter, Resources};
 
 const CGROUP_ROOT: &str = "/sys/fs/cgroup";
+
+/// The v1 controllers kiln makes cgroups in (`devices` for every execution, the others for
+/// limits); `recover` and `kiln exec` look in each.
+pub const V1_CONTROLLERS: &[&str] = &["memory", "cpu", "cpuset", "pids", "devices"];
+
+/// A device cgroup rule: `kind` `b` or `c`, `None` for `*`, `access` of `r` `w` `m`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeviceRule {
+    pub kind: char,
+    pub major: Option<u32>,
+    pub minor: Option<u32>,
+    pub access: &'static str,
+}
+
+const fn rule(
+    kind: char,
+    major: Option<u32>,
+    minor: Option<u32>,
+    access: &'static str,
+) -> DeviceRule {
+    DeviceRule {
+        kind,
+        major,
+        minor,
+        access,
+    }
+}
+
+/// Docker's default device list: mknod of any node, and read/write/mknod of null, zero, full,
+/// random, urandom, tty, console, ptmx and the ptys; everything else is denied.
+pub const DEFAULT_DEVICES: &[DeviceRule] = &[
+    rule('c', None, None, "m"),
+    rule('b', None, None, "m"),
+    rule('c', Some(1), Some(3), "rwm"),
+    rule('c', Some(1), Some(5), "rwm"),
+    rule('c', Some(1), Some(7), "rwm"),
+    rule('c', Some(1), Some(8), "rwm"),
+    rule('c', Some(1), Some(9), "rwm"),
+    rule('c', Some(5), Some(0), "rwm"),
+    rule('c', Some(5), Some(1), "rwm"),
+    rule('c', Some(5), Some(2), "rwm"),
+    rule('c', Some(136), None, "rwm"),
+];
+
+impl DeviceRule {
+    /// The line for v1's `devices.allow` (`c 1:3 rwm`, `c *:* m`).
+    pub fn v1_line(&self) -> String {
+        let n = |v: Option<u32>| v.map_or("*".to_string(), |v| v.to_string());
+        format!(
+            "{} {}:{} {}",
+            self.kind,
+            n(self.major),
+            n(self.minor),
+            self.access
+        )
+    }
+}
+
+/// Says once per process that devices are guarded by `nodev` mounts only.
+fn warn_no_device_cgroup(why: &str) {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        eprintln!(
+            "WARNING: no device cgroup ({why}): containers are kept from devices by nodev mounts only"
+        )
+    });
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CgroupVersion {
@@ -47,6 +119,8 @@ pub struct Cgroup {
     /// v1: one directory per controller used; v2: the single directory.
     dirs: Vec<PathBuf>,
     memory_dir: Option<PathBuf>,
+    /// A device cgroup (v1) or device program (v2) restricts the execution to `DEFAULT_DEVICES`.
+    devices: bool,
 }
 
 fn write(path: &Path, value: &str) -> io::Result<()> {
@@ -65,22 +139,33 @@ pub fn shares_to_weight(shares: u64) -> u64 {
 }
 
 impl Cgroup {
-    /// Makes `kiln/<name>` with the limits in `res`; `None` when `res` asks for nothing.
+    /// Makes `kiln/<name>` with the limits in `res` and Docker's default device rules; `None`
+    /// when `res` asks for nothing and no device control is available (a warning says so once).
     pub fn create(name: &str, res: &Resources) -> io::Result<Option<Cgroup>> {
-        if res.is_empty() {
-            return Ok(None);
-        }
         match detect() {
-            CgroupVersion::V1 => Self::create_v1(name, res).map(Some),
-            CgroupVersion::V2 => Self::create_v2(name, res).map(Some),
+            CgroupVersion::V1 => {
+                let devices = Path::new(CGROUP_ROOT)
+                    .join("devices/devices.allow")
+                    .exists();
+                if !devices {
+                    warn_no_device_cgroup("the v1 devices controller is not mounted");
+                    if res.is_empty() {
+                        return Ok(None);
+                    }
+                }
+                let cg = Self::create_v1(name, res, devices)?;
+                Ok((!cg.dirs.is_empty()).then_some(cg))
+            }
+            CgroupVersion::V2 => Self::create_v2(name, res),
         }
     }
 
-    fn create_v1(name: &str, res: &Resources) -> io::Result<Cgroup> {
+    fn create_v1(name: &str, res: &Resources, devices: bool) -> io::Result<Cgroup> {
         let mut cg = Cgroup {
             version: CgroupVersion::V1,
             dirs: Vec::new(),
             memory_dir: None,
+            devices: false,
         };
         let mut make = |controller: &str| -> io::Result<PathBuf> {
             let parent = Path::new(CGROUP_ROOT).join(controller).join("kiln");
@@ -124,6 +209,33 @@ impl Cgroup {
             }
             Ok(())
         })();
+        if result.is_ok() && devices {
+            // A new cgroup inherits its parent's rules; "a" clears them and denies all. A rule
+            // the parent does not allow is refused (EPERM, e.g. kiln inside a container): the
+            // device stays denied. When the cgroup cannot be made at all, nodev mounts remain.
+            let dir = Path::new(CGROUP_ROOT).join("devices/kiln").join(name);
+            let made = std::fs::create_dir_all(dir.parent().unwrap_or(&dir))
+                .and_then(|()| std::fs::create_dir(&dir))
+                .map_err(|e| io::Error::new(e.kind(), format!("mkdir {}: {e}", dir.display())));
+            match made.and_then(|()| {
+                cg.dirs.push(dir.clone());
+                write(&dir.join("devices.deny"), "a")
+            }) {
+                Ok(()) => {
+                    for r in DEFAULT_DEVICES {
+                        let _ = write(&dir.join("devices.allow"), &r.v1_line());
+                    }
+                    cg.devices = true;
+                }
+                Err(e) => {
+                    warn_no_device_cgroup(&e.to_string());
+                    if cg.dirs.last() == Some(&dir) {
+                        cg.dirs.pop();
+                        remove_dir(&dir);
+                    }
+                }
+            }
+        }
         match result {
             Ok(()) => Ok(cg),
             Err(e) => {
@@ -133,7 +245,7 @@ impl Cgroup {
         }
     }
 
-    fn create_v2(name: &str, res: &Resources) -> io::Result<Cgroup> {
+    fn create_v2(name: &str, res: &Resources) -> io::Result<Option<Cgroup>> {
         let root = Path::new(CGROUP_ROOT);
         let parent = root.join("kiln");
         std::fs::create_dir_all(&parent)?;
@@ -149,10 +261,11 @@ impl Cgroup {
         let dir = parent.join(name);
         std::fs::create_dir(&dir)
             .map_err(|e| io::Error::new(e.kind(), format!("mkdir {}: {e}", dir.display())))?;
-        let cg = Cgroup {
+        let mut cg = Cgroup {
             version: CgroupVersion::V2,
             dirs: vec![dir.clone()],
             memory_dir: res.memory_bytes.map(|_| dir.clone()),
+            devices: false,
         };
         let result = (|| {
             if let Some(bytes) = res.memory_bytes {
@@ -176,13 +289,26 @@ impl Cgroup {
             }
             Ok(())
         })();
-        match result {
-            Ok(()) => Ok(cg),
+        if let Err(e) = result {
+            cg.remove();
+            return Err(e);
+        }
+        match device_filter::attach(&dir, DEFAULT_DEVICES) {
+            Ok(()) => cg.devices = true,
             Err(e) => {
-                cg.remove();
-                Err(e)
+                warn_no_device_cgroup(&format!("attach a device program: {e}"));
+                if res.is_empty() {
+                    cg.remove();
+                    return Ok(None);
+                }
             }
         }
+        Ok(Some(cg))
+    }
+
+    /// Whether a device cgroup or program restricts the execution to `DEFAULT_DEVICES`.
+    pub fn restricts_devices(&self) -> bool {
+        self.devices
     }
 
     pub fn version(&self) -> CgroupVersion {
@@ -269,7 +395,7 @@ pub fn recover() {
     match detect() {
         CgroupVersion::V2 => parents.push(Path::new(CGROUP_ROOT).join("kiln")),
         CgroupVersion::V1 => {
-            for c in ["memory", "cpu", "cpuset", "pids"] {
+            for c in V1_CONTROLLERS {
                 parents.push(Path::new(CGROUP_ROOT).join(c).join("kiln"));
             }
         }
@@ -293,6 +419,27 @@ pub fn recover() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn v1_device_rules_are_dockers_default_list() {
+        let lines: Vec<String> = DEFAULT_DEVICES.iter().map(DeviceRule::v1_line).collect();
+        assert_eq!(
+            lines,
+            [
+                "c *:* m",
+                "b *:* m",
+                "c 1:3 rwm",
+                "c 1:5 rwm",
+                "c 1:7 rwm",
+                "c 1:8 rwm",
+                "c 1:9 rwm",
+                "c 5:0 rwm",
+                "c 5:1 rwm",
+                "c 5:2 rwm",
+                "c 136:* rwm",
+            ]
+        );
+    }
 
     #[test]
     fn shares_convert_like_runc() {

@@ -16,10 +16,14 @@
 //! - The user (`name`, `uid`, `uid:gid`, `name:group`) resolved in the image's /etc/passwd and
 //!   /etc/group with supplementary groups; `HOME` from passwd and a default `PATH` when the
 //!   environment has none; the working directory created if missing.
+//! - Devices as Docker allows them: the root filesystem and /dev are `nodev`, the host's default
+//!   device nodes are bound into /dev, and a device cgroup (v1) or device program (v2) allows
+//!   only `cgroup::DEFAULT_DEVICES`. Read-only bind mounts are read-only on every submount.
 //! - An init as PID 1 (a forked copy of the setup process) that reaps zombies, forwards signals
 //!   to the command and exits when the command does. Killing kiln kills the whole tree
 //!   (PR_SET_PDEATHSIG at each level; the PID namespace dies with its init).
-//! - Optional cgroup limits (`Resources`), v1 or v2 as mounted; the cgroup is removed at the end.
+//! - A cgroup per execution for device control, with optional limits (`Resources`), v1 or v2 as
+//!   mounted; the cgroup is removed at the end.
 //!
 //! # API
 //! ```ignore
@@ -40,6 +44,7 @@
 
 pub mod caps;
 pub mod cgroup;
+pub mod device_filter;
 mod process;
 pub mod rootfs;
 pub mod syscall;
@@ -66,7 +71,8 @@ pub enum Network {
 /// What is mounted at an extra mount point.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum MountKind {
-    /// A host path (file or directory), bound recursively.
+    /// A host path (file or directory), bound recursively; `readonly` makes every mount in it
+    /// read-only, not just the top one.
     Bind { source: PathBuf, readonly: bool },
     /// A fresh tmpfs.
     Tmpfs { size_bytes: Option<u64>, mode: u32 },
@@ -80,7 +86,7 @@ pub struct Mount {
     pub kind: MountKind,
 }
 
-/// cgroup limits; all `None` = no cgroup.
+/// cgroup limits; all `None` = no limits (the execution's cgroup then only controls devices).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Resources {
     pub memory_bytes: Option<u64>,

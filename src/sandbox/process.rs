@@ -249,7 +249,7 @@ fn prepare_and_start(
             kind: m.kind.clone(),
         });
     }
-    let plan = RootfsPlan {
+    let mut plan = RootfsPlan {
         rootfs: rootfs.to_path_buf(),
         proc_dir,
         dev_dir,
@@ -259,6 +259,7 @@ fn prepare_and_start(
         hostname: spec.hostname.clone(),
         network: spec.network,
         cwd: spec.cwd.clone(),
+        nodev_binds: true,
     };
 
     let id = format!(
@@ -267,6 +268,7 @@ fn prepare_and_start(
         NEXT_ID.fetch_add(1, Ordering::Relaxed)
     );
     let cgroup = Cgroup::create(&id, &spec.resources).context("create the cgroup")?;
+    plan.nodev_binds = !cgroup.as_ref().is_some_and(Cgroup::restricts_devices);
     let started = start(spec, plan, &cgroup);
     match started {
         Ok(mut running) => {

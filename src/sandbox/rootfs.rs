@@ -8,7 +8,9 @@ use std::path::{Component, Path, PathBuf};
 
 use nix::mount::{MntFlags, MsFlags};
 
-use super::syscall::{CharDev, FileKind, Syscall};
+use super::syscall::{
+    FileKind, Syscall, MOUNT_ATTR_NODEV, MOUNT_ATTR_NOEXEC, MOUNT_ATTR_NOSUID, MOUNT_ATTR_RDONLY,
+};
 use super::{MountKind, Network};
 
 /// Paths Docker hides from containers: files get /dev/null bound over them, directories an empty
@@ -37,14 +39,11 @@ pub const READONLY_PATHS: &[&str] = &[
     "/proc/sysrq-trigger",
 ];
 
-const DEVICES: &[(&str, u64, u64)] = &[
-    ("null", 1, 3),
-    ("zero", 1, 5),
-    ("full", 1, 7),
-    ("random", 1, 8),
-    ("urandom", 1, 9),
-    ("tty", 5, 0),
-];
+/// The host's device nodes bound into the container's /dev (Docker's default devices; ptmx is
+/// the new devpts instance's, pts/* are the container's own ptys). The container's /dev and
+/// root filesystem are `nodev`: a node made with mknod there cannot be opened, these binds can
+/// (a bind keeps the flags of the host's /dev mount).
+pub const DEVICES: &[&str] = &["null", "zero", "full", "random", "urandom", "tty"];
 
 /// Resolves `path` (absolute inside the container) to a host path under `root`, following
 /// symlinks as the container would see them: `..` and absolute link targets never leave `root`.
@@ -132,6 +131,9 @@ pub struct RootfsPlan {
     pub network: Network,
     /// Absolute path in the container; created if missing.
     pub cwd: PathBuf,
+    /// No device cgroup restricts this execution: bind mounts get `nodev` too, so a host
+    /// device reached through a bind (e.g. `-v /dev:/d`) cannot be opened either.
+    pub nodev_binds: bool,
 }
 
 fn ctx(what: &str, path: &Path) -> impl FnOnce(io::Error) -> io::Error {
@@ -162,6 +164,9 @@ pub fn setup_and_pivot(sys: &dyn Syscall, plan: &RootfsPlan) -> io::Result<()> {
         None,
     )
     .map_err(ctx("bind root filesystem", &plan.rootfs))?;
+    // Device nodes in the image, or made by the command with mknod, cannot be opened.
+    set_attrs_recursive(sys, &plan.rootfs, MOUNT_ATTR_NODEV)
+        .map_err(ctx("make nodev", &plan.rootfs))?;
 
     let nsn = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
     sys.mount(
@@ -197,14 +202,12 @@ pub fn setup_and_pivot(sys: &dyn Syscall, plan: &RootfsPlan) -> io::Result<()> {
             None,
         )
         .map_err(ctx("bind /sys on", &plan.sys_dir))?;
-        sys.mount(
-            None,
+        set_attrs_recursive(
+            sys,
             &plan.sys_dir,
-            None,
-            MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_REC | sys_flags,
-            None,
+            MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | MOUNT_ATTR_NOEXEC,
         )
-        .map_err(ctx("remount read-only", &plan.sys_dir))?;
+        .map_err(ctx("make read-only", &plan.sys_dir))?;
     }
 
     // /etc files: written in the container's /dev tmpfs, bound over their targets, then unlinked
@@ -219,7 +222,7 @@ pub fn setup_and_pivot(sys: &dyn Syscall, plan: &RootfsPlan) -> io::Result<()> {
     }
 
     for m in &plan.mounts {
-        mount_extra(sys, m)?;
+        mount_extra(sys, m, plan.nodev_binds)?;
     }
 
     sys.chdir(&plan.rootfs)
@@ -240,21 +243,16 @@ fn setup_dev(sys: &dyn Syscall, dev: &Path) -> io::Result<()> {
         Some(Path::new("tmpfs")),
         dev,
         Some("tmpfs"),
-        MsFlags::MS_NOSUID | MsFlags::MS_STRICTATIME,
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_STRICTATIME,
         Some("mode=755,size=65536k"),
     )
     .map_err(ctx("mount tmpfs on", dev))?;
-    for (name, major, minor) in DEVICES {
+    for name in DEVICES {
         let p = dev.join(name);
-        sys.mknod_char(
-            &p,
-            CharDev {
-                major: *major,
-                minor: *minor,
-                mode: 0o666,
-            },
-        )
-        .map_err(ctx("mknod", &p))?;
+        let host = Path::new("/dev").join(name);
+        sys.touch(&p).map_err(ctx("create", &p))?;
+        sys.mount(Some(&host), &p, None, MsFlags::MS_BIND, None)
+            .map_err(ctx(&format!("bind {} on", host.display()), &p))?;
     }
     let pts = dev.join("pts");
     sys.mkdir_all(&pts, 0o755).map_err(ctx("mkdir", &pts))?;
@@ -302,7 +300,113 @@ fn setup_dev(sys: &dyn Syscall, dev: &Path) -> io::Result<()> {
     Ok(())
 }
 
-fn mount_extra(sys: &dyn Syscall, m: &PlannedMount) -> io::Result<()> {
+/// Sets `attrs` (`MOUNT_ATTR_*`) on the mount at `target` and on every mount below it:
+/// `mount_setattr(AT_RECURSIVE)` where the kernel has it (5.12), else a bind remount of each
+/// mount found in /proc/self/mountinfo, keeping its own flags.
+pub fn set_attrs_recursive(sys: &dyn Syscall, target: &Path, attrs: u64) -> io::Result<()> {
+    match sys.mount_setattr(target, true, attrs, 0) {
+        Ok(()) => Ok(()),
+        // ENOSYS: before 5.12; EPERM: a seccomp filter (an outer container) refusing it.
+        Err(e) if matches!(e.raw_os_error(), Some(libc::ENOSYS) | Some(libc::EPERM)) => {
+            let mut wanted = MsFlags::empty();
+            for (attr, flag) in [
+                (MOUNT_ATTR_RDONLY, MsFlags::MS_RDONLY),
+                (MOUNT_ATTR_NOSUID, MsFlags::MS_NOSUID),
+                (MOUNT_ATTR_NODEV, MsFlags::MS_NODEV),
+                (MOUNT_ATTR_NOEXEC, MsFlags::MS_NOEXEC),
+            ] {
+                if attrs & attr != 0 {
+                    wanted |= flag;
+                }
+            }
+            let info = sys.mountinfo()?;
+            let mut tree = mounts_at_or_below(&info, target);
+            if tree.is_empty() {
+                tree.push((target.to_path_buf(), MsFlags::empty()));
+            }
+            for (point, own) in tree {
+                sys.mount(
+                    None,
+                    &point,
+                    None,
+                    MsFlags::MS_BIND | MsFlags::MS_REMOUNT | own | wanted,
+                    None,
+                )
+                .map_err(ctx("remount", &point))?;
+            }
+            Ok(())
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Undoes mountinfo's octal escapes (`\040` for a space, ...).
+fn unescape_mountinfo(field: &str) -> PathBuf {
+    use std::os::unix::ffi::OsStringExt;
+    let b = field.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
+            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    PathBuf::from(std::ffi::OsString::from_vec(out))
+}
+
+/// The mounts at `target` or below it, in mountinfo's order (a parent before what is mounted
+/// on it), each with the flags of its own mount options. A path mounted over twice is listed
+/// once, with the flags of the mount on top.
+pub fn mounts_at_or_below(mountinfo: &str, target: &Path) -> Vec<(PathBuf, MsFlags)> {
+    let mut out: Vec<(PathBuf, MsFlags)> = Vec::new();
+    for line in mountinfo.lines() {
+        let fields: Vec<&str> = line.split(' ').collect();
+        if fields.len() < 6 {
+            continue;
+        }
+        let point = unescape_mountinfo(fields[4]);
+        if !point.starts_with(target) {
+            continue;
+        }
+        let mut flags = MsFlags::empty();
+        let mut atime = false;
+        for opt in fields[5].split(',') {
+            match opt {
+                "ro" => flags |= MsFlags::MS_RDONLY,
+                "nosuid" => flags |= MsFlags::MS_NOSUID,
+                "nodev" => flags |= MsFlags::MS_NODEV,
+                "noexec" => flags |= MsFlags::MS_NOEXEC,
+                "noatime" => {
+                    flags |= MsFlags::MS_NOATIME;
+                    atime = true;
+                }
+                "relatime" => {
+                    flags |= MsFlags::MS_RELATIME;
+                    atime = true;
+                }
+                "nodiratime" => flags |= MsFlags::MS_NODIRATIME,
+                _ => {}
+            }
+        }
+        if !atime {
+            flags |= MsFlags::MS_STRICTATIME;
+        }
+        match out.iter_mut().find(|(p, _)| *p == point) {
+            Some(existing) => existing.1 = flags,
+            None => out.push((point, flags)),
+        }
+    }
+    out
+}
+
+fn mount_extra(sys: &dyn Syscall, m: &PlannedMount, nodev_binds: bool) -> io::Result<()> {
     match &m.kind {
         MountKind::Bind { source, readonly } => {
             sys.mount(
@@ -313,15 +417,18 @@ fn mount_extra(sys: &dyn Syscall, m: &PlannedMount) -> io::Result<()> {
                 None,
             )
             .map_err(ctx(&format!("bind {} on", source.display()), &m.target))?;
+            // Read-only means every mount below the target too (a bind of / brings the host's
+            // /proc, /sys/fs/cgroup, /dev/shm along).
+            let mut attrs = 0;
             if *readonly {
-                sys.mount(
-                    None,
-                    &m.target,
-                    None,
-                    MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | MsFlags::MS_REC,
-                    None,
-                )
-                .map_err(ctx("remount read-only", &m.target))?;
+                attrs |= MOUNT_ATTR_RDONLY;
+            }
+            if nodev_binds {
+                attrs |= MOUNT_ATTR_NODEV;
+            }
+            if attrs != 0 {
+                set_attrs_recursive(sys, &m.target, attrs)
+                    .map_err(ctx("set read-only/nodev on", &m.target))?;
             }
         }
         MountKind::Tmpfs { size_bytes, mode } => {
@@ -421,7 +528,23 @@ mod tests {
             hostname: "box".into(),
             network,
             cwd: "/work".into(),
+            nodev_binds: false,
         }
+    }
+
+    fn setattrs_of(calls: &[Call]) -> Vec<(PathBuf, bool, u64)> {
+        calls
+            .iter()
+            .filter_map(|c| match c {
+                Call::MountSetattr {
+                    target,
+                    recursive,
+                    attr_set,
+                    ..
+                } => Some((target.clone(), *recursive, *attr_set)),
+                _ => None,
+            })
+            .collect()
     }
 
     fn mounts_of(calls: &[Call]) -> Vec<(Option<PathBuf>, PathBuf, Option<String>, MsFlags)> {
@@ -474,10 +597,23 @@ mod tests {
             .contains(MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC | MsFlags::MS_NODEV));
         let sysfs = m.iter().find(|x| x.2.as_deref() == Some("sysfs")).unwrap();
         assert!(sysfs.3.contains(MsFlags::MS_RDONLY));
+        // The root filesystem and /dev are nodev; the default devices are the host's nodes,
+        // bound (a bind keeps the host /dev mount's flags, so they open).
+        assert_eq!(
+            setattrs_of(&calls)[0],
+            ("/r".into(), true, MOUNT_ATTR_NODEV)
+        );
+        let devtmpfs = m.iter().find(|x| x.1 == Path::new("/r/dev")).unwrap();
+        assert!(devtmpfs.3.contains(MsFlags::MS_NODEV | MsFlags::MS_NOSUID));
         for dev in ["null", "zero", "full", "random", "urandom", "tty"] {
-            assert!(calls
-                .iter()
-                .any(|c| matches!(c, Call::Mknod(p, _) if p == &Path::new("/r/dev").join(dev))));
+            let node = Path::new("/r/dev").join(dev);
+            assert!(calls.contains(&Call::Touch(node.clone())));
+            assert!(m.contains(&(
+                Some(Path::new("/dev").join(dev)),
+                node,
+                None,
+                MsFlags::MS_BIND
+            )));
         }
         assert!(calls.contains(&Call::Symlink("pts/ptmx".into(), "/r/dev/ptmx".into())));
         assert!(calls.contains(&Call::Symlink(
@@ -485,12 +621,11 @@ mod tests {
             "/r/dev/stdout".into()
         )));
         assert!(m.iter().any(|x| x.2.as_deref() == Some("devpts")));
-        // The ro bind is a bind then a read-only remount.
+        // The ro bind is a recursive bind, then read-only on it and every mount below it.
         let i = m.iter().position(|x| x.1 == Path::new("/r/src")).unwrap();
         assert_eq!(m[i].0.as_deref(), Some(Path::new("/host/src")));
-        assert!(m[i + 1]
-            .3
-            .contains(MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY));
+        assert!(m[i].3.contains(MsFlags::MS_BIND | MsFlags::MS_REC));
+        assert!(setattrs_of(&calls).contains(&("/r/src".into(), true, MOUNT_ATTR_RDONLY)));
         assert!(m
             .iter()
             .any(|x| x.1 == Path::new("/r/tmp") && x.2.as_deref() == Some("tmpfs")));
@@ -504,6 +639,109 @@ mod tests {
             Call::Umount2(".".into(), MntFlags::MNT_DETACH)
         );
         assert_eq!(calls[n - 1], Call::Chdir("/".into()));
+    }
+
+    #[test]
+    fn binds_get_nodev_when_no_device_cgroup_guards_them() {
+        let bind = |readonly| PlannedMount {
+            target: "/r/d".into(),
+            kind: MountKind::Bind {
+                source: "/dev".into(),
+                readonly,
+            },
+        };
+        let sys = RecordingSyscall::new(&[], &[]);
+        setup_and_pivot(&sys, &plan(Network::None, vec![bind(false)])).unwrap();
+        // With a device cgroup a rw bind is left as it is (Docker's answers: the host's
+        // /dev/null under a bind opens).
+        assert!(!setattrs_of(&sys.calls())
+            .iter()
+            .any(|x| x.0 == Path::new("/r/d")));
+
+        let sys = RecordingSyscall::new(&[], &[]);
+        let mut p = plan(Network::None, vec![bind(true)]);
+        p.nodev_binds = true;
+        setup_and_pivot(&sys, &p).unwrap();
+        assert!(setattrs_of(&sys.calls()).contains(&(
+            "/r/d".into(),
+            true,
+            MOUNT_ATTR_RDONLY | MOUNT_ATTR_NODEV
+        )));
+    }
+
+    const MOUNTINFO: &str = "\
+22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw
+30 22 0:5 / /dev rw,nosuid,relatime shared:2 - devtmpfs udev rw
+31 30 0:6 / /dev/shm rw,nosuid,nodev shared:3 - tmpfs tmpfs rw
+40 22 0:30 / /r/src rw,relatime - ext4 /dev/sda1 rw
+41 40 0:5 / /r/src/dev rw,nosuid,relatime - devtmpfs udev rw
+42 41 0:6 / /r/src/dev/shm rw,nosuid,nodev - tmpfs tmpfs rw
+43 40 0:21 / /r/src/proc rw,nosuid,nodev,noexec,relatime - proc proc rw
+44 40 0:40 / /r/src/my\\040dir ro,noatime - tmpfs tmpfs rw
+45 43 0:41 / /r/src/proc/sys/fs/binfmt_misc rw,relatime - binfmt_misc binfmt_misc rw
+46 22 0:42 / /r/srcother rw,relatime - tmpfs tmpfs rw
+47 40 0:43 / /r/src/dev rw,nosuid,noexec - tmpfs tmpfs rw
+";
+
+    #[test]
+    fn mountinfo_lists_a_mount_and_everything_below_it_with_own_flags() {
+        let t = mounts_at_or_below(MOUNTINFO, Path::new("/r/src"));
+        let points: Vec<&Path> = t.iter().map(|(p, _)| p.as_path()).collect();
+        assert_eq!(
+            points,
+            [
+                "/r/src",
+                "/r/src/dev",
+                "/r/src/dev/shm",
+                "/r/src/proc",
+                "/r/src/my dir",
+                "/r/src/proc/sys/fs/binfmt_misc",
+            ]
+            .map(Path::new)
+        );
+        // /r/src/dev was mounted over: the top mount's flags.
+        assert_eq!(
+            t[1].1,
+            MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC | MsFlags::MS_STRICTATIME
+        );
+        assert_eq!(
+            t[3].1,
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC | MsFlags::MS_RELATIME
+        );
+        assert_eq!(t[4].1, MsFlags::MS_RDONLY | MsFlags::MS_NOATIME);
+    }
+
+    #[test]
+    fn without_mount_setattr_each_submount_is_remounted_read_only() {
+        let mut sys = RecordingSyscall::new(&[], &[]);
+        sys.mountinfo = MOUNTINFO.to_string();
+        sys.mount_setattr_errno = Some(libc::ENOSYS);
+        set_attrs_recursive(&sys, Path::new("/r/src"), MOUNT_ATTR_RDONLY).unwrap();
+        let calls = sys.calls();
+        assert_eq!(calls[1], Call::Mountinfo);
+        let remounts = mounts_of(&calls);
+        assert_eq!(remounts.len(), 6);
+        for (source, target, _, flags) in &remounts {
+            assert!(source.is_none());
+            assert!(
+                flags.contains(MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY),
+                "{target:?}"
+            );
+        }
+        // Each keeps its own flags (a remount sets them all).
+        let proc = remounts
+            .iter()
+            .find(|x| x.1 == Path::new("/r/src/proc"))
+            .unwrap();
+        assert!(proc
+            .3
+            .contains(MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC));
+        assert!(!remounts.iter().any(|x| x.1 == Path::new("/r/srcother")));
+
+        // Another error is the caller's.
+        let mut sys = RecordingSyscall::new(&[], &[]);
+        sys.mount_setattr_errno = Some(libc::EBUSY);
+        assert!(set_attrs_recursive(&sys, Path::new("/r/src"), MOUNT_ATTR_RDONLY).is_err());
     }
 
     #[test]

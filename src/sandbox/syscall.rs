@@ -17,12 +17,19 @@ pub enum FileKind {
     Other,
 }
 
-/// A device node to create in the container's /dev.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct CharDev {
-    pub major: u64,
-    pub minor: u64,
-    pub mode: u32,
+/// `mount_setattr` flags (linux/mount.h).
+pub const MOUNT_ATTR_RDONLY: u64 = 0x1;
+pub const MOUNT_ATTR_NOSUID: u64 = 0x2;
+pub const MOUNT_ATTR_NODEV: u64 = 0x4;
+pub const MOUNT_ATTR_NOEXEC: u64 = 0x8;
+
+/// `struct mount_attr` (linux/mount.h, MOUNT_ATTR_SIZE_VER0).
+#[repr(C)]
+struct MountAttr {
+    attr_set: u64,
+    attr_clr: u64,
+    propagation: u64,
+    userns_fd: u64,
 }
 
 pub trait Syscall {
@@ -35,13 +42,24 @@ pub trait Syscall {
         data: Option<&str>,
     ) -> io::Result<()>;
     fn umount2(&self, target: &Path, flags: MntFlags) -> io::Result<()>;
+    /// `mount_setattr(2)`: sets (`attr_set`) and clears (`attr_clr`) `MOUNT_ATTR_*` flags on the
+    /// mount at `target`, and with `recursive` on every mount below it, atomically. ENOSYS on
+    /// kernels before 5.12.
+    fn mount_setattr(
+        &self,
+        target: &Path,
+        recursive: bool,
+        attr_set: u64,
+        attr_clr: u64,
+    ) -> io::Result<()>;
+    /// The calling process's `/proc/self/mountinfo`.
+    fn mountinfo(&self) -> io::Result<String>;
     /// `pivot_root(new_root, put_old)`.
     fn pivot_root(&self, new_root: &Path, put_old: &Path) -> io::Result<()>;
     fn chdir(&self, path: &Path) -> io::Result<()>;
     fn mkdir_all(&self, path: &Path, mode: u32) -> io::Result<()>;
     /// Creates an empty regular file if nothing is there (a mount point for a file bind).
     fn touch(&self, path: &Path) -> io::Result<()>;
-    fn mknod_char(&self, path: &Path, dev: CharDev) -> io::Result<()>;
     fn symlink(&self, target: &Path, link: &Path) -> io::Result<()>;
     fn sethostname(&self, name: &str) -> io::Result<()>;
     /// Brings the loopback interface of the current network namespace up.
@@ -79,6 +97,43 @@ impl Syscall for LinuxSyscall {
         nix::mount::umount2(target, flags).map_err(nix_io)
     }
 
+    fn mount_setattr(
+        &self,
+        target: &Path,
+        recursive: bool,
+        attr_set: u64,
+        attr_clr: u64,
+    ) -> io::Result<()> {
+        let c = cpath(target)?;
+        let attr = MountAttr {
+            attr_set,
+            attr_clr,
+            propagation: 0,
+            userns_fd: 0,
+        };
+        let flags = if recursive { libc::AT_RECURSIVE } else { 0 };
+        // SAFETY: mount_setattr(2) with a NUL-terminated path that outlives the call, a pointer
+        // to a `struct mount_attr` we own and its exact size; the kernel only reads them.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_mount_setattr,
+                libc::AT_FDCWD,
+                c.as_ptr(),
+                flags as libc::c_uint,
+                &attr as *const MountAttr,
+                std::mem::size_of::<MountAttr>(),
+            )
+        };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    fn mountinfo(&self) -> io::Result<String> {
+        std::fs::read_to_string("/proc/self/mountinfo")
+    }
+
     fn pivot_root(&self, new_root: &Path, put_old: &Path) -> io::Result<()> {
         nix::unistd::pivot_root(new_root, put_old).map_err(nix_io)
     }
@@ -105,22 +160,6 @@ impl Syscall for LinuxSyscall {
                 .map(|_| ()),
             Err(e) => Err(e),
         }
-    }
-
-    fn mknod_char(&self, path: &Path, dev: CharDev) -> io::Result<()> {
-        let c = cpath(path)?;
-        let devno = libc::makedev(dev.major as u32, dev.minor as u32);
-        // SAFETY: `c` is a valid NUL-terminated path that outlives the call.
-        let rc = unsafe { libc::mknod(c.as_ptr(), libc::S_IFCHR | dev.mode, devno) };
-        if rc != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // mknod is subject to the umask; set the exact mode.
-        // SAFETY: as above.
-        if unsafe { libc::chmod(c.as_ptr(), dev.mode) } != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(())
     }
 
     fn symlink(&self, target: &Path, link: &Path) -> io::Result<()> {
@@ -198,11 +237,17 @@ pub enum Call {
         data: Option<String>,
     },
     Umount2(PathBuf, MntFlags),
+    MountSetattr {
+        target: PathBuf,
+        recursive: bool,
+        attr_set: u64,
+        attr_clr: u64,
+    },
+    Mountinfo,
     PivotRoot(PathBuf, PathBuf),
     Chdir(PathBuf),
     MkdirAll(PathBuf, u32),
     Touch(PathBuf),
-    Mknod(PathBuf, CharDev),
     Symlink(PathBuf, PathBuf),
     Sethostname(String),
     LoopbackUp,
@@ -210,12 +255,16 @@ pub enum Call {
     Unlink(PathBuf),
 }
 
-/// Records every call and succeeds; `kind` answers from the paths given at construction.
+/// Records every call and succeeds; `kind` answers from the paths given at construction,
+/// `mountinfo` with `mountinfo`, and `mount_setattr` fails with `mount_setattr_errno` when set
+/// (e.g. ENOSYS, an old kernel).
 #[derive(Default)]
 pub struct RecordingSyscall {
     pub calls: Mutex<Vec<Call>>,
     pub dirs: Vec<PathBuf>,
     pub files: Vec<PathBuf>,
+    pub mountinfo: String,
+    pub mount_setattr_errno: Option<i32>,
 }
 
 impl RecordingSyscall {
@@ -224,6 +273,7 @@ impl RecordingSyscall {
             calls: Mutex::new(Vec::new()),
             dirs: dirs.iter().map(PathBuf::from).collect(),
             files: files.iter().map(PathBuf::from).collect(),
+            ..Default::default()
         }
     }
 
@@ -259,6 +309,28 @@ impl Syscall for RecordingSyscall {
     fn umount2(&self, target: &Path, flags: MntFlags) -> io::Result<()> {
         self.push(Call::Umount2(target.to_path_buf(), flags))
     }
+    fn mount_setattr(
+        &self,
+        target: &Path,
+        recursive: bool,
+        attr_set: u64,
+        attr_clr: u64,
+    ) -> io::Result<()> {
+        self.push(Call::MountSetattr {
+            target: target.to_path_buf(),
+            recursive,
+            attr_set,
+            attr_clr,
+        })?;
+        match self.mount_setattr_errno {
+            Some(errno) => Err(io::Error::from_raw_os_error(errno)),
+            None => Ok(()),
+        }
+    }
+    fn mountinfo(&self) -> io::Result<String> {
+        self.push(Call::Mountinfo)?;
+        Ok(self.mountinfo.clone())
+    }
     fn pivot_root(&self, new_root: &Path, put_old: &Path) -> io::Result<()> {
         self.push(Call::PivotRoot(
             new_root.to_path_buf(),
@@ -273,9 +345,6 @@ impl Syscall for RecordingSyscall {
     }
     fn touch(&self, path: &Path) -> io::Result<()> {
         self.push(Call::Touch(path.to_path_buf()))
-    }
-    fn mknod_char(&self, path: &Path, dev: CharDev) -> io::Result<()> {
-        self.push(Call::Mknod(path.to_path_buf(), dev))
     }
     fn symlink(&self, target: &Path, link: &Path) -> io::Result<()> {
         self.push(Call::Symlink(target.to_path_buf(), link.to_path_buf()))

@@ -242,7 +242,7 @@ pub fn mounts_under(dir: &Path) -> Vec<String> {
 /// kiln cgroups whose owner is `pid` (named `<pid>.<n>` under each controller's `kiln/`).
 pub fn cgroups_of(pid: i64) -> Vec<PathBuf> {
     let mut out = Vec::new();
-    for c in ["memory", "cpu", "cpuset", "pids", ""] {
+    for c in ["memory", "cpu", "cpuset", "pids", "devices", ""] {
         let dir = Path::new("/sys/fs/cgroup").join(c).join("kiln");
         if let Ok(entries) = std::fs::read_dir(&dir) {
             for e in entries.flatten() {
