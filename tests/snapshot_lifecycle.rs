@@ -155,21 +155,37 @@ fn kiln_cgroups_of(pid: u32) -> Vec<PathBuf> {
         .collect()
 }
 
+/// Kills the helper with SIGKILL (no cleanup code runs) and checks what it leaves: the overlay
+/// mounted under `root`. Returns the helper's cgroups, seen while it lived.
+///
+/// Its cgroups are left too, until some kiln recovers them: the test's own recovery, or any
+/// other kiln process that starts meanwhile on this machine (cgroups of every kiln share
+/// `/sys/fs/cgroup/<controller>/kiln/`, and each kiln removes those whose owner is gone). So
+/// the tests assert they are there while the helper lives and gone after a recovery, never
+/// that they are still there in between.
+fn start_and_sigkill_helper(root: &Path) -> Vec<PathBuf> {
+    let (mut child, init) = start_helper(root);
+    assert!(mounts_under(root) > 0);
+    let cgroups = kiln_cgroups_of(child.id());
+    assert!(
+        !cgroups.is_empty(),
+        "the helper's execution has a cgroup, kept while the helper lives"
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(wait_gone(init), "the container died with kiln (PDEATHSIG)");
+    assert!(
+        mounts_under(root) > 0,
+        "a SIGKILL leaves the overlay mounted"
+    );
+    cgroups
+}
+
 #[test]
 fn sigkill_leftovers_are_recovered_at_the_next_start() {
     common::require_root();
     let root = common::temp_root();
-    let (mut child, init) = start_helper(root.path());
-    let helper_pid = child.id();
-    assert!(mounts_under(root.path()) > 0);
-    child.kill().unwrap(); // SIGKILL: no cleanup code runs
-    child.wait().unwrap();
-    assert!(wait_gone(init), "the container died with kiln (PDEATHSIG)");
-    assert!(
-        mounts_under(root.path()) > 0,
-        "a SIGKILL leaves the overlay mounted"
-    );
-    assert!(!kiln_cgroups_of(helper_pid).is_empty(), "and its cgroup");
+    let cgroups = start_and_sigkill_helper(root.path());
 
     assert_eq!(snapshot::recover(root.path()).unwrap(), 1);
     sandbox::recover();
@@ -178,7 +194,27 @@ fn sigkill_leftovers_are_recovered_at_the_next_start() {
         .unwrap()
         .collect();
     assert!(active.is_empty());
-    assert!(kiln_cgroups_of(helper_pid).is_empty());
+    let left: Vec<_> = cgroups.iter().filter(|c| c.exists()).collect();
+    assert!(left.is_empty(), "cgroups left: {left:?}");
+}
+
+/// Not only a build: every command that opens the store cleans what a killed kiln left (as
+/// they empty `tmp/`).
+#[test]
+fn sigkill_leftovers_are_recovered_by_any_command() {
+    common::require_root();
+    for cmd in [&["images"][..], &["ps", "-a"], &["volume", "ls"]] {
+        let root = common::temp_root();
+        let cgroups = start_and_sigkill_helper(root.path());
+        common::kiln_ok(root.path(), cmd);
+        assert_eq!(mounts_under(root.path()), 0, "kiln {cmd:?} unmounted it");
+        let active: Vec<_> = std::fs::read_dir(root.path().join("snapshots/active"))
+            .unwrap()
+            .collect();
+        assert!(active.is_empty(), "kiln {cmd:?} removed it: {active:?}");
+        let left: Vec<_> = cgroups.iter().filter(|c| c.exists()).collect();
+        assert!(left.is_empty(), "cgroups left after kiln {cmd:?}: {left:?}");
+    }
 }
 
 #[test]

@@ -94,9 +94,13 @@ impl Snapshotter {
     pub fn prepare(&self, lowers: &[PathBuf], opts: &PrepareOptions) -> Result<ActiveSnapshot> {
         let dir = self.dir.join("active").join(random_id());
         std::fs::create_dir(&dir).with_context(|| format!("create {}", dir.display()))?;
-        let lock = File::create(dir.join("lock"))
+        // The lock is taken on a file of another name and renamed to `lock` only once held:
+        // `recover` (which every kiln command runs) must never see a `lock` that is free because
+        // its owner has not taken it yet.
+        let lock = File::create(dir.join("lock.new"))
             .and_then(|f| {
                 if try_lock(&f) {
+                    std::fs::rename(dir.join("lock.new"), dir.join("lock"))?;
                     Ok(f)
                 } else {
                     Err(io::Error::other("locked"))
@@ -274,15 +278,21 @@ pub fn recover(root: &Path) -> Result<usize> {
     let mut removed = 0;
     for entry in entries.flatten() {
         let dir = entry.path();
-        let stale = match File::open(dir.join("lock")) {
-            Ok(f) => try_lock(&f),
+        // Held while the directory is removed, so a second kiln recovering at the same time
+        // sees it taken and leaves it to us.
+        let (stale, _held) = match File::open(dir.join("lock")) {
+            Ok(f) if try_lock(&f) => (true, Some(f)),
+            Ok(_) => (false, None),
             // No lock file: a prepare that died before taking it, if it is not brand new.
-            Err(_) => entry
-                .metadata()
-                .and_then(|m| m.modified())
-                .ok()
-                .and_then(|t| t.elapsed().ok())
-                .is_some_and(|age| age.as_secs() > 60),
+            Err(_) => (
+                entry
+                    .metadata()
+                    .and_then(|m| m.modified())
+                    .ok()
+                    .and_then(|t| t.elapsed().ok())
+                    .is_some_and(|age| age.as_secs() > 60),
+                None,
+            ),
         };
         if stale {
             remove_snapshot_dir(&dir);
