@@ -15,6 +15,7 @@ pub mod cli;
 pub mod digest;
 pub mod dockerfile;
 pub mod oci;
+pub mod owner;
 pub mod reference;
 pub mod registry;
 pub mod runner;
