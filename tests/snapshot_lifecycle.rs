@@ -242,3 +242,44 @@ fn sigterm_unmounts_and_kills_the_container_before_exiting() {
     assert!(active.is_empty());
     assert!(kiln_cgroups_of(helper_pid).is_empty());
 }
+
+/// Every kiln command recovers at start-up now, so recovery runs while other kilns prepare
+/// snapshots: it must never take a snapshot whose owner is still setting it up.
+#[test]
+fn recovery_running_beside_prepare_never_takes_a_live_snapshot() {
+    common::require_root();
+    let root = common::temp_root();
+    let snapshotter = Snapshotter::new(root.path()).unwrap();
+    let done = std::sync::atomic::AtomicBool::new(false);
+    /// Stops the recovering thread even when the preparing side panics (else the scope hangs).
+    struct Stop<'a>(&'a std::sync::atomic::AtomicBool);
+    impl Drop for Stop<'_> {
+        fn drop(&mut self) {
+            self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+    std::thread::scope(|s| {
+        let recovering = s.spawn(|| {
+            let mut taken = 0;
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                taken += snapshot::recover(root.path()).unwrap();
+            }
+            taken
+        });
+        let stop = Stop(&done);
+        for _ in 0..300 {
+            let snap = snapshotter
+                .prepare(&[], &PrepareOptions::default())
+                .expect("prepare beside a recovery");
+            std::fs::write(snap.merged().join("f"), "x").expect("the snapshot is still mounted");
+            snap.release()
+                .expect("the snapshot is still there to release");
+        }
+        drop(stop);
+        assert_eq!(
+            recovering.join().unwrap(),
+            0,
+            "recovery took a live snapshot"
+        );
+    });
+}

@@ -264,6 +264,15 @@ fn remove_snapshot_dir(dir: &Path) {
     let _ = std::fs::remove_dir_all(dir);
 }
 
+/// Whether the open file `f` is the file now at `path`.
+fn same_file(f: &File, path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (f.metadata(), std::fs::metadata(path)) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
+    }
+}
+
 /// Removes active snapshots a killed kiln left under `root` (their lock is free): unmounts them
 /// and deletes their directories. Snapshots of running kiln processes are left alone. Returns
 /// how many were removed.
@@ -281,7 +290,9 @@ pub fn recover(root: &Path) -> Result<usize> {
         // Held while the directory is removed, so a second kiln recovering at the same time
         // sees it taken and leaves it to us.
         let (stale, _held) = match File::open(dir.join("lock")) {
-            Ok(f) if try_lock(&f) => (true, Some(f)),
+            // The lock is ours and still the snapshot's: an owner that is releasing unlinks it
+            // before letting go, and that snapshot is gone already.
+            Ok(f) if try_lock(&f) && same_file(&f, &dir.join("lock")) => (true, Some(f)),
             Ok(_) => (false, None),
             // No lock file: a prepare that died before taking it, if it is not brand new.
             Err(_) => (
