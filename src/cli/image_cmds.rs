@@ -488,25 +488,19 @@ fn cmd_save(
                 ),
             }
             // Written to a temp name next to the target, then renamed: no half-written file. The
-            // name says whose it is, so the next save here removes it if this one is killed.
-            let tmp = tempfile::Builder::new()
-                .prefix(&format!(
-                    "{SAVE_TEMP_PREFIX}{}.",
-                    crate::owner::Owner::current().tag()
-                ))
-                .tempfile_in(dir)
+            // name says whose it is, so the next save here removes it if this one is killed; a
+            // SIGINT/SIGTERM/SIGHUP removes it (the removal is registered before the file is
+            // made, so no signal falls between the two).
+            let (tmp_file, tmp_path, cleanup_key) = create_save_temp(dir)
                 .with_context(|| format!("save: {}: cannot write there", path.display()))?;
-            let tmp_path = tmp.path().to_path_buf();
-            let cleanup_key = crate::snapshot::cleanup::register(move || {
-                let _ = std::fs::remove_file(&tmp_path);
-            });
             let written = (|| {
-                let mut out = io::BufWriter::with_capacity(1 << 20, tmp.as_file());
+                let mut out = io::BufWriter::with_capacity(1 << 20, &tmp_file);
                 archive::save(&store, &items, format, compression, &mut out, quiet)?;
                 out.flush()?;
                 drop(out);
-                tmp.as_file().sync_all()?;
-                tmp.persist(path).map_err(|e| e.error)?;
+                tmp_file.sync_all()?;
+                drop(tmp_file);
+                tmp_path.persist(path).map_err(|e| e.error)?;
                 anyhow::Ok(())
             })();
             crate::snapshot::cleanup::unregister(cleanup_key);
@@ -523,6 +517,48 @@ pub const SAVE_TEMP_PREFIX: &str = ".kiln-save.";
 
 /// Temp files of an older kiln, whose names carry no owner, are removed once this old.
 const LEGACY_SAVE_TEMP_AGE: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
+/// Makes `DIR/.kiln-save.<pid>-<start>.<random>` (mode 0600, new) for `save -o`, with its
+/// removal registered for SIGINT/SIGTERM/SIGHUP first; the `TempPath` removes it when dropped.
+fn create_save_temp(dir: &Path) -> io::Result<(std::fs::File, tempfile::TempPath, u64)> {
+    use rand::distributions::{Alphanumeric, DistString};
+    use std::os::unix::fs::OpenOptionsExt;
+    let tag = crate::owner::Owner::current().tag();
+    crate::snapshot::cleanup::install_signal_handlers();
+    let mut attempt = 0;
+    loop {
+        let random = Alphanumeric.sample_string(&mut rand::thread_rng(), 8);
+        let path = dir.join(format!("{SAVE_TEMP_PREFIX}{tag}.{random}"));
+        let to_remove = path.clone();
+        let key = crate::snapshot::cleanup::register(move || {
+            let _ = std::fs::remove_file(&to_remove);
+        });
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+        {
+            Ok(file) => {
+                return match tempfile::TempPath::try_from_path(&path) {
+                    Ok(temp) => Ok((file, temp, key)),
+                    Err(e) => {
+                        let _ = std::fs::remove_file(&path);
+                        crate::snapshot::cleanup::unregister(key);
+                        Err(e)
+                    }
+                };
+            }
+            Err(e) => {
+                crate::snapshot::cleanup::unregister(key);
+                attempt += 1;
+                if e.kind() != io::ErrorKind::AlreadyExists || attempt >= 8 {
+                    return Err(e);
+                }
+            }
+        }
+    }
+}
 
 /// Removes from `dir` the temp files of `kiln save -o` runs that were killed: files named
 /// `.kiln-save.<pid>-<start>.*` whose process is gone (the start time guards against pid reuse),
