@@ -18,6 +18,7 @@ pub mod engine;
 pub mod exporter;
 pub mod oci;
 pub mod ops;
+pub mod owner;
 pub mod reference;
 pub mod registry;
 pub mod report;

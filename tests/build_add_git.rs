@@ -316,7 +316,7 @@ fn a_missing_git_command_says_to_install_it() {
         "FROM busybox:latest\nADD https://example.invalid/r.git#main /src\n",
     )]);
     let empty = tempfile::tempdir().unwrap();
-    let out = Command::new(common::kiln_bin())
+    let out = common::kiln_command()
         .arg("--root")
         .arg(root.path())
         .args(["build", "--progress", "plain"])

@@ -14,6 +14,27 @@ fn fails(root: &std::path::Path, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
+/// A registry on loopback that has no images: every request gets 404. Returns `127.0.0.1:PORT`.
+fn empty_registry() -> String {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let mut reader = BufReader::new(&stream);
+            let mut line = String::new();
+            while reader.read_line(&mut line).is_ok_and(|n| n > 0) && line != "\r\n" {
+                line.clear();
+            }
+            let _ = (&stream).write_all(
+                b"HTTP/1.1 404 Not Found\r\nContent-Type: application/json\r\n\
+                  Content-Length: 2\r\nConnection: close\r\n\r\n{}",
+            );
+        }
+    });
+    addr.to_string()
+}
+
 #[test]
 fn unknown_target_missing_source_failing_run() {
     let root = root_with_busybox();
@@ -87,9 +108,13 @@ fn bad_flags_context_and_base() {
     assert!(err.contains("--network=bridge"), "{err}");
     let err = fails(root.path(), &["--secret", "id=x,src=/nonexistent", c]);
     assert!(err.contains("--secret"), "{err}");
-    std::fs::write(ctx.path().join("Dockerfile"), "FROM no-such-image:1\n").unwrap();
+    // A base that is neither local nor at the registry: one on loopback that knows no image
+    // (a bare name would go to Docker Hub, which the tests must never reach).
+    let registry = empty_registry();
+    let from = format!("FROM {registry}/no-such-image:1");
+    std::fs::write(ctx.path().join("Dockerfile"), format!("{from}\n")).unwrap();
     let err = fails(root.path(), &[c]);
-    assert!(err.contains("Dockerfile:1: FROM no-such-image:1"), "{err}");
+    assert!(err.contains(&format!("Dockerfile:1: {from}")), "{err}");
     // Exactly one error line for a missing Dockerfile.
     let empty = context(&[("x", "")]);
     let err = fails(root.path(), &[empty.path().to_str().unwrap()]);

@@ -192,7 +192,7 @@ fn context_from_a_tarball_and_dockerfile_from_stdin() {
         "from-tar\n"
     );
 
-    let mut child = std::process::Command::new(common::kiln_bin())
+    let mut child = common::kiln_command()
         .arg("--root")
         .arg(root.path())
         .args(["build", "-q", "-t", "stdin", "-"])

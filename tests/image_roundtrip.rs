@@ -306,7 +306,7 @@ fn compressed_and_stdin_inputs_and_outputs() {
     )));
     let id1 = kiln_ok(r, &["import", zst.to_str().unwrap(), "zst"]);
     // From stdin.
-    let mut child = Command::new(common::kiln_bin())
+    let mut child = common::kiln_command()
         .arg("--root")
         .arg(r)
         .args(["import", "-", "stdin:1"])
@@ -333,7 +333,7 @@ fn compressed_and_stdin_inputs_and_outputs() {
     assert!(id1.starts_with("sha256:"));
     // zstd and uncompressed OCI output to stdout, loaded back through stdin.
     for compression in ["zstd", "none"] {
-        let out = Command::new(common::kiln_bin())
+        let out = common::kiln_command()
             .arg("--root")
             .arg(r)
             .args([
@@ -354,7 +354,7 @@ fn compressed_and_stdin_inputs_and_outputs() {
             String::from_utf8_lossy(&out.stderr)
         );
         let fresh = temp_root();
-        let mut child = Command::new(common::kiln_bin())
+        let mut child = common::kiln_command()
             .arg("--root")
             .arg(fresh.path())
             .args(["load"])
@@ -562,7 +562,7 @@ fn run_at_once(root: &Path, commands: &[Vec<&str>]) {
     let children: Vec<_> = commands
         .iter()
         .map(|args| {
-            Command::new(common::kiln_bin())
+            common::kiln_command()
                 .arg("--root")
                 .arg(root)
                 .args(args)

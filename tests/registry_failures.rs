@@ -15,7 +15,7 @@ fn kiln_cfg(root: &Path, args: &[&str], envs: &[(&str, &str)]) -> Output {
     if !cfg.exists() {
         std::fs::write(&cfg, "").unwrap();
     }
-    let mut cmd = std::process::Command::new(common::kiln_bin());
+    let mut cmd = common::kiln_command();
     cmd.arg("--root")
         .arg(root)
         .args(args)
@@ -274,7 +274,7 @@ fn registry_pull_killed_mid_transfer_then_next_pull_completes() {
     let proxy = Proxy::start(reg.port, needle, Sabotage::Stall);
     let root = temp_root();
     std::fs::write(root.path().join("kiln-config.toml"), "").unwrap();
-    let mut child = std::process::Command::new(common::kiln_bin())
+    let mut child = common::kiln_command()
         .arg("--root")
         .arg(root.path())
         .args([
@@ -320,4 +320,34 @@ fn registry_pull_killed_mid_transfer_then_next_pull_completes() {
     );
     assert!(has_blob(root.path(), &layer_digest));
     assert_store_clean(root.path());
+}
+
+#[test]
+fn docker_hub_is_refused_outright_in_the_tests() {
+    // The test helpers set KILN_LOOPBACK_REGISTRIES_ONLY: a name that is not local fails at
+    // once, naming the guard, instead of reaching for Docker Hub.
+    let root = temp_root();
+    for args in [&["pull", "busybox:1.36"][..], &["pull", "ghcr.io/x/y:1"]] {
+        let err = fails(&kiln_cfg(root.path(), args, &[]));
+        assert!(
+            err.contains("refusing to contact") && err.contains("KILN_LOOPBACK_REGISTRIES_ONLY"),
+            "{err}"
+        );
+    }
+    let ctx = tempfile::tempdir().unwrap();
+    std::fs::write(
+        ctx.path().join("Dockerfile"),
+        "FROM alpine:3.20\nRUN true\n",
+    )
+    .unwrap();
+    let err = fails(&kiln_cfg(
+        root.path(),
+        &["build", ctx.path().to_str().unwrap()],
+        &[],
+    ));
+    assert!(
+        err.contains("FROM alpine:3.20")
+            && err.contains("refusing to contact registry-1.docker.io"),
+        "{err}"
+    );
 }

@@ -140,7 +140,7 @@ fn registry_redirect_to_another_host_carries_no_credentials() {
     let root = common::temp_root();
     let cfg = root.path().join("config.toml");
     std::fs::write(&cfg, "").unwrap();
-    let out = std::process::Command::new(common::kiln_bin())
+    let out = common::kiln_command()
         .arg("--root")
         .arg(root.path())
         .args(["pull", "-q", &format!("127.0.0.1:{registry}/redir/app:1")])

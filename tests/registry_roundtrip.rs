@@ -14,7 +14,7 @@ use registry_support::*;
 /// environment or a Docker config.
 fn kiln_env(root: &Path, config: &Path, args: &[&str], stdin: Option<&str>) -> Output {
     use std::io::Write;
-    let mut cmd = std::process::Command::new(common::kiln_bin());
+    let mut cmd = common::kiln_command();
     cmd.arg("--root").arg(root).args(args);
     cmd.env("KILN_CONFIG", config)
         .env("DOCKER_CONFIG", root.join("no-docker-config"))

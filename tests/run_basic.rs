@@ -179,7 +179,7 @@ fn kill_rm_force_and_dead_monitor() {
     assert_eq!(c.inspect()["State"]["Status"], "exited");
     assert_eq!(c.inspect()["State"]["ExitCode"], 255);
     // A foreground `run --rm` killed with SIGKILL: the next kiln run removes its container.
-    let mut fg = std::process::Command::new(common::kiln_bin())
+    let mut fg = common::kiln_command()
         .arg("--root")
         .arg(r)
         .args(["run", "--rm", "--name", "fg", "bb"])
@@ -205,7 +205,7 @@ fn stdin_with_i_and_a_terminal_with_t() {
     let root = setup(json!({"Cmd": ["sh"]}));
     let r = root.path();
     // -i: kiln's stdin reaches the command; without it the command reads nothing.
-    let mut child = std::process::Command::new(common::kiln_bin())
+    let mut child = common::kiln_command()
         .arg("--root")
         .arg(r)
         .args([
@@ -248,7 +248,7 @@ fn stdin_with_i_and_a_terminal_with_t() {
 fn signals_to_foreground_kiln_reach_the_container() {
     let root = setup(json!({"Cmd": ["sh"]}));
     let r = root.path();
-    let child = std::process::Command::new(common::kiln_bin())
+    let child = common::kiln_command()
         .arg("--root")
         .arg(r)
         .args([

@@ -3,10 +3,7 @@ mod common;
 
 #[test]
 fn help_lists_usage() {
-    let out = std::process::Command::new(common::kiln_bin())
-        .arg("--help")
-        .output()
-        .unwrap();
+    let out = common::kiln_command().arg("--help").output().unwrap();
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).contains("Usage: kiln"));
 }

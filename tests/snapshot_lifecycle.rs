@@ -155,21 +155,37 @@ fn kiln_cgroups_of(pid: u32) -> Vec<PathBuf> {
         .collect()
 }
 
+/// Kills the helper with SIGKILL (no cleanup code runs) and checks what it leaves: the overlay
+/// mounted under `root`. Returns the helper's cgroups, seen while it lived.
+///
+/// Its cgroups are left too, until some kiln recovers them: the test's own recovery, or any
+/// other kiln process that starts meanwhile on this machine (cgroups of every kiln share
+/// `/sys/fs/cgroup/<controller>/kiln/`, and each kiln removes those whose owner is gone). So
+/// the tests assert they are there while the helper lives and gone after a recovery, never
+/// that they are still there in between.
+fn start_and_sigkill_helper(root: &Path) -> Vec<PathBuf> {
+    let (mut child, init) = start_helper(root);
+    assert!(mounts_under(root) > 0);
+    let cgroups = kiln_cgroups_of(child.id());
+    assert!(
+        !cgroups.is_empty(),
+        "the helper's execution has a cgroup, kept while the helper lives"
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(wait_gone(init), "the container died with kiln (PDEATHSIG)");
+    assert!(
+        mounts_under(root) > 0,
+        "a SIGKILL leaves the overlay mounted"
+    );
+    cgroups
+}
+
 #[test]
 fn sigkill_leftovers_are_recovered_at_the_next_start() {
     common::require_root();
     let root = common::temp_root();
-    let (mut child, init) = start_helper(root.path());
-    let helper_pid = child.id();
-    assert!(mounts_under(root.path()) > 0);
-    child.kill().unwrap(); // SIGKILL: no cleanup code runs
-    child.wait().unwrap();
-    assert!(wait_gone(init), "the container died with kiln (PDEATHSIG)");
-    assert!(
-        mounts_under(root.path()) > 0,
-        "a SIGKILL leaves the overlay mounted"
-    );
-    assert!(!kiln_cgroups_of(helper_pid).is_empty(), "and its cgroup");
+    let cgroups = start_and_sigkill_helper(root.path());
 
     assert_eq!(snapshot::recover(root.path()).unwrap(), 1);
     sandbox::recover();
@@ -178,7 +194,27 @@ fn sigkill_leftovers_are_recovered_at_the_next_start() {
         .unwrap()
         .collect();
     assert!(active.is_empty());
-    assert!(kiln_cgroups_of(helper_pid).is_empty());
+    let left: Vec<_> = cgroups.iter().filter(|c| c.exists()).collect();
+    assert!(left.is_empty(), "cgroups left: {left:?}");
+}
+
+/// Not only a build: every command that opens the store cleans what a killed kiln left (as
+/// they empty `tmp/`).
+#[test]
+fn sigkill_leftovers_are_recovered_by_any_command() {
+    common::require_root();
+    for cmd in [&["images"][..], &["ps", "-a"], &["volume", "ls"]] {
+        let root = common::temp_root();
+        let cgroups = start_and_sigkill_helper(root.path());
+        common::kiln_ok(root.path(), cmd);
+        assert_eq!(mounts_under(root.path()), 0, "kiln {cmd:?} unmounted it");
+        let active: Vec<_> = std::fs::read_dir(root.path().join("snapshots/active"))
+            .unwrap()
+            .collect();
+        assert!(active.is_empty(), "kiln {cmd:?} removed it: {active:?}");
+        let left: Vec<_> = cgroups.iter().filter(|c| c.exists()).collect();
+        assert!(left.is_empty(), "cgroups left after kiln {cmd:?}: {left:?}");
+    }
 }
 
 #[test]
@@ -205,4 +241,45 @@ fn sigterm_unmounts_and_kills_the_container_before_exiting() {
         .collect();
     assert!(active.is_empty());
     assert!(kiln_cgroups_of(helper_pid).is_empty());
+}
+
+/// Every kiln command recovers at start-up now, so recovery runs while other kilns prepare
+/// snapshots: it must never take a snapshot whose owner is still setting it up.
+#[test]
+fn recovery_running_beside_prepare_never_takes_a_live_snapshot() {
+    common::require_root();
+    let root = common::temp_root();
+    let snapshotter = Snapshotter::new(root.path()).unwrap();
+    let done = std::sync::atomic::AtomicBool::new(false);
+    /// Stops the recovering thread even when the preparing side panics (else the scope hangs).
+    struct Stop<'a>(&'a std::sync::atomic::AtomicBool);
+    impl Drop for Stop<'_> {
+        fn drop(&mut self) {
+            self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+    std::thread::scope(|s| {
+        let recovering = s.spawn(|| {
+            let mut taken = 0;
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                taken += snapshot::recover(root.path()).unwrap();
+            }
+            taken
+        });
+        let stop = Stop(&done);
+        for _ in 0..300 {
+            let snap = snapshotter
+                .prepare(&[], &PrepareOptions::default())
+                .expect("prepare beside a recovery");
+            std::fs::write(snap.merged().join("f"), "x").expect("the snapshot is still mounted");
+            snap.release()
+                .expect("the snapshot is still there to release");
+        }
+        drop(stop);
+        assert_eq!(
+            recovering.join().unwrap(),
+            0,
+            "recovery took a live snapshot"
+        );
+    });
 }

@@ -473,25 +473,141 @@ fn cmd_save(
                 Some(p) if !p.as_os_str().is_empty() => p,
                 _ => Path::new("."),
             };
-            // Written to a temp name next to the target, then renamed: no half-written file.
-            let tmp = tempfile::Builder::new()
-                .prefix(".kiln-save.")
-                .tempfile_in(dir)
+            // What earlier saves here left when they were killed.
+            match remove_dead_save_temps(dir) {
+                Ok((n, bytes)) if n > 0 && !quiet => eprintln!(
+                    "kiln: removed {n} temporary file{} of killed saves in {} ({})",
+                    if n == 1 { "" } else { "s" },
+                    dir.display(),
+                    human_bytes(bytes)
+                ),
+                Ok(_) => {}
+                Err(e) => eprintln!(
+                    "kiln: warning: looking for temporary files of killed saves in {}: {e}",
+                    dir.display()
+                ),
+            }
+            // Written to a temp name next to the target, then renamed: no half-written file. The
+            // name says whose it is, so the next save here removes it if this one is killed; a
+            // SIGINT/SIGTERM/SIGHUP removes it (the removal is registered before the file is
+            // made, so no signal falls between the two).
+            let (tmp_file, tmp_path, cleanup_key) = create_save_temp(dir)
                 .with_context(|| format!("save: {}: cannot write there", path.display()))?;
-            let mut out = io::BufWriter::with_capacity(1 << 20, tmp.as_file());
-            archive::save(&store, &items, format, compression, &mut out, quiet)
-                .with_context(|| format!("save: {}", path.display()))?;
-            out.flush()?;
-            drop(out);
-            tmp.as_file().sync_all()?;
-            tmp.persist(path)
-                .map_err(|e| e.error)
-                .with_context(|| format!("save: {}", path.display()))?;
+            let written = (|| {
+                let mut out = io::BufWriter::with_capacity(1 << 20, &tmp_file);
+                archive::save(&store, &items, format, compression, &mut out, quiet)?;
+                out.flush()?;
+                drop(out);
+                tmp_file.sync_all()?;
+                drop(tmp_file);
+                tmp_path.persist(path).map_err(|e| e.error)?;
+                anyhow::Ok(())
+            })();
+            crate::cleanup::unregister(cleanup_key);
+            written.with_context(|| format!("save: {}", path.display()))?;
             use std::os::unix::fs::PermissionsExt;
             let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o644));
         }
     }
     Ok(0)
+}
+
+/// How `kiln save -o F` names its temp file beside F: `.kiln-save.<pid>-<start time>.<random>`.
+pub const SAVE_TEMP_PREFIX: &str = ".kiln-save.";
+
+/// Temp files of an older kiln, whose names carry no owner, are removed once this old.
+const LEGACY_SAVE_TEMP_AGE: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
+/// Makes `DIR/.kiln-save.<pid>-<start>.<random>` (mode 0600, new) for `save -o`, with its
+/// removal registered for SIGINT/SIGTERM/SIGHUP first; the `TempPath` removes it when dropped.
+fn create_save_temp(dir: &Path) -> io::Result<(std::fs::File, tempfile::TempPath, u64)> {
+    use rand::distributions::{Alphanumeric, DistString};
+    use std::os::unix::fs::OpenOptionsExt;
+    let tag = crate::owner::Owner::current().tag();
+    crate::cleanup::install_signal_handlers();
+    let mut attempt = 0;
+    loop {
+        let random = Alphanumeric.sample_string(&mut rand::thread_rng(), 8);
+        let path = dir.join(format!("{SAVE_TEMP_PREFIX}{tag}.{random}"));
+        let to_remove = path.clone();
+        let key = crate::cleanup::register(move || {
+            let _ = std::fs::remove_file(&to_remove);
+        });
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+        {
+            Ok(file) => {
+                return match tempfile::TempPath::try_from_path(&path) {
+                    Ok(temp) => Ok((file, temp, key)),
+                    Err(e) => {
+                        let _ = std::fs::remove_file(&path);
+                        crate::cleanup::unregister(key);
+                        Err(e)
+                    }
+                };
+            }
+            Err(e) => {
+                crate::cleanup::unregister(key);
+                attempt += 1;
+                if e.kind() != io::ErrorKind::AlreadyExists || attempt >= 8 {
+                    return Err(e);
+                }
+            }
+        }
+    }
+}
+
+/// Removes from `dir` the temp files of `kiln save -o` runs that were killed: files named
+/// `.kiln-save.<pid>-<start>.*` whose process is gone (the start time guards against pid reuse),
+/// owned by this user; a name without an owner (kiln before it tagged them) only when it has not
+/// been written for a day. A live save's file is never touched. Returns how many files were
+/// removed and their size. Used by `save` for its output directory; a `kiln system prune`
+/// would call it for the directories it is given.
+pub fn remove_dead_save_temps(dir: &Path) -> io::Result<(usize, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    // SAFETY: geteuid has no preconditions.
+    let uid = unsafe { libc::geteuid() };
+    let (mut removed, mut bytes) = (0, 0);
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        let Some(rest) = name.to_str().and_then(|n| n.strip_prefix(SAVE_TEMP_PREFIX)) else {
+            continue;
+        };
+        let Ok(meta) = entry.metadata() else {
+            continue;
+        };
+        if !meta.file_type().is_file() || meta.uid() != uid {
+            continue;
+        }
+        let dead = match rest
+            .split('.')
+            .next()
+            .and_then(crate::owner::Owner::parse_tag)
+        {
+            Some(owner) => !owner.is_alive(),
+            None => meta
+                .modified()
+                .ok()
+                .and_then(|m| m.elapsed().ok())
+                .is_some_and(|age| age > LEGACY_SAVE_TEMP_AGE),
+        };
+        if dead {
+            match std::fs::remove_file(entry.path()) {
+                Ok(()) => {
+                    removed += 1;
+                    bytes += meta.len();
+                }
+                // Another save here cleaned it first.
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    Ok((removed, bytes))
 }
 
 fn cmd_load(globals: &Globals, input: Option<&str>, quiet: bool) -> Result<i32> {

@@ -59,6 +59,7 @@ pub enum Commands {
 /// Runs kiln with the process's arguments and returns the exit code.
 pub fn main() -> i32 {
     let cli = Cli::parse();
+    crate::store::set_open_hook(recover_leftovers);
     match dispatch(cli) {
         Ok(code) => code,
         Err(err) => {
@@ -78,4 +79,16 @@ fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         Commands::Run(cmd) => run_cmds::run(cmd, &globals),
         Commands::Registry(cmd) => registry_cmds::run(cmd, &globals),
     }
+}
+
+/// Cleans what killed kiln processes left under the root: every command that opens the store
+/// runs this once (`store::set_open_hook`), as the store empties `tmp/`. Overlay mounts and
+/// directories of active snapshots whose lock is free, unpack directories and cgroups whose
+/// owner is gone; whatever a live kiln holds (its snapshot lock, its pid) is left alone. A
+/// failure here is reported and does not stop the command.
+fn recover_leftovers(store: &crate::store::Store) {
+    if let Err(e) = crate::snapshot::recover(store.root()) {
+        crate::report::report_error(&e.context("warning: cleaning up after an earlier kiln"));
+    }
+    crate::sandbox::recover();
 }

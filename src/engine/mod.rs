@@ -21,9 +21,6 @@ use options::{BuildOptions, Output};
 /// Runs a build; returns the process exit code.
 pub fn build(root: &Path, opts: BuildOptions) -> Result<i32> {
     let store = Arc::new(Store::open(root)?);
-    // What a killed kiln left: overlay mounts, snapshot dirs, cgroups (live ones are left alone).
-    crate::snapshot::recover(store.root()).context("cleaning up after an earlier kiln")?;
-    crate::sandbox::recover();
     let progress = Arc::new(Progress::new(opts.progress, opts.explain));
     for out in &opts.outputs {
         if let Output::Image { names } = out {

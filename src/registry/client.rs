@@ -239,6 +239,7 @@ impl Client {
             if attempt > 0 {
                 std::thread::sleep(backoff(attempt));
             }
+            super::config::check_allowed(&url)?;
             let mut req = Request::get(&url);
             if let Some(c) = &self.creds {
                 req = req.header("Authorization", c.basic_header());
@@ -307,6 +308,8 @@ impl Client {
         let mut redirects = 0;
         let mut attempt = 0;
         loop {
+            super::config::check_allowed(&url)
+                .with_context(|| format!("{}: {method} {}", self.name, redact_query(&url)))?;
             // Credentials go only to the registry itself, never to a host it redirects to.
             let same_host = origin(&url) == origin(&self.base);
             let mut req = Request::builder().method(method.clone()).uri(&url);

@@ -87,6 +87,30 @@ fn strip_port(host: &str) -> &str {
     }
 }
 
+/// Set (to anything but empty or `0`) by kiln's test helpers: a registry request to any host
+/// that is not loopback (Docker Hub above all) fails at once instead of waiting on a network
+/// this machine may not reach, so a test that would pull a name that is not local fails loudly.
+pub const LOOPBACK_ONLY_ENV: &str = "KILN_LOOPBACK_REGISTRIES_ONLY";
+
+/// Refuses `url` when [`LOOPBACK_ONLY_ENV`] is set and its host is not loopback.
+pub fn check_allowed(url: &str) -> anyhow::Result<()> {
+    let on = std::env::var_os(LOOPBACK_ONLY_ENV).is_some_and(|v| !v.is_empty() && v != "0");
+    if !on {
+        return Ok(());
+    }
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or(rest);
+    let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    if is_loopback(host) {
+        return Ok(());
+    }
+    anyhow::bail!(
+        "refusing to contact {host}: {LOOPBACK_ONLY_ENV} is set, which allows loopback \
+         registries only (kiln's tests must not reach Docker Hub or any registry off this \
+         machine): use a locally made image or a registry on 127.0.0.1"
+    )
+}
+
 /// `localhost`, 127.0.0.0/8 and ::1, with or without a port.
 pub fn is_loopback(host: &str) -> bool {
     let h = strip_port(host);

@@ -289,12 +289,10 @@ pub fn create(store: &Store, opts: &RunOptions) -> Result<ContainerRecord> {
     Ok(rec)
 }
 
-/// Removes what killed kiln processes left: snapshots and cgroups of dead owners; containers
-/// whose owner died (kill -9, reboot) are marked exited (255, as docker after a crash), and
-/// removed when they were started with `--rm`.
+/// Settles containers whose owner died (kill -9, reboot): marked exited (255, as docker after a
+/// crash), and removed when they were started with `--rm`. (Their snapshots and cgroups were
+/// already recovered when the command opened the store: `cli::recover_leftovers`.)
 fn recover(store: &Store) {
-    let _ = crate::snapshot::recover(store.root());
-    crate::sandbox::recover();
     let orphans: Vec<ContainerRecord> = state::list_unfinished(store)
         .unwrap_or_default()
         .into_iter()

@@ -139,19 +139,10 @@ impl ContainerRecord {
     }
 }
 
-/// The start time of a process (field 22 of /proc/PID/stat, clock ticks since boot): with the
-/// pid it identifies a process across pid reuse.
+/// The start time of a process (field 22 of /proc/PID/stat): with the pid it identifies a
+/// process across pid reuse (`crate::owner`).
 pub fn process_start_time(pid: i32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name (field 2) may hold spaces and parentheses: split after the last ')'.
-    let after = &stat[stat.rfind(')')? + 1..];
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    // `after` starts at field 3 (state); field 22 is index 19.
-    let state = fields.first()?;
-    if *state == "Z" || *state == "X" {
-        return None;
-    }
-    fields.get(19)?.parse().ok()
+    crate::owner::start_time(pid)
 }
 
 pub fn now_ns() -> i64 {

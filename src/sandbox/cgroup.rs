@@ -390,6 +390,10 @@ fn remove_dir(dir: &Path) {
 }
 
 /// Removes cgroups under `kiln/` whose owning kiln process (the pid in the name) is gone.
+///
+/// The `kiln/` parents are shared by every kiln on the machine, whatever its root, so any kiln
+/// that starts removes the cgroups that any killed kiln left; a live kiln's cgroups (its pid
+/// exists) are never touched.
 pub fn recover() {
     let mut parents = Vec::new();
     match detect() {
@@ -400,8 +404,14 @@ pub fn recover() {
             }
         }
     }
+    recover_under(&parents);
+}
+
+/// `recover` for the given `kiln/` directories; returns how many cgroups were removed.
+fn recover_under(parents: &[PathBuf]) -> usize {
+    let mut removed = 0;
     for parent in parents {
-        let Ok(entries) = std::fs::read_dir(&parent) else {
+        let Ok(entries) = std::fs::read_dir(parent) else {
             continue;
         };
         for e in entries.flatten() {
@@ -409,11 +419,13 @@ pub fn recover() {
             let Some(owner) = name.split('.').next().and_then(|p| p.parse::<i32>().ok()) else {
                 continue;
             };
-            if e.path().is_dir() && !crate::cleanup::process_alive(owner) {
+            if owner > 0 && e.path().is_dir() && !crate::cleanup::process_alive(owner) {
                 remove_dir(&e.path());
+                removed += usize::from(!e.path().exists());
             }
         }
     }
+    removed
 }
 
 #[cfg(test)]
@@ -438,6 +450,41 @@ mod tests {
                 "c 5:2 rwm",
                 "c 136:* rwm",
             ]
+        );
+    }
+
+    #[test]
+    fn recovery_removes_only_cgroups_of_dead_owners() {
+        let parent = tempfile::tempdir().unwrap();
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let dead = child.id();
+        child.wait().unwrap();
+        let live = std::process::id();
+        for name in [
+            format!("{dead}.0"),
+            format!("{dead}.7"),
+            format!("{live}.0"),
+            "system".to_string(),
+        ] {
+            std::fs::create_dir(parent.path().join(name)).unwrap();
+        }
+        std::fs::write(parent.path().join(format!("{dead}.9")), "").unwrap();
+        let parents = [parent.path().to_path_buf(), parent.path().join("missing")];
+        assert_eq!(recover_under(&parents), 2);
+        let mut left: Vec<String> = std::fs::read_dir(parent.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        let mut want = vec![
+            format!("{dead}.9"),
+            format!("{live}.0"),
+            "system".to_string(),
+        ];
+        want.sort();
+        assert_eq!(
+            left, want,
+            "a live owner's cgroup, files and other names stay"
         );
     }
 

@@ -93,9 +93,13 @@ impl Snapshotter {
     pub fn prepare(&self, lowers: &[PathBuf], opts: &PrepareOptions) -> Result<ActiveSnapshot> {
         let dir = self.dir.join("active").join(random_id());
         std::fs::create_dir(&dir).with_context(|| format!("create {}", dir.display()))?;
-        let lock = File::create(dir.join("lock"))
+        // The lock is taken on a file of another name and renamed to `lock` only once held:
+        // `recover` (which every kiln command runs) must never see a `lock` that is free because
+        // its owner has not taken it yet.
+        let lock = File::create(dir.join("lock.new"))
             .and_then(|f| {
                 if try_lock(&f) {
+                    std::fs::rename(dir.join("lock.new"), dir.join("lock"))?;
                     Ok(f)
                 } else {
                     Err(io::Error::other("locked"))
@@ -259,6 +263,15 @@ fn remove_snapshot_dir(dir: &Path) {
     let _ = std::fs::remove_dir_all(dir);
 }
 
+/// Whether the open file `f` is the file now at `path`.
+fn same_file(f: &File, path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (f.metadata(), std::fs::metadata(path)) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
+    }
+}
+
 /// Removes active snapshots a killed kiln left under `root` (their lock is free): unmounts them
 /// and deletes their directories. Snapshots of running kiln processes are left alone. Returns
 /// how many were removed.
@@ -273,15 +286,23 @@ pub fn recover(root: &Path) -> Result<usize> {
     let mut removed = 0;
     for entry in entries.flatten() {
         let dir = entry.path();
-        let stale = match File::open(dir.join("lock")) {
-            Ok(f) => try_lock(&f),
+        // Held while the directory is removed, so a second kiln recovering at the same time
+        // sees it taken and leaves it to us.
+        let (stale, _held) = match File::open(dir.join("lock")) {
+            // The lock is ours and still the snapshot's: an owner that is releasing unlinks it
+            // before letting go, and that snapshot is gone already.
+            Ok(f) if try_lock(&f) && same_file(&f, &dir.join("lock")) => (true, Some(f)),
+            Ok(_) => (false, None),
             // No lock file: a prepare that died before taking it, if it is not brand new.
-            Err(_) => entry
-                .metadata()
-                .and_then(|m| m.modified())
-                .ok()
-                .and_then(|t| t.elapsed().ok())
-                .is_some_and(|age| age.as_secs() > 60),
+            Err(_) => (
+                entry
+                    .metadata()
+                    .and_then(|m| m.modified())
+                    .ok()
+                    .and_then(|t| t.elapsed().ok())
+                    .is_some_and(|age| age.as_secs() > 60),
+                None,
+            ),
         };
         if stale {
             remove_snapshot_dir(&dir);

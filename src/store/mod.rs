@@ -17,7 +17,7 @@ pub use images::{CommittedImage, ImageRecord, LayerRecord};
 use std::fs;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, SystemTime};
 
 use anyhow::{bail, Context, Result};
@@ -29,6 +29,20 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(60);
 /// Temp files older than this are removed even while another kiln process is alive (they can
 /// only be left over from a crash).
 const STALE_TMP_AGE: Duration = Duration::from_secs(24 * 3600);
+
+/// What [`set_open_hook`] installed: run once per root per process, after the first open.
+static OPEN_HOOK: OnceLock<fn(&Store)> = OnceLock::new();
+/// The roots the hook already ran for in this process.
+static HOOKED_ROOTS: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+
+/// Installs `hook`, run by [`Store::open`] the first time this process opens each root (after
+/// `tmp/` is cleaned and the schema migrated). The command line installs the recovery of what
+/// killed kiln processes left (overlay mounts, cgroups) here, so that every command cleans up,
+/// while the store itself knows nothing of the modules above it. The first hook installed wins;
+/// returns false when one already was.
+pub fn set_open_hook(hook: fn(&Store)) -> bool {
+    OPEN_HOOK.set(hook).is_ok()
+}
 
 /// An open state root. Cheap to share: `Send + Sync`; the database connection sits behind a mutex.
 pub struct Store {
@@ -91,6 +105,18 @@ impl Store {
             _lock: lock,
         };
         store.migrate("store", images::MIGRATIONS)?;
+        if let Some(hook) = OPEN_HOOK.get() {
+            let first = HOOKED_ROOTS.lock().is_ok_and(|mut roots| {
+                let first = !roots.contains(&store.root);
+                if first {
+                    roots.push(store.root.clone());
+                }
+                first
+            });
+            if first {
+                hook(&store);
+            }
+        }
         Ok(store)
     }
 

@@ -15,9 +15,19 @@ pub fn kiln_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_kiln"))
 }
 
+/// A command for the kiln binary, set to refuse every registry that is not on loopback
+/// (`KILN_LOOPBACK_REGISTRIES_ONLY`): this machine reaches no public registry, so a test that
+/// would FROM or pull a name that is not local fails at once, saying so, instead of waiting on
+/// Docker Hub. Every test starts kiln through this (or `kiln`/`kiln_ok`).
+pub fn kiln_command() -> Command {
+    let mut cmd = Command::new(kiln_bin());
+    cmd.env("KILN_LOOPBACK_REGISTRIES_ONLY", "1");
+    cmd
+}
+
 /// Runs `kiln --root ROOT ARGS...` and returns its output (never panics on a non-zero exit).
 pub fn kiln(root: &Path, args: &[&str]) -> Output {
-    Command::new(kiln_bin())
+    kiln_command()
         .arg("--root")
         .arg(root)
         .args(args)
