@@ -8,8 +8,9 @@
 //! - `max-layer-size`: the largest uncompressed layer tar that import, load and unpacking
 //!   accept. Default: no limit.
 //!
-//! The floor is checked with statvfs when writing starts and then every [`CHECK_EVERY`] bytes,
-//! not per write.
+//! The floor is checked with statvfs when writing starts and then again after at most
+//! [`CHECK_EVERY`] bytes, sooner as the free space nears the floor (after half of what is left
+//! above it), not per write.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -17,8 +18,10 @@ use std::sync::OnceLock;
 
 use anyhow::{bail, Context, Result};
 
-/// How many bytes may be written between two free-space checks.
+/// The most bytes written between two free-space checks.
 pub const CHECK_EVERY: u64 = 16 << 20;
+/// The fewest (near the floor).
+const CHECK_AT_LEAST_EVERY: u64 = 64 << 10;
 
 const DEFAULT_FLOOR: u64 = 1 << 30;
 const DEFAULT_FLOOR_MAX_PERCENT: f64 = 5.0;
@@ -186,24 +189,27 @@ pub struct SpaceGuard {
     path: PathBuf,
     limits: Limits,
     since_check: u64,
+    /// Bytes that may be written before the next check.
+    next_check: u64,
 }
 
 impl SpaceGuard {
     /// A guard for writes under `path`, which is checked at once.
     pub fn new(path: &Path, limits: Limits) -> io::Result<SpaceGuard> {
-        let guard = SpaceGuard {
+        let mut guard = SpaceGuard {
             path: path.to_path_buf(),
             limits,
             since_check: 0,
+            next_check: 0,
         };
         guard.check()?;
         Ok(guard)
     }
 
-    /// Counts `n` more bytes written; checks the floor every [`CHECK_EVERY`] bytes.
+    /// Counts `n` more bytes written; checks the floor when it is time.
     pub fn wrote(&mut self, n: u64) -> io::Result<()> {
         self.since_check += n;
-        if self.since_check >= CHECK_EVERY {
+        if self.since_check >= self.next_check {
             self.since_check = 0;
             self.check()?;
         }
@@ -211,12 +217,14 @@ impl SpaceGuard {
     }
 
     /// An error when the filesystem is under the floor.
-    pub fn check(&self) -> io::Result<()> {
+    pub fn check(&mut self) -> io::Result<()> {
         if self.limits.min_free == Floor::Bytes(0) {
+            self.next_check = u64::MAX;
             return Ok(());
         }
         let (free, total) = free_space(&self.path)?;
         let floor = self.limits.floor_bytes(total);
+        self.next_check = (free.saturating_sub(floor) / 2).clamp(CHECK_AT_LEAST_EVERY, CHECK_EVERY);
         if free < floor {
             return Err(io::Error::other(format!(
                 "stopped: the filesystem of {} is down to {} free, under kiln's floor of {}; \
