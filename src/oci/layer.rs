@@ -535,6 +535,22 @@ struct Applier {
     extract: Option<ExtractOptions>,
 }
 
+/// A tar path for an error message: quoted, and cut in the middle when long.
+fn shorten(raw: &[u8]) -> String {
+    const KEEP: usize = 60;
+    let text = String::from_utf8_lossy(raw);
+    let chars: Vec<char> = text.chars().collect();
+    if chars.len() <= 2 * KEEP {
+        return format!("{text:?}");
+    }
+    let head: String = chars[..KEEP].iter().collect();
+    let tail: String = chars[chars.len() - KEEP..].iter().collect();
+    format!(
+        "{:?}",
+        format!("{head}...({} characters)...{tail}", chars.len())
+    )
+}
+
 /// Splits a tar path into normal components: leading `/` and `.` dropped, `..` rejected.
 fn tar_components(raw: &[u8]) -> Result<Vec<OsString>> {
     let mut out = Vec::new();
@@ -542,8 +558,8 @@ fn tar_components(raw: &[u8]) -> Result<Vec<OsString>> {
         match part {
             b"" | b"." => {}
             b".." => bail!(
-                "the path {:?} climbs out of the layer with `..`: refusing this layer",
-                String::from_utf8_lossy(raw)
+                "the path {} climbs out of the layer with `..`: refusing this layer",
+                shorten(raw)
             ),
             p => out.push(OsStr::from_bytes(p).to_os_string()),
         }
@@ -570,11 +586,33 @@ impl Applier {
     fn apply_all(&mut self, input: impl Read) -> Result<u64> {
         let mut entries = 0u64;
         let mut archive = tar::Archive::new(input);
-        for entry in archive.entries().context("reading the layer tar")? {
-            let mut entry = entry.context("reading the layer tar")?;
-            let name = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
-            self.apply_entry(&mut entry)
-                .with_context(|| format!("layer entry {name:?}"))?;
+        let what = if self.extract.is_some() {
+            "archive"
+        } else {
+            "layer"
+        };
+        for entry in archive
+            .entries()
+            .with_context(|| format!("reading the {what} tar"))?
+        {
+            let mut entry = entry.with_context(|| format!("reading the {what} tar"))?;
+            let name = entry.path_bytes().into_owned();
+            if let Err(e) = self.apply_entry(&mut entry) {
+                let too_long = e.chain().any(|c| {
+                    c.downcast_ref::<io::Error>()
+                        .is_some_and(|e| e.raw_os_error() == Some(libc::ENAMETOOLONG))
+                });
+                let mut err = e.context(format!("{what} entry {}", shorten(&name)));
+                if too_long {
+                    err = err.context(format!(
+                        "the {what} nests deeper than Linux paths reach ({} bytes of path \
+                         under {})",
+                        libc::PATH_MAX,
+                        self.root.display()
+                    ));
+                }
+                return Err(err);
+            }
             entries += 1;
         }
         Ok(entries)
@@ -649,12 +687,16 @@ impl Applier {
                     fs::DirBuilder::new()
                         .mode(0o755)
                         .create(&candidate)
-                        .with_context(|| format!("creating {}", candidate.display()))?;
+                        .with_context(|| {
+                            format!("creating {}", shorten(candidate.as_os_str().as_bytes()))
+                        })?;
                     resolved.push(c);
                     dir = candidate;
                 }
                 Err(e) => {
-                    return Err(e).with_context(|| format!("looking up {}", candidate.display()))
+                    return Err(e).with_context(|| {
+                        format!("looking up {}", shorten(candidate.as_os_str().as_bytes()))
+                    })
                 }
             }
             if plain {
