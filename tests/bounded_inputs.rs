@@ -291,3 +291,53 @@ fn first_run_unpack_stops_at_the_free_space_floor() {
     let (free, _) = kiln::store::space::free_space(small.path()).unwrap();
     assert!(free > 48 << 20, "the half-unpacked layer was not removed");
 }
+
+/// The tar reader read PAX headers into memory whole, whatever size they claimed: a 64 MiB one
+/// (64 KiB gzipped) is now refused before it is read, in load, import and layer application.
+#[test]
+fn oversized_pax_headers_are_refused_before_they_are_read() {
+    require_root();
+    let dir = tempdir();
+    let bomb = dir.path().join("pax-bomb.tar.gz");
+    {
+        let gz = flate2::write::GzEncoder::new(
+            fs::File::create(&bomb).unwrap(),
+            flate2::Compression::fast(),
+        );
+        let mut b = tar::Builder::new(gz);
+        let size = 64u64 << 20;
+        let mut h = tar::Header::new_ustar();
+        h.set_path("PaxHeaders/x").unwrap();
+        h.set_entry_type(tar::EntryType::XHeader);
+        h.set_size(size);
+        h.set_mode(0o644);
+        h.set_cksum();
+        b.append(&h, io::repeat(b'a').take(size)).unwrap();
+        let mut h = tar::Header::new_gnu();
+        h.set_mode(0o644);
+        h.set_size(1);
+        b.append_data(&mut h, "x", &b"x"[..]).unwrap();
+        b.into_inner().unwrap().finish().unwrap();
+    }
+    let root = tempdir();
+    for args in [
+        vec!["load", "-i", bomb.to_str().unwrap()],
+        vec!["import", bomb.to_str().unwrap(), "bomb:1"],
+    ] {
+        let out = kiln(root.path(), &args);
+        assert!(!out.status.success(), "{args:?}");
+        let err = stderr(&out);
+        assert!(
+            err.contains("a tar extension header (PAX) of 67108864 bytes, over the 1048576"),
+            "{args:?}: {err}"
+        );
+    }
+    let target = dir.path().join("target");
+    let err = kiln::oci::layer::apply_layer(
+        fs::File::open(&bomb).unwrap(),
+        &target,
+        kiln::oci::layer::ApplyMode::Flatten,
+    )
+    .unwrap_err();
+    assert!(format!("{err:#}").contains("over the 1048576"), "{err:#}");
+}

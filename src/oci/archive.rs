@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 use super::compress::{decompress, Compression, Compressor};
 use super::image::canonical_json;
 use super::progress::{Progress, ProgressReader, ProgressWriter};
+use super::targuard::TarGuard;
 use crate::reference::Reference;
 use crate::store::{digest_hex, Store};
 
@@ -508,11 +509,11 @@ impl<'f> ArchiveIndex<'f> {
                     progress,
                 })
                 .context("reading the archive")?;
-                walk_entries(tar::Archive::new(stream).entries(), f)
+                walk_entries(tar::Archive::new(TarGuard::new(stream)).entries(), f)
             }
             None => {
                 let (_, stream) = decompress(raw).context("reading the archive")?;
-                walk_entries(tar::Archive::new(stream).entries(), f)
+                walk_entries(tar::Archive::new(TarGuard::new(stream)).entries(), f)
             }
         }
     }

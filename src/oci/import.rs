@@ -71,7 +71,7 @@ pub fn import(store: &Store, input: impl Read, opts: &ImportOptions) -> Result<C
     let (_, stream) = decompress(input).context("reading the tarball")?;
     let compressor = Compressor::new(store.blob_writer()?, opts.compression)?;
     let mut tee = Tee {
-        inner: stream,
+        inner: super::targuard::TarGuard::new(stream),
         copy: compressor,
         size: 0,
         limits: Limits::current()?,

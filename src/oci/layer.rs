@@ -485,7 +485,7 @@ pub fn apply_layer_with(
     fs::create_dir_all(target).with_context(|| format!("creating {}", target.display()))?;
     let space = SpaceGuard::new(target, limits).context("unpacking a layer")?;
     let mut reader = HashingReader {
-        inner: stream,
+        inner: super::targuard::TarGuard::new(stream),
         hasher: Sha256::new(),
         size: 0,
         limits,
@@ -950,7 +950,7 @@ pub fn extract_archive(tar: impl Read, dest: &Path, opts: ExtractOptions) -> Res
         ..Limits::current()?
     };
     let mut reader = HashingReader {
-        inner: tar,
+        inner: super::targuard::TarGuard::new(tar),
         hasher: Sha256::new(),
         size: 0,
         limits,

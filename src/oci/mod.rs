@@ -7,3 +7,4 @@ pub mod image;
 pub mod import;
 pub mod layer;
 pub mod progress;
+pub mod targuard;
