@@ -12,6 +12,7 @@
 
 pub mod cleanup;
 pub mod cli;
+pub mod config;
 pub mod digest;
 pub mod dockerfile;
 pub mod engine;

@@ -5,7 +5,7 @@
 mod common;
 
 use std::fs;
-use std::io::Read;
+use std::io::{self, Read, Write};
 use std::os::unix::fs::{symlink, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -532,4 +532,200 @@ fn store_layer_compresses_once_and_applies_back() {
         assert_eq!(applied.diff_id, layer.diff_id, "{compression:?}");
         assert_eq!(describe(src.path()), describe(dst.path()));
     }
+}
+
+/// GNU tar's PAX sparse formats (what `tar --sparse --format=pax` writes) unpack as docker's do:
+/// the file under its real name, with its real size and its data at the right offsets; the
+/// holes stay holes. They used to land as `GNUSparseFile.N/` entries.
+#[test]
+fn pax_sparse_files_expand_to_their_real_name_and_size() {
+    common::require_root();
+    let d = tempdir();
+    let src = d.path().join("src");
+    fs::create_dir_all(src.join("dir")).unwrap();
+    let sparse = src.join("dir/sparse.img");
+    const REAL: u64 = 64 << 20;
+    {
+        use std::io::{Seek, SeekFrom};
+        let mut f = fs::File::create(&sparse).unwrap();
+        f.set_len(REAL).unwrap();
+        for (offset, data) in [
+            (0u64, &b"head"[..]),
+            (10 << 20, b"middle"),
+            (REAL - 4, b"tail"),
+        ] {
+            f.seek(SeekFrom::Start(offset)).unwrap();
+            f.write_all(data).unwrap();
+        }
+    }
+    fs::write(src.join("plain"), b"plain file").unwrap();
+    for version in ["1.0", "0.1", "0.0"] {
+        let tar = d.path().join(format!("sparse-{version}.tar"));
+        let st = std::process::Command::new("tar")
+            .args(["--sparse", "--format=pax"])
+            .arg(format!("--sparse-version={version}"))
+            .arg("-C")
+            .arg(&src)
+            .arg("-cf")
+            .arg(&tar)
+            .args(["dir", "plain"])
+            .status()
+            .expect("GNU tar is needed by this test (Debian package tar)");
+        assert!(st.success());
+        let bytes = fs::read(&tar).unwrap();
+        assert!(
+            bytes.len() < 1 << 20,
+            "GNU tar stored the holes ({version})"
+        );
+        for mode in [ApplyMode::Flatten, ApplyMode::Overlay] {
+            let dst = tempdir();
+            apply_layer(&bytes[..], dst.path(), mode)
+                .unwrap_or_else(|e| panic!("sparse {version}: {e:#}"));
+            let names: Vec<String> = walkdir::WalkDir::new(dst.path())
+                .min_depth(1)
+                .into_iter()
+                .map(|e| {
+                    let e = e.unwrap();
+                    e.path()
+                        .strip_prefix(dst.path())
+                        .unwrap()
+                        .display()
+                        .to_string()
+                })
+                .collect();
+            let mut sorted = names.clone();
+            sorted.sort();
+            assert_eq!(sorted, ["dir", "dir/sparse.img", "plain"], "{version}");
+            let out = dst.path().join("dir/sparse.img");
+            let meta = fs::metadata(&out).unwrap();
+            assert_eq!(meta.len(), REAL, "{version}: real size");
+            assert!(
+                meta.blocks() * 512 < 4 << 20,
+                "{version}: the holes were written ({} blocks)",
+                meta.blocks()
+            );
+            assert_eq!(
+                fs::read(&out).unwrap(),
+                fs::read(&sparse).unwrap(),
+                "{version}"
+            );
+            assert_eq!(fs::read(dst.path().join("plain")).unwrap(), b"plain file");
+        }
+    }
+}
+
+/// A malformed sparse map is one clear error, not a panic or a file written past its end.
+#[test]
+fn malformed_pax_sparse_maps_are_refused() {
+    common::require_root();
+    // A format 1.0 member: the map says 2 chunks of 4 bytes; the data holds fewer.
+    let mut pax = Vec::new();
+    for (k, v) in [
+        ("GNU.sparse.major", "1"),
+        ("GNU.sparse.minor", "0"),
+        ("GNU.sparse.name", "f"),
+        ("GNU.sparse.realsize", "100"),
+    ] {
+        let rec = format!(" {k}={v}\n");
+        let mut len = rec.len() + 2;
+        if format!("{len}{rec}").len() != len {
+            len += 1;
+        }
+        pax.extend_from_slice(format!("{len}{rec}").as_bytes());
+    }
+    let mut data = b"2\n0\n4\n50\n4\n".to_vec();
+    data.resize(512, 0);
+    data.extend_from_slice(b"abcd");
+    let mut t = Vec::new();
+    raw_entry(&mut t, "PaxHeaders/f", tar::EntryType::XHeader, "", &pax);
+    raw_entry(
+        &mut t,
+        "GNUSparseFile.0/f",
+        tar::EntryType::Regular,
+        "",
+        &data,
+    );
+    let dst = tempdir();
+    let err = apply_layer(&finish(t)[..], dst.path(), ApplyMode::Flatten).unwrap_err();
+    assert!(
+        format!("{err:#}").contains("sparse map lists 8 bytes of data, the entry holds 4"),
+        "{err:#}"
+    );
+}
+
+/// ADD's extraction of a deeply nested archive is right (and linear: see
+/// benches/nested_add.sh): every level, symlinks resolved inside the target, `.wh.` names kept
+/// as files, --chown applied to all.
+#[test]
+fn deeply_nested_archives_extract_confined() {
+    common::require_root();
+    const DEPTH: usize = 1500;
+    let mut b = tar::Builder::new(Vec::new());
+    let mut path = String::new();
+    for level in 0..DEPTH {
+        path.push_str("d/");
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Directory);
+        h.set_mode(0o755);
+        h.set_size(0);
+        b.append_data(&mut h, &path, io::empty()).unwrap();
+        if level % 100 == 99 {
+            let mut h = tar::Header::new_gnu();
+            h.set_mode(0o644);
+            let data = format!("level {}", level + 1);
+            h.set_size(data.len() as u64);
+            b.append_data(&mut h, format!("{path}f"), data.as_bytes())
+                .unwrap();
+        }
+    }
+    // A symlink out, and a file written through it, which must stay inside.
+    let (_s, target, outside) = sandbox();
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(tar::EntryType::Symlink);
+    h.set_size(0);
+    b.append_link(&mut h, format!("{path}out"), &outside)
+        .unwrap();
+    let mut h = tar::Header::new_gnu();
+    h.set_mode(0o644);
+    h.set_size(1);
+    b.append_data(&mut h, format!("{path}out/escaped"), &b"x"[..])
+        .unwrap();
+    let mut h = tar::Header::new_gnu();
+    h.set_mode(0o644);
+    h.set_size(2);
+    b.append_data(&mut h, "d/.wh.kept", &b"wh"[..]).unwrap();
+    let tar = b.into_inner().unwrap();
+    kiln::oci::layer::extract_archive(
+        &tar[..],
+        &target,
+        kiln::oci::layer::ExtractOptions {
+            owner: Some((1234, 5678)),
+        },
+    )
+    .unwrap();
+    assert_empty(&outside);
+    let mut dir = target.clone();
+    for level in 1..=DEPTH {
+        dir.push("d");
+        if level % 100 == 0 {
+            assert_eq!(
+                fs::read_to_string(dir.join("f")).unwrap(),
+                format!("level {level}")
+            );
+        }
+    }
+    let meta = fs::symlink_metadata(&dir).unwrap();
+    assert!(meta.is_dir());
+    assert_eq!((meta.uid(), meta.gid()), (1234, 5678));
+    // The symlink's absolute target resolves from the target's root.
+    assert_eq!(
+        fs::read(
+            target
+                .join(outside.strip_prefix("/").unwrap())
+                .join("escaped")
+        )
+        .unwrap(),
+        b"x"
+    );
+    assert_eq!(fs::read(target.join("d/.wh.kept")).unwrap(), b"wh");
 }

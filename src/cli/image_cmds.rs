@@ -618,12 +618,21 @@ fn cmd_load(globals: &Globals, input: Option<&str>, quiet: bool) -> Result<i32> 
             if input.is_none() && stdin.is_terminal() {
                 bail!("load: requested load from stdin, but stdin is empty (a terminal): use -i FILE or pipe an archive");
             }
-            archive::load(&store, stdin, None, quiet).context("load: stdin")?
+            // A file on stdin is read in place; a pipe is spooled to tmp/ (load reads twice).
+            let fd = std::os::fd::AsFd::as_fd(&stdin)
+                .try_clone_to_owned()
+                .context("load: stdin")?;
+            let file = std::fs::File::from(fd);
+            if file.metadata().is_ok_and(|m| m.is_file()) {
+                archive::load(&store, &file, quiet).context("load: stdin")?
+            } else {
+                let spooled = archive::spool(&store, file, quiet).context("load: stdin")?;
+                archive::load(&store, spooled.as_file(), quiet).context("load: stdin")?
+            }
         }
         Some(path) => {
             let file = std::fs::File::open(path).with_context(|| format!("load: {path}"))?;
-            let total = file.metadata().ok().map(|m| m.len());
-            archive::load(&store, file, total, quiet).with_context(|| format!("load: {path}"))?
+            archive::load(&store, &file, quiet).with_context(|| format!("load: {path}"))?
         }
     };
     for image in loaded {

@@ -5,8 +5,8 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs;
-use std::io::{self, Read, Write};
-use std::path::{Path, PathBuf};
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 use oci_spec::image::{
@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use super::compress::{decompress, Compression, Compressor};
 use super::progress::{Progress, ProgressReader, ProgressWriter};
+use super::targuard::TarGuard;
 use crate::digest::canonical_json;
 use crate::digest::digest_hex;
 use crate::reference::Reference;
@@ -303,13 +304,35 @@ pub struct LoadedImage {
     pub names: Vec<Reference>,
 }
 
-/// The archive unpacked into a private temp dir (regular files only; symlinks, which old docker
-/// archives use for repeated layers, are kept as a map and resolved inside the archive).
-struct Unpacked {
-    dir: tempfile::TempDir,
+/// The most kiln reads into memory of one JSON member of an archive (manifest.json, index.json,
+/// a manifest, an index or a config). Registries cap manifests at 4 MiB too.
+pub const MAX_JSON_MEMBER: u64 = 4 << 20;
+/// The first pass over a compressed archive keeps small members that look like JSON, up to
+/// this much in all, so that reading the manifests and configs needs no second decompression.
+const JSON_CACHE_BUDGET: u64 = 32 << 20;
+/// The most members an archive may have (docker's archives have a few per layer).
+pub const MAX_MEMBERS: usize = 100_000;
+
+/// One regular file of the archive: its size and where its data starts in the tar stream.
+#[derive(Debug, Clone, Copy)]
+struct Member {
+    size: u64,
+    offset: u64,
+}
+
+/// The archive's table of contents, read in a first pass that writes nothing: regular files,
+/// and the symlinks and hard links old docker archives use for repeated layers (resolved inside
+/// the archive). Members are then read (JSON into memory, capped) or streamed into the store
+/// only when the manifests reference them; nothing else is ever written.
+struct ArchiveIndex<'f> {
+    file: &'f fs::File,
+    /// Where the archive starts in `file`.
+    start: u64,
+    compression: Compression,
+    files: HashMap<String, Member>,
     links: HashMap<String, String>,
-    /// Files already moved into the store, by archive path.
-    moved: HashMap<String, crate::store::Blob>,
+    /// Members read into memory, by archive path.
+    json: HashMap<String, Vec<u8>>,
 }
 
 fn clean_archive_path(raw: &[u8]) -> Result<String> {
@@ -336,53 +359,164 @@ fn clean_archive_path(raw: &[u8]) -> Result<String> {
     Ok(parts.join("/"))
 }
 
-impl Unpacked {
-    fn read(store: &Store, input: impl Read) -> Result<Unpacked> {
-        let dir = tempfile::Builder::new()
-            .prefix("load.")
-            .tempdir_in(store.tmp_dir())?;
+/// What one tar entry is, for the index.
+enum EntryKind {
+    File,
+    Link(String),
+    Other,
+}
+
+fn entry_kind<R: Read>(name: &str, entry: &tar::Entry<R>) -> Result<EntryKind> {
+    Ok(match entry.header().entry_type() {
+        tar::EntryType::Regular | tar::EntryType::Continuous => EntryKind::File,
+        kind @ (tar::EntryType::Symlink | tar::EntryType::Link) => {
+            let target = entry.link_name_bytes().unwrap_or_default().into_owned();
+            let resolved = if kind == tar::EntryType::Symlink && !target.starts_with(b"/") {
+                let parent = name.rsplit_once('/').map(|(p, _)| p).unwrap_or("");
+                let mut joined = parent.as_bytes().to_vec();
+                joined.push(b'/');
+                joined.extend_from_slice(&target);
+                normalise_dots(&joined)?
+            } else {
+                clean_archive_path(&target)?
+            };
+            EntryKind::Link(resolved)
+        }
+        _ => EntryKind::Other,
+    })
+}
+
+/// Reads a whole member into memory, refusing one over [`MAX_JSON_MEMBER`].
+fn read_json_member(name: &str, size: u64, r: &mut dyn Read) -> Result<Vec<u8>> {
+    if size > MAX_JSON_MEMBER {
+        bail!(
+            "{name} in the archive is {}, over the {} kiln reads of an archive's JSON: \
+             not an image archive (or a hostile one)",
+            crate::store::space::human(size),
+            crate::store::space::human(MAX_JSON_MEMBER)
+        );
+    }
+    let mut buf = Vec::with_capacity(size as usize);
+    r.take(size)
+        .read_to_end(&mut buf)
+        .with_context(|| format!("reading {name} from the archive"))?;
+    Ok(buf)
+}
+
+/// What a pass over the archive does with each entry: its cleaned name, kind, size and data
+/// offset, and its data.
+type Visit<'a> = dyn FnMut(&str, EntryKind, Member, &mut dyn Read) -> Result<()> + 'a;
+
+/// Calls `f` for every entry.
+fn walk_entries<R: Read>(entries: io::Result<tar::Entries<R>>, f: &mut Visit) -> Result<()> {
+    let mut count = 0usize;
+    for entry in entries.context("not a tar archive")? {
+        let mut entry = entry.context("corrupt archive")?;
+        count += 1;
+        if count > MAX_MEMBERS {
+            bail!("the archive has more than {MAX_MEMBERS} members: not an image archive");
+        }
+        let name = clean_archive_path(&entry.path_bytes())?;
+        if name.is_empty() {
+            continue;
+        }
+        let kind = entry_kind(&name, &entry)?;
+        let member = Member {
+            size: entry.size(),
+            offset: entry.raw_file_position(),
+        };
+        f(&name, kind, member, &mut entry)?;
+    }
+    // Trailing data after the end marker (e.g. padding from gzip wrappers) is ignored.
+    Ok(())
+}
+
+impl<'f> ArchiveIndex<'f> {
+    /// The first pass: the table of contents, plus manifest.json and index.json (and, for a
+    /// compressed archive, other small JSON members) in memory.
+    fn read(file: &'f fs::File, progress: &mut Progress) -> Result<ArchiveIndex<'f>> {
+        let mut raw = file;
+        let start = raw.stream_position().context("reading the archive")?;
+        let mut magic = [0u8; 6];
+        let n = read_up_to(&mut raw, &mut magic)?;
+        let compression = Compression::detect(&magic[..n]);
+        let mut index = ArchiveIndex {
+            file,
+            start,
+            compression,
+            files: HashMap::new(),
+            links: HashMap::new(),
+            json: HashMap::new(),
+        };
+        let mut cached = 0u64;
+        let mut json = HashMap::new();
+        let mut files = HashMap::new();
         let mut links = HashMap::new();
-        let mut archive = tar::Archive::new(input);
-        for entry in archive.entries().context("not a tar archive")? {
-            let mut entry = entry.context("corrupt archive")?;
-            let name = clean_archive_path(&entry.path_bytes())?;
-            if name.is_empty() {
-                continue;
-            }
-            match entry.header().entry_type() {
-                tar::EntryType::Regular | tar::EntryType::Continuous => {
-                    let dest = dir.path().join(&name);
-                    if let Some(parent) = dest.parent() {
-                        fs::create_dir_all(parent)?;
-                    }
-                    let mut f =
-                        fs::File::create(&dest).with_context(|| format!("extracting {name}"))?;
-                    io::copy(&mut entry, &mut f).with_context(|| format!("extracting {name}"))?;
-                }
-                tar::EntryType::Symlink | tar::EntryType::Link => {
-                    let target = entry.link_name_bytes().unwrap_or_default().into_owned();
-                    let resolved = if entry.header().entry_type() == tar::EntryType::Symlink
-                        && !target.starts_with(b"/")
+        let mut visit = |name: &str, kind: EntryKind, m: Member, r: &mut dyn Read| -> Result<()> {
+            match kind {
+                EntryKind::File => {
+                    links.remove(name);
+                    json.remove(name);
+                    files.insert(name.to_string(), m);
+                    if name == "manifest.json" || name == "index.json" {
+                        json.insert(name.to_string(), read_json_member(name, m.size, r)?);
+                    } else if compression != Compression::None
+                        && m.size <= MAX_JSON_MEMBER
+                        && cached + m.size <= JSON_CACHE_BUDGET
                     {
-                        let parent = name.rsplit_once('/').map(|(p, _)| p).unwrap_or("");
-                        let mut joined = parent.as_bytes().to_vec();
-                        joined.push(b'/');
-                        joined.extend_from_slice(&target);
-                        normalise_dots(&joined)?
-                    } else {
-                        clean_archive_path(&target)?
-                    };
-                    links.insert(name, resolved);
+                        let mut first = [0u8; 1];
+                        if read_up_to(r, &mut first)? == 1 && first[0] == b'{' {
+                            let mut buf = first.to_vec();
+                            buf.extend(read_json_member(name, m.size - 1, r)?);
+                            cached += m.size;
+                            json.insert(name.to_string(), buf);
+                        }
+                    }
                 }
-                _ => {}
+                EntryKind::Link(target) => {
+                    files.remove(name);
+                    json.remove(name);
+                    links.insert(name.to_string(), target);
+                }
+                EntryKind::Other => {}
+            }
+            Ok(())
+        };
+        index.walk(Some(progress), &mut visit)?;
+        index.files = files;
+        index.links = links;
+        index.json = json;
+        Ok(index)
+    }
+
+    /// One pass over the archive's entries.
+    fn walk(&self, progress: Option<&mut Progress>, f: &mut Visit) -> Result<()> {
+        let mut raw = self.file;
+        raw.seek(SeekFrom::Start(self.start))
+            .context("reading the archive")?;
+        if self.compression == Compression::None {
+            // Seek over the data of the members not read.
+            let mut archive = tar::Archive::new(raw);
+            walk_entries(archive.entries_with_seek(), f)?;
+            if let Some(p) = progress {
+                p.inc(raw.stream_position().unwrap_or(self.start) - self.start);
+            }
+            return Ok(());
+        }
+        match progress {
+            Some(progress) => {
+                let (_, stream) = decompress(ProgressReader {
+                    inner: raw,
+                    progress,
+                })
+                .context("reading the archive")?;
+                walk_entries(tar::Archive::new(TarGuard::new(stream)).entries(), f)
+            }
+            None => {
+                let (_, stream) = decompress(raw).context("reading the archive")?;
+                walk_entries(tar::Archive::new(TarGuard::new(stream)).entries(), f)
             }
         }
-        // Trailing data after the end marker (e.g. padding from gzip wrappers) is ignored.
-        Ok(Unpacked {
-            dir,
-            links,
-            moved: HashMap::new(),
-        })
     }
 
     /// The archive path a name refers to after following in-archive links.
@@ -399,50 +533,194 @@ impl Unpacked {
 
     fn exists(&self, name: &str) -> bool {
         self.resolve(name)
-            .is_ok_and(|n| self.moved.contains_key(&n) || self.dir.path().join(&n).is_file())
+            .is_ok_and(|n| self.files.contains_key(&n))
     }
 
-    fn path(&self, name: &str) -> Result<PathBuf> {
-        Ok(self.dir.path().join(self.resolve(name)?))
+    /// The regular file `name` refers to.
+    fn member(&self, name: &str) -> Result<(String, Member)> {
+        let resolved = self.resolve(name)?;
+        match self.files.get(&resolved) {
+            Some(m) => Ok((resolved, *m)),
+            None => bail!("{name} is missing from the archive (or is not a regular file)"),
+        }
     }
 
-    fn read_small(&self, name: &str) -> Result<Vec<u8>> {
-        let path = self.path(name)?;
-        fs::read(&path).with_context(|| format!("{name} is missing from the archive"))
+    /// Reads the named members into memory (each at most [`MAX_JSON_MEMBER`]): one pass over a
+    /// compressed archive, seeks in an uncompressed one.
+    fn fetch_json(&mut self, names: &[String]) -> Result<()> {
+        let mut need: HashMap<u64, (String, String)> = HashMap::new();
+        for name in names {
+            let (resolved, m) = self.member(name)?;
+            if self.json.contains_key(&resolved) {
+                continue;
+            }
+            if m.size > MAX_JSON_MEMBER {
+                read_json_member(name, m.size, &mut io::empty())?;
+            }
+            need.insert(m.offset, (resolved, name.clone()));
+        }
+        if need.is_empty() {
+            return Ok(());
+        }
+        let mut got = HashMap::new();
+        if self.compression == Compression::None {
+            let mut raw = self.file;
+            for (offset, (resolved, name)) in &need {
+                raw.seek(SeekFrom::Start(self.start + offset))?;
+                let size = self.files[resolved].size;
+                got.insert(resolved.clone(), read_json_member(name, size, &mut raw)?);
+            }
+        } else {
+            let mut visit = |name: &str, _: EntryKind, m: Member, r: &mut dyn Read| -> Result<()> {
+                if let Some((resolved, asked)) = need.get(&m.offset) {
+                    if resolved == name {
+                        got.insert(resolved.clone(), read_json_member(asked, m.size, r)?);
+                    }
+                }
+                Ok(())
+            };
+            self.walk(None, &mut visit)?;
+        }
+        self.json.extend(got);
+        Ok(())
     }
 
-    /// Moves an archive file into the store (verified against `expected` when given).
-    fn store_blob(
+    /// A member read into memory (by [`ArchiveIndex::fetch_json`] or the first pass).
+    fn read_small(&mut self, name: &str) -> Result<Vec<u8>> {
+        self.fetch_json(&[name.to_string()])?;
+        let (resolved, _) = self.member(name)?;
+        Ok(self.json[&resolved].clone())
+    }
+
+    /// Streams the named members (with the digest each must have, when known) into the store,
+    /// in one pass (or by seeking); members held in memory are stored from there. The result is
+    /// by the name asked for.
+    fn store_members(
         &mut self,
         store: &Store,
-        name: &str,
-        expected: Option<&str>,
-    ) -> Result<crate::store::Blob> {
-        let resolved = self.resolve(name)?;
-        if let Some(blob) = self.moved.get(&resolved) {
-            if expected.is_some_and(|e| e != blob.digest) {
-                bail!("{name}: content does not match its digest");
+        wanted: &[(String, Option<String>)],
+        quiet: bool,
+    ) -> Result<HashMap<String, crate::store::Blob>> {
+        let mut stored: HashMap<String, crate::store::Blob> = HashMap::new();
+        // offset -> (resolved, expected, a name asked for)
+        let mut need: BTreeMap<u64, (String, Option<String>, String)> = BTreeMap::new();
+        let mut total = 0u64;
+        for (name, expected) in wanted {
+            let (resolved, m) = self.member(name)?;
+            if let Some(bytes) = self.json.get(&resolved) {
+                let blob = store
+                    .put_blob(&bytes[..], expected.as_deref())
+                    .with_context(|| format!("storing {name}"))?;
+                stored.insert(resolved, blob);
+                continue;
             }
-            return Ok(blob.clone());
-        }
-        let path = self.dir.path().join(&resolved);
-        if !path.is_file() {
             if let Some(e) = expected {
                 if store.has_blob(e) {
-                    return Ok(crate::store::Blob {
-                        digest: e.to_string(),
-                        size: store.blob_size(e).unwrap_or(0),
-                    });
+                    stored.insert(
+                        resolved,
+                        crate::store::Blob {
+                            digest: e.clone(),
+                            size: store.blob_size(e).unwrap_or(m.size),
+                        },
+                    );
+                    continue;
                 }
             }
-            bail!("{name} is missing from the archive");
+            if need
+                .insert(m.offset, (resolved, expected.clone(), name.clone()))
+                .is_none()
+            {
+                total += m.size;
+            }
         }
-        let blob = store
-            .put_blob_file(&path, expected)
-            .with_context(|| format!("storing {name}"))?;
-        self.moved.insert(resolved, blob.clone());
-        Ok(blob)
+        if !need.is_empty() {
+            let mut progress = Progress::new("Storing layers", Some(total), quiet);
+            if self.compression == Compression::None {
+                let mut raw = self.file;
+                for (offset, (resolved, expected, name)) in &need {
+                    raw.seek(SeekFrom::Start(self.start + offset))?;
+                    let size = self.files[resolved].size;
+                    let input = ProgressReader {
+                        inner: (&mut raw).take(size),
+                        progress: &mut progress,
+                    };
+                    let blob = store
+                        .put_blob(input, expected.as_deref())
+                        .with_context(|| format!("storing {name}"))?;
+                    stored.insert(resolved.clone(), blob);
+                }
+            } else {
+                let mut visit =
+                    |name: &str, _: EntryKind, m: Member, r: &mut dyn Read| -> Result<()> {
+                        if let Some((resolved, expected, asked)) = need.get(&m.offset) {
+                            if resolved == name {
+                                let input = ProgressReader {
+                                    inner: r,
+                                    progress: &mut progress,
+                                };
+                                let blob = store
+                                    .put_blob(input, expected.as_deref())
+                                    .with_context(|| format!("storing {asked}"))?;
+                                stored.insert(resolved.clone(), blob);
+                            }
+                        }
+                        Ok(())
+                    };
+                self.walk(None, &mut visit)?;
+            }
+            progress.finish();
+        }
+        let mut out = HashMap::new();
+        for (name, _) in wanted {
+            let resolved = self.resolve(name)?;
+            let blob = stored
+                .get(&resolved)
+                .with_context(|| format!("{name} is missing from the archive"))?;
+            out.insert(name.clone(), blob.clone());
+        }
+        Ok(out)
     }
+}
+
+fn read_up_to(r: &mut dyn Read, buf: &mut [u8]) -> Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match r.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e).context("reading the archive"),
+        }
+    }
+    Ok(filled)
+}
+
+/// Copies a stream that cannot be read twice (stdin from a pipe) to a temp file in the store's
+/// `tmp/`, for [`load`]; the free-space floor applies. Removed when dropped.
+pub fn spool(store: &Store, mut input: impl Read, quiet: bool) -> Result<tempfile::NamedTempFile> {
+    let mut tmp = tempfile::Builder::new()
+        .prefix("load-input.")
+        .tempfile_in(store.tmp_dir())?;
+    let mut space = crate::store::space::SpaceGuard::new(
+        &store.tmp_dir(),
+        crate::store::space::Limits::current()?,
+    )?;
+    let mut progress = Progress::new("Receiving archive", None, quiet);
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        let n = match input.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e).context("reading the archive"),
+        };
+        tmp.write_all(&buf[..n]).context("spooling the archive")?;
+        space.wrote(n as u64).context("spooling the archive")?;
+        progress.inc(n as u64);
+    }
+    progress.finish();
+    tmp.as_file_mut().seek(SeekFrom::Start(0))?;
+    Ok(tmp)
 }
 
 fn normalise_dots(raw: &[u8]) -> Result<String> {
@@ -469,36 +747,33 @@ fn blob_name(digest: &str) -> Result<String> {
     Ok(format!("blobs/sha256/{}", digest_hex(digest)?))
 }
 
-/// Reads an archive (docker or OCI layout; gzip/zstd/uncompressed) and stores its images.
-/// `total`: the input's size when known (for progress).
-pub fn load(
-    store: &Store,
-    input: impl Read,
-    total: Option<u64>,
-    quiet: bool,
-) -> Result<Vec<LoadedImage>> {
+/// Reads an archive (docker or OCI layout; gzip/zstd/uncompressed) from `file` (from its current
+/// position) and stores its images. The archive's structure is checked before anything is
+/// written: the members the manifests name must exist, the JSON ones are read into memory up to
+/// [`MAX_JSON_MEMBER`], and only the referenced members are then streamed into the store.
+pub fn load(store: &Store, file: &fs::File, quiet: bool) -> Result<Vec<LoadedImage>> {
+    let total = file
+        .metadata()
+        .ok()
+        .filter(|m| m.is_file())
+        .map(|m| m.len());
     let mut progress = Progress::new("Reading archive", total, quiet);
-    let (_, stream) = decompress(ProgressReader {
-        inner: input,
-        progress: &mut progress,
-    })
-    .context("reading the archive")?;
-    let mut unpacked = Unpacked::read(store, stream)?;
+    let mut index = ArchiveIndex::read(file, &mut progress)?;
     progress.finish();
     drop(progress);
 
-    let docker: Option<Vec<DockerManifestEntry>> = if unpacked.exists("manifest.json") {
+    let docker: Option<Vec<DockerManifestEntry>> = if index.exists("manifest.json") {
         Some(
-            serde_json::from_slice(&unpacked.read_small("manifest.json")?)
+            serde_json::from_slice(&index.read_small("manifest.json")?)
                 .context("manifest.json: not a docker archive manifest")?,
         )
     } else {
         None
     };
-    if unpacked.exists("index.json") {
-        load_oci(store, &mut unpacked, docker.as_deref())
+    if index.exists("index.json") {
+        load_oci(store, &mut index, docker.as_deref(), quiet)
     } else if let Some(entries) = docker {
-        load_docker(store, &mut unpacked, &entries)
+        load_docker(store, &mut index, &entries, quiet)
     } else {
         bail!("not an OCI layout or docker archive (no index.json or manifest.json)")
     }
@@ -514,14 +789,15 @@ fn parse_names(tags: &[String]) -> Result<Vec<Reference>> {
 
 fn load_oci(
     store: &Store,
-    unpacked: &mut Unpacked,
+    index: &mut ArchiveIndex,
     docker: Option<&[DockerManifestEntry]>,
+    quiet: bool,
 ) -> Result<Vec<LoadedImage>> {
-    let index: ImageIndex = serde_json::from_slice(&unpacked.read_small("index.json")?)
+    let top: ImageIndex = serde_json::from_slice(&index.read_small("index.json")?)
         .context("index.json: not an OCI image index")?;
     // manifest digest -> names
     let mut wanted: Vec<(Descriptor, Vec<Reference>)> = Vec::new();
-    let mut queue: Vec<(Descriptor, Vec<Reference>)> = index
+    let mut queue: Vec<(Descriptor, Vec<Reference>)> = top
         .manifests()
         .iter()
         .map(|d| Ok((d.clone(), names_from_annotations(d)?)))
@@ -534,10 +810,7 @@ fn load_oci(
             if depth > 8 {
                 bail!("index.json: nested indexes too deep");
             }
-            let bytes = unpacked.read_small(&blob_name(desc.digest().as_ref())?)?;
-            if crate::digest::sha256_digest(&bytes) != desc.digest().to_string() {
-                bail!("index {} does not match its digest", desc.digest());
-            }
+            let bytes = read_described(index, &desc)?;
             let nested: ImageIndex =
                 serde_json::from_slice(&bytes).context("parsing a nested index")?;
             let chosen = pick_platform(nested.manifests()).with_context(|| {
@@ -561,15 +834,29 @@ fn load_oci(
             None => merged.push((d, names)),
         }
     }
-    let mut loaded = Vec::new();
-    for (desc, mut names) in merged {
+    // Every manifest, then every blob they name, is checked before anything is stored.
+    let manifest_names = merged
+        .iter()
+        .map(|(d, _)| blob_name(d.digest().as_ref()))
+        .collect::<Result<Vec<_>>>()?;
+    index.fetch_json(&manifest_names)?;
+    let mut images = Vec::new();
+    let mut blobs: Vec<(String, Option<String>)> = Vec::new();
+    for (desc, names) in merged {
+        let bytes = read_described(index, &desc)?;
         let digest = desc.digest().to_string();
-        let bytes = unpacked.read_small(&blob_name(&digest)?)?;
-        if crate::digest::sha256_digest(&bytes) != digest {
-            bail!("manifest {digest} does not match its digest: the archive is corrupt");
-        }
         let manifest: ImageManifest = serde_json::from_slice(&bytes)
             .with_context(|| format!("manifest {digest}: not an image manifest"))?;
+        for d in std::iter::once(manifest.config()).chain(manifest.layers()) {
+            let name = blob_name(d.digest().as_ref())?;
+            check_described(index, &name, d)?;
+            blobs.push((name, Some(d.digest().to_string())));
+        }
+        images.push((bytes, manifest, names));
+    }
+    index.store_members(store, &blobs, quiet)?;
+    let mut loaded = Vec::new();
+    for (bytes, manifest, mut names) in images {
         let config_digest = manifest.config().digest().to_string();
         if let Some(entries) = docker {
             for e in entries {
@@ -580,11 +867,6 @@ fn load_oci(
         }
         names.sort();
         names.dedup();
-        unpacked.store_blob(store, &blob_name(&config_digest)?, Some(&config_digest))?;
-        for layer in manifest.layers() {
-            let d = layer.digest().to_string();
-            unpacked.store_blob(store, &blob_name(&d)?, Some(&d))?;
-        }
         let manifest_digest = store.add_manifest_with_names(&bytes, &names)?;
         loaded.push(LoadedImage {
             manifest_digest,
@@ -593,6 +875,33 @@ fn load_oci(
         });
     }
     Ok(loaded)
+}
+
+/// Checks that the member for a descriptor exists with the size the descriptor says.
+fn check_described(index: &ArchiveIndex, name: &str, desc: &Descriptor) -> Result<()> {
+    let (_, m) = index
+        .member(name)
+        .with_context(|| format!("{} is referenced but not in the archive", desc.digest()))?;
+    if m.size != desc.size() {
+        bail!(
+            "{name} is {} bytes in the archive, its descriptor says {}: the archive is corrupt",
+            m.size,
+            desc.size()
+        );
+    }
+    Ok(())
+}
+
+/// A manifest or index named by a descriptor: read into memory, its size and digest checked.
+fn read_described(index: &mut ArchiveIndex, desc: &Descriptor) -> Result<Vec<u8>> {
+    let digest = desc.digest().to_string();
+    let name = blob_name(&digest)?;
+    check_described(index, &name, desc)?;
+    let bytes = index.read_small(&name)?;
+    if crate::digest::sha256_digest(&bytes) != digest {
+        bail!("{name} does not match its digest {digest}: the archive is corrupt");
+    }
+    Ok(bytes)
 }
 
 fn names_from_annotations(d: &Descriptor) -> Result<Vec<Reference>> {
@@ -633,20 +942,23 @@ fn pick_platform(manifests: &[Descriptor]) -> Option<&Descriptor> {
 
 fn load_docker(
     store: &Store,
-    unpacked: &mut Unpacked,
+    index: &mut ArchiveIndex,
     entries: &[DockerManifestEntry],
+    quiet: bool,
 ) -> Result<Vec<LoadedImage>> {
-    // Check that everything is there before storing anything.
+    // Check that everything is there, and read the configs, before storing anything.
     for e in entries {
         for name in std::iter::once(&e.config).chain(&e.layers) {
-            if !unpacked.exists(name) {
+            if !index.exists(name) {
                 bail!("manifest.json names {name}, which is missing from the archive");
             }
         }
     }
-    let mut loaded = Vec::new();
+    let config_names: Vec<String> = entries.iter().map(|e| e.config.clone()).collect();
+    index.fetch_json(&config_names)?;
+    let mut configs = Vec::new();
     for e in entries {
-        let config_bytes = unpacked.read_small(&e.config)?;
+        let config_bytes = index.read_small(&e.config)?;
         let config: ImageConfiguration = serde_json::from_slice(&config_bytes)
             .with_context(|| format!("{}: not an image config", e.config))?;
         let diff_ids = config.rootfs().diff_ids().clone();
@@ -658,24 +970,35 @@ fn load_docker(
                 e.layers.len()
             );
         }
-        let config_blob = unpacked.store_blob(store, &e.config, None)?;
+        configs.push(diff_ids);
+    }
+    let members: Vec<(String, Option<String>)> = entries
+        .iter()
+        .flat_map(|e| std::iter::once(&e.config).chain(&e.layers))
+        .map(|n| (n.clone(), None))
+        .collect();
+    let stored = index.store_members(store, &members, quiet)?;
+    let mut loaded = Vec::new();
+    for (e, diff_ids) in entries.iter().zip(configs) {
+        let config_blob = stored[&e.config].clone();
         let mut layers = Vec::new();
         for (name, diff_id) in e.layers.iter().zip(&diff_ids) {
-            let path = unpacked.path(name)?;
-            let compression = if path.is_file() {
-                let mut magic = [0u8; 4];
-                let n = fs::File::open(&path)?.read(&mut magic)?;
-                Compression::detect(&magic[..n])
+            let blob = stored[name].clone();
+            let path = store.blob_path(&blob.digest)?;
+            let mut magic = [0u8; 4];
+            let n = read_up_to(&mut fs::File::open(&path)?, &mut magic)?;
+            let compression = Compression::detect(&magic[..n]);
+            if compression == Compression::None {
+                if &blob.digest != diff_id {
+                    bail!(
+                        "layer {name} does not match the DiffID in the config: it is {}, the \
+                         config says {diff_id}: the archive is corrupt",
+                        blob.digest
+                    );
+                }
             } else {
-                Compression::None
-            };
-            if compression != Compression::None {
                 verify_diff_id(&path, diff_id).with_context(|| format!("layer {name}"))?;
             }
-            let expected = (compression == Compression::None).then_some(diff_id.as_str());
-            let blob = unpacked
-                .store_blob(store, name, expected)
-                .with_context(|| format!("layer {name} does not match the DiffID in the config"))?;
             store.record_layer(&crate::store::LayerRecord {
                 digest: blob.digest.clone(),
                 diff_id: diff_id.clone(),

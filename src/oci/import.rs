@@ -12,6 +12,7 @@ use oci_spec::image::{
 use super::compress::{decompress, Compression, Compressor};
 use super::image::{apply_change, host_architecture, now_rfc3339};
 use crate::reference::Reference;
+use crate::store::space::Limits;
 use crate::store::{CommittedImage, LayerRecord, Store};
 
 /// Options of one import.
@@ -28,16 +29,28 @@ pub struct ImportOptions<'a> {
 
 /// Feeds every byte read into a writer as well (the compressor), so that checking the tar and
 /// storing the layer are one pass.
+/// Also stops at the largest accepted layer (the free-space floor is the blob writer's).
 struct Tee<R, W> {
     inner: R,
     copy: W,
+    size: u64,
+    limits: Limits,
+    /// Why reading stopped at a bound (the tar reader reports it as a read error).
+    stopped: Option<String>,
 }
 
 impl<R: Read, W: Write> Read for Tee<R, W> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
-        self.copy.write_all(&buf[..n])?;
-        Ok(n)
+        self.size += n as u64;
+        let bounded = self
+            .limits
+            .check_layer_size(self.size)
+            .and_then(|()| self.copy.write_all(&buf[..n]));
+        if let Err(e) = &bounded {
+            self.stopped = Some(e.to_string());
+        }
+        bounded.map(|()| n)
     }
 }
 
@@ -58,44 +71,24 @@ pub fn import(store: &Store, input: impl Read, opts: &ImportOptions) -> Result<C
     let (_, stream) = decompress(input).context("reading the tarball")?;
     let compressor = Compressor::new(store.blob_writer()?, opts.compression)?;
     let mut tee = Tee {
-        inner: stream,
+        inner: super::targuard::TarGuard::new(stream),
         copy: compressor,
+        size: 0,
+        limits: Limits::current()?,
+        stopped: None,
     };
-    let mut entries = 0u64;
-    {
-        let mut archive = tar::Archive::new(&mut tee);
-        for entry in archive
-            .entries()
-            .context("not a tar archive (or a corrupt one)")?
-        {
-            let entry =
-                entry.with_context(|| format!("tar entry {}: corrupt archive", entries + 1))?;
-            let path = entry.path_bytes();
-            if path.split(|&b| b == b'/').any(|c| c == b"..") {
-                bail!(
-                    "tar entry {:?} climbs out of the root with `..`: refusing this tarball",
-                    String::from_utf8_lossy(&path)
-                );
-            }
-            if let Some(link) = entry.link_name_bytes() {
-                if entry.header().entry_type() == tar::EntryType::Link
-                    && link.split(|&b| b == b'/').any(|c| c == b"..")
-                {
-                    bail!(
-                        "hard link {:?} -> {:?} points out of the root: refusing this tarball",
-                        String::from_utf8_lossy(&path),
-                        String::from_utf8_lossy(&link)
-                    );
-                }
-            }
-            entries += 1;
+    let checked = check_entries(&mut tee).and_then(|entries| {
+        // The end-of-archive padding belongs to the layer too.
+        io::copy(&mut tee, &mut io::sink()).context("reading the tarball")?;
+        Ok(entries)
+    });
+    if let Err(e) = checked {
+        // Dropping the compressor removes the blob's temp file.
+        match tee.stopped.take() {
+            Some(why) => bail!("{why}"),
+            None => return Err(e),
         }
     }
-    if entries == 0 {
-        bail!("the tarball has no entries: expected a root filesystem (tar -C rootfs -c .)");
-    }
-    // The end-of-archive padding belongs to the layer too.
-    io::copy(&mut tee, &mut io::sink()).context("reading the tarball")?;
     let (blob_writer, digests) = tee.copy.finish().context("compressing the layer")?;
     let blob = blob_writer.commit(Some(&digests.digest))?;
     let media_type = opts.compression.layer_media_type();
@@ -123,4 +116,39 @@ pub fn import(store: &Store, input: impl Read, opts: &ImportOptions) -> Result<C
         blob.digest.parse::<oci_spec::image::Digest>()?,
     );
     store.commit_image(&config, &[layer], opts.names)
+}
+
+/// Checks every entry of the tar read from `input`; the number of entries.
+fn check_entries(input: impl Read) -> Result<u64> {
+    let mut entries = 0u64;
+    let mut archive = tar::Archive::new(input);
+    for entry in archive
+        .entries()
+        .context("not a tar archive (or a corrupt one)")?
+    {
+        let entry = entry.with_context(|| format!("tar entry {}: corrupt archive", entries + 1))?;
+        let path = entry.path_bytes();
+        if path.split(|&b| b == b'/').any(|c| c == b"..") {
+            bail!(
+                "tar entry {:?} climbs out of the root with `..`: refusing this tarball",
+                String::from_utf8_lossy(&path)
+            );
+        }
+        if let Some(link) = entry.link_name_bytes() {
+            if entry.header().entry_type() == tar::EntryType::Link
+                && link.split(|&b| b == b'/').any(|c| c == b"..")
+            {
+                bail!(
+                    "hard link {:?} -> {:?} points out of the root: refusing this tarball",
+                    String::from_utf8_lossy(&path),
+                    String::from_utf8_lossy(&link)
+                );
+            }
+        }
+        entries += 1;
+    }
+    if entries == 0 {
+        bail!("the tarball has no entries: expected a root filesystem (tar -C rootfs -c .)");
+    }
+    Ok(entries)
 }

@@ -22,6 +22,7 @@ use crate::digest::Sha256;
 use anyhow::{bail, Context, Result};
 
 use super::change::Change;
+use crate::store::space::{Limits, SpaceGuard};
 
 /// The opaque-directory marker in a layer.
 pub const OPAQUE_WHITEOUT: &str = ".wh..wh..opq";
@@ -437,10 +438,17 @@ pub struct AppliedLayer {
     pub entries: u64,
 }
 
+/// Hashes and counts the uncompressed stream, and stops it at the storage bounds: the largest
+/// accepted layer, and the free-space floor of the target's filesystem (everything written comes
+/// from this stream, so it is checked as the stream is read).
 struct HashingReader<R> {
     inner: R,
     hasher: Sha256,
     size: u64,
+    limits: Limits,
+    space: SpaceGuard,
+    /// Why reading stopped at a bound (the tar reader reports it as a read error).
+    stopped: Option<String>,
 }
 
 impl<R: Read> Read for HashingReader<R> {
@@ -448,44 +456,58 @@ impl<R: Read> Read for HashingReader<R> {
         let n = self.inner.read(buf)?;
         self.hasher.update(&buf[..n]);
         self.size += n as u64;
-        Ok(n)
+        let bounded = self
+            .limits
+            .check_layer_size(self.size)
+            .and_then(|()| self.space.wrote(n as u64));
+        if let Err(e) = &bounded {
+            self.stopped = Some(e.to_string());
+        }
+        bounded.map(|()| n)
     }
 }
 
 /// Applies a layer tar (gzip, zstd or uncompressed: detected) to `target`, preserving owners
 /// (when running as root), modes, xattrs, devices and mtimes. Never writes outside `target`.
+/// Stops at the storage bounds in force ([`Limits::current`]).
 pub fn apply_layer(tar: impl Read, target: &Path, mode: ApplyMode) -> Result<AppliedLayer> {
+    apply_layer_with(tar, target, mode, Limits::current()?)
+}
+
+/// [`apply_layer`] with explicit storage bounds.
+pub fn apply_layer_with(
+    tar: impl Read,
+    target: &Path,
+    mode: ApplyMode,
+    limits: Limits,
+) -> Result<AppliedLayer> {
     let (_, stream) = super::compress::decompress(tar).context("reading the layer")?;
+    fs::create_dir_all(target).with_context(|| format!("creating {}", target.display()))?;
+    let space = SpaceGuard::new(target, limits).context("unpacking a layer")?;
     let mut reader = HashingReader {
-        inner: stream,
+        inner: super::targuard::TarGuard::new(stream),
         hasher: Sha256::new(),
         size: 0,
+        limits,
+        space,
+        stopped: None,
     };
-    fs::create_dir_all(target).with_context(|| format!("creating {}", target.display()))?;
     let root = target
         .canonicalize()
         .with_context(|| format!("resolving {}", target.display()))?;
-    let mut applier = Applier {
-        root,
-        mode,
-        as_root: nix::unistd::Uid::effective().is_root(),
-        written: HashSet::new(),
-        dir_times: Vec::new(),
+    let mut applier = Applier::new(root, mode, None);
+    let applied = applier.apply_all(&mut reader).and_then(|entries| {
+        // Hash what follows the end-of-archive marker too: the DiffID covers the whole stream.
+        io::copy(&mut reader, &mut io::sink()).context("reading the layer tar")?;
+        Ok(entries)
+    });
+    let entries = match applied {
+        Ok(entries) => entries,
+        Err(e) => match reader.stopped.take() {
+            Some(why) => bail!("{why}"),
+            None => return Err(e),
+        },
     };
-    let mut entries = 0u64;
-    {
-        let mut archive = tar::Archive::new(&mut reader);
-        for entry in archive.entries().context("reading the layer tar")? {
-            let mut entry = entry.context("reading the layer tar")?;
-            let name = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
-            applier
-                .apply_entry(&mut entry)
-                .with_context(|| format!("layer entry {name:?}"))?;
-            entries += 1;
-        }
-    }
-    // Hash what follows the end-of-archive marker too: the DiffID covers the whole stream.
-    io::copy(&mut reader, &mut io::sink()).context("reading the layer tar")?;
     // Directory mtimes last: creating their children changed them.
     for (path, mtime) in applier.dir_times.iter().rev() {
         set_times(path, *mtime)?;
@@ -504,6 +526,29 @@ struct Applier {
     /// Real paths this layer wrote (an opaque marker keeps them).
     written: HashSet<PathBuf>,
     dir_times: Vec<(PathBuf, (i64, u32))>,
+    /// The last directory resolved, as far as it was real directories from the root (no
+    /// symlink followed): the next entry usually lies under it, so resolving it does not walk
+    /// from the root again (which made deeply nested archives quadratic). Emptied whenever
+    /// something is removed.
+    known_dirs: Vec<OsString>,
+    /// Archive extraction (ADD) instead of a layer: see [`extract_archive`].
+    extract: Option<ExtractOptions>,
+}
+
+/// A tar path for an error message: quoted, and cut in the middle when long.
+fn shorten(raw: &[u8]) -> String {
+    const KEEP: usize = 60;
+    let text = String::from_utf8_lossy(raw);
+    let chars: Vec<char> = text.chars().collect();
+    if chars.len() <= 2 * KEEP {
+        return format!("{text:?}");
+    }
+    let head: String = chars[..KEEP].iter().collect();
+    let tail: String = chars[chars.len() - KEEP..].iter().collect();
+    format!(
+        "{:?}",
+        format!("{head}...({} characters)...{tail}", chars.len())
+    )
 }
 
 /// Splits a tar path into normal components: leading `/` and `.` dropped, `..` rejected.
@@ -513,8 +558,8 @@ fn tar_components(raw: &[u8]) -> Result<Vec<OsString>> {
         match part {
             b"" | b"." => {}
             b".." => bail!(
-                "the path {:?} climbs out of the layer with `..`: refusing this layer",
-                String::from_utf8_lossy(raw)
+                "the path {} climbs out of the layer with `..`: refusing this layer",
+                shorten(raw)
             ),
             p => out.push(OsStr::from_bytes(p).to_os_string()),
         }
@@ -525,28 +570,95 @@ fn tar_components(raw: &[u8]) -> Result<Vec<OsString>> {
 const MAX_SYMLINKS: usize = 255;
 
 impl Applier {
+    fn new(root: PathBuf, mode: ApplyMode, extract: Option<ExtractOptions>) -> Applier {
+        Applier {
+            root,
+            mode,
+            as_root: nix::unistd::Uid::effective().is_root(),
+            written: HashSet::new(),
+            dir_times: Vec::new(),
+            known_dirs: Vec::new(),
+            extract,
+        }
+    }
+
+    /// Applies every entry of the tar read from `input`; the number of entries.
+    fn apply_all(&mut self, input: impl Read) -> Result<u64> {
+        let mut entries = 0u64;
+        let mut archive = tar::Archive::new(input);
+        let what = if self.extract.is_some() {
+            "archive"
+        } else {
+            "layer"
+        };
+        for entry in archive
+            .entries()
+            .with_context(|| format!("reading the {what} tar"))?
+        {
+            let mut entry = entry.with_context(|| format!("reading the {what} tar"))?;
+            let name = entry.path_bytes().into_owned();
+            if let Err(e) = self.apply_entry(&mut entry) {
+                let too_long = e.chain().any(|c| {
+                    c.downcast_ref::<io::Error>()
+                        .is_some_and(|e| e.raw_os_error() == Some(libc::ENAMETOOLONG))
+                });
+                let mut err = e.context(format!("{what} entry {}", shorten(&name)));
+                if too_long {
+                    err = err.context(format!(
+                        "the {what} nests deeper than Linux paths reach ({} bytes of path \
+                         under {})",
+                        libc::PATH_MAX,
+                        self.root.display()
+                    ));
+                }
+                return Err(err);
+            }
+            entries += 1;
+        }
+        Ok(entries)
+    }
+
     /// Resolves the directory `comps` inside the root, following symlinks as if the root were
     /// `/`, creating missing directories (0755) when `create`. The result is always inside the
     /// root.
-    fn resolve_dir(&self, comps: &[OsString], create: bool) -> Result<PathBuf> {
-        let mut todo: VecDeque<OsString> = comps.iter().cloned().collect();
-        let mut resolved: Vec<OsString> = Vec::new();
+    fn resolve_dir(&mut self, comps: &[OsString], create: bool) -> Result<PathBuf> {
+        // Start below the longest known prefix: those components are real directories.
+        let known = comps
+            .iter()
+            .zip(&self.known_dirs)
+            .take_while(|(a, b)| a == b)
+            .count();
+        let mut todo: VecDeque<OsString> = comps[known..].iter().cloned().collect();
+        let mut resolved: Vec<OsString> = comps[..known].to_vec();
+        let mut dir = self.root.clone();
+        dir.extend(&resolved);
+        // Whether `resolved` is still `comps[..resolved.len()]` (no symlink, `.` or `..` seen).
+        let mut plain = true;
         let mut links = 0;
         while let Some(c) = todo.pop_front() {
             match c.as_bytes() {
-                b"" | b"." => continue,
+                b"" | b"." => {
+                    plain = false;
+                    continue;
+                }
                 b".." => {
-                    resolved.pop();
+                    plain = false;
+                    // Never above the root: `..` of the root is the root.
+                    if resolved.pop().is_some() {
+                        dir.pop();
+                    }
                     continue;
                 }
                 _ => {}
             }
-            let mut candidate = self.root.clone();
-            candidate.extend(&resolved);
-            candidate.push(&c);
+            let candidate = dir.join(&c);
             match fs::symlink_metadata(&candidate) {
-                Ok(m) if m.is_dir() => resolved.push(c),
+                Ok(m) if m.is_dir() => {
+                    resolved.push(c);
+                    dir = candidate;
+                }
                 Ok(m) if m.file_type().is_symlink() => {
+                    plain = false;
                     links += 1;
                     if links > MAX_SYMLINKS {
                         bail!(
@@ -558,6 +670,7 @@ impl Applier {
                     let bytes = target.as_os_str().as_bytes();
                     if bytes.starts_with(b"/") {
                         resolved.clear();
+                        dir = self.root.clone();
                     }
                     for part in bytes.split(|&b| b == b'/').rev() {
                         todo.push_front(OsStr::from_bytes(part).to_os_string());
@@ -574,17 +687,35 @@ impl Applier {
                     fs::DirBuilder::new()
                         .mode(0o755)
                         .create(&candidate)
-                        .with_context(|| format!("creating {}", candidate.display()))?;
+                        .with_context(|| {
+                            format!("creating {}", shorten(candidate.as_os_str().as_bytes()))
+                        })?;
                     resolved.push(c);
+                    dir = candidate;
                 }
                 Err(e) => {
-                    return Err(e).with_context(|| format!("looking up {}", candidate.display()))
+                    return Err(e).with_context(|| {
+                        format!("looking up {}", shorten(candidate.as_os_str().as_bytes()))
+                    })
+                }
+            }
+            if plain {
+                // Still the archive's own components: remember them as real directories.
+                if self.known_dirs.len() >= resolved.len() {
+                    self.known_dirs.truncate(resolved.len() - 1);
+                }
+                if self.known_dirs.len() + 1 == resolved.len() {
+                    self.known_dirs.push(resolved[resolved.len() - 1].clone());
                 }
             }
         }
-        let mut dir = self.root.clone();
-        dir.extend(&resolved);
         Ok(dir)
+    }
+
+    /// Removes what is at `path` (forgetting the directories known to exist).
+    fn remove(&mut self, path: &Path) -> Result<()> {
+        self.known_dirs.clear();
+        remove_any(path)
     }
 
     fn apply_entry<R: Read>(&mut self, entry: &mut tar::Entry<R>) -> Result<()> {
@@ -592,10 +723,18 @@ impl Applier {
         if matches!(kind, tar::EntryType::XGlobalHeader) {
             return Ok(());
         }
-        let comps = tar_components(&entry.path_bytes())?;
+        // A PAX sparse file is stored under a made-up name (GNUSparseFile.N/...); its real
+        // name is a PAX record.
+        let sparse = SparseFile::from_pax(entry)?;
+        let path = match &sparse {
+            Some(s) if kind == tar::EntryType::Regular => s.name.clone(),
+            _ => entry.path_bytes().into_owned(),
+        };
+        let comps = tar_components(&path)?;
         let Some((name, parents)) = comps.split_last() else {
-            // The root itself: take its metadata when it is a directory.
-            if kind.is_dir() {
+            // The root itself: take its metadata when it is a directory (not for ADD, whose
+            // destination keeps its own).
+            if kind.is_dir() && self.extract.is_none() {
                 let meta = EntryMeta::read(entry)?;
                 let root = self.root.clone();
                 self.set_metadata(&root, &meta, true)?;
@@ -603,17 +742,26 @@ impl Applier {
             return Ok(());
         };
         let name_bytes = name.as_bytes();
-        if let Some(hidden) = name_bytes.strip_prefix(WHITEOUT_PREFIX.as_bytes()) {
-            return self.apply_whiteout(parents, hidden);
+        if self.extract.is_none() {
+            if let Some(hidden) = name_bytes.strip_prefix(WHITEOUT_PREFIX.as_bytes()) {
+                return self.apply_whiteout(parents, hidden);
+            }
         }
         let parent = self.resolve_dir(parents, true)?;
         let dest = parent.join(name);
-        let meta = EntryMeta::read(entry)?;
+        let mut meta = EntryMeta::read(entry)?;
+        if let Some(x) = &self.extract {
+            meta.xattrs.clear();
+            if let Some((uid, gid)) = x.owner {
+                meta.uid = uid;
+                meta.gid = gid;
+            }
+        }
         let existing = fs::symlink_metadata(&dest).ok();
         if kind.is_dir() {
             if !existing.as_ref().is_some_and(|m| m.is_dir()) {
                 if existing.is_some() {
-                    remove_any(&dest)?;
+                    self.remove(&dest)?;
                 }
                 fs::DirBuilder::new().mode(0o700).create(&dest)?;
             }
@@ -623,17 +771,24 @@ impl Applier {
             return Ok(());
         }
         if existing.is_some() {
-            remove_any(&dest)?;
+            self.remove(&dest)?;
         }
         match kind {
-            tar::EntryType::Regular | tar::EntryType::Continuous => {
+            tar::EntryType::Regular | tar::EntryType::Continuous | tar::EntryType::GNUSparse => {
                 let mut file = fs::OpenOptions::new()
                     .write(true)
                     .create_new(true)
                     .mode(0o600)
                     .custom_flags(libc::O_NOFOLLOW)
                     .open(&dest)?;
-                io::copy(entry, &mut file)?;
+                match &sparse {
+                    Some(s) if kind == tar::EntryType::Regular => s.write(entry, &mut file)?,
+                    // The tar crate expands old GNU sparse files with zeros: keep the holes.
+                    _ if kind == tar::EntryType::GNUSparse => copy_with_holes(entry, &mut file)?,
+                    _ => {
+                        io::copy(entry, &mut file)?;
+                    }
+                }
                 drop(file);
                 self.set_metadata(&dest, &meta, false)?;
             }
@@ -695,7 +850,7 @@ impl Applier {
                     for child in fs::read_dir(&dir)? {
                         let child = child?.path();
                         if !self.written.contains(&child) {
-                            remove_any(&child)?;
+                            self.remove(&child)?;
                         }
                     }
                 }
@@ -719,12 +874,12 @@ impl Applier {
         match self.mode {
             ApplyMode::Flatten => {
                 if fs::symlink_metadata(&victim).is_ok() {
-                    remove_any(&victim)?;
+                    self.remove(&victim)?;
                 }
             }
             ApplyMode::Overlay => {
                 if fs::symlink_metadata(&victim).is_ok() {
-                    remove_any(&victim)?;
+                    self.remove(&victim)?;
                 }
                 nix::sys::stat::mknod(
                     &victim,
@@ -772,6 +927,244 @@ impl Applier {
         }
         Ok(())
     }
+}
+
+/// How [`extract_archive`] writes an archive (ADD's auto-extraction).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ExtractOptions {
+    /// Every entry owned by this uid:gid (ADD --chown); else the archive's numeric owners.
+    pub owner: Option<(u32, u32)>,
+}
+
+/// Extracts an uncompressed tar stream into `dest` as ADD does: confined to `dest` like a layer
+/// (symlinks resolved inside it, `..` refused), `.wh.` names are ordinary files, xattrs are not
+/// applied, `dest` keeps its own metadata. Linear in the archive's size, however deep it nests.
+/// Stops at the free-space floor.
+pub fn extract_archive(tar: impl Read, dest: &Path, opts: ExtractOptions) -> Result<()> {
+    fs::create_dir_all(dest).with_context(|| format!("creating {}", dest.display()))?;
+    let root = dest
+        .canonicalize()
+        .with_context(|| format!("resolving {}", dest.display()))?;
+    let limits = Limits {
+        max_layer_size: None,
+        ..Limits::current()?
+    };
+    let mut reader = HashingReader {
+        inner: super::targuard::TarGuard::new(tar),
+        hasher: Sha256::new(),
+        size: 0,
+        limits,
+        space: SpaceGuard::new(&root, limits).context("extracting an archive")?,
+        stopped: None,
+    };
+    let mut applier = Applier::new(root, ApplyMode::Flatten, Some(opts));
+    if let Err(e) = applier.apply_all(&mut reader) {
+        match reader.stopped.take() {
+            Some(why) => bail!("{why}"),
+            None => return Err(e),
+        }
+    }
+    for (path, mtime) in applier.dir_times.iter().rev() {
+        set_times(path, *mtime)?;
+    }
+    Ok(())
+}
+
+/// A file in GNU tar's PAX sparse formats (0.0, 0.1, 1.0): the data chunks stored and where
+/// they go in a file of `real_size` bytes; the rest are holes.
+struct SparseFile {
+    name: Vec<u8>,
+    real_size: u64,
+    /// 0.x: the map, from PAX records; 1.0: read from the start of the data.
+    map: Option<Vec<(u64, u64)>>,
+}
+
+/// The most chunks a sparse map may list.
+const MAX_SPARSE_CHUNKS: u64 = 1 << 20;
+
+impl SparseFile {
+    fn from_pax<R: Read>(entry: &mut tar::Entry<R>) -> Result<Option<SparseFile>> {
+        let Some(exts) = entry.pax_extensions().context("bad PAX header")? else {
+            return Ok(None);
+        };
+        let mut sparse = false;
+        let (mut major, mut name, mut real_size, mut map_text) = (None, None, None, None);
+        let mut offsets = Vec::new();
+        let mut sizes = Vec::new();
+        for ext in exts {
+            let ext = ext.context("bad PAX record")?;
+            let Some(key) = ext.key_bytes().strip_prefix(b"GNU.sparse.") else {
+                continue;
+            };
+            sparse = true;
+            let value = || {
+                std::str::from_utf8(ext.value_bytes())
+                    .ok()
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+                    .with_context(|| {
+                        format!(
+                            "bad GNU.sparse.{} record {:?}",
+                            String::from_utf8_lossy(key),
+                            String::from_utf8_lossy(ext.value_bytes())
+                        )
+                    })
+            };
+            match key {
+                b"major" => major = Some(value()?),
+                b"name" => name = Some(ext.value_bytes().to_vec()),
+                b"realsize" | b"size" => real_size = Some(value()?),
+                b"map" => map_text = Some(ext.value_bytes().to_vec()),
+                b"offset" => offsets.push(value()?),
+                b"numbytes" => sizes.push(value()?),
+                _ => {}
+            }
+        }
+        if !sparse {
+            return Ok(None);
+        }
+        let name = name.unwrap_or_else(|| entry.path_bytes().into_owned());
+        let real_size = real_size.context("a GNU sparse file without its real size")?;
+        let map = match major {
+            Some(1) => None,
+            Some(m) if m != 0 => bail!("GNU sparse format {m}.x is not supported"),
+            _ => {
+                let numbers: Vec<u64> = match map_text {
+                    Some(text) => std::str::from_utf8(&text)
+                        .ok()
+                        .and_then(|t| {
+                            t.split(',')
+                                .filter(|p| !p.is_empty())
+                                .map(|p| p.trim().parse().ok())
+                                .collect()
+                        })
+                        .context("bad GNU.sparse.map record")?,
+                    None => {
+                        if offsets.len() != sizes.len() {
+                            bail!("GNU sparse 0.0 records: offsets and sizes do not pair up");
+                        }
+                        offsets
+                            .iter()
+                            .zip(&sizes)
+                            .flat_map(|(o, s)| [*o, *s])
+                            .collect()
+                    }
+                };
+                if numbers.len() % 2 != 0 {
+                    bail!("the GNU sparse map has an odd number of values");
+                }
+                Some(numbers.chunks(2).map(|c| (c[0], c[1])).collect())
+            }
+        };
+        Ok(Some(SparseFile {
+            name,
+            real_size,
+            map,
+        }))
+    }
+
+    /// Writes the file: each chunk at its offset, holes between, `real_size` long.
+    fn write<R: Read>(&self, entry: &mut tar::Entry<R>, file: &mut fs::File) -> Result<()> {
+        use std::io::{Seek, SeekFrom};
+        let stored = entry.size();
+        let (map, map_bytes) = match &self.map {
+            Some(m) => (m.clone(), 0),
+            None => read_sparse_map(entry, stored)?,
+        };
+        let mut end = 0u64;
+        let mut data = 0u64;
+        for &(offset, size) in &map {
+            let chunk_end = offset
+                .checked_add(size)
+                .context("sparse chunk out of range")?;
+            if offset < end || chunk_end > self.real_size {
+                bail!("the sparse map's chunks overlap, are out of order or pass the file's end");
+            }
+            end = chunk_end;
+            data += size;
+        }
+        if data != stored - map_bytes {
+            bail!(
+                "the sparse map lists {data} bytes of data, the entry holds {}",
+                stored - map_bytes
+            );
+        }
+        for &(offset, size) in &map {
+            file.seek(SeekFrom::Start(offset))?;
+            let copied = io::copy(&mut (&mut *entry).take(size), file)?;
+            if copied != size {
+                bail!("the sparse file's data ends early");
+            }
+        }
+        file.set_len(self.real_size)?;
+        Ok(())
+    }
+}
+
+/// Format 1.0's map at the start of the data: decimal numbers, one a line (the count, then
+/// offset and size pairs), padded to a 512-byte block. Returns the map and its length.
+fn read_sparse_map<R: Read>(entry: &mut R, stored: u64) -> Result<(Vec<(u64, u64)>, u64)> {
+    let mut consumed = 0u64;
+    let mut number = || -> Result<u64> {
+        let mut text = Vec::new();
+        loop {
+            let mut b = [0u8; 1];
+            entry
+                .read_exact(&mut b)
+                .context("the sparse map ends early")?;
+            consumed += 1;
+            if b[0] == b'\n' {
+                break;
+            }
+            if !b[0].is_ascii_digit() || text.len() >= 20 {
+                bail!("the sparse map is malformed");
+            }
+            text.push(b[0]);
+        }
+        std::str::from_utf8(&text)
+            .ok()
+            .and_then(|t| t.parse().ok())
+            .context("the sparse map is malformed")
+    };
+    let count = number()?;
+    if count > MAX_SPARSE_CHUNKS || count.saturating_mul(4) > stored {
+        bail!("the sparse map lists {count} chunks: too many for the entry");
+    }
+    let mut map = Vec::with_capacity(count as usize);
+    for _ in 0..count {
+        let offset = number()?;
+        let size = number()?;
+        map.push((offset, size));
+    }
+    let padded = consumed.div_ceil(512) * 512;
+    if padded > stored {
+        bail!("the sparse map is longer than the entry");
+    }
+    io::copy(&mut entry.take(padded - consumed), &mut io::sink())?;
+    Ok((map, padded))
+}
+
+/// Copies `r` to `file`, seeking over 4 KiB blocks of zeros (so they stay holes); the file
+/// gets its full length.
+fn copy_with_holes(r: &mut impl Read, file: &mut fs::File) -> Result<()> {
+    use std::io::{Seek, SeekFrom};
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut len = 0u64;
+    loop {
+        let n = r.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        for block in buf[..n].chunks(4096) {
+            if block.iter().all(|&b| b == 0) {
+                file.seek(SeekFrom::Current(block.len() as i64))?;
+            } else {
+                file.write_all(block)?;
+            }
+        }
+        len += n as u64;
+    }
+    file.set_len(len)?;
+    Ok(())
 }
 
 fn set_times(path: &Path, (secs, nsecs): (i64, u32)) -> Result<()> {

@@ -8,3 +8,4 @@ pub mod image;
 pub mod import;
 pub mod layer;
 pub mod progress;
+pub mod targuard;

@@ -1,4 +1,5 @@
-//! kiln's registry settings: `/etc/kiln/config.toml`, or the file named by `KILN_CONFIG`.
+//! kiln's registry settings: the top-level keys of `/etc/kiln/config.toml` (or the file named
+//! by `KILN_CONFIG`; read by [`crate::config`]).
 //!
 //! ```toml
 //! registry-mirrors = ["https://mirror.example.com", "http://127.0.0.1:5000"]
@@ -6,13 +7,9 @@
 //! ```
 //! Mirrors serve docker.io only and are tried in order before Docker Hub, as dockerd does.
 
-use std::net::IpAddr;
-use std::path::PathBuf;
-
-use anyhow::{Context, Result};
+use anyhow::Result;
 use serde::Deserialize;
-
-pub const DEFAULT_CONFIG: &str = "/etc/kiln/config.toml";
+use std::net::IpAddr;
 
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
@@ -24,20 +21,22 @@ pub struct RegistryConfig {
 }
 
 impl RegistryConfig {
-    /// Reads the config file; a missing file is an empty config, a malformed one an error.
+    /// Reads the config file (see [`crate::config`]); a missing file is an empty config, a
+    /// malformed one an error.
     pub fn load() -> Result<RegistryConfig> {
-        let path = std::env::var_os("KILN_CONFIG")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG));
-        let text = match std::fs::read_to_string(&path) {
-            Ok(text) => text,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Self::default()),
-            Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
-        };
-        toml::from_str(&text).with_context(|| {
-            format!(
-                "{}: invalid kiln config (expected registry-mirrors = [..], insecure-registries = [..])",
-                path.display()
+        Self::from_table(crate::config::load()?.registry).map_err(|e| {
+            anyhow::anyhow!(
+                "{}: invalid kiln config: {e:#}",
+                crate::config::path().display()
+            )
+        })
+    }
+
+    /// The registry's settings from the config file's top-level keys.
+    pub fn from_table(table: toml::Table) -> Result<RegistryConfig> {
+        toml::Value::Table(table).try_into().map_err(|e| {
+            anyhow::anyhow!(
+                "{e}: expected registry-mirrors = [..], insecure-registries = [..], [storage]"
             )
         })
     }

@@ -1,46 +1,17 @@
 //! Unpacking tar archives for a tar build context and for ADD's auto-extraction, confined to the
-//! target directory: entries with `..`, absolute paths or parents that are symlinks leading out are
-//! refused by the tar crate's `unpack_in` (it canonicalises each parent and checks it stays
-//! inside), so an archive never writes outside its target.
+//! target directory by `oci::layer::extract_archive` (the layer applier's confinement: `..`
+//! refused, symlinks resolved inside the target), so an archive never writes outside it.
 
 use std::io::{BufReader, Read};
 use std::path::Path;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 
 /// Unpacks an uncompressed tar stream into `dest`. With `owner`, every entry is owned by it
 /// (ADD --chown); otherwise the archive's numeric owners are kept.
 pub fn unpack_confined<R: Read>(reader: R, dest: &Path, owner: Option<(u32, u32)>) -> Result<()> {
-    let mut archive = tar::Archive::new(reader);
-    archive.set_preserve_permissions(true);
-    archive.set_preserve_ownerships(owner.is_none());
-    archive.set_preserve_mtime(true);
-    archive.set_overwrite(true);
-    archive.set_unpack_xattrs(false);
-    for entry in archive.entries().context("reading the archive")? {
-        let mut entry = entry.context("reading the archive")?;
-        let path = entry
-            .path()
-            .context("reading an entry's path")?
-            .into_owned();
-        let unpacked = entry
-            .unpack_in(dest)
-            .with_context(|| format!("unpacking {}", path.display()))?;
-        if !unpacked {
-            bail!(
-                "archive entry {} would be written outside the target",
-                path.display()
-            );
-        }
-        if let Some((uid, gid)) = owner {
-            let target = dest.join(crate::source::fsutil::clean_rel(&path.to_string_lossy()));
-            if target.symlink_metadata().is_ok() {
-                std::os::unix::fs::lchown(&target, Some(uid), Some(gid))
-                    .with_context(|| format!("chown {}", target.display()))?;
-            }
-        }
-    }
-    Ok(())
+    crate::oci::layer::extract_archive(reader, dest, crate::oci::layer::ExtractOptions { owner })
+        .context("unpacking the archive")
 }
 
 /// Unpacks a possibly compressed tar file (gzip, zstd, bzip2, xz) into `dest`.

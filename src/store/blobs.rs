@@ -25,6 +25,8 @@ pub struct BlobWriter {
     hasher: Sha256,
     size: u64,
     blobs_dir: PathBuf,
+    /// The free-space floor of the store's filesystem.
+    space: super::space::SpaceGuard,
 }
 
 impl Write for BlobWriter {
@@ -36,6 +38,7 @@ impl Write for BlobWriter {
         let n = file.write(buf)?;
         self.hasher.update(&buf[..n]);
         self.size += n as u64;
+        self.space.wrote(n as u64)?;
         Ok(n)
     }
 
@@ -88,8 +91,12 @@ impl Store {
         self.root.join("blobs/sha256")
     }
 
-    /// Starts writing a blob (see [`BlobWriter`]).
+    /// Starts writing a blob (see [`BlobWriter`]). Writing stops with an error when the
+    /// filesystem drops under the free-space floor ([`super::space`]).
     pub fn blob_writer(&self) -> Result<BlobWriter> {
+        let space =
+            super::space::SpaceGuard::new(&self.tmp_dir(), super::space::Limits::current()?)
+                .context("writing a blob")?;
         let file = tempfile::Builder::new()
             .prefix("blob.")
             .tempfile_in(self.tmp_dir())
@@ -99,6 +106,7 @@ impl Store {
             hasher: Sha256::new(),
             size: 0,
             blobs_dir: self.blobs_dir(),
+            space,
         })
     }
 

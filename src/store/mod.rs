@@ -10,6 +10,7 @@
 
 mod blobs;
 mod images;
+pub mod space;
 
 pub use blobs::{Blob, BlobWriter};
 pub use images::{CommittedImage, ImageRecord, LayerRecord};
