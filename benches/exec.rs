@@ -1,5 +1,6 @@
 //! Start-to-exit of `true` in a busybox snapshot (`sandbox::run`, network none, no cgroup),
-//! median of N runs; also the full cycle with the snapshot's mount and unmount.
+//! median of N runs; also the full cycle with the snapshot's mount and unmount, the same exec
+//! with and without Docker's default seccomp filter (interleaved), and the filter's compile time.
 //!
 //! Run as root: `cargo bench --bench exec` (N from `KILN_BENCH_RUNS`, default 200).
 
@@ -48,6 +49,27 @@ fn main() {
         exec.push(t.elapsed());
         assert_eq!(exit.code, 0);
     }
+    // The seccomp filter's cost: runs alternate so machine noise hits both alike.
+    let mut unconfined_spec = spec.clone();
+    unconfined_spec.seccomp = sandbox::seccomp::Seccomp::Unconfined;
+    let (mut filtered, mut unfiltered) = (Vec::new(), Vec::new());
+    for _ in 0..runs {
+        for (s, v) in [(&spec, &mut filtered), (&unconfined_spec, &mut unfiltered)] {
+            let t = Instant::now();
+            let exit = sandbox::run(s).unwrap();
+            v.push(t.elapsed());
+            assert_eq!(exit.code, 0);
+        }
+    }
+    let target = sandbox::seccomp::native_target().unwrap();
+    let profile = sandbox::seccomp::default_profile();
+    let mut compile = Vec::new();
+    for _ in 0..runs {
+        let t = Instant::now();
+        let f = sandbox::seccomp::compile(&profile, &target).unwrap();
+        compile.push(t.elapsed());
+        assert!(!f.is_empty());
+    }
     snap.release().unwrap();
 
     let mut cycle = Vec::with_capacity(runs);
@@ -74,5 +96,15 @@ fn main() {
     println!(
         "prepare snapshot + exec true + release: median {} ({runs} runs)",
         ms(median(cycle))
+    );
+    println!(
+        "exec true, default seccomp filter: median {}; seccomp=unconfined: median {} ({runs} \
+         runs each, interleaved)",
+        ms(median(filtered)),
+        ms(median(unfiltered))
+    );
+    println!(
+        "compile Docker's default profile to BPF (once per kiln process): median {:.1} µs",
+        median(compile).as_secs_f64() * 1e6
     );
 }

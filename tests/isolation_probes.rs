@@ -183,7 +183,6 @@ fn writes_under_a_readonly_bind_of_root_match_docker() {
 }
 
 #[test]
-#[ignore = "needs Docker's seccomp profile (issue 11, another branch): remove this line then"]
 fn seccomp_probes_match_docker() {
     assert_group_matches_docker("seccomp");
 }

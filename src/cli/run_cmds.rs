@@ -174,6 +174,10 @@ pub struct RunArgs {
     /// Allocate a terminal for the command (with -i, kiln relays its own terminal in raw mode).
     #[arg(short = 't', long)]
     tty: bool,
+    /// Security options: seccomp=unconfined, seccomp=PROFILE.json (Docker's format),
+    /// apparmor=unconfined.
+    #[arg(long = "security-opt", value_name = "OPT")]
+    security_opt: Vec<String>,
     /// The image to run.
     image: String,
     /// The command and its arguments (replace the image's CMD).
@@ -246,6 +250,7 @@ pub fn run(cmd: RunCommands, globals: &Globals) -> anyhow::Result<i32> {
                 init,
                 interactive,
                 tty,
+                security_opt,
                 image,
                 command,
             } = *args;
@@ -272,6 +277,7 @@ pub fn run(cmd: RunCommands, globals: &Globals) -> anyhow::Result<i32> {
                 init,
                 interactive,
                 tty,
+                security_opt,
             };
             Ok(runner::run(root, &opts))
         }

@@ -389,6 +389,82 @@ pub fn read_env_file(path: &str) -> Result<Vec<String>> {
     Ok(out)
 }
 
+/// A container's seccomp setting (`--security-opt seccomp=...`), kept in its config so that
+/// `kiln exec` applies the same filter.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SeccompConfig {
+    /// Docker's default profile.
+    #[default]
+    Default,
+    /// No filter.
+    Unconfined,
+    /// A profile in Docker's JSON format: where it was read from, and its text as read then.
+    Profile { path: String, json: String },
+}
+
+impl SeccompConfig {
+    /// The sandbox's form (the profile is parsed again: it was checked when the container was
+    /// created).
+    pub fn to_sandbox(&self) -> Result<crate::sandbox::seccomp::Seccomp> {
+        use crate::sandbox::seccomp::{self, Seccomp};
+        Ok(match self {
+            SeccompConfig::Default => Seccomp::Default,
+            SeccompConfig::Unconfined => Seccomp::Unconfined,
+            SeccompConfig::Profile { path, json } => {
+                let p = seccomp::parse_docker_json(json)
+                    .map_err(|e| anyhow::anyhow!("seccomp profile {path}: {e}"))?;
+                Seccomp::Custom(std::sync::Arc::new(p))
+            }
+        })
+    }
+}
+
+/// Parses `--security-opt` values as docker does for the ones kiln has: `seccomp=unconfined`,
+/// `seccomp=PROFILE.json` (read with `read_file` and checked now), and `apparmor=unconfined`
+/// (kiln applies no AppArmor profile, so there is nothing to lift). The last seccomp value wins.
+pub fn parse_security_opts(
+    opts: &[String],
+    read_file: impl Fn(&str) -> std::io::Result<String>,
+) -> Result<SeccompConfig> {
+    let mut seccomp = SeccompConfig::Default;
+    for opt in opts {
+        let (key, value) = opt
+            .split_once('=')
+            .or_else(|| opt.split_once(':'))
+            .unwrap_or((opt.as_str(), ""));
+        match key {
+            "seccomp" if value == "unconfined" => seccomp = SeccompConfig::Unconfined,
+            "seccomp" if value.is_empty() => bail!(
+                "invalid --security-opt {opt:?}: seccomp needs a value: seccomp=unconfined or \
+                 seccomp=PROFILE.json"
+            ),
+            "seccomp" => {
+                let json = read_file(value).with_context(|| {
+                    format!("--security-opt {opt:?}: reading the seccomp profile {value}")
+                })?;
+                if let Err(e) = crate::sandbox::seccomp::parse_docker_json(&json) {
+                    bail!(
+                        "--security-opt {opt:?}: the seccomp profile {value} is not valid: {e} \
+                         (Docker's JSON profile format: defaultAction, syscalls[].names, \
+                         action, args)"
+                    );
+                }
+                seccomp = SeccompConfig::Profile {
+                    path: value.to_string(),
+                    json,
+                };
+            }
+            "apparmor" if value == "unconfined" => {}
+            _ => bail!(
+                "unsupported --security-opt {opt:?}: kiln supports seccomp=unconfined, \
+                 seccomp=PROFILE.json and apparmor=unconfined"
+            ),
+        }
+    }
+    Ok(seccomp)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -517,5 +593,58 @@ mod tests {
         apply_env_flag(&mut env, "UNSET", |_| None).unwrap();
         assert_eq!(env, vec!["PATH=/bin", "A=2", "HOMEDIR=/h"]);
         assert!(apply_env_flag(&mut env, "=x", |_| None).is_err());
+    }
+
+    #[test]
+    fn security_opts() {
+        let files = |p: &str| match p {
+            "/deny-mkdir.json" => Ok(r#"{"defaultAction": "SCMP_ACT_ALLOW",
+                "syscalls": [{"names": ["mkdir"], "action": "SCMP_ACT_ERRNO"}]}"#
+                .to_string()),
+            "/bad.json" => Ok(r#"{"defaultAction": "SCMP_ACT_NOPE"}"#.to_string()),
+            _ => Err(std::io::Error::from(std::io::ErrorKind::NotFound)),
+        };
+        let opts = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            parse_security_opts(&[], files).unwrap(),
+            SeccompConfig::Default
+        );
+        assert_eq!(
+            parse_security_opts(&opts(&["seccomp=unconfined"]), files).unwrap(),
+            SeccompConfig::Unconfined
+        );
+        assert_eq!(
+            parse_security_opts(&opts(&["seccomp:unconfined", "apparmor=unconfined"]), files)
+                .unwrap(),
+            SeccompConfig::Unconfined
+        );
+        let custom = parse_security_opts(&opts(&["seccomp=/deny-mkdir.json"]), files).unwrap();
+        assert!(
+            matches!(&custom, SeccompConfig::Profile { path, .. } if path == "/deny-mkdir.json")
+        );
+        assert!(matches!(
+            custom.to_sandbox().unwrap(),
+            crate::sandbox::seccomp::Seccomp::Custom(_)
+        ));
+        let err = |v: &[&str]| format!("{:#}", parse_security_opts(&opts(v), files).unwrap_err());
+        let e = err(&["seccomp=/bad.json"]);
+        assert!(
+            e.contains("/bad.json is not valid") && e.contains("SCMP_ACT_NOPE"),
+            "{e}"
+        );
+        let e = err(&["seccomp=/missing.json"]);
+        assert!(
+            e.contains("reading the seccomp profile /missing.json"),
+            "{e}"
+        );
+        let e = err(&["seccomp="]);
+        assert!(e.contains("seccomp needs a value"), "{e}");
+        let e = err(&["no-new-privileges"]);
+        assert!(
+            e.contains("unsupported --security-opt \"no-new-privileges\""),
+            "{e}"
+        );
+        let e = err(&["label=disable"]);
+        assert!(e.contains("unsupported"), "{e}");
     }
 }

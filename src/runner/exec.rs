@@ -1,6 +1,7 @@
 //! `kiln exec`: a new process in a running container. It joins the container's cgroups and its
 //! IPC, UTS, network, PID and mount namespaces, takes the container's root as its root, then
-//! drops to the user and capabilities a container process gets, and execs.
+//! drops to the user and capabilities a container process gets, installs the container's
+//! seccomp filter, and execs.
 //!
 //! ```text
 //! kiln ──fork──> joiner (J): joins cgroups + namespaces (setns(PID) applies to children only)
@@ -151,6 +152,12 @@ pub fn exec(rec: &ContainerRecord, opts: &ExecOptions, cmd: &[String]) -> Result
         .iter()
         .map(|p| cstring(p.as_os_str().as_bytes()))
         .collect::<Result<_>>()?;
+    let seccomp = rec
+        .config
+        .seccomp
+        .to_sandbox()
+        .and_then(|s| s.filter())
+        .context("exec: the container's seccomp filter")?;
     let null = if opts.interactive {
         None
     } else {
@@ -180,6 +187,7 @@ pub fn exec(rec: &ContainerRecord, opts: &ExecOptions, cmd: &[String]) -> Result
         search,
         argv,
         envp,
+        seccomp,
     };
     // SAFETY: kiln exec is single-threaded here; the child only makes syscalls and small
     // allocations before exec or _exit.
@@ -228,6 +236,7 @@ struct Child {
     search: Vec<CString>,
     argv: Vec<CString>,
     envp: Vec<CString>,
+    seccomp: Option<std::sync::Arc<crate::sandbox::seccomp::Filter>>,
 }
 
 impl Child {
@@ -316,6 +325,13 @@ impl Child {
         }
         if caps::drop_bounding(caps::default_mask()).is_err() {
             self.fail(125, "drop capabilities");
+        }
+        // The container's filter, installed while still root with every capability (see
+        // sandbox::seccomp).
+        if let Some(filter) = &self.seccomp {
+            if filter.install().is_err() {
+                self.fail(125, "install the seccomp filter");
+            }
         }
         let u = &self.user;
         // SAFETY: identity changes with computed values; each checked.

@@ -102,6 +102,7 @@ pub fn start(store: &Store, rec: &ContainerRecord, mode: StreamMode) -> Result<S
     spec.hostname = cfg.hostname.clone();
     spec.network = network;
     spec.mounts = mounts;
+    spec.seccomp = cfg.seccomp.to_sandbox()?;
     spec.resources = Resources {
         memory_bytes: cfg.memory,
         cpu_shares: cfg.cpu_shares,

@@ -63,6 +63,8 @@ pub struct RunOptions {
     pub init: bool,
     pub interactive: bool,
     pub tty: bool,
+    /// `--security-opt` values.
+    pub security_opt: Vec<String>,
 }
 
 fn random_hex(bytes: usize) -> String {
@@ -212,6 +214,7 @@ pub fn create(store: &Store, opts: &RunOptions) -> Result<ContainerRecord> {
     if opts.cpu_shares == Some(0) || opts.cpu_shares.is_some_and(|s| s < 2) {
         bail!("invalid --cpu-shares: the minimum is 2");
     }
+    let seccomp = config::parse_security_opts(&opts.security_opt, |p| std::fs::read_to_string(p))?;
     let id = random_hex(32);
     let cfg = ContainerConfig {
         entrypoint,
@@ -244,6 +247,7 @@ pub fn create(store: &Store, opts: &RunOptions) -> Result<ContainerRecord> {
         tty: opts.tty,
         init: opts.init,
         exposed,
+        seccomp,
     };
     if !cfg.working_dir.is_empty() && !cfg.working_dir.starts_with('/') {
         bail!(

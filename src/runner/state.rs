@@ -66,6 +66,9 @@ pub struct ContainerConfig {
     pub tty: bool,
     pub init: bool,
     pub exposed: Vec<String>,
+    /// `--security-opt seccomp=...` (absent in records of older kilns: the default).
+    #[serde(default)]
+    pub seccomp: super::config::SeccompConfig,
 }
 
 impl ContainerConfig {

@@ -37,6 +37,56 @@ pub const DEFAULT_CAPS: &[u32] = &[
     CAP_AUDIT_WRITE,
 ];
 
+/// Every capability's name, by number (as in linux/capability.h).
+const NAMES: &[&str] = &[
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_DAC_READ_SEARCH",
+    "CAP_FOWNER",
+    "CAP_FSETID",
+    "CAP_KILL",
+    "CAP_SETGID",
+    "CAP_SETUID",
+    "CAP_SETPCAP",
+    "CAP_LINUX_IMMUTABLE",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_NET_BROADCAST",
+    "CAP_NET_ADMIN",
+    "CAP_NET_RAW",
+    "CAP_IPC_LOCK",
+    "CAP_IPC_OWNER",
+    "CAP_SYS_MODULE",
+    "CAP_SYS_RAWIO",
+    "CAP_SYS_CHROOT",
+    "CAP_SYS_PTRACE",
+    "CAP_SYS_PACCT",
+    "CAP_SYS_ADMIN",
+    "CAP_SYS_BOOT",
+    "CAP_SYS_NICE",
+    "CAP_SYS_RESOURCE",
+    "CAP_SYS_TIME",
+    "CAP_SYS_TTY_CONFIG",
+    "CAP_MKNOD",
+    "CAP_LEASE",
+    "CAP_AUDIT_WRITE",
+    "CAP_AUDIT_CONTROL",
+    "CAP_SETFCAP",
+    "CAP_MAC_OVERRIDE",
+    "CAP_MAC_ADMIN",
+    "CAP_SYSLOG",
+    "CAP_WAKE_ALARM",
+    "CAP_BLOCK_SUSPEND",
+    "CAP_AUDIT_READ",
+    "CAP_PERFMON",
+    "CAP_BPF",
+    "CAP_CHECKPOINT_RESTORE",
+];
+
+/// The number of a capability named as Docker names it (`CAP_SYS_ADMIN`).
+pub fn by_name(name: &str) -> Option<u32> {
+    NAMES.iter().position(|n| *n == name).map(|i| i as u32)
+}
+
 /// The default set as the two 32-bit words capset(2) takes.
 pub fn default_mask() -> u64 {
     DEFAULT_CAPS.iter().fold(0u64, |m, c| m | (1u64 << c))
@@ -127,5 +177,15 @@ mod tests {
         assert_eq!(m & (1 << 21), 0, "no CAP_SYS_ADMIN");
         assert_eq!(m & (1 << 16), 0, "no CAP_SYS_MODULE");
         assert_ne!(m & (1 << CAP_SETFCAP), 0);
+    }
+
+    #[test]
+    fn names_match_numbers() {
+        assert_eq!(by_name("CAP_CHOWN"), Some(CAP_CHOWN));
+        assert_eq!(by_name("CAP_SYS_CHROOT"), Some(CAP_SYS_CHROOT));
+        assert_eq!(by_name("CAP_SETFCAP"), Some(CAP_SETFCAP));
+        assert_eq!(by_name("CAP_SYS_ADMIN"), Some(21));
+        assert_eq!(by_name("CAP_CHECKPOINT_RESTORE"), Some(40));
+        assert_eq!(by_name("CAP_SYSADMIN"), None);
     }
 }

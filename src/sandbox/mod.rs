@@ -13,6 +13,9 @@
 //! - Docker's masked and read-only /proc paths (`rootfs::MASKED_PATHS`, `READONLY_PATHS`) and
 //!   Docker's 14 default capabilities (`caps::DEFAULT_CAPS`); no_new_privs is not set (Docker's
 //!   default).
+//! - Docker's default seccomp profile (`seccomp`), or none, or a profile of the user's
+//!   (`ExecSpec::seccomp`), compiled before the fork and installed in the command's process
+//!   before the user switch; the command and all it starts are filtered (the init is not).
 //! - The user (`name`, `uid`, `uid:gid`, `name:group`) resolved in the image's /etc/passwd and
 //!   /etc/group with supplementary groups; `HOME` from passwd and a default `PATH` when the
 //!   environment has none; the working directory created if missing.
@@ -47,6 +50,7 @@ pub mod cgroup;
 pub mod device_filter;
 mod process;
 pub mod rootfs;
+pub mod seccomp;
 pub mod syscall;
 pub mod user;
 
@@ -145,6 +149,9 @@ pub struct ExecSpec {
     /// The command's stdin is a terminal: it gets a new session with stdin as its controlling
     /// terminal (the runner passes a pty slave as `Stdio::Fd`).
     pub tty: bool,
+    /// The system call filter: Docker's default profile unless told otherwise (`kiln run
+    /// --security-opt seccomp=...`; a future `RUN --security=insecure` sets `Unconfined`).
+    pub seccomp: seccomp::Seccomp,
 }
 
 impl ExecSpec {
@@ -170,6 +177,7 @@ impl ExecSpec {
             stdout: Stdio::Inherit,
             stderr: Stdio::Inherit,
             tty: false,
+            seccomp: seccomp::Seccomp::Default,
         }
     }
 }

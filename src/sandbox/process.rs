@@ -94,6 +94,8 @@ struct ChildContext {
     user: String,
     set_home: bool,
     tty: bool,
+    /// The compiled seccomp programs (`None` = unconfined).
+    seccomp: Option<Arc<super::seccomp::Filter>>,
 }
 
 /// A started execution.
@@ -383,6 +385,7 @@ fn start(spec: &ExecSpec, plan: RootfsPlan, cgroup: &Option<Cgroup>) -> anyhow::
         user: spec.user.clone(),
         set_home,
         tty: spec.tty,
+        seccomp: spec.seccomp.filter()?,
     };
 
     let ctx = Arc::new(ctx);
@@ -759,6 +762,14 @@ fn command_process(ctx: &ChildContext) -> ! {
 
     if let Err(e) = caps::drop_bounding(caps::default_mask()) {
         fail(report, "drop capabilities", e);
+    }
+    // While still root with every capability: without no_new_privs, installing a filter needs
+    // CAP_SYS_ADMIN. What follows (setgroups, setuid, capset, chdir, execve) is allowed by
+    // Docker's profile.
+    if let Some(filter) = &ctx.seccomp {
+        if let Err(e) = filter.install() {
+            fail(report, "install the seccomp filter", e);
+        }
     }
     let gids: Vec<libc::gid_t> = user.additional_gids.clone();
     // SAFETY: setgroups/setgid/setuid with values we computed; each result is checked.
