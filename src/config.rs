@@ -25,6 +25,18 @@ pub struct StorageConfig {
     pub max_layer_size: Option<String>,
 }
 
+/// The `[build]` table: defaults for the cgroup limits of RUN steps (`kiln build --memory`,
+/// `--cpu-shares`, `--cpuset-cpus`, `--pids-limit` override them).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct BuildConfig {
+    pub memory: Option<String>,
+    pub cpu_shares: Option<u64>,
+    pub cpuset_cpus: Option<String>,
+    /// -1 or 0: no limit.
+    pub pids_limit: Option<i64>,
+}
+
 /// The whole file.
 #[derive(Debug, Clone, Default)]
 pub struct Config {
@@ -32,6 +44,7 @@ pub struct Config {
     /// this module stays below the modules that own the settings).
     pub registry: toml::Table,
     pub storage: StorageConfig,
+    pub build: BuildConfig,
 }
 
 /// The config file's path: `$KILN_CONFIG`, else /etc/kiln/config.toml.
@@ -62,9 +75,16 @@ pub fn parse(text: &str) -> Result<Config> {
         )?,
         None => StorageConfig::default(),
     };
+    let build = match table.remove("build") {
+        Some(v) => v.try_into().context(
+            "[build]: expected memory = \"2g\", cpu-shares = 512, cpuset-cpus = \"0-1\", pids-limit = 4096",
+        )?,
+        None => BuildConfig::default(),
+    };
     Ok(Config {
         registry: table,
         storage,
+        build,
     })
 }
 
@@ -82,5 +102,11 @@ mod tests {
         assert!(cfg.storage.max_layer_size.is_none());
         assert!(parse("[storage]\nmin-free = \"1G\"\n").is_err());
         assert!(parse("").unwrap().registry.is_empty());
+        let build = parse("[build]\nmemory = \"1g\"\npids-limit = -1\n")
+            .unwrap()
+            .build;
+        assert_eq!(build.memory.as_deref(), Some("1g"));
+        assert_eq!(build.pids_limit, Some(-1));
+        assert!(parse("[build]\npids = 3\n").is_err());
     }
 }

@@ -124,3 +124,74 @@ fn bad_flags_context_and_base() {
         "{err}"
     );
 }
+
+/// In a Dockerfile a name is a reference, never a prefix of a local image's ID (issue 11): `FROM
+/// <first hex digit of busybox's ID>` must not build on busybox, and `COPY --from=a` inside stage
+/// `a` is BuildKit's cycle error, not a copy from some image. The command line keeps docker's
+/// prefix matching.
+#[test]
+fn dockerfile_names_are_references_not_image_id_prefixes() {
+    let root = root_with_busybox();
+    let id = image_id(root.path(), "busybox");
+    let hex = id.strip_prefix("sha256:").unwrap();
+    let prefix = &hex[..1];
+    let ctx = context(&[("Dockerfile", &format!("FROM {prefix}\nRUN true\n"))]);
+    let err = fails(root.path(), &["-t", "x", ctx.path().to_str().unwrap()]);
+    assert!(
+        err.contains(&format!("base image {prefix}")) && !err.contains("RUN true"),
+        "FROM {prefix} should be the image docker.io/library/{prefix}, not busybox: {err}"
+    );
+    // A full ID names the image.
+    std::fs::write(
+        ctx.path().join("Dockerfile"),
+        format!("FROM {id}\nRUN true\n"),
+    )
+    .unwrap();
+    build_ok(root.path(), &["-t", "by-id", ctx.path().to_str().unwrap()]);
+
+    std::fs::write(
+        ctx.path().join("Dockerfile"),
+        "FROM busybox AS a\nCOPY --from=a /bin/sh /x\n",
+    )
+    .unwrap();
+    let err = fails(root.path(), &["-t", "x", ctx.path().to_str().unwrap()]);
+    assert!(
+        err.contains("circular dependency detected on stage: a"),
+        "{err}"
+    );
+
+    // The CLI: `inspect`, `run` and friends still take an ID prefix, as docker's do.
+    let out = common::kiln(root.path(), &["inspect", &hex[..12]]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A failing RUN with a 4 MB line: the error quotes the instruction shortened, and the whole
+/// output stays small (it used to repeat the line several times).
+#[test]
+fn an_over_long_run_line_is_quoted_once_and_short() {
+    let root = root_with_busybox();
+    let long = "x".repeat(4 << 20);
+    let ctx = context(&[("Dockerfile", &format!("FROM busybox\nRUN false # {long}\n"))]);
+    let out = build(root.path(), &[ctx.path().to_str().unwrap()]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("Dockerfile:2: RUN false # xxx"),
+        "{}",
+        &err[..err.len().min(2000)]
+    );
+    assert!(
+        err.contains("more characters)"),
+        "{}",
+        &err[..err.len().min(2000)]
+    );
+    assert!(
+        out.stderr.len() + out.stdout.len() < 64 * 1024,
+        "{} bytes of output for one failing step",
+        out.stderr.len() + out.stdout.len()
+    );
+}

@@ -66,6 +66,19 @@ pub struct BuildArgs {
     /// How many steps may run at the same time (default: the number of cores)
     #[arg(long = "max-parallelism", value_name = "N")]
     pub max_parallelism: Option<usize>,
+    /// Memory limit for each RUN step (`256m`, `2g`; default: `[build] memory` in the config, else none)
+    #[arg(short = 'm', long = "memory", value_name = "BYTES")]
+    pub memory: Option<String>,
+    /// CPU shares (relative weight) for each RUN step
+    #[arg(short = 'c', long = "cpu-shares", value_name = "N")]
+    pub cpu_shares: Option<u64>,
+    /// CPUs each RUN step may use (`0-1`, `0,1`)
+    #[arg(long = "cpuset-cpus", value_name = "LIST")]
+    pub cpuset_cpus: Option<String>,
+    /// Most processes each RUN step may have at once (-1: no limit; default 4096, or `[build]
+    /// pids-limit` in the config), so a fork bomb in a Dockerfile cannot take the machine down
+    #[arg(long = "pids-limit", value_name = "N", allow_negative_numbers = true)]
+    pub pids_limit: Option<i64>,
     /// Target platform; only this machine's (linux/<arch>) is supported
     #[arg(long, value_name = "PLATFORM")]
     pub platform: Option<String>,
@@ -140,6 +153,12 @@ fn to_options(args: BuildArgs) -> anyhow::Result<BuildOptions> {
         outputs,
         quiet: args.quiet,
         max_parallelism,
+        run_limits: options::run_limits(
+            args.memory.as_deref(),
+            args.cpu_shares,
+            args.cpuset_cpus,
+            args.pids_limit,
+        )?,
     })
 }
 

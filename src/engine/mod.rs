@@ -73,6 +73,7 @@ pub fn build(root: &Path, opts: BuildOptions) -> Result<i32> {
     let db = Arc::new(Mutex::new(open_db(store.root())?));
     let backend: Arc<dyn Backend> = Arc::new(StoreBackend {
         store: store.clone(),
+        run_limits: opts.run_limits.clone(),
     });
     let context = Arc::new(context);
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -181,6 +182,8 @@ fn open_context(
 /// The store as the solver's backend.
 struct StoreBackend {
     store: Arc<Store>,
+    /// cgroup limits of every RUN step.
+    run_limits: crate::sandbox::Resources,
 }
 
 impl Backend for StoreBackend {
@@ -193,7 +196,7 @@ impl Backend for StoreBackend {
     }
 
     fn execute(&self, req: ExecRequest) -> Result<Option<LayerRef>> {
-        crate::ops::execute(&self.store, req)
+        crate::ops::execute(&self.store, req, &self.run_limits)
     }
 
     fn parse_trigger(&self, trigger: &str) -> Result<crate::dockerfile::Spanned> {

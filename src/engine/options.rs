@@ -28,6 +28,41 @@ pub struct BuildOptions {
     pub outputs: Vec<Output>,
     pub quiet: bool,
     pub max_parallelism: usize,
+    /// cgroup limits for every RUN step (not part of any cache key, as in docker).
+    pub run_limits: crate::sandbox::Resources,
+}
+
+/// The pids limit a RUN step gets when neither `--pids-limit` nor the config sets one.
+pub const DEFAULT_RUN_PIDS_LIMIT: u64 = 4096;
+
+/// The limits of RUN steps: each flag, else its `[build]` setting in the config file, else the
+/// default (a pids limit of `DEFAULT_RUN_PIDS_LIMIT`; no memory, CPU or cpuset limit).
+pub fn run_limits(
+    memory: Option<&str>,
+    cpu_shares: Option<u64>,
+    cpuset: Option<String>,
+    pids_limit: Option<i64>,
+) -> Result<crate::sandbox::Resources> {
+    let config = crate::config::load()?.build;
+    let memory = memory.map(str::to_string).or(config.memory);
+    let memory_bytes = memory
+        .as_deref()
+        .map(|m| crate::sandbox::parse_memory(m).map_err(|e| anyhow!("--memory: {e:#}")))
+        .transpose()?;
+    if cpu_shares == Some(0) {
+        bail!("--cpu-shares must be at least 2 (docker's minimum); leave it out for no weight");
+    }
+    let pids = match pids_limit.or(config.pids_limit) {
+        None => Some(DEFAULT_RUN_PIDS_LIMIT),
+        Some(n) if n <= 0 => None,
+        Some(n) => Some(n as u64),
+    };
+    Ok(crate::sandbox::Resources {
+        memory_bytes,
+        cpu_shares: cpu_shares.or(config.cpu_shares),
+        cpuset: cpuset.or(config.cpuset_cpus),
+        pids_limit: pids,
+    })
 }
 
 /// `--build-arg K=V`, or `K` alone to take the value from the environment (skipped when unset).

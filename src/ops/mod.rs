@@ -24,11 +24,16 @@ const LAYER_COMPRESSION: crate::oci::compress::Compression =
 /// smaller blobs on typical trees. Deterministic like any fixed level.
 const LAYER_GZIP_LEVEL: u32 = 1;
 
-pub fn execute(store: &Store, req: ExecRequest) -> Result<Option<LayerRef>> {
+/// Executes one step; a RUN gets `run_limits` (memory, CPU, pids) as its cgroup limits.
+pub fn execute(
+    store: &Store,
+    req: ExecRequest,
+    run_limits: &crate::sandbox::Resources,
+) -> Result<Option<LayerRef>> {
     let snapshotter = Snapshotter::new(store.root())?;
     let mut snap = mount_layers(store, &snapshotter, &req.parent)?;
     match &req.op {
-        Op::Run(run) => run::run_step(store, &snapshotter, &snap, run, &req)?,
+        Op::Run(run) => run::run_step(store, &snapshotter, &snap, run, &req, run_limits)?,
         Op::Copy(c) => file::copy_step(store, &snapshotter, &mut snap, c, &req)?,
         Op::Mkdir { path, user } => file::mkdir_step(&snap.merged(), path, user.as_deref())?,
     }

@@ -28,6 +28,7 @@ pub(super) fn run_step(
     snap: &ActiveSnapshot,
     run: &RunOp,
     req: &ExecRequest,
+    run_limits: &crate::sandbox::Resources,
 ) -> Result<()> {
     let mut spec = crate::sandbox::ExecSpec::new(snap.merged(), run.argv.clone());
     spec.env = run.env.clone();
@@ -38,6 +39,7 @@ pub(super) fn run_step(
         Network::Host => crate::sandbox::Network::Host,
         Network::None => crate::sandbox::Network::None,
     };
+    spec.resources = run_limits.clone();
     spec.stdin = crate::sandbox::Stdio::Null;
     spec.stdout = crate::sandbox::Stdio::Piped;
     spec.stderr = crate::sandbox::Stdio::Piped;

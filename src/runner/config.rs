@@ -243,30 +243,7 @@ pub fn normalize_path(p: &str) -> String {
     format!("/{}", parts.join("/"))
 }
 
-/// Parses docker's memory sizes: `256m`, `1g`, `512k`, `100b`, `1048576`.
-pub fn parse_memory(s: &str) -> Result<u64> {
-    let lower = s.trim().to_ascii_lowercase();
-    let lower = lower.strip_suffix('b').unwrap_or(&lower).to_string();
-    let (digits, mult) = match lower.chars().last() {
-        Some('k') => (&lower[..lower.len() - 1], 1u64 << 10),
-        Some('m') => (&lower[..lower.len() - 1], 1 << 20),
-        Some('g') => (&lower[..lower.len() - 1], 1 << 30),
-        Some('t') => (&lower[..lower.len() - 1], 1 << 40),
-        _ => (lower.as_str(), 1),
-    };
-    let n: f64 = digits
-        .parse()
-        .ok()
-        .filter(|n: &f64| n.is_finite() && *n > 0.0)
-        .with_context(|| {
-            format!("invalid memory size {s:?}: expected a number with an optional b, k, m or g")
-        })?;
-    let bytes = (n * mult as f64) as u64;
-    if bytes < 6 << 20 {
-        bail!("invalid memory size {s:?}: the minimum memory limit is 6m, as docker's");
-    }
-    Ok(bytes)
-}
+pub use crate::sandbox::parse_memory;
 
 /// Parses a signal name or number: `SIGTERM`, `TERM`, `term`, `15`.
 pub fn parse_signal(s: &str) -> Result<i32> {

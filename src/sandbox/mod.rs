@@ -110,6 +110,33 @@ impl Resources {
     }
 }
 
+/// Parses docker's memory sizes: `256m`, `1g`, `512k`, `100b`, `1048576`.
+pub fn parse_memory(s: &str) -> anyhow::Result<u64> {
+    let lower = s.trim().to_ascii_lowercase();
+    let lower = lower.strip_suffix('b').unwrap_or(&lower).to_string();
+    let (digits, mult) = match lower.chars().last() {
+        Some('k') => (&lower[..lower.len() - 1], 1u64 << 10),
+        Some('m') => (&lower[..lower.len() - 1], 1 << 20),
+        Some('g') => (&lower[..lower.len() - 1], 1 << 30),
+        Some('t') => (&lower[..lower.len() - 1], 1 << 40),
+        _ => (lower.as_str(), 1),
+    };
+    let n: f64 = digits
+        .parse()
+        .ok()
+        .filter(|n: &f64| n.is_finite() && *n > 0.0)
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "invalid memory size {s:?}: expected a number with an optional b, k, m or g"
+            )
+        })?;
+    let bytes = (n * mult as f64) as u64;
+    if bytes < 6 << 20 {
+        anyhow::bail!("invalid memory size {s:?}: the minimum memory limit is 6m, as docker's");
+    }
+    Ok(bytes)
+}
+
 /// Where one of the command's standard streams goes.
 #[derive(Debug, Clone, Default)]
 pub enum Stdio {

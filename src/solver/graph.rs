@@ -90,6 +90,17 @@ pub fn build_graph(stages: &Stages, target: Option<&str>) -> Result<Graph> {
                     if !d.contains(&j) {
                         d.push(j);
                     }
+                } else if let Some(j) = stage_ref(all, &f, all.len()) {
+                    // The stage itself or one after it: BuildKit's two errors, never an image
+                    // of that name.
+                    if j == i {
+                        bail!("circular dependency detected on stage: {f}");
+                    }
+                    bail!(
+                        "cannot copy from stage {f:?}, it needs to be defined before current \
+                         stage {:?}",
+                        stage.name.clone().unwrap_or_else(|| i.to_string())
+                    );
                 }
             }
         }
@@ -155,6 +166,34 @@ mod tests {
         assert_eq!(
             stage_labels(&st.stages),
             vec!["a", "b", "unused", "stage-3"]
+        );
+    }
+
+    #[test]
+    fn from_naming_this_stage_or_a_later_one_is_buildkits_error() {
+        let err = build_graph(
+            &stages("FROM busybox AS a\nCOPY --from=a /bin/sh /x\n"),
+            None,
+        )
+        .unwrap_err();
+        assert_eq!(err.to_string(), "circular dependency detected on stage: a");
+        let later = stages("FROM busybox AS a\nCOPY --from=b /x /x\nFROM busybox AS b\n");
+        let err = build_graph(&later, Some("a")).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "cannot copy from stage \"b\", it needs to be defined before current stage \"a\""
+        );
+        let by_index =
+            stages("FROM busybox AS a\nRUN --mount=from=1,target=/s true\nFROM busybox\n");
+        assert!(build_graph(&by_index, None)
+            .unwrap_err()
+            .to_string()
+            .contains("cannot copy from stage \"1\""));
+        // A name no stage has is an image, as before.
+        let image = stages("FROM busybox AS a\nCOPY --from=alpine /x /x\n");
+        assert_eq!(
+            build_graph(&image, None).unwrap().deps[0],
+            Vec::<usize>::new()
         );
     }
 

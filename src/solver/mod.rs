@@ -229,12 +229,29 @@ pub fn format_time(secs: i64) -> String {
         .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }
 
+/// How much of an instruction progress lines and errors quote.
+const QUOTE_LIMIT: usize = 200;
+
+/// An instruction as progress and errors quote it: whole up to `QUOTE_LIMIT` characters, else its
+/// start and how much was left out (a 10 MB RUN line is quoted in one short line, not ten
+/// megabytes per mention). History keeps the whole text.
+pub(crate) fn shorten(text: &str) -> String {
+    match text.char_indices().nth(QUOTE_LIMIT) {
+        None => text.to_string(),
+        Some((cut, _)) => format!(
+            "{}… ({} more characters)",
+            &text[..cut],
+            text[cut..].chars().count()
+        ),
+    }
+}
+
 fn with_line<T>(result: Result<T>, instr: &Spanned) -> Result<T> {
     result.with_context(|| {
         format!(
             "Dockerfile:{}: {}",
             instr.span.start_line,
-            crate::source::git::redact_urls(&instr.original)
+            shorten(&crate::source::git::redact_urls(&instr.original))
         )
     })
 }
@@ -332,7 +349,7 @@ async fn solve_stage(shared: &Arc<Shared>, stage: usize) -> Result<Arc<StageResu
             "[{label} {}/{}] {}",
             index + 2,
             instructions.len() + 1,
-            crate::source::git::redact_urls(&instr.original)
+            shorten(&crate::source::git::redact_urls(&instr.original))
         );
         let place = digest_of(&[
             &shared.req.place_id,
@@ -435,7 +452,7 @@ async fn run_step(
     };
     shared.progress.explain(
         id,
-        &crate::source::git::redact_urls(&instr.original),
+        &shorten(&crate::source::git::redact_urls(&instr.original)),
         &reason,
     );
     let _permit = shared

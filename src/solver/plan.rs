@@ -293,7 +293,7 @@ pub(super) async fn plan_step(
                 user,
                 network,
                 mounts: resolved,
-                display,
+                display: super::shorten(&display),
             });
             return Ok(Some(Planned {
                 op,

@@ -239,3 +239,13 @@ fn words_are_expanded_by_the_front_end_rules() {
     };
     assert_eq!((target.as_str(), id.as_str()), ("/cache", "c-world"));
 }
+
+#[test]
+fn long_instructions_are_quoted_short() {
+    assert_eq!(super::shorten("RUN true"), "RUN true");
+    let long = format!("RUN echo {}", "é".repeat(5000));
+    let short = super::shorten(&long);
+    assert!(short.chars().count() < 250, "{short}");
+    assert!(short.starts_with("RUN echo éé"));
+    assert!(short.ends_with("(4809 more characters)"), "{short}");
+}

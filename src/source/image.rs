@@ -18,7 +18,8 @@ pub struct BaseImage {
 
 /// A FROM (or `--from`) image: the local image when there is one (docker's default), else a pull;
 /// `pull` always asks the registry. Local-only names (an image ID, a name that is not a registry
-/// reference) are looked up in the store alone.
+/// reference) are looked up in the store alone. A name is never an image-ID prefix
+/// (`Store::resolve_reference`).
 pub fn resolve(store: &Store, name: &str, pull: bool) -> Result<BaseImage> {
     let manifest_digest = resolve_manifest(store, name, pull)?;
     let record = store.resolve(&manifest_digest)?;
@@ -48,7 +49,7 @@ pub fn resolve(store: &Store, name: &str, pull: bool) -> Result<BaseImage> {
 }
 fn resolve_manifest(store: &Store, name: &str, pull: bool) -> Result<String> {
     if !pull {
-        if let Ok(record) = store.resolve(name) {
+        if let Some(record) = store.resolve_reference(name)? {
             return Ok(record.manifest_digest);
         }
     }

@@ -303,24 +303,44 @@ impl Store {
     /// Finds an image as docker's commands do: a name (`busybox` = `busybox:latest`), a
     /// `name@sha256:...`, a manifest digest, or an image ID (config digest) or a unique prefix
     /// of its hex digits.
-    pub fn resolve(&self, spec: &str) -> Result<ImageRecord> {
-        let by_name = Reference::parse(spec)
-            .ok()
-            .map(|r| self.image(&r))
-            .transpose()?
-            .flatten();
-        if let Some(rec) = by_name {
-            return Ok(rec);
-        }
+    /// An image as a Dockerfile names it (`FROM`, `COPY --from`, `RUN --mount=from`): a
+    /// reference (`busybox` is `docker.io/library/busybox:latest`), `name@sha256:…`, or a full
+    /// `sha256:<64 hex>` image ID (config digest) or manifest digest. Never an ID prefix: in a
+    /// Dockerfile `a` is the image `a`, whatever local image's ID starts with `a`.
+    pub fn resolve_reference(&self, spec: &str) -> Result<Option<ImageRecord>> {
         if let Ok(r) = Reference::parse(spec) {
+            if let Some(rec) = self.image(&r)? {
+                return Ok(Some(rec));
+            }
             if let Some(d) = r.digest() {
                 if let Some(rec) = self.manifest_record(d)? {
-                    return Ok(ImageRecord {
+                    return Ok(Some(ImageRecord {
                         name: Some(r.clone()),
                         ..rec
-                    });
+                    }));
                 }
             }
+        }
+        if let Some(hex) = spec.strip_prefix("sha256:") {
+            if crate::digest::digest_hex(spec).is_ok() {
+                if let Some(rec) = self.manifest_record(spec)? {
+                    return Ok(Some(rec));
+                }
+                return Ok(self
+                    .list_images()?
+                    .into_iter()
+                    .find(|r| r.config_digest.strip_prefix("sha256:") == Some(hex)));
+            }
+        }
+        Ok(None)
+    }
+
+    /// An image as the command line names it (`run`, `rmi`, `inspect`, `tag`, …): what
+    /// `resolve_reference` finds, else, as docker does, a prefix of an image ID (any length, with
+    /// or without `sha256:`; an error when it matches several images).
+    pub fn resolve(&self, spec: &str) -> Result<ImageRecord> {
+        if let Some(rec) = self.resolve_reference(spec)? {
+            return Ok(rec);
         }
         let hex = spec.strip_prefix("sha256:").unwrap_or(spec);
         if !hex.is_empty() && hex.len() <= 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()) {
