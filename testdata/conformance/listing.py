@@ -6,7 +6,8 @@ listing for kiln's image. The format (one fact a line, sorted within each sectio
 
   config <Field> <json>        a config field a Dockerfile controls, when set (null and "" = unset)
   author <json>                when set
-  history <json created_by> [empty]   each history entry after the base image's own
+  history <json created_by> [empty|nochange]   each history entry after the base image's own
+                               (nochange: its layer is empty; kiln writes none, an empty_layer)
   fs <path> <type> <mode> <uid>:<gid> [<size> <sha256>] [-> <target>] [xattr <k>=<v>]... [mtime <s>]
                                each path of the flattened filesystem that is not exactly as in the
                                base (directories: no size); mtime only for MTIME_PATH prefixes
@@ -18,13 +19,20 @@ FIELDS = ["Env", "Cmd", "Entrypoint", "WorkingDir", "User", "ExposedPorts", "Vol
           "Labels", "StopSignal", "Healthcheck", "OnBuild", "Shell"]
 
 
-def load(path):
+def load(path, mtimes=()):
     t = tarfile.open(path)
     manifest = json.load(t.extractfile("manifest.json"))[0]
     config = json.load(t.extractfile(manifest["Config"]))
     fs = {"/": ("dir", 0o755, 0, 0, None, None, None, (), 0)}
+    empty = []
     for layer in manifest["Layers"]:
-        apply(fs, tarfile.open(fileobj=t.extractfile(layer)))
+        empty.append(not apply(fs, tarfile.open(fileobj=t.extractfile(layer)), mtimes))
+    # A step that changed nothing (BuildKit still writes a layer, empty or with entries exactly as
+    # they were but for mtimes, such as /etc after a RUN).
+    layers = iter(empty)
+    for h in config.get("history") or []:
+        if not h.get("empty_layer") and next(layers, False):
+            h["nochange"] = True
     return config, fs
 
 
@@ -51,7 +59,9 @@ def remove_tree(fs, p, keep_self=False):
         del fs[p]
 
 
-def apply(fs, layer):
+def apply(fs, layer, mtimes=()):
+    """Applies a layer; whether it changed anything but mtimes."""
+    changed = False
     for m in layer:
         p = norm(m.name)
         base = p.rsplit("/", 1)[1]
@@ -62,10 +72,14 @@ def apply(fs, layer):
             q = parent(q)
         for q in missing:
             fs[q] = ("dir", 0o755, 0, 0, None, None, None, (), 0)
+        if missing:
+            changed = True
         if base == ".wh..wh..opq":
+            changed = True
             remove_tree(fs, parent(p), keep_self=True)
             continue
         if base.startswith(".wh."):
+            changed = True
             remove_tree(fs, parent(p).rstrip("/") + "/" + base[4:] if parent(p) != "/" else "/" + base[4:])
             continue
         xattrs = tuple(sorted((k[len("SCHILY.xattr."):], v) for k, v in m.pax_headers.items()
@@ -92,7 +106,14 @@ def apply(fs, layer):
                      xattrs, int(m.mtime))
         else:
             continue
+        if old is None or old[:8] != entry[:8] or (in_mtimes(p, mtimes) and old[8] != entry[8]):
+            changed = True
         fs[p] = entry
+    return changed
+
+
+def in_mtimes(p, mtimes):
+    return any(p == m or p.startswith(m.rstrip("/") + "/") for m in mtimes)
 
 
 def line(p, e, mtimes):
@@ -104,13 +125,13 @@ def line(p, e, mtimes):
         s += " -> %s" % json.dumps(link)
     for k, v in xattrs:
         s += " xattr %s=%s" % (k, json.dumps(v))
-    if any(p == m or p.startswith(m.rstrip("/") + "/") for m in mtimes):
+    if in_mtimes(p, mtimes):
         s += " mtime %d" % mtime
     return s
 
 
 def listing(image, base, mtimes):
-    config, fs = load(image)
+    config, fs = load(image, mtimes)
     bconfig, bfs = load(base)
     out = []
     c = config.get("config") or {}
@@ -124,11 +145,11 @@ def listing(image, base, mtimes):
         hist = hist[len(bhist):]
     for h in hist:
         out.append("history %s%s" % (json.dumps(h.get("created_by", "")),
-                                     " empty" if h.get("empty_layer") else ""))
+                                     " empty" if h.get("empty_layer") else
+                                     " nochange" if h.get("nochange") else ""))
     key = lambda e: e[:8]
     for p in sorted(fs):
-        if p in bfs and key(bfs[p]) == key(fs[p]) and not any(
-                p == m or p.startswith(m.rstrip("/") + "/") for m in mtimes):
+        if p in bfs and key(bfs[p]) == key(fs[p]) and not in_mtimes(p, mtimes):
             continue
         out.append(line(p, fs[p], mtimes))
     for p in sorted(bfs):

@@ -32,7 +32,8 @@ if [ "$have" != "[\"$want\"]" ]; then
   docker-ref import "$work/base-layer.tar" busybox:latest >/dev/null
 fi
 docker-ref save -o "$work/base.tar" busybox:latest
-# Cache mounts outlive builds: start each recording without them (the kiln test starts empty).
+# Cache mounts and the build cache outlive builds: each case is built with --no-cache and
+# without cache mounts (the kiln test starts from an empty root).
 docker-ref builder prune -f --filter type=exec.cachemount >/dev/null
 
 version=$(docker-ref version --format '{{.Server.Version}}')
@@ -51,7 +52,7 @@ for c in "${cases[@]}"; do
   [ -f "$dir/mtimes" ] && mapfile -t mtimes <"$dir/mtimes"
   tag="kiln-conformance-$(echo "$c" | tr 'A-Z_' 'a-z-'):latest"
   docker-ref builder prune -f --filter type=exec.cachemount >/dev/null
-  if docker-ref build --network=host --progress=plain -f "$dir/Dockerfile" -t "$tag" \
+  if docker-ref build --no-cache --network=host --progress=plain -f "$dir/Dockerfile" -t "$tag" \
       ${args[@]+"${args[@]}"} "$ctx" >"$work/log" 2>&1; then
     docker-ref save -o "$work/image.tar" "$tag"
     { echo "# recorded by record.sh from Docker $version's BuildKit"
