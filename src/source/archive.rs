@@ -23,6 +23,7 @@ pub fn unpack_confined<R: Read>(reader: R, dest: &Path, owner: Option<(u32, u32)
             .path()
             .context("reading an entry's path")?
             .into_owned();
+        replace_other_type(dest, &path, entry.header().entry_type().is_dir())?;
         let unpacked = entry
             .unpack_in(dest)
             .with_context(|| format!("unpacking {}", path.display()))?;
@@ -41,6 +42,43 @@ pub fn unpack_confined<R: Read>(reader: R, dest: &Path, owner: Option<(u32, u32)
         }
     }
     Ok(())
+}
+
+/// Makes room for an entry whose path exists as another type, as BuildKit does: a file or
+/// symlink where the entry is a directory is removed, and a directory (with everything in it)
+/// where the entry is not one. Only below `dest`: the parent must resolve inside it, and the path
+/// itself is never followed.
+fn replace_other_type(dest: &Path, path: &Path, entry_is_dir: bool) -> Result<()> {
+    let rel = crate::source::fsutil::clean_rel(&path.to_string_lossy());
+    if rel.is_empty() {
+        return Ok(());
+    }
+    let target = dest.join(&rel);
+    let Ok(m) = target.symlink_metadata() else {
+        return Ok(());
+    };
+    let conflict = if entry_is_dir {
+        !m.is_dir() && !m.file_type().is_symlink()
+    } else {
+        m.is_dir()
+    };
+    if !conflict {
+        return Ok(());
+    }
+    let (Some(parent), Ok(root)) = (target.parent(), dest.canonicalize()) else {
+        return Ok(());
+    };
+    match parent.canonicalize() {
+        Ok(p) if p.starts_with(&root) => {}
+        // unpack_in refuses the entry itself.
+        _ => return Ok(()),
+    }
+    let removed = if m.is_dir() {
+        std::fs::remove_dir_all(&target)
+    } else {
+        std::fs::remove_file(&target)
+    };
+    removed.with_context(|| format!("replacing {} from the archive", path.display()))
 }
 
 /// Unpacks a possibly compressed tar file (gzip, zstd, bzip2, xz) into `dest`.
@@ -223,6 +261,40 @@ mod tests {
             b.append(&h, *data).unwrap();
         }
         b.into_inner().unwrap()
+    }
+
+    #[test]
+    fn entries_replace_paths_of_another_type() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        std::fs::create_dir_all(d.join("dir_to_file/sub")).unwrap();
+        std::fs::write(d.join("dir_to_file/sub/y"), "y").unwrap();
+        std::fs::write(d.join("file_to_dir"), "f").unwrap();
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_gnu();
+        h.set_size(4);
+        h.set_mode(0o644);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_entry_type(tar::EntryType::Regular);
+        b.append_data(&mut h, "dir_to_file", &b"file"[..]).unwrap();
+        let mut h = tar::Header::new_gnu();
+        h.set_size(0);
+        h.set_mode(0o755);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_entry_type(tar::EntryType::Directory);
+        b.append_data(&mut h, "file_to_dir/", &b""[..]).unwrap();
+        let mut h = tar::Header::new_gnu();
+        h.set_size(2);
+        h.set_mode(0o644);
+        h.set_uid(0);
+        h.set_gid(0);
+        b.append_data(&mut h, "file_to_dir/in", &b"in"[..]).unwrap();
+        let data = b.into_inner().unwrap();
+        unpack_confined(&data[..], d, None).unwrap();
+        assert_eq!(std::fs::read(d.join("dir_to_file")).unwrap(), b"file");
+        assert_eq!(std::fs::read(d.join("file_to_dir/in")).unwrap(), b"in");
     }
 
     #[test]
