@@ -88,7 +88,7 @@ const SCRIPT: &str = "set -e; \
     chmod 600 /data/file3; \
     rm -rf /data/dir; mkdir /data/dir; echo new > /data/dir/new; \
     ln /data/file4 /data/link4; \
-    touch /data/file5; \
+    touch -d @1000000000 /data/file5; \
     chmod 644 /data/samemode; \
     cat /data/layer2.txt; test ! -e /data/gone";
 
@@ -121,7 +121,8 @@ fn upperdir_diff_has_exactly_the_changes() {
     let root = common::temp_root();
     let snap = prepare(&layers, root.path());
     run_script(&snap);
-    // file5 (touched) and samemode (chmod to the same mode) were copied up unchanged.
+    // file5 (touched: a new mtime, a change as in BuildKit) and samemode (chmod to the same
+    // mode: copied up unchanged, left out) are both in the upperdir.
     assert!(snap.upper().join("data/file5").exists());
     assert!(snap.upper().join("data/samemode").exists());
     let changes = snap.changes().unwrap();
@@ -134,6 +135,7 @@ fn upperdir_diff_has_exactly_the_changes() {
             Change::Delete(p("data/file2")),
             Change::Upsert(p("data/file3")),
             Change::Upsert(p("data/file4")),
+            Change::Upsert(p("data/file5")),
             Change::Upsert(p("data/link4")),
             Change::Upsert(p("data/moved")),
             Change::Upsert(p("newdir")),
@@ -158,6 +160,7 @@ fn tree_compare_fallback_finds_the_same_effect() {
             Change::Delete(p("data/file2")),
             Change::Upsert(p("data/file3")),
             Change::Upsert(p("data/file4")),
+            Change::Upsert(p("data/file5")),
             Change::Upsert(p("data/link4")),
             Change::Upsert(p("data/moved")),
             Change::Upsert(p("newdir")),
@@ -213,6 +216,14 @@ fn tree_diff_sees_type_changes_symlinks_and_xattrs() {
         std::fs::write(d.join("xattr"), "x").unwrap();
         std::os::unix::fs::symlink("a", d.join("link")).unwrap();
     }
+    // `same` is the same to the mtime (which is a change by itself).
+    let status = std::process::Command::new("touch")
+        .arg("-r")
+        .arg(old.join("same"))
+        .arg(new.join("same"))
+        .status()
+        .unwrap();
+    assert!(status.success());
     std::fs::remove_dir_all(new.join("was_dir")).unwrap();
     std::fs::write(new.join("was_dir"), "now a file").unwrap();
     std::fs::remove_file(new.join("was_file")).unwrap();

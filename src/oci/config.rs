@@ -102,11 +102,16 @@ pub struct History {
 }
 
 impl ImageConfigFile {
-    /// The config of `FROM scratch`.
+    /// The config of `FROM scratch`: BuildKit's empty image, whose working directory is `/`.
     pub fn scratch() -> ImageConfigFile {
+        let config = ContainerConfig {
+            working_dir: Some("/".into()),
+            ..Default::default()
+        };
         ImageConfigFile {
             architecture: super::image::host_architecture().to_string(),
             os: "linux".into(),
+            config,
             rootfs: RootFs {
                 kind: "layers".into(),
                 diff_ids: Vec::new(),
@@ -185,6 +190,13 @@ mod tests {
         assert_eq!(out["extra"], true);
         assert_eq!(out["config"]["Foo"], 1);
         assert_eq!(out["config"]["Cmd"][0], "sh");
+    }
+
+    #[test]
+    fn scratch_works_in_the_root_directory() {
+        let cfg = ImageConfigFile::scratch().for_new_stage();
+        assert_eq!(cfg.config.working_dir.as_deref(), Some("/"));
+        assert_eq!(cfg.env_get("PATH"), Some(DEFAULT_PATH));
     }
 
     #[test]

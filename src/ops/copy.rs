@@ -556,43 +556,60 @@ pub fn write_file_in_root(
 
 /// Resolves a `--chown` value (`user`, `uid`, `user:group`, `uid:gid`) through the image's
 /// /etc/passwd and /etc/group. A user without a group uses the same number as the gid, as docker
-/// documents.
-pub fn resolve_chown(image_root: &Path, spec: &str) -> Result<(u32, u32)> {
+/// documents. A name the image lacks is not an error, as in BuildKit: a missing user is uid 0,
+/// a missing group keeps the gid the user gave; the second value names what was missing (for a
+/// warning).
+pub fn resolve_chown(image_root: &Path, spec: &str) -> Result<((u32, u32), Vec<String>)> {
     let (user, group) = match spec.split_once(':') {
         Some((u, g)) => (u, Some(g)),
         None => (spec, None),
     };
+    let mut missing = Vec::new();
     let uid = match user.parse::<u32>() {
         Ok(n) => n,
-        Err(_) => lookup_id(image_root, "etc/passwd", user).with_context(|| {
-            format!("--chown={spec}: unknown user {user:?} in the image's /etc/passwd")
-        })?,
+        Err(_) => lookup_id(image_root, "etc/passwd", user)
+            .with_context(|| format!("--chown={spec}"))?
+            .unwrap_or_else(|| {
+                missing.push(format!("user {user:?} is not in the image's /etc/passwd"));
+                0
+            }),
     };
     let gid = match group {
         None => uid,
         Some(g) => match g.parse::<u32>() {
             Ok(n) => n,
-            Err(_) => lookup_id(image_root, "etc/group", g).with_context(|| {
-                format!("--chown={spec}: unknown group {g:?} in the image's /etc/group")
-            })?,
+            Err(_) => lookup_id(image_root, "etc/group", g)
+                .with_context(|| format!("--chown={spec}"))?
+                .unwrap_or_else(|| {
+                    missing.push(format!("group {g:?} is not in the image's /etc/group"));
+                    uid
+                }),
         },
     };
-    Ok((uid, gid))
+    Ok(((uid, gid), missing))
 }
 
-/// Finds `name` in a passwd- or group-format file of the image and returns its third field.
-fn lookup_id(image_root: &Path, file: &str, name: &str) -> Result<u32> {
-    let path = resolve_in_root(image_root, file)?;
-    let text = fs::read_to_string(&path).with_context(|| format!("reading /{file}"))?;
+/// Finds `name` in a passwd- or group-format file of the image and returns its third field;
+/// `None` when the file or the name is missing.
+pub(super) fn lookup_id(image_root: &Path, file: &str, name: &str) -> Result<Option<u32>> {
+    let Ok(path) = resolve_in_root(image_root, file) else {
+        return Ok(None);
+    };
+    let text = match fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e).with_context(|| format!("reading /{file}")),
+    };
     for line in text.lines() {
         let fields: Vec<&str> = line.split(':').collect();
         if fields.len() >= 3 && fields[0] == name {
             return fields[2]
                 .parse()
+                .map(Some)
                 .with_context(|| format!("/{file}: bad id for {name}"));
         }
     }
-    bail!("not found")
+    Ok(None)
 }
 
 #[cfg(test)]
@@ -728,11 +745,24 @@ mod tests {
     #[test]
     fn chown_by_name_and_chmod() {
         let f = fixture();
-        let owner = resolve_chown(&f.img, "app:staff").unwrap();
+        let owner = resolve_chown(&f.img, "app:staff").unwrap().0;
         assert_eq!(owner, (1000, 50));
-        assert_eq!(resolve_chown(&f.img, "app").unwrap(), (1000, 1000));
-        assert_eq!(resolve_chown(&f.img, "7:8").unwrap(), (7, 8));
-        assert!(resolve_chown(&f.img, "nobody").is_err());
+        assert_eq!(resolve_chown(&f.img, "app").unwrap().0, (1000, 1000));
+        assert_eq!(resolve_chown(&f.img, "7:8").unwrap(), ((7, 8), vec![]));
+        // Names the image lacks: uid 0, the gid the user gave (BuildKit's behaviour), and why.
+        let (ids, missing) = resolve_chown(&f.img, "nobody").unwrap();
+        assert_eq!(ids, (0, 0));
+        assert_eq!(
+            missing,
+            ["user \"nobody\" is not in the image's /etc/passwd"]
+        );
+        let (ids, missing) = resolve_chown(&f.img, "1234:nogroup").unwrap();
+        assert_eq!(ids, (1234, 1234));
+        assert_eq!(
+            missing,
+            ["group \"nogroup\" is not in the image's /etc/group"]
+        );
+        assert_eq!(resolve_chown(&f.img, "nobody:7").unwrap().0, (0, 7));
         let opts = CopyOptions {
             chown: Some(owner),
             chmod: Some(0o640),

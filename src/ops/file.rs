@@ -12,17 +12,42 @@ use crate::solver::{CopyOp, ExecRequest};
 use crate::source::select::CopySource;
 use crate::store::Store;
 
-pub(super) fn mkdir_step(root: &Path, path: &str, user: Option<&str>) -> Result<()> {
+pub(super) fn mkdir_step(
+    root: &Path,
+    path: &str,
+    user: Option<&str>,
+    req: &ExecRequest,
+) -> Result<()> {
     let owner = match user {
-        Some(u) => Some(resolve_user(root, u)?),
+        Some(u) => {
+            let (owner, missing) = resolve_user(root, u)?;
+            warn_missing(req, &missing);
+            Some(owner)
+        }
         None => None,
     };
     copy::mkdir_in_root(root, path, owner)
 }
 
+/// Says which user and group names the image lacks (BuildKit uses id 0 for them and says
+/// nothing).
+fn warn_missing(req: &ExecRequest, missing: &[String]) {
+    for m in missing {
+        let text = format!(
+            "warning: Dockerfile:{}: {}: {m}: using id 0, as BuildKit does",
+            req.line, req.name
+        );
+        req.progress.log(req.step, &text);
+        if req.progress.mode() != crate::solver::progress::Mode::Plain {
+            eprintln!("{text}");
+        }
+    }
+}
+
 /// A USER value (`name`, `uid`, `name:group`, `uid:gid`) as numbers, through the image's files.
-/// Unlike `--chown`, a user without a group takes the user's primary group.
-pub(super) fn resolve_user(root: &Path, user: &str) -> Result<(u32, u32)> {
+/// Unlike `--chown`, a user without a group takes the user's primary group. A missing name is
+/// id 0, as in BuildKit; the second value says what was missing.
+pub(super) fn resolve_user(root: &Path, user: &str) -> Result<((u32, u32), Vec<String>)> {
     let (u, g) = match user.split_once(':') {
         Some((u, g)) => (u, Some(g)),
         None => (user, None),
@@ -35,18 +60,28 @@ pub(super) fn resolve_user(root: &Path, user: &str) -> Result<(u32, u32)> {
         .lines()
         .map(|l| l.split(':').collect::<Vec<_>>())
         .find(|f| f.len() >= 4 && (f[0] == u || f[2] == u));
+    let mut missing = Vec::new();
     let uid = match u.parse::<u32>() {
         Ok(n) => n,
-        Err(_) => entry
-            .as_ref()
-            .and_then(|f| f[2].parse().ok())
-            .ok_or_else(|| anyhow!("user {u:?} is not in the image's /etc/passwd"))?,
+        Err(_) => match entry.as_ref() {
+            Some(f) => f[2]
+                .parse()
+                .map_err(|_| anyhow!("/etc/passwd: bad id for {u}"))?,
+            None => {
+                missing.push(format!("user {u:?} is not in the image's /etc/passwd"));
+                0
+            }
+        },
     };
     let gid = match g {
-        Some(g) => copy::resolve_chown(root, &format!("{uid}:{g}"))?.1,
+        Some(g) => {
+            let ((_, gid), more) = copy::resolve_chown(root, &format!("{uid}:{g}"))?;
+            missing.extend(more);
+            gid
+        }
         None => entry.as_ref().and_then(|f| f[3].parse().ok()).unwrap_or(0),
     };
-    Ok((uid, gid))
+    Ok(((uid, gid), missing))
 }
 
 pub(super) fn copy_step(
@@ -75,7 +110,9 @@ pub(super) fn copy_step(
     };
     let mut options = c.options.clone();
     if let Some(spec) = &c.chown {
-        options.chown = Some(copy::resolve_chown(&dest_root, spec)?);
+        let (owner, missing) = copy::resolve_chown(&dest_root, spec)?;
+        warn_missing(req, &missing);
+        options.chown = Some(owner);
     }
     if let Some(fresh) = fresh_destination(snap, &src, c, &options)? {
         // Everything goes below a directory the layers below don't have: write it straight into

@@ -35,7 +35,7 @@ pub fn execute(
     match &req.op {
         Op::Run(run) => run::run_step(store, &snapshotter, &snap, run, &req, run_limits)?,
         Op::Copy(c) => file::copy_step(store, &snapshotter, &mut snap, c, &req)?,
-        Op::Mkdir { path, user } => file::mkdir_step(&snap.merged(), path, user.as_deref())?,
+        Op::Mkdir { path, user } => file::mkdir_step(&snap.merged(), path, user.as_deref(), &req)?,
     }
     // The changed entries are read from the upperdir when it is self-contained (no overlay
     // lookups: a big COPY's layer reads every file again).

@@ -175,13 +175,18 @@ fn add_mount(
             uid,
             gid,
         } => {
-            let base =
-                store
-                    .root()
-                    .join("build-cache-mounts")
-                    .join(crate::source::fsutil::clean_rel(&hex::encode(sha256(
-                        id.as_bytes(),
-                    ))));
+            // One cache per id and the uid, gid and mode it is made with, as in BuildKit (the
+            // same id with other options is another cache); the default options keep the
+            // id-only name.
+            let key = if (*uid, *gid, *mode) == (0, 0, 0o755) {
+                id.clone()
+            } else {
+                format!("{id}\0{uid}:{gid}:{mode:o}")
+            };
+            let base = store
+                .root()
+                .join("build-cache-mounts")
+                .join(hex::encode(sha256(key.as_bytes())));
             let dir = match sharing.as_str() {
                 // Waits until no other step holds the cache.
                 "locked" => {

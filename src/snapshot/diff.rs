@@ -4,6 +4,8 @@
 //! (char device 0:0) are deletions, `trusted.overlay.opaque=y` directories replace what was
 //! below, and entries overlay copied up without changing them (a chmod to the same mode, a file
 //! opened for writing but left as it was) are left out by comparing them with the lower view.
+//! A file or symlink whose only change is its mtime (`touch`) is a change, as in BuildKit's
+//! differ; a directory's mtime alone is not (every RUN touches some, such as /etc).
 //! `diff_trees` compares two complete trees; tests use it to check `diff_upper`.
 
 use std::collections::BTreeSet;
@@ -151,6 +153,12 @@ fn same_entry(a: &Path, am: &Metadata, b: &Path, bm: &Metadata) -> io::Result<bo
     Ok(xattrs(a)? == xattrs(b)?)
 }
 
+/// Whether two non-directories have the same modification time, to the second (the precision a
+/// layer's tar header keeps).
+fn same_mtime(am: &Metadata, bm: &Metadata) -> bool {
+    am.mtime() == bm.mtime()
+}
+
 /// Upserts `rel` and everything below it in `tree` (skipping whiteouts, which mean nothing in a
 /// directory that is new).
 fn add_all(tree: &Path, rel: &Path, out: &mut Vec<Change>) -> io::Result<()> {
@@ -218,7 +226,7 @@ fn walk_upper(upper: &Path, lower: &Path, rel: &Path, out: &mut Vec<Change>) -> 
         // does not preserve links with index=off): every name of the inode goes in the layer.
         let changed = match &lm {
             _ if um.nlink() > 1 => true,
-            Some(lm) if !lm.is_dir() => !same_entry(&u, &um, &l, lm)?,
+            Some(lm) if !lm.is_dir() => !same_mtime(&um, lm) || !same_entry(&u, &um, &l, lm)?,
             _ => true,
         };
         if changed {
@@ -277,7 +285,11 @@ fn walk_trees(old: &Path, new: &Path, rel: &Path, out: &mut Vec<Change>) -> io::
                 add_all(new, &r, out)?;
             }
             Some(om) => {
-                if om.is_dir() || nm.nlink() != om.nlink() || !same_entry(&n, &nm, &o, &om)? {
+                if om.is_dir()
+                    || nm.nlink() != om.nlink()
+                    || !same_mtime(&nm, &om)
+                    || !same_entry(&n, &nm, &o, &om)?
+                {
                     out.push(Change::Upsert(r));
                 }
             }

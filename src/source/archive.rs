@@ -197,6 +197,40 @@ mod tests {
     }
 
     #[test]
+    fn entries_replace_paths_of_another_type() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        std::fs::create_dir_all(d.join("dir_to_file/sub")).unwrap();
+        std::fs::write(d.join("dir_to_file/sub/y"), "y").unwrap();
+        std::fs::write(d.join("file_to_dir"), "f").unwrap();
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_gnu();
+        h.set_size(4);
+        h.set_mode(0o644);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_entry_type(tar::EntryType::Regular);
+        b.append_data(&mut h, "dir_to_file", &b"file"[..]).unwrap();
+        let mut h = tar::Header::new_gnu();
+        h.set_size(0);
+        h.set_mode(0o755);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_entry_type(tar::EntryType::Directory);
+        b.append_data(&mut h, "file_to_dir/", &b""[..]).unwrap();
+        let mut h = tar::Header::new_gnu();
+        h.set_size(2);
+        h.set_mode(0o644);
+        h.set_uid(0);
+        h.set_gid(0);
+        b.append_data(&mut h, "file_to_dir/in", &b"in"[..]).unwrap();
+        let data = b.into_inner().unwrap();
+        unpack_confined(&data[..], d, None).unwrap();
+        assert_eq!(std::fs::read(d.join("dir_to_file")).unwrap(), b"file");
+        assert_eq!(std::fs::read(d.join("file_to_dir/in")).unwrap(), b"in");
+    }
+
+    #[test]
     fn traversal_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let dest = dir.path().join("dest");
