@@ -218,7 +218,7 @@ fn cmd_import(
         progress.finish();
         image
     };
-    println!("{}", image.config_digest);
+    crate::outln!("{}", image.config_digest)?;
     Ok(0)
 }
 
@@ -278,7 +278,7 @@ fn cmd_images(
             img.short_id().to_string()
         }
     };
-    let mut out = io::stdout().lock();
+    let mut out = crate::report::stdout();
     if quiet {
         let mut seen = BTreeSet::new();
         for img in &images {
@@ -370,7 +370,7 @@ fn cmd_rmi(globals: &Globals, images: &[String], force: bool) -> Result<i32> {
         match store.remove_image(spec, force) {
             Ok(lines) => {
                 for line in lines {
-                    println!("{line}");
+                    crate::outln!("{line}")?;
                 }
             }
             Err(e) => {
@@ -423,7 +423,7 @@ fn cmd_inspect(globals: &Globals, images: &[String]) -> Result<i32> {
             },
         }
     }
-    println!("{}", serde_json::to_string_pretty(&out)?);
+    crate::outln!("{}", serde_json::to_string_pretty(&out)?)?;
     Ok(code)
 }
 
@@ -464,7 +464,7 @@ fn cmd_save(
             if output.is_none() && stdout.is_terminal() {
                 bail!("save: cowardly refusing to write an archive to a terminal: use -o FILE or redirect stdout");
             }
-            let out = io::BufWriter::with_capacity(1 << 20, stdout.lock());
+            let out = io::BufWriter::with_capacity(1 << 20, crate::report::stdout());
             archive::save(&store, &items, format, compression, out, quiet).context("save")?;
         }
         Some(path) => {
@@ -512,10 +512,10 @@ fn cmd_load(globals: &Globals, input: Option<&str>, quiet: bool) -> Result<i32> 
     };
     for image in loaded {
         if image.names.is_empty() {
-            println!("Loaded image ID: {}", image.config_digest);
+            crate::outln!("Loaded image ID: {}", image.config_digest)?;
         }
         for name in image.names {
-            println!("Loaded image: {name}");
+            crate::outln!("Loaded image: {name}")?;
         }
     }
     Ok(0)

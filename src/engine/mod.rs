@@ -107,7 +107,7 @@ pub fn build(root: &Path, opts: BuildOptions) -> Result<i32> {
     }
     progress.summary(Some(&image_id));
     if opts.quiet {
-        println!("{image_id}");
+        crate::outln!("{image_id}")?;
     }
     Ok(0)
 }

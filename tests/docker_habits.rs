@@ -1,0 +1,261 @@
+//! A docker user's habits, typed exactly as they would type them: each test runs shell command
+//! lines (`kiln images | head -1`) with kiln on PATH and `KILN_ROOT` set, and checks what the
+//! user sees. Docker 28.5's answers to the same command lines are written next to each check.
+
+mod common;
+
+use std::os::unix::process::ExitStatusExt;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+
+/// Runs `line` in bash (`-o pipefail` off, as an interactive shell) with kiln on PATH.
+fn sh(root: &Path, line: &str) -> Output {
+    let bin_dir = common::kiln_bin().parent().unwrap().to_path_buf();
+    let path = format!(
+        "{}:{}",
+        bin_dir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    Command::new("bash")
+        .arg("-c")
+        .arg(line)
+        .env("PATH", path)
+        .env("KILN_ROOT", root)
+        .env_remove("RUST_BACKTRACE")
+        .current_dir(root)
+        .output()
+        .expect("spawn bash")
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// A root with busybox imported from the fixture tarball, as a user would make their base image.
+fn root_with_busybox() -> tempfile::TempDir {
+    let root = common::temp_root();
+    let tar = common::busybox_tar();
+    let out = sh(
+        root.path(),
+        &format!("kiln import -q {} busybox:latest", tar.display()),
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    root
+}
+
+/// `kiln ARGS` with stdout a pipe whose reader has already gone: every write is EPIPE.
+fn with_closed_stdout(root: &Path, args: &[&str]) -> Output {
+    let (read, write) = nix::unistd::pipe().unwrap();
+    drop(read);
+    Command::new(common::kiln_bin())
+        .args(args)
+        .env("KILN_ROOT", root)
+        .env_remove("RUST_BACKTRACE")
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(write))
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn output_into_a_closed_pipe_ends_quietly_like_docker() {
+    let root = root_with_busybox();
+    let r = root.path();
+    // docker: `docker inspect busybox | head -1` prints `[`, nothing on stderr, and docker exits
+    // 0 or 141 (SIGPIPE) depending on who wins the race. Repeated to catch the race.
+    for line in [
+        "kiln inspect busybox | head -1",
+        "kiln images | head -1",
+        "kiln --help | head -1",
+        "kiln info | head -1",
+        "kiln save busybox | head -c 1000 | wc -c",
+    ] {
+        for _ in 0..15 {
+            let out = sh(
+                r,
+                &format!("{line}; echo \"status=${{PIPESTATUS[0]}}\" >&2"),
+            );
+            let stderr = text(&out.stderr);
+            assert!(
+                stderr == "status=0\n" || stderr == "status=141\n",
+                "{line}: stderr {stderr:?}"
+            );
+            let first = text(&out.stdout);
+            let want = match line {
+                l if l.starts_with("kiln inspect") => "[\n",
+                l if l.starts_with("kiln images") => "REPOSITORY   TAG ",
+                l if l.starts_with("kiln --help") => "A daemonless",
+                l if l.starts_with("kiln info") => "Containers: ",
+                _ => "1000\n",
+            };
+            assert!(first.starts_with(want), "{line}: stdout {first:?}");
+        }
+    }
+    // The reader gone before kiln writes anything: killed by SIGPIPE, as docker (a Go program)
+    // and every Unix filter are, with nothing on stderr.
+    for args in [
+        &["images"][..],
+        &["inspect", "busybox"],
+        &["version"],
+        &["info"],
+        &["--help"],
+        &["save", "busybox"],
+        &["images", "--format", "json"],
+    ] {
+        let out = with_closed_stdout(r, args);
+        assert_eq!(
+            out.status.signal(),
+            Some(13),
+            "kiln {args:?}: {:?}",
+            out.status
+        );
+        assert_eq!(text(&out.stderr), "", "kiln {args:?}");
+    }
+}
+
+#[test]
+fn exit_codes_are_dockers() {
+    let root = root_with_busybox();
+    let r = root.path();
+    let code = |line: &str| sh(r, line).status.code();
+    // docker: a bad flag or an unknown command is 125.
+    assert_eq!(code("kiln images --bogus"), Some(125));
+    assert_eq!(code("kiln bogus"), Some(125));
+    assert_eq!(code("kiln images --format"), Some(125));
+    // docker: an operation that fails (no such image) is 1.
+    assert_eq!(code("kiln rmi nope"), Some(1));
+    assert_eq!(code("kiln inspect nope"), Some(1));
+    assert_eq!(code("kiln tag nope x"), Some(1));
+    // Help is not an error.
+    assert_eq!(code("kiln images --help >/dev/null"), Some(0));
+    let out = sh(r, "kiln images --bogus");
+    assert!(
+        text(&out.stderr).contains("'--bogus'"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(!text(&out.stderr).contains("panicked"));
+}
+
+#[test]
+fn run_keeps_the_containers_exit_codes() {
+    common::require_root();
+    let root = root_with_busybox();
+    let r = root.path();
+    let code = |line: &str| sh(r, line).status.code();
+    // docker: the container's code, 127 for a command not found, 125 for run's own errors.
+    assert_eq!(code("kiln run --rm busybox sh -c 'exit 3'"), Some(3));
+    assert_eq!(code("kiln run --rm busybox no-such-command"), Some(127));
+    assert_eq!(code("kiln run --rm no-such-image:1 true"), Some(125));
+    assert_eq!(code("kiln run --rm --privileged busybox true"), Some(125));
+    // docker: `-h` is the container's hostname.
+    let out = sh(r, "kiln run --rm -h myhost busybox hostname");
+    assert_eq!(
+        (out.status.code(), text(&out.stdout).as_str()),
+        (Some(0), "myhost\n"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn docker_flags_kiln_lacks_say_what_docker_does() {
+    let root = common::temp_root();
+    let r = root.path();
+    for (line, want) in [
+        (
+            "kiln run --privileged busybox",
+            "kiln run: kiln does not support --privileged (docker: gives the container all \
+             capabilities and every host device)",
+        ),
+        (
+            "kiln run --cap-add=NET_ADMIN busybox",
+            "kiln run: kiln does not support --cap-add (docker: adds Linux capabilities",
+        ),
+        (
+            "kiln ps -s",
+            "kiln ps: kiln does not support -s/--size (docker: shows the containers' disk use)",
+        ),
+        (
+            "kiln images --digests",
+            "kiln images: kiln does not support --digests (docker: adds a DIGEST column)",
+        ),
+        (
+            "kiln build --ssh default .",
+            "kiln build: kiln does not support --ssh (docker: forwards an SSH agent",
+        ),
+    ] {
+        let out = sh(r, line);
+        assert_eq!(out.status.code(), Some(125), "{line}");
+        let stderr = text(&out.stderr);
+        assert!(stderr.starts_with(want), "{line}: {stderr}");
+        assert!(!stderr.contains("unexpected argument"), "{line}: {stderr}");
+    }
+    // A flag docker does not have either: clap's own message, still 125.
+    let out = sh(r, "kiln run --no-such-flag busybox");
+    assert_eq!(out.status.code(), Some(125));
+    assert!(text(&out.stderr).contains("unexpected argument '--no-such-flag'"));
+    // docker's `stop --timeout` spelling.
+    let out = sh(r, "kiln stop --help");
+    assert!(text(&out.stdout).contains("--timeout"));
+}
+
+#[test]
+fn version_and_info_describe_this_machine() {
+    let root = root_with_busybox();
+    let r = root.path();
+    let out = sh(r, "kiln version");
+    assert!(out.status.success());
+    let v = text(&out.stdout);
+    assert!(
+        v.contains(&format!(
+            " Version:           {}\n",
+            env!("CARGO_PKG_VERSION")
+        )),
+        "{v}"
+    );
+    let arch = match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        a => a,
+    };
+    assert!(
+        v.contains(&format!(" OS/Arch:           linux/{arch}\n")),
+        "{v}"
+    );
+
+    let out = sh(r, "kiln info");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let info = text(&out.stdout);
+    let cgroup = if Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
+        "2"
+    } else {
+        "1"
+    };
+    let rootless = !nix::unistd::geteuid().is_root();
+    for want in [
+        "Images: 1\n".to_string(),
+        "Containers: 0\n".to_string(),
+        format!("Kiln Root Dir: {}\n", r.display()),
+        format!("Cgroup Version: {cgroup}\n"),
+        format!("Rootless: {rootless}\n"),
+        format!("Platforms:\n linux/{arch}\n"),
+        "Storage Driver: overlay".to_string(),
+    ] {
+        assert!(info.contains(&want), "missing {want:?} in:\n{info}");
+    }
+    // Registry mirrors come from the config file kiln reads.
+    let cfg = r.join("config.toml");
+    std::fs::write(
+        &cfg,
+        "registry-mirrors = [\"https://mirror.example.com\"]\n",
+    )
+    .unwrap();
+    let out = sh(r, &format!("KILN_CONFIG={} kiln info", cfg.display()));
+    assert!(
+        text(&out.stdout).contains("Registry Mirrors:\n https://mirror.example.com\n"),
+        "{}",
+        text(&out.stdout)
+    );
+}
