@@ -259,3 +259,123 @@ fn version_and_info_describe_this_machine() {
         text(&out.stdout)
     );
 }
+
+/// A build context in the root's directory: `Dockerfile` and `sub/Other.df` (which fails).
+fn write_context(root: &Path) {
+    std::fs::write(
+        root.join("Dockerfile"),
+        "FROM busybox\nCOPY hello.txt /\nENV GREETING=hi\n",
+    )
+    .unwrap();
+    std::fs::write(root.join("hello.txt"), "hello\n").unwrap();
+    std::fs::create_dir_all(root.join("sub")).unwrap();
+    std::fs::write(
+        root.join("sub/Other.df"),
+        "FROM busybox\nRUN echo about to fail; exit 3\n",
+    )
+    .unwrap();
+}
+
+#[test]
+fn build_prints_the_image_id_and_names_as_buildkit_does() {
+    common::require_root();
+    let root = root_with_busybox();
+    let r = root.path();
+    write_context(r);
+    // docker (BuildKit, --progress plain) ends with:
+    //   #6 exporting to image
+    //   #6 writing image sha256:03686e3e… done
+    //   #6 naming to docker.io/library/hb2:latest done
+    //   #6 DONE 0.0s
+    let out = sh(r, "kiln build --progress plain -t hello .");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let log = text(&out.stderr);
+    let id = text(&sh(r, "kiln images -q --no-trunc hello").stdout)
+        .trim()
+        .to_string();
+    assert!(id.starts_with("sha256:") && id.len() == 71, "{id:?}");
+    let lines: Vec<&str> = log.lines().collect();
+    let export = lines
+        .iter()
+        .position(|l| l.ends_with(" exporting to image"))
+        .unwrap_or_else(|| panic!("no export step in:\n{log}"));
+    let step = lines[export].split(' ').next().unwrap();
+    assert_eq!(
+        &lines[export + 1..export + 3],
+        &[
+            format!("{step} writing image {id} done").as_str(),
+            format!("{step} naming to docker.io/library/hello:latest done").as_str(),
+        ],
+        "{log}"
+    );
+    assert!(
+        lines[export + 3].starts_with(&format!("{step} DONE ")),
+        "{log}"
+    );
+    // The export is not one of the build's steps (FROM, COPY) in the summary.
+    assert!(log.contains(": 2 steps, "), "{log}");
+
+    // With no -t the ID is how the user finds the image: written, and no name.
+    let out = sh(r, "kiln build --progress plain --no-cache .");
+    let log = text(&out.stderr);
+    assert!(
+        log.contains(&format!(" writing image {id} done\n")),
+        "{log}"
+    );
+    assert!(!log.contains("naming to"), "{log}");
+    // docker build -q prints only the ID, on stdout.
+    let out = sh(r, "kiln build -q .");
+    assert_eq!(text(&out.stdout), format!("{id}\n"));
+    assert_eq!(text(&out.stderr), "");
+}
+
+#[test]
+fn build_errors_name_the_dockerfile_given_with_f() {
+    common::require_root();
+    let root = root_with_busybox();
+    let r = root.path();
+    write_context(r);
+    // docker: exit 1, and the error names the Dockerfile and its line.
+    let out = sh(r, "kiln build -f sub/Other.df .");
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("kiln: sub/Other.df:2: RUN echo about to fail; exit 3: "),
+        "{err}"
+    );
+    assert!(!err.contains("Dockerfile:2"), "{err}");
+    let out = sh(r, &format!("kiln build -f {}/sub/Other.df .", r.display()));
+    assert!(
+        text(&out.stderr).contains(&format!("kiln: {}/sub/Other.df:2: RUN", r.display())),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn build_accepts_dockers_no_op_flags() {
+    common::require_root();
+    let root = root_with_busybox();
+    let r = root.path();
+    write_context(r);
+    let id = text(&sh(r, "kiln build -q .").stdout);
+    for line in [
+        "kiln build -q --load .",
+        "kiln build -q --rm --force-rm .",
+        "kiln build -q --rm=false --force-rm=false .",
+        "kiln build -q --pull=false .",
+        "kiln build --load --rm --force-rm --pull=false -q .",
+    ] {
+        let out = sh(r, line);
+        assert!(out.status.success(), "{line}: {}", text(&out.stderr));
+        assert_eq!(text(&out.stdout), id, "{line}");
+    }
+    // --pull alone still means pull (busybox is local only: the pull fails, as it must).
+    let out = sh(r, "kiln build -q --pull .");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("FROM busybox"),
+        "{}",
+        text(&out.stderr)
+    );
+}

@@ -62,6 +62,7 @@ pub fn build(root: &Path, opts: BuildOptions) -> Result<i32> {
     );
     let request = BuildRequest {
         stages,
+        dockerfile_name: dockerfile_name.clone(),
         place_id,
         target: opts.target.clone(),
         no_cache: opts.no_cache,
