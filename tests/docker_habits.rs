@@ -316,7 +316,7 @@ fn build_prints_the_image_id_and_names_as_buildkit_does() {
     assert!(log.contains(": 2 steps, "), "{log}");
 
     // With no -t the ID is how the user finds the image: written, and no name.
-    let out = sh(r, "kiln build --progress plain --no-cache .");
+    let out = sh(r, "kiln build --progress plain .");
     let log = text(&out.stderr);
     assert!(
         log.contains(&format!(" writing image {id} done\n")),
@@ -378,4 +378,109 @@ fn build_accepts_dockers_no_op_flags() {
         "{}",
         text(&out.stderr)
     );
+}
+
+#[test]
+fn history_lists_the_steps_newest_first_with_layer_sizes() {
+    common::require_root();
+    let root = root_with_busybox();
+    let r = root.path();
+    write_context(r);
+    std::fs::write(
+        r.join("Dockerfile"),
+        "FROM busybox\nCOPY hello.txt /\nENV GREETING=hi\n\
+         RUN echo a-fairly-long-command-line-that-docker-would-cut-short > /long\n",
+    )
+    .unwrap();
+    let out = sh(r, "kiln build -q -t hist .");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let id = text(&out.stdout).trim().to_string();
+    let short = &id[7..19];
+    // docker history: IMAGE CREATED CREATED BY SIZE COMMENT, newest first, the image's ID on
+    // the top row and <missing> below (BuildKit's images), sizes of the unpacked files.
+    let out = sh(r, "kiln history hist");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let shown = text(&out.stdout);
+    let lines: Vec<&str> = shown.lines().collect();
+    assert_eq!(lines.len(), 5, "{shown}");
+    assert!(lines[0].starts_with("IMAGE          CREATED   "), "{shown}");
+    assert!(lines[0].ends_with("   SIZE      COMMENT"), "{shown}");
+    assert!(lines[1].starts_with(&format!("{short}   ")), "{shown}");
+    // The RUN line is cut at 45 characters with docker's ellipsis; its layer holds 55 bytes (the file).
+    assert!(
+        lines[1].contains("RUN /bin/sh -c echo a-fairly-long-command-li…   55B "),
+        "{shown}"
+    );
+    assert!(lines[2].starts_with("<missing>  "), "{shown}");
+    assert!(lines[2].contains("ENV GREETING=hi"), "{shown}");
+    assert!(
+        lines[2].contains("   0B        buildkit.dockerfile.v0"),
+        "{shown}"
+    );
+    assert!(
+        lines[3].contains("   COPY hello.txt / # buildkit   "),
+        "{shown}"
+    );
+    assert!(
+        lines[3].contains("   6B        buildkit.dockerfile.v0"),
+        "{shown}"
+    );
+    // The imported busybox layer: the binary plus its symlinks, as docker counts it.
+    assert!(lines[4].contains("MB    "), "{shown}");
+    for l in &lines[1..] {
+        assert!(l.contains("ago "), "{l}");
+    }
+
+    let out = sh(r, "kiln history --no-trunc hist");
+    let full = text(&out.stdout);
+    assert!(full.contains(&id), "{full}");
+    assert!(
+        full.contains("echo a-fairly-long-command-line-that-docker-would-cut-short > /long"),
+        "{full}"
+    );
+    let out = sh(r, "kiln history -q hist");
+    assert_eq!(
+        text(&out.stdout),
+        format!("{short}\n<missing>\n<missing>\n<missing>\n")
+    );
+    // -H=false: bytes and RFC 3339 times.
+    let out = sh(r, "kiln history -H=false hist");
+    let raw = text(&out.stdout);
+    assert!(raw.starts_with("IMAGE          CREATED AT  "), "{raw}");
+    assert!(raw.contains("   55        "), "{raw}");
+    assert_eq!(sh(r, "kiln history nope").status.code(), Some(1));
+}
+
+#[test]
+fn management_commands_are_the_short_forms() {
+    common::require_root();
+    let root = root_with_busybox();
+    let r = root.path();
+    let same = |a: &str, b: &str| {
+        let (x, y) = (sh(r, a), sh(r, b));
+        assert_eq!(x.status.code(), y.status.code(), "{a} / {b}");
+        assert_eq!(text(&x.stdout), text(&y.stdout), "{a} / {b}");
+    };
+    same("kiln image ls", "kiln images");
+    same("kiln image list -q", "kiln images -q");
+    same("kiln image inspect busybox", "kiln inspect busybox");
+    same("kiln image history busybox", "kiln history busybox");
+    same("kiln container ls -a", "kiln ps -a");
+    assert!(sh(r, "kiln image tag busybox bb:2").status.success());
+    assert!(text(&sh(r, "kiln images").stdout).contains("bb           2 "));
+    assert!(sh(r, "kiln image rm bb:2").status.success());
+    assert!(!text(&sh(r, "kiln images").stdout).contains("bb "));
+    let out = sh(r, "kiln container run --name c1 busybox echo hi");
+    assert_eq!(text(&out.stdout), "hi\n", "{}", text(&out.stderr));
+    assert_eq!(text(&sh(r, "kiln container logs c1").stdout), "hi\n");
+    assert_eq!(text(&sh(r, "kiln container wait c1").stdout), "0\n");
+    assert_eq!(text(&sh(r, "kiln container rm c1").stdout), "c1\n");
+    let out = sh(r, "kiln image save busybox | kiln image load");
+    assert_eq!(text(&out.stdout), "Loaded image: busybox:latest\n");
+    // `kiln --root R image ls` too.
+    let out = sh(r, &format!("kiln --root {} image ls -q", r.display()));
+    assert_eq!(text(&out.stdout), text(&sh(r, "kiln images -q").stdout));
+    let out = sh(r, "kiln image bogus");
+    assert_eq!(out.status.code(), Some(125));
+    assert!(text(&out.stderr).contains("kiln image has ls, "));
 }

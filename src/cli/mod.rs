@@ -13,6 +13,7 @@ pub mod image_cmds;
 pub mod registry_cmds;
 pub mod run_cmds;
 pub mod system_cmds;
+pub mod table;
 pub mod unsupported;
 
 use std::path::PathBuf;
@@ -66,7 +67,7 @@ pub const EXIT_KILN_ERROR: i32 = 125;
 
 /// Runs kiln with the process's arguments and returns the exit code.
 pub fn main() -> i32 {
-    let args: Vec<String> = std::env::args().collect();
+    let args = management_aliases(std::env::args().collect());
     let cli = match Cli::try_parse_from(&args) {
         Ok(cli) => cli,
         Err(err) => return usage_error(&err, &args[1.min(args.len())..]),
@@ -86,6 +87,60 @@ pub fn main() -> i32 {
         die_of_sigpipe();
     }
     code
+}
+
+/// docker's management commands as aliases of the short forms: `image ls` is `images`,
+/// `container ls` is `ps`, `image rm` is `rmi`, `container logs` is `logs`, and so on.
+pub const IMAGE_ALIASES: &[(&str, &str)] = &[
+    ("ls", "images"),
+    ("list", "images"),
+    ("rm", "rmi"),
+    ("remove", "rmi"),
+    ("inspect", "inspect"),
+    ("history", "history"),
+    ("tag", "tag"),
+    ("save", "save"),
+    ("load", "load"),
+    ("import", "import"),
+    ("pull", "pull"),
+    ("push", "push"),
+];
+pub const CONTAINER_ALIASES: &[(&str, &str)] = &[
+    ("ls", "ps"),
+    ("list", "ps"),
+    ("rm", "rm"),
+    ("remove", "rm"),
+    ("logs", "logs"),
+    ("stop", "stop"),
+    ("kill", "kill"),
+    ("wait", "wait"),
+    ("port", "port"),
+    ("exec", "exec"),
+    ("run", "run"),
+];
+
+/// Rewrites `kiln [--root R] image ls ARGS` to `kiln [--root R] images ARGS` (and the other
+/// management forms) before clap sees the line; `container inspect` is a command of its own.
+pub fn management_aliases(mut args: Vec<String>) -> Vec<String> {
+    let mut i = 1;
+    while i < args.len() {
+        match args[i].as_str() {
+            "--root" => i += 2,
+            a if a.starts_with("--root=") => i += 1,
+            _ => break,
+        }
+    }
+    let table = match args.get(i).map(String::as_str) {
+        Some("image") => IMAGE_ALIASES,
+        Some("container") => CONTAINER_ALIASES,
+        _ => return args,
+    };
+    if let Some(sub) = args.get(i + 1) {
+        if let Some((_, short)) = table.iter().find(|(from, _)| from == sub) {
+            args.splice(i..i + 2, [short.to_string()]);
+        }
+    }
+    args
 }
 
 /// A command line clap refused: help and version go to stdout (exit 0, quietly on a closed

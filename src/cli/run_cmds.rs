@@ -103,7 +103,8 @@ pub enum RunCommands {
         /// PORT[/PROTO]
         port: Option<String>,
     },
-    /// Container commands: inspect.
+    /// Container commands: inspect; and docker's management forms ls, rm, logs, stop, kill,
+    /// wait, port, exec, run (the same as ps, rm, logs, …).
     Container {
         #[command(subcommand)]
         cmd: ContainerCommands,
@@ -479,27 +480,8 @@ fn ps(root: &Path, all: bool, quiet: bool, no_trunc: bool) -> Result<i32> {
         "PORTS",
         "NAMES",
     ];
-    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
-    for r in &rows {
-        for (w, c) in widths.iter_mut().zip(r) {
-            *w = (*w).max(c.chars().count());
-        }
-    }
-    let mut out = crate::report::stdout();
-    let line = |cells: Vec<&str>| -> String {
-        let mut s = String::new();
-        for (i, c) in cells.iter().enumerate() {
-            s.push_str(c);
-            if i + 1 < cells.len() {
-                s.push_str(&" ".repeat(widths[i] - c.chars().count() + 3));
-            }
-        }
-        s
-    };
-    writeln!(out, "{}", line(header.to_vec()))?;
-    for r in &rows {
-        writeln!(out, "{}", line(r.iter().map(String::as_str).collect()))?;
-    }
+    let rows: Vec<Vec<String>> = rows.into_iter().map(Vec::from).collect();
+    super::table::write(&mut crate::report::stdout(), &header, &rows)?;
     Ok(0)
 }
 

@@ -558,6 +558,18 @@ const TABLE: &[(&str, &str, Option<char>, &str)] = &[
     ),
     ("push", "platform", None, "pushes one platform's manifest"),
     (
+        "history",
+        "platform",
+        None,
+        "shows the history of one platform variant",
+    ),
+    (
+        "history",
+        "format",
+        None,
+        "formats each row with a Go template",
+    ),
+    (
         "login",
         "password",
         Some('p'),
