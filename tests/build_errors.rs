@@ -96,7 +96,11 @@ fn unknown_target_missing_source_failing_run() {
 fn bad_flags_context_and_base() {
     let root = root_with_busybox();
     let out = common::kiln(root.path(), &["build", "--no-such-flag", "."]);
-    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(
+        out.status.code(),
+        Some(125),
+        "docker exits 125 for a bad flag"
+    );
     let err = fails(root.path(), &["/nonexistent/context/dir"]);
     assert!(
         err.contains("build context /nonexistent/context/dir"),

@@ -33,9 +33,43 @@ pub struct BuildArgs {
     /// Do not use the cache for these stages
     #[arg(long = "no-cache-filter", value_name = "STAGE", value_delimiter = ',')]
     pub no_cache_filter: Vec<String>,
-    /// Always look for a newer version of base images in their registry
-    #[arg(long)]
+    /// Always look for a newer version of base images in their registry (`--pull=false`: the
+    /// default, use the stored image when there is one)
+    #[arg(
+        long,
+        num_args = 0..=1,
+        require_equals = true,
+        default_value = "false",
+        default_missing_value = "true",
+        action = clap::ArgAction::Set,
+        value_parser = clap::builder::BoolishValueParser::new(),
+        value_name = "BOOL"
+    )]
     pub pull: bool,
+    /// Accepted for docker's habits: the image always goes into kiln's store, which is what
+    /// `--load` asks of docker
+    #[arg(long)]
+    pub load: bool,
+    /// Accepted for docker's habits: kiln leaves no intermediate containers to remove
+    #[arg(
+        long,
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "true",
+        value_parser = clap::builder::BoolishValueParser::new(),
+        value_name = "BOOL"
+    )]
+    pub rm: Option<bool>,
+    /// Accepted for docker's habits: kiln leaves no intermediate containers, even after a failure
+    #[arg(
+        long = "force-rm",
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "true",
+        value_parser = clap::builder::BoolishValueParser::new(),
+        value_name = "BOOL"
+    )]
+    pub force_rm: Option<bool>,
     /// Network for RUN steps: host (default) or none
     #[arg(long, default_value = "host", value_name = "MODE")]
     pub network: String,

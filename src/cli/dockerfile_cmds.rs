@@ -48,16 +48,16 @@ pub fn run(cmd: DockerfileCommands, _globals: &Globals) -> anyhow::Result<i32> {
             let (name, source) = read_dockerfile(&path)?;
             match format {
                 ParseFormat::Dump => match dockerfile::raw::parse_raw(&source) {
-                    Ok(raw) => print!("{}", raw.dump()),
+                    Ok(raw) => crate::out!("{}", raw.dump())?,
                     Err(e) => {
-                        eprintln!("{}", e.render(&name));
+                        crate::errln!("{}", e.render(&name));
                         return Ok(1);
                     }
                 },
                 ParseFormat::Json => match dockerfile::parse(&source) {
-                    Ok(df) => println!("{}", serde_json::to_string_pretty(&df)?),
+                    Ok(df) => crate::outln!("{}", serde_json::to_string_pretty(&df)?)?,
                     Err(e) => {
-                        eprintln!("{}", e.render(&name));
+                        crate::errln!("{}", e.render(&name));
                         return Ok(1);
                     }
                 },
@@ -71,14 +71,14 @@ pub fn run(cmd: DockerfileCommands, _globals: &Globals) -> anyhow::Result<i32> {
             let raw = match dockerfile::raw::parse_raw(&source) {
                 Ok(raw) => raw,
                 Err(e) => {
-                    eprintln!("{}", e.render(&name));
+                    crate::errln!("{}", e.render(&name));
                     return Ok(1);
                 }
             };
             let df = match dockerfile::instructions::typed(&source, raw.clone()) {
                 Ok(df) => df,
                 Err(e) => {
-                    eprintln!("{}", e.render(&name));
+                    crate::errln!("{}", e.render(&name));
                     return Ok(1);
                 }
             };
@@ -93,12 +93,12 @@ pub fn run(cmd: DockerfileCommands, _globals: &Globals) -> anyhow::Result<i32> {
             };
             let findings = dockerfile::lint::check(&df, &raw, ignore.as_ref());
             for f in &findings {
-                println!("{name}:{}: {}: {}", f.line, f.rule, f.message);
+                crate::outln!("{name}:{}: {}: {}", f.line, f.rule, f.message)?;
             }
             if findings.is_empty() {
                 Ok(0)
             } else {
-                eprintln!(
+                crate::errln!(
                     "{} problem{} found in {name}",
                     findings.len(),
                     if findings.len() == 1 { "" } else { "s" }

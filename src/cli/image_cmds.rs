@@ -91,6 +91,36 @@ pub enum ImageCommands {
         #[arg(required = true)]
         images: Vec<String>,
     },
+    /// Image commands, docker's management forms: ls, rm, inspect, history, tag, save, load,
+    /// import, pull, push (the same as images, rmi, inspect, history, …).
+    Image {
+        /// ls|rm|inspect|history|tag|save|load|import|pull|push, then its arguments.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Show the history of an image: one row per step that made it, newest first.
+    History {
+        /// Do not truncate output.
+        #[arg(long)]
+        no_trunc: bool,
+        /// Only show image IDs.
+        #[arg(short, long)]
+        quiet: bool,
+        /// Sizes and dates in human form (`-H=false`: bytes and RFC 3339 times).
+        #[arg(
+            short = 'H',
+            long,
+            num_args = 0..=1,
+            require_equals = true,
+            default_value = "true",
+            default_missing_value = "true",
+            action = clap::ArgAction::Set,
+            value_parser = clap::builder::BoolishValueParser::new(),
+            value_name = "BOOL"
+        )]
+        human: bool,
+        image: String,
+    },
     /// Print images' config and manifest as JSON.
     Inspect {
         #[arg(required = true)]
@@ -155,6 +185,24 @@ pub fn run(cmd: ImageCommands, globals: &Globals) -> Result<i32> {
         }
         ImageCommands::Rmi { force, images } => cmd_rmi(globals, &images, force),
         ImageCommands::Inspect { images } => cmd_inspect(globals, &images),
+        // The known forms were rewritten to their short commands before parsing.
+        ImageCommands::Image { args } => {
+            let known: Vec<&str> = super::IMAGE_ALIASES.iter().map(|(a, _)| *a).collect();
+            match args.first() {
+                Some(sub) => crate::errln!(
+                    "kiln image: unknown command {sub:?}: kiln image has {}",
+                    known.join(", ")
+                ),
+                None => crate::errln!("kiln image: which command? {}", known.join(", ")),
+            }
+            Ok(super::EXIT_KILN_ERROR)
+        }
+        ImageCommands::History {
+            no_trunc,
+            quiet,
+            human,
+            image,
+        } => cmd_history(globals, &image, no_trunc, quiet, human),
         ImageCommands::Save {
             output,
             format,
@@ -218,7 +266,7 @@ fn cmd_import(
         progress.finish();
         image
     };
-    println!("{}", image.config_digest);
+    crate::outln!("{}", image.config_digest)?;
     Ok(0)
 }
 
@@ -278,7 +326,7 @@ fn cmd_images(
             img.short_id().to_string()
         }
     };
-    let mut out = io::stdout().lock();
+    let mut out = crate::report::stdout();
     if quiet {
         let mut seen = BTreeSet::new();
         for img in &images {
@@ -335,29 +383,136 @@ fn cmd_images(
         }
         return Ok(0);
     }
-    let header = ["REPOSITORY", "TAG", "IMAGE ID", "CREATED", "SIZE"];
-    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
-    for row in &rows {
-        for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.len());
-        }
-    }
-    let print_row = |out: &mut dyn Write, cells: &[&str]| -> io::Result<()> {
-        let mut line = String::new();
-        for (i, cell) in cells.iter().enumerate() {
-            if i + 1 == cells.len() {
-                line.push_str(cell);
-            } else {
-                line.push_str(&format!("{cell:<w$}   ", w = widths[i]));
+    let rows: Vec<Vec<String>> = rows.into_iter().map(Vec::from).collect();
+    super::table::write(
+        &mut out,
+        &["REPOSITORY", "TAG", "IMAGE ID", "CREATED", "SIZE"],
+        &rows,
+    )?;
+    Ok(0)
+}
+
+/// The size docker gives a layer: the bytes of its files and symlinks, unpacked (directories
+/// and hard links count nothing), read from the stored blob.
+fn layer_content_size(store: &Store, digest: &str) -> Result<u64> {
+    let file = store.open_blob(digest)?;
+    let (_, reader) = crate::oci::compress::decompress(io::BufReader::new(file))?;
+    let mut archive = tar::Archive::new(reader);
+    let mut total = 0u64;
+    for entry in archive.entries()? {
+        let entry = entry?;
+        let header = entry.header();
+        match header.entry_type() {
+            tar::EntryType::Regular | tar::EntryType::Continuous => total += header.size()?,
+            tar::EntryType::Symlink => {
+                total += entry.link_name_bytes().map_or(0, |l| l.len() as u64)
             }
+            _ => {}
         }
-        writeln!(out, "{}", line.trim_end())
-    };
-    print_row(&mut out, &header)?;
-    for row in &rows {
-        let cells: Vec<&str> = row.iter().map(String::as_str).collect();
-        print_row(&mut out, &cells)?;
     }
+    Ok(total)
+}
+
+fn cmd_history(
+    globals: &Globals,
+    spec: &str,
+    no_trunc: bool,
+    quiet: bool,
+    human: bool,
+) -> Result<i32> {
+    let store = open(globals)?;
+    let img = store
+        .resolve(spec)
+        .with_context(|| format!("history: {spec}"))?;
+    let config: crate::oci::config::ImageConfigFile =
+        serde_json::from_slice(&store.read_blob(&img.config_digest)?)
+            .with_context(|| format!("history: {spec}: reading the image config"))?;
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&store.manifest_bytes(&img.manifest_digest)?)?;
+    let layers: Vec<String> = manifest["layers"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|l| l["digest"].as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default();
+    // Oldest first, each non-empty entry taking the next layer; then shown newest first.
+    let mut next_layer = layers.iter();
+    let mut entries = Vec::new();
+    // An image made without history (some tools write none): one row per layer, as docker.
+    let history = if config.history.is_empty() {
+        vec![crate::oci::config::History::default(); layers.len()]
+    } else {
+        config.history.clone()
+    };
+    for h in history.iter() {
+        let size = if h.empty_layer.unwrap_or(false) {
+            0
+        } else {
+            match next_layer.next() {
+                Some(d) => layer_content_size(&store, d)
+                    .with_context(|| format!("history: {spec}: reading layer {d}"))?,
+                None => 0,
+            }
+        };
+        entries.push((h, size));
+    }
+    entries.reverse();
+    let id = |i: usize| -> String {
+        if i > 0 {
+            "<missing>".into()
+        } else if no_trunc {
+            img.config_digest.clone()
+        } else {
+            img.short_id().to_string()
+        }
+    };
+    let mut out = crate::report::stdout();
+    if quiet {
+        for i in 0..entries.len() {
+            writeln!(out, "{}", id(i))?;
+        }
+        return Ok(0);
+    }
+    let rows: Vec<Vec<String>> = entries
+        .iter()
+        .enumerate()
+        .map(|(i, (h, size))| {
+            let created = h.created.as_deref().unwrap_or("");
+            let secs = chrono::DateTime::parse_from_rfc3339(created)
+                .map(|t| t.timestamp())
+                .unwrap_or(0);
+            let created_by = h.created_by.as_deref().unwrap_or("").replace('\t', " ");
+            vec![
+                id(i),
+                if human {
+                    created_since(secs)
+                } else {
+                    chrono::DateTime::from_timestamp(secs, 0)
+                        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+                        .unwrap_or_default()
+                },
+                if no_trunc {
+                    created_by
+                } else {
+                    super::table::ellipsis(&created_by, 45)
+                },
+                if human {
+                    human_bytes(*size)
+                } else {
+                    size.to_string()
+                },
+                h.comment.clone().unwrap_or_default(),
+            ]
+        })
+        .collect();
+    let created = if human { "CREATED" } else { "CREATED AT" };
+    super::table::write(
+        &mut out,
+        &["IMAGE", created, "CREATED BY", "SIZE", "COMMENT"],
+        &rows,
+    )?;
     Ok(0)
 }
 
@@ -370,7 +525,7 @@ fn cmd_rmi(globals: &Globals, images: &[String], force: bool) -> Result<i32> {
         match store.remove_image(spec, force) {
             Ok(lines) => {
                 for line in lines {
-                    println!("{line}");
+                    crate::outln!("{line}")?;
                 }
             }
             Err(e) => {
@@ -423,7 +578,7 @@ fn cmd_inspect(globals: &Globals, images: &[String]) -> Result<i32> {
             },
         }
     }
-    println!("{}", serde_json::to_string_pretty(&out)?);
+    crate::outln!("{}", serde_json::to_string_pretty(&out)?)?;
     Ok(code)
 }
 
@@ -464,7 +619,7 @@ fn cmd_save(
             if output.is_none() && stdout.is_terminal() {
                 bail!("save: cowardly refusing to write an archive to a terminal: use -o FILE or redirect stdout");
             }
-            let out = io::BufWriter::with_capacity(1 << 20, stdout.lock());
+            let out = io::BufWriter::with_capacity(1 << 20, crate::report::stdout());
             archive::save(&store, &items, format, compression, out, quiet).context("save")?;
         }
         Some(path) => {
@@ -637,10 +792,10 @@ fn cmd_load(globals: &Globals, input: Option<&str>, quiet: bool) -> Result<i32> 
     };
     for image in loaded {
         if image.names.is_empty() {
-            println!("Loaded image ID: {}", image.config_digest);
+            crate::outln!("Loaded image ID: {}", image.config_digest)?;
         }
         for name in image.names {
-            println!("Loaded image: {name}");
+            crate::outln!("Loaded image: {name}")?;
         }
     }
     Ok(0)

@@ -12,6 +12,9 @@ pub mod dockerfile_cmds;
 pub mod image_cmds;
 pub mod registry_cmds;
 pub mod run_cmds;
+pub mod system_cmds;
+pub mod table;
+pub mod unsupported;
 
 use std::path::PathBuf;
 
@@ -54,20 +57,134 @@ pub enum Commands {
     Run(run_cmds::RunCommands),
     #[command(flatten)]
     Registry(registry_cmds::RegistryCommands),
+    #[command(flatten)]
+    System(system_cmds::SystemCommands),
 }
+
+/// The exit code of a kiln error that is not a command's own result, as docker's CLI uses it for
+/// bad flags and for `docker run`'s own failures.
+pub const EXIT_KILN_ERROR: i32 = 125;
 
 /// Runs kiln with the process's arguments and returns the exit code.
 pub fn main() -> i32 {
-    let cli = Cli::parse();
+    let args = management_aliases(std::env::args().collect());
+    let cli = match Cli::try_parse_from(&args) {
+        Ok(cli) => cli,
+        Err(err) => return usage_error(&err, &args[1.min(args.len())..]),
+    };
     crate::store::set_open_hook(recover_leftovers);
-    match dispatch(cli) {
+    let code = match dispatch(cli) {
         Ok(code) => code,
+        // The output was cut short by its reader: not an error to report.
+        Err(_) if crate::report::stdout_closed() => 0,
         Err(err) => {
             crate::report::report_error(&err);
-            // Commands that must use docker's codes (run: 125) map their own errors.
+            // Operational errors exit 1, as docker's CLI does for a daemon's error; `run` maps
+            // its own to 125 and passes the container's code through.
             1
         }
+    };
+    if crate::report::stdout_closed() {
+        die_of_sigpipe();
     }
+    code
+}
+
+/// docker's management commands as aliases of the short forms: `image ls` is `images`,
+/// `container ls` is `ps`, `image rm` is `rmi`, `container logs` is `logs`, and so on.
+pub const IMAGE_ALIASES: &[(&str, &str)] = &[
+    ("ls", "images"),
+    ("list", "images"),
+    ("rm", "rmi"),
+    ("remove", "rmi"),
+    ("inspect", "inspect"),
+    ("history", "history"),
+    ("tag", "tag"),
+    ("save", "save"),
+    ("load", "load"),
+    ("import", "import"),
+    ("pull", "pull"),
+    ("push", "push"),
+];
+pub const CONTAINER_ALIASES: &[(&str, &str)] = &[
+    ("ls", "ps"),
+    ("list", "ps"),
+    ("rm", "rm"),
+    ("remove", "rm"),
+    ("logs", "logs"),
+    ("stop", "stop"),
+    ("kill", "kill"),
+    ("wait", "wait"),
+    ("port", "port"),
+    ("exec", "exec"),
+    ("run", "run"),
+];
+
+/// Rewrites `kiln [--root R] image ls ARGS` to `kiln [--root R] images ARGS` (and the other
+/// management forms) before clap sees the line; `container inspect` is a command of its own.
+pub fn management_aliases(mut args: Vec<String>) -> Vec<String> {
+    let mut i = 1;
+    while i < args.len() {
+        match args[i].as_str() {
+            "--root" => i += 2,
+            a if a.starts_with("--root=") => i += 1,
+            _ => break,
+        }
+    }
+    let table = match args.get(i).map(String::as_str) {
+        Some("image") => IMAGE_ALIASES,
+        Some("container") => CONTAINER_ALIASES,
+        _ => return args,
+    };
+    if let Some(sub) = args.get(i + 1) {
+        if let Some((_, short)) = table.iter().find(|(from, _)| from == sub) {
+            args.splice(i..i + 2, [short.to_string()]);
+        }
+    }
+    args
+}
+
+/// A command line clap refused: help and version go to stdout (exit 0, quietly on a closed
+/// pipe); errors go to stderr with docker's 125, and a docker flag kiln lacks says what it does.
+fn usage_error(err: &clap::Error, args: &[String]) -> i32 {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    if !err.use_stderr() {
+        let text = err.render().to_string();
+        let _ = crate::out!("{text}");
+        if crate::report::stdout_closed() {
+            die_of_sigpipe();
+        }
+        return 0;
+    }
+    if err.kind() == ErrorKind::UnknownArgument {
+        if let (Some(ContextValue::String(flag)), Some(command)) = (
+            err.get(ContextKind::InvalidArg),
+            unsupported::command_of(args),
+        ) {
+            if let Some(msg) = unsupported::message(&command, flag) {
+                crate::errln!("{msg}");
+                crate::errln!("See 'kiln {command} --help' for what kiln supports.");
+                return EXIT_KILN_ERROR;
+            }
+        }
+    }
+    let _ = err.print();
+    EXIT_KILN_ERROR
+}
+
+/// Ends the process the way a Unix filter ends when its reader is gone: by SIGPIPE's default
+/// action (a shell shows 141, as it does for docker). Rust ignores SIGPIPE so that writes return
+/// EPIPE; the command has finished and cleaned up by now, so the default action is restored
+/// only here.
+fn die_of_sigpipe() -> ! {
+    use nix::sys::signal::{raise, signal, SigHandler, Signal};
+    // SAFETY: restoring the default disposition of SIGPIPE installs no handler code; the process
+    // ends at the raise below.
+    unsafe {
+        let _ = signal(Signal::SIGPIPE, SigHandler::SigDfl);
+    }
+    let _ = raise(Signal::SIGPIPE);
+    std::process::exit(141)
 }
 
 fn dispatch(cli: Cli) -> anyhow::Result<i32> {
@@ -78,6 +195,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         Commands::Build(cmd) => build_cmd::run(cmd, &globals),
         Commands::Run(cmd) => run_cmds::run(cmd, &globals),
         Commands::Registry(cmd) => registry_cmds::run(cmd, &globals),
+        Commands::System(cmd) => system_cmds::run(cmd, &globals),
     }
 }
 

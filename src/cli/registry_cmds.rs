@@ -75,15 +75,15 @@ pub fn run(cmd: RegistryCommands, globals: &Globals) -> Result<i32> {
             let store = open_store(&globals.root)?;
             let pulled = registry::pull(&ctx, &store, &r, &platform)?;
             if quiet {
-                println!("{}", pulled.manifest_digest);
+                crate::outln!("{}", pulled.manifest_digest)?;
             } else {
-                println!(
+                crate::outln!(
                     "{}: pulled, digest {} (manifest {}, config {})",
                     pulled.name,
                     pulled.resolved_digest,
                     pulled.manifest_digest,
                     pulled.config_digest
-                );
+                )?;
             }
             Ok(0)
         }
@@ -103,7 +103,7 @@ pub fn run(cmd: RegistryCommands, globals: &Globals) -> Result<i32> {
             let store = open_store(&globals.root)?;
             let opts = PushOptions { chunk_size, quiet };
             let pushed = registry::push(&ctx, &store, &image, &dest, &opts)?;
-            println!("{}", pushed.manifest_digest);
+            crate::outln!("{}", pushed.manifest_digest)?;
             Ok(0)
         }
         RegistryCommands::Login {
@@ -135,15 +135,15 @@ pub fn run(cmd: RegistryCommands, globals: &Globals) -> Result<i32> {
                 bail!("kiln login: the password is empty");
             }
             registry::login(&ctx, &registry, auth::Credentials { username, password })?;
-            println!("Login Succeeded");
+            crate::outln!("Login Succeeded")?;
             Ok(0)
         }
         RegistryCommands::Logout { registry } => {
             let registry = registry.unwrap_or_else(|| "docker.io".to_string());
             if registry::logout(&ctx, &registry)? {
-                println!("Removing login credentials for {registry}");
+                crate::outln!("Removing login credentials for {registry}")?;
             } else {
-                println!("Not logged in to {registry}");
+                crate::outln!("Not logged in to {registry}")?;
             }
             Ok(0)
         }
@@ -151,7 +151,7 @@ pub fn run(cmd: RegistryCommands, globals: &Globals) -> Result<i32> {
 }
 
 fn prompt(label: &str) -> Result<String> {
-    eprint!("{label}");
+    write!(std::io::stderr(), "{label}")?;
     std::io::stderr().flush()?;
     let mut line = String::new();
     std::io::stdin().lock().read_line(&mut line)?;
@@ -168,6 +168,6 @@ fn prompt_hidden(label: &str) -> Result<String> {
     tcsetattr(&stdin, SetArg::TCSANOW, &quiet).context("turning off the terminal echo")?;
     let line = prompt(label);
     let _ = tcsetattr(&stdin, SetArg::TCSANOW, &saved);
-    eprintln!();
+    crate::errln!();
     line
 }

@@ -14,6 +14,8 @@ use crate::runner::{self, state, state::Status, RunOptions};
 #[derive(Debug, Subcommand)]
 pub enum RunCommands {
     /// Run a command in a new container.
+    // docker's `-h` is --hostname here, so help is --help only.
+    #[command(disable_help_flag = true)]
     Run(Box<RunArgs>),
     /// List containers.
     Ps {
@@ -40,7 +42,12 @@ pub enum RunCommands {
     /// Stop running containers (the image's STOPSIGNAL, then SIGKILL after a grace period).
     Stop {
         /// Seconds to wait before killing.
-        #[arg(short = 't', long = "time", default_value_t = 10)]
+        #[arg(
+            short = 't',
+            long = "timeout",
+            visible_alias = "time",
+            default_value_t = 10
+        )]
         time: u64,
         #[arg(required = true)]
         containers: Vec<String>,
@@ -96,7 +103,8 @@ pub enum RunCommands {
         /// PORT[/PROTO]
         port: Option<String>,
     },
-    /// Container commands: inspect.
+    /// Container commands: inspect; and docker's management forms ls, rm, logs, stop, kill,
+    /// wait, port, exec, run (the same as ps, rm, logs, …).
     Container {
         #[command(subcommand)]
         cmd: ContainerCommands,
@@ -148,7 +156,7 @@ pub struct RunArgs {
     #[arg(long, default_value = "none")]
     network: String,
     /// The container's hostname (default: the short container ID).
-    #[arg(long)]
+    #[arg(short = 'h', long)]
     hostname: Option<String>,
     /// Override the image's ENTRYPOINT ("" clears it).
     #[arg(long)]
@@ -178,6 +186,9 @@ pub struct RunArgs {
     /// apparmor=unconfined.
     #[arg(long = "security-opt", value_name = "OPT")]
     security_opt: Vec<String>,
+    /// Print help.
+    #[arg(long, action = clap::ArgAction::Help)]
+    help: Option<bool>,
     /// The image to run.
     image: String,
     /// The command and its arguments (replace the image's CMD).
@@ -251,6 +262,7 @@ pub fn run(cmd: RunCommands, globals: &Globals) -> anyhow::Result<i32> {
                 interactive,
                 tty,
                 security_opt,
+                help: _,
                 image,
                 command,
             } = *args;
@@ -313,8 +325,8 @@ pub fn run(cmd: RunCommands, globals: &Globals) -> anyhow::Result<i32> {
                 let result = state::find(&store, c)
                     .and_then(|rec| runner::wait_stopped(&store, &rec.id, None));
                 match result {
-                    Ok(Some(rec)) => println!("{}", rec.shown_exit_code()),
-                    Ok(None) => println!("0"),
+                    Ok(Some(rec)) => crate::outln!("{}", rec.shown_exit_code())?,
+                    Ok(None) => crate::outln!("0")?,
                     Err(e) => {
                         crate::report::report_error(&e.context(format!("wait {c}")));
                         failed = true;
@@ -355,7 +367,7 @@ pub fn run(cmd: RunCommands, globals: &Globals) -> anyhow::Result<i32> {
             cmd: ContainerCommands::Inspect { containers },
         } => match runner::inspect_containers(root, &containers)? {
             Some(v) => {
-                println!("{}", serde_json::to_string_pretty(&v)?);
+                crate::outln!("{}", serde_json::to_string_pretty(&v)?)?;
                 Ok(0)
             }
             None => {
@@ -380,7 +392,7 @@ fn each(
     let mut failed = false;
     for n in names {
         match state::find(&store, n).and_then(|rec| f(&store, &rec)) {
-            Ok(()) => println!("{n}"),
+            Ok(()) => crate::outln!("{n}")?,
             Err(e) => {
                 crate::report::report_error(&e);
                 failed = true;
@@ -421,14 +433,14 @@ fn ps(root: &Path, all: bool, quiet: bool, no_trunc: bool) -> Result<i32> {
             continue;
         }
         if quiet {
-            println!(
+            crate::outln!(
                 "{}",
                 if no_trunc {
                     rec.id.as_str()
                 } else {
                     rec.short_id()
                 }
-            );
+            )?;
             continue;
         }
         let mut command = rec.config.args().join(" ");
@@ -474,27 +486,8 @@ fn ps(root: &Path, all: bool, quiet: bool, no_trunc: bool) -> Result<i32> {
         "PORTS",
         "NAMES",
     ];
-    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
-    for r in &rows {
-        for (w, c) in widths.iter_mut().zip(r) {
-            *w = (*w).max(c.chars().count());
-        }
-    }
-    let mut out = std::io::stdout().lock();
-    let line = |cells: Vec<&str>| -> String {
-        let mut s = String::new();
-        for (i, c) in cells.iter().enumerate() {
-            s.push_str(c);
-            if i + 1 < cells.len() {
-                s.push_str(&" ".repeat(widths[i] - c.chars().count() + 3));
-            }
-        }
-        s
-    };
-    writeln!(out, "{}", line(header.to_vec()))?;
-    for r in &rows {
-        writeln!(out, "{}", line(r.iter().map(String::as_str).collect()))?;
-    }
+    let rows: Vec<Vec<String>> = rows.into_iter().map(Vec::from).collect();
+    super::table::write(&mut crate::report::stdout(), &header, &rows)?;
     Ok(0)
 }
 
@@ -515,7 +508,7 @@ fn logs(root: &Path, follow: bool, tail: &str, container: &str) -> Result<i32> {
         lines.drain(..skip);
     }
     let emit = |lines: Vec<runner::logs::LogLine>| -> Result<()> {
-        let mut out = std::io::stdout().lock();
+        let mut out = crate::report::stdout();
         let mut err = std::io::stderr().lock();
         for l in lines {
             if l.stream == "stderr" {
@@ -565,9 +558,9 @@ fn cmd_port(root: &Path, container: &str, port: Option<&str>) -> Result<i32> {
     let mut found = false;
     for b in &rec.ports {
         match &filter {
-            None => println!("{}/{} -> {}", b.container_port, b.proto, fmt(b)),
+            None => crate::outln!("{}/{} -> {}", b.container_port, b.proto, fmt(b))?,
             Some((n, p)) if *n == b.container_port && *p == b.proto.to_string() => {
-                println!("{}", fmt(b));
+                crate::outln!("{}", fmt(b))?;
                 found = true;
             }
             Some(_) => {}
@@ -591,19 +584,19 @@ fn volume(root: &Path, cmd: VolumeCommands) -> Result<i32> {
             let dir = runner::volumes::data_dir(store.root(), &name);
             std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
             state::add_volume(&store, &name, false)?;
-            println!("{name}");
+            crate::outln!("{name}")?;
             Ok(0)
         }
         VolumeCommands::Ls { quiet } => {
             let vols = state::volumes(&store)?;
             if !quiet {
-                println!("DRIVER    VOLUME NAME");
+                crate::outln!("DRIVER    VOLUME NAME")?;
             }
             for v in vols {
                 if quiet {
-                    println!("{}", v.name);
+                    crate::outln!("{}", v.name)?;
                 } else {
-                    println!("local     {}", v.name);
+                    crate::outln!("local     {}", v.name)?;
                 }
             }
             Ok(0)
@@ -627,7 +620,7 @@ fn volume(root: &Path, cmd: VolumeCommands) -> Result<i32> {
                     Ok(())
                 })();
                 match result {
-                    Ok(()) => println!("{name}"),
+                    Ok(()) => crate::outln!("{name}")?,
                     Err(e) => {
                         crate::report::report_error(&e);
                         failed = true;
@@ -648,13 +641,13 @@ fn volume(root: &Path, cmd: VolumeCommands) -> Result<i32> {
                 }
             }
             if !deleted.is_empty() {
-                println!("Deleted Volumes:");
+                crate::outln!("Deleted Volumes:")?;
                 for d in &deleted {
-                    println!("{d}");
+                    crate::outln!("{d}")?;
                 }
-                println!();
+                crate::outln!()?;
             }
-            println!("Total reclaimed space: {} volumes", deleted.len());
+            crate::outln!("Total reclaimed space: {} volumes", deleted.len())?;
             Ok(0)
         }
         VolumeCommands::Inspect { volumes } => {
@@ -677,7 +670,7 @@ fn volume(root: &Path, cmd: VolumeCommands) -> Result<i32> {
                     "UsedBy": v.users,
                 }));
             }
-            println!("{}", serde_json::to_string_pretty(&out)?);
+            crate::outln!("{}", serde_json::to_string_pretty(&out)?)?;
             Ok(0)
         }
     }

@@ -59,6 +59,7 @@ pub fn build(root: &Path, opts: BuildOptions) -> Result<i32> {
     );
     let request = BuildRequest {
         stages,
+        dockerfile_name: dockerfile_name.clone(),
         place_id,
         target: opts.target.clone(),
         no_cache: opts.no_cache,
@@ -105,7 +106,7 @@ pub fn build(root: &Path, opts: BuildOptions) -> Result<i32> {
     }
     progress.summary(Some(&image_id));
     if opts.quiet {
-        println!("{image_id}");
+        crate::outln!("{image_id}")?;
     }
     Ok(0)
 }

@@ -66,35 +66,64 @@ pub fn export(
             }
         }
     }
-    let committed = image::commit(store, config, layers, &names)?;
-    for n in &names {
-        progress.note(&format!("naming to {}", n.full()));
+    let step = progress.start_export();
+    let result = export_to(store, progress, step, outputs, &names, config, layers);
+    match &result {
+        Ok(_) => progress.done(step),
+        Err(e) => progress.failed(step, &format!("{e:#}")),
+    }
+    result
+}
+
+fn export_to(
+    store: &Store,
+    progress: &Progress,
+    step: crate::solver::progress::StepId,
+    outputs: &[Output],
+    names: &[Reference],
+    config: &ImageConfigFile,
+    layers: &[LayerRef],
+) -> Result<String> {
+    let committed = image::commit(store, config, layers, names)?;
+    // BuildKit's lines: the image ID, then each name.
+    progress.status(step, &format!("writing image {} done", committed.image_id));
+    for n in names {
+        progress.status(step, &format!("naming to {} done", n.full()));
     }
     for out in outputs {
         match out {
             Output::Image { .. } => {}
             Output::Local { dest } => {
-                progress.note(&format!("exporting the filesystem to {}", dest.display()));
+                progress.status(
+                    step,
+                    &format!("exporting the filesystem to {}", dest.display()),
+                );
                 local::export(store, layers, dest)?;
             }
             Output::Tar { dest } => {
-                progress.note(&format!(
-                    "exporting the filesystem as a tarball to {}",
-                    dest.display()
-                ));
+                progress.status(
+                    step,
+                    &format!(
+                        "exporting the filesystem as a tarball to {}",
+                        dest.display()
+                    ),
+                );
                 tar::export(store, layers, dest)?;
             }
             Output::Oci { dest, compression } | Output::Docker { dest, compression } => {
                 let oci = matches!(out, Output::Oci { .. });
-                progress.note(&format!(
-                    "exporting to {} archive {}",
-                    if oci { "an OCI" } else { "a docker" },
-                    dest.display()
-                ));
+                progress.status(
+                    step,
+                    &format!(
+                        "exporting to {} archive {}",
+                        if oci { "an OCI" } else { "a docker" },
+                        dest.display()
+                    ),
+                );
                 archive::save_archive(
                     store,
                     &committed.manifest_digest,
-                    &names,
+                    names,
                     oci,
                     *compression,
                     dest,
@@ -109,8 +138,7 @@ pub fn export(
 /// that is fsynced and renamed over it, so a failed export never leaves half a file.
 pub fn write_to_dest(dest: &Path, f: impl FnOnce(&mut dyn Write) -> Result<()>) -> Result<()> {
     if dest.as_os_str() == "-" {
-        let stdout = std::io::stdout();
-        let mut lock = stdout.lock();
+        let mut lock = std::io::BufWriter::new(crate::report::stdout());
         f(&mut lock)?;
         lock.flush()?;
         return Ok(());

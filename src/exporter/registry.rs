@@ -16,7 +16,7 @@ pub fn push(root: &Path, names: &[String], quiet: bool) -> Result<()> {
         registry::push(&ctx, &store, name, &dest, &PushOptions::default())
             .with_context(|| format!("pushing the built image {name}"))?;
         if !quiet {
-            eprintln!("pushed {name}");
+            crate::errln!("pushed {name}");
         }
     }
     Ok(())

@@ -41,7 +41,7 @@ impl Progress {
         // Plain lines only for work big enough to be worth reporting (or of unknown size).
         let plain = !quiet && bar.is_none() && total.map_or(true, |t| t >= PLAIN_THRESHOLD);
         if plain {
-            eprintln!("{label}...");
+            crate::errln!("{label}...");
         }
         Progress {
             label: label.to_string(),
@@ -65,7 +65,7 @@ impl Progress {
             bar.finish_and_clear();
         }
         if self.plain {
-            eprintln!(
+            crate::errln!(
                 "{}: done, {} in {:.1}s",
                 self.label,
                 human_bytes(self.done),

@@ -61,7 +61,7 @@ impl Progress {
             Some(m) => {
                 let _ = m.println(msg);
             }
-            None => eprintln!("{msg}"),
+            None => crate::errln!("{msg}"),
         }
     }
 }
@@ -82,7 +82,7 @@ impl Bar {
     pub fn finish(&self, outcome: &str) {
         match &self.bar {
             Some(b) => b.finish_with_message(format!("{}: {outcome}", self.label)),
-            None if !self.quiet => eprintln!("{}: {outcome}", self.label),
+            None if !self.quiet => crate::errln!("{}: {outcome}", self.label),
             None => {}
         }
     }

@@ -43,6 +43,8 @@ pub struct BuildRequest {
     /// The Dockerfile split into stages, with the `--build-arg`s and platform it is built with
     /// (`frontend::load`).
     pub stages: Stages,
+    /// The Dockerfile as the user named it (`-f sub/Dockerfile`), for errors: `sub/Dockerfile:3`.
+    pub dockerfile_name: String,
     /// Identifies this Dockerfile and context for explaining misses across builds.
     pub place_id: String,
     pub target: Option<String>,
@@ -85,6 +87,7 @@ struct Shared {
 }
 
 struct BuildRequestShared {
+    dockerfile_name: String,
     place_id: String,
     no_cache: bool,
     no_cache_filter: Vec<String>,
@@ -118,6 +121,7 @@ pub async fn solve(
     let shared = Arc::new(Shared {
         labels,
         req: BuildRequestShared {
+            dockerfile_name: request.dockerfile_name,
             place_id: request.place_id,
             no_cache: request.no_cache,
             no_cache_filter: request
@@ -246,10 +250,10 @@ pub(crate) fn shorten(text: &str) -> String {
     }
 }
 
-fn with_line<T>(result: Result<T>, instr: &Spanned) -> Result<T> {
+fn with_line<T>(result: Result<T>, dockerfile: &str, instr: &Spanned) -> Result<T> {
     result.with_context(|| {
         format!(
-            "Dockerfile:{}: {}",
+            "{dockerfile}:{}: {}",
             instr.span.start_line,
             shorten(&crate::source::git::redact_urls(&instr.original))
         )
@@ -303,14 +307,19 @@ async fn solve_stage(shared: &Arc<Shared>, stage: usize) -> Result<Arc<StageResu
                 }
                 Err(e) => {
                     shared.progress.failed(id, &format!("{e:#}"));
-                    return Err(e).with_context(|| format!("Dockerfile:{from_line}: FROM {name}"));
+                    return Err(e).with_context(|| {
+                        format!("{}:{from_line}: FROM {name}", shared.req.dockerfile_name)
+                    });
                 }
             };
             let triggers = base.config.config.on_build.clone().unwrap_or_default();
             let mut trigger_instrs = Vec::new();
             for t in &triggers {
                 let mut instr = shared.backend.parse_trigger(t).with_context(|| {
-                    format!("Dockerfile:{from_line}: ONBUILD trigger {t:?} of {name}")
+                    format!(
+                        "{}:{from_line}: ONBUILD trigger {t:?} of {name}",
+                        shared.req.dockerfile_name
+                    )
                 })?;
                 // A trigger runs as part of the FROM line.
                 instr.span.start_line = from_line;
@@ -357,7 +366,11 @@ async fn solve_stage(shared: &Arc<Shared>, stage: usize) -> Result<Arc<StageResu
             &index.to_string(),
             &instr.original,
         ]);
-        let step = with_line(plan_step(shared, stage, &mut walk, instr).await, instr)?;
+        let step = with_line(
+            plan_step(shared, stage, &mut walk, instr).await,
+            &shared.req.dockerfile_name,
+            instr,
+        )?;
         let Some(planned) = step else { continue };
         let id = shared.progress.start(&name);
         let result = run_step(
@@ -476,7 +489,7 @@ async fn run_step(
     let result = tokio::task::spawn_blocking(move || backend.execute(req))
         .await
         .map_err(|e| anyhow!("executing a step: {e}"))?;
-    let layer = with_line(result, instr)?;
+    let layer = with_line(result, &shared.req.dockerfile_name, instr)?;
     let _ = started;
     let created = shared
         .req

@@ -103,10 +103,39 @@ impl Progress {
 
     /// A step begins (or is about to be looked up in the cache).
     pub fn start(&self, name: &str) -> StepId {
+        self.start_vertex(name, true)
+    }
+
+    /// The export begins (`exporting to image`): shown as a step, as BuildKit shows it, but not
+    /// counted among the build's steps in the summary.
+    pub fn start_export(&self) -> StepId {
+        self.start_vertex("exporting to image", false)
+    }
+
+    /// One status line of a step, BuildKit's `#6 writing image sha256:… done`.
+    pub fn status(&self, id: StepId, text: &str) {
+        match self.mode {
+            Mode::Plain => self.plain(&format!("#{id} {text}")),
+            Mode::RawJson => {
+                self.json(serde_json::json!({"event": "status", "step": id, "text": text}))
+            }
+            Mode::Tty => match &self.multi {
+                Some(m) => {
+                    let _ = m.println(format!("#{id} {text}"));
+                }
+                None => self.plain(&format!("#{id} {text}")),
+            },
+            Mode::Quiet => {}
+        }
+    }
+
+    fn start_vertex(&self, name: &str, counted: bool) -> StepId {
         let mut st = self.state();
         let id = st.next;
         st.next += 1;
-        st.total += 1;
+        if counted {
+            st.total += 1;
+        }
         let bar = self.multi.as_ref().map(|m| {
             let bar = m.add(indicatif::ProgressBar::new_spinner());
             bar.set_style(

@@ -102,6 +102,7 @@ fn build(
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect::<BTreeMap<_, _>>();
     let request = BuildRequest {
+        dockerfile_name: "Dockerfile".into(),
         stages: crate::dockerfile::load(dockerfile, "Dockerfile", &build_args)?,
         place_id: "test".into(),
         target: target.map(str::to_string),

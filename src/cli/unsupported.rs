@@ -1,0 +1,718 @@
+//! Docker flags kiln does not have, and what they do in docker: a docker user who types one gets
+//! `kiln does not support --FLAG (docker: what it does)` rather than clap's bare "unexpected
+//! argument", so they know whether it matters for what they are doing.
+
+/// (command, long flag, short flag, what docker's flag does). Commands are named by their short
+/// forms (`images`, `ps`); the management forms (`image ls`, `container ls`) map to them.
+const TABLE: &[(&str, &str, Option<char>, &str)] = &[
+    // build
+    (
+        "build",
+        "add-host",
+        None,
+        "adds host-to-IP entries to /etc/hosts in RUN steps",
+    ),
+    (
+        "build",
+        "allow",
+        None,
+        "grants extra privileged entitlements (network.host, security.insecure)",
+    ),
+    (
+        "build",
+        "annotation",
+        None,
+        "adds OCI annotations to the image manifest",
+    ),
+    (
+        "build",
+        "attest",
+        None,
+        "attaches attestations (SBOM, provenance) to the image",
+    ),
+    (
+        "build",
+        "build-context",
+        None,
+        "adds named build contexts for COPY --from and FROM",
+    ),
+    (
+        "build",
+        "builder",
+        None,
+        "selects a buildx builder instance; kiln is its own builder",
+    ),
+    (
+        "build",
+        "cache-from",
+        None,
+        "imports build cache from a registry or a directory",
+    ),
+    (
+        "build",
+        "cache-to",
+        None,
+        "exports the build cache to a registry or a directory",
+    ),
+    (
+        "build",
+        "call",
+        None,
+        "evaluates the build with another method (check, outline, targets)",
+    ),
+    (
+        "build",
+        "check",
+        None,
+        "lints the Dockerfile; kiln has `kiln check`",
+    ),
+    (
+        "build",
+        "cgroup-parent",
+        None,
+        "sets the parent cgroup of RUN steps",
+    ),
+    (
+        "build",
+        "metadata-file",
+        None,
+        "writes the build result metadata as JSON to a file",
+    ),
+    (
+        "build",
+        "provenance",
+        None,
+        "attaches a provenance attestation",
+    ),
+    ("build", "sbom", None, "attaches an SBOM attestation"),
+    (
+        "build",
+        "shm-size",
+        None,
+        "sets the size of /dev/shm in RUN steps",
+    ),
+    (
+        "build",
+        "ssh",
+        None,
+        "forwards an SSH agent or keys to RUN --mount=type=ssh",
+    ),
+    ("build", "ulimit", None, "sets ulimits for RUN steps"),
+    ("build", "debug", Some('D'), "enables debug logging"),
+    ("build", "squash", None, "squashes the new layers into one"),
+    (
+        "build",
+        "isolation",
+        None,
+        "selects the container isolation technology (Windows)",
+    ),
+    // run
+    (
+        "run",
+        "add-host",
+        None,
+        "adds host-to-IP entries to the container's /etc/hosts",
+    ),
+    (
+        "run",
+        "annotation",
+        None,
+        "adds an OCI annotation to the container",
+    ),
+    (
+        "run",
+        "attach",
+        Some('a'),
+        "attaches to only some of STDIN, STDOUT, STDERR",
+    ),
+    ("run", "blkio-weight", None, "sets the block IO weight"),
+    (
+        "run",
+        "cap-add",
+        None,
+        "adds Linux capabilities beyond docker's default set",
+    ),
+    (
+        "run",
+        "cap-drop",
+        None,
+        "drops Linux capabilities from docker's default set",
+    ),
+    (
+        "run",
+        "cgroup-parent",
+        None,
+        "sets the container's parent cgroup",
+    ),
+    (
+        "run",
+        "cgroupns",
+        None,
+        "selects the cgroup namespace mode (host or private)",
+    ),
+    ("run", "cidfile", None, "writes the container ID to a file"),
+    (
+        "run",
+        "cpu-period",
+        None,
+        "sets the CFS period for a CPU quota",
+    ),
+    ("run", "cpu-quota", None, "sets a CFS CPU quota"),
+    (
+        "run",
+        "cpus",
+        None,
+        "limits the number of CPUs (a CFS quota); kiln has --cpuset-cpus and --cpu-shares",
+    ),
+    ("run", "cpuset-mems", None, "limits the NUMA memory nodes"),
+    (
+        "run",
+        "detach-keys",
+        None,
+        "overrides the key sequence for detaching",
+    ),
+    ("run", "device", None, "adds a host device to the container"),
+    (
+        "run",
+        "device-cgroup-rule",
+        None,
+        "adds a rule to the container's device cgroup",
+    ),
+    (
+        "run",
+        "dns",
+        None,
+        "sets DNS servers in the container's /etc/resolv.conf",
+    ),
+    (
+        "run",
+        "dns-option",
+        None,
+        "sets DNS options in /etc/resolv.conf",
+    ),
+    (
+        "run",
+        "dns-search",
+        None,
+        "sets DNS search domains in /etc/resolv.conf",
+    ),
+    (
+        "run",
+        "domainname",
+        None,
+        "sets the container's NIS domain name",
+    ),
+    (
+        "run",
+        "expose",
+        None,
+        "exposes ports without publishing them",
+    ),
+    ("run", "gpus", None, "adds GPU devices to the container"),
+    (
+        "run",
+        "group-add",
+        None,
+        "adds supplementary groups for the container's user",
+    ),
+    (
+        "run",
+        "health-cmd",
+        None,
+        "sets a command that checks the container's health",
+    ),
+    (
+        "run",
+        "health-interval",
+        None,
+        "sets the time between health checks",
+    ),
+    (
+        "run",
+        "health-retries",
+        None,
+        "sets the failures needed to report unhealthy",
+    ),
+    (
+        "run",
+        "health-timeout",
+        None,
+        "sets the time one health check may take",
+    ),
+    (
+        "run",
+        "ip",
+        None,
+        "sets the container's IPv4 address on a user-defined network",
+    ),
+    (
+        "run",
+        "ip6",
+        None,
+        "sets the container's IPv6 address on a user-defined network",
+    ),
+    (
+        "run",
+        "ipc",
+        None,
+        "selects the IPC namespace mode (host, shareable, container:NAME)",
+    ),
+    ("run", "label", Some('l'), "sets metadata on the container"),
+    (
+        "run",
+        "label-file",
+        None,
+        "reads container labels from a file",
+    ),
+    (
+        "run",
+        "link",
+        None,
+        "links to another container on the legacy bridge",
+    ),
+    (
+        "run",
+        "log-driver",
+        None,
+        "selects the logging driver; kiln always writes json-file logs",
+    ),
+    ("run", "log-opt", None, "sets logging driver options"),
+    (
+        "run",
+        "mac-address",
+        None,
+        "sets the container's MAC address",
+    ),
+    (
+        "run",
+        "memory-reservation",
+        None,
+        "sets a soft memory limit",
+    ),
+    (
+        "run",
+        "memory-swap",
+        None,
+        "sets the memory plus swap limit",
+    ),
+    (
+        "run",
+        "memory-swappiness",
+        None,
+        "tunes the container's swappiness",
+    ),
+    (
+        "run",
+        "mount",
+        None,
+        "attaches a mount (bind, volume, tmpfs) in long form; kiln has -v",
+    ),
+    ("run", "network-alias", None, "adds a network-scoped alias"),
+    (
+        "run",
+        "no-healthcheck",
+        None,
+        "disables the image's HEALTHCHECK",
+    ),
+    (
+        "run",
+        "oom-kill-disable",
+        None,
+        "disables the OOM killer for the container",
+    ),
+    (
+        "run",
+        "oom-score-adj",
+        None,
+        "tunes the host's OOM preference for the container",
+    ),
+    (
+        "run",
+        "pid",
+        None,
+        "selects the PID namespace (host or container:NAME)",
+    ),
+    (
+        "run",
+        "platform",
+        None,
+        "selects the image's platform variant to run",
+    ),
+    (
+        "run",
+        "privileged",
+        None,
+        "gives the container all capabilities and every host device",
+    ),
+    (
+        "run",
+        "pull",
+        None,
+        "sets when to pull the image (always, missing, never)",
+    ),
+    ("run", "quiet", Some('q'), "suppresses the pull output"),
+    (
+        "run",
+        "read-only",
+        None,
+        "mounts the container's root filesystem read-only",
+    ),
+    (
+        "run",
+        "restart",
+        None,
+        "restarts the container when it exits (no, always, on-failure, unless-stopped)",
+    ),
+    ("run", "runtime", None, "selects the OCI runtime"),
+    (
+        "run",
+        "security-opt",
+        None,
+        "sets security options (seccomp, apparmor, no-new-privileges)",
+    ),
+    ("run", "shm-size", None, "sets the size of /dev/shm"),
+    (
+        "run",
+        "sig-proxy",
+        None,
+        "controls whether signals are proxied to the container",
+    ),
+    (
+        "run",
+        "stop-signal",
+        None,
+        "sets the signal that stops the container",
+    ),
+    (
+        "run",
+        "stop-timeout",
+        None,
+        "sets the seconds to wait before killing on stop",
+    ),
+    ("run", "storage-opt", None, "sets storage driver options"),
+    ("run", "sysctl", None, "sets namespaced kernel parameters"),
+    ("run", "tmpfs", None, "mounts a tmpfs at a path"),
+    ("run", "ulimit", None, "sets ulimits"),
+    ("run", "userns", None, "selects the user namespace mode"),
+    ("run", "uts", None, "selects the UTS namespace mode"),
+    ("run", "volume-driver", None, "selects the volume driver"),
+    (
+        "run",
+        "volumes-from",
+        None,
+        "mounts the volumes of another container",
+    ),
+    // ps
+    (
+        "ps",
+        "filter",
+        Some('f'),
+        "filters containers (status=, name=, label=, ancestor=, exited=)",
+    ),
+    (
+        "ps",
+        "format",
+        None,
+        "formats each container with a Go template",
+    ),
+    (
+        "ps",
+        "last",
+        Some('n'),
+        "shows the n last created containers",
+    ),
+    (
+        "ps",
+        "latest",
+        Some('l'),
+        "shows the latest created container",
+    ),
+    ("ps", "size", Some('s'), "shows the containers' disk use"),
+    // images
+    ("images", "digests", None, "adds a DIGEST column"),
+    (
+        "images",
+        "filter",
+        Some('f'),
+        "filters images (dangling=, reference=, label=, before=, since=)",
+    ),
+    (
+        "images",
+        "tree",
+        None,
+        "lists multi-platform images as a tree",
+    ),
+    // rmi
+    ("rmi", "no-prune", None, "keeps untagged parent images"),
+    ("rmi", "platform", None, "removes only one platform variant"),
+    // inspect
+    (
+        "inspect",
+        "format",
+        Some('f'),
+        "formats the output with a Go template",
+    ),
+    (
+        "inspect",
+        "size",
+        Some('s'),
+        "adds the container's disk use",
+    ),
+    (
+        "inspect",
+        "type",
+        None,
+        "inspects only objects of one type (image, container, volume)",
+    ),
+    // logs
+    (
+        "logs",
+        "details",
+        None,
+        "shows extra details given to the log driver",
+    ),
+    ("logs", "since", None, "shows logs since a time"),
+    (
+        "logs",
+        "timestamps",
+        Some('t'),
+        "prefixes each line with its time",
+    ),
+    ("logs", "until", None, "shows logs before a time"),
+    // stop / rm / exec
+    (
+        "stop",
+        "signal",
+        Some('s'),
+        "sets the signal to send first (default the image's STOPSIGNAL)",
+    ),
+    (
+        "rm",
+        "link",
+        Some('l'),
+        "removes a legacy link, not the container",
+    ),
+    (
+        "exec",
+        "detach",
+        Some('d'),
+        "runs the command in the background",
+    ),
+    (
+        "exec",
+        "detach-keys",
+        None,
+        "overrides the key sequence for detaching",
+    ),
+    (
+        "exec",
+        "env-file",
+        None,
+        "reads environment variables from a file",
+    ),
+    (
+        "exec",
+        "privileged",
+        None,
+        "gives the command extended privileges",
+    ),
+    // save / load / import
+    ("save", "platform", None, "saves only one platform variant"),
+    ("load", "platform", None, "loads only one platform variant"),
+    (
+        "import",
+        "message",
+        Some('m'),
+        "sets the commit message of the imported image",
+    ),
+    (
+        "import",
+        "platform",
+        None,
+        "sets the platform of the imported image",
+    ),
+    // pull / push / login
+    (
+        "pull",
+        "all-tags",
+        Some('a'),
+        "pulls every tag of the repository",
+    ),
+    (
+        "pull",
+        "disable-content-trust",
+        None,
+        "skips image verification (the default)",
+    ),
+    (
+        "push",
+        "all-tags",
+        Some('a'),
+        "pushes every tag of the repository",
+    ),
+    (
+        "push",
+        "disable-content-trust",
+        None,
+        "skips image signing (the default)",
+    ),
+    ("push", "platform", None, "pushes one platform's manifest"),
+    (
+        "history",
+        "platform",
+        None,
+        "shows the history of one platform variant",
+    ),
+    (
+        "history",
+        "format",
+        None,
+        "formats each row with a Go template",
+    ),
+    (
+        "login",
+        "password",
+        Some('p'),
+        "takes the password on the command line; kiln takes it only from stdin (--password-stdin)",
+    ),
+];
+
+/// The docker command a command line runs, by its short name (`image ls` -> `images`), from
+/// the arguments after the program name; None when there is none.
+pub fn command_of(args: &[String]) -> Option<String> {
+    let mut words = Vec::new();
+    let mut i = 0;
+    while i < args.len() && words.len() < 2 {
+        let a = &args[i];
+        if a == "--root" {
+            i += 2;
+            continue;
+        }
+        if a.starts_with('-') {
+            if !words.is_empty() {
+                break;
+            }
+            i += 1;
+            continue;
+        }
+        words.push(a.as_str());
+        i += 1;
+    }
+    let first = *words.first()?;
+    let name = match (first, words.get(1).copied()) {
+        ("image", Some(sub)) => match sub {
+            "ls" | "list" => "images",
+            "rm" | "remove" => "rmi",
+            other => other,
+        },
+        ("container", Some(sub)) => match sub {
+            "ls" | "list" => "ps",
+            "remove" => "rm",
+            other => other,
+        },
+        (other, _) => other,
+    };
+    Some(name.to_string())
+}
+
+/// The message for a flag kiln's `command` does not have, when docker's does; None when the
+/// flag is not one of docker's (clap's own error is the better answer then). `flag` is as
+/// typed: `--privileged`, `--cap-add=NET_ADMIN`, `-a`.
+pub fn message(command: &str, flag: &str) -> Option<String> {
+    let flag = flag.split_once('=').map_or(flag, |(f, _)| f);
+    let found = if let Some(long) = flag.strip_prefix("--") {
+        TABLE
+            .iter()
+            .find(|(c, l, _, _)| *c == command && *l == long)
+    } else if let Some(short) = flag.strip_prefix('-') {
+        let mut chars = short.chars();
+        let first = chars.next()?;
+        TABLE
+            .iter()
+            .find(|(c, _, s, _)| *c == command && *s == Some(first))
+    } else {
+        None
+    }?;
+    let (_, long, short, what) = found;
+    let shown = match short {
+        Some(s) if !flag.starts_with("--") => format!("-{s}/--{long}"),
+        _ => format!("--{long}"),
+    };
+    Some(format!(
+        "kiln {command}: kiln does not support {shown} (docker: {what})"
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(s: &str) -> Vec<String> {
+        s.split_whitespace().map(String::from).collect()
+    }
+
+    #[test]
+    fn commands_are_found_past_globals_and_management_forms() {
+        assert_eq!(
+            command_of(&args("run --privileged x")).as_deref(),
+            Some("run")
+        );
+        assert_eq!(
+            command_of(&args("--root /r ps -f x")).as_deref(),
+            Some("ps")
+        );
+        assert_eq!(
+            command_of(&args("image ls --digests")).as_deref(),
+            Some("images")
+        );
+        assert_eq!(command_of(&args("container ls -s")).as_deref(), Some("ps"));
+        assert_eq!(command_of(&args("image rm -x a")).as_deref(), Some("rmi"));
+        assert_eq!(
+            command_of(&args("container logs --since 1h c")).as_deref(),
+            Some("logs")
+        );
+        assert_eq!(command_of(&args("--root /r")), None);
+    }
+
+    #[test]
+    fn docker_flags_get_docker_meaning_others_none() {
+        let m = message("run", "--privileged").unwrap();
+        assert_eq!(
+            m,
+            "kiln run: kiln does not support --privileged (docker: gives the container all \
+             capabilities and every host device)"
+        );
+        assert!(message("run", "--cap-add=NET_ADMIN")
+            .unwrap()
+            .contains("does not support --cap-add "));
+        assert!(message("ps", "-s").unwrap().contains("-s/--size"));
+        assert!(message("run", "--no-such-docker-flag").is_none());
+        assert!(message("images", "--privileged").is_none());
+    }
+
+    /// The table names only flags kiln lacks: a flag added to kiln must leave the table.
+    #[test]
+    fn no_entry_is_a_flag_kiln_has() {
+        use clap::CommandFactory;
+        let cli = crate::cli::Cli::command();
+        for (c, long, short, _) in TABLE {
+            let cmd = cli
+                .find_subcommand(c)
+                .unwrap_or_else(|| panic!("kiln has no command {c}"));
+            for arg in cmd.get_arguments() {
+                assert_ne!(arg.get_long(), Some(*long), "kiln {c} has --{long}");
+                if let Some(s) = short {
+                    assert_ne!(arg.get_short(), Some(*s), "kiln {c} has -{s}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn every_entry_is_unique() {
+        let mut seen = std::collections::BTreeSet::new();
+        for (c, l, _, _) in TABLE {
+            assert!(seen.insert((c, l)), "{c} --{l} twice");
+        }
+    }
+}
