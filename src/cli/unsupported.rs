@@ -364,12 +364,6 @@ const TABLE: &[(&str, &str, Option<char>, &str)] = &[
         "restarts the container when it exits (no, always, on-failure, unless-stopped)",
     ),
     ("run", "runtime", None, "selects the OCI runtime"),
-    (
-        "run",
-        "security-opt",
-        None,
-        "sets security options (seccomp, apparmor, no-new-privileges)",
-    ),
     ("run", "shm-size", None, "sets the size of /dev/shm"),
     (
         "run",
