@@ -14,6 +14,8 @@ use crate::runner::{self, state, state::Status, RunOptions};
 #[derive(Debug, Subcommand)]
 pub enum RunCommands {
     /// Run a command in a new container.
+    // `-h` is the hostname, as docker's; `--help` stays.
+    #[command(disable_help_flag = true)]
     Run(Box<RunArgs>),
     /// List containers.
     Ps {
@@ -144,11 +146,12 @@ pub struct RunArgs {
     /// Publish every EXPOSEd port on a free host port.
     #[arg(short = 'P', long = "publish-all")]
     publish_all: bool,
-    /// none (own network namespace, loopback only) or host.
-    #[arg(long, default_value = "none")]
+    /// none (own network namespace, loopback only), host, or container:NAME (share that running
+    /// container's network namespace).
+    #[arg(long, visible_alias = "net", default_value = "none")]
     network: String,
     /// The container's hostname (default: the short container ID).
-    #[arg(long)]
+    #[arg(short = 'h', long)]
     hostname: Option<String>,
     /// Override the image's ENTRYPOINT ("" clears it).
     #[arg(long)]
@@ -178,6 +181,9 @@ pub struct RunArgs {
     /// apparmor=unconfined.
     #[arg(long = "security-opt", value_name = "OPT")]
     security_opt: Vec<String>,
+    /// Print help.
+    #[arg(long, action = clap::ArgAction::Help)]
+    help: Option<bool>,
     /// The image to run.
     image: String,
     /// The command and its arguments (replace the image's CMD).
@@ -251,6 +257,7 @@ pub fn run(cmd: RunCommands, globals: &Globals) -> anyhow::Result<i32> {
                 interactive,
                 tty,
                 security_opt,
+                help: _,
                 image,
                 command,
             } = *args;

@@ -179,8 +179,13 @@ pub fn create(store: &Store, opts: &RunOptions) -> Result<ContainerRecord> {
     }
 
     let mut mounts: Vec<VolumeMount> = Vec::new();
+    let cwd = if opts.volumes.iter().any(|v| v.starts_with('.')) {
+        std::env::current_dir().context("finding the working directory for a relative -v path")?
+    } else {
+        std::path::PathBuf::from("/")
+    };
     for v in &opts.volumes {
-        let mut m = config::parse_volume(v)?;
+        let mut m = config::parse_volume(v, &cwd)?;
         if m.anonymous {
             m.source = random_hex(32);
         }

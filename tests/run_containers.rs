@@ -1,0 +1,60 @@
+//! Docker's container habits (issue 16): `run -h`, `--net`, relative `-v`, `--network
+//! container:NAME`, pause/unpause, top, start/restart. As root, on busybox images.
+
+mod common;
+mod run_fixtures;
+
+use run_fixtures::{busybox_image, kiln, Container};
+use serde_json::json;
+
+fn setup() -> tempfile::TempDir {
+    common::require_root();
+    let root = common::temp_root();
+    busybox_image(root.path(), "bb", json!({"Cmd": ["sh"]}));
+    root
+}
+
+fn out(o: &std::process::Output) -> (i32, String, String) {
+    (
+        o.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn hostname_short_flag_net_alias_and_relative_volume() {
+    let root = setup();
+    let r = root.path();
+    // -h is the hostname (docker's), --help still prints help.
+    assert_eq!(
+        common::kiln_ok(r, &["run", "--rm", "-h", "myhost", "bb", "hostname"]),
+        "myhost\n"
+    );
+    let help = common::kiln_ok(r, &["run", "--help"]);
+    assert!(help.contains("--hostname") && help.contains("-h"), "{help}");
+    // --net is --network.
+    let o = common::kiln_ok(r, &["run", "--rm", "--net", "host", "bb", "cat", "/proc/net/dev"]);
+    let host = std::fs::read_to_string("/proc/net/dev").unwrap();
+    assert_eq!(o.lines().count(), host.lines().count(), "{o}");
+    let o = common::kiln_ok(r, &["run", "--rm", "--net=none", "bb", "cat", "/proc/net/dev"]);
+    assert_eq!(o.lines().count(), 3, "only lo: {o}");
+    // -v ./dir:/x is relative to the working directory, as docker's.
+    let work = tempfile::tempdir().unwrap();
+    std::fs::create_dir(work.path().join("data")).unwrap();
+    std::fs::write(work.path().join("data/in.txt"), "from-host\n").unwrap();
+    let o = common::kiln_command()
+        .current_dir(work.path())
+        .arg("--root")
+        .arg(r)
+        .args(["run", "--rm", "-v", "./data:/x", "bb", "sh", "-c"])
+        .arg("cat /x/in.txt && echo written > /x/out.txt")
+        .output()
+        .unwrap();
+    let (code, stdout, stderr) = out(&o);
+    assert_eq!((code, stdout.as_str()), (0, "from-host\n"), "{stderr}");
+    assert_eq!(
+        std::fs::read_to_string(work.path().join("data/out.txt")).unwrap(),
+        "written\n"
+    );
+}
