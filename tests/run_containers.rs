@@ -34,10 +34,16 @@ fn hostname_short_flag_net_alias_and_relative_volume() {
     let help = common::kiln_ok(r, &["run", "--help"]);
     assert!(help.contains("--hostname") && help.contains("-h"), "{help}");
     // --net is --network.
-    let o = common::kiln_ok(r, &["run", "--rm", "--net", "host", "bb", "cat", "/proc/net/dev"]);
+    let o = common::kiln_ok(
+        r,
+        &["run", "--rm", "--net", "host", "bb", "cat", "/proc/net/dev"],
+    );
     let host = std::fs::read_to_string("/proc/net/dev").unwrap();
     assert_eq!(o.lines().count(), host.lines().count(), "{o}");
-    let o = common::kiln_ok(r, &["run", "--rm", "--net=none", "bb", "cat", "/proc/net/dev"]);
+    let o = common::kiln_ok(
+        r,
+        &["run", "--rm", "--net=none", "bb", "cat", "/proc/net/dev"],
+    );
     assert_eq!(o.lines().count(), 3, "only lo: {o}");
     // -v ./dir:/x is relative to the working directory, as docker's.
     let work = tempfile::tempdir().unwrap();
@@ -56,5 +62,106 @@ fn hostname_short_flag_net_alias_and_relative_volume() {
     assert_eq!(
         std::fs::read_to_string(work.path().join("data/out.txt")).unwrap(),
         "written\n"
+    );
+}
+
+#[test]
+fn network_container_shares_the_apps_loopback() {
+    let root = setup();
+    let r = root.path();
+    let app = Container::run(
+        r,
+        &[
+            "--name",
+            "app",
+            "bb",
+            "sh",
+            "-c",
+            "mkdir -p /www && echo hello-from-app > /www/index.html && \
+             exec httpd -f -p 127.0.0.1:8080 -h /www",
+        ],
+    );
+    // The test container reaches the app on localhost, with no bridge and no published port.
+    let body = run_fixtures::eventually(10, || {
+        let o = kiln(
+            r,
+            &[
+                "run",
+                "--rm",
+                "--network",
+                "container:app",
+                "bb",
+                "wget",
+                "-qO-",
+                "http://127.0.0.1:8080/",
+            ],
+        );
+        o.status
+            .success()
+            .then(|| String::from_utf8_lossy(&o.stdout).into_owned())
+    })
+    .expect("a container on the app's network reaches it on localhost");
+    assert_eq!(body, "hello-from-app\n");
+    // Same namespace: the same interfaces, and the app's hostname, as docker's.
+    let o = common::kiln_ok(
+        r,
+        &["run", "--rm", "--net", "container:app", "bb", "hostname"],
+    );
+    assert_eq!(o.trim(), &app.id[..12]);
+    let insp = {
+        let o = common::kiln_ok(
+            r,
+            &[
+                "run",
+                "-d",
+                "--network",
+                &format!("container:{}", &app.id[..10]),
+                "bb",
+                "true",
+            ],
+        );
+        let c = Container {
+            root: r.to_path_buf(),
+            id: o.trim().to_string(),
+        };
+        c.inspect()
+    };
+    assert_eq!(
+        insp["HostConfig"]["NetworkMode"],
+        format!("container:{}", app.id)
+    );
+    // Conflicting flags and a container that is not running: one clear error, exit 125.
+    let (code, _, stderr) = out(&kiln(
+        r,
+        &[
+            "run",
+            "--rm",
+            "--network",
+            "container:app",
+            "-p",
+            "9000:80",
+            "bb",
+            "true",
+        ],
+    ));
+    assert_eq!(code, 125, "{stderr}");
+    assert!(stderr.contains("port publishing"), "{stderr}");
+    let (code, _, stderr) = out(&kiln(
+        r,
+        &["run", "--rm", "--network", "container:nosuch", "bb", "true"],
+    ));
+    assert_eq!(code, 125, "{stderr}");
+    assert!(stderr.contains("no such container: nosuch"), "{stderr}");
+    common::kiln_ok(r, &["stop", "-t", "1", "app"]);
+    let (code, _, stderr) = out(&kiln(
+        r,
+        &["run", "--rm", "--network", "container:app", "bb", "true"],
+    ));
+    assert_eq!(code, 125, "{stderr}");
+    assert!(
+        stderr.contains(
+            "cannot join network namespace of a non running container: container app is exited"
+        ),
+        "{stderr}"
     );
 }

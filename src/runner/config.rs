@@ -209,8 +209,8 @@ pub fn parse_volume(spec: &str, cwd: &std::path::Path) -> Result<VolumeMount> {
             o => return Err(bad(&format!("unknown option {o:?}"))),
         }
     }
-    let relative = source == "." || source == ".." || source.starts_with("./")
-        || source.starts_with("../");
+    let relative =
+        source == "." || source == ".." || source.starts_with("./") || source.starts_with("../");
     let joined;
     let source = if relative {
         joined = normalize_path(&format!("{}/{source}", cwd.display()));

@@ -142,14 +142,48 @@ pub fn create(store: &Store, opts: &RunOptions) -> Result<ContainerRecord> {
         config::apply_env_flag(&mut env, e, |k| std::env::var(k).ok())?;
     }
 
+    // `container:NAME` shares that container's network namespace: recorded by ID, and the
+    // container must be running now (it is checked again when this one starts).
+    let mut shared_net: Option<ContainerRecord> = None;
     let network = match opts.network.as_str() {
-        "" | "none" => "none",
-        "host" => "host",
+        "" | "none" => "none".to_string(),
+        "host" => "host".to_string(),
+        n if n.starts_with("container:") => {
+            let other = state::find(store, &n["container:".len()..])
+                .with_context(|| format!("--network {n}"))?;
+            if other.status() != Status::Running {
+                bail!(
+                    "cannot join network namespace of a non running container: container {} \
+                     is {}: start it first",
+                    other.name,
+                    if other.status() == Status::Created {
+                        "created"
+                    } else {
+                        "exited"
+                    }
+                );
+            }
+            if !opts.publish.is_empty() || opts.publish_all {
+                bail!(
+                    "conflicting options: port publishing and the container type network mode \
+                     (publish the ports on container {} instead)",
+                    other.name
+                );
+            }
+            if opts.hostname.is_some() {
+                bail!("conflicting options: hostname and the network mode (container:)");
+            }
+            let mode = format!("container:{}", other.id);
+            shared_net = Some(other);
+            mode
+        }
         n => bail!(
             "network {n:?} is not supported: kiln has `none` (own namespace, loopback only, \
-             ports published through a proxy) and `host`"
+             ports published through a proxy), `host` and `container:NAME` (another running \
+             container's namespace)"
         ),
     };
+    let network = network.as_str();
     let exposed: Vec<String> = ic
         .exposed_ports()
         .clone()
@@ -235,10 +269,12 @@ pub fn create(store: &Store, opts: &RunOptions) -> Result<ContainerRecord> {
             .clone()
             .or_else(|| ic.user().clone())
             .unwrap_or_default(),
-        hostname: opts
-            .hostname
-            .clone()
-            .unwrap_or_else(|| id[..12].to_string()),
+        // Sharing a network namespace shares its hostname too, as docker's.
+        hostname: match (&opts.hostname, &shared_net) {
+            (Some(h), _) => h.clone(),
+            (None, Some(other)) => other.config.hostname.clone(),
+            (None, None) => id[..12].to_string(),
+        },
         network: network.to_string(),
         publish,
         mounts,
