@@ -165,3 +165,85 @@ fn network_container_shares_the_apps_loopback() {
         "{stderr}"
     );
 }
+
+fn read_counter(path: &std::path::Path) -> u64 {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .trim()
+        .parse()
+        .unwrap_or(0)
+}
+
+#[test]
+fn pause_stops_a_counter_and_unpause_resumes_it() {
+    let root = setup();
+    let r = root.path();
+    let data = tempfile::tempdir().unwrap();
+    let counter = data.path().join("c");
+    let vol = format!("{}:/out", data.path().display());
+    let c = Container::run(
+        r,
+        &[
+            "--name",
+            "count",
+            "-v",
+            &vol,
+            "bb",
+            "sh",
+            "-c",
+            "i=0; while true; do i=$((i+1)); echo $i > /out/c.new; mv /out/c.new /out/c; \
+             sleep 0.02; done",
+        ],
+    );
+    run_fixtures::eventually(10, || (read_counter(&counter) > 3).then_some(()))
+        .expect("the counter advances");
+    assert_eq!(common::kiln_ok(r, &["pause", "count"]), "count\n");
+    let ps = common::kiln_ok(r, &["ps"]);
+    assert!(ps.contains("(Paused)"), "{ps}");
+    let insp = c.inspect();
+    assert_eq!(insp["State"]["Paused"], true);
+    assert_eq!(insp["State"]["Status"], "paused");
+    let frozen_at = read_counter(&counter);
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert_eq!(read_counter(&counter), frozen_at, "a paused counter stays");
+    // Twice is an error, as docker's; exec is refused while paused.
+    let (code, _, stderr) = out(&kiln(r, &["pause", "count"]));
+    assert_eq!(code, 1);
+    assert!(stderr.contains("is already paused"), "{stderr}");
+    let (code, _, stderr) = out(&kiln(r, &["exec", "count", "true"]));
+    assert_ne!(code, 0);
+    assert!(
+        stderr.contains("unpause the container before exec"),
+        "{stderr}"
+    );
+    assert_eq!(common::kiln_ok(r, &["unpause", "count"]), "count\n");
+    run_fixtures::eventually(10, || {
+        (read_counter(&counter) > frozen_at + 3).then_some(())
+    })
+    .expect("the counter advances again after unpause");
+    assert!(!common::kiln_ok(r, &["ps"]).contains("(Paused)"));
+    let (code, _, stderr) = out(&kiln(r, &["unpause", "count"]));
+    assert_eq!(code, 1);
+    assert!(stderr.contains("is not paused"), "{stderr}");
+    // A paused container can be stopped (its stop signal arrives as it is thawed).
+    common::kiln_ok(r, &["pause", "count"]);
+    let t = std::time::Instant::now();
+    assert_eq!(
+        common::kiln_ok(r, &["stop", "-t", "20", "count"]),
+        "count\n"
+    );
+    assert!(
+        t.elapsed().as_secs() < 15,
+        "stop used the stop signal, not the timeout"
+    );
+    assert_eq!(c.inspect()["State"]["Status"], "exited");
+    // And killed: pause a fresh one, then rm -f.
+    let c2 = Container::run(r, &["--name", "count2", "bb", "sleep", "1000"]);
+    common::kiln_ok(r, &["pause", "count2"]);
+    common::kiln_ok(r, &["rm", "-f", "count2"]);
+    let (code, _, _) = out(&kiln(r, &["container", "inspect", &c2.id]));
+    assert_ne!(code, 0, "removed");
+    let (code, _, stderr) = out(&kiln(r, &["pause", "count"]));
+    assert_eq!(code, 1);
+    assert!(stderr.contains("is not running"), "{stderr}");
+}

@@ -92,6 +92,16 @@ pub enum RunCommands {
         #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
         command: Vec<String>,
     },
+    /// Pause all processes within containers (the cgroup freezer).
+    Pause {
+        #[arg(required = true)]
+        containers: Vec<String>,
+    },
+    /// Unpause all processes within containers.
+    Unpause {
+        #[arg(required = true)]
+        containers: Vec<String>,
+    },
     /// List a container's published ports, or the host address of one.
     Port {
         container: String,
@@ -306,6 +316,10 @@ pub fn run(cmd: RunCommands, globals: &Globals) -> anyhow::Result<i32> {
             let sig = runner::config::parse_signal(&signal)?;
             each(root, &containers, |_, rec| runner::signal(rec, sig))
         }
+        RunCommands::Pause { containers } => each(root, &containers, |_, rec| runner::pause(rec)),
+        RunCommands::Unpause { containers } => {
+            each(root, &containers, |_, rec| runner::unpause(rec))
+        }
         RunCommands::Rm {
             force,
             volumes,
@@ -342,6 +356,13 @@ pub fn run(cmd: RunCommands, globals: &Globals) -> anyhow::Result<i32> {
             let store = runner::open_store(root)?;
             let rec = state::find(&store, &container)?;
             drop(store);
+            if runner::is_paused(&rec) {
+                bail!(
+                    "container {} is paused, unpause the container before exec (kiln unpause {})",
+                    rec.id,
+                    container
+                );
+            }
             let opts = runner::exec::ExecOptions {
                 interactive: interactive || tty,
                 tty,
@@ -443,6 +464,9 @@ fn ps(root: &Path, all: bool, quiet: bool, no_trunc: bool) -> Result<i32> {
             command = command.chars().take(19).collect::<String>() + "…";
         }
         let status_text = match status {
+            Status::Running if runner::is_paused(&rec) => {
+                format!("Up {} (Paused)", human_duration(ago(rec.started_ns)))
+            }
             Status::Running => format!("Up {}", human_duration(ago(rec.started_ns))),
             Status::Created => "Created".into(),
             Status::Exited => format!(

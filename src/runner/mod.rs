@@ -596,7 +596,9 @@ pub fn wait_stopped(
     }
 }
 
-/// Sends `signal` to a running container's command (SIGKILL kills the whole container).
+/// Sends `signal` to a running container's command (SIGKILL kills the whole container). A
+/// paused container is thawed after a SIGKILL, so that it dies (on cgroup v1 a frozen task
+/// does not); other signals wait for `unpause`.
 pub fn signal(rec: &ContainerRecord, signal: i32) -> Result<()> {
     if rec.status() != Status::Running || rec.init_pid <= 0 {
         bail!("container {} is not running", rec.name);
@@ -606,7 +608,46 @@ pub fn signal(rec: &ContainerRecord, signal: i32) -> Result<()> {
         return Err(std::io::Error::last_os_error())
             .with_context(|| format!("signalling container {}", rec.name));
     }
+    if signal == libc::SIGKILL {
+        thaw_if_paused(rec)?;
+    }
     Ok(())
+}
+
+/// Whether a running container is paused (its cgroup frozen).
+pub fn is_paused(rec: &ContainerRecord) -> bool {
+    rec.init_pid > 0
+        && rec.status() == Status::Running
+        && crate::sandbox::cgroup::is_frozen(rec.init_pid)
+}
+
+fn thaw_if_paused(rec: &ContainerRecord) -> Result<()> {
+    if crate::sandbox::cgroup::is_frozen(rec.init_pid) {
+        crate::sandbox::cgroup::set_frozen(rec.init_pid, false)
+            .with_context(|| format!("thawing container {}", rec.name))?;
+    }
+    Ok(())
+}
+
+/// `kiln pause`: freezes every process of a running container (the cgroup freezer).
+pub fn pause(rec: &ContainerRecord) -> Result<()> {
+    if rec.status() != Status::Running || rec.init_pid <= 0 {
+        bail!("container {} is not running", rec.id);
+    }
+    if is_paused(rec) {
+        bail!("container {} is already paused", rec.id);
+    }
+    crate::sandbox::cgroup::set_frozen(rec.init_pid, true)
+        .with_context(|| format!("pausing container {}", rec.name))
+}
+
+/// `kiln unpause`: thaws a paused container.
+pub fn unpause(rec: &ContainerRecord) -> Result<()> {
+    if !is_paused(rec) {
+        bail!("container {} is not paused", rec.id);
+    }
+    crate::sandbox::cgroup::set_frozen(rec.init_pid, false)
+        .with_context(|| format!("unpausing container {}", rec.name))
 }
 
 /// `kiln stop`: the stop signal, then SIGKILL after `timeout`.
@@ -615,6 +656,8 @@ pub fn stop(store: &Store, rec: &ContainerRecord, timeout: std::time::Duration) 
         return Ok(());
     }
     signal(rec, rec.config.stop_signal)?;
+    // A paused container gets the stop signal when it is thawed: now, as docker's stop.
+    thaw_if_paused(rec)?;
     let after = wait_stopped(store, &rec.id, Some(timeout))?;
     if let Some(r) = after {
         if r.owner_alive() && r.status() == Status::Running {
@@ -638,6 +681,7 @@ pub fn rm(store: &Store, rec: &ContainerRecord, force: bool, volumes: bool) -> R
         if rec.init_pid > 0 {
             // SAFETY: kill(2) on the init of a live container.
             unsafe { libc::kill(rec.init_pid, libc::SIGKILL) };
+            thaw_if_paused(rec)?;
         }
         // The owner unmounts and removes the cgroup before it exits.
         let start = std::time::Instant::now();
@@ -726,9 +770,9 @@ pub fn inspect_json(store: &Store, rec: &ContainerRecord) -> serde_json::Value {
         "Path": args.first(),
         "Args": args.get(1..).unwrap_or(&[]),
         "State": {
-            "Status": match status { Status::Created => "created", Status::Running => "running", Status::Exited => "exited" },
+            "Status": match status { Status::Created => "created", Status::Running if is_paused(rec) => "paused", Status::Running => "running", Status::Exited => "exited" },
             "Running": status == Status::Running,
-            "Paused": false,
+            "Paused": status == Status::Running && is_paused(rec),
             "Restarting": false,
             "OOMKilled": rec.oom_killed,
             "Dead": false,
