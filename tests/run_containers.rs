@@ -247,3 +247,66 @@ fn pause_stops_a_counter_and_unpause_resumes_it() {
     assert_eq!(code, 1);
     assert!(stderr.contains("is not running"), "{stderr}");
 }
+
+#[test]
+fn top_lists_the_containers_processes_as_the_host_sees_them() {
+    let root = setup();
+    let r = root.path();
+    let c = Container::run(
+        r,
+        &[
+            "--name",
+            "busy",
+            "bb",
+            "sh",
+            "-c",
+            "sleep 1001 & sleep 1002",
+        ],
+    );
+    let top = run_fixtures::eventually(10, || {
+        let o = common::kiln_ok(r, &["top", "busy"]);
+        (o.contains("sleep 1001") && o.contains("sleep 1002")).then_some(o)
+    })
+    .expect("top shows both sleeps");
+    let mut lines = top.lines();
+    let header = lines.next().unwrap();
+    assert!(
+        header.starts_with("UID                 PID                 PPID"),
+        "docker's layout: {top}"
+    );
+    assert!(header.trim_end().ends_with("CMD"), "{top}");
+    // Host pids: each listed process is a real host process in the container's PID namespace.
+    let init = c.inspect()["State"]["Pid"].as_i64().unwrap();
+    let init_ns = std::fs::read_link(format!("/proc/{init}/ns/pid")).unwrap();
+    let pids: Vec<i64> = lines
+        .map(|l| l.split_whitespace().nth(1).unwrap().parse().unwrap())
+        .collect();
+    assert!(pids.len() >= 3, "init, sh, two sleeps: {top}");
+    for p in &pids {
+        assert_eq!(
+            std::fs::read_link(format!("/proc/{p}/ns/pid")).unwrap(),
+            init_ns,
+            "{top}"
+        );
+    }
+    assert!(
+        !top.contains("cargo") && !top.contains("run_containers"),
+        "{top}"
+    );
+    // ps options, as docker's `top C -o pid,comm`.
+    let o = common::kiln_ok(r, &["top", "busy", "-o", "pid,comm"]);
+    assert!(o.starts_with("PID                 COMMAND\n"), "{o}");
+    assert_eq!(
+        o.lines().filter(|l| l.ends_with(" sleep")).count(),
+        2,
+        "{o}"
+    );
+    let (code, _, stderr) = out(&kiln(r, &["top", "busy", "-o", "comm"]));
+    assert_eq!(code, 1);
+    assert!(stderr.contains("PID field"), "{stderr}");
+    common::kiln_ok(r, &["kill", "busy"]);
+    common::kiln_ok(r, &["wait", "busy"]);
+    let (code, _, stderr) = out(&kiln(r, &["top", "busy"]));
+    assert_eq!(code, 1);
+    assert!(stderr.contains("is not running"), "{stderr}");
+}

@@ -102,6 +102,13 @@ pub enum RunCommands {
         #[arg(required = true)]
         containers: Vec<String>,
     },
+    /// Display the running processes of a container (the host's ps, -ef by default).
+    Top {
+        container: String,
+        /// Options for ps (e.g. -o pid,comm).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        ps_options: Vec<String>,
+    },
     /// List a container's published ports, or the host address of one.
     Port {
         container: String,
@@ -319,6 +326,16 @@ pub fn run(cmd: RunCommands, globals: &Globals) -> anyhow::Result<i32> {
         RunCommands::Pause { containers } => each(root, &containers, |_, rec| runner::pause(rec)),
         RunCommands::Unpause { containers } => {
             each(root, &containers, |_, rec| runner::unpause(rec))
+        }
+        RunCommands::Top {
+            container,
+            ps_options,
+        } => {
+            let store = runner::open_store(root)?;
+            let rec = state::find(&store, &container)?;
+            let top = runner::top::top(&rec, &ps_options)?;
+            print!("{}", runner::top::format_table(&top));
+            Ok(0)
         }
         RunCommands::Rm {
             force,
