@@ -310,3 +310,82 @@ fn top_lists_the_containers_processes_as_the_host_sees_them() {
     assert_eq!(code, 1);
     assert!(stderr.contains("is not running"), "{stderr}");
 }
+
+#[test]
+fn start_and_restart_keep_the_writable_layer() {
+    let root = setup();
+    let r = root.path();
+    let c = Container::run(
+        r,
+        &[
+            "--name",
+            "keep",
+            "bb",
+            "sh",
+            "-c",
+            "echo run >> /etc/runs; echo runs=$(wc -l < /etc/runs); exit 3",
+        ],
+    );
+    assert_eq!(common::kiln_ok(r, &["wait", "keep"]), "3\n");
+    assert!(common::kiln_ok(r, &["logs", "keep"]).contains("runs=1"));
+    // The overlay is gone while it is stopped, its upperdir kept with the container.
+    let active = std::fs::read_dir(r.join("snapshots/active"))
+        .unwrap()
+        .count();
+    assert_eq!(
+        active, 0,
+        "no mounted snapshot while the container is stopped"
+    );
+    assert!(r
+        .join("containers")
+        .join(&c.id)
+        .join("upper/etc/runs")
+        .exists());
+    // start -a: attached, the container's output and exit code.
+    let (code, stdout, stderr) = out(&kiln(r, &["start", "-a", "keep"]));
+    assert_eq!((code, stdout.as_str()), (3, "runs=2\n"), "{stderr}");
+    // start: detached, prints the name, as docker's.
+    assert_eq!(common::kiln_ok(r, &["start", "keep"]), "keep\n");
+    assert_eq!(common::kiln_ok(r, &["wait", "keep"]), "3\n");
+    assert!(common::kiln_ok(r, &["logs", "keep"]).contains("runs=3"));
+    let (code, _, stderr) = out(&kiln(r, &["start", "nosuch"]));
+    assert_eq!(code, 1);
+    assert!(stderr.contains("no such container: nosuch"), "{stderr}");
+
+    // restart of a running container: stopped, then running again with its files.
+    let s = Container::run(
+        r,
+        &[
+            "--name",
+            "svc",
+            "bb",
+            "sh",
+            "-c",
+            "echo run >> /runs; echo svc-runs=$(wc -l < /runs); exec sleep 1000",
+        ],
+    );
+    let first_pid = s.inspect()["State"]["Pid"].as_i64().unwrap();
+    assert_eq!(common::kiln_ok(r, &["restart", "-t", "1", "svc"]), "svc\n");
+    let insp = s.inspect();
+    assert_eq!(insp["State"]["Status"], "running");
+    assert_ne!(insp["State"]["Pid"].as_i64().unwrap(), first_pid);
+    run_fixtures::eventually(10, || {
+        common::kiln_ok(r, &["logs", "svc"])
+            .contains("svc-runs=2")
+            .then_some(())
+    })
+    .expect("the restarted container saw its first run's file");
+    // start of a running container changes nothing.
+    assert_eq!(common::kiln_ok(r, &["start", "svc"]), "svc\n");
+    assert_eq!(s.inspect()["State"]["Pid"], insp["State"]["Pid"]);
+    common::kiln_ok(r, &["rm", "-f", "svc"]);
+    assert!(!r.join("containers").join(&s.id).exists());
+    // --rm containers keep nothing.
+    common::kiln_ok(r, &["run", "--rm", "bb", "touch", "/x"]);
+    assert_eq!(
+        std::fs::read_dir(r.join("snapshots/active"))
+            .unwrap()
+            .count(),
+        0
+    );
+}

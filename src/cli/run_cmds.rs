@@ -47,6 +47,22 @@ pub enum RunCommands {
         #[arg(required = true)]
         containers: Vec<String>,
     },
+    /// Start stopped containers (their writable layer as they left it).
+    Start {
+        /// Attach the container's output and wait for its exit code.
+        #[arg(short = 'a', long)]
+        attach: bool,
+        #[arg(required = true)]
+        containers: Vec<String>,
+    },
+    /// Restart containers (stop, then start).
+    Restart {
+        /// Seconds to wait before killing.
+        #[arg(short = 't', long = "time", default_value_t = 10)]
+        time: u64,
+        #[arg(required = true)]
+        containers: Vec<String>,
+    },
     /// Send a signal to running containers.
     Kill {
         /// Signal (name or number).
@@ -318,6 +334,22 @@ pub fn run(cmd: RunCommands, globals: &Globals) -> anyhow::Result<i32> {
         } => logs(root, follow, &tail, &container),
         RunCommands::Stop { time, containers } => each(root, &containers, |store, rec| {
             runner::stop(store, rec, Duration::from_secs(time))
+        }),
+        RunCommands::Start { attach, containers } => {
+            if !attach {
+                return each(root, &containers, |store, rec| {
+                    runner::start_detached(store, rec)
+                });
+            }
+            if containers.len() > 1 {
+                bail!("you cannot start and attach multiple containers at once");
+            }
+            let store = runner::open_store(root)?;
+            let rec = state::find(&store, &containers[0])?;
+            runner::start_attached(&store, &rec)
+        }
+        RunCommands::Restart { time, containers } => each(root, &containers, |store, rec| {
+            runner::restart(store, rec, Duration::from_secs(time))
         }),
         RunCommands::Kill { signal, containers } => {
             let sig = runner::config::parse_signal(&signal)?;

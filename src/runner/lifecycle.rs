@@ -40,6 +40,11 @@ pub struct Started {
     pub ports: Vec<PortBinding>,
 }
 
+/// A container's writable layer (kept across runs): `ROOT/containers/<id>/upper`.
+pub fn upper_dir(store: &Store, id: &str) -> PathBuf {
+    container_dir(store, id).join("upper")
+}
+
 /// A container's directory: `ROOT/containers/<id>`.
 pub fn container_dir(store: &Store, id: &str) -> PathBuf {
     store.root().join("containers").join(id)
@@ -76,8 +81,17 @@ pub fn start(store: &Store, rec: &ContainerRecord, mode: StreamMode) -> Result<S
     let snapshotter = Snapshotter::new(root)?;
     let manifest = store.manifest(&rec.manifest)?;
     let lowers = snapshotter.image_lowers(store, &manifest, &image_config)?;
-    // Volatile: a container's upperdir is never reused after a crash.
-    let snapshot = snapshotter.prepare(&lowers, &PrepareOptions { volatile: true })?;
+    // A `--rm` container's upperdir is thrown away (volatile: no syncs); any other keeps its
+    // writable layer in `containers/<id>/upper` for `kiln start` (synced as usual).
+    let snapshot = if cfg.auto_remove {
+        snapshotter.prepare(&lowers, &PrepareOptions { volatile: true })?
+    } else {
+        snapshotter.prepare_with_upper(
+            &lowers,
+            &PrepareOptions { volatile: false },
+            &upper_dir(store, &rec.id),
+        )?
+    };
     let mounts = volumes::sandbox_mounts(root, &snapshot.merged(), &cfg.mounts)?;
 
     let network = match cfg.network.as_str() {

@@ -575,6 +575,62 @@ pub fn monitor(root: &Path, id: &str) -> i32 {
     }
 }
 
+/// `kiln start`: runs an exited (or created) container again, with its writable layer as it
+/// left it, under a new detached monitor. A running container is left alone, as docker's.
+pub fn start_detached(store: &Store, rec: &ContainerRecord) -> Result<()> {
+    recover(store);
+    let rec = startable(store, rec)?;
+    let Some(rec) = rec else { return Ok(()) };
+    spawn_monitor(store, &rec).map_err(|(_, msg)| anyhow::anyhow!("{msg}"))
+}
+
+/// `kiln start -a`: like `start_detached`, but this process owns the container and streams its
+/// output; returns its exit code.
+pub fn start_attached(store: &Store, rec: &ContainerRecord) -> Result<i32> {
+    recover(store);
+    let Some(rec) = startable(store, rec)? else {
+        bail!(
+            "container {} is already running: use kiln logs -f {} to follow it",
+            rec.name,
+            rec.name
+        );
+    };
+    // SAFETY: getpid has no preconditions.
+    state::set_owner(store, &rec.id, unsafe { libc::getpid() })?;
+    let started = match lifecycle::start(store, &rec, StreamMode::Tee) {
+        Ok(s) => s,
+        Err(e) => {
+            let code = lifecycle::start_failure_code(&e);
+            let _ = state::set_exited(store, &rec.id, code, false, &format!("{e:#}"));
+            return Err(e.context(format!("starting container {}", rec.name)));
+        }
+    };
+    forward_signals_to(started.running.pid());
+    Ok(lifecycle::finish(store, &rec, started)?.code)
+}
+
+/// The fresh record of a container that can be started, `None` when it is running already.
+fn startable(store: &Store, rec: &ContainerRecord) -> Result<Option<ContainerRecord>> {
+    let rec =
+        state::get(store, &rec.id)?.with_context(|| format!("no such container: {}", rec.name))?;
+    match rec.status() {
+        Status::Running => Ok(None),
+        _ if rec.owner_alive() => bail!(
+            "container {} is being started or stopped by process {}: try again in a moment",
+            rec.name,
+            rec.owner_pid
+        ),
+        _ => Ok(Some(rec)),
+    }
+}
+
+/// `kiln restart`: stops the container if it runs (stop signal, SIGKILL after `timeout`), then
+/// starts it again detached.
+pub fn restart(store: &Store, rec: &ContainerRecord, timeout: std::time::Duration) -> Result<()> {
+    stop(store, rec, timeout)?;
+    start_detached(store, rec)
+}
+
 /// Waits until the container is no longer running (or gone); returns the fresh record.
 pub fn wait_stopped(
     store: &Store,
