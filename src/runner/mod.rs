@@ -680,8 +680,15 @@ pub fn is_paused(rec: &ContainerRecord) -> bool {
 
 fn thaw_if_paused(rec: &ContainerRecord) -> Result<()> {
     if crate::sandbox::cgroup::is_frozen(rec.init_pid) {
-        crate::sandbox::cgroup::set_frozen(rec.init_pid, false)
-            .with_context(|| format!("thawing container {}", rec.name))?;
+        match crate::sandbox::cgroup::set_frozen(rec.init_pid, false) {
+            Ok(()) => {}
+            // The signal ended it (a fatal signal can reach a frozen task) and its owner
+            // already removed the cgroup: nothing left to thaw.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                return Err(e).with_context(|| format!("thawing container {}", rec.name));
+            }
+        }
     }
     Ok(())
 }

@@ -414,6 +414,12 @@ fn parse_dir_of(text: &str, version: CgroupVersion, controller: &str) -> Option<
 /// The freezer of the cgroup process `pid` is in: `freezer.state` (v1) or `cgroup.freeze` (v2).
 fn freezer_of(pid: i32) -> io::Result<(CgroupVersion, PathBuf)> {
     let version = detect();
+    if !Path::new(&format!("/proc/{pid}")).exists() {
+        return Err(io::Error::new(
+            io::ErrorKind::NotFound,
+            format!("process {pid} is gone"),
+        ));
+    }
     let dir = dir_of(pid, "freezer").ok_or_else(|| {
         io::Error::new(
             io::ErrorKind::Unsupported,
@@ -448,23 +454,19 @@ pub fn is_frozen(pid: i32) -> bool {
 /// execution), and waits until the kernel says it is done.
 pub fn set_frozen(pid: i32, frozen: bool) -> io::Result<()> {
     let (version, dir) = freezer_of(pid)?;
-    let (file, value, done_file, done): (&str, &str, &str, &dyn Fn(&str) -> bool) = match version {
-        CgroupVersion::V1 => (
-            "freezer.state",
-            if frozen { "FROZEN" } else { "THAWED" },
-            "freezer.state",
-            &|s: &str| s.trim() == if frozen { "FROZEN" } else { "THAWED" },
-        ),
+    let (file, value, done_file, want) = match version {
+        CgroupVersion::V1 => {
+            let v = if frozen { "FROZEN" } else { "THAWED" };
+            ("freezer.state", v, "freezer.state", v)
+        }
         CgroupVersion::V2 => (
             "cgroup.freeze",
             if frozen { "1" } else { "0" },
             "cgroup.events",
-            &|s: &str| {
-                s.lines()
-                    .any(|l| l.trim() == if frozen { "frozen 1" } else { "frozen 0" })
-            },
+            if frozen { "frozen 1" } else { "frozen 0" },
         ),
     };
+    let done = |s: &str| s.lines().any(|l| l.trim() == want);
     let start = std::time::Instant::now();
     loop {
         // v1 can stay FREEZING while a task is busy in the kernel; writing again retries it.
