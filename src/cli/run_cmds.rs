@@ -52,6 +52,22 @@ pub enum RunCommands {
         #[arg(required = true)]
         containers: Vec<String>,
     },
+    /// Start stopped containers (their writable layer as they left it).
+    Start {
+        /// Attach the container's output and wait for its exit code.
+        #[arg(short = 'a', long)]
+        attach: bool,
+        #[arg(required = true)]
+        containers: Vec<String>,
+    },
+    /// Restart containers (stop, then start).
+    Restart {
+        /// Seconds to wait before killing.
+        #[arg(short = 't', long = "time", default_value_t = 10)]
+        time: u64,
+        #[arg(required = true)]
+        containers: Vec<String>,
+    },
     /// Send a signal to running containers.
     Kill {
         /// Signal (name or number).
@@ -96,6 +112,23 @@ pub enum RunCommands {
         container: String,
         #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
         command: Vec<String>,
+    },
+    /// Pause all processes within containers (the cgroup freezer).
+    Pause {
+        #[arg(required = true)]
+        containers: Vec<String>,
+    },
+    /// Unpause all processes within containers.
+    Unpause {
+        #[arg(required = true)]
+        containers: Vec<String>,
+    },
+    /// Display the running processes of a container (the host's ps, -ef by default).
+    Top {
+        container: String,
+        /// Options for ps (e.g. -o pid,comm).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        ps_options: Vec<String>,
     },
     /// List a container's published ports, or the host address of one.
     Port {
@@ -152,8 +185,9 @@ pub struct RunArgs {
     /// Publish every EXPOSEd port on a free host port.
     #[arg(short = 'P', long = "publish-all")]
     publish_all: bool,
-    /// none (own network namespace, loopback only) or host.
-    #[arg(long, default_value = "none")]
+    /// none (own network namespace, loopback only), host, or container:NAME (share that running
+    /// container's network namespace).
+    #[arg(long, visible_alias = "net", default_value = "none")]
     network: String,
     /// The container's hostname (default: the short container ID).
     #[arg(short = 'h', long)]
@@ -307,9 +341,39 @@ pub fn run(cmd: RunCommands, globals: &Globals) -> anyhow::Result<i32> {
         RunCommands::Stop { time, containers } => each(root, &containers, |store, rec| {
             runner::stop(store, rec, Duration::from_secs(time))
         }),
+        RunCommands::Start { attach, containers } => {
+            if !attach {
+                return each(root, &containers, |store, rec| {
+                    runner::start_detached(store, rec)
+                });
+            }
+            if containers.len() > 1 {
+                bail!("you cannot start and attach multiple containers at once");
+            }
+            let store = runner::open_store(root)?;
+            let rec = state::find(&store, &containers[0])?;
+            runner::start_attached(&store, &rec)
+        }
+        RunCommands::Restart { time, containers } => each(root, &containers, |store, rec| {
+            runner::restart(store, rec, Duration::from_secs(time))
+        }),
         RunCommands::Kill { signal, containers } => {
             let sig = runner::config::parse_signal(&signal)?;
             each(root, &containers, |_, rec| runner::signal(rec, sig))
+        }
+        RunCommands::Pause { containers } => each(root, &containers, |_, rec| runner::pause(rec)),
+        RunCommands::Unpause { containers } => {
+            each(root, &containers, |_, rec| runner::unpause(rec))
+        }
+        RunCommands::Top {
+            container,
+            ps_options,
+        } => {
+            let store = runner::open_store(root)?;
+            let rec = state::find(&store, &container)?;
+            let top = runner::top::top(&rec, &ps_options)?;
+            print!("{}", runner::top::format_table(&top));
+            Ok(0)
         }
         RunCommands::Rm {
             force,
@@ -347,6 +411,13 @@ pub fn run(cmd: RunCommands, globals: &Globals) -> anyhow::Result<i32> {
             let store = runner::open_store(root)?;
             let rec = state::find(&store, &container)?;
             drop(store);
+            if runner::is_paused(&rec) {
+                bail!(
+                    "container {} is paused, unpause the container before exec (kiln unpause {})",
+                    rec.id,
+                    container
+                );
+            }
             let opts = runner::exec::ExecOptions {
                 interactive: interactive || tty,
                 tty,
@@ -448,6 +519,9 @@ fn ps(root: &Path, all: bool, quiet: bool, no_trunc: bool) -> Result<i32> {
             command = command.chars().take(19).collect::<String>() + "…";
         }
         let status_text = match status {
+            Status::Running if runner::is_paused(&rec) => {
+                format!("Up {} (Paused)", human_duration(ago(rec.started_ns)))
+            }
             Status::Running => format!("Up {}", human_duration(ago(rec.started_ns))),
             Status::Created => "Created".into(),
             Status::Exited => format!(

@@ -178,13 +178,15 @@ pub fn valid_volume_name(name: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || b"_.-".contains(c))
 }
 
-/// Parses one `-v` value: `/host:/ctr[:ro]`, `name:/ctr[:ro]` or `/ctr` (an anonymous volume;
-/// the caller names it).
-pub fn parse_volume(spec: &str) -> Result<VolumeMount> {
+/// Parses one `-v` value: `/host:/ctr[:ro]`, `./rel:/ctr[:ro]` (a host path relative to `cwd`,
+/// as docker's: it must start with `.`), `name:/ctr[:ro]` or `/ctr` (an anonymous volume; the
+/// caller names it).
+pub fn parse_volume(spec: &str, cwd: &std::path::Path) -> Result<VolumeMount> {
     let bad = |why: &str| {
         anyhow::anyhow!(
             "invalid volume specification {spec:?}: {why} (expected /host/path:/container/path, \
-             name:/container/path or /container/path, with an optional :ro or :rw)"
+             ./relative/path:/container/path, name:/container/path or /container/path, with an \
+             optional :ro or :rw)"
         )
     };
     let parts: Vec<&str> = spec.split(':').collect();
@@ -207,6 +209,15 @@ pub fn parse_volume(spec: &str) -> Result<VolumeMount> {
             o => return Err(bad(&format!("unknown option {o:?}"))),
         }
     }
+    let relative =
+        source == "." || source == ".." || source.starts_with("./") || source.starts_with("../");
+    let joined;
+    let source = if relative {
+        joined = normalize_path(&format!("{}/{source}", cwd.display()));
+        joined.as_str()
+    } else {
+        source
+    };
     let (kind, anonymous) = if source.is_empty() {
         (MountType::Volume, true)
     } else if source.starts_with('/') {
@@ -506,18 +517,27 @@ mod tests {
 
     #[test]
     fn volume_forms() {
-        let v = parse_volume("/srv/data:/data:ro").unwrap();
+        let cwd = std::path::Path::new("/work/app");
+        let v = parse_volume("/srv/data:/data:ro", cwd).unwrap();
         assert_eq!(v.kind, MountType::Bind);
         assert!(v.readonly);
-        let v = parse_volume("data:/data/").unwrap();
+        for (rel, abs) in [
+            ("./src:/x", "/work/app/src"),
+            (".:/x", "/work/app"),
+            ("../lib/./a:/x:ro", "/work/lib/a"),
+        ] {
+            let v = parse_volume(rel, cwd).unwrap();
+            assert_eq!((v.kind, v.source.as_str()), (MountType::Bind, abs), "{rel}");
+        }
+        let v = parse_volume("data:/data/", cwd).unwrap();
         assert_eq!(
             (v.kind, v.source.as_str(), v.target.as_str()),
             (MountType::Volume, "data", "/data")
         );
-        let v = parse_volume("/cache").unwrap();
+        let v = parse_volume("/cache", cwd).unwrap();
         assert!(v.anonymous);
-        for bad in ["data", "a:b", "x!:/d", "/a:/b:bogus", "a:/b:ro:x"] {
-            assert!(parse_volume(bad).is_err(), "{bad:?}");
+        for bad in ["data", "a:b", "x!:/d", "/a:/b:bogus", "a:/b:ro:x", ".x:/d"] {
+            assert!(parse_volume(bad, cwd).is_err(), "{bad:?}");
         }
     }
 

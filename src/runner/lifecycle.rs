@@ -40,6 +40,11 @@ pub struct Started {
     pub ports: Vec<PortBinding>,
 }
 
+/// A container's writable layer (kept across runs): `ROOT/containers/<id>/upper`.
+pub fn upper_dir(store: &Store, id: &str) -> PathBuf {
+    container_dir(store, id).join("upper")
+}
+
 /// A container's directory: `ROOT/containers/<id>`.
 pub fn container_dir(store: &Store, id: &str) -> PathBuf {
     store.root().join("containers").join(id)
@@ -76,14 +81,25 @@ pub fn start(store: &Store, rec: &ContainerRecord, mode: StreamMode) -> Result<S
     let snapshotter = Snapshotter::new(root)?;
     let manifest = store.manifest(&rec.manifest)?;
     let lowers = snapshotter.image_lowers(store, &manifest, &image_config)?;
-    // Volatile: a container's upperdir is never reused after a crash.
-    let snapshot = snapshotter.prepare(&lowers, &PrepareOptions { volatile: true })?;
+    // A `--rm` container's upperdir is thrown away (volatile: no syncs); any other keeps its
+    // writable layer in `containers/<id>/upper` for `kiln start` (synced as usual).
+    let snapshot = if cfg.auto_remove {
+        snapshotter.prepare(&lowers, &PrepareOptions { volatile: true })?
+    } else {
+        snapshotter.prepare_with_upper(
+            &lowers,
+            &PrepareOptions { volatile: false },
+            &upper_dir(store, &rec.id),
+        )?
+    };
     let mounts = volumes::sandbox_mounts(root, &snapshot.merged(), &cfg.mounts)?;
 
-    let network = if cfg.network == "host" {
-        Network::Host
-    } else {
-        Network::None
+    let network = match cfg.network.as_str() {
+        "host" => Network::Host,
+        n => match n.strip_prefix("container:") {
+            Some(other) => Network::Join(shared_netns(store, other)?),
+            None => Network::None,
+        },
     };
     let (ports, listeners) = if network == Network::None {
         proxy::bind(&cfg.publish)?
@@ -100,7 +116,7 @@ pub fn start(store: &Store, rec: &ContainerRecord, mode: StreamMode) -> Result<S
     });
     spec.user = cfg.user.clone();
     spec.hostname = cfg.hostname.clone();
-    spec.network = network;
+    spec.network = network.clone();
     spec.mounts = mounts;
     spec.seccomp = cfg.seccomp.to_sandbox()?;
     spec.resources = Resources {
@@ -288,4 +304,33 @@ fn open_netns_unless_exited(running: &sandbox::Running) -> std::io::Result<Optio
         std::thread::sleep(std::time::Duration::from_millis(2));
     }
     Err(last_err.unwrap_or_else(|| std::io::Error::other("no network namespace")))
+}
+
+/// Opens the network namespace of the running container `id` (`--network container:ID`).
+fn shared_netns(store: &Store, id: &str) -> Result<sandbox::NetnsFd> {
+    let not_running = |name: &str| {
+        anyhow::anyhow!(
+            "cannot join network namespace of a non running container: container {name} is not \
+             running: start it first"
+        )
+    };
+    let other = state::get(store, id)?.ok_or_else(|| {
+        anyhow::anyhow!(
+            "cannot join network namespace of container {}: no such container (it was removed)",
+            &id[..12.min(id.len())]
+        )
+    })?;
+    if other.status() != state::Status::Running || other.init_pid <= 0 {
+        return Err(not_running(&other.name));
+    }
+    let path = format!("/proc/{}/ns/net", other.init_pid);
+    let ns = File::open(&path)
+        .map_err(|_| not_running(&other.name))
+        .with_context(|| format!("opening {path}"))?;
+    // The init may have ended (and its pid been reused) between the read and the open.
+    match state::get(store, id)? {
+        Some(r) if r.status() == state::Status::Running && r.init_pid == other.init_pid => {}
+        _ => return Err(not_running(&other.name)),
+    }
+    Ok(sandbox::NetnsFd(std::sync::Arc::new(ns)))
 }

@@ -21,6 +21,7 @@ pub mod lifecycle;
 pub mod logs;
 pub mod proxy;
 pub mod state;
+pub mod top;
 pub mod volumes;
 
 use std::io::Write;
@@ -142,14 +143,48 @@ pub fn create(store: &Store, opts: &RunOptions) -> Result<ContainerRecord> {
         config::apply_env_flag(&mut env, e, |k| std::env::var(k).ok())?;
     }
 
+    // `container:NAME` shares that container's network namespace: recorded by ID, and the
+    // container must be running now (it is checked again when this one starts).
+    let mut shared_net: Option<ContainerRecord> = None;
     let network = match opts.network.as_str() {
-        "" | "none" => "none",
-        "host" => "host",
+        "" | "none" => "none".to_string(),
+        "host" => "host".to_string(),
+        n if n.starts_with("container:") => {
+            let other = state::find(store, &n["container:".len()..])
+                .with_context(|| format!("--network {n}"))?;
+            if other.status() != Status::Running {
+                bail!(
+                    "cannot join network namespace of a non running container: container {} \
+                     is {}: start it first",
+                    other.name,
+                    if other.status() == Status::Created {
+                        "created"
+                    } else {
+                        "exited"
+                    }
+                );
+            }
+            if !opts.publish.is_empty() || opts.publish_all {
+                bail!(
+                    "conflicting options: port publishing and the container type network mode \
+                     (publish the ports on container {} instead)",
+                    other.name
+                );
+            }
+            if opts.hostname.is_some() {
+                bail!("conflicting options: hostname and the network mode (container:)");
+            }
+            let mode = format!("container:{}", other.id);
+            shared_net = Some(other);
+            mode
+        }
         n => bail!(
             "network {n:?} is not supported: kiln has `none` (own namespace, loopback only, \
-             ports published through a proxy) and `host`"
+             ports published through a proxy), `host` and `container:NAME` (another running \
+             container's namespace)"
         ),
     };
+    let network = network.as_str();
     let exposed: Vec<String> = ic
         .exposed_ports()
         .clone()
@@ -179,8 +214,13 @@ pub fn create(store: &Store, opts: &RunOptions) -> Result<ContainerRecord> {
     }
 
     let mut mounts: Vec<VolumeMount> = Vec::new();
+    let cwd = if opts.volumes.iter().any(|v| v.starts_with('.')) {
+        std::env::current_dir().context("finding the working directory for a relative -v path")?
+    } else {
+        std::path::PathBuf::from("/")
+    };
     for v in &opts.volumes {
-        let mut m = config::parse_volume(v)?;
+        let mut m = config::parse_volume(v, &cwd)?;
         if m.anonymous {
             m.source = random_hex(32);
         }
@@ -230,10 +270,12 @@ pub fn create(store: &Store, opts: &RunOptions) -> Result<ContainerRecord> {
             .clone()
             .or_else(|| ic.user().clone())
             .unwrap_or_default(),
-        hostname: opts
-            .hostname
-            .clone()
-            .unwrap_or_else(|| id[..12].to_string()),
+        // Sharing a network namespace shares its hostname too, as docker's.
+        hostname: match (&opts.hostname, &shared_net) {
+            (Some(h), _) => h.clone(),
+            (None, Some(other)) => other.config.hostname.clone(),
+            (None, None) => id[..12].to_string(),
+        },
         network: network.to_string(),
         publish,
         mounts,
@@ -533,6 +575,62 @@ pub fn monitor(root: &Path, id: &str) -> i32 {
     }
 }
 
+/// `kiln start`: runs an exited (or created) container again, with its writable layer as it
+/// left it, under a new detached monitor. A running container is left alone, as docker's.
+pub fn start_detached(store: &Store, rec: &ContainerRecord) -> Result<()> {
+    recover(store);
+    let rec = startable(store, rec)?;
+    let Some(rec) = rec else { return Ok(()) };
+    spawn_monitor(store, &rec).map_err(|(_, msg)| anyhow::anyhow!("{msg}"))
+}
+
+/// `kiln start -a`: like `start_detached`, but this process owns the container and streams its
+/// output; returns its exit code.
+pub fn start_attached(store: &Store, rec: &ContainerRecord) -> Result<i32> {
+    recover(store);
+    let Some(rec) = startable(store, rec)? else {
+        bail!(
+            "container {} is already running: use kiln logs -f {} to follow it",
+            rec.name,
+            rec.name
+        );
+    };
+    // SAFETY: getpid has no preconditions.
+    state::set_owner(store, &rec.id, unsafe { libc::getpid() })?;
+    let started = match lifecycle::start(store, &rec, StreamMode::Tee) {
+        Ok(s) => s,
+        Err(e) => {
+            let code = lifecycle::start_failure_code(&e);
+            let _ = state::set_exited(store, &rec.id, code, false, &format!("{e:#}"));
+            return Err(e.context(format!("starting container {}", rec.name)));
+        }
+    };
+    forward_signals_to(started.running.pid());
+    Ok(lifecycle::finish(store, &rec, started)?.code)
+}
+
+/// The fresh record of a container that can be started, `None` when it is running already.
+fn startable(store: &Store, rec: &ContainerRecord) -> Result<Option<ContainerRecord>> {
+    let rec =
+        state::get(store, &rec.id)?.with_context(|| format!("no such container: {}", rec.name))?;
+    match rec.status() {
+        Status::Running => Ok(None),
+        _ if rec.owner_alive() => bail!(
+            "container {} is being started or stopped by process {}: try again in a moment",
+            rec.name,
+            rec.owner_pid
+        ),
+        _ => Ok(Some(rec)),
+    }
+}
+
+/// `kiln restart`: stops the container if it runs (stop signal, SIGKILL after `timeout`), then
+/// starts it again detached.
+pub fn restart(store: &Store, rec: &ContainerRecord, timeout: std::time::Duration) -> Result<()> {
+    stop(store, rec, timeout)?;
+    start_detached(store, rec)
+}
+
 /// Waits until the container is no longer running (or gone); returns the fresh record.
 pub fn wait_stopped(
     store: &Store,
@@ -555,7 +653,9 @@ pub fn wait_stopped(
     }
 }
 
-/// Sends `signal` to a running container's command (SIGKILL kills the whole container).
+/// Sends `signal` to a running container's command (SIGKILL kills the whole container). A
+/// paused container is thawed after a SIGKILL, so that it dies (on cgroup v1 a frozen task
+/// does not); other signals wait for `unpause`.
 pub fn signal(rec: &ContainerRecord, signal: i32) -> Result<()> {
     if rec.status() != Status::Running || rec.init_pid <= 0 {
         bail!("container {} is not running", rec.name);
@@ -565,7 +665,53 @@ pub fn signal(rec: &ContainerRecord, signal: i32) -> Result<()> {
         return Err(std::io::Error::last_os_error())
             .with_context(|| format!("signalling container {}", rec.name));
     }
+    if signal == libc::SIGKILL {
+        thaw_if_paused(rec)?;
+    }
     Ok(())
+}
+
+/// Whether a running container is paused (its cgroup frozen).
+pub fn is_paused(rec: &ContainerRecord) -> bool {
+    rec.init_pid > 0
+        && rec.status() == Status::Running
+        && crate::sandbox::cgroup::is_frozen(rec.init_pid)
+}
+
+fn thaw_if_paused(rec: &ContainerRecord) -> Result<()> {
+    if crate::sandbox::cgroup::is_frozen(rec.init_pid) {
+        match crate::sandbox::cgroup::set_frozen(rec.init_pid, false) {
+            Ok(()) => {}
+            // The signal ended it (a fatal signal can reach a frozen task) and its owner
+            // already removed the cgroup: nothing left to thaw.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                return Err(e).with_context(|| format!("thawing container {}", rec.name));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `kiln pause`: freezes every process of a running container (the cgroup freezer).
+pub fn pause(rec: &ContainerRecord) -> Result<()> {
+    if rec.status() != Status::Running || rec.init_pid <= 0 {
+        bail!("container {} is not running", rec.id);
+    }
+    if is_paused(rec) {
+        bail!("container {} is already paused", rec.id);
+    }
+    crate::sandbox::cgroup::set_frozen(rec.init_pid, true)
+        .with_context(|| format!("pausing container {}", rec.name))
+}
+
+/// `kiln unpause`: thaws a paused container.
+pub fn unpause(rec: &ContainerRecord) -> Result<()> {
+    if !is_paused(rec) {
+        bail!("container {} is not paused", rec.id);
+    }
+    crate::sandbox::cgroup::set_frozen(rec.init_pid, false)
+        .with_context(|| format!("unpausing container {}", rec.name))
 }
 
 /// `kiln stop`: the stop signal, then SIGKILL after `timeout`.
@@ -574,6 +720,8 @@ pub fn stop(store: &Store, rec: &ContainerRecord, timeout: std::time::Duration) 
         return Ok(());
     }
     signal(rec, rec.config.stop_signal)?;
+    // A paused container gets the stop signal when it is thawed: now, as docker's stop.
+    thaw_if_paused(rec)?;
     let after = wait_stopped(store, &rec.id, Some(timeout))?;
     if let Some(r) = after {
         if r.owner_alive() && r.status() == Status::Running {
@@ -597,6 +745,7 @@ pub fn rm(store: &Store, rec: &ContainerRecord, force: bool, volumes: bool) -> R
         if rec.init_pid > 0 {
             // SAFETY: kill(2) on the init of a live container.
             unsafe { libc::kill(rec.init_pid, libc::SIGKILL) };
+            thaw_if_paused(rec)?;
         }
         // The owner unmounts and removes the cgroup before it exits.
         let start = std::time::Instant::now();
@@ -685,9 +834,9 @@ pub fn inspect_json(store: &Store, rec: &ContainerRecord) -> serde_json::Value {
         "Path": args.first(),
         "Args": args.get(1..).unwrap_or(&[]),
         "State": {
-            "Status": match status { Status::Created => "created", Status::Running => "running", Status::Exited => "exited" },
+            "Status": match status { Status::Created => "created", Status::Running if is_paused(rec) => "paused", Status::Running => "running", Status::Exited => "exited" },
             "Running": status == Status::Running,
-            "Paused": false,
+            "Paused": status == Status::Running && is_paused(rec),
             "Restarting": false,
             "OOMKilled": rec.oom_killed,
             "Dead": false,

@@ -14,9 +14,10 @@ use super::{device_filter, Resources};
 
 const CGROUP_ROOT: &str = "/sys/fs/cgroup";
 
-/// The v1 controllers kiln makes cgroups in (`devices` for every execution, the others for
-/// limits); `recover` and `kiln exec` look in each.
-pub const V1_CONTROLLERS: &[&str] = &["memory", "cpu", "cpuset", "pids", "devices"];
+/// The v1 controllers kiln makes cgroups in (`devices` and `freezer` for every execution, the
+/// others for limits); `recover` and `kiln exec` look in each.
+/// `freezer` comes first: recovery thaws and empties a frozen cgroup there before the others.
+pub const V1_CONTROLLERS: &[&str] = &["freezer", "memory", "cpu", "cpuset", "pids", "devices"];
 
 /// A device cgroup rule: `kind` `b` or `c`, `None` for `*`, `access` of `r` `w` `m`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -147,20 +148,21 @@ impl Cgroup {
                 let devices = Path::new(CGROUP_ROOT)
                     .join("devices/devices.allow")
                     .exists();
+                let freezer = Path::new(CGROUP_ROOT).join("freezer/cgroup.procs").exists();
                 if !devices {
                     warn_no_device_cgroup("the v1 devices controller is not mounted");
-                    if res.is_empty() {
+                    if res.is_empty() && !freezer {
                         return Ok(None);
                     }
                 }
-                let cg = Self::create_v1(name, res, devices)?;
+                let cg = Self::create_v1(name, res, devices, freezer)?;
                 Ok((!cg.dirs.is_empty()).then_some(cg))
             }
             CgroupVersion::V2 => Self::create_v2(name, res),
         }
     }
 
-    fn create_v1(name: &str, res: &Resources, devices: bool) -> io::Result<Cgroup> {
+    fn create_v1(name: &str, res: &Resources, devices: bool, freezer: bool) -> io::Result<Cgroup> {
         let mut cg = Cgroup {
             version: CgroupVersion::V1,
             dirs: Vec::new(),
@@ -234,6 +236,16 @@ impl Cgroup {
                         remove_dir(&dir);
                     }
                 }
+            }
+        }
+        if result.is_ok() && freezer {
+            // A freezer cgroup for `kiln pause`; without one, pause says it is unavailable.
+            let dir = Path::new(CGROUP_ROOT).join("freezer/kiln").join(name);
+            if std::fs::create_dir_all(dir.parent().unwrap_or(&dir))
+                .and_then(|()| std::fs::create_dir(&dir))
+                .is_ok()
+            {
+                cg.dirs.push(dir);
             }
         }
         match result {
@@ -350,10 +362,130 @@ impl Cgroup {
     }
 }
 
-/// Kills whatever is inside these cgroup directories and removes them.
+/// Kills whatever is inside these cgroup directories and removes them (thawed first: on v1 a
+/// frozen task does not die of SIGKILL until it is thawed).
 pub fn remove_dirs(dirs: &[PathBuf]) {
     for dir in dirs {
+        thaw_dir(dir);
+    }
+    for dir in dirs {
         remove_dir(dir);
+    }
+}
+
+/// Thaws a frozen cgroup directory (v1 freezer or v2), if it is one.
+fn thaw_dir(dir: &Path) {
+    let v1 = dir.join("freezer.state");
+    if v1.exists() {
+        let _ = std::fs::write(v1, "THAWED");
+    }
+    let v2 = dir.join("cgroup.freeze");
+    if v2.exists() {
+        let _ = std::fs::write(v2, "0");
+    }
+}
+
+/// The directory of the kiln cgroup (`kiln/<pid>.<n>`) process `pid` is in: for the v1
+/// `controller`, or the v2 one (`controller` ignored). Read from `/proc/<pid>/cgroup`.
+pub fn dir_of(pid: i32, controller: &str) -> Option<PathBuf> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    parse_dir_of(&text, detect(), controller)
+}
+
+fn parse_dir_of(text: &str, version: CgroupVersion, controller: &str) -> Option<PathBuf> {
+    text.lines().find_map(|line| {
+        let mut parts = line.splitn(3, ':');
+        let (_, controllers, rel) = (parts.next()?, parts.next()?, parts.next()?);
+        let rel = rel.strip_prefix("/kiln/")?;
+        if rel.is_empty() || rel.contains("..") {
+            return None;
+        }
+        let base = Path::new(CGROUP_ROOT);
+        match version {
+            CgroupVersion::V2 if controllers.is_empty() => Some(base.join("kiln").join(rel)),
+            CgroupVersion::V1 if controllers.split(',').any(|c| c == controller) => {
+                Some(base.join(controller).join("kiln").join(rel))
+            }
+            _ => None,
+        }
+    })
+}
+
+/// The freezer of the cgroup process `pid` is in: `freezer.state` (v1) or `cgroup.freeze` (v2).
+fn freezer_of(pid: i32) -> io::Result<(CgroupVersion, PathBuf)> {
+    let version = detect();
+    if !Path::new(&format!("/proc/{pid}")).exists() {
+        return Err(io::Error::new(
+            io::ErrorKind::NotFound,
+            format!("process {pid} is gone"),
+        ));
+    }
+    let dir = dir_of(pid, "freezer").ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::Unsupported,
+            match version {
+                CgroupVersion::V1 => {
+                    "the process is in no kiln freezer cgroup (is the v1 freezer \
+                                      controller mounted at /sys/fs/cgroup/freezer?)"
+                }
+                CgroupVersion::V2 => "the process is in no kiln cgroup",
+            },
+        )
+    })?;
+    Ok((version, dir))
+}
+
+/// Whether the cgroup of process `pid` is frozen (or freezing).
+pub fn is_frozen(pid: i32) -> bool {
+    let Ok((version, dir)) = freezer_of(pid) else {
+        return false;
+    };
+    match version {
+        CgroupVersion::V1 => {
+            std::fs::read_to_string(dir.join("freezer.state")).is_ok_and(|s| s.trim() != "THAWED")
+        }
+        CgroupVersion::V2 => {
+            std::fs::read_to_string(dir.join("cgroup.freeze")).is_ok_and(|s| s.trim() == "1")
+        }
+    }
+}
+
+/// Freezes (`true`) or thaws the whole cgroup of process `pid` (every process of the
+/// execution), and waits until the kernel says it is done.
+pub fn set_frozen(pid: i32, frozen: bool) -> io::Result<()> {
+    let (version, dir) = freezer_of(pid)?;
+    let (file, value, done_file, want) = match version {
+        CgroupVersion::V1 => {
+            let v = if frozen { "FROZEN" } else { "THAWED" };
+            ("freezer.state", v, "freezer.state", v)
+        }
+        CgroupVersion::V2 => (
+            "cgroup.freeze",
+            if frozen { "1" } else { "0" },
+            "cgroup.events",
+            if frozen { "frozen 1" } else { "frozen 0" },
+        ),
+    };
+    let done = |s: &str| s.lines().any(|l| l.trim() == want);
+    let start = std::time::Instant::now();
+    loop {
+        // v1 can stay FREEZING while a task is busy in the kernel; writing again retries it.
+        write(&dir.join(file), value)?;
+        let state = std::fs::read_to_string(dir.join(done_file))?;
+        if done(&state) {
+            return Ok(());
+        }
+        if start.elapsed() > std::time::Duration::from_secs(10) {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!(
+                    "{} is still {:?} after 10 s",
+                    dir.join(done_file).display(),
+                    state.trim()
+                ),
+            ));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(2));
     }
 }
 
@@ -368,6 +500,7 @@ fn copy_cpuset(from: &Path, to: &Path) -> io::Result<()> {
 /// Removes one cgroup directory, killing stragglers; retries briefly because the kernel frees a
 /// cgroup a moment after its last process is reaped.
 fn remove_dir(dir: &Path) {
+    thaw_dir(dir);
     for attempt in 0..50 {
         match std::fs::remove_dir(dir) {
             Ok(()) => return,
@@ -485,6 +618,30 @@ mod tests {
         assert_eq!(
             left, want,
             "a live owner's cgroup, files and other names stay"
+        );
+    }
+
+    #[test]
+    fn kiln_cgroup_of_a_process() {
+        let v1 = "6:freezer:/kiln/12.3\n5:devices:/kiln/12.3\n4:memory:/other\n1:cpu,cpuacct:/kiln/12.3\n0::/\n";
+        assert_eq!(
+            parse_dir_of(v1, CgroupVersion::V1, "freezer"),
+            Some(PathBuf::from("/sys/fs/cgroup/freezer/kiln/12.3"))
+        );
+        assert_eq!(
+            parse_dir_of(v1, CgroupVersion::V1, "cpuacct"),
+            Some(PathBuf::from("/sys/fs/cgroup/cpuacct/kiln/12.3"))
+        );
+        assert_eq!(parse_dir_of(v1, CgroupVersion::V1, "memory"), None);
+        assert_eq!(parse_dir_of(v1, CgroupVersion::V2, "freezer"), None);
+        let v2 = "0::/kiln/7.0\n";
+        assert_eq!(
+            parse_dir_of(v2, CgroupVersion::V2, ""),
+            Some(PathBuf::from("/sys/fs/cgroup/kiln/7.0"))
+        );
+        assert_eq!(
+            parse_dir_of("0::/kiln/../etc\n", CgroupVersion::V2, ""),
+            None
         );
     }
 

@@ -3,7 +3,8 @@
 //!
 //! # What a sandboxed process gets
 //! - New mount, PID, UTS and IPC namespaces; a new network namespace with only a loopback that
-//!   is up (`Network::None`) or the host's (`Network::Host`).
+//!   is up (`Network::None`), the host's (`Network::Host`), or one joined by `setns`
+//!   (`Network::Join`: another container's).
 //! - `pivot_root` into `ExecSpec::rootfs` (typically `snapshot::ActiveSnapshot::merged()`), with
 //!   a new procfs on /proc, a tmpfs /dev (null zero full random urandom tty, ptmx + a new devpts,
 //!   shm, mqueue, fd/stdin/stdout/stderr links), read-only sysfs on /sys, generated /etc/hosts
@@ -63,14 +64,29 @@ use std::sync::Arc;
 pub use process::Running;
 
 /// The container's network.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub enum Network {
     /// Its own network namespace with only the loopback interface, up.
     #[default]
     None,
     /// The host's network namespace.
     Host,
+    /// Another process's network namespace (`kiln run --network container:NAME`), joined with
+    /// `setns` before the other namespaces are made; its interfaces are left as they are.
+    Join(NetnsFd),
 }
+
+/// An open network namespace (`/proc/<pid>/ns/net`), shared by the specs that use it.
+#[derive(Debug, Clone)]
+pub struct NetnsFd(pub Arc<File>);
+
+impl PartialEq for NetnsFd {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for NetnsFd {}
 
 /// What is mounted at an extra mount point.
 #[derive(Debug, Clone, PartialEq, Eq)]

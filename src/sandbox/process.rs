@@ -83,6 +83,8 @@ struct ChildContext {
     parent_pid: i32,
     plan: RootfsPlan,
     unshare_flags: libc::c_int,
+    /// A network namespace to join (setns) before unsharing the others.
+    join_netns: Option<RawFd>,
     cgroup_procs: Vec<CString>,
     report_fd: RawFd,
     status_fd: RawFd,
@@ -259,7 +261,7 @@ fn prepare_and_start(
         etc_files,
         mounts,
         hostname: spec.hostname.clone(),
-        network: spec.network,
+        network: spec.network.clone(),
         cwd: spec.cwd.clone(),
         nodev_binds: true,
     };
@@ -354,14 +356,20 @@ fn start(spec: &ExecSpec, plan: RootfsPlan, cgroup: &Option<Cgroup>) -> anyhow::
 
     let mut unshare_flags =
         libc::CLONE_NEWNS | libc::CLONE_NEWUTS | libc::CLONE_NEWIPC | libc::CLONE_NEWPID;
-    if spec.network == Network::None {
-        unshare_flags |= libc::CLONE_NEWNET;
-    }
+    let join_netns = match &spec.network {
+        Network::None => {
+            unshare_flags |= libc::CLONE_NEWNET;
+            None
+        }
+        Network::Host => None,
+        Network::Join(ns) => Some(ns.0.clone()),
+    };
     let ctx = ChildContext {
         // SAFETY: getpid has no preconditions.
         parent_pid: unsafe { libc::getpid() },
         plan,
         unshare_flags,
+        join_netns: join_netns.as_ref().map(|f| f.as_raw_fd()),
         cgroup_procs: cgroup
             .as_ref()
             .map(|c| c.procs_files())
@@ -406,6 +414,7 @@ fn start(spec: &ExecSpec, plan: RootfsPlan, cgroup: &Option<Cgroup>) -> anyhow::
     drop(status_w);
     drop(child_ends);
     drop(shared);
+    drop(join_netns);
 
     // Read the report pipe to its end: it closes when the command is exec'd (close-on-exec) or
     // when every child has given up.
@@ -551,6 +560,7 @@ fn setup_process(ctx: &ChildContext) -> ! {
     }
     let mut keep = vec![ctx.report_fd, ctx.status_fd];
     keep.extend(ctx.stdio.iter().flatten());
+    keep.extend(ctx.join_netns);
     close_other_fds(&keep);
     // The descriptors kept were close-on-exec in kiln; they must survive only until exec, which
     // they do.
@@ -561,6 +571,16 @@ fn setup_process(ctx: &ChildContext) -> ! {
                 &format!("join cgroup {}", procs.to_string_lossy()),
                 errno(),
             );
+        }
+    }
+    if let Some(fd) = ctx.join_netns {
+        // SAFETY: setns with a network namespace fd kept open for this process, then closed;
+        // this process is single-threaded.
+        unsafe {
+            if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
+                fail(report, "join the network namespace (setns)", errno());
+            }
+            libc::close(fd);
         }
     }
     // SAFETY: unshare with namespace flags; this process is single-threaded.

@@ -5,7 +5,8 @@
 //!   overlay-style whiteouts), shared by every image that has it (`ensure_unpacked`);
 //!   `layers/.unpack-<pid>-*` while one is being unpacked.
 //! - `snapshots/active/<id>/`: one active snapshot: `lock` (flock'ed by the owning process),
-//!   `upper/`, `work/`, `merged/` (the overlay mount), and transient `lowerview/`.
+//!   `upper/` (unless the upperdir is kept elsewhere: `prepare_with_upper`, a container's
+//!   writable layer), `work/`, `merged/` (the overlay mount), and transient `lowerview/`.
 //!
 //! # API
 //! ```ignore
@@ -54,6 +55,8 @@ pub struct Snapshotter {
 #[derive(Debug)]
 pub struct ActiveSnapshot {
     dir: PathBuf,
+    /// `dir/upper`, or a kept upperdir outside it (`prepare_with_upper`).
+    upper: PathBuf,
     /// Top-most first (overlay's order).
     lowers: Vec<PathBuf>,
     mounted: bool,
@@ -91,6 +94,29 @@ impl Snapshotter {
     /// Mounts an overlay of `lowers` (layer directories, base layer first; may be empty) with a
     /// fresh upperdir.
     pub fn prepare(&self, lowers: &[PathBuf], opts: &PrepareOptions) -> Result<ActiveSnapshot> {
+        self.prepare_inner(lowers, opts, None)
+    }
+
+    /// Like `prepare`, with the upperdir `upper` (created if missing) kept outside the snapshot:
+    /// a container's writable layer, which outlives its runs. Releasing the snapshot (or
+    /// `recover` after a killed kiln) removes the rest and leaves `upper` as it is, ready to be
+    /// mounted again. It must be on the same filesystem as the root (overlay's workdir rule).
+    pub fn prepare_with_upper(
+        &self,
+        lowers: &[PathBuf],
+        opts: &PrepareOptions,
+        upper: &Path,
+    ) -> Result<ActiveSnapshot> {
+        std::fs::create_dir_all(upper).with_context(|| format!("create {}", upper.display()))?;
+        self.prepare_inner(lowers, opts, Some(upper))
+    }
+
+    fn prepare_inner(
+        &self,
+        lowers: &[PathBuf],
+        opts: &PrepareOptions,
+        kept_upper: Option<&Path>,
+    ) -> Result<ActiveSnapshot> {
         let dir = self.dir.join("active").join(random_id());
         std::fs::create_dir(&dir).with_context(|| format!("create {}", dir.display()))?;
         // The lock is taken on a file of another name and renamed to `lock` only once held:
@@ -116,13 +142,19 @@ impl Snapshotter {
         let cleanup_dir = dir.clone();
         let cleanup_key = crate::cleanup::register(move || remove_snapshot_dir(&cleanup_dir));
         let mut snap = ActiveSnapshot {
+            upper: kept_upper.map_or_else(|| dir.join("upper"), Path::to_path_buf),
             dir,
             lowers: lowers.iter().rev().cloned().collect(),
             mounted: false,
             cleanup_key,
             _lock: lock,
         };
-        for d in ["upper", "work", "merged"] {
+        let own = if kept_upper.is_some() {
+            &["work", "merged"][..]
+        } else {
+            &["upper", "work", "merged"][..]
+        };
+        for d in own {
             std::fs::create_dir(snap.dir.join(d))
                 .with_context(|| format!("create {}", snap.dir.join(d).display()))?;
         }
@@ -158,7 +190,7 @@ impl ActiveSnapshot {
 
     /// The upperdir: what the execution wrote.
     pub fn upper(&self) -> PathBuf {
-        self.dir.join("upper")
+        self.upper.clone()
     }
 
     /// The lower layer directories, top-most first.

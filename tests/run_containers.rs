@@ -1,0 +1,391 @@
+//! Docker's container habits (issue 16): `run -h`, `--net`, relative `-v`, `--network
+//! container:NAME`, pause/unpause, top, start/restart. As root, on busybox images.
+
+mod common;
+mod run_fixtures;
+
+use run_fixtures::{busybox_image, kiln, Container};
+use serde_json::json;
+
+fn setup() -> tempfile::TempDir {
+    common::require_root();
+    let root = common::temp_root();
+    busybox_image(root.path(), "bb", json!({"Cmd": ["sh"]}));
+    root
+}
+
+fn out(o: &std::process::Output) -> (i32, String, String) {
+    (
+        o.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn hostname_short_flag_net_alias_and_relative_volume() {
+    let root = setup();
+    let r = root.path();
+    // -h is the hostname (docker's), --help still prints help.
+    assert_eq!(
+        common::kiln_ok(r, &["run", "--rm", "-h", "myhost", "bb", "hostname"]),
+        "myhost\n"
+    );
+    let help = common::kiln_ok(r, &["run", "--help"]);
+    assert!(help.contains("--hostname") && help.contains("-h"), "{help}");
+    // --net is --network.
+    let o = common::kiln_ok(
+        r,
+        &["run", "--rm", "--net", "host", "bb", "cat", "/proc/net/dev"],
+    );
+    let host = std::fs::read_to_string("/proc/net/dev").unwrap();
+    assert_eq!(o.lines().count(), host.lines().count(), "{o}");
+    let o = common::kiln_ok(
+        r,
+        &["run", "--rm", "--net=none", "bb", "cat", "/proc/net/dev"],
+    );
+    assert_eq!(o.lines().count(), 3, "only lo: {o}");
+    // -v ./dir:/x is relative to the working directory, as docker's.
+    let work = tempfile::tempdir().unwrap();
+    std::fs::create_dir(work.path().join("data")).unwrap();
+    std::fs::write(work.path().join("data/in.txt"), "from-host\n").unwrap();
+    let o = common::kiln_command()
+        .current_dir(work.path())
+        .arg("--root")
+        .arg(r)
+        .args(["run", "--rm", "-v", "./data:/x", "bb", "sh", "-c"])
+        .arg("cat /x/in.txt && echo written > /x/out.txt")
+        .output()
+        .unwrap();
+    let (code, stdout, stderr) = out(&o);
+    assert_eq!((code, stdout.as_str()), (0, "from-host\n"), "{stderr}");
+    assert_eq!(
+        std::fs::read_to_string(work.path().join("data/out.txt")).unwrap(),
+        "written\n"
+    );
+}
+
+#[test]
+fn network_container_shares_the_apps_loopback() {
+    let root = setup();
+    let r = root.path();
+    let app = Container::run(
+        r,
+        &[
+            "--name",
+            "app",
+            "bb",
+            "sh",
+            "-c",
+            "mkdir -p /www && echo hello-from-app > /www/index.html && \
+             exec httpd -f -p 127.0.0.1:8080 -h /www",
+        ],
+    );
+    // The test container reaches the app on localhost, with no bridge and no published port.
+    let body = run_fixtures::eventually(10, || {
+        let o = kiln(
+            r,
+            &[
+                "run",
+                "--rm",
+                "--network",
+                "container:app",
+                "bb",
+                "wget",
+                "-qO-",
+                "http://127.0.0.1:8080/",
+            ],
+        );
+        o.status
+            .success()
+            .then(|| String::from_utf8_lossy(&o.stdout).into_owned())
+    })
+    .expect("a container on the app's network reaches it on localhost");
+    assert_eq!(body, "hello-from-app\n");
+    // Same namespace: the same interfaces, and the app's hostname, as docker's.
+    let o = common::kiln_ok(
+        r,
+        &["run", "--rm", "--net", "container:app", "bb", "hostname"],
+    );
+    assert_eq!(o.trim(), &app.id[..12]);
+    let insp = {
+        let o = common::kiln_ok(
+            r,
+            &[
+                "run",
+                "-d",
+                "--network",
+                &format!("container:{}", &app.id[..10]),
+                "bb",
+                "true",
+            ],
+        );
+        let c = Container {
+            root: r.to_path_buf(),
+            id: o.trim().to_string(),
+        };
+        c.inspect()
+    };
+    assert_eq!(
+        insp["HostConfig"]["NetworkMode"],
+        format!("container:{}", app.id)
+    );
+    // Conflicting flags and a container that is not running: one clear error, exit 125.
+    let (code, _, stderr) = out(&kiln(
+        r,
+        &[
+            "run",
+            "--rm",
+            "--network",
+            "container:app",
+            "-p",
+            "9000:80",
+            "bb",
+            "true",
+        ],
+    ));
+    assert_eq!(code, 125, "{stderr}");
+    assert!(stderr.contains("port publishing"), "{stderr}");
+    let (code, _, stderr) = out(&kiln(
+        r,
+        &["run", "--rm", "--network", "container:nosuch", "bb", "true"],
+    ));
+    assert_eq!(code, 125, "{stderr}");
+    assert!(stderr.contains("no such container: nosuch"), "{stderr}");
+    common::kiln_ok(r, &["stop", "-t", "1", "app"]);
+    let (code, _, stderr) = out(&kiln(
+        r,
+        &["run", "--rm", "--network", "container:app", "bb", "true"],
+    ));
+    assert_eq!(code, 125, "{stderr}");
+    assert!(
+        stderr.contains(
+            "cannot join network namespace of a non running container: container app is exited"
+        ),
+        "{stderr}"
+    );
+}
+
+fn read_counter(path: &std::path::Path) -> u64 {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .trim()
+        .parse()
+        .unwrap_or(0)
+}
+
+#[test]
+fn pause_stops_a_counter_and_unpause_resumes_it() {
+    let root = setup();
+    let r = root.path();
+    let data = tempfile::tempdir().unwrap();
+    let counter = data.path().join("c");
+    let vol = format!("{}:/out", data.path().display());
+    let c = Container::run(
+        r,
+        &[
+            "--name",
+            "count",
+            "-v",
+            &vol,
+            "bb",
+            "sh",
+            "-c",
+            "i=0; while true; do i=$((i+1)); echo $i > /out/c.new; mv /out/c.new /out/c; \
+             sleep 0.02; done",
+        ],
+    );
+    run_fixtures::eventually(10, || (read_counter(&counter) > 3).then_some(()))
+        .expect("the counter advances");
+    assert_eq!(common::kiln_ok(r, &["pause", "count"]), "count\n");
+    let ps = common::kiln_ok(r, &["ps"]);
+    assert!(ps.contains("(Paused)"), "{ps}");
+    let insp = c.inspect();
+    assert_eq!(insp["State"]["Paused"], true);
+    assert_eq!(insp["State"]["Status"], "paused");
+    let frozen_at = read_counter(&counter);
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert_eq!(read_counter(&counter), frozen_at, "a paused counter stays");
+    // Twice is an error, as docker's; exec is refused while paused.
+    let (code, _, stderr) = out(&kiln(r, &["pause", "count"]));
+    assert_eq!(code, 1);
+    assert!(stderr.contains("is already paused"), "{stderr}");
+    let (code, _, stderr) = out(&kiln(r, &["exec", "count", "true"]));
+    assert_ne!(code, 0);
+    assert!(
+        stderr.contains("unpause the container before exec"),
+        "{stderr}"
+    );
+    assert_eq!(common::kiln_ok(r, &["unpause", "count"]), "count\n");
+    run_fixtures::eventually(10, || {
+        (read_counter(&counter) > frozen_at + 3).then_some(())
+    })
+    .expect("the counter advances again after unpause");
+    assert!(!common::kiln_ok(r, &["ps"]).contains("(Paused)"));
+    let (code, _, stderr) = out(&kiln(r, &["unpause", "count"]));
+    assert_eq!(code, 1);
+    assert!(stderr.contains("is not paused"), "{stderr}");
+    // A paused container can be stopped (its stop signal arrives as it is thawed).
+    common::kiln_ok(r, &["pause", "count"]);
+    let t = std::time::Instant::now();
+    assert_eq!(
+        common::kiln_ok(r, &["stop", "-t", "20", "count"]),
+        "count\n"
+    );
+    assert!(
+        t.elapsed().as_secs() < 15,
+        "stop used the stop signal, not the timeout"
+    );
+    assert_eq!(c.inspect()["State"]["Status"], "exited");
+    // And killed: pause a fresh one, then rm -f.
+    let c2 = Container::run(r, &["--name", "count2", "bb", "sleep", "1000"]);
+    common::kiln_ok(r, &["pause", "count2"]);
+    common::kiln_ok(r, &["rm", "-f", "count2"]);
+    let (code, _, _) = out(&kiln(r, &["container", "inspect", &c2.id]));
+    assert_ne!(code, 0, "removed");
+    let (code, _, stderr) = out(&kiln(r, &["pause", "count"]));
+    assert_eq!(code, 1);
+    assert!(stderr.contains("is not running"), "{stderr}");
+}
+
+#[test]
+fn top_lists_the_containers_processes_as_the_host_sees_them() {
+    let root = setup();
+    let r = root.path();
+    let c = Container::run(
+        r,
+        &[
+            "--name",
+            "busy",
+            "bb",
+            "sh",
+            "-c",
+            "sleep 1001 & sleep 1002",
+        ],
+    );
+    let top = run_fixtures::eventually(10, || {
+        let o = common::kiln_ok(r, &["top", "busy"]);
+        (o.contains("sleep 1001") && o.contains("sleep 1002")).then_some(o)
+    })
+    .expect("top shows both sleeps");
+    let mut lines = top.lines();
+    let header = lines.next().unwrap();
+    assert!(
+        header.starts_with("UID                 PID                 PPID"),
+        "docker's layout: {top}"
+    );
+    assert!(header.trim_end().ends_with("CMD"), "{top}");
+    // Host pids: each listed process is a real host process in the container's PID namespace.
+    let init = c.inspect()["State"]["Pid"].as_i64().unwrap();
+    let init_ns = std::fs::read_link(format!("/proc/{init}/ns/pid")).unwrap();
+    let pids: Vec<i64> = lines
+        .map(|l| l.split_whitespace().nth(1).unwrap().parse().unwrap())
+        .collect();
+    assert!(pids.len() >= 3, "init, sh, two sleeps: {top}");
+    for p in &pids {
+        assert_eq!(
+            std::fs::read_link(format!("/proc/{p}/ns/pid")).unwrap(),
+            init_ns,
+            "{top}"
+        );
+    }
+    assert!(
+        !top.contains("cargo") && !top.contains("run_containers"),
+        "{top}"
+    );
+    // ps options, as docker's `top C -o pid,comm`.
+    let o = common::kiln_ok(r, &["top", "busy", "-o", "pid,comm"]);
+    assert!(o.starts_with("PID                 COMMAND\n"), "{o}");
+    assert_eq!(
+        o.lines().filter(|l| l.ends_with(" sleep")).count(),
+        2,
+        "{o}"
+    );
+    let (code, _, stderr) = out(&kiln(r, &["top", "busy", "-o", "comm"]));
+    assert_eq!(code, 1);
+    assert!(stderr.contains("PID field"), "{stderr}");
+    common::kiln_ok(r, &["kill", "busy"]);
+    common::kiln_ok(r, &["wait", "busy"]);
+    let (code, _, stderr) = out(&kiln(r, &["top", "busy"]));
+    assert_eq!(code, 1);
+    assert!(stderr.contains("is not running"), "{stderr}");
+}
+
+#[test]
+fn start_and_restart_keep_the_writable_layer() {
+    let root = setup();
+    let r = root.path();
+    let c = Container::run(
+        r,
+        &[
+            "--name",
+            "keep",
+            "bb",
+            "sh",
+            "-c",
+            "echo run >> /etc/runs; echo runs=$(wc -l < /etc/runs); exit 3",
+        ],
+    );
+    assert_eq!(common::kiln_ok(r, &["wait", "keep"]), "3\n");
+    assert!(common::kiln_ok(r, &["logs", "keep"]).contains("runs=1"));
+    // The overlay is gone while it is stopped, its upperdir kept with the container.
+    let active = std::fs::read_dir(r.join("snapshots/active"))
+        .unwrap()
+        .count();
+    assert_eq!(
+        active, 0,
+        "no mounted snapshot while the container is stopped"
+    );
+    assert!(r
+        .join("containers")
+        .join(&c.id)
+        .join("upper/etc/runs")
+        .exists());
+    // start -a: attached, the container's output and exit code.
+    let (code, stdout, stderr) = out(&kiln(r, &["start", "-a", "keep"]));
+    assert_eq!((code, stdout.as_str()), (3, "runs=2\n"), "{stderr}");
+    // start: detached, prints the name, as docker's.
+    assert_eq!(common::kiln_ok(r, &["start", "keep"]), "keep\n");
+    assert_eq!(common::kiln_ok(r, &["wait", "keep"]), "3\n");
+    assert!(common::kiln_ok(r, &["logs", "keep"]).contains("runs=3"));
+    let (code, _, stderr) = out(&kiln(r, &["start", "nosuch"]));
+    assert_eq!(code, 1);
+    assert!(stderr.contains("no such container: nosuch"), "{stderr}");
+
+    // restart of a running container: stopped, then running again with its files.
+    let s = Container::run(
+        r,
+        &[
+            "--name",
+            "svc",
+            "bb",
+            "sh",
+            "-c",
+            "echo run >> /runs; echo svc-runs=$(wc -l < /runs); exec sleep 1000",
+        ],
+    );
+    let first_pid = s.inspect()["State"]["Pid"].as_i64().unwrap();
+    assert_eq!(common::kiln_ok(r, &["restart", "-t", "1", "svc"]), "svc\n");
+    let insp = s.inspect();
+    assert_eq!(insp["State"]["Status"], "running");
+    assert_ne!(insp["State"]["Pid"].as_i64().unwrap(), first_pid);
+    run_fixtures::eventually(10, || {
+        common::kiln_ok(r, &["logs", "svc"])
+            .contains("svc-runs=2")
+            .then_some(())
+    })
+    .expect("the restarted container saw its first run's file");
+    // start of a running container changes nothing.
+    assert_eq!(common::kiln_ok(r, &["start", "svc"]), "svc\n");
+    assert_eq!(s.inspect()["State"]["Pid"], insp["State"]["Pid"]);
+    common::kiln_ok(r, &["rm", "-f", "svc"]);
+    assert!(!r.join("containers").join(&s.id).exists());
+    // --rm containers keep nothing.
+    common::kiln_ok(r, &["run", "--rm", "bb", "touch", "/x"]);
+    assert_eq!(
+        std::fs::read_dir(r.join("snapshots/active"))
+            .unwrap()
+            .count(),
+        0
+    );
+}
