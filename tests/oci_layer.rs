@@ -729,3 +729,33 @@ fn deeply_nested_archives_extract_confined() {
     );
     assert_eq!(fs::read(target.join("d/.wh.kept")).unwrap(), b"wh");
 }
+
+/// ADD's extraction applies a hard link entry's header to the inode it shares with its target,
+/// as BuildKit's applier does (testdata/conformance/add_tar_basic records it).
+#[test]
+fn extracted_hard_link_applies_its_mode_to_the_inode() {
+    common::require_root();
+    let mut b = tar::Builder::new(Vec::new());
+    let mut h = tar::Header::new_gnu();
+    h.set_mode(0o755);
+    h.set_size(3);
+    b.append_data(&mut h, "exe", &b"abc"[..]).unwrap();
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(tar::EntryType::Link);
+    h.set_mode(0o640);
+    h.set_size(0);
+    b.append_link(&mut h, "hard", "exe").unwrap();
+    let tar = b.into_inner().unwrap();
+    let dst = tempdir();
+    kiln::oci::layer::extract_archive(
+        &tar[..],
+        dst.path(),
+        kiln::oci::layer::ExtractOptions { owner: None },
+    )
+    .unwrap();
+    let exe = fs::symlink_metadata(dst.path().join("exe")).unwrap();
+    let hard = fs::symlink_metadata(dst.path().join("hard")).unwrap();
+    assert_eq!(exe.ino(), hard.ino());
+    assert_eq!(exe.mode() & 0o7777, 0o640);
+    assert_eq!(fs::read(dst.path().join("hard")).unwrap(), b"abc");
+}

@@ -359,6 +359,16 @@ impl Vars {
             .collect()
     }
 
+    /// Every ARG declared in the stage, in the order first declared, with the value a RUN sees
+    /// (ENV wins) or empty: the `|N K=V ...` list BuildKit writes before a RUN's command in its
+    /// history. Never part of a cache key.
+    pub fn history_args(&self) -> Vec<(String, String)> {
+        self.args
+            .iter()
+            .map(|(k, _)| (k.clone(), self.lookup(k).unwrap_or_default()))
+            .collect()
+    }
+
     /// The environment a RUN gets: the image ENV, the stage's ARGs that have values (ENV wins),
     /// and the proxy build args.
     pub fn run_env(&self) -> Vec<(String, String)> {
@@ -422,16 +432,17 @@ impl Vars {
                     };
                     // Re-declaring an ARG without a value keeps the one it has (BuildKit adds
                     // an ARG's value to the stage's environment and never takes it back).
-                    let value = value.or_else(|| {
-                        self.args
-                            .iter()
-                            .rev()
-                            .find(|(n, _)| n == name)
-                            .and_then(|(_, v)| v.clone())
-                    });
-                    self.args.retain(|(n, _)| n != name);
-                    self.args.push((name.clone(), value.clone()));
-                    done.push((name.clone(), value));
+                    // The history writes the value this line gives (`ARG A` again: no value);
+                    // a re-declared ARG keeps its first place in RUN's list, as BuildKit's.
+                    done.push((name.clone(), value.clone()));
+                    match self.args.iter_mut().find(|(n, _)| n == name) {
+                        Some(slot) => {
+                            if value.is_some() {
+                                slot.1 = value;
+                            }
+                        }
+                        None => self.args.push((name.clone(), value)),
+                    }
                 }
                 Instruction::Arg(done)
             }
@@ -591,6 +602,30 @@ mod tests {
         // `ARG A` again keeps its value; B is shadowed by ENV; C has none.
         assert_eq!(last, Some(Instruction::User("1".into())));
         assert_eq!(vars.arg_env(), vec![("A".to_string(), "1".to_string())]);
+    }
+
+    #[test]
+    fn history_args_list_every_arg_in_first_order() {
+        // As Docker 28's BuildKit wrote `RUN |3 A=1 B=env C=` (docker-ref): a re-declared ARG
+        // keeps its first place and its value, ENV wins, an ARG without a value is empty.
+        let df = parse("FROM a\nARG A=1\nARG B=2\nENV B=env\nARG A\nARG C\n").unwrap();
+        let st = stages(&df, &HashMap::new()).unwrap();
+        let mut vars = st.vars(&[]);
+        let mut done = Vec::new();
+        for s in &st.stages[0].instructions {
+            done.push(vars.apply(&s.instruction).unwrap());
+        }
+        let pairs = |v: &[(&str, &str)]| -> Vec<(String, String)> {
+            v.iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        assert_eq!(
+            vars.history_args(),
+            pairs(&[("A", "1"), ("B", "env"), ("C", "")])
+        );
+        // The re-declaration's own line has no value (its history is `ARG A`).
+        assert_eq!(done[3], Instruction::Arg(vec![("A".into(), None)]));
     }
 
     #[test]

@@ -820,6 +820,12 @@ impl Applier {
                     bail!("hard link to a directory");
                 }
                 fs::hard_link(&source, &dest)?;
+                // ADD's extraction applies the link entry's own header to the shared inode (mode,
+                // owner, time), as BuildKit's (containerd's) archive applier does: the last
+                // entry naming the inode wins.
+                if self.extract.is_some() {
+                    self.set_metadata(&dest, &meta, false)?;
+                }
             }
             tar::EntryType::Char | tar::EntryType::Block | tar::EntryType::Fifo => {
                 let (sflag, dev) = match kind {

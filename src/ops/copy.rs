@@ -220,12 +220,13 @@ impl Writer<'_> {
             let child_in_source = join_rel(in_source, &name_str);
             let meta = fs::symlink_metadata(&child)
                 .with_context(|| format!("reading {}", child.display()))?;
-            let excluded = self.src.filter.is_excluded(&child_rel)
-                || self.excludes.is_excluded(&child_in_source);
-            if excluded
-                && (!meta.is_dir()
-                    || self.src.filter.can_prune_dir(&child_rel) && self.excludes.is_empty())
-            {
+            // `--exclude` leaves out everything below what it matches; `.dockerignore` may
+            // re-include a path below an ignored directory.
+            if self.excludes.is_excluded(&child_in_source) {
+                continue;
+            }
+            let excluded = self.src.filter.is_excluded(&child_rel);
+            if excluded && (!meta.is_dir() || self.src.filter.can_prune_dir(&child_rel)) {
                 continue;
             }
             let dest = target.join(&name);

@@ -127,7 +127,17 @@ pub(super) async fn plan_step(
             }
             walk.history(format!("ENV {}", text.join(" ")), true, created);
         }
-        Instruction::Arg(_) => {}
+        Instruction::Arg(args) => {
+            // BuildKit records each ARG line (with the value it takes, if any).
+            let text: Vec<String> = args
+                .iter()
+                .map(|(k, v)| match v {
+                    Some(v) => format!("{k}={v}"),
+                    None => k.clone(),
+                })
+                .collect();
+            walk.history(format!("ARG {}", text.join(" ")), true, created);
+        }
         Instruction::Label(pairs) => {
             let mut text = Vec::new();
             for (k, v) in pairs {
@@ -156,8 +166,9 @@ pub(super) async fn plan_step(
                     added.push(port);
                 }
             }
-            let list: Vec<String> = added.iter().map(|p| format!("{p}:{{}}")).collect();
-            walk.history(format!("EXPOSE map[{}]", list.join(" ")), true, created);
+            // Docker 28's BuildKit writes the ports sorted as strings, repeats kept.
+            added.sort();
+            walk.history(format!("EXPOSE [{}]", added.join(" ")), true, created);
         }
         Instruction::Volume(vols) => {
             for v in vols {
@@ -199,21 +210,21 @@ pub(super) async fn plan_step(
             }
         }
         Instruction::Healthcheck(h) => {
-            walk.config.config.healthcheck = Some(health_config(h));
-            let text = instr
-                .original
-                .split_once(char::is_whitespace)
-                .map(|(_, r)| r.trim())
-                .unwrap_or("");
-            walk.history(format!("HEALTHCHECK {text}"), true, created);
+            let health = health_config(h);
+            walk.history(
+                format!("HEALTHCHECK {}", health_text(&health)),
+                true,
+                created,
+            );
+            walk.config.config.healthcheck = Some(health);
         }
         Instruction::Onbuild { source, .. } => {
+            // Only the config records a trigger: BuildKit writes no history entry for it.
             walk.config
                 .config
                 .on_build
                 .get_or_insert_with(Vec::new)
                 .push(source.clone());
-            walk.history(format!("ONBUILD {source}"), true, created);
         }
         Instruction::Workdir(dir) => {
             let path = absolute_in(&walk.workdir(), dir);
@@ -257,10 +268,16 @@ pub(super) async fn plan_step(
             }
             let user = walk.config.config.user.clone().filter(|u| !u.is_empty());
             let cwd = walk.workdir();
-            let args_text = if arg_env.is_empty() {
+            // BuildKit's history lists every ARG of the stage, empty ones too (not the key's
+            // business: the key has the environment the command really gets).
+            let history_args = walk.vars.history_args();
+            let args_text = if history_args.is_empty() {
                 String::new()
             } else {
-                let list: Vec<String> = arg_env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                let list: Vec<String> = history_args
+                    .iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect();
                 format!("|{} {} ", list.len(), list.join(" "))
             };
             let display = argv.join(" ");
@@ -372,11 +389,111 @@ fn run_argv(walk: &StageWalk, form: &ShellOrExec, heredocs: &[Heredoc]) -> Vec<S
 
 /// Go's `%q` of a string slice, as BuildKit writes CMD/ENTRYPOINT history.
 fn go_quoted(argv: &[String]) -> String {
-    let items: Vec<String> = argv
-        .iter()
-        .map(|a| serde_json::to_string(a).unwrap_or_default())
-        .collect();
+    let items: Vec<String> = argv.iter().map(|a| go_quote(a, '"')).collect();
     format!("[{}]", items.join(" "))
+}
+
+/// Go's `strconv.Quote` (or `QuoteRune` with `'`): Go's escapes, printable characters as they
+/// are.
+fn go_quote(s: &str, quote: char) -> String {
+    let mut out = String::from(quote);
+    for c in s.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            c if c == quote => {
+                out.push('\\');
+                out.push(c);
+            }
+            '\x07' => out.push_str("\\a"),
+            '\x08' => out.push_str("\\b"),
+            '\x0c' => out.push_str("\\f"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            '\x0b' => out.push_str("\\v"),
+            c if (c as u32) < 0x20 || c as u32 == 0x7f => {
+                out.push_str(&format!("\\x{:02x}", c as u32))
+            }
+            c if c.is_control() => {
+                if (c as u32) < 0x10000 {
+                    out.push_str(&format!("\\u{:04x}", c as u32))
+                } else {
+                    out.push_str(&format!("\\U{:08x}", c as u32))
+                }
+            }
+            c => out.push(c),
+        }
+    }
+    out.push(quote);
+    out
+}
+
+/// Go's `time.Duration.String()` of `nanos`: `1m30s`, `1.5s`, `500ms`, `0s`.
+fn go_duration(nanos: i64) -> String {
+    if nanos == 0 {
+        return "0s".into();
+    }
+    let sign = if nanos < 0 { "-" } else { "" };
+    let n = nanos.unsigned_abs();
+    // A fraction without its trailing zeros: 1500 with 3 digits -> ".5".
+    let frac = |v: u64, digits: u32| -> String {
+        let s = format!("{:0width$}", v, width = digits as usize);
+        let t = s.trim_end_matches('0');
+        if t.is_empty() {
+            String::new()
+        } else {
+            format!(".{t}")
+        }
+    };
+    if n < 1_000_000_000 {
+        let (unit, div, digits) = if n < 1_000 {
+            ("ns", 1, 0)
+        } else if n < 1_000_000 {
+            ("µs", 1_000, 3)
+        } else {
+            ("ms", 1_000_000, 6)
+        };
+        let whole = n / div;
+        let rest = if digits == 0 {
+            String::new()
+        } else {
+            frac(n % div, digits)
+        };
+        return format!("{sign}{whole}{rest}{unit}");
+    }
+    let secs = n / 1_000_000_000;
+    let s = format!("{}{}s", secs % 60, frac(n % 1_000_000_000, 9));
+    let mins = secs / 60;
+    if mins == 0 {
+        return format!("{sign}{s}");
+    }
+    let hours = mins / 60;
+    if hours == 0 {
+        return format!("{sign}{}m{s}", mins % 60);
+    }
+    format!("{sign}{hours}h{}m{s}", mins % 60)
+}
+
+/// The history text of a HEALTHCHECK, as Docker 28's BuildKit writes it: Go's `%q` of the
+/// config's pointer, `&{["CMD-SHELL" "cmd"] "5s" "2s" "0s" "0s" '\x02'}` (the durations quoted
+/// strings, the retries a quoted character).
+fn health_text(h: &HealthConfig) -> String {
+    let test = h.test.as_deref().unwrap_or(&[]);
+    let d = |v: Option<i64>| go_quote(&go_duration(v.unwrap_or(0)), '"');
+    let retries = h.retries.unwrap_or(0);
+    let rune = u32::try_from(retries)
+        .ok()
+        .and_then(char::from_u32)
+        .unwrap_or('\u{fffd}');
+    format!(
+        "&{{{} {} {} {} {} {}}}",
+        go_quoted(test),
+        d(h.interval),
+        d(h.timeout),
+        d(h.start_period),
+        d(h.start_interval),
+        go_quote(&rune.to_string(), '\'')
+    )
 }
 
 /// `8080` -> `8080/tcp`; `8000-8002/udp` -> three ports.
@@ -479,6 +596,8 @@ async fn plan_copy(
     let mut sources = Vec::new();
     let mut urls = Vec::new();
     let mut git = Vec::new();
+    // The sources as the history shows them, in the order written (URLs without credentials).
+    let mut shown_sources = Vec::new();
     for s in &args.sources {
         // Here-documents are sources named after their delimiter, not context files.
         if !args.heredocs.is_empty() && dockerfile::raw::parse_heredoc_word(s).is_some() {
@@ -486,6 +605,7 @@ async fn plan_copy(
         }
         let s = s.clone();
         if let Some(url) = crate::source::git::parse(&s) {
+            shown_sources.push(url.display());
             if !is_add {
                 bail!(
                     "COPY cannot copy a git repository ({}): use ADD",
@@ -521,8 +641,10 @@ async fn plan_copy(
                     .map_err(|e| anyhow!("fetching {s}: {e}"))??
                 }
             };
+            shown_sources.push(crate::source::git::redact_urls(&s));
             urls.push((s, Some(checksum)));
         } else {
+            shown_sources.push(s.clone());
             sources.push(s);
         }
     }
@@ -586,6 +708,8 @@ async fn plan_copy(
         parents: args.parents,
         unpack_archives: unpack,
     };
+    // The key's text: unchanged from what kiln always keyed a COPY by (the options that decide
+    // what is copied), whatever the history says.
     let mut text = String::from(verb);
     if let Some(f) = &from {
         text.push_str(&format!(" --from={f}"));
@@ -619,13 +743,33 @@ async fn plan_copy(
             .join(" "),
         dest_word
     );
-    let shown_sources: Vec<String> = sources
+    let key_sources: Vec<String> = sources
         .iter()
         .cloned()
         .chain(urls.iter().map(|(u, _)| crate::source::git::redact_urls(u)))
         .chain(git.iter().map(|g| g.url.display()))
         .collect();
-    text.push_str(&format!(" {} {}", shown_sources.join(" "), dest_word));
+    text.push_str(&format!(" {} {}", key_sources.join(" "), dest_word));
+    // The history's text, as BuildKit writes it: `--parents`, `--chown`, `--chmod` as written,
+    // never `--from`, `--exclude`, `--link` or ADD's own flags; the sources, then each
+    // here-document as `<<NAME`, then the destination.
+    let mut history = String::from(verb);
+    if args.parents {
+        history.push_str(" --parents");
+    }
+    if let Some(c) = &chown {
+        history.push_str(&format!(" --chown={c}"));
+    }
+    if let Some(m) = &args.chmod {
+        history.push_str(&format!(" --chmod={m}"));
+    }
+    for s in &shown_sources {
+        history.push_str(&format!(" {s}"));
+    }
+    for (n, _) in &heredocs {
+        history.push_str(&format!(" <<{n}"));
+    }
+    history.push_str(&format!(" {dest_word}"));
     let mut parts: Vec<String> = vec![
         walk.key.clone(),
         "copy".into(),
@@ -673,7 +817,7 @@ async fn plan_copy(
         op,
         key,
         inputs,
-        created_by: format!("{text} # buildkit"),
+        created_by: format!("{history} # buildkit"),
     })
 }
 
@@ -805,6 +949,50 @@ pub fn parse_chmod(s: &str) -> Result<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn durations_as_go_writes_them() {
+        let s = 1_000_000_000;
+        assert_eq!(go_duration(0), "0s");
+        assert_eq!(go_duration(5 * s), "5s");
+        assert_eq!(go_duration(90 * s), "1m30s");
+        assert_eq!(go_duration(1_500_000_000), "1.5s");
+        assert_eq!(go_duration(500_000_000), "500ms");
+        assert_eq!(go_duration(1_500), "1.5µs");
+        assert_eq!(go_duration(3600 * s), "1h0m0s");
+        assert_eq!(go_duration(3725 * s + 10_000_000), "1h2m5.01s");
+    }
+
+    #[test]
+    fn healthcheck_history_is_go_q_of_the_config() {
+        // What Docker 28's BuildKit wrote for `HEALTHCHECK --interval=90s --start-period=1500ms
+        // --retries=10 CMD ["wget", "x"]` (docker-ref).
+        let h = HealthConfig {
+            test: Some(vec!["CMD".into(), "wget".into(), "x".into()]),
+            interval: Some(90_000_000_000),
+            start_period: Some(1_500_000_000),
+            retries: Some(10),
+            ..Default::default()
+        };
+        assert_eq!(
+            health_text(&h),
+            r#"&{["CMD" "wget" "x"] "1m30s" "0s" "1.5s" "0s" '\n'}"#
+        );
+        let none = HealthConfig {
+            test: Some(vec!["NONE".into()]),
+            ..Default::default()
+        };
+        assert_eq!(
+            health_text(&none),
+            r#"&{["NONE"] "0s" "0s" "0s" "0s" '\x00'}"#
+        );
+    }
+
+    #[test]
+    fn go_quote_escapes() {
+        assert_eq!(go_quote("a\"b\\c\x01\té", '"'), r#""a\"b\\c\x01\té""#);
+        assert_eq!(go_quote("'", '\''), r"'\''");
+    }
 
     #[test]
     fn chmod_is_octal_only() {

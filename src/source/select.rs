@@ -45,12 +45,21 @@ impl ExcludeSet {
         self.empty
     }
 
+    /// Whether `rel` (relative to the COPY's source) is left out: it or a directory above it
+    /// matches a pattern (as BuildKit: `a` and `a/` leave out all of `a`, `a/*` all below `a`
+    /// but `a` itself), so an excluded directory is skipped whole.
     pub fn is_excluded(&self, rel: &str) -> bool {
         if self.empty {
             return false;
         }
-        let name = rel.rsplit('/').next().unwrap_or(rel);
-        self.full.is_match(rel) || self.base.is_match(name)
+        let matches = |p: &str| {
+            let name = p.rsplit('/').next().unwrap_or(p);
+            self.full.is_match(p) || self.base.is_match(name)
+        };
+        rel.match_indices('/')
+            .map(|(i, _)| &rel[..i])
+            .chain(std::iter::once(rel))
+            .any(matches)
     }
 }
 
@@ -83,4 +92,32 @@ pub fn expand_sources(src: &CopySource, sources: &[String]) -> Result<Vec<String
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ExcludeSet;
+
+    fn set(p: &[&str]) -> ExcludeSet {
+        ExcludeSet::new(&p.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap()
+    }
+
+    #[test]
+    fn excludes_in_buildkit_forms() {
+        // `./a`, `a/` and `a` leave out a and all below it.
+        for p in ["./a", "a/", "a"] {
+            let s = set(&[p]);
+            for rel in ["a", "a/x", "a/sub/y"] {
+                assert!(s.is_excluded(rel), "{p} {rel}");
+            }
+            assert!(!s.is_excluded("b") && !s.is_excluded("ab"), "{p}");
+        }
+        // `a/*` leaves out everything below a, but not a.
+        let s = set(&["a/*"]);
+        assert!(!s.is_excluded("a"));
+        assert!(s.is_excluded("a/x") && s.is_excluded("a/sub") && s.is_excluded("a/sub/y"));
+        // A path pattern is relative to the source: `c/d` under src, not `src/c/d`.
+        assert!(set(&["c/d"]).is_excluded("c/d/f"));
+        assert!(!set(&["src/c/d"]).is_excluded("c/d/f"));
+    }
 }

@@ -449,11 +449,13 @@ impl SourceWalk<'_> {
         stat: EntryStat,
         cached: Option<[u8; 32]>,
     ) -> Visit {
-        let excluded = !rel.is_empty() && self.filter.is_excluded(&rel)
-            || !in_source.is_empty() && self.excludes.is_excluded(in_source);
-        if excluded {
-            let prune =
-                stat.kind != b'd' || self.filter.can_prune_dir(&rel) && self.excludes.is_empty();
+        // As the copy does (ops::copy): `--exclude` leaves out all below what it matches, so
+        // the key covers exactly what is copied; `.dockerignore` may re-include below.
+        if !in_source.is_empty() && self.excludes.is_excluded(in_source) {
+            return Visit::Skip;
+        }
+        if !rel.is_empty() && self.filter.is_excluded(&rel) {
+            let prune = stat.kind != b'd' || self.filter.can_prune_dir(&rel);
             return if prune { Visit::Skip } else { Visit::Descend };
         }
         let digest = cached;
@@ -870,6 +872,42 @@ mod tests {
             first.digest, again.digest,
             "the cached (fake) digest was used"
         );
+    }
+
+    #[test]
+    fn exclude_forms_key_exactly_what_is_copied() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        fs::create_dir_all(root.join("src/a/sub")).unwrap();
+        fs::write(root.join("src/a/x"), "x").unwrap();
+        fs::write(root.join("src/a/sub/y"), "y").unwrap();
+        fs::write(root.join("src/keep"), "k").unwrap();
+        let hash = |excl: &[&str]| {
+            let excludes: Vec<String> = excl.iter().map(|s| s.to_string()).collect();
+            hash_selection(
+                root,
+                &["src".to_string()],
+                &HashOptions {
+                    filter: &NoFilter,
+                    excludes: &excludes,
+                    cache: None,
+                },
+            )
+            .unwrap()
+        };
+        let names = |excl: &[&str]| -> Vec<String> {
+            hash(excl).entries.into_iter().map(|(p, _)| p).collect()
+        };
+        for p in ["./a", "a/", "a"] {
+            assert_eq!(names(&[p]), ["src", "src/keep"], "{p}");
+        }
+        assert_eq!(names(&["a/*"]), ["src", "src/a", "src/keep"]);
+        // A change below an excluded directory leaves the key as it was; one copied changes it.
+        let before = hash(&["a/"]).digest;
+        fs::write(root.join("src/a/sub/y"), "changed").unwrap();
+        assert_eq!(hash(&["a/"]).digest, before);
+        fs::write(root.join("src/keep"), "changed").unwrap();
+        assert_ne!(hash(&["a/"]).digest, before);
     }
 
     #[test]
