@@ -73,8 +73,11 @@ enum Tok {
     Comma,
 }
 
+/// One piece of a template's source: its offset, an action's tokens or else its text.
+type Item = (usize, Option<Vec<Tok>>, String);
+
 /// Splits `src` into text and the token lists of its actions, applying the trim markers.
-fn split_actions(src: &str) -> Result<Vec<(usize, Option<Vec<Tok>>, String)>> {
+fn split_actions(src: &str) -> Result<Vec<Item>> {
     let mut out = Vec::new();
     let mut rest = src;
     let mut offset = 0;
@@ -302,7 +305,7 @@ fn s_adjacent(chars: &[char], dot: usize) -> bool {
 
 struct Parser<'a> {
     src: &'a str,
-    items: Vec<(usize, Option<Vec<Tok>>, String)>,
+    items: Vec<Item>,
     at: usize,
 }
 
@@ -992,12 +995,15 @@ fn fields(pos: usize, mut v: Val, path: &[String]) -> Result<Val> {
                     v: x.clone(),
                     nil: nil_print(key),
                 },
-                None => {
-                    return Err(exec_err(
-                        pos,
-                        format!("at <.{key}>: map has no entry for key \"{key}\""),
-                    ))
-                }
+                None => match zero_value(key) {
+                    Some(z) => z,
+                    None => {
+                        return Err(exec_err(
+                            pos,
+                            format!("at <.{key}>: map has no entry for key \"{key}\""),
+                        ))
+                    }
+                },
             },
             Value::Null => {
                 return Err(exec_err(
@@ -1017,6 +1023,27 @@ fn fields(pos: usize, mut v: Val, path: &[String]) -> Result<Val> {
         };
     }
     Ok(v)
+}
+
+/// docker's struct fields that its JSON omits when empty (`omitempty`) but a template still
+/// reads as their zero value: `{{.Config.User}}` is "" and `{{.Config.Healthcheck}}` `<nil>`
+/// on an image that sets neither.
+fn zero_value(key: &str) -> Option<Val> {
+    let v = match key {
+        "User" | "WorkingDir" | "StopSignal" | "Hostname" | "Domainname" | "Image" | "Author"
+        | "Comment" | "Variant" | "MacAddress" | "Parent" | "DockerVersion" => {
+            Value::String(String::new())
+        }
+        "ArgsEscaped" | "Tty" | "OpenStdin" | "StdinOnce" | "AttachStdin" | "AttachStdout"
+        | "AttachStderr" | "NetworkDisabled" => Value::Bool(false),
+        "Healthcheck" | "StopTimeout" => Value::Null,
+        _ if nil_print(key) != "<nil>" => Value::Null,
+        _ => return None,
+    };
+    Some(Val {
+        v,
+        nil: nil_print(key),
+    })
 }
 
 fn type_name(v: &Value) -> &'static str {
@@ -1107,7 +1134,7 @@ fn print_value(out: &mut String, v: &Value, nil: &'static str, top: bool) {
         }
         Value::Object(m) => {
             // An empty struct (docker's `{}` in ExposedPorts, Volumes) prints `{}`.
-            if m.is_empty() && !top {
+            if m.is_empty() && !(top && nil == "map[]") {
                 out.push_str("{}");
                 return;
             }
