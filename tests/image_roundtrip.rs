@@ -159,7 +159,7 @@ fn import_save_load_round_trips_in_both_formats() {
         let inspect: serde_json::Value =
             serde_json::from_str(&kiln_ok(fresh.path(), &["inspect", "rt:1"])).unwrap();
         assert_eq!(inspect[0]["Id"].as_str().unwrap(), id.trim());
-        assert_eq!(inspect[0]["Config"]["config"]["Cmd"][0], "sh");
+        assert_eq!(inspect[0]["Config"]["Cmd"][0], "sh");
     }
 }
 
@@ -326,10 +326,7 @@ fn compressed_and_stdin_inputs_and_outputs() {
     let inspect = |n: &str| -> serde_json::Value {
         serde_json::from_str(&kiln_ok(r, &["inspect", n])).unwrap()
     };
-    assert_eq!(
-        inspect("zst")[0]["Config"]["rootfs"],
-        inspect("stdin:1")[0]["Config"]["rootfs"]
-    );
+    assert_eq!(inspect("zst")[0]["RootFS"], inspect("stdin:1")[0]["RootFS"]);
     assert!(id1.starts_with("sha256:"));
     // zstd and uncompressed OCI output to stdout, loaded back through stdin.
     for compression in ["zstd", "none"] {
@@ -375,10 +372,7 @@ fn compressed_and_stdin_inputs_and_outputs() {
             "zstd" => assert!(media.ends_with("tar+zstd"), "{media}"),
             _ => assert!(media.ends_with(".tar"), "{media}"),
         }
-        assert_eq!(
-            fi[0]["Config"]["rootfs"],
-            inspect("zst")[0]["Config"]["rootfs"]
-        );
+        assert_eq!(fi[0]["RootFS"], inspect("zst")[0]["RootFS"]);
     }
 }
 

@@ -8,6 +8,7 @@ use std::path::Path;
 use anyhow::{bail, Context, Result};
 use clap::{Subcommand, ValueEnum};
 
+use super::template::{Format, Template};
 use super::Globals;
 use crate::oci::archive::{self, ArchiveFormat, SaveItem};
 use crate::oci::compress::Compression;
@@ -39,12 +40,6 @@ pub enum SaveFormat {
     Oci,
 }
 
-#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
-pub enum ListFormat {
-    Table,
-    Json,
-}
-
 #[derive(Debug, Subcommand)]
 pub enum ImageCommands {
     /// Make a one-layer image from a root filesystem tarball (like `docker import`).
@@ -71,9 +66,10 @@ pub enum ImageCommands {
         /// Only show image IDs.
         #[arg(short, long)]
         quiet: bool,
-        /// Output format: table or json (one JSON object per line, as docker prints).
-        #[arg(long, value_enum, default_value = "table")]
-        format: ListFormat,
+        /// Output format: table, json (one JSON object per line, as docker prints), a Go
+        /// template (`{{.Repository}}:{{.Tag}}`) or `table TEMPLATE` (with docker's headers).
+        #[arg(long)]
+        format: Option<String>,
         /// Show full image IDs.
         #[arg(long)]
         no_trunc: bool,
@@ -119,10 +115,16 @@ pub enum ImageCommands {
             value_name = "BOOL"
         )]
         human: bool,
+        /// A Go template per row (`{{.ID}} {{.CreatedBy}}`), `table TEMPLATE` or `json`.
+        #[arg(long)]
+        format: Option<String>,
         image: String,
     },
-    /// Print images' config and manifest as JSON.
+    /// Print images (or containers) as docker's inspect JSON.
     Inspect {
+        /// A Go template run on each object (`{{.Config.Cmd}}`, `{{json .Config}}`).
+        #[arg(short, long)]
+        format: Option<String>,
         #[arg(required = true)]
         images: Vec<String>,
     },
@@ -176,7 +178,13 @@ pub fn run(cmd: ImageCommands, globals: &Globals) -> Result<i32> {
             format,
             no_trunc,
             all: _,
-        } => cmd_images(globals, repository.as_deref(), quiet, format, no_trunc),
+        } => cmd_images(
+            globals,
+            repository.as_deref(),
+            quiet,
+            format.as_deref(),
+            no_trunc,
+        ),
         ImageCommands::Tag { source, target } => {
             let store = open(globals)?;
             let target = Reference::parse(&target).context("tag: target")?;
@@ -184,7 +192,9 @@ pub fn run(cmd: ImageCommands, globals: &Globals) -> Result<i32> {
             Ok(0)
         }
         ImageCommands::Rmi { force, images } => cmd_rmi(globals, &images, force),
-        ImageCommands::Inspect { images } => cmd_inspect(globals, &images),
+        ImageCommands::Inspect { format, images } => {
+            cmd_inspect(globals, &images, format.as_deref())
+        }
         // The known forms were rewritten to their short commands before parsing.
         ImageCommands::Image { args } => {
             let known: Vec<&str> = super::IMAGE_ALIASES.iter().map(|(a, _)| *a).collect();
@@ -201,8 +211,9 @@ pub fn run(cmd: ImageCommands, globals: &Globals) -> Result<i32> {
             no_trunc,
             quiet,
             human,
+            format,
             image,
-        } => cmd_history(globals, &image, no_trunc, quiet, human),
+        } => cmd_history(globals, &image, no_trunc, quiet, human, format.as_deref()),
         ImageCommands::Save {
             output,
             format,
@@ -270,6 +281,21 @@ fn cmd_import(
     Ok(0)
 }
 
+/// docker's column names of `images --format 'table …'`.
+const IMAGE_HEADERS: &[(&str, &str)] = &[
+    ("Containers", "CONTAINERS"),
+    ("CreatedAt", "CREATED AT"),
+    ("CreatedSince", "CREATED"),
+    ("Digest", "DIGEST"),
+    ("ID", "IMAGE ID"),
+    ("Repository", "REPOSITORY"),
+    ("SharedSize", "SHARED SIZE"),
+    ("Size", "SIZE"),
+    ("Tag", "TAG"),
+    ("UniqueSize", "UNIQUE SIZE"),
+    ("VirtualSize", "SIZE"),
+];
+
 fn created_since(created: i64) -> String {
     if created <= 0 {
         return "N/A".into();
@@ -302,9 +328,10 @@ fn cmd_images(
     globals: &Globals,
     repository: Option<&str>,
     quiet: bool,
-    format: ListFormat,
+    format: Option<&str>,
     no_trunc: bool,
 ) -> Result<i32> {
+    let format = Format::parse(format).context("images: --format")?;
     let store = open(globals)?;
     let mut images = store.list_images().context("images")?;
     if let Some(filter) = repository {
@@ -355,8 +382,10 @@ fn cmd_images(
             ]
         })
         .collect();
-    if format == ListFormat::Json {
-        for (img, row) in images.iter().zip(&rows) {
+    let objects: Vec<serde_json::Value> = images
+        .iter()
+        .zip(&rows)
+        .map(|(img, row)| {
             let created_at = chrono::DateTime::from_timestamp(img.created, 0)
                 .map(|t| t.format("%Y-%m-%d %H:%M:%S +0000 UTC").to_string())
                 .unwrap_or_default();
@@ -365,7 +394,7 @@ fn cmd_images(
                 .as_ref()
                 .and_then(|n| n.digest().map(String::from))
                 .unwrap_or_else(|| "<none>".into());
-            let obj = serde_json::json!({
+            serde_json::json!({
                 "Containers": "N/A",
                 "CreatedAt": created_at,
                 "CreatedSince": row[3],
@@ -378,9 +407,20 @@ fn cmd_images(
                 "Tag": row[1],
                 "UniqueSize": "N/A",
                 "VirtualSize": row[4],
-            });
+            })
+        })
+        .collect();
+    if let Format::Json = format {
+        for obj in &objects {
             writeln!(out, "{obj}")?;
         }
+        return Ok(0);
+    }
+    if let Some(text) = format
+        .render(IMAGE_HEADERS, &objects)
+        .context("images: --format")?
+    {
+        out.write_all(text.as_bytes())?;
         return Ok(0);
     }
     let rows: Vec<Vec<String>> = rows.into_iter().map(Vec::from).collect();
@@ -413,13 +453,25 @@ fn layer_content_size(store: &Store, digest: &str) -> Result<u64> {
     Ok(total)
 }
 
+/// docker's column names of `history --format 'table …'`.
+const HISTORY_HEADERS: &[(&str, &str)] = &[
+    ("Comment", "COMMENT"),
+    ("CreatedAt", "CREATED AT"),
+    ("CreatedBy", "CREATED BY"),
+    ("CreatedSince", "CREATED"),
+    ("ID", "IMAGE"),
+    ("Size", "SIZE"),
+];
+
 fn cmd_history(
     globals: &Globals,
     spec: &str,
     no_trunc: bool,
     quiet: bool,
     human: bool,
+    format: Option<&str>,
 ) -> Result<i32> {
+    let format = Format::parse(format).context("history: --format")?;
     let store = open(globals)?;
     let img = store
         .resolve(spec)
@@ -507,6 +559,40 @@ fn cmd_history(
             ]
         })
         .collect();
+    if !matches!(format, Format::DefaultTable) {
+        let objects: Vec<serde_json::Value> = entries
+            .iter()
+            .zip(&rows)
+            .map(|((h, _), row)| {
+                let created_at = h
+                    .created
+                    .as_deref()
+                    .and_then(|c| chrono::DateTime::parse_from_rfc3339(c).ok())
+                    .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+                    .unwrap_or_default();
+                serde_json::json!({
+                    "Comment": row[4],
+                    "CreatedAt": created_at,
+                    "CreatedBy": row[2],
+                    "CreatedSince": row[1],
+                    "ID": row[0],
+                    "Size": row[3],
+                })
+            })
+            .collect();
+        match format
+            .render(HISTORY_HEADERS, &objects)
+            .context("history: --format")?
+        {
+            Some(text) => out.write_all(text.as_bytes())?,
+            None => {
+                for obj in &objects {
+                    writeln!(out, "{obj}")?;
+                }
+            }
+        }
+        return Ok(0);
+    }
     let created = if human { "CREATED" } else { "CREATED AT" };
     super::table::write(
         &mut out,
@@ -537,7 +623,12 @@ fn cmd_rmi(globals: &Globals, images: &[String], force: bool) -> Result<i32> {
     Ok(code)
 }
 
-fn cmd_inspect(globals: &Globals, images: &[String]) -> Result<i32> {
+fn cmd_inspect(globals: &Globals, images: &[String], format: Option<&str>) -> Result<i32> {
+    // `--format json` is the default document; anything else is a template, parsed first.
+    let template = match format {
+        None | Some("json") => None,
+        Some(f) => Some(Template::parse(f).context("inspect: --format")?),
+    };
     let store = open(globals)?;
     let mut out = Vec::new();
     let mut code = 0;
@@ -553,17 +644,36 @@ fn cmd_inspect(globals: &Globals, images: &[String]) -> Result<i32> {
                 .get("created")
                 .cloned()
                 .unwrap_or(serde_json::Value::Null);
+            // docker's image document (what scripts and templates read), then kiln's own: the
+            // manifest and the image config as stored.
+            let str_of = |k: &str| {
+                config
+                    .get(k)
+                    .and_then(|v| v.as_str())
+                    .unwrap_or("")
+                    .to_string()
+            };
             Ok(serde_json::json!({
                 "Id": img.config_digest,
                 "RepoTags": names.iter().filter(|n| n.tag().is_some()).map(|n| n.to_string()).collect::<Vec<_>>(),
                 "RepoDigests": names.iter().map(|n| format!("{}@{}", n.familiar_repository(), img.manifest_digest)).collect::<Vec<_>>(),
+                "Parent": "",
+                "Comment": str_of("comment"),
                 "Created": created,
-                "Size": img.size,
+                "DockerVersion": "",
+                "Author": str_of("author"),
+                "Config": config.get("config").cloned().unwrap_or_else(|| serde_json::json!({})),
                 "Architecture": config.get("architecture"),
                 "Os": config.get("os"),
+                "Size": img.size,
+                "RootFS": {
+                    "Type": config.pointer("/rootfs/type").cloned().unwrap_or_else(|| "layers".into()),
+                    "Layers": config.pointer("/rootfs/diff_ids").cloned().unwrap_or_else(|| serde_json::json!([])),
+                },
+                "Metadata": {"LastTagTime": "0001-01-01T00:00:00Z"},
                 "ManifestDigest": img.manifest_digest,
                 "Manifest": manifest,
-                "Config": config,
+                "ImageConfig": config,
             }))
         })();
         match result {
@@ -578,7 +688,22 @@ fn cmd_inspect(globals: &Globals, images: &[String]) -> Result<i32> {
             },
         }
     }
-    crate::outln!("{}", serde_json::to_string_pretty(&out)?)?;
+    match template {
+        None => crate::outln!("{}", serde_json::to_string_pretty(&out)?)?,
+        Some(t) => {
+            for (v, spec) in out.iter().zip(images) {
+                match t.execute(v) {
+                    Ok(text) => crate::outln!("{text}")?,
+                    Err(e) => {
+                        crate::report::report_error(
+                            &e.context(format!("inspect: {spec}: --format")),
+                        );
+                        code = 1;
+                    }
+                }
+            }
+        }
+    }
     Ok(code)
 }
 

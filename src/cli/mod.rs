@@ -14,6 +14,7 @@ pub mod registry_cmds;
 pub mod run_cmds;
 pub mod system_cmds;
 pub mod table;
+pub mod template;
 pub mod unsupported;
 
 use std::path::PathBuf;

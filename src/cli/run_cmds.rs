@@ -1,6 +1,7 @@
 //! Container commands (docker's flags and output): run, ps, logs, stop, kill, rm, wait, exec,
 //! port, container inspect, volume. The work is in `crate::runner`.
 
+use super::template::Format;
 use std::io::Write;
 use std::path::Path;
 use std::time::Duration;
@@ -28,6 +29,9 @@ pub enum RunCommands {
         /// Do not truncate output.
         #[arg(long)]
         no_trunc: bool,
+        /// A Go template per container (`{{.Names}} {{.Status}}`), `table TEMPLATE` or `json`.
+        #[arg(long)]
+        format: Option<String>,
     },
     /// Print a container's logs.
     Logs {
@@ -247,6 +251,9 @@ pub enum VolumeCommands {
     Ls {
         #[arg(short, long)]
         quiet: bool,
+        /// A Go template per volume (`{{.Name}}`), `table TEMPLATE` or `json`.
+        #[arg(long)]
+        format: Option<String>,
     },
     /// Remove volumes (refuses volumes in use).
     Rm {
@@ -332,7 +339,8 @@ pub fn run(cmd: RunCommands, globals: &Globals) -> anyhow::Result<i32> {
             all,
             quiet,
             no_trunc,
-        } => ps(root, all, quiet, no_trunc),
+            format,
+        } => ps(root, all, quiet, no_trunc, format.as_deref()),
         RunCommands::Logs {
             follow,
             tail,
@@ -495,9 +503,30 @@ fn ago(ns: i64) -> i64 {
     (state::now_ns() - ns) / 1_000_000_000
 }
 
-fn ps(root: &Path, all: bool, quiet: bool, no_trunc: bool) -> Result<i32> {
+/// docker's column names of `ps --format 'table …'`.
+const PS_HEADERS: &[(&str, &str)] = &[
+    ("Command", "COMMAND"),
+    ("CreatedAt", "CREATED AT"),
+    ("ID", "CONTAINER ID"),
+    ("Image", "IMAGE"),
+    ("Labels", "LABELS"),
+    ("LocalVolumes", "LOCAL VOLUMES"),
+    ("Mounts", "MOUNTS"),
+    ("Names", "NAMES"),
+    ("Networks", "NETWORKS"),
+    ("Platform", "PLATFORM"),
+    ("Ports", "PORTS"),
+    ("RunningFor", "CREATED"),
+    ("Size", "SIZE"),
+    ("State", "STATE"),
+    ("Status", "STATUS"),
+];
+
+fn ps(root: &Path, all: bool, quiet: bool, no_trunc: bool, format: Option<&str>) -> Result<i32> {
+    let format = Format::parse(format).context("ps: --format")?;
     let store = runner::open_store(root)?;
     let mut rows: Vec<[String; 7]> = Vec::new();
+    let mut objects = Vec::new();
     for rec in state::list(&store)? {
         let status = rec.status();
         if !all && status != Status::Running {
@@ -530,6 +559,43 @@ fn ps(root: &Path, all: bool, quiet: bool, no_trunc: bool) -> Result<i32> {
                 human_duration(ago(rec.finished_ns.max(rec.created_ns)))
             ),
         };
+        let state_name = match status {
+            Status::Created => "created",
+            Status::Running if runner::is_paused(&rec) => "paused",
+            Status::Running => "running",
+            Status::Exited => "exited",
+        };
+        let created_at = chrono::DateTime::from_timestamp(rec.created_ns / 1_000_000_000, 0)
+            .map(|t| t.format("%Y-%m-%d %H:%M:%S +0000 UTC").to_string())
+            .unwrap_or_default();
+        let mounts: Vec<&str> = rec
+            .config
+            .mounts
+            .iter()
+            .filter(|m| m.kind == runner::config::MountType::Volume)
+            .map(|m| m.source.as_str())
+            .collect();
+        let mut network = rec.config.network.clone();
+        if network.is_empty() {
+            network = "none".into();
+        }
+        objects.push(serde_json::json!({
+            "Command": format!("\"{command}\""),
+            "CreatedAt": created_at,
+            "ID": if no_trunc { rec.id.as_str() } else { rec.short_id() },
+            "Image": rec.image,
+            "Labels": "",
+            "LocalVolumes": mounts.len().to_string(),
+            "Mounts": mounts.join(","),
+            "Names": rec.name,
+            "Networks": network,
+            "Platform": null,
+            "Ports": if status == Status::Running { state::ports_column(&rec.ports) } else { String::new() },
+            "RunningFor": format!("{} ago", human_duration(ago(rec.created_ns))),
+            "Size": "N/A",
+            "State": state_name,
+            "Status": status_text,
+        }));
         rows.push([
             if no_trunc {
                 rec.id.clone()
@@ -549,6 +615,19 @@ fn ps(root: &Path, all: bool, quiet: bool, no_trunc: bool) -> Result<i32> {
         ]);
     }
     if quiet {
+        return Ok(0);
+    }
+    if let Format::Json = format {
+        for obj in &objects {
+            crate::outln!("{obj}")?;
+        }
+        return Ok(0);
+    }
+    if let Some(text) = format
+        .render(PS_HEADERS, &objects)
+        .context("ps: --format")?
+    {
+        crate::out!("{text}")?;
         return Ok(0);
     }
     let header = [
@@ -648,6 +727,20 @@ fn cmd_port(root: &Path, container: &str, port: Option<&str>) -> Result<i32> {
     Ok(0)
 }
 
+/// docker's column names of `volume ls --format 'table …'`.
+const VOLUME_HEADERS: &[(&str, &str)] = &[
+    ("Availability", "AVAILABILITY"),
+    ("Driver", "DRIVER"),
+    ("Group", "GROUP"),
+    ("Labels", "LABELS"),
+    ("Links", "LINKS"),
+    ("Mountpoint", "MOUNTPOINT"),
+    ("Name", "VOLUME NAME"),
+    ("Scope", "SCOPE"),
+    ("Size", "SIZE"),
+    ("Status", "STATUS"),
+];
+
 fn volume(root: &Path, cmd: VolumeCommands) -> Result<i32> {
     let store = runner::open_store(root)?;
     match cmd {
@@ -661,8 +754,40 @@ fn volume(root: &Path, cmd: VolumeCommands) -> Result<i32> {
             crate::outln!("{name}")?;
             Ok(0)
         }
-        VolumeCommands::Ls { quiet } => {
+        VolumeCommands::Ls { quiet, format } => {
+            let format = Format::parse(format.as_deref()).context("volume ls: --format")?;
             let vols = state::volumes(&store)?;
+            if !quiet && !matches!(format, Format::DefaultTable) {
+                let objects: Vec<serde_json::Value> = vols
+                    .iter()
+                    .map(|v| {
+                        serde_json::json!({
+                            "Availability": "N/A",
+                            "Driver": "local",
+                            "Group": "N/A",
+                            "Labels": "",
+                            "Links": "N/A",
+                            "Mountpoint": runner::volumes::data_dir(store.root(), &v.name),
+                            "Name": v.name,
+                            "Scope": "local",
+                            "Size": "N/A",
+                            "Status": "N/A",
+                        })
+                    })
+                    .collect();
+                match format
+                    .render(VOLUME_HEADERS, &objects)
+                    .context("volume ls: --format")?
+                {
+                    Some(text) => crate::out!("{text}")?,
+                    None => {
+                        for obj in &objects {
+                            crate::outln!("{obj}")?;
+                        }
+                    }
+                }
+                return Ok(0);
+            }
             if !quiet {
                 crate::outln!("DRIVER    VOLUME NAME")?;
             }

@@ -11,20 +11,34 @@ use super::Globals;
 #[derive(Debug, Subcommand)]
 pub enum SystemCommands {
     /// Show kiln's version.
-    Version,
+    Version {
+        /// A Go template (`{{.Client.Version}}`) or `json`.
+        #[arg(short, long)]
+        format: Option<String>,
+    },
     /// Show how kiln is set up on this machine: storage, cgroups, registries, platforms.
-    Info,
+    Info {
+        /// A Go template (`{{.Driver}}`, `{{.NCPU}}`) or `json`.
+        #[arg(short, long)]
+        format: Option<String>,
+    },
 }
 
 pub fn run(cmd: SystemCommands, globals: &Globals) -> Result<i32> {
     match cmd {
-        SystemCommands::Version => {
+        SystemCommands::Version { format: Some(f) } => {
+            print_formatted(&version_json(), &f, "version")
+        }
+        SystemCommands::Info { format: Some(f) } => {
+            print_formatted(&info_json(&globals.root)?, &f, "info")
+        }
+        SystemCommands::Version { format: None } => {
             for line in version_lines() {
                 crate::outln!("{line}")?;
             }
             Ok(0)
         }
-        SystemCommands::Info => {
+        SystemCommands::Info { format: None } => {
             for line in info_lines(&globals.root)? {
                 crate::outln!("{line}")?;
             }
@@ -138,7 +152,7 @@ fn os_release() -> String {
         .unwrap_or_else(|| "unknown".into())
 }
 
-fn total_memory() -> String {
+fn mem_total_bytes() -> u64 {
     let kib = std::fs::read_to_string("/proc/meminfo")
         .ok()
         .and_then(|t| {
@@ -148,8 +162,12 @@ fn total_memory() -> String {
             })
         })
         .unwrap_or(0);
+    kib * 1024
+}
+
+fn total_memory() -> String {
     // docker prints binary units with two decimals: 23.54GiB.
-    let bytes = kib as f64 * 1024.0;
+    let bytes = mem_total_bytes() as f64;
     let gib = bytes / (1u64 << 30) as f64;
     if gib >= 1.0 {
         format!("{gib:.2}GiB")
@@ -158,8 +176,9 @@ fn total_memory() -> String {
     }
 }
 
-fn info_lines(root: &Path) -> Result<Vec<String>> {
-    let mut lines = Vec::new();
+/// What `kiln info` reports, under docker's `info` field names (`{{.Driver}}`, `{{.NCPU}}`,
+/// `{{.OperatingSystem}}`), plus kiln's own (`KilnRootDir`, `Platforms`).
+fn info_json(root: &Path) -> Result<serde_json::Value> {
     // Counts come from the store when the root exists; `info` does not create one.
     let (mut running, mut stopped, mut images) = (0, 0, 0);
     if root.join("kiln.db").exists() {
@@ -180,13 +199,6 @@ fn info_lines(root: &Path) -> Result<Vec<String>> {
         ids.dedup();
         images = ids.len();
     }
-    lines.push(format!("Containers: {}", running + stopped));
-    lines.push(format!(" Running: {running}"));
-    lines.push(" Paused: 0".into());
-    lines.push(format!(" Stopped: {stopped}"));
-    lines.push(format!("Images: {images}"));
-    lines.push(format!("Version: {}", env!("CARGO_PKG_VERSION")));
-    lines.push("Storage Driver: overlay (snapshotter: overlayfs)".into());
     let fs_probe = if root.exists() {
         root
     } else {
@@ -194,63 +206,138 @@ fn info_lines(root: &Path) -> Result<Vec<String>> {
             .find(|p| p.exists())
             .unwrap_or(Path::new("/"))
     };
-    lines.push(format!(
-        " Backing Filesystem: {}",
-        backing_filesystem(fs_probe)
-    ));
-    lines.push(" Options: redirect_dir=off, metacopy=off".into());
-    lines.push("Logging Driver: json-file".into());
-    lines.push("Cgroup Driver: cgroupfs".into());
     let cgroup = match crate::sandbox::cgroup::detect() {
         crate::sandbox::cgroup::CgroupVersion::V1 => "1",
         crate::sandbox::cgroup::CgroupVersion::V2 => "2",
     };
-    lines.push(format!("Cgroup Version: {cgroup}"));
-    lines.push(format!("Rootless: {}", !nix::unistd::geteuid().is_root()));
     let uname = nix::sys::utsname::uname().ok();
-    lines.push(format!(
-        "Kernel Version: {}",
-        uname
-            .as_ref()
-            .map(|u| u.release().to_string_lossy().into_owned())
-            .unwrap_or_default()
-    ));
-    lines.push(format!("Operating System: {}", os_release()));
-    lines.push("OSType: linux".into());
-    lines.push(format!("Architecture: {}", std::env::consts::ARCH));
-    lines.push("Platforms:".into());
-    for p in platforms(Path::new("/proc/sys/fs/binfmt_misc")) {
-        lines.push(format!(" {p}"));
-    }
-    lines.push(format!(
-        "CPUs: {}",
-        std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1)
-    ));
-    lines.push(format!("Total Memory: {}", total_memory()));
-    lines.push(format!(
-        "Name: {}",
-        uname
-            .as_ref()
-            .map(|u| u.nodename().to_string_lossy().into_owned())
-            .unwrap_or_default()
-    ));
-    lines.push(format!("Kiln Root Dir: {}", root.display()));
     let config = crate::registry::config::RegistryConfig::load()?;
-    lines.push("Insecure Registries:".into());
-    lines.push(" 127.0.0.0/8".into());
-    lines.push(" ::1/128".into());
-    for r in &config.insecure_registries {
-        lines.push(format!(" {r}"));
+    let mut insecure = vec!["127.0.0.0/8".to_string(), "::1/128".to_string()];
+    insecure.extend(config.insecure_registries.iter().cloned());
+    Ok(serde_json::json!({
+        "Containers": running + stopped,
+        "ContainersRunning": running,
+        "ContainersPaused": 0,
+        "ContainersStopped": stopped,
+        "Images": images,
+        "ServerVersion": env!("CARGO_PKG_VERSION"),
+        "Driver": "overlay",
+        "DriverStatus": [
+            ["Backing Filesystem", backing_filesystem(fs_probe)],
+            ["Options", "redirect_dir=off, metacopy=off"],
+        ],
+        "LoggingDriver": "json-file",
+        "CgroupDriver": "cgroupfs",
+        "CgroupVersion": cgroup,
+        "Rootless": !nix::unistd::geteuid().is_root(),
+        "KernelVersion": uname.as_ref().map(|u| u.release().to_string_lossy().into_owned()).unwrap_or_default(),
+        "OperatingSystem": os_release(),
+        "OSType": "linux",
+        "Architecture": std::env::consts::ARCH,
+        "Platforms": platforms(Path::new("/proc/sys/fs/binfmt_misc")),
+        "NCPU": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        "MemTotal": mem_total_bytes(),
+        "Name": uname.as_ref().map(|u| u.nodename().to_string_lossy().into_owned()).unwrap_or_default(),
+        "KilnRootDir": root.display().to_string(),
+        "RegistryConfig": {
+            "InsecureRegistryCIDRs": insecure,
+            "Mirrors": config.registry_mirrors,
+        },
+    }))
+}
+
+fn info_lines(root: &Path) -> Result<Vec<String>> {
+    let info = info_json(root)?;
+    let s = |k: &str| match &info[k] {
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    let mut lines = vec![
+        format!("Containers: {}", s("Containers")),
+        format!(" Running: {}", s("ContainersRunning")),
+        format!(" Paused: {}", s("ContainersPaused")),
+        format!(" Stopped: {}", s("ContainersStopped")),
+        format!("Images: {}", s("Images")),
+        format!("Version: {}", s("ServerVersion")),
+        "Storage Driver: overlay (snapshotter: overlayfs)".into(),
+    ];
+    for pair in info["DriverStatus"].as_array().into_iter().flatten() {
+        lines.push(format!(
+            " {}: {}",
+            pair[0].as_str().unwrap_or(""),
+            pair[1].as_str().unwrap_or("")
+        ));
     }
-    if !config.registry_mirrors.is_empty() {
+    lines.push(format!("Logging Driver: {}", s("LoggingDriver")));
+    lines.push(format!("Cgroup Driver: {}", s("CgroupDriver")));
+    lines.push(format!("Cgroup Version: {}", s("CgroupVersion")));
+    lines.push(format!("Rootless: {}", s("Rootless")));
+    lines.push(format!("Kernel Version: {}", s("KernelVersion")));
+    lines.push(format!("Operating System: {}", s("OperatingSystem")));
+    lines.push(format!("OSType: {}", s("OSType")));
+    lines.push(format!("Architecture: {}", s("Architecture")));
+    lines.push("Platforms:".into());
+    for p in info["Platforms"].as_array().into_iter().flatten() {
+        lines.push(format!(" {}", p.as_str().unwrap_or("")));
+    }
+    lines.push(format!("CPUs: {}", s("NCPU")));
+    lines.push(format!("Total Memory: {}", total_memory()));
+    lines.push(format!("Name: {}", s("Name")));
+    lines.push(format!("Kiln Root Dir: {}", s("KilnRootDir")));
+    lines.push("Insecure Registries:".into());
+    for r in info["RegistryConfig"]["InsecureRegistryCIDRs"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
+        lines.push(format!(" {}", r.as_str().unwrap_or("")));
+    }
+    let mirrors = info["RegistryConfig"]["Mirrors"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    if !mirrors.is_empty() {
         lines.push("Registry Mirrors:".into());
-        for m in &config.registry_mirrors {
-            lines.push(format!(" {m}"));
+        for m in &mirrors {
+            lines.push(format!(" {}", m.as_str().unwrap_or("")));
         }
     }
     Ok(lines)
+}
+
+/// docker's `version` document; kiln has no daemon, so only `Client` (and `Server` is null).
+fn version_json() -> serde_json::Value {
+    serde_json::json!({
+        "Client": {
+            "Platform": {"Name": "kiln"},
+            "Version": env!("CARGO_PKG_VERSION"),
+            "ApiVersion": "",
+            "DefaultAPIVersion": "",
+            "GitCommit": "",
+            "GoVersion": "",
+            "Os": "linux",
+            "Arch": crate::oci::image::host_architecture(),
+            "BuildTime": "",
+            "Context": "default",
+        },
+        "Server": null,
+    })
+}
+
+/// Prints `doc` through `--format`: `json` as one line, else a Go template.
+fn print_formatted(doc: &serde_json::Value, format: &str, what: &str) -> Result<i32> {
+    use anyhow::Context as _;
+    if format.trim() == "json" {
+        crate::outln!("{doc}")?;
+        return Ok(0);
+    }
+    let t =
+        super::template::Template::parse(format).with_context(|| format!("{what}: --format"))?;
+    let text = t
+        .execute(doc)
+        .with_context(|| format!("{what}: --format"))?;
+    crate::outln!("{text}")?;
+    Ok(0)
 }
 
 #[cfg(test)]

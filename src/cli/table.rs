@@ -41,6 +41,63 @@ pub fn ellipsis(s: &str, max: usize) -> String {
     cut
 }
 
+/// Go's tabwriter as docker's formatter sets it up (minwidth 10, padding 3, spaces): each
+/// tab-terminated cell is padded to its column's width; a column is a run of consecutive lines
+/// that have a cell there, so lines without tabs (a header-less row) break the alignment as in Go.
+pub fn tabwrite(text: &str) -> String {
+    let lines: Vec<Vec<&str>> = text
+        .strip_suffix('\n')
+        .unwrap_or(text)
+        .split('\n')
+        .map(|l| l.split('\t').collect())
+        .collect();
+    let mut out = String::new();
+    let mut widths = Vec::new();
+    format_block(&lines, 0, lines.len(), &mut widths, &mut out);
+    out
+}
+
+fn format_block(
+    lines: &[Vec<&str>],
+    mut line0: usize,
+    line1: usize,
+    widths: &mut Vec<usize>,
+    out: &mut String,
+) {
+    let column = widths.len();
+    let mut this = line0;
+    while this < line1 {
+        if column + 1 >= lines[this].len() {
+            this += 1;
+            continue;
+        }
+        write_lines(lines, line0, this, widths, out);
+        line0 = this;
+        let mut width = 10;
+        while this < line1 && column + 1 < lines[this].len() {
+            width = width.max(lines[this][column].chars().count() + 3);
+            this += 1;
+        }
+        widths.push(width);
+        format_block(lines, line0, this, widths, out);
+        widths.pop();
+        line0 = this;
+    }
+    write_lines(lines, line0, line1, widths, out);
+}
+
+fn write_lines(lines: &[Vec<&str>], from: usize, to: usize, widths: &[usize], out: &mut String) {
+    for line in &lines[from..to] {
+        for (j, cell) in line.iter().enumerate() {
+            out.push_str(cell);
+            if let Some(w) = widths.get(j).filter(|_| j + 1 < line.len()) {
+                out.push_str(&" ".repeat(w.saturating_sub(cell.chars().count())));
+            }
+        }
+        out.push('\n');
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -78,5 +135,19 @@ mod tests {
         );
         assert_eq!(ellipsis("abcdef", 4), "abc…");
         assert_eq!(ellipsis("abcd", 4), "abcd");
+    }
+
+    #[test]
+    fn tabwrite_pads_as_go_tabwriter() {
+        assert_eq!(
+            tabwrite("REPOSITORY\tTAG\n127.0.0.1:5000/busybox\tlatest\n"),
+            "REPOSITORY               TAG\n127.0.0.1:5000/busybox   latest\n"
+        );
+        // A line without a tab ends the column block: the lines after it align on their own.
+        assert_eq!(
+            tabwrite("a\tb\nplain\nlonger-cell\tc\n"),
+            "a         b\nplain\nlonger-cell   c\n"
+        );
+        assert_eq!(tabwrite("x\ty\tz\n"), "x         y         z\n");
     }
 }

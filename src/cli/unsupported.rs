@@ -405,12 +405,6 @@ const TABLE: &[(&str, &str, Option<char>, &str)] = &[
     ),
     (
         "ps",
-        "format",
-        None,
-        "formats each container with a Go template",
-    ),
-    (
-        "ps",
         "last",
         Some('n'),
         "shows the n last created containers",
@@ -440,12 +434,6 @@ const TABLE: &[(&str, &str, Option<char>, &str)] = &[
     ("rmi", "no-prune", None, "keeps untagged parent images"),
     ("rmi", "platform", None, "removes only one platform variant"),
     // inspect
-    (
-        "inspect",
-        "format",
-        Some('f'),
-        "formats the output with a Go template",
-    ),
     (
         "inspect",
         "size",
@@ -556,12 +544,6 @@ const TABLE: &[(&str, &str, Option<char>, &str)] = &[
         "platform",
         None,
         "shows the history of one platform variant",
-    ),
-    (
-        "history",
-        "format",
-        None,
-        "formats each row with a Go template",
     ),
     (
         "login",
