@@ -23,14 +23,16 @@ fn cgroup_dir(init_pid: i64, controller: &str) -> Option<PathBuf> {
     })
 }
 
-/// CPU time (ns) used by the container's cpu cgroup: `cpuacct.usage` when cpuacct is mounted
-/// with cpu; otherwise the sum of the CPU times of the processes in the cgroup (this machine
-/// mounts cpuacct separately, and the container has no cpuacct group of its own).
+/// CPU time (ns) used by the container: `cpuacct.usage` of its cpuacct cgroup (every execution
+/// has one where v1 mounts cpuacct, with cpu or apart); otherwise the sum of the CPU times of
+/// the processes in its cpu cgroup.
 fn cgroup_cpu_ns(init_pid: i64) -> u64 {
-    let dir = cgroup_dir(init_pid, "cpu").expect("the container has a cpu cgroup");
-    if let Ok(u) = std::fs::read_to_string(dir.join("cpuacct.usage")) {
+    if let Some(u) = cgroup_dir(init_pid, "cpuacct")
+        .and_then(|d| std::fs::read_to_string(d.join("cpuacct.usage")).ok())
+    {
         return u.trim().parse().unwrap();
     }
+    let dir = cgroup_dir(init_pid, "cpu").expect("the container has a cpu cgroup");
     let procs = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap();
     let tick_ns = 1_000_000_000 / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
     procs

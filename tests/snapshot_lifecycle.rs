@@ -146,13 +146,15 @@ fn wait_gone(pid: i32) -> bool {
 
 fn kiln_cgroups_of(pid: u32) -> Vec<PathBuf> {
     let prefix = format!("{pid}.");
-    ["memory", "cpu", "cpuset", "pids", "devices", ""]
-        .iter()
-        .filter_map(|c| std::fs::read_dir(Path::new("/sys/fs/cgroup").join(c).join("kiln")).ok())
-        .flat_map(|d| d.flatten())
-        .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
-        .map(|e| e.path())
-        .collect()
+    [
+        "freezer", "memory", "cpu", "cpuacct", "cpuset", "pids", "blkio", "devices", "",
+    ]
+    .iter()
+    .filter_map(|c| std::fs::read_dir(Path::new("/sys/fs/cgroup").join(c).join("kiln")).ok())
+    .flat_map(|d| d.flatten())
+    .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+    .map(|e| e.path())
+    .collect()
 }
 
 /// Kills the helper with SIGKILL (no cleanup code runs) and checks what it leaves: the overlay

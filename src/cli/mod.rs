@@ -4,7 +4,7 @@
 //! - `image_cmds`: import, images, tag, rmi, inspect, save, load (store + OCI formats)
 //! - `dockerfile_cmds`: parse, check (the Dockerfile front end)
 //! - `build_cmd`: build (the build engine)
-//! - `run_cmds`: run, ps, logs, stop, kill, rm, wait, exec, port, volume (the runner)
+//! - `run_cmds`: run, ps, logs, stop, kill, rm, wait, exec, port, top, stats, volume (the runner)
 //! - `registry_cmds`: pull, push, login, logout (the registry client)
 
 pub mod build_cmd;

@@ -134,6 +134,20 @@ pub enum RunCommands {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         ps_options: Vec<String>,
     },
+    /// Display containers' resource usage (CPU, memory, network and block I/O, processes),
+    /// refreshed every second until interrupted.
+    Stats {
+        /// Show all containers (default shows just running).
+        #[arg(short, long)]
+        all: bool,
+        /// Print one reading and exit (still about a second: CPU % needs two readings).
+        #[arg(long)]
+        no_stream: bool,
+        /// Do not truncate output.
+        #[arg(long)]
+        no_trunc: bool,
+        containers: Vec<String>,
+    },
     /// List a container's published ports, or the host address of one.
     Port {
         container: String,
@@ -383,6 +397,12 @@ pub fn run(cmd: RunCommands, globals: &Globals) -> anyhow::Result<i32> {
             print!("{}", runner::top::format_table(&top));
             Ok(0)
         }
+        RunCommands::Stats {
+            all,
+            no_stream,
+            no_trunc,
+            containers,
+        } => stats(root, all, no_stream, no_trunc, &containers),
         RunCommands::Rm {
             force,
             volumes,
@@ -479,6 +499,72 @@ fn each(
         }
     }
     Ok(failed as i32)
+}
+
+/// `kiln stats`: the named containers (or every running one, `-a` every one, listed again at
+/// each refresh), read twice a second apart for CPU %, then printed; every second again
+/// unless `no_stream` (the screen redrawn in place, as docker does).
+fn stats(root: &Path, all: bool, no_stream: bool, no_trunc: bool, names: &[String]) -> Result<i32> {
+    use runner::stats as st;
+    let store = runner::open_store(root)?;
+    let named: Vec<String> = names
+        .iter()
+        .map(|n| state::find(&store, n).map(|rec| rec.id))
+        .collect::<Result<_>>()?;
+    let containers = || -> Result<Vec<state::ContainerRecord>> {
+        if named.is_empty() {
+            Ok(state::list(&store)?
+                .into_iter()
+                .filter(|r| all || r.status() == Status::Running)
+                .collect())
+        } else {
+            // A named container removed meanwhile is left out.
+            let mut recs = Vec::new();
+            for id in &named {
+                recs.extend(state::get(&store, id)?);
+            }
+            Ok(recs)
+        }
+    };
+    let mut prev: std::collections::HashMap<String, st::Sample> = containers()?
+        .iter()
+        .map(|r| (r.id.clone(), st::sample(r)))
+        .collect();
+    let mut first = true;
+    loop {
+        std::thread::sleep(Duration::from_secs(1));
+        let recs = containers()?;
+        let mut next = std::collections::HashMap::new();
+        let rows: Vec<Vec<String>> = recs
+            .iter()
+            .map(|rec| {
+                let cur = st::sample(rec);
+                // A container that appeared since the last reading: no CPU % until the next.
+                let before = prev.get(&rec.id).copied().unwrap_or(cur);
+                next.insert(rec.id.clone(), cur);
+                st::row(rec, &before, &cur, no_trunc)
+            })
+            .collect();
+        prev = next;
+        let mut table = Vec::new();
+        super::table::write(&mut table, st::HEADER, &rows)?;
+        let table = String::from_utf8_lossy(&table);
+        if no_stream {
+            crate::out!("{table}")?;
+            return Ok(0);
+        }
+        // Home, each line cleared to its end, the rest of the screen cleared (the first frame
+        // clears the whole screen).
+        let mut frame = String::from(if first { "\x1b[2J\x1b[H" } else { "\x1b[H" });
+        for line in table.lines() {
+            frame.push_str(line);
+            frame.push_str("\x1b[K\n");
+        }
+        frame.push_str("\x1b[J");
+        crate::out!("{frame}")?;
+        crate::report::stdout().flush()?;
+        first = false;
+    }
 }
 
 /// docker's HumanDuration.

@@ -21,6 +21,7 @@ pub mod lifecycle;
 pub mod logs;
 pub mod proxy;
 pub mod state;
+pub mod stats;
 pub mod top;
 pub mod volumes;
 

@@ -14,10 +14,25 @@ use super::{device_filter, Resources};
 
 const CGROUP_ROOT: &str = "/sys/fs/cgroup";
 
-/// The v1 controllers kiln makes cgroups in (`devices` and `freezer` for every execution, the
-/// others for limits); `recover` and `kiln exec` look in each.
+/// The v1 controllers kiln makes cgroups in (`devices`, `freezer` and the accounting ones of
+/// `STATS_V1_CONTROLLERS` for every execution, `cpu` and `cpuset` for limits); `recover` and
+/// `kiln exec` look in each.
 /// `freezer` comes first: recovery thaws and empties a frozen cgroup there before the others.
-pub const V1_CONTROLLERS: &[&str] = &["freezer", "memory", "cpu", "cpuset", "pids", "devices"];
+pub const V1_CONTROLLERS: &[&str] = &[
+    "freezer", "memory", "cpu", "cpuacct", "cpuset", "pids", "blkio", "devices",
+];
+
+/// The v1 controllers every execution joins (where mounted) so `kiln stats` can account for
+/// it: CPU time, memory, block I/O, processes. Limits use `memory` and `pids` too.
+pub const STATS_V1_CONTROLLERS: &[&str] = &["memory", "cpuacct", "pids", "blkio"];
+
+/// Whether the v1 `controller` is mounted at /sys/fs/cgroup/<controller>.
+fn v1_mounted(controller: &str) -> bool {
+    Path::new(CGROUP_ROOT)
+        .join(controller)
+        .join("cgroup.procs")
+        .exists()
+}
 
 /// A device cgroup rule: `kind` `b` or `c`, `None` for `*`, `access` of `r` `w` `m`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -151,7 +166,8 @@ impl Cgroup {
                 let freezer = Path::new(CGROUP_ROOT).join("freezer/cgroup.procs").exists();
                 if !devices {
                     warn_no_device_cgroup("the v1 devices controller is not mounted");
-                    if res.is_empty() && !freezer {
+                    let accounting = STATS_V1_CONTROLLERS.iter().any(|c| v1_mounted(c));
+                    if res.is_empty() && !freezer && !accounting {
                         return Ok(None);
                     }
                 }
@@ -169,8 +185,16 @@ impl Cgroup {
             memory_dir: None,
             devices: false,
         };
+        // Co-mounted controllers (`cpu,cpuacct`, reached through symlinks) share one directory:
+        // it is made once, and its path is returned for each of them.
+        let mut roots: Vec<(PathBuf, PathBuf)> = Vec::new();
         let mut make = |controller: &str| -> io::Result<PathBuf> {
-            let parent = Path::new(CGROUP_ROOT).join(controller).join("kiln");
+            let root = Path::new(CGROUP_ROOT).join(controller);
+            let real = root.canonicalize().unwrap_or_else(|_| root.clone());
+            if let Some((_, dir)) = roots.iter().find(|(r, _)| *r == real) {
+                return Ok(dir.clone());
+            }
+            let parent = root.join("kiln");
             if controller == "cpuset" && !parent.exists() {
                 std::fs::create_dir_all(&parent)?;
                 copy_cpuset(&Path::new(CGROUP_ROOT).join("cpuset"), &parent)?;
@@ -180,9 +204,19 @@ impl Cgroup {
             std::fs::create_dir(&dir)
                 .map_err(|e| io::Error::new(e.kind(), format!("mkdir {}: {e}", dir.display())))?;
             cg.dirs.push(dir.clone());
+            roots.push((real, dir.clone()));
             Ok(dir)
         };
         let result = (|| {
+            // The accounting controllers for `kiln stats`: joined when mounted; one that cannot
+            // be made (kiln in a container with a read-only hierarchy) only costs its numbers.
+            // A limit below asks `make` again for its controller: the same directory, or the
+            // error of making it.
+            for c in STATS_V1_CONTROLLERS {
+                if v1_mounted(c) {
+                    let _ = make(c);
+                }
+            }
             if let Some(bytes) = res.memory_bytes {
                 let dir = make("memory")?;
                 write(&dir.join("memory.limit_in_bytes"), &bytes.to_string())?;
@@ -263,7 +297,7 @@ impl Cgroup {
         std::fs::create_dir_all(&parent)?;
         let available =
             std::fs::read_to_string(root.join("cgroup.controllers")).unwrap_or_default();
-        let wanted: Vec<&str> = ["memory", "cpu", "cpuset", "pids"]
+        let wanted: Vec<&str> = ["memory", "cpu", "cpuset", "pids", "io"]
             .into_iter()
             .filter(|c| available.split_whitespace().any(|a| a == *c))
             .collect();

@@ -48,6 +48,7 @@
 
 pub mod caps;
 pub mod cgroup;
+pub mod cgroup_stats;
 pub mod device_filter;
 mod process;
 pub mod rootfs;

@@ -239,10 +239,15 @@ pub fn mounts_under(dir: &Path) -> Vec<String> {
         .collect()
 }
 
+/// Every v1 controller kiln makes cgroups in (`sandbox::cgroup::V1_CONTROLLERS`).
+pub const V1_CONTROLLERS: &[&str] = &[
+    "freezer", "memory", "cpu", "cpuacct", "cpuset", "pids", "blkio", "devices",
+];
+
 /// kiln cgroups whose owner is `pid` (named `<pid>.<n>` under each controller's `kiln/`).
 pub fn cgroups_of(pid: i64) -> Vec<PathBuf> {
     let mut out = Vec::new();
-    for c in ["memory", "cpu", "cpuset", "pids", "devices", ""] {
+    for c in V1_CONTROLLERS.iter().chain(&[""]) {
         let dir = Path::new("/sys/fs/cgroup").join(c).join("kiln");
         if let Ok(entries) = std::fs::read_dir(&dir) {
             for e in entries.flatten() {
