@@ -9,13 +9,14 @@
 
 pub mod build_cmd;
 pub mod dockerfile_cmds;
+pub mod format;
 pub mod image_cmds;
 pub mod registry_cmds;
 pub mod run_cmds;
 pub mod system_cmds;
-pub mod table;
-pub mod template;
 pub mod unsupported;
+
+pub use format::{table, template};
 
 use std::path::PathBuf;
 

@@ -50,15 +50,14 @@
 //! }
 //! ```
 
-pub mod ast;
 pub mod dockerignore;
-pub mod error;
 pub mod expand;
-pub mod instructions;
 pub mod lint;
 mod load;
-pub mod raw;
+pub mod parse;
 pub mod stages;
+
+pub use parse::{ast, error, instructions, raw};
 
 pub use ast::*;
 pub use dockerignore::DockerIgnore;

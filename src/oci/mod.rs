@@ -6,6 +6,7 @@ pub mod compress;
 pub mod config;
 pub mod image;
 pub mod import;
-pub mod layer;
 pub mod progress;
-pub mod targuard;
+pub mod tar;
+
+pub use tar::{layer, targuard};

@@ -18,11 +18,9 @@
 pub mod config;
 pub mod exec;
 pub mod lifecycle;
-pub mod logs;
+pub mod observe;
 pub mod proxy;
 pub mod state;
-pub mod stats;
-pub mod top;
 pub mod volumes;
 
 use std::io::Write;
@@ -38,6 +36,7 @@ use state::{ContainerConfig, ContainerRecord, Status};
 
 use crate::store::Store;
 
+pub use observe::{logs, stats, top};
 pub use state::open_store;
 
 /// `kiln run`'s options, as parsed from the command line.

@@ -21,7 +21,7 @@ use std::path::{Component, Path, PathBuf};
 use crate::digest::Sha256;
 use anyhow::{bail, Context, Result};
 
-use super::change::Change;
+use crate::oci::change::Change;
 use crate::store::space::{Limits, SpaceGuard};
 
 /// The opaque-directory marker in a layer.
@@ -481,7 +481,7 @@ pub fn apply_layer_with(
     mode: ApplyMode,
     limits: Limits,
 ) -> Result<AppliedLayer> {
-    let (_, stream) = super::compress::decompress(tar).context("reading the layer")?;
+    let (_, stream) = crate::oci::compress::decompress(tar).context("reading the layer")?;
     fs::create_dir_all(target).with_context(|| format!("creating {}", target.display()))?;
     let space = SpaceGuard::new(target, limits).context("unpacking a layer")?;
     let mut reader = HashingReader {
@@ -1288,13 +1288,13 @@ pub struct StoredLayer {
 /// compressor into a new blob, and records the layer (digest -> DiffID). One pass, no temp tar.
 pub fn store_layer(
     store: &crate::store::Store,
-    compression: super::compress::Compression,
+    compression: crate::oci::compress::Compression,
     write: impl FnOnce(&mut dyn Write) -> Result<()>,
 ) -> Result<StoredLayer> {
     store_layer_with_gzip_level(
         store,
         compression,
-        super::compress::DEFAULT_GZIP_LEVEL,
+        crate::oci::compress::DEFAULT_GZIP_LEVEL,
         write,
     )
 }
@@ -1302,11 +1302,11 @@ pub fn store_layer(
 /// [`store_layer`] with gzip at `gzip_level` (builds trade a little size for speed).
 pub fn store_layer_with_gzip_level(
     store: &crate::store::Store,
-    compression: super::compress::Compression,
+    compression: crate::oci::compress::Compression,
     gzip_level: u32,
     write: impl FnOnce(&mut dyn Write) -> Result<()>,
 ) -> Result<StoredLayer> {
-    let mut compressor = super::compress::Compressor::with_gzip_level(
+    let mut compressor = crate::oci::compress::Compressor::with_gzip_level(
         store.blob_writer()?,
         compression,
         gzip_level,

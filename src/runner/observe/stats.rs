@@ -3,7 +3,7 @@
 //! (`sandbox::cgroup_stats`) and its network namespace; CPU % needs two readings (the
 //! container's CPU time over the system's in between, times the online CPUs).
 
-use super::state::{ContainerRecord, Status};
+use crate::runner::state::{ContainerRecord, Status};
 use crate::sandbox::cgroup::{self, CgroupVersion};
 use crate::sandbox::cgroup_stats;
 

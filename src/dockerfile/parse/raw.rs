@@ -18,7 +18,7 @@ use nom::{
 use serde::Serialize;
 
 use super::error::ParseError;
-use super::expand::Lexer;
+use crate::dockerfile::expand::Lexer;
 
 /// One instruction as BuildKit's parser sees it.
 #[derive(Debug, Clone, PartialEq, Serialize)]

@@ -6,7 +6,7 @@ use std::collections::HashSet;
 
 use anyhow::{bail, Context, Result};
 
-use super::state::{ContainerRecord, Status};
+use crate::runner::state::{ContainerRecord, Status};
 use crate::sandbox::cgroup;
 
 /// The table: ps's column titles and one row per process (the last column joins the rest of

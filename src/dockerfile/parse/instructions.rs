@@ -99,7 +99,7 @@ pub fn typed(source: &str, raw: RawDockerfile) -> Result<Dockerfile, ParseError>
 
 /// Levenshtein distance in characters, for "did you mean" suggestions: keywords here, variable
 /// names in `lint`.
-pub(super) fn edit_distance(a: &str, b: &str) -> usize {
+pub(in crate::dockerfile) fn edit_distance(a: &str, b: &str) -> usize {
     let b: Vec<char> = b.chars().collect();
     let mut prev: Vec<usize> = (0..=b.len()).collect();
     for (i, ca) in a.chars().enumerate() {
