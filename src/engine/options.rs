@@ -62,6 +62,7 @@ pub fn run_limits(
         cpu_shares: cpu_shares.or(config.cpu_shares),
         cpuset: cpuset.or(config.cpuset_cpus),
         pids_limit: pids,
+        unobserved: true,
     })
 }
 

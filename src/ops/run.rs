@@ -39,7 +39,10 @@ pub(super) fn run_step(
         Network::Host => crate::sandbox::Network::Host,
         Network::None => crate::sandbox::Network::None,
     };
-    spec.resources = run_limits.clone();
+    spec.resources = crate::sandbox::Resources {
+        unobserved: true,
+        ..run_limits.clone()
+    };
     spec.stdin = crate::sandbox::Stdio::Null;
     spec.stdout = crate::sandbox::Stdio::Piped;
     spec.stderr = crate::sandbox::Stdio::Piped;

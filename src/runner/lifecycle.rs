@@ -124,6 +124,8 @@ pub fn start(store: &Store, rec: &ContainerRecord, mode: StreamMode) -> Result<S
         cpu_shares: cfg.cpu_shares,
         cpuset: cfg.cpuset.clone(),
         pids_limit: cfg.pids_limit,
+        // Containers are paused and read by `kiln pause` and `kiln stats`.
+        unobserved: false,
     };
     spec.stdin = if cfg.interactive && mode != StreamMode::LogOnly {
         Stdio::Inherit

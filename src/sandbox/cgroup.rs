@@ -163,10 +163,12 @@ impl Cgroup {
                 let devices = Path::new(CGROUP_ROOT)
                     .join("devices/devices.allow")
                     .exists();
-                let freezer = Path::new(CGROUP_ROOT).join("freezer/cgroup.procs").exists();
+                let freezer =
+                    !res.unobserved && Path::new(CGROUP_ROOT).join("freezer/cgroup.procs").exists();
                 if !devices {
                     warn_no_device_cgroup("the v1 devices controller is not mounted");
-                    let accounting = STATS_V1_CONTROLLERS.iter().any(|c| v1_mounted(c));
+                    let accounting =
+                        !res.unobserved && STATS_V1_CONTROLLERS.iter().any(|c| v1_mounted(c));
                     if res.is_empty() && !freezer && !accounting {
                         return Ok(None);
                     }
@@ -213,7 +215,7 @@ impl Cgroup {
             // A limit below asks `make` again for its controller: the same directory, or the
             // error of making it.
             for c in STATS_V1_CONTROLLERS {
-                if v1_mounted(c) {
+                if !res.unobserved && v1_mounted(c) {
                     let _ = make(c);
                 }
             }

@@ -116,6 +116,10 @@ pub struct Resources {
     /// A cpuset list such as "0" or "0-1".
     pub cpuset: Option<String>,
     pub pids_limit: Option<u64>,
+    /// No freezer or accounting cgroups (v1): for build RUN steps, which nothing pauses or reads
+    /// stats of. Each v1 cgroup an execution joins costs a `cgroup.procs` write, the slowest
+    /// part of starting a short command.
+    pub unobserved: bool,
 }
 
 impl Resources {
