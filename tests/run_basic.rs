@@ -3,22 +3,11 @@
 mod common;
 mod run_fixtures;
 
-use run_fixtures::{busybox_image, kiln, Container};
+use run_fixtures::{kiln, out, root_with_bb, Container};
 use serde_json::json;
 
 fn setup(config: serde_json::Value) -> tempfile::TempDir {
-    common::require_root();
-    let root = common::temp_root();
-    busybox_image(root.path(), "bb", config);
-    root
-}
-
-fn out(o: &std::process::Output) -> (i32, String, String) {
-    (
-        o.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&o.stdout).into_owned(),
-        String::from_utf8_lossy(&o.stderr).into_owned(),
-    )
+    root_with_bb(config)
 }
 
 #[test]

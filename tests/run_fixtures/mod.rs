@@ -288,3 +288,20 @@ pub fn eventually<T>(secs: u64, mut f: impl FnMut() -> Option<T>) -> Option<T> {
         std::thread::sleep(std::time::Duration::from_millis(25));
     }
 }
+
+/// A fresh root with busybox as `bb`, its image config `config`.
+pub fn root_with_bb(config: serde_json::Value) -> tempfile::TempDir {
+    common::require_root();
+    let root = common::temp_root();
+    busybox_image(root.path(), "bb", config);
+    root
+}
+
+/// A finished command as (exit code, stdout, stderr).
+pub fn out(o: &Output) -> (i32, String, String) {
+    (
+        o.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
