@@ -345,7 +345,24 @@ fn fs_line(p: &str, e: &Entry, mtimes: &[String]) -> String {
 /// Serializes as Python's json.dumps(sort_keys=True, separators=(",", ":")) does for these values.
 fn compact(v: &Value) -> String {
     // serde_json's maps are sorted (no preserve_order feature), and its compact form has no spaces.
-    serde_json::to_string(v).unwrap()
+    ascii_escaped(&serde_json::to_string(v).unwrap())
+}
+
+/// Python's json.dumps writes every non-ASCII character as `\uXXXX` (UTF-16 units), serde_json
+/// writes it as is: inside JSON text, both are the same string.
+fn ascii_escaped(json: &str) -> String {
+    let mut out = String::with_capacity(json.len());
+    for c in json.chars() {
+        if c.is_ascii() {
+            out.push(c);
+        } else {
+            let mut units = [0u16; 2];
+            for u in c.encode_utf16(&mut units) {
+                out.push_str(&format!("\\u{u:04x}"));
+            }
+        }
+    }
+    out
 }
 
 fn listing(root: &Path, image: &str, mtimes: &[String]) -> Vec<String> {
@@ -392,7 +409,7 @@ fn listing(root: &Path, image: &str, mtimes: &[String]) -> Vec<String> {
             out.push(format!("fs {} absent", Value::from(p.as_str())));
         }
     }
-    out
+    out.iter().map(|l| ascii_escaped(l)).collect()
 }
 
 fn lines_of(path: &Path) -> Vec<String> {

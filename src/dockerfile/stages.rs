@@ -199,18 +199,12 @@ pub fn stages_with(df: &Dockerfile, context: BuildContext) -> Result<Stages, Par
                     ),
                     None => None,
                 };
-                if let Some(name) = alias {
-                    if stages.iter().any(|s| s.name.as_deref() == Some(name)) {
-                        return Err(stage_error(
-                            step,
-                            format!("duplicate stage name {name:?}: each FROM ... AS needs its own name"),
-                        ));
-                    }
-                }
+                // Two stages may share a name (BuildKit builds it; `kiln check` warns with
+                // DuplicateStageName): a later reference means the later stage.
                 let lower = base.to_lowercase();
                 let base_stage = stages
                     .iter()
-                    .find(|s| s.name.as_deref() == Some(lower.as_str()))
+                    .rfind(|s| s.name.as_deref() == Some(lower.as_str()))
                     .map(|s| s.index);
                 stages.push(Stage {
                     index: stages.len(),
@@ -300,6 +294,7 @@ impl Stages {
             global_args: self.global_args.clone(),
             build_args: self.context.build_args.clone(),
             platform_args: self.context.platform_args(),
+            args_over_env: Vec::new(),
         }
     }
 }
@@ -317,19 +312,36 @@ pub struct Vars {
     global_args: Vec<(String, Option<String>)>,
     build_args: HashMap<String, String>,
     platform_args: Vec<(String, String)>,
+    /// Names whose ARG got a value after an ENV of the same name: for RUN and expansion the
+    /// later one wins (BuildKit: `ENV X=e` then `ARG X=a` gives `a`; `ARG X=a` then `ENV X=e`
+    /// gives `e`), while the image config keeps the ENV.
+    args_over_env: Vec<String>,
 }
 
 impl Vars {
-    /// The value of `name` for expansion: ENV first, then ARGs declared in the stage.
+    /// The value of `name` for expansion: whichever of ENV and the stage's ARGs set it last.
     pub fn lookup(&self, name: &str) -> Option<String> {
+        let arg = || {
+            self.args
+                .iter()
+                .rev()
+                .find(|(k, _)| k == name)
+                .and_then(|(_, v)| v.clone())
+        };
+        if self.args_over_env.iter().any(|n| n == name) {
+            if let Some(v) = arg() {
+                return Some(v);
+            }
+        }
         if let Some((_, v)) = self.env.iter().rev().find(|(k, _)| k == name) {
             return Some(v.clone());
         }
-        self.args
-            .iter()
-            .rev()
-            .find(|(k, _)| k == name)
-            .and_then(|(_, v)| v.clone())
+        arg()
+    }
+
+    /// Whether ENV sets `name` and no later ARG overrides it.
+    fn env_wins(&self, name: &str) -> bool {
+        self.env.iter().any(|(n, _)| n == name) && !self.args_over_env.iter().any(|n| n == name)
     }
 
     pub fn expand(&self, word: &str) -> Result<String, ExpandError> {
@@ -354,7 +366,7 @@ impl Vars {
     pub fn arg_env(&self) -> Vec<(String, String)> {
         self.args
             .iter()
-            .filter(|(k, _)| !self.env.iter().any(|(n, _)| n == k))
+            .filter(|(k, _)| !self.env_wins(k))
             .filter_map(|(k, v)| Some((k.clone(), v.clone()?)))
             .collect()
     }
@@ -372,8 +384,14 @@ impl Vars {
     /// The environment a RUN gets: the image ENV, the stage's ARGs that have values (ENV wins),
     /// and the proxy build args.
     pub fn run_env(&self) -> Vec<(String, String)> {
-        let mut out = self.env.clone();
-        out.extend(self.arg_env());
+        let args = self.arg_env();
+        let mut out: Vec<(String, String)> = self
+            .env
+            .iter()
+            .filter(|(k, _)| !args.iter().any(|(a, _)| a == k))
+            .cloned()
+            .collect();
+        out.extend(args);
         out.extend(self.proxy_env());
         out
     }
@@ -384,10 +402,23 @@ impl Vars {
     pub fn proxy_env(&self) -> Vec<(String, String)> {
         let declared =
             |k: &str| self.env.iter().any(|(n, _)| n == k) || self.args.iter().any(|(n, _)| n == k);
+        // As BuildKit, a proxy given in either case is set in both (`http_proxy` also gives
+        // `HTTP_PROXY`), the spelling given winning over the other.
         PROXY_ARGS
             .iter()
             .filter(|p| !declared(p))
-            .filter_map(|p| Some((p.to_string(), self.build_args.get(*p)?.clone())))
+            .filter_map(|p| {
+                let other = if p.chars().any(|c| c.is_ascii_lowercase()) {
+                    p.to_ascii_uppercase()
+                } else {
+                    p.to_ascii_lowercase()
+                };
+                let value = self
+                    .build_args
+                    .get(*p)
+                    .or_else(|| self.build_args.get(&other))?;
+                Some((p.to_string(), value.clone()))
+            })
             .collect()
     }
 
@@ -406,6 +437,7 @@ impl Vars {
                 for (k, v) in &done {
                     self.env.retain(|(n, _)| n != k);
                     self.env.push((k.clone(), v.clone()));
+                    self.args_over_env.retain(|n| n != k);
                 }
                 Instruction::Env(done)
             }
@@ -435,6 +467,12 @@ impl Vars {
                     // The history writes the value this line gives (`ARG A` again: no value);
                     // a re-declared ARG keeps its first place in RUN's list, as BuildKit's.
                     done.push((name.clone(), value.clone()));
+                    if value.is_some()
+                        && self.env.iter().any(|(n, _)| n == name)
+                        && !self.args_over_env.contains(name)
+                    {
+                        self.args_over_env.push(name.clone());
+                    }
                     match self.args.iter_mut().find(|(n, _)| n == name) {
                         Some(slot) => {
                             if value.is_some() {
@@ -575,19 +613,38 @@ mod tests {
     }
 
     #[test]
-    fn env_wins_over_arg_and_run_env() {
-        let df = parse("FROM a\nENV X=env\nARG X=arg\nARG Y\nUSER $X:$Y\n").unwrap();
-        let st = stages(&df, &args(&[("Y", "why"), ("HTTP_PROXY", "http://p")])).unwrap();
+    fn the_later_of_env_and_arg_wins_and_run_env() {
+        let df =
+            parse("FROM a\nENV X=env\nARG X=arg\nARG Y\nUSER $X:$Y\nENV Z=z\nARG Z\n").unwrap();
+        let st = stages(&df, &args(&[("Y", "why"), ("http_proxy", "http://p")])).unwrap();
         let mut vars = st.vars(&[("PATH".into(), "/bin".into())]);
         let mut out = Vec::new();
         for s in &st.stages[0].instructions {
             out.push(vars.apply(&s.instruction).unwrap());
         }
-        assert_eq!(out[3], Instruction::User("env:why".into()));
+        // ARG after ENV: the ARG's value (BuildKit); an ARG without a value leaves ENV's.
+        assert_eq!(out[3], Instruction::User("arg:why".into()));
         let env = vars.run_env();
-        assert!(env.contains(&("X".into(), "env".into())));
+        assert!(env.contains(&("X".into(), "arg".into())));
+        assert!(!env.contains(&("X".into(), "env".into())));
+        assert!(env.contains(&("Z".into(), "z".into())));
         assert!(env.contains(&("Y".into(), "why".into())));
+        // A proxy given in one case is set in both.
         assert!(env.contains(&("HTTP_PROXY".into(), "http://p".into())));
+        assert!(env.contains(&("http_proxy".into(), "http://p".into())));
+        // ENV after ARG: ENV again.
+        let df = parse("FROM a\nARG X=arg\nENV X=env\nUSER $X\n").unwrap();
+        let st = stages(&df, &HashMap::new()).unwrap();
+        let mut vars = st.vars(&[]);
+        let mut last = None;
+        for s in &st.stages[0].instructions {
+            last = Some(vars.apply(&s.instruction).unwrap());
+        }
+        assert_eq!(last, Some(Instruction::User("env".into())));
+        assert_eq!(
+            vars.history_args(),
+            vec![("X".to_string(), "env".to_string())]
+        );
     }
 
     #[test]
@@ -687,11 +744,10 @@ mod tests {
             .unwrap_err()
             .message
             .contains("no build stage"));
-        let df = parse("FROM a AS x\nFROM b AS X\n").unwrap();
-        assert!(stages(&df, &HashMap::new())
-            .unwrap_err()
-            .message
-            .contains("duplicate stage"));
+        // Two stages of one name build (a lint warning); FROM the name means the later one.
+        let df = parse("FROM a AS x\nFROM b AS X\nFROM x\n").unwrap();
+        let st = stages(&df, &HashMap::new()).unwrap();
+        assert_eq!(st.stages[2].base_stage, Some(1));
         let df = parse("ARG B\nFROM $B\n").unwrap();
         assert!(stages(&df, &HashMap::new())
             .unwrap_err()

@@ -3,9 +3,10 @@
 //!
 //! - sources are cleaned so they cannot leave their tree; globs match per path component; a
 //!   directory source copies its contents; a source symlink is followed (inside its tree);
-//! - the destination is a directory when it ends with `/` (or `.`), when there are several
-//!   sources, or when it already is one; otherwise a single file source is written to it;
-//! - missing parents are created (0755, owned by the `--chown` owner);
+//! - the destination is a directory when it ends with `/` (or `.`) or when it is one when a
+//!   source is copied (sources are copied in turn); otherwise a file source is written to it;
+//! - missing parents are created (0755, or the `--chmod` bits less group and other write; owned by
+//!   the `--chown` owner);
 //! - owners: files from the context become 0:0, files from a stage keep theirs, `--chown` wins;
 //!   `--chmod` sets the permission bits of everything copied; mtimes are kept;
 //! - destination symlinks are resolved inside the destination root, never outside it;
@@ -36,12 +37,14 @@ pub fn copy(
     let dest_clean = clean_rel(dest);
     let dest_says_dir =
         dest.ends_with('/') || dest.ends_with("/.") || dest == "." || dest_clean.is_empty();
-    let dest_is_dir = dest_says_dir
-        || sources.len() > 1
-        || expanded.len() > 1
-        || resolve_in_root(dest_root, &dest_clean)
-            .map(|p| p.is_dir())
-            .unwrap_or(false);
+    // Each source is copied in turn, as BuildKit's copy does (several sources are not made to
+    // need a directory): a file goes into the destination when that is a directory by then.
+    let dest_is_dir = |dest_root: &Path| {
+        dest_says_dir
+            || resolve_in_root(dest_root, &dest_clean)
+                .map(|p| p.is_dir())
+                .unwrap_or(false)
+    };
     let mut w = Writer {
         src,
         dest_root,
@@ -72,13 +75,14 @@ pub fn copy(
             && meta.is_file()
             && crate::source::archive::is_local_archive(&path)
         {
-            let dir = w.ensure_dir_path(&dest_clean)?;
+            // `--chmod` is for copied files: an unpacked archive's directory is made 0755.
+            let dir = ensure_dir_path(dest_root, &dest_clean, owner_default, 0o755)?;
             crate::source::archive::unpack_file(&path, &dir, opts.chown)?;
         } else {
             let name = rel.rsplit('/').next().unwrap_or(rel);
             let target = if opts.parents {
                 target_base
-            } else if dest_is_dir {
+            } else if dest_is_dir(dest_root) {
                 join_rel(&dest_clean, name)
             } else {
                 dest_clean.clone()
@@ -88,15 +92,21 @@ pub fn copy(
                 None => ("", target.as_str()),
             };
             let parent = w.ensure_dir_path(parent_rel)?;
-            w.copy_entry(&path, &meta, &parent.join(file_name))?;
+            let mut dest_path = parent.join(file_name);
+            // A symlink already at the destination is followed, inside the root, and the file
+            // written where it points (BuildKit's copy does the same).
+            if fs::symlink_metadata(&dest_path).is_ok_and(|m| m.file_type().is_symlink()) {
+                dest_path = resolve_in_root(dest_root, &target)?;
+            }
+            w.copy_entry(&path, &meta, &dest_path)?;
         }
     }
     Ok(())
 }
 
-/// Makes sure the directory `rel` (relative to `root`) exists, creating missing parents with mode
-/// 0755 and `owner`, following existing symlinks inside the root; returns its resolved path.
-fn ensure_dir_path(root: &Path, rel: &str, owner: (u32, u32)) -> Result<PathBuf> {
+/// Makes sure the directory `rel` (relative to `root`) exists, creating missing parents with
+/// `mode` and `owner`, following existing symlinks inside the root; returns its resolved path.
+fn ensure_dir_path(root: &Path, rel: &str, owner: (u32, u32), mode: u32) -> Result<PathBuf> {
     let mut current = String::new();
     for comp in rel.split('/').filter(|c| !c.is_empty()) {
         current = join_rel(&current, comp);
@@ -116,7 +126,7 @@ fn ensure_dir_path(root: &Path, rel: &str, owner: (u32, u32)) -> Result<PathBuf>
             Err(_) => {
                 fs::create_dir(&path)
                     .with_context(|| format!("creating /{current} in the image"))?;
-                fs::set_permissions(&path, fs::Permissions::from_mode(0o755))?;
+                fs::set_permissions(&path, fs::Permissions::from_mode(mode))?;
                 let (uid, gid) = owner;
                 std::os::unix::fs::lchown(&path, Some(uid), Some(gid))?;
             }
@@ -125,13 +135,25 @@ fn ensure_dir_path(root: &Path, rel: &str, owner: (u32, u32)) -> Result<PathBuf>
     resolve_in_root(root, rel)
 }
 
+/// The mode of a directory a COPY creates (the destination and its missing parents): 0755, or
+/// with `--chmod` the given bits less group and other write, as BuildKit creates them
+/// (`--chmod=770` -> 0750, `--chmod=600` -> 0600).
+fn created_dir_mode(chmod: Option<u32>) -> u32 {
+    chmod.map_or(0o755, |m| m & 0o755)
+}
+
 /// For a COPY whose sources are all directories (their contents go into `dest`): when the
 /// destination directory is missing or empty in `root` (the step's overlay), makes it exist
 /// there, so that the overlay has copied it and its parents up with their metadata, and returns
 /// its path relative to the root, symlinks resolved. Nothing the copy then writes can meet an
 /// entry of the layers below, so it can be written straight into the upperdir, without the
 /// overlay's per-file cost. `None` when the destination holds something already.
-pub fn claim_fresh_directory(root: &Path, dest: &str, owner: (u32, u32)) -> Result<Option<String>> {
+pub fn claim_fresh_directory(
+    root: &Path,
+    dest: &str,
+    owner: (u32, u32),
+    chmod: Option<u32>,
+) -> Result<Option<String>> {
     let rel = clean_rel(dest);
     if rel.is_empty() {
         return Ok(None);
@@ -139,7 +161,7 @@ pub fn claim_fresh_directory(root: &Path, dest: &str, owner: (u32, u32)) -> Resu
     let resolved = resolve_in_root(root, &rel)?;
     match fs::symlink_metadata(&resolved) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            ensure_dir_path(root, &rel, owner)?;
+            ensure_dir_path(root, &rel, owner, created_dir_mode(chmod))?;
         }
         Ok(m) if m.is_dir() => {
             let empty = fs::read_dir(&resolved)
@@ -197,7 +219,12 @@ impl Writer<'_> {
     /// Makes sure the directory `rel` (relative to the destination root) exists: see
     /// [`ensure_dir_path`].
     fn ensure_dir_path(&mut self, rel: &str) -> Result<PathBuf> {
-        ensure_dir_path(self.dest_root, rel, self.owner_default)
+        ensure_dir_path(
+            self.dest_root,
+            rel,
+            self.owner_default,
+            created_dir_mode(self.opts.chmod),
+        )
     }
 
     /// Copies the children of the source directory `dir` into the existing directory `target`.
@@ -515,7 +542,7 @@ fn display_in_root(root: &Path, path: &Path) -> String {
 /// `mkdir -p` of an absolute image path inside `root` (WORKDIR): symlinks resolved inside the
 /// root, created directories 0755 and owned by `owner` (root when `None`).
 pub fn mkdir_in_root(root: &Path, path: &str, owner: Option<(u32, u32)>) -> Result<()> {
-    ensure_dir_path(root, &clean_rel(path), owner.unwrap_or((0, 0)))?;
+    ensure_dir_path(root, &clean_rel(path), owner.unwrap_or((0, 0)), 0o755)?;
     Ok(())
 }
 
@@ -536,7 +563,7 @@ pub fn write_file_in_root(
     if name.is_empty() {
         bail!("cannot write a file at {path}");
     }
-    let parent = ensure_dir_path(root, parent_rel, owner)?;
+    let parent = ensure_dir_path(root, parent_rel, owner, 0o755)?;
     let dest = parent.join(name);
     match fs::symlink_metadata(&dest) {
         Ok(m) if m.is_dir() => bail!("cannot replace directory {path} with a file"),
@@ -556,8 +583,9 @@ pub fn write_file_in_root(
 }
 
 /// Resolves a `--chown` value (`user`, `uid`, `user:group`, `uid:gid`) through the image's
-/// /etc/passwd and /etc/group. A user without a group uses the same number as the gid, as docker
-/// documents. A name the image lacks is not an error, as in BuildKit: a missing user is uid 0,
+/// /etc/passwd and /etc/group. A user name without a group takes that user's primary group from
+/// /etc/passwd; a numeric uid without a group uses the same number as the gid (both as
+/// BuildKit). A name the image lacks is not an error, as in BuildKit: a missing user is uid 0,
 /// a missing group keeps the gid the user gave; the second value names what was missing (for a
 /// warning).
 pub fn resolve_chown(image_root: &Path, spec: &str) -> Result<((u32, u32), Vec<String>)> {
@@ -566,17 +594,17 @@ pub fn resolve_chown(image_root: &Path, spec: &str) -> Result<((u32, u32), Vec<S
         None => (spec, None),
     };
     let mut missing = Vec::new();
-    let uid = match user.parse::<u32>() {
-        Ok(n) => n,
-        Err(_) => lookup_id(image_root, "etc/passwd", user)
+    let (uid, primary_gid) = match user.parse::<u32>() {
+        Ok(n) => (n, n),
+        Err(_) => lookup_passwd(image_root, user)
             .with_context(|| format!("--chown={spec}"))?
             .unwrap_or_else(|| {
                 missing.push(format!("user {user:?} is not in the image's /etc/passwd"));
-                0
+                (0, 0)
             }),
     };
     let gid = match group {
-        None => uid,
+        None => primary_gid,
         Some(g) => match g.parse::<u32>() {
             Ok(n) => n,
             Err(_) => lookup_id(image_root, "etc/group", g)
@@ -588,6 +616,30 @@ pub fn resolve_chown(image_root: &Path, spec: &str) -> Result<((u32, u32), Vec<S
         },
     };
     Ok(((uid, gid), missing))
+}
+
+/// A user's uid and primary gid from the image's /etc/passwd; `None` when the file or the user
+/// is missing.
+fn lookup_passwd(image_root: &Path, name: &str) -> Result<Option<(u32, u32)>> {
+    let Ok(path) = resolve_in_root(image_root, "etc/passwd") else {
+        return Ok(None);
+    };
+    let text = match fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e).context("reading /etc/passwd"),
+    };
+    for line in text.lines() {
+        let fields: Vec<&str> = line.split(':').collect();
+        if fields.len() >= 4 && fields[0] == name {
+            let id = |f: &str| {
+                f.parse::<u32>()
+                    .with_context(|| format!("/etc/passwd: bad id for {name}"))
+            };
+            return Ok(Some((id(fields[2])?, id(fields[3])?)));
+        }
+    }
+    Ok(None)
 }
 
 /// Finds `name` in a passwd- or group-format file of the image and returns its third field;
@@ -684,7 +736,18 @@ mod tests {
             CopyOptions::default(),
         )
         .unwrap();
-        assert!(f.img.join("multi/top").is_file() && f.img.join("multi/readme").is_file());
+        // Sources are copied in turn to a path that is not a directory: the last one wins, as
+        // in BuildKit (no "must be a directory" rule).
+        assert_eq!(fs::read(f.img.join("multi")).unwrap(), b"r");
+        fs::create_dir(f.img.join("multidir")).unwrap();
+        run(
+            &f,
+            &["top", "docs/readme"],
+            "/multidir",
+            CopyOptions::default(),
+        )
+        .unwrap();
+        assert!(f.img.join("multidir/top").is_file() && f.img.join("multidir/readme").is_file());
     }
 
     #[test]
@@ -734,13 +797,19 @@ mod tests {
             .join(outside.strip_prefix("/").unwrap())
             .join("top")
             .exists());
-        // A file at the destination that is a symlink is replaced, not written through.
+        // A file at the destination that is a symlink is written through, as BuildKit does,
+        // but where the link points inside the root, never to the host path it names.
         let victim = f.img.parent().unwrap().join("victim");
         fs::write(&victim, "keep").unwrap();
         symlink(&victim, f.img.join("link-file")).unwrap();
         run(&f, &["top"], "/link-file", CopyOptions::default()).unwrap();
         assert_eq!(fs::read(&victim).unwrap(), b"keep");
-        assert_eq!(fs::read(f.img.join("link-file")).unwrap(), b"t");
+        assert!(fs::symlink_metadata(f.img.join("link-file"))
+            .unwrap()
+            .file_type()
+            .is_symlink());
+        let inside = f.img.join(victim.strip_prefix("/").unwrap());
+        assert_eq!(fs::read(inside).unwrap(), b"t");
     }
 
     #[test]
@@ -775,8 +844,9 @@ mod tests {
             (meta.uid(), meta.gid(), meta.mode() & 0o777),
             (1000, 50, 0o640)
         );
+        // Created parents get the --chmod bits less group and other write (BuildKit's mkdir).
         let parent = fs::metadata(f.img.join("new/parent")).unwrap();
-        assert_eq!((parent.uid(), parent.mode() & 0o777), (1000, 0o755));
+        assert_eq!((parent.uid(), parent.mode() & 0o777), (1000, 0o640));
     }
 
     #[test]

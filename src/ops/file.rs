@@ -195,14 +195,20 @@ fn fresh_destination(
     {
         return Ok(None);
     }
-    for rel in crate::source::select::expand_sources(src, &c.sources)? {
+    let expanded = crate::source::select::expand_sources(src, &c.sources)?;
+    // A pattern that matches nothing copies nothing: no destination is made (BuildKit).
+    if expanded.is_empty() {
+        return Ok(None);
+    }
+    for rel in expanded {
         let path = crate::source::fsutil::resolve_in_root(src.root, &rel)?;
         if !std::fs::symlink_metadata(&path).is_ok_and(|m| m.is_dir()) {
             return Ok(None);
         }
     }
     let owner = options.chown.unwrap_or((0, 0));
-    let Some(fresh) = copy::claim_fresh_directory(&snap.merged(), &c.dest, owner)? else {
+    let Some(fresh) = copy::claim_fresh_directory(&snap.merged(), &c.dest, owner, options.chmod)?
+    else {
         return Ok(None);
     };
     let in_upper = std::fs::symlink_metadata(snap.upper().join(&fresh));

@@ -35,6 +35,8 @@ pub(super) fn run_step(
     spec.cwd = PathBuf::from(&run.cwd);
     spec.user = run.user.clone().unwrap_or_default();
     spec.hostname = "buildkitsandbox".into();
+    // BuildKit's RUN has no /etc/hostname (only `hostname` answers).
+    spec.etc_hostname = false;
     spec.network = match run.network {
         Network::Host => crate::sandbox::Network::Host,
         Network::None => crate::sandbox::Network::None,
@@ -242,6 +244,27 @@ fn add_mount(
                     mode: 0o1777,
                 },
             });
+        }
+        RunMount::File {
+            target,
+            content,
+            mode,
+        } => {
+            // Outside the rootfs, bound read-only: never in the upperdir, so never in a layer.
+            let tmp = tempfile::Builder::new()
+                .prefix("run-file.")
+                .tempdir_in(store.tmp_dir())?;
+            let file = tmp.path().join("file");
+            std::fs::write(&file, content)?;
+            set_owner_and_mode(&file, (0, 0), *mode)?;
+            spec.mounts.push(Mount {
+                target: PathBuf::from(target),
+                kind: MountKind::Bind {
+                    source: file,
+                    readonly: true,
+                },
+            });
+            guards._temps.push(tmp);
         }
         RunMount::Secret {
             id,

@@ -200,6 +200,9 @@ pub struct ExecSpec {
     /// The system call filter: Docker's default profile unless told otherwise (`kiln run
     /// --security-opt seccomp=...`; a future `RUN --security=insecure` sets `Unconfined`).
     pub seccomp: seccomp::Seccomp,
+    /// Bind a generated /etc/hostname (containers: yes, as docker run; build steps: no, as
+    /// BuildKit's RUN, which has none).
+    pub etc_hostname: bool,
 }
 
 impl ExecSpec {
@@ -226,6 +229,7 @@ impl ExecSpec {
             stderr: Stdio::Inherit,
             tty: false,
             seccomp: seccomp::Seccomp::Default,
+            etc_hostname: true,
         }
     }
 }

@@ -217,18 +217,18 @@ fn prepare_and_start(
     let dev_dir = mount_point(rootfs, Path::new("/dev"), true, created)?;
     let sys_dir = mount_point(rootfs, Path::new("/sys"), true, created)?;
     mount_point(rootfs, Path::new("/etc"), true, created)?;
-    let mut etc_files = vec![
-        EtcFile {
-            name: "hosts",
-            target: mount_point(rootfs, Path::new("/etc/hosts"), false, created)?,
-            content: hosts_file(spec),
-        },
-        EtcFile {
+    let mut etc_files = vec![EtcFile {
+        name: "hosts",
+        target: mount_point(rootfs, Path::new("/etc/hosts"), false, created)?,
+        content: hosts_file(spec),
+    }];
+    if spec.etc_hostname {
+        etc_files.push(EtcFile {
             name: "hostname",
             target: mount_point(rootfs, Path::new("/etc/hostname"), false, created)?,
             content: format!("{}\n", spec.hostname).into_bytes(),
-        },
-    ];
+        });
+    }
     if spec.network == Network::Host {
         let content = std::fs::read("/etc/resolv.conf").unwrap_or_default();
         etc_files.push(EtcFile {

@@ -433,6 +433,22 @@ pub fn mounts_at_or_below(mountinfo: &str, target: &Path) -> Vec<(PathBuf, MsFla
 }
 
 fn mount_extra(sys: &dyn Syscall, m: &PlannedMount, nodev_binds: bool) -> io::Result<()> {
+    // The parent made every mount point in the root filesystem; one inside an earlier mount of
+    // this list (`/cache` then `/cache/sub`) is hidden by that mount and is made here, in it.
+    if sys.kind(&m.target).is_none() {
+        let file_bind = matches!(&m.kind, MountKind::Bind { source, .. } if sys.kind(source) == Some(FileKind::Other));
+        if file_bind {
+            if let Some(parent) = m.target.parent() {
+                sys.mkdir_all(parent, 0o755)
+                    .map_err(ctx("create mount point", parent))?;
+            }
+            sys.touch(&m.target)
+                .map_err(ctx("create mount point", &m.target))?;
+        } else {
+            sys.mkdir_all(&m.target, 0o755)
+                .map_err(ctx("create mount point", &m.target))?;
+        }
+    }
     match &m.kind {
         MountKind::Bind { source, readonly } => {
             sys.mount(

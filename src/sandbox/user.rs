@@ -94,9 +94,10 @@ pub fn resolve(spec: &str, passwd: &str, group: &str) -> Result<User, String> {
     }
 
     // Supplementary groups: the groups listing the user by name (docker also keeps the primary
-    // group first). A uid without a passwd entry has none.
+    // group first). A uid without a passwd entry has none, and neither does a user given with
+    // its group (`USER app:app`: BuildKit runs it with that group alone).
     let mut additional_gids = vec![gid];
-    if let Some(name) = &name {
+    if let (Some(name), None) = (&name, group_part) {
         for e in group_entries(group) {
             if e.members.iter().any(|m| m == name) && !additional_gids.contains(&e.gid) {
                 additional_gids.push(e.gid);

@@ -47,6 +47,13 @@ pub enum RunMount {
         target: String,
         size: Option<u64>,
     },
+    /// A file made for this step, bound read-only at `target`: a `RUN <<EOF` here-document
+    /// that starts with `#!`, which BuildKit runs as a script from /dev/pipes/.
+    File {
+        target: String,
+        content: Vec<u8>,
+        mode: u32,
+    },
     /// A secret as a file (target) or environment variable (env).
     Secret {
         id: String,

@@ -28,9 +28,11 @@ pub struct Graph {
 /// Finds a stage by name (case-insensitive) or index among the stages before `before`.
 pub fn stage_ref(stages: &[Stage], name: &str, before: usize) -> Option<usize> {
     let lower = name.to_ascii_lowercase();
+    // With two stages of one name (allowed, with a lint warning), the later one before
+    // `before` is meant, as in BuildKit.
     if let Some(i) = stages[..before.min(stages.len())]
         .iter()
-        .position(|s| s.name.as_deref() == Some(lower.as_str()))
+        .rposition(|s| s.name.as_deref() == Some(lower.as_str()))
     {
         return Some(i);
     }
@@ -66,7 +68,10 @@ pub fn build_graph(stages: &Stages, target: Option<&str>) -> Result<Graph> {
     };
     let mut bases = Vec::with_capacity(all.len());
     let mut deps = Vec::with_capacity(all.len());
-    for (i, stage) in all.iter().enumerate() {
+    // A stage's bad reference fails the build only when the target needs that stage (BuildKit
+    // never looks at the stages it does not build).
+    let mut errors: Vec<Option<String>> = vec![None; all.len()];
+    'stages: for (i, stage) in all.iter().enumerate() {
         let base_ref = if stage.base.eq_ignore_ascii_case("scratch") {
             BaseRef::Scratch
         } else if let Some(j) = stage.base_stage {
@@ -78,8 +83,22 @@ pub fn build_graph(stages: &Stages, target: Option<&str>) -> Result<Graph> {
         if let BaseRef::Stage(j) = base_ref {
             d.push(j);
         }
-        for step in &stage.instructions {
-            let from: Vec<&String> = match &step.instruction {
+        // A stage built on another stage also runs that stage's ONBUILD triggers: what they
+        // copy from is needed too.
+        let inherited: Vec<&Instruction> = match base_ref {
+            BaseRef::Stage(j) => all[j]
+                .instructions
+                .iter()
+                .filter_map(|s| match &s.instruction {
+                    Instruction::Onbuild { instruction, .. } => Some(instruction.as_ref()),
+                    _ => None,
+                })
+                .collect(),
+            _ => Vec::new(),
+        };
+        let own = stage.instructions.iter().map(|s| &s.instruction);
+        for instruction in inherited.into_iter().chain(own) {
+            let from: Vec<&String> = match instruction {
                 Instruction::Copy(c) => c.from.iter().collect(),
                 Instruction::Run(r) => r.mounts.iter().filter_map(|m| m.from.as_ref()).collect(),
                 _ => Vec::new(),
@@ -93,14 +112,18 @@ pub fn build_graph(stages: &Stages, target: Option<&str>) -> Result<Graph> {
                 } else if let Some(j) = stage_ref(all, &f, all.len()) {
                     // The stage itself or one after it: BuildKit's two errors, never an image
                     // of that name.
-                    if j == i {
-                        bail!("circular dependency detected on stage: {f}");
-                    }
-                    bail!(
-                        "cannot copy from stage {f:?}, it needs to be defined before current \
-                         stage {:?}",
-                        stage.name.clone().unwrap_or_else(|| i.to_string())
-                    );
+                    errors[i] = Some(if j == i {
+                        format!("circular dependency detected on stage: {f}")
+                    } else {
+                        format!(
+                            "cannot copy from stage {f:?}, it needs to be defined before current \
+                             stage {:?}",
+                            stage.name.clone().unwrap_or_else(|| i.to_string())
+                        )
+                    });
+                    bases.push(base_ref);
+                    deps.push(d);
+                    continue 'stages;
                 }
             }
         }
@@ -118,7 +141,10 @@ pub fn build_graph(stages: &Stages, target: Option<&str>) -> Result<Graph> {
         reached[s] = true;
         stack.extend(deps[s].iter().copied());
     }
-    let order = (0..all.len()).filter(|i| reached[*i]).collect();
+    let order: Vec<usize> = (0..all.len()).filter(|i| reached[*i]).collect();
+    if let Some(e) = order.iter().find_map(|i| errors[*i].as_ref()) {
+        bail!("{e}");
+    }
     Ok(Graph {
         target,
         order,
@@ -185,10 +211,12 @@ mod tests {
         );
         let by_index =
             stages("FROM busybox AS a\nRUN --mount=from=1,target=/s true\nFROM busybox\n");
-        assert!(build_graph(&by_index, None)
+        assert!(build_graph(&by_index, Some("a"))
             .unwrap_err()
             .to_string()
             .contains("cannot copy from stage \"1\""));
+        // A stage the target does not need is never looked at (BuildKit builds this).
+        assert!(build_graph(&by_index, None).is_ok());
         // A name no stage has is an image, as before.
         let image = stages("FROM busybox AS a\nCOPY --from=alpine /x /x\n");
         assert_eq!(

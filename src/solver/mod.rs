@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use anyhow::{anyhow, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use sha2::{Digest, Sha256};
 
 mod backend;
@@ -207,6 +207,14 @@ impl std::fmt::Display for DependencyFailed {
 impl std::error::Error for DependencyFailed {}
 
 async fn wait_stage(shared: &Shared, stage: usize) -> Result<Arc<StageResult>> {
+    // Only the stages the graph found are built: waiting for another would never end (an
+    // ONBUILD trigger of a base image naming a stage the graph could not see).
+    if !shared.graph.order.contains(&stage) {
+        bail!(
+            "stage {:?} is needed by a step the build graph did not see (an ONBUILD trigger of a base image?): it is not built in this build",
+            shared.labels[stage]
+        );
+    }
     let mut rx = shared.outcomes[stage].subscribe();
     let value = rx
         .wait_for(|v| v.is_some())
@@ -260,6 +268,28 @@ fn with_line<T>(result: Result<T>, dockerfile: &str, instr: &Spanned) -> Result<
     })
 }
 
+/// The ONBUILD triggers of a stage's base (an image or an earlier stage), parsed, to run first.
+fn onbuild_triggers(
+    shared: &Arc<Shared>,
+    base: &ImageConfigFile,
+    from_line: usize,
+    base_name: &str,
+) -> Result<Vec<Spanned>> {
+    let mut out = Vec::new();
+    for t in base.config.on_build.as_deref().unwrap_or_default() {
+        let mut instr = shared.backend.parse_trigger(t).with_context(|| {
+            format!(
+                "{}:{from_line}: ONBUILD trigger {t:?} of {base_name}",
+                shared.req.dockerfile_name
+            )
+        })?;
+        // A trigger runs as part of the FROM line.
+        instr.span.start_line = from_line;
+        out.push(instr);
+    }
+    Ok(out)
+}
+
 async fn solve_stage(shared: &Arc<Shared>, stage: usize) -> Result<Arc<StageResult>> {
     let df_stage = &shared.stages.stages[stage];
     let from_line = df_stage.from.span.start_line;
@@ -284,6 +314,10 @@ async fn solve_stage(shared: &Arc<Shared>, stage: usize) -> Result<Arc<StageResu
         }
         BaseRef::Stage(j) => {
             let base = wait_stage(shared, *j).await?;
+            // A stage built on another stage runs that stage's ONBUILD triggers, as on an
+            // image (BuildKit); the new stage's config no longer has them.
+            let label = shared.labels[*j].clone();
+            let triggers = onbuild_triggers(shared, &base.config, from_line, &label)?;
             let walk = StageWalk::start(
                 shared,
                 base.config.clone().for_new_stage(),
@@ -291,7 +325,7 @@ async fn solve_stage(shared: &Arc<Shared>, stage: usize) -> Result<Arc<StageResu
                 base.key.clone(),
                 base.created,
             );
-            (walk, Vec::new())
+            (walk, triggers)
         }
         BaseRef::Image(name) => {
             let id = shared.progress.start(&from_name);
@@ -312,19 +346,7 @@ async fn solve_stage(shared: &Arc<Shared>, stage: usize) -> Result<Arc<StageResu
                     });
                 }
             };
-            let triggers = base.config.config.on_build.clone().unwrap_or_default();
-            let mut trigger_instrs = Vec::new();
-            for t in &triggers {
-                let mut instr = shared.backend.parse_trigger(t).with_context(|| {
-                    format!(
-                        "{}:{from_line}: ONBUILD trigger {t:?} of {name}",
-                        shared.req.dockerfile_name
-                    )
-                })?;
-                // A trigger runs as part of the FROM line.
-                instr.span.start_line = from_line;
-                trigger_instrs.push(instr);
-            }
+            let trigger_instrs = onbuild_triggers(shared, &base.config, from_line, name)?;
             let created = base
                 .config
                 .created

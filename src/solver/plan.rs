@@ -250,7 +250,7 @@ pub(super) async fn plan_step(
             if run.security == dockerfile::Security::Insecure {
                 bail!("RUN --security=insecure is not supported (only sandbox)");
             }
-            let argv = run_argv(walk, &run.command, &run.heredocs);
+            let (argv, script) = run_argv(walk, &run.command, &run.heredocs);
             let arg_env = walk.arg_env();
             let mut env: Vec<String> = walk.config.config.env.clone().unwrap_or_default();
             env.extend(arg_env.iter().map(|(k, v)| format!("{k}={v}")));
@@ -265,6 +265,18 @@ pub(super) async fn plan_step(
                 let (mount, key_part) = resolve_mount(shared, stage, m).await?;
                 resolved.push(mount);
                 mount_keys.push(key_part);
+            }
+            if let Some(script) = script {
+                mount_keys.push(format!(
+                    "file:{}:755:{}",
+                    script.target,
+                    crate::digest::sha256_digest(script.content.as_bytes())
+                ));
+                resolved.push(RunMount::File {
+                    target: script.target,
+                    content: script.content.into_bytes(),
+                    mode: 0o755,
+                });
             }
             let user = walk.config.config.user.clone().filter(|u| !u.is_empty());
             let cwd = walk.workdir();
@@ -353,11 +365,22 @@ fn command_argv(walk: &StageWalk, form: &ShellOrExec) -> Vec<String> {
     }
 }
 
+/// A here-document a RUN runs as a script file (it starts with `#!`), and where it is bound.
+struct ScriptFile {
+    target: String,
+    content: String,
+}
+
 /// RUN's argv: exec form as is; shell form through SHELL, with here-documents inlined so the
-/// shell reads them (`RUN <<EOF` alone runs the document as the script).
-fn run_argv(walk: &StageWalk, form: &ShellOrExec, heredocs: &[Heredoc]) -> Vec<String> {
+/// shell reads them (`RUN <<EOF` alone runs the document as the script; a document that starts
+/// with `#!` is bound at /dev/pipes/NAME and the shell runs that file, as BuildKit does).
+fn run_argv(
+    walk: &StageWalk,
+    form: &ShellOrExec,
+    heredocs: &[Heredoc],
+) -> (Vec<String>, Option<ScriptFile>) {
     match form {
-        ShellOrExec::Exec(argv) => argv.clone(),
+        ShellOrExec::Exec(argv) => (argv.clone(), None),
         ShellOrExec::Shell(cmd) => {
             let mut script = cmd.clone();
             let only_doc = heredocs.len() == 1 && {
@@ -368,6 +391,13 @@ fn run_argv(walk: &StageWalk, form: &ShellOrExec, heredocs: &[Heredoc]) -> Vec<S
                         .trim_matches(['"', '\''])
                         == heredocs[0].name
             };
+            if only_doc && heredocs[0].content.starts_with("#!") {
+                let target = format!("/dev/pipes/{}", heredocs[0].name);
+                let mut argv = walk.shell();
+                argv.push(target.clone());
+                let content = heredocs[0].content.clone();
+                return (argv, Some(ScriptFile { target, content }));
+            }
             if only_doc {
                 script = heredocs[0].content.clone();
             } else {
@@ -382,7 +412,7 @@ fn run_argv(walk: &StageWalk, form: &ShellOrExec, heredocs: &[Heredoc]) -> Vec<S
             }
             let mut argv = walk.shell();
             argv.push(script);
-            argv
+            (argv, None)
         }
     }
 }

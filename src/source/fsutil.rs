@@ -115,13 +115,135 @@ pub fn has_glob_meta(s: &str) -> bool {
     s.contains(['*', '?', '['])
 }
 
-fn component_matcher(pattern: &str) -> Result<globset::GlobMatcher> {
-    Ok(globset::GlobBuilder::new(pattern)
-        .literal_separator(true)
-        .backslash_escape(true)
-        .build()
-        .with_context(|| format!("invalid pattern {pattern:?}"))?
-        .compile_matcher())
+/// One path component's pattern, matched as Go's `filepath.Match` matches (what BuildKit uses
+/// for COPY sources): `*`, `?`, `[...]` classes with `^` negation and ranges, `\` escapes. No
+/// POSIX classes: `[[:alpha:]]` is the class `[:alph` followed by a literal `]`.
+struct ComponentMatcher {
+    pattern: Vec<char>,
+}
+
+impl ComponentMatcher {
+    fn is_match(&self, name: &str) -> bool {
+        let name: Vec<char> = name.chars().collect();
+        go_match(&self.pattern, &name).unwrap_or(false)
+    }
+}
+
+fn component_matcher(pattern: &str) -> Result<ComponentMatcher> {
+    let chars: Vec<char> = pattern.chars().collect();
+    // Go reports a malformed pattern (an unclosed class, a trailing `\`) only when matching
+    // reaches it; an empty name reaches every part of a pattern that starts with `*`.
+    if let Err(()) = check_pattern(&chars) {
+        bail!("invalid pattern {pattern:?}: syntax error in pattern (Go's filepath.Match syntax)");
+    }
+    Ok(ComponentMatcher { pattern: chars })
+}
+
+/// Whether a pattern is well formed: every class closed, every escape followed by a character.
+fn check_pattern(p: &[char]) -> std::result::Result<(), ()> {
+    let mut i = 0;
+    while i < p.len() {
+        match p[i] {
+            '\\' => {
+                if i + 1 >= p.len() {
+                    return Err(());
+                }
+                i += 2;
+            }
+            '[' => {
+                let (_, rest) = match_class(&p[i + 1..], 'a')?;
+                i = p.len() - rest.len();
+            }
+            _ => i += 1,
+        }
+    }
+    Ok(())
+}
+
+/// Go's `filepath.Match` on one component. `Err` on a malformed pattern.
+fn go_match(p: &[char], name: &[char]) -> std::result::Result<bool, ()> {
+    match p.first() {
+        None => Ok(name.is_empty()),
+        Some('*') => {
+            // `*` takes any run of characters (a component has no separator).
+            for skip in 0..=name.len() {
+                if go_match(&p[1..], &name[skip..])? {
+                    return Ok(true);
+                }
+            }
+            Ok(false)
+        }
+        Some('?') => match name.first() {
+            Some(_) => go_match(&p[1..], &name[1..]),
+            None => Ok(false),
+        },
+        Some('[') => {
+            let Some(&c) = name.first() else {
+                return Ok(false);
+            };
+            let (matched, rest) = match_class(&p[1..], c)?;
+            if matched {
+                go_match(rest, &name[1..])
+            } else {
+                Ok(false)
+            }
+        }
+        Some('\\') => {
+            let lit = *p.get(1).ok_or(())?;
+            match name.first() {
+                Some(&c) if c == lit => go_match(&p[2..], &name[1..]),
+                _ => Ok(false),
+            }
+        }
+        Some(&lit) => match name.first() {
+            Some(&c) if c == lit => go_match(&p[1..], &name[1..]),
+            _ => Ok(false),
+        },
+    }
+}
+
+/// Matches `c` against the class that starts after a `[`: returns whether it matched and the
+/// pattern after the closing `]`.
+fn match_class(mut p: &[char], c: char) -> std::result::Result<(bool, &[char]), ()> {
+    let negated = p.first() == Some(&'^');
+    if negated {
+        p = &p[1..];
+    }
+    let mut matched = false;
+    let mut ranges = 0;
+    loop {
+        if p.first() == Some(&']') && ranges > 0 {
+            p = &p[1..];
+            break;
+        }
+        let (lo, rest) = class_char(p)?;
+        p = rest;
+        let mut hi = lo;
+        if p.first() == Some(&'-') {
+            let (h, rest) = class_char(&p[1..])?;
+            hi = h;
+            p = rest;
+        }
+        if lo <= c && c <= hi {
+            matched = true;
+        }
+        ranges += 1;
+    }
+    Ok((matched != negated, p))
+}
+
+/// One character of a class (Go's `getEsc`): not `-` or `]` unescaped, and something must follow.
+fn class_char(p: &[char]) -> std::result::Result<(char, &[char]), ()> {
+    let (c, rest) = match p {
+        [] | ['-', ..] | [']', ..] => return Err(()),
+        ['\\', c, rest @ ..] => (*c, rest),
+        ['\\'] => return Err(()),
+        [c, rest @ ..] => (*c, rest),
+    };
+    if rest.is_empty() {
+        return Err(());
+    }
+    Ok((c, rest))
 }
 
 /// Expands a source pattern against a tree: each component with metacharacters is matched against
@@ -187,6 +309,22 @@ pub fn join_rel(base: &str, name: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn component_patterns_match_as_go_filepath_match() {
+        let m = |p: &str, n: &str| super::component_matcher(p).unwrap().is_match(n);
+        assert!(m("*.go", "foo.go") && !m("*.go", "foo.gox"));
+        assert!(m("f?o", "foo") && !m("f?o", "fo"));
+        assert!(m("[a-c]ar.go", "bar.go") && !m("[^a-c]ar.go", "bar.go"));
+        assert!(m("\\*x", "*x") && !m("\\*x", "ax"));
+        // No POSIX classes: `[[:alpha:]]` is a class, then a literal `]`.
+        assert!(!m("[[:alpha:]]ar.go", "bar.go"));
+        assert!(m("[[:alpha:]]ar.go", "a]ar.go"));
+        // A class cannot start with `]` (Go: syntax error).
+        assert!(super::component_matcher("[]a]").is_err());
+        assert!(super::component_matcher("[abc").is_err());
+        assert!(super::component_matcher("abc\\").is_err());
+    }
+
     use super::*;
     use crate::source::fsutil::NoFilter;
     use std::os::unix::fs::symlink;

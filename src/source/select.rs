@@ -9,18 +9,17 @@ use anyhow::{bail, Context, Result};
 
 use crate::source::fsutil::{clean_rel, expand_glob, has_glob_meta, resolve_in_root, PathFilter};
 
-/// `--exclude` patterns (Go globs, `*` does not cross `/`). A pattern without `/` also matches a
-/// base name at any depth, so `--exclude=*.txt` drops every text file.
+/// `--exclude` patterns (Go globs, `*` does not cross `/`), each matched against the path
+/// relative to the COPY's source from its start, as BuildKit's pattern matcher does:
+/// `--exclude=*.log` leaves out `a.log` but copies `sub/b.log` (`**/*.log` leaves out both).
 pub struct ExcludeSet {
-    full: globset::GlobSet,
-    base: globset::GlobSet,
+    globs: globset::GlobSet,
     empty: bool,
 }
 
 impl ExcludeSet {
     pub fn new(patterns: &[String]) -> Result<ExcludeSet> {
-        let mut full = globset::GlobSetBuilder::new();
-        let mut base = globset::GlobSetBuilder::new();
+        let mut globs = globset::GlobSetBuilder::new();
         for p in patterns {
             let cleaned = clean_rel(p);
             let glob = globset::GlobBuilder::new(&cleaned)
@@ -28,15 +27,10 @@ impl ExcludeSet {
                 .backslash_escape(true)
                 .build()
                 .with_context(|| format!("invalid --exclude pattern {p:?}"))?;
-            if cleaned.contains('/') {
-                full.add(glob);
-            } else {
-                base.add(glob);
-            }
+            globs.add(glob);
         }
         Ok(ExcludeSet {
-            full: full.build()?,
-            base: base.build()?,
+            globs: globs.build()?,
             empty: patterns.is_empty(),
         })
     }
@@ -52,10 +46,7 @@ impl ExcludeSet {
         if self.empty {
             return false;
         }
-        let matches = |p: &str| {
-            let name = p.rsplit('/').next().unwrap_or(p);
-            self.full.is_match(p) || self.base.is_match(name)
-        };
+        let matches = |p: &str| self.globs.is_match(p);
         rel.match_indices('/')
             .map(|(i, _)| &rel[..i])
             .chain(std::iter::once(rel))
@@ -119,5 +110,10 @@ mod tests {
         // A path pattern is relative to the source: `c/d` under src, not `src/c/d`.
         assert!(set(&["c/d"]).is_excluded("c/d/f"));
         assert!(!set(&["src/c/d"]).is_excluded("c/d/f"));
+        // A pattern without `/` is anchored at the source's top (Docker 28's BuildKit).
+        let s = set(&["*.log"]);
+        assert!(s.is_excluded("a.log") && !s.is_excluded("sub/b.log"));
+        let s = set(&["**/*.log"]);
+        assert!(s.is_excluded("a.log") && s.is_excluded("sub/deep/b.log"));
     }
 }

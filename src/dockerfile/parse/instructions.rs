@@ -397,13 +397,28 @@ fn instruction(node: &Node, in_onbuild: bool) -> IResultI<Instruction> {
                 _ => {}
             }
             let inner = instruction(sub, true)?;
-            let source = node
+            let mut source = node
                 .original
                 .trim_start()
                 .get(node.keyword.len()..)
                 .unwrap_or("")
                 .trim()
                 .to_string();
+            // The trigger keeps its here-documents, so the image that runs it has their bodies
+            // (BuildKit records `COPY <<EOF /f\nbody\nEOF`).
+            let docs = if node.heredocs.is_empty() {
+                &sub.heredocs
+            } else {
+                &node.heredocs
+            };
+            for doc in docs {
+                source.push('\n');
+                source.push_str(&doc.content);
+                if !doc.content.is_empty() && !doc.content.ends_with('\n') {
+                    source.push('\n');
+                }
+                source.push_str(&doc.name);
+            }
             Instruction::Onbuild {
                 instruction: Box::new(inner),
                 source,
@@ -748,6 +763,27 @@ pub fn parse_mount(
             v.clone()
                 .ok_or_else(|| format!("mount option {key:?} needs a value: {key}=VALUE"))
         };
+        // A value still holding a variable (`type=$MNT_TYPE` when the text is parsed, before
+        // ARG and ENV are known) is checked when the step expands it and parses it again.
+        let unexpanded = value.as_deref().is_some_and(|v| v.contains('$'));
+        if unexpanded
+            && matches!(
+                key.as_str(),
+                "type"
+                    | "sharing"
+                    | "mode"
+                    | "uid"
+                    | "gid"
+                    | "size"
+                    | "readonly"
+                    | "ro"
+                    | "readwrite"
+                    | "rw"
+                    | "required"
+            )
+        {
+            continue;
+        }
         match key.as_str() {
             "type" => {
                 m.kind = match need(&value)?.as_str() {
