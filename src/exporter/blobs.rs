@@ -118,7 +118,7 @@ pub fn export_manifest(
     compression: Compression,
 ) -> Result<String> {
     let mut manifest = store.manifest(manifest_digest)?;
-    let config = store.config(&manifest.config().digest().to_string())?;
+    let config = store.config(manifest.config().digest().as_ref())?;
     let diff_ids = config.rootfs().diff_ids();
     if diff_ids.len() != manifest.layers().len() {
         bail!(
