@@ -315,3 +315,119 @@ fn a_changed_unpacked_layer_is_one_clear_error_at_export() {
     assert!(err.contains("was changed after it was built"), "{err}");
     assert_eq!(err.trim().lines().count(), 1, "{err}");
 }
+
+/// Writes `files` under `dir` with a fixed mtime each (so the context is the same on any
+/// machine), removing those given as None.
+fn write_tree(dir: &Path, files: &[(&str, Option<&str>)]) {
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_600_000_000);
+    for (path, content) in files {
+        let p = dir.join(path);
+        match content {
+            Some(c) => {
+                std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+                std::fs::write(&p, c).unwrap();
+                std::fs::File::options()
+                    .write(true)
+                    .open(&p)
+                    .unwrap()
+                    .set_modified(t)
+                    .unwrap();
+            }
+            None => std::fs::remove_file(&p).unwrap(),
+        }
+    }
+}
+
+fn layer_dir(root: &Path, diff_id: &str) -> std::path::PathBuf {
+    root.join("snapshots/layers").join(&diff_id[7..])
+}
+
+#[test]
+fn a_copy_where_few_files_changed_links_the_rest_and_equals_a_full_copy() {
+    use std::os::unix::fs::MetadataExt;
+    let root = root_with_busybox();
+    let ctx = context(&[(
+        "Dockerfile",
+        "FROM busybox:latest\nWORKDIR /srv\nCOPY tree /srv/tree\n",
+    )]);
+    let mut files = vec![
+        ("tree/a/1.txt", Some("one\n")),
+        ("tree/a/2.txt", Some("two\n")),
+        ("tree/b/3.txt", Some("three\n")),
+    ];
+    for i in 0..50 {
+        files.push((
+            Box::leak(format!("tree/many/{i}.js").into_boxed_str()),
+            Some("// x\n"),
+        ));
+    }
+    write_tree(ctx.path(), &files);
+    let c = ctx.path().to_str().unwrap();
+    let sde = ["--build-arg", "SOURCE_DATE_EPOCH=1700000000"];
+    build_ok(root.path(), &[&["-t", "inc:1"][..], &sde, &[c]].concat());
+    let first = diff_ids(root.path(), "inc:1").pop().unwrap();
+
+    // One file changed, one added, one removed.
+    write_tree(
+        ctx.path(),
+        &[
+            ("tree/a/1.txt", Some("one, changed\n")),
+            ("tree/b/new.txt", Some("new\n")),
+            ("tree/a/2.txt", None),
+        ],
+    );
+    let (_, log) = build_ok(root.path(), &[&["-t", "inc:2"][..], &sde, &[c]].concat());
+    assert!(log.contains("1 file changed"), "{log}");
+    let second = diff_ids(root.path(), "inc:2").pop().unwrap();
+    assert_ne!(first, second);
+
+    // The unchanged files are the previous layer's inodes; the changed and new ones are not.
+    let (old, new) = (
+        layer_dir(root.path(), &first),
+        layer_dir(root.path(), &second),
+    );
+    let ino = |p: &Path| std::fs::metadata(p).unwrap().ino();
+    let shared = "srv/tree/many/7.js";
+    assert_eq!(ino(&old.join(shared)), ino(&new.join(shared)), "not linked");
+    assert_eq!(
+        ino(&old.join("srv/tree/b/3.txt")),
+        ino(&new.join("srv/tree/b/3.txt"))
+    );
+    assert_ne!(
+        ino(&old.join("srv/tree/a/1.txt")),
+        ino(&new.join("srv/tree/a/1.txt"))
+    );
+    assert!(!new.join("srv/tree/a/2.txt").exists());
+
+    // A full copy of the same context gives the same layer, byte for byte.
+    let fresh = root_with_busybox();
+    build_ok(fresh.path(), &[&["-t", "inc:2"][..], &sde, &[c]].concat());
+    assert_eq!(
+        diff_ids(fresh.path(), "inc:2"),
+        diff_ids(root.path(), "inc:2")
+    );
+    let full = layer_dir(fresh.path(), &second);
+    assert_eq!(std::fs::metadata(full.join(shared)).unwrap().nlink(), 1);
+
+    // A RUN that changes a linked file writes its own copy: both layers stay what they were
+    // (an export writes each again and checks its DiffID).
+    let child = context(&[(
+        "Dockerfile",
+        "FROM inc:2\nRUN echo more >> /srv/tree/many/7.js && chmod 600 /srv/tree/b/3.txt\n",
+    )]);
+    build_ok(
+        root.path(),
+        &["-t", "inc:3", child.path().to_str().unwrap()],
+    );
+    let out = common::kiln_ok(
+        root.path(),
+        &["run", "--rm", "inc:3", "cat", "/srv/tree/many/7.js"],
+    );
+    assert_eq!(out, "// x\nmore\n");
+    assert_eq!(std::fs::read_to_string(old.join(shared)).unwrap(), "// x\n");
+    let dir = tempfile::tempdir().unwrap();
+    for image in ["inc:1", "inc:2", "inc:3"] {
+        let to = dir.path().join("x.tar");
+        common::kiln_ok(root.path(), &["save", "-o", to.to_str().unwrap(), image]);
+    }
+}

@@ -116,6 +116,18 @@ pub struct ExecRequest {
     pub progress: Arc<Progress>,
     pub secrets: Arc<HashMap<String, SecretSource>>,
     pub source_date_epoch: Option<i64>,
+    /// For a COPY/ADD from the context that missed only because some selected files changed: the
+    /// layer the same step on the same parent made last time, to build the new one from.
+    pub previous: Option<PreviousCopy>,
+}
+
+/// The previous result of a COPY step (see [`ExecRequest::previous`]).
+#[derive(Debug, Clone)]
+pub struct PreviousCopy {
+    pub layer: LayerRef,
+    /// Context-relative paths of the selected entries whose digest (content, mode, owner) is the
+    /// one they had then.
+    pub unchanged: std::collections::HashSet<String>,
 }
 
 /// Where the solver gets images and runs steps: the store, snapshots and the sandbox in real
