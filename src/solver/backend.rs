@@ -134,7 +134,7 @@ pub struct PreviousCopy {
 /// builds (`engine.rs`), a fake in unit tests.
 pub trait Backend: Send + Sync + 'static {
     fn base_image(&self, name: &str, pull: bool) -> Result<BaseImage>;
-    /// Whether a cached layer's blob is still in the store.
+    /// Whether a cached layer's content (its blob, or its unpacked layer) is still in the store.
     fn has_layer(&self, layer: &LayerRef) -> bool;
     /// Executes a step on top of `parent`; the new layer, or `None` when nothing changed.
     fn execute(&self, req: ExecRequest) -> Result<Option<LayerRef>>;
