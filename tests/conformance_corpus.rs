@@ -305,9 +305,10 @@ fn load(root: &Path, name: &str) -> (Value, Tree) {
     let mut fs = Tree::new();
     fs.insert("/".into(), Entry::dir());
     for l in manifest.layers() {
-        let blob = store.open_blob(l.digest().as_ref()).unwrap();
-        let (_, reader) = kiln::oci::compress::decompress(std::io::BufReader::new(blob)).unwrap();
-        apply(&mut fs, reader);
+        // A built layer is kept unpacked (digest = DiffID): its tar is written again.
+        let d = l.digest().to_string();
+        let reader = kiln::exporter::blobs::open_layer_tar(&store, &d, &d).unwrap();
+        apply(&mut fs, std::io::BufReader::new(reader));
     }
     (config, fs)
 }

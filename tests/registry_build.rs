@@ -100,15 +100,28 @@ fn build_push_and_output_push_reach_the_registry() {
     let spec = format!("type=image,name={second},push=true");
     common::kiln_ok(root.path(), &["build", "-q", "--output", &spec, dir]);
 
-    // What the registry holds is what the store holds: same manifest digest, seen by skopeo.
+    // What the registry holds is the image in the store: the same config (image ID), seen by
+    // skopeo, with the layers the build kept unpacked compressed for the push.
     for (name, repo) in [(&first, "app/one:1"), (&second, "app/two:1")] {
-        let (digest, _) = skopeo_inspect(&reg, repo);
-        let local = common::kiln_ok(root.path(), &["inspect", name]);
-        assert!(
-            local.contains(&digest),
-            "{name}: the registry's manifest {digest} is not the local one:\n{local}"
+        let (_, config) = skopeo_inspect(&reg, repo);
+        let id = common::kiln_ok(root.path(), &["inspect", "-f", "{{.Id}}", name]);
+        assert_eq!(
+            sha256(&config),
+            id.trim(),
+            "{name}: the registry's image is not the local one"
         );
     }
+    // A second push makes no blob: the compressed layers were kept.
+    let before = std::fs::read_dir(root.path().join("blobs/sha256"))
+        .unwrap()
+        .count();
+    let pushed = common::kiln_ok(root.path(), &["push", "-q", &first]);
+    let (digest, _) = skopeo_inspect(&reg, "app/one:1");
+    assert_eq!(pushed.trim(), digest);
+    let after = std::fs::read_dir(root.path().join("blobs/sha256"))
+        .unwrap()
+        .count();
+    assert_eq!(before, after, "the second push made blobs again");
 
     // A push without a name is refused before anything is built.
     let out = common::kiln(root.path(), &["build", "-q", "--push", dir]);

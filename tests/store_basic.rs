@@ -248,3 +248,98 @@ fn store_is_send_and_sync() {
     fn assert_send_sync<T: Send + Sync>() {}
     assert_send_sync::<Store>();
 }
+
+/// A layer kept unpacked as a build keeps it: its directory under `snapshots/layers/`, its entry
+/// list as a blob, the store's record. Returns its DiffID.
+fn unpacked_layer(store: &Store, file: &str, content: &str) -> String {
+    use kiln::oci::change::Change;
+    let tmp = tempfile::tempdir_in(store.root()).unwrap();
+    fs::write(tmp.path().join(file), content).unwrap();
+    let changes = vec![Change::Upsert(file.into())];
+    let mut h = kiln::oci::compress::DiffIdWriter::new();
+    kiln::oci::layer::write_layer(tmp.path(), &changes, &mut h, &Default::default()).unwrap();
+    let (diff_id, size) = h.finish().unwrap();
+    let dir = store.unpacked_layer_path(&diff_id).unwrap();
+    fs::create_dir_all(dir.parent().unwrap()).unwrap();
+    fs::rename(tmp.keep(), &dir).unwrap();
+    let list = store
+        .put_blob_bytes(&kiln::snapshot::built::encode_changes(&changes))
+        .unwrap();
+    store
+        .record_unpacked_layer(&kiln::store::UnpackedLayerRecord {
+            diff_id: diff_id.clone(),
+            size,
+            changes: list.digest,
+            source_date_epoch: None,
+        })
+        .unwrap();
+    diff_id
+}
+
+#[test]
+fn unpacked_layers_are_exported_once_and_collected_with_their_image() {
+    let root = temp_root();
+    let store = Store::open(root.path()).unwrap();
+    let kept = unpacked_layer(&store, "kept", "pinned\n");
+    let gone = unpacked_layer(&store, "gone", "collected\n");
+    store.pin_blob("build-cache", &kept).unwrap();
+    let desc = |d: &str| {
+        let size = store.unpacked_layer(d).unwrap().unwrap().size;
+        Descriptor::new(
+            MediaType::ImageLayer,
+            size,
+            d.parse::<oci_spec::image::Digest>().unwrap(),
+        )
+    };
+    let name = Reference::parse("lazy:1").unwrap();
+    let image = store
+        .commit_image(
+            &config(vec![kept.clone(), gone.clone()], "true"),
+            &[desc(&kept), desc(&gone)],
+            std::slice::from_ref(&name),
+        )
+        .unwrap();
+    assert!(!store.has_blob(&kept) && !store.has_blob(&gone));
+
+    // The export manifest: both layers as gzip blobs, made once.
+    let exported =
+        kiln::exporter::blobs::export_manifest(&store, &image.manifest_digest, Compression::Gzip)
+            .unwrap();
+    let again =
+        kiln::exporter::blobs::export_manifest(&store, &image.manifest_digest, Compression::Gzip)
+            .unwrap();
+    assert_eq!(exported, again);
+    let m: oci_spec::image::ImageManifest =
+        serde_json::from_slice(&store.read_blob(&exported).unwrap()).unwrap();
+    let gz: Vec<String> = m.layers().iter().map(|l| l.digest().to_string()).collect();
+    for (d, diff_id) in gz.iter().zip([&kept, &gone]) {
+        assert_eq!(&store.layer(d).unwrap().unwrap().diff_id, diff_id);
+        let (_, mut plain) = kiln::oci::compress::decompress(store.open_blob(d).unwrap()).unwrap();
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(&mut plain, &mut bytes).unwrap();
+        assert_eq!(&sha256_digest(&bytes), diff_id);
+    }
+
+    // Removing the image collects the unpinned layer (directory, entry list, gzip blob) and the
+    // export manifest, and keeps the pinned one whole.
+    store.remove_image("lazy:1", false).unwrap();
+    assert!(!store.unpacked_layer_path(&gone).unwrap().exists());
+    assert!(store.unpacked_layer(&gone).unwrap().is_none());
+    assert!(!store.has_blob(&gz[1]));
+    assert!(!store.has_blob(&exported));
+    assert!(store.unpacked_layer_path(&kept).unwrap().is_dir());
+    assert!(store.has_layer_content(&kept).unwrap());
+    let rec = store.unpacked_layer(&kept).unwrap().unwrap();
+    assert!(store.has_blob(&rec.changes));
+    assert!(
+        store.has_blob(&gz[0]),
+        "the kept layer's blob is kept for the next export"
+    );
+    assert!(
+        fs::read_dir(root.path().join("tmp"))
+            .unwrap()
+            .next()
+            .is_none(),
+        "the collected layer's directory is left in tmp/"
+    );
+}

@@ -435,9 +435,9 @@ fn cmd_images(
 /// The size docker gives a layer: the bytes of its files and symlinks, unpacked (directories
 /// and hard links count nothing), read from the stored blob.
 fn layer_content_size(store: &Store, digest: &str) -> Result<u64> {
-    let file = store.open_blob(digest)?;
-    let (_, reader) = crate::oci::compress::decompress(io::BufReader::new(file))?;
-    let mut archive = tar::Archive::new(reader);
+    // A layer a build made is kept unpacked (digest = DiffID): its tar is written again.
+    let reader = crate::exporter::blobs::open_layer_tar(store, digest, digest)?;
+    let mut archive = tar::Archive::new(io::BufReader::new(reader));
     let mut total = 0u64;
     for entry in archive.entries()? {
         let entry = entry?;
@@ -738,6 +738,12 @@ fn cmd_save(
         SaveFormat::Docker => ArchiveFormat::Docker,
         SaveFormat::Oci => ArchiveFormat::Oci,
     };
+    // Layers a build kept unpacked become blobs (once; kept for the next export).
+    for item in &mut items {
+        item.manifest_digest =
+            crate::exporter::blobs::export_manifest(&store, &item.manifest_digest, compression)
+                .context("save")?;
+    }
     match output {
         None | Some("-") => {
             let stdout = io::stdout();

@@ -102,7 +102,19 @@ pub fn run(cmd: RegistryCommands, globals: &Globals) -> Result<i32> {
             };
             let store = open_store(&globals.root)?;
             let opts = PushOptions { chunk_size, quiet };
-            let pushed = registry::push(&ctx, &store, &image, &dest, &opts)?;
+            // A built image's layers are kept unpacked: compressed (once) for the push.
+            let local = store.resolve(&image).with_context(|| {
+                format!(
+                    "push: image {image} is not in the local store; build, pull or tag it first"
+                )
+            })?;
+            let manifest = crate::exporter::blobs::export_manifest(
+                &store,
+                &local.manifest_digest,
+                crate::oci::compress::Compression::Gzip,
+            )
+            .with_context(|| format!("push: {image}"))?;
+            let pushed = registry::push_digest(&ctx, &store, &manifest, &dest, &opts)?;
             crate::outln!("{}", pushed.manifest_digest)?;
             Ok(0)
         }

@@ -253,7 +253,7 @@ impl Backend for StoreBackend {
     }
 
     fn has_layer(&self, layer: &LayerRef) -> bool {
-        self.store.has_blob(&layer.digest)
+        self.store.has_layer_content(&layer.digest).unwrap_or(false)
     }
 
     fn execute(&self, req: ExecRequest) -> Result<Option<LayerRef>> {

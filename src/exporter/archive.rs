@@ -20,19 +20,19 @@ pub fn save_archive(
     compression: OutputCompression,
     dest: &Path,
 ) -> Result<()> {
+    let compression = match compression {
+        OutputCompression::Gzip => Compression::Gzip,
+        OutputCompression::Zstd => Compression::Zstd,
+        OutputCompression::None => Compression::None,
+    };
     let items = [SaveItem {
-        manifest_digest: manifest_digest.to_string(),
+        manifest_digest: super::blobs::export_manifest(store, manifest_digest, compression)?,
         names: names.to_vec(),
     }];
     let format = if oci {
         ArchiveFormat::Oci
     } else {
         ArchiveFormat::Docker
-    };
-    let compression = match compression {
-        OutputCompression::Gzip => Compression::Gzip,
-        OutputCompression::Zstd => Compression::Zstd,
-        OutputCompression::None => Compression::None,
     };
     super::write_to_dest(dest, |out| {
         crate::oci::archive::save(store, &items, format, compression, out, true)

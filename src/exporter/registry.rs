@@ -13,7 +13,12 @@ pub fn push(root: &Path, names: &[String], quiet: bool) -> Result<()> {
     let store = crate::store::Store::open(root)?;
     for name in names {
         let dest = RepoRef::parse(name)?;
-        registry::push(&ctx, &store, name, &dest, &PushOptions::default())
+        let manifest = crate::exporter::blobs::export_manifest(
+            &store,
+            &store.resolve(name)?.manifest_digest,
+            crate::oci::compress::Compression::Gzip,
+        )?;
+        registry::push_digest(&ctx, &store, &manifest, &dest, &PushOptions::default())
             .with_context(|| format!("pushing the built image {name}"))?;
         if !quiet {
             crate::errln!("pushed {name}");

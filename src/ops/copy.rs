@@ -31,6 +31,35 @@ pub fn copy(
     dest: &str,
     opts: &CopyOptions,
 ) -> Result<()> {
+    copy_reusing(src, sources, dest_root, dest, opts, None)
+}
+
+/// What an incremental COPY builds on: the layer the same step made last time, unpacked, laid
+/// out as `dest_root` is (an upperdir written directly), and which source files are unchanged
+/// since then.
+pub struct Reuse<'a> {
+    pub prev_root: &'a Path,
+    /// Context-relative paths of the sources whose digest (content, mode, owner) is unchanged.
+    pub unchanged: &'a std::collections::HashSet<String>,
+    /// The build's SOURCE_DATE_EPOCH: the previous layer's mtimes were clamped to it.
+    pub source_date_epoch: Option<i64>,
+}
+
+/// [`copy`], with regular files that a full copy would write exactly as the previous layer has
+/// them (unchanged source, same size, mode, owner and mtime) hard-linked from that layer instead
+/// of written. The layer is immutable and the link's inode is never written through: its
+/// metadata is not set again, a later RUN changes it in its own upperdir (overlay copy-up), and
+/// the tar writer writes the only name it has in the new layer as a regular file. Everything else
+/// (directories, symlinks, changed, added files; removed ones are simply not copied) is written
+/// as by a full copy, so the new layer is byte for byte the one a full copy makes.
+pub fn copy_reusing(
+    src: &CopySource,
+    sources: &[String],
+    dest_root: &Path,
+    dest: &str,
+    opts: &CopyOptions,
+    reuse: Option<&Reuse>,
+) -> Result<()> {
     let expanded = expand_sources(src, sources)?;
     let excludes = ExcludeSet::new(&opts.excludes)?;
     let owner_default = opts.chown.unwrap_or((0, 0));
@@ -53,6 +82,7 @@ pub fn copy(
         owner_default,
         jobs: Vec::new(),
         dir_times: Vec::new(),
+        reuse,
     };
     for rel in &expanded {
         let path = resolve_in_root(src.root, rel)?;
@@ -213,6 +243,7 @@ struct Writer<'a> {
     owner_default: (u32, u32),
     jobs: Vec<FileJob>,
     dir_times: Vec<(PathBuf, fs::Metadata)>,
+    reuse: Option<&'a Reuse<'a>>,
 }
 
 impl Writer<'_> {
@@ -451,6 +482,11 @@ impl Writer<'_> {
     /// then owner, mode and times set through the open descriptor. Every path-based call
     /// resolves the destination through the overlay again, which is most of a big COPY's time.
     fn copy_regular_file(&self, src: &Path, meta: &fs::Metadata, dest: &Path) -> Result<()> {
+        if let Some(reuse) = self.reuse {
+            if self.link_previous(reuse, src, meta, dest)? {
+                return Ok(());
+            }
+        }
         let open_new = || {
             fs::OpenOptions::new()
                 .write(true)
@@ -482,6 +518,56 @@ impl Writer<'_> {
         let ts = nix::sys::time::TimeSpec::new(meta.mtime(), meta.mtime_nsec());
         nix::sys::stat::futimens(std::os::fd::AsRawFd::as_raw_fd(&output), &ts, &ts)
             .with_context(|| format!("setting times of {}", dest.display()))
+    }
+}
+
+impl Writer<'_> {
+    /// Hard-links the previous layer's file for `dest` when it is exactly what copying `src`
+    /// would write; false when it is not (or cannot be linked), and the file is copied.
+    fn link_previous(
+        &self,
+        reuse: &Reuse,
+        src: &Path,
+        meta: &fs::Metadata,
+        dest: &Path,
+    ) -> Result<bool> {
+        let (Ok(src_rel), Ok(dest_rel)) = (
+            src.strip_prefix(self.src.root),
+            dest.strip_prefix(self.dest_root),
+        ) else {
+            return Ok(false);
+        };
+        if !reuse.unchanged.contains(src_rel.to_string_lossy().as_ref()) {
+            return Ok(false);
+        }
+        let prev = reuse.prev_root.join(dest_rel);
+        let Ok(pm) = fs::symlink_metadata(&prev) else {
+            return Ok(false);
+        };
+        // The mtime a full copy ends with: the source's, clamped as the layer is.
+        let mtime = match reuse.source_date_epoch {
+            Some(epoch) if meta.mtime() > epoch => (epoch, 0),
+            _ => (meta.mtime(), meta.mtime_nsec()),
+        };
+        let mode = self.opts.chmod.unwrap_or(meta.mode() & 0o7777);
+        let same = pm.is_file()
+            && pm.len() == meta.len()
+            && (pm.mtime(), pm.mtime_nsec()) == mtime
+            && pm.mode() & 0o7777 == mode
+            && (pm.uid(), pm.gid()) == self.owner_for(meta)
+            && crate::snapshot::diff::xattrs(&prev).is_ok_and(|x| x.is_empty());
+        if !same {
+            return Ok(false);
+        }
+        match fs::hard_link(&prev, dest) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                self.remove_existing(dest)?;
+                Ok(fs::hard_link(&prev, dest).is_ok())
+            }
+            // Another filesystem, too many links: a plain copy.
+            Err(_) => Ok(false),
+        }
     }
 }
 

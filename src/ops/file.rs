@@ -118,12 +118,30 @@ pub(super) fn copy_step(
         // Everything goes below a directory the layers below don't have: write it straight into
         // the upperdir, with the overlay out of the way.
         snap.unmount_merged()?;
-        copy::copy(
+        // The same step's previous layer, when only some of its files changed: unchanged files
+        // are linked from it (see `copy::copy_reusing`).
+        let prev_root = match &req.previous {
+            Some(p) if src.from_context => snapshotter
+                .layer_dir(&p.layer.diff_id)
+                .ok()
+                .filter(|d| d.is_dir()),
+            _ => None,
+        };
+        let reuse = prev_root
+            .as_deref()
+            .zip(req.previous.as_ref())
+            .map(|(dir, p)| copy::Reuse {
+                prev_root: dir,
+                unchanged: &p.unchanged,
+                source_date_epoch: req.source_date_epoch,
+            });
+        copy::copy_reusing(
             &src,
             &c.sources,
             &snap.upper(),
             &format!("/{fresh}/"),
             &options,
+            reuse.as_ref(),
         )?;
     } else if !c.sources.is_empty() {
         copy::copy(&src, &c.sources, &dest_root, &c.dest, &options)?;

@@ -1,7 +1,7 @@
 //! Executing one filesystem step: an overlay snapshot over the parent's layers (unpacked once per
 //! layer and shared), the operation (RUN in the sandbox, COPY/ADD as file operations, WORKDIR's
-//! mkdir), then the snapshot's changes become a layer blob in the store. A step that changed
-//! nothing produces no layer.
+//! mkdir), then the snapshot's upperdir becomes the layer, kept unpacked (no blob, no
+//! compression until an export). A step that changed nothing produces no layer.
 
 pub mod copy;
 mod file;
@@ -16,15 +16,16 @@ use crate::solver::cache::LayerRef;
 use crate::solver::{ExecRequest, Op, SourceTree};
 use crate::store::Store;
 
-/// Layers written by builds are compressed with this (the store's parallel gzip).
-const LAYER_COMPRESSION: crate::oci::compress::Compression =
+/// Layers a build could not keep unpacked (see [`execute`]) are written as blobs with this.
+const FALLBACK_COMPRESSION: crate::oci::compress::Compression =
     crate::oci::compress::Compression::Gzip;
-/// At this level: gzip's fastest. Layer writing is on every rebuild's path (a big COPY's layer is
-/// written again when one file changes); level 6 costs about twice the CPU for a few percent
-/// smaller blobs on typical trees. Deterministic like any fixed level.
-const LAYER_GZIP_LEVEL: u32 = 1;
 
 /// Executes one step; a RUN gets `run_limits` (memory, CPU, pids) as its cgroup limits.
+///
+/// The layer is kept unpacked: the upperdir becomes `snapshots/layers/<diffid>/` and the store
+/// records its DiffID and size (`snapshot::built`), with an uncompressed descriptor (digest =
+/// DiffID) and no blob. Nothing is compressed here; `exporter::blobs::ensure_compressed` makes
+/// the blob when something sends the layer elsewhere.
 pub fn execute(
     store: &Store,
     req: ExecRequest,
@@ -44,56 +45,44 @@ pub fn execute(
         snap.release()?;
         return Ok(None);
     }
-    let opts = crate::oci::layer::WriteOptions {
-        source_date_epoch: req.source_date_epoch,
-    };
-    let stored = crate::oci::layer::store_layer_with_gzip_level(
+    let kept = crate::snapshot::built::keep_upper(
         store,
-        LAYER_COMPRESSION,
-        LAYER_GZIP_LEVEL,
-        |w| crate::oci::layer::write_layer(&source, &changes, w, &opts),
-    )
-    .context("writing the step's layer")?;
-    reuse_upper_as_layer(
         &snapshotter,
         &snap,
-        &stored.diff_id,
-        req.source_date_epoch.is_none(),
-    );
-    snap.release()?;
-    let layer = LayerRef {
-        digest: stored.descriptor.digest().to_string(),
-        diff_id: stored.diff_id,
-        size: stored.descriptor.size(),
-        media_type: stored.descriptor.media_type().to_string(),
+        &changes,
+        req.source_date_epoch,
+    )?;
+    let layer = match kept {
+        Some(kept) => LayerRef {
+            digest: kept.diff_id.clone(),
+            diff_id: kept.diff_id,
+            size: kept.size,
+            media_type: crate::store::UNCOMPRESSED_LAYER.to_string(),
+        },
+        None => {
+            // The upperdir could not become the layer's directory: a blob, as before.
+            let opts = crate::oci::layer::WriteOptions {
+                source_date_epoch: req.source_date_epoch,
+            };
+            let stored = crate::oci::layer::store_layer_with_gzip_level(
+                store,
+                FALLBACK_COMPRESSION,
+                crate::oci::compress::FAST_GZIP_LEVEL,
+                |w| crate::oci::layer::write_layer(&source, &changes, w, &opts),
+            )
+            .context("writing the step's layer")?;
+            LayerRef {
+                digest: stored.descriptor.digest().to_string(),
+                diff_id: stored.diff_id,
+                size: stored.descriptor.size(),
+                media_type: stored.descriptor.media_type().to_string(),
+            }
+        }
     };
+    snap.release()?;
     // Keep the layer while the build cache refers to it, whatever image GC decides.
     store.pin_blob("build-cache", &layer.digest)?;
     Ok(Some(layer))
-}
-
-/// The upperdir of a finished step already is the new layer in overlay form (whiteouts as 0:0
-/// devices, opaque directories marked), so it becomes the layer's unpacked directory instead of
-/// unpacking the blob again when a later step needs it. Not with SOURCE_DATE_EPOCH, where the blob's
-/// mtimes are clamped and the upperdir's are not. Best effort: on any failure the blob is
-/// unpacked later as usual.
-fn reuse_upper_as_layer(
-    snapshotter: &Snapshotter,
-    snap: &ActiveSnapshot,
-    diff_id: &str,
-    enabled: bool,
-) {
-    if !enabled {
-        return;
-    }
-    let Ok(dir) = snapshotter.layer_dir(diff_id) else {
-        return;
-    };
-    if dir.exists() {
-        return;
-    }
-    // Renaming within the snapshots filesystem; the overlay keeps working until it is unmounted.
-    let _ = std::fs::rename(snap.upper(), &dir);
 }
 
 /// The unpacked directory of a layer (a lowerdir), through the snapshotter's shared layer store.

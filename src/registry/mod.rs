@@ -142,6 +142,23 @@ pub fn push(
     let manifest_digest = store.resolve_image(local_name).with_context(|| {
         format!("image {local_name} is not in the local store; build, pull or tag it first")
     })?;
+    push_digest(ctx, store, &manifest_digest, dest, opts)
+}
+
+/// Pushes the stored manifest `manifest_digest` (every layer a blob: see
+/// `exporter::blobs::export_manifest`) to `dest`.
+pub fn push_digest(
+    ctx: &RegistryContext,
+    store: &dyn LocalStore,
+    manifest_digest: &str,
+    dest: &RepoRef,
+    opts: &PushOptions,
+) -> Result<PushedImage> {
+    store.prepare()?;
+    if dest.digest.is_some() {
+        bail!("cannot push to a digest reference ({dest}); push to a tag");
+    }
+    let manifest_digest = manifest_digest.to_string();
     // Ask for pull access to the repositories a blob could be mounted from, in the same token.
     let bytes = store.read_blob(&manifest_digest)?;
     let mut scopes = vec![format!("repository:{}:pull,push", dest.repository)];

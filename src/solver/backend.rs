@@ -123,13 +123,25 @@ pub struct ExecRequest {
     pub progress: Arc<Progress>,
     pub secrets: Arc<HashMap<String, SecretSource>>,
     pub source_date_epoch: Option<i64>,
+    /// For a COPY/ADD from the context that missed only because some selected files changed: the
+    /// layer the same step on the same parent made last time, to build the new one from.
+    pub previous: Option<PreviousCopy>,
+}
+
+/// The previous result of a COPY step (see [`ExecRequest::previous`]).
+#[derive(Debug, Clone)]
+pub struct PreviousCopy {
+    pub layer: LayerRef,
+    /// Context-relative paths of the selected entries whose digest (content, mode, owner) is the
+    /// one they had then.
+    pub unchanged: std::collections::HashSet<String>,
 }
 
 /// Where the solver gets images and runs steps: the store, snapshots and the sandbox in real
 /// builds (`engine.rs`), a fake in unit tests.
 pub trait Backend: Send + Sync + 'static {
     fn base_image(&self, name: &str, pull: bool) -> Result<BaseImage>;
-    /// Whether a cached layer's blob is still in the store.
+    /// Whether a cached layer's content (its blob, or its unpacked layer) is still in the store.
     fn has_layer(&self, layer: &LayerRef) -> bool;
     /// Executes a step on top of `parent`; the new layer, or `None` when nothing changed.
     fn execute(&self, req: ExecRequest) -> Result<Option<LayerRef>>;

@@ -86,6 +86,36 @@ pub struct StepInputs {
     pub files: Vec<(String, String)>,
     #[serde(default)]
     pub sources: Vec<String>,
+    /// The layer the step made with these inputs (recorded after it ran), for an incremental
+    /// COPY the next time only its files changed.
+    #[serde(default)]
+    pub layer: Option<LayerRef>,
+}
+
+/// The previous result of a COPY from the context to build on, when `old` (the inputs the step
+/// last ran with at this place) differs from `new` only in the selected files.
+pub fn previous_copy(old: &StepInputs, new: &StepInputs) -> Option<crate::solver::PreviousCopy> {
+    let layer = old.layer.clone()?;
+    let same_step = old.parent == new.parent
+        && old.instruction == new.instruction
+        && old.args == new.args
+        && old.env == new.env
+        && old.sources == new.sources;
+    if !same_step || old.files.is_empty() || new.files.is_empty() || old.files == new.files {
+        return None;
+    }
+    let before: std::collections::HashMap<&str, &str> = old
+        .files
+        .iter()
+        .map(|(p, d)| (p.as_str(), d.as_str()))
+        .collect();
+    let unchanged = new
+        .files
+        .iter()
+        .filter(|(p, d)| before.get(p.as_str()) == Some(&d.as_str()))
+        .map(|(p, _)| p.clone())
+        .collect();
+    Some(crate::solver::PreviousCopy { layer, unchanged })
 }
 
 pub fn load_inputs(conn: &rusqlite::Connection, place: &str) -> Result<Option<StepInputs>> {
@@ -210,7 +240,7 @@ mod tests {
             media_type: "m".into(),
         };
         record(&conn, "k2", Some(&l), 6).unwrap();
-        assert_eq!(lookup(&conn, "k2").unwrap(), Some(Some(l)));
+        assert_eq!(lookup(&conn, "k2").unwrap(), Some(Some(l.clone())));
 
         let mut old = StepInputs {
             instruction: "RUN make".into(),
@@ -239,5 +269,26 @@ mod tests {
             explain_miss(Some(&copy_old), &copy_new, false),
             "1 file changed: src/app.js"
         );
+
+        // Only the files differ: the previous layer is offered, with the unchanged paths.
+        assert!(
+            previous_copy(&copy_old, &copy_new).is_none(),
+            "no layer recorded"
+        );
+        copy_old.layer = Some(l.clone());
+        let prev = previous_copy(&copy_old, &copy_new).unwrap();
+        assert_eq!(prev.layer, l);
+        assert_eq!(
+            prev.unchanged.into_iter().collect::<Vec<_>>(),
+            vec!["x".to_string()]
+        );
+        // Another parent, instruction or no change at all: none.
+        let mut other = copy_new.clone();
+        other.parent = "another".into();
+        assert!(previous_copy(&copy_old, &other).is_none());
+        other = copy_new.clone();
+        other.instruction = "COPY . /srv".into();
+        assert!(previous_copy(&copy_old, &other).is_none());
+        assert!(previous_copy(&copy_old, &copy_old.clone()).is_none());
     }
 }

@@ -26,8 +26,8 @@ mod tests;
 
 pub use crate::source::image::BaseImage;
 pub use backend::{
-    Backend, CopyOp, CopyOptions, ExecRequest, Network, Op, RunMount, RunOp, SecretSource,
-    SourceTree,
+    Backend, CopyOp, CopyOptions, ExecRequest, Network, Op, PreviousCopy, RunMount, RunOp,
+    SecretSource, SourceTree,
 };
 
 use crate::dockerfile::{Instruction, Spanned, Stages};
@@ -444,7 +444,7 @@ async fn run_step(
     let Planned {
         op,
         key,
-        inputs,
+        mut inputs,
         created_by,
     } = planned;
     if !no_cache {
@@ -475,6 +475,7 @@ async fn run_step(
         }
     }
     // A miss: say why, then run.
+    let mut previous = None;
     let reason = if no_cache {
         "--no-cache".to_string()
     } else {
@@ -483,6 +484,10 @@ async fn run_step(
             .lock()
             .map_err(|_| anyhow!("database lock poisoned"))?;
         let old = cache::load_inputs(&conn, place)?;
+        previous = old
+            .as_ref()
+            .and_then(|old| cache::previous_copy(old, &inputs))
+            .filter(|p| shared.backend.has_layer(&p.layer));
         cache::explain_miss(old.as_ref(), &inputs, first_fs_step)
     };
     shared.progress.explain(
@@ -506,6 +511,7 @@ async fn run_step(
         progress: shared.progress.clone(),
         secrets: shared.secrets.clone(),
         source_date_epoch: shared.req.source_date_epoch,
+        previous,
     };
     let backend = shared.backend.clone();
     let result = tokio::task::spawn_blocking(move || backend.execute(req))
@@ -523,6 +529,7 @@ async fn run_step(
             .lock()
             .map_err(|_| anyhow!("database lock poisoned"))?;
         cache::record(&conn, &key, layer.as_ref(), created)?;
+        inputs.layer = layer.clone();
         cache::save_inputs(&conn, place, &inputs)?;
     }
     walk.created = created.max(walk.created);

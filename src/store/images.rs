@@ -12,7 +12,8 @@ use rusqlite::{params, OptionalExtension, Transaction};
 use super::Store;
 use crate::reference::Reference;
 
-pub(super) const MIGRATIONS: &[&str] = &["
+pub(super) const MIGRATIONS: &[&str] = &[
+    "
     CREATE TABLE images (
         name TEXT PRIMARY KEY,          -- full normalised reference
         manifest TEXT NOT NULL,
@@ -51,7 +52,21 @@ pub(super) const MIGRATIONS: &[&str] = &["
         user TEXT NOT NULL,
         PRIMARY KEY (manifest, user)
     );
-"];
+",
+    "
+    -- Layers a build made, kept unpacked instead of as a blob: the content of the layer whose
+    -- descriptor digest is `diff_id` (media type application/vnd.oci.image.layer.v1.tar) is the
+    -- unpacked snapshot `snapshots/layers/<hex of diff_id>/`; its tar is written again from
+    -- there, through the entry list in blob `changes`, when something needs a blob.
+    CREATE TABLE unpacked_layers (
+        diff_id TEXT PRIMARY KEY,
+        size INTEGER NOT NULL,          -- bytes of the uncompressed tar
+        changes TEXT NOT NULL,          -- blob: the layer's entries (see snapshot::built)
+        source_date_epoch INTEGER       -- the mtime clamp the tar was written with, if any
+    );
+    CREATE INDEX unpacked_layers_changes ON unpacked_layers(changes);
+",
+];
 
 /// An image as `kiln images` lists it: one row per name, or a nameless (dangling) manifest.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -82,6 +97,22 @@ pub struct LayerRecord {
     pub media_type: String,
     pub size: u64,
 }
+
+/// A layer a build made, whose content is its unpacked snapshot (no blob): see
+/// [`Store::record_unpacked_layer`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnpackedLayerRecord {
+    /// The DiffID, which is also the digest of its (uncompressed) descriptor.
+    pub diff_id: String,
+    /// Bytes of the uncompressed tar.
+    pub size: u64,
+    /// The blob holding the layer's entry list.
+    pub changes: String,
+    pub source_date_epoch: Option<i64>,
+}
+
+/// The media type of an uncompressed layer, the descriptor of an unpacked layer.
+pub const UNCOMPRESSED_LAYER: &str = "application/vnd.oci.image.layer.v1.tar";
 
 /// What [`Store::commit_image`] wrote.
 #[derive(Debug, Clone)]
@@ -173,7 +204,7 @@ impl Store {
         let mut size = config_bytes.len() as u64;
         for layer in manifest.layers() {
             let digest = layer.digest().to_string();
-            if !self.has_blob(&digest) {
+            if !self.has_layer_content(&digest)? {
                 bail!("layer {digest} is missing from the store");
             }
             size += self.blob_size(&digest).unwrap_or(layer.size());
@@ -223,7 +254,7 @@ impl Store {
                     .collect::<Vec<_>>()
                     .iter(),
             ) {
-                if !self.has_blob(blob) {
+                if !self.has_blob(blob) && !unpacked_tx(tx, blob)? {
                     bail!("blob {blob} was removed while the image was being stored; try again");
                 }
             }
@@ -254,6 +285,108 @@ impl Store {
                     layer.size as i64
                 ],
             )?;
+            Ok(())
+        })
+    }
+
+    /// Records a layer a build made and keeps unpacked: its content is the directory
+    /// `snapshots/layers/<hex of diff_id>/` (which must be in place), its entry list the blob
+    /// `changes` (already stored). Also recorded as a layer (digest = DiffID, uncompressed).
+    pub fn record_unpacked_layer(&self, layer: &UnpackedLayerRecord) -> Result<()> {
+        self.transaction(|tx| {
+            tx.execute(
+                "INSERT OR IGNORE INTO unpacked_layers (diff_id, size, changes, source_date_epoch)
+                 VALUES (?1, ?2, ?3, ?4)",
+                params![
+                    layer.diff_id,
+                    layer.size as i64,
+                    layer.changes,
+                    layer.source_date_epoch
+                ],
+            )?;
+            tx.execute(
+                "INSERT OR IGNORE INTO layers (digest, diff_id, media_type, size)
+                 VALUES (?1, ?1, ?2, ?3)",
+                params![layer.diff_id, UNCOMPRESSED_LAYER, layer.size as i64],
+            )?;
+            Ok(())
+        })
+    }
+
+    /// The unpacked-layer record of `diff_id`, if a build made that layer and keeps it unpacked.
+    pub fn unpacked_layer(&self, diff_id: &str) -> Result<Option<UnpackedLayerRecord>> {
+        self.with_conn(|conn| {
+            Ok(conn
+                .query_row(
+                    "SELECT diff_id, size, changes, source_date_epoch FROM unpacked_layers
+                     WHERE diff_id = ?1",
+                    [diff_id],
+                    |row| {
+                        Ok(UnpackedLayerRecord {
+                            diff_id: row.get(0)?,
+                            size: row.get::<_, i64>(1)? as u64,
+                            changes: row.get(2)?,
+                            source_date_epoch: row.get(3)?,
+                        })
+                    },
+                )
+                .optional()?)
+        })
+    }
+
+    /// Where the unpacked content of a layer lives (the snapshot layout's
+    /// `snapshots/layers/<hex>`; `snapshot` owns that directory, the store only removes an
+    /// unpacked layer's directory when it collects the layer).
+    pub fn unpacked_layer_path(&self, diff_id: &str) -> Result<std::path::PathBuf> {
+        Ok(self
+            .root
+            .join("snapshots/layers")
+            .join(crate::digest::digest_hex(diff_id)?))
+    }
+
+    /// Whether the layer whose descriptor digest is `digest` has its content here: a blob, or an
+    /// unpacked layer whose directory is in place.
+    pub fn has_layer_content(&self, digest: &str) -> Result<bool> {
+        if self.has_blob(digest) {
+            return Ok(true);
+        }
+        Ok(self.unpacked_layer(digest)?.is_some() && self.unpacked_layer_path(digest)?.is_dir())
+    }
+
+    /// Every stored blob of the layer with this DiffID (any compression), present or not.
+    pub fn layers_with_diff_id(&self, diff_id: &str) -> Result<Vec<LayerRecord>> {
+        self.with_conn(|conn| {
+            let mut stmt = conn.prepare(
+                "SELECT digest, diff_id, media_type, size FROM layers WHERE diff_id = ?1
+                 ORDER BY digest",
+            )?;
+            let rows = stmt
+                .query_map([diff_id], |row| {
+                    Ok(LayerRecord {
+                        digest: row.get(0)?,
+                        diff_id: row.get(1)?,
+                        media_type: row.get(2)?,
+                        size: row.get::<_, i64>(3)? as u64,
+                    })
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(rows)
+        })
+    }
+
+    /// Records that `blobs` (already stored) belong to the image `manifest` (e.g. the manifest
+    /// an export wrote for it): removing the image collects them.
+    pub fn attach_blobs(&self, manifest: &str, blobs: &[String]) -> Result<()> {
+        self.transaction(|tx| {
+            for blob in blobs {
+                if !self.has_blob(blob) {
+                    bail!("blob {blob} is missing from the store");
+                }
+                tx.execute(
+                    "INSERT OR IGNORE INTO manifest_blobs (manifest, blob) VALUES (?1, ?2)",
+                    params![manifest, blob],
+                )?;
+            }
             Ok(())
         })
     }
@@ -531,6 +664,7 @@ impl Store {
         tx.execute("DELETE FROM image_uses WHERE manifest = ?1", [manifest])?;
         let mut deleted = vec![format!("Deleted: {manifest}")];
         let mut files = vec![manifest.to_string()];
+        let mut dirs = Vec::new();
         for blob in blobs {
             let used: bool = tx.query_row(
                 "SELECT EXISTS(SELECT 1 FROM manifest_blobs WHERE blob = ?1)
@@ -544,6 +678,9 @@ impl Store {
                 if Some(&blob) == config.as_ref() {
                     deleted.push(format!("Deleted: {blob}"));
                 }
+                if unpacked_tx(tx, &blob)? {
+                    files.extend(self.collect_unpacked_tx(tx, &blob, &mut dirs)?);
+                }
                 files.push(blob);
             }
         }
@@ -551,8 +688,84 @@ impl Store {
         for file in files {
             self.delete_blob(&file)?;
         }
+        for dir in dirs {
+            self.remove_unpacked_dir(&dir)?;
+        }
         Ok(deleted)
     }
+}
+
+impl Store {
+    /// Forgets the unpacked layer `diff_id`, which nothing references any more: returns the blobs
+    /// to delete (its entry list, unless another layer has the same, and the compressed blobs made
+    /// from it that nothing references) and adds its directory to `dirs`.
+    fn collect_unpacked_tx(
+        &self,
+        tx: &Transaction,
+        diff_id: &str,
+        dirs: &mut Vec<std::path::PathBuf>,
+    ) -> Result<Vec<String>> {
+        let changes: String = tx.query_row(
+            "SELECT changes FROM unpacked_layers WHERE diff_id = ?1",
+            [diff_id],
+            |r| r.get(0),
+        )?;
+        tx.execute("DELETE FROM unpacked_layers WHERE diff_id = ?1", [diff_id])?;
+        let mut files = Vec::new();
+        let shared: bool = tx.query_row(
+            "SELECT EXISTS(SELECT 1 FROM unpacked_layers WHERE changes = ?1)
+                 OR EXISTS(SELECT 1 FROM manifest_blobs WHERE blob = ?1)
+                 OR EXISTS(SELECT 1 FROM blob_refs WHERE blob = ?1)",
+            [&changes],
+            |r| r.get(0),
+        )?;
+        if !shared {
+            files.push(changes);
+        }
+        let derived: Vec<String> = {
+            let mut stmt = tx.prepare(
+                "SELECT digest FROM layers l WHERE diff_id = ?1 AND digest != ?1
+                 AND NOT EXISTS(SELECT 1 FROM manifest_blobs WHERE blob = l.digest)
+                 AND NOT EXISTS(SELECT 1 FROM blob_refs WHERE blob = l.digest)",
+            )?;
+            let rows = stmt
+                .query_map([diff_id], |row| row.get(0))?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            rows
+        };
+        for d in derived {
+            tx.execute("DELETE FROM layers WHERE digest = ?1", [&d])?;
+            files.push(d);
+        }
+        dirs.push(self.unpacked_layer_path(diff_id)?);
+        Ok(files)
+    }
+
+    /// Removes a collected unpacked layer: renamed into `tmp/` first (one atomic step; a crash
+    /// leaves it there, where the next kiln empties it), then deleted.
+    fn remove_unpacked_dir(&self, dir: &std::path::Path) -> Result<()> {
+        let Some(name) = dir.file_name() else {
+            return Ok(());
+        };
+        let mut gone = std::ffi::OsString::from(format!("gc-layer.{}.", std::process::id()));
+        gone.push(name);
+        let gone = self.tmp_dir().join(gone);
+        match std::fs::rename(dir, &gone) {
+            Ok(()) => std::fs::remove_dir_all(&gone)
+                .with_context(|| format!("removing collected layer {}", gone.display())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e).with_context(|| format!("collecting layer {}", dir.display())),
+        }
+    }
+}
+
+/// Whether `digest` is an unpacked layer.
+fn unpacked_tx(tx: &Transaction, digest: &str) -> Result<bool> {
+    Ok(tx.query_row(
+        "SELECT EXISTS(SELECT 1 FROM unpacked_layers WHERE diff_id = ?1)",
+        [digest],
+        |r| r.get(0),
+    )?)
 }
 
 fn set_name_tx(tx: &Transaction, name: &Reference, manifest_digest: &str) -> Result<()> {

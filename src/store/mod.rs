@@ -13,7 +13,9 @@ mod images;
 pub mod space;
 
 pub use blobs::{Blob, BlobWriter};
-pub use images::{CommittedImage, ImageRecord, LayerRecord};
+pub use images::{
+    CommittedImage, ImageRecord, LayerRecord, UnpackedLayerRecord, UNCOMPRESSED_LAYER,
+};
 
 use std::fs;
 use std::os::fd::AsRawFd;

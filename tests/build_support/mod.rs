@@ -82,9 +82,11 @@ pub fn rootfs_of(root: &Path, name: &str) -> tempfile::TempDir {
     let manifest = store.manifest(&rec.manifest_digest).unwrap();
     let dir = tempfile::tempdir().unwrap();
     for l in manifest.layers() {
-        let blob = store.open_blob(l.digest().as_ref()).unwrap();
+        // A built layer is kept unpacked (digest = DiffID): its tar is written again.
+        let d = l.digest().to_string();
+        let tar = kiln::exporter::blobs::open_layer_tar(&store, &d, &d).unwrap();
         kiln::oci::layer::apply_layer(
-            std::io::BufReader::new(blob),
+            std::io::BufReader::new(tar),
             dir.path(),
             kiln::oci::layer::ApplyMode::Flatten,
         )
