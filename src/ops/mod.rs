@@ -7,6 +7,8 @@ pub mod copy;
 mod file;
 mod run;
 
+pub use run::cache_mount_dir;
+
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};

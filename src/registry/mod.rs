@@ -6,6 +6,7 @@
 //! - [`login`] / [`logout`] manage `ROOT/auth.json`; see [`auth`] for where credentials come from.
 //! - Mirrors and insecure registries come from [`config::RegistryConfig`].
 
+pub mod artifact;
 pub mod auth;
 pub mod client;
 pub mod config;
