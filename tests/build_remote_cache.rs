@@ -902,3 +902,91 @@ fn cache_mounts_follow_the_pipeline_to_runner_b() {
     let out = common::kiln_ok(c.path(), &["run", "--rm", "m:4", "cat", "/seen"]);
     assert_eq!(out, "from-c\n");
 }
+
+#[test]
+fn export_mounts_from_the_imported_cache_and_zstd_round_trips() {
+    common::require_root();
+    let reg = Registry::start(AuthMode::None);
+    let base = seed_base(&reg);
+    let df = dockerfile(APP_DOCKERFILE, &base);
+    let ctx = context(&[("Dockerfile", &df), ("app.txt", "v1\n")]);
+    let host = reg.host();
+    let a = runner();
+    let built_a = build(
+        Some(&reg),
+        a.path(),
+        ctx.path(),
+        "app:1",
+        &[
+            "--build-arg",
+            "TOKEN=x",
+            "--cache-to",
+            &format!("type=registry,ref={host}/cache/app:main"),
+        ],
+    );
+    // Runner B exports to another repository of the same registry: the layers are mounted from
+    // the imported cache's repository, not uploaded again.
+    let b = runner();
+    let built_b = build(
+        Some(&reg),
+        b.path(),
+        ctx.path(),
+        "app:1",
+        &[
+            "--build-arg",
+            "TOKEN=x",
+            "--cache-from",
+            &format!("type=registry,ref={host}/cache/app:main"),
+            "--cache-to",
+            &format!("type=registry,ref={host}/cache/branch:b,compression=zstd"),
+        ],
+    );
+    assert_all_cached(&built_b.log);
+    let (manifest, config) = cache_at(&reg, "cache/branch", "b");
+    for l in manifest["layers"].as_array().unwrap() {
+        assert_eq!(
+            l["mediaType"], "application/vnd.oci.image.layer.v1.tar+zstd",
+            "{manifest}"
+        );
+    }
+    assert_eq!(config["records"].as_array().unwrap().len(), 3);
+    let c = runner();
+    let built_c = build(
+        Some(&reg),
+        c.path(),
+        ctx.path(),
+        "app:1",
+        &[
+            "--build-arg",
+            "TOKEN=x",
+            "--cache-from",
+            &format!("type=registry,ref={host}/cache/app:main"),
+            "--cache-to",
+            &format!("type=registry,ref={host}/cache/branch:c"),
+        ],
+    );
+    assert!(
+        built_c.log.contains("blobs: 0 uploaded") || built_c.log.contains("blobs: 1 uploaded"),
+        "only the config may be uploaded: {}",
+        built_c.log
+    );
+    assert!(built_c.log.contains("3 mounted"), "{}", built_c.log);
+    // A runner importing the zstd cache takes every step and makes the same image.
+    let d = runner();
+    let built_d = build(
+        Some(&reg),
+        d.path(),
+        ctx.path(),
+        "app:1",
+        &[
+            "--build-arg",
+            "TOKEN=x",
+            "--cache-from",
+            &format!("type=registry,ref={host}/cache/branch:b"),
+        ],
+    );
+    assert_all_cached(&built_d.log);
+    assert_eq!(built_d.id, built_a.id);
+    let out = common::kiln_ok(d.path(), &["run", "--rm", "app:1"]);
+    assert_eq!(out, "v1\none\n");
+}

@@ -132,8 +132,9 @@ pub fn export(
         } => {
             let ctx = registry_context(store)?;
             let r = crate::registry::RepoRef::parse(reference)?;
+            // Blobs a cache on the same registry lists are skipped or mounted, not downloaded.
             let keep = |l: &remotecache::LayerDesc| {
-                imports.is_some_and(|i| i.listed_in(&r.registry, &r.repository, &l.digest))
+                imports.is_some_and(|i| i.listed_on(&r.registry, &l.digest))
             };
             let prepared =
                 remotecache::prepare(store, &records, &mounts, *compression, imports, &keep)?;

@@ -472,6 +472,13 @@ impl Imports {
         })
     }
 
+    /// Whether a cache in some repository of `registry` lists `digest` (a push there can mount it).
+    pub fn listed_on(&self, registry: &str, digest: &str) -> bool {
+        self.sources.iter().any(|s| {
+            s.blobs.registry_repo().is_some_and(|(r, _)| r == registry) && s.listed.contains(digest)
+        })
+    }
+
     /// Repositories of `registry` the imported caches live in.
     pub fn repositories_on(&self, registry: &str) -> Vec<String> {
         self.sources
