@@ -18,7 +18,7 @@ pub fn embed(config: &mut ImageConfigFile, records: &[CacheRecord]) -> Result<()
     let ours: HashSet<&String> = config.rootfs.diff_ids.iter().collect();
     let kept: Vec<CacheRecord> = records
         .iter()
-        .filter(|r| r.layer.as_ref().is_none_or(|l| ours.contains(&l.diff_id)))
+        .filter(|r| r.layer.as_ref().map_or(true, |l| ours.contains(&l.diff_id)))
         .cloned()
         .collect();
     let doc = CacheDoc::new(kept, Vec::new());
@@ -58,7 +58,11 @@ pub fn import(ctx: &RegistryContext, reference: &str) -> Result<Option<Loaded>> 
     let records = doc
         .records
         .into_iter()
-        .filter(|r| r.layer.as_ref().is_none_or(|l| listed.contains(&l.digest)))
+        .filter(|r| {
+            r.layer
+                .as_ref()
+                .map_or(true, |l| listed.contains(&l.digest))
+        })
         .collect();
     Ok(Some(Loaded {
         name: reference.to_string(),
