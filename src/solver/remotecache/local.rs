@@ -139,6 +139,17 @@ pub fn export(
 ) -> Result<ExportStats> {
     let blobs = dir.join("blobs").join("sha256");
     fs::create_dir_all(&blobs).with_context(|| format!("creating {}", blobs.display()))?;
+    // One export at a time per directory: another's clean-up must not remove blobs this one
+    // has written but not yet named in index.json.
+    let lock_path = dir.join(".kiln-export.lock");
+    let lock_file = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .with_context(|| format!("opening {}", lock_path.display()))?;
+    let _lock = nix::fcntl::Flock::lock(lock_file, nix::fcntl::FlockArg::LockExclusive)
+        .map_err(|(_, e)| anyhow!("locking {}: {e}", lock_path.display()))?;
     let layers = doc.layers();
     let mut stats = ExportStats {
         records: doc.records.len(),
