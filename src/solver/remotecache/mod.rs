@@ -806,6 +806,96 @@ mod tests {
         assert!(parse_artifact_manifest(image.as_bytes()).is_err());
     }
 
+    struct Fake {
+        bytes: Vec<u8>,
+    }
+
+    impl BlobSource for Fake {
+        fn fetch(&self, store: &Store, layer: &LayerDesc) -> Result<()> {
+            store.put_blob(self.bytes.as_slice(), Some(&layer.digest))?;
+            Ok(())
+        }
+    }
+
+    fn loaded(name: &str, records: Vec<CacheRecord>, bytes: &[u8]) -> Loaded {
+        Loaded {
+            name: name.into(),
+            doc: CacheDoc::new(records, Vec::new()),
+            listed: HashSet::new(),
+            blobs: Box::new(Fake {
+                bytes: bytes.to_vec(),
+            }),
+        }
+    }
+
+    #[test]
+    fn lookups_follow_the_chain_first_source_wins_and_a_bad_blob_drops_its_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path()).unwrap());
+        let good = b"good layer bytes".to_vec();
+        let layer = |bytes: &[u8]| LayerDesc {
+            media_type: "application/vnd.oci.image.layer.v1.tar".into(),
+            digest: crate::digest::sha256_digest(bytes),
+            size: bytes.len() as u64,
+            diff_id: crate::digest::sha256_digest(bytes),
+        };
+        let rec = |key: char, l: &LayerDesc, parent: &[String]| CacheRecord {
+            key: digest(key),
+            layer: Some(l.clone()),
+            chain: parent.iter().cloned().chain([l.diff_id.clone()]).collect(),
+            created: 1,
+            place: digest('9'),
+            inputs: StepInputs {
+                instruction: format!("RUN {key}"),
+                ..Default::default()
+            },
+        };
+        let base = vec![digest('7')];
+        let l1 = layer(&good);
+        let other = layer(b"other");
+        let imports = Imports::new(
+            store.clone(),
+            vec![
+                loaded("first", vec![rec('a', &l1, &base)], &good),
+                // The same key in a later cache loses; its own key is found.
+                loaded(
+                    "second",
+                    vec![rec('a', &other, &base), rec('b', &other, &base)],
+                    b"tampered",
+                ),
+            ],
+            Box::new(|_| {}),
+        );
+        assert_eq!(imports.records(), 2);
+        assert_eq!(
+            imports.lookup(&digest('a'), &base).unwrap().layer,
+            Some(l1.clone())
+        );
+        // A chain that does not continue the step's parent is no hit.
+        assert!(imports.lookup(&digest('a'), &[digest('6')]).is_none());
+        let why = imports
+            .explain(
+                &digest('9'),
+                &StepInputs {
+                    instruction: "RUN z".into(),
+                    ..Default::default()
+                },
+                false,
+            )
+            .unwrap();
+        assert!(
+            why.starts_with("the cache from first has this step"),
+            "{why}"
+        );
+        imports.materialize(&[l1.to_ref()]).unwrap();
+        assert!(store.has_blob(&l1.digest));
+        // The second cache serves bytes that do not match: refused, and its record is gone.
+        let err = imports.materialize(&[other.to_ref()]).unwrap_err();
+        assert!(err.chain().any(|c| c.is::<Refused>()), "{err:#}");
+        assert!(!store.has_blob(&other.digest));
+        assert!(imports.lookup(&digest('b'), &base).is_none());
+    }
+
     #[test]
     fn redacted_inputs_keep_no_values_but_still_explain() {
         let mut old = StepInputs {
