@@ -92,9 +92,9 @@ pub fn build(root: &Path, opts: BuildOptions) -> Result<i32> {
         .build()
         .context("starting the build runtime")?;
     // A cached layer that does not arrive intact drops its records: solve again without them.
-    let mut attempt = 0;
+    // Each round refuses at least one more blob of the finite set the caches list, so this ends.
+    let mut refused_before = 0;
     let result = loop {
-        attempt += 1;
         let request = BuildRequest {
             stages: request.stages.clone(),
             dockerfile_name: request.dockerfile_name.clone(),
@@ -122,12 +122,14 @@ pub fn build(root: &Path, opts: BuildOptions) -> Result<i32> {
                 }
                 Ok(r)
             });
+        let refused_now = imports.as_ref().map_or(0, |i| i.refused_count());
         match solved {
             Err(e)
-                if attempt < 4
+                if refused_now > refused_before
                     && e.chain()
                         .any(|c| c.is::<crate::solver::remotecache::Refused>()) =>
             {
+                refused_before = refused_now;
                 cache::warn(
                     &progress,
                     "solving the build again without the refused cache records",

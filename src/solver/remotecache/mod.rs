@@ -489,6 +489,11 @@ impl Imports {
             .collect()
     }
 
+    /// How many blobs were refused so far (grows with each one; never beyond the blobs listed).
+    pub fn refused_count(&self) -> usize {
+        self.refused.lock().map(|r| r.len()).unwrap_or(usize::MAX)
+    }
+
     fn is_refused(&self, digest: &str) -> bool {
         self.refused
             .lock()
