@@ -307,7 +307,7 @@ fn load(root: &Path, name: &str) -> (Value, Tree) {
     for l in manifest.layers() {
         // A built layer is kept unpacked (digest = DiffID): its tar is written again.
         let d = l.digest().to_string();
-        let reader = kiln::exporter::blobs::open_layer_tar(&store, &d, &d).unwrap();
+        let reader = kiln::snapshot::blobs::open_layer_tar(&store, &d, &d).unwrap();
         apply(&mut fs, std::io::BufReader::new(reader));
     }
     (config, fs)

@@ -303,10 +303,10 @@ fn unpacked_layers_are_exported_once_and_collected_with_their_image() {
 
     // The export manifest: both layers as gzip blobs, made once.
     let exported =
-        kiln::exporter::blobs::export_manifest(&store, &image.manifest_digest, Compression::Gzip)
+        kiln::snapshot::blobs::export_manifest(&store, &image.manifest_digest, Compression::Gzip)
             .unwrap();
     let again =
-        kiln::exporter::blobs::export_manifest(&store, &image.manifest_digest, Compression::Gzip)
+        kiln::snapshot::blobs::export_manifest(&store, &image.manifest_digest, Compression::Gzip)
             .unwrap();
     assert_eq!(exported, again);
     let m: oci_spec::image::ImageManifest =

@@ -91,6 +91,15 @@ pub struct BuildArgs {
     /// Output: type=image|oci|docker|local|tar[,dest=PATH][,compression=gzip|zstd|none]
     #[arg(short = 'o', long = "output", value_name = "SPEC")]
     pub outputs: Vec<String>,
+    /// Export the build cache: `type=registry,ref=REPO[:TAG]`, `type=local,dest=DIR` or
+    /// `type=inline`, with `mode=min|max`, `compression=gzip|zstd`, `ignore-error=true`,
+    /// `cache-mounts=true`; may be repeated
+    #[arg(long = "cache-to", value_name = "SPEC")]
+    pub cache_to: Vec<String>,
+    /// Import a build cache: `type=registry,ref=REPO[:TAG]`, `type=local,src=DIR`, or an image
+    /// reference (its inline cache); may be repeated (the first that has a step wins)
+    #[arg(long = "cache-from", value_name = "SPEC")]
+    pub cache_from: Vec<String>,
     /// Print only the image ID
     #[arg(short = 'q', long)]
     pub quiet: bool,
@@ -208,6 +217,16 @@ fn to_options(args: BuildArgs) -> anyhow::Result<BuildOptions> {
             args.cpuset_cpus,
             args.pids_limit,
         )?,
+        cache_to: args
+            .cache_to
+            .iter()
+            .map(|s| options::parse_cache_to(s))
+            .collect::<anyhow::Result<_>>()?,
+        cache_from: args
+            .cache_from
+            .iter()
+            .map(|s| options::parse_cache_from(s))
+            .collect::<anyhow::Result<_>>()?,
     })
 }
 

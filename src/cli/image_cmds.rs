@@ -436,7 +436,7 @@ fn cmd_images(
 /// and hard links count nothing), read from the stored blob.
 fn layer_content_size(store: &Store, digest: &str) -> Result<u64> {
     // A layer a build made is kept unpacked (digest = DiffID): its tar is written again.
-    let reader = crate::exporter::blobs::open_layer_tar(store, digest, digest)?;
+    let reader = crate::snapshot::blobs::open_layer_tar(store, digest, digest)?;
     let mut archive = tar::Archive::new(io::BufReader::new(reader));
     let mut total = 0u64;
     for entry in archive.entries()? {
@@ -741,7 +741,7 @@ fn cmd_save(
     // Layers a build kept unpacked become blobs (once; kept for the next export).
     for item in &mut items {
         item.manifest_digest =
-            crate::exporter::blobs::export_manifest(&store, &item.manifest_digest, compression)
+            crate::snapshot::blobs::export_manifest(&store, &item.manifest_digest, compression)
                 .context("save")?;
     }
     match output {

@@ -108,7 +108,7 @@ pub fn run(cmd: RegistryCommands, globals: &Globals) -> Result<i32> {
                     "push: image {image} is not in the local store; build, pull or tag it first"
                 )
             })?;
-            let manifest = crate::exporter::blobs::export_manifest(
+            let manifest = crate::snapshot::blobs::export_manifest(
                 &store,
                 &local.manifest_digest,
                 crate::oci::compress::Compression::Gzip,

@@ -44,18 +44,6 @@ const TABLE: &[(&str, &str, Option<char>, &str)] = &[
     ),
     (
         "build",
-        "cache-from",
-        None,
-        "imports build cache from a registry or a directory",
-    ),
-    (
-        "build",
-        "cache-to",
-        None,
-        "exports the build cache to a registry or a directory",
-    ),
-    (
-        "build",
         "cgroup-parent",
         None,
         "sets the parent cgroup of RUN steps",

@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 
 use anyhow::{anyhow, bail, Context, Result};
 
+pub mod cache;
 pub mod options;
 
 use crate::reference::Reference;
@@ -83,8 +84,9 @@ pub fn build(root: &Path, opts: BuildOptions) -> Result<i32> {
             .map(|p| p.display().to_string())
             .unwrap_or(dockerfile_name.clone())
     );
+    let imports = cache::load_imports(&store, &opts.cache_from, &progress);
     let request = BuildRequest {
-        stages,
+        stages: stages.clone(),
         dockerfile_name: dockerfile_name.clone(),
         place_id,
         target: opts.target.clone(),
@@ -96,11 +98,18 @@ pub fn build(root: &Path, opts: BuildOptions) -> Result<i32> {
         secrets: opts.secrets.clone(),
         source_date_epoch,
         max_parallelism: opts.max_parallelism,
+        remote: imports
+            .clone()
+            .map(|i| i as Arc<dyn crate::solver::remotecache::RemoteCache>),
     };
     let db = Arc::new(Mutex::new(open_db(store.root())?));
     let backend: Arc<dyn Backend> = Arc::new(StoreBackend {
         store: store.clone(),
         run_limits: opts.run_limits.clone(),
+        mounts: cache::MountRestorer {
+            imports: imports.clone(),
+            done: Mutex::new(Default::default()),
+        },
     });
     let context = Arc::new(context);
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -108,16 +117,74 @@ pub fn build(root: &Path, opts: BuildOptions) -> Result<i32> {
         .enable_all()
         .build()
         .context("starting the build runtime")?;
-    let result = runtime.block_on(solver::solve(
-        request,
-        backend,
-        context,
-        progress.clone(),
-        db,
-    ))?;
+    // A cached layer that does not arrive intact drops its records: solve again without them.
+    // Each round refuses at least one more blob of the finite set the caches list, so this ends.
+    let mut refused_before = 0;
+    let result = loop {
+        let request = BuildRequest {
+            stages: request.stages.clone(),
+            dockerfile_name: request.dockerfile_name.clone(),
+            place_id: request.place_id.clone(),
+            target: request.target.clone(),
+            no_cache_filter: request.no_cache_filter.clone(),
+            network: request.network,
+            labels: request.labels.clone(),
+            secrets: request.secrets.clone(),
+            remote: request.remote.clone(),
+            ..request
+        };
+        let solved = runtime
+            .block_on(solver::solve(
+                request,
+                backend.clone(),
+                context.clone(),
+                progress.clone(),
+                db.clone(),
+            ))
+            .and_then(|r| {
+                // The image's layers go into the store with it.
+                if let Some(i) = &imports {
+                    crate::solver::remotecache::RemoteCache::materialize(i.as_ref(), &r.layers)?;
+                }
+                Ok(r)
+            });
+        let refused_now = imports.as_ref().map_or(0, |i| i.refused_count());
+        match solved {
+            Err(e)
+                if refused_now > refused_before
+                    && e.chain()
+                        .any(|c| c.is::<crate::solver::remotecache::Refused>()) =>
+            {
+                refused_before = refused_now;
+                cache::warn(
+                    &progress,
+                    "solving the build again without the refused cache records",
+                );
+            }
+            other => break other?,
+        }
+    };
     drop(runtime);
 
     let mut config = result.config.clone();
+    crate::solver::remotecache::inline::strip(&mut config);
+    if opts
+        .cache_to
+        .contains(&crate::solver::remotecache::CacheTo::Inline)
+    {
+        let mut records =
+            cache::records_for(&result.cache, crate::solver::remotecache::CacheMode::Min);
+        // The records name the blobs the push sends: a layer this build made is compressed
+        // here (once; the push then finds the blob made).
+        for r in &mut records {
+            if let Some(l) = &r.layer {
+                let blob =
+                    crate::solver::remotecache::layer_blob_for_export(&store, &l.to_ref(), None)?;
+                r.layer = Some(crate::solver::remotecache::LayerDesc::from(&blob));
+            }
+        }
+        crate::solver::remotecache::inline::embed(&mut config, &records)?;
+    }
     for (k, v) in &opts.labels {
         config
             .config
@@ -129,6 +196,26 @@ pub fn build(root: &Path, opts: BuildOptions) -> Result<i32> {
         crate::exporter::export(&store, &progress, &opts.outputs, &config, &result.layers)?;
     if let Some(path) = &opts.iidfile {
         std::fs::write(path, &image_id).with_context(|| format!("--iidfile {}", path.display()))?;
+    }
+    for to in &opts.cache_to {
+        if to == &crate::solver::remotecache::CacheTo::Inline {
+            continue;
+        }
+        match cache::export(&store, to, &result.cache, imports.as_deref()) {
+            Ok(stats) => progress.note(&format!("exported cache to {}: {stats}", to.describe())),
+            Err(e) if to.ignore_error() => cache::warn(
+                &progress,
+                &format!("warning: --cache-to {}: {e:#} (ignore-error=true)", to.describe()),
+            ),
+            Err(e) => {
+                return Err(e).with_context(|| {
+                    format!(
+                        "--cache-to {}: exporting the cache failed; the image {image_id} is in the store (add ignore-error=true to build on)",
+                        to.describe()
+                    )
+                })
+            }
+        }
     }
     progress.summary(Some(&image_id));
     if !opts.quiet && !checks.findings.is_empty() {
@@ -245,6 +332,8 @@ struct StoreBackend {
     store: Arc<Store>,
     /// cgroup limits of every RUN step.
     run_limits: crate::sandbox::Resources,
+    /// Cache mounts of `--cache-from` caches, restored before the first RUN that mounts them.
+    mounts: cache::MountRestorer,
 }
 
 impl Backend for StoreBackend {
@@ -257,6 +346,9 @@ impl Backend for StoreBackend {
     }
 
     fn execute(&self, req: ExecRequest) -> Result<Option<LayerRef>> {
+        if let crate::solver::Op::Run(run) = &req.op {
+            self.mounts.restore(&self.store, &run.mounts)?;
+        }
         crate::ops::execute(&self.store, req, &self.run_limits)
     }
 

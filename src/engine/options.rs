@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use anyhow::{anyhow, bail, Result};
 
 pub use crate::exporter::{Output, OutputCompression};
+pub use crate::solver::remotecache::{CacheCompression, CacheFrom, CacheMode, CacheTo};
 use crate::solver::{Network, SecretSource};
 
 #[derive(Debug, Clone)]
@@ -32,6 +33,10 @@ pub struct BuildOptions {
     pub max_parallelism: usize,
     /// cgroup limits for every RUN step (not part of any cache key, as in docker).
     pub run_limits: crate::sandbox::Resources,
+    /// `--cache-to`, in order.
+    pub cache_to: Vec<CacheTo>,
+    /// `--cache-from`, in order (the first that has a step wins).
+    pub cache_from: Vec<CacheFrom>,
 }
 
 /// The pids limit a RUN step gets when neither `--pids-limit` nor the config sets one.
@@ -244,6 +249,128 @@ pub fn parse_output(spec: &str, tags: &[String]) -> Result<Output> {
     })
 }
 
+fn parse_bool(flag: &str, spec: &str, key: &str, v: &str) -> Result<bool> {
+    match v {
+        "true" | "1" => Ok(true),
+        "false" | "0" => Ok(false),
+        _ => bail!("{flag} {spec:?}: {key}={v}: expected true or false"),
+    }
+}
+
+/// `--cache-to type=registry,ref=REPO[:TAG]|type=local,dest=DIR|type=inline` with
+/// `mode=min|max`, `compression=gzip|zstd`, `ignore-error=true`, `cache-mounts=true` (buildx's
+/// spelling; `oci-mediatypes` and `image-manifest` are accepted: kiln's cache always is an OCI
+/// image manifest).
+pub fn parse_cache_to(spec: &str) -> Result<CacheTo> {
+    const FLAG: &str = "--cache-to";
+    let pairs = kv_list(spec, FLAG)?;
+    let (mut kind, mut reference, mut dest) = (None, None, None);
+    let mut mode = CacheMode::Min;
+    let mut compression = None;
+    let (mut ignore_error, mut cache_mounts) = (false, false);
+    for (k, v) in &pairs {
+        match k.as_str() {
+            "type" => kind = Some(v.clone()),
+            "ref" => reference = Some(v.clone()),
+            "dest" => dest = Some(PathBuf::from(v)),
+            "mode" => {
+                mode = match v.as_str() {
+                    "min" => CacheMode::Min,
+                    "max" => CacheMode::Max,
+                    _ => bail!("{FLAG} {spec:?}: mode={v}: expected min or max"),
+                }
+            }
+            "compression" => {
+                compression = Some(match v.as_str() {
+                    "gzip" => CacheCompression::Gzip,
+                    "zstd" => CacheCompression::Zstd,
+                    _ => bail!("{FLAG} {spec:?}: compression={v}: expected gzip or zstd"),
+                })
+            }
+            "ignore-error" => ignore_error = parse_bool(FLAG, spec, k, v)?,
+            "cache-mounts" => cache_mounts = parse_bool(FLAG, spec, k, v)?,
+            "oci-mediatypes" | "image-manifest" => {
+                if !parse_bool(FLAG, spec, k, v)? {
+                    bail!("{FLAG} {spec:?}: {k}=false: kiln's cache is always an OCI image manifest");
+                }
+            }
+            other => bail!(
+                "{FLAG} {spec:?}: unknown key {other:?} (expected type, ref, dest, mode, compression, ignore-error or cache-mounts)"
+            ),
+        }
+    }
+    let kind = kind
+        .ok_or_else(|| anyhow!("{FLAG} {spec:?}: type= is required (registry, local or inline)"))?;
+    Ok(match kind.as_str() {
+        "registry" => {
+            let reference = reference
+                .ok_or_else(|| anyhow!("{FLAG} {spec:?}: ref= is required for type=registry"))?;
+            crate::reference::Reference::parse(&reference)
+                .map_err(|e| anyhow!("{FLAG} {spec:?}: ref={reference}: {e:#}"))?;
+            CacheTo::Registry {
+                reference,
+                mode,
+                compression,
+                ignore_error,
+                cache_mounts,
+            }
+        }
+        "local" => CacheTo::Local {
+            dest: dest
+                .ok_or_else(|| anyhow!("{FLAG} {spec:?}: dest= is required for type=local"))?,
+            mode,
+            compression,
+            ignore_error,
+            cache_mounts,
+        },
+        "inline" => {
+            if mode == CacheMode::Max || cache_mounts {
+                bail!("{FLAG} {spec:?}: type=inline is min mode only, without cache mounts (use type=registry for mode=max)");
+            }
+            CacheTo::Inline
+        }
+        other => bail!("{FLAG} {spec:?}: type={other}: expected registry, local or inline"),
+    })
+}
+
+/// `--cache-from type=registry,ref=REPO[:TAG]|type=local,src=DIR`, or a bare image reference
+/// (its inline cache).
+pub fn parse_cache_from(spec: &str) -> Result<CacheFrom> {
+    const FLAG: &str = "--cache-from";
+    if !spec.contains('=') {
+        crate::reference::Reference::parse(spec)
+            .map_err(|e| anyhow!("{FLAG} {spec:?}: not an image reference: {e:#}"))?;
+        return Ok(CacheFrom::Inline {
+            reference: spec.to_string(),
+        });
+    }
+    let pairs = kv_list(spec, FLAG)?;
+    let (mut kind, mut reference, mut src) = (None, None, None);
+    for (k, v) in &pairs {
+        match k.as_str() {
+            "type" => kind = Some(v.clone()),
+            "ref" => reference = Some(v.clone()),
+            "src" => src = Some(PathBuf::from(v)),
+            other => bail!("{FLAG} {spec:?}: unknown key {other:?} (expected type, ref or src)"),
+        }
+    }
+    let kind =
+        kind.ok_or_else(|| anyhow!("{FLAG} {spec:?}: type= is required (registry or local)"))?;
+    Ok(match kind.as_str() {
+        "registry" => {
+            let reference = reference
+                .ok_or_else(|| anyhow!("{FLAG} {spec:?}: ref= is required for type=registry"))?;
+            crate::reference::Reference::parse(&reference)
+                .map_err(|e| anyhow!("{FLAG} {spec:?}: ref={reference}: {e:#}"))?;
+            CacheFrom::Registry { reference }
+        }
+        "local" => CacheFrom::Local {
+            src: src.ok_or_else(|| anyhow!("{FLAG} {spec:?}: src= is required for type=local"))?,
+        },
+        other => bail!("{FLAG} {spec:?}: type={other}: expected registry or local"),
+    })
+}
+
 pub fn parse_network(s: &str) -> Result<Network> {
     match s {
         "host" | "default" => Ok(Network::Host),
@@ -284,6 +411,61 @@ mod tests {
         assert!(!output_pushes("type=image,push=false"));
         assert!(!output_pushes("type=oci,dest=x,push=true"));
         assert!(parse_output("type=weird,dest=x", &tags).is_err());
+    }
+
+    #[test]
+    fn cache_options() {
+        assert_eq!(
+            parse_cache_to("type=registry,ref=127.0.0.1:5000/c:main,mode=max,compression=zstd,ignore-error=true,cache-mounts=true").unwrap(),
+            CacheTo::Registry {
+                reference: "127.0.0.1:5000/c:main".into(),
+                mode: CacheMode::Max,
+                compression: Some(CacheCompression::Zstd),
+                ignore_error: true,
+                cache_mounts: true,
+            }
+        );
+        assert_eq!(
+            parse_cache_to("type=local,dest=/c").unwrap().mode(),
+            CacheMode::Min
+        );
+        assert_eq!(parse_cache_to("type=inline").unwrap(), CacheTo::Inline);
+        for (bad, says) in [
+            ("type=registry", "ref= is required"),
+            ("type=registry,ref=x,mode=all", "mode=all"),
+            ("type=registry,ref=x,colour=red", "unknown key \"colour\""),
+            ("type=s3,ref=x", "type=s3"),
+            (
+                "type=local,dest=/c,ignore-error=maybe",
+                "ignore-error=maybe",
+            ),
+            ("type=inline,mode=max", "min mode only"),
+            ("ref=x", "type= is required"),
+        ] {
+            let e = parse_cache_to(bad).unwrap_err().to_string();
+            assert!(
+                e.starts_with("--cache-to") && e.contains(says),
+                "{bad}: {e}"
+            );
+        }
+        assert_eq!(
+            parse_cache_from("reg.io/app:main").unwrap(),
+            CacheFrom::Inline {
+                reference: "reg.io/app:main".into()
+            }
+        );
+        assert_eq!(
+            parse_cache_from("type=local,src=/c").unwrap(),
+            CacheFrom::Local { src: "/c".into() }
+        );
+        let e = parse_cache_from("type=registry,dest=/c")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("--cache-from") && e.contains("unknown key"),
+            "{e}"
+        );
+        assert!(parse_cache_from("Not A Ref").is_err());
     }
 
     #[test]

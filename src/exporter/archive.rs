@@ -26,7 +26,11 @@ pub fn save_archive(
         OutputCompression::None => Compression::None,
     };
     let items = [SaveItem {
-        manifest_digest: super::blobs::export_manifest(store, manifest_digest, compression)?,
+        manifest_digest: crate::snapshot::blobs::export_manifest(
+            store,
+            manifest_digest,
+            compression,
+        )?,
         names: names.to_vec(),
     }];
     let format = if oci {

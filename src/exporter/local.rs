@@ -16,7 +16,7 @@ pub fn export(store: &Store, layers: &[LayerRef], dest: &Path) -> Result<()> {
 /// Applies the layers in order onto `dest` (whiteouts delete).
 pub fn flatten_into(store: &Store, layers: &[LayerRef], dest: &Path) -> Result<()> {
     for layer in layers {
-        let tar = super::blobs::open_layer_tar(store, &layer.digest, &layer.diff_id)?;
+        let tar = crate::snapshot::blobs::open_layer_tar(store, &layer.digest, &layer.diff_id)?;
         crate::oci::layer::apply_layer(
             std::io::BufReader::new(tar),
             dest,

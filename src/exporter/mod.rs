@@ -4,7 +4,6 @@
 //! to its registry (`registry`). A new output is a new sibling and a new `Output` variant.
 
 pub mod archive;
-pub mod blobs;
 pub mod image;
 pub mod local;
 pub mod registry;

@@ -13,7 +13,7 @@ pub fn push(root: &Path, names: &[String], quiet: bool) -> Result<()> {
     let store = crate::store::Store::open(root)?;
     for name in names {
         let dest = RepoRef::parse(name)?;
-        let manifest = crate::exporter::blobs::export_manifest(
+        let manifest = crate::snapshot::blobs::export_manifest(
             &store,
             &store.resolve(name)?.manifest_digest,
             crate::oci::compress::Compression::Gzip,

@@ -7,6 +7,8 @@ pub mod copy;
 mod file;
 mod run;
 
+pub use run::cache_mount_dir;
+
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
@@ -24,7 +26,7 @@ const FALLBACK_COMPRESSION: crate::oci::compress::Compression =
 ///
 /// The layer is kept unpacked: the upperdir becomes `snapshots/layers/<diffid>/` and the store
 /// records its DiffID and size (`snapshot::built`), with an uncompressed descriptor (digest =
-/// DiffID) and no blob. Nothing is compressed here; `exporter::blobs::ensure_compressed` makes
+/// DiffID) and no blob. Nothing is compressed here; `snapshot::blobs::ensure_compressed` makes
 /// the blob when something sends the layer elsewhere.
 pub fn execute(
     store: &Store,

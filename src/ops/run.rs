@@ -180,18 +180,7 @@ fn add_mount(
             uid,
             gid,
         } => {
-            // One cache per id and the uid, gid and mode it is made with, as in BuildKit (the
-            // same id with other options is another cache); the default options keep the
-            // id-only name.
-            let key = if (*uid, *gid, *mode) == (0, 0, 0o755) {
-                id.clone()
-            } else {
-                format!("{id}\0{uid}:{gid}:{mode:o}")
-            };
-            let base = store
-                .root()
-                .join("build-cache-mounts")
-                .join(hex::encode(sha256(key.as_bytes())));
+            let base = cache_mount_dir(store.root(), id, *uid, *gid, *mode);
             let dir = match sharing.as_str() {
                 // Waits until no other step holds the cache.
                 "locked" => {
@@ -327,6 +316,19 @@ fn set_owner_and_mode(path: &Path, (uid, gid): (u32, u32), mode: u32) -> Result<
 
 /// Takes the exclusive lock of a cache mount directory (`<dir>.lock` next to it): waiting for it
 /// with `wait`, else `None` when another step holds it. Held until the file is dropped.
+/// The directory of a `RUN --mount=type=cache`: one per id and the uid, gid and mode it is made
+/// with, as in BuildKit (the same id with other options is another cache); the default options
+/// keep the id-only name.
+pub fn cache_mount_dir(root: &Path, id: &str, uid: u32, gid: u32, mode: u32) -> PathBuf {
+    let key = if (uid, gid, mode) == (0, 0, 0o755) {
+        id.to_string()
+    } else {
+        format!("{id}\0{uid}:{gid}:{mode:o}")
+    };
+    root.join("build-cache-mounts")
+        .join(hex::encode(sha256(key.as_bytes())))
+}
+
 fn lock_cache_dir(dir: &Path, wait: bool) -> Result<Option<std::fs::File>> {
     if let Some(parent) = dir.parent() {
         std::fs::create_dir_all(parent)

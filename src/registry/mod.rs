@@ -6,6 +6,7 @@
 //! - [`login`] / [`logout`] manage `ROOT/auth.json`; see [`auth`] for where credentials come from.
 //! - Mirrors and insecure registries come from [`config::RegistryConfig`].
 
+pub mod artifact;
 pub mod auth;
 pub mod client;
 pub mod config;
@@ -146,7 +147,7 @@ pub fn push(
 }
 
 /// Pushes the stored manifest `manifest_digest` (every layer a blob: see
-/// `exporter::blobs::export_manifest`) to `dest`.
+/// `snapshot::blobs::export_manifest`) to `dest`.
 pub fn push_digest(
     ctx: &RegistryContext,
     store: &dyn LocalStore,

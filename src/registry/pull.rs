@@ -178,7 +178,10 @@ pub(crate) fn fetch_blob(
             let mut buffered = io::BufReader::with_capacity(1 << 20, &mut reader);
             store.put_blob(&mut buffered, &desc.digest)?;
             drop(buffered);
-            if reader.read != desc.size {
+            // Nothing read: another pull (a second stage FROM the same image) stored the blob
+            // meanwhile, and the store took it as present.
+            let landed_meanwhile = reader.read == 0 && store.has_blob(&desc.digest);
+            if reader.read != desc.size && !landed_meanwhile {
                 // Cannot happen for a verified blob unless the manifest's size lies.
                 bail!(
                     "blob {} has {} bytes, the manifest says {}",

@@ -44,13 +44,13 @@ fn with_query(url: &str, query: &str) -> String {
 }
 
 /// How one blob reached the registry.
-enum Outcome {
+pub(super) enum Outcome {
     Exists,
     Mounted(String),
     Uploaded,
 }
 
-fn push_blob(
+pub(super) fn push_blob(
     client: &Client,
     repo: &str,
     desc: &Descriptor,

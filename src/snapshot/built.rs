@@ -4,7 +4,7 @@
 //! the layer's tar once into a hash (nothing is written, nothing compressed). The entry list the
 //! tar was written from (the upperdir holds more than the layer: directories copied up unchanged,
 //! whiteouts of paths no lower layer has) is kept as a small blob, so that [`write_tar`] writes
-//! exactly the same tar again when an export needs a blob (`exporter::blobs`).
+//! exactly the same tar again when an export needs a blob (`snapshot::blobs`).
 //!
 //! Entry list format: one record per change, `U`/`D`/`O` (upsert, delete, opaque), the path's
 //! bytes, a NUL.

@@ -24,6 +24,7 @@
 //! options; `changes_by_tree_compare()` compares the lower and merged views instead. Every active snapshot is also registered with `cleanup`, so Ctrl-C/SIGTERM
 //! unmounts it; `recover` handles SIGKILL.
 
+pub mod blobs;
 pub mod built;
 pub mod diff;
 mod layers;

@@ -21,6 +21,7 @@ pub mod cache;
 pub mod graph;
 mod plan;
 pub mod progress;
+pub mod remotecache;
 #[cfg(test)]
 mod tests;
 
@@ -56,6 +57,25 @@ pub struct BuildRequest {
     pub secrets: HashMap<String, SecretSource>,
     pub source_date_epoch: Option<i64>,
     pub max_parallelism: usize,
+    /// The caches of `--cache-from`, asked when the local cache misses.
+    pub remote: Option<Arc<dyn remotecache::RemoteCache>>,
+}
+
+/// A step as a cache export records it.
+#[derive(Debug, Clone)]
+pub struct StepRecord {
+    pub stage: usize,
+    pub record: remotecache::CacheRecord,
+}
+
+/// What a cache export needs of a build: each step's record, and which stages the target's
+/// image is made of (its FROM chain: `mode=min` exports only theirs).
+#[derive(Debug, Clone, Default)]
+pub struct BuildCacheInfo {
+    pub steps: Vec<StepRecord>,
+    pub image_stages: Vec<usize>,
+    /// The `RUN --mount=type=cache` mounts of the build: (id, uid, gid, mode).
+    pub cache_mounts: Vec<(String, u32, u32, u32)>,
 }
 
 /// A solved stage: its config (with history and diff_ids) and layers.
@@ -66,6 +86,8 @@ pub struct StageResult {
     pub key: String,
     /// Seconds since the epoch of the newest step (for the config's `created`).
     pub created: i64,
+    /// Filled for the target only: what a cache export records.
+    pub cache: BuildCacheInfo,
 }
 
 type Outcome = Option<Result<Arc<StageResult>, String>>;
@@ -84,6 +106,9 @@ struct Shared {
     permits: tokio::sync::Semaphore,
     outcomes: Vec<tokio::sync::watch::Sender<Outcome>>,
     started: i64,
+    remote: Option<Arc<dyn remotecache::RemoteCache>>,
+    steps: Mutex<Vec<StepRecord>>,
+    cache_mounts: Mutex<std::collections::BTreeSet<(String, u32, u32, u32)>>,
 }
 
 struct BuildRequestShared {
@@ -144,6 +169,9 @@ pub async fn solve(
         permits: tokio::sync::Semaphore::new(request.max_parallelism.max(1)),
         outcomes,
         started,
+        remote: request.remote,
+        steps: Mutex::new(Vec::new()),
+        cache_mounts: Mutex::new(Default::default()),
     });
     let mut tasks = tokio::task::JoinSet::new();
     for &stage in &shared.graph.order {
@@ -192,7 +220,30 @@ pub async fn solve(
         return Err(e);
     }
     let result = target_result.ok_or_else(|| anyhow!("the target stage produced no result"))?;
-    Ok(Arc::try_unwrap(result).unwrap_or_else(|a| (*a).clone()))
+    let mut result = Arc::try_unwrap(result).unwrap_or_else(|a| (*a).clone());
+    let mut image_stages = vec![shared.graph.target];
+    while let BaseRef::Stage(j) = &shared.graph.bases[*image_stages.last().unwrap_or(&0)] {
+        if image_stages.contains(j) {
+            break;
+        }
+        image_stages.push(*j);
+    }
+    result.cache = BuildCacheInfo {
+        steps: shared
+            .steps
+            .lock()
+            .map_err(|_| anyhow!("cache records lock poisoned"))?
+            .clone(),
+        image_stages,
+        cache_mounts: shared
+            .cache_mounts
+            .lock()
+            .map_err(|_| anyhow!("cache mounts lock poisoned"))?
+            .iter()
+            .cloned()
+            .collect(),
+    };
+    Ok(result)
 }
 
 #[derive(Debug)]
@@ -394,6 +445,13 @@ async fn solve_stage(shared: &Arc<Shared>, stage: usize) -> Result<Arc<StageResu
             instr,
         )?;
         let Some(planned) = step else { continue };
+        // The step's place without the machine's paths, for explanations on other runners.
+        let remote_place = digest_of(&[
+            &shared.req.dockerfile_name,
+            label,
+            &index.to_string(),
+            &crate::source::git::redact_urls(&instr.original),
+        ]);
         let id = shared.progress.start(&name);
         let result = run_step(
             shared,
@@ -401,7 +459,7 @@ async fn solve_stage(shared: &Arc<Shared>, stage: usize) -> Result<Arc<StageResu
             planned,
             instr,
             &name,
-            &place,
+            (&place, &remote_place, stage),
             id,
             no_cache,
             first_fs_step,
@@ -424,6 +482,7 @@ async fn solve_stage(shared: &Arc<Shared>, stage: usize) -> Result<Arc<StageResu
         layers: walk.layers,
         key: walk.key,
         created: walk.created,
+        cache: BuildCacheInfo::default(),
     }))
 }
 
@@ -436,7 +495,7 @@ async fn run_step(
     planned: Planned,
     instr: &Spanned,
     name: &str,
-    place: &str,
+    (place, remote_place, stage): (&str, &str, usize),
     id: StepId,
     no_cache: bool,
     first_fs_step: bool,
@@ -447,6 +506,38 @@ async fn run_step(
         mut inputs,
         created_by,
     } = planned;
+    let parent_chain: Vec<String> = walk.layers.iter().map(|l| l.diff_id.clone()).collect();
+    if let Op::Run(run) = &op {
+        for m in &run.mounts {
+            if let RunMount::Cache {
+                id, uid, gid, mode, ..
+            } = m
+            {
+                if let Ok(mut set) = shared.cache_mounts.lock() {
+                    set.insert((id.clone(), *uid, *gid, *mode));
+                }
+            }
+        }
+    }
+    // What a remote record keeps of the inputs, taken now: `inputs.layer` is set after the step.
+    let redacted_inputs = remotecache::redact_inputs(&inputs);
+    let note = |key: &str, layer: Option<&LayerRef>, created: i64| {
+        let mut chain = parent_chain.clone();
+        chain.extend(layer.map(|l| l.diff_id.clone()));
+        if let Ok(mut steps) = shared.steps.lock() {
+            steps.push(StepRecord {
+                stage,
+                record: remotecache::CacheRecord {
+                    key: key.to_string(),
+                    layer: layer.map(remotecache::LayerDesc::from),
+                    chain,
+                    created,
+                    place: remote_place.to_string(),
+                    inputs: redacted_inputs.clone(),
+                },
+            });
+        }
+    };
     if !no_cache {
         let hit = {
             let conn = shared
@@ -463,6 +554,7 @@ async fn run_step(
                     .source_date_epoch
                     .or(created)
                     .unwrap_or(walk.created);
+                note(&key, layer.as_ref(), created);
                 walk.created = created.max(walk.created);
                 walk.history(created_by, layer.is_none(), created);
                 if let Some(l) = layer {
@@ -472,6 +564,32 @@ async fn run_step(
                 shared.progress.cached(id);
                 return Ok(());
             }
+        }
+        // Not here: a cache of --cache-from may have it (its blob comes only when needed).
+        if let Some(record) = shared
+            .remote
+            .as_ref()
+            .and_then(|r| r.lookup(&key, &parent_chain))
+        {
+            let layer = record.layer.as_ref().map(remotecache::LayerDesc::to_ref);
+            {
+                let conn = shared
+                    .db
+                    .lock()
+                    .map_err(|_| anyhow!("database lock poisoned"))?;
+                cache::record(&conn, &key, layer.as_ref(), record.created)?;
+                cache::save_inputs(&conn, place, &inputs)?;
+            }
+            let created = shared.req.source_date_epoch.unwrap_or(record.created);
+            note(&key, layer.as_ref(), record.created);
+            walk.created = created.max(walk.created);
+            walk.history(created_by, layer.is_none(), created);
+            if let Some(l) = layer {
+                walk.layers.push(l);
+            }
+            walk.key = key;
+            shared.progress.cached(id);
+            return Ok(());
         }
     }
     // A miss: say why, then run.
@@ -488,7 +606,14 @@ async fn run_step(
             .as_ref()
             .and_then(|old| cache::previous_copy(old, &inputs))
             .filter(|p| shared.backend.has_layer(&p.layer));
-        cache::explain_miss(old.as_ref(), &inputs, first_fs_step)
+        let remote = match (&old, &shared.remote) {
+            (None, Some(r)) => r.explain(remote_place, &inputs, first_fs_step),
+            _ => None,
+        };
+        match remote {
+            Some(why) => format!("not in the local cache; {why}"),
+            None => cache::explain_miss(old.as_ref(), &inputs, first_fs_step),
+        }
     };
     shared.progress.explain(
         id,
@@ -500,6 +625,32 @@ async fn run_step(
         .acquire()
         .await
         .map_err(|_| anyhow!("build cancelled"))?;
+    // The filesystems the step reads: blobs that a cache hit named come now.
+    if let Some(remote) = shared.remote.clone() {
+        let mut needed = walk.layers.clone();
+        match &op {
+            Op::Copy(c) => {
+                if let SourceTree::Layers(l) = &c.from {
+                    needed.extend(l.iter().cloned());
+                }
+            }
+            Op::Run(r) => {
+                for m in &r.mounts {
+                    if let RunMount::Bind {
+                        from: Some(SourceTree::Layers(l)),
+                        ..
+                    } = m
+                    {
+                        needed.extend(l.iter().cloned());
+                    }
+                }
+            }
+            Op::Mkdir { .. } => {}
+        }
+        tokio::task::spawn_blocking(move || remote.materialize(&needed))
+            .await
+            .map_err(|e| anyhow!("fetching cached layers: {e}"))??;
+    }
     let started = Instant::now();
     let req = ExecRequest {
         step: id,
@@ -532,6 +683,7 @@ async fn run_step(
         inputs.layer = layer.clone();
         cache::save_inputs(&conn, place, &inputs)?;
     }
+    note(&key, layer.as_ref(), created);
     walk.created = created.max(walk.created);
     walk.history(created_by, layer.is_none(), created);
     if let Some(l) = layer {

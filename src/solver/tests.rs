@@ -114,6 +114,7 @@ fn build(
         secrets: HashMap::new(),
         source_date_epoch: Some(1000),
         max_parallelism: 2,
+        remote: None,
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

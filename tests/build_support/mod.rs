@@ -84,7 +84,7 @@ pub fn rootfs_of(root: &Path, name: &str) -> tempfile::TempDir {
     for l in manifest.layers() {
         // A built layer is kept unpacked (digest = DiffID): its tar is written again.
         let d = l.digest().to_string();
-        let tar = kiln::exporter::blobs::open_layer_tar(&store, &d, &d).unwrap();
+        let tar = kiln::snapshot::blobs::open_layer_tar(&store, &d, &d).unwrap();
         kiln::oci::layer::apply_layer(
             std::io::BufReader::new(tar),
             dir.path(),
