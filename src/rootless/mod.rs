@@ -117,8 +117,14 @@ pub fn user_name(uid: u32) -> String {
         .unwrap_or_else(|| uid.to_string())
 }
 
-/// What to tell a user without a subordinate id range.
-pub fn single_mapping_hint() -> String {
+/// What to tell a user without a subordinate id range (worked out once: call it before a
+/// process pivots into a container's root, where /etc/passwd is the image's).
+pub fn single_mapping_hint() -> &'static str {
+    static HINT: OnceLock<String> = OnceLock::new();
+    HINT.get_or_init(make_single_mapping_hint)
+}
+
+fn make_single_mapping_hint() -> String {
     let user = user_name(host_uid());
     format!(
         "kiln runs rootless with only your own id mapped (no /etc/subuid and /etc/subgid range \
