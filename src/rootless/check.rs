@@ -99,7 +99,7 @@ pub fn requirements(root: &Path) -> Vec<Requirement> {
         "overlay in a user namespace",
         overlay_ok,
         overlay_detail,
-        "snapshots are copies instead of overlay mounts: slower, more disk",
+        "builds and runs fail: kiln has no copy-based snapshotter yet",
     ));
     let (cg_ok, cg_detail) = cgroup_delegation();
     out.push(req(

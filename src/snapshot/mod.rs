@@ -171,8 +171,15 @@ impl Snapshotter {
             volatile: opts.volatile,
         };
         overlay::mount_overlay(&spec, &snap.merged()).with_context(|| {
+            let rootless = if crate::rootless::in_userns() {
+                " (kiln runs rootless: overlayfs inside a user namespace needs Linux 5.11 or \
+                 later and a backing filesystem that allows it; kiln has no copy-based \
+                 snapshotter yet, see `kiln info`)"
+            } else {
+                ""
+            };
             format!(
-                "mount overlay on {} ({} lower layers)",
+                "mount overlay on {} ({} lower layers){rootless}",
                 snap.merged().display(),
                 snap.lowers.len()
             )
