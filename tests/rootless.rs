@@ -114,8 +114,12 @@ fn user_kiln() -> PathBuf {
     BIN.get_or_init(|| {
         let bin = common::kiln_bin();
         let open = bin.ancestors().skip(1).all(|d| {
-            fs::metadata(d).map(|m| m.mode() & 0o001 != 0).unwrap_or(false)
-        }) && fs::metadata(&bin).map(|m| m.mode() & 0o005 == 0o005).unwrap_or(false);
+            fs::metadata(d)
+                .map(|m| m.mode() & 0o001 != 0)
+                .unwrap_or(false)
+        }) && fs::metadata(&bin)
+            .map(|m| m.mode() & 0o005 == 0o005)
+            .unwrap_or(false);
         if open {
             return bin;
         }
@@ -295,7 +299,9 @@ fn rootless_builds_have_the_same_layers_as_root() {
         "arg_scoping",
         "dockerignore",
     ] {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/build").join(name);
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("testdata/build")
+            .join(name);
         let case: serde_json::Value =
             serde_json::from_str(&fs::read_to_string(dir.join("case.json")).unwrap()).unwrap();
         let copy = home.context(name, &dir);
@@ -323,7 +329,10 @@ fn rootless_builds_have_the_same_layers_as_root() {
         root_build(root.path(), &args);
         let mine = layers_in(&home.ok(&["inspect", &tag]));
         let roots = layers_in(&common::kiln_ok(root.path(), &["inspect", &tag]));
-        assert_eq!(mine, roots, "case {name}: rootless layers differ from root's");
+        assert_eq!(
+            mine, roots,
+            "case {name}: rootless layers differ from root's"
+        );
     }
     // The owners really are many (a rootless build that stored everything as root would have
     // failed the comparison above; this says which ids it is about).
@@ -422,17 +431,26 @@ fn rootless_push_pull_save_load_keep_owners() {
     let second = home.path().join("second-root");
     let second_s = second.to_str().unwrap();
     home.ok(&["--root", second_s, "pull", &remote]);
-    assert_eq!(layers_in(&home.ok(&["--root", second_s, "inspect", &remote])), built);
+    assert_eq!(
+        layers_in(&home.ok(&["--root", second_s, "inspect", &remote])),
+        built
+    );
 
     let root = common::temp_root();
     common::kiln_ok(root.path(), &["pull", &remote]);
-    assert_eq!(layers_in(&common::kiln_ok(root.path(), &["inspect", &remote])), built);
+    assert_eq!(
+        layers_in(&common::kiln_ok(root.path(), &["inspect", &remote])),
+        built
+    );
     let archive = home.path().join("owners.tar");
     home.ok(&["save", "-o", archive.to_str().unwrap(), "owners:1"]);
     let third = home.path().join("third-root");
     let third_s = third.to_str().unwrap();
     home.ok(&["--root", third_s, "load", "-i", archive.to_str().unwrap()]);
-    assert_eq!(layers_in(&home.ok(&["--root", third_s, "inspect", "owners:1"])), built);
+    assert_eq!(
+        layers_in(&home.ok(&["--root", third_s, "inspect", "owners:1"])),
+        built
+    );
     // What the pulled image runs with: owners as built.
     let ls = home.ok(&[
         "--root",
@@ -445,7 +463,10 @@ fn rootless_push_pull_save_load_keep_owners() {
         "/owned/seven.txt",
         "/data/sub/f",
     ]);
-    assert!(ls.contains(" 7        8 ") && ls.contains(" 123      456 "), "{ls}");
+    assert!(
+        ls.contains(" 7        8 ") && ls.contains(" 123      456 "),
+        "{ls}"
+    );
     assert!(home.ok(&["images"]).contains("owners"));
     assert_no_leftovers(&home);
 }
@@ -497,7 +518,8 @@ fn rootless_containers_run_publish_exec_stop_rm() {
     assert!(page.is_some(), "no page through 127.0.0.1:{port}");
     assert_eq!(home.ok(&["exec", "web", "id", "-u"]).trim(), "0");
     assert_eq!(
-        home.ok(&["exec", "-u", "1000:1000", "web", "id", "-u"]).trim(),
+        home.ok(&["exec", "-u", "1000:1000", "web", "id", "-u"])
+            .trim(),
         "1000"
     );
     assert!(home.ok(&["logs", "web"]).contains("serving"));
@@ -515,7 +537,10 @@ fn rootless_containers_run_publish_exec_stop_rm() {
     let limited = home.kiln(&["run", "--rm", "-m", "64m", "busybox:latest", "true"]);
     let err = String::from_utf8_lossy(&limited.stderr);
     assert!(!limited.status.success());
-    assert!(err.contains("resource limits") && err.contains("rootless"), "{err}");
+    assert!(
+        err.contains("resource limits") && err.contains("rootless"),
+        "{err}"
+    );
     assert_no_leftovers(&home);
 }
 
@@ -547,7 +572,10 @@ fn rootless_single_mapping_stores_root_owned_and_refuses_other_owners() {
         fs::write(&p, text).unwrap();
         p
     };
-    let chown = dockerfile("Dockerfile.chown", "FROM busybox:latest\nCOPY --chown=7:8 a.txt /a\n");
+    let chown = dockerfile(
+        "Dockerfile.chown",
+        "FROM busybox:latest\nCOPY --chown=7:8 a.txt /a\n",
+    );
     let run_chown = dockerfile(
         "Dockerfile.run",
         "FROM busybox:latest\nRUN touch /x && chown 5:5 /x\n",
@@ -558,7 +586,13 @@ fn rootless_single_mapping_stores_root_owned_and_refuses_other_owners() {
     );
     run_ok(Command::new("chmod").args(["-R", "a+rX"]).arg(&ctx));
     for (f, what) in [(&chown, "--chown=7:8"), (&run_chown, "Invalid argument")] {
-        let out = home.kiln(&["build", "-q", "-f", f.to_str().unwrap(), ctx.to_str().unwrap()]);
+        let out = home.kiln(&[
+            "build",
+            "-q",
+            "-f",
+            f.to_str().unwrap(),
+            ctx.to_str().unwrap(),
+        ]);
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "{f:?} built");
         assert!(
@@ -566,9 +600,20 @@ fn rootless_single_mapping_stores_root_owned_and_refuses_other_owners() {
             "{f:?}: {err}"
         );
     }
-    home.ok(&["build", "-q", "-t", "plain", "-f", plain.to_str().unwrap(), ctx.to_str().unwrap()]);
+    home.ok(&[
+        "build",
+        "-q",
+        "-t",
+        "plain",
+        "-f",
+        plain.to_str().unwrap(),
+        ctx.to_str().unwrap(),
+    ]);
     let out = home.ok(&["run", "--rm", "plain", "cat", "/ok", "/owners"]);
-    assert!(out.starts_with("ok\n") && out.contains(" 0        0 "), "{out}");
+    assert!(
+        out.starts_with("ok\n") && out.contains(" 0        0 "),
+        "{out}"
+    );
     let user_run = home.kiln(&["run", "--rm", "-u", "1000", "busybox:latest", "true"]);
     assert!(!user_run.status.success());
     assert!(String::from_utf8_lossy(&user_run.stderr).contains("usermod --add-subuids"));
@@ -599,7 +644,10 @@ fn rootless_second_user_cannot_read_or_change_the_first_root() {
         .arg(&root)
         .output()
         .unwrap();
-    assert!(!ls.status.success(), "the second user lists the first's root");
+    assert!(
+        !ls.status.success(),
+        "the second user lists the first's root"
+    );
     // Its own default root is elsewhere, and XDG_DATA_HOME moves it.
     let info = second.ok(&["info", "-f", "{{.KilnRootDir}}"]);
     assert_eq!(info.trim(), second.root().to_str().unwrap());

@@ -77,7 +77,12 @@ pub fn main() -> i32 {
     };
     // Rootless: into a user namespace (and a mount namespace of kiln's own) while the process
     // still has one thread. `info` still reports when that fails (it says what is missing).
-    if crate::rootless::needs_entry() {
+    // `parse`, `check` and `version` read no state: they run as they are.
+    let stateless = matches!(
+        cli.command,
+        Commands::Dockerfile(_) | Commands::System(system_cmds::SystemCommands::Version { .. })
+    );
+    if crate::rootless::needs_entry() && !stateless {
         if let Err(err) = crate::rootless::enter(&cli.globals.root) {
             let reports = matches!(
                 cli.command,

@@ -274,7 +274,11 @@ fn info_lines(root: &Path) -> Result<Vec<String>> {
     lines.push(format!("Cgroup Version: {}", s("CgroupVersion")));
     lines.push(format!("Rootless: {}", s("Rootless")));
     if info["Rootless"] == serde_json::Value::Bool(true) {
-        for r in info["RootlessRequirements"].as_array().into_iter().flatten() {
+        for r in info["RootlessRequirements"]
+            .as_array()
+            .into_iter()
+            .flatten()
+        {
             let ok = r["ok"].as_bool().unwrap_or(false);
             let mut line = format!(
                 " {}: {} ({})",

@@ -74,7 +74,11 @@ pub fn requirements(root: &Path) -> Vec<Requirement> {
     for tool in ["newuidmap", "newgidmap"] {
         let found = find_tool(tool);
         out.push(req(
-            if tool == "newuidmap" { "newuidmap" } else { "newgidmap" },
+            if tool == "newuidmap" {
+                "newuidmap"
+            } else {
+                "newgidmap"
+            },
             found.is_some(),
             found
                 .map(|p| p.display().to_string())
@@ -131,9 +135,15 @@ fn overlay_probe(root: &Path) -> (bool, String) {
         .prefix("overlay-probe.")
         .tempdir_in(&base)
     else {
-        return (false, format!("cannot make a probe directory in {}", base.display()));
+        return (
+            false,
+            format!("cannot make a probe directory in {}", base.display()),
+        );
     };
-    let d: Vec<PathBuf> = ["l", "u", "w", "m"].iter().map(|n| dir.path().join(n)).collect();
+    let d: Vec<PathBuf> = ["l", "u", "w", "m"]
+        .iter()
+        .map(|n| dir.path().join(n))
+        .collect();
     for p in &d {
         let _ = fs::create_dir(p);
     }

@@ -69,12 +69,19 @@ mod tests {
 
     #[test]
     fn subid_lines_by_name_or_uid() {
-        let text = "# c\nalice:100000:65536\nbob:165536:65536\n1000:300000:10\nalice:x:1\nalice:5:0\n";
+        let text =
+            "# c\nalice:100000:65536\nbob:165536:65536\n1000:300000:10\nalice:x:1\nalice:5:0\n";
         assert_eq!(
             subid_ranges(text, "alice", 1000),
             vec![
-                SubIdRange { start: 100000, count: 65536 },
-                SubIdRange { start: 300000, count: 10 }
+                SubIdRange {
+                    start: 100000,
+                    count: 65536
+                },
+                SubIdRange {
+                    start: 300000,
+                    count: 10
+                }
             ]
         );
         assert!(subid_ranges(text, "carol", 1002).is_empty());
@@ -83,8 +90,14 @@ mod tests {
     #[test]
     fn newuidmap_arguments_stack_the_ranges() {
         let r = [
-            SubIdRange { start: 100000, count: 65536 },
-            SubIdRange { start: 300000, count: 10 },
+            SubIdRange {
+                start: 100000,
+                count: 65536,
+            },
+            SubIdRange {
+                start: 300000,
+                count: 10,
+            },
         ];
         assert_eq!(
             map_args(1000, &r).join(" "),

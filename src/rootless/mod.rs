@@ -138,7 +138,10 @@ fn make_single_mapping_hint() -> String {
 /// user's files): `what` names the operation for the message.
 pub fn check_owner(uid: u32, gid: u32, what: &str) -> Result<()> {
     if mapping() == Mapping::Single && (uid != 0 || gid != 0) {
-        bail!("{what}: owner {uid}:{gid} cannot be stored: {}", single_mapping_hint());
+        bail!(
+            "{what}: owner {uid}:{gid} cannot be stored: {}",
+            single_mapping_hint()
+        );
     }
     Ok(())
 }
@@ -206,14 +209,15 @@ pub fn enter(root: &Path) -> Result<()> {
 fn prepare_root(root: &Path) -> Result<()> {
     if let Some(parent) = root.parent() {
         if !parent.as_os_str().is_empty() {
-            fs::create_dir_all(parent)
-                .with_context(|| format!("create {}", parent.display()))?;
+            fs::create_dir_all(parent).with_context(|| format!("create {}", parent.display()))?;
         }
     }
     match fs::DirBuilder::new().mode(0o700).create(root) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-        Err(e) => return Err(e).with_context(|| format!("create the state root {}", root.display())),
+        Err(e) => {
+            return Err(e).with_context(|| format!("create the state root {}", root.display()))
+        }
     }
     let meta = fs::metadata(root).with_context(|| format!("stat {}", root.display()))?;
     use std::os::unix::fs::MetadataExt;
@@ -418,27 +422,37 @@ fn create_full(plan: &Plan) -> Result<()> {
             let mut res = fs::File::from(res_w);
             let mut b = [0u8; 1];
             let msg = if go.read(&mut b).map(|n| n == 1).unwrap_or(false) {
-                let run = |tool: &Option<PathBuf>, args: &[String]| -> Option<String> {
-                    let tool = tool.as_ref()?;
-                    match std::process::Command::new(tool)
+                // Both at once: each is a setuid exec, the slowest part of entering.
+                let spawn = |tool: &Option<PathBuf>, args: &[String]| {
+                    let tool = tool.clone().unwrap_or_default();
+                    let child = std::process::Command::new(&tool)
                         .arg(me.to_string())
                         .args(args)
-                        .output()
-                    {
+                        .stdin(std::process::Stdio::null())
+                        .stdout(std::process::Stdio::null())
+                        .stderr(std::process::Stdio::piped())
+                        .spawn();
+                    (tool, args.join(" "), child)
+                };
+                let done = |(tool, args, child): (
+                    PathBuf,
+                    String,
+                    std::io::Result<std::process::Child>,
+                )| {
+                    match child.and_then(|c| c.wait_with_output()) {
                         Ok(o) if o.status.success() => None,
                         Ok(o) => Some(format!(
-                            "{} {} {}: {}",
+                            "{} {me} {args}: {}",
                             tool.display(),
-                            me,
-                            args.join(" "),
                             String::from_utf8_lossy(&o.stderr).trim()
                         )),
                         Err(e) => Some(format!("{}: {e}", tool.display())),
                     }
                 };
-                run(&newuidmap, &uid_args)
-                    .or_else(|| run(&newgidmap, &gid_args))
-                    .unwrap_or_default()
+                let uid = spawn(&newuidmap, &uid_args);
+                let gid = spawn(&newgidmap, &gid_args);
+                let (u, g) = (done(uid), done(gid));
+                u.or(g).unwrap_or_default()
             } else {
                 "kiln did not enter its user namespace".to_string()
             };

@@ -590,9 +590,9 @@ mod tests {
             .find(|x| x.1 == Path::new("/r/proc") && x.0.as_deref() == Some(Path::new("/proc")))
             .expect("host /proc bound");
         assert!(bind.3.contains(MsFlags::MS_BIND | MsFlags::MS_REC));
-        assert!(setattrs_of(&calls).iter().any(|(t, rec, a)| t == Path::new("/r/proc")
-            && *rec
-            && a & MOUNT_ATTR_RDONLY != 0));
+        assert!(setattrs_of(&calls)
+            .iter()
+            .any(|(t, rec, a)| t == Path::new("/r/proc") && *rec && a & MOUNT_ATTR_RDONLY != 0));
     }
 
     #[test]

@@ -18,7 +18,6 @@ use std::path::{Path, PathBuf};
 
 use crate::oci::change::Change;
 
-
 fn lstat(p: &Path) -> Option<Metadata> {
     fs::symlink_metadata(p).ok()
 }

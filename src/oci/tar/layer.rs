@@ -865,7 +865,7 @@ impl Applier {
                     &[crate::rootless::overlay_xattr_prefix(), b"opaque"].concat(),
                     b"y",
                 )
-                    .with_context(|| format!("marking {} opaque", dir.display()))?,
+                .with_context(|| format!("marking {} opaque", dir.display()))?,
             }
             return Ok(());
         }
