@@ -662,3 +662,45 @@ fn rootless_second_user_cannot_read_or_change_the_first_root() {
         xdg.join("kiln").to_str().unwrap()
     );
 }
+
+/// A rootless build killed by SIGKILL in the middle of a RUN: its mounts die with its mount
+/// namespace, its processes with it, and the next command removes its snapshot directories.
+#[test]
+fn rootless_killed_build_leaves_nothing_behind() {
+    let _serial = serial();
+    let home = Home::new(ensure_user(FULL_USER, Some(FULL_RANGE)));
+    home.import_busybox();
+    let ctx = home.path().join("ctx");
+    fs::create_dir_all(&ctx).unwrap();
+    fs::write(
+        ctx.join("Dockerfile"),
+        "FROM busybox:latest\nRUN sleep 60\n",
+    )
+    .unwrap();
+    run_ok(Command::new("chmod").args(["-R", "a+rX"]).arg(&ctx));
+    let mut child = home
+        .command(&["build", "-q", "--no-cache", ctx.to_str().unwrap()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let active = home.root().join("snapshots/active");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while fs::read_dir(&active).map(|d| d.count()).unwrap_or(0) == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the build never started its RUN step"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    // setpriv execs kiln: the child's pid is kiln's.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let _ = child.wait();
+    home.ok(&["images"]);
+    assert_no_leftovers(&home);
+}
