@@ -524,6 +524,10 @@ fn rootless_containers_run_publish_exec_stop_rm() {
     );
     assert!(home.ok(&["logs", "web"]).contains("serving"));
     assert!(home.ok(&["ps"]).contains("web"));
+    assert!(home.ok(&["top", "web"]).contains("httpd"));
+    let pause = home.kiln(&["pause", "web"]);
+    assert!(!pause.status.success());
+    assert!(String::from_utf8_lossy(&pause.stderr).contains("rootless"));
     home.ok(&["stop", "-t", "2", "web"]);
     assert!(home.ok(&["ps", "-a"]).contains("Exited"));
     home.ok(&["rm", "web"]);
