@@ -4,6 +4,7 @@
 #
 #   benches/rootless.sh [KILN] [USER]     KILN defaults to target/release/kiln, USER to kilnrl-full
 #   RUNS=5 ONLY="tiny bigctx parallel" benches/rootless.sh target/debug/kiln
+#   ROOTLESS_ENV=KILN_SNAPSHOTTER=copy benches/rootless.sh      the copy-based snapshotter
 #
 # Run as root. USER must exist with a subuid/subgid range (tests/rootless.rs makes kilnrl-full).
 # Workloads come from ../shared/bench/gen-workloads (or $GEN_WORKLOADS); busybox:latest is the test fixture tarball
@@ -14,6 +15,7 @@ KILN=$(realpath "${1:-target/release/kiln}")
 USER_NAME=${2:-kilnrl-full}
 RUNS=${RUNS:-5}
 ONLY=${ONLY:-tiny bigctx parallel}
+ROOTLESS_ENV=${ROOTLESS_ENV:-}   # e.g. KILN_SNAPSHOTTER=copy: the copy-based snapshotter
 BUSYBOX=target/test-fixtures/busybox.tar
 [ -x "$KILN" ] || { echo "rootless.sh: no kiln binary at $KILN"; exit 2; }
 [ -f "$BUSYBOX" ] || { echo "rootless.sh: no $BUSYBOX (run cargo test --test rootless first)"; exit 2; }
@@ -37,7 +39,7 @@ mkdir -p "$HOME_DIR" && chown "$USER_NAME": "$HOME_DIR" && chmod 700 "$HOME_DIR"
 
 as_root() { "$TMP/kiln" --root "$TMP/root-state" "$@"; }
 as_user() { setpriv --reuid="$USER_NAME" --regid="$USER_NAME" --clear-groups -- \
-  env HOME="$HOME_DIR" "$TMP/kiln" "$@"; }
+  env HOME="$HOME_DIR" $ROOTLESS_ENV "$TMP/kiln" "$@"; }
 as_root import "$TMP/busybox.tar" busybox:latest >/dev/null
 as_user import "$TMP/busybox.tar" busybox:latest >/dev/null
 

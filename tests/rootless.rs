@@ -708,3 +708,77 @@ fn rootless_killed_build_leaves_nothing_behind() {
     home.ok(&["images"]);
     assert_no_leftovers(&home);
 }
+
+/// The copy-based snapshotter (what kiln falls back to where a kernel refuses overlayfs in a user
+/// namespace; forced here by KILN_SNAPSHOTTER=copy): one note, the same layers as root's, and a
+/// container's writable layer kept across `start`.
+#[test]
+fn rootless_copy_snapshotter_builds_the_same_layers() {
+    let _serial = serial();
+    let home = Home::new(ensure_user(FULL_USER, Some(FULL_RANGE)));
+    home.import_busybox();
+    let root = root_store();
+    let src = tempfile::tempdir().unwrap();
+    owners_context(src.path());
+    let owners = home.context("owners", src.path());
+    let multistage = home.context(
+        "multistage",
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/build/multistage"),
+    );
+    for (tag, ctx, extra) in [
+        ("owners", &owners, vec![]),
+        ("multistage", &multistage, vec!["--target", "final"]),
+    ] {
+        let df = ctx.join("Dockerfile");
+        let mut args = vec!["-t", tag, "-f", df.to_str().unwrap()];
+        args.extend(extra);
+        args.push(ctx.to_str().unwrap());
+        let mut user_args = vec!["build", "--progress", "plain"];
+        user_args.extend(&args);
+        let out = home
+            .command(&user_args)
+            .env("KILN_SNAPSHOTTER", "copy")
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{err}");
+        assert_eq!(err.matches("snapshots are copies").count(), 1, "{err}");
+        root_build(root.path(), &args);
+        assert_eq!(
+            layers_in(&home.ok(&["inspect", tag])),
+            layers_in(&common::kiln_ok(root.path(), &["inspect", tag])),
+            "{tag}: copy-snapshotter layers differ from root's"
+        );
+    }
+    let script = "if [ -f /mark ]; then cat /mark; ls /etc/group || true; else echo kept > /mark; rm /etc/group; fi";
+    let run = |args: &[&str]| {
+        let out = home
+            .command(args)
+            .env("KILN_SNAPSHOTTER", "copy")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    run(&[
+        "run",
+        "--name",
+        "keep",
+        "busybox:latest",
+        "sh",
+        "-c",
+        script,
+    ]);
+    let second = run(&["start", "-a", "keep"]);
+    assert!(second.starts_with("kept\n"), "{second}");
+    assert!(
+        !second.contains("/etc/group\n"),
+        "the deletion was not kept: {second}"
+    );
+    home.ok(&["rm", "keep"]);
+    assert_no_leftovers(&home);
+}

@@ -83,7 +83,7 @@ fn reuse_upper_as_layer(
     diff_id: &str,
     enabled: bool,
 ) {
-    if !enabled {
+    if !enabled || !snap.upper_is_diff() {
         return;
     }
     let Ok(dir) = snapshotter.layer_dir(diff_id) else {

@@ -103,7 +103,7 @@ pub fn requirements(root: &Path) -> Vec<Requirement> {
         "overlay in a user namespace",
         overlay_ok,
         overlay_detail,
-        "builds and runs fail: kiln has no copy-based snapshotter yet",
+        "snapshots are copies of their layers (slower, more disk; the same layers)",
     ));
     let (cg_ok, cg_detail) = cgroup_delegation();
     out.push(req(
