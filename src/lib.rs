@@ -23,6 +23,7 @@ pub mod owner;
 pub mod reference;
 pub mod registry;
 pub mod report;
+pub mod rootless;
 pub mod runner;
 pub mod sandbox;
 pub mod snapshot;

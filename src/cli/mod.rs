@@ -35,12 +35,13 @@ pub struct Cli {
 /// Options that every command takes.
 #[derive(Debug, Clone, clap::Args)]
 pub struct Globals {
-    /// Where kiln keeps its state (images, cache, containers).
+    /// Where kiln keeps its state (images, cache, containers). Default: /var/lib/kiln for root,
+    /// $XDG_DATA_HOME/kiln or ~/.local/share/kiln for another user.
     #[arg(
         long,
         global = true,
         env = "KILN_ROOT",
-        default_value = "/var/lib/kiln"
+        default_value_os_t = crate::rootless::default_root()
     )]
     pub root: PathBuf,
 }
@@ -74,6 +75,25 @@ pub fn main() -> i32 {
         Ok(cli) => cli,
         Err(err) => return usage_error(&err, &args[1.min(args.len())..]),
     };
+    // Rootless: into a user namespace (and a mount namespace of kiln's own) while the process
+    // still has one thread. `info` still reports when that fails (it says what is missing).
+    // `parse`, `check` and `version` read no state: they run as they are.
+    let stateless = matches!(
+        cli.command,
+        Commands::Dockerfile(_) | Commands::System(system_cmds::SystemCommands::Version { .. })
+    );
+    if crate::rootless::needs_entry() && !stateless {
+        if let Err(err) = crate::rootless::enter(&cli.globals.root) {
+            let reports = matches!(
+                cli.command,
+                Commands::System(system_cmds::SystemCommands::Info { .. })
+            );
+            crate::report::report_error(&err);
+            if !reports {
+                return EXIT_KILN_ERROR;
+            }
+        }
+    }
     crate::store::set_open_hook(recover_leftovers);
     let code = match dispatch(cli) {
         Ok(code) => code,

@@ -224,12 +224,13 @@ fn info_json(root: &Path) -> Result<serde_json::Value> {
         "Driver": "overlay",
         "DriverStatus": [
             ["Backing Filesystem", backing_filesystem(fs_probe)],
-            ["Options", "redirect_dir=off, metacopy=off"],
+            ["Options", if crate::rootless::in_userns() { "userxattr, metacopy=off" } else { "redirect_dir=off, metacopy=off" }],
         ],
         "LoggingDriver": "json-file",
         "CgroupDriver": "cgroupfs",
         "CgroupVersion": cgroup,
-        "Rootless": !nix::unistd::geteuid().is_root(),
+        "Rootless": crate::rootless::in_userns() || !nix::unistd::geteuid().is_root(),
+        "RootlessRequirements": crate::rootless::check::requirements(root),
         "KernelVersion": uname.as_ref().map(|u| u.release().to_string_lossy().into_owned()).unwrap_or_default(),
         "OperatingSystem": os_release(),
         "OSType": "linux",
@@ -272,6 +273,25 @@ fn info_lines(root: &Path) -> Result<Vec<String>> {
     lines.push(format!("Cgroup Driver: {}", s("CgroupDriver")));
     lines.push(format!("Cgroup Version: {}", s("CgroupVersion")));
     lines.push(format!("Rootless: {}", s("Rootless")));
+    if info["Rootless"] == serde_json::Value::Bool(true) {
+        for r in info["RootlessRequirements"]
+            .as_array()
+            .into_iter()
+            .flatten()
+        {
+            let ok = r["ok"].as_bool().unwrap_or(false);
+            let mut line = format!(
+                " {}: {} ({})",
+                r["name"].as_str().unwrap_or(""),
+                if ok { "yes" } else { "MISSING" },
+                r["detail"].as_str().unwrap_or("")
+            );
+            if !ok {
+                line.push_str(&format!(": {}", r["cost"].as_str().unwrap_or("")));
+            }
+            lines.push(line);
+        }
+    }
     lines.push(format!("Kernel Version: {}", s("KernelVersion")));
     lines.push(format!("Operating System: {}", s("OperatingSystem")));
     lines.push(format!("OSType: {}", s("OSType")));

@@ -43,7 +43,8 @@ pub struct BuildOptions {
 pub const DEFAULT_RUN_PIDS_LIMIT: u64 = 4096;
 
 /// The limits of RUN steps: each flag, else its `[build]` setting in the config file, else the
-/// default (a pids limit of `DEFAULT_RUN_PIDS_LIMIT`; no memory, CPU or cpuset limit).
+/// default (a pids limit of `DEFAULT_RUN_PIDS_LIMIT`, none rootless; no memory, CPU or cpuset
+/// limit).
 pub fn run_limits(
     memory: Option<&str>,
     cpu_shares: Option<u64>,
@@ -60,6 +61,8 @@ pub fn run_limits(
         bail!("--cpu-shares must be at least 2 (docker's minimum); leave it out for no weight");
     }
     let pids = match pids_limit.or(config.pids_limit) {
+        // Rootless kiln has no cgroups to put the default in: only an asked-for limit counts.
+        None if crate::rootless::in_userns() => None,
         None => Some(DEFAULT_RUN_PIDS_LIMIT),
         Some(n) if n <= 0 => None,
         Some(n) => Some(n as u64),

@@ -111,6 +111,7 @@ pub(super) fn copy_step(
     let mut options = c.options.clone();
     if let Some(spec) = &c.chown {
         let (owner, missing) = copy::resolve_chown(&dest_root, spec)?;
+        crate::rootless::check_owner(owner.0, owner.1, &format!("--chown={spec}"))?;
         warn_missing(req, &missing);
         options.chown = Some(owner);
     }

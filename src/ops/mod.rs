@@ -47,13 +47,19 @@ pub fn execute(
         snap.release()?;
         return Ok(None);
     }
-    let kept = crate::snapshot::built::keep_upper(
-        store,
-        &snapshotter,
-        &snap,
-        &changes,
-        req.source_date_epoch,
-    )?;
+    // Only an overlay's upperdir is the layer in overlay form; the copy-based snapshotter's
+    // (rootless without overlay) is the whole tree, so its layer is written as a blob.
+    let kept = if snap.upper_is_diff() {
+        crate::snapshot::built::keep_upper(
+            store,
+            &snapshotter,
+            &snap,
+            &changes,
+            req.source_date_epoch,
+        )?
+    } else {
+        None
+    };
     let layer = match kept {
         Some(kept) => LayerRef {
             digest: kept.diff_id.clone(),

@@ -112,6 +112,14 @@ pub(super) fn run_step(
                 msg.push_str(l);
             }
         }
+        if crate::rootless::mapping() == crate::rootless::Mapping::Single {
+            // chown(2) to an id the namespace does not map fails with EINVAL.
+            msg.push_str(&format!(
+                "\nnote: a step that changes file owners (chown, adduser, unpacking archives of \
+                 other owners) fails with \"Invalid argument\" here: {}",
+                crate::rootless::single_mapping_hint()
+            ));
+        }
         bail!(msg);
     }
     Ok(())

@@ -382,6 +382,9 @@ pub fn run(root: &Path, opts: &RunOptions) -> i32 {
             }
         };
     }
+    // Rootless: later kilns (exec, stop) join this process's user namespace to reach the
+    // container.
+    let _hold = crate::rootless::hold_namespace(root);
     let mode = if opts.rm {
         StreamMode::Inherit
     } else {
@@ -549,6 +552,7 @@ pub fn monitor(root: &Path, id: &str) -> i32 {
     };
     // SAFETY: getpid has no preconditions.
     let _ = state::set_owner(&store, id, unsafe { libc::getpid() });
+    let _hold = crate::rootless::hold_namespace(root);
     let started = match lifecycle::start(&store, &rec, StreamMode::LogOnly) {
         Ok(s) => s,
         Err(e) => {
@@ -597,6 +601,7 @@ pub fn start_attached(store: &Store, rec: &ContainerRecord) -> Result<i32> {
     };
     // SAFETY: getpid has no preconditions.
     state::set_owner(store, &rec.id, unsafe { libc::getpid() })?;
+    let _hold = crate::rootless::hold_namespace(store.root());
     let started = match lifecycle::start(store, &rec, StreamMode::Tee) {
         Ok(s) => s,
         Err(e) => {
@@ -697,6 +702,12 @@ fn thaw_if_paused(rec: &ContainerRecord) -> Result<()> {
 pub fn pause(rec: &ContainerRecord) -> Result<()> {
     if rec.status() != Status::Running || rec.init_pid <= 0 {
         bail!("container {} is not running", rec.id);
+    }
+    if crate::rootless::in_userns() {
+        bail!(
+            "kiln pause needs the cgroup freezer, which kiln running rootless does not use \
+             (no cgroup is delegated to you): stop the container instead, or run kiln as root"
+        );
     }
     if is_paused(rec) {
         bail!("container {} is already paused", rec.id);

@@ -51,6 +51,17 @@ pub fn bind(requests: &[PortRequest]) -> Result<(Vec<PortBinding>, Vec<Listener>
     let mut listeners = Vec::new();
     for r in requests {
         let (first, last) = r.host_ports.unwrap_or((0, 0));
+        let lowest = crate::rootless::check::unprivileged_port_start();
+        if crate::rootless::in_userns() && first != 0 && first < lowest {
+            bail!(
+                "publishing port {}/{}: host port {first} is below \
+                 net.ipv4.ip_unprivileged_port_start ({lowest}), which kiln running rootless \
+                 cannot bind: choose a host port of {lowest} or more, or (as root) lower the \
+                 sysctl",
+                r.container_port,
+                r.proto
+            );
+        }
         let mut last_err = None;
         let mut bound = None;
         for port in first..=last {

@@ -154,10 +154,31 @@ pub fn shares_to_weight(shares: u64) -> u64 {
     1 + ((shares - 2) * 9999) / 262_142
 }
 
+/// Why limits fail rootless: no cgroup v2 subtree delegated to the user (on v1 there is none).
+pub fn rootless_limits_error() -> String {
+    let why = match detect() {
+        CgroupVersion::V1 => "this machine has cgroup v1, which cannot be delegated to a user",
+        CgroupVersion::V2 => "kiln does not use a delegated cgroup v2 subtree yet",
+    };
+    format!(
+        "resource limits (-m/--memory, --cpus, --cpuset-cpus, --pids-limit, --cpu-shares) need \
+         cgroups, which kiln running rootless cannot use: {why}; leave the limits out or run \
+         kiln as root (`kiln info` lists what rootless kiln has)"
+    )
+}
+
 impl Cgroup {
     /// Makes `kiln/<name>` with the limits in `res` and Docker's default device rules; `None`
     /// when `res` asks for nothing and no device control is available (a warning says so once).
     pub fn create(name: &str, res: &Resources) -> io::Result<Option<Cgroup>> {
+        // Rootless: no cgroup at all unless limits are asked, and then one clear error (the
+        // device rules are kept by `nodev` mounts and the host's nodes bound into /dev).
+        if crate::rootless::in_userns() {
+            if res.is_empty() {
+                return Ok(None);
+            }
+            return Err(io::Error::other(rootless_limits_error()));
+        }
         match detect() {
             CgroupVersion::V1 => {
                 let devices = Path::new(CGROUP_ROOT)
@@ -564,6 +585,9 @@ fn remove_dir(dir: &Path) {
 /// that starts removes the cgroups that any killed kiln left; a live kiln's cgroups (its pid
 /// exists) are never touched.
 pub fn recover() {
+    if crate::rootless::in_userns() {
+        return; // rootless kiln makes no cgroups
+    }
     let mut parents = Vec::new();
     match detect() {
         CgroupVersion::V2 => parents.push(Path::new(CGROUP_ROOT).join("kiln")),

@@ -27,7 +27,9 @@
 //!   to the command and exits when the command does. Killing kiln kills the whole tree
 //!   (PR_SET_PDEATHSIG at each level; the PID namespace dies with its init).
 //! - A cgroup per execution for device control, with optional limits (`Resources`), v1 or v2 as
-//!   mounted; the cgroup is removed at the end.
+//!   mounted; the cgroup is removed at the end. Rootless (`crate::rootless::in_userns`): no
+//!   cgroup, and limits fail with `cgroup::rootless_limits_error`; /proc falls back to the
+//!   host's read-only where a new one is refused.
 //!
 //! # API
 //! ```ignore

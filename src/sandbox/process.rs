@@ -264,6 +264,8 @@ fn prepare_and_start(
         network: spec.network.clone(),
         cwd: spec.cwd.clone(),
         nodev_binds: true,
+        proc_bind_fallback: crate::rootless::in_userns(),
+        single_id: crate::rootless::mapping() == crate::rootless::Mapping::Single,
     };
 
     let id = format!(
@@ -271,6 +273,10 @@ fn prepare_and_start(
         std::process::id(),
         NEXT_ID.fetch_add(1, Ordering::Relaxed)
     );
+    if crate::rootless::mapping() == crate::rootless::Mapping::Single {
+        // Made here, where /etc/passwd is still the host's (the child reports with it).
+        let _ = crate::rootless::single_mapping_hint();
+    }
     let cgroup = Cgroup::create(&id, &spec.resources).context("create the cgroup")?;
     plan.nodev_binds = !cgroup.as_ref().is_some_and(Cgroup::restricts_devices);
     let started = start(spec, plan, &cgroup);
@@ -794,14 +800,28 @@ fn command_process(ctx: &ChildContext) -> ! {
     let gids: Vec<libc::gid_t> = user.additional_gids.clone();
     // SAFETY: setgroups/setgid/setuid with values we computed; each result is checked.
     unsafe {
-        if libc::setgroups(gids.len(), gids.as_ptr()) != 0 {
+        // Rootless with one id mapped, setgroups is denied: only root without extra groups
+        // can run there (setgid/setuid below refuse other ids, with the hint).
+        let single = crate::rootless::mapping() == crate::rootless::Mapping::Single;
+        if libc::setgroups(gids.len(), gids.as_ptr()) != 0
+            && !(single && gids.iter().all(|g| *g == 0))
+        {
             fail(report, "setgroups", errno());
         }
+        let hint = |what: String| {
+            if single {
+                format!("{what} ({})", crate::rootless::single_mapping_hint())
+            } else {
+                what
+            }
+        };
         if libc::setgid(user.gid) != 0 {
-            fail(report, &format!("setgid {}", user.gid), errno());
+            let e = errno();
+            fail(report, &hint(format!("setgid {}", user.gid)), e);
         }
         if libc::setuid(user.uid) != 0 {
-            fail(report, &format!("setuid {}", user.uid), errno());
+            let e = errno();
+            fail(report, &hint(format!("setuid {}", user.uid)), e);
         }
     }
     let mask = if user.uid == 0 {

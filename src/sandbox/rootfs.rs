@@ -144,6 +144,12 @@ pub struct RootfsPlan {
     /// No device cgroup restricts this execution: bind mounts get `nodev` too, so a host
     /// device reached through a bind (e.g. `-v /dev:/d`) cannot be opened either.
     pub nodev_binds: bool,
+    /// Rootless: where a new procfs is refused (EPERM), bind the host's read-only with a
+    /// warning instead of failing.
+    pub proc_bind_fallback: bool,
+    /// Rootless with only the user's id mapped: no gid other than 0 exists (devpts without
+    /// `gid=5`).
+    pub single_id: bool,
 }
 
 fn ctx(what: &str, path: &Path) -> impl FnOnce(io::Error) -> io::Error {
@@ -179,16 +185,41 @@ pub fn setup_and_pivot(sys: &dyn Syscall, plan: &RootfsPlan) -> io::Result<()> {
         .map_err(ctx("make nodev", &plan.rootfs))?;
 
     let nsn = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
-    sys.mount(
+    match sys.mount(
         Some(Path::new("proc")),
         &plan.proc_dir,
         Some("proc"),
         nsn,
         None,
-    )
-    .map_err(ctx("mount proc on", &plan.proc_dir))?;
+    ) {
+        Ok(()) => {}
+        // A user namespace whose /proc has covered paths (a Kubernetes pod's masked /proc) may
+        // not mount a new one: the host's, read-only, as BuildKit's no-process-sandbox does.
+        Err(e) if e.raw_os_error() == Some(libc::EPERM) && plan.proc_bind_fallback => {
+            eprintln!(
+                "kiln: WARNING: cannot mount a new /proc here ({e}): the command sees the \
+                 host's /proc read-only, with every process of the host's PID namespace \
+                 (allow it with procMount: Unmasked, or run kiln where /proc is not masked)"
+            );
+            sys.mount(
+                Some(Path::new("/proc")),
+                &plan.proc_dir,
+                None,
+                MsFlags::MS_BIND | MsFlags::MS_REC,
+                None,
+            )
+            .map_err(ctx("bind /proc on", &plan.proc_dir))?;
+            set_attrs_recursive(
+                sys,
+                &plan.proc_dir,
+                MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | MOUNT_ATTR_NOEXEC,
+            )
+            .map_err(ctx("make read-only", &plan.proc_dir))?;
+        }
+        Err(e) => return Err(e).map_err(ctx("mount proc on", &plan.proc_dir)),
+    }
 
-    setup_dev(sys, &plan.dev_dir)?;
+    setup_dev(sys, &plan.dev_dir, plan.single_id)?;
 
     let sys_flags = nsn | MsFlags::MS_RDONLY;
     if sys
@@ -248,7 +279,7 @@ pub fn setup_and_pivot(sys: &dyn Syscall, plan: &RootfsPlan) -> io::Result<()> {
     Ok(())
 }
 
-fn setup_dev(sys: &dyn Syscall, dev: &Path) -> io::Result<()> {
+fn setup_dev(sys: &dyn Syscall, dev: &Path, single_id: bool) -> io::Result<()> {
     // Mounted without nodev so that the nodes made here open; /dev itself is made nodev below,
     // after each node has been bound onto itself (a bind keeps the flags its source had).
     sys.mount(
@@ -287,7 +318,12 @@ fn setup_dev(sys: &dyn Syscall, dev: &Path) -> io::Result<()> {
         &pts,
         Some("devpts"),
         MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
-        Some("newinstance,ptmxmode=0666,mode=0620,gid=5"),
+        // gid 5 (tty) does not exist when rootless kiln maps only the user's own id.
+        Some(if single_id {
+            "newinstance,ptmxmode=0666,mode=0620"
+        } else {
+            "newinstance,ptmxmode=0666,mode=0620,gid=5"
+        }),
     )
     .map_err(ctx("mount devpts on", &pts))?;
     sys.symlink(Path::new("pts/ptmx"), &dev.join("ptmx"))?;
@@ -571,6 +607,56 @@ mod tests {
             network,
             cwd: "/work".into(),
             nodev_binds: false,
+            proc_bind_fallback: false,
+            single_id: false,
+        }
+    }
+
+    #[test]
+    fn refused_proc_is_the_hosts_read_only_only_when_rootless() {
+        let mut sys = RecordingSyscall::new(&["/r/work"], &[]);
+        sys.mount_fstype_errno = Some(("proc".into(), libc::EPERM));
+        let mut p = plan(Network::None, vec![]);
+        let err = setup_and_pivot(&sys, &p).unwrap_err();
+        assert!(err.to_string().contains("mount proc on /r/proc"), "{err}");
+        let sys2 = RecordingSyscall {
+            mount_fstype_errno: sys.mount_fstype_errno.clone(),
+            ..RecordingSyscall::new(&["/r/work"], &[])
+        };
+        p.proc_bind_fallback = true;
+        setup_and_pivot(&sys2, &p).unwrap();
+        let calls = sys2.calls();
+        let m = mounts_of(&calls);
+        let bind = m
+            .iter()
+            .find(|x| x.1 == Path::new("/r/proc") && x.0.as_deref() == Some(Path::new("/proc")))
+            .expect("host /proc bound");
+        assert!(bind.3.contains(MsFlags::MS_BIND | MsFlags::MS_REC));
+        assert!(setattrs_of(&calls)
+            .iter()
+            .any(|(t, rec, a)| t == Path::new("/r/proc") && *rec && a & MOUNT_ATTR_RDONLY != 0));
+    }
+
+    #[test]
+    fn devpts_has_no_tty_group_with_a_single_id() {
+        for (single, gid5) in [(false, true), (true, false)] {
+            let sys = RecordingSyscall::new(&["/r/work"], &[]);
+            let mut p = plan(Network::None, vec![]);
+            p.single_id = single;
+            setup_and_pivot(&sys, &p).unwrap();
+            let data = sys
+                .calls()
+                .into_iter()
+                .find_map(|c| match c {
+                    Call::Mount {
+                        fstype: Some(t),
+                        data,
+                        ..
+                    } if t == "devpts" => data,
+                    _ => None,
+                })
+                .unwrap();
+            assert_eq!(data.contains("gid=5"), gid5, "{data}");
         }
     }
 

@@ -283,6 +283,9 @@ pub struct RecordingSyscall {
     pub files: Vec<PathBuf>,
     pub mountinfo: String,
     pub mount_setattr_errno: Option<i32>,
+    /// Mounts of this filesystem type fail with this errno (recorded first), e.g. a procfs
+    /// refused in a user namespace.
+    pub mount_fstype_errno: Option<(String, i32)>,
     /// When set, `mknod_char` records the call and fails with this errno (EPERM: rootless).
     pub mknod_errno: Option<i32>,
 }
@@ -324,7 +327,13 @@ impl Syscall for RecordingSyscall {
             fstype: fstype.map(str::to_string),
             flags,
             data: data.map(str::to_string),
-        })
+        })?;
+        match &self.mount_fstype_errno {
+            Some((t, errno)) if Some(t.as_str()) == fstype => {
+                Err(io::Error::from_raw_os_error(*errno))
+            }
+            _ => Ok(()),
+        }
     }
     fn umount2(&self, target: &Path, flags: MntFlags) -> io::Result<()> {
         self.push(Call::Umount2(target.to_path_buf(), flags))

@@ -18,8 +18,6 @@ use std::path::{Path, PathBuf};
 
 use crate::oci::change::Change;
 
-const OVERLAY_XATTR_PREFIX: &[u8] = b"trusted.overlay.";
-
 fn lstat(p: &Path) -> Option<Metadata> {
     fs::symlink_metadata(p).ok()
 }
@@ -88,7 +86,7 @@ pub fn xattrs(p: &Path) -> io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
     };
     let mut out = Vec::new();
     for name in names[..len].split(|b| *b == 0).filter(|n| !n.is_empty()) {
-        if name.starts_with(OVERLAY_XATTR_PREFIX) {
+        if crate::rootless::is_overlay_xattr(name) {
             continue;
         }
         let name_str = String::from_utf8_lossy(name).into_owned();
@@ -101,7 +99,9 @@ pub fn xattrs(p: &Path) -> io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
 }
 
 fn is_opaque(p: &Path) -> io::Result<bool> {
-    Ok(get_xattr(p, "trusted.overlay.opaque")?.as_deref() == Some(b"y"))
+    // `user.overlay.opaque` when the overlay was mounted in a user namespace (userxattr).
+    let name = [crate::rootless::overlay_xattr_prefix(), b"opaque"].concat();
+    Ok(get_xattr(p, &String::from_utf8_lossy(&name))?.as_deref() == Some(b"y"))
 }
 
 fn same_content(a: &Path, b: &Path) -> io::Result<bool> {

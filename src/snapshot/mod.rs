@@ -26,6 +26,7 @@
 
 pub mod blobs;
 pub mod built;
+mod copyfs;
 pub mod diff;
 mod layers;
 pub mod overlay;
@@ -62,8 +63,56 @@ pub struct ActiveSnapshot {
     /// Top-most first (overlay's order).
     lowers: Vec<PathBuf>,
     mounted: bool,
+    /// The copy-based snapshotter (rootless, overlay refused): `merged/` is a plain copy of
+    /// `lowerview/` (the lowers applied by copying), changes come from comparing the two.
+    copy: bool,
     cleanup_key: u64,
     _lock: File,
+}
+
+/// Whether snapshots are copies: only in a user namespace whose kernel refuses overlayfs (tried
+/// once per process under `snapshots/active/`), or when `KILN_SNAPSHOTTER=copy` asks for it
+/// there. Says so once.
+fn copy_mode(active: &Path) -> bool {
+    static MODE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *MODE.get_or_init(|| {
+        if !crate::rootless::in_userns() {
+            return false;
+        }
+        let why = if std::env::var("KILN_SNAPSHOTTER").as_deref() == Ok("copy") {
+            "KILN_SNAPSHOTTER=copy".to_string()
+        } else {
+            match overlay_probe(active) {
+                Ok(()) => return false,
+                Err(e) => format!("overlayfs is refused in this user namespace ({e})"),
+            }
+        };
+        eprintln!(
+            "kiln: note: {why}: snapshots are copies of their layers (slower and larger, same \
+             results)"
+        );
+        true
+    })
+}
+
+fn overlay_probe(active: &Path) -> io::Result<()> {
+    let dir = active.join(format!(".overlay-probe-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let result = (|| {
+        let d: Vec<PathBuf> = ["l", "u", "w", "m"].iter().map(|n| dir.join(n)).collect();
+        for p in &d {
+            std::fs::create_dir_all(p)?;
+        }
+        let spec = overlay::OverlaySpec {
+            lowers: &d[..1],
+            upper_work: Some((&d[1], &d[2])),
+            volatile: false,
+        };
+        overlay::mount_overlay(&spec, &d[3])?;
+        overlay::unmount(&d[3])
+    })();
+    let _ = std::fs::remove_dir_all(&dir);
+    result
 }
 
 fn random_id() -> String {
@@ -148,6 +197,7 @@ impl Snapshotter {
             dir,
             lowers: lowers.iter().rev().cloned().collect(),
             mounted: false,
+            copy: false,
             cleanup_key,
             _lock: lock,
         };
@@ -159,6 +209,26 @@ impl Snapshotter {
         for d in own {
             std::fs::create_dir(snap.dir.join(d))
                 .with_context(|| format!("create {}", snap.dir.join(d).display()))?;
+        }
+        if copy_mode(&self.dir.join("active")) {
+            snap.copy = true;
+            let view = snap.dir.join("lowerview");
+            std::fs::create_dir(&view).with_context(|| format!("create {}", view.display()))?;
+            for l in lowers {
+                copyfs::apply_layer_dir(l, &view).with_context(|| {
+                    format!("copy layer {} into {}", l.display(), view.display())
+                })?;
+            }
+            let merged = snap.merged();
+            copyfs::apply_layer_dir(&view, &merged)
+                .with_context(|| format!("copy {} into {}", view.display(), merged.display()))?;
+            if let Some(kept) = kept_upper {
+                copyfs::apply_layer_dir(kept, &merged).with_context(|| {
+                    format!("copy {} into {}", kept.display(), merged.display())
+                })?;
+            }
+            snap.mounted = true;
+            return Ok(snap);
         }
         if snap.lowers.is_empty() {
             let empty = snap.dir.join("empty");
@@ -190,9 +260,19 @@ impl ActiveSnapshot {
         self.dir.join("merged")
     }
 
-    /// The upperdir: what the execution wrote.
+    /// The upperdir: what the execution wrote. With the copy-based snapshotter, the merged tree
+    /// itself (written directly, compared with the lower view for changes).
     pub fn upper(&self) -> PathBuf {
+        if self.copy {
+            return self.merged();
+        }
         self.upper.clone()
+    }
+
+    /// The upperdir is an overlay-form diff (false with the copy-based snapshotter, whose
+    /// `upper()` is the whole tree).
+    pub fn upper_is_diff(&self) -> bool {
+        !self.copy
     }
 
     /// The lower layer directories, top-most first.
@@ -214,6 +294,9 @@ impl ActiveSnapshot {
     /// the layer: the upperdir, where every upserted path is a plain entry with the metadata the
     /// merged view shows, which spares the overlay's lookups.
     pub fn changes_with_source(&self) -> Result<(Vec<Change>, PathBuf)> {
+        if self.copy {
+            return Ok((self.changes_by_tree_compare()?, self.merged()));
+        }
         let upper = self.upper();
         let changes = self
             .with_lower_view(|lower| diff::diff_upper(&upper, lower))
@@ -231,6 +314,9 @@ impl ActiveSnapshot {
     /// Runs `f` with the merged view of the lower layers: the layer itself when there is one, a
     /// temporary read-only overlay otherwise.
     fn with_lower_view<T>(&self, f: impl FnOnce(&Path) -> io::Result<T>) -> io::Result<T> {
+        if self.copy {
+            return f(&self.dir.join("lowerview"));
+        }
         if self.lowers.len() == 1 {
             return f(&self.lowers[0]);
         }
@@ -254,6 +340,9 @@ impl ActiveSnapshot {
     /// may be written directly (the kernel allows changing an upperdir while its overlay is not
     /// mounted, never while it is), and `changes` still reads it. `release` removes it all.
     pub fn unmount_merged(&mut self) -> Result<()> {
+        if self.copy {
+            return Ok(()); // a plain directory: `upper()` is it
+        }
         let merged = self.merged();
         overlay::unmount(&merged).with_context(|| format!("unmount {}", merged.display()))
     }
@@ -269,11 +358,39 @@ impl ActiveSnapshot {
         }
         self.mounted = false;
         crate::cleanup::unregister(self.cleanup_key);
+        if self.copy && self.upper != self.dir.join("upper") {
+            self.write_back_kept_upper()?;
+        }
         for m in overlay::mounts_under(&self.dir) {
             overlay::unmount(&m).with_context(|| format!("unmount {}", m.display()))?;
         }
         std::fs::remove_dir_all(&self.dir)
             .with_context(|| format!("remove {}", self.dir.display()))?;
+        Ok(())
+    }
+}
+
+impl ActiveSnapshot {
+    /// Copy-based snapshotter: the kept upperdir (a container's writable layer) becomes what
+    /// this run changed, in overlay form, replacing the old one by renames.
+    fn write_back_kept_upper(&self) -> Result<()> {
+        let changes = self.changes_by_tree_compare()?;
+        let kept = &self.upper;
+        let name = kept
+            .file_name()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .into_owned();
+        let new = kept.with_file_name(format!("{name}.new"));
+        let old = kept.with_file_name(format!("{name}.old"));
+        let _ = std::fs::remove_dir_all(&new);
+        std::fs::create_dir(&new).with_context(|| format!("create {}", new.display()))?;
+        copyfs::write_changes(&changes, &self.merged(), &new)
+            .with_context(|| format!("write the changes into {}", new.display()))?;
+        let _ = std::fs::remove_dir_all(&old);
+        std::fs::rename(kept, &old).with_context(|| format!("rename {}", kept.display()))?;
+        std::fs::rename(&new, kept).with_context(|| format!("rename {}", new.display()))?;
+        let _ = std::fs::remove_dir_all(&old);
         Ok(())
     }
 }

@@ -42,8 +42,13 @@ fn base_options(spec: &OverlaySpec) -> Vec<(String, Option<String>)> {
         opts.push(("workdir".to_string(), Some(escape(work))));
     }
     // A self-contained upperdir: no redirects to lower paths, no metadata-only copies, no
-    // hard-link index.
-    opts.push(("redirect_dir".to_string(), Some("off".to_string())));
+    // hard-link index. In a user namespace (rootless) overlay keeps its xattrs as
+    // `user.overlay.*` (`userxattr`), which implies redirect_dir=nofollow: none are made either.
+    if crate::rootless::in_userns() {
+        opts.push(("userxattr".to_string(), None));
+    } else {
+        opts.push(("redirect_dir".to_string(), Some("off".to_string())));
+    }
     opts.push(("metacopy".to_string(), Some("off".to_string())));
     opts.push(("index".to_string(), Some("off".to_string())));
     if spec.volatile && spec.upper_work.is_some() {

@@ -359,7 +359,7 @@ fn read_xattrs(path: &Path) -> io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
     };
     let mut out = Vec::new();
     for name in names[..len].split(|&b| b == 0).filter(|n| !n.is_empty()) {
-        if name.starts_with(b"trusted.overlay.") {
+        if crate::rootless::is_overlay_xattr(name) {
             continue;
         }
         let cname = CString::new(name).map_err(io::Error::other)?;
@@ -860,8 +860,12 @@ impl Applier {
                         }
                     }
                 }
-                ApplyMode::Overlay => set_xattr(&dir, b"trusted.overlay.opaque", b"y")
-                    .with_context(|| format!("marking {} opaque", dir.display()))?,
+                ApplyMode::Overlay => set_xattr(
+                    &dir,
+                    &[crate::rootless::overlay_xattr_prefix(), b"opaque"].concat(),
+                    b"y",
+                )
+                .with_context(|| format!("marking {} opaque", dir.display()))?,
             }
             return Ok(());
         }
@@ -903,12 +907,18 @@ impl Applier {
     fn set_metadata(&self, path: &Path, meta: &EntryMeta, is_dir: bool) -> Result<()> {
         let is_link = fs::symlink_metadata(path)?.file_type().is_symlink();
         if let Err(e) = std::os::unix::fs::lchown(path, Some(meta.uid), Some(meta.gid)) {
-            if self.as_root {
+            // Rootless with only the user's id mapped: other owners are stored as root (kiln
+            // said so when it entered its namespace).
+            let single = crate::rootless::mapping() == crate::rootless::Mapping::Single;
+            if single && e.raw_os_error() == Some(libc::EINVAL) {
+                std::os::unix::fs::lchown(path, Some(0), Some(0))
+                    .with_context(|| format!("chown {}", path.display()))?;
+            } else if self.as_root {
                 return Err(e).with_context(|| format!("chown {}", path.display()));
             }
         }
         for (k, v) in &meta.xattrs {
-            if k.starts_with(b"trusted.overlay.") {
+            if crate::rootless::is_overlay_xattr(k) {
                 continue; // overlayfs' own: a layer must not smuggle redirects or opacity
             }
             if let Err(e) = set_xattr(path, k, v) {

@@ -24,13 +24,25 @@ pub fn container_pids(rec: &ContainerRecord) -> Result<Vec<i32>> {
         bail!("container {} is not running", rec.name);
     }
     let init = rec.init_pid;
+    let ns = |pid: i32| std::fs::read_link(format!("/proc/{pid}/ns/pid")).ok();
+    if crate::rootless::in_userns() {
+        // No cgroup rootless: every process of the host in the init's PID namespace.
+        let init_ns = ns(init).with_context(|| format!("container {} is not running", rec.name))?;
+        let mut pids: Vec<i32> = std::fs::read_dir("/proc")
+            .context("reading /proc")?
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse().ok())
+            .filter(|p| ns(*p).as_ref() == Some(&init_ns))
+            .collect();
+        pids.sort_unstable();
+        return Ok(pids);
+    }
     let dir = cgroup::dir_of(init, "freezer")
         .or_else(|| cgroup::dir_of(init, "devices"))
         .or_else(|| cgroup::dir_of(init, "pids"))
         .with_context(|| format!("container {}: its cgroup was not found", rec.name))?;
     let procs = std::fs::read_to_string(dir.join("cgroup.procs"))
         .with_context(|| format!("reading {}", dir.join("cgroup.procs").display()))?;
-    let ns = |pid: i32| std::fs::read_link(format!("/proc/{pid}/ns/pid")).ok();
     let init_ns = ns(init).with_context(|| format!("container {} is not running", rec.name))?;
     let mut pids: Vec<i32> = procs
         .lines()
