@@ -13,7 +13,7 @@ mod images;
 pub mod space;
 
 pub use blobs::{Blob, BlobWriter};
-pub use images::{CommittedImage, ImageRecord, LayerRecord};
+pub use images::{CommittedImage, ImageRecord, IndexEntry, IndexRecord, LayerRecord};
 
 use std::fs;
 use std::os::fd::AsRawFd;
@@ -106,6 +106,7 @@ impl Store {
             _lock: lock,
         };
         store.migrate("store", images::MIGRATIONS)?;
+        store.migrate("store_indexes", images::INDEX_MIGRATIONS)?;
         if let Some(hook) = OPEN_HOOK.get() {
             let first = HOOKED_ROOTS.lock().is_ok_and(|mut roots| {
                 let first = !roots.contains(&store.root);
