@@ -150,6 +150,10 @@ pub enum ImageCommands {
         /// No progress output.
         #[arg(short, long)]
         quiet: bool,
+        /// For a multi-platform image: save only this platform's manifest (the docker format
+        /// holds one platform; default this machine's).
+        #[arg(long, value_name = "OS/ARCH[/VARIANT]")]
+        platform: Option<String>,
         #[arg(required = true)]
         images: Vec<String>,
     },
@@ -242,6 +246,7 @@ pub fn run(cmd: ImageCommands, globals: &Globals) -> Result<i32> {
             format,
             compression,
             quiet,
+            platform,
             images,
         } => cmd_save(
             globals,
@@ -250,6 +255,12 @@ pub fn run(cmd: ImageCommands, globals: &Globals) -> Result<i32> {
             compression.into(),
             quiet,
             &images,
+            platform
+                .as_deref()
+                .map(crate::platform::Platform::parse)
+                .transpose()
+                .context("save: --platform")?
+                .as_ref(),
         ),
         ImageCommands::Load { input, quiet } => cmd_load(globals, input.as_deref(), quiet),
     }
@@ -789,6 +800,7 @@ fn cmd_save(
     compression: Compression,
     quiet: bool,
     images: &[String],
+    platform: Option<&crate::platform::Platform>,
 ) -> Result<i32> {
     let store = open(globals)?;
     let mut items: Vec<SaveItem> = Vec::new();
@@ -796,15 +808,31 @@ fn cmd_save(
         let img = store
             .resolve(spec)
             .with_context(|| format!("save: {spec}"))?;
+        // A multi-platform image: the OCI format keeps the index (every platform); the docker
+        // format holds one, `--platform`'s (else this machine's, when the index has it).
+        let digest = match (&img.index, format, platform) {
+            (Some(_), SaveFormat::Oci, None) => img.stored_digest().to_string(),
+            (Some(_), _, Some(p)) => img.for_platform(p).with_context(|| format!("save: {spec}"))?.manifest_digest,
+            (Some(index), SaveFormat::Docker, None) => {
+                let host = crate::platform::Platform::host();
+                match index.find(&host) {
+                    Some(e) => e.manifest_digest.clone(),
+                    None => bail!(
+                        "save: {spec} is multi-platform ({}) without this machine's {host}: the \
+                         docker format holds one platform; choose it with --platform, or use \
+                         --format oci for all",
+                        index.platform_list()
+                    ),
+                }
+            }
+            (None, _, _) => img.manifest_digest.clone(),
+        };
         // Named by what the user typed when it is a name (docker keeps just that tag).
         let name = img.name.clone().filter(|n| n.digest().is_none());
-        match items
-            .iter_mut()
-            .find(|i| i.manifest_digest == img.manifest_digest)
-        {
+        match items.iter_mut().find(|i| i.manifest_digest == digest) {
             Some(item) => item.names.extend(name),
             None => items.push(SaveItem {
-                manifest_digest: img.manifest_digest.clone(),
+                manifest_digest: digest,
                 names: name.into_iter().collect(),
             }),
         }

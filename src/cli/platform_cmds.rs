@@ -104,9 +104,14 @@ pub fn create_index(store: &Store, name: &Reference, images: &[String]) -> Resul
             .with_context(|| format!("manifest create: {spec}"))?;
         match &rec.index {
             Some(index) => {
-                manifests.extend(index.manifests.iter().map(|m| m.manifest_digest.clone()))
+                manifests.extend(
+                    index
+                        .manifests
+                        .iter()
+                        .map(|m| (m.manifest_digest.clone(), Some(m.platform.clone()))),
+                )
             }
-            None => manifests.push(rec.manifest_digest.clone()),
+            None => manifests.push((rec.manifest_digest.clone(), None)),
         }
     }
     let bytes = crate::oci::index::build_index(store, &manifests).context("manifest create")?;

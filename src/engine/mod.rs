@@ -35,7 +35,21 @@ pub fn build(root: &Path, opts: BuildOptions) -> Result<i32> {
     let ignore = crate::dockerfile::DockerIgnore::load(context.root(), dockerfile_path.as_deref())
         .map_err(|e| anyhow!("reading .dockerignore: {e}"))?;
     context.set_filter(Arc::new(crate::source::local::IgnoreFilter(ignore)));
-    let stages = crate::dockerfile::load(&dockerfile_text, &dockerfile_name, &opts.build_args)?;
+    let platforms = if opts.platforms.is_empty() {
+        vec![crate::platform::Platform::host()]
+    } else {
+        opts.platforms.clone()
+    };
+    crate::exporter::check_outputs(&opts.outputs, &platforms)?;
+    let mut all_stages = Vec::new();
+    for p in &platforms {
+        all_stages.push(crate::dockerfile::load_for(
+            &dockerfile_text,
+            &dockerfile_name,
+            &opts.build_args,
+            p,
+        )?);
+    }
 
     let source_date_epoch = opts
         .build_args
@@ -57,10 +71,10 @@ pub fn build(root: &Path, opts: BuildOptions) -> Result<i32> {
             .map(|p| p.display().to_string())
             .unwrap_or(dockerfile_name.clone())
     );
-    let request = BuildRequest {
+    let request = |stages| BuildRequest {
         stages,
         dockerfile_name: dockerfile_name.clone(),
-        place_id,
+        place_id: place_id.clone(),
         target: opts.target.clone(),
         no_cache: opts.no_cache,
         no_cache_filter: opts.no_cache_filter.clone(),
@@ -82,25 +96,64 @@ pub fn build(root: &Path, opts: BuildOptions) -> Result<i32> {
         .enable_all()
         .build()
         .context("starting the build runtime")?;
-    let result = runtime.block_on(solver::solve(
-        request,
-        backend,
-        context,
-        progress.clone(),
-        db,
-    ))?;
+    // One graph per platform, solved at once; steps whose keys the graphs share run once.
+    let flights = Arc::new(solver::Flights::default());
+    let multi = platforms.len() > 1;
+    let results = runtime.block_on(async {
+        let mut tasks = tokio::task::JoinSet::new();
+        for (i, (stages, p)) in all_stages.into_iter().zip(&platforms).enumerate() {
+            let fut = solver::solve_shared(
+                request(stages),
+                backend.clone(),
+                context.clone(),
+                progress.clone(),
+                db.clone(),
+                flights.clone(),
+                multi.then(|| p.to_string()),
+            );
+            tasks.spawn(async move { (i, fut.await) });
+        }
+        let mut results: Vec<Option<solver::StageResult>> = platforms.iter().map(|_| None).collect();
+        while let Some(joined) = tasks.join_next().await {
+            let (i, r) = joined.map_err(|e| anyhow!("a build task failed: {e}"))?;
+            match r {
+                Ok(r) => results[i] = Some(r),
+                Err(e) => {
+                    tasks.abort_all();
+                    return Err(if multi {
+                        e.context(format!("building for {}", platforms[i]))
+                    } else {
+                        e
+                    });
+                }
+            }
+        }
+        Ok::<_, anyhow::Error>(results.into_iter().flatten().collect::<Vec<_>>())
+    })?;
     drop(runtime);
 
-    let mut config = result.config.clone();
-    for (k, v) in &opts.labels {
-        config
-            .config
-            .labels
-            .get_or_insert_with(BTreeMap::new)
-            .insert(k.clone(), v.clone());
+    let mut images = Vec::new();
+    for (result, p) in results.into_iter().zip(&platforms) {
+        let mut config = result.config.clone();
+        for (k, v) in &opts.labels {
+            config
+                .config
+                .labels
+                .get_or_insert_with(BTreeMap::new)
+                .insert(k.clone(), v.clone());
+        }
+        images.push(crate::exporter::PlatformImage {
+            platform: p.clone(),
+            config,
+            layers: result.layers,
+        });
     }
-    let image_id =
-        crate::exporter::export(&store, &progress, &opts.outputs, &config, &result.layers)?;
+    let image_id = if multi {
+        crate::exporter::export_multi(&store, &progress, &opts.outputs, &images)?
+    } else {
+        let img = &images[0];
+        crate::exporter::export(&store, &progress, &opts.outputs, &img.config, &img.layers)?
+    };
     if let Some(path) = &opts.iidfile {
         std::fs::write(path, &image_id).with_context(|| format!("--iidfile {}", path.display()))?;
     }
@@ -188,8 +241,13 @@ struct StoreBackend {
 }
 
 impl Backend for StoreBackend {
-    fn base_image(&self, name: &str, pull: bool) -> Result<BaseImage> {
-        crate::source::image::resolve(&self.store, name, pull)
+    fn base_image(
+        &self,
+        name: &str,
+        pull: bool,
+        platform: &crate::platform::Platform,
+    ) -> Result<BaseImage> {
+        crate::source::image::resolve(&self.store, name, pull, platform)
     }
 
     fn has_layer(&self, layer: &LayerRef) -> bool {

@@ -30,6 +30,8 @@ pub struct BuildOptions {
     pub max_parallelism: usize,
     /// cgroup limits for every RUN step (not part of any cache key, as in docker).
     pub run_limits: crate::sandbox::Resources,
+    /// `--platform`: the target platforms (empty: this machine's). Several give an index.
+    pub platforms: Vec<crate::platform::Platform>,
 }
 
 /// The pids limit a RUN step gets when neither `--pids-limit` nor the config sets one.

@@ -27,15 +27,16 @@ pub fn manifest_platform(store: &Store, manifest_digest: &str) -> Result<Platfor
     ))
 }
 
-/// The bytes of an OCI index listing `manifests` (stored manifest digests) in order, with each
-/// one's platform; two manifests for the same platform are refused.
-pub fn build_index(store: &Store, manifests: &[String]) -> Result<Vec<u8>> {
+/// The bytes of an OCI index listing `manifests` (stored manifest digests) in order, each with
+/// the platform given, else the one its config declares; two entries for the same platform are
+/// refused.
+pub fn build_index(store: &Store, manifests: &[(String, Option<Platform>)]) -> Result<Vec<u8>> {
     if manifests.is_empty() {
         bail!("an image index needs at least one image");
     }
     let mut seen: Vec<(Platform, String)> = Vec::new();
     let mut entries = Vec::new();
-    for digest in manifests {
+    for (digest, given) in manifests {
         let bytes = store.manifest_bytes(digest)?;
         let media_type = serde_json::from_slice::<serde_json::Value>(&bytes)
             .ok()
@@ -45,7 +46,10 @@ pub fn build_index(store: &Store, manifests: &[String]) -> Result<Vec<u8>> {
                     .map(String::from)
             })
             .unwrap_or_else(|| "application/vnd.oci.image.manifest.v1+json".into());
-        let platform = manifest_platform(store, digest)?;
+        let platform = match given {
+            Some(p) => p.clone(),
+            None => manifest_platform(store, digest)?,
+        };
         if let Some((_, other)) = seen.iter().find(|(p, _)| *p == platform) {
             bail!("images {other} and {digest} are both for {platform}: an index has one image per platform");
         }

@@ -19,11 +19,17 @@ struct Fake {
 }
 
 impl Backend for Fake {
-    fn base_image(&self, name: &str, _pull: bool) -> Result<BaseImage> {
+    fn base_image(
+        &self,
+        name: &str,
+        _pull: bool,
+        platform: &crate::platform::Platform,
+    ) -> Result<BaseImage> {
         let mut config = ImageConfigFile::scratch();
         config.config.cmd = Some(vec!["sh".into()]);
+        config.architecture = platform.architecture.clone();
         Ok(BaseImage {
-            id: format!("id-{name}"),
+            id: format!("id-{name}-{platform}"),
             config,
             layers: vec![],
         })

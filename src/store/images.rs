@@ -479,48 +479,48 @@ impl Store {
         }))
     }
 
-    /// Stores an image index exactly as given (an OCI index or a docker manifest list whose
-    /// manifests are all in the store, each with its platform) and points `names` at it, in one
-    /// transaction. Returns the index digest.
+    /// Stores an image index exactly as given (an OCI index or a docker manifest list) and points
+    /// `names` at it, in one transaction. Its entries whose manifests are in the store are
+    /// recorded with their platforms (a pulled index may have only some platforms here; storing
+    /// it again after pulling another adds that one); at least one must be. Entries without a
+    /// platform (attestations) are not images and are left out. Returns the index digest.
     pub fn add_index_with_names(&self, index_bytes: &[u8], names: &[Reference]) -> Result<String> {
         let index: oci_spec::image::ImageIndex = serde_json::from_slice(index_bytes)
             .context("parsing an image index: not valid OCI index JSON")?;
         let mut entries = Vec::new();
         for (i, d) in index.manifests().iter().enumerate() {
             let digest = d.digest().to_string();
-            let platform = d
-                .platform()
-                .as_ref()
-                .map(|p| {
-                    Platform::of_config(
-                        &p.os().to_string(),
-                        &p.architecture().to_string(),
-                        p.variant().as_deref(),
-                    )
-                })
-                .with_context(|| format!("index entry {digest} has no platform"))?;
+            let Some(platform) = d.platform().as_ref().map(|p| {
+                Platform::of_config(
+                    &p.os().to_string(),
+                    &p.architecture().to_string(),
+                    p.variant().as_deref(),
+                )
+            }) else {
+                continue;
+            };
             entries.push((digest, platform.to_string(), i as i64));
-        }
-        if entries.is_empty() {
-            bail!("an image index needs at least one manifest");
         }
         let index_blob = self.put_blob_bytes(index_bytes)?;
         let digest = index_blob.digest.clone();
         self.transaction(|tx| {
             let mut created = 0i64;
-            for (m, _, _) in &entries {
+            let mut present = Vec::new();
+            for (m, platform, position) in &entries {
                 let c: Option<i64> = tx
-                    .query_row(
-                        "SELECT created FROM manifests WHERE digest = ?1",
-                        [m],
-                        |r| r.get(0),
-                    )
+                    .query_row("SELECT created FROM manifests WHERE digest = ?1", [m], |r| {
+                        r.get(0)
+                    })
                     .optional()?;
-                match c {
-                    Some(c) => created = created.max(c),
-                    None => bail!("manifest {m} of the index is not in the store"),
+                if let Some(c) = c {
+                    created = created.max(c);
+                    present.push((m, platform, position));
                 }
             }
+            if present.is_empty() {
+                bail!("none of the index's manifests is in the store");
+            }
+            let entries = present;
             tx.execute(
                 "INSERT OR IGNORE INTO indexes (digest, created) VALUES (?1, ?2)",
                 params![digest, created],
