@@ -812,7 +812,11 @@ fn cmd_save(
         // format holds one, `--platform`'s (else this machine's, when the index has it).
         let digest = match (&img.index, format, platform) {
             (Some(_), SaveFormat::Oci, None) => img.stored_digest().to_string(),
-            (Some(_), _, Some(p)) => img.for_platform(p).with_context(|| format!("save: {spec}"))?.manifest_digest,
+            (Some(_), _, Some(p)) => {
+                img.for_platform(p)
+                    .with_context(|| format!("save: {spec}"))?
+                    .manifest_digest
+            }
             (Some(index), SaveFormat::Docker, None) => {
                 let host = crate::platform::Platform::host();
                 match index.find(&host) {

@@ -103,14 +103,12 @@ pub fn create_index(store: &Store, name: &Reference, images: &[String]) -> Resul
             .resolve(spec)
             .with_context(|| format!("manifest create: {spec}"))?;
         match &rec.index {
-            Some(index) => {
-                manifests.extend(
-                    index
-                        .manifests
-                        .iter()
-                        .map(|m| (m.manifest_digest.clone(), Some(m.platform.clone()))),
-                )
-            }
+            Some(index) => manifests.extend(
+                index
+                    .manifests
+                    .iter()
+                    .map(|m| (m.manifest_digest.clone(), Some(m.platform.clone()))),
+            ),
             None => manifests.push((rec.manifest_digest.clone(), None)),
         }
     }

@@ -86,7 +86,11 @@ pub fn run(cmd: RegistryCommands, globals: &Globals) -> Result<i32> {
                 if !platforms.is_empty() {
                     for p in &platforms {
                         let pulled = registry::pull(&ctx, &store, &r, p)?;
-                        crate::outln!("{}: pulled {p}, manifest {}", pulled.name, pulled.manifest_digest)?;
+                        crate::outln!(
+                            "{}: pulled {p}, manifest {}",
+                            pulled.name,
+                            pulled.manifest_digest
+                        )?;
                     }
                     return Ok(0);
                 }

@@ -113,7 +113,8 @@ pub fn build(root: &Path, opts: BuildOptions) -> Result<i32> {
             );
             tasks.spawn(async move { (i, fut.await) });
         }
-        let mut results: Vec<Option<solver::StageResult>> = platforms.iter().map(|_| None).collect();
+        let mut results: Vec<Option<solver::StageResult>> =
+            platforms.iter().map(|_| None).collect();
         while let Some(joined) = tasks.join_next().await {
             let (i, r) = joined.map_err(|e| anyhow!("a build task failed: {e}"))?;
             match r {

@@ -225,9 +225,13 @@ pub fn export_multi(
                     );
                     archive::save_archive(store, &digest, &names, true, *compression, dest)?;
                 }
-                Output::Docker { .. } => {
-                    check_outputs(outputs, &images.iter().map(|i| i.platform.clone()).collect::<Vec<_>>())?
-                }
+                Output::Docker { .. } => check_outputs(
+                    outputs,
+                    &images
+                        .iter()
+                        .map(|i| i.platform.clone())
+                        .collect::<Vec<_>>(),
+                )?,
             }
         }
         Ok(digest)

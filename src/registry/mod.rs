@@ -131,7 +131,9 @@ pub fn pull(
 /// such as attestations, left out); empty for a single-platform image.
 pub fn remote_platforms(ctx: &RegistryContext, r: &RepoRef) -> Result<Vec<Platform>> {
     let clients = ctx.pull_clients(r)?;
-    let client = clients.last().expect("pull_clients always returns the registry itself");
+    let client = clients
+        .last()
+        .expect("pull_clients always returns the registry itself");
     let (bytes, content_type, _) =
         pull::fetch_manifest(client, &r.repository, &r.reference(), &r.to_string())
             .with_context(|| format!("pulling {r}"))?;

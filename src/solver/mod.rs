@@ -370,10 +370,11 @@ async fn solve_stage(shared: &Arc<Shared>, stage: usize) -> Result<Arc<StageResu
             let backend = shared.backend.clone();
             let (name_owned, pull) = (name.clone(), shared.req.pull);
             let platform = shared.stage_platforms[stage].clone();
-            let base =
-                tokio::task::spawn_blocking(move || backend.base_image(&name_owned, pull, &platform))
-                .await
-                .map_err(|e| anyhow!("resolving the base image: {e}"))?;
+            let base = tokio::task::spawn_blocking(move || {
+                backend.base_image(&name_owned, pull, &platform)
+            })
+            .await
+            .map_err(|e| anyhow!("resolving the base image: {e}"))?;
             let base = match base {
                 Ok(b) => {
                     shared.progress.done(id);

@@ -508,9 +508,11 @@ impl Store {
             let mut present = Vec::new();
             for (m, platform, position) in &entries {
                 let c: Option<i64> = tx
-                    .query_row("SELECT created FROM manifests WHERE digest = ?1", [m], |r| {
-                        r.get(0)
-                    })
+                    .query_row(
+                        "SELECT created FROM manifests WHERE digest = ?1",
+                        [m],
+                        |r| r.get(0),
+                    )
                     .optional()?;
                 if let Some(c) = c {
                     created = created.max(c);
