@@ -450,3 +450,63 @@ fn errors_name_the_platform() {
     );
     assert!(!err.to_lowercase().contains("exec format error"), "{err}");
 }
+
+#[test]
+fn run_picks_the_platform() {
+    common::require_root();
+    if !arm64_emulation() {
+        return;
+    }
+    let Some(root) = root_with_bases() else {
+        return;
+    };
+    let r = root.path();
+    let ctx = context("FROM bb\nARG TARGETARCH\nRUN echo $TARGETARCH > /arch\n");
+    common::kiln_ok(
+        r,
+        &[
+            "build",
+            "-q",
+            "--platform",
+            "linux/amd64,linux/arm64",
+            "-t",
+            "m",
+            ctx.path().to_str().unwrap(),
+        ],
+    );
+    assert_eq!(
+        common::kiln_ok(
+            r,
+            &[
+                "run",
+                "--rm",
+                "--platform",
+                "linux/arm64",
+                "m",
+                "cat",
+                "/arch"
+            ]
+        ),
+        "arm64\n"
+    );
+    assert_eq!(
+        common::kiln_ok(r, &["run", "--rm", "m", "cat", "/arch"]),
+        "amd64\n"
+    );
+    // The emulated busybox really is arm64: uname inside qemu says aarch64.
+    assert_eq!(
+        common::kiln_ok(
+            r,
+            &[
+                "run",
+                "--rm",
+                "--platform",
+                "linux/arm64",
+                "m",
+                "uname",
+                "-m"
+            ]
+        ),
+        "aarch64\n"
+    );
+}
