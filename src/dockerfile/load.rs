@@ -11,16 +11,17 @@ use crate::dockerfile::{self, Instruction, Platform, Spanned, Stages};
 /// Parses Dockerfile text and splits it into stages, with `build_args` and the host's platform
 /// for the global and platform ARGs; errors name `file:line:column`.
 pub fn load(source: &str, file: &str, build_args: &BTreeMap<String, String>) -> Result<Stages> {
-    load_for(source, file, build_args, &crate::platform::Platform::host())
+    load_for(source, file, build_args, &crate::platform::Platform::host(), None)
 }
 
-/// [`load`] for the target platform `target` (`TARGETPLATFORM`, `TARGETARCH`, ...); the build
-/// platform (`BUILDPLATFORM`, ...) is this machine's.
+/// [`load`] for the target platform `target` (`TARGETPLATFORM`, `TARGETARCH`, ...) and the
+/// `--target` stage (`TARGETSTAGE`); the build platform (`BUILDPLATFORM`, ...) is this machine's.
 pub fn load_for(
     source: &str,
     file: &str,
     build_args: &BTreeMap<String, String>,
     target: &crate::platform::Platform,
+    target_stage: Option<&str>,
 ) -> Result<Stages> {
     let df = dockerfile::parse(source).map_err(|e| anyhow!("{}", e.render(file)))?;
     let of = |p: &crate::platform::Platform| Platform {
@@ -36,6 +37,7 @@ pub fn load_for(
             .collect::<HashMap<_, _>>(),
         target_platform: of(target),
         build_platform: host,
+        target_stage: target_stage.map(str::to_string),
     };
     dockerfile::stages_with(&df, context).map_err(|e| anyhow!("{}", e.render(file)))
 }

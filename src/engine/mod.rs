@@ -48,6 +48,7 @@ pub fn build(root: &Path, opts: BuildOptions) -> Result<i32> {
             &dockerfile_name,
             &opts.build_args,
             p,
+            opts.target.as_deref(),
         )?);
     }
 
