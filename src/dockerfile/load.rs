@@ -11,7 +11,13 @@ use crate::dockerfile::{self, Instruction, Platform, Spanned, Stages};
 /// Parses Dockerfile text and splits it into stages, with `build_args` and the host's platform
 /// for the global and platform ARGs; errors name `file:line:column`.
 pub fn load(source: &str, file: &str, build_args: &BTreeMap<String, String>) -> Result<Stages> {
-    load_for(source, file, build_args, &crate::platform::Platform::host(), None)
+    load_for(
+        source,
+        file,
+        build_args,
+        &crate::platform::Platform::host(),
+        None,
+    )
 }
 
 /// [`load`] for the target platform `target` (`TARGETPLATFORM`, `TARGETARCH`, ...) and the

@@ -111,7 +111,9 @@ impl BuildContext {
             ("BUILDVARIANT".into(), b.variant.clone()),
             (
                 "TARGETSTAGE".into(),
-                self.target_stage.clone().unwrap_or_else(|| "default".into()),
+                self.target_stage
+                    .clone()
+                    .unwrap_or_else(|| "default".into()),
             ),
         ]
     }
