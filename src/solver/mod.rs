@@ -76,11 +76,14 @@ type Outcome = Option<Result<Arc<StageResult>, String>>;
 /// other graph waits for it and takes its result.
 #[derive(Default)]
 pub struct Flights {
-    slots: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Option<Option<LayerRef>>>>>>,
+    slots: Mutex<HashMap<String, FlightSlot>>,
 }
 
+/// One step's result once a graph has it (`Some(None)`: the step made no layer).
+type FlightSlot = Arc<tokio::sync::Mutex<Option<Option<LayerRef>>>>;
+
 impl Flights {
-    fn slot(&self, key: &str) -> Arc<tokio::sync::Mutex<Option<Option<LayerRef>>>> {
+    fn slot(&self, key: &str) -> FlightSlot {
         let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
         slots.entry(key.to_string()).or_default().clone()
     }
