@@ -326,6 +326,30 @@ fn two_platform_build_push_and_pull() {
         inspect(all.path(), &[&dest])["Platforms"],
         serde_json::json!(["linux/amd64", "linux/arm64"])
     );
+    // FROM the pushed index in a fresh root: each graph pulls its own platform's manifest.
+    let from = common::temp_root();
+    let ctx2 = context(&format!("FROM {dest}\nRUN cat /arch > /base-arch\n"));
+    let out2 = out_dir.path().join("from");
+    common::kiln_ok(
+        from.path(),
+        &[
+            "build",
+            "-q",
+            "--platform",
+            "linux/amd64,linux/arm64",
+            "-o",
+            &format!("type=local,dest={}", out2.display()),
+            ctx2.path().to_str().unwrap(),
+        ],
+    );
+    assert_eq!(
+        fs::read_to_string(out2.join("linux_arm64/base-arch")).unwrap(),
+        "arm64\n"
+    );
+    assert_eq!(
+        fs::read_to_string(out2.join("linux_amd64/base-arch")).unwrap(),
+        "amd64\n"
+    );
 }
 
 #[test]

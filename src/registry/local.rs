@@ -29,6 +29,8 @@ pub trait LocalStore: Sync {
     fn image(&self, name: &str) -> Result<Option<String>>;
     /// Stores an index (its manifests that are in the store are recorded) and names it `name`.
     fn add_index(&self, name: &str, index_bytes: &[u8]) -> Result<String>;
+    /// Stores a manifest without a name (a platform of an index stored next).
+    fn add_unnamed(&self, manifest_bytes: &[u8]) -> Result<String>;
     /// The manifest digest of the image called `name` for `platform`: an index's manifest for
     /// it (`None` when the index lacks it here), or a single manifest whatever its platform.
     fn image_for(&self, name: &str, platform: &super::Platform) -> Result<Option<String>> {
@@ -119,6 +121,10 @@ impl LocalStore for crate::store::Store {
 
     fn add_index(&self, name: &str, index_bytes: &[u8]) -> Result<String> {
         self.add_index_with_names(index_bytes, &[parse_name(name)?])
+    }
+
+    fn add_unnamed(&self, manifest_bytes: &[u8]) -> Result<String> {
+        self.add_manifest(manifest_bytes)
     }
 
     fn image_for(&self, name: &str, platform: &super::Platform) -> Result<Option<String>> {

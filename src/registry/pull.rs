@@ -277,14 +277,18 @@ pub(crate) fn pull_from(
     for (b, d) in stored_first {
         store.put_blob(&mut b.as_slice(), &d)?;
     }
-    let stored = store
-        .add_image(&name, &manifest_bytes)
-        .with_context(|| format!("storing {name}"))?;
+    // From an index: the name points at the index, with every platform pulled so far (an
+    // earlier pull of another platform of the same index stays usable); the name never points
+    // at the platform's manifest alone, which a concurrent pull of another platform would
+    // take for the whole image.
+    let stored = match &index_bytes {
+        Some(_) => store.add_unnamed(&manifest_bytes),
+        None => store.add_image(&name, &manifest_bytes),
+    }
+    .with_context(|| format!("storing {name}"))?;
     if stored != manifest_digest {
         bail!("the store recorded manifest {manifest_digest} as {stored}");
     }
-    // From an index: the name points at the index, with every platform pulled so far (an
-    // earlier pull of another platform of the same index stays usable).
     if let Some(index) = index_bytes {
         store
             .add_index(&name, &index)
