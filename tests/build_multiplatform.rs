@@ -473,6 +473,24 @@ fn errors_name_the_platform() {
         "{err}"
     );
     assert!(!err.to_lowercase().contains("exec format error"), "{err}");
+    // An exec of a foreign binary in a container (not a RUN kiln knew the platform of): the
+    // kernel's ENOEXEC becomes the same error, from the binary's ELF header.
+    let ctx = context(
+        "FROM amd\nRUN printf '\\177ELF\\002\\001\\001\\000\\000\\000\\000\\000\\000\\000\\000\\000\\002\\000\\363\\000' > /fake && chmod +x /fake\n",
+    );
+    common::kiln_ok(
+        r,
+        &["build", "-q", "-t", "fake", ctx.path().to_str().unwrap()],
+    );
+    let out = common::kiln(r, &["run", "--rm", "fake", "/fake"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("exec /fake")
+            && err.contains("cannot run linux/riscv64 binaries")
+            && err.contains("no emulator is registered"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -188,17 +188,17 @@ pub fn explain_exec_format_error(program: &Path) -> Option<String> {
     let mut f = std::fs::File::open(program).ok()?;
     f.read_exact(&mut header).ok()?;
     let platform = elf_platform(&header)?;
-    let why = match support(&platform) {
-        Support::Unavailable(why) => why,
-        Support::Emulated { entry, .. } => {
-            format!("its binfmt_misc entry {entry} could not start the interpreter")
-        }
-        Support::Native => return None,
-    };
+    if platform.is_native() {
+        return None;
+    }
+    // This runs inside the container, whose /proc shows no binfmt_misc of the host: the kernel's
+    // ENOEXEC itself says no usable emulator was registered (one with the F flag would have run).
+    let why = "no emulator is registered for it in binfmt_misc (with the fix-binary flag, which \
+               containers need)";
     Some(format!(
         "exec {}: {:#}",
         program.display(),
-        cannot_run_error(&platform, &why)
+        cannot_run_error(&platform, why)
     ))
 }
 
