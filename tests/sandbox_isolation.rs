@@ -131,6 +131,46 @@ fn cannot_mount_or_load_modules_and_proc_is_masked() {
 }
 
 #[test]
+fn device_nodes_are_the_containers_own_so_chmod_and_chown_leave_the_hosts_alone() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let fx = busybox_snapshot();
+    let nodes = ["/dev/null", "/dev/zero", "/dev/full"];
+    let before: Vec<(u32, u32, u32)> = nodes
+        .iter()
+        .map(|n| {
+            let m = std::fs::metadata(n).unwrap();
+            (m.mode(), m.uid(), m.gid())
+        })
+        .collect();
+    let (code, out, err) = output(&sh(
+        &fx,
+        "chmod 600 /dev/null /dev/zero && chown 5:5 /dev/full && stat -c '%n %a %u:%g' /dev/null /dev/full; \
+         head -c 3 /dev/zero | wc -c; echo x > /dev/null && echo null-ok",
+    ));
+    // Put the host back first if the container changed it, so a failure here breaks nothing else.
+    let after: Vec<(u32, u32, u32)> = nodes
+        .iter()
+        .map(|n| {
+            let m = std::fs::metadata(n).unwrap();
+            (m.mode(), m.uid(), m.gid())
+        })
+        .collect();
+    for (n, (mode, uid, gid)) in nodes.iter().zip(&before) {
+        let _ = std::fs::set_permissions(n, std::fs::Permissions::from_mode(*mode));
+        let _ = std::os::unix::fs::chown(n, Some(*uid), Some(*gid));
+    }
+    assert_eq!(code, 0, "stderr: {err}");
+    assert!(out.contains("/dev/null 600 0:0"), "{out}");
+    assert!(out.contains("/dev/full 666 5:5"), "{out}");
+    assert!(out.contains("null-ok"), "{out}");
+    assert_eq!(out.lines().nth(2), Some("3"), "{out}");
+    assert_eq!(
+        before, after,
+        "the container changed the host's device nodes"
+    );
+}
+
+#[test]
 fn writes_land_in_the_upperdir() {
     let fx = busybox_snapshot();
     let (code, _, err) = output(&sh(&fx, "echo hello > /root/new.txt && mkdir -p /work/a"));

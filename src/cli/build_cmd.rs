@@ -94,6 +94,13 @@ pub struct BuildArgs {
     /// Print only the image ID
     #[arg(short = 'q', long)]
     pub quiet: bool,
+    /// Only run the Dockerfile's checks (`kiln check`'s rules): print what they find, build
+    /// nothing; exit 1 when something is found
+    #[arg(long)]
+    pub check: bool,
+    /// What to do with the Dockerfile: `build` (the default) or `check` (as --check)
+    #[arg(long, value_name = "METHOD")]
+    pub call: Option<String>,
     /// Push the image to its registry after the build (same as `--output type=image,push=true`)
     #[arg(long)]
     pub push: bool,
@@ -142,6 +149,13 @@ fn to_options(args: BuildArgs) -> anyhow::Result<BuildOptions> {
         Some(p) => crate::platform::Platform::parse_list(p)?,
         None => Vec::new(),
     };
+    let check_only = match args.call.as_deref() {
+        None | Some("build") => args.check,
+        Some("check") => true,
+        Some(other) => anyhow::bail!(
+            "--call={other}: kiln evaluates a Dockerfile with `build` or `check`; BuildKit's outline and targets are not supported"
+        ),
+    };
     let progress = if args.quiet {
         crate::solver::progress::Mode::Quiet
     } else {
@@ -185,6 +199,7 @@ fn to_options(args: BuildArgs) -> anyhow::Result<BuildOptions> {
         iidfile: args.iidfile,
         outputs,
         quiet: args.quiet,
+        check_only,
         max_parallelism,
         run_limits: options::run_limits(
             args.memory.as_deref(),

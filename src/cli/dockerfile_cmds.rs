@@ -91,7 +91,13 @@ pub fn run(cmd: DockerfileCommands, _globals: &Globals) -> anyhow::Result<i32> {
             } else {
                 None
             };
-            let findings = dockerfile::lint::check(&df, &raw, ignore.as_ref());
+            let findings = match dockerfile::lint::check_with(&df, &raw, ignore.as_ref(), None) {
+                Ok(report) => report.findings,
+                Err(e) => {
+                    crate::errln!("kiln: {name}: {e}");
+                    return Ok(1);
+                }
+            };
             for f in &findings {
                 crate::outln!("{name}:{}: {}: {}", f.line, f.rule, f.message)?;
             }

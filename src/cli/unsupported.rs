@@ -56,18 +56,6 @@ const TABLE: &[(&str, &str, Option<char>, &str)] = &[
     ),
     (
         "build",
-        "call",
-        None,
-        "evaluates the build with another method (check, outline, targets)",
-    ),
-    (
-        "build",
-        "check",
-        None,
-        "lints the Dockerfile; kiln has `kiln check`",
-    ),
-    (
-        "build",
         "cgroup-parent",
         None,
         "sets the parent cgroup of RUN steps",

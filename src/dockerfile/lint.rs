@@ -1,6 +1,9 @@
-//! `kiln check`: the lint rules of `docker build --check` (BuildKit's `linter` package), each
-//! with BuildKit's rule name. Findings are reported, not fatal; a `# check=skip=Rule1,Rule2`
-//! (or `skip=all`) directive turns rules off.
+//! `kiln check` and the checks of every `kiln build`: the lint rules of `docker build --check`
+//! (BuildKit's `linter` package), with BuildKit's rule names, messages and documentation URLs.
+//! Findings are warnings unless the options say `error=true`. The options come from a
+//! `# check=skip=Rule1,Rule2;error=true;experimental=all` directive at the top of the file, the
+//! `BUILDKIT_DOCKERFILE_CHECK` build argument (same syntax, merged over the directive), and a
+//! `# check=skip=Rule` comment directly above one instruction (for that instruction only).
 
 use std::collections::{HashMap, HashSet};
 
@@ -24,7 +27,11 @@ pub const RULES: &[&str] = &[
     "ConsistentInstructionCasing",
     "CopyIgnoredFile",
     "DuplicateStageName",
+    "ExposeInvalidFormat",
+    "ExposeProtoCasing",
     "FromAsCasing",
+    "FromPlatformFlagConstDisallowed",
+    "InvalidDefaultArgInFrom",
     "JSONArgsRecommended",
     "LegacyKeyValueFormat",
     "MaintainerDeprecated",
@@ -40,6 +47,117 @@ pub const RULES: &[&str] = &[
     "WorkdirRelativePath",
 ];
 
+/// Rules that run only when named by `experimental=` (or `experimental=all`), as in BuildKit.
+/// kiln has none of BuildKit's experimental rules yet (InvalidDefinitionDescription).
+pub const EXPERIMENTAL_RULES: &[&str] = &[];
+
+/// The documentation page BuildKit gives for a rule: docs.docker.com's rule reference.
+pub fn rule_url(rule: &str) -> String {
+    let mut kebab = String::new();
+    let chars: Vec<char> = rule.chars().collect();
+    for (i, c) in chars.iter().enumerate() {
+        // A new word starts at an upper-case letter that follows a lower-case one, or that
+        // ends an acronym ("JSONArgs" -> "json-args").
+        let starts_word = c.is_ascii_uppercase()
+            && i > 0
+            && (chars[i - 1].is_ascii_lowercase()
+                || chars.get(i + 1).is_some_and(|n| n.is_ascii_lowercase()));
+        if starts_word {
+            kebab.push('-');
+        }
+        kebab.push(c.to_ascii_lowercase());
+    }
+    format!("https://docs.docker.com/go/dockerfile/rule/{kebab}/")
+}
+
+/// The check options: `skip=A,B|all;error=true|false;experimental=A,B|all`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CheckOptions {
+    pub skip: HashSet<String>,
+    pub skip_all: bool,
+    pub experimental: HashSet<String>,
+    pub experimental_all: bool,
+    /// `error=true`: a build with findings fails before it starts.
+    pub error: bool,
+}
+
+impl CheckOptions {
+    /// Parses BuildKit's option string; an unknown key or a bad `error=` value is an error that
+    /// names it.
+    pub fn parse(text: &str) -> Result<CheckOptions, String> {
+        let mut out = CheckOptions::default();
+        let text = text.trim();
+        if text.is_empty() {
+            return Ok(out);
+        }
+        for part in text.splitn(3, ';') {
+            let Some((key, value)) = part.split_once('=') else {
+                return Err(format!(
+                    "invalid check option {part:?}: expected skip=RULES, error=BOOL or experimental=RULES"
+                ));
+            };
+            let list = |v: &str| -> (bool, HashSet<String>) {
+                let v = v.trim();
+                if v == "all" {
+                    (true, HashSet::new())
+                } else {
+                    (false, v.split(',').map(|r| r.trim().to_string()).collect())
+                }
+            };
+            match key.trim() {
+                "skip" => (out.skip_all, out.skip) = list(value),
+                "experimental" => (out.experimental_all, out.experimental) = list(value),
+                "error" => {
+                    out.error = match value.trim().to_ascii_lowercase().as_str() {
+                        "1" | "t" | "true" => true,
+                        "0" | "f" | "false" => false,
+                        other => {
+                            return Err(format!(
+                                "invalid check option \"error={other}\": expected true or false"
+                            ))
+                        }
+                    }
+                }
+                other => {
+                    return Err(format!(
+                        "invalid check option {other:?}: expected skip, error or experimental"
+                    ))
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// These options with `other` merged over them (skips and experimental rules add up; `error`
+    /// is set by either).
+    pub fn merged(&self, other: &CheckOptions) -> CheckOptions {
+        let mut out = self.clone();
+        out.skip_all |= other.skip_all;
+        out.skip.extend(other.skip.iter().cloned());
+        out.experimental_all |= other.experimental_all;
+        out.experimental.extend(other.experimental.iter().cloned());
+        out.error |= other.error;
+        out
+    }
+
+    fn allows(&self, rule: &str) -> bool {
+        if self.skip_all || self.skip.contains(rule) {
+            return false;
+        }
+        !EXPERIMENTAL_RULES.contains(&rule)
+            || self.experimental_all
+            || self.experimental.contains(rule)
+    }
+}
+
+/// What the checks of a build found, and whether they fail it.
+#[derive(Debug, Clone, Default)]
+pub struct Report {
+    pub findings: Vec<Finding>,
+    /// `error=true` was asked for.
+    pub error: bool,
+}
+
 /// Names a base image usually defines; without pulling the image kiln cannot know its ENV, so
 /// references to these are not reported as undefined.
 const USUAL_IMAGE_ENV: &[&str] = &["PATH"];
@@ -48,6 +166,100 @@ const USUAL_IMAGE_ENV: &[&str] = &["PATH"];
 /// `ENV k v` form and the keyword casing); `ignore` is the context's .dockerignore when a context
 /// was given.
 pub fn check(df: &Dockerfile, raw: &RawDockerfile, ignore: Option<&DockerIgnore>) -> Vec<Finding> {
+    check_with(df, raw, ignore, None)
+        .map(|r| r.findings)
+        .unwrap_or_default()
+}
+
+/// Runs every rule with the file's `# check=` directive, merged with `extra` (the
+/// `BUILDKIT_DOCKERFILE_CHECK` build argument), and each instruction's own `# check=` comment.
+/// Bad option text is an error.
+pub fn check_with(
+    df: &Dockerfile,
+    raw: &RawDockerfile,
+    ignore: Option<&DockerIgnore>,
+    extra: Option<&str>,
+) -> Result<Report, String> {
+    let mut options = match df.directives.check.as_deref() {
+        Some(d) => CheckOptions::parse(d).map_err(|e| format!("# check= directive: {e}"))?,
+        None => CheckOptions::default(),
+    };
+    if let Some(extra) = extra {
+        let e =
+            CheckOptions::parse(extra).map_err(|e| format!("BUILDKIT_DOCKERFILE_CHECK: {e}"))?;
+        options = options.merged(&e);
+    }
+    // Instructions with their own `# check=` comment: their start line -> merged options.
+    let mut per_line: HashMap<usize, CheckOptions> = HashMap::new();
+    for n in &raw.nodes {
+        let comment = n.comments.iter().find_map(|c| {
+            let (k, v) = c.split_once('=')?;
+            (k.trim().eq_ignore_ascii_case("check")).then(|| v.split(' ').next().unwrap_or(""))
+        });
+        if let Some(text) = comment {
+            if let Ok(o) = CheckOptions::parse(text) {
+                per_line.insert(n.start_line, options.merged(&o));
+            }
+        }
+    }
+    let mut findings = all_findings(df, raw, ignore);
+    findings.retain(|f| per_line.get(&f.line).unwrap_or(&options).allows(f.rule));
+    Ok(Report {
+        findings,
+        error: options.error,
+    })
+}
+
+/// The checks of a build: `source` parsed again (a text that does not parse has no findings
+/// here; the build reports its parse error), with the `BUILDKIT_DOCKERFILE_CHECK` build argument.
+pub fn for_build(
+    source: &str,
+    ignore: Option<&DockerIgnore>,
+    extra: Option<&str>,
+) -> Result<Report, String> {
+    let Ok(raw) = super::raw::parse_raw(source) else {
+        return Ok(Report::default());
+    };
+    let Ok(df) = super::instructions::typed(source, raw.clone()) else {
+        return Ok(Report::default());
+    };
+    check_with(&df, &raw, ignore, extra)
+}
+
+/// The one-line form BuildKit prints after a build: `Rule: message (line N)`.
+pub fn short_form(f: &Finding) -> String {
+    format!("{}: {} (line {})", f.rule, f.message, f.line)
+}
+
+/// BuildKit's `--check` form of one finding: the rule and its URL, the message, and the lines of
+/// `source` it is about.
+pub fn long_form(f: &Finding, file: &str, source: &str) -> String {
+    let lines: Vec<&str> = source.lines().collect();
+    let mut out = format!(
+        "WARNING: {} - {}\n{}\n{file}:{}\n--------------------\n",
+        f.rule,
+        rule_url(f.rule),
+        f.message,
+        f.line
+    );
+    let first = f.line.saturating_sub(2).max(1);
+    let last = (f.line + 2).min(lines.len());
+    for n in first..=last {
+        let marker = if n == f.line { ">>>" } else { "   " };
+        out.push_str(&format!(
+            "{n:>4} | {marker} {}\n",
+            lines.get(n - 1).copied().unwrap_or("")
+        ));
+    }
+    out.push_str("--------------------\n");
+    out
+}
+
+fn all_findings(
+    df: &Dockerfile,
+    raw: &RawDockerfile,
+    ignore: Option<&DockerIgnore>,
+) -> Vec<Finding> {
     let mut out = Vec::new();
     let mut add = |rule: &'static str, line: usize, message: String| {
         out.push(Finding {
@@ -61,7 +273,7 @@ pub fn check(df: &Dockerfile, raw: &RawDockerfile, ignore: Option<&DockerIgnore>
         add(
             "NoEmptyContinuation",
             w.line,
-            "Empty continuation line: remove blank lines inside a continued instruction".into(),
+            "Empty continuation line".into(),
         );
     }
 
@@ -140,6 +352,7 @@ pub fn check(df: &Dockerfile, raw: &RawDockerfile, ignore: Option<&DockerIgnore>
         .map(|(k, _)| k)
         .collect();
     let mut global_args: HashSet<String> = HashSet::new();
+    let mut global_defaults: HashMap<String, String> = HashMap::new();
     let mut stage_names: Vec<String> = Vec::new();
     // Defined names at the end of each named stage, for stages built on other stages.
     let mut stage_defined: HashMap<String, HashSet<String>> = HashMap::new();
@@ -201,6 +414,16 @@ pub fn check(df: &Dockerfile, raw: &RawDockerfile, ignore: Option<&DockerIgnore>
                     }
                     secret_check(name, "ARG", line, &mut out);
                     global_args.insert(name.clone());
+                    // The default as the build would see it with no --build-arg.
+                    let value = default
+                        .as_deref()
+                        .map(|d| {
+                            lexer
+                                .process_word(d, &|k| global_defaults.get(k).cloned())
+                                .unwrap_or_else(|_| d.to_string())
+                        })
+                        .unwrap_or_default();
+                    global_defaults.insert(name.clone(), value);
                 }
             }
             Instruction::From {
@@ -220,11 +443,26 @@ pub fn check(df: &Dockerfile, raw: &RawDockerfile, ignore: Option<&DockerIgnore>
                             out.push(Finding {
                                 rule: "UndefinedArgInFrom",
                                 line,
-                                message: format!(
-                                    "FROM argument '{v}' is not declared: add ARG {v} before the first FROM"
-                                ),
+                                message: format!("FROM argument '{v}' is not declared"),
                             });
                         }
+                    }
+                }
+                from_platform_checks(platform.as_deref(), alias.as_deref(), line, &mut out);
+                // InvalidDefaultArgInFrom: with the global ARGs' defaults alone, the base must
+                // still be an image name (a stage name is one too).
+                if !used(image).is_empty() {
+                    let resolved = lexer
+                        .process_word(image, &|k| global_defaults.get(k).cloned())
+                        .unwrap_or_default();
+                    if crate::reference::Reference::parse(&resolved).is_err() {
+                        out.push(Finding {
+                            rule: "InvalidDefaultArgInFrom",
+                            line,
+                            message: format!(
+                                "Default value for ARG {image} results in empty or invalid base image name"
+                            ),
+                        });
                     }
                 }
                 let base = image.to_lowercase();
@@ -240,14 +478,6 @@ pub fn check(df: &Dockerfile, raw: &RawDockerfile, ignore: Option<&DockerIgnore>
                                  used, the flag is ignored; set --platform on that stage's FROM"
                             ),
                         });
-                    } else if p == "$TARGETPLATFORM" || p == "${TARGETPLATFORM}" {
-                        out.push(Finding {
-                            rule: "RedundantTargetPlatform",
-                            line,
-                            message: format!(
-                                "Setting platform to predefined {p} in FROM is redundant as this is the default behavior"
-                            ),
-                        });
                     }
                 }
                 defined = stage_defined.get(&base).cloned().unwrap_or_default();
@@ -257,7 +487,7 @@ pub fn check(df: &Dockerfile, raw: &RawDockerfile, ignore: Option<&DockerIgnore>
                             rule: "DuplicateStageName",
                             line,
                             message: format!(
-                                "Duplicate stage name '{name}', stage names should be unique"
+                                "Duplicate stage name {name:?}, stage names should be unique"
                             ),
                         });
                     }
@@ -266,7 +496,7 @@ pub fn check(df: &Dockerfile, raw: &RawDockerfile, ignore: Option<&DockerIgnore>
                             rule: "ReservedStageName",
                             line,
                             message: format!(
-                                "Stage name should not use the same name as reserved stage '{name}'"
+                                "Stage name should not use the same name as reserved stage {name:?}"
                             ),
                         });
                     }
@@ -292,12 +522,20 @@ pub fn check(df: &Dockerfile, raw: &RawDockerfile, ignore: Option<&DockerIgnore>
                     defined.insert(k.clone());
                 }
             }
-            Instruction::Label(pairs) => {
-                check_defined(pairs.iter().flat_map(|(k, v)| [k, v]).collect(), &defined, &mut out)
+            Instruction::Label(pairs) => check_defined(
+                pairs.iter().flat_map(|(k, v)| [k, v]).collect(),
+                &defined,
+                &mut out,
+            ),
+            Instruction::Expose(w) => {
+                check_defined(w.iter().collect(), &defined, &mut out);
+                for word in w {
+                    for port in word.split_whitespace() {
+                        expose_checks(port, line, &mut out);
+                    }
+                }
             }
-            Instruction::Expose(w) | Instruction::Volume(w) => {
-                check_defined(w.iter().collect(), &defined, &mut out)
-            }
+            Instruction::Volume(w) => check_defined(w.iter().collect(), &defined, &mut out),
             Instruction::User(w) | Instruction::StopSignal(w) => {
                 check_defined(vec![w], &defined, &mut out)
             }
@@ -311,7 +549,7 @@ pub fn check(df: &Dockerfile, raw: &RawDockerfile, ignore: Option<&DockerIgnore>
                         rule: "WorkdirRelativePath",
                         line,
                         message: format!(
-                            "Relative workdir '{w}' can have unexpected results if the base image changes: use an absolute path"
+                            "Relative workdir {w:?} can have unexpected results if the base image changes"
                         ),
                     });
                 }
@@ -339,7 +577,7 @@ pub fn check(df: &Dockerfile, raw: &RawDockerfile, ignore: Option<&DockerIgnore>
                                 rule: "CopyIgnoredFile",
                                 line,
                                 message: format!(
-                                    "Attempting to {} file \"{s}\" that is excluded by .dockerignore",
+                                    "Attempting to {} file {s:?} that is excluded by .dockerignore",
                                     if kw == "ADD" { "Add" } else { "Copy" }
                                 ),
                             });
@@ -364,30 +602,81 @@ pub fn check(df: &Dockerfile, raw: &RawDockerfile, ignore: Option<&DockerIgnore>
             Instruction::Maintainer(_) => out.push(Finding {
                 rule: "MaintainerDeprecated",
                 line,
-                message: "The MAINTAINER instruction is deprecated, use a label instead to define an image author".into(),
+                message: "Maintainer instruction is deprecated in favor of using label".into(),
             }),
             _ => {}
         }
     }
     flush_counts(&mut counts, &mut out);
-
-    let skip = skipped_rules(df.directives.check.as_deref());
-    out.retain(|f| !skip.contains("all") && !skip.contains(f.rule));
     out.sort_by_key(|f| f.line);
     out
 }
 
-/// Parses `skip=A,B` out of a `# check=` directive (`;`-separated options).
-fn skipped_rules(directive: Option<&str>) -> HashSet<&str> {
-    let mut out = HashSet::new();
-    if let Some(d) = directive {
-        for opt in d.split(';') {
-            if let Some(list) = opt.trim().strip_prefix("skip=") {
-                out.extend(list.split(',').map(str::trim));
-            }
-        }
+/// RedundantTargetPlatform and FromPlatformFlagConstDisallowed, on a FROM's `--platform`.
+fn from_platform_checks(
+    platform: Option<&str>,
+    alias: Option<&str>,
+    line: usize,
+    out: &mut Vec<Finding>,
+) {
+    let Some(p) = platform.map(str::trim) else {
+        return;
+    };
+    if p == "$TARGETPLATFORM" || p == "${TARGETPLATFORM}" {
+        out.push(Finding {
+            rule: "RedundantTargetPlatform",
+            line,
+            message: format!(
+                "Setting platform to predefined {p} in FROM is redundant as this is the default behavior"
+            ),
+        });
+        return;
     }
-    out
+    if p.contains('$') {
+        return;
+    }
+    // A constant platform is fine where the stage's name says which one it is for
+    // (`FROM --platform=linux/arm64 ... AS build-arm64`).
+    let mut parts = p.split('/');
+    let (os, arch) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    if os.is_empty() || arch.is_empty() {
+        return;
+    }
+    let stage = alias.unwrap_or("");
+    if stage.contains(os) || stage.contains(arch) {
+        return;
+    }
+    out.push(Finding {
+        rule: "FromPlatformFlagConstDisallowed",
+        line,
+        message: format!("FROM --platform flag should not use constant value {p:?}"),
+    });
+}
+
+/// ExposeProtoCasing and ExposeInvalidFormat, on one EXPOSE port (`[ip:][hostport:]port[/proto]`).
+fn expose_checks(raw_port: &str, line: usize, out: &mut Vec<Finding>) {
+    let (mapping, proto) = match raw_port.rsplit_once('/') {
+        Some((m, p)) => (m, p),
+        None => (raw_port, ""),
+    };
+    if proto != proto.to_lowercase() {
+        out.push(Finding {
+            rule: "ExposeProtoCasing",
+            line,
+            message: format!(
+                "Defined protocol '{raw_port}' in EXPOSE instruction should be lowercase"
+            ),
+        });
+    }
+    if mapping.contains(':') {
+        out.push(Finding {
+            rule: "ExposeInvalidFormat",
+            line,
+            message: format!(
+                "EXPOSE instruction should not define an IP address or host-port mapping, found '{raw_port}'"
+            ),
+        });
+    }
 }
 
 /// BuildKit's heuristic for secret-looking names.
@@ -406,7 +695,10 @@ fn secret_check(name: &str, kw: &str, line: usize, out: &mut Vec<Finding>) {
     ];
     let lower = name.to_lowercase();
     let tokens: Vec<&str> = lower.split('_').collect();
-    if tokens.contains(&"public") {
+    if tokens
+        .iter()
+        .any(|t| ["public", "file", "version"].contains(t))
+    {
         return;
     }
     if tokens.iter().any(|t| SECRET.contains(t)) {
@@ -414,7 +706,7 @@ fn secret_check(name: &str, kw: &str, line: usize, out: &mut Vec<Finding>) {
             rule: "SecretsUsedInArgOrEnv",
             line,
             message: format!(
-                "Do not use ARG or ENV instructions for sensitive data ({kw} \"{name}\"): use RUN --mount=type=secret"
+                "Do not use ARG or ENV instructions for sensitive data ({kw} {name:?})"
             ),
         });
     }
@@ -483,7 +775,7 @@ mod tests {
     }
 
     #[test]
-    fn platform_on_a_stage_name_and_redundant_target_platform() {
+    fn platform_on_a_stage_name() {
         let src = "FROM --platform=$BUILDPLATFORM a AS b\nFROM --platform=linux/arm64 b\nFROM --platform=$TARGETPLATFORM a\n";
         let raw = parse_raw(src).unwrap();
         let df = parse(src).unwrap();

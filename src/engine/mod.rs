@@ -34,13 +34,20 @@ pub fn build(root: &Path, opts: BuildOptions) -> Result<i32> {
         open_context(&store, &opts)?;
     let ignore = crate::dockerfile::DockerIgnore::load(context.root(), dockerfile_path.as_deref())
         .map_err(|e| anyhow!("reading .dockerignore: {e}"))?;
+    let checks = crate::dockerfile::lint::for_build(
+        &dockerfile_text,
+        Some(&ignore),
+        opts.build_args
+            .get("BUILDKIT_DOCKERFILE_CHECK")
+            .map(String::as_str),
+    )
+    .map_err(|e| anyhow!("{dockerfile_name}: {e}"))?;
     context.set_filter(Arc::new(crate::source::local::IgnoreFilter(ignore)));
     let platforms = if opts.platforms.is_empty() {
         vec![crate::platform::Platform::host()]
     } else {
         opts.platforms.clone()
     };
-    crate::exporter::check_outputs(&opts.outputs, &platforms)?;
     let mut all_stages = Vec::new();
     for p in &platforms {
         all_stages.push(crate::dockerfile::load_for(
@@ -51,6 +58,25 @@ pub fn build(root: &Path, opts: BuildOptions) -> Result<i32> {
             opts.target.as_deref(),
         )?);
     }
+    if opts.check_only {
+        return report_checks_only(&checks, &dockerfile_name, &dockerfile_text);
+    }
+    if checks.error && !checks.findings.is_empty() {
+        for f in &checks.findings {
+            crate::errln!(
+                "{}",
+                crate::dockerfile::lint::long_form(f, &dockerfile_name, &dockerfile_text)
+            );
+        }
+        let mut rules: Vec<&str> = checks.findings.iter().map(|f| f.rule).collect();
+        rules.sort_unstable();
+        rules.dedup();
+        bail!(
+            "{dockerfile_name}: lint violation found for rules: {} (the `# check=` options say error=true)",
+            rules.join(", ")
+        );
+    }
+    crate::exporter::check_outputs(&opts.outputs, &platforms)?;
 
     let source_date_epoch = opts
         .build_args
@@ -160,10 +186,44 @@ pub fn build(root: &Path, opts: BuildOptions) -> Result<i32> {
         std::fs::write(path, &image_id).with_context(|| format!("--iidfile {}", path.display()))?;
     }
     progress.summary(Some(&image_id));
+    if !opts.quiet && !checks.findings.is_empty() {
+        let n = checks.findings.len();
+        crate::errln!(
+            "{n} warning{} found (`kiln build --check` shows them in full):",
+            if n == 1 { "" } else { "s" }
+        );
+        for f in &checks.findings {
+            crate::errln!(" - {}", crate::dockerfile::lint::short_form(f));
+        }
+    }
     if opts.quiet {
         crate::outln!("{image_id}")?;
     }
     Ok(0)
+}
+
+/// `kiln build --check`: the findings in BuildKit's form; exit 1 when there are any.
+fn report_checks_only(
+    checks: &crate::dockerfile::lint::Report,
+    file: &str,
+    source: &str,
+) -> Result<i32> {
+    for f in &checks.findings {
+        crate::errln!("{}", crate::dockerfile::lint::long_form(f, file, source));
+    }
+    match checks.findings.len() {
+        0 => {
+            crate::errln!("Check complete, no warnings found.");
+            Ok(0)
+        }
+        n => {
+            crate::errln!(
+                "Check complete, {n} warning{} found!",
+                if n == 1 { " has been" } else { "s have been" }
+            );
+            Ok(1)
+        }
+    }
 }
 
 /// A second connection to the store's database for the build cache (SQLite serialises writers

@@ -27,6 +27,8 @@ pub struct BuildOptions {
     pub iidfile: Option<PathBuf>,
     pub outputs: Vec<Output>,
     pub quiet: bool,
+    /// `--check`: run the Dockerfile's checks only.
+    pub check_only: bool,
     pub max_parallelism: usize,
     /// cgroup limits for every RUN step (not part of any cache key, as in docker).
     pub run_limits: crate::sandbox::Resources,

@@ -39,11 +39,21 @@ pub const READONLY_PATHS: &[&str] = &[
     "/proc/sysrq-trigger",
 ];
 
-/// The host's device nodes bound into the container's /dev (Docker's default devices; ptmx is
-/// the new devpts instance's, pts/* are the container's own ptys). The container's /dev and
-/// root filesystem are `nodev`: a node made with mknod there cannot be opened, these binds can
-/// (a bind keeps the flags of the host's /dev mount).
-pub const DEVICES: &[&str] = &["null", "zero", "full", "random", "urandom", "tty"];
+/// The device nodes of the container's /dev (Docker's default devices; ptmx is the new devpts
+/// instance's, pts/* are the container's own ptys): name, major, minor. Each is the container's
+/// own node, made with mknod in its /dev tmpfs and bound onto itself, so it opens while the rest
+/// of /dev and the root filesystem are `nodev` (a node the command makes with mknod cannot be
+/// opened). Binding the host's nodes instead would let the container's root `chmod` or `chown`
+/// the host's /dev/null. Where mknod is not allowed (a user namespace: rootless), the host's
+/// nodes are bound: there the container's root does not own them and cannot change them.
+pub const DEVICES: &[(&str, u64, u64)] = &[
+    ("null", 1, 3),
+    ("zero", 1, 5),
+    ("full", 1, 7),
+    ("random", 1, 8),
+    ("urandom", 1, 9),
+    ("tty", 5, 0),
+];
 
 /// Resolves `path` (absolute inside the container) to a host path under `root`, following
 /// symlinks as the container would see them: `..` and absolute link targets never leave `root`.
@@ -239,21 +249,37 @@ pub fn setup_and_pivot(sys: &dyn Syscall, plan: &RootfsPlan) -> io::Result<()> {
 }
 
 fn setup_dev(sys: &dyn Syscall, dev: &Path) -> io::Result<()> {
+    // Mounted without nodev so that the nodes made here open; /dev itself is made nodev below,
+    // after each node has been bound onto itself (a bind keeps the flags its source had).
     sys.mount(
         Some(Path::new("tmpfs")),
         dev,
         Some("tmpfs"),
-        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_STRICTATIME,
+        MsFlags::MS_NOSUID | MsFlags::MS_STRICTATIME,
         Some("mode=755,size=65536k"),
     )
     .map_err(ctx("mount tmpfs on", dev))?;
-    for name in DEVICES {
+    for &(name, major, minor) in DEVICES {
         let p = dev.join(name);
-        let host = Path::new("/dev").join(name);
-        sys.touch(&p).map_err(ctx("create", &p))?;
-        sys.mount(Some(&host), &p, None, MsFlags::MS_BIND, None)
-            .map_err(ctx(&format!("bind {} on", host.display()), &p))?;
+        let source = match sys.mknod_char(&p, 0o666, major, minor) {
+            Ok(()) => p.clone(),
+            Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
+                sys.touch(&p).map_err(ctx("create", &p))?;
+                Path::new("/dev").join(name)
+            }
+            Err(e) => return Err(ctx("mknod", &p)(e)),
+        };
+        sys.mount(Some(&source), &p, None, MsFlags::MS_BIND, None)
+            .map_err(ctx(&format!("bind {} on", source.display()), &p))?;
     }
+    sys.mount(
+        None,
+        dev,
+        None,
+        MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        None,
+    )
+    .map_err(ctx("make nodev", dev))?;
     let pts = dev.join("pts");
     sys.mkdir_all(&pts, 0o755).map_err(ctx("mkdir", &pts))?;
     sys.mount(
@@ -597,23 +623,36 @@ mod tests {
             .contains(MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC | MsFlags::MS_NODEV));
         let sysfs = m.iter().find(|x| x.2.as_deref() == Some("sysfs")).unwrap();
         assert!(sysfs.3.contains(MsFlags::MS_RDONLY));
-        // The root filesystem and /dev are nodev; the default devices are the host's nodes,
-        // bound (a bind keeps the host /dev mount's flags, so they open).
+        // The root filesystem and /dev are nodev; the default devices are the container's own
+        // nodes, each bound onto itself before /dev is made nodev, so they open (and a chmod of
+        // them changes no host inode).
         assert_eq!(
             setattrs_of(&calls)[0],
             ("/r".into(), true, MOUNT_ATTR_NODEV)
         );
-        let devtmpfs = m.iter().find(|x| x.1 == Path::new("/r/dev")).unwrap();
-        assert!(devtmpfs.3.contains(MsFlags::MS_NODEV | MsFlags::MS_NOSUID));
-        for dev in ["null", "zero", "full", "random", "urandom", "tty"] {
+        let devtmpfs = m.iter().position(|x| x.1 == Path::new("/r/dev")).unwrap();
+        assert!(m[devtmpfs].3.contains(MsFlags::MS_NOSUID));
+        assert!(!m[devtmpfs].3.contains(MsFlags::MS_NODEV));
+        let remount = m
+            .iter()
+            .position(|x| x.1 == Path::new("/r/dev") && x.3.contains(MsFlags::MS_REMOUNT))
+            .expect("/dev is remounted nodev");
+        assert!(m[remount].3.contains(MsFlags::MS_BIND | MsFlags::MS_NODEV));
+        for (dev, major, minor) in [
+            ("null", 1, 3),
+            ("zero", 1, 5),
+            ("full", 1, 7),
+            ("random", 1, 8),
+            ("urandom", 1, 9),
+            ("tty", 5, 0),
+        ] {
             let node = Path::new("/r/dev").join(dev);
-            assert!(calls.contains(&Call::Touch(node.clone())));
-            assert!(m.contains(&(
-                Some(Path::new("/dev").join(dev)),
-                node,
-                None,
-                MsFlags::MS_BIND
-            )));
+            assert!(calls.contains(&Call::MknodChar(node.clone(), 0o666, major, minor)));
+            let bind = m
+                .iter()
+                .position(|x| x == &(Some(node.clone()), node.clone(), None, MsFlags::MS_BIND))
+                .unwrap_or_else(|| panic!("{dev} bound onto itself"));
+            assert!(devtmpfs < bind && bind < remount);
         }
         assert!(calls.contains(&Call::Symlink("pts/ptmx".into(), "/r/dev/ptmx".into())));
         assert!(calls.contains(&Call::Symlink(
@@ -639,6 +678,33 @@ mod tests {
             Call::Umount2(".".into(), MntFlags::MNT_DETACH)
         );
         assert_eq!(calls[n - 1], Call::Chdir("/".into()));
+    }
+
+    #[test]
+    fn devices_fall_back_to_the_hosts_nodes_where_mknod_is_refused() {
+        // In a user namespace (rootless) mknod fails with EPERM: the host's nodes are bound,
+        // which the container's root does not own there and so cannot chmod.
+        let sys = RecordingSyscall {
+            mknod_errno: Some(libc::EPERM),
+            ..RecordingSyscall::new(&[], &[])
+        };
+        setup_and_pivot(&sys, &plan(Network::None, vec![])).unwrap();
+        let calls = sys.calls();
+        let m = mounts_of(&calls);
+        assert!(calls.contains(&Call::Touch("/r/dev/null".into())));
+        assert!(m.contains(&(
+            Some("/dev/null".into()),
+            "/r/dev/null".into(),
+            None,
+            MsFlags::MS_BIND
+        )));
+        // Any other mknod failure is an error, not a silent fallback.
+        let sys = RecordingSyscall {
+            mknod_errno: Some(libc::ENOSPC),
+            ..RecordingSyscall::new(&[], &[])
+        };
+        let err = setup_and_pivot(&sys, &plan(Network::None, vec![])).unwrap_err();
+        assert!(err.to_string().contains("mknod /r/dev/null"), "{err}");
     }
 
     #[test]

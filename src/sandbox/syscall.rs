@@ -68,6 +68,9 @@ pub trait Syscall {
     fn kind(&self, path: &Path) -> Option<FileKind>;
     fn write_file(&self, path: &Path, content: &[u8], mode: u32) -> io::Result<()>;
     fn unlink(&self, path: &Path) -> io::Result<()>;
+    /// `mknod(2)` of a character device with exactly `mode` (not reduced by the umask). EPERM
+    /// without CAP_MKNOD in the initial user namespace (rootless).
+    fn mknod_char(&self, path: &Path, mode: u32, major: u64, minor: u64) -> io::Result<()>;
 }
 
 fn cpath(p: &Path) -> io::Result<CString> {
@@ -215,6 +218,20 @@ impl Syscall for LinuxSyscall {
         std::fs::remove_file(path)
     }
 
+    fn mknod_char(&self, path: &Path, mode: u32, major: u64, minor: u64) -> io::Result<()> {
+        use nix::sys::stat::{makedev, mknod, Mode, SFlag};
+        use std::os::unix::fs::PermissionsExt;
+        mknod(
+            path,
+            SFlag::S_IFCHR,
+            Mode::from_bits_truncate(mode),
+            makedev(major, minor),
+        )
+        .map_err(nix_io)?;
+        // mknod's mode is reduced by the umask; the node must have exactly `mode`.
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+    }
+
     fn kind(&self, path: &Path) -> Option<FileKind> {
         std::fs::symlink_metadata(path).ok().map(|m| {
             if m.is_dir() {
@@ -253,6 +270,7 @@ pub enum Call {
     LoopbackUp,
     WriteFile(PathBuf, Vec<u8>, u32),
     Unlink(PathBuf),
+    MknodChar(PathBuf, u32, u64, u64),
 }
 
 /// Records every call and succeeds; `kind` answers from the paths given at construction,
@@ -265,6 +283,8 @@ pub struct RecordingSyscall {
     pub files: Vec<PathBuf>,
     pub mountinfo: String,
     pub mount_setattr_errno: Option<i32>,
+    /// When set, `mknod_char` records the call and fails with this errno (EPERM: rootless).
+    pub mknod_errno: Option<i32>,
 }
 
 impl RecordingSyscall {
@@ -360,6 +380,13 @@ impl Syscall for RecordingSyscall {
     }
     fn unlink(&self, path: &Path) -> io::Result<()> {
         self.push(Call::Unlink(path.to_path_buf()))
+    }
+    fn mknod_char(&self, path: &Path, mode: u32, major: u64, minor: u64) -> io::Result<()> {
+        self.push(Call::MknodChar(path.to_path_buf(), mode, major, minor))?;
+        match self.mknod_errno {
+            Some(errno) => Err(io::Error::from_raw_os_error(errno)),
+            None => Ok(()),
+        }
     }
     fn kind(&self, path: &Path) -> Option<FileKind> {
         if self.dirs.iter().any(|d| d == path) {
