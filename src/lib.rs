@@ -20,6 +20,7 @@ pub mod exporter;
 pub mod oci;
 pub mod ops;
 pub mod owner;
+pub mod platform;
 pub mod reference;
 pub mod registry;
 pub mod report;

@@ -129,8 +129,9 @@ pub struct BuildArgs {
     /// pids-limit` in the config), so a fork bomb in a Dockerfile cannot take the machine down
     #[arg(long = "pids-limit", value_name = "N", allow_negative_numbers = true)]
     pub pids_limit: Option<i64>,
-    /// Target platform; only this machine's (linux/<arch>) is supported
-    #[arg(long, value_name = "PLATFORM")]
+    /// Target platforms (`linux/arm64`, or `linux/amd64,linux/arm64` for a multi-platform image
+    /// index); default this machine's. Foreign platforms' RUN steps are emulated (kiln binfmt)
+    #[arg(long, value_name = "PLATFORM[,PLATFORM...]")]
     pub platform: Option<String>,
     /// The build context: a directory, a tarball, or `-`
     #[arg(value_name = "CONTEXT")]
@@ -153,12 +154,10 @@ pub fn run(cmd: BuildCommands, globals: &Globals) -> anyhow::Result<i32> {
 }
 
 fn to_options(args: BuildArgs) -> anyhow::Result<BuildOptions> {
-    if let Some(p) = &args.platform {
-        let host = format!("linux/{}", crate::oci::image::host_architecture());
-        if p != &host {
-            anyhow::bail!("--platform={p}: only this machine's platform ({host}) can be built");
-        }
-    }
+    let platforms = match &args.platform {
+        Some(p) => crate::platform::Platform::parse_list(p)?,
+        None => Vec::new(),
+    };
     let check_only = match args.call.as_deref() {
         None | Some("build") => args.check,
         Some("check") => true,
@@ -227,6 +226,7 @@ fn to_options(args: BuildArgs) -> anyhow::Result<BuildOptions> {
             .iter()
             .map(|s| options::parse_cache_from(s))
             .collect::<anyhow::Result<_>>()?,
+        platforms,
     })
 }
 

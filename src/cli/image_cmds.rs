@@ -58,6 +58,10 @@ pub enum ImageCommands {
         /// Print only the image ID.
         #[arg(short, long)]
         quiet: bool,
+        /// The platform the image is for (`linux/arm64`): its config's architecture, os and
+        /// variant (default: this machine's). Join per-platform images with `kiln manifest create`.
+        #[arg(long, value_name = "OS/ARCH[/VARIANT]")]
+        platform: Option<String>,
     },
     /// List images.
     Images {
@@ -125,6 +129,10 @@ pub enum ImageCommands {
         /// A Go template run on each object (`{{.Config.Cmd}}`, `{{json .Config}}`).
         #[arg(short, long)]
         format: Option<String>,
+        /// For a multi-platform image: the manifest of this platform (default: this machine's,
+        /// with the whole index under `Index`).
+        #[arg(long, value_name = "OS/ARCH[/VARIANT]")]
+        platform: Option<String>,
         #[arg(required = true)]
         images: Vec<String>,
     },
@@ -142,6 +150,10 @@ pub enum ImageCommands {
         /// No progress output.
         #[arg(short, long)]
         quiet: bool,
+        /// For a multi-platform image: save only this platform's manifest (the docker format
+        /// holds one platform; default this machine's).
+        #[arg(long, value_name = "OS/ARCH[/VARIANT]")]
+        platform: Option<String>,
         #[arg(required = true)]
         images: Vec<String>,
     },
@@ -164,6 +176,7 @@ pub fn run(cmd: ImageCommands, globals: &Globals) -> Result<i32> {
             changes,
             compression,
             quiet,
+            platform,
         } => cmd_import(
             globals,
             &source,
@@ -171,6 +184,11 @@ pub fn run(cmd: ImageCommands, globals: &Globals) -> Result<i32> {
             &changes,
             compression.into(),
             quiet,
+            platform
+                .as_deref()
+                .map(crate::platform::Platform::parse)
+                .transpose()
+                .context("import: --platform")?,
         ),
         ImageCommands::Images {
             repository,
@@ -192,8 +210,17 @@ pub fn run(cmd: ImageCommands, globals: &Globals) -> Result<i32> {
             Ok(0)
         }
         ImageCommands::Rmi { force, images } => cmd_rmi(globals, &images, force),
-        ImageCommands::Inspect { format, images } => {
-            cmd_inspect(globals, &images, format.as_deref())
+        ImageCommands::Inspect {
+            format,
+            platform,
+            images,
+        } => {
+            let platform = platform
+                .as_deref()
+                .map(crate::platform::Platform::parse)
+                .transpose()
+                .context("inspect: --platform")?;
+            cmd_inspect(globals, &images, format.as_deref(), platform.as_ref())
         }
         // The known forms were rewritten to their short commands before parsing.
         ImageCommands::Image { args } => {
@@ -219,6 +246,7 @@ pub fn run(cmd: ImageCommands, globals: &Globals) -> Result<i32> {
             format,
             compression,
             quiet,
+            platform,
             images,
         } => cmd_save(
             globals,
@@ -227,6 +255,12 @@ pub fn run(cmd: ImageCommands, globals: &Globals) -> Result<i32> {
             compression.into(),
             quiet,
             &images,
+            platform
+                .as_deref()
+                .map(crate::platform::Platform::parse)
+                .transpose()
+                .context("save: --platform")?
+                .as_ref(),
         ),
         ImageCommands::Load { input, quiet } => cmd_load(globals, input.as_deref(), quiet),
     }
@@ -244,6 +278,7 @@ fn cmd_import(
     changes: &[String],
     compression: Compression,
     quiet: bool,
+    platform: Option<crate::platform::Platform>,
 ) -> Result<i32> {
     let names = match name {
         Some(n) => vec![Reference::parse(n).context("import")?],
@@ -255,6 +290,7 @@ fn cmd_import(
         changes,
         compression,
         source,
+        platform,
     };
     let image = if source == "-" {
         let mut progress = crate::oci::progress::Progress::new("Importing", None, quiet);
@@ -394,7 +430,10 @@ fn cmd_images(
                 .as_ref()
                 .and_then(|n| n.digest().map(String::from))
                 .unwrap_or_else(|| "<none>".into());
-            serde_json::json!({
+            let platforms = img
+                .platforms()
+                .map(|ps| ps.iter().map(|p| p.to_string()).collect::<Vec<_>>());
+            let mut obj = serde_json::json!({
                 "Containers": "N/A",
                 "CreatedAt": created_at,
                 "CreatedSince": row[3],
@@ -407,7 +446,16 @@ fn cmd_images(
                 "Tag": row[1],
                 "UniqueSize": "N/A",
                 "VirtualSize": row[4],
-            })
+            });
+            // A multi-platform image: its platforms and index (kiln's keys).
+            if let (Some(ps), Some(map)) = (platforms, obj.as_object_mut()) {
+                map.insert("Platforms".into(), ps.into());
+                map.insert(
+                    "IndexDigest".into(),
+                    img.index.as_ref().map(|i| i.digest.clone()).into(),
+                );
+            }
+            obj
         })
         .collect();
     if let Format::Json = format {
@@ -623,7 +671,12 @@ fn cmd_rmi(globals: &Globals, images: &[String], force: bool) -> Result<i32> {
     Ok(code)
 }
 
-fn cmd_inspect(globals: &Globals, images: &[String], format: Option<&str>) -> Result<i32> {
+fn cmd_inspect(
+    globals: &Globals,
+    images: &[String],
+    format: Option<&str>,
+    platform: Option<&crate::platform::Platform>,
+) -> Result<i32> {
     // `--format json` is the default document; anything else is a template, parsed first.
     let template = match format {
         None | Some("json") => None,
@@ -634,12 +687,36 @@ fn cmd_inspect(globals: &Globals, images: &[String], format: Option<&str>) -> Re
     let mut code = 0;
     for spec in images {
         let result = (|| -> Result<serde_json::Value> {
-            let img = store.resolve(spec)?;
+            let whole = store.resolve(spec)?;
+            let img = match platform {
+                Some(p) => whole.for_platform(p)?,
+                None => whole.clone(),
+            };
             let manifest: serde_json::Value =
                 serde_json::from_slice(&store.manifest_bytes(&img.manifest_digest)?)?;
             let config: serde_json::Value =
                 serde_json::from_slice(&store.read_blob(&img.config_digest)?)?;
-            let names = store.names_of(&img.manifest_digest)?;
+            if let (Some(p), None) = (platform, &whole.index) {
+                let have = crate::platform::Platform::of_config(
+                    config.get("os").and_then(|v| v.as_str()).unwrap_or(""),
+                    config
+                        .get("architecture")
+                        .and_then(|v| v.as_str())
+                        .unwrap_or(""),
+                    config.get("variant").and_then(|v| v.as_str()),
+                );
+                if !p.matches(&have) {
+                    bail!("image {spec} is for {have}, not {p} (it is not a multi-platform image)");
+                }
+            }
+            let names = store.names_of(whole.stored_digest())?;
+            // A multi-platform image: the index as stored, and its platforms.
+            let index_doc = match &whole.index {
+                Some(i) => Some(serde_json::from_slice::<serde_json::Value>(
+                    &store.read_blob(&i.digest)?,
+                )?),
+                None => None,
+            };
             let created = config
                 .get("created")
                 .cloned()
@@ -653,10 +730,10 @@ fn cmd_inspect(globals: &Globals, images: &[String], format: Option<&str>) -> Re
                     .unwrap_or("")
                     .to_string()
             };
-            Ok(serde_json::json!({
+            let mut doc = serde_json::json!({
                 "Id": img.config_digest,
                 "RepoTags": names.iter().filter(|n| n.tag().is_some()).map(|n| n.to_string()).collect::<Vec<_>>(),
-                "RepoDigests": names.iter().map(|n| format!("{}@{}", n.familiar_repository(), img.manifest_digest)).collect::<Vec<_>>(),
+                "RepoDigests": names.iter().map(|n| format!("{}@{}", n.familiar_repository(), whole.stored_digest())).collect::<Vec<_>>(),
                 "Parent": "",
                 "Comment": str_of("comment"),
                 "Created": created,
@@ -674,7 +751,16 @@ fn cmd_inspect(globals: &Globals, images: &[String], format: Option<&str>) -> Re
                 "ManifestDigest": img.manifest_digest,
                 "Manifest": manifest,
                 "ImageConfig": config,
-            }))
+            });
+            if let (Some(index), Some(doc)) = (&whole.index, doc.as_object_mut()) {
+                doc.insert("IndexDigest".into(), index.digest.clone().into());
+                doc.insert("Index".into(), index_doc.unwrap_or_default());
+                doc.insert(
+                    "Platforms".into(),
+                    index.platforms().iter().map(|p| p.to_string()).collect(),
+                );
+            }
+            Ok(doc)
         })();
         match result {
             Ok(v) => out.push(v),
@@ -714,6 +800,7 @@ fn cmd_save(
     compression: Compression,
     quiet: bool,
     images: &[String],
+    platform: Option<&crate::platform::Platform>,
 ) -> Result<i32> {
     let store = open(globals)?;
     let mut items: Vec<SaveItem> = Vec::new();
@@ -721,15 +808,35 @@ fn cmd_save(
         let img = store
             .resolve(spec)
             .with_context(|| format!("save: {spec}"))?;
+        // A multi-platform image: the OCI format keeps the index (every platform); the docker
+        // format holds one, `--platform`'s (else this machine's, when the index has it).
+        let digest = match (&img.index, format, platform) {
+            (Some(_), SaveFormat::Oci, None) => img.stored_digest().to_string(),
+            (Some(_), _, Some(p)) => {
+                img.for_platform(p)
+                    .with_context(|| format!("save: {spec}"))?
+                    .manifest_digest
+            }
+            (Some(index), SaveFormat::Docker, None) => {
+                let host = crate::platform::Platform::host();
+                match index.find(&host) {
+                    Some(e) => e.manifest_digest.clone(),
+                    None => bail!(
+                        "save: {spec} is multi-platform ({}) without this machine's {host}: the \
+                         docker format holds one platform; choose it with --platform, or use \
+                         --format oci for all",
+                        index.platform_list()
+                    ),
+                }
+            }
+            (None, _, _) => img.manifest_digest.clone(),
+        };
         // Named by what the user typed when it is a name (docker keeps just that tag).
         let name = img.name.clone().filter(|n| n.digest().is_none());
-        match items
-            .iter_mut()
-            .find(|i| i.manifest_digest == img.manifest_digest)
-        {
+        match items.iter_mut().find(|i| i.manifest_digest == digest) {
             Some(item) => item.names.extend(name),
             None => items.push(SaveItem {
-                manifest_digest: img.manifest_digest.clone(),
+                manifest_digest: digest,
                 names: name.into_iter().collect(),
             }),
         }

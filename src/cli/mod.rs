@@ -6,11 +6,13 @@
 //! - `build_cmd`: build (the build engine)
 //! - `run_cmds`: run, ps, logs, stop, kill, rm, wait, exec, port, top, stats, volume (the runner)
 //! - `registry_cmds`: pull, push, login, logout (the registry client)
+//! - `platform_cmds`: manifest create|inspect (image indexes), binfmt (emulation)
 
 pub mod build_cmd;
 pub mod dockerfile_cmds;
 pub mod format;
 pub mod image_cmds;
+pub mod platform_cmds;
 pub mod registry_cmds;
 pub mod run_cmds;
 pub mod system_cmds;
@@ -62,6 +64,8 @@ pub enum Commands {
     Registry(registry_cmds::RegistryCommands),
     #[command(flatten)]
     System(system_cmds::SystemCommands),
+    #[command(flatten)]
+    Platform(platform_cmds::PlatformCommands),
 }
 
 /// The exit code of a kiln error that is not a command's own result, as docker's CLI uses it for
@@ -218,6 +222,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         Commands::Run(cmd) => run_cmds::run(cmd, &globals),
         Commands::Registry(cmd) => registry_cmds::run(cmd, &globals),
         Commands::System(cmd) => system_cmds::run(cmd, &globals),
+        Commands::Platform(cmd) => platform_cmds::run(cmd, &globals),
     }
 }
 

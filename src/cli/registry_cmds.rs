@@ -16,9 +16,13 @@ pub enum RegistryCommands {
     Pull {
         /// NAME[:TAG|@DIGEST], e.g. busybox, 127.0.0.1:5000/app:1
         image: String,
-        /// The platform to take from a multi-platform image (os/arch[/variant]).
-        #[arg(long, default_value = "linux/amd64")]
-        platform: String,
+        /// The platform to take from a multi-platform image (os/arch[/variant]; default this
+        /// machine's). The name then stands for the index, with the platforms pulled so far.
+        #[arg(long, conflicts_with = "all_platforms")]
+        platform: Option<String>,
+        /// Pull every platform of a multi-platform image.
+        #[arg(long)]
+        all_platforms: bool,
         /// No progress output; print only the digest.
         #[arg(short, long)]
         quiet: bool,
@@ -65,14 +69,32 @@ pub fn run(cmd: RegistryCommands, globals: &Globals) -> Result<i32> {
         RegistryCommands::Pull {
             image,
             platform,
+            all_platforms,
             quiet,
             insecure_registries,
         } => {
             ctx.config.insecure_registries.extend(insecure_registries);
             ctx.quiet = quiet;
             let r = RepoRef::parse(&image)?;
-            let platform = Platform::parse(&platform)?;
             let store = open_store(&globals.root)?;
+            let platform = match &platform {
+                Some(p) => Platform::parse(p)?,
+                None => Platform::host(),
+            };
+            if all_platforms {
+                let platforms = registry::remote_platforms(&ctx, &r)?;
+                if !platforms.is_empty() {
+                    for p in &platforms {
+                        let pulled = registry::pull(&ctx, &store, &r, p)?;
+                        crate::outln!(
+                            "{}: pulled {p}, manifest {}",
+                            pulled.name,
+                            pulled.manifest_digest
+                        )?;
+                    }
+                    return Ok(0);
+                }
+            }
             let pulled = registry::pull(&ctx, &store, &r, &platform)?;
             if quiet {
                 crate::outln!("{}", pulled.manifest_digest)?;
@@ -110,7 +132,7 @@ pub fn run(cmd: RegistryCommands, globals: &Globals) -> Result<i32> {
             })?;
             let manifest = crate::snapshot::blobs::export_manifest(
                 &store,
-                &local.manifest_digest,
+                local.stored_digest(),
                 crate::oci::compress::Compression::Gzip,
             )
             .with_context(|| format!("push: {image}"))?;

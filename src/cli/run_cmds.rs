@@ -241,6 +241,9 @@ pub struct RunArgs {
     /// Print help.
     #[arg(long, action = clap::ArgAction::Help)]
     help: Option<bool>,
+    /// The platform of a multi-platform image to run (`linux/arm64`: emulated through qemu)
+    #[arg(long, value_name = "OS/ARCH[/VARIANT]")]
+    platform: Option<String>,
     /// The image to run.
     image: String,
     /// The command and its arguments (replace the image's CMD).
@@ -318,10 +321,15 @@ pub fn run(cmd: RunCommands, globals: &Globals) -> anyhow::Result<i32> {
                 tty,
                 security_opt,
                 help: _,
+                platform,
                 image,
                 command,
             } = *args;
             let opts = RunOptions {
+                platform: platform
+                    .as_deref()
+                    .map(crate::platform::Platform::parse)
+                    .transpose()?,
                 image,
                 args: command,
                 name,

@@ -310,12 +310,6 @@ const TABLE: &[(&str, &str, Option<char>, &str)] = &[
     ),
     (
         "run",
-        "platform",
-        None,
-        "selects the image's platform variant to run",
-    ),
-    (
-        "run",
         "privileged",
         None,
         "gives the container all capabilities and every host device",
@@ -475,19 +469,12 @@ const TABLE: &[(&str, &str, Option<char>, &str)] = &[
         "gives the command extended privileges",
     ),
     // save / load / import
-    ("save", "platform", None, "saves only one platform variant"),
     ("load", "platform", None, "loads only one platform variant"),
     (
         "import",
         "message",
         Some('m'),
         "sets the commit message of the imported image",
-    ),
-    (
-        "import",
-        "platform",
-        None,
-        "sets the platform of the imported image",
     ),
     // pull / push / login
     (

@@ -37,6 +37,7 @@ pub const RULES: &[&str] = &[
     "MaintainerDeprecated",
     "MultipleInstructionsDisallowed",
     "NoEmptyContinuation",
+    "PlatformOnStageName",
     "RedundantTargetPlatform",
     "ReservedStageName",
     "SecretsUsedInArgOrEnv",
@@ -465,6 +466,20 @@ fn all_findings(
                     }
                 }
                 let base = image.to_lowercase();
+                if let Some(p) = platform {
+                    // BuildKit takes a stage's platform from the stage it names and ignores the
+                    // flag there, without a word (kiln's own rule).
+                    if stage_names.contains(&base) {
+                        out.push(Finding {
+                            rule: "PlatformOnStageName",
+                            line,
+                            message: format!(
+                                "FROM --platform={p} {image}: the platform of stage '{base}' is \
+                                 used, the flag is ignored; set --platform on that stage's FROM"
+                            ),
+                        });
+                    }
+                }
                 defined = stage_defined.get(&base).cloned().unwrap_or_default();
                 if let Some(name) = alias {
                     if stage_names.contains(name) {
@@ -757,6 +772,20 @@ mod tests {
             .filter(|f| f.rule == "UndefinedVar")
             .map(|f| f.message)
             .collect()
+    }
+
+    #[test]
+    fn platform_on_a_stage_name() {
+        let src = "FROM --platform=$BUILDPLATFORM a AS b\nFROM --platform=linux/arm64 b\nFROM --platform=$TARGETPLATFORM a\n";
+        let raw = parse_raw(src).unwrap();
+        let df = parse(src).unwrap();
+        let found: Vec<(&str, usize)> = check(&df, &raw, None)
+            .iter()
+            .map(|f| (f.rule, f.line))
+            .collect();
+        assert!(found.contains(&("PlatformOnStageName", 2)), "{found:?}");
+        assert!(found.contains(&("RedundantTargetPlatform", 3)), "{found:?}");
+        assert!(!found.iter().any(|(_, l)| *l == 1), "{found:?}");
     }
 
     /// A near miss (within two edits) or a different casing of a defined name is suggested.

@@ -64,7 +64,7 @@ pub use dockerignore::DockerIgnore;
 pub use error::ParseError;
 pub use expand::{expand, expand_words, ExpandError};
 pub use instructions::parse_mount;
-pub use load::{load, parse_trigger};
+pub use load::{load, load_for, parse_trigger};
 pub use stages::{stages, stages_with, BuildContext, Platform, Stage, Stages, Vars};
 
 /// Parses a Dockerfile into typed instructions. The error carries line, column and message;

@@ -80,6 +80,9 @@ pub struct BuildContext {
     pub build_args: HashMap<String, String>,
     pub target_platform: Platform,
     pub build_platform: Platform,
+    /// `--target` as given; after the stage split, the target stage's name (`default` for an
+    /// unnamed last stage): BuildKit's `TARGETSTAGE`.
+    pub target_stage: Option<String>,
 }
 
 impl BuildContext {
@@ -89,6 +92,7 @@ impl BuildContext {
             build_args,
             target_platform: Platform::linux_amd64(),
             build_platform: Platform::linux_amd64(),
+            target_stage: None,
         }
     }
 
@@ -105,6 +109,12 @@ impl BuildContext {
             ("BUILDOS".into(), b.os.clone()),
             ("BUILDARCH".into(), b.arch.clone()),
             ("BUILDVARIANT".into(), b.variant.clone()),
+            (
+                "TARGETSTAGE".into(),
+                self.target_stage
+                    .clone()
+                    .unwrap_or_else(|| "default".into()),
+            ),
         ]
     }
 }
@@ -238,6 +248,10 @@ pub fn stages_with(df: &Dockerfile, context: BuildContext) -> Result<Stages, Par
             message: "no FROM instruction: a Dockerfile needs at least one FROM".into(),
             source_line: String::new(),
         });
+    }
+    let mut context = context;
+    if context.target_stage.is_none() {
+        context.target_stage = stages.last().and_then(|s| s.name.clone());
     }
     Ok(Stages {
         stages,
@@ -683,6 +697,29 @@ mod tests {
         );
         // The re-declaration's own line has no value (its history is `ARG A`).
         assert_eq!(done[3], Instruction::Arg(vec![("A".into(), None)]));
+    }
+
+    #[test]
+    fn targetstage_is_the_target_as_buildkit_sets_it() {
+        // Docker 28's BuildKit: `--target final` gives "final" in every stage; no --target gives
+        // the last stage's name, or "default" when it has none.
+        let value = |st: &Stages| {
+            st.context
+                .platform_args()
+                .into_iter()
+                .find(|(k, _)| k == "TARGETSTAGE")
+                .map(|(_, v)| v)
+        };
+        let df = parse("FROM a AS base\nFROM base AS final\n").unwrap();
+        let st = stages_with(&df, BuildContext::new(HashMap::new())).unwrap();
+        assert_eq!(value(&st).as_deref(), Some("final"));
+        let df = parse("FROM a AS base\nFROM base\n").unwrap();
+        let st = stages_with(&df, BuildContext::new(HashMap::new())).unwrap();
+        assert_eq!(value(&st).as_deref(), Some("default"));
+        let mut ctx = BuildContext::new(HashMap::new());
+        ctx.target_stage = Some("base".into());
+        let st = stages_with(&df, ctx).unwrap();
+        assert_eq!(value(&st).as_deref(), Some("base"));
     }
 
     #[test]

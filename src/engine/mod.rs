@@ -44,7 +44,21 @@ pub fn build(root: &Path, opts: BuildOptions) -> Result<i32> {
     )
     .map_err(|e| anyhow!("{dockerfile_name}: {e}"))?;
     context.set_filter(Arc::new(crate::source::local::IgnoreFilter(ignore)));
-    let stages = crate::dockerfile::load(&dockerfile_text, &dockerfile_name, &opts.build_args)?;
+    let platforms = if opts.platforms.is_empty() {
+        vec![crate::platform::Platform::host()]
+    } else {
+        opts.platforms.clone()
+    };
+    let mut all_stages = Vec::new();
+    for p in &platforms {
+        all_stages.push(crate::dockerfile::load_for(
+            &dockerfile_text,
+            &dockerfile_name,
+            &opts.build_args,
+            p,
+            opts.target.as_deref(),
+        )?);
+    }
     if opts.check_only {
         return report_checks_only(&checks, &dockerfile_name, &dockerfile_text);
     }
@@ -63,6 +77,7 @@ pub fn build(root: &Path, opts: BuildOptions) -> Result<i32> {
             rules.join(", ")
         );
     }
+    crate::exporter::check_outputs(&opts.outputs, &platforms)?;
 
     let source_date_epoch = opts
         .build_args
@@ -85,10 +100,10 @@ pub fn build(root: &Path, opts: BuildOptions) -> Result<i32> {
             .unwrap_or(dockerfile_name.clone())
     );
     let imports = cache::load_imports(&store, &opts.cache_from, &progress);
-    let request = BuildRequest {
-        stages: stages.clone(),
+    let request = |stages| BuildRequest {
+        stages,
         dockerfile_name: dockerfile_name.clone(),
-        place_id,
+        place_id: place_id.clone(),
         target: opts.target.clone(),
         no_cache: opts.no_cache,
         no_cache_filter: opts.no_cache_filter.clone(),
@@ -117,37 +132,54 @@ pub fn build(root: &Path, opts: BuildOptions) -> Result<i32> {
         .enable_all()
         .build()
         .context("starting the build runtime")?;
+    let multi = platforms.len() > 1;
     // A cached layer that does not arrive intact drops its records: solve again without them.
     // Each round refuses at least one more blob of the finite set the caches list, so this ends.
     let mut refused_before = 0;
-    let result = loop {
-        let request = BuildRequest {
-            stages: request.stages.clone(),
-            dockerfile_name: request.dockerfile_name.clone(),
-            place_id: request.place_id.clone(),
-            target: request.target.clone(),
-            no_cache_filter: request.no_cache_filter.clone(),
-            network: request.network,
-            labels: request.labels.clone(),
-            secrets: request.secrets.clone(),
-            remote: request.remote.clone(),
-            ..request
-        };
-        let solved = runtime
-            .block_on(solver::solve(
-                request,
-                backend.clone(),
-                context.clone(),
-                progress.clone(),
-                db.clone(),
-            ))
-            .and_then(|r| {
-                // The image's layers go into the store with it.
-                if let Some(i) = &imports {
+    let results = loop {
+        // One graph per platform, solved at once; steps whose keys the graphs share run once.
+        let flights = Arc::new(solver::Flights::default());
+        let solved = runtime.block_on(async {
+            let mut tasks = tokio::task::JoinSet::new();
+            for (i, (stages, p)) in all_stages.iter().cloned().zip(&platforms).enumerate() {
+                let fut = solver::solve_shared(
+                    request(stages),
+                    backend.clone(),
+                    context.clone(),
+                    progress.clone(),
+                    db.clone(),
+                    flights.clone(),
+                    multi.then(|| p.to_string()),
+                );
+                tasks.spawn(async move { (i, fut.await) });
+            }
+            let mut results: Vec<Option<solver::StageResult>> =
+                platforms.iter().map(|_| None).collect();
+            while let Some(joined) = tasks.join_next().await {
+                let (i, r) = joined.map_err(|e| anyhow!("a build task failed: {e}"))?;
+                match r {
+                    Ok(r) => results[i] = Some(r),
+                    Err(e) => {
+                        tasks.abort_all();
+                        return Err(if multi {
+                            e.context(format!("building for {}", platforms[i]))
+                        } else {
+                            e
+                        });
+                    }
+                }
+            }
+            Ok::<_, anyhow::Error>(results.into_iter().flatten().collect::<Vec<_>>())
+        });
+        let solved = solved.and_then(|results| {
+            // The image's layers go into the store with it.
+            if let Some(i) = &imports {
+                for r in &results {
                     crate::solver::remotecache::RemoteCache::materialize(i.as_ref(), &r.layers)?;
                 }
-                Ok(r)
-            });
+            }
+            Ok(results)
+        });
         let refused_now = imports.as_ref().map_or(0, |i| i.refused_count());
         match solved {
             Err(e)
@@ -166,34 +198,62 @@ pub fn build(root: &Path, opts: BuildOptions) -> Result<i32> {
     };
     drop(runtime);
 
-    let mut config = result.config.clone();
-    crate::solver::remotecache::inline::strip(&mut config);
-    if opts
+    let inline = opts
         .cache_to
-        .contains(&crate::solver::remotecache::CacheTo::Inline)
-    {
-        let mut records =
-            cache::records_for(&result.cache, crate::solver::remotecache::CacheMode::Min);
-        // The records name the blobs the push sends: a layer this build made is compressed
-        // here (once; the push then finds the blob made).
-        for r in &mut records {
-            if let Some(l) = &r.layer {
-                let blob =
-                    crate::solver::remotecache::layer_blob_for_export(&store, &l.to_ref(), None)?;
-                r.layer = Some(crate::solver::remotecache::LayerDesc::from(&blob));
+        .contains(&crate::solver::remotecache::CacheTo::Inline);
+    let mut images = Vec::new();
+    let mut cache_info = crate::solver::BuildCacheInfo::default();
+    for (result, p) in results.into_iter().zip(&platforms) {
+        let mut config = result.config.clone();
+        crate::solver::remotecache::inline::strip(&mut config);
+        if inline {
+            let mut records =
+                cache::records_for(&result.cache, crate::solver::remotecache::CacheMode::Min);
+            // The records name the blobs the push sends: a layer this build made is compressed
+            // here (once; the push then finds the blob made).
+            for r in &mut records {
+                if let Some(l) = &r.layer {
+                    let blob = crate::solver::remotecache::layer_blob_for_export(
+                        &store,
+                        &l.to_ref(),
+                        None,
+                    )?;
+                    r.layer = Some(crate::solver::remotecache::LayerDesc::from(&blob));
+                }
+            }
+            crate::solver::remotecache::inline::embed(&mut config, &records)?;
+        }
+        for (k, v) in &opts.labels {
+            config
+                .config
+                .labels
+                .get_or_insert_with(BTreeMap::new)
+                .insert(k.clone(), v.clone());
+        }
+        // One cache for every platform: the records of each (their keys differ by platform).
+        cache_info.steps.extend(result.cache.steps.iter().cloned());
+        for s in &result.cache.image_stages {
+            if !cache_info.image_stages.contains(s) {
+                cache_info.image_stages.push(*s);
             }
         }
-        crate::solver::remotecache::inline::embed(&mut config, &records)?;
+        for m in &result.cache.cache_mounts {
+            if !cache_info.cache_mounts.contains(m) {
+                cache_info.cache_mounts.push(m.clone());
+            }
+        }
+        images.push(crate::exporter::PlatformImage {
+            platform: p.clone(),
+            config,
+            layers: result.layers,
+        });
     }
-    for (k, v) in &opts.labels {
-        config
-            .config
-            .labels
-            .get_or_insert_with(BTreeMap::new)
-            .insert(k.clone(), v.clone());
-    }
-    let image_id =
-        crate::exporter::export(&store, &progress, &opts.outputs, &config, &result.layers)?;
+    let image_id = if multi {
+        crate::exporter::export_multi(&store, &progress, &opts.outputs, &images)?
+    } else {
+        let img = &images[0];
+        crate::exporter::export(&store, &progress, &opts.outputs, &img.config, &img.layers)?
+    };
     if let Some(path) = &opts.iidfile {
         std::fs::write(path, &image_id).with_context(|| format!("--iidfile {}", path.display()))?;
     }
@@ -201,7 +261,7 @@ pub fn build(root: &Path, opts: BuildOptions) -> Result<i32> {
         if to == &crate::solver::remotecache::CacheTo::Inline {
             continue;
         }
-        match cache::export(&store, to, &result.cache, imports.as_deref()) {
+        match cache::export(&store, to, &cache_info, imports.as_deref()) {
             Ok(stats) => progress.note(&format!("exported cache to {}: {stats}", to.describe())),
             Err(e) if to.ignore_error() => cache::warn(
                 &progress,
@@ -337,8 +397,13 @@ struct StoreBackend {
 }
 
 impl Backend for StoreBackend {
-    fn base_image(&self, name: &str, pull: bool) -> Result<BaseImage> {
-        crate::source::image::resolve(&self.store, name, pull)
+    fn base_image(
+        &self,
+        name: &str,
+        pull: bool,
+        platform: &crate::platform::Platform,
+    ) -> Result<BaseImage> {
+        crate::source::image::resolve(&self.store, name, pull, platform)
     }
 
     fn has_layer(&self, layer: &LayerRef) -> bool {

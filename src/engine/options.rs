@@ -37,6 +37,8 @@ pub struct BuildOptions {
     pub cache_to: Vec<CacheTo>,
     /// `--cache-from`, in order (the first that has a step wins).
     pub cache_from: Vec<CacheFrom>,
+    /// `--platform`: the target platforms (empty: this machine's). Several give an index.
+    pub platforms: Vec<crate::platform::Platform>,
 }
 
 /// The pids limit a RUN step gets when neither `--pids-limit` nor the config sets one.

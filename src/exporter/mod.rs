@@ -134,6 +134,115 @@ fn export_to(
     Ok(committed.image_id)
 }
 
+/// One platform's result of a multi-platform build.
+pub struct PlatformImage {
+    pub platform: crate::platform::Platform,
+    pub config: ImageConfigFile,
+    pub layers: Vec<LayerRef>,
+}
+
+/// Refuses, before anything is built, outputs that cannot hold what the build makes: a docker
+/// archive holds one platform.
+pub fn check_outputs(outputs: &[Output], platforms: &[crate::platform::Platform]) -> Result<()> {
+    if platforms.len() > 1 && outputs.iter().any(|o| matches!(o, Output::Docker { .. })) {
+        let list: Vec<String> = platforms.iter().map(|p| p.to_string()).collect();
+        anyhow::bail!(
+            "--output type=docker holds one platform, and this build makes {} ({}): build one \
+             with --platform PLATFORM, or write them all with --output type=oci",
+            platforms.len(),
+            list.join(", ")
+        );
+    }
+    Ok(())
+}
+
+/// The outputs of a multi-platform build: each platform's manifest committed, an index over
+/// them named by the `-t` names, then the other outputs (an OCI archive of the index; local and
+/// tar outputs with one folder per platform, `linux_arm64/`, as BuildKit writes them). Returns
+/// the index digest.
+pub fn export_multi(
+    store: &Store,
+    progress: &Progress,
+    outputs: &[Output],
+    images: &[PlatformImage],
+) -> Result<String> {
+    let mut names = Vec::new();
+    for out in outputs {
+        if let Output::Image { names: n } = out {
+            for name in n {
+                names.push(Reference::parse(name)?);
+            }
+        }
+    }
+    let step = progress.start_export();
+    let result = (|| -> Result<String> {
+        let mut manifests = Vec::new();
+        for img in images {
+            let committed = image::commit(store, &img.config, &img.layers, &[])?;
+            progress.status(
+                step,
+                &format!(
+                    "exporting manifest {} ({}) done",
+                    committed.manifest_digest, img.platform
+                ),
+            );
+            manifests.push((committed.manifest_digest, Some(img.platform.clone())));
+        }
+        let bytes = crate::oci::index::build_index(store, &manifests)?;
+        let digest = store.add_index_with_names(&bytes, &names)?;
+        progress.status(step, &format!("exporting manifest list {digest} done"));
+        for n in &names {
+            progress.status(step, &format!("naming to {} done", n.full()));
+        }
+        for out in outputs {
+            match out {
+                Output::Image { .. } => {}
+                Output::Local { dest } => {
+                    for img in images {
+                        local::export(store, &img.layers, &dest.join(img.platform.dir_name()))?;
+                    }
+                }
+                Output::Tar { dest } => {
+                    let tmp = tempfile::Builder::new()
+                        .prefix("export.")
+                        .tempdir_in(store.tmp_dir())?;
+                    for img in images {
+                        let dir = tmp.path().join(img.platform.dir_name());
+                        std::fs::create_dir_all(&dir)?;
+                        local::flatten_into(store, &img.layers, &dir)?;
+                    }
+                    let opts = crate::oci::layer::WriteOptions {
+                        source_date_epoch: None,
+                    };
+                    write_to_dest(dest, |w| {
+                        crate::oci::layer::write_tree_layer(tmp.path(), w, &opts)
+                    })?;
+                }
+                Output::Oci { dest, compression } => {
+                    progress.status(
+                        step,
+                        &format!("exporting to an OCI archive {}", dest.display()),
+                    );
+                    archive::save_archive(store, &digest, &names, true, *compression, dest)?;
+                }
+                Output::Docker { .. } => check_outputs(
+                    outputs,
+                    &images
+                        .iter()
+                        .map(|i| i.platform.clone())
+                        .collect::<Vec<_>>(),
+                )?,
+            }
+        }
+        Ok(digest)
+    })();
+    match &result {
+        Ok(_) => progress.done(step),
+        Err(e) => progress.failed(step, &format!("{e:#}")),
+    }
+    result
+}
+
 /// Writes a file output through `f`: to stdout for `-`, else to a temporary file beside `dest`
 /// that is fsynced and renamed over it, so a failed export never leaves half a file.
 pub fn write_to_dest(dest: &Path, f: impl FnOnce(&mut dyn Write) -> Result<()>) -> Result<()> {

@@ -15,7 +15,7 @@ pub fn push(root: &Path, names: &[String], quiet: bool) -> Result<()> {
         let dest = RepoRef::parse(name)?;
         let manifest = crate::snapshot::blobs::export_manifest(
             &store,
-            &store.resolve(name)?.manifest_digest,
+            store.resolve(name)?.stored_digest(),
             crate::oci::compress::Compression::Gzip,
         )?;
         registry::push_digest(&ctx, &store, &manifest, &dest, &PushOptions::default())

@@ -83,7 +83,34 @@ pub fn save(
     let mut docker_entries = Vec::new();
     let mut repositories: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
     let mut total = 0u64;
+    // An OCI archive of a multi-platform image holds its index and every platform's manifest:
+    // the platforms are saved as nameless items, then the index is written over them.
+    let mut expanded: Vec<SaveItem> = Vec::new();
+    let mut indexes = Vec::new();
     for item in items {
+        match store.index(&item.manifest_digest)? {
+            Some(index) if format == ArchiveFormat::Oci => {
+                let start = expanded.len();
+                for m in &index.manifests {
+                    expanded.push(SaveItem {
+                        manifest_digest: m.manifest_digest.clone(),
+                        names: Vec::new(),
+                    });
+                }
+                indexes.push((start..expanded.len(), item.clone(), index));
+            }
+            Some(index) => bail!(
+                "image {} is multi-platform ({}): the docker format holds one platform; save \
+                 one (kiln save --platform PLATFORM) or use --format oci",
+                item.manifest_digest,
+                index.platform_list()
+            ),
+            None => expanded.push(item.clone()),
+        }
+    }
+    let mut entry_of_item = Vec::new();
+    for item in &expanded {
+        entry_of_item.push(index_entries.len());
         let mut manifest_bytes = store.manifest_bytes(&item.manifest_digest)?;
         let mut manifest: ImageManifest = serde_json::from_slice(&manifest_bytes)
             .with_context(|| format!("parsing stored manifest {}", item.manifest_digest))?;
@@ -211,6 +238,73 @@ pub fn save(
                 .iter()
                 .map(|l| format!("blobs/sha256/{}", &l.digest().to_string()[7..]))
                 .collect(),
+        });
+    }
+    if !indexes.is_empty() {
+        let mut children = std::collections::BTreeSet::new();
+        for (range, item, index) in &indexes {
+            let mut changed = false;
+            let mut entries = Vec::new();
+            for (i, m) in range.clone().zip(&index.manifests) {
+                let d: &Descriptor = &index_entries[entry_of_item[i]];
+                children.insert(entry_of_item[i]);
+                changed |= d.digest().to_string() != m.manifest_digest;
+                let mut p = serde_json::json!({
+                    "architecture": m.platform.architecture,
+                    "os": m.platform.os,
+                });
+                if let Some(v) = &m.platform.variant {
+                    p["variant"] = v.clone().into();
+                }
+                entries.push(serde_json::json!({
+                    "mediaType": d.media_type().to_string(),
+                    "digest": d.digest().to_string(),
+                    "size": d.size(),
+                    "platform": p,
+                }));
+            }
+            // Unchanged platforms: the index as stored (its digest kept), else one over the
+            // recompressed manifests.
+            let bytes = if changed {
+                serde_json::to_vec(&serde_json::json!({
+                    "schemaVersion": 2,
+                    "mediaType": "application/vnd.oci.image.index.v1+json",
+                    "manifests": entries,
+                }))?
+            } else {
+                store.read_blob(&index.digest)?
+            };
+            let digest = crate::digest::sha256_digest(&bytes);
+            let size = bytes.len() as u64;
+            blobs.insert(digest.clone(), (size, BlobSource::Bytes(bytes)));
+            let names: Vec<Option<&Reference>> = if item.names.is_empty() {
+                vec![None]
+            } else {
+                item.names.iter().map(Some).collect()
+            };
+            for name in names {
+                let mut d = Descriptor::new(
+                    MediaType::ImageIndex,
+                    size,
+                    digest.parse::<oci_spec::image::Digest>()?,
+                );
+                if let Some(name) = name {
+                    let mut ann = HashMap::new();
+                    ann.insert(ANNOTATION_IMAGE_NAME.to_string(), name.full());
+                    if let Some(tag) = name.tag() {
+                        ann.insert(ANNOTATION_REF_NAME.to_string(), tag.to_string());
+                    }
+                    d.set_annotations(Some(ann));
+                }
+                index_entries.push(d);
+            }
+        }
+        // The platforms' manifests are reached through their index, not listed on their own.
+        let mut i = 0;
+        index_entries.retain(|_| {
+            let keep = !children.contains(&i);
+            i += 1;
+            keep
         });
     }
     for (size, _) in blobs.values() {

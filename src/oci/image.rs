@@ -8,16 +8,7 @@ use oci_spec::image::{Config, ImageConfiguration};
 
 /// The OCI architecture name of this machine (`amd64`, `arm64`, ...).
 pub fn host_architecture() -> &'static str {
-    match std::env::consts::ARCH {
-        "x86_64" => "amd64",
-        "aarch64" => "arm64",
-        "x86" => "386",
-        "powerpc64" => "ppc64le",
-        "s390x" => "s390x",
-        "riscv64" => "riscv64",
-        "arm" => "arm",
-        other => other,
-    }
+    crate::platform::host_architecture()
 }
 
 /// The current time as the RFC 3339 string image configs use.

@@ -25,6 +25,8 @@ pub struct ImportOptions<'a> {
     pub compression: Compression,
     /// Shown in the history comment (`Imported from <source>`).
     pub source: &'a str,
+    /// The platform the config declares (`--platform`); this machine's when `None`.
+    pub platform: Option<crate::platform::Platform>,
 }
 
 /// Feeds every byte read into a writer as well (the compressor), so that checking the tar and
@@ -64,6 +66,11 @@ pub fn import(store: &Store, input: impl Read, opts: &ImportOptions) -> Result<C
         .created(created.clone())
         .build()
         .context("building the image config")?;
+    if let Some(p) = &opts.platform {
+        config.set_architecture(p.architecture.as_str().into());
+        config.set_os(p.os.as_str().into());
+        config.set_variant(p.variant.clone());
+    }
     for change in opts.changes {
         apply_change(&mut config, change)?;
     }

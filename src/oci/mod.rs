@@ -6,6 +6,7 @@ pub mod compress;
 pub mod config;
 pub mod image;
 pub mod import;
+pub mod index;
 pub mod progress;
 pub mod tar;
 

@@ -30,6 +30,10 @@ pub(super) fn run_step(
     req: &ExecRequest,
     run_limits: &crate::sandbox::Resources,
 ) -> Result<()> {
+    // A foreign platform's RUN needs its emulator: one clear error before anything starts.
+    if !run.platform.is_native() {
+        crate::sandbox::binfmt::ensure_runnable(&run.platform)?;
+    }
     let mut spec = crate::sandbox::ExecSpec::new(snap.merged(), run.argv.clone());
     spec.env = run.env.clone();
     spec.cwd = PathBuf::from(&run.cwd);

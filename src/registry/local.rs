@@ -27,7 +27,17 @@ pub trait LocalStore: Sync {
     fn add_image(&self, name: &str, manifest_bytes: &[u8]) -> Result<String>;
     /// The manifest digest of the image called `name` exactly.
     fn image(&self, name: &str) -> Result<Option<String>>;
-    /// The manifest digest of a local image as the user names it (name, ID, digest).
+    /// Stores an index (its manifests that are in the store are recorded) and names it `name`.
+    fn add_index(&self, name: &str, index_bytes: &[u8]) -> Result<String>;
+    /// Stores a manifest without a name (a platform of an index stored next).
+    fn add_unnamed(&self, manifest_bytes: &[u8]) -> Result<String>;
+    /// The manifest digest of the image called `name` for `platform`: an index's manifest for
+    /// it (`None` when the index lacks it here), or a single manifest whatever its platform.
+    fn image_for(&self, name: &str, platform: &super::Platform) -> Result<Option<String>> {
+        let _ = platform;
+        self.image(name)
+    }
+    /// The manifest (or index) digest of a local image as the user names it (name, ID, digest).
     fn resolve_image(&self, spec: &str) -> Result<String>;
     /// Remembers what a pull of `name` resolved to at the registry (an index's digest for a
     /// multi-platform image), and that these blobs exist in `registry/repository`.
@@ -109,8 +119,26 @@ impl LocalStore for crate::store::Store {
         Ok(crate::store::Store::image(self, &parse_name(name)?)?.map(|r| r.manifest_digest))
     }
 
+    fn add_index(&self, name: &str, index_bytes: &[u8]) -> Result<String> {
+        self.add_index_with_names(index_bytes, &[parse_name(name)?])
+    }
+
+    fn add_unnamed(&self, manifest_bytes: &[u8]) -> Result<String> {
+        self.add_manifest(manifest_bytes)
+    }
+
+    fn image_for(&self, name: &str, platform: &super::Platform) -> Result<Option<String>> {
+        let Some(rec) = crate::store::Store::image(self, &parse_name(name)?)? else {
+            return Ok(None);
+        };
+        match &rec.index {
+            Some(index) => Ok(index.find(platform).map(|e| e.manifest_digest.clone())),
+            None => Ok(Some(rec.manifest_digest)),
+        }
+    }
+
     fn resolve_image(&self, spec: &str) -> Result<String> {
-        Ok(self.resolve(spec)?.manifest_digest)
+        Ok(self.resolve(spec)?.stored_digest().to_string())
     }
 
     fn record_pull(

@@ -1,8 +1,6 @@
 //! The manifest formats a registry serves: OCI and Docker schema 2 image manifests, OCI image
 //! indexes and Docker manifest lists, and choosing one platform out of an index.
 
-use std::fmt;
-
 use anyhow::{bail, Context, Result};
 use serde::Deserialize;
 
@@ -44,63 +42,7 @@ impl Descriptor {
     }
 }
 
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
-pub struct Platform {
-    pub architecture: String,
-    pub os: String,
-    #[serde(default)]
-    pub variant: Option<String>,
-}
-
-impl Platform {
-    /// `os/arch[/variant]`, as `--platform` takes it.
-    pub fn parse(s: &str) -> Result<Platform> {
-        let parts: Vec<&str> = s.split('/').collect();
-        let bad =
-            || format!("invalid platform {s:?}: expected os/arch[/variant], e.g. linux/amd64");
-        match parts.as_slice() {
-            [os, arch] if !os.is_empty() && !arch.is_empty() => Ok(Platform {
-                os: os.to_string(),
-                architecture: arch.to_string(),
-                variant: None,
-            }),
-            [os, arch, variant] if !os.is_empty() && !arch.is_empty() && !variant.is_empty() => {
-                Ok(Platform {
-                    os: os.to_string(),
-                    architecture: arch.to_string(),
-                    variant: Some(variant.to_string()),
-                })
-            }
-            _ => bail!(bad()),
-        }
-    }
-
-    pub fn linux_amd64() -> Platform {
-        Platform {
-            os: "linux".into(),
-            architecture: "amd64".into(),
-            variant: None,
-        }
-    }
-
-    /// Whether an index entry for `other` serves this platform. A wanted platform without a
-    /// variant takes any variant (arm64 images are often tagged v8).
-    fn matches(&self, other: &Platform) -> bool {
-        self.os == other.os
-            && self.architecture == other.architecture
-            && (self.variant.is_none() || self.variant == other.variant)
-    }
-}
-
-impl fmt::Display for Platform {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.os, self.architecture)?;
-        if let Some(v) = &self.variant {
-            write!(f, "/{v}")?;
-        }
-        Ok(())
-    }
-}
+pub use crate::platform::Platform;
 
 /// An image manifest (OCI or Docker schema 2; the fields kiln needs are the same).
 #[derive(Debug, Clone, Deserialize)]

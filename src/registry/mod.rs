@@ -128,6 +128,28 @@ pub fn pull(
     unreachable!("pull_clients always returns the registry itself last")
 }
 
+/// The platforms of `r` at its registry when it is an index (entries without a real platform,
+/// such as attestations, left out); empty for a single-platform image.
+pub fn remote_platforms(ctx: &RegistryContext, r: &RepoRef) -> Result<Vec<Platform>> {
+    let clients = ctx.pull_clients(r)?;
+    let client = clients
+        .last()
+        .expect("pull_clients always returns the registry itself");
+    let (bytes, content_type, _) =
+        pull::fetch_manifest(client, &r.repository, &r.reference(), &r.to_string())
+            .with_context(|| format!("pulling {r}"))?;
+    let (parsed, _) = manifest::parse(&bytes, content_type.as_deref())?;
+    Ok(match parsed {
+        manifest::Manifest::Image(_) => Vec::new(),
+        manifest::Manifest::Index(index) => index
+            .manifests
+            .iter()
+            .filter_map(|d| d.platform.clone())
+            .filter(|p| p.os != "unknown" && p.architecture != "unknown")
+            .collect(),
+    })
+}
+
 /// Pushes the local image `local_name` (normalised) to `dest`.
 pub fn push(
     ctx: &RegistryContext,
@@ -163,7 +185,21 @@ pub fn push_digest(
     // Ask for pull access to the repositories a blob could be mounted from, in the same token.
     let bytes = store.read_blob(&manifest_digest)?;
     let mut scopes = vec![format!("repository:{}:pull,push", dest.repository)];
-    if let Ok((manifest::Manifest::Image(m), _)) = manifest::parse(&bytes, None) {
+    let mut images = Vec::new();
+    match manifest::parse(&bytes, None) {
+        Ok((manifest::Manifest::Image(m), _)) => images.push(m),
+        Ok((manifest::Manifest::Index(index), _)) => {
+            for entry in &index.manifests {
+                if let Ok(b) = store.read_blob(&entry.digest) {
+                    if let Ok((manifest::Manifest::Image(m), _)) = manifest::parse(&b, None) {
+                        images.push(m);
+                    }
+                }
+            }
+        }
+        Err(_) => {}
+    }
+    for m in &images {
         for d in m.layers.iter().chain([&m.config]) {
             for source in store.blob_sources(&d.digest, &dest.registry)? {
                 let scope = format!("repository:{source}:pull");
@@ -196,7 +232,7 @@ pub fn ensure_image(
 ) -> Result<ImageRecord> {
     store.prepare()?;
     let name = r.name();
-    let local = store.image(&name)?;
+    let local = store.image_for(&name, platform)?;
     let pinned = r.digest.is_some();
     if let Some(manifest_digest) = &local {
         if policy == PullPolicy::Missing || pinned {

@@ -275,15 +275,27 @@ pub(crate) fn pull_from(
         fetch_blob(client, repo, d, store, progress, "layer")
     })?;
     // The manifest (and index) land last, so an image never names a blob that is missing.
+    let name = r.name();
+    let index_bytes = stored_first.first().map(|(b, _)| b.clone());
     for (b, d) in stored_first {
         store.put_blob(&mut b.as_slice(), &d)?;
     }
-    let name = r.name();
-    let stored = store
-        .add_image(&name, &manifest_bytes)
-        .with_context(|| format!("storing {name}"))?;
+    // From an index: the name points at the index, with every platform pulled so far (an
+    // earlier pull of another platform of the same index stays usable); the name never points
+    // at the platform's manifest alone, which a concurrent pull of another platform would
+    // take for the whole image.
+    let stored = match &index_bytes {
+        Some(_) => store.add_unnamed(&manifest_bytes),
+        None => store.add_image(&name, &manifest_bytes),
+    }
+    .with_context(|| format!("storing {name}"))?;
     if stored != manifest_digest {
         bail!("the store recorded manifest {manifest_digest} as {stored}");
+    }
+    if let Some(index) = index_bytes {
+        store
+            .add_index(&name, &index)
+            .with_context(|| format!("storing the index of {name}"))?;
     }
     let mut blobs: Vec<String> = layers.iter().map(|d| d.digest.clone()).collect();
     blobs.push(image.config.digest.clone());

@@ -188,8 +188,11 @@ pub(crate) fn push_manifest(
 ) -> Result<PushedImage> {
     let bytes = store.read_blob(manifest_digest)?;
     let (parsed, media_type) = manifest::parse(&bytes, None)?;
-    let Manifest::Image(image) = parsed else {
-        bail!("{manifest_digest} is an index; kiln pushes single-platform images");
+    let image = match parsed {
+        Manifest::Image(image) => image,
+        Manifest::Index(index) => {
+            return push_index(client, store, &index, &bytes, &media_type, dest, opts)
+        }
     };
     let repo = &dest.repository;
     let progress = Progress::new(opts.quiet);
@@ -248,5 +251,71 @@ pub(crate) fn push_manifest(
         name: dest.name(),
         manifest_digest: digest,
         config_digest: image.config.digest,
+    })
+}
+
+/// Pushes a multi-platform image: every platform's manifest (with its blobs) by digest, then the
+/// index under the tag. Every entry must be in the local store (a partly pulled index cannot be
+/// pushed whole).
+fn push_index(
+    client: &Client,
+    store: &dyn LocalStore,
+    index: &manifest::Index,
+    bytes: &[u8],
+    media_type: &str,
+    dest: &RepoRef,
+    opts: &PushOptions,
+) -> Result<PushedImage> {
+    let mut first_config = None;
+    for entry in &index.manifests {
+        let platform = entry
+            .platform
+            .as_ref()
+            .map(|p| p.to_string())
+            .unwrap_or_else(|| "no platform".into());
+        if !store.has_blob(&entry.digest) {
+            bail!(
+                "the index has {platform} ({}), which is not in the local store: pull it first \
+                 (kiln pull --all-platforms {})",
+                entry.digest,
+                dest.name()
+            );
+        }
+        let by_digest = RepoRef {
+            tag: Some(entry.digest.clone()),
+            digest: None,
+            ..dest.clone()
+        };
+        let pushed = push_manifest(client, store, &entry.digest, &by_digest, opts)
+            .with_context(|| format!("pushing the {platform} manifest"))?;
+        first_config.get_or_insert(pushed.config_digest);
+    }
+    let progress = Progress::new(opts.quiet);
+    let tag = dest.tag.clone().unwrap_or_else(|| "latest".to_string());
+    let url = client.url(&format!("/v2/{}/manifests/{tag}", dest.repository));
+    let mut resp = client.send(
+        Method::PUT,
+        &url,
+        &[("Content-Type", media_type)],
+        &Body::Bytes(bytes),
+    )?;
+    if resp.status().as_u16() != 201 {
+        return Err(status_error(
+            &mut resp,
+            &client.name,
+            &format!("putting the index {dest}"),
+        ));
+    }
+    let digest = sha256_digest(bytes);
+    if let Some(d) = header(&resp, "docker-content-digest") {
+        if d != digest {
+            bail!("{}: the registry stored index {digest} as {d}", client.name);
+        }
+    }
+    progress.line(&format!("{dest}: digest: {digest} size: {}", bytes.len()));
+    Ok(PushedImage {
+        name: dest.name(),
+        manifest_digest: digest,
+        config_digest: first_config.unwrap_or_default(),
     })
 }

@@ -43,6 +43,9 @@ pub use state::open_store;
 #[derive(Debug, Clone, Default)]
 pub struct RunOptions {
     pub image: String,
+    /// `--platform`: which manifest of a multi-platform image (default this machine's); a
+    /// foreign one runs emulated.
+    pub platform: Option<crate::platform::Platform>,
     pub args: Vec<String>,
     pub name: Option<String>,
     pub detach: bool,
@@ -124,7 +127,24 @@ pub fn create(store: &Store, opts: &RunOptions) -> Result<ContainerRecord> {
     let image = store
         .resolve(&opts.image)
         .with_context(|| format!("unable to find image {:?} locally", opts.image))?;
+    let image = match &opts.platform {
+        Some(p) => image.for_platform(p)?,
+        None => image,
+    };
     let image_config = store.config(&image.config_digest)?;
+    if let Some(want) = &opts.platform {
+        let have = crate::platform::Platform::of_config(
+            &image_config.os().to_string(),
+            &image_config.architecture().to_string(),
+            image_config.variant().as_deref(),
+        );
+        if !want.matches(&have) {
+            bail!("image {} is for {have}, not {want}", opts.image);
+        }
+        if !want.is_native() {
+            crate::sandbox::binfmt::ensure_runnable(want)?;
+        }
+    }
     let ic = image_config.config().clone().unwrap_or_default();
 
     let (entrypoint, cmd) = config::command_line(

@@ -48,6 +48,7 @@
 //! Privileged calls of the filesystem setup go through `syscall::Syscall` (real:
 //! `LinuxSyscall`; test: `RecordingSyscall`).
 
+pub mod binfmt;
 pub mod caps;
 pub mod cgroup;
 pub mod cgroup_stats;

@@ -858,6 +858,15 @@ fn command_process(ctx: &ChildContext) -> ! {
     // SAFETY: NUL-terminated argv and envp arrays of valid C strings.
     unsafe { libc::execve(program.as_ptr(), argv.as_ptr(), envp.as_ptr()) };
     let e = errno();
+    if e.raw_os_error() == Some(libc::ENOEXEC) {
+        // A binary of another platform: say which, and how to make it run.
+        let path = std::path::Path::new(std::ffi::OsStr::from_bytes(program.as_bytes()));
+        if let Some(text) = super::binfmt::explain_exec_format_error(path) {
+            send(report, TAG_ERROR, text.as_bytes());
+            // SAFETY: _exit never returns and runs no destructors of the parent.
+            unsafe { libc::_exit(127) }
+        }
+    }
     fail(report, &format!("exec {:?}", program.to_string_lossy()), e)
 }
 

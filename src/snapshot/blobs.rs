@@ -117,6 +117,9 @@ pub fn export_manifest(
     manifest_digest: &str,
     compression: Compression,
 ) -> Result<String> {
+    if store.index(manifest_digest)?.is_some() {
+        return export_index(store, manifest_digest, compression);
+    }
     let mut manifest = store.manifest(manifest_digest)?;
     let config = store.config(manifest.config().digest().as_ref())?;
     let diff_ids = config.rootfs().diff_ids();
@@ -161,6 +164,48 @@ pub fn export_manifest(
     let blob = store.put_blob_bytes(&bytes)?;
     store.attach_blobs(manifest_digest, std::slice::from_ref(&blob.digest))?;
     Ok(blob.digest)
+}
+
+/// A multi-platform image as it leaves the machine: each platform's manifest through
+/// [`export_manifest`]; when one of them changed, a new index over the exported manifests, stored
+/// and registered as an index (without names) so saves and pushes read it like any index.
+fn export_index(store: &Store, index_digest: &str, compression: Compression) -> Result<String> {
+    let bytes = store.read_blob(index_digest)?;
+    let mut index: serde_json::Value = serde_json::from_slice(&bytes)
+        .with_context(|| format!("parsing stored index {index_digest}"))?;
+    let mut changed = false;
+    let mut made = Vec::new();
+    if let Some(entries) = index.get_mut("manifests").and_then(|m| m.as_array_mut()) {
+        for entry in entries {
+            let Some(child) = entry
+                .get("digest")
+                .and_then(|d| d.as_str())
+                .map(str::to_string)
+            else {
+                continue;
+            };
+            if !store.has_blob(&child) {
+                continue; // a platform not pulled: the push and save say so
+            }
+            let exported = export_manifest(store, &child, compression)?;
+            if exported != child {
+                let child_bytes = store.read_blob(&exported)?;
+                store.add_manifest_with_names(&child_bytes, &[])?;
+                entry["digest"] = exported.clone().into();
+                entry["size"] = (child_bytes.len() as u64).into();
+                made.push(exported);
+                changed = true;
+            }
+        }
+    }
+    if !changed {
+        return Ok(index_digest.to_string());
+    }
+    let new_bytes = serde_json::to_vec(&index).context("serialising the export index")?;
+    let digest = store.add_index_with_names(&new_bytes, &[])?;
+    made.push(digest.clone());
+    store.attach_blobs(index_digest, &made)?;
+    Ok(digest)
 }
 
 /// The uncompressed tar of a layer (descriptor `digest`, DiffID `diff_id`): its blob

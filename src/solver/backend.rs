@@ -9,6 +9,7 @@ use anyhow::Result;
 use super::progress::{Progress, StepId};
 use crate::dockerfile::Spanned;
 use crate::oci::layer::LayerRef;
+use crate::platform::Platform;
 use crate::source::image::BaseImage;
 use crate::source::local::BuildContext;
 
@@ -82,6 +83,8 @@ pub struct RunOp {
     pub mounts: Vec<RunMount>,
     /// The command as the progress display and errors show it.
     pub display: String,
+    /// The platform the stage's binaries are for (emulated when this machine's is another).
+    pub platform: Platform,
 }
 
 #[derive(Debug, Clone)]
@@ -140,7 +143,8 @@ pub struct PreviousCopy {
 /// Where the solver gets images and runs steps: the store, snapshots and the sandbox in real
 /// builds (`engine.rs`), a fake in unit tests.
 pub trait Backend: Send + Sync + 'static {
-    fn base_image(&self, name: &str, pull: bool) -> Result<BaseImage>;
+    /// A base image for `platform` (an index's manifest for it; an error when it lacks it).
+    fn base_image(&self, name: &str, pull: bool, platform: &Platform) -> Result<BaseImage>;
     /// Whether a cached layer's content (its blob, or its unpacked layer) is still in the store.
     fn has_layer(&self, layer: &LayerRef) -> bool;
     /// Executes a step on top of `parent`; the new layer, or `None` when nothing changed.

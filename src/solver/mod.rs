@@ -33,6 +33,7 @@ pub use backend::{
 
 use crate::dockerfile::{Instruction, Spanned, Stages};
 use crate::oci::config::ImageConfigFile;
+use crate::platform::Platform;
 use crate::source::local::contenthash::FileDigestCache;
 use crate::source::local::BuildContext;
 use cache::LayerRef;
@@ -92,8 +93,29 @@ pub struct StageResult {
 
 type Outcome = Option<Result<Arc<StageResult>, String>>;
 
+/// Steps shared by the graphs of one multi-platform build: a step whose cache key two graphs
+/// reach (a `FROM --platform=$BUILDPLATFORM` builder, what only depends on it) runs once; the
+/// other graph waits for it and takes its result.
+#[derive(Default)]
+pub struct Flights {
+    slots: Mutex<HashMap<String, FlightSlot>>,
+}
+
+/// One step's result once a graph has it (`Some(None)`: the step made no layer).
+type FlightSlot = Arc<tokio::sync::Mutex<Option<Option<LayerRef>>>>;
+
+impl Flights {
+    fn slot(&self, key: &str) -> FlightSlot {
+        let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        slots.entry(key.to_string()).or_default().clone()
+    }
+}
+
 struct Shared {
     stages: Stages,
+    /// Each stage's platform: its `FROM --platform`, else its base stage's, else the target's.
+    stage_platforms: Vec<Platform>,
+    flights: Arc<Flights>,
     graph: Graph,
     labels: Vec<String>,
     req: BuildRequestShared,
@@ -129,13 +151,59 @@ pub async fn solve(
     progress: Arc<Progress>,
     db: Arc<Mutex<rusqlite::Connection>>,
 ) -> Result<StageResult> {
+    solve_shared(
+        request,
+        backend,
+        context,
+        progress,
+        db,
+        Arc::new(Flights::default()),
+        None,
+    )
+    .await
+}
+
+/// Each stage's platform (see `Shared::stage_platforms`).
+fn stage_platforms(stages: &Stages) -> Result<Vec<Platform>> {
+    let target = Platform::parse(&stages.context.target_platform.to_string())?;
+    let mut out: Vec<Platform> = Vec::with_capacity(stages.stages.len());
+    for s in &stages.stages {
+        let p = match (&s.platform, s.base_stage) {
+            (Some(p), _) if !p.is_empty() => Platform::parse(p)
+                .with_context(|| format!("FROM --platform={p} of stage {}", s.index))?,
+            // FROM <stage> takes that stage's platform (BuildKit ignores --platform there).
+            (_, Some(j)) if j < out.len() => out[j].clone(),
+            _ => target.clone(),
+        };
+        out.push(p);
+    }
+    Ok(out)
+}
+
+/// [`solve`] as one graph of a multi-platform build: `flights` is shared by the graphs, and
+/// `label` (the platform) prefixes the stage names in progress lines.
+pub async fn solve_shared(
+    request: BuildRequest,
+    backend: Arc<dyn Backend>,
+    context: Arc<BuildContext>,
+    progress: Arc<Progress>,
+    db: Arc<Mutex<rusqlite::Connection>>,
+    flights: Arc<Flights>,
+    label: Option<String>,
+) -> Result<StageResult> {
     let graph = build_graph(&request.stages, request.target.as_deref())?;
+    let stage_platforms = stage_platforms(&request.stages)?;
     let file_cache = {
         let conn = db.lock().map_err(|_| anyhow!("database lock poisoned"))?;
         cache::init(&conn)?;
         FileDigestCache::load(&conn, context.root())?
     };
-    let labels = stage_labels(&request.stages.stages);
+    let mut labels = stage_labels(&request.stages.stages);
+    if let Some(prefix) = &label {
+        for l in labels.iter_mut() {
+            *l = format!("{prefix} {l}");
+        }
+    }
     let n = request.stages.stages.len();
     let outcomes = (0..n)
         .map(|_| tokio::sync::watch::channel(None).0)
@@ -144,6 +212,8 @@ pub async fn solve(
         .source_date_epoch
         .unwrap_or_else(|| chrono::Utc::now().timestamp());
     let shared = Arc::new(Shared {
+        stage_platforms,
+        flights,
         labels,
         req: BuildRequestShared {
             dockerfile_name: request.dockerfile_name,
@@ -354,11 +424,16 @@ async fn solve_stage(shared: &Arc<Shared>, stage: usize) -> Result<Arc<StageResu
     let from_name = format!("[{label} 1/{total}] FROM {from_word}");
     let (mut walk, mut instructions) = match &shared.graph.bases[stage] {
         BaseRef::Scratch => {
+            let platform = &shared.stage_platforms[stage];
+            let mut config = ImageConfigFile::scratch().for_new_stage();
+            config.architecture = platform.architecture.clone();
+            config.os = platform.os.clone();
+            config.variant = platform.variant.clone();
             let walk = StageWalk::start(
                 shared,
-                ImageConfigFile::scratch().for_new_stage(),
+                config,
                 Vec::new(),
-                digest_of(&["scratch"]),
+                digest_of(&["scratch", &platform.to_string()]),
                 shared.started,
             );
             (walk, Vec::new())
@@ -382,9 +457,12 @@ async fn solve_stage(shared: &Arc<Shared>, stage: usize) -> Result<Arc<StageResu
             let id = shared.progress.start(&from_name);
             let backend = shared.backend.clone();
             let (name_owned, pull) = (name.clone(), shared.req.pull);
-            let base = tokio::task::spawn_blocking(move || backend.base_image(&name_owned, pull))
-                .await
-                .map_err(|e| anyhow!("resolving the base image: {e}"))?;
+            let platform = shared.stage_platforms[stage].clone();
+            let base = tokio::task::spawn_blocking(move || {
+                backend.base_image(&name_owned, pull, &platform)
+            })
+            .await
+            .map_err(|e| anyhow!("resolving the base image: {e}"))?;
             let base = match base {
                 Ok(b) => {
                     shared.progress.done(id);
@@ -506,6 +584,24 @@ async fn run_step(
         mut inputs,
         created_by,
     } = planned;
+    // Another graph of this build may be running (or have run) this very step.
+    let slot = shared.flights.slot(&key);
+    let mut flight = slot.lock().await;
+    if let Some(layer) = flight.clone() {
+        let created = shared
+            .req
+            .source_date_epoch
+            .or_else(|| cached_time(shared, &key))
+            .unwrap_or(walk.created);
+        walk.created = created.max(walk.created);
+        walk.history(created_by, layer.is_none(), created);
+        if let Some(l) = layer {
+            walk.layers.push(l);
+        }
+        walk.key = key;
+        shared.progress.cached(id);
+        return Ok(());
+    }
     let parent_chain: Vec<String> = walk.layers.iter().map(|l| l.diff_id.clone()).collect();
     if let Op::Run(run) = &op {
         for m in &run.mounts {
@@ -557,6 +653,7 @@ async fn run_step(
                 note(&key, layer.as_ref(), created);
                 walk.created = created.max(walk.created);
                 walk.history(created_by, layer.is_none(), created);
+                *flight = Some(layer.clone());
                 if let Some(l) = layer {
                     walk.layers.push(l);
                 }
@@ -686,6 +783,7 @@ async fn run_step(
     note(&key, layer.as_ref(), created);
     walk.created = created.max(walk.created);
     walk.history(created_by, layer.is_none(), created);
+    *flight = Some(layer.clone());
     if let Some(l) = layer {
         walk.layers.push(l);
     }

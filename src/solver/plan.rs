@@ -323,6 +323,7 @@ pub(super) async fn plan_step(
                 network,
                 mounts: resolved,
                 display: super::shorten(&display),
+                platform: shared.stage_platforms[stage].clone(),
             });
             return Ok(Some(Planned {
                 op,
@@ -604,7 +605,8 @@ async fn resolve_from(
     }
     let backend = shared.backend.clone();
     let (name, pull) = (from.to_string(), shared.req.pull);
-    let image = tokio::task::spawn_blocking(move || backend.base_image(&name, pull))
+    let platform = shared.stage_platforms[stage].clone();
+    let image = tokio::task::spawn_blocking(move || backend.base_image(&name, pull, &platform))
         .await
         .map_err(|e| anyhow!("resolving {from}: {e}"))?
         .with_context(|| format!("--from={from}"))?;

@@ -19,11 +19,17 @@ struct Fake {
 }
 
 impl Backend for Fake {
-    fn base_image(&self, name: &str, _pull: bool) -> Result<BaseImage> {
+    fn base_image(
+        &self,
+        name: &str,
+        _pull: bool,
+        platform: &crate::platform::Platform,
+    ) -> Result<BaseImage> {
         let mut config = ImageConfigFile::scratch();
         config.config.cmd = Some(vec!["sh".into()]);
+        config.architecture = platform.architecture.clone();
         Ok(BaseImage {
-            id: format!("id-{name}"),
+            id: format!("id-{name}-{platform}"),
             config,
             layers: vec![],
         })
@@ -250,4 +256,95 @@ fn long_instructions_are_quoted_short() {
     assert!(short.chars().count() < 250, "{short}");
     assert!(short.starts_with("RUN echo éé"));
     assert!(short.ends_with("(4809 more characters)"), "{short}");
+}
+
+/// Two graphs of one multi-platform build share the steps whose keys are equal: the
+/// `--platform=$BUILDPLATFORM` builder runs once, each platform's own RUN once per platform.
+#[test]
+fn graphs_of_a_multi_platform_build_share_equal_steps() {
+    let env = env();
+    let fake = Arc::new(Fake::default());
+    let df = "FROM --platform=$BUILDPLATFORM busybox AS builder\nRUN make tool\n\
+              FROM busybox\nARG TARGETARCH\nCOPY --from=builder /tool /tool\nRUN echo $TARGETARCH\n";
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let flights = Arc::new(Flights::default());
+    let ctx = Arc::new(BuildContext::from_dir(env.ctx.clone()));
+    let progress = Arc::new(Progress::new(Mode::Quiet, false));
+    let results = rt.block_on(async {
+        let mut set = tokio::task::JoinSet::new();
+        for p in ["linux/amd64", "linux/arm64"] {
+            let platform = crate::platform::Platform::parse(p).unwrap();
+            let request = BuildRequest {
+                dockerfile_name: "Dockerfile".into(),
+                stages: crate::dockerfile::load_for(
+                    df,
+                    "Dockerfile",
+                    &BTreeMap::new(),
+                    &platform,
+                    None,
+                )
+                .unwrap(),
+                place_id: "test".into(),
+                target: None,
+                no_cache: true,
+                no_cache_filter: vec![],
+                pull: false,
+                network: Network::Host,
+                labels: BTreeMap::new(),
+                secrets: HashMap::new(),
+                source_date_epoch: Some(1000),
+                max_parallelism: 2,
+                remote: None,
+            };
+            let backend: Arc<dyn Backend> = fake.clone();
+            set.spawn(solve_shared(
+                request,
+                backend,
+                ctx.clone(),
+                progress.clone(),
+                env.db.clone(),
+                flights.clone(),
+                Some(p.to_string()),
+            ));
+        }
+        let mut out = Vec::new();
+        while let Some(r) = set.join_next().await {
+            out.push(r.unwrap().unwrap());
+        }
+        out
+    });
+    let ran = take(&fake);
+    assert_eq!(
+        ran.iter().filter(|r| *r == "run make tool").count(),
+        1,
+        "{ran:?}"
+    );
+    assert_eq!(
+        ran.iter().filter(|r| *r == "run echo $TARGETARCH").count(),
+        2,
+        "{ran:?}"
+    );
+    let mut archs: Vec<String> = results
+        .iter()
+        .map(|r| r.config.architecture.clone())
+        .collect();
+    archs.sort();
+    assert_eq!(archs, vec!["amd64", "arm64"]);
+    // The RUN of each platform is told which platform it runs for.
+    let ops = fake.ops.lock().unwrap();
+    let platforms: Vec<String> = ops
+        .iter()
+        .filter_map(|o| match o {
+            Op::Run(r) => Some(r.platform.to_string()),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        platforms.contains(&"linux/arm64".to_string()),
+        "{platforms:?}"
+    );
 }

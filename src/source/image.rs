@@ -20,13 +20,37 @@ pub struct BaseImage {
 /// `pull` always asks the registry. Local-only names (an image ID, a name that is not a registry
 /// reference) are looked up in the store alone. A name is never an image-ID prefix
 /// (`Store::resolve_reference`).
-pub fn resolve(store: &Store, name: &str, pull: bool) -> Result<BaseImage> {
-    let manifest_digest = resolve_manifest(store, name, pull)?;
+/// `platform` picks an index's manifest; a single-platform image must be for it (an image whose
+/// config names no architecture is taken as it is). Either mismatch is one error naming the image
+/// and the platforms it has.
+pub fn resolve(
+    store: &Store,
+    name: &str,
+    pull: bool,
+    platform: &crate::platform::Platform,
+) -> Result<BaseImage> {
+    let manifest_digest = resolve_manifest(store, name, pull, platform)?;
     let record = store.resolve(&manifest_digest)?;
+    let record = record
+        .for_platform(platform)
+        .with_context(|| format!("base image {name}"))?;
     let manifest = store.manifest(&record.manifest_digest)?;
     let config_bytes = store.read_blob(&record.config_digest)?;
     let config = ImageConfigFile::from_json(&config_bytes)
         .with_context(|| format!("reading the config of {name}"))?;
+    if !config.architecture.is_empty() {
+        let have = crate::platform::Platform::of_config(
+            &config.os,
+            &config.architecture,
+            config.variant.as_deref(),
+        );
+        if !platform.matches(&have) {
+            bail!(
+                "base image {name} has no {platform} variant (it has: {have}); build it for \
+                 {platform}, or join per-platform images with kiln manifest create"
+            );
+        }
+    }
     if config.rootfs.diff_ids.len() != manifest.layers().len() {
         bail!("image {name}: config and manifest disagree on the number of layers");
     }
@@ -47,10 +71,38 @@ pub fn resolve(store: &Store, name: &str, pull: bool) -> Result<BaseImage> {
         layers,
     })
 }
-fn resolve_manifest(store: &Store, name: &str, pull: bool) -> Result<String> {
+fn resolve_manifest(
+    store: &Store,
+    name: &str,
+    pull: bool,
+    want: &crate::platform::Platform,
+) -> Result<String> {
     if !pull {
         if let Some(record) = store.resolve_reference(name)? {
-            return Ok(record.manifest_digest);
+            match &record.index {
+                None => return Ok(record.manifest_digest),
+                Some(index) => {
+                    if let Some(entry) = index.find(want) {
+                        return Ok(entry.manifest_digest.clone());
+                    }
+                    // A pulled index may have the platform at its registry: pull it; an index
+                    // made here gets the error naming what it has.
+                    let pulled = match (&record.name, crate::registry::RepoRef::parse(name)) {
+                        (Some(n), Ok(_)) => {
+                            use crate::registry::LocalStore;
+                            store.prepare()?;
+                            store.pulled_digest(&n.full())?.is_some()
+                        }
+                        _ => false,
+                    };
+                    if !pulled {
+                        bail!(
+                            "base image {name} has no {want} variant (it has: {})",
+                            index.platform_list()
+                        );
+                    }
+                }
+            }
         }
     }
     let Ok(r) = crate::registry::RepoRef::parse(name) else {
@@ -58,10 +110,7 @@ fn resolve_manifest(store: &Store, name: &str, pull: bool) -> Result<String> {
     };
     let mut ctx = crate::registry::RegistryContext::load(store.root().to_path_buf())?;
     ctx.quiet = true;
-    let platform = crate::registry::Platform::parse(&format!(
-        "linux/{}",
-        crate::oci::image::host_architecture()
-    ))?;
+    let platform = want.clone();
     let policy = if pull {
         crate::registry::PullPolicy::Always
     } else {
@@ -69,7 +118,7 @@ fn resolve_manifest(store: &Store, name: &str, pull: bool) -> Result<String> {
     };
     let record =
         crate::registry::ensure_image(&ctx, store, &r, policy, &platform).with_context(|| {
-            format!("base image {name}: not in kiln's store, and pulling it failed")
+            format!("base image {name} ({platform}): not in kiln's store, and pulling it failed")
         })?;
     Ok(record.manifest_digest)
 }

@@ -10,6 +10,7 @@ use oci_spec::image::{
 use rusqlite::{params, OptionalExtension, Transaction};
 
 use super::Store;
+use crate::platform::Platform;
 use crate::reference::Reference;
 
 pub(super) const MIGRATIONS: &[&str] = &[
@@ -68,6 +69,24 @@ pub(super) const MIGRATIONS: &[&str] = &[
 ",
 ];
 
+/// Image indexes (multi-platform images), kept in their own module's migrations: a name in
+/// `images` points at a manifest or at an index; an index lists its manifests with their
+/// platforms. Manifests an index lists are kept while it exists, and are not dangling images.
+pub(super) const INDEX_MIGRATIONS: &[&str] = &["
+    CREATE TABLE indexes (
+        digest TEXT PRIMARY KEY,
+        created INTEGER NOT NULL
+    );
+    CREATE TABLE index_manifests (
+        idx TEXT NOT NULL,
+        manifest TEXT NOT NULL,
+        platform TEXT NOT NULL,         -- os/arch[/variant], normalised
+        position INTEGER NOT NULL,
+        PRIMARY KEY (idx, manifest)
+    );
+    CREATE INDEX index_manifests_manifest ON index_manifests(manifest);
+"];
+
 /// An image as `kiln images` lists it: one row per name, or a nameless (dangling) manifest.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ImageRecord {
@@ -79,9 +98,87 @@ pub struct ImageRecord {
     pub size: u64,
     /// Unix seconds, from the config's `created` (0 when absent).
     pub created: i64,
+    /// When the name (or digest) is an image index: the index. `manifest_digest` and
+    /// `config_digest` are then its manifest for this machine's platform (else its first), which
+    /// is what commands that take one image (run, history, docker-format save) use.
+    pub index: Option<IndexRecord>,
+}
+
+/// An image index in the store: its digest and its manifests with their platforms, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IndexRecord {
+    pub digest: String,
+    pub manifests: Vec<IndexEntry>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IndexEntry {
+    pub manifest_digest: String,
+    pub config_digest: String,
+    pub platform: Platform,
+    pub size: u64,
+    pub created: i64,
+}
+
+impl IndexRecord {
+    pub fn platforms(&self) -> Vec<Platform> {
+        self.manifests.iter().map(|m| m.platform.clone()).collect()
+    }
+
+    /// The manifest for `want`, if the index has it.
+    pub fn find(&self, want: &Platform) -> Option<&IndexEntry> {
+        self.manifests.iter().find(|m| want.matches(&m.platform))
+    }
+
+    /// `linux/amd64, linux/arm64`, for messages.
+    pub fn platform_list(&self) -> String {
+        self.manifests
+            .iter()
+            .map(|m| m.platform.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
 }
 
 impl ImageRecord {
+    /// What names point at: the index digest for a multi-platform image, else the manifest.
+    pub fn stored_digest(&self) -> &str {
+        self.index
+            .as_ref()
+            .map_or(self.manifest_digest.as_str(), |i| i.digest.as_str())
+    }
+
+    /// The platforms of the image: an index's, or `None` for a single manifest.
+    pub fn platforms(&self) -> Option<Vec<Platform>> {
+        self.index.as_ref().map(IndexRecord::platforms)
+    }
+
+    /// This image for one platform: an index's manifest for `want` (an error naming the
+    /// platforms it has when it lacks it); a single manifest as it is (its config's platform is
+    /// checked by the caller, which has the config).
+    pub fn for_platform(&self, want: &Platform) -> Result<ImageRecord> {
+        let Some(index) = &self.index else {
+            return Ok(self.clone());
+        };
+        let entry = index.find(want).with_context(|| {
+            format!(
+                "image {} has no manifest for platform {want} (it has: {})",
+                self.name
+                    .as_ref()
+                    .map(|n| n.to_string())
+                    .unwrap_or_else(|| index.digest.clone()),
+                index.platform_list()
+            )
+        })?;
+        Ok(ImageRecord {
+            manifest_digest: entry.manifest_digest.clone(),
+            config_digest: entry.config_digest.clone(),
+            size: entry.size,
+            created: entry.created,
+            ..self.clone()
+        })
+    }
+
     /// The ID docker prints: the first 12 hex digits of the config digest.
     pub fn short_id(&self) -> &str {
         let hex = self.config_digest.trim_start_matches("sha256:");
@@ -419,18 +516,166 @@ impl Store {
         })
     }
 
-    /// The image a name points to.
+    /// The image a name points to (a manifest, or an index).
     pub fn image(&self, name: &Reference) -> Result<Option<ImageRecord>> {
-        self.with_conn(|conn| {
-            Ok(conn
+        let (single, index) = self.with_conn(|conn| {
+            let single = conn
                 .query_row(
                     "SELECT i.name, m.digest, m.config, m.size, m.created
                      FROM images i JOIN manifests m ON m.digest = i.manifest WHERE i.name = ?1",
                     [name.full()],
                     record_from_row,
                 )
-                .optional()?)
+                .optional()?;
+            let index: Option<String> = if single.is_none() {
+                conn.query_row(
+                    "SELECT i.manifest FROM images i JOIN indexes x ON x.digest = i.manifest
+                     WHERE i.name = ?1",
+                    [name.full()],
+                    |r| r.get(0),
+                )
+                .optional()?
+            } else {
+                None
+            };
+            Ok((single, index))
+        })?;
+        if single.is_some() {
+            return Ok(single);
+        }
+        match index {
+            Some(d) => self.index_image(Some(name.clone()), &d),
+            None => Ok(None),
+        }
+    }
+
+    /// The stored index `digest`, if there is one.
+    pub fn index(&self, digest: &str) -> Result<Option<IndexRecord>> {
+        self.with_conn(|conn| {
+            let exists: bool = conn.query_row(
+                "SELECT EXISTS(SELECT 1 FROM indexes WHERE digest = ?1)",
+                [digest],
+                |r| r.get(0),
+            )?;
+            if !exists {
+                return Ok(None);
+            }
+            let mut stmt = conn.prepare(
+                "SELECT x.manifest, m.config, x.platform, m.size, m.created
+                 FROM index_manifests x JOIN manifests m ON m.digest = x.manifest
+                 WHERE x.idx = ?1 ORDER BY x.position",
+            )?;
+            let rows = stmt
+                .query_map([digest], |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, String>(2)?,
+                        r.get::<_, i64>(3)?,
+                        r.get::<_, i64>(4)?,
+                    ))
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            let mut manifests = Vec::new();
+            for (manifest_digest, config_digest, platform, size, created) in rows {
+                manifests.push(IndexEntry {
+                    manifest_digest,
+                    config_digest,
+                    platform: Platform::parse(&platform)?,
+                    size: size as u64,
+                    created,
+                });
+            }
+            Ok(Some(IndexRecord {
+                digest: digest.to_string(),
+                manifests,
+            }))
         })
+    }
+
+    /// An index as an image record: this machine's manifest (else the first) stands for it.
+    fn index_image(&self, name: Option<Reference>, digest: &str) -> Result<Option<ImageRecord>> {
+        let Some(index) = self.index(digest)? else {
+            return Ok(None);
+        };
+        let host = Platform::host();
+        let Some(chosen) = index.find(&host).or(index.manifests.first()).cloned() else {
+            bail!("image index {digest} lists no manifests");
+        };
+        Ok(Some(ImageRecord {
+            name,
+            manifest_digest: chosen.manifest_digest,
+            config_digest: chosen.config_digest,
+            size: index.manifests.iter().map(|m| m.size).sum(),
+            created: index.manifests.iter().map(|m| m.created).max().unwrap_or(0),
+            index: Some(index),
+        }))
+    }
+
+    /// Stores an image index exactly as given (an OCI index or a docker manifest list) and points
+    /// `names` at it, in one transaction. Its entries whose manifests are in the store are
+    /// recorded with their platforms (a pulled index may have only some platforms here; storing
+    /// it again after pulling another adds that one); at least one must be. Entries without a
+    /// platform (attestations) are not images and are left out. Returns the index digest.
+    pub fn add_index_with_names(&self, index_bytes: &[u8], names: &[Reference]) -> Result<String> {
+        let index: oci_spec::image::ImageIndex = serde_json::from_slice(index_bytes)
+            .context("parsing an image index: not valid OCI index JSON")?;
+        let mut entries = Vec::new();
+        for (i, d) in index.manifests().iter().enumerate() {
+            let digest = d.digest().to_string();
+            let Some(platform) = d.platform().as_ref().map(|p| {
+                Platform::of_config(
+                    &p.os().to_string(),
+                    &p.architecture().to_string(),
+                    p.variant().as_deref(),
+                )
+            }) else {
+                continue;
+            };
+            entries.push((digest, platform.to_string(), i as i64));
+        }
+        let index_blob = self.put_blob_bytes(index_bytes)?;
+        let digest = index_blob.digest.clone();
+        self.transaction(|tx| {
+            let mut created = 0i64;
+            let mut present = Vec::new();
+            for (m, platform, position) in &entries {
+                let c: Option<i64> = tx
+                    .query_row(
+                        "SELECT created FROM manifests WHERE digest = ?1",
+                        [m],
+                        |r| r.get(0),
+                    )
+                    .optional()?;
+                if let Some(c) = c {
+                    created = created.max(c);
+                    present.push((m, platform, position));
+                }
+            }
+            if present.is_empty() {
+                bail!("none of the index's manifests is in the store");
+            }
+            let entries = present;
+            tx.execute(
+                "INSERT OR IGNORE INTO indexes (digest, created) VALUES (?1, ?2)",
+                params![digest, created],
+            )?;
+            for (m, platform, position) in &entries {
+                tx.execute(
+                    "INSERT OR IGNORE INTO index_manifests (idx, manifest, platform, position)
+                     VALUES (?1, ?2, ?3, ?4)",
+                    params![digest, m, platform, position],
+                )?;
+            }
+            if !self.has_blob(&digest) {
+                bail!("blob {digest} was removed while the index was being stored; try again");
+            }
+            for name in names {
+                set_name_tx(tx, name, &digest)?;
+            }
+            Ok(())
+        })?;
+        Ok(digest)
     }
 
     /// Finds an image as docker's commands do: a name (`busybox` = `busybox:latest`), a
@@ -496,7 +741,7 @@ impl Store {
     }
 
     fn manifest_record(&self, digest: &str) -> Result<Option<ImageRecord>> {
-        self.with_conn(|conn| {
+        let single = self.with_conn(|conn| {
             Ok(conn
                 .query_row(
                     "SELECT NULL, digest, config, size, created FROM manifests WHERE digest = ?1",
@@ -504,22 +749,53 @@ impl Store {
                     record_from_row,
                 )
                 .optional()?)
-        })
+        })?;
+        match single {
+            Some(r) => Ok(Some(r)),
+            None => self.index_image(None, digest),
+        }
     }
 
-    /// Every named image (one row per name) and every manifest without a name, newest first.
+    /// Every named image (one row per name; an index is one image) and every manifest or index
+    /// without a name (manifests an index lists are not images of their own), newest first.
     pub fn list_images(&self) -> Result<Vec<ImageRecord>> {
-        self.with_conn(|conn| {
+        let (mut rows, indexes) = self.with_conn(|conn| {
             let mut stmt = conn.prepare(
                 "SELECT i.name, m.digest, m.config, m.size, m.created
                  FROM manifests m LEFT JOIN images i ON i.manifest = m.digest
+                 WHERE i.name IS NOT NULL
+                    OR NOT EXISTS(SELECT 1 FROM index_manifests x WHERE x.manifest = m.digest)
                  ORDER BY m.created DESC, i.name",
             )?;
             let rows = stmt
                 .query_map([], record_from_row)?
                 .collect::<rusqlite::Result<Vec<_>>>()?;
-            Ok(rows)
-        })
+            let mut stmt = conn.prepare(
+                "SELECT i.name, x.digest FROM indexes x LEFT JOIN images i ON i.manifest = x.digest",
+            )?;
+            let indexes = stmt
+                .query_map([], |r| Ok((r.get::<_, Option<String>>(0)?, r.get::<_, String>(1)?)))?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok((rows, indexes))
+        })?;
+        if indexes.is_empty() {
+            return Ok(rows);
+        }
+        for (name, digest) in indexes {
+            let name = name.and_then(|n| Reference::parse(&n).ok());
+            if let Some(rec) = self.index_image(name, &digest)? {
+                rows.push(rec);
+            }
+        }
+        rows.sort_by(|a, b| {
+            b.created.cmp(&a.created).then_with(|| {
+                a.name
+                    .as_ref()
+                    .map(|n| n.full())
+                    .cmp(&b.name.as_ref().map(|n| n.full()))
+            })
+        });
+        Ok(rows)
     }
 
     /// The names pointing at a manifest.
@@ -554,7 +830,7 @@ impl Store {
     /// `kiln tag SOURCE TARGET`.
     pub fn tag(&self, source: &str, target: &Reference) -> Result<()> {
         let image = self.resolve(source)?;
-        self.set_name(target, &image.manifest_digest)
+        self.set_name(target, image.stored_digest())
     }
 
     /// Records that `user` (e.g. a container ID) uses the image: `rmi` refuses it unless forced.
@@ -596,7 +872,8 @@ impl Store {
             .name
             .as_ref()
             .filter(|n| Reference::parse(spec).is_ok_and(|r| &r == *n && r.digest().is_none()));
-        let names = self.names_of(&image.manifest_digest)?;
+        let stored = image.stored_digest().to_string();
+        let names = self.names_of(&stored)?;
         let targets: Vec<Reference> =
             match by_name {
                 Some(name) => vec![name.clone()],
@@ -617,9 +894,12 @@ impl Store {
             let remaining = names.len() - targets.len().min(names.len());
             if remaining == 0 && !force {
                 let users: Vec<String> = {
-                    let mut stmt = tx.prepare("SELECT user FROM image_uses WHERE manifest = ?1")?;
+                    let mut stmt = tx.prepare(
+                        "SELECT user FROM image_uses WHERE manifest = ?1
+                            OR manifest IN (SELECT manifest FROM index_manifests WHERE idx = ?1)",
+                    )?;
                     let users = stmt
-                        .query_map([&image.manifest_digest], |row| row.get(0))?
+                        .query_map([&stored], |row| row.get(0))?
                         .collect::<rusqlite::Result<Vec<_>>>()?;
                     users
                 };
@@ -636,11 +916,60 @@ impl Store {
                 report.push(format!("Untagged: {name}"));
             }
             if remaining == 0 {
-                report.extend(self.delete_manifest_tx(tx, &image.manifest_digest)?);
+                if image.index.is_some() {
+                    report.extend(self.delete_index_tx(tx, &stored)?);
+                } else {
+                    let in_index: Option<String> = tx
+                        .query_row(
+                            "SELECT idx FROM index_manifests WHERE manifest = ?1 LIMIT 1",
+                            [&stored],
+                            |r| r.get(0),
+                        )
+                        .optional()?;
+                    match in_index {
+                        // Untagging a name of it is fine; the manifest stays for its index.
+                        Some(_) if !targets.is_empty() => {}
+                        Some(idx) => bail!(
+                            "conflict: unable to delete {}: it is a platform manifest of image \
+                             index {idx} (remove the index's names instead)",
+                            image.manifest_digest
+                        ),
+                        None => report.extend(self.delete_manifest_tx(tx, &stored)?),
+                    }
+                }
             }
             Ok(())
         })?;
         Ok(report)
+    }
+
+    /// Deletes a nameless index, then each of its manifests that has no name and is in no other
+    /// index (with the blobs nothing else references).
+    fn delete_index_tx(&self, tx: &Transaction, index: &str) -> Result<Vec<String>> {
+        let manifests: Vec<String> = {
+            let mut stmt = tx
+                .prepare("SELECT manifest FROM index_manifests WHERE idx = ?1 ORDER BY position")?;
+            let rows = stmt
+                .query_map([index], |row| row.get(0))?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            rows
+        };
+        tx.execute("DELETE FROM index_manifests WHERE idx = ?1", [index])?;
+        tx.execute("DELETE FROM indexes WHERE digest = ?1", [index])?;
+        let mut deleted = vec![format!("Deleted: {index}")];
+        for m in manifests {
+            let kept: bool = tx.query_row(
+                "SELECT EXISTS(SELECT 1 FROM images WHERE manifest = ?1)
+                     OR EXISTS(SELECT 1 FROM index_manifests WHERE manifest = ?1)",
+                [&m],
+                |r| r.get(0),
+            )?;
+            if !kept {
+                deleted.extend(self.delete_manifest_tx(tx, &m)?);
+            }
+        }
+        self.delete_blob(index)?;
+        Ok(deleted)
     }
 
     /// Deletes a nameless manifest and every blob of it that nothing else references.
@@ -774,6 +1103,12 @@ fn set_name_tx(tx: &Transaction, name: &Reference, manifest_digest: &str) -> Res
         [manifest_digest],
         |r| r.get(0),
     )?;
+    let exists = exists
+        || tx.query_row(
+            "SELECT EXISTS(SELECT 1 FROM indexes WHERE digest = ?1)",
+            [manifest_digest],
+            |r| r.get(0),
+        )?;
     if !exists {
         bail!("manifest {manifest_digest} is not in the store");
     }
@@ -793,5 +1128,6 @@ fn record_from_row(row: &rusqlite::Row) -> rusqlite::Result<ImageRecord> {
         config_digest: row.get(2)?,
         size: row.get::<_, i64>(3)? as u64,
         created: row.get(4)?,
+        index: None,
     })
 }

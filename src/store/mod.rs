@@ -14,7 +14,8 @@ pub mod space;
 
 pub use blobs::{Blob, BlobWriter};
 pub use images::{
-    CommittedImage, ImageRecord, LayerRecord, UnpackedLayerRecord, UNCOMPRESSED_LAYER,
+    CommittedImage, ImageRecord, IndexEntry, IndexRecord, LayerRecord, UnpackedLayerRecord,
+    UNCOMPRESSED_LAYER,
 };
 
 use std::fs;
@@ -108,6 +109,7 @@ impl Store {
             _lock: lock,
         };
         store.migrate("store", images::MIGRATIONS)?;
+        store.migrate("store_indexes", images::INDEX_MIGRATIONS)?;
         if let Some(hook) = OPEN_HOOK.get() {
             let first = HOOKED_ROOTS.lock().is_ok_and(|mut roots| {
                 let first = !roots.contains(&store.root);
