@@ -112,10 +112,12 @@ for w in $ONLY; do
     edit="echo \$RANDOM >> $W/deps/app/m7.txt"
     row "deps: app code changed" "$(measure "$edit" kb deps)" "$(peer "$edit" db deps)"
     # one more package, each run a different one so that every run misses the package step
-    # (the apt cache mounts stay warm, as on a developer's machine)
+    # (the apt cache mounts stay warm, as on a developer's machine); a token unique to this run
+    # keeps a builder's cache from an earlier run of this script from answering
     pk=(tree bc zip unzip pv)
     n=0
-    addpkg() { sed -i "s/jq file less.*/jq file less ${pk[$n]}/" "$W/deps/Dockerfile"; n=$((n + 1)); }
+    token="$(date +%s%N)"
+    addpkg() { sed -i "s/jq file less.*/jq file less ${pk[$n]} # $token-$n/" "$W/deps/Dockerfile"; n=$((n + 1)); }
     kx=""; for _ in $(seq "$RUNS"); do addpkg; kx="$kx $(time_ms kb deps)"; done
     n=0
     dx=""; if [ $have_docker = 1 ]; then for _ in $(seq "$RUNS"); do addpkg; dx="$dx $(time_ms db deps)"; done; fi
