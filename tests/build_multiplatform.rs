@@ -552,3 +552,74 @@ fn run_picks_the_platform() {
         "aarch64\n"
     );
 }
+
+/// Per platform, as for one: under SOURCE_DATE_EPOCH two fresh roots give the same index, and a
+/// registry cache written by one (`mode=max`, both platforms) answers every step of the other.
+#[test]
+fn each_platform_is_reproducible_and_shared_through_a_registry_cache() {
+    common::require_root();
+    if !arm64_emulation() {
+        return;
+    }
+    let Some(a) = root_with_bases() else {
+        return;
+    };
+    // Both runners take the base from the registry, as CI runners do: runner B starts empty.
+    let b = common::temp_root();
+    let registry = Registry::start(AuthMode::None);
+    let base = format!("{}/bb:1", registry.host());
+    common::kiln_ok(a.path(), &["tag", "bb", &base]);
+    common::kiln_ok(a.path(), &["push", "-q", &base]);
+    let cache_ref = format!("type=registry,ref={}/cache/mp:1", registry.host());
+    let ctx = context(&format!(
+        "FROM {base}\nARG TARGETARCH\nRUN echo $TARGETARCH > /arch && cp /bin/busybox /x\nCOPY app.txt /app.txt\n"
+    ));
+    fs::write(ctx.path().join("app.txt"), "app\n").unwrap();
+    let build = |root: &Path, cache_flag: &str, cache_spec: &str| {
+        let out = common::kiln(
+            root,
+            &[
+                "build",
+                "--progress",
+                "plain",
+                "--platform",
+                "linux/amd64,linux/arm64",
+                "--build-arg",
+                "SOURCE_DATE_EPOCH=1700000000",
+                cache_flag,
+                cache_spec,
+                "-t",
+                "mp",
+                ctx.path().to_str().unwrap(),
+            ],
+        );
+        let text = String::from_utf8_lossy(&out.stderr).to_string();
+        assert!(out.status.success(), "{text}");
+        text
+    };
+    let first = build(a.path(), "--cache-to", &format!("{cache_ref},mode=max"));
+    assert!(first.contains("cache miss"), "runner A builds: {first}");
+    let second = build(b.path(), "--cache-from", &cache_ref);
+    // Every step of both platforms came from the cache: nothing ran on runner B.
+    assert!(
+        !second.contains("cache miss"),
+        "runner B ran a step:\n{second}"
+    );
+    assert!(second.matches("CACHED").count() >= 4, "{second}");
+    // The same image leaves both runners: the pushed indexes are byte for byte the same (in
+    // the stores they differ only in how layers are held: unpacked on A, cache blobs on B).
+    let pushed = |root: &Path, tag: &str| {
+        let dest = format!("{}/mp:{tag}", registry.host());
+        common::kiln_ok(root, &["tag", "mp", &dest]);
+        common::kiln_ok(root, &["push", "-q", &dest])
+            .trim()
+            .to_string()
+    };
+    let (da, db) = (pushed(a.path(), "a"), pushed(b.path(), "b"));
+    assert!(da.starts_with("sha256:"), "{da}");
+    assert_eq!(da, db, "the same index from both runners");
+    for root in [a.path(), b.path()] {
+        let arm = inspect(root, &["--platform", "linux/arm64", "mp"]);
+        assert_eq!(arm["Architecture"], "arm64");
+    }
+}
