@@ -58,14 +58,7 @@ pub fn export(
     config: &ImageConfigFile,
     layers: &[LayerRef],
 ) -> Result<String> {
-    let mut names = Vec::new();
-    for out in outputs {
-        if let Output::Image { names: n } = out {
-            for name in n {
-                names.push(Reference::parse(name)?);
-            }
-        }
-    }
+    let names = image_names(outputs)?;
     let step = progress.start_export();
     let result = export_to(store, progress, step, outputs, &names, config, layers);
     match &result {
@@ -156,6 +149,18 @@ pub fn check_outputs(outputs: &[Output], platforms: &[crate::platform::Platform]
     Ok(())
 }
 
+/// The `-t` names of the image outputs, parsed.
+fn image_names(outputs: &[Output]) -> Result<Vec<Reference>> {
+    let mut names = Vec::new();
+    for out in outputs {
+        if let Output::Image { names: n } = out {
+            for name in n {
+                names.push(Reference::parse(name)?);
+            }
+        }
+    }
+    Ok(names)
+}
 /// The outputs of a multi-platform build: each platform's manifest committed, an index over
 /// them named by the `-t` names, then the other outputs (an OCI archive of the index; local and
 /// tar outputs with one folder per platform, `linux_arm64/`, as BuildKit writes them). Returns
@@ -166,14 +171,7 @@ pub fn export_multi(
     outputs: &[Output],
     images: &[PlatformImage],
 ) -> Result<String> {
-    let mut names = Vec::new();
-    for out in outputs {
-        if let Output::Image { names: n } = out {
-            for name in n {
-                names.push(Reference::parse(name)?);
-            }
-        }
-    }
+    let names = image_names(outputs)?;
     let step = progress.start_export();
     let result = (|| -> Result<String> {
         let mut manifests = Vec::new();

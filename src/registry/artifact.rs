@@ -154,27 +154,6 @@ impl Repository {
 
     /// Puts `bytes` (of `media_type`) under the reference's tag; returns the manifest digest.
     pub fn put_manifest(&self, media_type: &str, bytes: &[u8]) -> Result<String> {
-        let tag = self
-            .repo
-            .tag
-            .clone()
-            .unwrap_or_else(|| "latest".to_string());
-        let url = self
-            .client
-            .url(&format!("/v2/{}/manifests/{tag}", self.repo.repository));
-        let mut resp = self.client.send(
-            Method::PUT,
-            &url,
-            &[("Content-Type", media_type)],
-            &Body::Bytes(bytes),
-        )?;
-        if resp.status().as_u16() != 201 {
-            return Err(status_error(
-                &mut resp,
-                &self.client.name,
-                &format!("putting manifest {}", self.repo),
-            ));
-        }
-        Ok(crate::digest::sha256_digest(bytes))
+        super::push::put_manifest(&self.client, &self.repo, media_type, bytes, "manifest")
     }
 }

@@ -178,6 +178,42 @@ pub(super) fn push_blob(
     Ok(Outcome::Uploaded)
 }
 
+/// PUTs a manifest or index (`what`, for messages) under `dest`'s tag (`latest` by default)
+/// and checks the digest the registry says it stored; returns the digest.
+pub(crate) fn put_manifest(
+    client: &Client,
+    dest: &RepoRef,
+    media_type: &str,
+    bytes: &[u8],
+    what: &str,
+) -> Result<String> {
+    let tag = dest.tag.clone().unwrap_or_else(|| "latest".to_string());
+    let url = client.url(&format!("/v2/{}/manifests/{tag}", dest.repository));
+    let mut resp = client.send(
+        Method::PUT,
+        &url,
+        &[("Content-Type", media_type)],
+        &Body::Bytes(bytes),
+    )?;
+    if resp.status().as_u16() != 201 {
+        return Err(status_error(
+            &mut resp,
+            &client.name,
+            &format!("putting the {what} {dest}"),
+        ));
+    }
+    let digest = sha256_digest(bytes);
+    if let Some(d) = header(&resp, "docker-content-digest") {
+        if d != digest {
+            bail!(
+                "{}: the registry stored {what} {digest} as {d}",
+                client.name
+            );
+        }
+    }
+    Ok(digest)
+}
+
 /// Pushes the image whose manifest is `manifest_digest` to `dest` (tag `latest` by default).
 pub(crate) fn push_manifest(
     client: &Client,
@@ -220,30 +256,7 @@ pub(crate) fn push_manifest(
         }
         Ok(())
     })?;
-    let tag = dest.tag.clone().unwrap_or_else(|| "latest".to_string());
-    let url = client.url(&format!("/v2/{repo}/manifests/{tag}"));
-    let mut resp = client.send(
-        Method::PUT,
-        &url,
-        &[("Content-Type", &media_type)],
-        &Body::Bytes(&bytes),
-    )?;
-    if resp.status().as_u16() != 201 {
-        return Err(status_error(
-            &mut resp,
-            &client.name,
-            &format!("putting manifest {dest}"),
-        ));
-    }
-    let digest = sha256_digest(&bytes);
-    if let Some(d) = header(&resp, "docker-content-digest") {
-        if d != digest {
-            bail!(
-                "{}: the registry stored manifest {digest} as {d}",
-                client.name
-            );
-        }
-    }
+    let digest = put_manifest(client, dest, &media_type, &bytes, "manifest")?;
     let names: Vec<String> = blobs.iter().map(|d| d.digest.clone()).collect();
     store.record_blob_sources(&dest.registry, repo, &names)?;
     progress.line(&format!("{dest}: digest: {digest} size: {}", bytes.len()));
@@ -291,27 +304,7 @@ fn push_index(
         first_config.get_or_insert(pushed.config_digest);
     }
     let progress = Progress::new(opts.quiet);
-    let tag = dest.tag.clone().unwrap_or_else(|| "latest".to_string());
-    let url = client.url(&format!("/v2/{}/manifests/{tag}", dest.repository));
-    let mut resp = client.send(
-        Method::PUT,
-        &url,
-        &[("Content-Type", media_type)],
-        &Body::Bytes(bytes),
-    )?;
-    if resp.status().as_u16() != 201 {
-        return Err(status_error(
-            &mut resp,
-            &client.name,
-            &format!("putting the index {dest}"),
-        ));
-    }
-    let digest = sha256_digest(bytes);
-    if let Some(d) = header(&resp, "docker-content-digest") {
-        if d != digest {
-            bail!("{}: the registry stored index {digest} as {d}", client.name);
-        }
-    }
+    let digest = put_manifest(client, dest, media_type, bytes, "index")?;
     progress.line(&format!("{dest}: digest: {digest} size: {}", bytes.len()));
     Ok(PushedImage {
         name: dest.name(),

@@ -201,20 +201,7 @@ pub fn setup_and_pivot(sys: &dyn Syscall, plan: &RootfsPlan) -> io::Result<()> {
                  host's /proc read-only, with every process of the host's PID namespace \
                  (allow it with procMount: Unmasked, or run kiln where /proc is not masked)"
             );
-            sys.mount(
-                Some(Path::new("/proc")),
-                &plan.proc_dir,
-                None,
-                MsFlags::MS_BIND | MsFlags::MS_REC,
-                None,
-            )
-            .map_err(ctx("bind /proc on", &plan.proc_dir))?;
-            set_attrs_recursive(
-                sys,
-                &plan.proc_dir,
-                MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | MOUNT_ATTR_NOEXEC,
-            )
-            .map_err(ctx("make read-only", &plan.proc_dir))?;
+            bind_host_read_only(sys, Path::new("/proc"), &plan.proc_dir)?;
         }
         Err(e) => return Err(e).map_err(ctx("mount proc on", &plan.proc_dir)),
     }
@@ -234,21 +221,7 @@ pub fn setup_and_pivot(sys: &dyn Syscall, plan: &RootfsPlan) -> io::Result<()> {
     {
         // A new sysfs can be refused (e.g. host network in a user namespace): bind the host's
         // read-only instead.
-        let host_sys = Path::new("/sys");
-        sys.mount(
-            Some(host_sys),
-            &plan.sys_dir,
-            None,
-            MsFlags::MS_BIND | MsFlags::MS_REC,
-            None,
-        )
-        .map_err(ctx("bind /sys on", &plan.sys_dir))?;
-        set_attrs_recursive(
-            sys,
-            &plan.sys_dir,
-            MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | MOUNT_ATTR_NOEXEC,
-        )
-        .map_err(ctx("make read-only", &plan.sys_dir))?;
+        bind_host_read_only(sys, Path::new("/sys"), &plan.sys_dir)?;
     }
 
     // /etc files: written in the container's /dev tmpfs, bound over their targets, then unlinked
@@ -277,6 +250,25 @@ pub fn setup_and_pivot(sys: &dyn Syscall, plan: &RootfsPlan) -> io::Result<()> {
         .map_err(ctx("detach old root", dot))?;
     sys.chdir(root).map_err(ctx("chdir", root))?;
     Ok(())
+}
+
+/// Binds the host's `host` (and every mount below it) on `target`, read-only, nosuid, nodev,
+/// noexec: the fallback where a new /proc or sysfs is refused.
+fn bind_host_read_only(sys: &dyn Syscall, host: &Path, target: &Path) -> io::Result<()> {
+    sys.mount(
+        Some(host),
+        target,
+        None,
+        MsFlags::MS_BIND | MsFlags::MS_REC,
+        None,
+    )
+    .map_err(ctx(&format!("bind {} on", host.display()), target))?;
+    set_attrs_recursive(
+        sys,
+        target,
+        MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | MOUNT_ATTR_NOEXEC,
+    )
+    .map_err(ctx("make read-only", target))
 }
 
 fn setup_dev(sys: &dyn Syscall, dev: &Path, single_id: bool) -> io::Result<()> {

@@ -11,7 +11,6 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
 
 use anyhow::{anyhow, bail, Context, Result};
 use sha2::{Digest, Sha256};
@@ -593,12 +592,7 @@ async fn run_step(
             .source_date_epoch
             .or_else(|| cached_time(shared, &key))
             .unwrap_or(walk.created);
-        walk.created = created.max(walk.created);
-        walk.history(created_by, layer.is_none(), created);
-        if let Some(l) = layer {
-            walk.layers.push(l);
-        }
-        walk.key = key;
+        walk.add_step(key, created_by, layer, created);
         shared.progress.cached(id);
         return Ok(());
     }
@@ -651,13 +645,8 @@ async fn run_step(
                     .or(created)
                     .unwrap_or(walk.created);
                 note(&key, layer.as_ref(), created);
-                walk.created = created.max(walk.created);
-                walk.history(created_by, layer.is_none(), created);
                 *flight = Some(layer.clone());
-                if let Some(l) = layer {
-                    walk.layers.push(l);
-                }
-                walk.key = key;
+                walk.add_step(key, created_by, layer, created);
                 shared.progress.cached(id);
                 return Ok(());
             }
@@ -679,12 +668,9 @@ async fn run_step(
             }
             let created = shared.req.source_date_epoch.unwrap_or(record.created);
             note(&key, layer.as_ref(), record.created);
-            walk.created = created.max(walk.created);
-            walk.history(created_by, layer.is_none(), created);
-            if let Some(l) = layer {
-                walk.layers.push(l);
-            }
-            walk.key = key;
+            // Another platform's graph with this step takes it from here too.
+            *flight = Some(layer.clone());
+            walk.add_step(key, created_by, layer, created);
             shared.progress.cached(id);
             return Ok(());
         }
@@ -748,7 +734,6 @@ async fn run_step(
             .await
             .map_err(|e| anyhow!("fetching cached layers: {e}"))??;
     }
-    let started = Instant::now();
     let req = ExecRequest {
         step: id,
         line: instr.span.start_line,
@@ -766,7 +751,6 @@ async fn run_step(
         .await
         .map_err(|e| anyhow!("executing a step: {e}"))?;
     let layer = with_line(result, &shared.req.dockerfile_name, instr)?;
-    let _ = started;
     let created = shared
         .req
         .source_date_epoch
@@ -781,13 +765,8 @@ async fn run_step(
         cache::save_inputs(&conn, place, &inputs)?;
     }
     note(&key, layer.as_ref(), created);
-    walk.created = created.max(walk.created);
-    walk.history(created_by, layer.is_none(), created);
     *flight = Some(layer.clone());
-    if let Some(l) = layer {
-        walk.layers.push(l);
-    }
-    walk.key = key;
+    walk.add_step(key, created_by, layer, created);
     shared.progress.done(id);
     Ok(())
 }

@@ -87,6 +87,23 @@ impl StageWalk {
             .unwrap_or_else(|| vec!["/bin/sh".into(), "-c".into()])
     }
 
+    /// A filesystem step's outcome joins the stage: its history entry, its layer (none when
+    /// it changed nothing) and its cache key, from a cache hit or a run alike.
+    pub(super) fn add_step(
+        &mut self,
+        key: String,
+        created_by: String,
+        layer: Option<LayerRef>,
+        created: i64,
+    ) {
+        self.created = created.max(self.created);
+        self.history(created_by, layer.is_none(), created);
+        if let Some(l) = layer {
+            self.layers.push(l);
+        }
+        self.key = key;
+    }
+
     pub(super) fn history(&mut self, created_by: String, empty: bool, created: i64) {
         self.new_history.push(History {
             created: Some(format_time(created)),
