@@ -284,6 +284,52 @@ fn add_url_without_checksum_follows_the_content() {
     assert_eq!(read(root.path()), "second\n");
 }
 
+/// `ADD --unpack` (Dockerfile 1.17, BuildKit's testAddUnpack): a URL's archive is unpacked only
+/// with `--unpack=true`, a local archive is copied as it is with `--unpack=false`; the cache key
+/// tells the two apart.
+#[test]
+fn add_unpack_flag_for_urls_and_local_archives() {
+    use std::sync::{Arc, Mutex};
+    let scratch = tempfile::tempdir().unwrap();
+    std::fs::create_dir(scratch.path().join("in")).unwrap();
+    std::fs::write(scratch.path().join("in/foo"), "content0").unwrap();
+    let tgz = scratch.path().join("t.tar.gz");
+    let status = std::process::Command::new("tar")
+        .arg("-czf")
+        .arg(&tgz)
+        .arg("-C")
+        .arg(scratch.path().join("in"))
+        .arg("foo")
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let archive = std::fs::read(&tgz).unwrap();
+    let port = serve_http(Arc::new(Mutex::new(archive.clone())));
+    let url = format!("http://127.0.0.1:{port}/t.tar.gz");
+    let root = root_with_busybox();
+    let dockerfile = format!(
+        "FROM busybox:latest\nADD {url} /plain/\nADD --unpack=true {url} /dest/\n\
+         ADD --unpack=false t.tar.gz /kept/\nADD t.tar.gz /auto/\n"
+    );
+    let ctx = context(&[("Dockerfile", &dockerfile)]);
+    std::fs::write(ctx.path().join("t.tar.gz"), &archive).unwrap();
+    build_ok(root.path(), &["-t", "u", ctx.path().to_str().unwrap()]);
+    let fs = rootfs_of(root.path(), "u");
+    let p = fs.path();
+    assert_eq!(std::fs::read(p.join("plain/t.tar.gz")).unwrap(), archive);
+    assert_eq!(
+        std::fs::read_to_string(p.join("dest/foo")).unwrap(),
+        "content0"
+    );
+    assert!(!p.join("dest/t.tar.gz").exists());
+    assert_eq!(std::fs::read(p.join("kept/t.tar.gz")).unwrap(), archive);
+    assert!(!p.join("kept/foo").exists());
+    assert_eq!(
+        std::fs::read_to_string(p.join("auto/foo")).unwrap(),
+        "content0"
+    );
+}
+
 /// A one-file HTTP server on 127.0.0.1 (any path gets `body` as it is at the time of the
 /// request); returns its port.
 fn serve_http(body: std::sync::Arc<std::sync::Mutex<Vec<u8>>>) -> u16 {

@@ -158,11 +158,31 @@ pub trait Backend: Send + Sync + 'static {
 pub struct CopyOptions {
     /// Resolved `--chown`.
     pub chown: Option<(u32, u32)>,
-    /// `--chmod` permission bits.
-    pub chmod: Option<u32>,
+    /// `--chmod`, octal or symbolic.
+    pub chmod: Option<super::chmod::Chmod>,
     pub excludes: Vec<String>,
     /// `--parents`: keep each source's path (relative to the tree, or to a `/./` pivot in it).
     pub parents: bool,
     /// ADD: unpack local tar archives instead of copying them.
     pub unpack_archives: bool,
+    /// `ADD --unpack=true URL`: unpack a downloaded archive too (by default, ADD of a URL never
+    /// unpacks).
+    pub unpack_urls: bool,
+}
+
+impl CopyOptions {
+    /// The mode a copied entry gets: `--chmod` applied to its source's mode, else that mode.
+    pub fn mode_for(&self, source_mode: u32, is_dir: bool) -> u32 {
+        match &self.chmod {
+            Some(c) => c.apply(source_mode & 0o7777, is_dir),
+            None => source_mode & 0o7777,
+        }
+    }
+
+    /// The mode of a directory the copy creates on the way to its destination: 0755, or with
+    /// an octal `--chmod` its bits less group and other write, as BuildKit creates them
+    /// (`--chmod=770` -> 0750, `--chmod=600` -> 0600).
+    pub fn created_dir_mode(&self) -> u32 {
+        self.chmod.as_ref().map_or(0o755, |c| c.created_dir_mode())
+    }
 }

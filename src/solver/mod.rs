@@ -17,6 +17,7 @@ use sha2::{Digest, Sha256};
 
 mod backend;
 pub mod cache;
+pub mod chmod;
 pub mod graph;
 mod plan;
 pub mod progress;

@@ -703,7 +703,11 @@ async fn plan_copy(
     let dest_word = args.dest.clone();
     let dest = absolute_in(&walk.workdir(), &dest_word);
     let chown = args.chown.clone();
-    let chmod = args.chmod.as_ref().map(|c| parse_chmod(c)).transpose()?;
+    let chmod = args
+        .chmod
+        .as_ref()
+        .map(|c| super::chmod::Chmod::parse(c))
+        .transpose()?;
     let excludes = args.exclude.clone();
     let heredocs: Vec<(String, String)> = args
         .heredocs
@@ -750,12 +754,14 @@ async fn plan_copy(
         }
     };
     let unpack = is_add && args.unpack.unwrap_or(true);
+    let unpack_urls = is_add && args.unpack == Some(true);
     let options = CopyOptions {
         chown: None,
-        chmod,
+        chmod: chmod.clone(),
         excludes: excludes.clone(),
         parents: args.parents,
         unpack_archives: unpack,
+        unpack_urls,
     };
     // The key's text: unchanged from what kiln always keyed a COPY by (the options that decide
     // what is copied), whatever the history says.
@@ -766,8 +772,8 @@ async fn plan_copy(
     if let Some(c) = &chown {
         text.push_str(&format!(" --chown={c}"));
     }
-    if let Some(m) = chmod {
-        text.push_str(&format!(" --chmod={m:o}"));
+    if let Some(m) = &chmod {
+        text.push_str(&format!(" --chmod={}", m.key_text()));
     }
     if args.parents {
         text.push_str(" --parents");
@@ -832,6 +838,9 @@ async fn plan_copy(
     }
     for (u, c) in &urls {
         parts.push(format!("url:{u}:{}", c.as_deref().unwrap_or("")));
+    }
+    if unpack_urls && !urls.is_empty() {
+        parts.push("unpack-urls".into());
     }
     let refs: Vec<&str> = parts.iter().map(String::as_str).collect();
     let key = digest_of(&refs);
@@ -985,16 +994,6 @@ async fn resolve_mount(
     }
 }
 
-/// Parses `--chmod` (octal only, as BuildKit accepts without the labs syntax).
-pub fn parse_chmod(s: &str) -> Result<u32> {
-    let mode = u32::from_str_radix(s, 8)
-        .map_err(|_| anyhow!("--chmod={s}: expected an octal mode such as 755"))?;
-    if mode > 0o7777 {
-        bail!("--chmod={s}: mode out of range");
-    }
-    Ok(mode)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1041,12 +1040,5 @@ mod tests {
     fn go_quote_escapes() {
         assert_eq!(go_quote("a\"b\\c\x01\té", '"'), r#""a\"b\\c\x01\té""#);
         assert_eq!(go_quote("'", '\''), r"'\''");
-    }
-
-    #[test]
-    fn chmod_is_octal_only() {
-        assert_eq!(parse_chmod("640").unwrap(), 0o640);
-        assert!(parse_chmod("u+x").is_err());
-        assert!(parse_chmod("17777").is_err());
     }
 }
