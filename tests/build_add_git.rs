@@ -228,6 +228,63 @@ fn add_branch_tag_subdir_keep_git_dir_chown_exclude() {
     assert!(!git_config.contains("s3cret"), "{git_config}");
 }
 
+/// BuildKit's query form of a git URL (Dockerfile 1.18): `?tag=`, `?branch=`, `?subdir=`,
+/// `?keep-git-dir=`, `?checksum=`; the same trees as the fragment form, and BuildKit's errors
+/// for a query it refuses.
+#[test]
+fn git_urls_in_the_query_form() {
+    let (root, repo, _served, server) = setup();
+    let url = server.url("repo.git");
+    let head = git(&repo.work, &["rev-parse", "HEAD"]);
+    let dockerfile = format!(
+        "FROM busybox:latest\n\
+         ADD {url}?tag=v1&subdir=sub /tagsub/\n\
+         ADD {url}?branch=main&keep-git-dir=true /kept\n\
+         ADD {url}?ref=main&checksum={short} /checked\n",
+        short = &head[..10],
+    );
+    let ctx = context(&[("Dockerfile", &dockerfile)]);
+    build_ok(root.path(), &["-t", "q:1", ctx.path().to_str().unwrap()]);
+    let fs = rootfs_of(root.path(), "q:1");
+    let fs = fs.path();
+    assert_eq!(read(fs, "tagsub/x"), "tag-sub\n");
+    assert!(!fs.join("tagsub/hello").exists());
+    assert_eq!(git(&fs.join("kept"), &["rev-parse", "HEAD"]), head);
+    assert_eq!(read(fs, "checked/hello"), "two\n");
+    let config = config_of(root.path(), "q:1");
+    let created: Vec<&str> = config["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|h| h["created_by"].as_str())
+        .collect();
+    assert!(
+        created
+            .iter()
+            .any(|c| c.contains("?tag=v1&subdir=sub /tagsub/")),
+        "{created:?}"
+    );
+
+    for (query, says) in [
+        ("?tag=v1&branch=main", "branch conflicts with tag"),
+        ("?depth=1", "unexpected query \"depth\""),
+        (
+            "?ref=main&checksum=0000000000",
+            "expected checksum to match",
+        ),
+    ] {
+        let ctx = context(&[(
+            "Dockerfile",
+            &format!("FROM busybox:latest\nADD {url}{query} /x\n"),
+        )]);
+        let out = build(root.path(), &[ctx.path().to_str().unwrap()]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{query}");
+        assert!(err.contains(says), "{query}: {err}");
+        assert!(err.contains("Dockerfile:2"), "{query}: {err}");
+    }
+}
+
 #[test]
 fn cached_while_the_branch_stays_rebuilt_when_it_moves() {
     let (root, repo, _served, server) = setup();

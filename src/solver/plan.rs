@@ -653,8 +653,9 @@ async fn plan_copy(
             continue;
         }
         let s = s.clone();
-        if let Some(url) = crate::source::git::parse(&s) {
-            shown_sources.push(url.display());
+        if let Some(url) = crate::source::git::parse_checked(&s)? {
+            // As written (the query form stays a query), without credentials.
+            shown_sources.push(crate::source::git::redact_urls(&s));
             if !is_add {
                 bail!(
                     "COPY cannot copy a git repository ({}): use ADD",
@@ -662,8 +663,11 @@ async fn plan_copy(
                 );
             }
             // Keyed by the commit the ref names now (as BuildKit): resolved before the step.
-            let checksum = args.checksum.clone();
-            let keep_git_dir = args.keep_git_dir.unwrap_or(false);
+            let checksum = args.checksum.clone().or(url.query.checksum.clone());
+            let keep_git_dir = args
+                .keep_git_dir
+                .or(url.query.keep_git_dir)
+                .unwrap_or(false);
             let source = tokio::task::spawn_blocking(move || -> Result<_> {
                 let resolved = crate::source::git::resolve(&url, checksum.as_deref())?;
                 Ok(crate::source::git::GitSource {
