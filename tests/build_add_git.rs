@@ -285,6 +285,48 @@ fn git_urls_in_the_query_form() {
     }
 }
 
+/// A git URL as a named build context (`--build-context src=URL#ref`): COPY --from and FROM of
+/// it read the repository's tree at that ref.
+#[test]
+fn a_git_repository_as_a_named_build_context() {
+    let (root, _repo, _served, server) = setup();
+    let url = server.url("repo.git");
+    let ctx = context(&[(
+        "Dockerfile",
+        "FROM busybox:latest AS first\nCOPY --from=src /hello /from-tag.txt\nFROM src AS tree\n\
+         FROM busybox:latest\nCOPY --from=tree /sub /sub\n",
+    )]);
+    let spec = format!("src={url}#v1");
+    build_ok(
+        root.path(),
+        &[
+            "--build-context",
+            &spec,
+            "--target",
+            "first",
+            "-t",
+            "nc:tag",
+            ctx.path().to_str().unwrap(),
+        ],
+    );
+    let fs = rootfs_of(root.path(), "nc:tag");
+    assert_eq!(read(fs.path(), "from-tag.txt"), "one\n");
+    let spec = format!("src={url}?branch=main");
+    build_ok(
+        root.path(),
+        &[
+            "--build-context",
+            &spec,
+            "-t",
+            "nc:main",
+            ctx.path().to_str().unwrap(),
+        ],
+    );
+    let fs = rootfs_of(root.path(), "nc:main");
+    assert_eq!(read(fs.path(), "sub/x"), "main-sub\n");
+    assert!(!fs.path().join("sub/.git").exists());
+}
+
 #[test]
 fn cached_while_the_branch_stays_rebuilt_when_it_moves() {
     let (root, repo, _served, server) = setup();

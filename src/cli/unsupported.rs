@@ -32,12 +32,6 @@ const TABLE: &[(&str, &str, Option<char>, &str)] = &[
     ),
     (
         "build",
-        "build-context",
-        None,
-        "adds named build contexts for COPY --from and FROM",
-    ),
-    (
-        "build",
         "builder",
         None,
         "selects a buildx builder instance; kiln is its own builder",

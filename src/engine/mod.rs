@@ -99,6 +99,7 @@ pub fn build(root: &Path, opts: BuildOptions) -> Result<i32> {
             .map(|p| p.display().to_string())
             .unwrap_or(dockerfile_name.clone())
     );
+    let named_contexts = crate::source::named::NamedContexts::open(&opts.build_contexts, &store)?;
     let imports = cache::load_imports(&store, &opts.cache_from, &progress);
     let request = |stages| BuildRequest {
         stages,
@@ -116,6 +117,7 @@ pub fn build(root: &Path, opts: BuildOptions) -> Result<i32> {
         remote: imports
             .clone()
             .map(|i| i as Arc<dyn crate::solver::remotecache::RemoteCache>),
+        named_contexts: named_contexts.clone(),
     };
     let db = Arc::new(Mutex::new(open_db(store.root())?));
     let backend: Arc<dyn Backend> = Arc::new(StoreBackend {

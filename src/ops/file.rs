@@ -93,12 +93,17 @@ pub(super) fn copy_step(
 ) -> Result<()> {
     let dest_root = snap.merged();
     let view = source_view(store, snapshotter, &c.from)?;
-    let filter = req.context.filter();
+    // The main context, or a named one: both read through their `.dockerignore`.
+    let files_context = match &c.from {
+        crate::solver::SourceTree::Named(named) => named.clone(),
+        _ => req.context.clone(),
+    };
+    let filter = files_context.filter();
     let no_filter = crate::source::fsutil::NoFilter;
     let view_root = view.as_ref().map(|v| v.merged());
     let src = match &view_root {
         None => CopySource {
-            root: req.context.root(),
+            root: files_context.root(),
             filter: filter.as_ref(),
             from_context: true,
         },

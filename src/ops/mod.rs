@@ -121,7 +121,7 @@ fn source_view(
     tree: &SourceTree,
 ) -> Result<Option<ActiveSnapshot>> {
     match tree {
-        SourceTree::Context => Ok(None),
+        SourceTree::Context | SourceTree::Named(_) => Ok(None),
         SourceTree::Layers(layers) => Ok(Some(mount_layers(store, snapshotter, layers)?)),
     }
 }

@@ -148,6 +148,7 @@ fn add_mount(
             let rel = crate::source::fsutil::clean_rel(source);
             let base = match from {
                 None | Some(SourceTree::Context) => req.context.root().to_path_buf(),
+                Some(SourceTree::Named(named)) => named.root().to_path_buf(),
                 Some(tree) => {
                     let view =
                         source_view(store, snapshotter, tree)?.ok_or_else(|| anyhow!("no view"))?;

@@ -67,10 +67,23 @@ pub enum RunMount {
 }
 
 /// The filesystem a COPY or bind mount reads from.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub enum SourceTree {
     Context,
     Layers(Vec<LayerRef>),
+    /// A named build context's files (`--build-context NAME=DIR`, a git or https one), read
+    /// like the main context, with its own `.dockerignore`.
+    Named(Arc<BuildContext>),
+}
+
+impl std::fmt::Debug for SourceTree {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SourceTree::Context => f.write_str("Context"),
+            SourceTree::Layers(l) => f.debug_tuple("Layers").field(l).finish(),
+            SourceTree::Named(c) => write!(f, "Named({})", c.root().display()),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]

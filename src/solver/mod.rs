@@ -60,6 +60,8 @@ pub struct BuildRequest {
     pub max_parallelism: usize,
     /// The caches of `--cache-from`, asked when the local cache misses.
     pub remote: Option<Arc<dyn remotecache::RemoteCache>>,
+    /// `--build-context NAME=…`: what replaces stages, bases and `--from` images of those names.
+    pub named_contexts: crate::source::named::NamedContexts,
 }
 
 /// A step as a cache export records it.
@@ -129,6 +131,7 @@ struct Shared {
     outcomes: Vec<tokio::sync::watch::Sender<Outcome>>,
     started: i64,
     remote: Option<Arc<dyn remotecache::RemoteCache>>,
+    named: crate::source::named::NamedContexts,
     steps: Mutex<Vec<StepRecord>>,
     cache_mounts: Mutex<std::collections::BTreeSet<(String, u32, u32, u32)>>,
 }
@@ -191,6 +194,8 @@ pub async fn solve_shared(
     flights: Arc<Flights>,
     label: Option<String>,
 ) -> Result<StageResult> {
+    let mut request = request;
+    graph::apply_named_contexts(&mut request.stages, &request.named_contexts)?;
     let graph = build_graph(&request.stages, request.target.as_deref())?;
     let stage_platforms = stage_platforms(&request.stages)?;
     let file_cache = {
@@ -240,6 +245,7 @@ pub async fn solve_shared(
         outcomes,
         started,
         remote: request.remote,
+        named: request.named_contexts,
         steps: Mutex::new(Vec::new()),
         cache_mounts: Mutex::new(Default::default()),
     });
@@ -259,7 +265,12 @@ pub async fn solve_shared(
     let mut first_error: Option<(usize, anyhow::Error)> = None;
     let mut target_result = None;
     while let Some(joined) = tasks.join_next().await {
-        let (stage, result) = joined.map_err(|e| anyhow!("a build task failed: {e}"))?;
+        let (stage, result) = match joined {
+            Ok(done) => done,
+            // Aborted after another stage failed: that failure is the error to report.
+            Err(e) if e.is_cancelled() && first_error.is_some() => continue,
+            Err(e) => return Err(anyhow!("a build task failed: {e}")),
+        };
         match result {
             Ok(r) if stage == shared.graph.target => target_result = Some(r),
             Ok(_) => {}

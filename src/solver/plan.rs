@@ -608,29 +608,80 @@ fn health_config(h: &Healthcheck) -> HealthConfig {
 }
 
 /// Resolves `--from` of COPY or a mount: a stage (its layers, waiting for it), or an image.
-async fn resolve_from(
-    shared: &Arc<Shared>,
-    stage: usize,
-    from: &str,
-) -> Result<(SourceTree, String)> {
+/// What a `--from` names: a tree of layers (a stage, an image) with its key, or the files of a
+/// named build context (keyed by what each COPY or mount selects of them).
+enum FromSource {
+    Tree(SourceTree, String),
+    Files(Arc<crate::source::local::BuildContext>),
+}
+
+async fn resolve_from(shared: &Arc<Shared>, stage: usize, from: &str) -> Result<FromSource> {
     if let Some(j) = stage_ref(&shared.stages.stages, from, stage) {
         let r = wait_stage(shared, j).await?;
-        return Ok((SourceTree::Layers(r.layers.clone()), r.key.clone()));
+        return Ok(FromSource::Tree(
+            SourceTree::Layers(r.layers.clone()),
+            r.key.clone(),
+        ));
     }
     if from.parse::<usize>().is_ok() {
         bail!("--from={from}: no such stage before this one");
     }
+    // Not a stage: a named build context of that name, else an image (BuildKit's order).
+    let image_name = match shared.named.get(from) {
+        Some(crate::source::named::NamedContext::Files { context, .. }) => {
+            return Ok(FromSource::Files(context.clone()));
+        }
+        Some(crate::source::named::NamedContext::Image(reference)) => reference.clone(),
+        None => from.to_string(),
+    };
     let backend = shared.backend.clone();
-    let (name, pull) = (from.to_string(), shared.req.pull);
+    let (name, pull) = (image_name, shared.req.pull);
     let platform = shared.stage_platforms[stage].clone();
     let image = tokio::task::spawn_blocking(move || backend.base_image(&name, pull, &platform))
         .await
         .map_err(|e| anyhow!("resolving {from}: {e}"))?
         .with_context(|| format!("--from={from}"))?;
-    Ok((
+    Ok(FromSource::Tree(
         SourceTree::Layers(image.layers),
         digest_of(&["image", &image.id]),
     ))
+}
+
+/// Hashes exactly what a COPY (or bind mount) selects of a context's files, off the async
+/// threads: the main context (with its per-file digest cache) or a named one.
+async fn hash_context_files(
+    shared: &Arc<Shared>,
+    context: Arc<crate::source::local::BuildContext>,
+    sources: Vec<String>,
+    excludes: Vec<String>,
+    expand: bool,
+) -> Result<crate::source::local::contenthash::Selection> {
+    let shared2 = shared.clone();
+    tokio::task::spawn_blocking(move || -> Result<_> {
+        let filter = context.filter();
+        let expanded = if expand {
+            let src = crate::source::select::CopySource {
+                root: context.root(),
+                filter: filter.as_ref(),
+                from_context: true,
+            };
+            crate::source::select::expand_sources(&src, &sources)?
+        } else {
+            sources
+        };
+        let is_main = Arc::ptr_eq(&context, &shared2.context);
+        hash_selection(
+            context.root(),
+            &expanded,
+            &HashOptions {
+                filter: filter.as_ref(),
+                excludes: &excludes,
+                cache: is_main.then_some(&shared2.file_cache),
+            },
+        )
+    })
+    .await
+    .map_err(|e| anyhow!("hashing the build context: {e}"))?
 }
 
 /// Plans a COPY or ADD whose words are expanded already.
@@ -719,42 +770,25 @@ async fn plan_copy(
         .map(|d| (d.name.clone(), d.content.clone()))
         .collect();
     let from = args.from.clone();
-    let (tree, source_key, files) = match &from {
-        Some(f) => {
-            let (tree, key) = resolve_from(shared, stage, f).await?;
-            (tree, key, Vec::new())
-        }
-        None => {
-            // Hash exactly what the COPY selects, off the async threads.
-            let shared2 = shared.clone();
-            let srcs = sources.clone();
-            let excl = excludes.clone();
-            let selection = tokio::task::spawn_blocking(move || -> Result<_> {
-                let filter = shared2.context.filter();
-                let src = crate::source::select::CopySource {
-                    root: shared2.context.root(),
-                    filter: filter.as_ref(),
-                    from_context: true,
-                };
-                let expanded = crate::source::select::expand_sources(&src, &srcs)?;
-                hash_selection(
-                    shared2.context.root(),
-                    &expanded,
-                    &HashOptions {
-                        filter: filter.as_ref(),
-                        excludes: &excl,
-                        cache: Some(&shared2.file_cache),
-                    },
-                )
-            })
-            .await
-            .map_err(|e| anyhow!("hashing the build context: {e}"))??;
+    let files_of = match &from {
+        Some(f) => match resolve_from(shared, stage, f).await? {
+            FromSource::Tree(tree, key) => Err((tree, key)),
+            FromSource::Files(named) => Ok((SourceTree::Named(named.clone()), named)),
+        },
+        None => Ok((SourceTree::Context, shared.context.clone())),
+    };
+    let (tree, source_key, files) = match files_of {
+        Err((tree, key)) => (tree, key, Vec::new()),
+        Ok((tree, context)) => {
+            let selection =
+                hash_context_files(shared, context, sources.clone(), excludes.clone(), true)
+                    .await?;
             let files: Vec<(String, String)> = selection
                 .entries
                 .iter()
                 .map(|(p, d)| (p.clone(), hex::encode(&d[..12])))
                 .collect();
-            (SourceTree::Context, selection.digest, files)
+            (tree, selection.digest, files)
         }
     };
     let unpack = is_add && args.unpack.unwrap_or(true);
@@ -897,29 +931,20 @@ async fn resolve_mount(
         MountType::Bind => {
             let source = m.source.clone().unwrap_or_default();
             let rw = !m.read_only;
-            let (from, key) = match &m.from {
-                Some(f) => {
-                    let (tree, key) = resolve_from(shared, stage, f).await?;
-                    (Some(tree), key)
-                }
-                None => {
-                    let shared2 = shared.clone();
+            let files_of = match &m.from {
+                Some(f) => match resolve_from(shared, stage, f).await? {
+                    FromSource::Tree(tree, key) => Err((tree, key)),
+                    FromSource::Files(named) => Ok((Some(SourceTree::Named(named.clone())), named)),
+                },
+                None => Ok((None, shared.context.clone())),
+            };
+            let (from, key) = match files_of {
+                Err((tree, key)) => (Some(tree), key),
+                Ok((tree, context)) => {
                     let src = crate::source::fsutil::clean_rel(&source);
-                    let sel = tokio::task::spawn_blocking(move || {
-                        let filter = shared2.context.filter();
-                        hash_selection(
-                            shared2.context.root(),
-                            &[src],
-                            &HashOptions {
-                                filter: filter.as_ref(),
-                                excludes: &[],
-                                cache: Some(&shared2.file_cache),
-                            },
-                        )
-                    })
-                    .await
-                    .map_err(|e| anyhow!("hashing the bind mount source: {e}"))??;
-                    (None, sel.digest)
+                    let sel =
+                        hash_context_files(shared, context, vec![src], Vec::new(), false).await?;
+                    (tree, sel.digest)
                 }
             };
             let key_part = format!("bind:{target}:{source}:{rw}:{key}");
