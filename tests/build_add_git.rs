@@ -327,6 +327,51 @@ fn a_git_repository_as_a_named_build_context() {
     assert!(!fs.path().join("sub/.git").exists());
 }
 
+/// `SOURCE_DATE_EPOCH=<stage>`: a `FROM scratch` stage with one ADD of a git repository gives
+/// the epoch, its commit's time (BuildKit's source stage); RUN steps see the number.
+#[test]
+fn source_date_epoch_from_a_git_source_stage() {
+    let (root, repo, _served, server) = setup();
+    let url = server.url("repo.git");
+    let v1_time: i64 = git(&repo.work, &["show", "-s", "--format=%ct", "v1^{commit}"])
+        .parse()
+        .unwrap();
+    let ctx = context(&[(
+        "Dockerfile",
+        &format!(
+            "ARG SOURCE_DATE_EPOCH=src\nFROM scratch AS src\nARG REF=v1\nADD {url}#$REF /\n\
+             FROM busybox:latest\nARG SOURCE_DATE_EPOCH\nRUN echo $SOURCE_DATE_EPOCH > /epoch\n"
+        ),
+    )]);
+    build_ok(root.path(), &["-t", "e", ctx.path().to_str().unwrap()]);
+    let fs = rootfs_of(root.path(), "e");
+    assert_eq!(read(fs.path(), "epoch").trim(), v1_time.to_string());
+    let created = config_of(root.path(), "e")["created"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let want = chrono_like(v1_time);
+    assert_eq!(created, want);
+
+    let bad = context(&[(
+        "Dockerfile",
+        "ARG SOURCE_DATE_EPOCH=src\nFROM busybox:latest AS src\nFROM busybox:latest\n",
+    )]);
+    let out = build(root.path(), &[bad.path().to_str().unwrap()]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("must use FROM scratch"), "{err}");
+}
+
+/// RFC 3339 in UTC, as image configs write `created`.
+fn chrono_like(t: i64) -> String {
+    let out = Command::new("date")
+        .args(["-u", "-d", &format!("@{t}"), "+%Y-%m-%dT%H:%M:%SZ"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
 #[test]
 fn cached_while_the_branch_stays_rebuilt_when_it_moves() {
     let (root, repo, _served, server) = setup();

@@ -102,6 +102,56 @@ fn source_date_epoch_builds_are_reproducible_across_roots() {
     assert_eq!(ids[0], ids[1]);
 }
 
+/// `ARG SOURCE_DATE_EPOCH=…` in the Dockerfile's global scope is the epoch (Dockerfile 1.20);
+/// a --build-arg beats it; `context` of a local directory is no epoch, with a warning; a value
+/// that is neither a number, `context` nor a stage is an error.
+#[test]
+fn source_date_epoch_from_the_dockerfiles_global_arg() {
+    let root = root_with_busybox();
+    let ctx = context(&[(
+        "Dockerfile",
+        "ARG SOURCE_DATE_EPOCH=1700000000\nFROM busybox:latest\nRUN echo x > /x\n",
+    )]);
+    let c = ctx.path().to_str().unwrap();
+    build_ok(root.path(), &["-t", "a", c]);
+    assert_eq!(
+        config_of(root.path(), "a")["created"],
+        "2023-11-14T22:13:20Z"
+    );
+    build_ok(
+        root.path(),
+        &["-t", "b", "--build-arg", "SOURCE_DATE_EPOCH=1600000000", c],
+    );
+    assert_eq!(
+        config_of(root.path(), "b")["created"],
+        "2020-09-13T12:26:40Z"
+    );
+
+    let (_, err) = build_ok(
+        root.path(),
+        &["-t", "c", "--build-arg", "SOURCE_DATE_EPOCH=context", c],
+    );
+    assert!(
+        err.contains("a local build context has no commit time"),
+        "{err}"
+    );
+    assert_ne!(
+        config_of(root.path(), "c")["created"],
+        "2023-11-14T22:13:20Z"
+    );
+
+    let out = build(
+        root.path(),
+        &["--build-arg", "SOURCE_DATE_EPOCH=yesterday", c],
+    );
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("invalid SOURCE_DATE_EPOCH: yesterday"),
+        "{err}"
+    );
+}
+
 #[test]
 fn onbuild_triggers_run_in_the_child() {
     let root = root_with_busybox();

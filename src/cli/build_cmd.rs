@@ -84,6 +84,10 @@ pub struct BuildArgs {
     /// https URL; it replaces a stage or image of that name
     #[arg(long = "build-context", value_name = "NAME=VALUE")]
     pub build_contexts: Vec<String>,
+    /// An SSH agent for RUN --mount=type=ssh: `default` ($SSH_AUTH_SOCK), ID=SOCKET, or
+    /// ID=KEYFILE[,KEYFILE] (loaded into an ssh-agent of the build's own)
+    #[arg(long = "ssh", value_name = "default|ID[=SOCKET|KEY]")]
+    pub ssh: Vec<String>,
     /// Progress output: auto, tty, plain, quiet or rawjson
     #[arg(long, default_value = "auto", value_name = "MODE")]
     pub progress: String,
@@ -209,6 +213,7 @@ fn to_options(args: BuildArgs) -> anyhow::Result<BuildOptions> {
         labels: options::parse_labels(&args.labels)?,
         secrets,
         build_contexts: args.build_contexts,
+        ssh: args.ssh,
         progress,
         explain: args.explain,
         iidfile: args.iidfile,

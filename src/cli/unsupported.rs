@@ -61,12 +61,6 @@ const TABLE: &[(&str, &str, Option<char>, &str)] = &[
         None,
         "sets the size of /dev/shm in RUN steps",
     ),
-    (
-        "build",
-        "ssh",
-        None,
-        "forwards an SSH agent or keys to RUN --mount=type=ssh",
-    ),
     ("build", "ulimit", None, "sets ulimits for RUN steps"),
     ("build", "debug", Some('D'), "enables debug logging"),
     ("build", "squash", None, "squashes the new layers into one"),

@@ -105,10 +105,13 @@ impl BuildContext {
             ("TARGETOS".into(), t.os.clone()),
             ("TARGETARCH".into(), t.arch.clone()),
             ("TARGETVARIANT".into(), t.variant.clone()),
+            // Windows' OS versions; empty on Linux, as BuildKit gives them.
+            ("TARGETOSVERSION".into(), String::new()),
             ("BUILDPLATFORM".into(), b.to_string()),
             ("BUILDOS".into(), b.os.clone()),
             ("BUILDARCH".into(), b.arch.clone()),
             ("BUILDVARIANT".into(), b.variant.clone()),
+            ("BUILDOSVERSION".into(), String::new()),
             (
                 "TARGETSTAGE".into(),
                 self.target_stage

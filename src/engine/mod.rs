@@ -9,7 +9,9 @@ use std::sync::{Arc, Mutex};
 use anyhow::{anyhow, bail, Context, Result};
 
 pub mod cache;
+mod epoch;
 pub mod options;
+mod ssh;
 
 use crate::reference::Reference;
 use crate::solver::cache::LayerRef;
@@ -79,17 +81,33 @@ pub fn build(root: &Path, opts: BuildOptions) -> Result<i32> {
     }
     crate::exporter::check_outputs(&opts.outputs, &platforms)?;
 
-    let source_date_epoch = opts
-        .build_args
-        .get("SOURCE_DATE_EPOCH")
-        .cloned()
-        .or_else(|| std::env::var("SOURCE_DATE_EPOCH").ok())
-        .map(|v| {
-            v.trim()
-                .parse::<i64>()
-                .map_err(|_| anyhow!("SOURCE_DATE_EPOCH={v}: expected seconds since the epoch"))
-        })
-        .transpose()?;
+    let source_date_epoch = match epoch::raw_value(&opts.build_args, &all_stages[0]) {
+        None => None,
+        Some(raw) => {
+            let resolved = epoch::resolve(&raw, &all_stages[0], &store)?;
+            if raw.trim().parse::<i64>().is_err() {
+                // What RUN steps see is the number (or nothing), not `context` or a stage name.
+                let mut build_args = opts.build_args.clone();
+                build_args.insert(
+                    "SOURCE_DATE_EPOCH".into(),
+                    resolved.map(|n| n.to_string()).unwrap_or_default(),
+                );
+                all_stages = platforms
+                    .iter()
+                    .map(|p| {
+                        crate::dockerfile::load_for(
+                            &dockerfile_text,
+                            &dockerfile_name,
+                            &build_args,
+                            p,
+                            opts.target.as_deref(),
+                        )
+                    })
+                    .collect::<Result<_>>()?;
+            }
+            resolved
+        }
+    };
 
     let place_id = format!(
         "{}\0{}",
@@ -100,6 +118,8 @@ pub fn build(root: &Path, opts: BuildOptions) -> Result<i32> {
             .unwrap_or(dockerfile_name.clone())
     );
     let named_contexts = crate::source::named::NamedContexts::open(&opts.build_contexts, &store)?;
+    // Kept until the build ends: agents kiln started for key files stop with it.
+    let ssh_agents = ssh::SshAgents::start(&opts.ssh, &store.tmp_dir())?;
     let imports = cache::load_imports(&store, &opts.cache_from, &progress);
     let request = |stages| BuildRequest {
         stages,
@@ -112,6 +132,7 @@ pub fn build(root: &Path, opts: BuildOptions) -> Result<i32> {
         network: opts.network,
         labels: opts.labels.clone(),
         secrets: opts.secrets.clone(),
+        ssh: ssh_agents.sockets.clone(),
         source_date_epoch,
         max_parallelism: opts.max_parallelism,
         remote: imports

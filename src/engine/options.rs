@@ -25,6 +25,8 @@ pub struct BuildOptions {
     pub secrets: HashMap<String, SecretSource>,
     /// `--build-context NAME=VALUE`, as given.
     pub build_contexts: Vec<String>,
+    /// `--ssh default|ID[=SOCKET|KEY,...]`, as given.
+    pub ssh: Vec<String>,
     pub progress: crate::solver::progress::Mode,
     pub explain: bool,
     pub iidfile: Option<PathBuf>,

@@ -6,6 +6,7 @@
 pub mod copy;
 mod file;
 mod run;
+pub mod ssh_agent;
 
 pub use run::cache_mount_dir;
 

@@ -20,6 +20,7 @@ struct MountGuards {
     views: Vec<ActiveSnapshot>,
     _temps: Vec<tempfile::TempDir>,
     _locks: Vec<std::fs::File>,
+    _agents: Vec<super::ssh_agent::AgentProxy>,
 }
 
 pub(super) fn run_step(
@@ -56,6 +57,7 @@ pub(super) fn run_step(
         views: Vec::new(),
         _temps: Vec::new(),
         _locks: Vec::new(),
+        _agents: Vec::new(),
     };
     for m in &run.mounts {
         add_mount(store, snapshotter, &mut spec, &mut guards, m, req)?;
@@ -267,6 +269,33 @@ fn add_mount(
                 },
             });
             guards._temps.push(tmp);
+        }
+        RunMount::Ssh {
+            id,
+            target,
+            mode,
+            uid,
+            gid,
+        } => {
+            // Not given and not required: no socket, as in BuildKit.
+            let Some(upstream) = req.ssh.get(id) else {
+                return Ok(());
+            };
+            let proxy = super::ssh_agent::AgentProxy::start(
+                &store.tmp_dir(),
+                upstream,
+                (*uid, *gid),
+                *mode,
+            )
+            .with_context(|| format!("--mount=type=ssh,id={id}"))?;
+            spec.mounts.push(Mount {
+                target: PathBuf::from(target),
+                kind: MountKind::Bind {
+                    source: proxy.socket().to_path_buf(),
+                    readonly: false,
+                },
+            });
+            guards._agents.push(proxy);
         }
         RunMount::Secret {
             id,

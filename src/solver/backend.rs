@@ -55,6 +55,15 @@ pub enum RunMount {
         content: Vec<u8>,
         mode: u32,
     },
+    /// `--mount=type=ssh`: a socket at `target` that relays to the agent `kiln build --ssh ID`
+    /// gave (nothing there when the build gave none and the mount is not required).
+    Ssh {
+        id: String,
+        target: String,
+        mode: u32,
+        uid: u32,
+        gid: u32,
+    },
     /// A secret as a file (target) or environment variable (env).
     Secret {
         id: String,
@@ -138,6 +147,8 @@ pub struct ExecRequest {
     pub context: Arc<BuildContext>,
     pub progress: Arc<Progress>,
     pub secrets: Arc<HashMap<String, SecretSource>>,
+    /// `--ssh ID=…`: each id's agent socket on the host.
+    pub ssh: Arc<HashMap<String, std::path::PathBuf>>,
     pub source_date_epoch: Option<i64>,
     /// For a COPY/ADD from the context that missed only because some selected files changed: the
     /// layer the same step on the same parent made last time, to build the new one from.

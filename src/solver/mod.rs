@@ -56,6 +56,8 @@ pub struct BuildRequest {
     pub network: Network,
     pub labels: BTreeMap<String, String>,
     pub secrets: HashMap<String, SecretSource>,
+    /// `--ssh ID=…`: each id's agent socket on the host (never part of a key).
+    pub ssh: HashMap<String, std::path::PathBuf>,
     pub source_date_epoch: Option<i64>,
     pub max_parallelism: usize,
     /// The caches of `--cache-from`, asked when the local cache misses.
@@ -127,6 +129,7 @@ struct Shared {
     db: Arc<Mutex<rusqlite::Connection>>,
     file_cache: FileDigestCache,
     secrets: Arc<HashMap<String, SecretSource>>,
+    ssh: Arc<HashMap<String, std::path::PathBuf>>,
     permits: tokio::sync::Semaphore,
     outcomes: Vec<tokio::sync::watch::Sender<Outcome>>,
     started: i64,
@@ -241,6 +244,7 @@ pub async fn solve_shared(
         db: db.clone(),
         file_cache,
         secrets: Arc::new(request.secrets),
+        ssh: Arc::new(request.ssh),
         permits: tokio::sync::Semaphore::new(request.max_parallelism.max(1)),
         outcomes,
         started,
@@ -755,6 +759,7 @@ async fn run_step(
         context: shared.context.clone(),
         progress: shared.progress.clone(),
         secrets: shared.secrets.clone(),
+        ssh: shared.ssh.clone(),
         source_date_epoch: shared.req.source_date_epoch,
         previous,
     };

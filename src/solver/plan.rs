@@ -283,6 +283,15 @@ pub(super) async fn plan_step(
                 resolved.push(mount);
                 mount_keys.push(key_part);
             }
+            // As BuildKit's client: the first ssh mount is the agent unless the image says.
+            if let Some(first) = resolved.iter().find_map(|m| match m {
+                RunMount::Ssh { target, .. } => Some(target.clone()),
+                _ => None,
+            }) {
+                if !env.iter().any(|e| e.starts_with("SSH_AUTH_SOCK=")) {
+                    env.push(format!("SSH_AUTH_SOCK={first}"));
+                }
+            }
             if let Some(script) = script {
                 mount_keys.push(format!(
                     "file:{}:755:{}",
@@ -1019,7 +1028,29 @@ async fn resolve_mount(
                 key_part,
             ))
         }
-        MountType::Ssh => bail!("RUN --mount=type=ssh is not supported"),
+        MountType::Ssh => {
+            let id = m.id.clone().unwrap_or_else(|| "default".into());
+            if m.required && !shared.ssh.contains_key(&id) {
+                bail!(
+                    "no SSH key {id:?} forwarded from the client: give it with kiln build \
+                     --ssh {id} (the agent of $SSH_AUTH_SOCK), --ssh {id}=SOCKET or --ssh \
+                     {id}=KEYFILE"
+                );
+            }
+            let mode = m.mode.unwrap_or(0o600);
+            // Where the socket goes and who may use it; never which agent or keys.
+            let key_part = format!("ssh:{id}:{target}:{mode}:{uid}:{gid}");
+            Ok((
+                RunMount::Ssh {
+                    id,
+                    target,
+                    mode,
+                    uid,
+                    gid,
+                },
+                key_part,
+            ))
+        }
     }
 }
 

@@ -122,6 +122,7 @@ fn build(
         max_parallelism: 2,
         remote: None,
         named_contexts: Default::default(),
+        ssh: Default::default(),
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -301,6 +302,7 @@ fn graphs_of_a_multi_platform_build_share_equal_steps() {
                 max_parallelism: 2,
                 remote: None,
                 named_contexts: Default::default(),
+                ssh: Default::default(),
             };
             let backend: Arc<dyn Backend> = fake.clone();
             set.spawn(solve_shared(

@@ -442,6 +442,8 @@ fn pick_ref(ls_remote: &str, reference: Option<&str>) -> Option<Resolved> {
 pub struct Checkout {
     _dir: tempfile::TempDir,
     root: PathBuf,
+    /// The commit's committer time, when it was read (a build under SOURCE_DATE_EPOCH).
+    pub commit_time: Option<i64>,
 }
 
 impl Checkout {
@@ -580,6 +582,7 @@ pub fn checkout(
         )?;
         let _ = std::fs::remove_file(git_dir.join("FETCH_HEAD"));
     }
+    let mut commit_time = None;
     if source_date_epoch.is_some() {
         let time = run_git(&gd(&["show", "-s", "--format=%ct", commit]), None, remote)?;
         let time: i64 = time
@@ -587,6 +590,7 @@ pub fn checkout(
             .parse()
             .map_err(|_| anyhow!("{shown}: cannot read the commit time of {commit}"))?;
         set_mtimes(&tree, time)?;
+        commit_time = Some(time);
     }
     let root = if url.subdir.is_empty() {
         tree
@@ -600,7 +604,11 @@ pub fn checkout(
         }
         path
     };
-    Ok(Checkout { _dir: dir, root })
+    Ok(Checkout {
+        _dir: dir,
+        root,
+        commit_time,
+    })
 }
 
 /// Removes every entry named `.git` below `tree` (git never tracks such a path, so they are all
