@@ -380,6 +380,76 @@ fn add_unpack_flag_for_urls_and_local_archives() {
     );
 }
 
+/// `HTTP_AUTH_TOKEN_<host>` and `HTTP_AUTH_HEADER_<host>` secrets authorize ADD of a URL of
+/// that host (BuildKit's names); the token is never in the image, the store or the output.
+#[test]
+fn add_of_a_url_with_http_auth_secrets() {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut s) = stream else { break };
+            let mut req = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                match s.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => req.extend_from_slice(&buf[..n]),
+                }
+            }
+            let text = String::from_utf8_lossy(&req).to_string();
+            let body = if text.contains("\r\nAuthorization: Bearer t0ken-s3cret\r\n") {
+                Some("by token\n")
+            } else if text.contains("\r\nAuthorization: Basic dXNlcjpwdw==\r\n") {
+                Some("by header\n")
+            } else {
+                None
+            };
+            let _ = match body {
+                Some(b) => write!(
+                    s,
+                    "HTTP/1.0 200 OK\r\nContent-Length: {}\r\n\r\n{b}",
+                    b.len()
+                ),
+                None => s.write_all(b"HTTP/1.0 401 Unauthorized\r\nContent-Length: 0\r\n\r\n"),
+            };
+        }
+    });
+    let root = root_with_busybox();
+    let secrets = tempfile::tempdir().unwrap();
+    let token = secrets.path().join("token");
+    std::fs::write(&token, "t0ken-s3cret\n").unwrap();
+    let header = secrets.path().join("header");
+    std::fs::write(&header, "Basic dXNlcjpwdw==").unwrap();
+    let ctx = context(&[(
+        "Dockerfile",
+        &format!("FROM busybox:latest\nADD http://127.0.0.1:{port}/f.txt /dl/\n"),
+    )]);
+    let dir = ctx.path().to_str().unwrap();
+    let read = |root: &std::path::Path| {
+        std::fs::read_to_string(rootfs_of(root, "auth").path().join("dl/f.txt")).unwrap()
+    };
+    let by_token = format!("id=HTTP_AUTH_TOKEN_127.0.0.1,src={}", token.display());
+    let (out, err) = build_ok(root.path(), &["--secret", &by_token, "-t", "auth", dir]);
+    assert_eq!(read(root.path()), "by token\n");
+    assert!(!out.contains("t0ken") && !err.contains("t0ken"));
+    let config = config_of(root.path(), "auth").to_string();
+    assert!(!config.contains("t0ken"), "{config}");
+    let by_header = format!("id=HTTP_AUTH_HEADER_127.0.0.1,src={}", header.display());
+    build_ok(root.path(), &["--secret", &by_header, "-t", "auth", dir]);
+    assert_eq!(read(root.path()), "by header\n");
+    // Without either, the server's refusal.
+    let out = build(root.path(), &[dir]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("HTTP status 401"));
+    // A secret for another host is not sent.
+    let other = format!("id=HTTP_AUTH_TOKEN_example.com,src={}", token.display());
+    assert!(!build(root.path(), &["--secret", &other, dir])
+        .status
+        .success());
+}
+
 /// A one-file HTTP server on 127.0.0.1 (any path gets `body` as it is at the time of the
 /// request); returns its port.
 fn serve_http(body: std::sync::Arc<std::sync::Mutex<Vec<u8>>>) -> u16 {

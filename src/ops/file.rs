@@ -169,7 +169,12 @@ pub(super) fn copy_step(
         )?;
     }
     for (url, checksum) in &c.urls {
-        let data = crate::source::http::fetch(url, checksum.as_deref())?;
+        let authorization = crate::solver::http_authorization(url, &req.secrets)?;
+        let data = crate::source::http::fetch_authorized(
+            url,
+            checksum.as_deref(),
+            authorization.as_deref(),
+        )?;
         if options.unpack_urls && crate::source::archive::is_archive_data(&data) {
             // `ADD --unpack=true URL DEST`: DEST is a directory the archive's entries go into.
             let dir = copy::ensure_dir_in_root(

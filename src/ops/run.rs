@@ -9,7 +9,7 @@ use anyhow::{anyhow, bail, Context, Result};
 
 use super::source_view;
 use crate::snapshot::{ActiveSnapshot, Snapshotter};
-use crate::solver::{ExecRequest, Network, RunMount, RunOp, SecretSource, SourceTree};
+use crate::solver::{ExecRequest, Network, RunMount, RunOp, SourceTree};
 use crate::store::Store;
 
 /// How many lines of a failing RUN's output the error repeats.
@@ -305,19 +305,8 @@ fn add_mount(
             uid,
             gid,
         } => {
-            let value = match req.secrets.get(id) {
-                Some(SecretSource::File(p)) => Some(
-                    std::fs::read(p)
-                        .with_context(|| format!("reading secret {id} from {}", p.display()))?,
-                ),
-                Some(SecretSource::Env(var)) => Some(
-                    std::env::var(var)
-                        .map_err(|_| anyhow!("secret {id}: environment variable {var} is not set"))?
-                        .into_bytes(),
-                ),
-                // A required secret that was not given stopped the build when it was planned.
-                None => None,
-            };
+            // A required secret that was not given stopped the build when it was planned.
+            let value = req.secrets.get(id).map(|s| s.read(id)).transpose()?;
             let Some(value) = value else { return Ok(()) };
             if let Some(var) = env {
                 let text = String::from_utf8(value.clone()).map_err(|_| {

@@ -26,6 +26,31 @@ pub enum SecretSource {
     Env(String),
 }
 
+impl SecretSource {
+    /// The secret's value (`id` names it in errors; the value never is).
+    pub fn read(&self, id: &str) -> anyhow::Result<Vec<u8>> {
+        use anyhow::Context;
+        match self {
+            SecretSource::File(p) => std::fs::read(p)
+                .with_context(|| format!("reading secret {id} from {}", p.display())),
+            SecretSource::Env(var) => std::env::var(var)
+                .map(String::into_bytes)
+                .map_err(|_| anyhow::anyhow!("secret {id}: environment variable {var} is not set")),
+        }
+    }
+}
+
+/// The `Authorization` an ADD of `url` sends: from the `HTTP_AUTH_HEADER_<host>` and
+/// `HTTP_AUTH_TOKEN_<host>` secrets, as BuildKit's.
+pub fn http_authorization(
+    url: &str,
+    secrets: &HashMap<String, SecretSource>,
+) -> anyhow::Result<Option<String>> {
+    crate::source::http::authorization_for(url, |id| {
+        secrets.get(id).map(|s| s.read(id)).transpose()
+    })
+}
+
 /// A RUN mount, resolved.
 #[derive(Debug, Clone)]
 pub enum RunMount {

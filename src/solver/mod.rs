@@ -27,8 +27,8 @@ mod tests;
 
 pub use crate::source::image::BaseImage;
 pub use backend::{
-    Backend, CopyOp, CopyOptions, ExecRequest, Network, Op, PreviousCopy, RunMount, RunOp,
-    SecretSource, SourceTree,
+    http_authorization, Backend, CopyOp, CopyOptions, ExecRequest, Network, Op, PreviousCopy,
+    RunMount, RunOp, SecretSource, SourceTree,
 };
 
 use crate::dockerfile::{Instruction, Spanned, Stages};

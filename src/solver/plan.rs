@@ -746,8 +746,14 @@ async fn plan_copy(
                 Some(c) => c.clone(),
                 None => {
                     let url = s.clone();
+                    let secrets = shared.secrets.clone();
                     tokio::task::spawn_blocking(move || -> Result<String> {
-                        let data = crate::source::http::fetch(&url, None)?;
+                        let authorization = super::backend::http_authorization(&url, &secrets)?;
+                        let data = crate::source::http::fetch_authorized(
+                            &url,
+                            None,
+                            authorization.as_deref(),
+                        )?;
                         Ok(format!("sha256:{}", hex::encode(Sha256::digest(&data))))
                     })
                     .await
