@@ -150,7 +150,9 @@ fn detached_container_lifecycle() {
 fn kill_rm_force_and_dead_monitor() {
     let root = setup(json!({"Cmd": ["sleep", "1000"]}));
     let r = root.path();
-    let a = Container::run(r, &["bb"]);
+    // `sleep` as PID 1 has no handler for SIGTERM, so the kernel drops it (docker's too);
+    // under --init the init forwards it to sleep, which dies of it.
+    let a = Container::run(r, &["--init", "bb"]);
     common::kiln_ok(r, &["kill", "-s", "TERM", &a.id]);
     assert_eq!(common::kiln_ok(r, &["wait", &a.id]), "143\n");
     // rm refuses a running container, rm -f kills it.
