@@ -33,9 +33,23 @@ fn foreground_streams_output_and_exit_codes() {
     assert!(stderr.contains("no-such-command"), "{stderr}");
     let (code, _, stderr) = out(&kiln(r, &["run", "--rm", "bb", "/etc/passwd"]));
     assert_eq!(code, 126, "{stderr}");
+    // The command is PID 1: a signal without a handler from inside is dropped (Docker 28:
+    // `survived`, exit 0); under --init the command is not PID 1 and dies of it.
+    let (code, stdout, _) = out(&kiln(
+        r,
+        &[
+            "run",
+            "--rm",
+            "bb",
+            "sh",
+            "-c",
+            "kill -TERM $$; echo survived",
+        ],
+    ));
+    assert_eq!((code, stdout.as_str()), (0, "survived\n"));
     let (code, _, _) = out(&kiln(
         r,
-        &["run", "--rm", "bb", "sh", "-c", "kill -TERM $$"],
+        &["run", "--rm", "--init", "bb", "sh", "-c", "kill -TERM $$"],
     ));
     assert_eq!(code, 128 + 15);
     let (code, _, stderr) = out(&kiln(r, &["run", "--rm", "no-such-image"]));
