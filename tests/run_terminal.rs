@@ -290,7 +290,7 @@ fn pid_1_is_the_command_and_stop_kills_it_after_the_grace_period() {
     let r = root.path();
     let c = Container::run(r, &["--name", "p1", "bb"]);
     let (_, cmdline, _) = out(&kiln(r, &["exec", "p1", "cat", "/proc/1/cmdline"]));
-    assert_eq!(cmdline, "sleep\01000\0");
+    assert_eq!(cmdline, "sleep\u{0}1000\u{0}");
     // Nothing of kiln's command line or environment in any process of the container.
     let (_, all, _) = out(&kiln(
         r,
@@ -357,21 +357,4 @@ fn init_reaps_orphans_and_forwards_signals_without_it_zombies_stay() {
     common::kiln_ok(r, &["stop", "-t", "30", "init"]);
     assert!(start.elapsed() < Duration::from_secs(20));
     assert_eq!(common::kiln_ok(r, &["wait", "init"]), "143\n");
-}
-
-#[test]
-fn relative_volume_sources_are_relative_to_the_working_directory() {
-    let root = root_with_bb(json!({}));
-    let r = root.path();
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::create_dir(dir.path().join("data")).unwrap();
-    std::fs::write(dir.path().join("data/f"), "relative\n").unwrap();
-    let o = common::kiln_command()
-        .current_dir(dir.path())
-        .arg("--root")
-        .arg(r)
-        .args(["run", "--rm", "-v", "./data:/x:ro", "bb", "cat", "/x/f"])
-        .output()
-        .unwrap();
-    assert_eq!(String::from_utf8_lossy(&o.stdout), "relative\n", "{o:?}");
 }

@@ -355,7 +355,13 @@ pub fn relay(
     // Blocked here before any thread starts, so every thread inherits it and only the signal
     // thread takes them.
     sigs.thread_block().context("blocking signals")?;
-    let raw = RawTerminal::enter();
+    // Raw only when the keys go to the container; else Ctrl-C stays kiln's (it ends the
+    // client, the container runs on).
+    let raw = if stdin_open {
+        RawTerminal::enter()
+    } else {
+        RawTerminal(None)
+    };
     let sink = Arc::new(Mutex::new(sink));
     if let Some(size) = tty::size_of(0) {
         if let Ok(mut s) = sink.lock() {

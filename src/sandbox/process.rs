@@ -1032,7 +1032,7 @@ fn command_process(ctx: &ChildContext, stdio: [Option<RawFd>; 3]) -> ! {
 }
 
 impl Running {
-    /// The container init's pid on the host (PID 1 inside).
+    /// The host pid of the container's PID 1 (the command, or the init).
     pub fn pid(&self) -> i32 {
         self.init_pid
     }
@@ -1042,8 +1042,9 @@ impl Running {
         PathBuf::from(format!("/proc/{}/ns/net", self.init_pid))
     }
 
-    /// Sends `signal` to the command (through the init, which forwards it; SIGKILL kills the
-    /// whole container).
+    /// Sends `signal` to PID 1: the command itself (the kernel drops a signal it has no
+    /// handler for, except SIGKILL), or the init, which forwards it. SIGKILL kills the whole
+    /// container.
     pub fn kill(&self, signal: i32) -> io::Result<()> {
         if self.exit.is_some() {
             return Ok(());
