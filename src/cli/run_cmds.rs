@@ -96,7 +96,7 @@ pub enum RunCommands {
         #[arg(required = true)]
         containers: Vec<String>,
     },
-    /// Attach the terminal to a running container started with -t (detach: ctrl-p ctrl-q).
+    /// Attach to a running container: its terminal (-t; detach: ctrl-p ctrl-q), else its output.
     Attach {
         /// The keys that detach, leaving the container running (docker's format).
         #[arg(long = "detach-keys", value_name = "KEYS")]
@@ -104,8 +104,8 @@ pub enum RunCommands {
         /// Do not attach standard input.
         #[arg(long = "no-stdin")]
         no_stdin: bool,
-        /// Accepted for docker's sake: a terminal's signals are keys the container's terminal
-        /// turns into signals.
+        /// Pass the signals kiln gets on to a container without a terminal (with one, the keys
+        /// go to its terminal).
         #[arg(long = "sig-proxy", default_value_t = true, action = clap::ArgAction::Set)]
         sig_proxy: bool,
         container: String,
@@ -491,12 +491,12 @@ pub fn run(cmd: RunCommands, globals: &Globals) -> anyhow::Result<i32> {
         RunCommands::Attach {
             detach_keys,
             no_stdin,
-            sig_proxy: _,
+            sig_proxy,
             container,
         } => {
             let store = runner::open_store(root)?;
             let rec = state::find(&store, &container)?;
-            runner::attach::attach_cmd(&store, &rec, detach_keys.as_deref(), no_stdin)
+            runner::attach::attach_cmd(&store, &rec, detach_keys.as_deref(), no_stdin, sig_proxy)
         }
         RunCommands::Port { container, port } => cmd_port(root, &container, port.as_deref()),
         RunCommands::Container {

@@ -491,6 +491,7 @@ pub fn attach_cmd(
     rec: &super::state::ContainerRecord,
     detach_keys: Option<&str>,
     no_stdin: bool,
+    sig_proxy: bool,
 ) -> Result<i32> {
     use super::state::Status;
     let keys = parse_detach_keys(detach_keys.unwrap_or(DEFAULT_DETACH_KEYS))?;
@@ -501,12 +502,7 @@ pub fn attach_cmd(
         );
     }
     if !rec.config.tty {
-        bail!(
-            "container {} has no terminal (it was not started with -t): kiln attach serves a \
-             terminal; kiln logs -f {} follows its output",
-            rec.name,
-            rec.name
-        );
+        return attach_output(store, rec, sig_proxy);
     }
     let dir = super::lifecycle::container_dir(store, &rec.id);
     match attach(&dir, rec.config.interactive && !no_stdin, Some(keys))? {
@@ -517,6 +513,53 @@ pub fn attach_cmd(
         }
         Ended::Lost => exit_code_after_loss(store, &rec.id),
     }
+}
+
+/// `kiln attach` of a container without a terminal: its output from now on (through its log,
+/// line by line, stdout and stderr apart) until it ends, then its exit code; with `sig_proxy`
+/// (docker's default) SIGINT, SIGTERM, SIGHUP and SIGQUIT sent to kiln go to the container.
+/// Its stdin is not attached (a detached container's stdin is closed).
+fn attach_output(
+    store: &crate::store::Store,
+    rec: &super::state::ContainerRecord,
+    sig_proxy: bool,
+) -> Result<i32> {
+    use super::state::{self, Status};
+    let path = super::logs::log_path(&super::lifecycle::container_dir(store, &rec.id), &rec.id);
+    let mut offset = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+    if sig_proxy {
+        let sigs = relay_signals();
+        sigs.thread_block().context("blocking signals")?;
+        let target = rec.clone();
+        std::thread::spawn(move || loop {
+            if let Ok(sig) = sigs.wait() {
+                if sig != nix::sys::signal::Signal::SIGWINCH {
+                    let _ = super::signal(&target, sig as i32);
+                }
+            }
+        });
+    }
+    loop {
+        let running = state::get(store, &rec.id)?
+            .is_some_and(|r| r.status() == Status::Running || r.owner_alive());
+        let (lines, next) = super::logs::read_from(&path, offset)?;
+        offset = next;
+        let mut out = io::stdout().lock();
+        let mut err = io::stderr().lock();
+        for l in lines {
+            let _ = if l.stream == "stderr" {
+                err.write_all(&l.text)
+            } else {
+                out.write_all(&l.text)
+            };
+        }
+        let _ = out.flush();
+        if !running {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    exit_code_after_loss(store, &rec.id)
 }
 
 /// The exit code recorded for a container whose monitor closed the terminal without sending
