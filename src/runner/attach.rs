@@ -118,6 +118,8 @@ fn short_path(dir: &File, name: &str) -> PathBuf {
 struct Clients {
     conns: Vec<UnixStream>,
     backlog: Option<Vec<u8>>,
+    /// A client is expected at once (`kiln run -t`) and has not connected yet.
+    awaited: bool,
 }
 
 /// The monitor's terminal server.
@@ -148,6 +150,7 @@ impl Server {
         let clients = Arc::new(Mutex::new(Clients {
             conns: Vec::new(),
             backlog: backlog.then(Vec::new),
+            awaited: backlog,
         }));
         let master = master.try_clone().context("attach: the terminal")?;
         let shared = clients.clone();
@@ -159,6 +162,7 @@ impl Server {
                     continue;
                 };
                 if let Ok(mut c) = shared.lock() {
+                    c.awaited = false;
                     let mut writer = writer;
                     if let Some(b) = c.backlog.take() {
                         if !b.is_empty() && write_frame(&mut writer, T_DATA, &b).is_err() {
@@ -198,8 +202,16 @@ impl Server {
         Box::new(Broadcast(self.clients.clone()))
     }
 
-    /// Tells every client the container's exit code and stops serving.
+    /// Tells every client the container's exit code and stops serving. A command that ended
+    /// before the `kiln run -t` that started it connected still has its output and exit code
+    /// delivered: the client is waited for (10 seconds at most).
     pub fn finish(self, code: i32) {
+        let start = std::time::Instant::now();
+        while self.clients.lock().map(|c| c.awaited).unwrap_or(false)
+            && start.elapsed() < Duration::from_secs(10)
+        {
+            std::thread::sleep(Duration::from_millis(10));
+        }
         let _ = std::fs::remove_file(&self.path);
         if let Ok(mut c) = self.clients.lock() {
             for conn in c.conns.iter_mut() {

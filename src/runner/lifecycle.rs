@@ -48,6 +48,14 @@ pub struct Started {
 pub const ENV_TTY_SIZE: &str = "KILN_MONITOR_TTY_SIZE";
 pub const ENV_ATTACH_BACKLOG: &str = "KILN_MONITOR_ATTACH_BACKLOG";
 
+/// Whether the client that started this monitor attaches at once: true for the first start
+/// only (a container the monitor starts again has no such client).
+fn attach_backlog_wanted() -> bool {
+    static TAKEN: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    std::env::var_os(ENV_ATTACH_BACKLOG).is_some()
+        && !TAKEN.swap(true, std::sync::atomic::Ordering::Relaxed)
+}
+
 fn monitor_tty_size() -> Option<crate::sandbox::tty::WinSize> {
     let v = std::env::var(ENV_TTY_SIZE).ok()?;
     let (r, c) = v.split_once('x')?;
@@ -183,7 +191,7 @@ pub fn start(store: &Store, rec: &ContainerRecord, mode: StreamMode) -> Result<S
                 &dir,
                 &master,
                 cfg.interactive,
-                std::env::var_os(ENV_ATTACH_BACKLOG).is_some(),
+                attach_backlog_wanted(),
             )?;
             let log = LogWriter::open(&logs::log_path(&dir, &rec.id))?;
             copiers.push(log.copy_from(master, "stdout", Some(server.tee())));
