@@ -98,6 +98,19 @@ impl Tmux {
         self.wait_for_n(text, 1)
     }
 
+    /// Asks `stty size` until the shell inside reports `size` ("ROWS COLS"): the new size
+    /// travels from tmux's SIGWINCH through kiln, a moment the typed keys may overtake.
+    fn wait_for_size(&self, size: &str) {
+        for _ in 0..40 {
+            self.line("stty size");
+            std::thread::sleep(Duration::from_millis(250));
+            if self.screen().contains(size) {
+                return;
+            }
+        }
+        panic!("the size never became {size}:\n{}", self.screen());
+    }
+
     fn resize(&self, cols: u16, rows: u16) {
         let ok = self
             .cmd()
@@ -166,8 +179,7 @@ fn run_it_is_a_terminal_of_the_container_with_resize_ctrl_keys_detach_and_attach
     assert!(s.contains("own-pty"), "{s}");
     assert!(s.contains("TERM=xterm"), "{s}");
     t.resize(72, 21);
-    t.line("stty size");
-    t.wait_for("21 72");
+    t.wait_for_size("21 72");
     // Ctrl-C interrupts the foreground sleep; the shell (PID 1) lives on.
     t.line("sleep 1000");
     std::thread::sleep(Duration::from_millis(300));
@@ -253,8 +265,7 @@ fn exec_it_is_a_terminal_and_a_killed_client_leaves_nothing_behind() {
     assert!(s.contains("/dev/pts/0\n"), "{s}");
     assert!(s.contains("TERM=xterm"), "{s}");
     t.resize(64, 18);
-    t.line("stty size");
-    t.wait_for("18 64");
+    t.wait_for_size("18 64");
     t.line("sleep 1000");
     std::thread::sleep(Duration::from_millis(300));
     t.keys(&["C-c"]);

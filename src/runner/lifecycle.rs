@@ -184,8 +184,9 @@ pub fn start(store: &Store, rec: &ContainerRecord, mode: StreamMode) -> Result<S
     let mut copiers = Vec::new();
     let mut saved_termios = None;
     let mut attach = None;
-    if let Some(master) = running.pty_master.take() {
-        if mode == StreamMode::LogOnly {
+    let mut pty_master = running.pty_master.take();
+    if mode == StreamMode::LogOnly {
+        if let Some(master) = pty_master.take() {
             let dir = container_dir(store, &rec.id);
             let server = super::attach::Server::start(
                 &dir,
@@ -196,34 +197,35 @@ pub fn start(store: &Store, rec: &ContainerRecord, mode: StreamMode) -> Result<S
             let log = LogWriter::open(&logs::log_path(&dir, &rec.id))?;
             copiers.push(log.copy_from(master, "stdout", Some(server.tee())));
             attach = Some(server);
-        } else {
-            let log = match mode {
-                StreamMode::Inherit => None,
-                _ => Some(LogWriter::open(&logs::log_path(
-                    &container_dir(store, &rec.id),
-                    &rec.id,
-                ))?),
-            };
-            if mode != StreamMode::LogOnly && cfg.interactive {
-                saved_termios = raw_terminal();
-                let mut to_master = master.try_clone()?;
-                // Not joined: it blocks on kiln's stdin until kiln exits.
-                std::thread::spawn(move || {
-                    let _ = std::io::copy(&mut std::io::stdin().lock(), &mut to_master);
-                });
-            }
-            let tee: Option<Box<dyn Write + Send>> =
-                (mode != StreamMode::LogOnly).then(|| Box::new(std::io::stdout()) as _);
-            copiers.push(match log {
-                Some(log) => log.copy_from(master, "stdout", tee),
-                None => std::thread::spawn(move || {
-                    let mut master = master;
-                    if let Some(mut t) = tee {
-                        let _ = std::io::copy(&mut master, &mut t);
-                    }
-                }),
+        }
+    }
+    if let Some(master) = pty_master {
+        let log = match mode {
+            StreamMode::Inherit => None,
+            _ => Some(LogWriter::open(&logs::log_path(
+                &container_dir(store, &rec.id),
+                &rec.id,
+            ))?),
+        };
+        if mode != StreamMode::LogOnly && cfg.interactive {
+            saved_termios = raw_terminal();
+            let mut to_master = master.try_clone()?;
+            // Not joined: it blocks on kiln's stdin until kiln exits.
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut std::io::stdin().lock(), &mut to_master);
             });
         }
+        let tee: Option<Box<dyn Write + Send>> =
+            (mode != StreamMode::LogOnly).then(|| Box::new(std::io::stdout()) as _);
+        copiers.push(match log {
+            Some(log) => log.copy_from(master, "stdout", tee),
+            None => std::thread::spawn(move || {
+                let mut master = master;
+                if let Some(mut t) = tee {
+                    let _ = std::io::copy(&mut master, &mut t);
+                }
+            }),
+        });
     } else if mode != StreamMode::Inherit {
         let dir = container_dir(store, &rec.id);
         let log = LogWriter::open(&logs::log_path(&dir, &rec.id))?;
