@@ -166,6 +166,13 @@ fn ps_in(root: &Path, name: &str) -> String {
     .expect("kiln exec ps")
 }
 
+/// Waits until the container runs a process whose command line is `args` (so a key meant for
+/// it does not reach the shell before it started).
+fn wait_running(root: &Path, name: &str, args: &str) {
+    run_fixtures::eventually(20, || ps_in(root, name).contains(args).then_some(()))
+        .unwrap_or_else(|| panic!("{args} never ran in {name}"));
+}
+
 #[test]
 fn run_it_is_a_terminal_of_the_container_with_resize_ctrl_keys_detach_and_attach() {
     let root = root_with_bb(json!({"Cmd": ["sh"]}));
@@ -182,13 +189,13 @@ fn run_it_is_a_terminal_of_the_container_with_resize_ctrl_keys_detach_and_attach
     t.wait_for_size("21 72");
     // Ctrl-C interrupts the foreground sleep; the shell (PID 1) lives on.
     t.line("sleep 1000");
-    std::thread::sleep(Duration::from_millis(300));
+    wait_running(r, "term", "sleep 1000");
     t.keys(&["C-c"]);
     t.line("echo alive-$((40+2))");
     t.wait_for("alive-42");
     // Ctrl-Z stops it: job control works (the shell owns the terminal's foreground).
     t.line("sleep 1001");
-    std::thread::sleep(Duration::from_millis(300));
+    wait_running(r, "term", "sleep 1001");
     t.keys(&["C-z"]);
     t.wait_for("Stopped");
     t.line("kill -9 %1; echo cleaned");
@@ -266,8 +273,8 @@ fn exec_it_is_a_terminal_and_a_killed_client_leaves_nothing_behind() {
     assert!(s.contains("TERM=xterm"), "{s}");
     t.resize(64, 18);
     t.wait_for_size("18 64");
-    t.line("sleep 1000");
-    std::thread::sleep(Duration::from_millis(300));
+    t.line("sleep 1002");
+    wait_running(r, "box", "sleep 1002");
     t.keys(&["C-c"]);
     t.line("echo alive-$((40+1))");
     t.wait_for("alive-41");
