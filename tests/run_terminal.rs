@@ -200,6 +200,13 @@ fn run_it_is_a_terminal_of_the_container_with_resize_ctrl_keys_detach_and_attach
     t.wait_for("Stopped");
     t.line("kill -9 %1; echo cleaned");
     t.wait_for("cleaned");
+    // Ctrl-\\ quits the foreground process (SIGQUIT), not the shell.
+    t.line("sleep 1003");
+    wait_running(r, "term", "sleep 1003");
+    t.keys(&["C-\\"]);
+    t.line("echo after-quit");
+    t.wait_for("after-quit");
+    assert!(!ps_in(r, "term").contains("sleep 1003"));
     // Ctrl-P Ctrl-Q: kiln run returns 0, the container runs on.
     t.keys(&["C-p", "C-q"]);
     t.wait_for("EXIT=0");
