@@ -45,9 +45,9 @@
 //! let exit = sandbox::run(&spec)?;                // spawn + wait (inherit/null/fd stdio)
 //! let (exit, out, err) = sandbox::output(&spec)?; // captures stdout and stderr
 //! ```
-//! `Running::pid()` is the host pid of the container's PID 1 (the command or the init): `/proc/<pid>/ns/net` is the
-//! container's network namespace (see `Running::netns_path`). Call `sandbox::recover()` at
-//! start-up to remove cgroups a killed kiln left behind.
+//! `Running::pid()` is the host pid of the container's PID 1 (the command or the init):
+//! `/proc/<pid>/ns/net` is the container's network namespace (see `Running::netns_path`). Call
+//! `sandbox::recover()` at start-up to remove cgroups a killed kiln left behind.
 //!
 //! Privileged calls of the filesystem setup go through `syscall::Syscall` (real:
 //! `LinuxSyscall`; test: `RecordingSyscall`).
