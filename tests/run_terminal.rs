@@ -14,22 +14,22 @@ use std::time::{Duration, Instant};
 use run_fixtures::{kiln, out, root_with_bb, Container};
 use serde_json::json;
 
-/// One tmux server of its own (`-L`), so tests never touch another tmux, with one window.
+/// One tmux server of its own (`-S`, its socket in a temp dir removed with it), so tests never
+/// touch another tmux, with one window.
 struct Tmux {
-    socket: String,
+    dir: tempfile::TempDir,
 }
 
 impl Tmux {
     /// Starts `command` (a shell line) in a `cols`x`rows` window; the shell then prints
     /// `EXIT=<code>` and lingers, so the pane can be read after the command ends.
     fn start(command: &str, cols: u16, rows: u16) -> Tmux {
-        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-        let socket = format!(
-            "kiln-test-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-        );
-        let t = Tmux { socket };
+        let t = Tmux {
+            dir: tempfile::Builder::new()
+                .prefix("kiln-tmux.")
+                .tempdir_in("/tmp")
+                .unwrap(),
+        };
         let line = format!("{command}; echo EXIT=$?; sleep 600");
         let ok = t
             .cmd()
@@ -44,7 +44,9 @@ impl Tmux {
 
     fn cmd(&self) -> Command {
         let mut c = Command::new("tmux");
-        c.args(["-L", &self.socket, "-f", "/dev/null"]);
+        c.arg("-S")
+            .arg(self.dir.path().join("s"))
+            .args(["-f", "/dev/null"]);
         c
     }
 
