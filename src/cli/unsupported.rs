@@ -129,12 +129,6 @@ const TABLE: &[(&str, &str, Option<char>, &str)] = &[
         "limits the number of CPUs (a CFS quota); kiln has --cpuset-cpus and --cpu-shares",
     ),
     ("run", "cpuset-mems", None, "limits the NUMA memory nodes"),
-    (
-        "run",
-        "detach-keys",
-        None,
-        "overrides the key sequence for detaching",
-    ),
     ("run", "device", None, "adds a host device to the container"),
     (
         "run",
