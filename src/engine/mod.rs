@@ -326,9 +326,9 @@ fn report_checks_only(
 /// failure is a warning, never the build's.
 fn collect_over_cap(store: &Store, progress: &Progress) {
     match store.enforce_cache_cap() {
-        Ok(c) if !c.keys.is_empty() => progress.note(&format!(
+        Ok(c) if !c.groups.is_empty() => progress.note(&format!(
             "build cache over its cap: removed {} least recently used entries, freed {}",
-            c.keys.len(),
+            c.groups.iter().map(|g| g.keys.len()).sum::<usize>(),
             crate::store::space::human(c.freed)
         )),
         Ok(_) => {}

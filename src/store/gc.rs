@@ -170,6 +170,9 @@ pub struct Policy {
     pub keep_bytes: Option<u64>,
     /// Only groups last used before this time (ms): `--filter until=`.
     pub used_before: Option<i64>,
+    /// Also groups whose layer an image has (evicting them frees nothing until the image goes):
+    /// `builder prune -a`.
+    pub include_shared: bool,
 }
 
 /// Which groups to evict, oldest-used first: never a group used at or after `protected_since`
@@ -191,6 +194,9 @@ pub fn plan(groups: &[CacheGroup], policy: &Policy, protected_since: Option<i64>
                 continue;
             }
         }
+        if g.shared && !policy.include_shared {
+            continue;
+        }
         if protected_since.is_some_and(|t| g.last_used >= t) {
             continue;
         }
@@ -206,8 +212,8 @@ pub fn plan(groups: &[CacheGroup], policy: &Policy, protected_since: Option<i64>
 /// What a collection removed.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Collected {
-    /// The cache keys evicted.
-    pub keys: Vec<String>,
+    /// The groups evicted (their records, with the sizes they were counted at).
+    pub groups: Vec<CacheGroup>,
     /// Bytes freed on disk.
     pub freed: u64,
 }
@@ -430,25 +436,28 @@ impl Store {
     /// Evicts build cache groups as `policy` says ([`plan`]), then deletes the layers and blobs
     /// that only they held (and every collection's leftovers). Returns the keys and bytes freed.
     pub fn collect_build_cache(&self, policy: &Policy) -> Result<Collected> {
-        let keys = self.transaction(|tx| {
+        let evicted = self.transaction(|tx| {
             let protected = live_leases_since(tx)?;
             let groups = cache_groups(&self.root, tx)?;
             let chosen = plan(&groups, policy, protected);
-            let mut keys = Vec::new();
+            let mut evicted = Vec::new();
             for i in chosen {
                 let g = &groups[i];
                 evict_group_tx(tx, g)?;
-                keys.extend(g.keys.iter().cloned());
+                evicted.push(g.clone());
             }
             tx.execute(
                 "DELETE FROM build_cache_used WHERE key NOT IN (SELECT key FROM build_cache)
                  AND last_used < ?1",
                 [now_ms() - 3_600_000],
             )?;
-            Ok(keys)
+            Ok(evicted)
         })?;
         let freed = self.sweep_pending()?;
-        Ok(Collected { keys, freed })
+        Ok(Collected {
+            groups: evicted,
+            freed,
+        })
     }
 
     /// Deletes the files listed in `gc_pending` that nothing references (any more), and forgets
@@ -817,13 +826,13 @@ impl Store {
             // Leftovers of a killed collection still go.
             let freed = self.sweep_pending()?;
             return Ok(Collected {
-                keys: Vec::new(),
+                groups: Vec::new(),
                 freed,
             });
         }
         self.collect_build_cache(&Policy {
             keep_bytes: Some(cap),
-            used_before: None,
+            ..Policy::default()
         })
     }
 }
@@ -1025,12 +1034,12 @@ mod tests {
         let groups = vec![group("new", 300, 10), group("old", 100, 10), group("mid", 200, 10)];
         let cap = Policy {
             keep_bytes: Some(15),
-            used_before: None,
+            ..Policy::default()
         };
         assert_eq!(plan(&groups, &cap, None), vec![1, 2]);
         let cap = Policy {
             keep_bytes: Some(20),
-            used_before: None,
+            ..Policy::default()
         };
         assert_eq!(plan(&groups, &cap, None), vec![1]);
         assert_eq!(plan(&groups, &Policy::default(), None).len(), 3);
@@ -1042,12 +1051,12 @@ mod tests {
         // A build running since 200 found b and c: only a may go.
         let all = Policy {
             keep_bytes: Some(0),
-            used_before: None,
+            ..Policy::default()
         };
         assert_eq!(plan(&groups, &all, Some(200)), vec![0]);
         let until = Policy {
-            keep_bytes: None,
             used_before: Some(250),
+            ..Policy::default()
         };
         assert_eq!(plan(&groups, &until, None), vec![0, 1]);
     }
@@ -1059,7 +1068,7 @@ mod tests {
         let groups = vec![empty, group("x", 100, 10)];
         let cap = Policy {
             keep_bytes: Some(5),
-            used_before: None,
+            ..Policy::default()
         };
         assert_eq!(plan(&groups, &cap, None), vec![1]);
         assert_eq!(plan(&groups, &Policy::default(), None), vec![0, 1]);

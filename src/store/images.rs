@@ -867,6 +867,11 @@ impl Store {
     /// the blobs nothing else references. Without `force`, refuses an image in use and an ID
     /// that several names share. Returns what docker prints: `Untagged: x` / `Deleted: sha256:..`.
     pub fn remove_image(&self, spec: &str, force: bool) -> Result<Vec<String>> {
+        Ok(self.remove_image_counted(spec, force)?.0)
+    }
+
+    /// [`Store::remove_image`], also returning the bytes it freed on disk.
+    pub fn remove_image_counted(&self, spec: &str, force: bool) -> Result<(Vec<String>, u64)> {
         let image = self.resolve(spec)?;
         let by_name = image
             .name
@@ -940,8 +945,8 @@ impl Store {
             }
             Ok(())
         })?;
-        self.sweep_pending()?;
-        Ok(report)
+        let freed = self.sweep_pending()?;
+        Ok((report, freed))
     }
 
     /// Deletes a nameless index, then each of its manifests that has no name and is in no other
