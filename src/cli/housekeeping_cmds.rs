@@ -610,6 +610,18 @@ fn prune_build_cache(
 }
 
 fn push_group(items: &mut Vec<PrunedItem>, g: &CacheGroup) {
+    if g.keys.is_empty() {
+        // A layer pinned for records that were replaced: listed by its DiffID.
+        if let Some(d) = &g.diff_id {
+            items.push(PrunedItem {
+                id: cache_id(d),
+                size: g.size,
+                last_used_ms: 0,
+                mutable: false,
+            });
+        }
+        return;
+    }
     for (i, key) in g.keys.iter().enumerate() {
         items.push(PrunedItem {
             id: cache_id(key),

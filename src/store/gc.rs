@@ -74,11 +74,14 @@ pub fn now_ms() -> i64 {
 /// Records that a build is about to look up (or has just recorded) the cache entry `key`: the
 /// collector keeps entries touched since the oldest running build began. Call it before the
 /// lookup (see the module's comment).
-/// (The tables must exist: `solver::cache::init` makes them with [`CACHE_USE_SCHEMA`].)
+/// (The tables must exist: `solver::cache::init` makes them with [`CACHE_USE_SCHEMA`].) The
+/// use count (`system df -v`'s USAGE) counts the lookups that found the entry, plus its build.
 pub fn touch_cache_key(conn: &Connection, key: &str) -> Result<()> {
     conn.prepare_cached(
-        "INSERT INTO build_cache_used (key, last_used, uses) VALUES (?1, ?2, 1)
-         ON CONFLICT(key) DO UPDATE SET last_used = excluded.last_used, uses = uses + 1",
+        "INSERT INTO build_cache_used (key, last_used, uses)
+         VALUES (?1, ?2, EXISTS(SELECT 1 FROM build_cache WHERE key = ?1))
+         ON CONFLICT(key) DO UPDATE SET last_used = excluded.last_used,
+             uses = uses + EXISTS(SELECT 1 FROM build_cache WHERE key = ?1)",
     )?
     .execute(params![key, now_ms()])
     .context("recording a build cache use")?;
@@ -198,6 +201,11 @@ pub fn plan(groups: &[CacheGroup], policy: &Policy, protected_since: Option<i64>
             continue;
         }
         if protected_since.is_some_and(|t| g.last_used >= t) {
+            continue;
+        }
+        // A pin without a record may be a running build's newest layer, pinned a moment before
+        // its record is written: those go only while no build runs.
+        if g.keys.is_empty() && protected_since.is_some() {
             continue;
         }
         if policy.used_before.is_some_and(|t| g.last_used >= t) {
@@ -673,6 +681,33 @@ impl Store {
                     in_use,
                 });
             }
+            // Layers pinned for the cache whose records were replaced: the next prune's first.
+            for g in cache_groups(&root, conn)? {
+                let Some(diff_id) = g.diff_id.filter(|_| g.keys.is_empty()) else {
+                    continue;
+                };
+                let unit = format!("layer:{diff_id}");
+                let size = unit_bytes(&root, conn, &unit, &mut unit_size, &mut seen)?;
+                let shared = g.shared || !counted.insert(unit);
+                if !shared {
+                    usage.cache_size += size;
+                    if protected.is_none() {
+                        usage.cache_reclaimable += size;
+                    }
+                }
+                usage.cache.push(CacheUsage {
+                    record: CacheRecord {
+                        key: diff_id.clone(),
+                        layer: Some((diff_id.clone(), diff_id)),
+                        created: 0,
+                        last_used: 0,
+                        uses: 0,
+                    },
+                    size,
+                    shared,
+                    in_use: protected.is_some(),
+                });
+            }
             usage
                 .cache
                 .sort_by_key(|c| std::cmp::Reverse(c.record.last_used));
@@ -865,6 +900,30 @@ fn cache_groups(root: &Path, conn: &Connection) -> Result<Vec<CacheGroup>> {
             }
         }
     }
+    // Layers still pinned for the build cache that no record names any more (a `--no-cache`
+    // rebuild replaced the record): the oldest of all, with no keys.
+    let named: HashSet<String> = groups.keys().flatten().cloned().collect();
+    let mut stmt = conn.prepare(
+        "SELECT DISTINCT l.diff_id FROM blob_refs r JOIN layers l ON l.digest = r.blob
+         WHERE r.owner = 'build-cache'",
+    )?;
+    let pinned = stmt
+        .query_map([], |r| r.get::<_, String>(0))?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    for diff_id in pinned {
+        if !named.contains(&diff_id) {
+            groups.insert(
+                Some(diff_id.clone()),
+                CacheGroup {
+                    shared: image_layers.contains(&diff_id),
+                    diff_id: Some(diff_id),
+                    keys: Vec::new(),
+                    last_used: i64::MIN,
+                    size: 0,
+                },
+            );
+        }
+    }
     let mut out: Vec<CacheGroup> = groups.into_values().collect();
     for g in &mut out {
         if g.shared {
@@ -940,6 +999,11 @@ fn evict_group_tx(tx: &Transaction, g: &CacheGroup) -> Result<()> {
             [d],
         )?;
     }
+    tx.execute(
+        "DELETE FROM blob_refs WHERE owner = 'build-cache'
+         AND blob IN (SELECT digest FROM layers WHERE diff_id = ?1)",
+        [diff_id],
+    )?;
     let held: bool = tx.query_row(
         "SELECT EXISTS(SELECT 1 FROM layers l WHERE l.diff_id = ?1 AND (
                 EXISTS(SELECT 1 FROM manifest_blobs b WHERE b.blob = l.digest)
@@ -1072,6 +1136,15 @@ mod tests {
         };
         assert_eq!(plan(&groups, &cap, None), vec![1]);
         assert_eq!(plan(&groups, &Policy::default(), None), vec![0, 1]);
+    }
+
+    #[test]
+    fn pins_without_records_go_first_but_never_while_a_build_runs() {
+        let mut stale = group("stale", i64::MIN, 10);
+        stale.keys.clear();
+        let groups = vec![group("a", 100, 10), stale];
+        assert_eq!(plan(&groups, &Policy::default(), None), vec![1, 0]);
+        assert_eq!(plan(&groups, &Policy::default(), Some(1_000)), vec![0]);
     }
 
     #[test]
