@@ -109,7 +109,8 @@ pub fn run(cmd: HousekeepingCommands, globals: &Globals) -> Result<i32> {
     let root = globals.root.as_path();
     match cmd {
         HousekeepingCommands::ImagePrune(a) => {
-            let filter = PruneFilter::parse(&a.filter, &["until", "label", "label!"], "image prune")?;
+            let filter =
+                PruneFilter::parse(&a.filter, &["until", "label", "label!"], "image prune")?;
             let warning = if a.all {
                 "WARNING! This will remove all images without at least one container associated to them.\nAre you sure you want to continue?"
             } else {
@@ -131,7 +132,8 @@ pub fn run(cmd: HousekeepingCommands, globals: &Globals) -> Result<i32> {
             Ok(0)
         }
         HousekeepingCommands::ContainerPrune(a) => {
-            let filter = PruneFilter::parse(&a.filter, &["until", "label", "label!"], "container prune")?;
+            let filter =
+                PruneFilter::parse(&a.filter, &["until", "label", "label!"], "container prune")?;
             if !a.force
                 && !confirm("WARNING! This will remove all stopped containers.\nAre you sure you want to continue?")?
             {
@@ -188,7 +190,8 @@ pub fn run(cmd: HousekeepingCommands, globals: &Globals) -> Result<i32> {
                     filter,
                 },
         } => {
-            let filter = PruneFilter::parse(&filter, &["until", "label", "label!"], "system prune")?;
+            let filter =
+                PruneFilter::parse(&filter, &["until", "label", "label!"], "system prune")?;
             if !force && !confirm(&system_prune_warning(all, volumes))? {
                 return Ok(0);
             }
@@ -272,7 +275,11 @@ pub fn human_size_precision(n: u64, precision: usize) -> String {
         size /= 1000.0;
         i += 1;
     }
-    format!("{}{}", crate::runner::stats::go_g(size, precision), UNITS[i])
+    format!(
+        "{}{}",
+        crate::runner::stats::go_g(size, precision),
+        UNITS[i]
+    )
 }
 
 /// docker's `HumanDuration`.
@@ -380,13 +387,19 @@ pub fn parse_until(s: &str, now: i64) -> Result<i64> {
     if let Ok(t) = chrono::DateTime::parse_from_rfc3339(s) {
         return Ok(t.timestamp());
     }
-    for fmt in ["%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%dT%H:%M"] {
+    for fmt in [
+        "%Y-%m-%dT%H:%M:%S%.f",
+        "%Y-%m-%dT%H:%M:%S",
+        "%Y-%m-%dT%H:%M",
+    ] {
         if let Ok(t) = chrono::NaiveDateTime::parse_from_str(s, fmt) {
             return Ok(t.and_utc().timestamp());
         }
     }
     if let Ok(d) = chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d") {
-        return Ok(d.and_hms_opt(0, 0, 0).map_or(0, |t| t.and_utc().timestamp()));
+        return Ok(d
+            .and_hms_opt(0, 0, 0)
+            .map_or(0, |t| t.and_utc().timestamp()));
     }
     let secs = s.split_once('.').map_or(s, |(a, _)| a);
     if !secs.is_empty() && secs.bytes().all(|b| b.is_ascii_digit()) {
@@ -459,7 +472,9 @@ fn prune_images(store: &Store, all: bool, filter: &PruneFilter) -> Result<(Vec<S
         if used.contains(img.stored_digest()) || used.contains(&img.manifest_digest) {
             continue;
         }
-        if !filter.before(img.created) || !filter.labels_match(&image_labels(store, &img.config_digest)) {
+        if !filter.before(img.created)
+            || !filter.labels_match(&image_labels(store, &img.config_digest))
+        {
             continue;
         }
         let spec = match &img.name {
@@ -814,7 +829,10 @@ fn system_df(store: &Store, verbose: bool, format: Option<&str>) -> Result<i32> 
         }
         Format::DefaultTable => {}
         _ => {
-            if let Some(text) = fmt.render(DF_HEADERS, &objects).context("system df: --format")? {
+            if let Some(text) = fmt
+                .render(DF_HEADERS, &objects)
+                .context("system df: --format")?
+            {
                 crate::out!("{text}")?;
             }
             return Ok(0);
@@ -1069,7 +1087,10 @@ mod tests {
         assert!(!f.labels_match(&BTreeMap::new()));
         let err = PruneFilter::parse_at(&["bogus=1".into()], &["until"], "builder prune", now)
             .unwrap_err();
-        assert!(format!("{err:#}").contains("invalid filter 'bogus'"), "{err:#}");
+        assert!(
+            format!("{err:#}").contains("invalid filter 'bogus'"),
+            "{err:#}"
+        );
         assert!(PruneFilter::parse_at(&["until".into()], &["until"], "x", now).is_err());
         assert!(PruneFilter::parse_at(&["until=soon".into()], &["until"], "x", now).is_err());
     }
@@ -1080,7 +1101,10 @@ mod tests {
         assert_eq!(parse_until("1h30m", now).unwrap(), now - 5_400);
         assert_eq!(parse_until("10m", now).unwrap(), now - 600);
         assert_eq!(parse_until("1.5h", now).unwrap(), now - 5_400);
-        assert_eq!(parse_until("2023-11-14T22:13:20Z", now).unwrap(), 1_700_000_000);
+        assert_eq!(
+            parse_until("2023-11-14T22:13:20Z", now).unwrap(),
+            1_700_000_000
+        );
         assert_eq!(parse_until("2023-11-14", now).unwrap(), 1_699_920_000);
         assert_eq!(parse_until("1699999999.5", now).unwrap(), 1_699_999_999);
     }
@@ -1123,7 +1147,13 @@ mod tests {
 
     #[test]
     fn prune_lines_are_lowercase_as_docker_prints_them() {
-        assert_eq!(docker_prune_line("Untagged: a:latest"), "untagged: a:latest");
-        assert_eq!(docker_prune_line("Deleted: sha256:ab"), "deleted: sha256:ab");
+        assert_eq!(
+            docker_prune_line("Untagged: a:latest"),
+            "untagged: a:latest"
+        );
+        assert_eq!(
+            docker_prune_line("Deleted: sha256:ab"),
+            "deleted: sha256:ab"
+        );
     }
 }

@@ -116,9 +116,10 @@ pub fn freed_by_removing(path: &Path) -> u64 {
         };
         // A directory's link count counts its subdirectories' `..`: it goes with its tree.
         let nlink = if meta.is_dir() { 1 } else { meta.nlink() };
-        let entry = links
-            .entry((meta.dev(), meta.ino()))
-            .or_insert((nlink, 0, meta.blocks() * 512));
+        let entry =
+            links
+                .entry((meta.dev(), meta.ino()))
+                .or_insert((nlink, 0, meta.blocks() * 512));
         entry.1 += 1;
         if meta.is_dir() {
             if let Ok(entries) = std::fs::read_dir(p) {
@@ -496,7 +497,8 @@ impl Store {
                             Ok(()) => {}
                             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                             Err(e) => {
-                                return Err(e).with_context(|| format!("deleting {}", path.display()))
+                                return Err(e)
+                                    .with_context(|| format!("deleting {}", path.display()))
                             }
                         }
                     }
@@ -950,7 +952,9 @@ fn recorded_layer_size(root: &Path, conn: &Connection, diff_id: &str) -> Result<
     let mut size = unpacked.unwrap_or(0).max(0) as u64;
     let mut stmt = conn.prepare_cached("SELECT digest, size FROM layers WHERE diff_id = ?1")?;
     let rows = stmt
-        .query_map([diff_id], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?
+        .query_map([diff_id], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
+        })?
         .collect::<rusqlite::Result<Vec<_>>>()?;
     let dir = crate::digest::digest_hex(diff_id)
         .ok()
@@ -1029,7 +1033,10 @@ pub(super) fn forget_layer_tx(tx: &Transaction, diff_id: &str) -> Result<()> {
         rows
     };
     let pend = |path: String| -> Result<()> {
-        tx.execute("INSERT OR IGNORE INTO gc_pending (path) VALUES (?1)", [path])?;
+        tx.execute(
+            "INSERT OR IGNORE INTO gc_pending (path) VALUES (?1)",
+            [path],
+        )?;
         Ok(())
     };
     for d in digests {
@@ -1095,7 +1102,11 @@ mod tests {
 
     #[test]
     fn a_cap_evicts_oldest_used_first_until_the_rest_fits() {
-        let groups = vec![group("new", 300, 10), group("old", 100, 10), group("mid", 200, 10)];
+        let groups = vec![
+            group("new", 300, 10),
+            group("old", 100, 10),
+            group("mid", 200, 10),
+        ];
         let cap = Policy {
             keep_bytes: Some(15),
             ..Policy::default()
@@ -1111,7 +1122,11 @@ mod tests {
 
     #[test]
     fn a_running_build_and_the_until_filter_protect_records() {
-        let groups = vec![group("a", 100, 10), group("b", 200, 10), group("c", 300, 10)];
+        let groups = vec![
+            group("a", 100, 10),
+            group("b", 200, 10),
+            group("c", 300, 10),
+        ];
         // A build running since 200 found b and c: only a may go.
         let all = Policy {
             keep_bytes: Some(0),
