@@ -171,9 +171,9 @@ fn df_sizes_are_the_bytes_on_disk() {
         human_size(du(&entries(&r.join("volumes")))),
         "{volumes}"
     );
-    assert_eq!(
+    assert!(
         volumes["Reclaimable"].as_str().unwrap().ends_with("(100%)"),
-        true
+        "{volumes}"
     );
     // The cache's layer is the image's too: nothing of its own yet.
     assert_eq!(df_row(r, "Build Cache")["Size"], "0B");
@@ -268,7 +268,7 @@ fn busybox_bytes(root: &Path) -> u64 {
         store.blob_path(&rec.config_digest).unwrap(),
     ];
     for l in manifest.layers() {
-        paths.push(store.blob_path(&l.digest().to_string()).unwrap());
+        paths.push(store.blob_path(l.digest().as_ref()).unwrap());
     }
     let config = store.config(&rec.config_digest).unwrap();
     for d in config.rootfs().diff_ids() {

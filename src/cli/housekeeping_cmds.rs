@@ -363,7 +363,7 @@ impl PruneFilter {
 
     /// Whether something created at `t` (unix seconds) passes `until`.
     pub fn before(&self, t: i64) -> bool {
-        self.until.is_none_or(|u| t < u)
+        self.until.map_or(true, |u| t < u)
     }
 
     /// Whether labels pass every `label` / `label!` filter.
@@ -774,7 +774,7 @@ fn system_df(store: &Store, verbose: bool, format: Option<&str>) -> Result<i32> 
         .map(|v| gc::tree_size(&store.root().join("volumes").join(&v.name), &mut seen))
         .collect();
     let running = |c: &state::ContainerRecord| c.status() == Status::Running;
-    let rows = vec![
+    let rows = [
         DfRow {
             kind: "Images",
             total: usage.image_count,
