@@ -472,6 +472,13 @@ impl Store {
     /// Deletes the files listed in `gc_pending` that nothing references (any more), and forgets
     /// the rows. Returns the bytes freed.
     pub fn sweep_pending(&self) -> Result<u64> {
+        // The usual case, answered by a read: nothing is pending.
+        let pending: bool = self.with_conn(|c| {
+            Ok(c.query_row("SELECT EXISTS(SELECT 1 FROM gc_pending)", [], |r| r.get(0))?)
+        })?;
+        if !pending {
+            return Ok(0);
+        }
         let mut freed = 0;
         let mut dirs = Vec::new();
         let in_use = layers_in_use(&self.root);
