@@ -69,8 +69,9 @@ pub enum BuilderCommands {
         /// Do not ask for confirmation.
         #[arg(short, long)]
         force: bool,
-        /// Keep this much of the cache (the most recently used): `10GB`, `512MB`.
-        #[arg(long, value_name = "SIZE")]
+        /// Keep this much of the cache (the most recently used): `10GB`, `512MB`
+        /// (`--reserved-space`, docker's newer name, is the same here).
+        #[arg(long, value_name = "SIZE", alias = "reserved-space")]
         keep_storage: Option<String>,
         /// `until=<timestamp|duration>`: only what was last used before.
         #[arg(long)]

@@ -771,6 +771,12 @@ impl Store {
                     freed += freed_by_removing(&gone);
                     std::fs::remove_dir_all(&gone)
                         .with_context(|| format!("removing cache mount {}", gone.display()))?;
+                    // Its lock file (`sharing=locked|private`), which no build holds now.
+                    let lock = dir.join(format!("{name}.lock"));
+                    if let Ok(m) = std::fs::symlink_metadata(&lock) {
+                        freed += m.blocks() * 512;
+                        let _ = std::fs::remove_file(&lock);
+                    }
                     removed.push(name);
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
