@@ -24,7 +24,7 @@ pub const DEFAULT_CONFIG: &str = "/etc/kiln/config.toml";
 pub struct StorageConfig {
     pub min_free_space: Option<String>,
     pub max_layer_size: Option<String>,
-    /// The build cache's cap (`store::gc::cache_cap`): a size, a share of the filesystem, "off".
+    /// The build cache's cap (`store::gc::CacheCap`): a size, a share of the filesystem, "off".
     pub build_cache_size: Option<String>,
 }
 
