@@ -300,7 +300,7 @@ pub enum VolumeCommands {
     Prune {
         #[arg(short, long)]
         all: bool,
-        /// Do not ask for confirmation (kiln never asks).
+        /// Do not ask for confirmation.
         #[arg(short, long)]
         force: bool,
     },
@@ -951,26 +951,9 @@ fn volume(root: &Path, cmd: VolumeCommands) -> Result<i32> {
             }
             Ok(failed as i32)
         }
-        VolumeCommands::Prune { all, force: _ } => {
-            let mut deleted = Vec::new();
-            for v in state::volumes(&store)? {
-                if v.users.is_empty()
-                    && (all || v.anonymous)
-                    && state::delete_volume_row(&store, &v.name)?
-                {
-                    runner::volumes::remove_dir(store.root(), &v.name)?;
-                    deleted.push(v.name);
-                }
-            }
-            if !deleted.is_empty() {
-                crate::outln!("Deleted Volumes:")?;
-                for d in &deleted {
-                    crate::outln!("{d}")?;
-                }
-                crate::outln!()?;
-            }
-            crate::outln!("Total reclaimed space: {} volumes", deleted.len())?;
-            Ok(0)
+        VolumeCommands::Prune { all, force } => {
+            drop(store);
+            super::housekeeping_cmds::volume_prune(root, all, force)
         }
         VolumeCommands::Inspect { volumes } => {
             let mut out = Vec::new();

@@ -24,6 +24,8 @@ use options::{BuildOptions, Output};
 /// Runs a build; returns the process exit code.
 pub fn build(root: &Path, opts: BuildOptions) -> Result<i32> {
     let store = Arc::new(Store::open(root)?);
+    // Held until the end: no collection evicts a cache entry this build has found.
+    let lease = store.build_lease()?;
     let progress = Arc::new(Progress::new(opts.progress, opts.explain));
     for out in &opts.outputs {
         if let Output::Image { names } = out {
@@ -301,6 +303,8 @@ pub fn build(root: &Path, opts: BuildOptions) -> Result<i32> {
         }
     }
     progress.summary(Some(&image_id));
+    collect_over_cap(&store, &progress);
+    drop(lease);
     if !opts.quiet && !checks.findings.is_empty() {
         let n = checks.findings.len();
         crate::errln!(
@@ -338,6 +342,20 @@ fn report_checks_only(
             );
             Ok(1)
         }
+    }
+}
+
+/// The automatic build cache collector (`store::gc`), after the image is in the store: a
+/// failure is a warning, never the build's.
+fn collect_over_cap(store: &Store, progress: &Progress) {
+    match store.enforce_cache_cap() {
+        Ok(c) if !c.groups.is_empty() => progress.note(&format!(
+            "build cache over its cap: removed {} least recently used entries, freed {}",
+            c.groups.iter().map(|g| g.keys.len()).sum::<usize>(),
+            crate::store::space::human(c.freed)
+        )),
+        Ok(_) => {}
+        Err(e) => progress.note(&format!("warning: collecting the build cache: {e:#}")),
     }
 }
 

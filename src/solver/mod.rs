@@ -650,6 +650,8 @@ async fn run_step(
                 .db
                 .lock()
                 .map_err(|_| anyhow!("database lock poisoned"))?;
+            // Before the lookup, so the collector keeps what this build finds (`store::gc`).
+            crate::store::gc::touch_cache_key(&conn, &key)?;
             cache::lookup(&conn, &key)?
         };
         if let Some((layer, created)) = hit.map(|h| (h, cached_time(shared, &key))) {
