@@ -174,12 +174,12 @@ fn docker_flags_kiln_lacks_say_what_docker_does() {
             "kiln run: kiln does not support --cap-add (docker: adds Linux capabilities",
         ),
         (
-            "kiln ps -s",
-            "kiln ps: kiln does not support -s/--size (docker: shows the containers' disk use)",
+            "kiln images --tree",
+            "kiln images: kiln does not support --tree (docker: lists multi-platform images",
         ),
         (
-            "kiln images --digests",
-            "kiln images: kiln does not support --digests (docker: adds a DIGEST column)",
+            "kiln run --gpus all busybox",
+            "kiln run: kiln does not support --gpus (docker: adds GPU devices",
         ),
         (
             "kiln build --ssh default .",

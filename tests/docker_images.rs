@@ -52,7 +52,11 @@ fn tar_member(archive: &Path, name: &str) -> Option<Vec<u8>> {
 fn oci_archive_is_also_a_docker_archive() {
     let root = root_with_busybox();
     let r = root.path();
-    let id = build(r, "app:oci", "FROM busybox\nRUN echo hi > /x\nCMD [\"sh\"]\n");
+    let id = build(
+        r,
+        "app:oci",
+        "FROM busybox\nRUN echo hi > /x\nCMD [\"sh\"]\n",
+    );
     let archive = r.join("app.tar");
     common::kiln_ok(
         r,
@@ -95,7 +99,10 @@ fn oci_archive_is_also_a_docker_archive() {
     }
     let repositories: serde_json::Value =
         serde_json::from_slice(&tar_member(&archive, "repositories").unwrap()).unwrap();
-    let top = layers[1].as_str().unwrap().trim_start_matches("blobs/sha256/");
+    let top = layers[1]
+        .as_str()
+        .unwrap()
+        .trim_start_matches("blobs/sha256/");
     assert_eq!(repositories, serde_json::json!({"app": {"oci": top}}));
 
     // skopeo reads the one file both ways, with the same config.
@@ -114,8 +121,141 @@ fn oci_archive_is_also_a_docker_archive() {
 
     // kiln loads it into an empty root under its name, with the same ID.
     let other = common::temp_root();
-    let loaded = common::kiln_ok(other.path(), &["load", "-q", "-i", archive.to_str().unwrap()]);
+    let loaded = common::kiln_ok(
+        other.path(),
+        &["load", "-q", "-i", archive.to_str().unwrap()],
+    );
     assert_eq!(loaded, "Loaded image: app:oci\n");
     let ids = common::kiln_ok(other.path(), &["images", "-q", "--no-trunc", "app:oci"]);
     assert_eq!(ids.trim(), id);
+}
+
+/// The bytes of the busybox fixture's files and symlinks: what docker's `inspect -f
+/// '{{.Size}}'` printed for the same tarball imported (testdata/docker/images-filters.txt).
+fn busybox_content_size() -> u64 {
+    let out = Command::new("tar")
+        .arg("-tvf")
+        .arg(common::busybox_tar())
+        .output()
+        .unwrap();
+    // Regular files count their size, symlinks their target's length (`a -> b`).
+    text(&out.stdout)
+        .lines()
+        .map(|l| {
+            let fields: Vec<&str> = l.split_whitespace().collect();
+            match l.chars().next() {
+                Some('-') => fields[2].parse::<u64>().unwrap(),
+                Some('l') => l.rsplit(" -> ").next().unwrap().len() as u64,
+                _ => 0,
+            }
+        })
+        .sum()
+}
+
+/// SIZE is the unpacked size, as docker's (busybox: 1.98MB in both, 1984234 bytes), where the
+/// stored (compressed) layer is about half of it; `history` and `inspect` agree with it.
+#[test]
+fn images_size_is_the_unpacked_size() {
+    let root = root_with_busybox();
+    let r = root.path();
+    let want = busybox_content_size();
+    let size = common::kiln_ok(r, &["inspect", "-f", "{{.Size}}", "busybox"]);
+    assert_eq!(size.trim(), want.to_string());
+    let listing = common::kiln_ok(r, &["images", "busybox"]);
+    let row = listing.lines().nth(1).unwrap();
+    assert!(row.ends_with("   1.98MB"), "{listing}");
+    // A built layer adds its own files: 3 bytes of /x.
+    build(r, "app:1", "FROM busybox\nRUN echo hi > /x\n");
+    let size = common::kiln_ok(r, &["inspect", "-f", "{{.Size}}", "app:1"]);
+    assert_eq!(size.trim(), (want + 3).to_string());
+    let json = common::kiln_ok(r, &["images", "--format", "{{.Size}}", "app"]);
+    assert_eq!(json, "1.98MB\n");
+    // The second listing reads the remembered sizes: the same answer.
+    let again = common::kiln_ok(r, &["images", "--format", "{{.Size}}", "busybox"]);
+    assert_eq!(again, "1.98MB\n");
+}
+
+/// `--filter` as Docker 28.5 combines them (testdata/docker/images-filters.txt), `--digests`.
+#[test]
+fn images_filters_and_digests() {
+    let root = root_with_busybox();
+    let r = root.path();
+    // Created times are whole seconds: make before/since unambiguous.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    build(r, "app:1", "FROM busybox\nLABEL a=b\nRUN echo 1 > /x\n");
+    common::kiln_ok(r, &["tag", "app:1", "app:2"]);
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let dangling = build(r, "", "FROM busybox\nRUN echo 2 > /y\n");
+    let names = |args: &[&str]| -> String {
+        let mut full = vec!["images", "--format", "{{.Repository}}:{{.Tag}}"];
+        full.extend(args);
+        let mut lines: Vec<String> = common::kiln_ok(r, &full)
+            .lines()
+            .map(String::from)
+            .collect();
+        lines.sort();
+        lines.join(" ")
+    };
+    assert_eq!(names(&["--filter", "reference=app"]), "app:1 app:2");
+    assert_eq!(names(&["--filter", "reference=app:2"]), "app:2");
+    assert_eq!(
+        names(&["-f", "reference=a*:1", "-f", "reference=app:2"]),
+        "app:1 app:2"
+    );
+    assert_eq!(names(&["-f", "reference=busy*"]), "busybox:latest");
+    assert_eq!(names(&["-f", "reference=*/app"]), "");
+    assert_eq!(names(&["-f", "label=a=b"]), "app:1 app:2");
+    assert_eq!(names(&["-f", "label=a"]), "app:1 app:2");
+    assert_eq!(names(&["-f", "label=a=c"]), "");
+    assert_eq!(names(&["-f", "label=a", "-f", "label=zz"]), "");
+    assert_eq!(names(&["-f", "dangling=true"]), "<none>:<none>");
+    assert_eq!(
+        names(&["-f", "dangling=false"]),
+        "app:1 app:2 busybox:latest"
+    );
+    assert_eq!(
+        names(&["-f", "dangling=false", "-f", "label=a=b"]),
+        "app:1 app:2"
+    );
+    assert_eq!(names(&["-f", "before=app:1"]), "busybox:latest");
+    assert_eq!(names(&["-f", "since=app:1"]), "<none>:<none>");
+    assert_eq!(
+        names(&["-f", "since=busybox", "-f", "dangling=false"]),
+        "app:1 app:2"
+    );
+    let ids = common::kiln_ok(r, &["images", "-q", "--no-trunc", "-f", "dangling=true"]);
+    assert_eq!(ids.trim(), dangling);
+
+    // docker's table with --digests: DIGEST after TAG, <none> for a name without one.
+    let table = common::kiln_ok(r, &["images", "--digests", "app"]);
+    let mut lines = table.lines();
+    assert!(lines
+        .next()
+        .unwrap()
+        .starts_with("REPOSITORY   TAG       DIGEST    IMAGE ID       CREATED "));
+    assert!(lines
+        .next()
+        .unwrap()
+        .starts_with("app          1         <none>    "));
+
+    // Errors as docker's: a filter without `=` is a usage error (125); an unknown key, a bad
+    // dangling value or an image that does not exist fails the command (1).
+    let out = common::kiln(r, &["images", "--filter", "nofilter"]);
+    assert_eq!(out.status.code(), Some(125));
+    assert!(text(&out.stderr).contains(
+        "invalid argument \"nofilter\" for \"-f, --filter\" flag: bad format of filter (expected name=value)"
+    ));
+    for (f, msg) in [
+        ("foo=bar", "invalid filter 'foo'"),
+        ("dangling=maybe", "invalid filter 'dangling=[maybe]'"),
+        ("before=nosuch", "no such image"),
+    ] {
+        let out = common::kiln(r, &["images", "--filter", f]);
+        assert_eq!(out.status.code(), Some(1), "{f}");
+        assert!(
+            text(&out.stderr).contains(msg),
+            "{f}: {}",
+            text(&out.stderr)
+        );
+    }
 }

@@ -80,6 +80,13 @@ pub enum ImageCommands {
         /// Show all images (kiln has no intermediate images; accepted for docker's habits).
         #[arg(short, long)]
         all: bool,
+        /// Only images that match: dangling=true|false, reference=PATTERN, label=K[=V],
+        /// before=IMAGE, since=IMAGE (repeatable, combined as docker does).
+        #[arg(short, long = "filter", value_name = "KEY=VALUE")]
+        filter: Vec<String>,
+        /// Add a DIGEST column (the digest the name was given by, else `<none>`).
+        #[arg(long)]
+        digests: bool,
     },
     /// Give an image another name: SOURCE_IMAGE[:TAG] TARGET_IMAGE[:TAG].
     Tag { source: String, target: String },
@@ -196,13 +203,25 @@ pub fn run(cmd: ImageCommands, globals: &Globals) -> Result<i32> {
             format,
             no_trunc,
             all: _,
-        } => cmd_images(
-            globals,
-            repository.as_deref(),
-            quiet,
-            format.as_deref(),
-            no_trunc,
-        ),
+            filter,
+            digests,
+        } => {
+            if let Err(e) = super::image_filter::check_syntax(&filter) {
+                crate::errln!("kiln images: {e:#}");
+                return Ok(super::EXIT_KILN_ERROR);
+            }
+            cmd_images(
+                globals,
+                &ImagesOptions {
+                    repository: repository.as_deref(),
+                    quiet,
+                    format: format.as_deref(),
+                    no_trunc,
+                    filters: &filter,
+                    digests,
+                },
+            )
+        }
         ImageCommands::Tag { source, target } => {
             let store = open(globals)?;
             let target = Reference::parse(&target).context("tag: target")?;
@@ -360,16 +379,49 @@ fn created_since(created: i64) -> String {
     format!("{n} {unit}{} ago", if n == 1 { "" } else { "s" })
 }
 
-fn cmd_images(
-    globals: &Globals,
-    repository: Option<&str>,
+struct ImagesOptions<'a> {
+    repository: Option<&'a str>,
     quiet: bool,
-    format: Option<&str>,
+    format: Option<&'a str>,
     no_trunc: bool,
-) -> Result<i32> {
+    filters: &'a [String],
+    digests: bool,
+}
+
+fn cmd_images(globals: &Globals, opts: &ImagesOptions) -> Result<i32> {
+    let ImagesOptions {
+        repository,
+        quiet,
+        format,
+        no_trunc,
+        ..
+    } = *opts;
     let format = Format::parse(format).context("images: --format")?;
     let store = open(globals)?;
     let mut images = store.list_images().context("images")?;
+    let filter = super::image_filter::ImageFilter::parse(&store, opts.filters)
+        .context("images: --filter")?;
+    if !filter.is_empty() {
+        let mut labels_of = std::collections::HashMap::new();
+        let mut kept = Vec::new();
+        for img in images {
+            let labels = if filter.needs_labels() {
+                if !labels_of.contains_key(&img.config_digest) {
+                    let labels = image_labels(&store, &img.config_digest).with_context(|| {
+                        format!("images: reading the config of {}", img.short_id())
+                    })?;
+                    labels_of.insert(img.config_digest.clone(), labels);
+                }
+                labels_of[&img.config_digest].clone()
+            } else {
+                Default::default()
+            };
+            if filter.matches(&img, &labels) {
+                kept.push(img);
+            }
+        }
+        images = kept;
+    }
     if let Some(filter) = repository {
         let wanted = Reference::parse(filter).context("images: filter")?;
         let tag_given = filter
@@ -399,9 +451,18 @@ fn cmd_images(
         }
         return Ok(0);
     }
+    // SIZE as docker shows it: the layers unpacked (remembered per layer once read).
+    let mut sizes = Vec::with_capacity(images.len());
+    for img in &images {
+        sizes.push(
+            super::image_sizes::image_content_size(&store, &img.manifest_digest)
+                .with_context(|| format!("images: the size of {}", img.short_id()))?,
+        );
+    }
     let rows: Vec<[String; 5]> = images
         .iter()
-        .map(|img| {
+        .zip(&sizes)
+        .map(|(img, size)| {
             let (repo, tag) = match &img.name {
                 Some(n) => (
                     n.familiar_repository(),
@@ -414,10 +475,16 @@ fn cmd_images(
                 tag,
                 id(img),
                 created_since(img.created),
-                human_bytes(img.size),
+                human_bytes(*size),
             ]
         })
         .collect();
+    let digest_of = |img: &ImageRecord| {
+        img.name
+            .as_ref()
+            .and_then(|n| n.digest().map(String::from))
+            .unwrap_or_else(|| "<none>".into())
+    };
     let objects: Vec<serde_json::Value> = images
         .iter()
         .zip(&rows)
@@ -425,11 +492,7 @@ fn cmd_images(
             let created_at = chrono::DateTime::from_timestamp(img.created, 0)
                 .map(|t| t.format("%Y-%m-%d %H:%M:%S +0000 UTC").to_string())
                 .unwrap_or_default();
-            let digest = img
-                .name
-                .as_ref()
-                .and_then(|n| n.digest().map(String::from))
-                .unwrap_or_else(|| "<none>".into());
+            let digest = digest_of(img);
             let platforms = img
                 .platforms()
                 .map(|ps| ps.iter().map(|p| p.to_string()).collect::<Vec<_>>());
@@ -471,6 +534,21 @@ fn cmd_images(
         out.write_all(text.as_bytes())?;
         return Ok(0);
     }
+    if opts.digests {
+        let rows: Vec<Vec<String>> = rows
+            .into_iter()
+            .zip(&images)
+            .map(|([repo, tag, id, created, size], img)| {
+                vec![repo, tag, digest_of(img), id, created, size]
+            })
+            .collect();
+        super::table::write(
+            &mut out,
+            &["REPOSITORY", "TAG", "DIGEST", "IMAGE ID", "CREATED", "SIZE"],
+            &rows,
+        )?;
+        return Ok(0);
+    }
     let rows: Vec<Vec<String>> = rows.into_iter().map(Vec::from).collect();
     super::table::write(
         &mut out,
@@ -480,25 +558,21 @@ fn cmd_images(
     Ok(0)
 }
 
-/// The size docker gives a layer: the bytes of its files and symlinks, unpacked (directories
-/// and hard links count nothing), read from the stored blob.
-fn layer_content_size(store: &Store, digest: &str) -> Result<u64> {
-    // A layer a build made is kept unpacked (digest = DiffID): its tar is written again.
-    let reader = crate::snapshot::blobs::open_layer_tar(store, digest, digest)?;
-    let mut archive = tar::Archive::new(io::BufReader::new(reader));
-    let mut total = 0u64;
-    for entry in archive.entries()? {
-        let entry = entry?;
-        let header = entry.header();
-        match header.entry_type() {
-            tar::EntryType::Regular | tar::EntryType::Continuous => total += header.size()?,
-            tar::EntryType::Symlink => {
-                total += entry.link_name_bytes().map_or(0, |l| l.len() as u64)
-            }
-            _ => {}
-        }
-    }
-    Ok(total)
+/// The labels of an image's config (`config.Labels`).
+fn image_labels(
+    store: &Store,
+    config_digest: &str,
+) -> Result<std::collections::BTreeMap<String, String>> {
+    let config: serde_json::Value = serde_json::from_slice(&store.read_blob(config_digest)?)?;
+    Ok(config
+        .pointer("/config/Labels")
+        .and_then(|l| l.as_object())
+        .map(|m| {
+            m.iter()
+                .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string()))
+                .collect()
+        })
+        .unwrap_or_default())
 }
 
 /// docker's column names of `history --format 'table …'`.
@@ -551,7 +625,7 @@ fn cmd_history(
             0
         } else {
             match next_layer.next() {
-                Some(d) => layer_content_size(&store, d)
+                Some(d) => super::image_sizes::layer_content_size(&store, d)
                     .with_context(|| format!("history: {spec}: reading layer {d}"))?,
                 None => 0,
             }
@@ -742,7 +816,7 @@ fn cmd_inspect(
                 "Config": config.get("config").cloned().unwrap_or_else(|| serde_json::json!({})),
                 "Architecture": config.get("architecture"),
                 "Os": config.get("os"),
-                "Size": img.size,
+                "Size": super::image_sizes::image_content_size(&store, &img.manifest_digest)?,
                 "RootFS": {
                     "Type": config.pointer("/rootfs/type").cloned().unwrap_or_else(|| "layers".into()),
                     "Layers": config.pointer("/rootfs/diff_ids").cloned().unwrap_or_else(|| serde_json::json!([])),

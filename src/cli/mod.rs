@@ -12,6 +12,8 @@ pub mod build_cmd;
 pub mod dockerfile_cmds;
 pub mod format;
 pub mod image_cmds;
+pub mod image_filter;
+pub mod image_sizes;
 pub mod platform_cmds;
 pub mod registry_cmds;
 pub mod run_cmds;

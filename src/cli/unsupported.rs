@@ -387,13 +387,6 @@ const TABLE: &[(&str, &str, Option<char>, &str)] = &[
     ),
     ("ps", "size", Some('s'), "shows the containers' disk use"),
     // images
-    ("images", "digests", None, "adds a DIGEST column"),
-    (
-        "images",
-        "filter",
-        Some('f'),
-        "filters images (dangling=, reference=, label=, before=, since=)",
-    ),
     (
         "images",
         "tree",
