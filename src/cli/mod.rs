@@ -15,6 +15,7 @@ pub mod image_cmds;
 pub mod image_filter;
 pub mod image_sizes;
 pub mod platform_cmds;
+pub mod ps_filter;
 pub mod registry_cmds;
 pub mod run_cmds;
 pub mod system_cmds;

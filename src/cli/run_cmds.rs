@@ -32,6 +32,19 @@ pub enum RunCommands {
         /// A Go template per container (`{{.Names}} {{.Status}}`), `table TEMPLATE` or `json`.
         #[arg(long)]
         format: Option<String>,
+        /// Only containers that match: status=, name=, label=K[=V], ancestor=, exited=, id=,
+        /// before=, since= (repeatable, combined as docker does).
+        #[arg(short, long = "filter", value_name = "KEY=VALUE")]
+        filter: Vec<String>,
+        /// Show the N last created containers (all states).
+        #[arg(short = 'n', long, value_name = "N")]
+        last: Option<i64>,
+        /// Show the latest created container (all states).
+        #[arg(short = 'l', long)]
+        latest: bool,
+        /// Add a SIZE column: the writable layer's bytes (and the image's, as virtual).
+        #[arg(short, long)]
+        size: bool,
     },
     /// Print a container's logs.
     Logs {
@@ -362,7 +375,27 @@ pub fn run(cmd: RunCommands, globals: &Globals) -> anyhow::Result<i32> {
             quiet,
             no_trunc,
             format,
-        } => ps(root, all, quiet, no_trunc, format.as_deref()),
+            filter,
+            last,
+            latest,
+            size,
+        } => {
+            if let Err(e) = super::image_filter::check_syntax(&filter) {
+                crate::errln!("kiln ps: {e:#}");
+                return Ok(super::EXIT_KILN_ERROR);
+            }
+            let opts = PsOptions {
+                filters: &filter,
+                // docker: -l is -n 1; -n of 0 or less is no limit.
+                last: if latest {
+                    Some(1)
+                } else {
+                    last.filter(|n| *n > 0)
+                },
+                size,
+            };
+            ps(root, all, quiet, no_trunc, format.as_deref(), &opts)
+        }
         RunCommands::Logs {
             follow,
             tail,
@@ -616,16 +649,66 @@ const PS_HEADERS: &[(&str, &str)] = &[
     ("Status", "STATUS"),
 ];
 
-fn ps(root: &Path, all: bool, quiet: bool, no_trunc: bool, format: Option<&str>) -> Result<i32> {
+/// `ps`'s docker flags beyond the listing itself (`--filter`, `-n`/`-l`, `-s`).
+struct PsOptions<'a> {
+    filters: &'a [String],
+    last: Option<i64>,
+    size: bool,
+}
+
+fn ps(
+    root: &Path,
+    all: bool,
+    quiet: bool,
+    no_trunc: bool,
+    format: Option<&str>,
+    opts: &PsOptions,
+) -> Result<i32> {
     let format = Format::parse(format).context("ps: --format")?;
     let store = runner::open_store(root)?;
+    let filter =
+        super::ps_filter::PsFilter::parse(&store, &store, opts.filters).context("ps: --filter")?;
+    // docker: -n/-l and a status filter look at every container, not only running ones.
+    let all = all || opts.last.is_some() || filter.wants_stopped();
     let mut rows: Vec<[String; 7]> = Vec::new();
+    let mut sizes: Vec<String> = Vec::new();
     let mut objects = Vec::new();
+    let mut listed = 0i64;
     for rec in state::list(&store)? {
         let status = rec.status();
         if !all && status != Status::Running {
             continue;
         }
+        let shown_state = match status {
+            Status::Created => "created",
+            Status::Running if runner::is_paused(&rec) => "paused",
+            Status::Running => "running",
+            Status::Exited => "exited",
+        };
+        let labels = if filter.needs_labels() {
+            super::ps_filter::container_labels(&store, &rec)
+        } else {
+            Default::default()
+        };
+        if !filter.matches(&rec, shown_state, &labels) {
+            continue;
+        }
+        if opts.last.is_some_and(|n| listed >= n) {
+            break;
+        }
+        listed += 1;
+        let size_text = if opts.size {
+            let rw =
+                super::ps_filter::dir_content_size(&runner::lifecycle::upper_dir(&store, &rec.id));
+            let image = super::image_sizes::image_content_size(&store, &rec.manifest).unwrap_or(0);
+            format!(
+                "{} (virtual {})",
+                crate::oci::progress::human_bytes(rw),
+                crate::oci::progress::human_bytes(rw + image)
+            )
+        } else {
+            "N/A".to_string()
+        };
         if quiet {
             crate::outln!(
                 "{}",
@@ -637,7 +720,21 @@ fn ps(root: &Path, all: bool, quiet: bool, no_trunc: bool, format: Option<&str>)
             )?;
             continue;
         }
-        let mut command = rec.config.args().join(" ");
+        // docker's daemon quotes the arguments that hold a space: `sh -c 'echo hi'`.
+        let mut command = rec
+            .config
+            .args()
+            .iter()
+            .enumerate()
+            .map(|(i, a)| {
+                if i > 0 && a.contains(' ') {
+                    format!("'{a}'")
+                } else {
+                    a.clone()
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(" ");
         if !no_trunc && command.chars().count() > 20 {
             command = command.chars().take(19).collect::<String>() + "…";
         }
@@ -686,7 +783,7 @@ fn ps(root: &Path, all: bool, quiet: bool, no_trunc: bool, format: Option<&str>)
             "Platform": null,
             "Ports": if status == Status::Running { state::ports_column(&rec.ports) } else { String::new() },
             "RunningFor": format!("{} ago", human_duration(ago(rec.created_ns))),
-            "Size": "N/A",
+            "Size": size_text,
             "State": state_name,
             "Status": status_text,
         }));
@@ -707,6 +804,7 @@ fn ps(root: &Path, all: bool, quiet: bool, no_trunc: bool, format: Option<&str>)
             },
             rec.name.clone(),
         ]);
+        sizes.push(size_text);
     }
     if quiet {
         return Ok(0);
@@ -733,7 +831,14 @@ fn ps(root: &Path, all: bool, quiet: bool, no_trunc: bool, format: Option<&str>)
         "PORTS",
         "NAMES",
     ];
-    let rows: Vec<Vec<String>> = rows.into_iter().map(Vec::from).collect();
+    let mut rows: Vec<Vec<String>> = rows.into_iter().map(Vec::from).collect();
+    let mut header = header.to_vec();
+    if opts.size {
+        header.push("SIZE");
+        for (row, size) in rows.iter_mut().zip(sizes) {
+            row.push(size);
+        }
+    }
     super::table::write(&mut crate::report::stdout(), &header, &rows)?;
     Ok(0)
 }
