@@ -8,12 +8,6 @@ const TABLE: &[(&str, &str, Option<char>, &str)] = &[
     // build
     (
         "build",
-        "add-host",
-        None,
-        "adds host-to-IP entries to /etc/hosts in RUN steps",
-    ),
-    (
-        "build",
         "allow",
         None,
         "grants extra privileged entitlements (network.host, security.insecure)",
@@ -63,17 +57,10 @@ const TABLE: &[(&str, &str, Option<char>, &str)] = &[
     ("build", "sbom", None, "attaches an SBOM attestation"),
     (
         "build",
-        "shm-size",
-        None,
-        "sets the size of /dev/shm in RUN steps",
-    ),
-    (
-        "build",
         "ssh",
         None,
         "forwards an SSH agent or keys to RUN --mount=type=ssh",
     ),
-    ("build", "ulimit", None, "sets ulimits for RUN steps"),
     ("build", "debug", Some('D'), "enables debug logging"),
     ("build", "squash", None, "squashes the new layers into one"),
     (
