@@ -70,8 +70,10 @@ fn output_into_a_closed_pipe_ends_quietly_like_docker() {
         "kiln --help | head -1",
         "kiln info | head -1",
         "kiln save busybox | head -c 1000 | wc -c",
+        "kiln history busybox | head -1",
+        "kiln ps -a | head -1",
     ] {
-        for _ in 0..15 {
+        for _ in 0..50 {
             let out = sh(
                 r,
                 &format!("{line}; echo \"status=${{PIPESTATUS[0]}}\" >&2"),
@@ -87,6 +89,8 @@ fn output_into_a_closed_pipe_ends_quietly_like_docker() {
                 l if l.starts_with("kiln images") => "REPOSITORY   TAG ",
                 l if l.starts_with("kiln --help") => "A daemonless",
                 l if l.starts_with("kiln info") => "Containers: ",
+                l if l.starts_with("kiln history") => "IMAGE  ",
+                l if l.starts_with("kiln ps") => "CONTAINER ID   ",
                 _ => "1000\n",
             };
             assert!(first.starts_with(want), "{line}: stdout {first:?}");
@@ -102,6 +106,8 @@ fn output_into_a_closed_pipe_ends_quietly_like_docker() {
         &["--help"],
         &["save", "busybox"],
         &["images", "--format", "json"],
+        &["history", "busybox"],
+        &["ps", "-a"],
     ] {
         let out = with_closed_stdout(r, args);
         assert_eq!(
