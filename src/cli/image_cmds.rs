@@ -849,7 +849,13 @@ fn cmd_inspect(
         }
     }
     match template {
-        None => crate::outln!("{}", serde_json::to_string_pretty(&out)?)?,
+        None => crate::outln!(
+            "{}",
+            super::format::docker_json::to_string_pretty(
+                &serde_json::Value::Array(out.into_iter().map(with_dockers_null_config).collect()),
+                super::format::docker_json::Style::Inspect
+            )
+        )?,
         Some(t) => {
             for (v, spec) in out.iter().zip(images) {
                 match t.execute(v) {
@@ -865,6 +871,25 @@ fn cmd_inspect(
         }
     }
     Ok(code)
+}
+
+/// An image document as the daemon sends it: its `Config` has docker's legacy fields even when
+/// the image lacks them (`"Entrypoint": null`, `"User": ""`), as Docker 28.5 prints them.
+/// Templates see the config as it is (docker's CLI decodes into a struct whose empty fields
+/// `{{json .Config}}` leaves out).
+fn with_dockers_null_config(mut doc: serde_json::Value) -> serde_json::Value {
+    if doc.get("RepoTags").is_none() {
+        return doc;
+    }
+    if let Some(config) = doc.get_mut("Config").and_then(|c| c.as_object_mut()) {
+        for key in ["Cmd", "Entrypoint", "Env", "Labels", "OnBuild", "Volumes"] {
+            config.entry(key).or_insert(serde_json::Value::Null);
+        }
+        for key in ["User", "WorkingDir"] {
+            config.entry(key).or_insert_with(|| "".into());
+        }
+    }
+    doc
 }
 
 fn cmd_save(

@@ -268,6 +268,9 @@ pub struct RunArgs {
 pub enum ContainerCommands {
     /// Print containers' details as JSON.
     Inspect {
+        /// A Go template run on each container (`{{.State.Status}}`, `{{json .Config}}`).
+        #[arg(short, long)]
+        format: Option<String>,
         #[arg(required = true)]
         containers: Vec<String>,
     },
@@ -504,10 +507,29 @@ pub fn run(cmd: RunCommands, globals: &Globals) -> anyhow::Result<i32> {
         }
         RunCommands::Port { container, port } => cmd_port(root, &container, port.as_deref()),
         RunCommands::Container {
-            cmd: ContainerCommands::Inspect { containers },
+            cmd: ContainerCommands::Inspect { format, containers },
         } => match runner::inspect_containers(root, &containers)? {
             Some(v) => {
-                crate::outln!("{}", serde_json::to_string_pretty(&v)?)?;
+                let template = match format.as_deref() {
+                    None | Some("json") => None,
+                    Some(f) => {
+                        Some(super::template::Template::parse(f).context("inspect: --format")?)
+                    }
+                };
+                match template {
+                    None => crate::outln!(
+                        "{}",
+                        super::format::docker_json::to_string_pretty(
+                            &v,
+                            super::format::docker_json::Style::Inspect
+                        )
+                    )?,
+                    Some(t) => {
+                        for obj in v.as_array().into_iter().flatten() {
+                            crate::outln!("{}", t.execute(obj).context("inspect: --format")?)?;
+                        }
+                    }
+                }
                 Ok(0)
             }
             None => {
