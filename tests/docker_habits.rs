@@ -191,6 +191,15 @@ fn docker_flags_kiln_lacks_say_what_docker_does() {
             "kiln build --ssh default .",
             "kiln build: kiln does not support --ssh (docker: forwards an SSH agent",
         ),
+        (
+            "kiln start -i c",
+            "kiln start: kiln does not support -i/--interactive (docker: attaches the \
+             container's stdin)",
+        ),
+        (
+            "kiln run --device-read-bps /dev/sda:1mb busybox",
+            "kiln run: kiln does not support --device-read-bps (docker: limits the read rate",
+        ),
     ] {
         let out = sh(r, line);
         assert_eq!(out.status.code(), Some(125), "{line}");
@@ -202,8 +211,10 @@ fn docker_flags_kiln_lacks_say_what_docker_does() {
     let out = sh(r, "kiln run --no-such-flag busybox");
     assert_eq!(out.status.code(), Some(125));
     assert!(text(&out.stderr).contains("unexpected argument '--no-such-flag'"));
-    // docker's `stop --timeout` spelling.
+    // docker's `stop --timeout` and `restart --timeout` spellings.
     let out = sh(r, "kiln stop --help");
+    assert!(text(&out.stdout).contains("--timeout"));
+    let out = sh(r, "kiln restart --help");
     assert!(text(&out.stdout).contains("--timeout"));
 }
 
@@ -264,6 +275,30 @@ fn version_and_info_describe_this_machine() {
         "{}",
         text(&out.stdout)
     );
+    // --format with docker's field names, as scripts use them (docker: `overlay2
+    // /var/lib/docker 1 0`, `28.5.2 linux/amd64`).
+    let out = sh(
+        r,
+        "kiln info --format '{{.Driver}} {{.DockerRootDir}} {{.Images}} {{.ContainersRunning}} {{len .Warnings}}'",
+    );
+    assert_eq!(
+        text(&out.stdout),
+        format!("overlay {} 1 0 0\n", r.display()),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = sh(
+        r,
+        "kiln version --format '{{.Client.Version}} {{.Client.Os}}/{{.Client.Arch}}'",
+    );
+    assert_eq!(
+        text(&out.stdout),
+        format!("{} linux/{arch}\n", env!("CARGO_PKG_VERSION"))
+    );
+    // A field docker has and kiln does not: docker's template error, exit 1.
+    let out = sh(r, "kiln info --format '{{.Swarm}}'");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("map has no entry for key \"Swarm\""));
 }
 
 /// A build context in the root's directory: `Dockerfile` and `sub/Other.df` (which fails).

@@ -290,6 +290,28 @@ pub fn parse_add_host(s: &str) -> anyhow::Result<(String, std::net::IpAddr)> {
     Ok((host.to_string(), addr))
 }
 
+/// The names `--push` or a pushing `--output` asks to push, checked before the build starts so a
+/// build that cannot be pushed fails at once.
+fn names_to_push(args: &BuildArgs) -> anyhow::Result<Vec<String>> {
+    let mut names = Vec::new();
+    if args.push {
+        names.extend(args.tags.iter().cloned());
+    }
+    for spec in &args.outputs {
+        if options::output_pushes(spec) {
+            if let Output::Image { names: n } = options::parse_output(spec, &args.tags)? {
+                names.extend(n);
+            }
+        }
+    }
+    if (args.push || args.outputs.iter().any(|s| options::output_pushes(s))) && names.is_empty() {
+        anyhow::bail!("--push needs a name to push to: add -t REGISTRY/NAME[:TAG]");
+    }
+    names.sort();
+    names.dedup();
+    Ok(names)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -317,26 +339,4 @@ mod tests {
             .to_string()
             .contains("gateway"));
     }
-}
-
-/// The names `--push` or a pushing `--output` asks to push, checked before the build starts so a
-/// build that cannot be pushed fails at once.
-fn names_to_push(args: &BuildArgs) -> anyhow::Result<Vec<String>> {
-    let mut names = Vec::new();
-    if args.push {
-        names.extend(args.tags.iter().cloned());
-    }
-    for spec in &args.outputs {
-        if options::output_pushes(spec) {
-            if let Output::Image { names: n } = options::parse_output(spec, &args.tags)? {
-                names.extend(n);
-            }
-        }
-    }
-    if (args.push || args.outputs.iter().any(|s| options::output_pushes(s))) && names.is_empty() {
-        anyhow::bail!("--push needs a name to push to: add -t REGISTRY/NAME[:TAG]");
-    }
-    names.sort();
-    names.dedup();
-    Ok(names)
 }

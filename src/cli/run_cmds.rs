@@ -80,7 +80,12 @@ pub enum RunCommands {
     /// Restart containers (stop, then start).
     Restart {
         /// Seconds to wait before killing.
-        #[arg(short = 't', long = "time", default_value_t = 10)]
+        #[arg(
+            short = 't',
+            long = "time",
+            visible_alias = "timeout",
+            default_value_t = 10
+        )]
         time: u64,
         #[arg(required = true)]
         containers: Vec<String>,

@@ -282,7 +282,7 @@ fn order_for(
         .find(|list| map.keys().filter(|k| list.contains(&k.as_str())).count() * 2 > map.len())
 }
 
-fn ordered_keys<'a>(map: &'a serde_json::Map<String, Value>, style: Style) -> Vec<&'a String> {
+fn ordered_keys(map: &serde_json::Map<String, Value>, style: Style) -> Vec<&String> {
     let mut keys: Vec<&String> = map.keys().collect();
     if let Some(order) = order_for(map, style) {
         keys.sort_by_key(|k| {
