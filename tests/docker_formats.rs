@@ -259,3 +259,36 @@ fn json_comes_in_dockers_field_order() {
     let doc = fmt(r, &["container", "inspect", "c1"]);
     assert!(doc.starts_with("[\n    {\n        \"Id\": \""), "{doc}");
 }
+
+/// `inspect --raw` gives the OCI documents as stored; `Comment` is the last step's, as
+/// docker's (`buildkit.dockerfile.v0`); ps's Labels column lists the image's labels (docker:
+/// `a=b,k=v` for a container of an image with LABEL a=b run with --label k=v).
+#[test]
+fn raw_documents_comment_and_ps_labels() {
+    let root = root_with_image();
+    let r = root.path();
+    let raw: serde_json::Value =
+        serde_json::from_str(&fmt(r, &["inspect", "--raw", "tplref:1"])).unwrap();
+    let doc = &raw[0];
+    let id = fmt(r, &["inspect", "-f", "{{.Id}}", "tplref:1"]);
+    assert_eq!(doc["ConfigDigest"].as_str().unwrap(), id.trim());
+    assert_eq!(doc["Manifest"]["config"]["digest"], doc["ConfigDigest"]);
+    assert_eq!(
+        doc["Config"]["config"]["Cmd"],
+        serde_json::json!(["echo hi"])
+    );
+    let manifest_digest = doc["ManifestDigest"].as_str().unwrap();
+    assert!(manifest_digest.starts_with("sha256:"));
+    assert_eq!(
+        fmt(r, &["inspect", "-f", "{{.Comment}}", "tplref:1"]),
+        "buildkit.dockerfile.v0\n"
+    );
+    common::kiln_ok(
+        r,
+        &["run", "--name", "lab", "--network", "none", "tplref:1"],
+    );
+    assert_eq!(
+        fmt(r, &["ps", "-a", "--format", "{{.Names}} {{.Labels}}"]),
+        "lab k=v,other=a b\n"
+    );
+}

@@ -140,6 +140,10 @@ pub enum ImageCommands {
         /// with the whole index under `Index`).
         #[arg(long, value_name = "OS/ARCH[/VARIANT]")]
         platform: Option<String>,
+        /// The OCI documents as stored instead of docker's: per image its manifest (or index)
+        /// and config, with their digests.
+        #[arg(long, conflicts_with = "format")]
+        raw: bool,
         #[arg(required = true)]
         images: Vec<String>,
     },
@@ -232,6 +236,7 @@ pub fn run(cmd: ImageCommands, globals: &Globals) -> Result<i32> {
         ImageCommands::Inspect {
             format,
             platform,
+            raw,
             images,
         } => {
             let platform = platform
@@ -239,6 +244,9 @@ pub fn run(cmd: ImageCommands, globals: &Globals) -> Result<i32> {
                 .map(crate::platform::Platform::parse)
                 .transpose()
                 .context("inspect: --platform")?;
+            if raw {
+                return cmd_inspect_raw(globals, &images, platform.as_ref());
+            }
             cmd_inspect(globals, &images, format.as_deref(), platform.as_ref())
         }
         // The known forms were rewritten to their short commands before parsing.
@@ -809,7 +817,10 @@ fn cmd_inspect(
                 "RepoTags": names.iter().filter(|n| n.tag().is_some()).map(|n| n.to_string()).collect::<Vec<_>>(),
                 "RepoDigests": names.iter().map(|n| format!("{}@{}", n.familiar_repository(), whole.stored_digest())).collect::<Vec<_>>(),
                 "Parent": "",
-                "Comment": str_of("comment"),
+                // The config's comment, else the last step's (docker: `buildkit.dockerfile.v0`).
+                "Comment": config.get("comment").and_then(|c| c.as_str()).or_else(|| {
+                    config.get("history").and_then(|h| h.as_array()).and_then(|h| h.last()).and_then(|h| h.get("comment")).and_then(|c| c.as_str())
+                }).unwrap_or(""),
                 "Created": created,
                 "DockerVersion": "",
                 "Author": str_of("author"),
@@ -870,6 +881,53 @@ fn cmd_inspect(
             }
         }
     }
+    Ok(code)
+}
+
+/// `inspect --raw`: the OCI documents as stored, one object per image: `ManifestDigest` and
+/// `Manifest`, `ConfigDigest` and `Config`, and for a multi-platform image `IndexDigest` and
+/// `Index` (the manifest is this machine's platform's, or `--platform`'s).
+fn cmd_inspect_raw(
+    globals: &Globals,
+    images: &[String],
+    platform: Option<&crate::platform::Platform>,
+) -> Result<i32> {
+    let store = open(globals)?;
+    let mut out = Vec::new();
+    let mut code = 0;
+    for spec in images {
+        let result = (|| -> Result<serde_json::Value> {
+            let whole = store.resolve(spec)?;
+            let img = match platform {
+                Some(p) => whole.for_platform(p)?,
+                None => whole.clone(),
+            };
+            let manifest: serde_json::Value =
+                serde_json::from_slice(&store.manifest_bytes(&img.manifest_digest)?)?;
+            let config: serde_json::Value =
+                serde_json::from_slice(&store.read_blob(&img.config_digest)?)?;
+            let mut doc = serde_json::json!({
+                "ManifestDigest": img.manifest_digest,
+                "Manifest": manifest,
+                "ConfigDigest": img.config_digest,
+                "Config": config,
+            });
+            if let Some(index) = &whole.index {
+                let bytes = store.read_blob(&index.digest)?;
+                doc["IndexDigest"] = index.digest.clone().into();
+                doc["Index"] = serde_json::from_slice(&bytes)?;
+            }
+            Ok(doc)
+        })();
+        match result {
+            Ok(v) => out.push(v),
+            Err(e) => {
+                crate::report::report_error(&e.context(format!("inspect --raw: {spec}")));
+                code = 1;
+            }
+        }
+    }
+    crate::outln!("{}", serde_json::to_string_pretty(&out)?)?;
     Ok(code)
 }
 

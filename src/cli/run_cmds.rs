@@ -712,7 +712,8 @@ fn ps(
             Status::Running => "running",
             Status::Exited => "exited",
         };
-        let labels = if filter.needs_labels() {
+        // The labels for a filter and for the Labels column (`a=b,k=v`, as docker's).
+        let labels = if filter.needs_labels() || !matches!(format, Format::DefaultTable) {
             super::ps_filter::container_labels(&store, &rec)
         } else {
             Default::default()
@@ -802,7 +803,7 @@ fn ps(
             "CreatedAt": created_at,
             "ID": if no_trunc { rec.id.as_str() } else { rec.short_id() },
             "Image": rec.image,
-            "Labels": "",
+            "Labels": labels.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(","),
             "LocalVolumes": mounts.len().to_string(),
             "Mounts": mounts.join(","),
             "Names": rec.name,
