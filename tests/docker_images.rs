@@ -3,6 +3,7 @@
 //! too. Docker 28.5's answers are in `testdata/docker/` and beside each check.
 
 mod common;
+mod registry_support;
 
 use std::path::Path;
 use std::process::Command;
@@ -258,4 +259,38 @@ fn images_filters_and_digests() {
             text(&out.stderr)
         );
     }
+}
+
+/// `RepoDigests` and `images --digests` as docker's: a built image has none; a pulled one has
+/// `repository@digest` with the digest the registry gave (the one `kiln push` printed).
+#[test]
+fn repo_digests_come_from_the_registry() {
+    let root = root_with_busybox();
+    let r = root.path();
+    let reg = registry_support::Registry::start(registry_support::AuthMode::None);
+    let name = format!("{}/app:1", reg.host());
+    build(r, "app:1", "FROM busybox\nRUN echo 1 > /x\n");
+    let repo_digests = |root: &Path, image: &str| {
+        common::kiln_ok(root, &["inspect", "-f", "{{json .RepoDigests}}", image])
+    };
+    // docker: `[]` for an image it built.
+    assert_eq!(repo_digests(r, "app:1"), "[]\n");
+    common::kiln_ok(r, &["tag", "app:1", &name]);
+    let pushed = common::kiln_ok(r, &["push", &name]);
+    let digest = pushed
+        .split(|c: char| c.is_whitespace() || c == ',')
+        .find(|w| w.starts_with("sha256:"))
+        .unwrap_or_else(|| panic!("no digest in {pushed:?}"))
+        .to_string();
+    let other = common::temp_root();
+    common::kiln_ok(other.path(), &["pull", &name]);
+    assert_eq!(
+        repo_digests(other.path(), &name),
+        format!("[\"{}/app@{digest}\"]\n", reg.host())
+    );
+    let table = common::kiln_ok(other.path(), &["images", "--digests"]);
+    let row = table.lines().nth(1).unwrap();
+    assert!(row.contains(&format!("   {digest}   ")), "{table}");
+    let json = common::kiln_ok(other.path(), &["images", "--format", "{{.Digest}}"]);
+    assert_eq!(json.trim(), digest);
 }

@@ -487,10 +487,22 @@ fn cmd_images(globals: &Globals, opts: &ImagesOptions) -> Result<i32> {
             ]
         })
         .collect();
+    // DIGEST: the digest a name was given by, else the one the registry gave when it was
+    // pulled and still names this image (docker's RepoDigests), else <none>.
+    let pulled = if opts.digests || !matches!(format, Format::DefaultTable) {
+        pulled_names(&store)
+    } else {
+        Vec::new()
+    };
     let digest_of = |img: &ImageRecord| {
-        img.name
-            .as_ref()
-            .and_then(|n| n.digest().map(String::from))
+        let name = img.name.as_ref();
+        name.and_then(|n| n.digest().map(String::from))
+            .or_else(|| {
+                pulled
+                    .iter()
+                    .find(|(p, d)| Some(p) == name && d == img.stored_digest())
+                    .map(|(_, d)| d.clone())
+            })
             .unwrap_or_else(|| "<none>".into())
     };
     let objects: Vec<serde_json::Value> = images
@@ -815,7 +827,7 @@ fn cmd_inspect(
             let mut doc = serde_json::json!({
                 "Id": img.config_digest,
                 "RepoTags": names.iter().filter(|n| n.tag().is_some()).map(|n| n.to_string()).collect::<Vec<_>>(),
-                "RepoDigests": names.iter().map(|n| format!("{}@{}", n.familiar_repository(), whole.stored_digest())).collect::<Vec<_>>(),
+                "RepoDigests": repo_digests(&store, whole.stored_digest()),
                 "Parent": "",
                 // The config's comment, else the last step's (docker: `buildkit.dockerfile.v0`).
                 "Comment": config.get("comment").and_then(|c| c.as_str()).or_else(|| {
@@ -882,6 +894,37 @@ fn cmd_inspect(
         }
     }
     Ok(code)
+}
+
+/// docker's `RepoDigests`: `repository@digest` for each name the image was pulled by (the
+/// digest the registry gave). A built image has none, as in docker, until it comes from a
+/// registry (a push records nothing here: its manifest there has the compressed layers).
+fn repo_digests(store: &Store, stored_digest: &str) -> Vec<String> {
+    let mut out: Vec<String> = pulled_names(store)
+        .into_iter()
+        .filter(|(_, resolved)| resolved == stored_digest)
+        .map(|(n, _)| format!("{}@{stored_digest}", n.familiar_repository()))
+        .collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// Every name pulled into this root and the digest the registry gave it (the registry's
+/// `registry_pulls`; none before the first pull made the table).
+fn pulled_names(store: &Store) -> Vec<(Reference, String)> {
+    store
+        .with_conn(|c| {
+            let mut stmt = c.prepare("SELECT name, resolved FROM registry_pulls")?;
+            let rows = stmt
+                .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(rows)
+        })
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|(n, d)| Some((Reference::parse(&n).ok()?, d)))
+        .collect()
 }
 
 /// `inspect --raw`: the OCI documents as stored, one object per image: `ManifestDigest` and
