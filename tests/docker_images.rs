@@ -294,3 +294,58 @@ fn repo_digests_come_from_the_registry() {
     let json = common::kiln_ok(other.path(), &["images", "--format", "{{.Digest}}"]);
     assert_eq!(json.trim(), digest);
 }
+
+/// A multi-platform image saved as OCI: index.json holds the index, manifest.json this
+/// machine's platform under the image's name, which is what Docker 28.5 loaded
+/// (testdata/docker/save-oci-load.txt).
+#[test]
+fn oci_archive_of_an_index_lists_this_platform_for_docker() {
+    let root = root_with_busybox();
+    let r = root.path();
+    let tar = common::busybox_tar();
+    // The same files labelled arm64 are enough for the archive's structure.
+    common::kiln_ok(
+        r,
+        &[
+            "import",
+            "-q",
+            "--platform",
+            "linux/arm64",
+            tar.to_str().unwrap(),
+            "bb:arm64",
+        ],
+    );
+    common::kiln_ok(r, &["tag", "busybox", "bb:native"]);
+    common::kiln_ok(
+        r,
+        &["manifest", "create", "multi:1", "bb:native", "bb:arm64"],
+    );
+    let archive = r.join("multi.tar");
+    common::kiln_ok(
+        r,
+        &[
+            "save",
+            "--format",
+            "oci",
+            "-o",
+            archive.to_str().unwrap(),
+            "multi:1",
+        ],
+    );
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&tar_member(&archive, "manifest.json").unwrap()).unwrap();
+    let entries = manifest.as_array().unwrap();
+    assert_eq!(entries.len(), 1, "{manifest}");
+    assert_eq!(entries[0]["RepoTags"], serde_json::json!(["multi:1"]));
+    let native = common::kiln_ok(r, &["inspect", "-f", "{{.Id}}", "bb:native"]);
+    assert_eq!(
+        entries[0]["Config"].as_str().unwrap(),
+        format!("blobs/sha256/{}", &native.trim()[7..])
+    );
+    let index: serde_json::Value =
+        serde_json::from_slice(&tar_member(&archive, "index.json").unwrap()).unwrap();
+    assert_eq!(
+        index["manifests"][0]["mediaType"],
+        "application/vnd.oci.image.index.v1+json"
+    );
+}
