@@ -126,3 +126,49 @@ fn ps_filters_last_latest_and_size_as_docker() {
     assert_eq!(out.status.code(), Some(125));
     common::kiln_ok(r, &["rm", "-f", "c1", "c2", "c3"]);
 }
+
+/// `stats --format` as docker's: its fields (`json` keys as Docker 28.5 printed them for a
+/// `sleep` container: BlockIO CPUPerc Container ID MemPerc MemUsage Name NetIO PIDs), `table`
+/// headers, `Container` as given on the command line.
+#[test]
+fn stats_templates() {
+    common::require_root();
+    let root = common::temp_root();
+    let r = root.path();
+    let tar = common::busybox_tar();
+    common::kiln_ok(
+        r,
+        &["import", "-q", tar.to_str().unwrap(), "busybox:latest"],
+    );
+    common::kiln_ok(r, &["run", "-d", "--name", "s1", "busybox", "sleep", "60"]);
+    let table = common::kiln_ok(
+        r,
+        &[
+            "stats",
+            "--no-stream",
+            "--format",
+            r"table {{.Name}}\t{{.Container}}\t{{.PIDs}}",
+            "s1",
+        ],
+    );
+    // docker: `NAME      CONTAINER   PIDS\nh15f-s1   h15f-s1     1` (kiln's init is a process
+    // of the container too).
+    let mut lines = table.lines();
+    assert_eq!(lines.next().unwrap(), "NAME      CONTAINER   PIDS");
+    assert!(
+        lines.next().unwrap().starts_with("s1        s1          "),
+        "{table}"
+    );
+    let json = common::kiln_ok(r, &["stats", "--no-stream", "--format", "json"]);
+    let v: serde_json::Value = serde_json::from_str(json.trim()).unwrap();
+    let keys: Vec<&str> = v.as_object().unwrap().keys().map(|k| k.as_str()).collect();
+    assert_eq!(
+        keys.join(" "),
+        "BlockIO CPUPerc Container ID MemPerc MemUsage Name NetIO PIDs"
+    );
+    assert_eq!(v["Name"], "s1");
+    // Not named on the command line: Container is the ID, as docker's.
+    assert_eq!(v["Container"], v["ID"]);
+    assert!(v["MemUsage"].as_str().unwrap().contains(" / "), "{v}");
+    common::kiln_ok(r, &["rm", "-f", "s1"]);
+}

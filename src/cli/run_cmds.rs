@@ -164,6 +164,9 @@ pub enum RunCommands {
         /// Do not truncate output.
         #[arg(long)]
         no_trunc: bool,
+        /// A Go template per container (`{{.Name}} {{.CPUPerc}}`), `table TEMPLATE` or `json`.
+        #[arg(long)]
+        format: Option<String>,
         containers: Vec<String>,
     },
     /// List a container's published ports, or the host address of one.
@@ -450,8 +453,16 @@ pub fn run(cmd: RunCommands, globals: &Globals) -> anyhow::Result<i32> {
             all,
             no_stream,
             no_trunc,
+            format,
             containers,
-        } => stats(root, all, no_stream, no_trunc, &containers),
+        } => stats(
+            root,
+            all,
+            no_stream,
+            no_trunc,
+            format.as_deref(),
+            &containers,
+        ),
         RunCommands::Rm {
             force,
             volumes,
@@ -572,8 +583,46 @@ fn each(
 /// `kiln stats`: the named containers (or every running one, `-a` every one, listed again at
 /// each refresh), read twice a second apart for CPU %, then printed; every second again
 /// unless `no_stream` (the screen redrawn in place, as docker does).
-fn stats(root: &Path, all: bool, no_stream: bool, no_trunc: bool, names: &[String]) -> Result<i32> {
+/// docker's column names of `stats --format 'table …'`.
+const STATS_HEADERS: &[(&str, &str)] = &[
+    ("BlockIO", "BLOCK I/O"),
+    ("CPUPerc", "CPU %"),
+    ("Container", "CONTAINER"),
+    ("ID", "CONTAINER ID"),
+    ("MemPerc", "MEM %"),
+    ("MemUsage", "MEM USAGE / LIMIT"),
+    ("Name", "NAME"),
+    ("NetIO", "NET I/O"),
+    ("PIDs", "PIDS"),
+];
+
+/// One `stats` row as docker's template sees it; `Container` is the name or ID as given on
+/// the command line, else the ID.
+fn stats_object(row: &[String], given: Option<&str>) -> serde_json::Value {
+    let cell = |i: usize| row.get(i).cloned().unwrap_or_default();
+    serde_json::json!({
+        "BlockIO": cell(6),
+        "CPUPerc": cell(2),
+        "Container": given.map(String::from).unwrap_or_else(|| cell(0)),
+        "ID": cell(0),
+        "MemPerc": cell(4),
+        "MemUsage": cell(3),
+        "Name": cell(1),
+        "NetIO": cell(5),
+        "PIDs": cell(7),
+    })
+}
+
+fn stats(
+    root: &Path,
+    all: bool,
+    no_stream: bool,
+    no_trunc: bool,
+    format: Option<&str>,
+    names: &[String],
+) -> Result<i32> {
     use runner::stats as st;
+    let format = Format::parse(format).context("stats: --format")?;
     let store = runner::open_store(root)?;
     let named: Vec<String> = names
         .iter()
@@ -614,9 +663,31 @@ fn stats(root: &Path, all: bool, no_stream: bool, no_trunc: bool, names: &[Strin
             })
             .collect();
         prev = next;
-        let mut table = Vec::new();
-        super::table::write(&mut table, st::HEADER, &rows)?;
-        let table = String::from_utf8_lossy(&table);
+        let table = if matches!(format, Format::DefaultTable) {
+            let mut table = Vec::new();
+            super::table::write(&mut table, st::HEADER, &rows)?;
+            String::from_utf8_lossy(&table).into_owned()
+        } else {
+            let objects: Vec<serde_json::Value> = recs
+                .iter()
+                .zip(&rows)
+                .map(|(rec, row)| {
+                    let given = names
+                        .iter()
+                        .zip(&named)
+                        .find(|(_, id)| **id == rec.id)
+                        .map(|(n, _)| n.as_str());
+                    stats_object(row, given)
+                })
+                .collect();
+            match format
+                .render(STATS_HEADERS, &objects)
+                .context("stats: --format")?
+            {
+                Some(text) => text,
+                None => objects.iter().map(|o| format!("{o}\n")).collect(),
+            }
+        };
         if no_stream {
             crate::out!("{table}")?;
             return Ok(0);

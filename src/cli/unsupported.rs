@@ -692,6 +692,7 @@ mod tests {
         assert!(message("run", "-l").unwrap().contains("-l/--label"));
         assert!(message("run", "--no-such-docker-flag").is_none());
         assert!(message("images", "--privileged").is_none());
+        assert!(message("stats", "--format").is_none());
     }
 
     /// The table names only flags kiln lacks: a flag added to kiln must leave the table.
