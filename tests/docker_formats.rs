@@ -180,3 +180,115 @@ fn container_templates() {
         "exited|[true]|/tplps|none|tplvol:/v|true []\n"
     );
 }
+
+/// `{{json .X}}` and `inspect`'s document in docker's field order and indentation, where
+/// serde_json would sort the keys (testdata/docker/inspect-json-order.txt).
+#[test]
+fn json_comes_in_dockers_field_order() {
+    let root = root_with_image();
+    let r = root.path();
+    // Docker 28.5 prints `"ArgsEscaped":true` last, which kiln's image config lacks.
+    assert_eq!(
+        fmt(r, &["inspect", "-f", "{{json .Config}}", "tplref:1"]),
+        "{\"ExposedPorts\":{\"53/udp\":{},\"8080/tcp\":{}},\"Env\":[\"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\",\"FOO=bar\"],\"Entrypoint\":[\"sh\",\"-c\"],\"Cmd\":[\"echo hi\"],\"Volumes\":{\"/data\":{}},\"WorkingDir\":\"/app\",\"Labels\":{\"k\":\"v\",\"other\":\"a b\"}}\n"
+    );
+    let doc = fmt(r, &["inspect", "tplref:1"]);
+    assert!(
+        doc.starts_with("[\n    {\n        \"Id\": \"sha256:"),
+        "{doc}"
+    );
+    // The document's keys in docker's order (GraphDriver: kiln has none), kiln's after.
+    let keys: Vec<&str> = doc
+        .lines()
+        .filter(|l| l.starts_with("        \"") && !l.starts_with("         "))
+        .map(|l| l.trim().split('"').nth(1).unwrap())
+        .collect();
+    assert_eq!(
+        keys.join(" "),
+        "Id RepoTags RepoDigests Parent Comment Created DockerVersion Author Architecture Os \
+         Size RootFS Metadata Config ManifestDigest Manifest ImageConfig"
+    );
+    // Its Config as the daemon sends it: sorted, with the legacy fields docker fills in.
+    let parsed: serde_json::Value = serde_json::from_str(&doc).unwrap();
+    let config = &parsed[0]["Config"];
+    assert_eq!(config["OnBuild"], serde_json::Value::Null);
+    assert_eq!(config["User"], "");
+    assert!(doc.contains(
+        "        \"Config\": {\n            \"Cmd\": [\n                \"echo hi\"\n            ],\n            \"Entrypoint\": ["
+    ));
+
+    common::kiln_ok(
+        r,
+        &[
+            "run",
+            "--name",
+            "c1",
+            "--network",
+            "none",
+            "-e",
+            "A=1",
+            "tplref:1",
+            "true",
+        ],
+    );
+    let state = fmt(r, &["container", "inspect", "-f", "{{json .State}}", "c1"]);
+    assert!(
+        state.starts_with(
+            "{\"Status\":\"exited\",\"Running\":false,\"Paused\":false,\"Restarting\":false,\
+             \"OOMKilled\":false,\"Dead\":false,\"Pid\":0,\"ExitCode\":0,\"Error\":\"\",\"StartedAt\":"
+        ),
+        "{state}"
+    );
+    let config = fmt(r, &["inspect", "-f", "{{json .Config}}", "c1"]);
+    let keys: Vec<String> = {
+        let v: serde_json::Value = serde_json::from_str(&config).unwrap();
+        let order: Vec<String> = v.as_object().unwrap().keys().cloned().collect();
+        // serde_json sorts on parse: take the order from the text instead.
+        let mut found: Vec<(usize, String)> = order
+            .into_iter()
+            .map(|k| (config.find(&format!("\"{k}\":")).unwrap(), k))
+            .collect();
+        found.sort();
+        found.into_iter().map(|(_, k)| k).collect()
+    };
+    // docker's container.Config order, for the fields kiln has.
+    assert_eq!(
+        keys.join(" "),
+        "Hostname User ExposedPorts Tty OpenStdin Env Cmd Image WorkingDir Entrypoint StopSignal"
+    );
+    let doc = fmt(r, &["container", "inspect", "c1"]);
+    assert!(doc.starts_with("[\n    {\n        \"Id\": \""), "{doc}");
+}
+
+/// `inspect --raw` gives the OCI documents as stored; `Comment` is the last step's, as
+/// docker's (`buildkit.dockerfile.v0`); ps's Labels column lists the image's labels (docker:
+/// `a=b,k=v` for a container of an image with LABEL a=b run with --label k=v).
+#[test]
+fn raw_documents_comment_and_ps_labels() {
+    let root = root_with_image();
+    let r = root.path();
+    let raw: serde_json::Value =
+        serde_json::from_str(&fmt(r, &["inspect", "--raw", "tplref:1"])).unwrap();
+    let doc = &raw[0];
+    let id = fmt(r, &["inspect", "-f", "{{.Id}}", "tplref:1"]);
+    assert_eq!(doc["ConfigDigest"].as_str().unwrap(), id.trim());
+    assert_eq!(doc["Manifest"]["config"]["digest"], doc["ConfigDigest"]);
+    assert_eq!(
+        doc["Config"]["config"]["Cmd"],
+        serde_json::json!(["echo hi"])
+    );
+    let manifest_digest = doc["ManifestDigest"].as_str().unwrap();
+    assert!(manifest_digest.starts_with("sha256:"));
+    assert_eq!(
+        fmt(r, &["inspect", "-f", "{{.Comment}}", "tplref:1"]),
+        "buildkit.dockerfile.v0\n"
+    );
+    common::kiln_ok(
+        r,
+        &["run", "--name", "lab", "--network", "none", "tplref:1"],
+    );
+    assert_eq!(
+        fmt(r, &["ps", "-a", "--format", "{{.Names}} {{.Labels}}"]),
+        "lab k=v,other=a b\n"
+    );
+}

@@ -70,8 +70,10 @@ fn output_into_a_closed_pipe_ends_quietly_like_docker() {
         "kiln --help | head -1",
         "kiln info | head -1",
         "kiln save busybox | head -c 1000 | wc -c",
+        "kiln history busybox | head -1",
+        "kiln ps -a | head -1",
     ] {
-        for _ in 0..15 {
+        for _ in 0..50 {
             let out = sh(
                 r,
                 &format!("{line}; echo \"status=${{PIPESTATUS[0]}}\" >&2"),
@@ -87,6 +89,8 @@ fn output_into_a_closed_pipe_ends_quietly_like_docker() {
                 l if l.starts_with("kiln images") => "REPOSITORY   TAG ",
                 l if l.starts_with("kiln --help") => "A daemonless",
                 l if l.starts_with("kiln info") => "Containers: ",
+                l if l.starts_with("kiln history") => "IMAGE  ",
+                l if l.starts_with("kiln ps") => "CONTAINER ID   ",
                 _ => "1000\n",
             };
             assert!(first.starts_with(want), "{line}: stdout {first:?}");
@@ -102,6 +106,8 @@ fn output_into_a_closed_pipe_ends_quietly_like_docker() {
         &["--help"],
         &["save", "busybox"],
         &["images", "--format", "json"],
+        &["history", "busybox"],
+        &["ps", "-a"],
     ] {
         let out = with_closed_stdout(r, args);
         assert_eq!(
@@ -174,16 +180,25 @@ fn docker_flags_kiln_lacks_say_what_docker_does() {
             "kiln run: kiln does not support --cap-add (docker: adds Linux capabilities",
         ),
         (
-            "kiln ps -s",
-            "kiln ps: kiln does not support -s/--size (docker: shows the containers' disk use)",
+            "kiln images --tree",
+            "kiln images: kiln does not support --tree (docker: lists multi-platform images",
         ),
         (
-            "kiln images --digests",
-            "kiln images: kiln does not support --digests (docker: adds a DIGEST column)",
+            "kiln run --gpus all busybox",
+            "kiln run: kiln does not support --gpus (docker: adds GPU devices",
         ),
         (
             "kiln build --ssh default .",
             "kiln build: kiln does not support --ssh (docker: forwards an SSH agent",
+        ),
+        (
+            "kiln start -i c",
+            "kiln start: kiln does not support -i/--interactive (docker: attaches the \
+             container's stdin)",
+        ),
+        (
+            "kiln run --device-read-bps /dev/sda:1mb busybox",
+            "kiln run: kiln does not support --device-read-bps (docker: limits the read rate",
         ),
     ] {
         let out = sh(r, line);
@@ -196,8 +211,10 @@ fn docker_flags_kiln_lacks_say_what_docker_does() {
     let out = sh(r, "kiln run --no-such-flag busybox");
     assert_eq!(out.status.code(), Some(125));
     assert!(text(&out.stderr).contains("unexpected argument '--no-such-flag'"));
-    // docker's `stop --timeout` spelling.
+    // docker's `stop --timeout` and `restart --timeout` spellings.
     let out = sh(r, "kiln stop --help");
+    assert!(text(&out.stdout).contains("--timeout"));
+    let out = sh(r, "kiln restart --help");
     assert!(text(&out.stdout).contains("--timeout"));
 }
 
@@ -258,6 +275,30 @@ fn version_and_info_describe_this_machine() {
         "{}",
         text(&out.stdout)
     );
+    // --format with docker's field names, as scripts use them (docker: `overlay2
+    // /var/lib/docker 1 0`, `28.5.2 linux/amd64`).
+    let out = sh(
+        r,
+        "kiln info --format '{{.Driver}} {{.DockerRootDir}} {{.Images}} {{.ContainersRunning}} {{len .Warnings}}'",
+    );
+    assert_eq!(
+        text(&out.stdout),
+        format!("overlay {} 1 0 0\n", r.display()),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = sh(
+        r,
+        "kiln version --format '{{.Client.Version}} {{.Client.Os}}/{{.Client.Arch}}'",
+    );
+    assert_eq!(
+        text(&out.stdout),
+        format!("{} linux/{arch}\n", env!("CARGO_PKG_VERSION"))
+    );
+    // A field docker has and kiln does not: docker's template error, exit 1.
+    let out = sh(r, "kiln info --format '{{.Swarm}}'");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("map has no entry for key \"Swarm\""));
 }
 
 /// A build context in the root's directory: `Dockerfile` and `sub/Other.df` (which fails).

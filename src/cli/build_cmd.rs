@@ -138,6 +138,15 @@ pub struct BuildArgs {
     /// pids-limit` in the config), so a fork bomb in a Dockerfile cannot take the machine down
     #[arg(long = "pids-limit", value_name = "N", allow_negative_numbers = true)]
     pub pids_limit: Option<i64>,
+    /// Add an /etc/hosts line to every RUN step: HOST:IP (or HOST=IP)
+    #[arg(long = "add-host", value_name = "HOST:IP")]
+    pub add_host: Vec<String>,
+    /// The size of /dev/shm in RUN steps (`128m`, `1g`; default 64m)
+    #[arg(long = "shm-size", value_name = "BYTES")]
+    pub shm_size: Option<String>,
+    /// A resource limit of every RUN step: NAME=SOFT[:HARD] (`nofile=1024:2048`, -1 unlimited)
+    #[arg(long, value_name = "NAME=SOFT[:HARD]")]
+    pub ulimit: Vec<String>,
     /// Target platforms (`linux/arm64`, or `linux/amd64,linux/arm64` for a multi-platform image
     /// index); default this machine's. Foreign platforms' RUN steps are emulated (kiln binfmt)
     #[arg(long, value_name = "PLATFORM[,PLATFORM...]")]
@@ -227,6 +236,7 @@ fn to_options(args: BuildArgs) -> anyhow::Result<BuildOptions> {
             args.cpuset_cpus,
             args.pids_limit,
         )?,
+        run_settings: run_settings(&args.add_host, args.shm_size.as_deref(), &args.ulimit)?,
         cache_to: args
             .cache_to
             .iter()
@@ -239,6 +249,56 @@ fn to_options(args: BuildArgs) -> anyhow::Result<BuildOptions> {
             .collect::<anyhow::Result<_>>()?,
         platforms,
     })
+}
+
+/// `--add-host`, `--shm-size` and `--ulimit` as docker's build reads them.
+fn run_settings(
+    add_host: &[String],
+    shm_size: Option<&str>,
+    ulimits: &[String],
+) -> anyhow::Result<crate::ops::RunSettings> {
+    use anyhow::Context;
+    let mut settings = crate::ops::RunSettings::default();
+    for h in add_host {
+        settings.extra_hosts.push(parse_add_host(h)?);
+    }
+    if let Some(s) = shm_size {
+        let bytes = crate::sandbox::parse_memory(s).with_context(|| format!("--shm-size {s:?}"))?;
+        if bytes == 0 {
+            anyhow::bail!("--shm-size {s:?}: the size must be more than 0");
+        }
+        settings.shm_size = bytes;
+    }
+    for u in ulimits {
+        settings
+            .ulimits
+            .push(crate::sandbox::ulimit::parse(u).context("--ulimit")?);
+    }
+    Ok(settings)
+}
+
+/// docker's `--add-host` value: `HOST:IP` or `HOST=IP`, an IPv6 address bare or in brackets.
+pub fn parse_add_host(s: &str) -> anyhow::Result<(String, std::net::IpAddr)> {
+    let split = match (s.find('='), s.find(':')) {
+        (Some(e), Some(c)) => e.min(c),
+        (Some(i), None) | (None, Some(i)) => i,
+        (None, None) => anyhow::bail!("--add-host {s:?}: expected HOST:IP (or HOST=IP)"),
+    };
+    let (host, ip) = (&s[..split], &s[split + 1..]);
+    if host.is_empty() {
+        anyhow::bail!("--add-host {s:?}: the host name is empty");
+    }
+    if ip == "host-gateway" {
+        anyhow::bail!(
+            "--add-host {s:?}: kiln has no bridge network, so no host gateway; give the IP \
+             (RUN steps share the host's network by default: 127.0.0.1 is the host)"
+        );
+    }
+    let bare = ip.trim_start_matches('[').trim_end_matches(']');
+    let addr = bare
+        .parse::<std::net::IpAddr>()
+        .map_err(|_| anyhow::anyhow!("--add-host {s:?}: invalid IP address {ip:?}"))?;
+    Ok((host.to_string(), addr))
 }
 
 /// The names `--push` or a pushing `--output` asks to push, checked before the build starts so a
@@ -261,4 +321,33 @@ fn names_to_push(args: &BuildArgs) -> anyhow::Result<Vec<String>> {
     names.sort();
     names.dedup();
     Ok(names)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn add_host_forms() {
+        let ip = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
+        assert_eq!(
+            parse_add_host("db:127.0.0.2").unwrap(),
+            ("db".into(), ip("127.0.0.2"))
+        );
+        assert_eq!(
+            parse_add_host("db=127.0.0.2").unwrap(),
+            ("db".into(), ip("127.0.0.2"))
+        );
+        assert_eq!(parse_add_host("v6:::1").unwrap(), ("v6".into(), ip("::1")));
+        assert_eq!(
+            parse_add_host("v6=[::1]").unwrap(),
+            ("v6".into(), ip("::1"))
+        );
+        assert!(parse_add_host("db").is_err());
+        assert!(parse_add_host("db:nope").is_err());
+        assert!(parse_add_host("db:host-gateway")
+            .unwrap_err()
+            .to_string()
+            .contains("gateway"));
+    }
 }

@@ -80,6 +80,13 @@ pub enum ImageCommands {
         /// Show all images (kiln has no intermediate images; accepted for docker's habits).
         #[arg(short, long)]
         all: bool,
+        /// Only images that match: dangling=true|false, reference=PATTERN, label=K[=V],
+        /// before=IMAGE, since=IMAGE (repeatable, combined as docker does).
+        #[arg(short, long = "filter", value_name = "KEY=VALUE")]
+        filter: Vec<String>,
+        /// Add a DIGEST column (the digest the name was given by, else `<none>`).
+        #[arg(long)]
+        digests: bool,
     },
     /// Give an image another name: SOURCE_IMAGE[:TAG] TARGET_IMAGE[:TAG].
     Tag { source: String, target: String },
@@ -133,6 +140,10 @@ pub enum ImageCommands {
         /// with the whole index under `Index`).
         #[arg(long, value_name = "OS/ARCH[/VARIANT]")]
         platform: Option<String>,
+        /// The OCI documents as stored instead of docker's: per image its manifest (or index)
+        /// and config, with their digests.
+        #[arg(long, conflicts_with = "format")]
+        raw: bool,
         #[arg(required = true)]
         images: Vec<String>,
     },
@@ -196,13 +207,25 @@ pub fn run(cmd: ImageCommands, globals: &Globals) -> Result<i32> {
             format,
             no_trunc,
             all: _,
-        } => cmd_images(
-            globals,
-            repository.as_deref(),
-            quiet,
-            format.as_deref(),
-            no_trunc,
-        ),
+            filter,
+            digests,
+        } => {
+            if let Err(e) = super::image_filter::check_syntax(&filter) {
+                crate::errln!("kiln images: {e:#}");
+                return Ok(super::EXIT_KILN_ERROR);
+            }
+            cmd_images(
+                globals,
+                &ImagesOptions {
+                    repository: repository.as_deref(),
+                    quiet,
+                    format: format.as_deref(),
+                    no_trunc,
+                    filters: &filter,
+                    digests,
+                },
+            )
+        }
         ImageCommands::Tag { source, target } => {
             let store = open(globals)?;
             let target = Reference::parse(&target).context("tag: target")?;
@@ -213,6 +236,7 @@ pub fn run(cmd: ImageCommands, globals: &Globals) -> Result<i32> {
         ImageCommands::Inspect {
             format,
             platform,
+            raw,
             images,
         } => {
             let platform = platform
@@ -220,6 +244,9 @@ pub fn run(cmd: ImageCommands, globals: &Globals) -> Result<i32> {
                 .map(crate::platform::Platform::parse)
                 .transpose()
                 .context("inspect: --platform")?;
+            if raw {
+                return cmd_inspect_raw(globals, &images, platform.as_ref());
+            }
             cmd_inspect(globals, &images, format.as_deref(), platform.as_ref())
         }
         // The known forms were rewritten to their short commands before parsing.
@@ -360,16 +387,49 @@ fn created_since(created: i64) -> String {
     format!("{n} {unit}{} ago", if n == 1 { "" } else { "s" })
 }
 
-fn cmd_images(
-    globals: &Globals,
-    repository: Option<&str>,
+struct ImagesOptions<'a> {
+    repository: Option<&'a str>,
     quiet: bool,
-    format: Option<&str>,
+    format: Option<&'a str>,
     no_trunc: bool,
-) -> Result<i32> {
+    filters: &'a [String],
+    digests: bool,
+}
+
+fn cmd_images(globals: &Globals, opts: &ImagesOptions) -> Result<i32> {
+    let ImagesOptions {
+        repository,
+        quiet,
+        format,
+        no_trunc,
+        ..
+    } = *opts;
     let format = Format::parse(format).context("images: --format")?;
     let store = open(globals)?;
     let mut images = store.list_images().context("images")?;
+    let filter = super::image_filter::ImageFilter::parse(&store, opts.filters)
+        .context("images: --filter")?;
+    if !filter.is_empty() {
+        let mut labels_of = std::collections::HashMap::new();
+        let mut kept = Vec::new();
+        for img in images {
+            let labels = if filter.needs_labels() {
+                if !labels_of.contains_key(&img.config_digest) {
+                    let labels = image_labels(&store, &img.config_digest).with_context(|| {
+                        format!("images: reading the config of {}", img.short_id())
+                    })?;
+                    labels_of.insert(img.config_digest.clone(), labels);
+                }
+                labels_of[&img.config_digest].clone()
+            } else {
+                Default::default()
+            };
+            if filter.matches(&img, &labels) {
+                kept.push(img);
+            }
+        }
+        images = kept;
+    }
     if let Some(filter) = repository {
         let wanted = Reference::parse(filter).context("images: filter")?;
         let tag_given = filter
@@ -399,9 +459,18 @@ fn cmd_images(
         }
         return Ok(0);
     }
+    // SIZE as docker shows it: the layers unpacked (remembered per layer once read).
+    let mut sizes = Vec::with_capacity(images.len());
+    for img in &images {
+        sizes.push(
+            super::image_sizes::image_content_size(&store, &img.manifest_digest)
+                .with_context(|| format!("images: the size of {}", img.short_id()))?,
+        );
+    }
     let rows: Vec<[String; 5]> = images
         .iter()
-        .map(|img| {
+        .zip(&sizes)
+        .map(|(img, size)| {
             let (repo, tag) = match &img.name {
                 Some(n) => (
                     n.familiar_repository(),
@@ -414,10 +483,28 @@ fn cmd_images(
                 tag,
                 id(img),
                 created_since(img.created),
-                human_bytes(img.size),
+                human_bytes(*size),
             ]
         })
         .collect();
+    // DIGEST: the digest a name was given by, else the one the registry gave when it was
+    // pulled and still names this image (docker's RepoDigests), else <none>.
+    let pulled = if opts.digests || !matches!(format, Format::DefaultTable) {
+        pulled_names(&store)
+    } else {
+        Vec::new()
+    };
+    let digest_of = |img: &ImageRecord| {
+        let name = img.name.as_ref();
+        name.and_then(|n| n.digest().map(String::from))
+            .or_else(|| {
+                pulled
+                    .iter()
+                    .find(|(p, d)| Some(p) == name && d == img.stored_digest())
+                    .map(|(_, d)| d.clone())
+            })
+            .unwrap_or_else(|| "<none>".into())
+    };
     let objects: Vec<serde_json::Value> = images
         .iter()
         .zip(&rows)
@@ -425,11 +512,7 @@ fn cmd_images(
             let created_at = chrono::DateTime::from_timestamp(img.created, 0)
                 .map(|t| t.format("%Y-%m-%d %H:%M:%S +0000 UTC").to_string())
                 .unwrap_or_default();
-            let digest = img
-                .name
-                .as_ref()
-                .and_then(|n| n.digest().map(String::from))
-                .unwrap_or_else(|| "<none>".into());
+            let digest = digest_of(img);
             let platforms = img
                 .platforms()
                 .map(|ps| ps.iter().map(|p| p.to_string()).collect::<Vec<_>>());
@@ -471,6 +554,21 @@ fn cmd_images(
         out.write_all(text.as_bytes())?;
         return Ok(0);
     }
+    if opts.digests {
+        let rows: Vec<Vec<String>> = rows
+            .into_iter()
+            .zip(&images)
+            .map(|([repo, tag, id, created, size], img)| {
+                vec![repo, tag, digest_of(img), id, created, size]
+            })
+            .collect();
+        super::table::write(
+            &mut out,
+            &["REPOSITORY", "TAG", "DIGEST", "IMAGE ID", "CREATED", "SIZE"],
+            &rows,
+        )?;
+        return Ok(0);
+    }
     let rows: Vec<Vec<String>> = rows.into_iter().map(Vec::from).collect();
     super::table::write(
         &mut out,
@@ -480,25 +578,21 @@ fn cmd_images(
     Ok(0)
 }
 
-/// The size docker gives a layer: the bytes of its files and symlinks, unpacked (directories
-/// and hard links count nothing), read from the stored blob.
-fn layer_content_size(store: &Store, digest: &str) -> Result<u64> {
-    // A layer a build made is kept unpacked (digest = DiffID): its tar is written again.
-    let reader = crate::snapshot::blobs::open_layer_tar(store, digest, digest)?;
-    let mut archive = tar::Archive::new(io::BufReader::new(reader));
-    let mut total = 0u64;
-    for entry in archive.entries()? {
-        let entry = entry?;
-        let header = entry.header();
-        match header.entry_type() {
-            tar::EntryType::Regular | tar::EntryType::Continuous => total += header.size()?,
-            tar::EntryType::Symlink => {
-                total += entry.link_name_bytes().map_or(0, |l| l.len() as u64)
-            }
-            _ => {}
-        }
-    }
-    Ok(total)
+/// The labels of an image's config (`config.Labels`).
+fn image_labels(
+    store: &Store,
+    config_digest: &str,
+) -> Result<std::collections::BTreeMap<String, String>> {
+    let config: serde_json::Value = serde_json::from_slice(&store.read_blob(config_digest)?)?;
+    Ok(config
+        .pointer("/config/Labels")
+        .and_then(|l| l.as_object())
+        .map(|m| {
+            m.iter()
+                .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string()))
+                .collect()
+        })
+        .unwrap_or_default())
 }
 
 /// docker's column names of `history --format 'table …'`.
@@ -551,7 +645,7 @@ fn cmd_history(
             0
         } else {
             match next_layer.next() {
-                Some(d) => layer_content_size(&store, d)
+                Some(d) => super::image_sizes::layer_content_size(&store, d)
                     .with_context(|| format!("history: {spec}: reading layer {d}"))?,
                 None => 0,
             }
@@ -733,16 +827,19 @@ fn cmd_inspect(
             let mut doc = serde_json::json!({
                 "Id": img.config_digest,
                 "RepoTags": names.iter().filter(|n| n.tag().is_some()).map(|n| n.to_string()).collect::<Vec<_>>(),
-                "RepoDigests": names.iter().map(|n| format!("{}@{}", n.familiar_repository(), whole.stored_digest())).collect::<Vec<_>>(),
+                "RepoDigests": repo_digests(&store, whole.stored_digest()),
                 "Parent": "",
-                "Comment": str_of("comment"),
+                // The config's comment, else the last step's (docker: `buildkit.dockerfile.v0`).
+                "Comment": config.get("comment").and_then(|c| c.as_str()).or_else(|| {
+                    config.get("history").and_then(|h| h.as_array()).and_then(|h| h.last()).and_then(|h| h.get("comment")).and_then(|c| c.as_str())
+                }).unwrap_or(""),
                 "Created": created,
                 "DockerVersion": "",
                 "Author": str_of("author"),
                 "Config": config.get("config").cloned().unwrap_or_else(|| serde_json::json!({})),
                 "Architecture": config.get("architecture"),
                 "Os": config.get("os"),
-                "Size": img.size,
+                "Size": super::image_sizes::image_content_size(&store, &img.manifest_digest)?,
                 "RootFS": {
                     "Type": config.pointer("/rootfs/type").cloned().unwrap_or_else(|| "layers".into()),
                     "Layers": config.pointer("/rootfs/diff_ids").cloned().unwrap_or_else(|| serde_json::json!([])),
@@ -775,7 +872,13 @@ fn cmd_inspect(
         }
     }
     match template {
-        None => crate::outln!("{}", serde_json::to_string_pretty(&out)?)?,
+        None => crate::outln!(
+            "{}",
+            super::format::docker_json::to_string_pretty(
+                &serde_json::Value::Array(out.into_iter().map(with_dockers_null_config).collect()),
+                super::format::docker_json::Style::Inspect
+            )
+        )?,
         Some(t) => {
             for (v, spec) in out.iter().zip(images) {
                 match t.execute(v) {
@@ -791,6 +894,103 @@ fn cmd_inspect(
         }
     }
     Ok(code)
+}
+
+/// docker's `RepoDigests`: `repository@digest` for each name the image was pulled by (the
+/// digest the registry gave). A built image has none, as in docker, until it comes from a
+/// registry (a push records nothing here: its manifest there has the compressed layers).
+fn repo_digests(store: &Store, stored_digest: &str) -> Vec<String> {
+    let mut out: Vec<String> = pulled_names(store)
+        .into_iter()
+        .filter(|(_, resolved)| resolved == stored_digest)
+        .map(|(n, _)| format!("{}@{stored_digest}", n.familiar_repository()))
+        .collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// Every name pulled into this root and the digest the registry gave it (the registry's
+/// `registry_pulls`; none before the first pull made the table).
+fn pulled_names(store: &Store) -> Vec<(Reference, String)> {
+    store
+        .with_conn(|c| {
+            let mut stmt = c.prepare("SELECT name, resolved FROM registry_pulls")?;
+            let rows = stmt
+                .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(rows)
+        })
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|(n, d)| Some((Reference::parse(&n).ok()?, d)))
+        .collect()
+}
+
+/// `inspect --raw`: the OCI documents as stored, one object per image: `ManifestDigest` and
+/// `Manifest`, `ConfigDigest` and `Config`, and for a multi-platform image `IndexDigest` and
+/// `Index` (the manifest is this machine's platform's, or `--platform`'s).
+fn cmd_inspect_raw(
+    globals: &Globals,
+    images: &[String],
+    platform: Option<&crate::platform::Platform>,
+) -> Result<i32> {
+    let store = open(globals)?;
+    let mut out = Vec::new();
+    let mut code = 0;
+    for spec in images {
+        let result = (|| -> Result<serde_json::Value> {
+            let whole = store.resolve(spec)?;
+            let img = match platform {
+                Some(p) => whole.for_platform(p)?,
+                None => whole.clone(),
+            };
+            let manifest: serde_json::Value =
+                serde_json::from_slice(&store.manifest_bytes(&img.manifest_digest)?)?;
+            let config: serde_json::Value =
+                serde_json::from_slice(&store.read_blob(&img.config_digest)?)?;
+            let mut doc = serde_json::json!({
+                "ManifestDigest": img.manifest_digest,
+                "Manifest": manifest,
+                "ConfigDigest": img.config_digest,
+                "Config": config,
+            });
+            if let Some(index) = &whole.index {
+                let bytes = store.read_blob(&index.digest)?;
+                doc["IndexDigest"] = index.digest.clone().into();
+                doc["Index"] = serde_json::from_slice(&bytes)?;
+            }
+            Ok(doc)
+        })();
+        match result {
+            Ok(v) => out.push(v),
+            Err(e) => {
+                crate::report::report_error(&e.context(format!("inspect --raw: {spec}")));
+                code = 1;
+            }
+        }
+    }
+    crate::outln!("{}", serde_json::to_string_pretty(&out)?)?;
+    Ok(code)
+}
+
+/// An image document as the daemon sends it: its `Config` has docker's legacy fields even when
+/// the image lacks them (`"Entrypoint": null`, `"User": ""`), as Docker 28.5 prints them.
+/// Templates see the config as it is (docker's CLI decodes into a struct whose empty fields
+/// `{{json .Config}}` leaves out).
+fn with_dockers_null_config(mut doc: serde_json::Value) -> serde_json::Value {
+    if doc.get("RepoTags").is_none() {
+        return doc;
+    }
+    if let Some(config) = doc.get_mut("Config").and_then(|c| c.as_object_mut()) {
+        for key in ["Cmd", "Entrypoint", "Env", "Labels", "OnBuild", "Volumes"] {
+            config.entry(key).or_insert(serde_json::Value::Null);
+        }
+        for key in ["User", "WorkingDir"] {
+            config.entry(key).or_insert_with(|| "".into());
+        }
+    }
+    doc
 }
 
 fn cmd_save(

@@ -32,6 +32,19 @@ pub enum RunCommands {
         /// A Go template per container (`{{.Names}} {{.Status}}`), `table TEMPLATE` or `json`.
         #[arg(long)]
         format: Option<String>,
+        /// Only containers that match: status=, name=, label=K[=V], ancestor=, exited=, id=,
+        /// before=, since= (repeatable, combined as docker does).
+        #[arg(short, long = "filter", value_name = "KEY=VALUE")]
+        filter: Vec<String>,
+        /// Show the N last created containers (all states).
+        #[arg(short = 'n', long, value_name = "N")]
+        last: Option<i64>,
+        /// Show the latest created container (all states).
+        #[arg(short = 'l', long)]
+        latest: bool,
+        /// Add a SIZE column: the writable layer's bytes (and the image's, as virtual).
+        #[arg(short, long)]
+        size: bool,
     },
     /// Print a container's logs.
     Logs {
@@ -67,7 +80,12 @@ pub enum RunCommands {
     /// Restart containers (stop, then start).
     Restart {
         /// Seconds to wait before killing.
-        #[arg(short = 't', long = "time", default_value_t = 10)]
+        #[arg(
+            short = 't',
+            long = "time",
+            visible_alias = "timeout",
+            default_value_t = 10
+        )]
         time: u64,
         #[arg(required = true)]
         containers: Vec<String>,
@@ -160,6 +178,9 @@ pub enum RunCommands {
         /// Do not truncate output.
         #[arg(long)]
         no_trunc: bool,
+        /// A Go template per container (`{{.Name}} {{.CPUPerc}}`), `table TEMPLATE` or `json`.
+        #[arg(long)]
+        format: Option<String>,
         containers: Vec<String>,
     },
     /// List a container's published ports, or the host address of one.
@@ -272,6 +293,9 @@ pub struct RunArgs {
 pub enum ContainerCommands {
     /// Print containers' details as JSON.
     Inspect {
+        /// A Go template run on each container (`{{.State.Status}}`, `{{json .Config}}`).
+        #[arg(short, long)]
+        format: Option<String>,
         #[arg(required = true)]
         containers: Vec<String>,
     },
@@ -381,7 +405,27 @@ pub fn run(cmd: RunCommands, globals: &Globals) -> anyhow::Result<i32> {
             quiet,
             no_trunc,
             format,
-        } => ps(root, all, quiet, no_trunc, format.as_deref()),
+            filter,
+            last,
+            latest,
+            size,
+        } => {
+            if let Err(e) = super::image_filter::check_syntax(&filter) {
+                crate::errln!("kiln ps: {e:#}");
+                return Ok(super::EXIT_KILN_ERROR);
+            }
+            let opts = PsOptions {
+                filters: &filter,
+                // docker: -l is -n 1; -n of 0 or less is no limit.
+                last: if latest {
+                    Some(1)
+                } else {
+                    last.filter(|n| *n > 0)
+                },
+                size,
+            };
+            ps(root, all, quiet, no_trunc, format.as_deref(), &opts)
+        }
         RunCommands::Logs {
             follow,
             tail,
@@ -428,8 +472,16 @@ pub fn run(cmd: RunCommands, globals: &Globals) -> anyhow::Result<i32> {
             all,
             no_stream,
             no_trunc,
+            format,
             containers,
-        } => stats(root, all, no_stream, no_trunc, &containers),
+        } => stats(
+            root,
+            all,
+            no_stream,
+            no_trunc,
+            format.as_deref(),
+            &containers,
+        ),
         RunCommands::Rm {
             force,
             volumes,
@@ -500,10 +552,29 @@ pub fn run(cmd: RunCommands, globals: &Globals) -> anyhow::Result<i32> {
         }
         RunCommands::Port { container, port } => cmd_port(root, &container, port.as_deref()),
         RunCommands::Container {
-            cmd: ContainerCommands::Inspect { containers },
+            cmd: ContainerCommands::Inspect { format, containers },
         } => match runner::inspect_containers(root, &containers)? {
             Some(v) => {
-                crate::outln!("{}", serde_json::to_string_pretty(&v)?)?;
+                let template = match format.as_deref() {
+                    None | Some("json") => None,
+                    Some(f) => {
+                        Some(super::template::Template::parse(f).context("inspect: --format")?)
+                    }
+                };
+                match template {
+                    None => crate::outln!(
+                        "{}",
+                        super::format::docker_json::to_string_pretty(
+                            &v,
+                            super::format::docker_json::Style::Inspect
+                        )
+                    )?,
+                    Some(t) => {
+                        for obj in v.as_array().into_iter().flatten() {
+                            crate::outln!("{}", t.execute(obj).context("inspect: --format")?)?;
+                        }
+                    }
+                }
                 Ok(0)
             }
             None => {
@@ -541,8 +612,46 @@ fn each(
 /// `kiln stats`: the named containers (or every running one, `-a` every one, listed again at
 /// each refresh), read twice a second apart for CPU %, then printed; every second again
 /// unless `no_stream` (the screen redrawn in place, as docker does).
-fn stats(root: &Path, all: bool, no_stream: bool, no_trunc: bool, names: &[String]) -> Result<i32> {
+/// docker's column names of `stats --format 'table …'`.
+const STATS_HEADERS: &[(&str, &str)] = &[
+    ("BlockIO", "BLOCK I/O"),
+    ("CPUPerc", "CPU %"),
+    ("Container", "CONTAINER"),
+    ("ID", "CONTAINER ID"),
+    ("MemPerc", "MEM %"),
+    ("MemUsage", "MEM USAGE / LIMIT"),
+    ("Name", "NAME"),
+    ("NetIO", "NET I/O"),
+    ("PIDs", "PIDS"),
+];
+
+/// One `stats` row as docker's template sees it; `Container` is the name or ID as given on
+/// the command line, else the ID.
+fn stats_object(row: &[String], given: Option<&str>) -> serde_json::Value {
+    let cell = |i: usize| row.get(i).cloned().unwrap_or_default();
+    serde_json::json!({
+        "BlockIO": cell(6),
+        "CPUPerc": cell(2),
+        "Container": given.map(String::from).unwrap_or_else(|| cell(0)),
+        "ID": cell(0),
+        "MemPerc": cell(4),
+        "MemUsage": cell(3),
+        "Name": cell(1),
+        "NetIO": cell(5),
+        "PIDs": cell(7),
+    })
+}
+
+fn stats(
+    root: &Path,
+    all: bool,
+    no_stream: bool,
+    no_trunc: bool,
+    format: Option<&str>,
+    names: &[String],
+) -> Result<i32> {
     use runner::stats as st;
+    let format = Format::parse(format).context("stats: --format")?;
     let store = runner::open_store(root)?;
     let named: Vec<String> = names
         .iter()
@@ -583,9 +692,31 @@ fn stats(root: &Path, all: bool, no_stream: bool, no_trunc: bool, names: &[Strin
             })
             .collect();
         prev = next;
-        let mut table = Vec::new();
-        super::table::write(&mut table, st::HEADER, &rows)?;
-        let table = String::from_utf8_lossy(&table);
+        let table = if matches!(format, Format::DefaultTable) {
+            let mut table = Vec::new();
+            super::table::write(&mut table, st::HEADER, &rows)?;
+            String::from_utf8_lossy(&table).into_owned()
+        } else {
+            let objects: Vec<serde_json::Value> = recs
+                .iter()
+                .zip(&rows)
+                .map(|(rec, row)| {
+                    let given = names
+                        .iter()
+                        .zip(&named)
+                        .find(|(_, id)| **id == rec.id)
+                        .map(|(n, _)| n.as_str());
+                    stats_object(row, given)
+                })
+                .collect();
+            match format
+                .render(STATS_HEADERS, &objects)
+                .context("stats: --format")?
+            {
+                Some(text) => text,
+                None => objects.iter().map(|o| format!("{o}\n")).collect(),
+            }
+        };
         if no_stream {
             crate::out!("{table}")?;
             return Ok(0);
@@ -645,16 +776,67 @@ const PS_HEADERS: &[(&str, &str)] = &[
     ("Status", "STATUS"),
 ];
 
-fn ps(root: &Path, all: bool, quiet: bool, no_trunc: bool, format: Option<&str>) -> Result<i32> {
+/// `ps`'s docker flags beyond the listing itself (`--filter`, `-n`/`-l`, `-s`).
+struct PsOptions<'a> {
+    filters: &'a [String],
+    last: Option<i64>,
+    size: bool,
+}
+
+fn ps(
+    root: &Path,
+    all: bool,
+    quiet: bool,
+    no_trunc: bool,
+    format: Option<&str>,
+    opts: &PsOptions,
+) -> Result<i32> {
     let format = Format::parse(format).context("ps: --format")?;
     let store = runner::open_store(root)?;
+    let filter =
+        super::ps_filter::PsFilter::parse(&store, &store, opts.filters).context("ps: --filter")?;
+    // docker: -n/-l and a status filter look at every container, not only running ones.
+    let all = all || opts.last.is_some() || filter.wants_stopped();
     let mut rows: Vec<[String; 7]> = Vec::new();
+    let mut sizes: Vec<String> = Vec::new();
     let mut objects = Vec::new();
+    let mut listed = 0i64;
     for rec in state::list(&store)? {
         let status = rec.status();
         if !all && status != Status::Running {
             continue;
         }
+        let shown_state = match status {
+            Status::Created => "created",
+            Status::Running if runner::is_paused(&rec) => "paused",
+            Status::Running => "running",
+            Status::Exited => "exited",
+        };
+        // The labels for a filter and for the Labels column (`a=b,k=v`, as docker's).
+        let labels = if filter.needs_labels() || !matches!(format, Format::DefaultTable) {
+            super::ps_filter::container_labels(&store, &rec)
+        } else {
+            Default::default()
+        };
+        if !filter.matches(&rec, shown_state, &labels) {
+            continue;
+        }
+        if opts.last.is_some_and(|n| listed >= n) {
+            break;
+        }
+        listed += 1;
+        let size_text = if opts.size {
+            let rw =
+                super::ps_filter::dir_content_size(&runner::lifecycle::upper_dir(&store, &rec.id));
+            let image = super::image_sizes::image_content_size(&store, &rec.manifest).unwrap_or(0);
+            format!(
+                "{} (virtual {})",
+                crate::oci::progress::human_bytes(rw),
+                crate::oci::progress::human_bytes(rw + image)
+            )
+        } else {
+            "N/A".to_string()
+        };
         if quiet {
             crate::outln!(
                 "{}",
@@ -666,7 +848,21 @@ fn ps(root: &Path, all: bool, quiet: bool, no_trunc: bool, format: Option<&str>)
             )?;
             continue;
         }
-        let mut command = rec.config.args().join(" ");
+        // docker's daemon quotes the arguments that hold a space: `sh -c 'echo hi'`.
+        let mut command = rec
+            .config
+            .args()
+            .iter()
+            .enumerate()
+            .map(|(i, a)| {
+                if i > 0 && a.contains(' ') {
+                    format!("'{a}'")
+                } else {
+                    a.clone()
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(" ");
         if !no_trunc && command.chars().count() > 20 {
             command = command.chars().take(19).collect::<String>() + "…";
         }
@@ -707,7 +903,7 @@ fn ps(root: &Path, all: bool, quiet: bool, no_trunc: bool, format: Option<&str>)
             "CreatedAt": created_at,
             "ID": if no_trunc { rec.id.as_str() } else { rec.short_id() },
             "Image": rec.image,
-            "Labels": "",
+            "Labels": labels.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(","),
             "LocalVolumes": mounts.len().to_string(),
             "Mounts": mounts.join(","),
             "Names": rec.name,
@@ -715,7 +911,7 @@ fn ps(root: &Path, all: bool, quiet: bool, no_trunc: bool, format: Option<&str>)
             "Platform": null,
             "Ports": if status == Status::Running { state::ports_column(&rec.ports) } else { String::new() },
             "RunningFor": format!("{} ago", human_duration(ago(rec.created_ns))),
-            "Size": "N/A",
+            "Size": size_text,
             "State": state_name,
             "Status": status_text,
         }));
@@ -736,6 +932,7 @@ fn ps(root: &Path, all: bool, quiet: bool, no_trunc: bool, format: Option<&str>)
             },
             rec.name.clone(),
         ]);
+        sizes.push(size_text);
     }
     if quiet {
         return Ok(0);
@@ -762,7 +959,14 @@ fn ps(root: &Path, all: bool, quiet: bool, no_trunc: bool, format: Option<&str>)
         "PORTS",
         "NAMES",
     ];
-    let rows: Vec<Vec<String>> = rows.into_iter().map(Vec::from).collect();
+    let mut rows: Vec<Vec<String>> = rows.into_iter().map(Vec::from).collect();
+    let mut header = header.to_vec();
+    if opts.size {
+        header.push("SIZE");
+        for (row, size) in rows.iter_mut().zip(sizes) {
+            row.push(size);
+        }
+    }
     super::table::write(&mut crate::report::stdout(), &header, &rows)?;
     Ok(0)
 }

@@ -240,6 +240,11 @@ fn info_json(root: &Path) -> Result<serde_json::Value> {
         "MemTotal": mem_total_bytes(),
         "Name": uname.as_ref().map(|u| u.nodename().to_string_lossy().into_owned()).unwrap_or_default(),
         "KilnRootDir": root.display().to_string(),
+        // docker's name for the same (`docker info -f '{{.DockerRootDir}}'` in scripts).
+        "DockerRootDir": root.display().to_string(),
+        "SystemTime": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Nanos, true),
+        "Debug": false,
+        "Warnings": [],
         "RegistryConfig": {
             "InsecureRegistryCIDRs": insecure,
             "Mirrors": config.registry_mirrors,

@@ -146,6 +146,7 @@ pub fn build(root: &Path, opts: BuildOptions) -> Result<i32> {
     let backend: Arc<dyn Backend> = Arc::new(StoreBackend {
         store: store.clone(),
         run_limits: opts.run_limits.clone(),
+        run_settings: opts.run_settings.clone(),
         mounts: cache::MountRestorer {
             imports: imports.clone(),
             done: Mutex::new(Default::default()),
@@ -433,6 +434,8 @@ struct StoreBackend {
     store: Arc<Store>,
     /// cgroup limits of every RUN step.
     run_limits: crate::sandbox::Resources,
+    /// `--add-host`, `--shm-size`, `--ulimit` of every RUN step.
+    run_settings: crate::ops::RunSettings,
     /// Cache mounts of `--cache-from` caches, restored before the first RUN that mounts them.
     mounts: cache::MountRestorer,
 }
@@ -455,7 +458,7 @@ impl Backend for StoreBackend {
         if let crate::solver::Op::Run(run) = &req.op {
             self.mounts.restore(&self.store, &run.mounts)?;
         }
-        crate::ops::execute(&self.store, req, &self.run_limits)
+        crate::ops::execute(&self.store, req, &self.run_limits, &self.run_settings)
     }
 
     fn parse_trigger(&self, trigger: &str) -> Result<crate::dockerfile::Spanned> {

@@ -37,6 +37,8 @@ pub struct BuildOptions {
     pub max_parallelism: usize,
     /// cgroup limits for every RUN step (not part of any cache key, as in docker).
     pub run_limits: crate::sandbox::Resources,
+    /// `--add-host`, `--shm-size`, `--ulimit` for every RUN step (not part of any cache key).
+    pub run_settings: crate::ops::RunSettings,
     /// `--cache-to`, in order.
     pub cache_to: Vec<CacheTo>,
     /// `--cache-from`, in order (the first that has a step wins).

@@ -87,15 +87,25 @@ pub fn save(
     // the platforms are saved as nameless items, then the index is written over them.
     let mut expanded: Vec<SaveItem> = Vec::new();
     let mut indexes = Vec::new();
+    // docker's manifest.json holds single images: of an index, this machine's platform's (else
+    // the first) carries the index's names there; the other platforms are left out of it.
+    let mut docker_names: Vec<Option<Vec<Reference>>> = Vec::new();
     for item in items {
         match store.index(&item.manifest_digest)? {
             Some(index) if format == ArchiveFormat::Oci => {
                 let start = expanded.len();
-                for m in &index.manifests {
+                let host = crate::platform::Platform::host();
+                let chosen = index
+                    .manifests
+                    .iter()
+                    .position(|m| host.matches(&m.platform))
+                    .unwrap_or(0);
+                for (i, m) in index.manifests.iter().enumerate() {
                     expanded.push(SaveItem {
                         manifest_digest: m.manifest_digest.clone(),
                         names: Vec::new(),
                     });
+                    docker_names.push((i == chosen).then(|| item.names.clone()));
                 }
                 indexes.push((start..expanded.len(), item.clone(), index));
             }
@@ -105,11 +115,14 @@ pub fn save(
                 item.manifest_digest,
                 index.platform_list()
             ),
-            None => expanded.push(item.clone()),
+            None => {
+                expanded.push(item.clone());
+                docker_names.push(Some(item.names.clone()));
+            }
         }
     }
     let mut entry_of_item = Vec::new();
-    for item in &expanded {
+    for (item, docker_names) in expanded.iter().zip(&docker_names) {
         entry_of_item.push(index_entries.len());
         let mut manifest_bytes = store.manifest_bytes(&item.manifest_digest)?;
         let mut manifest: ImageManifest = serde_json::from_slice(&manifest_bytes)
@@ -211,13 +224,15 @@ pub fn save(
                 BlobSource::Bytes(manifest_bytes),
             ),
         );
-        let tags: Vec<String> = item
-            .names
+        let Some(docker_names) = docker_names else {
+            continue;
+        };
+        let tags: Vec<String> = docker_names
             .iter()
             .filter(|n| n.tag().is_some())
             .map(|n| n.to_string())
             .collect();
-        for name in &item.names {
+        for name in docker_names {
             if let Some(tag) = name.tag() {
                 let top = manifest
                     .layers()
@@ -333,19 +348,19 @@ pub fn save(
     });
     append_bytes(&mut tar, "index.json", &serde_json::to_vec(&index)?)?;
     append_bytes(&mut tar, "oci-layout", br#"{"imageLayoutVersion":"1.0.0"}"#)?;
-    if format == ArchiveFormat::Docker {
+    // Both formats carry docker's manifest.json (and repositories) beside index.json, as `docker
+    // save` does since Docker 25: one archive is an OCI layout and loads with `docker load`.
+    append_bytes(
+        &mut tar,
+        "manifest.json",
+        &serde_json::to_vec(&docker_entries)?,
+    )?;
+    if !repositories.is_empty() {
         append_bytes(
             &mut tar,
-            "manifest.json",
-            &serde_json::to_vec(&docker_entries)?,
+            "repositories",
+            &serde_json::to_vec(&repositories)?,
         )?;
-        if !repositories.is_empty() {
-            append_bytes(
-                &mut tar,
-                "repositories",
-                &serde_json::to_vec(&repositories)?,
-            )?;
-        }
     }
     let mut w = tar.into_inner().context("writing the archive")?;
     w.flush().context("writing the archive")?;

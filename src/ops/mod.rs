@@ -8,7 +8,7 @@ mod file;
 mod run;
 pub mod ssh_agent;
 
-pub use run::cache_mount_dir;
+pub use run::{cache_mount_dir, RunSettings};
 
 use std::path::PathBuf;
 
@@ -33,11 +33,20 @@ pub fn execute(
     store: &Store,
     req: ExecRequest,
     run_limits: &crate::sandbox::Resources,
+    run_settings: &RunSettings,
 ) -> Result<Option<LayerRef>> {
     let snapshotter = Snapshotter::new(store.root())?;
     let mut snap = mount_layers(store, &snapshotter, &req.parent)?;
     match &req.op {
-        Op::Run(run) => run::run_step(store, &snapshotter, &snap, run, &req, run_limits)?,
+        Op::Run(run) => run::run_step(
+            store,
+            &snapshotter,
+            &snap,
+            run,
+            &req,
+            run_limits,
+            run_settings,
+        )?,
         Op::Copy(c) => file::copy_step(store, &snapshotter, &mut snap, c, &req)?,
         Op::Mkdir { path, user } => file::mkdir_step(&snap.merged(), path, user.as_deref(), &req)?,
     }

@@ -23,6 +23,25 @@ struct MountGuards {
     _agents: Vec<super::ssh_agent::AgentProxy>,
 }
 
+/// What every RUN of a build gets besides its own instruction: `kiln build --add-host`,
+/// `--shm-size`, `--ulimit`. Like the cgroup limits, not part of any cache key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunSettings {
+    pub extra_hosts: Vec<(String, std::net::IpAddr)>,
+    pub shm_size: u64,
+    pub ulimits: Vec<crate::sandbox::ulimit::Ulimit>,
+}
+
+impl Default for RunSettings {
+    fn default() -> RunSettings {
+        RunSettings {
+            extra_hosts: Vec::new(),
+            shm_size: crate::sandbox::DEFAULT_SHM_SIZE,
+            ulimits: Vec::new(),
+        }
+    }
+}
+
 pub(super) fn run_step(
     store: &Store,
     snapshotter: &Snapshotter,
@@ -30,6 +49,7 @@ pub(super) fn run_step(
     run: &RunOp,
     req: &ExecRequest,
     run_limits: &crate::sandbox::Resources,
+    settings: &RunSettings,
 ) -> Result<()> {
     // A foreign platform's RUN needs its emulator: one clear error before anything starts.
     if !run.platform.is_native() {
@@ -50,6 +70,9 @@ pub(super) fn run_step(
         unobserved: true,
         ..run_limits.clone()
     };
+    spec.extra_hosts = settings.extra_hosts.clone();
+    spec.shm_size = settings.shm_size;
+    spec.ulimits = settings.ulimits.clone();
     spec.stdin = crate::sandbox::Stdio::Null;
     spec.stdout = crate::sandbox::Stdio::Piped;
     spec.stderr = crate::sandbox::Stdio::Piped;

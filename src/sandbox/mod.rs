@@ -62,6 +62,7 @@ pub mod rootfs;
 pub mod seccomp;
 pub mod syscall;
 pub mod tty;
+pub mod ulimit;
 pub mod user;
 
 use std::fs::File;
@@ -218,7 +219,14 @@ pub struct ExecSpec {
     /// Bind a generated /etc/hostname (containers: yes, as docker run; build steps: no, as
     /// BuildKit's RUN, which has none).
     pub etc_hostname: bool,
+    /// `--ulimit`: resource limits set in the command's process before exec.
+    pub ulimits: Vec<ulimit::Ulimit>,
+    /// `--shm-size`: the bytes of /dev/shm's tmpfs (docker's default: 64 MiB).
+    pub shm_size: u64,
 }
+
+/// docker's default size of /dev/shm.
+pub const DEFAULT_SHM_SIZE: u64 = 64 << 20;
 
 impl ExecSpec {
     /// A spec with Docker-like defaults: root, cwd `/`, hostname `kiln`, no network, stdio
@@ -247,6 +255,8 @@ impl ExecSpec {
             init: true,
             seccomp: seccomp::Seccomp::Default,
             etc_hostname: true,
+            ulimits: Vec::new(),
+            shm_size: DEFAULT_SHM_SIZE,
         }
     }
 }

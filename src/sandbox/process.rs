@@ -107,6 +107,8 @@ struct ChildContext {
     init_cmdline: Vec<u8>,
     /// The compiled seccomp programs (`None` = unconfined).
     seccomp: Option<Arc<super::seccomp::Filter>>,
+    /// `--ulimit`s, set in the command's process while it has every capability.
+    ulimits: Vec<super::ulimit::Ulimit>,
 }
 
 /// A started execution.
@@ -277,6 +279,7 @@ fn prepare_and_start(
         nodev_binds: true,
         proc_bind_fallback: crate::rootless::in_userns(),
         single_id: crate::rootless::mapping() == crate::rootless::Mapping::Single,
+        shm_size: spec.shm_size,
     };
 
     let id = format!(
@@ -426,6 +429,7 @@ fn start(spec: &ExecSpec, plan: RootfsPlan, cgroup: &Option<Cgroup>) -> anyhow::
             b
         },
         seccomp: spec.seccomp.filter()?,
+        ulimits: spec.ulimits.clone(),
     };
 
     let ctx = Arc::new(ctx);
@@ -940,6 +944,12 @@ fn command_process(ctx: &ChildContext, stdio: [Option<RawFd>; 3]) -> ! {
         }
     }
 
+    // Raising a hard limit needs CAP_SYS_RESOURCE: before the capabilities are cut.
+    for u in &ctx.ulimits {
+        if let Err(e) = u.apply() {
+            fail(report, "set a --ulimit", e);
+        }
+    }
     if let Err(e) = caps::drop_bounding(caps::default_mask()) {
         fail(report, "drop capabilities", e);
     }

@@ -150,6 +150,8 @@ pub struct RootfsPlan {
     /// Rootless with only the user's id mapped: no gid other than 0 exists (devpts without
     /// `gid=5`).
     pub single_id: bool,
+    /// The size of /dev/shm's tmpfs in bytes.
+    pub shm_size: u64,
 }
 
 fn ctx(what: &str, path: &Path) -> impl FnOnce(io::Error) -> io::Error {
@@ -206,7 +208,7 @@ pub fn setup_and_pivot(sys: &dyn Syscall, plan: &RootfsPlan) -> io::Result<()> {
         Err(e) => return Err(e).map_err(ctx("mount proc on", &plan.proc_dir)),
     }
 
-    setup_dev(sys, &plan.dev_dir, plan.single_id)?;
+    setup_dev(sys, &plan.dev_dir, plan.single_id, plan.shm_size)?;
 
     let sys_flags = nsn | MsFlags::MS_RDONLY;
     if sys
@@ -271,7 +273,7 @@ fn bind_host_read_only(sys: &dyn Syscall, host: &Path, target: &Path) -> io::Res
     .map_err(ctx("make read-only", target))
 }
 
-fn setup_dev(sys: &dyn Syscall, dev: &Path, single_id: bool) -> io::Result<()> {
+fn setup_dev(sys: &dyn Syscall, dev: &Path, single_id: bool, shm_size: u64) -> io::Result<()> {
     // Mounted without nodev so that the nodes made here open; /dev itself is made nodev below,
     // after each node has been bound onto itself (a bind keeps the flags its source had).
     sys.mount(
@@ -326,7 +328,7 @@ fn setup_dev(sys: &dyn Syscall, dev: &Path, single_id: bool) -> io::Result<()> {
         &shm,
         Some("tmpfs"),
         MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
-        Some("mode=1777,size=65536k"),
+        Some(&format!("mode=1777,size={}k", shm_size.div_ceil(1024))),
     )
     .map_err(ctx("mount shm on", &shm))?;
     let mqueue = dev.join("mqueue");
@@ -601,6 +603,7 @@ mod tests {
             nodev_binds: false,
             proc_bind_fallback: false,
             single_id: false,
+            shm_size: crate::sandbox::DEFAULT_SHM_SIZE,
         }
     }
 

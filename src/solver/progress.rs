@@ -239,12 +239,14 @@ impl Progress {
             Outcome::Done => format!("DONE {secs:.1}s"),
             Outcome::Failed(e) => format!("ERROR {}", e.lines().next().unwrap_or("")),
         };
+        // On a terminal a finished step leaves the live area for a line of its own above it
+        // (a finished bar would be cleared with the area when the build ends): the list of
+        // steps stays on the screen, one line each with its time or CACHED, as BuildKit's.
         if let Some(bar) = run.bar {
-            bar.set_style(
-                indicatif::ProgressStyle::with_template("{prefix} {msg}")
-                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
-            );
-            bar.finish_with_message(word.clone());
+            bar.finish_and_clear();
+            if let Some(m) = &self.multi {
+                let _ = m.println(format!("#{id} {} {word}", run.name));
+            }
         }
         match self.mode {
             Mode::Plain => self.plain(&format!("#{id} {word}")),

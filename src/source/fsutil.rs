@@ -115,6 +115,19 @@ pub fn has_glob_meta(s: &str) -> bool {
     s.contains(['*', '?', '['])
 }
 
+/// Go's `path.Match` on a whole slash-separated name (what docker's `reference=` filters use):
+/// each component of `pattern` matches the name's component at the same place (`*` never
+/// crosses a `/`). A malformed pattern is an error.
+pub fn go_path_match(pattern: &str, name: &str) -> Result<bool> {
+    let parts: Vec<&str> = pattern.split('/').collect();
+    let names: Vec<&str> = name.split('/').collect();
+    let matchers = parts
+        .iter()
+        .map(|p| component_matcher(p))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(matchers.len() == names.len() && matchers.iter().zip(&names).all(|(m, n)| m.is_match(n)))
+}
+
 /// One path component's pattern, matched as Go's `filepath.Match` matches (what BuildKit uses
 /// for COPY sources): `*`, `?`, `[...]` classes with `^` negation and ranges, `\` escapes. No
 /// POSIX classes: `[[:alpha:]]` is the class `[:alph` followed by a literal `]`.

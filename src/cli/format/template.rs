@@ -877,7 +877,9 @@ impl Exec<'_> {
             }
             "json" => {
                 want(1)?;
-                let mut text = serde_json::to_string(&args[0].v)?;
+                // docker's structs' field order (`{{json .Config}}`), not sorted keys.
+                let mut text =
+                    super::docker_json::to_string(&args[0].v, super::docker_json::Style::Template);
                 if self.escape_root_json && &args[0].v == self.root {
                     text = text
                         .replace('<', "\\u003c")
