@@ -4,11 +4,14 @@
 //! - `image_cmds`: import, images, tag, rmi, inspect, save, load (store + OCI formats)
 //! - `dockerfile_cmds`: parse, check (the Dockerfile front end)
 //! - `build_cmd`: build (the build engine)
+//! - `container_cmds`: cp, diff, export, commit, create, rename, update (a container's files
+//!   and settings)
 //! - `run_cmds`: run, ps, logs, stop, kill, rm, wait, exec, port, top, stats, volume (the runner)
 //! - `registry_cmds`: pull, push, login, logout (the registry client)
 //! - `platform_cmds`: manifest create|inspect (image indexes), binfmt (emulation)
 
 pub mod build_cmd;
+pub mod container_cmds;
 pub mod dockerfile_cmds;
 pub mod format;
 pub mod image_cmds;
@@ -60,6 +63,8 @@ pub enum Commands {
     Build(build_cmd::BuildCommands),
     #[command(flatten)]
     Run(run_cmds::RunCommands),
+    #[command(flatten)]
+    Container(container_cmds::ContainerCommands),
     #[command(flatten)]
     Registry(registry_cmds::RegistryCommands),
     #[command(flatten)]
@@ -220,6 +225,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         Commands::Dockerfile(cmd) => dockerfile_cmds::run(cmd, &globals),
         Commands::Build(cmd) => build_cmd::run(cmd, &globals),
         Commands::Run(cmd) => run_cmds::run(cmd, &globals),
+        Commands::Container(cmd) => container_cmds::run(cmd, &globals),
         Commands::Registry(cmd) => registry_cmds::run(cmd, &globals),
         Commands::System(cmd) => system_cmds::run(cmd, &globals),
         Commands::Platform(cmd) => platform_cmds::run(cmd, &globals),

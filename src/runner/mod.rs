@@ -16,10 +16,12 @@
 //! ```
 
 pub mod config;
+pub mod copy;
 pub mod exec;
 pub mod lifecycle;
 pub mod observe;
 pub mod proxy;
+pub mod rootview;
 pub mod state;
 pub mod volumes;
 

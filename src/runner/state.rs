@@ -510,3 +510,27 @@ pub fn ports_column(ports: &[PortBinding]) -> String {
         .collect::<Vec<_>>()
         .join(", ")
 }
+
+/// Records `me` as the owner of container `id` if its owner is still `prev` (pid, start time):
+/// false when another process took it in between.
+pub fn claim_owner(store: &Store, id: &str, prev: (i32, u64), me: i32) -> Result<bool> {
+    let start = process_start_time(me).unwrap_or(0);
+    store.with_conn(|c| {
+        Ok(c.execute(
+            "UPDATE containers SET owner_pid = ?2, owner_start = ?3 \
+             WHERE id = ?1 AND owner_pid = ?4 AND owner_start = ?5",
+            params![id, me, start as i64, prev.0, prev.1 as i64],
+        )? == 1)
+    })
+}
+
+/// Gives a claimed container back its previous owner columns (a dead or no owner).
+pub fn restore_owner(store: &Store, id: &str, prev: (i32, u64)) -> Result<()> {
+    store.with_conn(|c| {
+        c.execute(
+            "UPDATE containers SET owner_pid = ?2, owner_start = ?3 WHERE id = ?1",
+            params![id, prev.0, prev.1 as i64],
+        )?;
+        Ok(())
+    })
+}
