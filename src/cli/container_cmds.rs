@@ -4,6 +4,8 @@
 use std::ffi::OsString;
 use std::path::PathBuf;
 
+use std::io::Write;
+
 use anyhow::{bail, Context, Result};
 use clap::Subcommand;
 
@@ -26,6 +28,35 @@ pub enum ContainerCommands {
         quiet: bool,
         src: String,
         dest: String,
+    },
+    /// Inspect changes to files or directories on a container's filesystem (A added, C changed,
+    /// D deleted), against its image.
+    Diff { container: String },
+    /// Export a container's filesystem as a tar archive (to stdout unless -o).
+    Export {
+        /// Write to a file instead of stdout.
+        #[arg(short = 'o', long)]
+        output: Option<PathBuf>,
+        container: String,
+    },
+    /// Create a new image from a container's changes.
+    Commit {
+        /// Author (e.g. "Jane Doe <jane@example.com>").
+        #[arg(short = 'a', long)]
+        author: Option<String>,
+        /// Apply a Dockerfile instruction to the image (CMD, ENTRYPOINT, ENV, EXPOSE, LABEL,
+        /// USER, WORKDIR, VOLUME, STOPSIGNAL).
+        #[arg(short = 'c', long = "change")]
+        change: Vec<String>,
+        /// Commit message.
+        #[arg(short = 'm', long)]
+        message: Option<String>,
+        /// Pause the container during the commit (default true).
+        #[arg(short = 'p', long, default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+        pause: bool,
+        container: String,
+        /// REPOSITORY[:TAG]
+        name: Option<String>,
     },
     /// Internal: the container side of `kiln cp`, chrooted into the container's root.
     #[command(name = "container-cp-helper", hide = true)]
@@ -79,6 +110,62 @@ pub fn run(cmd: ContainerCommands, globals: &Globals) -> Result<i32> {
             )?;
             Ok(0)
         }
+        ContainerCommands::Diff { container } => {
+            let store = runner::open_store(root)?;
+            let rec = state::find(&store, &container)?;
+            for (kind, path) in runner::commit::diff(&store, &rec)? {
+                crate::outln!("{} {}", kind.letter(), path.display())?;
+            }
+            Ok(0)
+        }
+        ContainerCommands::Export { output, container } => {
+            let store = runner::open_store(root)?;
+            let rec = state::find(&store, &container)?;
+            match output {
+                Some(path) => export_to_file(&store, &rec, &path)?,
+                None => {
+                    if std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+                        bail!(
+                            "cowardly refusing to write a tar archive to a terminal: use -o FILE \
+                             or redirect the output"
+                        );
+                    }
+                    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+                    runner::commit::export(&store, &rec, &mut out)?;
+                    out.flush()?;
+                }
+            }
+            Ok(0)
+        }
+        ContainerCommands::Commit {
+            author,
+            change,
+            message,
+            pause,
+            container,
+            name,
+        } => {
+            let store = runner::open_store(root)?;
+            let rec = state::find(&store, &container)?;
+            let name = name
+                .as_deref()
+                .map(crate::reference::Reference::parse)
+                .transpose()
+                .context("kiln commit: the image name")?;
+            let id = runner::commit::commit(
+                &store,
+                &rec,
+                &runner::commit::CommitOptions {
+                    name,
+                    changes: change,
+                    message,
+                    author,
+                    pause,
+                },
+            )?;
+            crate::outln!("{id}")?;
+            Ok(0)
+        }
         ContainerCommands::ContainerCpHelper { chroot, work } => {
             let work = match work {
                 CpHelperWork::Archive { path, name, follow } => {
@@ -100,12 +187,25 @@ fn parse_owner(s: &str) -> Result<(u32, u32)> {
     Ok((u.parse()?, g.parse()?))
 }
 
-#[allow(dead_code)]
-fn find(store: &crate::store::Store, name: &str) -> Result<state::ContainerRecord> {
-    state::find(store, name)
-}
-
-#[allow(dead_code)]
-fn unused() -> Result<()> {
-    bail!("")
+/// `export -o FILE`: a temp file beside FILE, synced and renamed into place.
+fn export_to_file(
+    store: &crate::store::Store,
+    rec: &state::ContainerRecord,
+    path: &std::path::Path,
+) -> Result<()> {
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."));
+    let tmp = tempfile::Builder::new()
+        .prefix(".kiln-export.")
+        .tempfile_in(dir)
+        .with_context(|| format!("creating a temp file in {}", dir.display()))?;
+    let mut out = std::io::BufWriter::new(tmp);
+    runner::commit::export(store, rec, &mut out)?;
+    let tmp = out.into_inner().map_err(|e| e.into_error())?;
+    tmp.as_file().sync_all()?;
+    tmp.persist(path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
 }

@@ -15,6 +15,7 @@
 //! runner::inspect_containers(root, &names)?       // docker-like JSON, or None if not containers
 //! ```
 
+pub mod commit;
 pub mod config;
 pub mod copy;
 pub mod exec;

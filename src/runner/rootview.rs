@@ -67,20 +67,12 @@ pub fn open<'a>(store: &'a Store, rec: &ContainerRecord, writable: bool) -> Resu
             claim: None,
         });
     }
-    let snapshotter = Snapshotter::new(store.root())?;
-    let mut lowers = image_lowers(store, &rec)?;
-    let upper = upper_dir(store, &rec.id);
     if !writable {
-        if upper.is_dir() {
-            lowers.push(upper);
-        }
-        let snap = snapshotter.prepare(&lowers, &PrepareOptions { volatile: true })?;
-        return Ok(RootView {
-            path: snap.merged(),
-            _snapshot: Some(snap),
-            claim: None,
-        });
+        return open_layers(store, &rec);
     }
+    let snapshotter = Snapshotter::new(store.root())?;
+    let lowers = image_lowers(store, &rec)?;
+    let upper = upper_dir(store, &rec.id);
     let claim = Claim::take(store, &rec)?;
     let snap = snapshotter.prepare_with_upper(&lowers, &PrepareOptions { volatile: false }, &upper);
     match snap {
@@ -94,6 +86,23 @@ pub fn open<'a>(store: &'a Store, rec: &ContainerRecord, writable: bool) -> Resu
             Err(e)
         }
     }
+}
+
+/// The container's own filesystem, read only, running or not: a throwaway overlay of the
+/// image's layers with the writable layer as the top-most lower (no volumes, no /proc).
+pub fn open_layers<'a>(store: &'a Store, rec: &ContainerRecord) -> Result<RootView<'a>> {
+    let mut lowers = image_lowers(store, rec)?;
+    let upper = upper_dir(store, &rec.id);
+    if upper.is_dir() {
+        lowers.push(upper);
+    }
+    let snap =
+        Snapshotter::new(store.root())?.prepare(&lowers, &PrepareOptions { volatile: true })?;
+    Ok(RootView {
+        path: snap.merged(),
+        _snapshot: Some(snap),
+        claim: None,
+    })
 }
 
 /// This process recorded as the owner of a stopped container (compare-and-swap on the owner
