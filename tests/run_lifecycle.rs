@@ -1,0 +1,375 @@
+//! A container's files and life as a docker user drives them (issue 16, lifecycle): cp both
+//! ways, diff, export, commit, create/start, rename, restart policies, update. As root, on
+//! busybox images.
+
+mod common;
+mod run_fixtures;
+
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::Path;
+
+use run_fixtures::{kiln, out, root_with_bb, Container};
+use serde_json::json;
+
+fn setup() -> tempfile::TempDir {
+    root_with_bb(json!({"Cmd": ["sh"]}))
+}
+
+fn ok(root: &Path, args: &[&str]) -> String {
+    common::kiln_ok(root, args)
+}
+
+/// kiln fails with an error mentioning `needle`.
+fn fails(root: &Path, args: &[&str], needle: &str) {
+    let (code, stdout, stderr) = out(&kiln(root, args));
+    assert_ne!(code, 0, "kiln {args:?} succeeded: {stdout}");
+    assert!(stderr.contains(needle), "kiln {args:?}: {stderr}");
+}
+
+#[test]
+fn cp_out_of_and_into_a_stopped_container_keeps_modes_and_owners() {
+    let root = setup();
+    let r = root.path();
+    ok(
+        r,
+        &[
+            "run",
+            "--name",
+            "src",
+            "bb",
+            "sh",
+            "-c",
+            "mkdir -p /data/sub && echo one > /data/a && echo two > /data/sub/b && \
+             chown 1234:2345 /data/a && chmod 640 /data/a && ln -s a /data/link",
+        ],
+    );
+    let host = tempfile::tempdir().unwrap();
+    let h = host.path();
+    // A directory onto a missing name is created with that name; owners are the caller's.
+    ok(r, &["cp", "src:/data", h.join("copy").to_str().unwrap()]);
+    let a = std::fs::symlink_metadata(h.join("copy/a")).unwrap();
+    assert_eq!(std::fs::read_to_string(h.join("copy/a")).unwrap(), "one\n");
+    assert_eq!(a.permissions().mode() & 0o7777, 0o640);
+    assert_eq!((a.uid(), a.gid()), (0, 0));
+    assert_eq!(
+        std::fs::read_to_string(h.join("copy/sub/b")).unwrap(),
+        "two\n"
+    );
+    assert_eq!(
+        std::fs::read_link(h.join("copy/link")).unwrap(),
+        Path::new("a")
+    );
+    // -a keeps the container's owners; onto an existing directory it goes inside.
+    ok(r, &["cp", "-a", "src:/data", h.to_str().unwrap()]);
+    let a = std::fs::metadata(h.join("data/a")).unwrap();
+    assert_eq!((a.uid(), a.gid()), (1234, 2345));
+    // -L follows the symlink SRC is; without it the link itself is copied.
+    ok(
+        r,
+        &["cp", "src:/data/link", h.join("nolink").to_str().unwrap()],
+    );
+    assert!(std::fs::symlink_metadata(h.join("nolink"))
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    ok(
+        r,
+        &[
+            "cp",
+            "-L",
+            "src:/data/link",
+            h.join("followed").to_str().unwrap(),
+        ],
+    );
+    assert_eq!(
+        std::fs::read_to_string(h.join("followed")).unwrap(),
+        "one\n"
+    );
+    // SRC/. copies the content into an existing directory.
+    std::fs::create_dir(h.join("content")).unwrap();
+    ok(
+        r,
+        &["cp", "src:/data/.", h.join("content").to_str().unwrap()],
+    );
+    assert!(h.join("content/sub/b").is_file() && !h.join("content/data").exists());
+
+    // Into the stopped container: a file with its mode, owned by the container's root unless -a.
+    let f = h.join("script.sh");
+    std::fs::write(&f, "echo from-host\n").unwrap();
+    std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o751)).unwrap();
+    std::os::unix::fs::chown(&f, Some(4321), Some(4321)).unwrap();
+    ok(r, &["cp", f.to_str().unwrap(), "src:/data/"]);
+    ok(r, &["cp", "-a", f.to_str().unwrap(), "src:/data/kept.sh"]);
+    // The container's writable layer has them, as they were copied.
+    let listing = {
+        let tar = kiln(r, &["cp", "src:/data", "-"]);
+        assert!(tar.status.success());
+        let list = std::process::Command::new("tar")
+            .args(["tvf", "-", "--numeric-owner"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        let mut list = list;
+        list.stdin.take().unwrap().write_all(&tar.stdout).unwrap();
+        String::from_utf8(list.wait_with_output().unwrap().stdout).unwrap()
+    };
+    assert!(
+        listing
+            .lines()
+            .any(|l| l.starts_with("-rwxr-x--x 0/0") && l.ends_with("data/script.sh")),
+        "{listing}"
+    );
+    assert!(
+        listing
+            .lines()
+            .any(|l| l.starts_with("-rwxr-x--x 4321/4321") && l.ends_with("data/kept.sh")),
+        "{listing}"
+    );
+    // Errors say what is wrong.
+    fails(
+        r,
+        &["cp", "src:/nope", h.to_str().unwrap()],
+        "could not find /nope",
+    );
+    fails(
+        r,
+        &["cp", f.to_str().unwrap(), "src:/no/such/dir/"],
+        "does not exist",
+    );
+    fails(r, &["cp", "/etc/hostname", "/tmp/x"], "CONTAINER:PATH");
+}
+
+#[test]
+fn cp_into_a_running_container_and_tar_streams() {
+    let root = setup();
+    let r = root.path();
+    let c = Container::run(r, &["--name", "live", "bb", "sleep", "300"]);
+    let host = tempfile::tempdir().unwrap();
+    let h = host.path();
+    std::fs::create_dir(h.join("dir")).unwrap();
+    std::fs::write(h.join("dir/f.txt"), "in a dir\n").unwrap();
+    ok(r, &["cp", h.join("dir").to_str().unwrap(), "live:/tmp"]);
+    assert_eq!(
+        ok(r, &["exec", "live", "cat", "/tmp/dir/f.txt"]),
+        "in a dir\n"
+    );
+    // A tar stream on stdin goes into a directory; out, it is a tar of SRC by its base name.
+    let tar = std::process::Command::new("tar")
+        .arg("-C")
+        .arg(h)
+        .args(["-cf", "-", "dir"])
+        .output()
+        .unwrap()
+        .stdout;
+    let mut child = common::kiln_command()
+        .arg("--root")
+        .arg(r)
+        .args(["cp", "-", "live:/root"])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all(&tar).unwrap();
+    assert!(child.wait().unwrap().success());
+    assert_eq!(
+        ok(r, &["exec", "live", "cat", "/root/dir/f.txt"]),
+        "in a dir\n"
+    );
+    let o = kiln(r, &["cp", "live:/root/dir/f.txt", "-"]);
+    let mut ar = tar::Archive::new(&o.stdout[..]);
+    let names: Vec<String> = ar
+        .entries()
+        .unwrap()
+        .map(|e| e.unwrap().path().unwrap().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names, ["f.txt"]);
+    fails(
+        r,
+        &["cp", "-", "live:/root/dir/f.txt"],
+        "must be an existing directory",
+    );
+    drop(c);
+}
+
+#[test]
+fn cp_never_writes_or_reads_outside_the_containers_root() {
+    let root = setup();
+    let r = root.path();
+    let host = tempfile::tempdir().unwrap();
+    let h = host.path();
+    let target = h.join("victim");
+    std::fs::create_dir(&target).unwrap();
+    std::fs::write(h.join("secret"), "host secret\n").unwrap();
+    let t = target.to_str().unwrap();
+    // Symlinks in the container pointing at host paths, absolute and through `..`.
+    let script = format!(
+        "ln -s {t} /abs && ln -s ../../../../../../..{t} /rel && ln -s {} /secret",
+        h.join("secret").display()
+    );
+    ok(r, &["run", "--name", "evil", "bb", "sh", "-c", &script]);
+    let payload = h.join("payload");
+    std::fs::write(&payload, "payload\n").unwrap();
+    let p = payload.to_str().unwrap();
+    for dest in ["evil:/abs/", "evil:/rel/", "evil:/abs/x", "evil:/rel"] {
+        let _ = kiln(r, &["cp", p, dest]);
+        assert_eq!(
+            std::fs::read_dir(&target).unwrap().count(),
+            0,
+            "cp to {dest} wrote outside the container"
+        );
+    }
+    // Running too (the path resolution is the kernel's, in a chroot).
+    let c = Container::run(
+        r,
+        &[
+            "--name",
+            "evil2",
+            "bb",
+            "sh",
+            "-c",
+            &format!("{script} && sleep 300"),
+        ],
+    );
+    run_fixtures::eventually(10, || {
+        out(&kiln(r, &["exec", "evil2", "test", "-L", "/secret"]))
+            .0
+            .eq(&0)
+            .then_some(())
+    })
+    .expect("the links are made");
+    for dest in ["evil2:/abs/", "evil2:/rel/", "evil2:/abs/y"] {
+        let _ = kiln(r, &["cp", p, dest]);
+        assert_eq!(
+            std::fs::read_dir(&target).unwrap().count(),
+            0,
+            "cp to {dest} wrote outside the container"
+        );
+    }
+    // Reading a link that points at a host file gets the container's view (nothing there).
+    let o = kiln(
+        r,
+        &["cp", "-L", "evil2:/secret", h.join("got").to_str().unwrap()],
+    );
+    assert_ne!(o.status.code(), Some(0));
+    assert!(!h.join("got").exists());
+    drop(c);
+}
+
+#[test]
+fn diff_export_and_commit_then_run_the_new_image() {
+    let root = setup();
+    let r = root.path();
+    ok(
+        r,
+        &[
+            "run",
+            "--name",
+            "work",
+            "-e",
+            "GREETING=hello",
+            "bb",
+            "sh",
+            "-c",
+            "echo hi > /tmp/x; echo extra >> /etc/passwd; rm /bin/ls; mkdir -p /new/sub; \
+             touch /new/sub/f",
+        ],
+    );
+    // Docker 28 prints these lines for the same commands (its order differs: kiln sorts).
+    assert_eq!(
+        ok(r, &["diff", "work"]),
+        "C /bin\nD /bin/ls\nC /etc\nC /etc/passwd\nA /new\nA /new/sub\nA /new/sub/f\nC /tmp\n\
+         A /tmp/x\n"
+    );
+    let tarball = tempfile::tempdir().unwrap();
+    let t = tarball.path().join("fs.tar");
+    ok(r, &["export", "-o", t.to_str().unwrap(), "work"]);
+    let mut names = Vec::new();
+    let mut passwd = String::new();
+    let mut ar = tar::Archive::new(std::fs::File::open(&t).unwrap());
+    for e in ar.entries().unwrap() {
+        let mut e = e.unwrap();
+        let name = e.path().unwrap().to_string_lossy().into_owned();
+        if name == "etc/passwd" {
+            use std::io::Read;
+            e.read_to_string(&mut passwd).unwrap();
+        }
+        names.push(name);
+    }
+    assert!(names.iter().any(|n| n == "new/sub/f"), "{names:?}");
+    assert!(names.iter().any(|n| n == "bin/sh"));
+    assert!(!names.iter().any(|n| n == "bin/ls" || n.contains(".wh.")));
+    assert!(passwd.ends_with("extra\n"), "{passwd}");
+
+    let id = ok(
+        r,
+        &[
+            "commit",
+            "-m",
+            "my change",
+            "-a",
+            "Jane <j@example.com>",
+            "--change",
+            "CMD [\"cat\", \"/tmp/x\"]",
+            "work",
+            "committed:v1",
+        ],
+    );
+    assert!(id.trim().starts_with("sha256:"), "{id}");
+    assert_eq!(ok(r, &["run", "--rm", "committed:v1"]), "hi\n");
+    assert_eq!(
+        ok(
+            r,
+            &[
+                "run",
+                "--rm",
+                "committed:v1",
+                "sh",
+                "-c",
+                "echo $GREETING; test -e /bin/ls || echo gone"
+            ]
+        ),
+        "hello\ngone\n"
+    );
+    assert_eq!(
+        ok(
+            r,
+            &[
+                "inspect",
+                "-f",
+                "{{.Author}}|{{.Config.Cmd}}",
+                "committed:v1"
+            ]
+        )
+        .trim(),
+        "Jane <j@example.com>|[cat /tmp/x]"
+    );
+    let history = ok(r, &["history", "--no-trunc", "committed:v1"]);
+    assert!(
+        history.lines().nth(1).unwrap().contains("my change"),
+        "{history}"
+    );
+    // A running container: its diff leaves out kiln's mount points, commit pauses it.
+    let c = Container::run(
+        r,
+        &[
+            "--name",
+            "live",
+            "bb",
+            "sh",
+            "-c",
+            "echo live > /live; sleep 300",
+        ],
+    );
+    run_fixtures::eventually(10, || {
+        (ok(r, &["diff", "live"]) == "A /live\n").then_some(())
+    })
+    .expect("diff of a running container: A /live only");
+    ok(r, &["commit", "live", "fromlive"]);
+    assert_eq!(
+        ok(r, &["run", "--rm", "fromlive", "cat", "/live"]),
+        "live\n"
+    );
+    assert_eq!(c.inspect()["State"]["Status"], "running");
+}
