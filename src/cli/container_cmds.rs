@@ -58,6 +58,31 @@ pub enum ContainerCommands {
         /// REPOSITORY[:TAG]
         name: Option<String>,
     },
+    /// Create a new container (as `run` does, without starting it: `kiln start` runs it).
+    #[command(disable_help_flag = true)]
+    Create(Box<super::run_cmds::RunArgs>),
+    /// Rename a container.
+    Rename { container: String, new_name: String },
+    /// Update the resource limits (live when running) or restart policy of containers.
+    Update {
+        /// CPU shares (relative weight).
+        #[arg(short = 'c', long = "cpu-shares")]
+        cpu_shares: Option<u64>,
+        /// CPUs the container may use (0-3, 0,1).
+        #[arg(long = "cpuset-cpus", value_name = "CPUS")]
+        cpuset_cpus: Option<String>,
+        /// Memory limit (e.g. 256m, 1g).
+        #[arg(short = 'm', long = "memory")]
+        memory: Option<String>,
+        /// Maximum number of processes (-1 for unlimited).
+        #[arg(long = "pids-limit", allow_negative_numbers = true)]
+        pids_limit: Option<i64>,
+        /// Restart policy: no, on-failure[:max-retries], always, unless-stopped.
+        #[arg(long)]
+        restart: Option<String>,
+        #[arg(required = true)]
+        containers: Vec<String>,
+    },
     /// Internal: the container side of `kiln cp`, chrooted into the container's root.
     #[command(name = "container-cp-helper", hide = true)]
     ContainerCpHelper {
@@ -165,6 +190,54 @@ pub fn run(cmd: ContainerCommands, globals: &Globals) -> Result<i32> {
             )?;
             crate::outln!("{id}")?;
             Ok(0)
+        }
+        ContainerCommands::Create(args) => {
+            let opts = args.into_options()?;
+            if opts.detach {
+                bail!("kiln create: -d/--detach is for kiln run (a created container is started with kiln start)");
+            }
+            let id = runner::create_only(root, &opts).context("kiln create")?;
+            crate::outln!("{id}")?;
+            Ok(0)
+        }
+        ContainerCommands::Rename {
+            container,
+            new_name,
+        } => {
+            let store = runner::open_store(root)?;
+            let rec = state::find(&store, &container)?;
+            runner::settings::rename(&store, &rec, &new_name)?;
+            Ok(0)
+        }
+        ContainerCommands::Update {
+            cpu_shares,
+            cpuset_cpus,
+            memory,
+            pids_limit,
+            restart,
+            containers,
+        } => {
+            let update = runner::settings::Update {
+                cpu_shares,
+                cpuset: cpuset_cpus,
+                memory,
+                pids_limit,
+                restart,
+            };
+            let store = runner::open_store(root)?;
+            let mut failed = false;
+            for n in &containers {
+                match state::find(&store, n)
+                    .and_then(|rec| runner::settings::update(&store, &rec, &update))
+                {
+                    Ok(()) => crate::outln!("{n}")?,
+                    Err(e) => {
+                        crate::report::report_error(&e);
+                        failed = true;
+                    }
+                }
+            }
+            Ok(i32::from(failed))
         }
         ContainerCommands::ContainerCpHelper { chroot, work } => {
             let work = match work {

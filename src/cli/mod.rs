@@ -242,4 +242,5 @@ fn recover_leftovers(store: &crate::store::Store) {
         crate::report::report_error(&e.context("warning: cleaning up after an earlier kiln"));
     }
     crate::sandbox::recover();
+    crate::runner::restart::revive(store);
 }

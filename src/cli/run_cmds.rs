@@ -61,6 +61,9 @@ pub enum RunCommands {
         /// Attach the container's output and wait for its exit code.
         #[arg(short = 'a', long)]
         attach: bool,
+        /// Attach kiln's standard input to the container's (with -a).
+        #[arg(short = 'i', long)]
+        interactive: bool,
         #[arg(required = true)]
         containers: Vec<String>,
     },
@@ -238,6 +241,10 @@ pub struct RunArgs {
     /// apparmor=unconfined.
     #[arg(long = "security-opt", value_name = "OPT")]
     security_opt: Vec<String>,
+    /// Restart policy: no, on-failure[:max-retries], always, unless-stopped (the container's
+    /// monitor restarts it, with docker's back-off).
+    #[arg(long, value_name = "POLICY", default_value = "no")]
+    restart: String,
     /// Print help.
     #[arg(long, action = clap::ArgAction::Help)]
     help: Option<bool>,
@@ -249,6 +256,71 @@ pub struct RunArgs {
     /// The command and its arguments (replace the image's CMD).
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
     command: Vec<String>,
+}
+
+impl RunArgs {
+    /// The runner's options (also `kiln create`'s, which takes the same flags).
+    pub fn into_options(self) -> Result<RunOptions> {
+        let RunArgs {
+            rm,
+            detach,
+            name,
+            env,
+            env_file,
+            workdir,
+            user,
+            volume,
+            publish,
+            publish_all,
+            network,
+            hostname,
+            entrypoint,
+            cpuset_cpus,
+            cpu_shares,
+            memory,
+            pids_limit,
+            init,
+            interactive,
+            tty,
+            security_opt,
+            restart,
+            help: _,
+            platform,
+            image,
+            command,
+        } = self;
+        let opts = RunOptions {
+            platform: platform
+                .as_deref()
+                .map(crate::platform::Platform::parse)
+                .transpose()?,
+            image,
+            args: command,
+            name,
+            detach,
+            rm,
+            env,
+            env_files: env_file,
+            workdir,
+            user,
+            volumes: volume,
+            publish,
+            publish_all,
+            network,
+            hostname,
+            entrypoint,
+            cpuset: cpuset_cpus,
+            cpu_shares,
+            memory,
+            pids_limit,
+            init,
+            interactive,
+            tty,
+            security_opt,
+            restart,
+        };
+        Ok(opts)
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -298,62 +370,7 @@ pub fn run(cmd: RunCommands, globals: &Globals) -> anyhow::Result<i32> {
     let root = globals.root.as_path();
     match cmd {
         RunCommands::Run(args) => {
-            let RunArgs {
-                rm,
-                detach,
-                name,
-                env,
-                env_file,
-                workdir,
-                user,
-                volume,
-                publish,
-                publish_all,
-                network,
-                hostname,
-                entrypoint,
-                cpuset_cpus,
-                cpu_shares,
-                memory,
-                pids_limit,
-                init,
-                interactive,
-                tty,
-                security_opt,
-                help: _,
-                platform,
-                image,
-                command,
-            } = *args;
-            let opts = RunOptions {
-                platform: platform
-                    .as_deref()
-                    .map(crate::platform::Platform::parse)
-                    .transpose()?,
-                image,
-                args: command,
-                name,
-                detach,
-                rm,
-                env,
-                env_files: env_file,
-                workdir,
-                user,
-                volumes: volume,
-                publish,
-                publish_all,
-                network,
-                hostname,
-                entrypoint,
-                cpuset: cpuset_cpus,
-                cpu_shares,
-                memory,
-                pids_limit,
-                init,
-                interactive,
-                tty,
-                security_opt,
-            };
+            let opts = args.into_options()?;
             Ok(runner::run(root, &opts))
         }
         RunCommands::ContainerMonitor { id } => Ok(runner::monitor(root, &id)),
@@ -371,7 +388,11 @@ pub fn run(cmd: RunCommands, globals: &Globals) -> anyhow::Result<i32> {
         RunCommands::Stop { time, containers } => each(root, &containers, |store, rec| {
             runner::stop(store, rec, Duration::from_secs(time))
         }),
-        RunCommands::Start { attach, containers } => {
+        RunCommands::Start {
+            attach,
+            interactive,
+            containers,
+        } => {
             if !attach {
                 return each(root, &containers, |store, rec| {
                     runner::start_detached(store, rec)
@@ -382,7 +403,7 @@ pub fn run(cmd: RunCommands, globals: &Globals) -> anyhow::Result<i32> {
             }
             let store = runner::open_store(root)?;
             let rec = state::find(&store, &containers[0])?;
-            runner::start_attached(&store, &rec)
+            runner::start_attached(&store, &rec, interactive)
         }
         RunCommands::Restart { time, containers } => each(root, &containers, |store, rec| {
             runner::restart(store, rec, Duration::from_secs(time))

@@ -22,7 +22,9 @@ pub mod exec;
 pub mod lifecycle;
 pub mod observe;
 pub mod proxy;
+pub mod restart;
 pub mod rootview;
+pub mod settings;
 pub mod state;
 pub mod volumes;
 
@@ -72,6 +74,8 @@ pub struct RunOptions {
     pub tty: bool,
     /// `--security-opt` values.
     pub security_opt: Vec<String>,
+    /// `--restart` (empty: no).
+    pub restart: String,
 }
 
 fn random_hex(bytes: usize) -> String {
@@ -278,6 +282,10 @@ pub fn create(store: &Store, opts: &RunOptions) -> Result<ContainerRecord> {
         bail!("invalid --cpu-shares: the minimum is 2");
     }
     let seccomp = config::parse_security_opts(&opts.security_opt, |p| std::fs::read_to_string(p))?;
+    let restart = restart::RestartPolicy::parse(&opts.restart).context("--restart")?;
+    if opts.rm && restart != restart::RestartPolicy::No {
+        bail!("conflicting options: --restart and --rm (a container that restarts is kept)");
+    }
     let id = random_hex(32);
     let cfg = ContainerConfig {
         entrypoint,
@@ -313,6 +321,7 @@ pub fn create(store: &Store, opts: &RunOptions) -> Result<ContainerRecord> {
         init: opts.init,
         exposed,
         seccomp,
+        restart,
     };
     if !cfg.working_dir.is_empty() && !cfg.working_dir.starts_with('/') {
         bail!(
@@ -376,6 +385,13 @@ fn recover(store: &Store) {
     }
 }
 
+/// `kiln create`: the container recorded (state created) for a later `kiln start`; its ID.
+pub fn create_only(root: &Path, opts: &RunOptions) -> Result<String> {
+    let store = open_store(root)?;
+    recover(&store);
+    Ok(create(&store, opts)?.id)
+}
+
 /// `kiln run`: returns the exit code (the container's, or 125/126/127 as docker).
 pub fn run(root: &Path, opts: &RunOptions) -> i32 {
     let store = match open_store(root) {
@@ -419,7 +435,10 @@ pub fn run(root: &Path, opts: &RunOptions) -> i32 {
     };
     forward_signals_to(started.running.pid());
     match lifecycle::finish(&store, &rec, started) {
-        Ok(exit) => exit.code,
+        Ok(exit) => {
+            restart::hand_over(&store, &rec, exit.code);
+            exit.code
+        }
         Err(e) => {
             crate::report::report_error(&e.context("kiln run"));
             125
@@ -473,7 +492,10 @@ fn forward_signals_to(pid: i32) {
 }
 
 /// Starts the detached monitor and waits until the container runs (or failed to start).
-fn spawn_monitor(store: &Store, rec: &ContainerRecord) -> std::result::Result<(), (i32, String)> {
+pub(crate) fn spawn_monitor(
+    store: &Store,
+    rec: &ContainerRecord,
+) -> std::result::Result<(), (i32, String)> {
     let fail = |e: anyhow::Error| (125, format!("{e:#}"));
     let dir = lifecycle::container_dir(store, &rec.id);
     std::fs::create_dir_all(&dir)
@@ -593,8 +615,9 @@ pub fn monitor(root: &Path, id: &str) -> i32 {
     forward_signals_to(started.running.pid());
     report("ok\n".into());
     drop(ready);
+    let ran_since = std::time::Instant::now();
     match lifecycle::finish(&store, &rec, started) {
-        Ok(exit) => exit.code,
+        Ok(exit) => restart::monitor_loop(&store, &rec, exit.code, ran_since.elapsed()),
         Err(e) => {
             eprintln!("kiln monitor: {e:#}");
             125
@@ -608,20 +631,24 @@ pub fn start_detached(store: &Store, rec: &ContainerRecord) -> Result<()> {
     recover(store);
     let rec = startable(store, rec)?;
     let Some(rec) = rec else { return Ok(()) };
+    restart::set_manually_stopped(store, &rec.id, false)?;
     spawn_monitor(store, &rec).map_err(|(_, msg)| anyhow::anyhow!("{msg}"))
 }
 
 /// `kiln start -a`: like `start_detached`, but this process owns the container and streams its
 /// output; returns its exit code.
-pub fn start_attached(store: &Store, rec: &ContainerRecord) -> Result<i32> {
+pub fn start_attached(store: &Store, rec: &ContainerRecord, interactive: bool) -> Result<i32> {
     recover(store);
-    let Some(rec) = startable(store, rec)? else {
+    let Some(mut rec) = startable(store, rec)? else {
         bail!(
             "container {} is already running: use kiln logs -f {} to follow it",
             rec.name,
             rec.name
         );
     };
+    restart::set_manually_stopped(store, &rec.id, false)?;
+    // `start -a -i`: this run reads kiln's stdin, whatever `run` said.
+    rec.config.interactive |= interactive;
     // SAFETY: getpid has no preconditions.
     state::set_owner(store, &rec.id, unsafe { libc::getpid() })?;
     let _hold = crate::rootless::hold_namespace(store.root());
@@ -750,7 +777,12 @@ pub fn unpause(rec: &ContainerRecord) -> Result<()> {
 
 /// `kiln stop`: the stop signal, then SIGKILL after `timeout`.
 pub fn stop(store: &Store, rec: &ContainerRecord, timeout: std::time::Duration) -> Result<()> {
+    // Ends a restart policy's loop, also while its monitor waits out a back-off.
+    restart::set_manually_stopped(store, &rec.id, true)?;
     if rec.status() != Status::Running {
+        if rec.owner_alive() {
+            wait_stopped(store, &rec.id, Some(timeout))?;
+        }
         return Ok(());
     }
     signal(rec, rec.config.stop_signal)?;
@@ -776,6 +808,7 @@ pub fn rm(store: &Store, rec: &ContainerRecord, force: bool, volumes: bool) -> R
                 rec.name
             );
         }
+        restart::set_manually_stopped(store, &rec.id, true)?;
         if rec.init_pid > 0 {
             // SAFETY: kill(2) on the init of a live container.
             unsafe { libc::kill(rec.init_pid, libc::SIGKILL) };
@@ -871,7 +904,7 @@ pub fn inspect_json(store: &Store, rec: &ContainerRecord) -> serde_json::Value {
             "Status": match status { Status::Created => "created", Status::Running if is_paused(rec) => "paused", Status::Running => "running", Status::Exited => "exited" },
             "Running": status == Status::Running,
             "Paused": status == Status::Running && is_paused(rec),
-            "Restarting": false,
+            "Restarting": status == Status::Exited && rec.owner_alive(),
             "OOMKilled": rec.oom_killed,
             "Dead": false,
             "Pid": if status == Status::Running { rec.init_pid } else { 0 },
@@ -882,6 +915,7 @@ pub fn inspect_json(store: &Store, rec: &ContainerRecord) -> serde_json::Value {
             // kiln's: the process that owns the container (foreground kiln or monitor).
             "OwnerPid": if rec.owner_alive() { rec.owner_pid } else { 0 },
         },
+        "RestartCount": restart::status(store, &rec.id).map(|s| s.0).unwrap_or(0),
         "Image": rec.image_id,
         "LogPath": logs::log_path(&dir, &rec.id),
         "Name": format!("/{}", rec.name),
@@ -906,6 +940,7 @@ pub fn inspect_json(store: &Store, rec: &ContainerRecord) -> serde_json::Value {
             "CpusetCpus": c.cpuset.clone().unwrap_or_default(),
             "PidsLimit": c.pids_limit,
             "Init": c.init,
+            "RestartPolicy": {"Name": c.restart.name(), "MaximumRetryCount": c.restart.max_retries()},
             "PortBindings": c.publish.iter().map(|p| json!({
                 "ContainerPort": format!("{}/{}", p.container_port, p.proto),
                 "HostIp": p.host_ip.to_string(),

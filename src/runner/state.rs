@@ -69,6 +69,9 @@ pub struct ContainerConfig {
     /// `--security-opt seccomp=...` (absent in records of older kilns: the default).
     #[serde(default)]
     pub seccomp: super::config::SeccompConfig,
+    /// `--restart` (absent in records of older kilns: no).
+    #[serde(default)]
+    pub restart: super::restart::RestartPolicy,
 }
 
 impl ContainerConfig {
@@ -414,6 +417,7 @@ pub fn find(store: &Store, spec: &str) -> Result<ContainerRecord> {
 
 /// Deletes a container's rows (its record, image use and volume uses).
 pub fn delete(store: &Store, id: &str) -> Result<()> {
+    super::restart::forget(store, id)?;
     store.transaction(|tx| {
         tx.execute("DELETE FROM containers WHERE id = ?1", [id])?;
         tx.execute("DELETE FROM image_uses WHERE user = ?1", [id])?;
@@ -509,6 +513,41 @@ pub fn ports_column(ports: &[PortBinding]) -> String {
         })
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+/// Sets a container's name (`kiln rename`): refused when another container has it.
+pub fn rename(store: &Store, id: &str, name: &str) -> Result<()> {
+    store.transaction(|tx| {
+        let taken: Option<String> = tx
+            .query_row("SELECT id FROM containers WHERE name = ?1", [name], |r| {
+                r.get(0)
+            })
+            .optional()?;
+        if let Some(other) = taken {
+            bail!(
+                "conflict: the container name {name:?} is already in use by container {}: \
+                 remove that container (kiln rm) or choose another name",
+                &other[..12.min(other.len())]
+            );
+        }
+        tx.execute(
+            "UPDATE containers SET name = ?2 WHERE id = ?1",
+            params![id, name],
+        )?;
+        Ok(())
+    })
+}
+
+/// Replaces a container's stored config (`kiln update`).
+pub fn set_config(store: &Store, id: &str, config: &ContainerConfig) -> Result<()> {
+    let json = serde_json::to_string(config)?;
+    store.with_conn(|c| {
+        c.execute(
+            "UPDATE containers SET config = ?2 WHERE id = ?1",
+            params![id, json],
+        )?;
+        Ok(())
+    })
 }
 
 /// Records `me` as the owner of container `id` if its owner is still `prev` (pid, start time):

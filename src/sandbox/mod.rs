@@ -52,6 +52,7 @@ pub mod binfmt;
 pub mod caps;
 pub mod cgroup;
 pub mod cgroup_stats;
+pub mod cgroup_update;
 pub mod device_filter;
 mod process;
 pub mod rootfs;
