@@ -373,3 +373,264 @@ fn diff_export_and_commit_then_run_the_new_image() {
     );
     assert_eq!(c.inspect()["State"]["Status"], "running");
 }
+
+fn inspect(r: &Path, c: &str, tmpl: &str) -> String {
+    ok(r, &["inspect", "-f", tmpl, c]).trim().to_string()
+}
+
+#[test]
+fn create_then_start_keeps_the_writable_layer_and_rename() {
+    let root = setup();
+    let r = root.path();
+    let id = ok(
+        r,
+        &[
+            "create",
+            "--name",
+            "made",
+            "-e",
+            "X=1",
+            "bb",
+            "sh",
+            "-c",
+            "echo run >> /runs; wc -l < /runs; echo $X",
+        ],
+    );
+    assert_eq!(id.trim().len(), 64, "{id}");
+    assert_eq!(inspect(r, "made", "{{.State.Status}}"), "created");
+    // Each start runs on the writable layer the previous run left.
+    assert_eq!(ok(r, &["start", "-a", "made"]), "1\n1\n");
+    assert_eq!(ok(r, &["start", "-a", "made"]), "2\n1\n");
+    assert_eq!(inspect(r, "made", "{{.State.Status}}"), "exited");
+    ok(r, &["rename", "made", "renamed"]);
+    assert_eq!(inspect(r, "renamed", "{{.Name}}"), "/renamed");
+    fails(r, &["inspect", "made"], "");
+    ok(r, &["create", "--name", "other", "bb", "true"]);
+    fails(r, &["rename", "renamed", "other"], "already in use");
+    fails(r, &["rename", "renamed", "a@b"], "invalid container name");
+    // start -a -i: stdin reaches the command.
+    ok(r, &["create", "--name", "reader", "bb", "cat"]);
+    let mut child = common::kiln_command()
+        .arg("--root")
+        .arg(r)
+        .args(["start", "-a", "-i", "reader"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"typed in\n")
+        .unwrap();
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "typed in\n");
+    fails(
+        r,
+        &["create", "--rm", "--restart", "always", "bb"],
+        "--restart and --rm",
+    );
+    fails(
+        r,
+        &["create", "--restart", "sometimes", "bb"],
+        "invalid restart policy",
+    );
+}
+
+#[test]
+fn restart_on_failure_is_counted_and_stop_ends_always() {
+    let root = setup();
+    let r = root.path();
+    let _c = Container::run(
+        r,
+        &[
+            "--name",
+            "flaky",
+            "--restart",
+            "on-failure:3",
+            "bb",
+            "sh",
+            "-c",
+            "echo ran; exit 3",
+        ],
+    );
+    // `wait` returns when the monitor gives up: the first run and three restarts.
+    assert_eq!(ok(r, &["wait", "flaky"]), "3\n");
+    assert_eq!(
+        inspect(
+            r,
+            "flaky",
+            "{{.RestartCount}} {{.State.ExitCode}} {{.HostConfig.RestartPolicy.Name}} \
+             {{.HostConfig.RestartPolicy.MaximumRetryCount}}"
+        ),
+        "3 3 on-failure 3"
+    );
+    assert_eq!(ok(r, &["logs", "flaky"]), "ran\nran\nran\nran\n");
+    // A zero exit is not a failure.
+    let _ok = Container::run(
+        r,
+        &["--name", "fine", "--restart", "on-failure", "bb", "true"],
+    );
+    assert_eq!(ok(r, &["wait", "fine"]), "0\n");
+    assert_eq!(inspect(r, "fine", "{{.RestartCount}}"), "0");
+
+    // always: restarts after any exit until stopped, also during a back-off.
+    let _a = Container::run(
+        r,
+        &[
+            "--name",
+            "loop",
+            "--restart",
+            "always",
+            "bb",
+            "sh",
+            "-c",
+            "sleep 0.2",
+        ],
+    );
+    run_fixtures::eventually(20, || {
+        (inspect(r, "loop", "{{.RestartCount}}")
+            .parse::<u32>()
+            .unwrap()
+            >= 2)
+            .then_some(())
+    })
+    .expect("always restarts");
+    ok(r, &["stop", "loop"]);
+    let after = inspect(
+        r,
+        "loop",
+        "{{.RestartCount}} {{.State.Status}} {{.State.OwnerPid}}",
+    );
+    std::thread::sleep(std::time::Duration::from_millis(800));
+    assert_eq!(
+        inspect(
+            r,
+            "loop",
+            "{{.RestartCount}} {{.State.Status}} {{.State.OwnerPid}}"
+        ),
+        after
+    );
+    assert!(after.ends_with(" exited 0"), "{after}");
+    // Nor does the next kiln command bring back a container the user stopped.
+    ok(r, &["ps"]);
+    assert_eq!(inspect(r, "loop", "{{.State.Status}}"), "exited");
+}
+
+#[test]
+fn always_containers_without_an_owner_come_back_at_the_next_command() {
+    let root = setup();
+    let r = root.path();
+    let _c = Container::run(
+        r,
+        &["--name", "svc", "--restart", "always", "bb", "sleep", "300"],
+    );
+    let _u = Container::run(
+        r,
+        &[
+            "--name",
+            "svc2",
+            "--restart",
+            "unless-stopped",
+            "bb",
+            "sleep",
+            "300",
+        ],
+    );
+    let _n = Container::run(r, &["--name", "plain", "bb", "sleep", "300"]);
+    // What a reboot does to kiln: every owner process is gone (the container dies with it).
+    for c in ["svc", "svc2", "plain"] {
+        let owner: i32 = inspect(r, c, "{{.State.OwnerPid}}").parse().unwrap();
+        assert!(owner > 0);
+        // SAFETY: kill(2) of the monitor this test started.
+        unsafe { libc::kill(owner, libc::SIGKILL) };
+        run_fixtures::eventually(10, || {
+            (!Path::new(&format!("/proc/{owner}")).exists()).then_some(())
+        })
+        .expect("the monitor is gone");
+    }
+    // Any command revives the ones whose policy says so.
+    let ps = ok(r, &["ps", "--format", "{{.Names}}"]);
+    let mut names: Vec<&str> = ps.lines().collect();
+    names.sort();
+    assert_eq!(names, ["svc", "svc2"], "{ps}");
+    assert_eq!(inspect(r, "plain", "{{.State.Status}}"), "exited");
+    assert_eq!(ok(r, &["exec", "svc", "echo", "back"]), "back\n");
+}
+
+/// The limit file of the cgroup `pid` is in, v1 or v2.
+fn memory_limit_of(pid: &str) -> u64 {
+    let cg = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    let path = cg
+        .lines()
+        .find_map(|l| {
+            let mut p = l.splitn(3, ':');
+            let (_, ctl, rel) = (p.next()?, p.next()?, p.next()?);
+            if ctl.split(',').any(|c| c == "memory") {
+                Some(format!("/sys/fs/cgroup/memory{rel}/memory.limit_in_bytes"))
+            } else if ctl.is_empty() && rel.starts_with("/kiln/") {
+                Some(format!("/sys/fs/cgroup{rel}/memory.max"))
+            } else {
+                None
+            }
+        })
+        .expect("a memory cgroup");
+    std::fs::read_to_string(path)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn update_changes_a_running_containers_cgroup_and_its_next_start() {
+    let root = setup();
+    let r = root.path();
+    let _c = Container::run(
+        r,
+        &["--name", "limited", "-m", "128m", "bb", "sleep", "300"],
+    );
+    let pid = inspect(r, "limited", "{{.State.Pid}}");
+    assert_eq!(memory_limit_of(&pid), 128 << 20);
+    assert_eq!(
+        ok(
+            r,
+            &[
+                "update",
+                "-m",
+                "64m",
+                "--cpu-shares",
+                "512",
+                "--pids-limit",
+                "40",
+                "limited"
+            ]
+        ),
+        "limited\n"
+    );
+    assert_eq!(memory_limit_of(&pid), 64 << 20);
+    assert_eq!(
+        inspect(
+            r,
+            "limited",
+            "{{.HostConfig.Memory}} {{.HostConfig.CpuShares}} {{.HostConfig.PidsLimit}}"
+        ),
+        "67108864 512 40"
+    );
+    // Raising it again (v1: the memory+swap limit moves first).
+    ok(r, &["update", "-m", "256m", "limited"]);
+    assert_eq!(memory_limit_of(&pid), 256 << 20);
+    fails(
+        r,
+        &["update", "--cpuset-cpus", "99999", "limited"],
+        "not available",
+    );
+    fails(r, &["update", "limited"], "one or more flags");
+    // The next start runs with the stored limits.
+    ok(r, &["stop", "-t", "0", "limited"]);
+    ok(r, &["start", "limited"]);
+    let pid = inspect(r, "limited", "{{.State.Pid}}");
+    assert_eq!(memory_limit_of(&pid), 256 << 20);
+}
