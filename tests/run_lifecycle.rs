@@ -3,6 +3,7 @@
 //! busybox images.
 
 mod common;
+mod registry_support;
 mod run_fixtures;
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -633,4 +634,35 @@ fn update_changes_a_running_containers_cgroup_and_its_next_start() {
     ok(r, &["start", "limited"]);
     let pid = inspect(r, "limited", "{{.State.Pid}}");
     assert_eq!(memory_limit_of(&pid), 256 << 20);
+}
+
+#[test]
+fn run_pulls_a_missing_image_unless_told_never() {
+    let root = setup();
+    let r = root.path();
+    let registry = registry_support::Registry::start(registry_support::AuthMode::None);
+    let name = format!("{}/tools/bb:1", registry.host());
+    ok(r, &["tag", "bb", &name]);
+    ok(r, &["push", &name]);
+    let fresh = common::temp_root();
+    let f = fresh.path();
+    fails(
+        f,
+        &["run", "--rm", "--pull", "never", &name, "true"],
+        "--pull never",
+    );
+    // missing: pulled with its progress on stderr, then run.
+    let (code, stdout, stderr) = out(&kiln(f, &["run", "--rm", &name, "echo", "pulled-and-ran"]));
+    assert_eq!((code, stdout.as_str()), (0, "pulled-and-ran\n"), "{stderr}");
+    assert!(
+        stderr.contains("Unable to find image") && stderr.contains("Digest: sha256:"),
+        "{stderr}"
+    );
+    // Present now: not pulled again; always pulls (the registry must answer).
+    let (_, _, stderr) = out(&kiln(f, &["run", "--rm", &name, "true"]));
+    assert!(!stderr.contains("Unable to find image"), "{stderr}");
+    let (code, _, stderr) = out(&kiln(f, &["create", "--pull", "always", &name]));
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stderr.contains("Digest: sha256:"), "{stderr}");
+    fails(f, &["run", "--pull", "sometimes", &name], "invalid --pull");
 }

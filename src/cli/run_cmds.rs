@@ -245,6 +245,9 @@ pub struct RunArgs {
     /// monitor restarts it, with docker's back-off).
     #[arg(long, value_name = "POLICY", default_value = "no")]
     restart: String,
+    /// Pull the image before running: missing (when it is not in the store), always, never.
+    #[arg(long, value_name = "POLICY", default_value = "missing")]
+    pull: String,
     /// Print help.
     #[arg(long, action = clap::ArgAction::Help)]
     help: Option<bool>,
@@ -284,6 +287,7 @@ impl RunArgs {
             tty,
             security_opt,
             restart,
+            pull,
             help: _,
             platform,
             image,
@@ -318,6 +322,7 @@ impl RunArgs {
             tty,
             security_opt,
             restart,
+            pull,
         };
         Ok(opts)
     }

@@ -22,6 +22,7 @@ pub mod exec;
 pub mod lifecycle;
 pub mod observe;
 pub mod proxy;
+pub mod pull;
 pub mod restart;
 pub mod rootview;
 pub mod settings;
@@ -76,6 +77,8 @@ pub struct RunOptions {
     pub security_opt: Vec<String>,
     /// `--restart` (empty: no).
     pub restart: String,
+    /// `--pull missing|always|never` (empty: missing).
+    pub pull: String,
 }
 
 fn random_hex(bytes: usize) -> String {
@@ -131,13 +134,8 @@ fn random_name() -> String {
 /// Works out the container's config from the image and the options, and records it (state
 /// `created`).
 pub fn create(store: &Store, opts: &RunOptions) -> Result<ContainerRecord> {
-    let image = store
-        .resolve(&opts.image)
-        .with_context(|| format!("unable to find image {:?} locally", opts.image))?;
-    let image = match &opts.platform {
-        Some(p) => image.for_platform(p)?,
-        None => image,
-    };
+    let policy = pull::PullPolicy::parse(&opts.pull)?;
+    let image = pull::image_for_run(store, &opts.image, policy, opts.platform.as_ref())?;
     let image_config = store.config(&image.config_digest)?;
     if let Some(want) = &opts.platform {
         let have = crate::platform::Platform::of_config(
