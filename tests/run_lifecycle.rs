@@ -666,3 +666,99 @@ fn run_pulls_a_missing_image_unless_told_never() {
     assert!(stderr.contains("Digest: sha256:"), "{stderr}");
     fails(f, &["run", "--pull", "sometimes", &name], "invalid --pull");
 }
+
+#[test]
+fn mount_tmpfs_add_host_label_and_stop_flags() {
+    let root = setup();
+    let r = root.path();
+    let host = tempfile::tempdir().unwrap();
+    std::fs::write(host.path().join("in.txt"), "bound\n").unwrap();
+    let bind = format!(
+        "type=bind,source={},target=/h,readonly",
+        host.path().display()
+    );
+    let o = ok(
+        r,
+        &[
+            "run",
+            "--rm",
+            "--add-host",
+            "db:127.0.0.2",
+            "--tmpfs",
+            "/scratch:size=1m",
+            "--mount",
+            "type=tmpfs,target=/t2,tmpfs-mode=700",
+            "--mount",
+            &bind,
+            "--mount",
+            "type=volume,source=vol1,target=/v",
+            "bb",
+            "sh",
+            "-c",
+            "grep db /etc/hosts; grep -E ' /(scratch|t2) ' /proc/mounts | cut -d' ' -f2,4 | sort; \
+             cat /h/in.txt; touch /h/x 2>/dev/null || echo ro; echo kept > /v/f",
+        ],
+    );
+    assert_eq!(
+        o,
+        "127.0.0.2\tdb\n/scratch rw,nosuid,nodev,relatime,size=1024k\n\
+         /t2 rw,nosuid,nodev,relatime,mode=700\nbound\nro\n"
+    );
+    assert_eq!(
+        ok(r, &["run", "--rm", "-v", "vol1:/v", "bb", "cat", "/v/f"]),
+        "kept\n"
+    );
+    fails(
+        r,
+        &[
+            "run",
+            "--rm",
+            "--mount",
+            "type=bind,source=/no/such,target=/x",
+            "bb",
+        ],
+        "does not exist",
+    );
+    fails(
+        r,
+        &["run", "--rm", "--tmpfs", "/x:noexec", "bb"],
+        "does not support the option",
+    );
+    fails(
+        r,
+        &["run", "--rm", "--add-host", "x:host-gateway", "bb"],
+        "no host gateway",
+    );
+
+    // Labels over the image's; the stop signal and timeout are the container's own.
+    let _c = Container::run(
+        r,
+        &[
+            "--name",
+            "labelled",
+            "-l",
+            "team=core",
+            "--label",
+            "tier",
+            "--stop-signal",
+            "USR1",
+            "--stop-timeout",
+            "1",
+            "bb",
+            "sh",
+            "-c",
+            "trap 'echo got-usr1; exit 0' USR1; while :; do sleep 0.05; done",
+        ],
+    );
+    assert_eq!(
+        inspect(
+            r,
+            "labelled",
+            "{{json .Config.Labels}} {{.Config.StopSignal}} {{.Config.StopTimeout}}"
+        ),
+        r#"{"team":"core","tier":""} 10 1"#
+    );
+    ok(r, &["stop", "labelled"]);
+    assert_eq!(inspect(r, "labelled", "{{.State.ExitCode}}"), "0");
+    assert_eq!(ok(r, &["logs", "labelled"]), "got-usr1\n");
+}

@@ -46,13 +46,9 @@ pub enum RunCommands {
     /// Stop running containers (the image's STOPSIGNAL, then SIGKILL after a grace period).
     Stop {
         /// Seconds to wait before killing.
-        #[arg(
-            short = 't',
-            long = "timeout",
-            visible_alias = "time",
-            default_value_t = 10
-        )]
-        time: u64,
+        /// (default: the container's --stop-timeout, else 10)
+        #[arg(short = 't', long = "timeout", visible_alias = "time")]
+        time: Option<u64>,
         #[arg(required = true)]
         containers: Vec<String>,
     },
@@ -248,6 +244,25 @@ pub struct RunArgs {
     /// Pull the image before running: missing (when it is not in the store), always, never.
     #[arg(long, value_name = "POLICY", default_value = "missing")]
     pull: String,
+    /// Attach a filesystem mount: type=bind|volume|tmpfs,source=…,target=…[,readonly]
+    /// [,tmpfs-size=…][,tmpfs-mode=…].
+    #[arg(long = "mount", value_name = "SPEC")]
+    mount: Vec<String>,
+    /// Mount a tmpfs: /path[:size=64m,mode=1777].
+    #[arg(long = "tmpfs", value_name = "PATH[:OPTS]")]
+    tmpfs: Vec<String>,
+    /// Add a line to /etc/hosts: NAME:IP.
+    #[arg(long = "add-host", value_name = "NAME:IP")]
+    add_host: Vec<String>,
+    /// Set metadata on the container: KEY=VALUE.
+    #[arg(short = 'l', long = "label", value_name = "KEY=VALUE")]
+    label: Vec<String>,
+    /// The signal that stops the container (default: the image's STOPSIGNAL, else SIGTERM).
+    #[arg(long = "stop-signal", value_name = "SIGNAL")]
+    stop_signal: Option<String>,
+    /// Seconds kiln stop waits before killing (default 10).
+    #[arg(long = "stop-timeout", value_name = "SECONDS")]
+    stop_timeout: Option<u64>,
     /// Print help.
     #[arg(long, action = clap::ArgAction::Help)]
     help: Option<bool>,
@@ -288,6 +303,12 @@ impl RunArgs {
             security_opt,
             restart,
             pull,
+            mount,
+            tmpfs,
+            add_host,
+            label,
+            stop_signal,
+            stop_timeout,
             help: _,
             platform,
             image,
@@ -323,6 +344,12 @@ impl RunArgs {
             security_opt,
             restart,
             pull,
+            mounts: mount,
+            tmpfs,
+            add_hosts: add_host,
+            labels: label,
+            stop_signal,
+            stop_timeout,
         };
         Ok(opts)
     }
@@ -391,7 +418,8 @@ pub fn run(cmd: RunCommands, globals: &Globals) -> anyhow::Result<i32> {
             container,
         } => logs(root, follow, &tail, &container),
         RunCommands::Stop { time, containers } => each(root, &containers, |store, rec| {
-            runner::stop(store, rec, Duration::from_secs(time))
+            let secs = time.or(rec.config.stop_timeout).unwrap_or(10);
+            runner::stop(store, rec, Duration::from_secs(secs))
         }),
         RunCommands::Start {
             attach,

@@ -85,12 +85,6 @@ const TABLE: &[(&str, &str, Option<char>, &str)] = &[
     // run
     (
         "run",
-        "add-host",
-        None,
-        "adds host-to-IP entries to the container's /etc/hosts",
-    ),
-    (
-        "run",
         "annotation",
         None,
         "adds an OCI annotation to the container",
@@ -233,7 +227,6 @@ const TABLE: &[(&str, &str, Option<char>, &str)] = &[
         None,
         "selects the IPC namespace mode (host, shareable, container:NAME)",
     ),
-    ("run", "label", Some('l'), "sets metadata on the container"),
     (
         "run",
         "label-file",
@@ -277,12 +270,6 @@ const TABLE: &[(&str, &str, Option<char>, &str)] = &[
         None,
         "tunes the container's swappiness",
     ),
-    (
-        "run",
-        "mount",
-        None,
-        "attaches a mount (bind, volume, tmpfs) in long form; kiln has -v",
-    ),
     ("run", "network-alias", None, "adds a network-scoped alias"),
     (
         "run",
@@ -314,24 +301,12 @@ const TABLE: &[(&str, &str, Option<char>, &str)] = &[
         None,
         "gives the container all capabilities and every host device",
     ),
-    (
-        "run",
-        "pull",
-        None,
-        "sets when to pull the image (always, missing, never)",
-    ),
     ("run", "quiet", Some('q'), "suppresses the pull output"),
     (
         "run",
         "read-only",
         None,
         "mounts the container's root filesystem read-only",
-    ),
-    (
-        "run",
-        "restart",
-        None,
-        "restarts the container when it exits (no, always, on-failure, unless-stopped)",
     ),
     ("run", "runtime", None, "selects the OCI runtime"),
     ("run", "shm-size", None, "sets the size of /dev/shm"),
@@ -341,21 +316,8 @@ const TABLE: &[(&str, &str, Option<char>, &str)] = &[
         None,
         "controls whether signals are proxied to the container",
     ),
-    (
-        "run",
-        "stop-signal",
-        None,
-        "sets the signal that stops the container",
-    ),
-    (
-        "run",
-        "stop-timeout",
-        None,
-        "sets the seconds to wait before killing on stop",
-    ),
     ("run", "storage-opt", None, "sets storage driver options"),
     ("run", "sysctl", None, "sets namespaced kernel parameters"),
-    ("run", "tmpfs", None, "mounts a tmpfs at a path"),
     ("run", "ulimit", None, "sets ulimits"),
     ("run", "userns", None, "selects the user namespace mode"),
     ("run", "uts", None, "selects the UTS namespace mode"),

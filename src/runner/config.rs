@@ -166,6 +166,8 @@ pub struct VolumeMount {
 pub enum MountType {
     Bind,
     Volume,
+    /// `--tmpfs` / `--mount type=tmpfs`: `source` holds its options (`runflags::tmpfs_options`).
+    Tmpfs,
 }
 
 /// Whether a string is a valid volume name (docker's `[a-zA-Z0-9][a-zA-Z0-9_.-]+`).

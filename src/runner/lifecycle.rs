@@ -116,6 +116,7 @@ pub fn start(store: &Store, rec: &ContainerRecord, mode: StreamMode) -> Result<S
     });
     spec.user = cfg.user.clone();
     spec.hostname = cfg.hostname.clone();
+    spec.extra_hosts = cfg.extra_hosts.clone();
     spec.network = network.clone();
     spec.mounts = mounts;
     spec.seccomp = cfg.seccomp.to_sandbox()?;

@@ -25,6 +25,7 @@ pub mod proxy;
 pub mod pull;
 pub mod restart;
 pub mod rootview;
+pub mod runflags;
 pub mod settings;
 pub mod state;
 pub mod volumes;
@@ -79,6 +80,18 @@ pub struct RunOptions {
     pub restart: String,
     /// `--pull missing|always|never` (empty: missing).
     pub pull: String,
+    /// `--mount` specs.
+    pub mounts: Vec<String>,
+    /// `--tmpfs` specs.
+    pub tmpfs: Vec<String>,
+    /// `--add-host NAME:IP`.
+    pub add_hosts: Vec<String>,
+    /// `--label K=V`.
+    pub labels: Vec<String>,
+    /// `--stop-signal` (over the image's STOPSIGNAL).
+    pub stop_signal: Option<String>,
+    /// `--stop-timeout` seconds.
+    pub stop_timeout: Option<u64>,
 }
 
 fn random_hex(bytes: usize) -> String {
@@ -254,6 +267,21 @@ pub fn create(store: &Store, opts: &RunOptions) -> Result<ContainerRecord> {
         }
         mounts.push(m);
     }
+    let more = opts
+        .mounts
+        .iter()
+        .map(|m| runflags::parse_mount(m, &cwd_for_mounts()?))
+        .chain(opts.tmpfs.iter().map(|t| runflags::parse_tmpfs(t)));
+    for m in more {
+        let mut m = m?;
+        if m.anonymous {
+            m.source = random_hex(32);
+        }
+        if mounts.iter().any(|o| o.target == m.target) {
+            bail!("duplicate mount point: {}", m.target);
+        }
+        mounts.push(m);
+    }
     for target in ic.volumes().clone().unwrap_or_default() {
         let target = config::normalize_path(&target);
         if !mounts.iter().any(|m| m.target == target) {
@@ -272,10 +300,17 @@ pub fn create(store: &Store, opts: &RunOptions) -> Result<ContainerRecord> {
         .as_deref()
         .map(config::parse_memory)
         .transpose()?;
-    let stop_signal = match ic.stop_signal() {
-        Some(s) => config::parse_signal(s).with_context(|| "the image's STOPSIGNAL")?,
-        None => libc::SIGTERM,
+    let stop_signal = match (&opts.stop_signal, ic.stop_signal()) {
+        (Some(s), _) => config::parse_signal(s).context("--stop-signal")?,
+        (None, Some(s)) => config::parse_signal(s).with_context(|| "the image's STOPSIGNAL")?,
+        (None, None) => libc::SIGTERM,
     };
+    let labels = runflags::labels(ic.labels().as_ref(), &opts.labels)?;
+    let extra_hosts = opts
+        .add_hosts
+        .iter()
+        .map(|h| runflags::parse_add_host(h))
+        .collect::<Result<Vec<_>>>()?;
     if opts.cpu_shares == Some(0) || opts.cpu_shares.is_some_and(|s| s < 2) {
         bail!("invalid --cpu-shares: the minimum is 2");
     }
@@ -320,6 +355,9 @@ pub fn create(store: &Store, opts: &RunOptions) -> Result<ContainerRecord> {
         exposed,
         seccomp,
         restart,
+        labels,
+        extra_hosts,
+        stop_timeout: opts.stop_timeout,
     };
     if !cfg.working_dir.is_empty() && !cfg.working_dir.starts_with('/') {
         bail!(
@@ -363,6 +401,11 @@ pub fn create(store: &Store, opts: &RunOptions) -> Result<ContainerRecord> {
     // `run --rm` in the foreground needs none.
     state::insert(store, &rec)?;
     Ok(rec)
+}
+
+/// The working directory, for relative `--mount` bind sources.
+fn cwd_for_mounts() -> Result<std::path::PathBuf> {
+    std::env::current_dir().context("finding the working directory for a relative --mount source")
 }
 
 /// Settles containers whose owner died (kill -9, reboot): marked exited (255, as docker after a
@@ -884,6 +927,9 @@ pub fn inspect_json(store: &Store, rec: &ContainerRecord) -> serde_json::Value {
                 "Type": "bind", "Source": m.source, "Destination": m.target,
                 "Mode": if m.readonly {"ro"} else {""}, "RW": !m.readonly,
             }),
+            MountType::Tmpfs => json!({
+                "Type": "tmpfs", "Source": "", "Destination": m.target, "Mode": m.source, "RW": true,
+            }),
             MountType::Volume => json!({
                 "Type": "volume", "Name": m.source,
                 "Source": volumes::data_dir(store.root(), &m.source),
@@ -927,6 +973,8 @@ pub fn inspect_json(store: &Store, rec: &ContainerRecord) -> serde_json::Value {
             "Image": rec.image,
             "ExposedPorts": c.exposed.iter().map(|e| (e.clone(), json!({}))).collect::<serde_json::Map<_,_>>(),
             "StopSignal": c.stop_signal,
+            "StopTimeout": c.stop_timeout,
+            "Labels": c.labels,
             "OpenStdin": c.interactive,
             "Tty": c.tty,
         },
@@ -938,6 +986,7 @@ pub fn inspect_json(store: &Store, rec: &ContainerRecord) -> serde_json::Value {
             "CpusetCpus": c.cpuset.clone().unwrap_or_default(),
             "PidsLimit": c.pids_limit,
             "Init": c.init,
+            "ExtraHosts": c.extra_hosts.iter().map(|(n, ip)| format!("{n}:{ip}")).collect::<Vec<_>>(),
             "RestartPolicy": {"Name": c.restart.name(), "MaximumRetryCount": c.restart.max_retries()},
             "PortBindings": c.publish.iter().map(|p| json!({
                 "ContainerPort": format!("{}/{}", p.container_port, p.proto),

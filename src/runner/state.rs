@@ -72,6 +72,15 @@ pub struct ContainerConfig {
     /// `--restart` (absent in records of older kilns: no).
     #[serde(default)]
     pub restart: super::restart::RestartPolicy,
+    /// The image's labels with `--label` over them.
+    #[serde(default)]
+    pub labels: std::collections::BTreeMap<String, String>,
+    /// `--add-host` lines for /etc/hosts.
+    #[serde(default)]
+    pub extra_hosts: Vec<(String, IpAddr)>,
+    /// `--stop-timeout`: seconds `kiln stop` waits by default (docker's 10 when absent).
+    #[serde(default)]
+    pub stop_timeout: Option<u64>,
 }
 
 impl ContainerConfig {
