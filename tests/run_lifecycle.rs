@@ -762,3 +762,85 @@ fn mount_tmpfs_add_host_label_and_stop_flags() {
     assert_eq!(inspect(r, "labelled", "{{.State.ExitCode}}"), "0");
     assert_eq!(ok(r, &["logs", "labelled"]), "got-usr1\n");
 }
+
+#[test]
+fn the_images_healthcheck_runs_and_ps_shows_it() {
+    let root = setup();
+    let r = root.path();
+    let ctx = tempfile::tempdir().unwrap();
+    std::fs::write(
+        ctx.path().join("Dockerfile"),
+        "FROM bb\nHEALTHCHECK --interval=200ms --retries=2 CMD test -f /ready\n",
+    )
+    .unwrap();
+    ok(
+        r,
+        &["build", "-q", "-t", "checked", ctx.path().to_str().unwrap()],
+    );
+    let _c = Container::run(
+        r,
+        &[
+            "--name",
+            "svc",
+            "checked",
+            "sh",
+            "-c",
+            "sleep 1.5; touch /ready; sleep 300",
+        ],
+    );
+    let status = |r: &Path| ok(r, &["ps", "--format", "{{.Names}} {{.Status}}"]);
+    assert!(status(r).contains("(health: starting)"), "{}", status(r));
+    run_fixtures::eventually(10, || status(r).contains("(unhealthy)").then_some(()))
+        .unwrap_or_else(|| panic!("not unhealthy: {}", status(r)));
+    run_fixtures::eventually(10, || status(r).contains("(healthy)").then_some(()))
+        .unwrap_or_else(|| panic!("not healthy: {}", status(r)));
+    assert_eq!(
+        inspect(
+            r,
+            "svc",
+            "{{.State.Health.Status}} {{.State.Health.FailingStreak}}"
+        ),
+        "healthy 0"
+    );
+    // --health-cmd replaces it; --no-healthcheck turns it off; commit keeps the image's.
+    let _d = Container::run(
+        r,
+        &[
+            "--name",
+            "flagged",
+            "--health-cmd",
+            "exit 1",
+            "--health-interval",
+            "100ms",
+            "--health-retries",
+            "1",
+            "checked",
+            "sleep",
+            "300",
+        ],
+    );
+    run_fixtures::eventually(10, || {
+        (inspect(r, "flagged", "{{.State.Health.Status}}") == "unhealthy").then_some(())
+    })
+    .expect("--health-cmd exit 1 is unhealthy");
+    let _e = Container::run(
+        r,
+        &[
+            "--name",
+            "off",
+            "--no-healthcheck",
+            "checked",
+            "sleep",
+            "300",
+        ],
+    );
+    assert!(!status(r)
+        .lines()
+        .any(|l| l.starts_with("off ") && l.contains("health")));
+    ok(r, &["commit", "svc", "checked:committed"]);
+    let _f = Container::run(r, &["--name", "again", "checked:committed", "sleep", "300"]);
+    run_fixtures::eventually(10, || {
+        (inspect(r, "again", "{{.State.Health.Status}}") == "healthy").then_some(())
+    })
+    .expect("the committed image keeps the HEALTHCHECK (and the /ready file)");
+}

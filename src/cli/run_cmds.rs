@@ -263,6 +263,24 @@ pub struct RunArgs {
     /// Seconds kiln stop waits before killing (default 10).
     #[arg(long = "stop-timeout", value_name = "SECONDS")]
     stop_timeout: Option<u64>,
+    /// Command to run to check health (in the container, through sh -c).
+    #[arg(long = "health-cmd", value_name = "CMD")]
+    health_cmd: Option<String>,
+    /// Time between health checks (ms|s|m|h; default 30s).
+    #[arg(long = "health-interval", value_name = "DURATION")]
+    health_interval: Option<String>,
+    /// Longest a health check may run (default 30s).
+    #[arg(long = "health-timeout", value_name = "DURATION")]
+    health_timeout: Option<String>,
+    /// Time to start before failed checks count (default 0s).
+    #[arg(long = "health-start-period", value_name = "DURATION")]
+    health_start_period: Option<String>,
+    /// Consecutive failures that make the container unhealthy (default 3).
+    #[arg(long = "health-retries", value_name = "N")]
+    health_retries: Option<u32>,
+    /// Disable the image's HEALTHCHECK.
+    #[arg(long = "no-healthcheck")]
+    no_healthcheck: bool,
     /// Print help.
     #[arg(long, action = clap::ArgAction::Help)]
     help: Option<bool>,
@@ -309,6 +327,12 @@ impl RunArgs {
             label,
             stop_signal,
             stop_timeout,
+            health_cmd,
+            health_interval,
+            health_timeout,
+            health_start_period,
+            health_retries,
+            no_healthcheck,
             help: _,
             platform,
             image,
@@ -350,6 +374,14 @@ impl RunArgs {
             labels: label,
             stop_signal,
             stop_timeout,
+            health: runner::health::HealthFlags {
+                cmd: health_cmd,
+                interval: health_interval,
+                timeout: health_timeout,
+                start_period: health_start_period,
+                retries: health_retries,
+                none: no_healthcheck,
+            },
         };
         Ok(opts)
     }
@@ -699,7 +731,11 @@ fn ps(root: &Path, all: bool, quiet: bool, no_trunc: bool, format: Option<&str>)
             Status::Running if runner::is_paused(&rec) => {
                 format!("Up {} (Paused)", human_duration(ago(rec.started_ns)))
             }
-            Status::Running => format!("Up {}", human_duration(ago(rec.started_ns))),
+            Status::Running => format!(
+                "Up {}{}",
+                human_duration(ago(rec.started_ns)),
+                runner::health_suffix(&store, &rec)
+            ),
             Status::Created => "Created".into(),
             Status::Exited => format!(
                 "Exited ({}) {} ago",

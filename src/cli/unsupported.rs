@@ -187,30 +187,6 @@ const TABLE: &[(&str, &str, Option<char>, &str)] = &[
     ),
     (
         "run",
-        "health-cmd",
-        None,
-        "sets a command that checks the container's health",
-    ),
-    (
-        "run",
-        "health-interval",
-        None,
-        "sets the time between health checks",
-    ),
-    (
-        "run",
-        "health-retries",
-        None,
-        "sets the failures needed to report unhealthy",
-    ),
-    (
-        "run",
-        "health-timeout",
-        None,
-        "sets the time one health check may take",
-    ),
-    (
-        "run",
         "ip",
         None,
         "sets the container's IPv4 address on a user-defined network",
@@ -271,12 +247,6 @@ const TABLE: &[(&str, &str, Option<char>, &str)] = &[
         "tunes the container's swappiness",
     ),
     ("run", "network-alias", None, "adds a network-scoped alias"),
-    (
-        "run",
-        "no-healthcheck",
-        None,
-        "disables the image's HEALTHCHECK",
-    ),
     (
         "run",
         "oom-kill-disable",

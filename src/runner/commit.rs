@@ -244,6 +244,57 @@ pub fn commit(store: &Store, rec: &ContainerRecord, opts: &CommitOptions) -> Res
     let mut layers = image_manifest.layers().clone();
     layers.push(layer.descriptor);
     let names: Vec<Reference> = opts.name.iter().cloned().collect();
-    let committed = store.commit_image(&config, &layers, &names)?;
-    Ok(committed.config_digest)
+    // docker's fields the OCI type lacks (Healthcheck, OnBuild, Shell, ArgsEscaped) and any
+    // other the base image's config has are kept from the config as stored.
+    let stored: serde_json::Value = serde_json::from_slice(&store.read_blob(&rec.image_id)?)
+        .context("parsing the image's config")?;
+    let mut out = serde_json::to_value(&config).context("serialising the new config")?;
+    merge_docker_fields(&mut out, &stored);
+    commit_raw(store, &out, &layers, &names)
+}
+
+/// Adds to `out` the top-level and `config` fields of `stored` that `out` lacks and the OCI
+/// type does not model.
+fn merge_docker_fields(out: &mut serde_json::Value, stored: &serde_json::Value) {
+    const DOCKER_CONFIG_FIELDS: &[&str] = &["Healthcheck", "OnBuild", "Shell", "ArgsEscaped"];
+    if let (Some(o), Some(s)) = (
+        out.get_mut("config").and_then(|c| c.as_object_mut()),
+        stored.get("config").and_then(|c| c.as_object()),
+    ) {
+        for k in DOCKER_CONFIG_FIELDS {
+            if let Some(v) = s.get(*k) {
+                o.entry(k.to_string()).or_insert_with(|| v.clone());
+            }
+        }
+    }
+}
+
+/// `Store::commit_image` for a config given as JSON: the config blob, then a manifest over
+/// `layers` named `names`; returns the config digest (the image ID).
+fn commit_raw(
+    store: &Store,
+    config: &serde_json::Value,
+    layers: &[oci_spec::image::Descriptor],
+    names: &[Reference],
+) -> Result<String> {
+    use oci_spec::image::{Descriptor, ImageManifestBuilder, MediaType};
+    let bytes = crate::digest::canonical_json(config).context("serialising the image config")?;
+    let blob = store.put_blob_bytes(&bytes)?;
+    let manifest = ImageManifestBuilder::default()
+        .schema_version(2u32)
+        .media_type(MediaType::ImageManifest)
+        .config(Descriptor::new(
+            MediaType::ImageConfig,
+            blob.size,
+            blob.digest
+                .parse::<oci_spec::image::Digest>()
+                .context("config digest")?,
+        ))
+        .layers(layers.to_vec())
+        .build()
+        .context("building the image manifest")?;
+    let manifest_bytes =
+        crate::digest::canonical_json(&manifest).context("serialising the manifest")?;
+    store.add_manifest_with_names(&manifest_bytes, names)?;
+    Ok(blob.digest)
 }

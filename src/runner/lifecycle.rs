@@ -38,6 +38,8 @@ pub struct Started {
     proxy: Option<Proxy>,
     copiers: Vec<JoinHandle<()>>,
     pub ports: Vec<PortBinding>,
+    /// The health checker while the container runs (`health`).
+    health: Option<super::health::Checker>,
 }
 
 /// A container's writable layer (kept across runs): `ROOT/containers/<id>/upper`.
@@ -214,7 +216,9 @@ pub fn start(store: &Store, rec: &ContainerRecord, mode: StreamMode) -> Result<S
     // SAFETY: getpid has no preconditions.
     let me = unsafe { libc::getpid() };
     state::set_running(store, &rec.id, me, running.pid(), &ports)?;
+    let health = super::health::start(store, &rec.id, cfg.healthcheck.as_ref());
     Ok(Started {
+        health,
         running,
         saved_termios,
         snapshot: Some(snapshot),
@@ -228,6 +232,7 @@ pub fn start(store: &Store, rec: &ContainerRecord, mode: StreamMode) -> Result<S
 /// filesystem (and the container itself with `--rm`).
 pub fn finish(store: &Store, rec: &ContainerRecord, mut started: Started) -> Result<ExitInfo> {
     let exit = started.running.wait();
+    drop(started.health.take());
     if let Some(p) = started.proxy.take() {
         p.stop();
     }

@@ -19,6 +19,7 @@ pub mod commit;
 pub mod config;
 pub mod copy;
 pub mod exec;
+pub mod health;
 pub mod lifecycle;
 pub mod observe;
 pub mod proxy;
@@ -92,6 +93,8 @@ pub struct RunOptions {
     pub stop_signal: Option<String>,
     /// `--stop-timeout` seconds.
     pub stop_timeout: Option<u64>,
+    /// `--health-*`, `--no-healthcheck`.
+    pub health: health::HealthFlags,
 }
 
 fn random_hex(bytes: usize) -> String {
@@ -306,6 +309,17 @@ pub fn create(store: &Store, opts: &RunOptions) -> Result<ContainerRecord> {
         (None, None) => libc::SIGTERM,
     };
     let labels = runflags::labels(ic.labels().as_ref(), &opts.labels)?;
+    // Docker's HEALTHCHECK is not in the OCI config type: read from the config as stored.
+    let docker_config: Option<crate::oci::config::ImageConfigFile> = store
+        .read_blob(&image.config_digest)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok());
+    let healthcheck = health::resolve(
+        docker_config
+            .as_ref()
+            .and_then(|c| c.config.healthcheck.as_ref()),
+        &opts.health,
+    )?;
     let extra_hosts = opts
         .add_hosts
         .iter()
@@ -358,6 +372,7 @@ pub fn create(store: &Store, opts: &RunOptions) -> Result<ContainerRecord> {
         labels,
         extra_hosts,
         stop_timeout: opts.stop_timeout,
+        healthcheck,
     };
     if !cfg.working_dir.is_empty() && !cfg.working_dir.starts_with('/') {
         bail!(
@@ -767,6 +782,19 @@ pub fn signal(rec: &ContainerRecord, signal: i32) -> Result<()> {
     Ok(())
 }
 
+/// docker's health suffix of `ps`'s STATUS for a running container: ` (healthy)`,
+/// ` (unhealthy)`, ` (health: starting)`, or nothing without a check.
+pub fn health_suffix(store: &Store, rec: &ContainerRecord) -> String {
+    if rec.config.healthcheck.is_none() {
+        return String::new();
+    }
+    match health::read(store, &rec.id).ok().flatten() {
+        Some((s, _, _)) if s == "starting" => " (health: starting)".into(),
+        Some((s, _, _)) => format!(" ({s})"),
+        None => String::new(),
+    }
+}
+
 /// Whether a running container is paused (its cgroup frozen).
 pub fn is_paused(rec: &ContainerRecord) -> bool {
     rec.init_pid > 0
@@ -954,6 +982,7 @@ pub fn inspect_json(store: &Store, rec: &ContainerRecord) -> serde_json::Value {
             "Pid": if status == Status::Running { rec.init_pid } else { 0 },
             "ExitCode": if status == Status::Exited { rec.shown_exit_code() } else { 0 },
             "Error": rec.error,
+            "Health": health::read(store, &rec.id).ok().flatten().filter(|_| c.healthcheck.is_some()).map(|(s, n, log)| json!({"Status": s, "FailingStreak": n, "Log": log})),
             "StartedAt": rfc3339(rec.started_ns),
             "FinishedAt": rfc3339(rec.finished_ns),
             // kiln's: the process that owns the container (foreground kiln or monitor).

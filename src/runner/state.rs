@@ -81,6 +81,9 @@ pub struct ContainerConfig {
     /// `--stop-timeout`: seconds `kiln stop` waits by default (docker's 10 when absent).
     #[serde(default)]
     pub stop_timeout: Option<u64>,
+    /// The image's HEALTHCHECK or `--health-*` (None: no check).
+    #[serde(default)]
+    pub healthcheck: Option<super::health::HealthCheck>,
 }
 
 impl ContainerConfig {
@@ -427,6 +430,7 @@ pub fn find(store: &Store, spec: &str) -> Result<ContainerRecord> {
 /// Deletes a container's rows (its record, image use and volume uses).
 pub fn delete(store: &Store, id: &str) -> Result<()> {
     super::restart::forget(store, id)?;
+    super::health::forget(store, id)?;
     store.transaction(|tx| {
         tx.execute("DELETE FROM containers WHERE id = ?1", [id])?;
         tx.execute("DELETE FROM image_uses WHERE user = ?1", [id])?;
