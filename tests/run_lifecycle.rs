@@ -844,3 +844,46 @@ fn the_images_healthcheck_runs_and_ps_shows_it() {
     })
     .expect("the committed image keeps the HEALTHCHECK (and the /ready file)");
 }
+
+#[test]
+fn logs_since_until_timestamps_and_details() {
+    let root = setup();
+    let r = root.path();
+    ok(
+        r,
+        &[
+            "run",
+            "--name",
+            "talk",
+            "bb",
+            "sh",
+            "-c",
+            "echo first; sleep 1.2; echo second",
+        ],
+    );
+    let stamped = ok(r, &["logs", "-t", "talk"]);
+    let lines: Vec<&str> = stamped.lines().collect();
+    assert_eq!(lines.len(), 2, "{stamped}");
+    let (t1, text1) = lines[0].split_once(' ').unwrap();
+    assert_eq!(text1, "first");
+    // docker's fixed format: nine fraction digits, UTC.
+    assert!(
+        t1.len() == 30 && t1.ends_with('Z') && t1.as_bytes()[19] == b'.',
+        "{t1}"
+    );
+    let (t2, _) = lines[1].split_once(' ').unwrap();
+    // The second line is after a time between the two; the first is before it.
+    let t1 = chrono::DateTime::parse_from_rfc3339(t1).unwrap();
+    let t2 = chrono::DateTime::parse_from_rfc3339(t2).unwrap();
+    let mid = t1 + (t2 - t1) / 2;
+    let mid = mid.to_rfc3339_opts(chrono::SecondsFormat::Nanos, true);
+    assert_eq!(ok(r, &["logs", "--since", &mid, "talk"]), "second\n");
+    assert_eq!(ok(r, &["logs", "--until", &mid, "talk"]), "first\n");
+    let unix = format!("{}.{:09}", t2.timestamp(), t2.timestamp_subsec_nanos());
+    assert_eq!(ok(r, &["logs", "--since", &unix, "talk"]), "second\n");
+    assert_eq!(ok(r, &["logs", "--since", "1h", "talk"]), "first\nsecond\n");
+    assert_eq!(ok(r, &["logs", "--until", "1h", "talk"]), "");
+    // --details: no attributes here, so docker's single space.
+    assert_eq!(ok(r, &["logs", "--details", "talk"]), " first\n second\n");
+    fails(r, &["logs", "--since", "yesterday", "talk"], "invalid time");
+}

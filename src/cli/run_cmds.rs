@@ -41,6 +41,19 @@ pub enum RunCommands {
         /// Number of lines from the end ("all" for everything).
         #[arg(short = 'n', long, default_value = "all")]
         tail: String,
+        /// Show entries since a time (2024-01-02T13:23:37Z, a Unix timestamp) or for a
+        /// duration (10m, 1h30m).
+        #[arg(long)]
+        since: Option<String>,
+        /// Show entries up to a time or a duration ago.
+        #[arg(long)]
+        until: Option<String>,
+        /// Prefix each line with the time it was written.
+        #[arg(short = 't', long)]
+        timestamps: bool,
+        /// Show the extra details given to the log (kiln has none: a space, as docker's).
+        #[arg(long)]
+        details: bool,
         container: String,
     },
     /// Stop running containers (the image's STOPSIGNAL, then SIGKILL after a grace period).
@@ -447,8 +460,20 @@ pub fn run(cmd: RunCommands, globals: &Globals) -> anyhow::Result<i32> {
         RunCommands::Logs {
             follow,
             tail,
+            since,
+            until,
+            timestamps,
+            details,
             container,
-        } => logs(root, follow, &tail, &container),
+        } => {
+            let filter = runner::observe::logfilter::Filter::new(
+                since.as_deref(),
+                until.as_deref(),
+                timestamps,
+                details,
+            )?;
+            logs(root, follow, &tail, &container, &filter)
+        }
         RunCommands::Stop { time, containers } => each(root, &containers, |store, rec| {
             let secs = time.or(rec.config.stop_timeout).unwrap_or(10);
             runner::stop(store, rec, Duration::from_secs(secs))
@@ -828,7 +853,13 @@ fn ps(root: &Path, all: bool, quiet: bool, no_trunc: bool, format: Option<&str>)
     Ok(0)
 }
 
-fn logs(root: &Path, follow: bool, tail: &str, container: &str) -> Result<i32> {
+fn logs(
+    root: &Path,
+    follow: bool,
+    tail: &str,
+    container: &str,
+    filter: &runner::observe::logfilter::Filter,
+) -> Result<i32> {
     let store = runner::open_store(root)?;
     let rec = state::find(&store, container)?;
     let path = runner::logs::log_path(&runner::lifecycle::container_dir(&store, &rec.id), &rec.id);
@@ -840,6 +871,7 @@ fn logs(root: &Path, follow: bool, tail: &str, container: &str) -> Result<i32> {
         ),
     };
     let (mut lines, mut offset) = runner::logs::read_from(&path, 0)?;
+    lines.retain(|l| filter.keeps(&l.time));
     if let Some(n) = tail {
         let skip = lines.len().saturating_sub(n);
         lines.drain(..skip);
@@ -847,10 +879,13 @@ fn logs(root: &Path, follow: bool, tail: &str, container: &str) -> Result<i32> {
     let emit = |lines: Vec<runner::logs::LogLine>| -> Result<()> {
         let mut out = crate::report::stdout();
         let mut err = std::io::stderr().lock();
-        for l in lines {
+        for l in lines.into_iter().filter(|l| filter.keeps(&l.time)) {
+            let prefix = filter.prefix(&l.time);
             if l.stream == "stderr" {
+                err.write_all(prefix.as_bytes())?;
                 err.write_all(&l.text)?;
             } else {
+                out.write_all(prefix.as_bytes())?;
                 out.write_all(&l.text)?;
             }
         }
@@ -866,7 +901,7 @@ fn logs(root: &Path, follow: bool, tail: &str, container: &str) -> Result<i32> {
             let (more, next) = runner::logs::read_from(&path, offset)?;
             offset = next;
             emit(more)?;
-            if !running {
+            if !running || filter.past_until() {
                 break;
             }
             std::thread::sleep(Duration::from_millis(100));

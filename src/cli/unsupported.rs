@@ -349,20 +349,6 @@ const TABLE: &[(&str, &str, Option<char>, &str)] = &[
         "inspects only objects of one type (image, container, volume)",
     ),
     // logs
-    (
-        "logs",
-        "details",
-        None,
-        "shows extra details given to the log driver",
-    ),
-    ("logs", "since", None, "shows logs since a time"),
-    (
-        "logs",
-        "timestamps",
-        Some('t'),
-        "prefixes each line with its time",
-    ),
-    ("logs", "until", None, "shows logs before a time"),
     // stop / rm / exec
     (
         "stop",
