@@ -132,8 +132,7 @@ fn source_info(path: &str, is_dir: bool) -> SourceInfo {
     let contents_only = path.ends_with("/.") || path == ".";
     let base = Path::new(path)
         .components()
-        .filter(|c| matches!(c, Component::Normal(_)))
-        .last()
+        .rfind(|c| matches!(c, Component::Normal(_)))
         .map(|c| c.as_os_str().to_os_string())
         .unwrap_or_else(|| ".".into());
     SourceInfo {

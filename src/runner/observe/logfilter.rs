@@ -92,7 +92,7 @@ impl Filter {
         let Some(t) = Self::time_of(entry_time) else {
             return false;
         };
-        self.since.is_none_or(|s| t >= s) && self.until.is_none_or(|u| t <= u)
+        self.since.map_or(true, |s| t >= s) && self.until.map_or(true, |u| t <= u)
     }
 
     /// Whether following can stop: `--until` has passed.
