@@ -887,3 +887,29 @@ fn logs_since_until_timestamps_and_details() {
     assert_eq!(ok(r, &["logs", "--details", "talk"]), " first\n second\n");
     fails(r, &["logs", "--since", "yesterday", "talk"], "invalid time");
 }
+
+#[test]
+fn read_only_root_keeps_volumes_and_tmpfs_writable() {
+    let root = setup();
+    let r = root.path();
+    let o = ok(
+        r,
+        &[
+            "run",
+            "--rm",
+            "--read-only",
+            "--tmpfs",
+            "/run",
+            "-v",
+            "rw:/v",
+            "bb",
+            "sh",
+            "-c",
+            "touch /x 2>/dev/null || echo root-ro; touch /run/a /v/a && echo mounts-rw; \
+             grep ' / / ' /proc/self/mountinfo | cut -d' ' -f6",
+        ],
+    );
+    assert_eq!(o, "root-ro\nmounts-rw\nro,nodev,relatime\n");
+    let c = Container::run(r, &["--name", "ro", "--read-only", "bb", "sleep", "300"]);
+    assert_eq!(c.inspect()["HostConfig"]["ReadonlyRootfs"], true);
+}

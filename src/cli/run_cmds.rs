@@ -294,6 +294,9 @@ pub struct RunArgs {
     /// Disable the image's HEALTHCHECK.
     #[arg(long = "no-healthcheck")]
     no_healthcheck: bool,
+    /// Mount the container's root filesystem read-only (volumes and tmpfs stay writable).
+    #[arg(long = "read-only")]
+    read_only: bool,
     /// Print help.
     #[arg(long, action = clap::ArgAction::Help)]
     help: Option<bool>,
@@ -346,6 +349,7 @@ impl RunArgs {
             health_start_period,
             health_retries,
             no_healthcheck,
+            read_only,
             help: _,
             platform,
             image,
@@ -395,6 +399,7 @@ impl RunArgs {
                 retries: health_retries,
                 none: no_healthcheck,
             },
+            read_only,
         };
         Ok(opts)
     }

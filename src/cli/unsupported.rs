@@ -272,12 +272,6 @@ const TABLE: &[(&str, &str, Option<char>, &str)] = &[
         "gives the container all capabilities and every host device",
     ),
     ("run", "quiet", Some('q'), "suppresses the pull output"),
-    (
-        "run",
-        "read-only",
-        None,
-        "mounts the container's root filesystem read-only",
-    ),
     ("run", "runtime", None, "selects the OCI runtime"),
     ("run", "shm-size", None, "sets the size of /dev/shm"),
     (

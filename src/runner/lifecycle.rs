@@ -119,6 +119,7 @@ pub fn start(store: &Store, rec: &ContainerRecord, mode: StreamMode) -> Result<S
     spec.user = cfg.user.clone();
     spec.hostname = cfg.hostname.clone();
     spec.extra_hosts = cfg.extra_hosts.clone();
+    spec.read_only_root = cfg.read_only;
     spec.network = network.clone();
     spec.mounts = mounts;
     spec.seccomp = cfg.seccomp.to_sandbox()?;

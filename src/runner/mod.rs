@@ -95,6 +95,8 @@ pub struct RunOptions {
     pub stop_timeout: Option<u64>,
     /// `--health-*`, `--no-healthcheck`.
     pub health: health::HealthFlags,
+    /// `--read-only`.
+    pub read_only: bool,
 }
 
 fn random_hex(bytes: usize) -> String {
@@ -373,6 +375,7 @@ pub fn create(store: &Store, opts: &RunOptions) -> Result<ContainerRecord> {
         extra_hosts,
         stop_timeout: opts.stop_timeout,
         healthcheck,
+        read_only: opts.read_only,
     };
     if !cfg.working_dir.is_empty() && !cfg.working_dir.starts_with('/') {
         bail!(
@@ -1015,6 +1018,7 @@ pub fn inspect_json(store: &Store, rec: &ContainerRecord) -> serde_json::Value {
             "CpusetCpus": c.cpuset.clone().unwrap_or_default(),
             "PidsLimit": c.pids_limit,
             "Init": c.init,
+            "ReadonlyRootfs": c.read_only,
             "ExtraHosts": c.extra_hosts.iter().map(|(n, ip)| format!("{n}:{ip}")).collect::<Vec<_>>(),
             "RestartPolicy": {"Name": c.restart.name(), "MaximumRetryCount": c.restart.max_retries()},
             "PortBindings": c.publish.iter().map(|p| json!({

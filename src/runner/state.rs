@@ -84,6 +84,9 @@ pub struct ContainerConfig {
     /// The image's HEALTHCHECK or `--health-*` (None: no check).
     #[serde(default)]
     pub healthcheck: Option<super::health::HealthCheck>,
+    /// `--read-only`: the root filesystem is mounted read-only.
+    #[serde(default)]
+    pub read_only: bool,
 }
 
 impl ContainerConfig {

@@ -207,6 +207,8 @@ pub struct ExecSpec {
     /// Bind a generated /etc/hostname (containers: yes, as docker run; build steps: no, as
     /// BuildKit's RUN, which has none).
     pub etc_hostname: bool,
+    /// Mount the root filesystem read-only (`--read-only`).
+    pub read_only_root: bool,
 }
 
 impl ExecSpec {
@@ -234,6 +236,7 @@ impl ExecSpec {
             tty: false,
             seccomp: seccomp::Seccomp::Default,
             etc_hostname: true,
+            read_only_root: false,
         }
     }
 }

@@ -266,6 +266,7 @@ fn prepare_and_start(
         nodev_binds: true,
         proc_bind_fallback: crate::rootless::in_userns(),
         single_id: crate::rootless::mapping() == crate::rootless::Mapping::Single,
+        read_only: spec.read_only_root,
     };
 
     let id = format!(
