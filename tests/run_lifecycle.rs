@@ -913,3 +913,79 @@ fn read_only_root_keeps_volumes_and_tmpfs_writable() {
     let c = Container::run(r, &["--name", "ro", "--read-only", "bb", "sleep", "300"]);
     assert_eq!(c.inspect()["HostConfig"]["ReadonlyRootfs"], true);
 }
+
+/// A file of the cgroup `pid` is in: `v1` in that controller's hierarchy, else `v2` in the
+/// unified one.
+fn cgroup_file(pid: &str, controller: &str, v1: &str, v2: &str) -> String {
+    let cg = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    for l in cg.lines() {
+        let mut p = l.splitn(3, ':');
+        let (_, ctl, rel) = (p.next().unwrap(), p.next().unwrap(), p.next().unwrap());
+        if ctl.split(',').any(|c| c == controller) {
+            let base = format!("/sys/fs/cgroup/{controller}{rel}/{v1}");
+            return std::fs::read_to_string(base).unwrap().trim().to_string();
+        }
+        if ctl.is_empty() && rel.starts_with("/kiln/") {
+            return std::fs::read_to_string(format!("/sys/fs/cgroup{rel}/{v2}"))
+                .unwrap()
+                .trim()
+                .to_string();
+        }
+    }
+    panic!("no {controller} cgroup for {pid}: {cg}");
+}
+
+#[test]
+fn cpus_and_memory_swap_reach_the_cgroup() {
+    let root = setup();
+    let r = root.path();
+    let _c = Container::run(
+        r,
+        &[
+            "--name",
+            "quota",
+            "--cpus",
+            "0.5",
+            "-m",
+            "64m",
+            "--memory-swap",
+            "128m",
+            "bb",
+            "sleep",
+            "300",
+        ],
+    );
+    let pid = inspect(r, "quota", "{{.State.Pid}}");
+    let quota = cgroup_file(&pid, "cpu", "cpu.cfs_quota_us", "cpu.max");
+    assert!(quota == "50000" || quota == "50000 100000", "{quota}");
+    let swap = cgroup_file(
+        &pid,
+        "memory",
+        "memory.memsw.limit_in_bytes",
+        "memory.swap.max",
+    );
+    // v1: memory plus swap; v2: the swap alone.
+    assert!(
+        swap == (128u64 << 20).to_string() || swap == (64u64 << 20).to_string(),
+        "{swap}"
+    );
+    assert_eq!(
+        inspect(
+            r,
+            "quota",
+            "{{.HostConfig.NanoCpus}} {{.HostConfig.MemorySwap}}"
+        ),
+        format!("500000000 {}", 128u64 << 20)
+    );
+    fails(r, &["run", "--rm", "--memory-swap", "1g", "bb"], "needs -m");
+    fails(
+        r,
+        &["run", "--rm", "-m", "64m", "--memory-swap", "32m", "bb"],
+        "at least -m",
+    );
+    fails(
+        r,
+        &["run", "--rm", "--cpus", "100000", "bb"],
+        "range of CPUs",
+    );
+}

@@ -297,6 +297,12 @@ pub struct RunArgs {
     /// Mount the container's root filesystem read-only (volumes and tmpfs stay writable).
     #[arg(long = "read-only")]
     read_only: bool,
+    /// Number of CPUs (CFS quota, e.g. 1.5).
+    #[arg(long)]
+    cpus: Option<String>,
+    /// Memory plus swap (needs -m; -1 for unlimited swap).
+    #[arg(long = "memory-swap", allow_negative_numbers = true)]
+    memory_swap: Option<String>,
     /// Print help.
     #[arg(long, action = clap::ArgAction::Help)]
     help: Option<bool>,
@@ -350,6 +356,8 @@ impl RunArgs {
             health_retries,
             no_healthcheck,
             read_only,
+            cpus,
+            memory_swap,
             help: _,
             platform,
             image,
@@ -400,6 +408,8 @@ impl RunArgs {
                 none: no_healthcheck,
             },
             read_only,
+            cpus,
+            memory_swap,
         };
         Ok(opts)
     }

@@ -128,12 +128,6 @@ const TABLE: &[(&str, &str, Option<char>, &str)] = &[
         "sets the CFS period for a CPU quota",
     ),
     ("run", "cpu-quota", None, "sets a CFS CPU quota"),
-    (
-        "run",
-        "cpus",
-        None,
-        "limits the number of CPUs (a CFS quota); kiln has --cpuset-cpus and --cpu-shares",
-    ),
     ("run", "cpuset-mems", None, "limits the NUMA memory nodes"),
     (
         "run",
@@ -233,12 +227,6 @@ const TABLE: &[(&str, &str, Option<char>, &str)] = &[
         "memory-reservation",
         None,
         "sets a soft memory limit",
-    ),
-    (
-        "run",
-        "memory-swap",
-        None,
-        "sets the memory plus swap limit",
     ),
     (
         "run",

@@ -128,6 +128,8 @@ pub fn start(store: &Store, rec: &ContainerRecord, mode: StreamMode) -> Result<S
         cpu_shares: cfg.cpu_shares,
         cpuset: cfg.cpuset.clone(),
         pids_limit: cfg.pids_limit,
+        cpu_quota_us: cfg.cpu_quota_us,
+        memory_swap: cfg.memory_swap,
         // Containers are paused and read by `kiln pause` and `kiln stats`.
         unobserved: false,
     };

@@ -97,6 +97,10 @@ pub struct RunOptions {
     pub health: health::HealthFlags,
     /// `--read-only`.
     pub read_only: bool,
+    /// `--cpus` (e.g. 1.5).
+    pub cpus: Option<String>,
+    /// `--memory-swap` (e.g. 1g, -1).
+    pub memory_swap: Option<String>,
 }
 
 fn random_hex(bytes: usize) -> String {
@@ -327,6 +331,12 @@ pub fn create(store: &Store, opts: &RunOptions) -> Result<ContainerRecord> {
         .iter()
         .map(|h| runflags::parse_add_host(h))
         .collect::<Result<Vec<_>>>()?;
+    let cpu_quota_us = opts.cpus.as_deref().map(runflags::parse_cpus).transpose()?;
+    let memory_swap = opts
+        .memory_swap
+        .as_deref()
+        .map(|s| runflags::parse_memory_swap(s, memory))
+        .transpose()?;
     if opts.cpu_shares == Some(0) || opts.cpu_shares.is_some_and(|s| s < 2) {
         bail!("invalid --cpu-shares: the minimum is 2");
     }
@@ -376,6 +386,8 @@ pub fn create(store: &Store, opts: &RunOptions) -> Result<ContainerRecord> {
         stop_timeout: opts.stop_timeout,
         healthcheck,
         read_only: opts.read_only,
+        cpu_quota_us,
+        memory_swap,
     };
     if !cfg.working_dir.is_empty() && !cfg.working_dir.starts_with('/') {
         bail!(
@@ -1015,6 +1027,8 @@ pub fn inspect_json(store: &Store, rec: &ContainerRecord) -> serde_json::Value {
             "AutoRemove": c.auto_remove,
             "Memory": c.memory.unwrap_or(0),
             "CpuShares": c.cpu_shares.unwrap_or(0),
+            "NanoCpus": c.cpu_quota_us.map(|q| q * 10_000).unwrap_or(0),
+            "MemorySwap": c.memory_swap.unwrap_or(0),
             "CpusetCpus": c.cpuset.clone().unwrap_or_default(),
             "PidsLimit": c.pids_limit,
             "Init": c.init,

@@ -210,6 +210,39 @@ fn parse_size(s: &str) -> Result<u64> {
         .ok_or_else(|| anyhow::anyhow!("size {s:?} is not a size (64m, 1g, 4096)"))
 }
 
+/// `--cpus 1.5`: the CFS quota per 100 ms period, in microseconds.
+pub fn parse_cpus(s: &str) -> Result<u64> {
+    let n: f64 = s
+        .trim()
+        .parse()
+        .map_err(|_| anyhow::anyhow!("invalid --cpus {s:?}: expected a number such as 1.5"))?;
+    let online = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    if n.is_nan() || n <= 0.0 || n > online {
+        bail!("invalid --cpus {s:?}: the range of CPUs is from 0.01 to {online} (this machine's)");
+    }
+    let quota = (n * 100_000.0).round() as u64;
+    if quota < 1000 {
+        bail!("invalid --cpus {s:?}: the minimum is 0.01");
+    }
+    Ok(quota)
+}
+
+/// `--memory-swap`: memory plus swap (`-1`: unlimited), which needs `-m` and must be at least
+/// that.
+pub fn parse_memory_swap(s: &str, memory: Option<u64>) -> Result<i64> {
+    let Some(memory) = memory else {
+        bail!("--memory-swap needs -m/--memory as well (it is memory plus swap)");
+    };
+    if s.trim() == "-1" {
+        return Ok(-1);
+    }
+    let total = super::config::parse_memory(s).context("--memory-swap")?;
+    if total < memory {
+        bail!("--memory-swap {s} is less than the memory limit: it counts memory plus swap, so it must be at least -m");
+    }
+    Ok(total as i64)
+}
+
 /// `--add-host NAME:IP` (or `NAME=IP`; an IPv6 address may be in brackets).
 pub fn parse_add_host(spec: &str) -> Result<(String, IpAddr)> {
     let (name, ip) = spec

@@ -87,6 +87,12 @@ pub struct ContainerConfig {
     /// `--read-only`: the root filesystem is mounted read-only.
     #[serde(default)]
     pub read_only: bool,
+    /// `--cpus`, as a CFS quota per 100 ms (µs).
+    #[serde(default)]
+    pub cpu_quota_us: Option<u64>,
+    /// `--memory-swap` in bytes (-1: unlimited).
+    #[serde(default)]
+    pub memory_swap: Option<i64>,
 }
 
 impl ContainerConfig {

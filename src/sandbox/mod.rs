@@ -120,6 +120,11 @@ pub struct Resources {
     /// A cpuset list such as "0" or "0-1".
     pub cpuset: Option<String>,
     pub pids_limit: Option<u64>,
+    /// `--cpus`: CPU time per 100 ms period, in microseconds (CFS quota; v2 `cpu.max`).
+    pub cpu_quota_us: Option<u64>,
+    /// `--memory-swap`: memory plus swap in bytes (`-1`: unlimited swap); with `memory_bytes`.
+    /// Without it the memory limit counts swap too (no swap).
+    pub memory_swap: Option<i64>,
     /// No freezer or accounting cgroups (v1): for build RUN steps, which nothing pauses or reads
     /// stats of. Each v1 cgroup an execution joins costs a `cgroup.procs` write, the slowest
     /// part of starting a short command.
@@ -132,6 +137,8 @@ impl Resources {
             && self.cpu_shares.is_none()
             && self.cpuset.is_none()
             && self.pids_limit.is_none()
+            && self.cpu_quota_us.is_none()
+            && self.memory_swap.is_none()
     }
 }
 
