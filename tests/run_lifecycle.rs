@@ -499,6 +499,14 @@ fn restart_on_failure_is_counted_and_stop_ends_always() {
             .then_some(())
     })
     .expect("always restarts");
+    // Between runs (the back-off) ps says so, as docker's.
+    run_fixtures::eventually(20, || {
+        ok(r, &["ps", "-a", "--format", "{{.Names}} {{.Status}}"])
+            .lines()
+            .any(|l| l.starts_with("loop Restarting (0) "))
+            .then_some(())
+    })
+    .expect("ps shows Restarting (0) during a back-off");
     ok(r, &["stop", "loop"]);
     let after = inspect(
         r,

@@ -777,6 +777,17 @@ fn ps(root: &Path, all: bool, quiet: bool, no_trunc: bool, format: Option<&str>)
                 runner::health_suffix(&store, &rec)
             ),
             Status::Created => "Created".into(),
+            // A restart policy's monitor waiting out its back-off.
+            Status::Exited
+                if rec.owner_alive()
+                    && rec.config.restart != crate::runner::restart::RestartPolicy::No =>
+            {
+                format!(
+                    "Restarting ({}) {} ago",
+                    rec.shown_exit_code(),
+                    human_duration(ago(rec.finished_ns.max(rec.created_ns)))
+                )
+            }
             Status::Exited => format!(
                 "Exited ({}) {} ago",
                 rec.shown_exit_code(),
@@ -787,6 +798,12 @@ fn ps(root: &Path, all: bool, quiet: bool, no_trunc: bool, format: Option<&str>)
             Status::Created => "created",
             Status::Running if runner::is_paused(&rec) => "paused",
             Status::Running => "running",
+            Status::Exited
+                if rec.owner_alive()
+                    && rec.config.restart != crate::runner::restart::RestartPolicy::No =>
+            {
+                "restarting"
+            }
             Status::Exited => "exited",
         };
         let created_at = chrono::DateTime::from_timestamp(rec.created_ns / 1_000_000_000, 0)

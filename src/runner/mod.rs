@@ -988,10 +988,10 @@ pub fn inspect_json(store: &Store, rec: &ContainerRecord) -> serde_json::Value {
         "Path": args.first(),
         "Args": args.get(1..).unwrap_or(&[]),
         "State": {
-            "Status": match status { Status::Created => "created", Status::Running if is_paused(rec) => "paused", Status::Running => "running", Status::Exited => "exited" },
+            "Status": match status { Status::Created => "created", Status::Running if is_paused(rec) => "paused", Status::Running => "running", Status::Exited if rec.owner_alive() && rec.config.restart != crate::runner::restart::RestartPolicy::No => "restarting", Status::Exited => "exited" },
             "Running": status == Status::Running,
             "Paused": status == Status::Running && is_paused(rec),
-            "Restarting": status == Status::Exited && rec.owner_alive(),
+            "Restarting": status == Status::Exited && rec.owner_alive() && c.restart != restart::RestartPolicy::No,
             "OOMKilled": rec.oom_killed,
             "Dead": false,
             "Pid": if status == Status::Running { rec.init_pid } else { 0 },
