@@ -997,3 +997,84 @@ fn cpus_and_memory_swap_reach_the_cgroup() {
         "range of CPUs",
     );
 }
+
+#[test]
+fn cap_add_cap_drop_and_no_new_privileges() {
+    let root = setup();
+    let r = root.path();
+    let (code, _, _) = out(&kiln(
+        r,
+        &[
+            "run",
+            "--rm",
+            "--cap-drop",
+            "CHOWN",
+            "bb",
+            "chown",
+            "5",
+            "/tmp",
+        ],
+    ));
+    assert_ne!(code, 0, "chown without CAP_CHOWN");
+    assert_eq!(ok(r, &["run", "--rm", "bb", "chown", "5", "/tmp"]), "");
+    let (code, _, _) = out(&kiln(
+        r,
+        &["run", "--rm", "bb", "ip", "link", "set", "lo", "down"],
+    ));
+    assert_ne!(code, 0, "no NET_ADMIN by default");
+    ok(
+        r,
+        &[
+            "run",
+            "--rm",
+            "--cap-add",
+            "net_admin",
+            "bb",
+            "ip",
+            "link",
+            "set",
+            "lo",
+            "down",
+        ],
+    );
+    // A capability whose system calls Docker's seccomp profile gates opens them too.
+    assert_eq!(
+        ok(
+            r,
+            &[
+                "run",
+                "--rm",
+                "--cap-add",
+                "SYS_ADMIN",
+                "bb",
+                "sh",
+                "-c",
+                "mkdir /m && mount -t tmpfs t /m && echo mounted",
+            ]
+        ),
+        "mounted\n"
+    );
+    // exec gets the container's set and no_new_privs.
+    let _c = Container::run(
+        r,
+        &[
+            "--name",
+            "locked",
+            "--cap-drop",
+            "ALL",
+            "--security-opt",
+            "no-new-privileges",
+            "bb",
+            "sleep",
+            "300",
+        ],
+    );
+    let status = ok(r, &["exec", "locked", "cat", "/proc/self/status"]);
+    assert!(status.contains("CapEff:\t0000000000000000"), "{status}");
+    assert!(status.contains("NoNewPrivs:\t1"), "{status}");
+    fails(
+        r,
+        &["run", "--rm", "--cap-add", "BOGUS", "bb"],
+        "no such capability",
+    );
+}

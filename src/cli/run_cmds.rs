@@ -303,6 +303,12 @@ pub struct RunArgs {
     /// Memory plus swap (needs -m; -1 for unlimited swap).
     #[arg(long = "memory-swap", allow_negative_numbers = true)]
     memory_swap: Option<String>,
+    /// Add a Linux capability (NET_ADMIN, SYS_PTRACE, ALL, ...).
+    #[arg(long = "cap-add", value_name = "CAP")]
+    cap_add: Vec<String>,
+    /// Drop a Linux capability (CHOWN, ALL, ...).
+    #[arg(long = "cap-drop", value_name = "CAP")]
+    cap_drop: Vec<String>,
     /// Print help.
     #[arg(long, action = clap::ArgAction::Help)]
     help: Option<bool>,
@@ -358,6 +364,8 @@ impl RunArgs {
             read_only,
             cpus,
             memory_swap,
+            cap_add,
+            cap_drop,
             help: _,
             platform,
             image,
@@ -410,6 +418,8 @@ impl RunArgs {
             read_only,
             cpus,
             memory_swap,
+            cap_add,
+            cap_drop,
         };
         Ok(opts)
     }

@@ -98,18 +98,6 @@ const TABLE: &[(&str, &str, Option<char>, &str)] = &[
     ("run", "blkio-weight", None, "sets the block IO weight"),
     (
         "run",
-        "cap-add",
-        None,
-        "adds Linux capabilities beyond docker's default set",
-    ),
-    (
-        "run",
-        "cap-drop",
-        None,
-        "drops Linux capabilities from docker's default set",
-    ),
-    (
-        "run",
         "cgroup-parent",
         None,
         "sets the container's parent cgroup",
@@ -456,7 +444,7 @@ pub fn command_of(args: &[String]) -> Option<String> {
 
 /// The message for a flag kiln's `command` does not have, when docker's does; None when the
 /// flag is not one of docker's (clap's own error is the better answer then). `flag` is as
-/// typed: `--privileged`, `--cap-add=NET_ADMIN`, `-a`.
+/// typed: `--privileged`, `--ulimit=nofile=10`, `-a`.
 pub fn message(command: &str, flag: &str) -> Option<String> {
     let flag = flag.split_once('=').map_or(flag, |(f, _)| f);
     let found = if let Some(long) = flag.strip_prefix("--") {
@@ -521,9 +509,9 @@ mod tests {
             "kiln run: kiln does not support --privileged (docker: gives the container all \
              capabilities and every host device)"
         );
-        assert!(message("run", "--cap-add=NET_ADMIN")
+        assert!(message("run", "--ulimit=nofile=10")
             .unwrap()
-            .contains("does not support --cap-add "));
+            .contains("does not support --ulimit "));
         assert!(message("ps", "-s").unwrap().contains("-s/--size"));
         assert!(message("run", "--no-such-docker-flag").is_none());
         assert!(message("images", "--privileged").is_none());

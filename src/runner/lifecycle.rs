@@ -120,6 +120,8 @@ pub fn start(store: &Store, rec: &ContainerRecord, mode: StreamMode) -> Result<S
     spec.hostname = cfg.hostname.clone();
     spec.extra_hosts = cfg.extra_hosts.clone();
     spec.read_only_root = cfg.read_only;
+    spec.caps = cfg.caps;
+    spec.no_new_privileges = cfg.no_new_privileges;
     spec.network = network.clone();
     spec.mounts = mounts;
     spec.seccomp = cfg.seccomp.to_sandbox()?;

@@ -101,6 +101,9 @@ pub struct RunOptions {
     pub cpus: Option<String>,
     /// `--memory-swap` (e.g. 1g, -1).
     pub memory_swap: Option<String>,
+    /// `--cap-add`, `--cap-drop`.
+    pub cap_add: Vec<String>,
+    pub cap_drop: Vec<String>,
 }
 
 fn random_hex(bytes: usize) -> String {
@@ -340,7 +343,16 @@ pub fn create(store: &Store, opts: &RunOptions) -> Result<ContainerRecord> {
     if opts.cpu_shares == Some(0) || opts.cpu_shares.is_some_and(|s| s < 2) {
         bail!("invalid --cpu-shares: the minimum is 2");
     }
-    let seccomp = config::parse_security_opts(&opts.security_opt, |p| std::fs::read_to_string(p))?;
+    // `no-new-privileges` is kiln's (here), the others `config`'s.
+    let (nnp, other_opts): (Vec<String>, Vec<String>) =
+        opts.security_opt.iter().cloned().partition(|o| {
+            matches!(
+                o.as_str(),
+                "no-new-privileges" | "no-new-privileges=true" | "no-new-privileges:true"
+            )
+        });
+    let no_new_privileges = !nnp.is_empty();
+    let seccomp = config::parse_security_opts(&other_opts, |p| std::fs::read_to_string(p))?;
     let restart = restart::RestartPolicy::parse(&opts.restart).context("--restart")?;
     if opts.rm && restart != restart::RestartPolicy::No {
         bail!("conflicting options: --restart and --rm (a container that restarts is kept)");
@@ -388,6 +400,8 @@ pub fn create(store: &Store, opts: &RunOptions) -> Result<ContainerRecord> {
         read_only: opts.read_only,
         cpu_quota_us,
         memory_swap,
+        caps: runflags::capabilities(&opts.cap_add, &opts.cap_drop)?,
+        no_new_privileges,
     };
     if !cfg.working_dir.is_empty() && !cfg.working_dir.starts_with('/') {
         bail!(

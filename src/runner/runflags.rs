@@ -210,6 +210,37 @@ fn parse_size(s: &str) -> Result<u64> {
         .ok_or_else(|| anyhow::anyhow!("size {s:?} is not a size (64m, 1g, 4096)"))
 }
 
+/// The capability set after `--cap-add` and `--cap-drop` (names with or without `CAP_`, any
+/// case, or `ALL`), docker's order: drops first, then adds. `None`: the default set.
+pub fn capabilities(add: &[String], drop: &[String]) -> Result<Option<u64>> {
+    if add.is_empty() && drop.is_empty() {
+        return Ok(None);
+    }
+    let all = crate::sandbox::caps::all_mask();
+    let parse = |n: &str, flag: &str| -> Result<u64> {
+        let up = n.trim().to_ascii_uppercase();
+        if up == "ALL" {
+            return Ok(all);
+        }
+        let full = if up.starts_with("CAP_") {
+            up
+        } else {
+            format!("CAP_{up}")
+        };
+        crate::sandbox::caps::by_name(&full)
+            .map(|c| 1u64 << c)
+            .ok_or_else(|| anyhow::anyhow!("invalid {flag} {n:?}: no such capability"))
+    };
+    let mut mask = crate::sandbox::caps::default_mask();
+    for d in drop {
+        mask &= !parse(d, "--cap-drop")?;
+    }
+    for a in add {
+        mask |= parse(a, "--cap-add")?;
+    }
+    Ok(Some(mask))
+}
+
 /// `--cpus 1.5`: the CFS quota per 100 ms period, in microseconds.
 pub fn parse_cpus(s: &str) -> Result<u64> {
     let n: f64 = s

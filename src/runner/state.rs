@@ -93,9 +93,20 @@ pub struct ContainerConfig {
     /// `--memory-swap` in bytes (-1: unlimited).
     #[serde(default)]
     pub memory_swap: Option<i64>,
+    /// The capabilities after `--cap-add`/`--cap-drop` (None: Docker's default set).
+    #[serde(default)]
+    pub caps: Option<u64>,
+    /// `--security-opt no-new-privileges`.
+    #[serde(default)]
+    pub no_new_privileges: bool,
 }
 
 impl ContainerConfig {
+    /// The capabilities its root processes keep.
+    pub fn caps_mask(&self) -> u64 {
+        self.caps.unwrap_or_else(crate::sandbox::caps::default_mask)
+    }
+
     /// argv: ENTRYPOINT + CMD.
     pub fn args(&self) -> Vec<String> {
         self.entrypoint.iter().chain(&self.cmd).cloned().collect()

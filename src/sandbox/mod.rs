@@ -12,8 +12,9 @@
 //!   root is detached. Mount points that had to be created in the root filesystem (e.g. a
 //!   missing /etc/hosts) are removed again when the execution ends, so they never reach a diff.
 //! - Docker's masked and read-only /proc paths (`rootfs::MASKED_PATHS`, `READONLY_PATHS`) and
-//!   Docker's 14 default capabilities (`caps::DEFAULT_CAPS`); no_new_privs is not set (Docker's
-//!   default).
+//!   Docker's 14 default capabilities (`caps::DEFAULT_CAPS`, or `ExecSpec::caps`: the seccomp
+//!   filter is then compiled for that set); no_new_privs is not set (Docker's default) unless
+//!   `ExecSpec::no_new_privileges`.
 //! - Docker's default seccomp profile (`seccomp`), or none, or a profile of the user's
 //!   (`ExecSpec::seccomp`), compiled before the fork and installed in the command's process
 //!   before the user switch; the command and all it starts are filtered (the init is not).
@@ -216,6 +217,11 @@ pub struct ExecSpec {
     pub etc_hostname: bool,
     /// Mount the root filesystem read-only (`--read-only`).
     pub read_only_root: bool,
+    /// The capabilities a root command keeps (`--cap-add`/`--cap-drop`); None: Docker's
+    /// default set (`caps::DEFAULT_CAPS`).
+    pub caps: Option<u64>,
+    /// Set no_new_privs before the exec (`--security-opt no-new-privileges`).
+    pub no_new_privileges: bool,
 }
 
 impl ExecSpec {
@@ -244,6 +250,8 @@ impl ExecSpec {
             seccomp: seccomp::Seccomp::Default,
             etc_hostname: true,
             read_only_root: false,
+            caps: None,
+            no_new_privileges: false,
         }
     }
 }

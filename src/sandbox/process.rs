@@ -98,6 +98,9 @@ struct ChildContext {
     tty: bool,
     /// The compiled seccomp programs (`None` = unconfined).
     seccomp: Option<Arc<super::seccomp::Filter>>,
+    /// The capabilities a root command keeps.
+    caps: u64,
+    no_new_privs: bool,
 }
 
 /// A started execution.
@@ -400,7 +403,11 @@ fn start(spec: &ExecSpec, plan: RootfsPlan, cgroup: &Option<Cgroup>) -> anyhow::
         user: spec.user.clone(),
         set_home,
         tty: spec.tty,
-        seccomp: spec.seccomp.filter()?,
+        seccomp: spec
+            .seccomp
+            .filter_with_caps(spec.caps.unwrap_or_else(caps::default_mask))?,
+        caps: spec.caps.unwrap_or_else(caps::default_mask),
+        no_new_privs: spec.no_new_privileges,
     };
 
     let ctx = Arc::new(ctx);
@@ -787,7 +794,7 @@ fn command_process(ctx: &ChildContext) -> ! {
         }
     }
 
-    if let Err(e) = caps::drop_bounding(caps::default_mask()) {
+    if let Err(e) = caps::drop_bounding(ctx.caps) {
         fail(report, "drop capabilities", e);
     }
     // While still root with every capability: without no_new_privs, installing a filter needs
@@ -825,13 +832,13 @@ fn command_process(ctx: &ChildContext) -> ! {
             fail(report, &hint(format!("setuid {}", user.uid)), e);
         }
     }
-    let mask = if user.uid == 0 {
-        caps::default_mask()
-    } else {
-        0
-    };
+    let mask = if user.uid == 0 { ctx.caps } else { 0 };
     if let Err(e) = caps::set_process_caps(mask) {
         fail(report, "set capabilities", e);
+    }
+    // SAFETY: prctl with integer arguments only.
+    if ctx.no_new_privs && unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
+        fail(report, "set no_new_privs", errno());
     }
     if let Err(e) = std::env::set_current_dir(&ctx.plan.cwd) {
         fail(report, &format!("chdir {}", ctx.plan.cwd.display()), e);
