@@ -170,8 +170,8 @@ fn docker_flags_kiln_lacks_say_what_docker_does() {
              capabilities and every host device)",
         ),
         (
-            "kiln run --cap-add=NET_ADMIN busybox",
-            "kiln run: kiln does not support --cap-add (docker: adds Linux capabilities",
+            "kiln run --ulimit=nofile=10 busybox",
+            "kiln run: kiln does not support --ulimit (docker: sets ulimits)",
         ),
         (
             "kiln ps -s",

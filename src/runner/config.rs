@@ -448,7 +448,7 @@ pub fn parse_security_opts(
             "apparmor" if value == "unconfined" => {}
             _ => bail!(
                 "unsupported --security-opt {opt:?}: kiln supports seccomp=unconfined, \
-                 seccomp=PROFILE.json and apparmor=unconfined"
+                 seccomp=PROFILE.json, apparmor=unconfined and no-new-privileges"
             ),
         }
     }
