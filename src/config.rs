@@ -8,6 +8,7 @@
 //! [storage]                                            # store::space
 //! min-free-space = "1GiB"                              # or "5%"; "0" turns the floor off
 //! max-layer-size = "50GiB"                             # unset: no limit
+//! build-cache-size = "10%"                             # store::gc: the build cache's cap
 //! ```
 
 use std::path::PathBuf;
@@ -23,6 +24,8 @@ pub const DEFAULT_CONFIG: &str = "/etc/kiln/config.toml";
 pub struct StorageConfig {
     pub min_free_space: Option<String>,
     pub max_layer_size: Option<String>,
+    /// The build cache's cap (`store::gc::CacheCap`): a size, a share of the filesystem, "off".
+    pub build_cache_size: Option<String>,
 }
 
 /// The `[build]` table: defaults for the cgroup limits of RUN steps (`kiln build --memory`,
@@ -71,7 +74,8 @@ pub fn parse(text: &str) -> Result<Config> {
     let mut table: toml::Table = toml::from_str(text)?;
     let storage = match table.remove("storage") {
         Some(v) => v.try_into().context(
-            "[storage]: expected min-free-space = \"1GiB\" or \"5%\", max-layer-size = \"50GiB\"",
+            "[storage]: expected min-free-space = \"1GiB\" or \"5%\", max-layer-size = \"50GiB\", \
+             build-cache-size = \"20GiB\" or \"10%\" or \"off\"",
         )?,
         None => StorageConfig::default(),
     };

@@ -228,6 +228,150 @@ fn add_branch_tag_subdir_keep_git_dir_chown_exclude() {
     assert!(!git_config.contains("s3cret"), "{git_config}");
 }
 
+/// BuildKit's query form of a git URL (Dockerfile 1.18): `?tag=`, `?branch=`, `?subdir=`,
+/// `?keep-git-dir=`, `?checksum=`; the same trees as the fragment form, and BuildKit's errors
+/// for a query it refuses.
+#[test]
+fn git_urls_in_the_query_form() {
+    let (root, repo, _served, server) = setup();
+    let url = server.url("repo.git");
+    let head = git(&repo.work, &["rev-parse", "HEAD"]);
+    let dockerfile = format!(
+        "FROM busybox:latest\n\
+         ADD {url}?tag=v1&subdir=sub /tagsub/\n\
+         ADD {url}?branch=main&keep-git-dir=true /kept\n\
+         ADD {url}?ref=main&checksum={short} /checked\n",
+        short = &head[..10],
+    );
+    let ctx = context(&[("Dockerfile", &dockerfile)]);
+    build_ok(root.path(), &["-t", "q:1", ctx.path().to_str().unwrap()]);
+    let fs = rootfs_of(root.path(), "q:1");
+    let fs = fs.path();
+    assert_eq!(read(fs, "tagsub/x"), "tag-sub\n");
+    assert!(!fs.join("tagsub/hello").exists());
+    assert_eq!(git(&fs.join("kept"), &["rev-parse", "HEAD"]), head);
+    assert_eq!(read(fs, "checked/hello"), "two\n");
+    let config = config_of(root.path(), "q:1");
+    let created: Vec<&str> = config["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|h| h["created_by"].as_str())
+        .collect();
+    assert!(
+        created
+            .iter()
+            .any(|c| c.contains("?tag=v1&subdir=sub /tagsub/")),
+        "{created:?}"
+    );
+
+    for (query, says) in [
+        ("?tag=v1&branch=main", "branch conflicts with tag"),
+        ("?depth=1", "unexpected query \"depth\""),
+        (
+            "?ref=main&checksum=0000000000",
+            "expected checksum to match",
+        ),
+    ] {
+        let ctx = context(&[(
+            "Dockerfile",
+            &format!("FROM busybox:latest\nADD {url}{query} /x\n"),
+        )]);
+        let out = build(root.path(), &[ctx.path().to_str().unwrap()]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{query}");
+        assert!(err.contains(says), "{query}: {err}");
+        assert!(err.contains("Dockerfile:2"), "{query}: {err}");
+    }
+}
+
+/// A git URL as a named build context (`--build-context src=URL#ref`): COPY --from and FROM of
+/// it read the repository's tree at that ref.
+#[test]
+fn a_git_repository_as_a_named_build_context() {
+    let (root, _repo, _served, server) = setup();
+    let url = server.url("repo.git");
+    let ctx = context(&[(
+        "Dockerfile",
+        "FROM busybox:latest AS first\nCOPY --from=src /hello /from-tag.txt\nFROM src AS tree\n\
+         FROM busybox:latest\nCOPY --from=tree /sub /sub\n",
+    )]);
+    let spec = format!("src={url}#v1");
+    build_ok(
+        root.path(),
+        &[
+            "--build-context",
+            &spec,
+            "--target",
+            "first",
+            "-t",
+            "nc:tag",
+            ctx.path().to_str().unwrap(),
+        ],
+    );
+    let fs = rootfs_of(root.path(), "nc:tag");
+    assert_eq!(read(fs.path(), "from-tag.txt"), "one\n");
+    let spec = format!("src={url}?branch=main");
+    build_ok(
+        root.path(),
+        &[
+            "--build-context",
+            &spec,
+            "-t",
+            "nc:main",
+            ctx.path().to_str().unwrap(),
+        ],
+    );
+    let fs = rootfs_of(root.path(), "nc:main");
+    assert_eq!(read(fs.path(), "sub/x"), "main-sub\n");
+    assert!(!fs.path().join("sub/.git").exists());
+}
+
+/// `SOURCE_DATE_EPOCH=<stage>`: a `FROM scratch` stage with one ADD of a git repository gives
+/// the epoch, its commit's time (BuildKit's source stage); RUN steps see the number.
+#[test]
+fn source_date_epoch_from_a_git_source_stage() {
+    let (root, repo, _served, server) = setup();
+    let url = server.url("repo.git");
+    let v1_time: i64 = git(&repo.work, &["show", "-s", "--format=%ct", "v1^{commit}"])
+        .parse()
+        .unwrap();
+    let ctx = context(&[(
+        "Dockerfile",
+        &format!(
+            "ARG SOURCE_DATE_EPOCH=src\nFROM scratch AS src\nARG REF=v1\nADD {url}#$REF /\n\
+             FROM busybox:latest\nARG SOURCE_DATE_EPOCH\nRUN echo $SOURCE_DATE_EPOCH > /epoch\n"
+        ),
+    )]);
+    build_ok(root.path(), &["-t", "e", ctx.path().to_str().unwrap()]);
+    let fs = rootfs_of(root.path(), "e");
+    assert_eq!(read(fs.path(), "epoch").trim(), v1_time.to_string());
+    let created = config_of(root.path(), "e")["created"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let want = chrono_like(v1_time);
+    assert_eq!(created, want);
+
+    let bad = context(&[(
+        "Dockerfile",
+        "ARG SOURCE_DATE_EPOCH=src\nFROM busybox:latest AS src\nFROM busybox:latest\n",
+    )]);
+    let out = build(root.path(), &[bad.path().to_str().unwrap()]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("must use FROM scratch"), "{err}");
+}
+
+/// RFC 3339 in UTC, as image configs write `created`.
+fn chrono_like(t: i64) -> String {
+    let out = Command::new("date")
+        .args(["-u", "-d", &format!("@{t}"), "+%Y-%m-%dT%H:%M:%SZ"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
 #[test]
 fn cached_while_the_branch_stays_rebuilt_when_it_moves() {
     let (root, repo, _served, server) = setup();

@@ -102,6 +102,56 @@ fn source_date_epoch_builds_are_reproducible_across_roots() {
     assert_eq!(ids[0], ids[1]);
 }
 
+/// `ARG SOURCE_DATE_EPOCH=…` in the Dockerfile's global scope is the epoch (Dockerfile 1.20);
+/// a --build-arg beats it; `context` of a local directory is no epoch, with a warning; a value
+/// that is neither a number, `context` nor a stage is an error.
+#[test]
+fn source_date_epoch_from_the_dockerfiles_global_arg() {
+    let root = root_with_busybox();
+    let ctx = context(&[(
+        "Dockerfile",
+        "ARG SOURCE_DATE_EPOCH=1700000000\nFROM busybox:latest\nRUN echo x > /x\n",
+    )]);
+    let c = ctx.path().to_str().unwrap();
+    build_ok(root.path(), &["-t", "a", c]);
+    assert_eq!(
+        config_of(root.path(), "a")["created"],
+        "2023-11-14T22:13:20Z"
+    );
+    build_ok(
+        root.path(),
+        &["-t", "b", "--build-arg", "SOURCE_DATE_EPOCH=1600000000", c],
+    );
+    assert_eq!(
+        config_of(root.path(), "b")["created"],
+        "2020-09-13T12:26:40Z"
+    );
+
+    let (_, err) = build_ok(
+        root.path(),
+        &["-t", "c", "--build-arg", "SOURCE_DATE_EPOCH=context", c],
+    );
+    assert!(
+        err.contains("a local build context has no commit time"),
+        "{err}"
+    );
+    assert_ne!(
+        config_of(root.path(), "c")["created"],
+        "2023-11-14T22:13:20Z"
+    );
+
+    let out = build(
+        root.path(),
+        &["--build-arg", "SOURCE_DATE_EPOCH=yesterday", c],
+    );
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("invalid SOURCE_DATE_EPOCH: yesterday"),
+        "{err}"
+    );
+}
+
 #[test]
 fn onbuild_triggers_run_in_the_child() {
     let root = root_with_busybox();
@@ -282,6 +332,122 @@ fn add_url_without_checksum_follows_the_content() {
         "new content must miss:\n{changed}"
     );
     assert_eq!(read(root.path()), "second\n");
+}
+
+/// `ADD --unpack` (Dockerfile 1.17, BuildKit's testAddUnpack): a URL's archive is unpacked only
+/// with `--unpack=true`, a local archive is copied as it is with `--unpack=false`; the cache key
+/// tells the two apart.
+#[test]
+fn add_unpack_flag_for_urls_and_local_archives() {
+    use std::sync::{Arc, Mutex};
+    let scratch = tempfile::tempdir().unwrap();
+    std::fs::create_dir(scratch.path().join("in")).unwrap();
+    std::fs::write(scratch.path().join("in/foo"), "content0").unwrap();
+    let tgz = scratch.path().join("t.tar.gz");
+    let status = std::process::Command::new("tar")
+        .arg("-czf")
+        .arg(&tgz)
+        .arg("-C")
+        .arg(scratch.path().join("in"))
+        .arg("foo")
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let archive = std::fs::read(&tgz).unwrap();
+    let port = serve_http(Arc::new(Mutex::new(archive.clone())));
+    let url = format!("http://127.0.0.1:{port}/t.tar.gz");
+    let root = root_with_busybox();
+    let dockerfile = format!(
+        "FROM busybox:latest\nADD {url} /plain/\nADD --unpack=true {url} /dest/\n\
+         ADD --unpack=false t.tar.gz /kept/\nADD t.tar.gz /auto/\n"
+    );
+    let ctx = context(&[("Dockerfile", &dockerfile)]);
+    std::fs::write(ctx.path().join("t.tar.gz"), &archive).unwrap();
+    build_ok(root.path(), &["-t", "u", ctx.path().to_str().unwrap()]);
+    let fs = rootfs_of(root.path(), "u");
+    let p = fs.path();
+    assert_eq!(std::fs::read(p.join("plain/t.tar.gz")).unwrap(), archive);
+    assert_eq!(
+        std::fs::read_to_string(p.join("dest/foo")).unwrap(),
+        "content0"
+    );
+    assert!(!p.join("dest/t.tar.gz").exists());
+    assert_eq!(std::fs::read(p.join("kept/t.tar.gz")).unwrap(), archive);
+    assert!(!p.join("kept/foo").exists());
+    assert_eq!(
+        std::fs::read_to_string(p.join("auto/foo")).unwrap(),
+        "content0"
+    );
+}
+
+/// `HTTP_AUTH_TOKEN_<host>` and `HTTP_AUTH_HEADER_<host>` secrets authorize ADD of a URL of
+/// that host (BuildKit's names); the token is never in the image, the store or the output.
+#[test]
+fn add_of_a_url_with_http_auth_secrets() {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut s) = stream else { break };
+            let mut req = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                match s.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => req.extend_from_slice(&buf[..n]),
+                }
+            }
+            let text = String::from_utf8_lossy(&req).to_string();
+            let body = if text.contains("\r\nAuthorization: Bearer t0ken-s3cret\r\n") {
+                Some("by token\n")
+            } else if text.contains("\r\nAuthorization: Basic dXNlcjpwdw==\r\n") {
+                Some("by header\n")
+            } else {
+                None
+            };
+            let _ = match body {
+                Some(b) => write!(
+                    s,
+                    "HTTP/1.0 200 OK\r\nContent-Length: {}\r\n\r\n{b}",
+                    b.len()
+                ),
+                None => s.write_all(b"HTTP/1.0 401 Unauthorized\r\nContent-Length: 0\r\n\r\n"),
+            };
+        }
+    });
+    let root = root_with_busybox();
+    let secrets = tempfile::tempdir().unwrap();
+    let token = secrets.path().join("token");
+    std::fs::write(&token, "t0ken-s3cret\n").unwrap();
+    let header = secrets.path().join("header");
+    std::fs::write(&header, "Basic dXNlcjpwdw==").unwrap();
+    let ctx = context(&[(
+        "Dockerfile",
+        &format!("FROM busybox:latest\nADD http://127.0.0.1:{port}/f.txt /dl/\n"),
+    )]);
+    let dir = ctx.path().to_str().unwrap();
+    let read = |root: &std::path::Path| {
+        std::fs::read_to_string(rootfs_of(root, "auth").path().join("dl/f.txt")).unwrap()
+    };
+    let by_token = format!("id=HTTP_AUTH_TOKEN_127.0.0.1,src={}", token.display());
+    let (out, err) = build_ok(root.path(), &["--secret", &by_token, "-t", "auth", dir]);
+    assert_eq!(read(root.path()), "by token\n");
+    assert!(!out.contains("t0ken") && !err.contains("t0ken"));
+    let config = config_of(root.path(), "auth").to_string();
+    assert!(!config.contains("t0ken"), "{config}");
+    let by_header = format!("id=HTTP_AUTH_HEADER_127.0.0.1,src={}", header.display());
+    build_ok(root.path(), &["--secret", &by_header, "-t", "auth", dir]);
+    assert_eq!(read(root.path()), "by header\n");
+    // Without either, the server's refusal.
+    let out = build(root.path(), &[dir]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("HTTP status 401"));
+    // A secret for another host is not sent.
+    let other = format!("id=HTTP_AUTH_TOKEN_example.com,src={}", token.display());
+    assert!(!build(root.path(), &["--secret", &other, dir])
+        .status
+        .success());
 }
 
 /// A one-file HTTP server on 127.0.0.1 (any path gets `body` as it is at the time of the

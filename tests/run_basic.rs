@@ -33,9 +33,23 @@ fn foreground_streams_output_and_exit_codes() {
     assert!(stderr.contains("no-such-command"), "{stderr}");
     let (code, _, stderr) = out(&kiln(r, &["run", "--rm", "bb", "/etc/passwd"]));
     assert_eq!(code, 126, "{stderr}");
+    // The command is PID 1: a signal without a handler from inside is dropped (Docker 28:
+    // `survived`, exit 0); under --init the command is not PID 1 and dies of it.
+    let (code, stdout, _) = out(&kiln(
+        r,
+        &[
+            "run",
+            "--rm",
+            "bb",
+            "sh",
+            "-c",
+            "kill -TERM $$; echo survived",
+        ],
+    ));
+    assert_eq!((code, stdout.as_str()), (0, "survived\n"));
     let (code, _, _) = out(&kiln(
         r,
-        &["run", "--rm", "bb", "sh", "-c", "kill -TERM $$"],
+        &["run", "--rm", "--init", "bb", "sh", "-c", "kill -TERM $$"],
     ));
     assert_eq!(code, 128 + 15);
     let (code, _, stderr) = out(&kiln(r, &["run", "--rm", "no-such-image"]));
@@ -150,7 +164,9 @@ fn detached_container_lifecycle() {
 fn kill_rm_force_and_dead_monitor() {
     let root = setup(json!({"Cmd": ["sleep", "1000"]}));
     let r = root.path();
-    let a = Container::run(r, &["bb"]);
+    // `sleep` as PID 1 has no handler for SIGTERM, so the kernel drops it (docker's too);
+    // under --init the init forwards it to sleep, which dies of it.
+    let a = Container::run(r, &["--init", "bb"]);
     common::kiln_ok(r, &["kill", "-s", "TERM", &a.id]);
     assert_eq!(common::kiln_ok(r, &["wait", &a.id]), "143\n");
     // rm refuses a running container, rm -f kills it.

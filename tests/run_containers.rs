@@ -180,8 +180,9 @@ fn pause_stops_a_counter_and_unpause_resumes_it() {
             "bb",
             "sh",
             "-c",
-            "i=0; while true; do i=$((i+1)); echo $i > /out/c.new; mv /out/c.new /out/c; \
-             sleep 0.02; done",
+            // PID 1: without a handler the kernel would drop stop's SIGTERM.
+            "trap 'exit 143' TERM; i=0; while true; do i=$((i+1)); echo $i > /out/c.new; \
+             mv /out/c.new /out/c; sleep 0.02; done",
         ],
     );
     run_fixtures::eventually(10, || (read_counter(&counter) > 3).then_some(()))
@@ -270,7 +271,8 @@ fn top_lists_the_containers_processes_as_the_host_sees_them() {
     let pids: Vec<i64> = lines
         .map(|l| l.split_whitespace().nth(1).unwrap().parse().unwrap())
         .collect();
-    assert!(pids.len() >= 3, "init, sh, two sleeps: {top}");
+    // PID 1 is sh, which execs its last command (sleep 1002), and sleep 1001.
+    assert!(pids.len() >= 2, "two sleeps: {top}");
     for p in &pids {
         assert_eq!(
             std::fs::read_link(format!("/proc/{p}/ns/pid")).unwrap(),

@@ -79,6 +79,15 @@ pub struct BuildArgs {
     /// A secret for `RUN --mount=type=secret` (`id=ID,src=PATH` or `id=ID,env=VAR`)
     #[arg(long = "secret", value_name = "SPEC")]
     pub secrets: Vec<String>,
+    /// A named build context for FROM NAME, COPY --from=NAME and RUN --mount=from=NAME:
+    /// NAME=DIR, NAME=docker-image://REF, NAME=oci-layout://DIR[:TAG|@DIGEST], or a git or
+    /// https URL; it replaces a stage or image of that name
+    #[arg(long = "build-context", value_name = "NAME=VALUE")]
+    pub build_contexts: Vec<String>,
+    /// An SSH agent for RUN --mount=type=ssh: `default` ($SSH_AUTH_SOCK), ID=SOCKET, or
+    /// ID=KEYFILE[,KEYFILE] (loaded into an ssh-agent of the build's own)
+    #[arg(long = "ssh", value_name = "default|ID[=SOCKET|KEY]")]
+    pub ssh: Vec<String>,
     /// Progress output: auto, tty, plain, quiet or rawjson
     #[arg(long, default_value = "auto", value_name = "MODE")]
     pub progress: String,
@@ -203,6 +212,8 @@ fn to_options(args: BuildArgs) -> anyhow::Result<BuildOptions> {
         network: options::parse_network(&args.network)?,
         labels: options::parse_labels(&args.labels)?,
         secrets,
+        build_contexts: args.build_contexts,
+        ssh: args.ssh,
         progress,
         explain: args.explain,
         iidfile: args.iidfile,

@@ -9,11 +9,13 @@
 //! - `run_cmds`: run, ps, logs, stop, kill, rm, wait, exec, port, top, stats, volume (the runner)
 //! - `registry_cmds`: pull, push, login, logout (the registry client)
 //! - `platform_cmds`: manifest create|inspect (image indexes), binfmt (emulation)
+//! - `housekeeping_cmds`: system df, system prune, image/container/builder prune (`store::gc`)
 
 pub mod build_cmd;
 pub mod container_cmds;
 pub mod dockerfile_cmds;
 pub mod format;
+pub mod housekeeping_cmds;
 pub mod image_cmds;
 pub mod platform_cmds;
 pub mod registry_cmds;
@@ -71,6 +73,8 @@ pub enum Commands {
     System(system_cmds::SystemCommands),
     #[command(flatten)]
     Platform(platform_cmds::PlatformCommands),
+    #[command(flatten)]
+    Housekeeping(housekeeping_cmds::HousekeepingCommands),
 }
 
 /// The exit code of a kiln error that is not a command's own result, as docker's CLI uses it for
@@ -136,6 +140,7 @@ pub const IMAGE_ALIASES: &[(&str, &str)] = &[
     ("import", "import"),
     ("pull", "pull"),
     ("push", "push"),
+    ("prune", "image-prune"),
 ];
 pub const CONTAINER_ALIASES: &[(&str, &str)] = &[
     ("ls", "ps"),
@@ -149,6 +154,7 @@ pub const CONTAINER_ALIASES: &[(&str, &str)] = &[
     ("port", "port"),
     ("exec", "exec"),
     ("run", "run"),
+    ("prune", "container-prune"),
 ];
 
 /// Rewrites `kiln [--root R] image ls ARGS` to `kiln [--root R] images ARGS` (and the other
@@ -229,6 +235,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         Commands::Registry(cmd) => registry_cmds::run(cmd, &globals),
         Commands::System(cmd) => system_cmds::run(cmd, &globals),
         Commands::Platform(cmd) => platform_cmds::run(cmd, &globals),
+        Commands::Housekeeping(cmd) => housekeeping_cmds::run(cmd, &globals),
     }
 }
 

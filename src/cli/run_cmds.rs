@@ -108,12 +108,26 @@ pub enum RunCommands {
         #[arg(required = true)]
         containers: Vec<String>,
     },
+    /// Attach to a running container: its terminal (-t; detach: ctrl-p ctrl-q), else its output.
+    Attach {
+        /// The keys that detach, leaving the container running (docker's format).
+        #[arg(long = "detach-keys", value_name = "KEYS")]
+        detach_keys: Option<String>,
+        /// Do not attach standard input.
+        #[arg(long = "no-stdin")]
+        no_stdin: bool,
+        /// Pass the signals kiln gets on to a container without a terminal (with one, the keys
+        /// go to its terminal).
+        #[arg(long = "sig-proxy", default_value_t = true, action = clap::ArgAction::Set)]
+        sig_proxy: bool,
+        container: String,
+    },
     /// Run a command in a running container.
     Exec {
         /// Keep standard input open.
         #[arg(short = 'i', long)]
         interactive: bool,
-        /// Allocate a terminal (the command gets kiln's terminal as its controlling one).
+        /// Allocate a terminal in the container (kiln relays its own terminal in raw mode).
         #[arg(short = 't', long)]
         tty: bool,
         /// Set environment variables.
@@ -237,9 +251,12 @@ pub struct RunArgs {
     /// Maximum number of processes (-1 for unlimited).
     #[arg(long = "pids-limit", allow_negative_numbers = true)]
     pids_limit: Option<i64>,
-    /// Run an init as PID 1 (kiln always does: it reaps zombies and forwards signals).
+    /// Run an init as PID 1 that reaps zombies and forwards signals (else the command is PID 1).
     #[arg(long)]
     init: bool,
+    /// The keys that detach from a -it container, leaving it running (default ctrl-p,ctrl-q).
+    #[arg(long = "detach-keys", value_name = "KEYS")]
+    detach_keys: Option<String>,
     /// Keep standard input open.
     #[arg(short = 'i', long)]
     interactive: bool,
@@ -344,6 +361,7 @@ impl RunArgs {
             memory,
             pids_limit,
             init,
+            detach_keys,
             interactive,
             tty,
             security_opt,
@@ -399,6 +417,7 @@ impl RunArgs {
             interactive,
             tty,
             security_opt,
+            detach_keys,
             restart,
             pull,
             mounts: mount,
@@ -457,7 +476,7 @@ pub enum VolumeCommands {
     Prune {
         #[arg(short, long)]
         all: bool,
-        /// Do not ask for confirmation (kiln never asks).
+        /// Do not ask for confirmation.
         #[arg(short, long)]
         force: bool,
     },
@@ -604,6 +623,16 @@ pub fn run(cmd: RunCommands, globals: &Globals) -> anyhow::Result<i32> {
                     Ok(126)
                 }
             }
+        }
+        RunCommands::Attach {
+            detach_keys,
+            no_stdin,
+            sig_proxy,
+            container,
+        } => {
+            let store = runner::open_store(root)?;
+            let rec = state::find(&store, &container)?;
+            runner::attach::attach_cmd(&store, &rec, detach_keys.as_deref(), no_stdin, sig_proxy)
         }
         RunCommands::Port { container, port } => cmd_port(root, &container, port.as_deref()),
         RunCommands::Container {
@@ -1089,26 +1118,9 @@ fn volume(root: &Path, cmd: VolumeCommands) -> Result<i32> {
             }
             Ok(failed as i32)
         }
-        VolumeCommands::Prune { all, force: _ } => {
-            let mut deleted = Vec::new();
-            for v in state::volumes(&store)? {
-                if v.users.is_empty()
-                    && (all || v.anonymous)
-                    && state::delete_volume_row(&store, &v.name)?
-                {
-                    runner::volumes::remove_dir(store.root(), &v.name)?;
-                    deleted.push(v.name);
-                }
-            }
-            if !deleted.is_empty() {
-                crate::outln!("Deleted Volumes:")?;
-                for d in &deleted {
-                    crate::outln!("{d}")?;
-                }
-                crate::outln!()?;
-            }
-            crate::outln!("Total reclaimed space: {} volumes", deleted.len())?;
-            Ok(0)
+        VolumeCommands::Prune { all, force } => {
+            drop(store);
+            super::housekeeping_cmds::volume_prune(root, all, force)
         }
         VolumeCommands::Inspect { volumes } => {
             let mut out = Vec::new();

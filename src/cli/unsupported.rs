@@ -32,12 +32,6 @@ const TABLE: &[(&str, &str, Option<char>, &str)] = &[
     ),
     (
         "build",
-        "build-context",
-        None,
-        "adds named build contexts for COPY --from and FROM",
-    ),
-    (
-        "build",
         "builder",
         None,
         "selects a buildx builder instance; kiln is its own builder",
@@ -66,12 +60,6 @@ const TABLE: &[(&str, &str, Option<char>, &str)] = &[
         "shm-size",
         None,
         "sets the size of /dev/shm in RUN steps",
-    ),
-    (
-        "build",
-        "ssh",
-        None,
-        "forwards an SSH agent or keys to RUN --mount=type=ssh",
     ),
     ("build", "ulimit", None, "sets ulimits for RUN steps"),
     ("build", "debug", Some('D'), "enables debug logging"),
@@ -117,12 +105,6 @@ const TABLE: &[(&str, &str, Option<char>, &str)] = &[
     ),
     ("run", "cpu-quota", None, "sets a CFS CPU quota"),
     ("run", "cpuset-mems", None, "limits the NUMA memory nodes"),
-    (
-        "run",
-        "detach-keys",
-        None,
-        "overrides the key sequence for detaching",
-    ),
     ("run", "device", None, "adds a host device to the container"),
     (
         "run",

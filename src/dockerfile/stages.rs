@@ -105,10 +105,13 @@ impl BuildContext {
             ("TARGETOS".into(), t.os.clone()),
             ("TARGETARCH".into(), t.arch.clone()),
             ("TARGETVARIANT".into(), t.variant.clone()),
+            // Windows' OS versions; empty on Linux, as BuildKit gives them.
+            ("TARGETOSVERSION".into(), String::new()),
             ("BUILDPLATFORM".into(), b.to_string()),
             ("BUILDOS".into(), b.os.clone()),
             ("BUILDARCH".into(), b.arch.clone()),
             ("BUILDVARIANT".into(), b.variant.clone()),
+            ("BUILDOSVERSION".into(), String::new()),
             (
                 "TARGETSTAGE".into(),
                 self.target_stage
@@ -151,6 +154,36 @@ fn stage_error(step: &Spanned, message: impl Into<String>) -> ParseError {
         column: step.span.column,
         message: message.into(),
         source_line: step.original.clone(),
+    }
+}
+
+/// `COPY --from=` and `RUN --mount=from=` name a stage or image as written: the build graph is
+/// made before any ARG has a value, so BuildKit refuses a variable there (with these words).
+fn check_from_has_no_variables(step: &Spanned, lexer: &Lexer) -> Result<(), ParseError> {
+    let changes = |word: &str| {
+        lexer
+            .process_word(word, &|_| None)
+            .map_or(true, |w| w != word)
+    };
+    match &step.instruction {
+        Instruction::Copy(c) | Instruction::Add(c) if c.from.as_deref().is_some_and(changes) => {
+            Err(stage_error(
+                step,
+                "variable expansion is not supported for --from, define a new stage with FROM \
+                 using ARG from global scope as a workaround",
+            ))
+        }
+        Instruction::Run(r)
+            if r.mounts
+                .iter()
+                .any(|m| m.from.as_deref().is_some_and(changes)) =>
+        {
+            Err(stage_error(
+                step,
+                "'from' doesn't support variable expansion, define alias stage instead",
+            ))
+        }
+        _ => Ok(()),
     }
 }
 
@@ -227,7 +260,10 @@ pub fn stages_with(df: &Dockerfile, context: BuildContext) -> Result<Stages, Par
                 });
             }
             _ => match stages.last_mut() {
-                Some(stage) => stage.instructions.push(step.clone()),
+                Some(stage) => {
+                    check_from_has_no_variables(step, &lexer)?;
+                    stage.instructions.push(step.clone())
+                }
                 None => {
                     return Err(stage_error(
                         step,
@@ -364,15 +400,6 @@ impl Vars {
 
     pub fn expand_words(&self, word: &str) -> Result<Vec<String>, ExpandError> {
         Lexer::new(self.escape).process_words(word, &|k| self.lookup(k))
-    }
-
-    /// Expands `word` in the global scope, as `Stages::expand_global`: what `COPY --from=` and
-    /// `RUN --mount=from=` name a stage with, so the build graph (made before any stage runs)
-    /// and the step agree on which stage that is.
-    pub fn expand_global(&self, word: &str) -> Result<String, ExpandError> {
-        Lexer::new(self.escape).process_word(word, &|k| {
-            global_lookup(&self.global_args, &self.platform_args, k)
-        })
     }
 
     /// The stage's ARGs that have values and are not shadowed by ENV, in declaration order:
@@ -532,7 +559,8 @@ impl Vars {
                     })
                     .collect::<Result<_, _>>()?;
                 c2.dest = e(&c.dest)?;
-                c2.from = c.from.as_ref().map(|f| self.expand_global(f)).transpose()?;
+                // `--from` is never expanded: the graph refuses a variable there.
+                c2.from = c.from.clone();
                 c2.chown = opt(&c.chown)?;
                 c2.chmod = opt(&c.chmod)?;
                 c2.checksum = opt(&c.checksum)?;
@@ -552,7 +580,7 @@ impl Vars {
                 let mut r2 = r.clone();
                 let expand = |key: &str, value: &str| {
                     let expanded = if key == "from" {
-                        self.expand_global(value)
+                        Ok(value.to_string())
                     } else {
                         self.expand(value)
                     };
@@ -733,28 +761,27 @@ mod tests {
     }
 
     #[test]
-    fn from_names_a_stage_in_the_global_scope() {
-        // A stage-level ARG (or ENV) of the same name does not redirect --from: the build graph
-        // is made from global ARGs before any stage runs.
-        let df = parse(
-            "ARG SRC=one\nFROM a AS one\nFROM a AS two\nARG SRC=two\nENV SRC=two\n\
-             COPY --from=$SRC /x /x\nRUN --mount=from=$SRC,target=/m,source=/ true\n",
-        )
-        .unwrap();
-        let st = stages(&df, &HashMap::new()).unwrap();
-        let mut vars = st.vars(&[]);
-        let mut from = Vec::new();
-        for i in &st.stages[1].instructions {
-            match vars.apply(&i.instruction).unwrap() {
-                Instruction::Copy(c) => from.push(c.from.unwrap()),
-                Instruction::Run(r) => {
-                    from.push(r.mounts[0].from.clone().unwrap());
-                    assert_eq!(r.mounts[0].target, "/m");
-                }
-                _ => {}
-            }
-        }
-        assert_eq!(from, ["one", "one"]);
+    fn from_with_a_variable_is_refused_as_buildkit_does() {
+        // The build graph is made before any ARG has a value: BuildKit refuses a variable in
+        // `COPY --from` and `RUN --mount=from`, even a global ARG's, with these words.
+        let copy = parse("ARG SRC=one\nFROM a AS one\nFROM a\nCOPY --from=$SRC /x /x\n").unwrap();
+        let e = stages(&copy, &HashMap::new()).unwrap_err();
+        assert_eq!(e.line, 4);
+        assert!(
+            e.message
+                .contains("variable expansion is not supported for --from"),
+            "{e:?}"
+        );
+        let run = parse("FROM a AS one\nFROM a\nRUN --mount=from=${S},target=/m true\n").unwrap();
+        let e = stages(&run, &HashMap::new()).unwrap_err();
+        assert_eq!(e.line, 3);
+        assert!(
+            e.message
+                .contains("'from' doesn't support variable expansion"),
+            "{e:?}"
+        );
+        let plain = parse("FROM a AS one\nFROM a\nCOPY --from=one /x /x\n").unwrap();
+        assert!(stages(&plain, &HashMap::new()).is_ok());
     }
 
     #[test]

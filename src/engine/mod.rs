@@ -9,7 +9,9 @@ use std::sync::{Arc, Mutex};
 use anyhow::{anyhow, bail, Context, Result};
 
 pub mod cache;
+mod epoch;
 pub mod options;
+mod ssh;
 
 use crate::reference::Reference;
 use crate::solver::cache::LayerRef;
@@ -22,6 +24,8 @@ use options::{BuildOptions, Output};
 /// Runs a build; returns the process exit code.
 pub fn build(root: &Path, opts: BuildOptions) -> Result<i32> {
     let store = Arc::new(Store::open(root)?);
+    // Held until the end: no collection evicts a cache entry this build has found.
+    let lease = store.build_lease()?;
     let progress = Arc::new(Progress::new(opts.progress, opts.explain));
     for out in &opts.outputs {
         if let Output::Image { names } = out {
@@ -79,17 +83,33 @@ pub fn build(root: &Path, opts: BuildOptions) -> Result<i32> {
     }
     crate::exporter::check_outputs(&opts.outputs, &platforms)?;
 
-    let source_date_epoch = opts
-        .build_args
-        .get("SOURCE_DATE_EPOCH")
-        .cloned()
-        .or_else(|| std::env::var("SOURCE_DATE_EPOCH").ok())
-        .map(|v| {
-            v.trim()
-                .parse::<i64>()
-                .map_err(|_| anyhow!("SOURCE_DATE_EPOCH={v}: expected seconds since the epoch"))
-        })
-        .transpose()?;
+    let source_date_epoch = match epoch::raw_value(&opts.build_args, &all_stages[0]) {
+        None => None,
+        Some(raw) => {
+            let resolved = epoch::resolve(&raw, &all_stages[0], &store)?;
+            if raw.trim().parse::<i64>().is_err() {
+                // What RUN steps see is the number (or nothing), not `context` or a stage name.
+                let mut build_args = opts.build_args.clone();
+                build_args.insert(
+                    "SOURCE_DATE_EPOCH".into(),
+                    resolved.map(|n| n.to_string()).unwrap_or_default(),
+                );
+                all_stages = platforms
+                    .iter()
+                    .map(|p| {
+                        crate::dockerfile::load_for(
+                            &dockerfile_text,
+                            &dockerfile_name,
+                            &build_args,
+                            p,
+                            opts.target.as_deref(),
+                        )
+                    })
+                    .collect::<Result<_>>()?;
+            }
+            resolved
+        }
+    };
 
     let place_id = format!(
         "{}\0{}",
@@ -99,6 +119,9 @@ pub fn build(root: &Path, opts: BuildOptions) -> Result<i32> {
             .map(|p| p.display().to_string())
             .unwrap_or(dockerfile_name.clone())
     );
+    let named_contexts = crate::source::named::NamedContexts::open(&opts.build_contexts, &store)?;
+    // Kept until the build ends: agents kiln started for key files stop with it.
+    let ssh_agents = ssh::SshAgents::start(&opts.ssh, &store.tmp_dir())?;
     let imports = cache::load_imports(&store, &opts.cache_from, &progress);
     let request = |stages| BuildRequest {
         stages,
@@ -111,11 +134,13 @@ pub fn build(root: &Path, opts: BuildOptions) -> Result<i32> {
         network: opts.network,
         labels: opts.labels.clone(),
         secrets: opts.secrets.clone(),
+        ssh: ssh_agents.sockets.clone(),
         source_date_epoch,
         max_parallelism: opts.max_parallelism,
         remote: imports
             .clone()
             .map(|i| i as Arc<dyn crate::solver::remotecache::RemoteCache>),
+        named_contexts: named_contexts.clone(),
     };
     let db = Arc::new(Mutex::new(open_db(store.root())?));
     let backend: Arc<dyn Backend> = Arc::new(StoreBackend {
@@ -278,6 +303,8 @@ pub fn build(root: &Path, opts: BuildOptions) -> Result<i32> {
         }
     }
     progress.summary(Some(&image_id));
+    collect_over_cap(&store, &progress);
+    drop(lease);
     if !opts.quiet && !checks.findings.is_empty() {
         let n = checks.findings.len();
         crate::errln!(
@@ -315,6 +342,20 @@ fn report_checks_only(
             );
             Ok(1)
         }
+    }
+}
+
+/// The automatic build cache collector (`store::gc`), after the image is in the store: a
+/// failure is a warning, never the build's.
+fn collect_over_cap(store: &Store, progress: &Progress) {
+    match store.enforce_cache_cap() {
+        Ok(c) if !c.groups.is_empty() => progress.note(&format!(
+            "build cache over its cap: removed {} least recently used entries, freed {}",
+            c.groups.iter().map(|g| g.keys.len()).sum::<usize>(),
+            crate::store::space::human(c.freed)
+        )),
+        Ok(_) => {}
+        Err(e) => progress.note(&format!("warning: collecting the build cache: {e:#}")),
     }
 }
 

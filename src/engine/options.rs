@@ -23,6 +23,10 @@ pub struct BuildOptions {
     pub network: Network,
     pub labels: BTreeMap<String, String>,
     pub secrets: HashMap<String, SecretSource>,
+    /// `--build-context NAME=VALUE`, as given.
+    pub build_contexts: Vec<String>,
+    /// `--ssh default|ID[=SOCKET|KEY,...]`, as given.
+    pub ssh: Vec<String>,
     pub progress: crate::solver::progress::Mode,
     pub explain: bool,
     pub iidfile: Option<PathBuf>,

@@ -136,6 +136,17 @@ pub fn copy_reusing(
 
 /// Makes sure the directory `rel` (relative to `root`) exists, creating missing parents with
 /// `mode` and `owner`, following existing symlinks inside the root; returns its resolved path.
+/// Makes sure the directory `dest` (an absolute path in the image) exists under `root`, its
+/// missing parts created with `owner` and `mode`; the directory's path on the host.
+pub fn ensure_dir_in_root(
+    root: &Path,
+    dest: &str,
+    owner: (u32, u32),
+    mode: u32,
+) -> Result<PathBuf> {
+    ensure_dir_path(root, &clean_rel(dest), owner, mode)
+}
+
 fn ensure_dir_path(root: &Path, rel: &str, owner: (u32, u32), mode: u32) -> Result<PathBuf> {
     let mut current = String::new();
     for comp in rel.split('/').filter(|c| !c.is_empty()) {
@@ -165,13 +176,6 @@ fn ensure_dir_path(root: &Path, rel: &str, owner: (u32, u32), mode: u32) -> Resu
     resolve_in_root(root, rel)
 }
 
-/// The mode of a directory a COPY creates (the destination and its missing parents): 0755, or
-/// with `--chmod` the given bits less group and other write, as BuildKit creates them
-/// (`--chmod=770` -> 0750, `--chmod=600` -> 0600).
-fn created_dir_mode(chmod: Option<u32>) -> u32 {
-    chmod.map_or(0o755, |m| m & 0o755)
-}
-
 /// For a COPY whose sources are all directories (their contents go into `dest`): when the
 /// destination directory is missing or empty in `root` (the step's overlay), makes it exist
 /// there, so that the overlay has copied it and its parents up with their metadata, and returns
@@ -182,7 +186,7 @@ pub fn claim_fresh_directory(
     root: &Path,
     dest: &str,
     owner: (u32, u32),
-    chmod: Option<u32>,
+    created_dir_mode: u32,
 ) -> Result<Option<String>> {
     let rel = clean_rel(dest);
     if rel.is_empty() {
@@ -191,7 +195,7 @@ pub fn claim_fresh_directory(
     let resolved = resolve_in_root(root, &rel)?;
     match fs::symlink_metadata(&resolved) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            ensure_dir_path(root, &rel, owner, created_dir_mode(chmod))?;
+            ensure_dir_path(root, &rel, owner, created_dir_mode)?;
         }
         Ok(m) if m.is_dir() => {
             let empty = fs::read_dir(&resolved)
@@ -254,7 +258,7 @@ impl Writer<'_> {
             self.dest_root,
             rel,
             self.owner_default,
-            created_dir_mode(self.opts.chmod),
+            self.opts.created_dir_mode(),
         )
     }
 
@@ -379,7 +383,7 @@ impl Writer<'_> {
         let mode = if excluded {
             0o755
         } else {
-            self.opts.chmod.unwrap_or(meta.mode() & 0o7777)
+            self.opts.mode_for(meta.mode(), meta.is_dir())
         };
         self.set_owner(dest, meta)?;
         fs::set_permissions(dest, fs::Permissions::from_mode(mode))?;
@@ -459,7 +463,7 @@ impl Writer<'_> {
         }
         self.set_owner(dest, meta)?;
         if !ft.is_symlink() {
-            let mode = self.opts.chmod.unwrap_or(meta.mode() & 0o7777);
+            let mode = self.opts.mode_for(meta.mode(), meta.is_dir());
             fs::set_permissions(dest, fs::Permissions::from_mode(mode))?;
         }
         self.set_times(dest, meta)
@@ -511,7 +515,7 @@ impl Writer<'_> {
         std::os::unix::fs::fchown(&output, Some(uid), Some(gid))
             .with_context(|| format!("chown {}", dest.display()))?;
         // After the chown, which clears set-id bits.
-        let mode = self.opts.chmod.unwrap_or(meta.mode() & 0o7777);
+        let mode = self.opts.mode_for(meta.mode(), meta.is_dir());
         output
             .set_permissions(fs::Permissions::from_mode(mode))
             .with_context(|| format!("chmod {}", dest.display()))?;
@@ -549,7 +553,7 @@ impl Writer<'_> {
             Some(epoch) if meta.mtime() > epoch => (epoch, 0),
             _ => (meta.mtime(), meta.mtime_nsec()),
         };
-        let mode = self.opts.chmod.unwrap_or(meta.mode() & 0o7777);
+        let mode = self.opts.mode_for(meta.mode(), meta.is_dir());
         let same = pm.is_file()
             && pm.len() == meta.len()
             && (pm.mtime(), pm.mtime_nsec()) == mtime
@@ -921,7 +925,7 @@ mod tests {
         assert_eq!(resolve_chown(&f.img, "nobody:7").unwrap().0, (0, 7));
         let opts = CopyOptions {
             chown: Some(owner),
-            chmod: Some(0o640),
+            chmod: Some(crate::solver::chmod::Chmod::Octal(0o640)),
             ..Default::default()
         };
         run(&f, &["top"], "/new/parent/file", opts).unwrap();

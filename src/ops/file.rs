@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use anyhow::{anyhow, Result};
+use anyhow::{anyhow, Context, Result};
 
 use super::copy;
 use super::source_view;
@@ -93,12 +93,17 @@ pub(super) fn copy_step(
 ) -> Result<()> {
     let dest_root = snap.merged();
     let view = source_view(store, snapshotter, &c.from)?;
-    let filter = req.context.filter();
+    // The main context, or a named one: both read through their `.dockerignore`.
+    let files_context = match &c.from {
+        crate::solver::SourceTree::Named(named) => named.clone(),
+        _ => req.context.clone(),
+    };
+    let filter = files_context.filter();
     let no_filter = crate::source::fsutil::NoFilter;
     let view_root = view.as_ref().map(|v| v.merged());
     let src = match &view_root {
         None => CopySource {
-            root: req.context.root(),
+            root: files_context.root(),
             filter: filter.as_ref(),
             from_context: true,
         },
@@ -159,12 +164,29 @@ pub(super) fn copy_step(
             &dest_root,
             &target,
             content.as_bytes(),
-            options.chmod.unwrap_or(0o644),
+            options.mode_for(0o644, false),
             options.chown.unwrap_or((0, 0)),
         )?;
     }
     for (url, checksum) in &c.urls {
-        let data = crate::source::http::fetch(url, checksum.as_deref())?;
+        let authorization = crate::solver::http_authorization(url, &req.secrets)?;
+        let data = crate::source::http::fetch_authorized(
+            url,
+            checksum.as_deref(),
+            authorization.as_deref(),
+        )?;
+        if options.unpack_urls && crate::source::archive::is_archive_data(&data) {
+            // `ADD --unpack=true URL DEST`: DEST is a directory the archive's entries go into.
+            let dir = copy::ensure_dir_in_root(
+                &dest_root,
+                &c.dest,
+                options.chown.unwrap_or((0, 0)),
+                options.created_dir_mode(),
+            )?;
+            crate::source::archive::unpack_data(&data, &dir, options.chown)
+                .with_context(|| format!("ADD --unpack=true {url}"))?;
+            continue;
+        }
         let name = crate::source::http::file_name(url);
         let target = if dest_is_dir || c.dest.ends_with('/') {
             format!("{}/{}", c.dest.trim_end_matches('/'), name)
@@ -175,7 +197,7 @@ pub(super) fn copy_step(
             &dest_root,
             &target,
             &data,
-            options.chmod.unwrap_or(0o600),
+            options.mode_for(0o600, false),
             options.chown.unwrap_or((0, 0)),
         )?;
     }
@@ -226,7 +248,8 @@ fn fresh_destination(
         }
     }
     let owner = options.chown.unwrap_or((0, 0));
-    let Some(fresh) = copy::claim_fresh_directory(&snap.merged(), &c.dest, owner, options.chmod)?
+    let Some(fresh) =
+        copy::claim_fresh_directory(&snap.merged(), &c.dest, owner, options.created_dir_mode())?
     else {
         return Ok(None);
     };

@@ -6,6 +6,7 @@
 pub mod copy;
 mod file;
 mod run;
+pub mod ssh_agent;
 
 pub use run::cache_mount_dir;
 
@@ -121,7 +122,7 @@ fn source_view(
     tree: &SourceTree,
 ) -> Result<Option<ActiveSnapshot>> {
     match tree {
-        SourceTree::Context => Ok(None),
+        SourceTree::Context | SourceTree::Named(_) => Ok(None),
         SourceTree::Layers(layers) => Ok(Some(mount_layers(store, snapshotter, layers)?)),
     }
 }

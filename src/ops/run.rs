@@ -9,7 +9,7 @@ use anyhow::{anyhow, bail, Context, Result};
 
 use super::source_view;
 use crate::snapshot::{ActiveSnapshot, Snapshotter};
-use crate::solver::{ExecRequest, Network, RunMount, RunOp, SecretSource, SourceTree};
+use crate::solver::{ExecRequest, Network, RunMount, RunOp, SourceTree};
 use crate::store::Store;
 
 /// How many lines of a failing RUN's output the error repeats.
@@ -20,6 +20,7 @@ struct MountGuards {
     views: Vec<ActiveSnapshot>,
     _temps: Vec<tempfile::TempDir>,
     _locks: Vec<std::fs::File>,
+    _agents: Vec<super::ssh_agent::AgentProxy>,
 }
 
 pub(super) fn run_step(
@@ -56,6 +57,7 @@ pub(super) fn run_step(
         views: Vec::new(),
         _temps: Vec::new(),
         _locks: Vec::new(),
+        _agents: Vec::new(),
     };
     for m in &run.mounts {
         add_mount(store, snapshotter, &mut spec, &mut guards, m, req)?;
@@ -148,6 +150,7 @@ fn add_mount(
             let rel = crate::source::fsutil::clean_rel(source);
             let base = match from {
                 None | Some(SourceTree::Context) => req.context.root().to_path_buf(),
+                Some(SourceTree::Named(named)) => named.root().to_path_buf(),
                 Some(tree) => {
                     let view =
                         source_view(store, snapshotter, tree)?.ok_or_else(|| anyhow!("no view"))?;
@@ -267,6 +270,33 @@ fn add_mount(
             });
             guards._temps.push(tmp);
         }
+        RunMount::Ssh {
+            id,
+            target,
+            mode,
+            uid,
+            gid,
+        } => {
+            // Not given and not required: no socket, as in BuildKit.
+            let Some(upstream) = req.ssh.get(id) else {
+                return Ok(());
+            };
+            let proxy = super::ssh_agent::AgentProxy::start(
+                &store.tmp_dir(),
+                upstream,
+                (*uid, *gid),
+                *mode,
+            )
+            .with_context(|| format!("--mount=type=ssh,id={id}"))?;
+            spec.mounts.push(Mount {
+                target: PathBuf::from(target),
+                kind: MountKind::Bind {
+                    source: proxy.socket().to_path_buf(),
+                    readonly: false,
+                },
+            });
+            guards._agents.push(proxy);
+        }
         RunMount::Secret {
             id,
             target,
@@ -275,19 +305,8 @@ fn add_mount(
             uid,
             gid,
         } => {
-            let value = match req.secrets.get(id) {
-                Some(SecretSource::File(p)) => Some(
-                    std::fs::read(p)
-                        .with_context(|| format!("reading secret {id} from {}", p.display()))?,
-                ),
-                Some(SecretSource::Env(var)) => Some(
-                    std::env::var(var)
-                        .map_err(|_| anyhow!("secret {id}: environment variable {var} is not set"))?
-                        .into_bytes(),
-                ),
-                // A required secret that was not given stopped the build when it was planned.
-                None => None,
-            };
+            // A required secret that was not given stopped the build when it was planned.
+            let value = req.secrets.get(id).map(|s| s.read(id)).transpose()?;
             let Some(value) = value else { return Ok(()) };
             if let Some(var) = env {
                 let text = String::from_utf8(value.clone()).map_err(|_| {

@@ -40,6 +40,31 @@ pub struct Started {
     pub ports: Vec<PortBinding>,
     /// The health checker while the container runs (`health`).
     health: Option<super::health::Checker>,
+    /// A detached `-t` container's terminal server (`attach.sock`).
+    attach: Option<super::attach::Server>,
+}
+
+/// The monitor's environment: the size of the terminal of the `kiln run -t` that started it
+/// (`ROWSxCOLS`), and whether that client attaches right away (so the first output is kept
+/// for it).
+pub const ENV_TTY_SIZE: &str = "KILN_MONITOR_TTY_SIZE";
+pub const ENV_ATTACH_BACKLOG: &str = "KILN_MONITOR_ATTACH_BACKLOG";
+
+/// Whether the client that started this monitor attaches at once: true for the first start
+/// only (a container the monitor starts again has no such client).
+fn attach_backlog_wanted() -> bool {
+    static TAKEN: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    std::env::var_os(ENV_ATTACH_BACKLOG).is_some()
+        && !TAKEN.swap(true, std::sync::atomic::Ordering::Relaxed)
+}
+
+fn monitor_tty_size() -> Option<crate::sandbox::tty::WinSize> {
+    let v = std::env::var(ENV_TTY_SIZE).ok()?;
+    let (r, c) = v.split_once('x')?;
+    Some(crate::sandbox::tty::WinSize {
+        rows: r.parse().ok()?,
+        cols: c.parse().ok()?,
+    })
 }
 
 /// A container's writable layer (kept across runs): `ROOT/containers/<id>/upper`.
@@ -117,6 +142,12 @@ pub fn start(store: &Store, rec: &ContainerRecord, mode: StreamMode) -> Result<S
         &cfg.working_dir
     });
     spec.user = cfg.user.clone();
+    // PID 1 is the command, as docker's; `--init` puts an init above it.
+    spec.init = cfg.init;
+    if cfg.tty && !spec.env.iter().any(|e| e.starts_with("TERM=")) {
+        // docker's daemon sets it for a terminal (not in the container's config).
+        spec.env.push("TERM=xterm".into());
+    }
     spec.hostname = cfg.hostname.clone();
     spec.extra_hosts = cfg.extra_hosts.clone();
     spec.read_only_root = cfg.read_only;
@@ -146,24 +177,36 @@ pub fn start(store: &Store, rec: &ContainerRecord, mode: StreamMode) -> Result<S
     };
     spec.stdout = out;
     spec.stderr = err;
-    // -t: the command's stdio is a new terminal; kiln relays its master side.
-    let mut pty_master = None;
+    // -t: the command's stdio is a new terminal of the container's own devpts; kiln relays
+    // its master side (a detached monitor serves it to `kiln attach` clients).
     if cfg.tty {
-        let size = terminal_size();
-        let pty = nix::pty::openpty(size.as_ref(), None).context("allocating a terminal")?;
-        let slave = std::sync::Arc::new(pty.slave);
-        spec.stdin = Stdio::Fd(slave.clone());
-        spec.stdout = Stdio::Fd(slave.clone());
-        spec.stderr = Stdio::Fd(slave);
-        spec.tty = true;
-        pty_master = Some(File::from(pty.master));
+        spec.pty = Some(if mode == StreamMode::LogOnly {
+            monitor_tty_size()
+        } else {
+            crate::sandbox::tty::size_of(0)
+        });
     }
 
     let mut running = sandbox::spawn(&spec)?;
-    // Our copies of the terminal's slave end must go, or the master never sees the end.
     drop(spec);
     let mut copiers = Vec::new();
     let mut saved_termios = None;
+    let mut attach = None;
+    let mut pty_master = running.pty_master.take();
+    if mode == StreamMode::LogOnly {
+        if let Some(master) = pty_master.take() {
+            let dir = container_dir(store, &rec.id);
+            let server = super::attach::Server::start(
+                &dir,
+                &master,
+                cfg.interactive,
+                attach_backlog_wanted(),
+            )?;
+            let log = LogWriter::open(&logs::log_path(&dir, &rec.id))?;
+            copiers.push(log.copy_from(master, "stdout", Some(server.tee())));
+            attach = Some(server);
+        }
+    }
     if let Some(master) = pty_master {
         let log = match mode {
             StreamMode::Inherit => None,
@@ -230,6 +273,7 @@ pub fn start(store: &Store, rec: &ContainerRecord, mode: StreamMode) -> Result<S
         proxy,
         copiers,
         ports,
+        attach,
     })
 }
 
@@ -259,6 +303,9 @@ pub fn finish(store: &Store, rec: &ContainerRecord, mut started: Started) -> Res
     } else {
         state::set_exited(store, &rec.id, exit.code, exit.oom_killed, "")?;
     }
+    if let Some(server) = started.attach.take() {
+        server.finish(exit.code);
+    }
     released?;
     Ok(exit)
 }
@@ -281,14 +328,6 @@ pub fn remove(store: &Store, rec: &ContainerRecord, volumes: bool) -> Result<()>
         }
     }
     Ok(())
-}
-
-/// kiln's terminal size (for the container's terminal), when stdin is a terminal.
-fn terminal_size() -> Option<nix::pty::Winsize> {
-    let mut ws: libc::winsize = unsafe { std::mem::zeroed() };
-    // SAFETY: TIOCGWINSZ fills a winsize we own; fails harmlessly when stdin is no terminal.
-    let rc = unsafe { libc::ioctl(0, libc::TIOCGWINSZ, &mut ws) };
-    (rc == 0).then_some(ws)
 }
 
 /// Puts kiln's terminal in raw mode (keys go to the container as typed); returns the previous

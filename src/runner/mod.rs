@@ -15,6 +15,7 @@
 //! runner::inspect_containers(root, &names)?       // docker-like JSON, or None if not containers
 //! ```
 
+pub mod attach;
 pub mod commit;
 pub mod config;
 pub mod copy;
@@ -104,6 +105,8 @@ pub struct RunOptions {
     /// `--cap-add`, `--cap-drop`.
     pub cap_add: Vec<String>,
     pub cap_drop: Vec<String>,
+    /// `--detach-keys` (docker's format; default ctrl-p,ctrl-q).
+    pub detach_keys: Option<String>,
 }
 
 fn random_hex(bytes: usize) -> String {
@@ -494,6 +497,9 @@ pub fn run(root: &Path, opts: &RunOptions) -> i32 {
             return 125;
         }
     };
+    if rec.config.tty && !opts.detach {
+        return run_attached_tty(&store, &rec, opts);
+    }
     if opts.detach {
         return match spawn_monitor(&store, &rec) {
             Ok(()) => {
@@ -526,6 +532,39 @@ pub fn run(root: &Path, opts: &RunOptions) -> i32 {
         }
         Err(e) => {
             crate::report::report_error(&e.context("kiln run"));
+            125
+        }
+    }
+}
+
+/// `kiln run -t` in the foreground: the container runs under a detached monitor, which keeps
+/// its terminal, and this process is a client of it (`attach`), so the detach keys can leave it
+/// running and the end of this process never takes the container's processes with it.
+fn run_attached_tty(store: &Store, rec: &ContainerRecord, opts: &RunOptions) -> i32 {
+    let keys = match attach::parse_detach_keys(
+        opts.detach_keys
+            .as_deref()
+            .unwrap_or(attach::DEFAULT_DETACH_KEYS),
+    ) {
+        Ok(k) => k,
+        Err(e) => {
+            crate::report::report_error(&e.context("kiln run"));
+            let _ = lifecycle::remove(store, rec, true);
+            return 125;
+        }
+    };
+    if let Err((code, msg)) = spawn_monitor_with(store, rec, true) {
+        eprintln!("kiln: kiln run: {msg}");
+        return code;
+    }
+    let dir = lifecycle::container_dir(store, &rec.id);
+    let ended = attach::attach(&dir, opts.interactive, opts.interactive.then_some(keys));
+    match ended {
+        Ok(attach::Ended::Exited(code)) => code,
+        Ok(attach::Ended::Detached) => 0,
+        Ok(attach::Ended::Lost) => attach::exit_code_after_loss(store, &rec.id).unwrap_or(125),
+        Err(e) => {
+            crate::report::report_error(&e.context("kiln run: attaching to the container"));
             125
         }
     }
@@ -581,6 +620,16 @@ pub(crate) fn spawn_monitor(
     store: &Store,
     rec: &ContainerRecord,
 ) -> std::result::Result<(), (i32, String)> {
+    spawn_monitor_with(store, rec, false)
+}
+
+/// `spawn_monitor`; with `attach_now` a client attaches at once (`kiln run -t`): the monitor
+/// gets this terminal's size and keeps the first output for the client.
+fn spawn_monitor_with(
+    store: &Store,
+    rec: &ContainerRecord,
+    attach_now: bool,
+) -> std::result::Result<(), (i32, String)> {
     let fail = |e: anyhow::Error| (125, format!("{e:#}"));
     let dir = lifecycle::container_dir(store, &rec.id);
     std::fs::create_dir_all(&dir)
@@ -608,6 +657,15 @@ pub(crate) fn spawn_monitor(
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
         .stderr(monitor_log);
+    if rec.config.tty && attach_now {
+        if let Some(size) = crate::sandbox::tty::size_of(0) {
+            cmd.env(
+                lifecycle::ENV_TTY_SIZE,
+                format!("{}x{}", size.rows, size.cols),
+            );
+        }
+        cmd.env(lifecycle::ENV_ATTACH_BACKLOG, "1");
+    }
     let w = ready_w.as_raw_fd();
     // SAFETY: between fork and exec only async-signal-safe calls: setsid, dup2, fcntl.
     unsafe {

@@ -24,9 +24,13 @@
 //! - Devices as Docker allows them: the root filesystem and /dev are `nodev`, the host's default
 //!   device nodes are bound into /dev, and a device cgroup (v1) or device program (v2) allows
 //!   only `cgroup::DEFAULT_DEVICES`. Read-only bind mounts are read-only on every submount.
-//! - An init as PID 1 (a forked copy of the setup process) that reaps zombies, forwards signals
-//!   to the command and exits when the command does. Killing kiln kills the whole tree
-//!   (PR_SET_PDEATHSIG at each level; the PID namespace dies with its init).
+//! - PID 1 is the command itself (`ExecSpec::init = false`, `kiln run` as docker's), or an init
+//!   (a forked copy of the setup process, shown as `kiln-init -- CMD...` with an empty
+//!   environment, none of kiln's arguments or variables) that reaps zombies, forwards signals
+//!   to the command and exits when the command does (`kiln run --init`, build steps). Killing
+//!   kiln kills the whole tree (PR_SET_PDEATHSIG at each level, set again after the user
+//!   switch; the PID namespace dies with its PID 1).
+//! - With `ExecSpec::pty`, a terminal from the container's own devpts (`tty`).
 //! - A cgroup per execution for device control, with optional limits (`Resources`), v1 or v2 as
 //!   mounted; the cgroup is removed at the end. Rootless (`crate::rootless::in_userns`): no
 //!   cgroup, and limits fail with `cgroup::rootless_limits_error`; /proc falls back to the
@@ -42,9 +46,9 @@
 //! let exit = sandbox::run(&spec)?;                // spawn + wait (inherit/null/fd stdio)
 //! let (exit, out, err) = sandbox::output(&spec)?; // captures stdout and stderr
 //! ```
-//! `Running::pid()` is the container init's pid on the host: `/proc/<pid>/ns/net` is the
-//! container's network namespace (see `Running::netns_path`). Call `sandbox::recover()` at
-//! start-up to remove cgroups a killed kiln left behind.
+//! `Running::pid()` is the host pid of the container's PID 1 (the command or the init):
+//! `/proc/<pid>/ns/net` is the container's network namespace (see `Running::netns_path`). Call
+//! `sandbox::recover()` at start-up to remove cgroups a killed kiln left behind.
 //!
 //! Privileged calls of the filesystem setup go through `syscall::Syscall` (real:
 //! `LinuxSyscall`; test: `RecordingSyscall`).
@@ -59,6 +63,7 @@ mod process;
 pub mod rootfs;
 pub mod seccomp;
 pub mod syscall;
+pub mod tty;
 pub mod user;
 
 use std::fs::File;
@@ -207,8 +212,15 @@ pub struct ExecSpec {
     pub stdout: Stdio,
     pub stderr: Stdio,
     /// The command's stdin is a terminal: it gets a new session with stdin as its controlling
-    /// terminal (the runner passes a pty slave as `Stdio::Fd`).
+    /// terminal (a pty slave passed as `Stdio::Fd`; `pty` makes one in the container instead).
     pub tty: bool,
+    /// A terminal from the container's own devpts instance, opened after the pivot with this
+    /// initial size (`None`: no terminal): the command's stdin, stdout, stderr and controlling
+    /// terminal (the `Stdio` fields are then ignored); the master side is `Running::pty_master`.
+    pub pty: Option<Option<tty::WinSize>>,
+    /// An init as PID 1 that forks the command, reaps zombies and forwards signals (`kiln run
+    /// --init`, and build steps); without it the command itself is PID 1, as in docker.
+    pub init: bool,
     /// The system call filter: Docker's default profile unless told otherwise (`kiln run
     /// --security-opt seccomp=...`; a future `RUN --security=insecure` sets `Unconfined`).
     pub seccomp: seccomp::Seccomp,
@@ -247,6 +259,8 @@ impl ExecSpec {
             stdout: Stdio::Inherit,
             stderr: Stdio::Inherit,
             tty: false,
+            pty: None,
+            init: true,
             seccomp: seccomp::Seccomp::Default,
             etc_hostname: true,
             read_only_root: false,

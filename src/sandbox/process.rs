@@ -2,7 +2,9 @@
 //!
 //! ```text
 //! kiln ──fork──> setup (S): joins the cgroup, unshares the namespaces, waits for I
-//!                  └─fork──> init (I, PID 1): builds the filesystem, pivots, forwards signals
+//!                  └─fork──> I (PID 1): builds the filesystem, pivots, opens the terminal;
+//!                            without an init it becomes the command (drops privileges, execs);
+//!                            with one (`ExecSpec::init`) it reaps and forwards signals and
 //!                              └─fork──> command (C): drops privileges, execs
 //! ```
 //! Forks happen on one long-lived thread (PR_SET_PDEATHSIG fires when the forking *thread*
@@ -96,6 +98,13 @@ struct ChildContext {
     user: String,
     set_home: bool,
     tty: bool,
+    /// Open a terminal in the container (its initial size) and send the master over `pty_sock`.
+    pty: Option<Option<super::tty::WinSize>>,
+    pty_sock: Option<RawFd>,
+    /// Fork the command under an init (else PID 1 execs the command).
+    init: bool,
+    /// What the init shows as its command line: `kiln-init\0--\0CMD...\0`.
+    init_cmdline: Vec<u8>,
     /// The compiled seccomp programs (`None` = unconfined).
     seccomp: Option<Arc<super::seccomp::Filter>>,
     /// The capabilities a root command keeps.
@@ -118,6 +127,8 @@ pub struct Running {
     pub stdout: Option<File>,
     /// The read end of the command's stderr with `Stdio::Piped`.
     pub stderr: Option<File>,
+    /// The master side of the container's terminal with `ExecSpec::pty`.
+    pub pty_master: Option<File>,
 }
 
 impl std::fmt::Debug for Running {
@@ -312,6 +323,10 @@ fn prepare_and_start(
 fn start(spec: &ExecSpec, plan: RootfsPlan, cgroup: &Option<Cgroup>) -> anyhow::Result<Running> {
     let (report_r, report_w) = pipe()?;
     let (status_r, status_w) = pipe()?;
+    let pty_socks = match spec.pty {
+        Some(_) => Some(super::tty::socket_pair().context("a socket for the terminal")?),
+        None => None,
+    };
 
     // The command's stdio: the child's end of each stream (kept alive until the fork) and the
     // parent's end of pipes.
@@ -402,7 +417,18 @@ fn start(spec: &ExecSpec, plan: RootfsPlan, cgroup: &Option<Cgroup>) -> anyhow::
         search_path,
         user: spec.user.clone(),
         set_home,
-        tty: spec.tty,
+        tty: spec.tty || spec.pty.is_some(),
+        pty: spec.pty,
+        pty_sock: pty_socks.as_ref().map(|(_, w)| w.as_raw_fd()),
+        init: spec.init,
+        init_cmdline: {
+            let mut b = b"kiln-init\0--\0".to_vec();
+            for a in &spec.args {
+                b.extend_from_slice(a.as_bytes());
+                b.push(0);
+            }
+            b
+        },
         seccomp: spec
             .seccomp
             .filter_with_caps(spec.caps.unwrap_or_else(caps::default_mask))?,
@@ -429,6 +455,7 @@ fn start(spec: &ExecSpec, plan: RootfsPlan, cgroup: &Option<Cgroup>) -> anyhow::
     drop(child_ends);
     drop(shared);
     drop(join_netns);
+    let pty_r = pty_socks.map(|(r, _w)| r);
 
     // Read the report pipe to its end: it closes when the command is exec'd (close-on-exec) or
     // when every child has given up.
@@ -456,7 +483,18 @@ fn start(spec: &ExecSpec, plan: RootfsPlan, cgroup: &Option<Cgroup>) -> anyhow::
         stdin: parent_ends[0].take(),
         stdout: parent_ends[1].take(),
         stderr: parent_ends[2].take(),
+        pty_master: None,
     };
+    if errors.is_empty() && init_pid != 0 {
+        if let Some(sock) = &pty_r {
+            // Sent before the command was exec'd, so it is here (or every sender is gone).
+            match super::tty::recv_fd(sock) {
+                Ok(Some(fd)) => running.pty_master = Some(File::from(fd)),
+                Ok(None) => errors.push("the container's terminal was not passed on".into()),
+                Err(e) => errors.push(format!("receive the container's terminal: {e}")),
+            }
+        }
+    }
     if !errors.is_empty() || init_pid == 0 {
         let _ = running.reap();
         if errors.is_empty() {
@@ -575,6 +613,7 @@ fn setup_process(ctx: &ChildContext) -> ! {
     let mut keep = vec![ctx.report_fd, ctx.status_fd];
     keep.extend(ctx.stdio.iter().flatten());
     keep.extend(ctx.join_netns);
+    keep.extend(ctx.pty_sock);
     close_other_fds(&keep);
     // The descriptors kept were close-on-exec in kiln; they must survive only until exec, which
     // they do.
@@ -613,6 +652,9 @@ fn setup_process(ctx: &ChildContext) -> ! {
     // SAFETY: these fds are ours; the init holds its own copies.
     unsafe {
         libc::close(report);
+        if let Some(fd) = ctx.pty_sock {
+            libc::close(fd);
+        }
         for fd in ctx.stdio.iter().flatten() {
             libc::close(*fd);
         }
@@ -628,20 +670,104 @@ fn setup_process(ctx: &ChildContext) -> ! {
 
 extern "C" fn forward_marker(_: libc::c_int) {}
 
+/// The prctl_mm_map of <linux/prctl.h> (PR_SET_MM_MAP).
+#[repr(C)]
+struct MmMap {
+    start_code: u64,
+    end_code: u64,
+    start_data: u64,
+    end_data: u64,
+    start_brk: u64,
+    brk: u64,
+    start_stack: u64,
+    arg_start: u64,
+    arg_end: u64,
+    env_start: u64,
+    env_end: u64,
+    auxv: u64,
+    auxv_size: u32,
+    exe_fd: u32,
+}
+
+const PR_SET_MM_MAP: libc::c_ulong = 14;
+
+/// This process's memory layout from /proc/self/stat (fields 26-28 and 45-47).
+fn current_mm_map() -> Option<MmMap> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    let rest = &stat[stat.rfind(')')? + 2..];
+    // Field 3 is the first after the command name.
+    let f: Vec<u64> = rest
+        .split_whitespace()
+        .map(|v| v.parse().unwrap_or(0))
+        .collect();
+    let field = |n: usize| f.get(n - 3).copied();
+    // SAFETY: sbrk(0) only reports the current program break.
+    let brk = unsafe { libc::sbrk(0) } as u64;
+    Some(MmMap {
+        start_code: field(26)?,
+        end_code: field(27)?,
+        start_stack: field(28)?,
+        start_data: field(45)?,
+        end_data: field(46)?,
+        start_brk: field(47)?,
+        brk,
+        arg_start: field(48)?,
+        arg_end: field(49)?,
+        env_start: field(50)?,
+        env_end: field(51)?,
+        auxv: 0,
+        auxv_size: 0,
+        exe_fd: u32::MAX,
+    })
+}
+
+/// Shows `cmdline` (NUL-separated) as this process's command line and an empty environment in
+/// /proc/self/cmdline and environ, instead of the kiln command line and environment this
+/// forked copy of kiln still has in memory. PR_SET_MM_MAP without a new executable needs no
+/// capability (CRIU's interface); where the kernel refuses it (no CONFIG_CHECKPOINT_RESTORE)
+/// the command line stays kiln's.
+fn hide_kiln_command_line(map: Option<MmMap>, cmdline: &[u8]) {
+    let Some(mut map) = map else { return };
+    // Leaked: it must live as long as the process.
+    let buf: &'static mut [u8] = Vec::leak(cmdline.to_vec());
+    map.arg_start = buf.as_ptr() as u64;
+    map.arg_end = map.arg_start + buf.len() as u64;
+    map.env_start = map.arg_end;
+    map.env_end = map.arg_end;
+    // The heap may have grown since the layout was read.
+    // SAFETY: sbrk(0) only reports the current program break.
+    map.brk = unsafe { libc::sbrk(0) } as u64;
+    // SAFETY: PR_SET_MM_MAP with a valid, fully initialised prctl_mm_map and its size; the
+    // areas named stay mapped for the life of the process.
+    unsafe {
+        libc::prctl(
+            libc::PR_SET_MM,
+            PR_SET_MM_MAP,
+            &map as *const MmMap as libc::c_ulong,
+            std::mem::size_of::<MmMap>() as libc::c_ulong,
+            0,
+        )
+    };
+}
+
 /// I: PID 1 of the new PID namespace.
 fn init_process(ctx: &ChildContext) -> ! {
     let report = ctx.report_fd;
     set_pdeathsig();
-    // SAFETY: PR_SET_NAME with a NUL-terminated name of at most 16 bytes.
-    unsafe {
-        libc::prctl(
-            libc::PR_SET_NAME,
-            c"kiln-init".as_ptr() as libc::c_ulong,
-            0,
-            0,
-            0,
-        )
-    };
+    if ctx.init {
+        // SAFETY: PR_SET_NAME with a NUL-terminated name of at most 16 bytes.
+        unsafe {
+            libc::prctl(
+                libc::PR_SET_NAME,
+                c"kiln-init".as_ptr() as libc::c_ulong,
+                0,
+                0,
+                0,
+            )
+        };
+    }
+    // Read while kiln's /proc is still there.
+    let mm_map = if ctx.init { current_mm_map() } else { None };
     let sys = LinuxSyscall;
     if let Err(e) = rootfs::setup_and_pivot(&sys, &ctx.plan) {
         fail(report, "set up the container filesystem", e);
@@ -649,6 +775,31 @@ fn init_process(ctx: &ChildContext) -> ! {
     if let Err(e) = rootfs::finish_in_root(&sys, &ctx.plan) {
         fail(report, "set up the container", e);
     }
+    let mut stdio = ctx.stdio;
+    let mut pty_slave = None;
+    if let Some(size) = ctx.pty {
+        // The container's /dev/ptmx: a terminal of its own devpts instance.
+        let (master, slave) = match super::tty::open_pair(size) {
+            Ok(p) => p,
+            Err(e) => fail(report, "open a terminal in the container (/dev/ptmx)", e),
+        };
+        if let Some(sock) = ctx.pty_sock {
+            if let Err(e) = super::tty::send_fd(sock, master.as_raw_fd()) {
+                fail(report, "pass on the container's terminal", e);
+            }
+            // SAFETY: our copy of the socket is no longer needed.
+            unsafe { libc::close(sock) };
+        }
+        // Only kiln keeps the master: when it goes, the terminal hangs up.
+        drop(master);
+        stdio = [Some(slave.as_raw_fd()); 3];
+        pty_slave = Some(slave);
+    }
+    if !ctx.init {
+        // No init: this process, PID 1, becomes the command.
+        command_process(ctx, stdio);
+    }
+    hide_kiln_command_line(mm_map, &ctx.init_cmdline);
 
     // Signals are collected with sigwaitinfo and forwarded. PID 1 only receives signals it has
     // a handler for, so every catchable signal gets a (never run) handler, and all are blocked.
@@ -674,8 +825,9 @@ fn init_process(ctx: &ChildContext) -> ! {
         fail(report, "fork the command", errno());
     }
     if command == 0 {
-        command_process(ctx);
+        command_process(ctx, stdio);
     }
+    drop(pty_slave);
     // SAFETY: our copies of these fds are no longer needed.
     unsafe {
         libc::close(report);
@@ -737,9 +889,11 @@ fn find_executable(ctx: &ChildContext) -> Result<CString, String> {
     Err(last_err)
 }
 
-/// C: the command. Drops privileges and execs.
-fn command_process(ctx: &ChildContext) -> ! {
+/// C: the command (or PID 1 itself without an init). Drops privileges and execs.
+fn command_process(ctx: &ChildContext, stdio: [Option<RawFd>; 3]) -> ! {
     let report = ctx.report_fd;
+    // SAFETY: getppid has no preconditions.
+    let parent = unsafe { libc::getppid() };
     // SAFETY: restoring default dispositions and an empty mask for the command.
     unsafe {
         for sig in 1..libc::SIGRTMAX() {
@@ -755,7 +909,7 @@ fn command_process(ctx: &ChildContext) -> ! {
 
     // stdio: move the sources out of the way first so dup2 cannot clobber one with another.
     let mut high = [None; 3];
-    for (i, fd) in ctx.stdio.iter().enumerate() {
+    for (i, fd) in stdio.iter().enumerate() {
         if let Some(fd) = fd {
             // SAFETY: duplicating an fd we hold.
             let d = unsafe { libc::fcntl(*fd, libc::F_DUPFD_CLOEXEC, 100) };
@@ -840,6 +994,13 @@ fn command_process(ctx: &ChildContext) -> ! {
     if ctx.no_new_privs && unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
         fail(report, "set no_new_privs", errno());
     }
+    // A change of user clears the parent-death signal: set it again, so that the command still
+    // dies with its parent (the setup process, or the init).
+    set_pdeathsig();
+    // SAFETY: getppid has no preconditions.
+    if unsafe { libc::getppid() } != parent {
+        fail(report, "start the command", "its parent process died");
+    }
     if let Err(e) = std::env::set_current_dir(&ctx.plan.cwd) {
         fail(report, &format!("chdir {}", ctx.plan.cwd.display()), e);
     }
@@ -879,7 +1040,7 @@ fn command_process(ctx: &ChildContext) -> ! {
 }
 
 impl Running {
-    /// The container init's pid on the host (PID 1 inside).
+    /// The host pid of the container's PID 1 (the command, or the init).
     pub fn pid(&self) -> i32 {
         self.init_pid
     }
@@ -889,8 +1050,9 @@ impl Running {
         PathBuf::from(format!("/proc/{}/ns/net", self.init_pid))
     }
 
-    /// Sends `signal` to the command (through the init, which forwards it; SIGKILL kills the
-    /// whole container).
+    /// Sends `signal` to PID 1: the command itself (the kernel drops a signal it has no
+    /// handler for, except SIGKILL), or the init, which forwards it. SIGKILL kills the whole
+    /// container.
     pub fn kill(&self, signal: i32) -> io::Result<()> {
         if self.exit.is_some() {
             return Ok(());

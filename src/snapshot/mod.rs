@@ -190,6 +190,17 @@ impl Snapshotter {
                 return Err(e);
             }
         };
+        // The layers this snapshot stands on, by directory name: the collector
+        // (`store::gc`) leaves a layer listed here in place while the snapshot lives.
+        let names: String = lowers
+            .iter()
+            .filter_map(|l| l.file_name())
+            .map(|n| format!("{}\n", n.to_string_lossy()))
+            .collect();
+        if let Err(e) = std::fs::write(dir.join(crate::store::gc::LOWERS_FILE), names) {
+            let _ = std::fs::remove_dir_all(&dir);
+            return Err(e).with_context(|| format!("write {}", dir.display()));
+        }
         let cleanup_dir = dir.clone();
         let cleanup_key = crate::cleanup::register(move || remove_snapshot_dir(&cleanup_dir));
         let mut snap = ActiveSnapshot {

@@ -26,6 +26,31 @@ pub enum SecretSource {
     Env(String),
 }
 
+impl SecretSource {
+    /// The secret's value (`id` names it in errors; the value never is).
+    pub fn read(&self, id: &str) -> anyhow::Result<Vec<u8>> {
+        use anyhow::Context;
+        match self {
+            SecretSource::File(p) => std::fs::read(p)
+                .with_context(|| format!("reading secret {id} from {}", p.display())),
+            SecretSource::Env(var) => std::env::var(var)
+                .map(String::into_bytes)
+                .map_err(|_| anyhow::anyhow!("secret {id}: environment variable {var} is not set")),
+        }
+    }
+}
+
+/// The `Authorization` an ADD of `url` sends: from the `HTTP_AUTH_HEADER_<host>` and
+/// `HTTP_AUTH_TOKEN_<host>` secrets, as BuildKit's.
+pub fn http_authorization(
+    url: &str,
+    secrets: &HashMap<String, SecretSource>,
+) -> anyhow::Result<Option<String>> {
+    crate::source::http::authorization_for(url, |id| {
+        secrets.get(id).map(|s| s.read(id)).transpose()
+    })
+}
+
 /// A RUN mount, resolved.
 #[derive(Debug, Clone)]
 pub enum RunMount {
@@ -55,6 +80,15 @@ pub enum RunMount {
         content: Vec<u8>,
         mode: u32,
     },
+    /// `--mount=type=ssh`: a socket at `target` that relays to the agent `kiln build --ssh ID`
+    /// gave (nothing there when the build gave none and the mount is not required).
+    Ssh {
+        id: String,
+        target: String,
+        mode: u32,
+        uid: u32,
+        gid: u32,
+    },
     /// A secret as a file (target) or environment variable (env).
     Secret {
         id: String,
@@ -67,10 +101,23 @@ pub enum RunMount {
 }
 
 /// The filesystem a COPY or bind mount reads from.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub enum SourceTree {
     Context,
     Layers(Vec<LayerRef>),
+    /// A named build context's files (`--build-context NAME=DIR`, a git or https one), read
+    /// like the main context, with its own `.dockerignore`.
+    Named(Arc<BuildContext>),
+}
+
+impl std::fmt::Debug for SourceTree {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SourceTree::Context => f.write_str("Context"),
+            SourceTree::Layers(l) => f.debug_tuple("Layers").field(l).finish(),
+            SourceTree::Named(c) => write!(f, "Named({})", c.root().display()),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -125,6 +172,8 @@ pub struct ExecRequest {
     pub context: Arc<BuildContext>,
     pub progress: Arc<Progress>,
     pub secrets: Arc<HashMap<String, SecretSource>>,
+    /// `--ssh ID=…`: each id's agent socket on the host.
+    pub ssh: Arc<HashMap<String, std::path::PathBuf>>,
     pub source_date_epoch: Option<i64>,
     /// For a COPY/ADD from the context that missed only because some selected files changed: the
     /// layer the same step on the same parent made last time, to build the new one from.
@@ -158,11 +207,31 @@ pub trait Backend: Send + Sync + 'static {
 pub struct CopyOptions {
     /// Resolved `--chown`.
     pub chown: Option<(u32, u32)>,
-    /// `--chmod` permission bits.
-    pub chmod: Option<u32>,
+    /// `--chmod`, octal or symbolic.
+    pub chmod: Option<super::chmod::Chmod>,
     pub excludes: Vec<String>,
     /// `--parents`: keep each source's path (relative to the tree, or to a `/./` pivot in it).
     pub parents: bool,
     /// ADD: unpack local tar archives instead of copying them.
     pub unpack_archives: bool,
+    /// `ADD --unpack=true URL`: unpack a downloaded archive too (by default, ADD of a URL never
+    /// unpacks).
+    pub unpack_urls: bool,
+}
+
+impl CopyOptions {
+    /// The mode a copied entry gets: `--chmod` applied to its source's mode, else that mode.
+    pub fn mode_for(&self, source_mode: u32, is_dir: bool) -> u32 {
+        match &self.chmod {
+            Some(c) => c.apply(source_mode & 0o7777, is_dir),
+            None => source_mode & 0o7777,
+        }
+    }
+
+    /// The mode of a directory the copy creates on the way to its destination: 0755, or with
+    /// an octal `--chmod` its bits less group and other write, as BuildKit creates them
+    /// (`--chmod=770` -> 0750, `--chmod=600` -> 0600).
+    pub fn created_dir_mode(&self) -> u32 {
+        self.chmod.as_ref().map_or(0o755, |c| c.created_dir_mode())
+    }
 }

@@ -22,6 +22,9 @@ CREATE TABLE IF NOT EXISTS build_step_inputs (
 
 pub fn init(conn: &rusqlite::Connection) -> Result<()> {
     conn.execute_batch(SCHEMA)
+        .context("creating the build cache tables")?;
+    // When each entry was last used, for the collector (`store::gc`).
+    conn.execute_batch(crate::store::gc::CACHE_USE_SCHEMA)
         .context("creating the build cache tables")
 }
 
@@ -59,7 +62,7 @@ pub fn record(
         rusqlite::params![key, json, now],
     )
     .context("recording a build cache entry")?;
-    Ok(())
+    crate::store::gc::touch_cache_key(conn, key)
 }
 
 /// When a cached step was first built.

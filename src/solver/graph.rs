@@ -2,7 +2,7 @@
 //! `FROM <stage>`, `COPY --from=<stage>` and `RUN --mount=from=<stage>`, and an order in which
 //! they can be solved. Stages the target does not reach are never built.
 
-use anyhow::{anyhow, bail, Result};
+use anyhow::{bail, Result};
 
 use crate::dockerfile::{Instruction, Stage, Stages};
 
@@ -44,6 +44,47 @@ pub fn stage_ref(stages: &[Stage], name: &str, before: usize) -> Option<usize> {
 
 /// Builds the graph. A `--from` word is expanded in the global scope (global ARGs, `--build-arg`
 /// overrides, platform ARGs), as BuildKit does to find a stage's dependencies.
+/// Puts the named build contexts in place, as BuildKit does before it builds anything: a stage
+/// called NAME becomes the context (its own instructions are not run), and a FROM of NAME (not a
+/// stage) starts from it. An image context is then that image; a files context is an empty
+/// image whose first step copies the files in (`COPY --from=<context NAME> / /`).
+pub fn apply_named_contexts(
+    stages: &mut Stages,
+    named: &crate::source::named::NamedContexts,
+) -> Result<()> {
+    use crate::source::named::{files_marker, NamedContext};
+    if named.is_empty() {
+        return Ok(());
+    }
+    for stage in stages.stages.iter_mut() {
+        let (name, replace_stage) = match &stage.name {
+            Some(n) if named.get(n).is_some() => (n.clone(), true),
+            _ if stage.base_stage.is_none() && named.get(&stage.base).is_some() => {
+                (stage.base.clone(), false)
+            }
+            _ => continue,
+        };
+        if replace_stage {
+            stage.instructions.clear();
+        }
+        stage.base_stage = None;
+        match named.get(&name) {
+            Some(NamedContext::Image(reference)) => stage.base = reference.clone(),
+            Some(NamedContext::Files { .. }) => {
+                stage.base = "scratch".into();
+                let text = format!("FROM scratch\nCOPY --from={} / /\n", files_marker(&name));
+                let df = crate::dockerfile::parse(&text)
+                    .map_err(|e| anyhow::anyhow!("--build-context {name}: {e}"))?;
+                let mut copy = df.instructions[1].clone();
+                copy.span = stage.from.span;
+                stage.instructions.insert(0, copy);
+            }
+            None => {}
+        }
+    }
+    Ok(())
+}
+
 pub fn build_graph(stages: &Stages, target: Option<&str>) -> Result<Graph> {
     let all = &stages.stages;
     if all.is_empty() {
@@ -104,7 +145,7 @@ pub fn build_graph(stages: &Stages, target: Option<&str>) -> Result<Graph> {
                 _ => Vec::new(),
             };
             for f in from {
-                let f = stages.expand_global(f).map_err(|e| anyhow!("{e}"))?;
+                let f = f.clone();
                 if let Some(j) = stage_ref(all, &f, i) {
                     if !d.contains(&j) {
                         d.push(j);
@@ -175,7 +216,7 @@ mod tests {
     #[test]
     fn only_reached_stages_are_solved() {
         let st = stages(
-            "ARG FROM_STAGE=b\nFROM busybox AS a\nFROM busybox AS b\nFROM busybox AS unused\nFROM a\nCOPY --from=$FROM_STAGE /x /x\n",
+            "FROM busybox AS a\nFROM busybox AS b\nFROM busybox AS unused\nFROM a\nCOPY --from=b /x /x\n",
         );
         let g = build_graph(&st, None).unwrap();
         assert_eq!(g.order, vec![0, 1, 3]);

@@ -17,6 +17,7 @@ use sha2::{Digest, Sha256};
 
 mod backend;
 pub mod cache;
+pub mod chmod;
 pub mod graph;
 mod plan;
 pub mod progress;
@@ -26,8 +27,8 @@ mod tests;
 
 pub use crate::source::image::BaseImage;
 pub use backend::{
-    Backend, CopyOp, CopyOptions, ExecRequest, Network, Op, PreviousCopy, RunMount, RunOp,
-    SecretSource, SourceTree,
+    http_authorization, Backend, CopyOp, CopyOptions, ExecRequest, Network, Op, PreviousCopy,
+    RunMount, RunOp, SecretSource, SourceTree,
 };
 
 use crate::dockerfile::{Instruction, Spanned, Stages};
@@ -55,10 +56,14 @@ pub struct BuildRequest {
     pub network: Network,
     pub labels: BTreeMap<String, String>,
     pub secrets: HashMap<String, SecretSource>,
+    /// `--ssh ID=…`: each id's agent socket on the host (never part of a key).
+    pub ssh: HashMap<String, std::path::PathBuf>,
     pub source_date_epoch: Option<i64>,
     pub max_parallelism: usize,
     /// The caches of `--cache-from`, asked when the local cache misses.
     pub remote: Option<Arc<dyn remotecache::RemoteCache>>,
+    /// `--build-context NAME=…`: what replaces stages, bases and `--from` images of those names.
+    pub named_contexts: crate::source::named::NamedContexts,
 }
 
 /// A step as a cache export records it.
@@ -124,10 +129,12 @@ struct Shared {
     db: Arc<Mutex<rusqlite::Connection>>,
     file_cache: FileDigestCache,
     secrets: Arc<HashMap<String, SecretSource>>,
+    ssh: Arc<HashMap<String, std::path::PathBuf>>,
     permits: tokio::sync::Semaphore,
     outcomes: Vec<tokio::sync::watch::Sender<Outcome>>,
     started: i64,
     remote: Option<Arc<dyn remotecache::RemoteCache>>,
+    named: crate::source::named::NamedContexts,
     steps: Mutex<Vec<StepRecord>>,
     cache_mounts: Mutex<std::collections::BTreeSet<(String, u32, u32, u32)>>,
 }
@@ -190,6 +197,8 @@ pub async fn solve_shared(
     flights: Arc<Flights>,
     label: Option<String>,
 ) -> Result<StageResult> {
+    let mut request = request;
+    graph::apply_named_contexts(&mut request.stages, &request.named_contexts)?;
     let graph = build_graph(&request.stages, request.target.as_deref())?;
     let stage_platforms = stage_platforms(&request.stages)?;
     let file_cache = {
@@ -235,10 +244,12 @@ pub async fn solve_shared(
         db: db.clone(),
         file_cache,
         secrets: Arc::new(request.secrets),
+        ssh: Arc::new(request.ssh),
         permits: tokio::sync::Semaphore::new(request.max_parallelism.max(1)),
         outcomes,
         started,
         remote: request.remote,
+        named: request.named_contexts,
         steps: Mutex::new(Vec::new()),
         cache_mounts: Mutex::new(Default::default()),
     });
@@ -258,7 +269,12 @@ pub async fn solve_shared(
     let mut first_error: Option<(usize, anyhow::Error)> = None;
     let mut target_result = None;
     while let Some(joined) = tasks.join_next().await {
-        let (stage, result) = joined.map_err(|e| anyhow!("a build task failed: {e}"))?;
+        let (stage, result) = match joined {
+            Ok(done) => done,
+            // Aborted after another stage failed: that failure is the error to report.
+            Err(e) if e.is_cancelled() && first_error.is_some() => continue,
+            Err(e) => return Err(anyhow!("a build task failed: {e}")),
+        };
         match result {
             Ok(r) if stage == shared.graph.target => target_result = Some(r),
             Ok(_) => {}
@@ -634,6 +650,8 @@ async fn run_step(
                 .db
                 .lock()
                 .map_err(|_| anyhow!("database lock poisoned"))?;
+            // Before the lookup, so the collector keeps what this build finds (`store::gc`).
+            crate::store::gc::touch_cache_key(&conn, &key)?;
             cache::lookup(&conn, &key)?
         };
         if let Some((layer, created)) = hit.map(|h| (h, cached_time(shared, &key))) {
@@ -743,6 +761,7 @@ async fn run_step(
         context: shared.context.clone(),
         progress: shared.progress.clone(),
         secrets: shared.secrets.clone(),
+        ssh: shared.ssh.clone(),
         source_date_epoch: shared.req.source_date_epoch,
         previous,
     };

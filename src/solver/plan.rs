@@ -283,6 +283,15 @@ pub(super) async fn plan_step(
                 resolved.push(mount);
                 mount_keys.push(key_part);
             }
+            // As BuildKit's client: the first ssh mount is the agent unless the image says.
+            if let Some(first) = resolved.iter().find_map(|m| match m {
+                RunMount::Ssh { target, .. } => Some(target.clone()),
+                _ => None,
+            }) {
+                if !env.iter().any(|e| e.starts_with("SSH_AUTH_SOCK=")) {
+                    env.push(format!("SSH_AUTH_SOCK={first}"));
+                }
+            }
             if let Some(script) = script {
                 mount_keys.push(format!(
                     "file:{}:755:{}",
@@ -608,29 +617,80 @@ fn health_config(h: &Healthcheck) -> HealthConfig {
 }
 
 /// Resolves `--from` of COPY or a mount: a stage (its layers, waiting for it), or an image.
-async fn resolve_from(
-    shared: &Arc<Shared>,
-    stage: usize,
-    from: &str,
-) -> Result<(SourceTree, String)> {
+/// What a `--from` names: a tree of layers (a stage, an image) with its key, or the files of a
+/// named build context (keyed by what each COPY or mount selects of them).
+enum FromSource {
+    Tree(SourceTree, String),
+    Files(Arc<crate::source::local::BuildContext>),
+}
+
+async fn resolve_from(shared: &Arc<Shared>, stage: usize, from: &str) -> Result<FromSource> {
     if let Some(j) = stage_ref(&shared.stages.stages, from, stage) {
         let r = wait_stage(shared, j).await?;
-        return Ok((SourceTree::Layers(r.layers.clone()), r.key.clone()));
+        return Ok(FromSource::Tree(
+            SourceTree::Layers(r.layers.clone()),
+            r.key.clone(),
+        ));
     }
     if from.parse::<usize>().is_ok() {
         bail!("--from={from}: no such stage before this one");
     }
+    // Not a stage: a named build context of that name, else an image (BuildKit's order).
+    let image_name = match shared.named.get(from) {
+        Some(crate::source::named::NamedContext::Files { context, .. }) => {
+            return Ok(FromSource::Files(context.clone()));
+        }
+        Some(crate::source::named::NamedContext::Image(reference)) => reference.clone(),
+        None => from.to_string(),
+    };
     let backend = shared.backend.clone();
-    let (name, pull) = (from.to_string(), shared.req.pull);
+    let (name, pull) = (image_name, shared.req.pull);
     let platform = shared.stage_platforms[stage].clone();
     let image = tokio::task::spawn_blocking(move || backend.base_image(&name, pull, &platform))
         .await
         .map_err(|e| anyhow!("resolving {from}: {e}"))?
         .with_context(|| format!("--from={from}"))?;
-    Ok((
+    Ok(FromSource::Tree(
         SourceTree::Layers(image.layers),
         digest_of(&["image", &image.id]),
     ))
+}
+
+/// Hashes exactly what a COPY (or bind mount) selects of a context's files, off the async
+/// threads: the main context (with its per-file digest cache) or a named one.
+async fn hash_context_files(
+    shared: &Arc<Shared>,
+    context: Arc<crate::source::local::BuildContext>,
+    sources: Vec<String>,
+    excludes: Vec<String>,
+    expand: bool,
+) -> Result<crate::source::local::contenthash::Selection> {
+    let shared2 = shared.clone();
+    tokio::task::spawn_blocking(move || -> Result<_> {
+        let filter = context.filter();
+        let expanded = if expand {
+            let src = crate::source::select::CopySource {
+                root: context.root(),
+                filter: filter.as_ref(),
+                from_context: true,
+            };
+            crate::source::select::expand_sources(&src, &sources)?
+        } else {
+            sources
+        };
+        let is_main = Arc::ptr_eq(&context, &shared2.context);
+        hash_selection(
+            context.root(),
+            &expanded,
+            &HashOptions {
+                filter: filter.as_ref(),
+                excludes: &excludes,
+                cache: is_main.then_some(&shared2.file_cache),
+            },
+        )
+    })
+    .await
+    .map_err(|e| anyhow!("hashing the build context: {e}"))?
 }
 
 /// Plans a COPY or ADD whose words are expanded already.
@@ -653,8 +713,9 @@ async fn plan_copy(
             continue;
         }
         let s = s.clone();
-        if let Some(url) = crate::source::git::parse(&s) {
-            shown_sources.push(url.display());
+        if let Some(url) = crate::source::git::parse_checked(&s)? {
+            // As written (the query form stays a query), without credentials.
+            shown_sources.push(crate::source::git::redact_urls(&s));
             if !is_add {
                 bail!(
                     "COPY cannot copy a git repository ({}): use ADD",
@@ -662,8 +723,11 @@ async fn plan_copy(
                 );
             }
             // Keyed by the commit the ref names now (as BuildKit): resolved before the step.
-            let checksum = args.checksum.clone();
-            let keep_git_dir = args.keep_git_dir.unwrap_or(false);
+            let checksum = args.checksum.clone().or(url.query.checksum.clone());
+            let keep_git_dir = args
+                .keep_git_dir
+                .or(url.query.keep_git_dir)
+                .unwrap_or(false);
             let source = tokio::task::spawn_blocking(move || -> Result<_> {
                 let resolved = crate::source::git::resolve(&url, checksum.as_deref())?;
                 Ok(crate::source::git::GitSource {
@@ -682,8 +746,14 @@ async fn plan_copy(
                 Some(c) => c.clone(),
                 None => {
                     let url = s.clone();
+                    let secrets = shared.secrets.clone();
                     tokio::task::spawn_blocking(move || -> Result<String> {
-                        let data = crate::source::http::fetch(&url, None)?;
+                        let authorization = super::backend::http_authorization(&url, &secrets)?;
+                        let data = crate::source::http::fetch_authorized(
+                            &url,
+                            None,
+                            authorization.as_deref(),
+                        )?;
                         Ok(format!("sha256:{}", hex::encode(Sha256::digest(&data))))
                     })
                     .await
@@ -703,7 +773,11 @@ async fn plan_copy(
     let dest_word = args.dest.clone();
     let dest = absolute_in(&walk.workdir(), &dest_word);
     let chown = args.chown.clone();
-    let chmod = args.chmod.as_ref().map(|c| parse_chmod(c)).transpose()?;
+    let chmod = args
+        .chmod
+        .as_ref()
+        .map(|c| super::chmod::Chmod::parse(c))
+        .transpose()?;
     let excludes = args.exclude.clone();
     let heredocs: Vec<(String, String)> = args
         .heredocs
@@ -711,51 +785,36 @@ async fn plan_copy(
         .map(|d| (d.name.clone(), d.content.clone()))
         .collect();
     let from = args.from.clone();
-    let (tree, source_key, files) = match &from {
-        Some(f) => {
-            let (tree, key) = resolve_from(shared, stage, f).await?;
-            (tree, key, Vec::new())
-        }
-        None => {
-            // Hash exactly what the COPY selects, off the async threads.
-            let shared2 = shared.clone();
-            let srcs = sources.clone();
-            let excl = excludes.clone();
-            let selection = tokio::task::spawn_blocking(move || -> Result<_> {
-                let filter = shared2.context.filter();
-                let src = crate::source::select::CopySource {
-                    root: shared2.context.root(),
-                    filter: filter.as_ref(),
-                    from_context: true,
-                };
-                let expanded = crate::source::select::expand_sources(&src, &srcs)?;
-                hash_selection(
-                    shared2.context.root(),
-                    &expanded,
-                    &HashOptions {
-                        filter: filter.as_ref(),
-                        excludes: &excl,
-                        cache: Some(&shared2.file_cache),
-                    },
-                )
-            })
-            .await
-            .map_err(|e| anyhow!("hashing the build context: {e}"))??;
+    let files_of = match &from {
+        Some(f) => match resolve_from(shared, stage, f).await? {
+            FromSource::Tree(tree, key) => Err((tree, key)),
+            FromSource::Files(named) => Ok((SourceTree::Named(named.clone()), named)),
+        },
+        None => Ok((SourceTree::Context, shared.context.clone())),
+    };
+    let (tree, source_key, files) = match files_of {
+        Err((tree, key)) => (tree, key, Vec::new()),
+        Ok((tree, context)) => {
+            let selection =
+                hash_context_files(shared, context, sources.clone(), excludes.clone(), true)
+                    .await?;
             let files: Vec<(String, String)> = selection
                 .entries
                 .iter()
                 .map(|(p, d)| (p.clone(), hex::encode(&d[..12])))
                 .collect();
-            (SourceTree::Context, selection.digest, files)
+            (tree, selection.digest, files)
         }
     };
     let unpack = is_add && args.unpack.unwrap_or(true);
+    let unpack_urls = is_add && args.unpack == Some(true);
     let options = CopyOptions {
         chown: None,
-        chmod,
+        chmod: chmod.clone(),
         excludes: excludes.clone(),
         parents: args.parents,
         unpack_archives: unpack,
+        unpack_urls,
     };
     // The key's text: unchanged from what kiln always keyed a COPY by (the options that decide
     // what is copied), whatever the history says.
@@ -766,8 +825,8 @@ async fn plan_copy(
     if let Some(c) = &chown {
         text.push_str(&format!(" --chown={c}"));
     }
-    if let Some(m) = chmod {
-        text.push_str(&format!(" --chmod={m:o}"));
+    if let Some(m) = &chmod {
+        text.push_str(&format!(" --chmod={}", m.key_text()));
     }
     if args.parents {
         text.push_str(" --parents");
@@ -833,6 +892,9 @@ async fn plan_copy(
     for (u, c) in &urls {
         parts.push(format!("url:{u}:{}", c.as_deref().unwrap_or("")));
     }
+    if unpack_urls && !urls.is_empty() {
+        parts.push("unpack-urls".into());
+    }
     let refs: Vec<&str> = parts.iter().map(String::as_str).collect();
     let key = digest_of(&refs);
     let inputs = StepInputs {
@@ -884,29 +946,20 @@ async fn resolve_mount(
         MountType::Bind => {
             let source = m.source.clone().unwrap_or_default();
             let rw = !m.read_only;
-            let (from, key) = match &m.from {
-                Some(f) => {
-                    let (tree, key) = resolve_from(shared, stage, f).await?;
-                    (Some(tree), key)
-                }
-                None => {
-                    let shared2 = shared.clone();
+            let files_of = match &m.from {
+                Some(f) => match resolve_from(shared, stage, f).await? {
+                    FromSource::Tree(tree, key) => Err((tree, key)),
+                    FromSource::Files(named) => Ok((Some(SourceTree::Named(named.clone())), named)),
+                },
+                None => Ok((None, shared.context.clone())),
+            };
+            let (from, key) = match files_of {
+                Err((tree, key)) => (Some(tree), key),
+                Ok((tree, context)) => {
                     let src = crate::source::fsutil::clean_rel(&source);
-                    let sel = tokio::task::spawn_blocking(move || {
-                        let filter = shared2.context.filter();
-                        hash_selection(
-                            shared2.context.root(),
-                            &[src],
-                            &HashOptions {
-                                filter: filter.as_ref(),
-                                excludes: &[],
-                                cache: Some(&shared2.file_cache),
-                            },
-                        )
-                    })
-                    .await
-                    .map_err(|e| anyhow!("hashing the bind mount source: {e}"))??;
-                    (None, sel.digest)
+                    let sel =
+                        hash_context_files(shared, context, vec![src], Vec::new(), false).await?;
+                    (tree, sel.digest)
                 }
             };
             let key_part = format!("bind:{target}:{source}:{rw}:{key}");
@@ -981,18 +1034,30 @@ async fn resolve_mount(
                 key_part,
             ))
         }
-        MountType::Ssh => bail!("RUN --mount=type=ssh is not supported"),
+        MountType::Ssh => {
+            let id = m.id.clone().unwrap_or_else(|| "default".into());
+            if m.required && !shared.ssh.contains_key(&id) {
+                bail!(
+                    "no SSH key {id:?} forwarded from the client: give it with kiln build \
+                     --ssh {id} (the agent of $SSH_AUTH_SOCK), --ssh {id}=SOCKET or --ssh \
+                     {id}=KEYFILE"
+                );
+            }
+            let mode = m.mode.unwrap_or(0o600);
+            // Where the socket goes and who may use it; never which agent or keys.
+            let key_part = format!("ssh:{id}:{target}:{mode}:{uid}:{gid}");
+            Ok((
+                RunMount::Ssh {
+                    id,
+                    target,
+                    mode,
+                    uid,
+                    gid,
+                },
+                key_part,
+            ))
+        }
     }
-}
-
-/// Parses `--chmod` (octal only, as BuildKit accepts without the labs syntax).
-pub fn parse_chmod(s: &str) -> Result<u32> {
-    let mode = u32::from_str_radix(s, 8)
-        .map_err(|_| anyhow!("--chmod={s}: expected an octal mode such as 755"))?;
-    if mode > 0o7777 {
-        bail!("--chmod={s}: mode out of range");
-    }
-    Ok(mode)
 }
 
 #[cfg(test)]
@@ -1041,12 +1106,5 @@ mod tests {
     fn go_quote_escapes() {
         assert_eq!(go_quote("a\"b\\c\x01\té", '"'), r#""a\"b\\c\x01\té""#);
         assert_eq!(go_quote("'", '\''), r"'\''");
-    }
-
-    #[test]
-    fn chmod_is_octal_only() {
-        assert_eq!(parse_chmod("640").unwrap(), 0o640);
-        assert!(parse_chmod("u+x").is_err());
-        assert!(parse_chmod("17777").is_err());
     }
 }

@@ -121,6 +121,8 @@ fn build(
         source_date_epoch: Some(1000),
         max_parallelism: 2,
         remote: None,
+        named_contexts: Default::default(),
+        ssh: Default::default(),
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -299,6 +301,8 @@ fn graphs_of_a_multi_platform_build_share_equal_steps() {
                 source_date_epoch: Some(1000),
                 max_parallelism: 2,
                 remote: None,
+                named_contexts: Default::default(),
+                ssh: Default::default(),
             };
             let backend: Arc<dyn Backend> = fake.clone();
             set.spawn(solve_shared(

@@ -21,6 +21,29 @@ pub fn unpack_file(path: &Path, dest: &Path, owner: Option<(u32, u32)>) -> Resul
     unpack_confined(reader, dest, owner)
 }
 
+/// Whether downloaded bytes are a tar archive, compressed or not (`ADD --unpack=true URL`).
+pub fn is_archive_data(data: &[u8]) -> bool {
+    match archive_kind(&data[..data.len().min(512)]) {
+        None => false,
+        Some(ArchiveKind::Tar) => true,
+        Some(_) => {
+            let Ok((mut reader, _)) = decompressing_reader(std::io::Cursor::new(data.to_vec()))
+            else {
+                return false;
+            };
+            let mut head = [0u8; 512];
+            let n = read_up_to(&mut reader, &mut head);
+            matches!(archive_kind(&head[..n]), Some(ArchiveKind::Tar))
+        }
+    }
+}
+
+/// Unpacks a possibly compressed tar held in memory into `dest`.
+pub fn unpack_data(data: &[u8], dest: &Path, owner: Option<(u32, u32)>) -> Result<()> {
+    let (reader, _) = decompressing_reader(std::io::Cursor::new(data.to_vec()))?;
+    unpack_confined(reader, dest, owner)
+}
+
 /// Whether ADD should unpack this local file: it is a tar archive, compressed or not. Reads only
 /// the first bytes (and, for compressed files, the first block after decompression).
 pub fn is_local_archive(path: &Path) -> bool {

@@ -34,6 +34,20 @@ pub struct GitUrl {
     pub reference: Option<String>,
     /// The directory of the repository to copy, cleaned (no leading `/`, empty for the root).
     pub subdir: String,
+    /// BuildKit's query form (`?ref=&tag=&branch=&checksum=&subdir=&keep-git-dir=&submodules=`):
+    /// what it says besides the ref and subdir.
+    pub query: GitQuery,
+}
+
+/// The options a git URL's query gives (Dockerfile 1.18).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GitQuery {
+    /// `checksum=` (or `commit=`): the commit the ref must name, as `ADD --checksum`.
+    pub checksum: Option<String>,
+    /// `keep-git-dir=`: as `ADD --keep-git-dir`.
+    pub keep_git_dir: Option<bool>,
+    /// `submodules=false` leaves submodules out.
+    pub submodules: Option<bool>,
 }
 
 /// What a ref resolved to when the build was planned.
@@ -89,6 +103,9 @@ impl GitSource {
             key.push(':');
             key.push_str(&self.url.subdir);
         }
+        if self.url.query.submodules == Some(false) {
+            key.push_str(";no-submodules");
+        }
         key
     }
 
@@ -98,30 +115,146 @@ impl GitSource {
 }
 
 /// Whether an ADD source names a git repository, and if so its parts. `None` for anything else
-/// (a context path, a plain HTTP(S) download).
+/// (a context path, a plain HTTP(S) download), and for a repository URL with a bad query (see
+/// [`parse_checked`] for the error).
 pub fn parse(source: &str) -> Option<GitUrl> {
-    let (remote, fragment) = match source.split_once('#') {
+    parse_checked(source).ok().flatten()
+}
+
+/// [`parse`], with the error of a repository URL whose query BuildKit would refuse (an unknown
+/// key, a ref given twice, `branch=` with `tag=`...).
+pub fn parse_checked(source: &str) -> Result<Option<GitUrl>> {
+    let (without_fragment, fragment) = match source.split_once('#') {
         Some((r, f)) => (r, Some(f)),
         None => (source, None),
     };
-    if !is_git_remote(remote) {
-        return None;
+    if !is_git_remote(without_fragment) {
+        return Ok(None);
     }
-    let (reference, subdir) = match fragment {
+    let (remote, query) = match without_fragment.split_once('?') {
+        Some((r, q)) => (r, Some(q)),
+        None => (without_fragment, None),
+    };
+    let (mut reference, mut subdir) = match fragment {
         None | Some("") => (None, String::new()),
         Some(f) => {
             let (r, sub) = f.split_once(':').unwrap_or((f, ""));
-            (
-                (!r.is_empty()).then(|| r.to_string()),
-                crate::source::fsutil::clean_rel(sub),
-            )
+            ((!r.is_empty()).then(|| r.to_string()), sub.to_string())
         }
     };
-    Some(GitUrl {
+    let mut options = GitQuery::default();
+    if let Some(q) = query {
+        apply_query(q, &mut reference, &mut subdir, &mut options)
+            .with_context(|| format!("git URL {}", redact(source)))?;
+    }
+    Ok(Some(GitUrl {
         remote: remote.to_string(),
         reference,
-        subdir,
-    })
+        subdir: crate::source::fsutil::clean_rel(&subdir),
+        query: options,
+    }))
+}
+
+/// Reads a git URL's query as BuildKit does: each key once, `ref`/`tag`/`branch` naming one ref
+/// (`tag=v1` is `refs/tags/v1`, `branch=b` is `refs/heads/b`), `subdir` agreeing with the
+/// fragment's.
+fn apply_query(
+    query: &str,
+    reference: &mut Option<String>,
+    subdir: &mut String,
+    options: &mut GitQuery,
+) -> Result<()> {
+    let mut seen: Vec<String> = Vec::new();
+    let (mut tag, mut branch) = (None::<String>, None::<String>);
+    let set_ref = |reference: &mut Option<String>, value: String| -> Result<()> {
+        match reference {
+            Some(r) if *r != value => bail!("ref conflicts: {r:?} vs {value:?}"),
+            _ => *reference = Some(value),
+        }
+        Ok(())
+    };
+    let flag = |key: &str, value: &str| -> Result<bool> {
+        match value {
+            "" | "1" | "t" | "T" | "true" | "TRUE" | "True" => Ok(true),
+            "0" | "f" | "F" | "false" | "FALSE" | "False" => Ok(false),
+            _ => bail!("invalid {key} value: {value:?}"),
+        }
+    };
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let key = percent_decode(key);
+        let value = percent_decode(value);
+        if seen.contains(&key) {
+            bail!("query {key:?} has multiple values");
+        }
+        seen.push(key.clone());
+        if value.is_empty() && !matches!(key.as_str(), "submodules" | "keep-git-dir") {
+            bail!("query {key:?} has no value");
+        }
+        match key.as_str() {
+            "ref" => set_ref(reference, value)?,
+            "tag" => tag = Some(value),
+            "branch" => branch = Some(value),
+            "subdir" => {
+                if !subdir.is_empty() && *subdir != value {
+                    bail!("subdir conflicts: {subdir:?} vs {value:?}");
+                }
+                *subdir = value;
+            }
+            "checksum" | "commit" => options.checksum = Some(value),
+            "keep-git-dir" => options.keep_git_dir = Some(flag(&key, &value)?),
+            "submodules" => options.submodules = Some(flag(&key, &value)?),
+            _ => bail!(
+                "unexpected query {key:?}: a git URL takes ref, tag, branch, checksum, commit, \
+                 subdir, keep-git-dir and submodules"
+            ),
+        }
+    }
+    if let Some(t) = tag {
+        let full = if t.starts_with("refs/tags/") {
+            t
+        } else {
+            format!("refs/tags/{t}")
+        };
+        set_ref(reference, full)?;
+    }
+    if let Some(b) = branch {
+        if seen.iter().any(|k| k == "tag") {
+            bail!("branch conflicts with tag");
+        }
+        let full = if b.starts_with("refs/heads/") {
+            b
+        } else {
+            format!("refs/heads/{b}")
+        };
+        set_ref(reference, full)?;
+    }
+    Ok(())
+}
+
+/// `%XX` escapes and `+` of a URL query, decoded (bad escapes kept as written).
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < bytes.len() => {
+                let hex = |b: u8| (b as char).to_digit(16);
+                match (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                    (Some(h), Some(l)) => {
+                        out.push((h * 16 + l) as u8);
+                        i += 2;
+                    }
+                    _ => out.push(b'%'),
+                }
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 fn is_git_remote(remote: &str) -> bool {
@@ -309,6 +442,8 @@ fn pick_ref(ls_remote: &str, reference: Option<&str>) -> Option<Resolved> {
 pub struct Checkout {
     _dir: tempfile::TempDir,
     root: PathBuf,
+    /// The commit's committer time, when it was read (a build under SOURCE_DATE_EPOCH).
+    pub commit_time: Option<i64>,
 }
 
 impl Checkout {
@@ -422,7 +557,7 @@ pub fn checkout(
         args.extend(["checkout", "-q", commit, "--", "."].map(OsString::from));
         run_git(&args, None, remote).with_context(|| format!("checking out {shown}"))?;
     }
-    if tree.join(".gitmodules").is_file() {
+    if tree.join(".gitmodules").is_file() && url.query.submodules != Some(false) {
         let mut args = gd(&["--work-tree"]);
         args.push(tree.clone().into());
         args.extend(
@@ -447,6 +582,7 @@ pub fn checkout(
         )?;
         let _ = std::fs::remove_file(git_dir.join("FETCH_HEAD"));
     }
+    let mut commit_time = None;
     if source_date_epoch.is_some() {
         let time = run_git(&gd(&["show", "-s", "--format=%ct", commit]), None, remote)?;
         let time: i64 = time
@@ -454,6 +590,7 @@ pub fn checkout(
             .parse()
             .map_err(|_| anyhow!("{shown}: cannot read the commit time of {commit}"))?;
         set_mtimes(&tree, time)?;
+        commit_time = Some(time);
     }
     let root = if url.subdir.is_empty() {
         tree
@@ -467,7 +604,11 @@ pub fn checkout(
         }
         path
     };
-    Ok(Checkout { _dir: dir, root })
+    Ok(Checkout {
+        _dir: dir,
+        root,
+        commit_time,
+    })
 }
 
 /// Removes every entry named `.git` below `tree` (git never tracks such a path, so they are all
@@ -588,6 +729,37 @@ mod tests {
 
     fn p(s: &str) -> Option<(String, Option<String>, String)> {
         parse(s).map(|u| (u.remote, u.reference, u.subdir))
+    }
+
+    #[test]
+    fn query_form_names_refs_subdirs_and_options() {
+        let q = |s: &str| parse_checked(s).map(|u| u.unwrap());
+        let u = q("https://h/r.git?tag=v1&subdir=docs&keep-git-dir=true").unwrap();
+        assert_eq!(u.remote, "https://h/r.git");
+        assert_eq!(u.reference.as_deref(), Some("refs/tags/v1"));
+        assert_eq!(u.subdir, "docs");
+        assert_eq!(u.query.keep_git_dir, Some(true));
+        let u = q("git@h:r.git?branch=main&submodules=false&checksum=abc").unwrap();
+        assert_eq!(u.remote, "git@h:r.git");
+        assert_eq!(u.reference.as_deref(), Some("refs/heads/main"));
+        assert_eq!(u.query.submodules, Some(false));
+        assert_eq!(u.query.checksum.as_deref(), Some("abc"));
+        let u = q("https://h/r.git?ref=feature%2Fx&keep-git-dir").unwrap();
+        assert_eq!(u.reference.as_deref(), Some("feature/x"));
+        assert_eq!(u.query.keep_git_dir, Some(true));
+        // The fragment and the query agree, or it is BuildKit's error.
+        assert!(q("https://h/r.git?ref=main#main").is_ok());
+        let err = |s: &str| format!("{:#}", q(s).unwrap_err());
+        assert!(err("https://h/r.git?ref=a#b").contains("ref conflicts"));
+        assert!(err("https://h/r.git?tag=a&branch=b").contains("branch conflicts with tag"));
+        assert!(err("https://h/r.git?subdir=a#:b").contains("subdir conflicts"));
+        assert!(err("https://h/r.git?depth=1").contains("unexpected query \"depth\""));
+        assert!(err("https://h/r.git?ref=").contains("has no value"));
+        assert!(err("https://h/r.git?ref=a&ref=a").contains("multiple values"));
+        assert!(err("https://u:pw@h/r.git?submodules=maybe").contains("invalid submodules"));
+        assert!(!err("https://u:pw@h/r.git?submodules=maybe").contains("pw"));
+        // A web URL with a query is a repository only when its path ends in .git.
+        assert_eq!(parse_checked("https://h/file.tar?x=1").unwrap(), None);
     }
 
     #[test]

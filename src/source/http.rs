@@ -13,14 +13,68 @@ const MAX_SIZE: usize = 1 << 30;
 
 /// Downloads `url`; with `checksum`, fails unless the content's sha256 matches.
 pub fn fetch(url: &str, checksum: Option<&str>) -> Result<Vec<u8>> {
-    let data = get(url, 5).with_context(|| format!("ADD {url}"))?;
+    fetch_authorized(url, checksum, None)
+}
+
+/// The secrets that authorize a download, as BuildKit names them: `HTTP_AUTH_HEADER_<host>` is
+/// the `Authorization` header's value, `HTTP_AUTH_TOKEN_<host>` a bearer token (it wins when
+/// both are given). `secret` reads a secret by id.
+pub fn authorization_for(
+    url: &str,
+    secret: impl Fn(&str) -> Result<Option<Vec<u8>>>,
+) -> Result<Option<String>> {
+    let Some(host) = host_of(url) else {
+        return Ok(None);
+    };
+    let mut value = None;
+    if let Some(v) = secret(&format!("HTTP_AUTH_HEADER_{host}"))? {
+        value = Some(
+            String::from_utf8_lossy(&v)
+                .trim_end_matches('\n')
+                .to_string(),
+        );
+    }
+    if let Some(v) = secret(&format!("HTTP_AUTH_TOKEN_{host}"))? {
+        value = Some(format!(
+            "Bearer {}",
+            String::from_utf8_lossy(&v).trim_end_matches('\n')
+        ));
+    }
+    Ok(value)
+}
+
+/// The host name of an http(s) URL (no userinfo, no port).
+fn host_of(url: &str) -> Option<String> {
+    let rest = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"))?;
+    let authority = rest.split(['/', '?', '#']).next()?;
+    let hostport = authority.rsplit('@').next()?;
+    let host = if let Some(v6) = hostport.strip_prefix('[') {
+        v6.split(']').next()?
+    } else {
+        hostport.split(':').next()?
+    };
+    (!host.is_empty()).then(|| host.to_ascii_lowercase())
+}
+
+/// [`fetch`] with an `Authorization` header for the URL's host (dropped when a redirect leaves
+/// that host, as Go's client drops it). The header is never part of a message.
+pub fn fetch_authorized(
+    url: &str,
+    checksum: Option<&str>,
+    authorization: Option<&str>,
+) -> Result<Vec<u8>> {
+    let shown = crate::source::git::redact_urls(url);
+    let auth = authorization.and_then(|a| host_of(url).map(|h| (h, a.to_string())));
+    let data = get(url, 5, auth.as_ref()).with_context(|| format!("ADD {shown}"))?;
     if let Some(sum) = checksum {
         let want = sum
             .strip_prefix("sha256:")
             .ok_or_else(|| anyhow!("ADD --checksum={sum}: expected sha256:<hex>"))?;
         let got = hex::encode(Sha256::digest(&data));
         if !got.eq_ignore_ascii_case(want) {
-            bail!("ADD {url}: checksum mismatch: got sha256:{got}, expected {sum}");
+            bail!("ADD {shown}: checksum mismatch: got sha256:{got}, expected {sum}");
         }
     }
     Ok(data)
@@ -37,10 +91,14 @@ pub fn file_name(url: &str) -> String {
         .to_string()
 }
 
-fn get(url: &str, redirects_left: u32) -> Result<Vec<u8>> {
+/// `auth`: (host, header value), sent only to that host.
+fn get(url: &str, redirects_left: u32, auth: Option<&(String, String)>) -> Result<Vec<u8>> {
+    let header = auth
+        .filter(|(host, _)| host_of(url).as_deref() == Some(host.as_str()))
+        .map(|(_, v)| v.as_str());
     let rest = match url.strip_prefix("http://") {
         Some(r) => r,
-        None if url.starts_with("https://") => return get_https(url),
+        None if url.starts_with("https://") => return get_https(url, header),
         None => bail!("unsupported URL scheme"),
     };
     let (hostport, path) = match rest.find('/') {
@@ -54,9 +112,12 @@ fn get(url: &str, redirects_left: u32) -> Result<Vec<u8>> {
     };
     let mut stream = TcpStream::connect(&addr).with_context(|| format!("connecting to {addr}"))?;
     stream.set_read_timeout(Some(Duration::from_secs(60)))?;
+    let authorization = header
+        .map(|v| format!("Authorization: {v}\r\n"))
+        .unwrap_or_default();
     write!(
         stream,
-        "GET {path} HTTP/1.0\r\nHost: {hostport}\r\nUser-Agent: kiln\r\nAccept: */*\r\n\r\n"
+        "GET {path} HTTP/1.0\r\nHost: {hostport}\r\nUser-Agent: kiln\r\nAccept: */*\r\n{authorization}\r\n"
     )?;
     let mut response = Vec::new();
     stream
@@ -89,7 +150,7 @@ fn get(url: &str, redirects_left: u32) -> Result<Vec<u8>> {
         } else {
             location
         };
-        return get(&next, redirects_left - 1);
+        return get(&next, redirects_left - 1, auth);
     }
     if status != 200 {
         bail!("HTTP status {status}");
@@ -98,7 +159,7 @@ fn get(url: &str, redirects_left: u32) -> Result<Vec<u8>> {
 }
 
 /// https through ureq (rustls, the platform's roots), following redirects.
-fn get_https(url: &str) -> Result<Vec<u8>> {
+fn get_https(url: &str, authorization: Option<&str>) -> Result<Vec<u8>> {
     let tls = ureq::tls::TlsConfig::builder()
         .root_certs(ureq::tls::RootCerts::PlatformVerifier)
         .build();
@@ -109,7 +170,12 @@ fn get_https(url: &str) -> Result<Vec<u8>> {
         .accept_encoding("identity")
         .build()
         .new_agent();
-    let mut resp = agent.get(url).call().map_err(|e| anyhow!("{e}"))?;
+    let mut request = agent.get(url);
+    if let Some(v) = authorization {
+        // ureq drops it on redirects (its default), as Go's client does across hosts.
+        request = request.header("Authorization", v);
+    }
+    let mut resp = request.call().map_err(|e| anyhow!("{e}"))?;
     resp.body_mut()
         .with_config()
         .limit(MAX_SIZE as u64)

@@ -8,6 +8,7 @@
 //! | `image`: a FROM or `--from` image (store, else registry) | manifest digest | its layers |
 //! | `http`: ADD of a URL | sha256 of what the URL serves (or `--checksum`) | the downloaded file |
 //! | `git`: ADD of a repository | the commit the ref resolves to | a shallow checkout |
+//! | `named`: `--build-context NAME=…` (an image, a layout, a directory, git, https) | an image's digest, or the selected files' contents | an image's layers, or a directory |
 //!
 //! `select` (what a COPY selects from a tree), `fsutil` (paths confined to a root, globs) and
 //! `archive` (confined tar unpacking, compression sniffing) serve them and the COPY/ADD operation.
@@ -19,4 +20,5 @@ pub mod git;
 pub mod http;
 pub mod image;
 pub mod local;
+pub mod named;
 pub mod select;

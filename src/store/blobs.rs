@@ -197,16 +197,6 @@ impl Store {
             .ok()
             .map(|m| m.len())
     }
-
-    /// Deletes a blob file (callers decide it is unreferenced).
-    pub(crate) fn delete_blob(&self, digest: &str) -> Result<()> {
-        match fs::remove_file(self.blob_path(digest)?) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => {
-                Err(e).with_context(|| format!("deleting blob {digest}"))
-            }
-            _ => Ok(()),
-        }
-    }
 }
 
 struct HashInto<'a>(&'a mut Sha256);

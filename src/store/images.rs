@@ -867,6 +867,11 @@ impl Store {
     /// the blobs nothing else references. Without `force`, refuses an image in use and an ID
     /// that several names share. Returns what docker prints: `Untagged: x` / `Deleted: sha256:..`.
     pub fn remove_image(&self, spec: &str, force: bool) -> Result<Vec<String>> {
+        Ok(self.remove_image_counted(spec, force)?.0)
+    }
+
+    /// [`Store::remove_image`], also returning the bytes it freed on disk.
+    pub fn remove_image_counted(&self, spec: &str, force: bool) -> Result<(Vec<String>, u64)> {
         let image = self.resolve(spec)?;
         let by_name = image
             .name
@@ -940,7 +945,8 @@ impl Store {
             }
             Ok(())
         })?;
-        Ok(report)
+        let freed = self.sweep_pending()?;
+        Ok((report, freed))
     }
 
     /// Deletes a nameless index, then each of its manifests that has no name and is in no other
@@ -968,7 +974,7 @@ impl Store {
                 deleted.extend(self.delete_manifest_tx(tx, &m)?);
             }
         }
-        self.delete_blob(index)?;
+        self.pend_blob_tx(tx, index)?;
         Ok(deleted)
     }
 
@@ -992,8 +998,8 @@ impl Store {
         tx.execute("DELETE FROM manifests WHERE digest = ?1", [manifest])?;
         tx.execute("DELETE FROM image_uses WHERE manifest = ?1", [manifest])?;
         let mut deleted = vec![format!("Deleted: {manifest}")];
-        let mut files = vec![manifest.to_string()];
-        let mut dirs = Vec::new();
+        // The files go after the commit (`sweep_pending`), each only if still unreferenced.
+        self.pend_blob_tx(tx, manifest)?;
         for blob in blobs {
             let used: bool = tx.query_row(
                 "SELECT EXISTS(SELECT 1 FROM manifest_blobs WHERE blob = ?1)
@@ -1003,22 +1009,27 @@ impl Store {
                 |r| r.get(0),
             )?;
             if !used {
+                let diff_id: Option<String> = tx
+                    .query_row(
+                        "SELECT diff_id FROM layers WHERE digest = ?1",
+                        [&blob],
+                        |r| r.get(0),
+                    )
+                    .optional()?;
                 tx.execute("DELETE FROM layers WHERE digest = ?1", [&blob])?;
                 if Some(&blob) == config.as_ref() {
                     deleted.push(format!("Deleted: {blob}"));
                 }
                 if unpacked_tx(tx, &blob)? {
-                    files.extend(self.collect_unpacked_tx(tx, &blob, &mut dirs)?);
+                    for file in self.collect_unpacked_tx(tx, &blob)? {
+                        self.pend_blob_tx(tx, &file)?;
+                    }
+                } else if let Some(d) = diff_id.filter(|d| d != &blob) {
+                    // A pulled layer's unpacked copy goes with its last blob of that DiffID.
+                    self.pend_layer_dir_tx(tx, &d)?;
                 }
-                files.push(blob);
+                self.pend_blob_tx(tx, &blob)?;
             }
-        }
-        // Under the write lock: a concurrent commit re-checks its blobs in its own transaction.
-        for file in files {
-            self.delete_blob(&file)?;
-        }
-        for dir in dirs {
-            self.remove_unpacked_dir(&dir)?;
         }
         Ok(deleted)
     }
@@ -1027,13 +1038,8 @@ impl Store {
 impl Store {
     /// Forgets the unpacked layer `diff_id`, which nothing references any more: returns the blobs
     /// to delete (its entry list, unless another layer has the same, and the compressed blobs made
-    /// from it that nothing references) and adds its directory to `dirs`.
-    fn collect_unpacked_tx(
-        &self,
-        tx: &Transaction,
-        diff_id: &str,
-        dirs: &mut Vec<std::path::PathBuf>,
-    ) -> Result<Vec<String>> {
+    /// from it that nothing references) and lists its directory in `gc_pending`.
+    fn collect_unpacked_tx(&self, tx: &Transaction, diff_id: &str) -> Result<Vec<String>> {
         let changes: String = tx.query_row(
             "SELECT changes FROM unpacked_layers WHERE diff_id = ?1",
             [diff_id],
@@ -1066,25 +1072,8 @@ impl Store {
             tx.execute("DELETE FROM layers WHERE digest = ?1", [&d])?;
             files.push(d);
         }
-        dirs.push(self.unpacked_layer_path(diff_id)?);
+        self.pend_layer_dir_tx(tx, diff_id)?;
         Ok(files)
-    }
-
-    /// Removes a collected unpacked layer: renamed into `tmp/` first (one atomic step; a crash
-    /// leaves it there, where the next kiln empties it), then deleted.
-    fn remove_unpacked_dir(&self, dir: &std::path::Path) -> Result<()> {
-        let Some(name) = dir.file_name() else {
-            return Ok(());
-        };
-        let mut gone = std::ffi::OsString::from(format!("gc-layer.{}.", std::process::id()));
-        gone.push(name);
-        let gone = self.tmp_dir().join(gone);
-        match std::fs::rename(dir, &gone) {
-            Ok(()) => std::fs::remove_dir_all(&gone)
-                .with_context(|| format!("removing collected layer {}", gone.display())),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(e).with_context(|| format!("collecting layer {}", dir.display())),
-        }
     }
 }
 

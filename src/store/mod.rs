@@ -9,6 +9,7 @@
 //! files, so two processes writing the same blob both succeed.
 
 mod blobs;
+pub mod gc;
 mod images;
 pub mod space;
 
@@ -110,6 +111,7 @@ impl Store {
         };
         store.migrate("store", images::MIGRATIONS)?;
         store.migrate("store_indexes", images::INDEX_MIGRATIONS)?;
+        store.migrate("store_gc", gc::MIGRATIONS)?;
         if let Some(hook) = OPEN_HOOK.get() {
             let first = HOOKED_ROOTS.lock().is_ok_and(|mut roots| {
                 let first = !roots.contains(&store.root);

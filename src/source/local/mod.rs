@@ -46,8 +46,9 @@ pub struct BuildContext {
     filter: Arc<dyn PathFilter>,
     /// A Dockerfile that came on stdin instead of a context.
     pub stdin_dockerfile: Option<String>,
-    /// Keeps an unpacked tar context alive for the build.
-    _unpacked: Option<tempfile::TempDir>,
+    /// Keeps what the context's directory lives in (an unpacked tar context's temporary
+    /// directory, a git checkout) alive for the build.
+    _keep_alive: Option<Box<dyn std::any::Any + Send + Sync>>,
 }
 
 impl BuildContext {
@@ -100,7 +101,22 @@ impl BuildContext {
             root,
             filter: Arc::new(NoFilter),
             stdin_dockerfile: None,
-            _unpacked: None,
+            _keep_alive: None,
+        }
+    }
+
+    /// A context over a temporary directory, removed when the context is dropped.
+    pub fn from_tempdir(dir: tempfile::TempDir) -> BuildContext {
+        BuildContext::from_unpacked(dir, None)
+    }
+
+    /// A context over a git checkout's tree (a named build context given as a git URL).
+    pub fn from_checkout(checkout: crate::source::git::Checkout) -> BuildContext {
+        BuildContext {
+            root: checkout.root().to_path_buf(),
+            filter: Arc::new(NoFilter),
+            stdin_dockerfile: None,
+            _keep_alive: Some(Box::new(checkout)),
         }
     }
 
@@ -109,7 +125,7 @@ impl BuildContext {
             root: dir.path().to_path_buf(),
             filter: Arc::new(NoFilter),
             stdin_dockerfile,
-            _unpacked: Some(dir),
+            _keep_alive: Some(Box::new(dir)),
         }
     }
 
