@@ -182,8 +182,8 @@ fn docker_flags_kiln_lacks_say_what_docker_does() {
             "kiln images: kiln does not support --digests (docker: adds a DIGEST column)",
         ),
         (
-            "kiln build --ssh default .",
-            "kiln build: kiln does not support --ssh (docker: forwards an SSH agent",
+            "kiln build --sbom=true .",
+            "kiln build: kiln does not support --sbom (docker: attaches an SBOM attestation)",
         ),
     ] {
         let out = sh(r, line);

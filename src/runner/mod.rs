@@ -894,8 +894,11 @@ fn thaw_if_paused(rec: &ContainerRecord) -> Result<()> {
         match crate::sandbox::cgroup::set_frozen(rec.init_pid, false) {
             Ok(()) => {}
             // The signal ended it (a fatal signal can reach a frozen task) and its owner
-            // already removed the cgroup: nothing left to thaw.
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            // already removed the cgroup: nothing left to thaw. (ENODEV: the kernel is
+            // taking that cgroup down as it is written.)
+            Err(e)
+                if e.kind() == std::io::ErrorKind::NotFound
+                    || e.raw_os_error() == Some(libc::ENODEV) => {}
             Err(e) => {
                 return Err(e).with_context(|| format!("thawing container {}", rec.name));
             }
