@@ -176,8 +176,8 @@ fn docker_flags_kiln_lacks_say_what_docker_does() {
              capabilities and every host device)",
         ),
         (
-            "kiln run --cap-add=NET_ADMIN busybox",
-            "kiln run: kiln does not support --cap-add (docker: adds Linux capabilities",
+            "kiln run --ulimit=nofile=10 busybox",
+            "kiln run: kiln does not support --ulimit (docker: sets ulimits)",
         ),
         (
             "kiln images --tree",
@@ -188,8 +188,8 @@ fn docker_flags_kiln_lacks_say_what_docker_does() {
             "kiln run: kiln does not support --gpus (docker: adds GPU devices",
         ),
         (
-            "kiln build --ssh default .",
-            "kiln build: kiln does not support --ssh (docker: forwards an SSH agent",
+            "kiln build --sbom=true .",
+            "kiln build: kiln does not support --sbom (docker: attaches an SBOM attestation)",
         ),
         (
             "kiln start -i c",

@@ -187,8 +187,8 @@ fn bad_profiles_and_unknown_security_opts_are_clear_errors() {
             ],
         ),
         (
-            "no-new-privileges".to_string(),
-            vec!["unsupported --security-opt \"no-new-privileges\""],
+            "systempaths=unconfined".to_string(),
+            vec!["unsupported --security-opt \"systempaths=unconfined\""],
         ),
     ];
     for (opt, wants) in cases {

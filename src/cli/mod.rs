@@ -4,12 +4,15 @@
 //! - `image_cmds`: import, images, tag, rmi, inspect, save, load (store + OCI formats)
 //! - `dockerfile_cmds`: parse, check (the Dockerfile front end)
 //! - `build_cmd`: build (the build engine)
+//! - `container_cmds`: cp, diff, export, commit, create, rename, update (a container's files
+//!   and settings)
 //! - `run_cmds`: run, ps, logs, stop, kill, rm, wait, exec, port, top, stats, volume (the runner)
 //! - `registry_cmds`: pull, push, login, logout (the registry client)
 //! - `platform_cmds`: manifest create|inspect (image indexes), binfmt (emulation)
 //! - `housekeeping_cmds`: system df, system prune, image/container/builder prune (`store::gc`)
 
 pub mod build_cmd;
+pub mod container_cmds;
 pub mod dockerfile_cmds;
 pub mod format;
 pub mod housekeeping_cmds;
@@ -65,6 +68,8 @@ pub enum Commands {
     Build(build_cmd::BuildCommands),
     #[command(flatten)]
     Run(run_cmds::RunCommands),
+    #[command(flatten)]
+    Container(container_cmds::ContainerCommands),
     #[command(flatten)]
     Registry(registry_cmds::RegistryCommands),
     #[command(flatten)]
@@ -229,6 +234,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         Commands::Dockerfile(cmd) => dockerfile_cmds::run(cmd, &globals),
         Commands::Build(cmd) => build_cmd::run(cmd, &globals),
         Commands::Run(cmd) => run_cmds::run(cmd, &globals),
+        Commands::Container(cmd) => container_cmds::run(cmd, &globals),
         Commands::Registry(cmd) => registry_cmds::run(cmd, &globals),
         Commands::System(cmd) => system_cmds::run(cmd, &globals),
         Commands::Platform(cmd) => platform_cmds::run(cmd, &globals),
@@ -246,4 +252,5 @@ fn recover_leftovers(store: &crate::store::Store) {
         crate::report::report_error(&e.context("warning: cleaning up after an earlier kiln"));
     }
     crate::sandbox::recover();
+    crate::runner::restart::revive(store);
 }

@@ -54,18 +54,27 @@ pub enum RunCommands {
         /// Number of lines from the end ("all" for everything).
         #[arg(short = 'n', long, default_value = "all")]
         tail: String,
+        /// Show entries since a time (2024-01-02T13:23:37Z, a Unix timestamp) or for a
+        /// duration (10m, 1h30m).
+        #[arg(long)]
+        since: Option<String>,
+        /// Show entries up to a time or a duration ago.
+        #[arg(long)]
+        until: Option<String>,
+        /// Prefix each line with the time it was written.
+        #[arg(short = 't', long)]
+        timestamps: bool,
+        /// Show the extra details given to the log (kiln has none: a space, as docker's).
+        #[arg(long)]
+        details: bool,
         container: String,
     },
     /// Stop running containers (the image's STOPSIGNAL, then SIGKILL after a grace period).
     Stop {
         /// Seconds to wait before killing.
-        #[arg(
-            short = 't',
-            long = "timeout",
-            visible_alias = "time",
-            default_value_t = 10
-        )]
-        time: u64,
+        /// (default: the container's --stop-timeout, else 10)
+        #[arg(short = 't', long = "timeout", visible_alias = "time")]
+        time: Option<u64>,
         #[arg(required = true)]
         containers: Vec<String>,
     },
@@ -74,6 +83,9 @@ pub enum RunCommands {
         /// Attach the container's output and wait for its exit code.
         #[arg(short = 'a', long)]
         attach: bool,
+        /// Attach kiln's standard input to the container's (with -a).
+        #[arg(short = 'i', long)]
+        interactive: bool,
         #[arg(required = true)]
         containers: Vec<String>,
     },
@@ -276,6 +288,65 @@ pub struct RunArgs {
     /// apparmor=unconfined.
     #[arg(long = "security-opt", value_name = "OPT")]
     security_opt: Vec<String>,
+    /// Restart policy: no, on-failure[:max-retries], always, unless-stopped (the container's
+    /// monitor restarts it, with docker's back-off).
+    #[arg(long, value_name = "POLICY", default_value = "no")]
+    restart: String,
+    /// Pull the image before running: missing (when it is not in the store), always, never.
+    #[arg(long, value_name = "POLICY", default_value = "missing")]
+    pull: String,
+    /// Attach a filesystem mount: type=bind|volume|tmpfs,source=…,target=…[,readonly]
+    /// [,tmpfs-size=…][,tmpfs-mode=…].
+    #[arg(long = "mount", value_name = "SPEC")]
+    mount: Vec<String>,
+    /// Mount a tmpfs: /path[:size=64m,mode=1777].
+    #[arg(long = "tmpfs", value_name = "PATH[:OPTS]")]
+    tmpfs: Vec<String>,
+    /// Add a line to /etc/hosts: NAME:IP.
+    #[arg(long = "add-host", value_name = "NAME:IP")]
+    add_host: Vec<String>,
+    /// Set metadata on the container: KEY=VALUE.
+    #[arg(short = 'l', long = "label", value_name = "KEY=VALUE")]
+    label: Vec<String>,
+    /// The signal that stops the container (default: the image's STOPSIGNAL, else SIGTERM).
+    #[arg(long = "stop-signal", value_name = "SIGNAL")]
+    stop_signal: Option<String>,
+    /// Seconds kiln stop waits before killing (default 10).
+    #[arg(long = "stop-timeout", value_name = "SECONDS")]
+    stop_timeout: Option<u64>,
+    /// Command to run to check health (in the container, through sh -c).
+    #[arg(long = "health-cmd", value_name = "CMD")]
+    health_cmd: Option<String>,
+    /// Time between health checks (ms|s|m|h; default 30s).
+    #[arg(long = "health-interval", value_name = "DURATION")]
+    health_interval: Option<String>,
+    /// Longest a health check may run (default 30s).
+    #[arg(long = "health-timeout", value_name = "DURATION")]
+    health_timeout: Option<String>,
+    /// Time to start before failed checks count (default 0s).
+    #[arg(long = "health-start-period", value_name = "DURATION")]
+    health_start_period: Option<String>,
+    /// Consecutive failures that make the container unhealthy (default 3).
+    #[arg(long = "health-retries", value_name = "N")]
+    health_retries: Option<u32>,
+    /// Disable the image's HEALTHCHECK.
+    #[arg(long = "no-healthcheck")]
+    no_healthcheck: bool,
+    /// Mount the container's root filesystem read-only (volumes and tmpfs stay writable).
+    #[arg(long = "read-only")]
+    read_only: bool,
+    /// Number of CPUs (CFS quota, e.g. 1.5).
+    #[arg(long)]
+    cpus: Option<String>,
+    /// Memory plus swap (needs -m; -1 for unlimited swap).
+    #[arg(long = "memory-swap", allow_negative_numbers = true)]
+    memory_swap: Option<String>,
+    /// Add a Linux capability (NET_ADMIN, SYS_PTRACE, ALL, ...).
+    #[arg(long = "cap-add", value_name = "CAP")]
+    cap_add: Vec<String>,
+    /// Drop a Linux capability (CHOWN, ALL, ...).
+    #[arg(long = "cap-drop", value_name = "CAP")]
+    cap_drop: Vec<String>,
     /// Print help.
     #[arg(long, action = clap::ArgAction::Help)]
     help: Option<bool>,
@@ -287,6 +358,111 @@ pub struct RunArgs {
     /// The command and its arguments (replace the image's CMD).
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
     command: Vec<String>,
+}
+
+impl RunArgs {
+    /// The runner's options (also `kiln create`'s, which takes the same flags).
+    pub fn into_options(self) -> Result<RunOptions> {
+        let RunArgs {
+            rm,
+            detach,
+            name,
+            env,
+            env_file,
+            workdir,
+            user,
+            volume,
+            publish,
+            publish_all,
+            network,
+            hostname,
+            entrypoint,
+            cpuset_cpus,
+            cpu_shares,
+            memory,
+            pids_limit,
+            init,
+            detach_keys,
+            interactive,
+            tty,
+            security_opt,
+            restart,
+            pull,
+            mount,
+            tmpfs,
+            add_host,
+            label,
+            stop_signal,
+            stop_timeout,
+            health_cmd,
+            health_interval,
+            health_timeout,
+            health_start_period,
+            health_retries,
+            no_healthcheck,
+            read_only,
+            cpus,
+            memory_swap,
+            cap_add,
+            cap_drop,
+            help: _,
+            platform,
+            image,
+            command,
+        } = self;
+        let opts = RunOptions {
+            platform: platform
+                .as_deref()
+                .map(crate::platform::Platform::parse)
+                .transpose()?,
+            image,
+            args: command,
+            name,
+            detach,
+            rm,
+            env,
+            env_files: env_file,
+            workdir,
+            user,
+            volumes: volume,
+            publish,
+            publish_all,
+            network,
+            hostname,
+            entrypoint,
+            cpuset: cpuset_cpus,
+            cpu_shares,
+            memory,
+            pids_limit,
+            init,
+            interactive,
+            tty,
+            security_opt,
+            detach_keys,
+            restart,
+            pull,
+            mounts: mount,
+            tmpfs,
+            add_hosts: add_host,
+            labels: label,
+            stop_signal,
+            stop_timeout,
+            health: runner::health::HealthFlags {
+                cmd: health_cmd,
+                interval: health_interval,
+                timeout: health_timeout,
+                start_period: health_start_period,
+                retries: health_retries,
+                none: no_healthcheck,
+            },
+            read_only,
+            cpus,
+            memory_swap,
+            cap_add,
+            cap_drop,
+        };
+        Ok(opts)
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -339,64 +515,7 @@ pub fn run(cmd: RunCommands, globals: &Globals) -> anyhow::Result<i32> {
     let root = globals.root.as_path();
     match cmd {
         RunCommands::Run(args) => {
-            let RunArgs {
-                rm,
-                detach,
-                name,
-                env,
-                env_file,
-                workdir,
-                user,
-                volume,
-                publish,
-                publish_all,
-                network,
-                hostname,
-                entrypoint,
-                cpuset_cpus,
-                cpu_shares,
-                memory,
-                pids_limit,
-                init,
-                detach_keys,
-                interactive,
-                tty,
-                security_opt,
-                help: _,
-                platform,
-                image,
-                command,
-            } = *args;
-            let opts = RunOptions {
-                platform: platform
-                    .as_deref()
-                    .map(crate::platform::Platform::parse)
-                    .transpose()?,
-                image,
-                args: command,
-                name,
-                detach,
-                rm,
-                env,
-                env_files: env_file,
-                workdir,
-                user,
-                volumes: volume,
-                publish,
-                publish_all,
-                network,
-                hostname,
-                entrypoint,
-                cpuset: cpuset_cpus,
-                cpu_shares,
-                memory,
-                pids_limit,
-                init,
-                interactive,
-                tty,
-                security_opt,
-                detach_keys,
-            };
+            let opts = args.into_options()?;
             Ok(runner::run(root, &opts))
         }
         RunCommands::ContainerMonitor { id } => Ok(runner::monitor(root, &id)),
@@ -429,12 +548,29 @@ pub fn run(cmd: RunCommands, globals: &Globals) -> anyhow::Result<i32> {
         RunCommands::Logs {
             follow,
             tail,
+            since,
+            until,
+            timestamps,
+            details,
             container,
-        } => logs(root, follow, &tail, &container),
+        } => {
+            let filter = runner::observe::logfilter::Filter::new(
+                since.as_deref(),
+                until.as_deref(),
+                timestamps,
+                details,
+            )?;
+            logs(root, follow, &tail, &container, &filter)
+        }
         RunCommands::Stop { time, containers } => each(root, &containers, |store, rec| {
-            runner::stop(store, rec, Duration::from_secs(time))
+            let secs = time.or(rec.config.stop_timeout).unwrap_or(10);
+            runner::stop(store, rec, Duration::from_secs(secs))
         }),
-        RunCommands::Start { attach, containers } => {
+        RunCommands::Start {
+            attach,
+            interactive,
+            containers,
+        } => {
             if !attach {
                 return each(root, &containers, |store, rec| {
                     runner::start_detached(store, rec)
@@ -445,7 +581,7 @@ pub fn run(cmd: RunCommands, globals: &Globals) -> anyhow::Result<i32> {
             }
             let store = runner::open_store(root)?;
             let rec = state::find(&store, &containers[0])?;
-            runner::start_attached(&store, &rec)
+            runner::start_attached(&store, &rec, interactive)
         }
         RunCommands::Restart { time, containers } => each(root, &containers, |store, rec| {
             runner::restart(store, rec, Duration::from_secs(time))
@@ -870,8 +1006,23 @@ fn ps(
             Status::Running if runner::is_paused(&rec) => {
                 format!("Up {} (Paused)", human_duration(ago(rec.started_ns)))
             }
-            Status::Running => format!("Up {}", human_duration(ago(rec.started_ns))),
+            Status::Running => format!(
+                "Up {}{}",
+                human_duration(ago(rec.started_ns)),
+                runner::health_suffix(&store, &rec)
+            ),
             Status::Created => "Created".into(),
+            // A restart policy's monitor waiting out its back-off.
+            Status::Exited
+                if rec.owner_alive()
+                    && rec.config.restart != crate::runner::restart::RestartPolicy::No =>
+            {
+                format!(
+                    "Restarting ({}) {} ago",
+                    rec.shown_exit_code(),
+                    human_duration(ago(rec.finished_ns.max(rec.created_ns)))
+                )
+            }
             Status::Exited => format!(
                 "Exited ({}) {} ago",
                 rec.shown_exit_code(),
@@ -882,6 +1033,12 @@ fn ps(
             Status::Created => "created",
             Status::Running if runner::is_paused(&rec) => "paused",
             Status::Running => "running",
+            Status::Exited
+                if rec.owner_alive()
+                    && rec.config.restart != crate::runner::restart::RestartPolicy::No =>
+            {
+                "restarting"
+            }
             Status::Exited => "exited",
         };
         let created_at = chrono::DateTime::from_timestamp(rec.created_ns / 1_000_000_000, 0)
@@ -971,7 +1128,13 @@ fn ps(
     Ok(0)
 }
 
-fn logs(root: &Path, follow: bool, tail: &str, container: &str) -> Result<i32> {
+fn logs(
+    root: &Path,
+    follow: bool,
+    tail: &str,
+    container: &str,
+    filter: &runner::observe::logfilter::Filter,
+) -> Result<i32> {
     let store = runner::open_store(root)?;
     let rec = state::find(&store, container)?;
     let path = runner::logs::log_path(&runner::lifecycle::container_dir(&store, &rec.id), &rec.id);
@@ -983,6 +1146,7 @@ fn logs(root: &Path, follow: bool, tail: &str, container: &str) -> Result<i32> {
         ),
     };
     let (mut lines, mut offset) = runner::logs::read_from(&path, 0)?;
+    lines.retain(|l| filter.keeps(&l.time));
     if let Some(n) = tail {
         let skip = lines.len().saturating_sub(n);
         lines.drain(..skip);
@@ -990,10 +1154,13 @@ fn logs(root: &Path, follow: bool, tail: &str, container: &str) -> Result<i32> {
     let emit = |lines: Vec<runner::logs::LogLine>| -> Result<()> {
         let mut out = crate::report::stdout();
         let mut err = std::io::stderr().lock();
-        for l in lines {
+        for l in lines.into_iter().filter(|l| filter.keeps(&l.time)) {
+            let prefix = filter.prefix(&l.time);
             if l.stream == "stderr" {
+                err.write_all(prefix.as_bytes())?;
                 err.write_all(&l.text)?;
             } else {
+                out.write_all(prefix.as_bytes())?;
                 out.write_all(&l.text)?;
             }
         }
@@ -1009,7 +1176,7 @@ fn logs(root: &Path, follow: bool, tail: &str, container: &str) -> Result<i32> {
             let (more, next) = runner::logs::read_from(&path, offset)?;
             offset = next;
             emit(more)?;
-            if !running {
+            if !running || filter.past_until() {
                 break;
             }
             std::thread::sleep(Duration::from_millis(100));

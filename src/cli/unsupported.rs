@@ -60,12 +60,6 @@ const TABLE: &[(&str, &str, Option<char>, &str)] = &[
     // run
     (
         "run",
-        "add-host",
-        None,
-        "adds host-to-IP entries to the container's /etc/hosts",
-    ),
-    (
-        "run",
         "annotation",
         None,
         "adds an OCI annotation to the container",
@@ -77,18 +71,6 @@ const TABLE: &[(&str, &str, Option<char>, &str)] = &[
         "attaches to only some of STDIN, STDOUT, STDERR",
     ),
     ("run", "blkio-weight", None, "sets the block IO weight"),
-    (
-        "run",
-        "cap-add",
-        None,
-        "adds Linux capabilities beyond docker's default set",
-    ),
-    (
-        "run",
-        "cap-drop",
-        None,
-        "drops Linux capabilities from docker's default set",
-    ),
     (
         "run",
         "cgroup-parent",
@@ -109,12 +91,6 @@ const TABLE: &[(&str, &str, Option<char>, &str)] = &[
         "sets the CFS period for a CPU quota",
     ),
     ("run", "cpu-quota", None, "sets a CFS CPU quota"),
-    (
-        "run",
-        "cpus",
-        None,
-        "limits the number of CPUs (a CFS quota); kiln has --cpuset-cpus and --cpu-shares",
-    ),
     ("run", "cpuset-mems", None, "limits the NUMA memory nodes"),
     ("run", "device", None, "adds a host device to the container"),
     (
@@ -162,30 +138,6 @@ const TABLE: &[(&str, &str, Option<char>, &str)] = &[
     ),
     (
         "run",
-        "health-cmd",
-        None,
-        "sets a command that checks the container's health",
-    ),
-    (
-        "run",
-        "health-interval",
-        None,
-        "sets the time between health checks",
-    ),
-    (
-        "run",
-        "health-retries",
-        None,
-        "sets the failures needed to report unhealthy",
-    ),
-    (
-        "run",
-        "health-timeout",
-        None,
-        "sets the time one health check may take",
-    ),
-    (
-        "run",
         "ip",
         None,
         "sets the container's IPv4 address on a user-defined network",
@@ -202,7 +154,6 @@ const TABLE: &[(&str, &str, Option<char>, &str)] = &[
         None,
         "selects the IPC namespace mode (host, shareable, container:NAME)",
     ),
-    ("run", "label", Some('l'), "sets metadata on the container"),
     (
         "run",
         "label-file",
@@ -236,29 +187,11 @@ const TABLE: &[(&str, &str, Option<char>, &str)] = &[
     ),
     (
         "run",
-        "memory-swap",
-        None,
-        "sets the memory plus swap limit",
-    ),
-    (
-        "run",
         "memory-swappiness",
         None,
         "tunes the container's swappiness",
     ),
-    (
-        "run",
-        "mount",
-        None,
-        "attaches a mount (bind, volume, tmpfs) in long form; kiln has -v",
-    ),
     ("run", "network-alias", None, "adds a network-scoped alias"),
-    (
-        "run",
-        "no-healthcheck",
-        None,
-        "disables the image's HEALTHCHECK",
-    ),
     (
         "run",
         "oom-kill-disable",
@@ -283,25 +216,7 @@ const TABLE: &[(&str, &str, Option<char>, &str)] = &[
         None,
         "gives the container all capabilities and every host device",
     ),
-    (
-        "run",
-        "pull",
-        None,
-        "sets when to pull the image (always, missing, never)",
-    ),
     ("run", "quiet", Some('q'), "suppresses the pull output"),
-    (
-        "run",
-        "read-only",
-        None,
-        "mounts the container's root filesystem read-only",
-    ),
-    (
-        "run",
-        "restart",
-        None,
-        "restarts the container when it exits (no, always, on-failure, unless-stopped)",
-    ),
     ("run", "runtime", None, "selects the OCI runtime"),
     ("run", "shm-size", None, "sets the size of /dev/shm"),
     (
@@ -310,21 +225,8 @@ const TABLE: &[(&str, &str, Option<char>, &str)] = &[
         None,
         "controls whether signals are proxied to the container",
     ),
-    (
-        "run",
-        "stop-signal",
-        None,
-        "sets the signal that stops the container",
-    ),
-    (
-        "run",
-        "stop-timeout",
-        None,
-        "sets the seconds to wait before killing on stop",
-    ),
     ("run", "storage-opt", None, "sets storage driver options"),
     ("run", "sysctl", None, "sets namespaced kernel parameters"),
-    ("run", "tmpfs", None, "mounts a tmpfs at a path"),
     ("run", "ulimit", None, "sets ulimits"),
     ("run", "userns", None, "selects the user namespace mode"),
     ("run", "uts", None, "selects the UTS namespace mode"),
@@ -464,20 +366,6 @@ const TABLE: &[(&str, &str, Option<char>, &str)] = &[
         "inspects only objects of one type (image, container, volume)",
     ),
     // logs
-    (
-        "logs",
-        "details",
-        None,
-        "shows extra details given to the log driver",
-    ),
-    ("logs", "since", None, "shows logs since a time"),
-    (
-        "logs",
-        "timestamps",
-        Some('t'),
-        "prefixes each line with its time",
-    ),
-    ("logs", "until", None, "shows logs before a time"),
     // stop / rm / exec
     (
         "stop",
@@ -603,7 +491,7 @@ pub fn command_of(args: &[String]) -> Option<String> {
 
 /// The message for a flag kiln's `command` does not have, when docker's does; None when the
 /// flag is not one of docker's (clap's own error is the better answer then). `flag` is as
-/// typed: `--privileged`, `--cap-add=NET_ADMIN`, `-a`.
+/// typed: `--privileged`, `--ulimit=nofile=10`, `-a`.
 pub fn message(command: &str, flag: &str) -> Option<String> {
     let flag = flag.split_once('=').map_or(flag, |(f, _)| f);
     let found = if let Some(long) = flag.strip_prefix("--") {
@@ -668,10 +556,9 @@ mod tests {
             "kiln run: kiln does not support --privileged (docker: gives the container all \
              capabilities and every host device)"
         );
-        assert!(message("run", "--cap-add=NET_ADMIN")
+        assert!(message("run", "--ulimit=nofile=10")
             .unwrap()
-            .contains("does not support --cap-add "));
-        assert!(message("run", "-l").unwrap().contains("-l/--label"));
+            .contains("does not support --ulimit "));
         assert!(message("run", "--no-such-docker-flag").is_none());
         assert!(message("images", "--privileged").is_none());
         assert!(message("stats", "--format").is_none());

@@ -81,6 +81,7 @@ pub fn run_limits(
         cpuset: cpuset.or(config.cpuset_cpus),
         pids_limit: pids,
         unobserved: true,
+        ..Default::default()
     })
 }
 

@@ -166,6 +166,8 @@ pub struct VolumeMount {
 pub enum MountType {
     Bind,
     Volume,
+    /// `--tmpfs` / `--mount type=tmpfs`: `source` holds its options (`runflags::tmpfs_options`).
+    Tmpfs,
 }
 
 /// Whether a string is a valid volume name (docker's `[a-zA-Z0-9][a-zA-Z0-9_.-]+`).
@@ -446,7 +448,7 @@ pub fn parse_security_opts(
             "apparmor" if value == "unconfined" => {}
             _ => bail!(
                 "unsupported --security-opt {opt:?}: kiln supports seccomp=unconfined, \
-                 seccomp=PROFILE.json and apparmor=unconfined"
+                 seccomp=PROFILE.json, apparmor=unconfined and no-new-privileges"
             ),
         }
     }

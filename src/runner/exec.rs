@@ -166,7 +166,7 @@ pub fn exec(rec: &ContainerRecord, opts: &ExecOptions, cmd: &[String]) -> Result
         .config
         .seccomp
         .to_sandbox()
-        .and_then(|s| s.filter())
+        .and_then(|s| s.filter_with_caps(rec.config.caps_mask()))
         .context("exec: the container's seccomp filter")?;
     let null = if opts.interactive {
         None
@@ -217,6 +217,8 @@ pub fn exec(rec: &ContainerRecord, opts: &ExecOptions, cmd: &[String]) -> Result
         argv,
         envp,
         seccomp,
+        caps: rec.config.caps_mask(),
+        no_new_privs: rec.config.no_new_privileges,
     };
     // SAFETY: kiln exec is single-threaded here; the child only makes syscalls and small
     // allocations before exec or _exit.
@@ -389,6 +391,9 @@ struct Child {
     argv: Vec<CString>,
     envp: Vec<CString>,
     seccomp: Option<std::sync::Arc<crate::sandbox::seccomp::Filter>>,
+    /// The container's capabilities (root keeps them) and no_new_privs.
+    caps: u64,
+    no_new_privs: bool,
 }
 
 impl Child {
@@ -564,7 +569,7 @@ impl Child {
                 0,
             );
         }
-        if caps::drop_bounding(caps::default_mask()).is_err() {
+        if caps::drop_bounding(self.caps).is_err() {
             self.fail(125, "drop capabilities");
         }
         // The container's filter, installed while still root with every capability (see
@@ -587,9 +592,13 @@ impl Child {
                 self.fail(125, "setuid");
             }
         }
-        let mask = if u.uid == 0 { caps::default_mask() } else { 0 };
+        let mask = if u.uid == 0 { self.caps } else { 0 };
         if caps::set_process_caps(mask).is_err() {
             self.fail(125, "set capabilities");
+        }
+        // SAFETY: prctl with integer arguments only.
+        if self.no_new_privs && unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
+            self.fail(125, "set no_new_privs");
         }
         // The user switch cleared the parent-death signal.
         // SAFETY: prctl with integer arguments.

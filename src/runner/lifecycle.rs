@@ -38,6 +38,8 @@ pub struct Started {
     proxy: Option<Proxy>,
     copiers: Vec<JoinHandle<()>>,
     pub ports: Vec<PortBinding>,
+    /// The health checker while the container runs (`health`).
+    health: Option<super::health::Checker>,
     /// A detached `-t` container's terminal server (`attach.sock`).
     attach: Option<super::attach::Server>,
 }
@@ -147,6 +149,10 @@ pub fn start(store: &Store, rec: &ContainerRecord, mode: StreamMode) -> Result<S
         spec.env.push("TERM=xterm".into());
     }
     spec.hostname = cfg.hostname.clone();
+    spec.extra_hosts = cfg.extra_hosts.clone();
+    spec.read_only_root = cfg.read_only;
+    spec.caps = cfg.caps;
+    spec.no_new_privileges = cfg.no_new_privileges;
     spec.network = network.clone();
     spec.mounts = mounts;
     spec.seccomp = cfg.seccomp.to_sandbox()?;
@@ -155,6 +161,8 @@ pub fn start(store: &Store, rec: &ContainerRecord, mode: StreamMode) -> Result<S
         cpu_shares: cfg.cpu_shares,
         cpuset: cfg.cpuset.clone(),
         pids_limit: cfg.pids_limit,
+        cpu_quota_us: cfg.cpu_quota_us,
+        memory_swap: cfg.memory_swap,
         // Containers are paused and read by `kiln pause` and `kiln stats`.
         unobserved: false,
     };
@@ -256,7 +264,9 @@ pub fn start(store: &Store, rec: &ContainerRecord, mode: StreamMode) -> Result<S
     // SAFETY: getpid has no preconditions.
     let me = unsafe { libc::getpid() };
     state::set_running(store, &rec.id, me, running.pid(), &ports)?;
+    let health = super::health::start(store, &rec.id, cfg.healthcheck.as_ref());
     Ok(Started {
+        health,
         running,
         saved_termios,
         snapshot: Some(snapshot),
@@ -271,6 +281,7 @@ pub fn start(store: &Store, rec: &ContainerRecord, mode: StreamMode) -> Result<S
 /// filesystem (and the container itself with `--rm`).
 pub fn finish(store: &Store, rec: &ContainerRecord, mut started: Started) -> Result<ExitInfo> {
     let exit = started.running.wait();
+    drop(started.health.take());
     if let Some(p) = started.proxy.take() {
         p.stop();
     }

@@ -16,11 +16,19 @@
 //! ```
 
 pub mod attach;
+pub mod commit;
 pub mod config;
+pub mod copy;
 pub mod exec;
+pub mod health;
 pub mod lifecycle;
 pub mod observe;
 pub mod proxy;
+pub mod pull;
+pub mod restart;
+pub mod rootview;
+pub mod runflags;
+pub mod settings;
 pub mod state;
 pub mod volumes;
 
@@ -70,6 +78,33 @@ pub struct RunOptions {
     pub tty: bool,
     /// `--security-opt` values.
     pub security_opt: Vec<String>,
+    /// `--restart` (empty: no).
+    pub restart: String,
+    /// `--pull missing|always|never` (empty: missing).
+    pub pull: String,
+    /// `--mount` specs.
+    pub mounts: Vec<String>,
+    /// `--tmpfs` specs.
+    pub tmpfs: Vec<String>,
+    /// `--add-host NAME:IP`.
+    pub add_hosts: Vec<String>,
+    /// `--label K=V`.
+    pub labels: Vec<String>,
+    /// `--stop-signal` (over the image's STOPSIGNAL).
+    pub stop_signal: Option<String>,
+    /// `--stop-timeout` seconds.
+    pub stop_timeout: Option<u64>,
+    /// `--health-*`, `--no-healthcheck`.
+    pub health: health::HealthFlags,
+    /// `--read-only`.
+    pub read_only: bool,
+    /// `--cpus` (e.g. 1.5).
+    pub cpus: Option<String>,
+    /// `--memory-swap` (e.g. 1g, -1).
+    pub memory_swap: Option<String>,
+    /// `--cap-add`, `--cap-drop`.
+    pub cap_add: Vec<String>,
+    pub cap_drop: Vec<String>,
     /// `--detach-keys` (docker's format; default ctrl-p,ctrl-q).
     pub detach_keys: Option<String>,
 }
@@ -127,13 +162,8 @@ fn random_name() -> String {
 /// Works out the container's config from the image and the options, and records it (state
 /// `created`).
 pub fn create(store: &Store, opts: &RunOptions) -> Result<ContainerRecord> {
-    let image = store
-        .resolve(&opts.image)
-        .with_context(|| format!("unable to find image {:?} locally", opts.image))?;
-    let image = match &opts.platform {
-        Some(p) => image.for_platform(p)?,
-        None => image,
-    };
+    let policy = pull::PullPolicy::parse(&opts.pull)?;
+    let image = pull::image_for_run(store, &opts.image, policy, opts.platform.as_ref())?;
     let image_config = store.config(&image.config_digest)?;
     if let Some(want) = &opts.platform {
         let have = crate::platform::Platform::of_config(
@@ -252,6 +282,21 @@ pub fn create(store: &Store, opts: &RunOptions) -> Result<ContainerRecord> {
         }
         mounts.push(m);
     }
+    let more = opts
+        .mounts
+        .iter()
+        .map(|m| runflags::parse_mount(m, &cwd_for_mounts()?))
+        .chain(opts.tmpfs.iter().map(|t| runflags::parse_tmpfs(t)));
+    for m in more {
+        let mut m = m?;
+        if m.anonymous {
+            m.source = random_hex(32);
+        }
+        if mounts.iter().any(|o| o.target == m.target) {
+            bail!("duplicate mount point: {}", m.target);
+        }
+        mounts.push(m);
+    }
     for target in ic.volumes().clone().unwrap_or_default() {
         let target = config::normalize_path(&target);
         if !mounts.iter().any(|m| m.target == target) {
@@ -270,14 +315,51 @@ pub fn create(store: &Store, opts: &RunOptions) -> Result<ContainerRecord> {
         .as_deref()
         .map(config::parse_memory)
         .transpose()?;
-    let stop_signal = match ic.stop_signal() {
-        Some(s) => config::parse_signal(s).with_context(|| "the image's STOPSIGNAL")?,
-        None => libc::SIGTERM,
+    let stop_signal = match (&opts.stop_signal, ic.stop_signal()) {
+        (Some(s), _) => config::parse_signal(s).context("--stop-signal")?,
+        (None, Some(s)) => config::parse_signal(s).with_context(|| "the image's STOPSIGNAL")?,
+        (None, None) => libc::SIGTERM,
     };
+    let labels = runflags::labels(ic.labels().as_ref(), &opts.labels)?;
+    // Docker's HEALTHCHECK is not in the OCI config type: read from the config as stored.
+    let docker_config: Option<crate::oci::config::ImageConfigFile> = store
+        .read_blob(&image.config_digest)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok());
+    let healthcheck = health::resolve(
+        docker_config
+            .as_ref()
+            .and_then(|c| c.config.healthcheck.as_ref()),
+        &opts.health,
+    )?;
+    let extra_hosts = opts
+        .add_hosts
+        .iter()
+        .map(|h| runflags::parse_add_host(h))
+        .collect::<Result<Vec<_>>>()?;
+    let cpu_quota_us = opts.cpus.as_deref().map(runflags::parse_cpus).transpose()?;
+    let memory_swap = opts
+        .memory_swap
+        .as_deref()
+        .map(|s| runflags::parse_memory_swap(s, memory))
+        .transpose()?;
     if opts.cpu_shares == Some(0) || opts.cpu_shares.is_some_and(|s| s < 2) {
         bail!("invalid --cpu-shares: the minimum is 2");
     }
-    let seccomp = config::parse_security_opts(&opts.security_opt, |p| std::fs::read_to_string(p))?;
+    // `no-new-privileges` is kiln's (here), the others `config`'s.
+    let (nnp, other_opts): (Vec<String>, Vec<String>) =
+        opts.security_opt.iter().cloned().partition(|o| {
+            matches!(
+                o.as_str(),
+                "no-new-privileges" | "no-new-privileges=true" | "no-new-privileges:true"
+            )
+        });
+    let no_new_privileges = !nnp.is_empty();
+    let seccomp = config::parse_security_opts(&other_opts, |p| std::fs::read_to_string(p))?;
+    let restart = restart::RestartPolicy::parse(&opts.restart).context("--restart")?;
+    if opts.rm && restart != restart::RestartPolicy::No {
+        bail!("conflicting options: --restart and --rm (a container that restarts is kept)");
+    }
     let id = random_hex(32);
     let cfg = ContainerConfig {
         entrypoint,
@@ -313,6 +395,16 @@ pub fn create(store: &Store, opts: &RunOptions) -> Result<ContainerRecord> {
         init: opts.init,
         exposed,
         seccomp,
+        restart,
+        labels,
+        extra_hosts,
+        stop_timeout: opts.stop_timeout,
+        healthcheck,
+        read_only: opts.read_only,
+        cpu_quota_us,
+        memory_swap,
+        caps: runflags::capabilities(&opts.cap_add, &opts.cap_drop)?,
+        no_new_privileges,
     };
     if !cfg.working_dir.is_empty() && !cfg.working_dir.starts_with('/') {
         bail!(
@@ -358,6 +450,11 @@ pub fn create(store: &Store, opts: &RunOptions) -> Result<ContainerRecord> {
     Ok(rec)
 }
 
+/// The working directory, for relative `--mount` bind sources.
+fn cwd_for_mounts() -> Result<std::path::PathBuf> {
+    std::env::current_dir().context("finding the working directory for a relative --mount source")
+}
+
 /// Settles containers whose owner died (kill -9, reboot): marked exited (255, as docker after a
 /// crash), and removed when they were started with `--rm`. (Their snapshots and cgroups were
 /// already recovered when the command opened the store: `cli::recover_leftovers`.)
@@ -374,6 +471,13 @@ fn recover(store: &Store) {
             let _ = state::set_exited(store, &rec.id, 255, false, "the owner process died");
         }
     }
+}
+
+/// `kiln create`: the container recorded (state created) for a later `kiln start`; its ID.
+pub fn create_only(root: &Path, opts: &RunOptions) -> Result<String> {
+    let store = open_store(root)?;
+    recover(&store);
+    Ok(create(&store, opts)?.id)
 }
 
 /// `kiln run`: returns the exit code (the container's, or 125/126/127 as docker).
@@ -422,7 +526,10 @@ pub fn run(root: &Path, opts: &RunOptions) -> i32 {
     };
     forward_signals_to(started.running.pid());
     match lifecycle::finish(&store, &rec, started) {
-        Ok(exit) => exit.code,
+        Ok(exit) => {
+            restart::hand_over(&store, &rec, exit.code);
+            exit.code
+        }
         Err(e) => {
             crate::report::report_error(&e.context("kiln run"));
             125
@@ -509,7 +616,10 @@ fn forward_signals_to(pid: i32) {
 }
 
 /// Starts the detached monitor and waits until the container runs (or failed to start).
-fn spawn_monitor(store: &Store, rec: &ContainerRecord) -> std::result::Result<(), (i32, String)> {
+pub(crate) fn spawn_monitor(
+    store: &Store,
+    rec: &ContainerRecord,
+) -> std::result::Result<(), (i32, String)> {
     spawn_monitor_with(store, rec, false)
 }
 
@@ -648,8 +758,9 @@ pub fn monitor(root: &Path, id: &str) -> i32 {
     forward_signals_to(started.running.pid());
     report("ok\n".into());
     drop(ready);
+    let ran_since = std::time::Instant::now();
     match lifecycle::finish(&store, &rec, started) {
-        Ok(exit) => exit.code,
+        Ok(exit) => restart::monitor_loop(&store, &rec, exit.code, ran_since.elapsed()),
         Err(e) => {
             eprintln!("kiln monitor: {e:#}");
             125
@@ -663,20 +774,24 @@ pub fn start_detached(store: &Store, rec: &ContainerRecord) -> Result<()> {
     recover(store);
     let rec = startable(store, rec)?;
     let Some(rec) = rec else { return Ok(()) };
+    restart::set_manually_stopped(store, &rec.id, false)?;
     spawn_monitor(store, &rec).map_err(|(_, msg)| anyhow::anyhow!("{msg}"))
 }
 
 /// `kiln start -a`: like `start_detached`, but this process owns the container and streams its
 /// output; returns its exit code.
-pub fn start_attached(store: &Store, rec: &ContainerRecord) -> Result<i32> {
+pub fn start_attached(store: &Store, rec: &ContainerRecord, interactive: bool) -> Result<i32> {
     recover(store);
-    let Some(rec) = startable(store, rec)? else {
+    let Some(mut rec) = startable(store, rec)? else {
         bail!(
             "container {} is already running: use kiln logs -f {} to follow it",
             rec.name,
             rec.name
         );
     };
+    restart::set_manually_stopped(store, &rec.id, false)?;
+    // `start -a -i`: this run reads kiln's stdin, whatever `run` said.
+    rec.config.interactive |= interactive;
     // SAFETY: getpid has no preconditions.
     state::set_owner(store, &rec.id, unsafe { libc::getpid() })?;
     let _hold = crate::rootless::hold_namespace(store.root());
@@ -754,6 +869,19 @@ pub fn signal(rec: &ContainerRecord, signal: i32) -> Result<()> {
     Ok(())
 }
 
+/// docker's health suffix of `ps`'s STATUS for a running container: ` (healthy)`,
+/// ` (unhealthy)`, ` (health: starting)`, or nothing without a check.
+pub fn health_suffix(store: &Store, rec: &ContainerRecord) -> String {
+    if rec.config.healthcheck.is_none() {
+        return String::new();
+    }
+    match health::read(store, &rec.id).ok().flatten() {
+        Some((s, _, _)) if s == "starting" => " (health: starting)".into(),
+        Some((s, _, _)) => format!(" ({s})"),
+        None => String::new(),
+    }
+}
+
 /// Whether a running container is paused (its cgroup frozen).
 pub fn is_paused(rec: &ContainerRecord) -> bool {
     rec.init_pid > 0
@@ -766,8 +894,11 @@ fn thaw_if_paused(rec: &ContainerRecord) -> Result<()> {
         match crate::sandbox::cgroup::set_frozen(rec.init_pid, false) {
             Ok(()) => {}
             // The signal ended it (a fatal signal can reach a frozen task) and its owner
-            // already removed the cgroup: nothing left to thaw.
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            // already removed the cgroup: nothing left to thaw. (ENODEV: the kernel is
+            // taking that cgroup down as it is written.)
+            Err(e)
+                if e.kind() == std::io::ErrorKind::NotFound
+                    || e.raw_os_error() == Some(libc::ENODEV) => {}
             Err(e) => {
                 return Err(e).with_context(|| format!("thawing container {}", rec.name));
             }
@@ -805,7 +936,12 @@ pub fn unpause(rec: &ContainerRecord) -> Result<()> {
 
 /// `kiln stop`: the stop signal, then SIGKILL after `timeout`.
 pub fn stop(store: &Store, rec: &ContainerRecord, timeout: std::time::Duration) -> Result<()> {
+    // Ends a restart policy's loop, also while its monitor waits out a back-off.
+    restart::set_manually_stopped(store, &rec.id, true)?;
     if rec.status() != Status::Running {
+        if rec.owner_alive() {
+            wait_stopped(store, &rec.id, Some(timeout))?;
+        }
         return Ok(());
     }
     signal(rec, rec.config.stop_signal)?;
@@ -831,6 +967,7 @@ pub fn rm(store: &Store, rec: &ContainerRecord, force: bool, volumes: bool) -> R
                 rec.name
             );
         }
+        restart::set_manually_stopped(store, &rec.id, true)?;
         if rec.init_pid > 0 {
             // SAFETY: kill(2) on the init of a live container.
             unsafe { libc::kill(rec.init_pid, libc::SIGKILL) };
@@ -908,6 +1045,9 @@ pub fn inspect_json(store: &Store, rec: &ContainerRecord) -> serde_json::Value {
                 "Type": "bind", "Source": m.source, "Destination": m.target,
                 "Mode": if m.readonly {"ro"} else {""}, "RW": !m.readonly,
             }),
+            MountType::Tmpfs => json!({
+                "Type": "tmpfs", "Source": "", "Destination": m.target, "Mode": m.source, "RW": true,
+            }),
             MountType::Volume => json!({
                 "Type": "volume", "Name": m.source,
                 "Source": volumes::data_dir(store.root(), &m.source),
@@ -923,20 +1063,22 @@ pub fn inspect_json(store: &Store, rec: &ContainerRecord) -> serde_json::Value {
         "Path": args.first(),
         "Args": args.get(1..).unwrap_or(&[]),
         "State": {
-            "Status": match status { Status::Created => "created", Status::Running if is_paused(rec) => "paused", Status::Running => "running", Status::Exited => "exited" },
+            "Status": match status { Status::Created => "created", Status::Running if is_paused(rec) => "paused", Status::Running => "running", Status::Exited if rec.owner_alive() && rec.config.restart != crate::runner::restart::RestartPolicy::No => "restarting", Status::Exited => "exited" },
             "Running": status == Status::Running,
             "Paused": status == Status::Running && is_paused(rec),
-            "Restarting": false,
+            "Restarting": status == Status::Exited && rec.owner_alive() && c.restart != restart::RestartPolicy::No,
             "OOMKilled": rec.oom_killed,
             "Dead": false,
             "Pid": if status == Status::Running { rec.init_pid } else { 0 },
             "ExitCode": if status == Status::Exited { rec.shown_exit_code() } else { 0 },
             "Error": rec.error,
+            "Health": health::read(store, &rec.id).ok().flatten().filter(|_| c.healthcheck.is_some()).map(|(s, n, log)| json!({"Status": s, "FailingStreak": n, "Log": log})),
             "StartedAt": rfc3339(rec.started_ns),
             "FinishedAt": rfc3339(rec.finished_ns),
             // kiln's: the process that owns the container (foreground kiln or monitor).
             "OwnerPid": if rec.owner_alive() { rec.owner_pid } else { 0 },
         },
+        "RestartCount": restart::status(store, &rec.id).map(|s| s.0).unwrap_or(0),
         "Image": rec.image_id,
         "LogPath": logs::log_path(&dir, &rec.id),
         "Name": format!("/{}", rec.name),
@@ -950,6 +1092,8 @@ pub fn inspect_json(store: &Store, rec: &ContainerRecord) -> serde_json::Value {
             "Image": rec.image,
             "ExposedPorts": c.exposed.iter().map(|e| (e.clone(), json!({}))).collect::<serde_json::Map<_,_>>(),
             "StopSignal": c.stop_signal,
+            "StopTimeout": c.stop_timeout,
+            "Labels": c.labels,
             "OpenStdin": c.interactive,
             "Tty": c.tty,
         },
@@ -958,9 +1102,14 @@ pub fn inspect_json(store: &Store, rec: &ContainerRecord) -> serde_json::Value {
             "AutoRemove": c.auto_remove,
             "Memory": c.memory.unwrap_or(0),
             "CpuShares": c.cpu_shares.unwrap_or(0),
+            "NanoCpus": c.cpu_quota_us.map(|q| q * 10_000).unwrap_or(0),
+            "MemorySwap": c.memory_swap.unwrap_or(0),
             "CpusetCpus": c.cpuset.clone().unwrap_or_default(),
             "PidsLimit": c.pids_limit,
             "Init": c.init,
+            "ReadonlyRootfs": c.read_only,
+            "ExtraHosts": c.extra_hosts.iter().map(|(n, ip)| format!("{n}:{ip}")).collect::<Vec<_>>(),
+            "RestartPolicy": {"Name": c.restart.name(), "MaximumRetryCount": c.restart.max_retries()},
             "PortBindings": c.publish.iter().map(|p| json!({
                 "ContainerPort": format!("{}/{}", p.container_port, p.proto),
                 "HostIp": p.host_ip.to_string(),

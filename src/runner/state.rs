@@ -69,9 +69,44 @@ pub struct ContainerConfig {
     /// `--security-opt seccomp=...` (absent in records of older kilns: the default).
     #[serde(default)]
     pub seccomp: super::config::SeccompConfig,
+    /// `--restart` (absent in records of older kilns: no).
+    #[serde(default)]
+    pub restart: super::restart::RestartPolicy,
+    /// The image's labels with `--label` over them.
+    #[serde(default)]
+    pub labels: std::collections::BTreeMap<String, String>,
+    /// `--add-host` lines for /etc/hosts.
+    #[serde(default)]
+    pub extra_hosts: Vec<(String, IpAddr)>,
+    /// `--stop-timeout`: seconds `kiln stop` waits by default (docker's 10 when absent).
+    #[serde(default)]
+    pub stop_timeout: Option<u64>,
+    /// The image's HEALTHCHECK or `--health-*` (None: no check).
+    #[serde(default)]
+    pub healthcheck: Option<super::health::HealthCheck>,
+    /// `--read-only`: the root filesystem is mounted read-only.
+    #[serde(default)]
+    pub read_only: bool,
+    /// `--cpus`, as a CFS quota per 100 ms (µs).
+    #[serde(default)]
+    pub cpu_quota_us: Option<u64>,
+    /// `--memory-swap` in bytes (-1: unlimited).
+    #[serde(default)]
+    pub memory_swap: Option<i64>,
+    /// The capabilities after `--cap-add`/`--cap-drop` (None: Docker's default set).
+    #[serde(default)]
+    pub caps: Option<u64>,
+    /// `--security-opt no-new-privileges`.
+    #[serde(default)]
+    pub no_new_privileges: bool,
 }
 
 impl ContainerConfig {
+    /// The capabilities its root processes keep.
+    pub fn caps_mask(&self) -> u64 {
+        self.caps.unwrap_or_else(crate::sandbox::caps::default_mask)
+    }
+
     /// argv: ENTRYPOINT + CMD.
     pub fn args(&self) -> Vec<String> {
         self.entrypoint.iter().chain(&self.cmd).cloned().collect()
@@ -414,6 +449,8 @@ pub fn find(store: &Store, spec: &str) -> Result<ContainerRecord> {
 
 /// Deletes a container's rows (its record, image use and volume uses).
 pub fn delete(store: &Store, id: &str) -> Result<()> {
+    super::restart::forget(store, id)?;
+    super::health::forget(store, id)?;
     store.transaction(|tx| {
         tx.execute("DELETE FROM containers WHERE id = ?1", [id])?;
         tx.execute("DELETE FROM image_uses WHERE user = ?1", [id])?;
@@ -509,4 +546,63 @@ pub fn ports_column(ports: &[PortBinding]) -> String {
         })
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+/// Sets a container's name (`kiln rename`): refused when another container has it.
+pub fn rename(store: &Store, id: &str, name: &str) -> Result<()> {
+    store.transaction(|tx| {
+        let taken: Option<String> = tx
+            .query_row("SELECT id FROM containers WHERE name = ?1", [name], |r| {
+                r.get(0)
+            })
+            .optional()?;
+        if let Some(other) = taken {
+            bail!(
+                "conflict: the container name {name:?} is already in use by container {}: \
+                 remove that container (kiln rm) or choose another name",
+                &other[..12.min(other.len())]
+            );
+        }
+        tx.execute(
+            "UPDATE containers SET name = ?2 WHERE id = ?1",
+            params![id, name],
+        )?;
+        Ok(())
+    })
+}
+
+/// Replaces a container's stored config (`kiln update`).
+pub fn set_config(store: &Store, id: &str, config: &ContainerConfig) -> Result<()> {
+    let json = serde_json::to_string(config)?;
+    store.with_conn(|c| {
+        c.execute(
+            "UPDATE containers SET config = ?2 WHERE id = ?1",
+            params![id, json],
+        )?;
+        Ok(())
+    })
+}
+
+/// Records `me` as the owner of container `id` if its owner is still `prev` (pid, start time):
+/// false when another process took it in between.
+pub fn claim_owner(store: &Store, id: &str, prev: (i32, u64), me: i32) -> Result<bool> {
+    let start = process_start_time(me).unwrap_or(0);
+    store.with_conn(|c| {
+        Ok(c.execute(
+            "UPDATE containers SET owner_pid = ?2, owner_start = ?3 \
+             WHERE id = ?1 AND owner_pid = ?4 AND owner_start = ?5",
+            params![id, me, start as i64, prev.0, prev.1 as i64],
+        )? == 1)
+    })
+}
+
+/// Gives a claimed container back its previous owner columns (a dead or no owner).
+pub fn restore_owner(store: &Store, id: &str, prev: (i32, u64)) -> Result<()> {
+    store.with_conn(|c| {
+        c.execute(
+            "UPDATE containers SET owner_pid = ?2, owner_start = ?3 WHERE id = ?1",
+            params![id, prev.0, prev.1 as i64],
+        )?;
+        Ok(())
+    })
 }

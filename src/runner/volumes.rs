@@ -30,6 +30,14 @@ pub fn sandbox_mounts(
 ) -> Result<Vec<sandbox::Mount>> {
     let mut out = Vec::new();
     for m in mounts {
+        if m.kind == MountType::Tmpfs {
+            let (size_bytes, mode) = super::runflags::tmpfs_options(&m.source)?;
+            out.push(sandbox::Mount {
+                target: PathBuf::from(&m.target),
+                kind: MountKind::Tmpfs { size_bytes, mode },
+            });
+            continue;
+        }
         let source = match m.kind {
             MountType::Bind => {
                 let source = PathBuf::from(&m.source);
@@ -56,6 +64,7 @@ pub fn sandbox_mounts(
                 }
                 data
             }
+            MountType::Tmpfs => unreachable!("handled above"),
         };
         out.push(sandbox::Mount {
             target: PathBuf::from(&m.target),

@@ -87,6 +87,11 @@ pub fn by_name(name: &str) -> Option<u32> {
     NAMES.iter().position(|n| *n == name).map(|i| i as u32)
 }
 
+/// Every capability of the kernel's list (`--cap-add ALL`).
+pub fn all_mask() -> u64 {
+    (0..NAMES.len()).fold(0u64, |m, c| m | (1u64 << c))
+}
+
 /// The default set as the two 32-bit words capset(2) takes.
 pub fn default_mask() -> u64 {
     DEFAULT_CAPS.iter().fold(0u64, |m, c| m | (1u64 << c))

@@ -243,17 +243,34 @@ impl Cgroup {
             if let Some(bytes) = res.memory_bytes {
                 let dir = make("memory")?;
                 write(&dir.join("memory.limit_in_bytes"), &bytes.to_string())?;
-                // With swap the limit would only slow an allocation down; count swap too.
+                // With swap the limit would only slow an allocation down; count swap too
+                // (unless --memory-swap says how much swap).
                 let memsw = dir.join("memory.memsw.limit_in_bytes");
-                if memsw.exists() {
-                    write(&memsw, &bytes.to_string())?;
+                match res.memory_swap {
+                    Some(total) if memsw.exists() => write(&memsw, &total.to_string())?,
+                    Some(_) => {
+                        return Err(io::Error::new(
+                            io::ErrorKind::Unsupported,
+                            "--memory-swap needs swap accounting (memory.memsw.*), which this \
+                             kernel does not have (boot with swapaccount=1)",
+                        ))
+                    }
+                    None if memsw.exists() => write(&memsw, &bytes.to_string())?,
+                    None => {}
                 }
-                let _ = write(&dir.join("memory.swappiness"), "0");
+                if res.memory_swap.is_none() {
+                    let _ = write(&dir.join("memory.swappiness"), "0");
+                }
                 cg.memory_dir = Some(dir);
             }
             if let Some(shares) = res.cpu_shares {
                 let dir = make("cpu")?;
                 write(&dir.join("cpu.shares"), &shares.to_string())?;
+            }
+            if let Some(quota) = res.cpu_quota_us {
+                let dir = make("cpu")?;
+                write(&dir.join("cpu.cfs_period_us"), "100000")?;
+                write(&dir.join("cpu.cfs_quota_us"), &quota.to_string())?;
             }
             if let Some(cpus) = &res.cpuset {
                 let dir = make("cpuset")?;
@@ -341,7 +358,12 @@ impl Cgroup {
                 write(&dir.join("memory.max"), &bytes.to_string())?;
                 let swap = dir.join("memory.swap.max");
                 if swap.exists() {
-                    write(&swap, "0")?;
+                    let value = match res.memory_swap {
+                        Some(-1) => "max".to_string(),
+                        Some(total) => (total as u64).saturating_sub(bytes).to_string(),
+                        None => "0".to_string(),
+                    };
+                    write(&swap, &value)?;
                 }
             }
             if let Some(shares) = res.cpu_shares {
@@ -355,6 +377,9 @@ impl Cgroup {
             }
             if let Some(pids) = res.pids_limit {
                 write(&dir.join("pids.max"), &pids.to_string())?;
+            }
+            if let Some(quota) = res.cpu_quota_us {
+                write(&dir.join("cpu.max"), &format!("{quota} 100000"))?;
             }
             Ok(())
         })();

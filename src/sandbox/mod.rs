@@ -12,8 +12,9 @@
 //!   root is detached. Mount points that had to be created in the root filesystem (e.g. a
 //!   missing /etc/hosts) are removed again when the execution ends, so they never reach a diff.
 //! - Docker's masked and read-only /proc paths (`rootfs::MASKED_PATHS`, `READONLY_PATHS`) and
-//!   Docker's 14 default capabilities (`caps::DEFAULT_CAPS`); no_new_privs is not set (Docker's
-//!   default).
+//!   Docker's 14 default capabilities (`caps::DEFAULT_CAPS`, or `ExecSpec::caps`: the seccomp
+//!   filter is then compiled for that set); no_new_privs is not set (Docker's default) unless
+//!   `ExecSpec::no_new_privileges`.
 //! - Docker's default seccomp profile (`seccomp`), or none, or a profile of the user's
 //!   (`ExecSpec::seccomp`), compiled before the fork and installed in the command's process
 //!   before the user switch; the command and all it starts are filtered (the init is not).
@@ -56,6 +57,7 @@ pub mod binfmt;
 pub mod caps;
 pub mod cgroup;
 pub mod cgroup_stats;
+pub mod cgroup_update;
 pub mod device_filter;
 mod process;
 pub mod rootfs;
@@ -125,6 +127,11 @@ pub struct Resources {
     /// A cpuset list such as "0" or "0-1".
     pub cpuset: Option<String>,
     pub pids_limit: Option<u64>,
+    /// `--cpus`: CPU time per 100 ms period, in microseconds (CFS quota; v2 `cpu.max`).
+    pub cpu_quota_us: Option<u64>,
+    /// `--memory-swap`: memory plus swap in bytes (`-1`: unlimited swap); with `memory_bytes`.
+    /// Without it the memory limit counts swap too (no swap).
+    pub memory_swap: Option<i64>,
     /// No freezer or accounting cgroups (v1): for build RUN steps, which nothing pauses or reads
     /// stats of. Each v1 cgroup an execution joins costs a `cgroup.procs` write, the slowest
     /// part of starting a short command.
@@ -137,6 +144,8 @@ impl Resources {
             && self.cpu_shares.is_none()
             && self.cpuset.is_none()
             && self.pids_limit.is_none()
+            && self.cpu_quota_us.is_none()
+            && self.memory_swap.is_none()
     }
 }
 
@@ -223,6 +232,13 @@ pub struct ExecSpec {
     pub ulimits: Vec<ulimit::Ulimit>,
     /// `--shm-size`: the bytes of /dev/shm's tmpfs (docker's default: 64 MiB).
     pub shm_size: u64,
+    /// Mount the root filesystem read-only (`--read-only`).
+    pub read_only_root: bool,
+    /// The capabilities a root command keeps (`--cap-add`/`--cap-drop`); None: Docker's
+    /// default set (`caps::DEFAULT_CAPS`).
+    pub caps: Option<u64>,
+    /// Set no_new_privs before the exec (`--security-opt no-new-privileges`).
+    pub no_new_privileges: bool,
 }
 
 /// docker's default size of /dev/shm.
@@ -257,6 +273,9 @@ impl ExecSpec {
             etc_hostname: true,
             ulimits: Vec::new(),
             shm_size: DEFAULT_SHM_SIZE,
+            read_only_root: false,
+            caps: None,
+            no_new_privileges: false,
         }
     }
 }

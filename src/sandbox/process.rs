@@ -109,6 +109,9 @@ struct ChildContext {
     seccomp: Option<Arc<super::seccomp::Filter>>,
     /// `--ulimit`s, set in the command's process while it has every capability.
     ulimits: Vec<super::ulimit::Ulimit>,
+    /// The capabilities a root command keeps.
+    caps: u64,
+    no_new_privs: bool,
 }
 
 /// A started execution.
@@ -280,6 +283,7 @@ fn prepare_and_start(
         proc_bind_fallback: crate::rootless::in_userns(),
         single_id: crate::rootless::mapping() == crate::rootless::Mapping::Single,
         shm_size: spec.shm_size,
+        read_only: spec.read_only_root,
     };
 
     let id = format!(
@@ -428,8 +432,12 @@ fn start(spec: &ExecSpec, plan: RootfsPlan, cgroup: &Option<Cgroup>) -> anyhow::
             }
             b
         },
-        seccomp: spec.seccomp.filter()?,
+        seccomp: spec
+            .seccomp
+            .filter_with_caps(spec.caps.unwrap_or_else(caps::default_mask))?,
         ulimits: spec.ulimits.clone(),
+        caps: spec.caps.unwrap_or_else(caps::default_mask),
+        no_new_privs: spec.no_new_privileges,
     };
 
     let ctx = Arc::new(ctx);
@@ -950,7 +958,7 @@ fn command_process(ctx: &ChildContext, stdio: [Option<RawFd>; 3]) -> ! {
             fail(report, "set a --ulimit", e);
         }
     }
-    if let Err(e) = caps::drop_bounding(caps::default_mask()) {
+    if let Err(e) = caps::drop_bounding(ctx.caps) {
         fail(report, "drop capabilities", e);
     }
     // While still root with every capability: without no_new_privs, installing a filter needs
@@ -988,13 +996,13 @@ fn command_process(ctx: &ChildContext, stdio: [Option<RawFd>; 3]) -> ! {
             fail(report, &hint(format!("setuid {}", user.uid)), e);
         }
     }
-    let mask = if user.uid == 0 {
-        caps::default_mask()
-    } else {
-        0
-    };
+    let mask = if user.uid == 0 { ctx.caps } else { 0 };
     if let Err(e) = caps::set_process_caps(mask) {
         fail(report, "set capabilities", e);
+    }
+    // SAFETY: prctl with integer arguments only.
+    if ctx.no_new_privs && unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
+        fail(report, "set no_new_privs", errno());
     }
     // A change of user clears the parent-death signal: set it again, so that the command still
     // dies with its parent (the setup process, or the init).

@@ -152,6 +152,9 @@ pub struct RootfsPlan {
     pub single_id: bool,
     /// The size of /dev/shm's tmpfs in bytes.
     pub shm_size: u64,
+    /// `--read-only`: the root mount is made read-only last (its submounts, such as volumes,
+    /// tmpfs, /dev and /proc, keep their own flags).
+    pub read_only: bool,
 }
 
 fn ctx(what: &str, path: &Path) -> impl FnOnce(io::Error) -> io::Error {
@@ -577,6 +580,18 @@ pub fn finish_in_root(sys: &dyn Syscall, plan: &RootfsPlan) -> io::Result<()> {
     }
     sys.mkdir_all(&plan.cwd, 0o755)
         .map_err(ctx("create working directory", &plan.cwd))?;
+    if plan.read_only {
+        // The root's own flags (nodev) are kept: a bind remount sets them all.
+        let root = Path::new("/");
+        sys.mount(
+            None,
+            root,
+            None,
+            MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_RDONLY | MsFlags::MS_NODEV,
+            None,
+        )
+        .map_err(ctx("remount read-only", root))?;
+    }
     Ok(())
 }
 
@@ -604,6 +619,7 @@ mod tests {
             proc_bind_fallback: false,
             single_id: false,
             shm_size: crate::sandbox::DEFAULT_SHM_SIZE,
+            read_only: false,
         }
     }
 
@@ -936,6 +952,34 @@ mod tests {
         assert!(calls.contains(&Call::Sethostname("box".into())));
         assert!(calls.contains(&Call::LoopbackUp));
         assert!(calls.contains(&Call::MkdirAll("/work".into(), 0o755)));
+        // The root stays writable unless asked.
+        assert!(!m.iter().any(|x| x.1 == Path::new("/")));
+    }
+
+    #[test]
+    fn read_only_remounts_the_root_last_keeping_nodev() {
+        let sys = RecordingSyscall::new(&[], &[]);
+        let mut p = plan(Network::None, vec![]);
+        p.read_only = true;
+        finish_in_root(&sys, &p).unwrap();
+        let calls = sys.calls();
+        let m = mounts_of(&calls);
+        let last = m.last().unwrap();
+        assert_eq!(last.1, Path::new("/"));
+        assert_eq!(
+            last.3,
+            MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_RDONLY | MsFlags::MS_NODEV
+        );
+        // After the working directory is made (it may not exist in the image).
+        let mkdir = calls
+            .iter()
+            .position(|c| *c == Call::MkdirAll("/work".into(), 0o755))
+            .unwrap();
+        let remount = calls
+            .iter()
+            .rposition(|c| matches!(c, Call::Mount { .. }))
+            .unwrap();
+        assert!(mkdir < remount);
     }
 
     #[test]

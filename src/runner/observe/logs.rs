@@ -105,6 +105,8 @@ impl LogWriter {
 pub struct LogLine {
     pub stream: String,
     pub text: Vec<u8>,
+    /// When it was written (RFC 3339, as stored).
+    pub time: String,
 }
 
 /// Reads complete entries from `offset`; returns them and the offset after the last one.
@@ -130,6 +132,7 @@ pub fn read_from(path: &Path, offset: u64) -> Result<(Vec<LogLine>, u64)> {
             lines.push(LogLine {
                 stream: e.stream.into_owned(),
                 text: e.log.into_owned().into_bytes(),
+                time: e.time,
             });
         }
     }

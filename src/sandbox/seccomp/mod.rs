@@ -125,6 +125,27 @@ impl Seccomp {
     }
 }
 
+impl Seccomp {
+    /// [`Seccomp::filter`] for a process with the capabilities `caps` (a profile allows some
+    /// calls only with a capability, as Docker's does `mount` with CAP_SYS_ADMIN): compiled
+    /// for those when they are not Docker's default set.
+    pub fn filter_with_caps(&self, caps: u64) -> anyhow::Result<Option<Arc<Filter>>> {
+        if caps == crate::sandbox::caps::default_mask() {
+            return self.filter();
+        }
+        let profile = match self {
+            Seccomp::Unconfined => return Ok(None),
+            Seccomp::Default => default_profile(),
+            Seccomp::Custom(p) => (**p).clone(),
+        };
+        let mut target = native_target().map_err(anyhow::Error::msg)?;
+        target.caps = caps;
+        compile(&profile, &target)
+            .map(|f| Some(Arc::new(f)))
+            .map_err(|e| anyhow::anyhow!("the seccomp profile: {e}"))
+    }
+}
+
 /// This machine with Docker's default capabilities.
 pub fn native_target() -> Result<Target, String> {
     let arch = Arch::native().ok_or_else(|| {
