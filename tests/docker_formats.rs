@@ -254,7 +254,7 @@ fn json_comes_in_dockers_field_order() {
     // docker's container.Config order, for the fields kiln has.
     assert_eq!(
         keys.join(" "),
-        "Hostname User ExposedPorts Tty OpenStdin Env Cmd Image WorkingDir Entrypoint StopSignal"
+        "Hostname User ExposedPorts Tty OpenStdin Env Cmd Image WorkingDir Entrypoint Labels StopSignal"
     );
     let doc = fmt(r, &["container", "inspect", "c1"]);
     assert!(doc.starts_with("[\n    {\n        \"Id\": \""), "{doc}");

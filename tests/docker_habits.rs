@@ -192,11 +192,6 @@ fn docker_flags_kiln_lacks_say_what_docker_does() {
             "kiln build: kiln does not support --sbom (docker: attaches an SBOM attestation)",
         ),
         (
-            "kiln start -i c",
-            "kiln start: kiln does not support -i/--interactive (docker: attaches the \
-             container's stdin)",
-        ),
-        (
             "kiln run --device-read-bps /dev/sda:1mb busybox",
             "kiln run: kiln does not support --device-read-bps (docker: limits the read rate",
         ),

@@ -287,12 +287,6 @@ const TABLE: &[(&str, &str, Option<char>, &str)] = &[
     ),
     (
         "run",
-        "health-start-period",
-        None,
-        "sets the start period before health check failures count",
-    ),
-    (
-        "run",
         "isolation",
         None,
         "selects the container isolation technology (Windows)",
@@ -321,12 +315,6 @@ const TABLE: &[(&str, &str, Option<char>, &str)] = &[
         "detach-keys",
         None,
         "overrides the key sequence for detaching",
-    ),
-    (
-        "start",
-        "interactive",
-        Some('i'),
-        "attaches the container's stdin",
     ),
     // restart
     (

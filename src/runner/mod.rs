@@ -1057,7 +1057,7 @@ pub fn inspect_json(store: &Store, rec: &ContainerRecord) -> serde_json::Value {
         })
         .collect();
     let dir = lifecycle::container_dir(store, &rec.id);
-    json!({
+    let mut doc = json!({
         "Id": rec.id,
         "Created": rfc3339(rec.created_ns),
         "Path": args.first(),
@@ -1118,5 +1118,12 @@ pub fn inspect_json(store: &Store, rec: &ContainerRecord) -> serde_json::Value {
         },
         "Mounts": mounts,
         "NetworkSettings": { "Ports": ports },
-    })
+    });
+    // docker's StopTimeout is omitted unless set (`omitempty`).
+    if c.stop_timeout.is_none() {
+        if let Some(config) = doc.get_mut("Config").and_then(|v| v.as_object_mut()) {
+            config.remove("StopTimeout");
+        }
+    }
+    doc
 }
