@@ -176,8 +176,8 @@ fn docker_flags_kiln_lacks_say_what_docker_does() {
              capabilities and every host device)",
         ),
         (
-            "kiln run --ulimit=nofile=10 busybox",
-            "kiln run: kiln does not support --ulimit (docker: sets ulimits)",
+            "kiln run --log-opt max-size=1m busybox",
+            "kiln run: kiln does not support --log-opt (docker: sets logging driver options)",
         ),
         (
             "kiln images --tree",

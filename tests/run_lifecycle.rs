@@ -1078,3 +1078,43 @@ fn cap_add_cap_drop_and_no_new_privileges() {
         "no such capability",
     );
 }
+
+/// `run --ulimit` and `--shm-size` (docker's forms), kept for the container's next start.
+#[test]
+fn ulimit_and_shm_size_reach_the_container_and_its_restarts() {
+    let root = setup();
+    let r = root.path();
+    let probe = "ulimit -n; ulimit -Hn; df -k /dev/shm | tail -1 | awk '{print $2}'";
+    let o = ok(
+        r,
+        &[
+            "run",
+            "--name",
+            "lim",
+            "--ulimit",
+            "nofile=512:1024",
+            "--shm-size",
+            "8m",
+            "bb",
+            "sh",
+            "-c",
+            probe,
+        ],
+    );
+    assert_eq!(o, "512\n1024\n8192\n");
+    // The same limits at the next start of the kept container.
+    ok(r, &["start", "lim"]);
+    ok(r, &["wait", "lim"]);
+    let logs = ok(r, &["logs", "lim"]);
+    assert_eq!(logs, "512\n1024\n8192\n512\n1024\n8192\n");
+    fails(
+        r,
+        &["run", "--rm", "--ulimit", "nofiles=1", "bb", "true"],
+        "invalid ulimit type \"nofiles\"",
+    );
+    fails(
+        r,
+        &["run", "--rm", "--shm-size", "lots", "bb", "true"],
+        "--shm-size \"lots\"",
+    );
+}

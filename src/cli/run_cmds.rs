@@ -305,6 +305,12 @@ pub struct RunArgs {
     /// Add a line to /etc/hosts: NAME:IP.
     #[arg(long = "add-host", value_name = "NAME:IP")]
     add_host: Vec<String>,
+    /// A resource limit of the command: NAME=SOFT[:HARD] (nofile=1024:2048, nproc=512, core=-1).
+    #[arg(long = "ulimit", value_name = "NAME=SOFT[:HARD]")]
+    ulimit: Vec<String>,
+    /// The size of /dev/shm (default 64m).
+    #[arg(long = "shm-size", value_name = "SIZE")]
+    shm_size: Option<String>,
     /// Set metadata on the container: KEY=VALUE.
     #[arg(short = 'l', long = "label", value_name = "KEY=VALUE")]
     label: Vec<String>,
@@ -391,6 +397,8 @@ impl RunArgs {
             mount,
             tmpfs,
             add_host,
+            ulimit,
+            shm_size,
             label,
             stop_signal,
             stop_timeout,
@@ -444,6 +452,8 @@ impl RunArgs {
             mounts: mount,
             tmpfs,
             add_hosts: add_host,
+            ulimits: ulimit,
+            shm_size,
             labels: label,
             stop_signal,
             stop_timeout,

@@ -218,7 +218,6 @@ const TABLE: &[(&str, &str, Option<char>, &str)] = &[
     ),
     ("run", "quiet", Some('q'), "suppresses the pull output"),
     ("run", "runtime", None, "selects the OCI runtime"),
-    ("run", "shm-size", None, "sets the size of /dev/shm"),
     (
         "run",
         "sig-proxy",
@@ -227,7 +226,6 @@ const TABLE: &[(&str, &str, Option<char>, &str)] = &[
     ),
     ("run", "storage-opt", None, "sets storage driver options"),
     ("run", "sysctl", None, "sets namespaced kernel parameters"),
-    ("run", "ulimit", None, "sets ulimits"),
     ("run", "userns", None, "selects the user namespace mode"),
     ("run", "uts", None, "selects the UTS namespace mode"),
     ("run", "volume-driver", None, "selects the volume driver"),
@@ -479,7 +477,7 @@ pub fn command_of(args: &[String]) -> Option<String> {
 
 /// The message for a flag kiln's `command` does not have, when docker's does; None when the
 /// flag is not one of docker's (clap's own error is the better answer then). `flag` is as
-/// typed: `--privileged`, `--ulimit=nofile=10`, `-a`.
+/// typed: `--privileged`, `--log-opt=max-size=1m`, `-a`.
 pub fn message(command: &str, flag: &str) -> Option<String> {
     let flag = flag.split_once('=').map_or(flag, |(f, _)| f);
     let found = if let Some(long) = flag.strip_prefix("--") {
@@ -544,9 +542,9 @@ mod tests {
             "kiln run: kiln does not support --privileged (docker: gives the container all \
              capabilities and every host device)"
         );
-        assert!(message("run", "--ulimit=nofile=10")
+        assert!(message("run", "--log-opt=max-size=1m")
             .unwrap()
-            .contains("does not support --ulimit "));
+            .contains("does not support --log-opt "));
         assert!(message("run", "--no-such-docker-flag").is_none());
         assert!(message("images", "--privileged").is_none());
         assert!(message("stats", "--format").is_none());

@@ -150,6 +150,13 @@ pub fn start(store: &Store, rec: &ContainerRecord, mode: StreamMode) -> Result<S
     }
     spec.hostname = cfg.hostname.clone();
     spec.extra_hosts = cfg.extra_hosts.clone();
+    for u in &cfg.ulimits {
+        spec.ulimits
+            .push(crate::sandbox::ulimit::parse(u).context("--ulimit")?);
+    }
+    if let Some(bytes) = cfg.shm_size {
+        spec.shm_size = bytes;
+    }
     spec.read_only_root = cfg.read_only;
     spec.caps = cfg.caps;
     spec.no_new_privileges = cfg.no_new_privileges;

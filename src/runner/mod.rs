@@ -88,6 +88,10 @@ pub struct RunOptions {
     pub tmpfs: Vec<String>,
     /// `--add-host NAME:IP`.
     pub add_hosts: Vec<String>,
+    /// `--ulimit NAME=SOFT[:HARD]`.
+    pub ulimits: Vec<String>,
+    /// `--shm-size`.
+    pub shm_size: Option<String>,
     /// `--label K=V`.
     pub labels: Vec<String>,
     /// `--stop-signal` (over the image's STOPSIGNAL).
@@ -337,6 +341,20 @@ pub fn create(store: &Store, opts: &RunOptions) -> Result<ContainerRecord> {
         .iter()
         .map(|h| runflags::parse_add_host(h))
         .collect::<Result<Vec<_>>>()?;
+    for u in &opts.ulimits {
+        crate::sandbox::ulimit::parse(u).context("--ulimit")?;
+    }
+    let shm_size = match opts.shm_size.as_deref() {
+        None => None,
+        Some(s) => {
+            let bytes =
+                crate::sandbox::parse_memory(s).with_context(|| format!("--shm-size {s:?}"))?;
+            if bytes == 0 {
+                bail!("--shm-size {s:?}: the size must be more than 0");
+            }
+            Some(bytes)
+        }
+    };
     let cpu_quota_us = opts.cpus.as_deref().map(runflags::parse_cpus).transpose()?;
     let memory_swap = opts
         .memory_swap
@@ -398,6 +416,8 @@ pub fn create(store: &Store, opts: &RunOptions) -> Result<ContainerRecord> {
         restart,
         labels,
         extra_hosts,
+        ulimits: opts.ulimits.clone(),
+        shm_size,
         stop_timeout: opts.stop_timeout,
         healthcheck,
         read_only: opts.read_only,

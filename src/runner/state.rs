@@ -78,6 +78,12 @@ pub struct ContainerConfig {
     /// `--add-host` lines for /etc/hosts.
     #[serde(default)]
     pub extra_hosts: Vec<(String, IpAddr)>,
+    /// `--ulimit` specs as given (checked at `run`; parsed again at each start).
+    #[serde(default)]
+    pub ulimits: Vec<String>,
+    /// `--shm-size` in bytes (None: docker's 64 MiB).
+    #[serde(default)]
+    pub shm_size: Option<u64>,
     /// `--stop-timeout`: seconds `kiln stop` waits by default (docker's 10 when absent).
     #[serde(default)]
     pub stop_timeout: Option<u64>,
