@@ -592,6 +592,21 @@ impl Vars {
                     .map(|m| parse_mount(&m.spec, &expand))
                     .collect::<Result<_, _>>()
                     .map_err(|message| ExpandError { message })?;
+                // The i-th ssh mount without a target is `/run/buildkit/ssh_agent.i`, as
+                // BuildKit's client numbers them (the parser gives each `.0`).
+                let mut ssh_index = 0;
+                for (m, written) in r2.mounts.iter_mut().zip(&r.mounts) {
+                    if m.kind == MountType::Ssh {
+                        let has_target = written.spec.split(',').any(|kv| {
+                            let key = kv.split('=').next().unwrap_or("").trim();
+                            matches!(key, "target" | "dst" | "destination")
+                        });
+                        if !has_target {
+                            m.target = format!("/run/buildkit/ssh_agent.{ssh_index}");
+                        }
+                        ssh_index += 1;
+                    }
+                }
                 Instruction::Run(r2)
             }
             other => other.clone(),
@@ -757,6 +772,31 @@ mod tests {
         assert_eq!(
             st.expand_global("$SRC-$TARGETOS-${LOCAL:-none}").unwrap(),
             "cli-linux-none"
+        );
+    }
+
+    #[test]
+    fn ssh_mounts_without_targets_are_numbered() {
+        let df = parse(
+            "FROM a\nRUN --mount=type=ssh --mount=type=ssh,id=b,target=/s \\\n    --mount=type=ssh,id=c true\n",
+        )
+        .unwrap();
+        let st = stages(&df, &HashMap::new()).unwrap();
+        let mut vars = st.vars(&[]);
+        let Instruction::Run(r) = vars
+            .apply(&st.stages[0].instructions[0].instruction)
+            .unwrap()
+        else {
+            panic!("not a RUN")
+        };
+        let targets: Vec<&str> = r.mounts.iter().map(|m| m.target.as_str()).collect();
+        assert_eq!(
+            targets,
+            [
+                "/run/buildkit/ssh_agent.0",
+                "/s",
+                "/run/buildkit/ssh_agent.2"
+            ]
         );
     }
 
