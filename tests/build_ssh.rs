@@ -43,32 +43,7 @@ int main(int argc, char **argv) {
 "#;
 
 fn agent_count_binary() -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/test-fixtures");
-    std::fs::create_dir_all(&dir).unwrap();
-    let bin = dir.join("agent-count");
-    if bin.exists() {
-        return bin;
-    }
-    let work = tempfile::Builder::new()
-        .prefix("agent-count.")
-        .tempdir_in(&dir)
-        .unwrap();
-    let src = work.path().join("agent-count.c");
-    std::fs::write(&src, AGENT_COUNT_C).unwrap();
-    let tmp = work.path().join("agent-count");
-    let out = Command::new("cc")
-        .args(["-O2", "-static", "-o"])
-        .arg(&tmp)
-        .arg(&src)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "building agent-count failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    std::fs::rename(&tmp, &bin).unwrap();
-    bin
+    common::static_c_binary("agent-count", AGENT_COUNT_C, &[])
 }
 
 fn keygen(dir: &Path, name: &str) -> PathBuf {

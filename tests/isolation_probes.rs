@@ -51,30 +51,8 @@ fn docker_answers(group: &str) -> BTreeMap<String, String> {
 
 /// The static syscall probe (testdata/isolation/syscall-probe.c), built once per machine.
 fn syscall_probe() -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/test-fixtures");
-    std::fs::create_dir_all(&dir).unwrap();
-    let bin = dir.join("syscall-probe");
-    if bin.exists() {
-        return bin;
-    }
-    let work = tempfile::Builder::new()
-        .prefix("syscall-probe.")
-        .tempdir_in(&dir)
-        .unwrap();
-    let tmp = work.path().join("syscall-probe");
-    let out = Command::new("cc")
-        .args(["-O2", "-static", "-o"])
-        .arg(&tmp)
-        .arg(testdata().join("syscall-probe.c"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "building syscall-probe failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    std::fs::rename(&tmp, &bin).unwrap();
-    bin
+    let source = std::fs::read_to_string(testdata().join("syscall-probe.c")).unwrap();
+    common::static_c_binary("syscall-probe", &source, &[])
 }
 
 /// Runs probes.sh GROUP in `kiln run --rm -v /:/host:ro` on a local busybox image.

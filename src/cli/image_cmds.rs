@@ -781,15 +781,7 @@ fn cmd_inspect(
     let mut code = 0;
     for spec in images {
         let result = (|| -> Result<serde_json::Value> {
-            let whole = store.resolve(spec)?;
-            let img = match platform {
-                Some(p) => whole.for_platform(p)?,
-                None => whole.clone(),
-            };
-            let manifest: serde_json::Value =
-                serde_json::from_slice(&store.manifest_bytes(&img.manifest_digest)?)?;
-            let config: serde_json::Value =
-                serde_json::from_slice(&store.read_blob(&img.config_digest)?)?;
+            let (whole, img, manifest, config) = stored_documents(&store, spec, platform)?;
             if let (Some(p), None) = (platform, &whole.index) {
                 let have = crate::platform::Platform::of_config(
                     config.get("os").and_then(|v| v.as_str()).unwrap_or(""),
@@ -927,6 +919,28 @@ fn pulled_names(store: &Store) -> Vec<(Reference, String)> {
         .collect()
 }
 
+/// An image as `inspect` reads it: the record a name resolves to, the platform's record in it
+/// (`--platform`, else the record itself), and its stored manifest and config.
+fn stored_documents(
+    store: &crate::store::Store,
+    spec: &str,
+    platform: Option<&crate::platform::Platform>,
+) -> Result<(
+    crate::store::ImageRecord,
+    crate::store::ImageRecord,
+    serde_json::Value,
+    serde_json::Value,
+)> {
+    let whole = store.resolve(spec)?;
+    let img = match platform {
+        Some(p) => whole.for_platform(p)?,
+        None => whole.clone(),
+    };
+    let manifest = serde_json::from_slice(&store.manifest_bytes(&img.manifest_digest)?)?;
+    let config = serde_json::from_slice(&store.read_blob(&img.config_digest)?)?;
+    Ok((whole, img, manifest, config))
+}
+
 /// `inspect --raw`: the OCI documents as stored, one object per image: `ManifestDigest` and
 /// `Manifest`, `ConfigDigest` and `Config`, and for a multi-platform image `IndexDigest` and
 /// `Index` (the manifest is this machine's platform's, or `--platform`'s).
@@ -940,15 +954,7 @@ fn cmd_inspect_raw(
     let mut code = 0;
     for spec in images {
         let result = (|| -> Result<serde_json::Value> {
-            let whole = store.resolve(spec)?;
-            let img = match platform {
-                Some(p) => whole.for_platform(p)?,
-                None => whole.clone(),
-            };
-            let manifest: serde_json::Value =
-                serde_json::from_slice(&store.manifest_bytes(&img.manifest_digest)?)?;
-            let config: serde_json::Value =
-                serde_json::from_slice(&store.read_blob(&img.config_digest)?)?;
+            let (whole, img, manifest, config) = stored_documents(&store, spec, platform)?;
             let mut doc = serde_json::json!({
                 "ManifestDigest": img.manifest_digest,
                 "Manifest": manifest,

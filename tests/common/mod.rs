@@ -63,6 +63,39 @@ fn fixtures_dir() -> PathBuf {
     dir
 }
 
+/// A static C program built once per machine into target/test-fixtures/NAME, from `source`
+/// (the program's text) with `cc -O2 -static` and `flags`; safe to call from concurrent tests.
+pub fn static_c_binary(name: &str, source: &str, flags: &[&str]) -> PathBuf {
+    let dir = fixtures_dir();
+    let bin = dir.join(name);
+    if bin.exists() {
+        return bin;
+    }
+    // Unique per caller: tests of one process build it concurrently.
+    let work = tempfile::Builder::new()
+        .prefix(&format!("{name}."))
+        .tempdir_in(&dir)
+        .unwrap();
+    let src = work.path().join(format!("{name}.c"));
+    fs::write(&src, source).unwrap();
+    let tmp = work.path().join(name);
+    let out = Command::new("cc")
+        .args(["-O2", "-static"])
+        .args(flags)
+        .arg("-o")
+        .arg(&tmp)
+        .arg(&src)
+        .output()
+        .expect("cc is needed by these tests (apt-get install gcc libc6-dev)");
+    assert!(
+        out.status.success(),
+        "building {name} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    fs::rename(&tmp, &bin).unwrap();
+    bin
+}
+
 /// A busybox root filesystem directory (read-only by convention: copy it before changing it).
 /// Built once per machine from /bin/busybox; safe to call from concurrent test processes.
 pub fn busybox_rootfs() -> PathBuf {

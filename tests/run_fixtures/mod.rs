@@ -92,33 +92,7 @@ pub fn free_udp_port() -> u16 {
 /// A tiny static echo server (TCP and UDP), so busybox images can serve both protocols.
 /// Usage inside the container: `/echo tcp PORT` or `/echo udp PORT`.
 pub fn echo_server() -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/test-fixtures");
-    std::fs::create_dir_all(&dir).unwrap();
-    let bin = dir.join("echo-server");
-    if bin.exists() {
-        return bin;
-    }
-    // Unique per caller: tests of one process build it concurrently.
-    let work = tempfile::Builder::new()
-        .prefix("echo-server.")
-        .tempdir_in(&dir)
-        .unwrap();
-    let src = work.path().join("echo.c");
-    std::fs::write(&src, ECHO_C).unwrap();
-    let tmp = work.path().join("echo");
-    let out = Command::new("cc")
-        .args(["-O2", "-static", "-pthread", "-o"])
-        .arg(&tmp)
-        .arg(&src)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "building the echo server failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    std::fs::rename(&tmp, &bin).unwrap();
-    bin
+    common::static_c_binary("echo-server", ECHO_C, &["-pthread"])
 }
 
 const ECHO_C: &str = r#"
