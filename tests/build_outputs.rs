@@ -384,36 +384,13 @@ fn add_unpack_flag_for_urls_and_local_archives() {
 /// that host (BuildKit's names); the token is never in the image, the store or the output.
 #[test]
 fn add_of_a_url_with_http_auth_secrets() {
-    use std::io::{Read, Write};
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut s) = stream else { break };
-            let mut req = Vec::new();
-            let mut buf = [0u8; 1024];
-            while !req.windows(4).any(|w| w == b"\r\n\r\n") {
-                match s.read(&mut buf) {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => req.extend_from_slice(&buf[..n]),
-                }
-            }
-            let text = String::from_utf8_lossy(&req).to_string();
-            let body = if text.contains("\r\nAuthorization: Bearer t0ken-s3cret\r\n") {
-                Some("by token\n")
-            } else if text.contains("\r\nAuthorization: Basic dXNlcjpwdw==\r\n") {
-                Some("by header\n")
-            } else {
-                None
-            };
-            let _ = match body {
-                Some(b) => write!(
-                    s,
-                    "HTTP/1.0 200 OK\r\nContent-Length: {}\r\n\r\n{b}",
-                    b.len()
-                ),
-                None => s.write_all(b"HTTP/1.0 401 Unauthorized\r\nContent-Length: 0\r\n\r\n"),
-            };
+    let port = serve_with(|request| {
+        if request.contains("\r\nAuthorization: Bearer t0ken-s3cret\r\n") {
+            Some(b"by token\n".to_vec())
+        } else if request.contains("\r\nAuthorization: Basic dXNlcjpwdw==\r\n") {
+            Some(b"by header\n".to_vec())
+        } else {
+            None
         }
     });
     let root = root_with_busybox();
@@ -453,6 +430,12 @@ fn add_of_a_url_with_http_auth_secrets() {
 /// A one-file HTTP server on 127.0.0.1 (any path gets `body` as it is at the time of the
 /// request); returns its port.
 fn serve_http(body: std::sync::Arc<std::sync::Mutex<Vec<u8>>>) -> u16 {
+    serve_with(move |_| Some(body.lock().unwrap().clone()))
+}
+
+/// An HTTP server on 127.0.0.1 answering each request with what `answer` makes of the request's
+/// head: `Some(body)` is a 200, `None` a 401; returns its port.
+fn serve_with(answer: impl Fn(&str) -> Option<Vec<u8>> + Send + 'static) -> u16 {
     use std::io::{Read, Write};
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
@@ -467,10 +450,14 @@ fn serve_http(body: std::sync::Arc<std::sync::Mutex<Vec<u8>>>) -> u16 {
                     Ok(n) => req.extend_from_slice(&buf[..n]),
                 }
             }
-            let data = body.lock().unwrap().clone();
-            let head = format!("HTTP/1.0 200 OK\r\nContent-Length: {}\r\n\r\n", data.len());
-            let _ = s.write_all(head.as_bytes());
-            let _ = s.write_all(&data);
+            let _ = match answer(&String::from_utf8_lossy(&req)) {
+                Some(data) => {
+                    let head = format!("HTTP/1.0 200 OK\r\nContent-Length: {}\r\n\r\n", data.len());
+                    s.write_all(head.as_bytes())
+                        .and_then(|_| s.write_all(&data))
+                }
+                None => s.write_all(b"HTTP/1.0 401 Unauthorized\r\nContent-Length: 0\r\n\r\n"),
+            };
         }
     });
     port
