@@ -782,3 +782,125 @@ fn rootless_copy_snapshotter_builds_the_same_layers() {
     home.ok(&["rm", "keep"]);
     assert_no_leftovers(&home);
 }
+
+/// A container's files as the user: `cp` in and out, `diff`, `commit` and `export` keep the
+/// owners the container gave them (ids of the subordinate range), and `run -it` / `exec -it` get a
+/// terminal inside the user namespace.
+#[test]
+fn rootless_cp_diff_commit_export_and_terminals() {
+    let _serial = serial();
+    let home = Home::new(ensure_user(FULL_USER, Some(FULL_RANGE)));
+    home.import_busybox();
+    home.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "box",
+        "busybox:latest",
+        "sh",
+        "-c",
+        "mkdir /work && echo made-inside > /work/a && chown 1234:4321 /work/a && touch /ready && exec sleep 1000",
+    ]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !home
+        .kiln(&["exec", "box", "test", "-f", "/ready"])
+        .status
+        .success()
+    {
+        assert!(Instant::now() < deadline, "the container never got ready");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // cp into the container: the file lands as root:root (docker's default without -a).
+    let incoming = home.path().join("in.txt");
+    fs::write(&incoming, "from-host\n").unwrap();
+    std::os::unix::fs::chown(&incoming, Some(home.user.uid), Some(home.user.gid)).unwrap();
+    home.ok(&["cp", incoming.to_str().unwrap(), "box:/work/in.txt"]);
+    assert_eq!(
+        home.ok(&[
+            "exec",
+            "box",
+            "stat",
+            "-c",
+            "%u:%g %n",
+            "/work/in.txt",
+            "/work/a"
+        ]),
+        "0:0 /work/in.txt\n1234:4321 /work/a\n"
+    );
+    // cp out: the copy belongs to the user, with the container's contents.
+    let out_dir = home.path().join("out");
+    home.ok(&["cp", "box:/work", out_dir.to_str().unwrap()]);
+    assert_eq!(
+        fs::read_to_string(out_dir.join("a")).unwrap(),
+        "made-inside\n"
+    );
+    assert_eq!(
+        fs::metadata(out_dir.join("a")).unwrap().uid(),
+        home.user.uid
+    );
+
+    let diff = home.ok(&["diff", "box"]);
+    for line in ["A /work", "A /work/a", "A /work/in.txt", "A /ready"] {
+        assert!(
+            diff.lines().any(|l| l == line),
+            "no {line:?} in diff:\n{diff}"
+        );
+    }
+
+    // commit: the new image's layer keeps the container's owners.
+    home.ok(&["commit", "box", "snap:1"]);
+    assert_eq!(
+        home.ok(&["run", "--rm", "snap:1", "stat", "-c", "%u:%g", "/work/a"]),
+        "1234:4321\n"
+    );
+    // export: the tarball carries the ids as the container sees them.
+    let exported = home.path().join("box.tar");
+    home.ok(&["export", "-o", exported.to_str().unwrap(), "box"]);
+    let mut archive = tar::Archive::new(fs::File::open(&exported).unwrap());
+    let mut owner = None;
+    for entry in archive.entries().unwrap() {
+        let entry = entry.unwrap();
+        let path = entry.path().unwrap().to_string_lossy().into_owned();
+        if path.trim_start_matches("./").trim_start_matches('/') == "work/a" {
+            owner = Some((entry.header().uid().unwrap(), entry.header().gid().unwrap()));
+        }
+    }
+    assert_eq!(owner, Some((1234, 4321)), "work/a in the export");
+
+    // Terminals: a pty from the container's own devpts, inside the user namespace.
+    let in_terminal = |kiln_args: &str| -> String {
+        let cmd = format!("{} {kiln_args}", user_kiln().display());
+        let out = Command::new("setpriv")
+            .arg(format!("--reuid={}", home.user.uid))
+            .arg(format!("--regid={}", home.user.gid))
+            .args(["--clear-groups", "--", "script", "-qec", &cmd, "/dev/null"])
+            .current_dir(home.path())
+            .env("HOME", home.path())
+            .env("TERM", "xterm")
+            .env_remove("KILN_ROOT")
+            .env_remove("XDG_DATA_HOME")
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{kiln_args}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).replace('\r', "")
+    };
+    let run_tty = in_terminal("run --rm -it busybox:latest sh -c 'tty; echo $TERM'");
+    // (script may echo its closed stdin as a control character between the lines)
+    assert!(
+        run_tty.contains("/dev/pts/0\n") && run_tty.contains("xterm\n"),
+        "{run_tty:?}"
+    );
+    let exec_tty = in_terminal("exec -it box tty");
+    assert!(exec_tty.contains("/dev/pts/"), "{exec_tty:?}");
+
+    home.ok(&["rm", "-f", "box"]);
+    home.ok(&["rmi", "snap:1"]);
+    assert_no_leftovers(&home);
+}
