@@ -904,3 +904,174 @@ fn rootless_cp_diff_commit_export_and_terminals() {
     home.ok(&["rmi", "snap:1"]);
     assert_no_leftovers(&home);
 }
+
+/// A cgroup v2 subtree handed to the test user (as systemd's `Delegate=yes` does: the directory
+/// and its `cgroup.procs`, `cgroup.subtree_control` and `cgroup.threads` chowned), with the
+/// commands of the test started inside it. Removed, with anything left in it, on drop.
+struct DelegatedCgroup {
+    dir: PathBuf,
+}
+
+impl DelegatedCgroup {
+    fn new(user: User) -> Option<DelegatedCgroup> {
+        let mount = ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"]
+            .into_iter()
+            .map(PathBuf::from)
+            .find(|m| m.join("cgroup.controllers").exists())?;
+        let dir = mount.join(format!("kiln-test-delegated.{}", std::process::id()));
+        fs::create_dir(&dir).unwrap();
+        for p in [
+            "",
+            "cgroup.procs",
+            "cgroup.subtree_control",
+            "cgroup.threads",
+        ] {
+            std::os::unix::fs::chown(dir.join(p), Some(user.uid), Some(user.gid)).unwrap();
+        }
+        Some(DelegatedCgroup { dir })
+    }
+
+    /// `cmd`, started inside the delegated cgroup (it moves itself there, then execs).
+    fn wrap(&self, cmd: &Command) -> Command {
+        let mut wrapped = Command::new("sh");
+        wrapped
+            .arg("-c")
+            .arg("echo $$ > \"$0/cgroup.procs\" && exec \"$@\"")
+            .arg(&self.dir)
+            .arg(cmd.get_program())
+            .args(cmd.get_args());
+        if let Some(dir) = cmd.get_current_dir() {
+            wrapped.current_dir(dir);
+        }
+        for (k, v) in cmd.get_envs() {
+            match v {
+                Some(v) => wrapped.env(k, v),
+                None => wrapped.env_remove(k),
+            };
+        }
+        wrapped
+    }
+
+    /// The cgroups under it, deepest first.
+    fn tree(&self) -> Vec<PathBuf> {
+        fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+            for e in fs::read_dir(dir).into_iter().flatten().flatten() {
+                if e.file_type().is_ok_and(|t| t.is_dir()) {
+                    walk(&e.path(), out);
+                    out.push(e.path());
+                }
+            }
+        }
+        let mut out = Vec::new();
+        walk(&self.dir, &mut out);
+        out
+    }
+}
+
+impl Drop for DelegatedCgroup {
+    fn drop(&mut self) {
+        let mut dirs = self.tree();
+        dirs.push(self.dir.clone());
+        for d in &dirs {
+            let _ = fs::write(d.join("cgroup.freeze"), "0");
+            let _ = fs::write(d.join("cgroup.kill"), "1");
+        }
+        for d in &dirs {
+            for _ in 0..100 {
+                if fs::remove_dir(d).is_ok() || !d.exists() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+}
+
+/// Rootless kiln in a delegated cgroup v2 subtree: containers get cgroups inside it
+/// (`DELEGATED/kiln/<name>`), `pause`/`unpause` work through `cgroup.freeze`, `kiln info` names
+/// the subtree, a limit whose controller the subtree lacks fails naming it, and `rm` leaves
+/// no cgroup behind. (This machine's v2 hierarchy has no controllers: the limits themselves
+/// are written as root's v2 limits are.)
+#[test]
+fn rootless_delegated_cgroup_subtree_holds_containers_and_pauses_them() {
+    let _serial = serial();
+    let user = ensure_user(FULL_USER, Some(FULL_RANGE));
+    let Some(cgroup) = DelegatedCgroup::new(user) else {
+        panic!("no cgroup v2 hierarchy at /sys/fs/cgroup or /sys/fs/cgroup/unified");
+    };
+    let home = Home::new(user);
+    let run = |args: &[&str]| -> Output { cgroup.wrap(&home.command(args)).output().unwrap() };
+    let ok = |args: &[&str]| -> String {
+        let out = run(args);
+        assert!(
+            out.status.success(),
+            "kiln {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    home.import_busybox();
+
+    let info = ok(&["info"]);
+    assert!(
+        info.contains(&format!("cgroup v2 subtree {}", cgroup.dir.display())),
+        "{info}"
+    );
+
+    ok(&[
+        "run",
+        "-d",
+        "--name",
+        "held",
+        "busybox:latest",
+        "sleep",
+        "1000",
+    ]);
+    let pid = ok(&["inspect", "-f", "{{.State.Pid}}", "held"]);
+    let own = fs::read_to_string(format!("/proc/{}/cgroup", pid.trim())).unwrap();
+    let v2 = own.lines().find_map(|l| l.strip_prefix("0::")).unwrap();
+    let name = cgroup.dir.file_name().unwrap().to_str().unwrap();
+    assert!(
+        v2.starts_with(&format!("/{name}/kiln/")),
+        "the container's cgroup {v2:?} is not in the delegated subtree"
+    );
+    let container_cgroup = cgroup.dir.join(v2.trim_start_matches(&format!("/{name}/")));
+
+    ok(&["pause", "held"]);
+    let events = fs::read_to_string(container_cgroup.join("cgroup.events")).unwrap();
+    assert!(events.lines().any(|l| l == "frozen 1"), "{events}");
+    assert_eq!(
+        ok(&["inspect", "-f", "{{.State.Status}}", "held"]).trim(),
+        "paused"
+    );
+    ok(&["unpause", "held"]);
+    let events = fs::read_to_string(container_cgroup.join("cgroup.events")).unwrap();
+    assert!(events.lines().any(|l| l == "frozen 0"), "{events}");
+
+    let limited = run(&[
+        "run",
+        "--rm",
+        "--pids-limit",
+        "10",
+        "busybox:latest",
+        "true",
+    ]);
+    let err = String::from_utf8_lossy(&limited.stderr);
+    assert!(!limited.status.success());
+    assert!(
+        err.contains("needed: pids") && err.contains(&cgroup.dir.display().to_string()),
+        "{err}"
+    );
+
+    ok(&["rm", "-f", "held"]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while container_cgroup.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "{} left",
+            container_cgroup.display()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_no_leftovers(&home);
+}

@@ -171,23 +171,21 @@ fn cgroup_delegation() -> (bool, String) {
     if !in_userns() {
         return (true, "not needed (kiln runs as root)".to_string());
     }
-    let v2 = Path::new("/sys/fs/cgroup/cgroup.controllers").exists();
-    if !v2 {
-        return (
-            false,
-            "cgroup v1: no delegation to unprivileged users".to_string(),
-        );
+    match super::delegation::current() {
+        Ok(d) => (
+            true,
+            format!(
+                "cgroup v2 subtree {} (controllers: {})",
+                d.dir.display(),
+                if d.controllers.is_empty() {
+                    "none: pause and stats only".to_string()
+                } else {
+                    d.controllers.join(" ")
+                }
+            ),
+        ),
+        Err(why) => (false, why.clone()),
     }
-    let own = fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
-    let path = own
-        .lines()
-        .find_map(|l| l.strip_prefix("0::"))
-        .unwrap_or("/")
-        .to_string();
-    (
-        false,
-        format!("cgroup v2 at {path}: kiln does not use delegated subtrees yet"),
-    )
 }
 
 /// `net.ipv4.ip_unprivileged_port_start` (1024 when unreadable).

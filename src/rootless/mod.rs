@@ -19,6 +19,7 @@
 //! This module sits at the bottom of the import order: it imports nothing of kiln's but `owner`.
 
 pub mod check;
+pub mod delegation;
 mod idmap;
 
 use std::fs;

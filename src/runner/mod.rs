@@ -933,10 +933,12 @@ pub fn pause(rec: &ContainerRecord) -> Result<()> {
         bail!("container {} is not running", rec.id);
     }
     if crate::rootless::in_userns() {
-        bail!(
-            "kiln pause needs the cgroup freezer, which kiln running rootless does not use \
-             (no cgroup is delegated to you): stop the container instead, or run kiln as root"
-        );
+        if let Err(why) = crate::rootless::delegation::current() {
+            bail!(
+                "kiln pause needs the cgroup freezer, which kiln running rootless cannot use: \
+                 {why}; stop the container instead, or run kiln as root"
+            );
+        }
     }
     if is_paused(rec) {
         bail!("container {} is already paused", rec.id);

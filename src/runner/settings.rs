@@ -87,7 +87,7 @@ pub fn update(store: &Store, rec: &ContainerRecord, u: &Update) -> Result<()> {
         cfg.restart = policy;
     }
     if rec.status() == Status::Running && rec.init_pid > 0 {
-        if crate::rootless::in_userns() {
+        if crate::rootless::in_userns() && crate::rootless::delegation::current().is_err() {
             bail!("{}", crate::sandbox::cgroup::rootless_limits_error());
         }
         let limits = crate::sandbox::cgroup_update::Limits {

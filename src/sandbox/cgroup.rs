@@ -11,6 +11,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use super::{device_filter, Resources};
+use crate::rootless::delegation;
 
 const CGROUP_ROOT: &str = "/sys/fs/cgroup";
 
@@ -121,6 +122,10 @@ pub fn join_raw(procs: &std::ffi::CStr) -> bool {
 }
 
 pub fn detect() -> CgroupVersion {
+    // Rootless kiln uses the v2 subtree delegated to it, also on a hybrid system.
+    if crate::rootless::in_userns() && delegation::current().is_ok() {
+        return CgroupVersion::V2;
+    }
     if Path::new(CGROUP_ROOT).join("cgroup.controllers").exists() {
         CgroupVersion::V2
     } else {
@@ -154,11 +159,31 @@ pub fn shares_to_weight(shares: u64) -> u64 {
     1 + ((shares - 2) * 9999) / 262_142
 }
 
-/// Why limits fail rootless: no cgroup v2 subtree delegated to the user (on v1 there is none).
+/// The v2 mount point and the directory holding `kiln/`: the delegated subtree for rootless
+/// kiln, else /sys/fs/cgroup.
+fn v2_base() -> (PathBuf, PathBuf) {
+    if crate::rootless::in_userns() {
+        if let Ok(d) = delegation::current() {
+            return (d.mount.clone(), d.dir.clone());
+        }
+    }
+    (PathBuf::from(CGROUP_ROOT), PathBuf::from(CGROUP_ROOT))
+}
+
+/// Why limits fail rootless: no cgroup v2 subtree delegated to the user (on v1 there is none),
+/// or one without the controllers.
 pub fn rootless_limits_error() -> String {
-    let why = match detect() {
-        CgroupVersion::V1 => "this machine has cgroup v1, which cannot be delegated to a user",
-        CgroupVersion::V2 => "kiln does not use a delegated cgroup v2 subtree yet",
+    let why = match delegation::current() {
+        Err(why) => why.clone(),
+        Ok(d) => format!(
+            "the cgroup delegated to you, {}, lacks their controllers (it has: {})",
+            d.dir.display(),
+            if d.controllers.is_empty() {
+                "none".to_string()
+            } else {
+                d.controllers.join(" ")
+            }
+        ),
     };
     format!(
         "resource limits (-m/--memory, --cpus, --cpuset-cpus, --pids-limit, --cpu-shares) need \
@@ -171,13 +196,18 @@ impl Cgroup {
     /// Makes `kiln/<name>` with the limits in `res` and Docker's default device rules; `None`
     /// when `res` asks for nothing and no device control is available (a warning says so once).
     pub fn create(name: &str, res: &Resources) -> io::Result<Option<Cgroup>> {
-        // Rootless: no cgroup at all unless limits are asked, and then one clear error (the
-        // device rules are kept by `nodev` mounts and the host's nodes bound into /dev).
+        // Rootless: a cgroup in the subtree delegated to the user, if any (containers: for
+        // pause and stats; limits: where the subtree has their controllers). Without one, no
+        // cgroup unless limits are asked, and then one clear error. Devices stay guarded by
+        // `nodev` mounts and the host's nodes bound into /dev (a device program needs the
+        // host's CAP_SYS_ADMIN).
         if crate::rootless::in_userns() {
-            if res.is_empty() {
-                return Ok(None);
-            }
-            return Err(io::Error::other(rootless_limits_error()));
+            return match delegation::current() {
+                Ok(d) if !res.is_empty() || !res.unobserved => Self::create_delegated(d, name, res),
+                Ok(_) => Ok(None),
+                Err(_) if res.is_empty() => Ok(None),
+                Err(_) => Err(io::Error::other(rootless_limits_error())),
+            };
         }
         match detect() {
             CgroupVersion::V1 => {
@@ -353,37 +383,7 @@ impl Cgroup {
             memory_dir: res.memory_bytes.map(|_| dir.clone()),
             devices: false,
         };
-        let result = (|| {
-            if let Some(bytes) = res.memory_bytes {
-                write(&dir.join("memory.max"), &bytes.to_string())?;
-                let swap = dir.join("memory.swap.max");
-                if swap.exists() {
-                    let value = match res.memory_swap {
-                        Some(-1) => "max".to_string(),
-                        Some(total) => (total as u64).saturating_sub(bytes).to_string(),
-                        None => "0".to_string(),
-                    };
-                    write(&swap, &value)?;
-                }
-            }
-            if let Some(shares) = res.cpu_shares {
-                write(
-                    &dir.join("cpu.weight"),
-                    &shares_to_weight(shares).to_string(),
-                )?;
-            }
-            if let Some(cpus) = &res.cpuset {
-                write(&dir.join("cpuset.cpus"), cpus)?;
-            }
-            if let Some(pids) = res.pids_limit {
-                write(&dir.join("pids.max"), &pids.to_string())?;
-            }
-            if let Some(quota) = res.cpu_quota_us {
-                write(&dir.join("cpu.max"), &format!("{quota} 100000"))?;
-            }
-            Ok(())
-        })();
-        if let Err(e) = result {
+        if let Err(e) = write_v2_limits(&dir, res) {
             cg.remove();
             return Err(e);
         }
@@ -396,6 +396,47 @@ impl Cgroup {
                     return Ok(None);
                 }
             }
+        }
+        Ok(Some(cg))
+    }
+
+    /// Rootless: `DELEGATED/kiln/<name>` with the limits in `res`, each of whose controllers the
+    /// delegated subtree must have. A container without limits whose cgroup cannot be made
+    /// runs without one (as without delegation).
+    fn create_delegated(
+        d: &delegation::Delegation,
+        name: &str,
+        res: &Resources,
+    ) -> io::Result<Option<Cgroup>> {
+        let wanted = controllers_for(res);
+        let missing = d.missing(&wanted);
+        if !missing.is_empty() {
+            return Err(io::Error::other(format!(
+                "{} (needed: {})",
+                rootless_limits_error(),
+                missing.join(" ")
+            )));
+        }
+        let made = d.prepare(&wanted).and_then(|parent| {
+            let dir = parent.join(name);
+            std::fs::create_dir(&dir)
+                .map_err(|e| io::Error::new(e.kind(), format!("mkdir {}: {e}", dir.display())))?;
+            Ok(dir)
+        });
+        let dir = match made {
+            Ok(dir) => dir,
+            Err(_) if res.is_empty() => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let cg = Cgroup {
+            version: CgroupVersion::V2,
+            dirs: vec![dir.clone()],
+            memory_dir: res.memory_bytes.map(|_| dir.clone()),
+            devices: false,
+        };
+        if let Err(e) = write_v2_limits(&dir, res) {
+            cg.remove();
+            return Err(e);
         }
         Ok(Some(cg))
     }
@@ -444,6 +485,56 @@ impl Cgroup {
     }
 }
 
+/// The v2 controllers that `Resources`' limits need.
+pub fn controllers_for(res: &Resources) -> Vec<&'static str> {
+    let mut wanted = Vec::new();
+    if res.memory_bytes.is_some() {
+        wanted.push("memory");
+    }
+    if res.cpu_shares.is_some() || res.cpu_quota_us.is_some() {
+        wanted.push("cpu");
+    }
+    if res.cpuset.is_some() {
+        wanted.push("cpuset");
+    }
+    if res.pids_limit.is_some() {
+        wanted.push("pids");
+    }
+    wanted
+}
+
+/// Writes `res`'s limits into the v2 cgroup `dir`.
+fn write_v2_limits(dir: &Path, res: &Resources) -> io::Result<()> {
+    if let Some(bytes) = res.memory_bytes {
+        write(&dir.join("memory.max"), &bytes.to_string())?;
+        let swap = dir.join("memory.swap.max");
+        if swap.exists() {
+            let value = match res.memory_swap {
+                Some(-1) => "max".to_string(),
+                Some(total) => (total as u64).saturating_sub(bytes).to_string(),
+                None => "0".to_string(),
+            };
+            write(&swap, &value)?;
+        }
+    }
+    if let Some(shares) = res.cpu_shares {
+        write(
+            &dir.join("cpu.weight"),
+            &shares_to_weight(shares).to_string(),
+        )?;
+    }
+    if let Some(cpus) = &res.cpuset {
+        write(&dir.join("cpuset.cpus"), cpus)?;
+    }
+    if let Some(pids) = res.pids_limit {
+        write(&dir.join("pids.max"), &pids.to_string())?;
+    }
+    if let Some(quota) = res.cpu_quota_us {
+        write(&dir.join("cpu.max"), &format!("{quota} 100000"))?;
+    }
+    Ok(())
+}
+
 /// Kills whatever is inside these cgroup directories and removes them (thawed first: on v1 a
 /// frozen task does not die of SIGKILL until it is thawed).
 pub fn remove_dirs(dirs: &[PathBuf]) {
@@ -471,20 +562,37 @@ fn thaw_dir(dir: &Path) {
 /// `controller`, or the v2 one (`controller` ignored). Read from `/proc/<pid>/cgroup`.
 pub fn dir_of(pid: i32, controller: &str) -> Option<PathBuf> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
-    parse_dir_of(&text, detect(), controller)
+    let (mount, base) = v2_base();
+    parse_dir_of(&text, detect(), controller, &mount, &base)
 }
 
-fn parse_dir_of(text: &str, version: CgroupVersion, controller: &str) -> Option<PathBuf> {
+/// `dir_of` from the text of `/proc/<pid>/cgroup`: a v1 `controller`'s
+/// `/sys/fs/cgroup/<controller>/kiln/<name>`, or on v2 `<base>/kiln/<name>` (the v2 line's path
+/// under `mount`).
+fn parse_dir_of(
+    text: &str,
+    version: CgroupVersion,
+    controller: &str,
+    mount: &Path,
+    base: &Path,
+) -> Option<PathBuf> {
     text.lines().find_map(|line| {
         let mut parts = line.splitn(3, ':');
-        let (_, controllers, rel) = (parts.next()?, parts.next()?, parts.next()?);
-        let rel = rel.strip_prefix("/kiln/")?;
-        if rel.is_empty() || rel.contains("..") {
+        let (_, controllers, full) = (parts.next()?, parts.next()?, parts.next()?);
+        if full.contains("..") {
+            return None;
+        }
+        if version == CgroupVersion::V2 && controllers.is_empty() {
+            let dir = mount.join(full.trim_start_matches('/'));
+            let in_kiln = dir.parent() == Some(base.join("kiln").as_path());
+            return in_kiln.then_some(dir);
+        }
+        let rel = full.strip_prefix("/kiln/")?;
+        if rel.is_empty() {
             return None;
         }
         let base = Path::new(CGROUP_ROOT);
         match version {
-            CgroupVersion::V2 if controllers.is_empty() => Some(base.join("kiln").join(rel)),
             CgroupVersion::V1 if controllers.split(',').any(|c| c == controller) => {
                 Some(base.join(controller).join("kiln").join(rel))
             }
@@ -611,7 +719,11 @@ fn remove_dir(dir: &Path) {
 /// exists) are never touched.
 pub fn recover() {
     if crate::rootless::in_userns() {
-        return; // rootless kiln makes no cgroups
+        // Rootless kiln's cgroups are in the subtree delegated to it, if any.
+        if let Ok(d) = delegation::current() {
+            recover_under(&[d.kiln_dir()]);
+        }
+        return;
     }
     let mut parents = Vec::new();
     match detect() {
@@ -708,26 +820,62 @@ mod tests {
 
     #[test]
     fn kiln_cgroup_of_a_process() {
+        let root = Path::new(CGROUP_ROOT);
         let v1 = "6:freezer:/kiln/12.3\n5:devices:/kiln/12.3\n4:memory:/other\n1:cpu,cpuacct:/kiln/12.3\n0::/\n";
         assert_eq!(
-            parse_dir_of(v1, CgroupVersion::V1, "freezer"),
+            parse_dir_of(v1, CgroupVersion::V1, "freezer", root, root),
             Some(PathBuf::from("/sys/fs/cgroup/freezer/kiln/12.3"))
         );
         assert_eq!(
-            parse_dir_of(v1, CgroupVersion::V1, "cpuacct"),
+            parse_dir_of(v1, CgroupVersion::V1, "cpuacct", root, root),
             Some(PathBuf::from("/sys/fs/cgroup/cpuacct/kiln/12.3"))
         );
-        assert_eq!(parse_dir_of(v1, CgroupVersion::V1, "memory"), None);
-        assert_eq!(parse_dir_of(v1, CgroupVersion::V2, "freezer"), None);
+        assert_eq!(
+            parse_dir_of(v1, CgroupVersion::V1, "memory", root, root),
+            None
+        );
+        assert_eq!(
+            parse_dir_of(v1, CgroupVersion::V2, "freezer", root, root),
+            None
+        );
         let v2 = "0::/kiln/7.0\n";
         assert_eq!(
-            parse_dir_of(v2, CgroupVersion::V2, ""),
+            parse_dir_of(v2, CgroupVersion::V2, "", root, root),
             Some(PathBuf::from("/sys/fs/cgroup/kiln/7.0"))
         );
         assert_eq!(
-            parse_dir_of("0::/kiln/../etc\n", CgroupVersion::V2, ""),
+            parse_dir_of("0::/kiln/../etc\n", CgroupVersion::V2, "", root, root),
             None
         );
+        // Rootless on a hybrid system: the delegated subtree on the unified mount.
+        let mount = Path::new("/sys/fs/cgroup/unified");
+        let delegated = mount.join("user.slice/run-1.scope");
+        let line = "0::/user.slice/run-1.scope/kiln/9.1\n";
+        assert_eq!(
+            parse_dir_of(line, CgroupVersion::V2, "", mount, &delegated),
+            Some(delegated.join("kiln/9.1"))
+        );
+        assert_eq!(
+            parse_dir_of(
+                "0::/user.slice/run-1.scope/kiln-processes\n",
+                CgroupVersion::V2,
+                "",
+                mount,
+                &delegated
+            ),
+            None
+        );
+    }
+
+    #[test]
+    fn limits_name_their_controllers() {
+        let res = Resources {
+            memory_bytes: Some(1 << 20),
+            pids_limit: Some(5),
+            ..Default::default()
+        };
+        assert_eq!(controllers_for(&res), ["memory", "pids"]);
+        assert!(controllers_for(&Resources::default()).is_empty());
     }
 
     #[test]
