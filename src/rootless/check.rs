@@ -177,11 +177,7 @@ fn cgroup_delegation() -> (bool, String) {
             format!(
                 "cgroup v2 subtree {} (controllers: {})",
                 d.dir.display(),
-                if d.controllers.is_empty() {
-                    "none: pause and stats only".to_string()
-                } else {
-                    d.controllers.join(" ")
-                }
+                d.controllers_text()
             ),
         ),
         Err(why) => (false, why.clone()),

@@ -115,6 +115,15 @@ impl Delegation {
         self.dir.join("kiln")
     }
 
+    /// The controllers, as a message lists them.
+    pub fn controllers_text(&self) -> String {
+        if self.controllers.is_empty() {
+            "none".to_string()
+        } else {
+            self.controllers.join(" ")
+        }
+    }
+
     /// The controllers of `wanted` that the subtree lacks.
     pub fn missing<'a>(&self, wanted: &[&'a str]) -> Vec<&'a str> {
         wanted

@@ -178,11 +178,7 @@ pub fn rootless_limits_error() -> String {
         Ok(d) => format!(
             "the cgroup delegated to you, {}, lacks their controllers (it has: {})",
             d.dir.display(),
-            if d.controllers.is_empty() {
-                "none".to_string()
-            } else {
-                d.controllers.join(" ")
-            }
+            d.controllers_text()
         ),
     };
     format!(
@@ -377,16 +373,7 @@ impl Cgroup {
         let dir = parent.join(name);
         std::fs::create_dir(&dir)
             .map_err(|e| io::Error::new(e.kind(), format!("mkdir {}: {e}", dir.display())))?;
-        let mut cg = Cgroup {
-            version: CgroupVersion::V2,
-            dirs: vec![dir.clone()],
-            memory_dir: res.memory_bytes.map(|_| dir.clone()),
-            devices: false,
-        };
-        if let Err(e) = write_v2_limits(&dir, res) {
-            cg.remove();
-            return Err(e);
-        }
+        let mut cg = Self::v2_with_limits(dir.clone(), res)?;
         match device_filter::attach(&dir, DEFAULT_DEVICES) {
             Ok(()) => cg.devices = true,
             Err(e) => {
@@ -428,17 +415,23 @@ impl Cgroup {
             Err(_) if res.is_empty() => return Ok(None),
             Err(e) => return Err(e),
         };
+        Self::v2_with_limits(dir, res).map(Some)
+    }
+
+    /// The v2 cgroup `dir` (made by the caller) with `res`'s limits written; removed again when
+    /// one cannot be.
+    fn v2_with_limits(dir: PathBuf, res: &Resources) -> io::Result<Cgroup> {
         let cg = Cgroup {
             version: CgroupVersion::V2,
-            dirs: vec![dir.clone()],
             memory_dir: res.memory_bytes.map(|_| dir.clone()),
+            dirs: vec![dir],
             devices: false,
         };
-        if let Err(e) = write_v2_limits(&dir, res) {
+        if let Err(e) = write_v2_limits(&cg.dirs[0], res) {
             cg.remove();
             return Err(e);
         }
-        Ok(Some(cg))
+        Ok(cg)
     }
 
     /// Whether a device cgroup or program restricts the execution to `DEFAULT_DEVICES`.
