@@ -261,8 +261,8 @@ fn images_filters_and_digests() {
     }
 }
 
-/// `RepoDigests` and `images --digests` as docker's: a built image has none; a pulled one has
-/// `repository@digest` with the digest the registry gave (the one `kiln push` printed).
+/// `RepoDigests` and `images --digests` as docker's: a built image has none; a pushed or pulled
+/// one has `repository@digest` with the digest the registry has (the one `kiln push` printed).
 #[test]
 fn repo_digests_come_from_the_registry() {
     let root = root_with_busybox();
@@ -282,6 +282,26 @@ fn repo_digests_come_from_the_registry() {
         .find(|w| w.starts_with("sha256:"))
         .unwrap_or_else(|| panic!("no digest in {pushed:?}"))
         .to_string();
+    // docker: the push gives the pushing side its RepoDigest too (both names of the image).
+    assert_eq!(
+        repo_digests(r, "app:1"),
+        format!("[\"{}/app@{digest}\"]\n", reg.host())
+    );
+    // A `build --push` to another repository: the same image (every step cached), so docker
+    // lists both repositories it went to.
+    let built = format!("{}/built:2", reg.host());
+    let ctx = r.join("ctx-app-1");
+    common::kiln_ok(
+        r,
+        &["build", "-q", "--push", "-t", &built, ctx.to_str().unwrap()],
+    );
+    assert_eq!(
+        repo_digests(r, &built),
+        format!(
+            "[\"{host}/app@{digest}\",\"{host}/built@{digest}\"]\n",
+            host = reg.host()
+        )
+    );
     let other = common::temp_root();
     common::kiln_ok(other.path(), &["pull", &name]);
     assert_eq!(

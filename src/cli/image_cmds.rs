@@ -488,9 +488,9 @@ fn cmd_images(globals: &Globals, opts: &ImagesOptions) -> Result<i32> {
         })
         .collect();
     // DIGEST: the digest a name was given by, else the one the registry gave when it was
-    // pulled and still names this image (docker's RepoDigests), else <none>.
+    // pulled or pushed and still names this image (docker's RepoDigests), else <none>.
     let pulled = if opts.digests || !matches!(format, Format::DefaultTable) {
-        pulled_names(&store)
+        registry_names(&store)
     } else {
         Vec::new()
     };
@@ -500,8 +500,8 @@ fn cmd_images(globals: &Globals, opts: &ImagesOptions) -> Result<i32> {
             .or_else(|| {
                 pulled
                     .iter()
-                    .find(|(p, d)| Some(p) == name && d == img.stored_digest())
-                    .map(|(_, d)| d.clone())
+                    .find(|(p, stored, _)| Some(p) == name && stored == img.stored_digest())
+                    .map(|(_, _, at_registry)| at_registry.clone())
             })
             .unwrap_or_else(|| "<none>".into())
     };
@@ -888,34 +888,39 @@ fn cmd_inspect(
     Ok(code)
 }
 
-/// docker's `RepoDigests`: `repository@digest` for each name the image was pulled by (the
-/// digest the registry gave). A built image has none, as in docker, until it comes from a
-/// registry (a push records nothing here: its manifest there has the compressed layers).
+/// docker's `RepoDigests`: `repository@digest` for each name the image was pulled by or pushed
+/// as (the digest the registry has it by: for a push, the manifest with compressed layers). A
+/// built image has none, as in docker, until it comes from or goes to a registry.
 fn repo_digests(store: &Store, stored_digest: &str) -> Vec<String> {
-    let mut out: Vec<String> = pulled_names(store)
+    let mut out: Vec<String> = registry_names(store)
         .into_iter()
-        .filter(|(_, resolved)| resolved == stored_digest)
-        .map(|(n, _)| format!("{}@{stored_digest}", n.familiar_repository()))
+        .filter(|(_, stored, _)| stored == stored_digest)
+        .map(|(n, _, at_registry)| format!("{}@{at_registry}", n.familiar_repository()))
         .collect();
     out.sort();
     out.dedup();
     out
 }
 
-/// Every name pulled into this root and the digest the registry gave it (the registry's
-/// `registry_pulls`; none before the first pull made the table).
-fn pulled_names(store: &Store) -> Vec<(Reference, String)> {
-    store
-        .with_conn(|c| {
-            let mut stmt = c.prepare("SELECT name, resolved FROM registry_pulls")?;
-            let rows = stmt
-                .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?
-                .collect::<rusqlite::Result<Vec<_>>>()?;
-            Ok(rows)
-        })
-        .unwrap_or_default()
-        .into_iter()
-        .filter_map(|(n, d)| Some((Reference::parse(&n).ok()?, d)))
+/// Every name pulled into this root or pushed from it: (name, the local image's stored digest,
+/// the digest the registry has it by). From the registry's `registry_pulls` (where the two
+/// digests are one) and `registry_pushes`; none before the first pull or push made the tables.
+fn registry_names(store: &Store) -> Vec<(Reference, String, String)> {
+    let query = |sql: &str| -> Vec<(String, String, String)> {
+        store
+            .with_conn(|c| {
+                let mut stmt = c.prepare(sql)?;
+                let rows = stmt
+                    .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+                    .collect::<rusqlite::Result<Vec<_>>>()?;
+                Ok(rows)
+            })
+            .unwrap_or_default()
+    };
+    let mut rows = query("SELECT name, resolved, resolved FROM registry_pulls");
+    rows.extend(query("SELECT name, stored, pushed FROM registry_pushes"));
+    rows.into_iter()
+        .filter_map(|(n, stored, at)| Some((Reference::parse(&n).ok()?, stored, at)))
         .collect()
 }
 

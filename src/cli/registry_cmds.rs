@@ -137,6 +137,12 @@ pub fn run(cmd: RegistryCommands, globals: &Globals) -> Result<i32> {
             )
             .with_context(|| format!("push: {image}"))?;
             let pushed = registry::push_digest(&ctx, &store, &manifest, &dest, &opts)?;
+            registry::LocalStore::record_push(
+                &store,
+                &dest.to_string(),
+                local.stored_digest(),
+                &pushed.manifest_digest,
+            )?;
             crate::outln!("{}", pushed.manifest_digest)?;
             Ok(0)
         }

@@ -10,16 +10,23 @@ pub fn push(root: &Path, names: &[String], quiet: bool) -> Result<()> {
     use crate::registry::{self, PushOptions, RegistryContext, RepoRef};
     let mut ctx = RegistryContext::load(root.to_path_buf())?;
     ctx.quiet |= quiet;
-    let store = crate::store::Store::open(root)?;
+    let store = registry::local::open_store(root)?;
     for name in names {
         let dest = RepoRef::parse(name)?;
+        let stored = store.resolve(name)?.stored_digest().to_string();
         let manifest = crate::snapshot::blobs::export_manifest(
             &store,
-            store.resolve(name)?.stored_digest(),
+            &stored,
             crate::oci::compress::Compression::Gzip,
         )?;
-        registry::push_digest(&ctx, &store, &manifest, &dest, &PushOptions::default())
+        let pushed = registry::push_digest(&ctx, &store, &manifest, &dest, &PushOptions::default())
             .with_context(|| format!("pushing the built image {name}"))?;
+        registry::LocalStore::record_push(
+            &store,
+            &dest.to_string(),
+            &stored,
+            &pushed.manifest_digest,
+        )?;
         if !quiet {
             crate::errln!("pushed {name}");
         }

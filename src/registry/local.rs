@@ -53,12 +53,16 @@ pub trait LocalStore: Sync {
     fn pulled_digest(&self, name: &str) -> Result<Option<String>>;
     /// Repositories on `registry` known to hold `digest`, for cross-repository mounts.
     fn blob_sources(&self, digest: &str, registry: &str) -> Result<Vec<String>>;
+    /// Remembers that the local image `stored_digest` was pushed as `name` and the registry has
+    /// it as `pushed_digest` (docker's RepoDigests after a push).
+    fn record_push(&self, name: &str, stored_digest: &str, pushed_digest: &str) -> Result<()>;
     /// Remembers that `registry/repository` holds these blobs (after a push).
     fn record_blob_sources(&self, registry: &str, repository: &str, blobs: &[String])
         -> Result<()>;
 }
 
-const MIGRATIONS: &[&str] = &["
+const MIGRATIONS: &[&str] = &[
+    "
     -- What each pulled name resolved to at the registry (an index digest for a multi-platform
     -- image): the build cache keys FROM on it.
     CREATE TABLE registry_pulls (
@@ -73,7 +77,18 @@ const MIGRATIONS: &[&str] = &["
         repository TEXT NOT NULL,
         PRIMARY KEY (blob, registry, repository)
     );
-"];
+",
+    "
+    -- What each push of a local image gave at the registry: the manifest digest there differs
+    -- from the stored one (compressed layers), and is the one `inspect`'s RepoDigests shows.
+    CREATE TABLE registry_pushes (
+        name TEXT NOT NULL,
+        stored TEXT NOT NULL,
+        pushed TEXT NOT NULL,
+        PRIMARY KEY (name, stored)
+    );
+",
+];
 
 /// Opens the store with the registry's tables.
 pub fn open_store(root: &std::path::Path) -> Result<crate::store::Store> {
@@ -160,6 +175,16 @@ impl LocalStore for crate::store::Store {
                     params![b, registry, repository],
                 )?;
             }
+            Ok(())
+        })
+    }
+
+    fn record_push(&self, name: &str, stored_digest: &str, pushed_digest: &str) -> Result<()> {
+        self.with_conn(|c| {
+            c.execute(
+                "INSERT OR REPLACE INTO registry_pushes (name, stored, pushed) VALUES (?1, ?2, ?3)",
+                params![name, stored_digest, pushed_digest],
+            )?;
             Ok(())
         })
     }
