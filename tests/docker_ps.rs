@@ -46,7 +46,12 @@ fn ps_filters_last_latest_and_size_as_docker() {
     );
     assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
     common::kiln_ok(r, &["run", "--name", "c2", "busybox", "true"]);
-    common::kiln_ok(r, &["run", "-d", "--name", "c3", "app:1", "sleep", "60"]);
+    common::kiln_ok(
+        r,
+        &[
+            "run", "-d", "--name", "c3", "-l", "a=over", "-l", "tier=web", "app:1", "sleep", "60",
+        ],
+    );
 
     assert_eq!(names(r, &["-a"]), "c3 c2 c1");
     assert_eq!(names(r, &["-a", "--filter", "status=exited"]), "c2 c1");
@@ -63,10 +68,25 @@ fn ps_filters_last_latest_and_size_as_docker() {
     // name= is a regular expression found anywhere in the name.
     assert_eq!(names(r, &["-a", "-f", "name=^c[12]$"]), "c2 c1");
     assert_eq!(names(r, &["-a", "-f", "name=3"]), "c3");
-    // label= reads the labels the container carries from its image.
-    assert_eq!(names(r, &["-a", "-f", "label=a=b"]), "c3 c1");
+    // label= reads the labels the container carries: its image's, with its --label over them.
+    assert_eq!(names(r, &["-a", "-f", "label=a=b"]), "c1");
+    assert_eq!(names(r, &["-a", "-f", "label=a=over"]), "c3");
     assert_eq!(names(r, &["-a", "-f", "label=a"]), "c3 c1");
+    assert_eq!(names(r, &["-a", "-f", "label=tier=web"]), "c3");
     assert_eq!(names(r, &["-a", "-f", "label=a=c"]), "");
+    // {{.Labels}} and docker's {{.Label "key"}} method.
+    assert_eq!(
+        common::kiln_ok(
+            r,
+            &[
+                "ps",
+                "-a",
+                "--format",
+                r#"{{.Names}}:{{.Label "tier"}}:{{.Label "a"}}:{{.Labels}}"#
+            ]
+        ),
+        "c3:web:over:a=over,tier=web\nc2:::\nc1::b:a=b\n"
+    );
     assert_eq!(names(r, &["-f", "ancestor=app:1"]), "c3");
     assert_eq!(names(r, &["-a", "-f", "ancestor=busybox"]), "c2");
     assert_eq!(names(r, &["-a", "-f", "ancestor=nosuch"]), "");

@@ -150,8 +150,15 @@ impl PsFilter {
     }
 }
 
-/// The labels a container carries: its image's (`config.Labels`).
+/// The labels a container carries: its image's (`config.Labels`) with its own `--label`s over
+/// them (the record keeps both; a record of an older kiln only its `--label`s, or none).
 pub fn container_labels(images: &Store, rec: &ContainerRecord) -> BTreeMap<String, String> {
+    let mut labels = image_labels(images, rec);
+    labels.extend(rec.config.labels.clone());
+    labels
+}
+
+fn image_labels(images: &Store, rec: &ContainerRecord) -> BTreeMap<String, String> {
     let Ok(bytes) = images.read_blob(&rec.image_id) else {
         return BTreeMap::new();
     };

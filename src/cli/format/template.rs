@@ -701,6 +701,28 @@ impl Exec<'_> {
                 }
                 self.call(pos, name, args)
             }
+            Arg::Field(path)
+                if path.last().is_some_and(|f| f == "Label")
+                    && cmd.len() == 2
+                    && prev.is_none() =>
+            {
+                // docker's list contexts (ps, volume ls, ...) have a method `Label NAME`: the
+                // value of NAME in their `Labels` ("k=v,k2=v2"), empty when absent.
+                let owner = fields(pos, dot.clone(), &path[..path.len() - 1])?;
+                let labels = fields(pos, owner, &["Labels".to_string()])?;
+                let key = self.arg(pos, &cmd[1], dot)?;
+                let key = match &key.v {
+                    Value::String(k) => k.clone(),
+                    other => other.to_string(),
+                };
+                let text = labels.v.as_str().unwrap_or_default();
+                let value = text
+                    .split(',')
+                    .find_map(|kv| kv.split_once('=').filter(|(k, _)| *k == key))
+                    .map(|(_, v)| v.to_string())
+                    .unwrap_or_default();
+                Ok(Val::of(Value::String(value)))
+            }
             first => {
                 if cmd.len() > 1 || prev.is_some() {
                     return Err(exec_err(pos, "can't give argument to non-function"));
@@ -1327,6 +1349,23 @@ mod tests {
             run(r#"{{json .Config.Cmd}} {{index .Config.Labels "k"}}"#, &v),
             r#"["echo hi"] v"#
         );
+    }
+
+    #[test]
+    fn label_is_a_method_of_list_rows() {
+        let row = json!({"Names": "web", "Labels": "app=web,tier=front"});
+        assert_eq!(
+            run(
+                r#"{{.Label "tier"}}|{{.Label "app"}}|{{.Label "missing"}}|{{.Names}}"#,
+                &row
+            ),
+            "front|web||web"
+        );
+        let err = Template::parse(r#"{{.Names "x"}}"#)
+            .unwrap()
+            .execute(&row)
+            .unwrap_err();
+        assert!(err.to_string().contains("non-function"), "{err}");
     }
 
     #[test]
