@@ -338,8 +338,10 @@ impl Writer<'_> {
         Ok(())
     }
 
-    /// A directory inside a copied tree: kept when it exists (a symlink to a directory is
-    /// followed inside the root), created with the source's metadata otherwise.
+    /// A directory inside a copied tree: kept when it exists, created with the source's metadata
+    /// otherwise. Anything else in its place (a file, a symlink, even one to a directory) fails
+    /// the copy, as BuildKit's does ("cannot copy to non-directory"); only the destination
+    /// itself is followed through symlinks.
     fn ensure_child_dir(
         &mut self,
         dest: &Path,
@@ -354,22 +356,11 @@ impl Writer<'_> {
         }
         match fs::symlink_metadata(dest) {
             Ok(m) if m.is_dir() => Ok(dest.to_path_buf()),
-            Ok(m) if m.file_type().is_symlink() => {
-                let rel = dest
-                    .strip_prefix(self.dest_root)
-                    .map_err(|_| anyhow!("destination outside the root"))?;
-                let resolved = resolve_in_root(self.dest_root, &rel.to_string_lossy())?;
-                if resolved.is_dir() {
-                    Ok(resolved)
-                } else {
-                    fs::remove_file(dest)?;
-                    self.make_dir(dest, meta, excluded)
-                }
-            }
-            Ok(_) => {
-                fs::remove_file(dest).with_context(|| format!("replacing {}", dest.display()))?;
-                self.make_dir(dest, meta, excluded)
-            }
+            Ok(m) => bail!(
+                "cannot copy to non-directory: {} is {} in the image, the source has a directory there",
+                display_in_root(self.dest_root, dest),
+                if m.file_type().is_symlink() { "a symlink" } else { "a file" }
+            ),
             Err(_) => self.make_dir(dest, meta, excluded),
         }
     }
