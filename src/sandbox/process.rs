@@ -229,9 +229,12 @@ fn prepare_and_start(
     rootfs: &Path,
     created: &mut Vec<PathBuf>,
 ) -> anyhow::Result<Running> {
-    let proc_dir = mount_point(rootfs, Path::new("/proc"), true, created)?;
-    let dev_dir = mount_point(rootfs, Path::new("/dev"), true, created)?;
-    let sys_dir = mount_point(rootfs, Path::new("/sys"), true, created)?;
+    // /proc, /dev and /sys made here stay (runc makes them too: a RUN on `scratch` leaves
+    // them in its layer in BuildKit); the other mount points are removed afterwards.
+    let mut kept = Vec::new();
+    let proc_dir = mount_point(rootfs, Path::new("/proc"), true, &mut kept)?;
+    let dev_dir = mount_point(rootfs, Path::new("/dev"), true, &mut kept)?;
+    let sys_dir = mount_point(rootfs, Path::new("/sys"), true, &mut kept)?;
     mount_point(rootfs, Path::new("/etc"), true, created)?;
     let mut etc_files = vec![EtcFile {
         name: "hosts",
