@@ -781,6 +781,12 @@ async fn plan_copy(
     if !is_add && args.checksum.is_some() {
         bail!("COPY does not take --checksum");
     }
+    if let (true, Some(_), Some(local)) = (is_add, &args.checksum, sources.first()) {
+        bail!(
+            "ADD --checksum: {local:?} is not a URL: checksum requires HTTP(S) or Git sources \
+             (drop --checksum, or verify the file before the build)"
+        );
+    }
     let dest_word = args.dest.clone();
     let dest = absolute_in(&walk.workdir(), &dest_word);
     let chown = args.chown.clone();
