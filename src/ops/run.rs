@@ -62,6 +62,7 @@ pub(super) fn run_step(
     spec.hostname = "buildkitsandbox".into();
     // BuildKit's RUN has no /etc/hostname (only `hostname` answers).
     spec.etc_hostname = false;
+    spec.keep_system_mount_points = true;
     spec.network = match run.network {
         Network::Host => crate::sandbox::Network::Host,
         Network::None => crate::sandbox::Network::None,

@@ -229,12 +229,18 @@ fn prepare_and_start(
     rootfs: &Path,
     created: &mut Vec<PathBuf>,
 ) -> anyhow::Result<Running> {
-    // /proc, /dev and /sys made here stay (runc makes them too: a RUN on `scratch` leaves
-    // them in its layer in BuildKit); the other mount points are removed afterwards.
+    // /proc, /dev and /sys made here stay for a build step (`keep_system_mount_points`: runc
+    // makes them too, so a RUN on `scratch` has them in its layer under BuildKit); the other
+    // mount points are removed afterwards.
     let mut kept = Vec::new();
-    let proc_dir = mount_point(rootfs, Path::new("/proc"), true, &mut kept)?;
-    let dev_dir = mount_point(rootfs, Path::new("/dev"), true, &mut kept)?;
-    let sys_dir = mount_point(rootfs, Path::new("/sys"), true, &mut kept)?;
+    let system = if spec.keep_system_mount_points {
+        &mut kept
+    } else {
+        &mut *created
+    };
+    let proc_dir = mount_point(rootfs, Path::new("/proc"), true, system)?;
+    let dev_dir = mount_point(rootfs, Path::new("/dev"), true, system)?;
+    let sys_dir = mount_point(rootfs, Path::new("/sys"), true, system)?;
     mount_point(rootfs, Path::new("/etc"), true, created)?;
     let mut etc_files = vec![EtcFile {
         name: "hosts",
