@@ -216,8 +216,7 @@ fn walk_upper(upper: &Path, lower: &Path, rel: &Path, out: &mut Vec<Change>) -> 
             }
             match lm {
                 Some(lm) if lm.is_dir() => {
-                    if !same_entry(&u, &um, &l, &lm)? || (!same_mtime(&um, &lm) && set_mtime(&um))
-                    {
+                    if !same_entry(&u, &um, &l, &lm)? || (!same_mtime(&um, &lm) && set_mtime(&um)) {
                         out.push(Change::Upsert(r.clone()));
                     }
                     walk_upper(upper, lower, &r, out)?;
