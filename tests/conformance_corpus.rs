@@ -10,7 +10,8 @@
 //! Both builders start from the same `busybox:latest` layer: testdata/conformance/make-base.sh
 //! makes it from Debian's busybox-static exactly as reference-env makes Docker's, byte for byte.
 //!
-//! `KILN_CONFORMANCE_CASES=a,b` builds only the named cases.
+//! `KILN_CONFORMANCE_CASES=a,b` builds only the named cases; `KILN_CONFORMANCE_JOBS=N` builds N
+//! at once (default 4).
 mod common;
 
 use std::collections::BTreeMap;
@@ -532,7 +533,7 @@ fn corpus_matches_buildkit() {
     let queue = Mutex::new(names.clone());
     let failures = Mutex::new(BTreeMap::new());
     std::thread::scope(|s| {
-        for _ in 0..2 {
+        for _ in 0..jobs() {
             s.spawn(|| loop {
                 let Some(name) = queue.lock().unwrap().pop() else {
                     break;
@@ -573,6 +574,16 @@ fn corpus_matches_buildkit() {
         "these cases now give BuildKit's image: delete their lines from \
          testdata/conformance/known-differences: {now_matching:?}"
     );
+}
+
+/// How many cases are built at once: `KILN_CONFORMANCE_JOBS`, else 4 (a case waits on its
+/// syncs and process starts more than it computes, so more builds than cores keep them busy).
+fn jobs() -> usize {
+    std::env::var("KILN_CONFORMANCE_JOBS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or(4)
 }
 
 /// The cases listed in `testdata/conformance/known-differences` (first word of each line).

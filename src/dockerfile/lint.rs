@@ -721,11 +721,11 @@ fn referenced_vars(lexer: &Lexer, word: &str) -> Vec<String> {
         None
     };
     let _ = lexer.process_word(word, &record);
-    let with_modifier = guarded_names(word);
+    // A name with a modifier (`${X:-default}`, `${X:+alt}`) is looked up too: BuildKit reports
+    // it as undefined all the same.
     let mut out: Vec<String> = seen
         .into_inner()
         .into_iter()
-        .filter(|n| !with_modifier.contains(n))
         .filter(|n| {
             n.chars()
                 .next()
@@ -733,22 +733,6 @@ fn referenced_vars(lexer: &Lexer, word: &str) -> Vec<String> {
         })
         .collect();
     out.dedup();
-    out
-}
-
-fn guarded_names(word: &str) -> HashSet<String> {
-    let mut out = HashSet::new();
-    let mut rest = word;
-    while let Some(i) = rest.find("${") {
-        rest = &rest[i + 2..];
-        let name: String = rest
-            .chars()
-            .take_while(|c| c.is_alphanumeric() || *c == '_')
-            .collect();
-        if rest[name.len()..].starts_with([':', '-', '+', '?']) {
-            out.insert(name);
-        }
-    }
     out
 }
 

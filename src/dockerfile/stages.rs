@@ -532,8 +532,12 @@ impl Vars {
                     .collect::<Result<_, ExpandError>>()?,
             ),
             Instruction::Expose(ports) => {
+                // BuildKit's parser sorts the words as written (before expansion), as strings;
+                // the image's history lists the ports in that order.
+                let mut words = ports.clone();
+                words.sort();
                 let mut out = Vec::new();
-                for p in ports {
+                for p in &words {
                     out.extend(self.expand_words(p)?);
                 }
                 Instruction::Expose(out)

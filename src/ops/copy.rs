@@ -12,6 +12,7 @@
 //! - destination symlinks are resolved inside the destination root, never outside it;
 //! - ADD unpacks local tar archives (plain or compressed) into the destination directory.
 
+use std::collections::HashMap;
 use std::fs;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -83,6 +84,8 @@ pub fn copy_reusing(
         jobs: Vec::new(),
         dir_times: Vec::new(),
         reuse,
+        first_links: HashMap::new(),
+        links: Vec::new(),
     };
     for rel in &expanded {
         let path = resolve_in_root(src.root, rel)?;
@@ -248,6 +251,11 @@ struct Writer<'a> {
     jobs: Vec<FileJob>,
     dir_times: Vec<(PathBuf, fs::Metadata)>,
     reuse: Option<&'a Reuse<'a>>,
+    /// Hard links in the copied trees stay hard links, as in BuildKit's copy: the first
+    /// destination of each multiply linked source inode (device, inode) ...
+    first_links: HashMap<(u64, u64), PathBuf>,
+    /// ... and the later ones, linked to it once the files are written: (first, later).
+    links: Vec<(PathBuf, PathBuf)>,
 }
 
 impl Writer<'_> {
@@ -299,6 +307,18 @@ impl Writer<'_> {
                     self.dir_times.push((dest_dir, meta));
                 }
             } else if !excluded {
+                // (Not when building on a previous layer: its files are links already.)
+                if meta.is_file() && meta.nlink() > 1 && self.reuse.is_none() {
+                    match self.first_links.entry((meta.dev(), meta.ino())) {
+                        std::collections::hash_map::Entry::Occupied(first) => {
+                            self.links.push((first.get().clone(), dest));
+                            continue;
+                        }
+                        std::collections::hash_map::Entry::Vacant(v) => {
+                            v.insert(dest.clone());
+                        }
+                    }
+                }
                 self.jobs.push((child, meta, dest));
             }
         }
@@ -332,14 +352,21 @@ impl Writer<'_> {
                 Ok(())
             })?;
         }
+        for (first, dest) in std::mem::take(&mut self.links) {
+            self.remove_existing(&dest)?;
+            fs::hard_link(&first, &dest)
+                .with_context(|| format!("linking {}", display_in_root(self.dest_root, &dest)))?;
+        }
         for (dir, meta) in std::mem::take(&mut self.dir_times) {
             self.set_times(&dir, &meta)?;
         }
         Ok(())
     }
 
-    /// A directory inside a copied tree: kept when it exists (a symlink to a directory is
-    /// followed inside the root), created with the source's metadata otherwise.
+    /// A directory inside a copied tree: kept when it exists, created with the source's metadata
+    /// otherwise. Anything else in its place (a file, a symlink, even one to a directory) fails
+    /// the copy, as BuildKit's does ("cannot copy to non-directory"); only the destination
+    /// itself is followed through symlinks.
     fn ensure_child_dir(
         &mut self,
         dest: &Path,
@@ -354,22 +381,11 @@ impl Writer<'_> {
         }
         match fs::symlink_metadata(dest) {
             Ok(m) if m.is_dir() => Ok(dest.to_path_buf()),
-            Ok(m) if m.file_type().is_symlink() => {
-                let rel = dest
-                    .strip_prefix(self.dest_root)
-                    .map_err(|_| anyhow!("destination outside the root"))?;
-                let resolved = resolve_in_root(self.dest_root, &rel.to_string_lossy())?;
-                if resolved.is_dir() {
-                    Ok(resolved)
-                } else {
-                    fs::remove_file(dest)?;
-                    self.make_dir(dest, meta, excluded)
-                }
-            }
-            Ok(_) => {
-                fs::remove_file(dest).with_context(|| format!("replacing {}", dest.display()))?;
-                self.make_dir(dest, meta, excluded)
-            }
+            Ok(m) => bail!(
+                "cannot copy to non-directory: {} is {} in the image, the source has a directory there",
+                display_in_root(self.dest_root, dest),
+                if m.file_type().is_symlink() { "a symlink" } else { "a file" }
+            ),
             Err(_) => self.make_dir(dest, meta, excluded),
         }
     }
@@ -631,8 +647,27 @@ fn display_in_root(root: &Path, path: &Path) -> String {
 
 /// `mkdir -p` of an absolute image path inside `root` (WORKDIR): symlinks resolved inside the
 /// root, created directories 0755 and owned by `owner` (root when `None`).
+/// The path's components are walked as written, as `mkdir -p` (BuildKit's) does: in
+/// `/a/b/../c` both `/a/b` and `/a/c` are made.
 pub fn mkdir_in_root(root: &Path, path: &str, owner: Option<(u32, u32)>) -> Result<()> {
-    ensure_dir_path(root, &clean_rel(path), owner.unwrap_or((0, 0)), 0o755)?;
+    let owner = owner.unwrap_or((0, 0));
+    let mut current = String::new();
+    for comp in path.split('/') {
+        match comp {
+            "" | "." => {}
+            ".." => {
+                if !current.is_empty() {
+                    ensure_dir_path(root, &current, owner, 0o755)?;
+                }
+                current = match current.rfind('/') {
+                    Some(i) => current[..i].to_string(),
+                    None => String::new(),
+                };
+            }
+            c => current = join_rel(&current, c),
+        }
+    }
+    ensure_dir_path(root, &current, owner, 0o755)?;
     Ok(())
 }
 

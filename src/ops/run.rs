@@ -62,6 +62,7 @@ pub(super) fn run_step(
     spec.hostname = "buildkitsandbox".into();
     // BuildKit's RUN has no /etc/hostname (only `hostname` answers).
     spec.etc_hostname = false;
+    spec.keep_system_mount_points = true;
     spec.network = match run.network {
         Network::Host => crate::sandbox::Network::Host,
         Network::None => crate::sandbox::Network::None,
@@ -217,6 +218,7 @@ fn add_mount(
             mode,
             uid,
             gid,
+            readonly,
         } => {
             let base = cache_mount_dir(store.root(), id, *uid, *gid, *mode);
             let dir = match sharing.as_str() {
@@ -259,7 +261,7 @@ fn add_mount(
                 target: PathBuf::from(target),
                 kind: MountKind::Bind {
                     source: dir,
-                    readonly: false,
+                    readonly: *readonly,
                 },
             });
         }
@@ -330,7 +332,13 @@ fn add_mount(
         } => {
             // A required secret that was not given stopped the build when it was planned.
             let value = req.secrets.get(id).map(|s| s.read(id)).transpose()?;
-            let Some(value) = value else { return Ok(()) };
+            let Some(value) = value else {
+                // BuildKit still sets the variable, empty, for a missing optional secret.
+                if let Some(var) = env {
+                    spec.env.push(format!("{var}="));
+                }
+                return Ok(());
+            };
             if let Some(var) = env {
                 let text = String::from_utf8(value.clone()).map_err(|_| {
                     anyhow!("secret {id}: not UTF-8, cannot be an environment variable")

@@ -228,6 +228,10 @@ pub struct ExecSpec {
     /// Bind a generated /etc/hostname (containers: yes, as docker run; build steps: no, as
     /// BuildKit's RUN, which has none).
     pub etc_hostname: bool,
+    /// Keep the /proc, /dev and /sys directories made for the mounts when the root filesystem
+    /// lacked them (build steps: yes, as runc under BuildKit leaves them in the layer; containers:
+    /// no, as docker's init layer keeps them out of the container's changes).
+    pub keep_system_mount_points: bool,
     /// `--ulimit`: resource limits set in the command's process before exec.
     pub ulimits: Vec<ulimit::Ulimit>,
     /// `--shm-size`: the bytes of /dev/shm's tmpfs (docker's default: 64 MiB).
@@ -271,6 +275,7 @@ impl ExecSpec {
             init: true,
             seccomp: seccomp::Seccomp::Default,
             etc_hostname: true,
+            keep_system_mount_points: false,
             ulimits: Vec::new(),
             shm_size: DEFAULT_SHM_SIZE,
             read_only_root: false,

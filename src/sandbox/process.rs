@@ -229,9 +229,18 @@ fn prepare_and_start(
     rootfs: &Path,
     created: &mut Vec<PathBuf>,
 ) -> anyhow::Result<Running> {
-    let proc_dir = mount_point(rootfs, Path::new("/proc"), true, created)?;
-    let dev_dir = mount_point(rootfs, Path::new("/dev"), true, created)?;
-    let sys_dir = mount_point(rootfs, Path::new("/sys"), true, created)?;
+    // /proc, /dev and /sys made here stay for a build step (`keep_system_mount_points`: runc
+    // makes them too, so a RUN on `scratch` has them in its layer under BuildKit); the other
+    // mount points are removed afterwards.
+    let mut kept = Vec::new();
+    let system = if spec.keep_system_mount_points {
+        &mut kept
+    } else {
+        &mut *created
+    };
+    let proc_dir = mount_point(rootfs, Path::new("/proc"), true, system)?;
+    let dev_dir = mount_point(rootfs, Path::new("/dev"), true, system)?;
+    let sys_dir = mount_point(rootfs, Path::new("/sys"), true, system)?;
     mount_point(rootfs, Path::new("/etc"), true, created)?;
     let mut etc_files = vec![EtcFile {
         name: "hosts",

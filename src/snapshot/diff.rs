@@ -5,7 +5,8 @@
 //! below, and entries overlay copied up without changing them (a chmod to the same mode, a file
 //! opened for writing but left as it was) are left out by comparing them with the lower view.
 //! A file or symlink whose only change is its mtime (`touch`) is a change, as in BuildKit's
-//! differ; a directory's mtime alone is not (every RUN touches some, such as /etc).
+//! differ; a directory's mtime alone is only when the step set it (`touch -r`: mtime and ctime
+//! differ), not when entries came and went (every RUN touches some, such as /etc).
 //! `diff_trees` compares two complete trees; tests use it to check `diff_upper`.
 
 use std::collections::BTreeSet;
@@ -155,6 +156,12 @@ fn same_entry(a: &Path, am: &Metadata, b: &Path, bm: &Metadata) -> io::Result<bo
 
 /// Whether two non-directories have the same modification time, to the second (the precision a
 /// layer's tar header keeps).
+/// Whether a directory's mtime was set by the step (`touch -r`, `touch -d`), not moved by the
+/// kernel when entries came and went (which sets mtime and ctime to the same instant).
+fn set_mtime(m: &Metadata) -> bool {
+    (m.mtime(), m.mtime_nsec()) != (m.ctime(), m.ctime_nsec())
+}
+
 fn same_mtime(am: &Metadata, bm: &Metadata) -> bool {
     am.mtime() == bm.mtime()
 }
@@ -209,7 +216,7 @@ fn walk_upper(upper: &Path, lower: &Path, rel: &Path, out: &mut Vec<Change>) -> 
             }
             match lm {
                 Some(lm) if lm.is_dir() => {
-                    if !same_entry(&u, &um, &l, &lm)? {
+                    if !same_entry(&u, &um, &l, &lm)? || (!same_mtime(&um, &lm) && set_mtime(&um)) {
                         out.push(Change::Upsert(r.clone()));
                     }
                     walk_upper(upper, lower, &r, out)?;

@@ -68,6 +68,8 @@ pub enum RunMount {
         mode: u32,
         uid: u32,
         gid: u32,
+        /// `ro`: bound read-only (BuildKit's `readonly`).
+        readonly: bool,
     },
     Tmpfs {
         target: String,

@@ -183,8 +183,8 @@ pub(super) async fn plan_step(
                     added.push(port);
                 }
             }
-            // Docker 28's BuildKit writes the ports sorted as strings, repeats kept.
-            added.sort();
+            // In the order of the words as the front end sorted them (BuildKit's parser sorts
+            // them as written), repeats kept.
             walk.history(format!("EXPOSE [{}]", added.join(" ")), true, created);
         }
         Instruction::Volume(vols) => {
@@ -215,13 +215,14 @@ pub(super) async fn plan_step(
         Instruction::Cmd(form) => {
             let argv = command_argv(walk, form);
             walk.history(format!("CMD {}", go_quoted(&argv)), true, created);
-            walk.config.config.cmd = Some(argv);
+            // An empty list is no value: the image config omits it (`omitempty`), as BuildKit's.
+            walk.config.config.cmd = Some(argv).filter(|a| !a.is_empty());
             walk.cmd_set_here = true;
         }
         Instruction::Entrypoint(form) => {
             let argv = command_argv(walk, form);
             walk.history(format!("ENTRYPOINT {}", go_quoted(&argv)), true, created);
-            walk.config.config.entrypoint = Some(argv);
+            walk.config.config.entrypoint = Some(argv).filter(|a| !a.is_empty());
             if !walk.cmd_set_here {
                 walk.config.config.cmd = None;
             }
@@ -244,7 +245,7 @@ pub(super) async fn plan_step(
                 .push(source.clone());
         }
         Instruction::Workdir(dir) => {
-            let path = absolute_in(&walk.workdir(), dir);
+            let path = workdir_path(&walk.workdir(), dir);
             walk.config.config.working_dir = Some(path.clone());
             let user = walk.config.config.user.clone().filter(|u| !u.is_empty());
             let key = digest_of(&[&walk.key, "mkdir", &path, user.as_deref().unwrap_or("")]);
@@ -367,6 +368,16 @@ pub(super) async fn plan_step(
 }
 
 /// Makes `path` absolute against `base` (a WORKDIR), keeping a trailing slash.
+/// WORKDIR's new directory as BuildKit computes it: an absolute path as written (a trailing `/`
+/// kept, not cleaned), a relative one joined to the current directory and cleaned.
+fn workdir_path(current: &str, dir: &str) -> String {
+    if dir.starts_with('/') {
+        return dir.to_string();
+    }
+    let joined = format!("{}/{}", current.trim_end_matches('/'), dir);
+    format!("/{}", crate::source::fsutil::clean_rel(&joined))
+}
+
 fn absolute_in(base: &str, path: &str) -> String {
     let joined = if path.starts_with('/') {
         path.to_string()
@@ -770,6 +781,12 @@ async fn plan_copy(
     if !is_add && args.checksum.is_some() {
         bail!("COPY does not take --checksum");
     }
+    if let (true, Some(_), Some(local)) = (is_add, &args.checksum, sources.first()) {
+        bail!(
+            "ADD --checksum: {local:?} is not a URL: checksum requires HTTP(S) or Git sources \
+             (drop --checksum, or verify the file before the build)"
+        );
+    }
     let dest_word = args.dest.clone();
     let dest = absolute_in(&walk.workdir(), &dest_word);
     let chown = args.chown.clone();
@@ -987,6 +1004,12 @@ async fn resolve_mount(
             let mode = m.mode.unwrap_or(0o755);
             // The cache's contents are not part of the key (as BuildKit): only where it is.
             let key_part = format!("cache:{target}:{id}:{sharing}:{mode}:{uid}:{gid}");
+            // A read-only cache mount is another step (the key part of a writable one unchanged).
+            let key_part = if m.read_only {
+                format!("{key_part}:ro")
+            } else {
+                key_part
+            };
             Ok((
                 RunMount::Cache {
                     target,
@@ -995,6 +1018,7 @@ async fn resolve_mount(
                     mode,
                     uid,
                     gid,
+                    readonly: m.read_only,
                 },
                 key_part,
             ))
