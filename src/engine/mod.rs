@@ -132,6 +132,7 @@ pub fn build(root: &Path, opts: BuildOptions) -> Result<i32> {
         no_cache_filter: opts.no_cache_filter.clone(),
         pull: opts.pull,
         network: opts.network,
+        allow_insecure: opts.allow_insecure,
         labels: opts.labels.clone(),
         secrets: opts.secrets.clone(),
         ssh: ssh_agents.sockets.clone(),

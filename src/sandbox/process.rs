@@ -284,6 +284,12 @@ fn prepare_and_start(
         single_id: crate::rootless::mapping() == crate::rootless::Mapping::Single,
         shm_size: spec.shm_size,
         read_only: spec.read_only_root,
+        privileged: spec.privileged.is_some(),
+        devices: match spec.privileged {
+            Some(which) => super::privileged::nodes(which, Path::new("/dev"))
+                .context("list the host's devices for a privileged container")?,
+            None => Vec::new(),
+        },
     };
 
     let id = format!(
@@ -295,7 +301,12 @@ fn prepare_and_start(
         // Made here, where /etc/passwd is still the host's (the child reports with it).
         let _ = crate::rootless::single_mapping_hint();
     }
-    let cgroup = Cgroup::create(&id, &spec.resources).context("create the cgroup")?;
+    let devices = match spec.privileged {
+        Some(_) => super::privileged::ALL_DEVICES,
+        None => super::cgroup::DEFAULT_DEVICES,
+    };
+    let cgroup =
+        Cgroup::create_with_devices(&id, &spec.resources, devices).context("create the cgroup")?;
     plan.nodev_binds = !cgroup.as_ref().is_some_and(Cgroup::restricts_devices);
     let started = start(spec, plan, &cgroup);
     match started {
@@ -432,11 +443,16 @@ fn start(spec: &ExecSpec, plan: RootfsPlan, cgroup: &Option<Cgroup>) -> anyhow::
             }
             b
         },
-        seccomp: spec
-            .seccomp
-            .filter_with_caps(spec.caps.unwrap_or_else(caps::default_mask))?,
+        // A privileged command has every capability and no filter (docker's --privileged
+        // ignores --cap-drop and --security-opt seccomp=, as here).
+        seccomp: match spec.privileged {
+            Some(_) => None,
+            None => spec
+                .seccomp
+                .filter_with_caps(spec.caps.unwrap_or_else(caps::default_mask))?,
+        },
         ulimits: spec.ulimits.clone(),
-        caps: spec.caps.unwrap_or_else(caps::default_mask),
+        caps: spec.effective_caps(),
         no_new_privs: spec.no_new_privileges,
     };
 

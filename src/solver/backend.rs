@@ -132,6 +132,9 @@ pub struct RunOp {
     pub display: String,
     /// The platform the stage's binaries are for (emulated when this machine's is another).
     pub platform: Platform,
+    /// `RUN --security=insecure` (granted by `--allow security.insecure`): the sandbox is
+    /// privileged as BuildKit's insecure mode (`sandbox::HostDevices::BuildKitInsecure`).
+    pub insecure: bool,
 }
 
 #[derive(Debug, Clone)]

@@ -54,6 +54,9 @@ pub struct BuildRequest {
     pub no_cache_filter: Vec<String>,
     pub pull: bool,
     pub network: Network,
+    /// `kiln build --allow security.insecure`: `RUN --security=insecure` runs privileged
+    /// (refused without it, with BuildKit's error).
+    pub allow_insecure: bool,
     pub labels: BTreeMap<String, String>,
     pub secrets: HashMap<String, SecretSource>,
     /// `--ssh ID=…`: each id's agent socket on the host (never part of a key).
@@ -146,6 +149,7 @@ struct BuildRequestShared {
     no_cache_filter: Vec<String>,
     pull: bool,
     network: Network,
+    allow_insecure: bool,
     source_date_epoch: Option<i64>,
 }
 
@@ -234,6 +238,7 @@ pub async fn solve_shared(
                 .collect(),
             pull: request.pull,
             network: request.network,
+            allow_insecure: request.allow_insecure,
             source_date_epoch: request.source_date_epoch,
         },
         graph,

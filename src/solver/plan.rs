@@ -264,8 +264,13 @@ pub(super) async fn plan_step(
             }));
         }
         Instruction::Run(run) => {
-            if run.security == dockerfile::Security::Insecure {
-                bail!("RUN --security=insecure is not supported (only sandbox)");
+            let insecure = run.security == dockerfile::Security::Insecure;
+            if insecure && !shared.req.allow_insecure {
+                // BuildKit's words (its entitlement check), and what to do.
+                bail!(
+                    "security.insecure is not allowed: RUN --security=insecure runs only when \
+                     kiln build --allow security.insecure grants it"
+                );
             }
             let (argv, script) = run_argv(walk, &run.command, &run.heredocs);
             let arg_env = walk.arg_env();
@@ -332,11 +337,19 @@ pub(super) async fn plan_step(
             parts.extend(env.iter().map(String::as_str));
             parts.push("\0mounts");
             parts.extend(mount_keys.iter().map(String::as_str));
+            if insecure {
+                // Only then, so the keys of sandboxed steps stay as they were.
+                parts.extend(["\0security", "insecure"]);
+            }
             let key = digest_of(&parts);
             env.extend(walk.proxy_env());
             let inputs = StepInputs {
                 parent: walk.key.clone(),
-                instruction: format!("RUN {display}"),
+                instruction: if insecure {
+                    format!("RUN --security=insecure {display}")
+                } else {
+                    format!("RUN {display}")
+                },
                 args: arg_env,
                 env: walk.config.config.env.clone().unwrap_or_default(),
                 ..Default::default()
@@ -350,6 +363,7 @@ pub(super) async fn plan_step(
                 mounts: resolved,
                 display: super::shorten(&display),
                 platform: shared.stage_platforms[stage].clone(),
+                insecure,
             });
             return Ok(Some(Planned {
                 op,

@@ -122,6 +122,7 @@ fn build(
         max_parallelism: 2,
         remote: None,
         named_contexts: Default::default(),
+        allow_insecure: false,
         ssh: Default::default(),
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -302,6 +303,7 @@ fn graphs_of_a_multi_platform_build_share_equal_steps() {
                 max_parallelism: 2,
                 remote: None,
                 named_contexts: Default::default(),
+                allow_insecure: false,
                 ssh: Default::default(),
             };
             let backend: Arc<dyn Backend> = fake.clone();
