@@ -57,6 +57,9 @@ pub struct BuildRequest {
     /// `kiln build --allow security.insecure`: `RUN --security=insecure` runs privileged
     /// (refused without it, with BuildKit's error).
     pub allow_insecure: bool,
+    /// The build's checks: the solver adds what only it can find (InvalidBaseImagePlatform),
+    /// as the check options allow; the engine prints them after the build.
+    pub checks: Arc<Mutex<crate::dockerfile::lint::Report>>,
     pub labels: BTreeMap<String, String>,
     pub secrets: HashMap<String, SecretSource>,
     /// `--ssh ID=…`: each id's agent socket on the host (never part of a key).
@@ -150,6 +153,7 @@ struct BuildRequestShared {
     pull: bool,
     network: Network,
     allow_insecure: bool,
+    checks: Arc<Mutex<crate::dockerfile::lint::Report>>,
     source_date_epoch: Option<i64>,
 }
 
@@ -239,6 +243,7 @@ pub async fn solve_shared(
             pull: request.pull,
             network: request.network,
             allow_insecure: request.allow_insecure,
+            checks: request.checks.clone(),
             source_date_epoch: request.source_date_epoch,
         },
         graph,
@@ -495,6 +500,26 @@ async fn solve_stage(shared: &Arc<Shared>, stage: usize) -> Result<Arc<StageResu
                     });
                 }
             };
+            if let Some(actual) = &base.platform_mismatch {
+                // BuildKit builds on it (for the stage's platform) and warns.
+                let expected = shared.stage_platforms[stage].to_string();
+                let finding = crate::dockerfile::lint::Finding {
+                    rule: "InvalidBaseImagePlatform",
+                    line: from_line,
+                    message: crate::dockerfile::lint::invalid_base_image_platform(
+                        name, &expected, actual,
+                    ),
+                };
+                let mut checks = shared.req.checks.lock().unwrap_or_else(|e| e.into_inner());
+                if checks.add(finding.clone()) && checks.error {
+                    bail!(
+                        "{}:{from_line}: FROM {name}: lint violation found for rules: \
+                         InvalidBaseImagePlatform ({}; the `# check=` options say error=true)",
+                        shared.req.dockerfile_name,
+                        finding.message
+                    );
+                }
+            }
             let trigger_instrs = onbuild_triggers(shared, &base.config, from_line, name)?;
             let created = base
                 .config

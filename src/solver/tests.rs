@@ -32,6 +32,7 @@ impl Backend for Fake {
             id: format!("id-{name}-{platform}"),
             config,
             layers: vec![],
+            platform_mismatch: None,
         })
     }
     fn has_layer(&self, _layer: &LayerRef) -> bool {
@@ -123,6 +124,7 @@ fn build(
         remote: None,
         named_contexts: Default::default(),
         allow_insecure: false,
+        checks: Default::default(),
         ssh: Default::default(),
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -304,6 +306,7 @@ fn graphs_of_a_multi_platform_build_share_equal_steps() {
                 remote: None,
                 named_contexts: Default::default(),
                 allow_insecure: false,
+                checks: Default::default(),
                 ssh: Default::default(),
             };
             let backend: Arc<dyn Backend> = fake.clone();
