@@ -151,6 +151,9 @@ pub struct CopyOp {
     pub urls: Vec<(String, Option<String>)>,
     /// ADD of git repositories, resolved to commits.
     pub git: Vec<crate::source::git::GitSource>,
+    /// `COPY --link` as BuildKit rebases it: executed on an empty filesystem (the `parent` of
+    /// the request is empty), its layer then stacked on the stage's.
+    pub link: bool,
 }
 
 /// A filesystem-changing operation.

@@ -629,6 +629,13 @@ async fn run_step(
         mut inputs,
         created_by,
     } = planned;
+    // A linked COPY's key names its layer alone; the steps after it stand on the base too.
+    let linked = matches!(&op, Op::Copy(c) if c.link);
+    let next_key = if linked {
+        digest_of(&["linked", &walk.key, &key])
+    } else {
+        key.clone()
+    };
     // Another graph of this build may be running (or have run) this very step.
     let slot = shared.flights.slot(&key);
     let mut flight = slot.lock().await;
@@ -638,7 +645,7 @@ async fn run_step(
             .source_date_epoch
             .or_else(|| cached_time(shared, &key))
             .unwrap_or(walk.created);
-        walk.add_step(key, created_by, layer, created);
+        walk.add_step(next_key, created_by, layer, created);
         shared.progress.cached(id);
         return Ok(());
     }
@@ -694,7 +701,7 @@ async fn run_step(
                     .unwrap_or(walk.created);
                 note(&key, layer.as_ref(), created);
                 *flight = Some(layer.clone());
-                walk.add_step(key, created_by, layer, created);
+                walk.add_step(next_key, created_by, layer, created);
                 shared.progress.cached(id);
                 return Ok(());
             }
@@ -718,7 +725,7 @@ async fn run_step(
             note(&key, layer.as_ref(), record.created);
             // Another platform's graph with this step takes it from here too.
             *flight = Some(layer.clone());
-            walk.add_step(key, created_by, layer, created);
+            walk.add_step(next_key, created_by, layer, created);
             shared.progress.cached(id);
             return Ok(());
         }
@@ -786,7 +793,11 @@ async fn run_step(
         step: id,
         line: instr.span.start_line,
         name: name.to_string(),
-        parent: walk.layers.clone(),
+        parent: if linked {
+            Vec::new()
+        } else {
+            walk.layers.clone()
+        },
         op,
         context: shared.context.clone(),
         progress: shared.progress.clone(),
@@ -815,7 +826,7 @@ async fn run_step(
     }
     note(&key, layer.as_ref(), created);
     *flight = Some(layer.clone());
-    walk.add_step(key, created_by, layer, created);
+    walk.add_step(next_key, created_by, layer, created);
     shared.progress.done(id);
     Ok(())
 }

@@ -387,7 +387,8 @@ fn absolute_in(base: &str, path: &str) -> String {
     } else {
         format!("{}/{}", base.trim_end_matches('/'), path)
     };
-    let trailing = path.ends_with('/') || path.ends_with("/.") || path == ".";
+    // "" is the working directory as "." is, a directory (BuildKit's "./").
+    let trailing = path.ends_with('/') || path.ends_with("/.") || path == "." || path.is_empty();
     let mut clean = format!("/{}", crate::source::fsutil::clean_rel(&joined));
     if trailing && clean != "/" {
         clean.push('/');
@@ -892,8 +893,33 @@ async fn plan_copy(
         history.push_str(&format!(" <<{n}"));
     }
     history.push_str(&format!(" {dest_word}"));
+    // COPY --link is BuildKit's rebase: its layer is made on an empty filesystem and linked on
+    // top of the base, so nothing of the base is in its key and a new base reuses it unchanged.
+    // As BuildKit, not with --chmod (BuildKit copies those as plain COPY); nor with a --chown
+    // by name, which needs the base's /etc/passwd.
+    let linked = args.link
+        && args.chmod.is_none()
+        && match chown.as_deref() {
+            None => true,
+            Some(c) => c
+                .split(':')
+                .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit())),
+        };
+    let base_key = if linked {
+        // What the layer does depend on besides the copy itself: the epoch clamps its times.
+        format!(
+            "linked:{}",
+            shared
+                .req
+                .source_date_epoch
+                .map(|e| e.to_string())
+                .unwrap_or_default()
+        )
+    } else {
+        walk.key.clone()
+    };
     let mut parts: Vec<String> = vec![
-        walk.key.clone(),
+        base_key.clone(),
         "copy".into(),
         key_text,
         dest.clone(),
@@ -912,7 +938,7 @@ async fn plan_copy(
     let refs: Vec<&str> = parts.iter().map(String::as_str).collect();
     let key = digest_of(&refs);
     let inputs = StepInputs {
-        parent: walk.key.clone(),
+        parent: base_key,
         instruction: text.clone(),
         files,
         sources: if from.is_some() {
@@ -937,6 +963,7 @@ async fn plan_copy(
         heredocs,
         urls,
         git,
+        link: linked,
     });
     Ok(Planned {
         op,
