@@ -82,6 +82,27 @@ fn insecure_run_has_every_capability_only_when_allowed() {
     );
     assert!(log.contains("CACHED"), "{log}");
 
+    // Another user keeps them too, as ambient capabilities (BuildKit's insecure spec sets
+    // every set); in the default sandbox that user has none.
+    let user = context(&[(
+        "Dockerfile",
+        "FROM busybox\nUSER nobody\nRUN --security=insecure cat /proc/self/status > /tmp/ins\n\
+         RUN cat /proc/self/status > /tmp/sb\n",
+    )]);
+    build_ok(
+        root.path(),
+        &[
+            "--allow",
+            "security.insecure",
+            "-t",
+            "user",
+            user.path().to_str().unwrap(),
+        ],
+    );
+    let fs = rootfs_of(root.path(), "user");
+    assert_eq!(cap_eff(&read(&fs, "tmp/ins")), full_caps());
+    assert_eq!(cap_eff(&read(&fs, "tmp/sb")), "0000000000000000");
+
     // Unknown entitlements are refused.
     let out = build(root.path(), &["--allow", "security.unsafe", c]);
     let err = String::from_utf8_lossy(&out.stderr);

@@ -190,6 +190,54 @@ pub fn set_process_caps(mask: u64) -> io::Result<()> {
     Ok(())
 }
 
+/// Sets effective, permitted and inheritable to `mask` and raises each of its capabilities in
+/// the ambient set, so a process that is not root keeps them across execve (BuildKit's insecure
+/// mode gives a RUN's user every set). The permitted set must still hold `mask`
+/// (PR_SET_KEEPCAPS before the setuid).
+pub fn set_ambient_caps(mask: u64) -> io::Result<()> {
+    let mut header = CapHeader {
+        version: LINUX_CAPABILITY_VERSION_3,
+        pid: 0,
+    };
+    let (lo, hi) = (mask as u32, (mask >> 32) as u32);
+    let data = [
+        CapData {
+            effective: lo,
+            permitted: lo,
+            inheritable: lo,
+        },
+        CapData {
+            effective: hi,
+            permitted: hi,
+            inheritable: hi,
+        },
+    ];
+    // SAFETY: header and a two-element data array, as capset(2) with version 3 requires.
+    let rc = unsafe { libc::syscall(libc::SYS_capset, &mut header, data.as_ptr()) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    for cap in 0..64u32 {
+        if mask & (1u64 << cap) == 0 {
+            continue;
+        }
+        // SAFETY: prctl with integer arguments only.
+        let rc = unsafe {
+            libc::prctl(
+                libc::PR_CAP_AMBIENT,
+                libc::PR_CAP_AMBIENT_RAISE,
+                cap as libc::c_ulong,
+                0,
+                0,
+            )
+        };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -31,6 +31,9 @@
 //!   kiln kills the whole tree (PR_SET_PDEATHSIG at each level, set again after the user
 //!   switch; the PID namespace dies with its PID 1).
 //! - With `ExecSpec::pty`, a terminal from the container's own devpts (`tty`).
+//! - With `ExecSpec::privileged` (`kiln run --privileged`, `RUN --security=insecure`): none of
+//!   the masks, read-only paths, `nodev`, seccomp filter or capability cuts above; every device
+//!   allowed, and the device nodes of `privileged::HostDevices` in /dev.
 //! - A cgroup per execution for device control, with optional limits (`Resources`), v1 or v2 as
 //!   mounted; the cgroup is removed at the end. Rootless (`crate::rootless::in_userns`): no
 //!   cgroup, and limits fail with `cgroup::rootless_limits_error`; /proc falls back to the

@@ -112,6 +112,8 @@ struct ChildContext {
     /// The capabilities a root command keeps.
     caps: u64,
     no_new_privs: bool,
+    /// BuildKit's insecure mode: a user other than root keeps `caps` too, as ambient ones.
+    ambient_caps: bool,
 }
 
 /// A started execution.
@@ -454,6 +456,7 @@ fn start(spec: &ExecSpec, plan: RootfsPlan, cgroup: &Option<Cgroup>) -> anyhow::
         ulimits: spec.ulimits.clone(),
         caps: spec.effective_caps(),
         no_new_privs: spec.no_new_privileges,
+        ambient_caps: spec.privileged == Some(super::HostDevices::BuildKitInsecure),
     };
 
     let ctx = Arc::new(ctx);
@@ -1007,14 +1010,28 @@ fn command_process(ctx: &ChildContext, stdio: [Option<RawFd>; 3]) -> ! {
             let e = errno();
             fail(report, &hint(format!("setgid {}", user.gid)), e);
         }
+        // Ambient capabilities for another user start from the permitted set kept across the
+        // setuid (the kernel clears it otherwise).
+        if ctx.ambient_caps && user.uid != 0 && libc::prctl(libc::PR_SET_KEEPCAPS, 1, 0, 0, 0) != 0
+        {
+            fail(report, "keep capabilities across the user switch", errno());
+        }
         if libc::setuid(user.uid) != 0 {
             let e = errno();
             fail(report, &hint(format!("setuid {}", user.uid)), e);
         }
     }
-    let mask = if user.uid == 0 { ctx.caps } else { 0 };
-    if let Err(e) = caps::set_process_caps(mask) {
-        fail(report, "set capabilities", e);
+    if ctx.ambient_caps && user.uid != 0 {
+        // BuildKit's insecure spec gives every set, ambient included: the command keeps them
+        // across its execve as this user.
+        if let Err(e) = caps::set_ambient_caps(ctx.caps) {
+            fail(report, "set ambient capabilities", e);
+        }
+    } else {
+        let mask = if user.uid == 0 { ctx.caps } else { 0 };
+        if let Err(e) = caps::set_process_caps(mask) {
+            fail(report, "set capabilities", e);
+        }
     }
     // SAFETY: prctl with integer arguments only.
     if ctx.no_new_privs && unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
