@@ -154,7 +154,7 @@ fn run_keeps_the_containers_exit_codes() {
     assert_eq!(code("kiln run --rm busybox sh -c 'exit 3'"), Some(3));
     assert_eq!(code("kiln run --rm busybox no-such-command"), Some(127));
     assert_eq!(code("kiln run --rm no-such-image:1 true"), Some(125));
-    assert_eq!(code("kiln run --rm --privileged busybox true"), Some(125));
+    assert_eq!(code("kiln run --rm --pid host busybox true"), Some(125));
     // docker: `-h` is the container's hostname.
     let out = sh(r, "kiln run --rm -h myhost busybox hostname");
     assert_eq!(
@@ -171,9 +171,9 @@ fn docker_flags_kiln_lacks_say_what_docker_does() {
     let r = root.path();
     for (line, want) in [
         (
-            "kiln run --privileged busybox",
-            "kiln run: kiln does not support --privileged (docker: gives the container all \
-             capabilities and every host device)",
+            "kiln run --pid host busybox",
+            "kiln run: kiln does not support --pid (docker: selects the PID namespace (host or \
+             container:NAME))",
         ),
         (
             "kiln run --log-opt max-size=1m busybox",

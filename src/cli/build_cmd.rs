@@ -73,6 +73,10 @@ pub struct BuildArgs {
     /// Network for RUN steps: host (default) or none
     #[arg(long, default_value = "host", value_name = "MODE")]
     pub network: String,
+    /// Grant an entitlement: `security.insecure` (RUN --security=insecure runs privileged),
+    /// `network.host` (RUN steps have the host's network already)
+    #[arg(long = "allow", value_name = "ENTITLEMENT")]
+    pub allow: Vec<String>,
     /// Set metadata on the image (`KEY=VALUE`)
     #[arg(long = "label", value_name = "KEY=VALUE")]
     pub labels: Vec<String>,
@@ -219,6 +223,7 @@ fn to_options(args: BuildArgs) -> anyhow::Result<BuildOptions> {
         no_cache_filter: args.no_cache_filter,
         pull: args.pull,
         network: options::parse_network(&args.network)?,
+        allow_insecure: options::parse_allow(&args.allow)?,
         labels: options::parse_labels(&args.labels)?,
         secrets,
         build_contexts: args.build_contexts,

@@ -157,6 +157,10 @@ pub enum RunCommands {
         /// User (name, uid, uid:gid, name:group).
         #[arg(short = 'u', long = "user")]
         user: Option<String>,
+        /// Give the command every capability (the container's seccomp filter stays, as
+        /// docker's).
+        #[arg(long)]
+        privileged: bool,
         container: String,
         #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
         command: Vec<String>,
@@ -353,6 +357,10 @@ pub struct RunArgs {
     /// Drop a Linux capability (CHOWN, ALL, ...).
     #[arg(long = "cap-drop", value_name = "CAP")]
     cap_drop: Vec<String>,
+    /// Give the container every capability and the host's devices, with no seccomp filter and
+    /// /proc, /sys unmasked and writable, as docker's.
+    #[arg(long)]
+    privileged: bool,
     /// Print help.
     #[arg(long, action = clap::ArgAction::Help)]
     help: Option<bool>,
@@ -413,6 +421,7 @@ impl RunArgs {
             memory_swap,
             cap_add,
             cap_drop,
+            privileged,
             help: _,
             platform,
             image,
@@ -470,6 +479,7 @@ impl RunArgs {
             memory_swap,
             cap_add,
             cap_drop,
+            privileged,
         };
         Ok(opts)
     }
@@ -658,6 +668,7 @@ pub fn run(cmd: RunCommands, globals: &Globals) -> anyhow::Result<i32> {
             env,
             workdir,
             user,
+            privileged,
             container,
             command,
         } => {
@@ -672,6 +683,7 @@ pub fn run(cmd: RunCommands, globals: &Globals) -> anyhow::Result<i32> {
                 );
             }
             let opts = runner::exec::ExecOptions {
+                privileged,
                 interactive: interactive || tty,
                 tty,
                 env,

@@ -8,12 +8,6 @@ const TABLE: &[(&str, &str, Option<char>, &str)] = &[
     // build
     (
         "build",
-        "allow",
-        None,
-        "grants extra privileged entitlements (network.host, security.insecure)",
-    ),
-    (
-        "build",
         "annotation",
         None,
         "adds OCI annotations to the image manifest",
@@ -210,12 +204,6 @@ const TABLE: &[(&str, &str, Option<char>, &str)] = &[
         None,
         "selects the PID namespace (host or container:NAME)",
     ),
-    (
-        "run",
-        "privileged",
-        None,
-        "gives the container all capabilities and every host device",
-    ),
     ("run", "quiet", Some('q'), "suppresses the pull output"),
     ("run", "runtime", None, "selects the OCI runtime"),
     (
@@ -383,12 +371,6 @@ const TABLE: &[(&str, &str, Option<char>, &str)] = &[
         None,
         "reads environment variables from a file",
     ),
-    (
-        "exec",
-        "privileged",
-        None,
-        "gives the command extended privileges",
-    ),
     // save / load / import
     ("load", "platform", None, "loads only one platform variant"),
     (
@@ -536,17 +518,17 @@ mod tests {
 
     #[test]
     fn docker_flags_get_docker_meaning_others_none() {
-        let m = message("run", "--privileged").unwrap();
+        let m = message("run", "--pid").unwrap();
         assert_eq!(
             m,
-            "kiln run: kiln does not support --privileged (docker: gives the container all \
-             capabilities and every host device)"
+            "kiln run: kiln does not support --pid (docker: selects the PID namespace (host or \
+             container:NAME))"
         );
         assert!(message("run", "--log-opt=max-size=1m")
             .unwrap()
             .contains("does not support --log-opt "));
         assert!(message("run", "--no-such-docker-flag").is_none());
-        assert!(message("images", "--privileged").is_none());
+        assert!(message("images", "--pid").is_none());
         assert!(message("stats", "--format").is_none());
     }
 

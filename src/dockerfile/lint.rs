@@ -31,6 +31,7 @@ pub const RULES: &[&str] = &[
     "ExposeProtoCasing",
     "FromAsCasing",
     "FromPlatformFlagConstDisallowed",
+    "InvalidBaseImagePlatform",
     "InvalidDefaultArgInFrom",
     "JSONArgsRecommended",
     "LegacyKeyValueFormat",
@@ -51,8 +52,12 @@ pub const RULES: &[&str] = &[
 /// kiln has none of BuildKit's experimental rules yet (InvalidDefinitionDescription).
 pub const EXPERIMENTAL_RULES: &[&str] = &[];
 
-/// The documentation page BuildKit gives for a rule: docs.docker.com's rule reference.
+/// The documentation page BuildKit gives for a rule: docs.docker.com's rule reference (none for
+/// InvalidBaseImagePlatform, as BuildKit's).
 pub fn rule_url(rule: &str) -> String {
+    if rule == "InvalidBaseImagePlatform" {
+        return String::new();
+    }
     let mut kebab = String::new();
     let chars: Vec<char> = rule.chars().collect();
     for (i, c) in chars.iter().enumerate() {
@@ -156,6 +161,33 @@ pub struct Report {
     pub findings: Vec<Finding>,
     /// `error=true` was asked for.
     pub error: bool,
+    /// The options in force, and those of instructions with their own `# check=` comment (by
+    /// start line), for findings the build makes later (`add`).
+    options: CheckOptions,
+    per_line: HashMap<usize, CheckOptions>,
+}
+
+impl Report {
+    /// A finding only the build can make (`InvalidBaseImagePlatform`: it needs the base image),
+    /// kept when the options allow its rule at its line; true when kept.
+    pub fn add(&mut self, f: Finding) -> bool {
+        let allowed = self
+            .per_line
+            .get(&f.line)
+            .unwrap_or(&self.options)
+            .allows(f.rule);
+        if allowed && !self.findings.contains(&f) {
+            self.findings.push(f);
+        }
+        allowed
+    }
+}
+
+/// BuildKit's InvalidBaseImagePlatform message (its rule has no documentation URL).
+pub fn invalid_base_image_platform(image: &str, expected: &str, actual: &str) -> String {
+    format!(
+        "Base image {image} was pulled with platform {actual:?}, expected {expected:?} for current build"
+    )
 }
 
 /// Names a base image usually defines; without pulling the image kiln cannot know its ENV, so
@@ -207,6 +239,8 @@ pub fn check_with(
     Ok(Report {
         findings,
         error: options.error,
+        options,
+        per_line,
     })
 }
 
@@ -235,10 +269,15 @@ pub fn short_form(f: &Finding) -> String {
 /// `source` it is about.
 pub fn long_form(f: &Finding, file: &str, source: &str) -> String {
     let lines: Vec<&str> = source.lines().collect();
+    let url = rule_url(f.rule);
     let mut out = format!(
-        "WARNING: {} - {}\n{}\n{file}:{}\n--------------------\n",
+        "WARNING: {}{}\n{}\n{file}:{}\n--------------------\n",
         f.rule,
-        rule_url(f.rule),
+        if url.is_empty() {
+            String::new()
+        } else {
+            format!(" - {url}")
+        },
         f.message,
         f.line
     );
@@ -747,6 +786,33 @@ fn closest<'a>(name: &str, defined: &'a HashSet<String>) -> Option<&'a String> {
 mod tests {
     use super::*;
     use crate::dockerfile::{parse, raw::parse_raw};
+
+    #[test]
+    fn build_findings_follow_the_check_options_and_have_no_url() {
+        let src = "FROM a\n# check=skip=InvalidBaseImagePlatform\nFROM b\n";
+        let mut report = for_build(src, None, None).unwrap();
+        let finding = |line| Finding {
+            rule: "InvalidBaseImagePlatform",
+            line,
+            message: invalid_base_image_platform("a", "linux/amd64", "linux/arm64"),
+        };
+        assert!(report.add(finding(1)));
+        assert!(
+            report.add(finding(1)),
+            "a second platform's graph finds it again"
+        );
+        assert!(!report.add(finding(3)), "skipped above that FROM");
+        assert_eq!(report.findings, vec![finding(1)]);
+        assert_eq!(
+            short_form(&finding(1)),
+            "InvalidBaseImagePlatform: Base image a was pulled with platform \"linux/arm64\", \
+             expected \"linux/amd64\" for current build (line 1)"
+        );
+        assert!(long_form(&finding(1), "Dockerfile", src)
+            .starts_with("WARNING: InvalidBaseImagePlatform\nBase image a was pulled"));
+        let mut all = for_build("# check=skip=all\nFROM a\n", None, None).unwrap();
+        assert!(!all.add(finding(2)));
+    }
 
     fn undefined_var_messages(src: &str) -> Vec<String> {
         let raw = parse_raw(src).unwrap();

@@ -123,6 +123,8 @@ pub fn build(root: &Path, opts: BuildOptions) -> Result<i32> {
     // Kept until the build ends: agents kiln started for key files stop with it.
     let ssh_agents = ssh::SshAgents::start(&opts.ssh, &store.tmp_dir())?;
     let imports = cache::load_imports(&store, &opts.cache_from, &progress);
+    // The solver adds the findings only it can make (InvalidBaseImagePlatform).
+    let shared_checks = Arc::new(Mutex::new(checks));
     let request = |stages| BuildRequest {
         stages,
         dockerfile_name: dockerfile_name.clone(),
@@ -132,6 +134,8 @@ pub fn build(root: &Path, opts: BuildOptions) -> Result<i32> {
         no_cache_filter: opts.no_cache_filter.clone(),
         pull: opts.pull,
         network: opts.network,
+        allow_insecure: opts.allow_insecure,
+        checks: shared_checks.clone(),
         labels: opts.labels.clone(),
         secrets: opts.secrets.clone(),
         ssh: ssh_agents.sockets.clone(),
@@ -306,6 +310,10 @@ pub fn build(root: &Path, opts: BuildOptions) -> Result<i32> {
     progress.summary(Some(&image_id));
     collect_over_cap(&store, &progress);
     drop(lease);
+    let checks = shared_checks
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
     if !opts.quiet && !checks.findings.is_empty() {
         let n = checks.findings.len();
         crate::errln!(

@@ -21,6 +21,8 @@ pub struct BuildOptions {
     pub no_cache_filter: Vec<String>,
     pub pull: bool,
     pub network: Network,
+    /// `--allow security.insecure`: `RUN --security=insecure` may run privileged.
+    pub allow_insecure: bool,
     pub labels: BTreeMap<String, String>,
     pub secrets: HashMap<String, SecretSource>,
     /// `--build-context NAME=VALUE`, as given.
@@ -45,6 +47,28 @@ pub struct BuildOptions {
     pub cache_from: Vec<CacheFrom>,
     /// `--platform`: the target platforms (empty: this machine's). Several give an index.
     pub platforms: Vec<crate::platform::Platform>,
+}
+
+/// `--allow` entitlements, as BuildKit's (`security.insecure`, `network.host`, also
+/// comma-separated); true when `security.insecure` is granted. `network.host` changes nothing:
+/// RUN steps have the host's network unless told otherwise. BuildKit's `device` entitlement
+/// (CDI devices) is refused: kiln has no CDI.
+pub fn parse_allow(values: &[String]) -> Result<bool> {
+    let mut insecure = false;
+    for v in values.iter().flat_map(|v| v.split(',')) {
+        match v.trim() {
+            "security.insecure" => insecure = true,
+            "network.host" => {}
+            e if e == "device" || e.starts_with("device=") => bail!(
+                "--allow {e}: kiln has no CDI devices; RUN --security=insecure (with --allow \
+                 security.insecure) gets the host's devices"
+            ),
+            other => bail!(
+                "--allow: unknown entitlement {other} (kiln has security.insecure and network.host)"
+            ),
+        }
+    }
+    Ok(insecure)
 }
 
 /// The pids limit a RUN step gets when neither `--pids-limit` nor the config sets one.

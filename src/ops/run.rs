@@ -74,6 +74,9 @@ pub(super) fn run_step(
     spec.extra_hosts = settings.extra_hosts.clone();
     spec.shm_size = settings.shm_size;
     spec.ulimits = settings.ulimits.clone();
+    if run.insecure {
+        spec.privileged = Some(crate::sandbox::HostDevices::BuildKitInsecure);
+    }
     spec.stdin = crate::sandbox::Stdio::Null;
     spec.stdout = crate::sandbox::Stdio::Piped;
     spec.stderr = crate::sandbox::Stdio::Piped;

@@ -35,6 +35,9 @@ const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/s
 /// `kiln exec` options.
 #[derive(Debug, Clone, Default)]
 pub struct ExecOptions {
+    /// `--privileged`: the command gets every capability (the container's seccomp filter
+    /// stays, as docker's exec does).
+    pub privileged: bool,
     pub interactive: bool,
     pub tty: bool,
     pub env: Vec<String>,
@@ -162,12 +165,22 @@ pub fn exec(rec: &ContainerRecord, opts: &ExecOptions, cmd: &[String]) -> Result
         .iter()
         .map(|p| cstring(p.as_os_str().as_bytes()))
         .collect::<Result<_>>()?;
-    let seccomp = rec
-        .config
-        .seccomp
-        .to_sandbox()
-        .and_then(|s| s.filter_with_caps(rec.config.caps_mask()))
-        .context("exec: the container's seccomp filter")?;
+    // A privileged container has no filter; a privileged exec into another keeps the
+    // container's (docker's exec --privileged: every capability, seccomp unchanged).
+    let seccomp = if rec.config.privileged {
+        None
+    } else {
+        rec.config
+            .seccomp
+            .to_sandbox()
+            .and_then(|s| s.filter_with_caps(rec.config.caps_mask()))
+            .context("exec: the container's seccomp filter")?
+    };
+    let exec_caps = if opts.privileged {
+        caps::all_held()
+    } else {
+        rec.config.caps_mask()
+    };
     let null = if opts.interactive {
         None
     } else {
@@ -217,7 +230,7 @@ pub fn exec(rec: &ContainerRecord, opts: &ExecOptions, cmd: &[String]) -> Result
         argv,
         envp,
         seccomp,
-        caps: rec.config.caps_mask(),
+        caps: exec_caps,
         no_new_privs: rec.config.no_new_privileges,
     };
     // SAFETY: kiln exec is single-threaded here; the child only makes syscalls and small

@@ -160,6 +160,9 @@ pub fn start(store: &Store, rec: &ContainerRecord, mode: StreamMode) -> Result<S
     spec.read_only_root = cfg.read_only;
     spec.caps = cfg.caps;
     spec.no_new_privileges = cfg.no_new_privileges;
+    if cfg.privileged {
+        spec.privileged = Some(crate::sandbox::HostDevices::All);
+    }
     spec.network = network.clone();
     spec.mounts = mounts;
     spec.seccomp = cfg.seccomp.to_sandbox()?;

@@ -109,6 +109,8 @@ pub struct RunOptions {
     /// `--cap-add`, `--cap-drop`.
     pub cap_add: Vec<String>,
     pub cap_drop: Vec<String>,
+    /// `--privileged`.
+    pub privileged: bool,
     /// `--detach-keys` (docker's format; default ctrl-p,ctrl-q).
     pub detach_keys: Option<String>,
 }
@@ -425,6 +427,7 @@ pub fn create(store: &Store, opts: &RunOptions) -> Result<ContainerRecord> {
         memory_swap,
         caps: runflags::capabilities(&opts.cap_add, &opts.cap_drop)?,
         no_new_privileges,
+        privileged: opts.privileged,
     };
     if !cfg.working_dir.is_empty() && !cfg.working_dir.starts_with('/') {
         bail!(
@@ -1130,6 +1133,7 @@ pub fn inspect_json(store: &Store, rec: &ContainerRecord) -> serde_json::Value {
             "PidsLimit": c.pids_limit,
             "Init": c.init,
             "ReadonlyRootfs": c.read_only,
+            "Privileged": c.privileged,
             "ExtraHosts": c.extra_hosts.iter().map(|(n, ip)| format!("{n}:{ip}")).collect::<Vec<_>>(),
             "RestartPolicy": {"Name": c.restart.name(), "MaximumRetryCount": c.restart.max_retries()},
             "PortBindings": c.publish.iter().map(|p| json!({

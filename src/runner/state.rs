@@ -105,11 +105,17 @@ pub struct ContainerConfig {
     /// `--security-opt no-new-privileges`.
     #[serde(default)]
     pub no_new_privileges: bool,
+    /// `--privileged`: every capability, the host's devices, no seccomp filter, no masked paths.
+    #[serde(default)]
+    pub privileged: bool,
 }
 
 impl ContainerConfig {
     /// The capabilities its root processes keep.
     pub fn caps_mask(&self) -> u64 {
+        if self.privileged {
+            return crate::sandbox::caps::all_held();
+        }
         self.caps.unwrap_or_else(crate::sandbox::caps::default_mask)
     }
 

@@ -92,6 +92,25 @@ pub fn all_mask() -> u64 {
     (0..NAMES.len()).fold(0u64, |m, c| m | (1u64 << c))
 }
 
+/// Every capability kiln itself holds (its permitted set, from /proc/self/status): what a
+/// privileged container gets, as docker's daemon gives it the capabilities it has (a process
+/// cannot grant one it lacks, e.g. where CAP_SYS_RESOURCE is not in the machine's bounding set).
+pub fn all_held() -> u64 {
+    let held = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| parse_status_mask(&s, "CapPrm:"))
+        .unwrap_or_else(all_mask);
+    held & all_mask()
+}
+
+/// A capability mask line (`CapPrm:\t000001ffffffffff`) of /proc/PID/status.
+pub fn parse_status_mask(status: &str, field: &str) -> Option<u64> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+}
+
 /// The default set as the two 32-bit words capset(2) takes.
 pub fn default_mask() -> u64 {
     DEFAULT_CAPS.iter().fold(0u64, |m, c| m | (1u64 << c))
@@ -171,6 +190,54 @@ pub fn set_process_caps(mask: u64) -> io::Result<()> {
     Ok(())
 }
 
+/// Sets effective, permitted and inheritable to `mask` and raises each of its capabilities in
+/// the ambient set, so a process that is not root keeps them across execve (BuildKit's insecure
+/// mode gives a RUN's user every set). The permitted set must still hold `mask`
+/// (PR_SET_KEEPCAPS before the setuid).
+pub fn set_ambient_caps(mask: u64) -> io::Result<()> {
+    let mut header = CapHeader {
+        version: LINUX_CAPABILITY_VERSION_3,
+        pid: 0,
+    };
+    let (lo, hi) = (mask as u32, (mask >> 32) as u32);
+    let data = [
+        CapData {
+            effective: lo,
+            permitted: lo,
+            inheritable: lo,
+        },
+        CapData {
+            effective: hi,
+            permitted: hi,
+            inheritable: hi,
+        },
+    ];
+    // SAFETY: header and a two-element data array, as capset(2) with version 3 requires.
+    let rc = unsafe { libc::syscall(libc::SYS_capset, &mut header, data.as_ptr()) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    for cap in 0..64u32 {
+        if mask & (1u64 << cap) == 0 {
+            continue;
+        }
+        // SAFETY: prctl with integer arguments only.
+        let rc = unsafe {
+            libc::prctl(
+                libc::PR_CAP_AMBIENT,
+                libc::PR_CAP_AMBIENT_RAISE,
+                cap as libc::c_ulong,
+                0,
+                0,
+            )
+        };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -182,6 +249,14 @@ mod tests {
         assert_eq!(m & (1 << 21), 0, "no CAP_SYS_ADMIN");
         assert_eq!(m & (1 << 16), 0, "no CAP_SYS_MODULE");
         assert_ne!(m & (1 << CAP_SETFCAP), 0);
+    }
+
+    #[test]
+    fn status_masks_parse_and_held_is_within_all() {
+        let s = "Name:\tx\nCapInh:\t0000000000000000\nCapPrm:\t000001fffeffffff\n";
+        assert_eq!(parse_status_mask(s, "CapPrm:"), Some(0x1fffeffffff));
+        assert_eq!(parse_status_mask(s, "CapBnd:"), None);
+        assert_eq!(all_held() & !all_mask(), 0);
     }
 
     #[test]

@@ -192,6 +192,16 @@ impl Cgroup {
     /// Makes `kiln/<name>` with the limits in `res` and Docker's default device rules; `None`
     /// when `res` asks for nothing and no device control is available (a warning says so once).
     pub fn create(name: &str, res: &Resources) -> io::Result<Option<Cgroup>> {
+        Self::create_with_devices(name, res, DEFAULT_DEVICES)
+    }
+
+    /// `create` with these device rules instead of Docker's default ones (a privileged
+    /// execution's: `privileged::ALL_DEVICES`).
+    pub fn create_with_devices(
+        name: &str,
+        res: &Resources,
+        rules: &'static [DeviceRule],
+    ) -> io::Result<Option<Cgroup>> {
         // Rootless: a cgroup in the subtree delegated to the user, if any (containers: for
         // pause and stats; limits: where the subtree has their controllers). Without one, no
         // cgroup unless limits are asked, and then one clear error. Devices stay guarded by
@@ -220,14 +230,19 @@ impl Cgroup {
                         return Ok(None);
                     }
                 }
-                let cg = Self::create_v1(name, res, devices, freezer)?;
+                let cg = Self::create_v1(name, res, devices.then_some(rules), freezer)?;
                 Ok((!cg.dirs.is_empty()).then_some(cg))
             }
-            CgroupVersion::V2 => Self::create_v2(name, res),
+            CgroupVersion::V2 => Self::create_v2(name, res, rules),
         }
     }
 
-    fn create_v1(name: &str, res: &Resources, devices: bool, freezer: bool) -> io::Result<Cgroup> {
+    fn create_v1(
+        name: &str,
+        res: &Resources,
+        devices: Option<&[DeviceRule]>,
+        freezer: bool,
+    ) -> io::Result<Cgroup> {
         let mut cg = Cgroup {
             version: CgroupVersion::V1,
             dirs: Vec::new(),
@@ -311,7 +326,7 @@ impl Cgroup {
             }
             Ok(())
         })();
-        if result.is_ok() && devices {
+        if let (true, Some(rules)) = (result.is_ok(), devices) {
             // A new cgroup inherits its parent's rules; "a" clears them and denies all. A rule
             // the parent does not allow is refused (EPERM, e.g. kiln inside a container): the
             // device stays denied. When the cgroup cannot be made at all, nodev mounts remain.
@@ -324,7 +339,7 @@ impl Cgroup {
                 write(&dir.join("devices.deny"), "a")
             }) {
                 Ok(()) => {
-                    for r in DEFAULT_DEVICES {
+                    for r in rules {
                         let _ = write(&dir.join("devices.allow"), &r.v1_line());
                     }
                     cg.devices = true;
@@ -357,7 +372,7 @@ impl Cgroup {
         }
     }
 
-    fn create_v2(name: &str, res: &Resources) -> io::Result<Option<Cgroup>> {
+    fn create_v2(name: &str, res: &Resources, rules: &[DeviceRule]) -> io::Result<Option<Cgroup>> {
         let root = Path::new(CGROUP_ROOT);
         let parent = root.join("kiln");
         std::fs::create_dir_all(&parent)?;
@@ -374,7 +389,7 @@ impl Cgroup {
         std::fs::create_dir(&dir)
             .map_err(|e| io::Error::new(e.kind(), format!("mkdir {}: {e}", dir.display())))?;
         let mut cg = Self::v2_with_limits(dir.clone(), res)?;
-        match device_filter::attach(&dir, DEFAULT_DEVICES) {
+        match device_filter::attach(&dir, rules) {
             Ok(()) => cg.devices = true,
             Err(e) => {
                 warn_no_device_cgroup(&format!("attach a device program: {e}"));

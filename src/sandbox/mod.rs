@@ -31,6 +31,9 @@
 //!   kiln kills the whole tree (PR_SET_PDEATHSIG at each level, set again after the user
 //!   switch; the PID namespace dies with its PID 1).
 //! - With `ExecSpec::pty`, a terminal from the container's own devpts (`tty`).
+//! - With `ExecSpec::privileged` (`kiln run --privileged`, `RUN --security=insecure`): none of
+//!   the masks, read-only paths, `nodev`, seccomp filter or capability cuts above; every device
+//!   allowed, and the device nodes of `privileged::HostDevices` in /dev.
 //! - A cgroup per execution for device control, with optional limits (`Resources`), v1 or v2 as
 //!   mounted; the cgroup is removed at the end. Rootless (`crate::rootless::in_userns`): no
 //!   cgroup, and limits fail with `cgroup::rootless_limits_error`; /proc falls back to the
@@ -59,6 +62,7 @@ pub mod cgroup;
 pub mod cgroup_stats;
 pub mod cgroup_update;
 pub mod device_filter;
+pub mod privileged;
 mod process;
 pub mod rootfs;
 pub mod seccomp;
@@ -73,6 +77,7 @@ use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+pub use privileged::HostDevices;
 pub use process::Running;
 
 /// The container's network.
@@ -223,7 +228,7 @@ pub struct ExecSpec {
     /// --init`, and build steps); without it the command itself is PID 1, as in docker.
     pub init: bool,
     /// The system call filter: Docker's default profile unless told otherwise (`kiln run
-    /// --security-opt seccomp=...`; a future `RUN --security=insecure` sets `Unconfined`).
+    /// --security-opt seccomp=...`); none when `privileged`.
     pub seccomp: seccomp::Seccomp,
     /// Bind a generated /etc/hostname (containers: yes, as docker run; build steps: no, as
     /// BuildKit's RUN, which has none).
@@ -243,6 +248,11 @@ pub struct ExecSpec {
     pub caps: Option<u64>,
     /// Set no_new_privs before the exec (`--security-opt no-new-privileges`).
     pub no_new_privileges: bool,
+    /// A privileged execution (`kiln run --privileged`, `RUN --security=insecure`) and the
+    /// device nodes its /dev gets: every capability (`caps` is ignored), no seccomp filter
+    /// (`seccomp` is ignored), no masked or read-only paths, a writable /sys, every device
+    /// allowed (`privileged`). `None`: the default sandbox.
+    pub privileged: Option<HostDevices>,
 }
 
 /// docker's default size of /dev/shm.
@@ -281,6 +291,16 @@ impl ExecSpec {
             read_only_root: false,
             caps: None,
             no_new_privileges: false,
+            privileged: None,
+        }
+    }
+
+    /// The capabilities a root command gets: all that kiln holds with `privileged`, else
+    /// `caps` or Docker's default set.
+    pub fn effective_caps(&self) -> u64 {
+        match self.privileged {
+            Some(_) => caps::all_held(),
+            None => self.caps.unwrap_or_else(caps::default_mask),
         }
     }
 }
@@ -341,4 +361,23 @@ pub fn output(spec: &ExecSpec) -> anyhow::Result<(ExitInfo, Vec<u8>, Vec<u8>)> {
 /// Removes what a killed kiln left behind: cgroups under `kiln/` whose owner is gone.
 pub fn recover() {
     cgroup::recover();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn privileged_specs_get_every_held_capability_over_cap_drop() {
+        let mut spec = ExecSpec::new("/r", ["true"]);
+        assert_eq!(spec.effective_caps(), caps::default_mask());
+        spec.caps = Some(0);
+        assert_eq!(spec.effective_caps(), 0);
+        spec.privileged = Some(HostDevices::All);
+        assert_eq!(spec.effective_caps(), caps::all_held());
+        assert_eq!(
+            spec.effective_caps() & caps::default_mask(),
+            caps::default_mask()
+        );
+    }
 }

@@ -112,6 +112,8 @@ struct ChildContext {
     /// The capabilities a root command keeps.
     caps: u64,
     no_new_privs: bool,
+    /// BuildKit's insecure mode: a user other than root keeps `caps` too, as ambient ones.
+    ambient_caps: bool,
 }
 
 /// A started execution.
@@ -293,6 +295,12 @@ fn prepare_and_start(
         single_id: crate::rootless::mapping() == crate::rootless::Mapping::Single,
         shm_size: spec.shm_size,
         read_only: spec.read_only_root,
+        privileged: spec.privileged.is_some(),
+        devices: match spec.privileged {
+            Some(which) => super::privileged::nodes(which, Path::new("/dev"))
+                .context("list the host's devices for a privileged container")?,
+            None => Vec::new(),
+        },
     };
 
     let id = format!(
@@ -304,7 +312,12 @@ fn prepare_and_start(
         // Made here, where /etc/passwd is still the host's (the child reports with it).
         let _ = crate::rootless::single_mapping_hint();
     }
-    let cgroup = Cgroup::create(&id, &spec.resources).context("create the cgroup")?;
+    let devices = match spec.privileged {
+        Some(_) => super::privileged::ALL_DEVICES,
+        None => super::cgroup::DEFAULT_DEVICES,
+    };
+    let cgroup =
+        Cgroup::create_with_devices(&id, &spec.resources, devices).context("create the cgroup")?;
     plan.nodev_binds = !cgroup.as_ref().is_some_and(Cgroup::restricts_devices);
     let started = start(spec, plan, &cgroup);
     match started {
@@ -441,12 +454,18 @@ fn start(spec: &ExecSpec, plan: RootfsPlan, cgroup: &Option<Cgroup>) -> anyhow::
             }
             b
         },
-        seccomp: spec
-            .seccomp
-            .filter_with_caps(spec.caps.unwrap_or_else(caps::default_mask))?,
+        // A privileged command has every capability and no filter (docker's --privileged
+        // ignores --cap-drop and --security-opt seccomp=, as here).
+        seccomp: match spec.privileged {
+            Some(_) => None,
+            None => spec
+                .seccomp
+                .filter_with_caps(spec.caps.unwrap_or_else(caps::default_mask))?,
+        },
         ulimits: spec.ulimits.clone(),
-        caps: spec.caps.unwrap_or_else(caps::default_mask),
+        caps: spec.effective_caps(),
         no_new_privs: spec.no_new_privileges,
+        ambient_caps: spec.privileged == Some(super::HostDevices::BuildKitInsecure),
     };
 
     let ctx = Arc::new(ctx);
@@ -1000,14 +1019,28 @@ fn command_process(ctx: &ChildContext, stdio: [Option<RawFd>; 3]) -> ! {
             let e = errno();
             fail(report, &hint(format!("setgid {}", user.gid)), e);
         }
+        // Ambient capabilities for another user start from the permitted set kept across the
+        // setuid (the kernel clears it otherwise).
+        if ctx.ambient_caps && user.uid != 0 && libc::prctl(libc::PR_SET_KEEPCAPS, 1, 0, 0, 0) != 0
+        {
+            fail(report, "keep capabilities across the user switch", errno());
+        }
         if libc::setuid(user.uid) != 0 {
             let e = errno();
             fail(report, &hint(format!("setuid {}", user.uid)), e);
         }
     }
-    let mask = if user.uid == 0 { ctx.caps } else { 0 };
-    if let Err(e) = caps::set_process_caps(mask) {
-        fail(report, "set capabilities", e);
+    if ctx.ambient_caps && user.uid != 0 {
+        // BuildKit's insecure spec gives every set, ambient included: the command keeps them
+        // across its execve as this user.
+        if let Err(e) = caps::set_ambient_caps(ctx.caps) {
+            fail(report, "set ambient capabilities", e);
+        }
+    } else {
+        let mask = if user.uid == 0 { ctx.caps } else { 0 };
+        if let Err(e) = caps::set_process_caps(mask) {
+            fail(report, "set capabilities", e);
+        }
     }
     // SAFETY: prctl with integer arguments only.
     if ctx.no_new_privs && unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {

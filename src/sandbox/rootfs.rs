@@ -155,6 +155,11 @@ pub struct RootfsPlan {
     /// `--read-only`: the root mount is made read-only last (its submounts, such as volumes,
     /// tmpfs, /dev and /proc, keep their own flags).
     pub read_only: bool,
+    /// `--privileged` / `RUN --security=insecure` (`privileged`): no `nodev` on the root
+    /// filesystem and /dev, a writable /sys, no masked or read-only paths.
+    pub privileged: bool,
+    /// Device nodes made in /dev besides `DEVICES` (a privileged execution's).
+    pub devices: Vec<super::privileged::DeviceNode>,
 }
 
 fn ctx(what: &str, path: &Path) -> impl FnOnce(io::Error) -> io::Error {
@@ -185,9 +190,12 @@ pub fn setup_and_pivot(sys: &dyn Syscall, plan: &RootfsPlan) -> io::Result<()> {
         None,
     )
     .map_err(ctx("bind root filesystem", &plan.rootfs))?;
-    // Device nodes in the image, or made by the command with mknod, cannot be opened.
-    set_attrs_recursive(sys, &plan.rootfs, MOUNT_ATTR_NODEV)
-        .map_err(ctx("make nodev", &plan.rootfs))?;
+    // Device nodes in the image, or made by the command with mknod, cannot be opened (a
+    // privileged command may open any device: its device cgroup allows them all).
+    if !plan.privileged {
+        set_attrs_recursive(sys, &plan.rootfs, MOUNT_ATTR_NODEV)
+            .map_err(ctx("make nodev", &plan.rootfs))?;
+    }
 
     let nsn = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
     match sys.mount(
@@ -211,9 +219,14 @@ pub fn setup_and_pivot(sys: &dyn Syscall, plan: &RootfsPlan) -> io::Result<()> {
         Err(e) => return Err(e).map_err(ctx("mount proc on", &plan.proc_dir)),
     }
 
-    setup_dev(sys, &plan.dev_dir, plan.single_id, plan.shm_size)?;
+    setup_dev(sys, plan)?;
 
-    let sys_flags = nsn | MsFlags::MS_RDONLY;
+    // Read-only, except for a privileged command (docker's and BuildKit's writable sysfs).
+    let sys_flags = if plan.privileged {
+        nsn
+    } else {
+        nsn | MsFlags::MS_RDONLY
+    };
     if sys
         .mount(
             Some(Path::new("sysfs")),
@@ -276,7 +289,8 @@ fn bind_host_read_only(sys: &dyn Syscall, host: &Path, target: &Path) -> io::Res
     .map_err(ctx("make read-only", target))
 }
 
-fn setup_dev(sys: &dyn Syscall, dev: &Path, single_id: bool, shm_size: u64) -> io::Result<()> {
+fn setup_dev(sys: &dyn Syscall, plan: &RootfsPlan) -> io::Result<()> {
+    let (dev, single_id, shm_size) = (plan.dev_dir.as_path(), plan.single_id, plan.shm_size);
     // Mounted without nodev so that the nodes made here open; /dev itself is made nodev below,
     // after each node has been bound onto itself (a bind keeps the flags its source had).
     sys.mount(
@@ -300,14 +314,19 @@ fn setup_dev(sys: &dyn Syscall, dev: &Path, single_id: bool, shm_size: u64) -> i
         sys.mount(Some(&source), &p, None, MsFlags::MS_BIND, None)
             .map_err(ctx(&format!("bind {} on", source.display()), &p))?;
     }
-    sys.mount(
-        None,
-        dev,
-        None,
-        MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-        None,
-    )
-    .map_err(ctx("make nodev", dev))?;
+    if plan.privileged {
+        // /dev stays without nodev: the extra nodes open as they are made.
+        extra_devices(sys, dev, &plan.devices)?;
+    } else {
+        sys.mount(
+            None,
+            dev,
+            None,
+            MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+            None,
+        )
+        .map_err(ctx("make nodev", dev))?;
+    }
     let pts = dev.join("pts");
     sys.mkdir_all(&pts, 0o755).map_err(ctx("mkdir", &pts))?;
     sys.mount(
@@ -355,6 +374,40 @@ fn setup_dev(sys: &dyn Syscall, dev: &Path, single_id: bool, shm_size: u64) -> i
         let l = dev.join(link);
         sys.symlink(Path::new(target), &l)
             .map_err(ctx("symlink", &l))?;
+    }
+    Ok(())
+}
+
+/// A privileged execution's device nodes, made in /dev (`dev`) with the host's numbers, mode
+/// and owner. The default ones (`DEVICES`) and ptmx (the devpts instance's) are already there.
+/// Where mknod is refused (a user namespace) the host's node is bound instead.
+fn extra_devices(
+    sys: &dyn Syscall,
+    dev: &Path,
+    nodes: &[super::privileged::DeviceNode],
+) -> io::Result<()> {
+    for n in nodes {
+        let own = DEVICES.iter().any(|(name, _, _)| n.path == Path::new(name));
+        if own || n.path == Path::new("ptmx") || n.path.is_absolute() {
+            continue;
+        }
+        let p = dev.join(&n.path);
+        if let Some(parent) = p.parent().filter(|d| *d != dev) {
+            sys.mkdir_all(parent, 0o755).map_err(ctx("mkdir", parent))?;
+        }
+        match sys.mknod_dev(&p, &n.spec()) {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
+                let host = Path::new("/dev").join(&n.path);
+                if sys.kind(&host).is_none() {
+                    continue;
+                }
+                sys.touch(&p).map_err(ctx("create", &p))?;
+                sys.mount(Some(&host), &p, None, MsFlags::MS_BIND, None)
+                    .map_err(ctx(&format!("bind {} on", host.display()), &p))?;
+            }
+            Err(e) => return Err(ctx("mknod", &p)(e)),
+        }
     }
     Ok(())
 }
@@ -526,7 +579,13 @@ fn mount_extra(sys: &dyn Syscall, m: &PlannedMount, nodev_binds: bool) -> io::Re
 
 /// After `pivot_root`: masks and read-only paths, hostname, loopback, working directory.
 pub fn finish_in_root(sys: &dyn Syscall, plan: &RootfsPlan) -> io::Result<()> {
-    for p in MASKED_PATHS.iter().map(Path::new) {
+    // A privileged command sees /proc and /sys unmasked and writable, as docker's and BuildKit's.
+    let (masked, readonly) = if plan.privileged {
+        (&[][..], &[][..])
+    } else {
+        (MASKED_PATHS, READONLY_PATHS)
+    };
+    for p in masked.iter().map(Path::new) {
         match sys.kind(p) {
             Some(FileKind::Dir) => sys
                 .mount(
@@ -549,7 +608,7 @@ pub fn finish_in_root(sys: &dyn Syscall, plan: &RootfsPlan) -> io::Result<()> {
             None => {}
         }
     }
-    for p in READONLY_PATHS.iter().map(Path::new) {
+    for p in readonly.iter().map(Path::new) {
         if sys.kind(p).is_none() {
             continue;
         }
@@ -583,21 +642,19 @@ pub fn finish_in_root(sys: &dyn Syscall, plan: &RootfsPlan) -> io::Result<()> {
     if plan.read_only {
         // The root's own flags (nodev) are kept: a bind remount sets them all.
         let root = Path::new("/");
-        sys.mount(
-            None,
-            root,
-            None,
-            MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_RDONLY | MsFlags::MS_NODEV,
-            None,
-        )
-        .map_err(ctx("remount read-only", root))?;
+        let mut flags = MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_RDONLY;
+        if !plan.privileged {
+            flags |= MsFlags::MS_NODEV;
+        }
+        sys.mount(None, root, None, flags, None)
+            .map_err(ctx("remount read-only", root))?;
     }
     Ok(())
 }
 
 #[cfg(test)]
 mod tests {
-    use super::super::syscall::{Call, RecordingSyscall};
+    use super::super::syscall::{Call, DevNodeSpec, RecordingSyscall};
     use super::*;
 
     fn plan(network: Network, mounts: Vec<PlannedMount>) -> RootfsPlan {
@@ -620,6 +677,8 @@ mod tests {
             single_id: false,
             shm_size: crate::sandbox::DEFAULT_SHM_SIZE,
             read_only: false,
+            privileged: false,
+            devices: Vec::new(),
         }
     }
 
@@ -646,6 +705,116 @@ mod tests {
         assert!(setattrs_of(&calls)
             .iter()
             .any(|(t, rec, a)| t == Path::new("/r/proc") && *rec && a & MOUNT_ATTR_RDONLY != 0));
+    }
+
+    fn privileged_plan() -> RootfsPlan {
+        use crate::sandbox::privileged::DeviceNode;
+        let node = |path: &str, block, major, minor| DeviceNode {
+            path: path.into(),
+            block,
+            major,
+            minor,
+            mode: 0o600,
+            uid: 0,
+            gid: 6,
+        };
+        let mut p = plan(Network::None, vec![]);
+        p.privileged = true;
+        p.devices = vec![
+            node("null", false, 1, 3),
+            node("ptmx", false, 5, 2),
+            node("net/tun", false, 10, 200),
+            node("loop0", true, 7, 0),
+        ];
+        p
+    }
+
+    #[test]
+    fn privileged_has_no_nodev_a_writable_sys_and_the_extra_devices() {
+        let sys = RecordingSyscall::new(&[], &[]);
+        setup_and_pivot(&sys, &privileged_plan()).unwrap();
+        let calls = sys.calls();
+        let m = mounts_of(&calls);
+        // Neither the root filesystem nor /dev is made nodev.
+        assert!(setattrs_of(&calls)
+            .iter()
+            .all(|(_, _, a)| a & MOUNT_ATTR_NODEV == 0));
+        assert!(!m
+            .iter()
+            .any(|x| x.1 == Path::new("/r/dev") && x.3.contains(MsFlags::MS_REMOUNT)));
+        let sysfs = m.iter().find(|x| x.2.as_deref() == Some("sysfs")).unwrap();
+        assert!(!sysfs.3.contains(MsFlags::MS_RDONLY));
+        assert!(sysfs.3.contains(MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC));
+        // The extra nodes are made with their kind, numbers, mode and owner, parents first;
+        // the default ones and ptmx are not made twice.
+        let made: Vec<(PathBuf, DevNodeSpec)> = calls
+            .iter()
+            .filter_map(|c| match c {
+                Call::MknodDev(p, n) => Some((p.clone(), *n)),
+                _ => None,
+            })
+            .collect();
+        let spec = |block, major, minor| DevNodeSpec {
+            block,
+            mode: 0o600,
+            major,
+            minor,
+            uid: 0,
+            gid: 6,
+        };
+        assert_eq!(
+            made,
+            vec![
+                ("/r/dev/net/tun".into(), spec(false, 10, 200)),
+                ("/r/dev/loop0".into(), spec(true, 7, 0)),
+            ]
+        );
+        let mkdir = calls
+            .iter()
+            .position(|c| *c == Call::MkdirAll("/r/dev/net".into(), 0o755))
+            .expect("/dev/net made");
+        let tun = calls
+            .iter()
+            .position(|c| matches!(c, Call::MknodDev(p, _) if p == Path::new("/r/dev/net/tun")))
+            .unwrap();
+        assert!(mkdir < tun);
+        // The default devices are still the container's own nodes.
+        assert!(calls.contains(&Call::MknodChar("/r/dev/null".into(), 0o666, 1, 3)));
+    }
+
+    #[test]
+    fn privileged_devices_are_bound_from_the_host_where_mknod_is_refused() {
+        let sys = RecordingSyscall {
+            mknod_errno: Some(libc::EPERM),
+            ..RecordingSyscall::new(&[], &["/dev/loop0"])
+        };
+        setup_and_pivot(&sys, &privileged_plan()).unwrap();
+        let calls = sys.calls();
+        let m = mounts_of(&calls);
+        assert!(m.contains(&(
+            Some("/dev/loop0".into()),
+            "/r/dev/loop0".into(),
+            None,
+            MsFlags::MS_BIND
+        )));
+        // A node the host does not have is left out rather than bound from nothing.
+        assert!(!m.iter().any(|x| x.1 == Path::new("/r/dev/net/tun")));
+    }
+
+    #[test]
+    fn privileged_masks_nothing_and_keeps_proc_writable() {
+        let sys = RecordingSyscall::new(
+            &["/proc/acpi", "/proc/sys", "/proc/irq"],
+            &["/proc/kcore", "/proc/keys", "/proc/sysrq-trigger"],
+        );
+        let mut p = privileged_plan();
+        p.read_only = true;
+        finish_in_root(&sys, &p).unwrap();
+        let m = mounts_of(&sys.calls());
+        // Only the read-only root's remount, and it keeps no nodev.
+        assert_eq!(m.len(), 1, "{m:?}");
+        assert_eq!(m[0].1, Path::new("/"));
+        assert!(!m[0].3.contains(MsFlags::MS_NODEV));
     }
 
     #[test]

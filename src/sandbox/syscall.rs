@@ -71,6 +71,20 @@ pub trait Syscall {
     /// `mknod(2)` of a character device with exactly `mode` (not reduced by the umask). EPERM
     /// without CAP_MKNOD in the initial user namespace (rootless).
     fn mknod_char(&self, path: &Path, mode: u32, major: u64, minor: u64) -> io::Result<()>;
+    /// `mknod(2)` of a character or block device (`block`) with exactly `mode`, then `lchown`
+    /// to `uid`:`gid` (a privileged container's copies of the host's nodes).
+    fn mknod_dev(&self, path: &Path, node: &DevNodeSpec) -> io::Result<()>;
+}
+
+/// What `Syscall::mknod_dev` makes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DevNodeSpec {
+    pub block: bool,
+    pub mode: u32,
+    pub major: u64,
+    pub minor: u64,
+    pub uid: u32,
+    pub gid: u32,
 }
 
 fn cpath(p: &Path) -> io::Result<CString> {
@@ -232,6 +246,25 @@ impl Syscall for LinuxSyscall {
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
     }
 
+    fn mknod_dev(&self, path: &Path, node: &DevNodeSpec) -> io::Result<()> {
+        use nix::sys::stat::{makedev, mknod, Mode, SFlag};
+        use std::os::unix::fs::PermissionsExt;
+        let kind = if node.block {
+            SFlag::S_IFBLK
+        } else {
+            SFlag::S_IFCHR
+        };
+        mknod(
+            path,
+            kind,
+            Mode::from_bits_truncate(node.mode),
+            makedev(node.major, node.minor),
+        )
+        .map_err(nix_io)?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(node.mode))?;
+        std::os::unix::fs::lchown(path, Some(node.uid), Some(node.gid))
+    }
+
     fn kind(&self, path: &Path) -> Option<FileKind> {
         std::fs::symlink_metadata(path).ok().map(|m| {
             if m.is_dir() {
@@ -271,6 +304,7 @@ pub enum Call {
     WriteFile(PathBuf, Vec<u8>, u32),
     Unlink(PathBuf),
     MknodChar(PathBuf, u32, u64, u64),
+    MknodDev(PathBuf, DevNodeSpec),
 }
 
 /// Records every call and succeeds; `kind` answers from the paths given at construction,
@@ -392,6 +426,13 @@ impl Syscall for RecordingSyscall {
     }
     fn mknod_char(&self, path: &Path, mode: u32, major: u64, minor: u64) -> io::Result<()> {
         self.push(Call::MknodChar(path.to_path_buf(), mode, major, minor))?;
+        match self.mknod_errno {
+            Some(errno) => Err(io::Error::from_raw_os_error(errno)),
+            None => Ok(()),
+        }
+    }
+    fn mknod_dev(&self, path: &Path, node: &DevNodeSpec) -> io::Result<()> {
+        self.push(Call::MknodDev(path.to_path_buf(), *node))?;
         match self.mknod_errno {
             Some(errno) => Err(io::Error::from_raw_os_error(errno)),
             None => Ok(()),

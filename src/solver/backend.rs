@@ -134,6 +134,9 @@ pub struct RunOp {
     pub display: String,
     /// The platform the stage's binaries are for (emulated when this machine's is another).
     pub platform: Platform,
+    /// `RUN --security=insecure` (granted by `--allow security.insecure`): the sandbox is
+    /// privileged as BuildKit's insecure mode (`sandbox::HostDevices::BuildKitInsecure`).
+    pub insecure: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -150,6 +153,9 @@ pub struct CopyOp {
     pub urls: Vec<(String, Option<String>)>,
     /// ADD of git repositories, resolved to commits.
     pub git: Vec<crate::source::git::GitSource>,
+    /// `COPY --link` as BuildKit rebases it: executed on an empty filesystem (the `parent` of
+    /// the request is empty), its layer then stacked on the stage's.
+    pub link: bool,
 }
 
 /// A filesystem-changing operation.

@@ -54,6 +54,12 @@ pub struct BuildRequest {
     pub no_cache_filter: Vec<String>,
     pub pull: bool,
     pub network: Network,
+    /// `kiln build --allow security.insecure`: `RUN --security=insecure` runs privileged
+    /// (refused without it, with BuildKit's error).
+    pub allow_insecure: bool,
+    /// The build's checks: the solver adds what only it can find (InvalidBaseImagePlatform),
+    /// as the check options allow; the engine prints them after the build.
+    pub checks: Arc<Mutex<crate::dockerfile::lint::Report>>,
     pub labels: BTreeMap<String, String>,
     pub secrets: HashMap<String, SecretSource>,
     /// `--ssh ID=…`: each id's agent socket on the host (never part of a key).
@@ -146,6 +152,8 @@ struct BuildRequestShared {
     no_cache_filter: Vec<String>,
     pull: bool,
     network: Network,
+    allow_insecure: bool,
+    checks: Arc<Mutex<crate::dockerfile::lint::Report>>,
     source_date_epoch: Option<i64>,
 }
 
@@ -234,6 +242,8 @@ pub async fn solve_shared(
                 .collect(),
             pull: request.pull,
             network: request.network,
+            allow_insecure: request.allow_insecure,
+            checks: request.checks.clone(),
             source_date_epoch: request.source_date_epoch,
         },
         graph,
@@ -490,6 +500,26 @@ async fn solve_stage(shared: &Arc<Shared>, stage: usize) -> Result<Arc<StageResu
                     });
                 }
             };
+            if let Some(actual) = &base.platform_mismatch {
+                // BuildKit builds on it (for the stage's platform) and warns.
+                let expected = shared.stage_platforms[stage].to_string();
+                let finding = crate::dockerfile::lint::Finding {
+                    rule: "InvalidBaseImagePlatform",
+                    line: from_line,
+                    message: crate::dockerfile::lint::invalid_base_image_platform(
+                        name, &expected, actual,
+                    ),
+                };
+                let mut checks = shared.req.checks.lock().unwrap_or_else(|e| e.into_inner());
+                if checks.add(finding.clone()) && checks.error {
+                    bail!(
+                        "{}:{from_line}: FROM {name}: lint violation found for rules: \
+                         InvalidBaseImagePlatform ({}; the `# check=` options say error=true)",
+                        shared.req.dockerfile_name,
+                        finding.message
+                    );
+                }
+            }
             let trigger_instrs = onbuild_triggers(shared, &base.config, from_line, name)?;
             let created = base
                 .config
@@ -599,6 +629,13 @@ async fn run_step(
         mut inputs,
         created_by,
     } = planned;
+    // A linked COPY's key names its layer alone; the steps after it stand on the base too.
+    let linked = matches!(&op, Op::Copy(c) if c.link);
+    let next_key = if linked {
+        digest_of(&["linked", &walk.key, &key])
+    } else {
+        key.clone()
+    };
     // Another graph of this build may be running (or have run) this very step.
     let slot = shared.flights.slot(&key);
     let mut flight = slot.lock().await;
@@ -608,7 +645,7 @@ async fn run_step(
             .source_date_epoch
             .or_else(|| cached_time(shared, &key))
             .unwrap_or(walk.created);
-        walk.add_step(key, created_by, layer, created);
+        walk.add_step(next_key, created_by, layer, created);
         shared.progress.cached(id);
         return Ok(());
     }
@@ -664,7 +701,7 @@ async fn run_step(
                     .unwrap_or(walk.created);
                 note(&key, layer.as_ref(), created);
                 *flight = Some(layer.clone());
-                walk.add_step(key, created_by, layer, created);
+                walk.add_step(next_key, created_by, layer, created);
                 shared.progress.cached(id);
                 return Ok(());
             }
@@ -688,7 +725,7 @@ async fn run_step(
             note(&key, layer.as_ref(), record.created);
             // Another platform's graph with this step takes it from here too.
             *flight = Some(layer.clone());
-            walk.add_step(key, created_by, layer, created);
+            walk.add_step(next_key, created_by, layer, created);
             shared.progress.cached(id);
             return Ok(());
         }
@@ -756,7 +793,11 @@ async fn run_step(
         step: id,
         line: instr.span.start_line,
         name: name.to_string(),
-        parent: walk.layers.clone(),
+        parent: if linked {
+            Vec::new()
+        } else {
+            walk.layers.clone()
+        },
         op,
         context: shared.context.clone(),
         progress: shared.progress.clone(),
@@ -785,7 +826,7 @@ async fn run_step(
     }
     note(&key, layer.as_ref(), created);
     *flight = Some(layer.clone());
-    walk.add_step(key, created_by, layer, created);
+    walk.add_step(next_key, created_by, layer, created);
     shared.progress.done(id);
     Ok(())
 }

@@ -265,8 +265,13 @@ pub(super) async fn plan_step(
             }));
         }
         Instruction::Run(run) => {
-            if run.security == dockerfile::Security::Insecure {
-                bail!("RUN --security=insecure is not supported (only sandbox)");
+            let insecure = run.security == dockerfile::Security::Insecure;
+            if insecure && !shared.req.allow_insecure {
+                // BuildKit's words (its entitlement check), and what to do.
+                bail!(
+                    "security.insecure is not allowed: RUN --security=insecure runs only when \
+                     kiln build --allow security.insecure grants it"
+                );
             }
             let (argv, script) = run_argv(walk, &run.command, &run.heredocs);
             let arg_env = walk.arg_env();
@@ -333,11 +338,19 @@ pub(super) async fn plan_step(
             parts.extend(env.iter().map(String::as_str));
             parts.push("\0mounts");
             parts.extend(mount_keys.iter().map(String::as_str));
+            if insecure {
+                // Only then, so the keys of sandboxed steps stay as they were.
+                parts.extend(["\0security", "insecure"]);
+            }
             let key = digest_of(&parts);
             env.extend(walk.proxy_env());
             let inputs = StepInputs {
                 parent: walk.key.clone(),
-                instruction: format!("RUN {display}"),
+                instruction: if insecure {
+                    format!("RUN --security=insecure {display}")
+                } else {
+                    format!("RUN {display}")
+                },
                 args: arg_env,
                 env: walk.config.config.env.clone().unwrap_or_default(),
                 ..Default::default()
@@ -351,6 +364,7 @@ pub(super) async fn plan_step(
                 mounts: resolved,
                 display: super::shorten(&display),
                 platform: shared.stage_platforms[stage].clone(),
+                insecure,
             });
             return Ok(Some(Planned {
                 op,
@@ -384,7 +398,8 @@ fn absolute_in(base: &str, path: &str) -> String {
     } else {
         format!("{}/{}", base.trim_end_matches('/'), path)
     };
-    let trailing = path.ends_with('/') || path.ends_with("/.") || path == ".";
+    // "" is the working directory as "." is, a directory (BuildKit's "./").
+    let trailing = path.ends_with('/') || path.ends_with("/.") || path == "." || path.is_empty();
     let mut clean = format!("/{}", crate::source::fsutil::clean_rel(&joined));
     if trailing && clean != "/" {
         clean.push('/');
@@ -895,8 +910,33 @@ async fn plan_copy(
         history.push_str(&format!(" <<{n}"));
     }
     history.push_str(&format!(" {dest_word}"));
+    // COPY --link is BuildKit's rebase: its layer is made on an empty filesystem and linked on
+    // top of the base, so nothing of the base is in its key and a new base reuses it unchanged.
+    // As BuildKit, not with --chmod (BuildKit copies those as plain COPY); nor with a --chown
+    // by name, which needs the base's /etc/passwd.
+    let linked = args.link
+        && args.chmod.is_none()
+        && match chown.as_deref() {
+            None => true,
+            Some(c) => c
+                .split(':')
+                .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit())),
+        };
+    let base_key = if linked {
+        // What the layer does depend on besides the copy itself: the epoch clamps its times.
+        format!(
+            "linked:{}",
+            shared
+                .req
+                .source_date_epoch
+                .map(|e| e.to_string())
+                .unwrap_or_default()
+        )
+    } else {
+        walk.key.clone()
+    };
     let mut parts: Vec<String> = vec![
-        walk.key.clone(),
+        base_key.clone(),
         "copy".into(),
         key_text,
         dest.clone(),
@@ -915,7 +955,7 @@ async fn plan_copy(
     let refs: Vec<&str> = parts.iter().map(String::as_str).collect();
     let key = digest_of(&refs);
     let inputs = StepInputs {
-        parent: walk.key.clone(),
+        parent: base_key,
         instruction: text.clone(),
         files,
         sources: if from.is_some() {
@@ -940,6 +980,7 @@ async fn plan_copy(
         heredocs,
         urls,
         git,
+        link: linked,
     });
     Ok(Planned {
         op,

@@ -32,6 +32,7 @@ impl Backend for Fake {
             id: format!("id-{name}-{platform}"),
             config,
             layers: vec![],
+            platform_mismatch: None,
         })
     }
     fn has_layer(&self, _layer: &LayerRef) -> bool {
@@ -122,6 +123,8 @@ fn build(
         max_parallelism: 2,
         remote: None,
         named_contexts: Default::default(),
+        allow_insecure: false,
+        checks: Default::default(),
         ssh: Default::default(),
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -302,6 +305,8 @@ fn graphs_of_a_multi_platform_build_share_equal_steps() {
                 max_parallelism: 2,
                 remote: None,
                 named_contexts: Default::default(),
+                allow_insecure: false,
+                checks: Default::default(),
                 ssh: Default::default(),
             };
             let backend: Arc<dyn Backend> = fake.clone();

@@ -14,15 +14,20 @@ pub struct BaseImage {
     pub id: String,
     pub config: ImageConfigFile,
     pub layers: Vec<LayerRef>,
+    /// A single-platform image whose config names another platform than the one asked for:
+    /// that platform (`linux/arm64`). BuildKit builds on it all the same and warns
+    /// (InvalidBaseImagePlatform); the solver says so.
+    pub platform_mismatch: Option<String>,
 }
 
 /// A FROM (or `--from`) image: the local image when there is one (docker's default), else a pull;
 /// `pull` always asks the registry. Local-only names (an image ID, a name that is not a registry
 /// reference) are looked up in the store alone. A name is never an image-ID prefix
 /// (`Store::resolve_reference`).
-/// `platform` picks an index's manifest; a single-platform image must be for it (an image whose
-/// config names no architecture is taken as it is). Either mismatch is one error naming the image
-/// and the platforms it has.
+/// `platform` picks an index's manifest (an index without it is one error naming the image and
+/// the platforms it has); a single-platform image for another platform is taken as it is, with
+/// `platform_mismatch` set, as BuildKit takes it (with a warning). An image whose config names
+/// no architecture is taken as it is.
 pub fn resolve(
     store: &Store,
     name: &str,
@@ -38,17 +43,16 @@ pub fn resolve(
     let config_bytes = store.read_blob(&record.config_digest)?;
     let config = ImageConfigFile::from_json(&config_bytes)
         .with_context(|| format!("reading the config of {name}"))?;
+    let mut platform_mismatch = None;
     if !config.architecture.is_empty() {
         let have = crate::platform::Platform::of_config(
             &config.os,
             &config.architecture,
             config.variant.as_deref(),
         );
-        if !platform.matches(&have) {
-            bail!(
-                "base image {name} has no {platform} variant (it has: {have}); build it for \
-                 {platform}, or join per-platform images with kiln manifest create"
-            );
+        // BuildKit compares the OS and architecture only (not the variant).
+        if have.os != platform.os || have.architecture != platform.architecture {
+            platform_mismatch = Some(have.to_string());
         }
     }
     if config.rootfs.diff_ids.len() != manifest.layers().len() {
@@ -69,6 +73,7 @@ pub fn resolve(
         id: record.manifest_digest,
         config,
         layers,
+        platform_mismatch,
     })
 }
 fn resolve_manifest(
