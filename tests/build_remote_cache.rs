@@ -258,8 +258,14 @@ fn runner_b_reruns_nothing_then_only_the_changed_steps_with_a_token_registry() {
     );
     assert_all_cached(&built_b.log);
     assert_eq!(built_b.id, built_a.id, "runner B made another image");
-    let out = common::kiln_ok(b.path(), &["run", "--rm", "app:1"]);
-    assert_eq!(out, "v1\none\n");
+    // Its layers stayed at the registry; `run` fetches them (with the registry's credentials).
+    let out = kiln_env(Some(&reg), b.path(), &["run", "--rm", "app:1"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "v1\none\n");
 
     // An edit on a third runner: the steps before it come from the cache, the rest run, and
     // the miss is explained against the remote cache.
@@ -445,10 +451,12 @@ fn a_tampered_layer_is_refused_and_its_step_runs_again() {
         bytes[i] ^= 0x5a;
         fs::write(&path, bytes).unwrap();
     }
-    let b = runner();
-    let built_b = build(
+    // Every step hits: the image is assembled from the descriptors, nothing is downloaded.
+    // The first read of a layer (`kiln run`) fetches it, and the tampered bytes are refused.
+    let lazy = runner();
+    let built = build(
         Some(&reg),
-        b.path(),
+        lazy.path(),
         ctx.path(),
         "app:1",
         &[
@@ -458,16 +466,54 @@ fn a_tampered_layer_is_refused_and_its_step_runs_again() {
             &format!("type=registry,ref={cache}"),
         ],
     );
+    assert_all_cached(&built.log);
+    assert_eq!(built.id, built_a.id);
+    let out = kiln_env(Some(&reg), lazy.path(), &["run", "--rm", "app:1"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("fetching the layer") && err.contains("does not match its digest"),
+        "{err}"
+    );
+    assert_store_clean(lazy.path());
+
+    // A step after the cached ones needs their filesystem during the build: the blobs are
+    // fetched then, refused, and the steps run again.
+    let more = ctx.path().join("Dockerfile.more");
+    fs::write(&more, format!("{df}RUN cat /copy /copy > /twice\n")).unwrap();
+    let b = runner();
+    let built_b = build(
+        Some(&reg),
+        b.path(),
+        ctx.path(),
+        "app:more",
+        &[
+            "--build-arg",
+            "TOKEN=x",
+            "-f",
+            more.to_str().unwrap(),
+            "--cache-from",
+            &format!("type=registry,ref={cache}"),
+        ],
+    );
     assert!(built_b.log.contains("has a bad layer"), "{}", built_b.log);
     assert_eq!(
         outcome(&built_b.log, "RUN cat /app.txt /one > /copy"),
         "DONE"
     );
-    // Rebuilt, not taken from the tampered blobs: the same image as runner A's, whole.
-    assert_eq!(built_b.id, built_a.id);
+    // Rebuilt, not taken from the tampered blobs: the image a runner without a cache makes.
+    let c = runner();
+    let built_c = build(
+        Some(&reg),
+        c.path(),
+        ctx.path(),
+        "app:more",
+        &["--build-arg", "TOKEN=x", "-f", more.to_str().unwrap()],
+    );
+    assert_eq!(built_b.id, built_c.id);
     assert_store_clean(b.path());
-    let out = common::kiln_ok(b.path(), &["run", "--rm", "app:1"]);
-    assert_eq!(out, "v1\none\n");
+    let out = common::kiln_ok(b.path(), &["run", "--rm", "app:more", "cat", "/twice"]);
+    assert_eq!(out, "v1\none\nv1\none\n");
 }
 
 #[test]
@@ -988,5 +1034,196 @@ fn export_mounts_from_the_imported_cache_and_zstd_round_trips() {
     assert_all_cached(&built_d.log);
     assert_eq!(built_d.id, built_a.id);
     let out = common::kiln_ok(d.path(), &["run", "--rm", "app:1"]);
+    assert_eq!(out, "v1\none\n");
+}
+
+/// The cache's layer digests (those its manifest lists).
+fn cache_layers(reg: &Registry, repo: &str, tag: &str) -> Vec<String> {
+    let (manifest, _) = cache_at(reg, repo, tag);
+    manifest["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["digest"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// The registry's requests from `from` on that GET the blob `digest`.
+fn blob_gets(reg: &Registry, from: usize, digest: &str) -> Vec<String> {
+    reg.requests()[from..]
+        .iter()
+        .filter(|r| r.starts_with("GET ") && r.contains(&format!("/blobs/{digest} ")))
+        .cloned()
+        .collect()
+}
+
+#[test]
+fn an_all_hit_build_downloads_no_layer_its_push_mounts_them_and_run_fetches_them_lazily() {
+    common::require_root();
+    let reg = Registry::start_logged(AuthMode::None);
+    let host = reg.host();
+    let base = seed_base(&reg);
+    let df = dockerfile(APP_DOCKERFILE, &base);
+    let ctx = context(&[("Dockerfile", &df), ("app.txt", "v1\n")]);
+    let cache = format!("{host}/cache/app:main");
+    let a = runner();
+    let built_a = build(
+        Some(&reg),
+        a.path(),
+        ctx.path(),
+        "app:1",
+        &[
+            "--build-arg",
+            "TOKEN=x",
+            "--cache-to",
+            &format!("type=registry,ref={cache}"),
+        ],
+    );
+    let layers = cache_layers(&reg, "cache/app", "main");
+    assert_eq!(layers.len(), 3, "{layers:?}");
+
+    // Runner B: every step hits; the image is assembled from the cache's descriptors and
+    // pushed to another repository of the same registry, which mounts the layers.
+    let before = reg.requests().len();
+    let b = runner();
+    let image = format!("{host}/apps/app:1");
+    let built_b = build(
+        Some(&reg),
+        b.path(),
+        ctx.path(),
+        &image,
+        &[
+            "--build-arg",
+            "TOKEN=x",
+            "--cache-from",
+            &format!("type=registry,ref={cache}"),
+            "--push",
+        ],
+    );
+    assert_all_cached(&built_b.log);
+    assert_eq!(built_b.id, built_a.id);
+    let after_build = reg.requests().len();
+    for d in &layers {
+        assert!(
+            blob_gets(&reg, before, d).is_empty(),
+            "the layer {d} was downloaded: {:?}",
+            &reg.requests()[before..]
+        );
+        assert!(
+            !has_blob(b.path(), d),
+            "the layer {d} is in runner B's store"
+        );
+        let mount = format!(
+            "POST /v2/apps/app/blobs/uploads/?mount={}&from=cache%2Fapp 201",
+            d.replace(':', "%3A")
+        );
+        assert!(
+            reg.requests()[before..].contains(&mount),
+            "no cross-repository mount of {d}: {:?}",
+            &reg.requests()[before..]
+        );
+    }
+    // Only the image config (not in the cache) is uploaded.
+    let uploads: Vec<_> = reg.requests()[before..]
+        .iter()
+        .filter(|r| r.starts_with("PUT /v2/apps/app/blobs/uploads/"))
+        .cloned()
+        .collect();
+    assert_eq!(uploads.len(), 1, "{uploads:?}");
+    assert!(
+        uploads[0].contains(&format!("digest={} ", built_b.id.replace(':', "%3A"))),
+        "{uploads:?}"
+    );
+    // The pushed image is whole: another root pulls and runs it.
+    let pulled = runner();
+    let out = kiln_env(Some(&reg), pulled.path(), &["run", "--rm", &image]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "v1\none\n");
+
+    // Something that needs the filesystem fetches the layers then, verified: `kiln run`.
+    let mark = reg.requests().len();
+    let out = kiln_env(Some(&reg), b.path(), &["run", "--rm", &image]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "v1\none\n");
+    for d in &layers {
+        assert_eq!(blob_gets(&reg, mark, d).len(), 1, "{d}");
+        assert!(has_blob(b.path(), d));
+    }
+    assert!(after_build <= mark);
+    assert_store_clean(b.path());
+
+    // A later build on a runner with the lazy image, without --cache-from: its hits stand on
+    // the remote layers, and the step after them fetches them.
+    let c = runner();
+    build(
+        Some(&reg),
+        c.path(),
+        ctx.path(),
+        "app:1",
+        &[
+            "--build-arg",
+            "TOKEN=x",
+            "--cache-from",
+            &format!("type=registry,ref={cache}"),
+        ],
+    );
+    for d in &layers {
+        assert!(!has_blob(c.path(), d));
+    }
+    fs::write(
+        ctx.path().join("Dockerfile.more"),
+        format!("{df}RUN cat /copy /copy > /twice\n"),
+    )
+    .unwrap();
+    let more = ctx.path().join("Dockerfile.more");
+    let built_c = build(
+        Some(&reg),
+        c.path(),
+        ctx.path(),
+        "app:more",
+        &["--build-arg", "TOKEN=x", "-f", more.to_str().unwrap()],
+    );
+    assert_eq!(
+        outcome(&built_c.log, "RUN cat /app.txt /one > /copy"),
+        "CACHED"
+    );
+    assert_eq!(
+        outcome(&built_c.log, "RUN cat /copy /copy > /twice"),
+        "DONE"
+    );
+    let out = kiln_env(
+        Some(&reg),
+        c.path(),
+        &["run", "--rm", "app:more", "cat", "/twice"],
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "v1\none\nv1\none\n");
+
+    // `kiln save` of a lazy image fetches its layers and writes them: the archive loads and runs.
+    let d = runner();
+    build(
+        Some(&reg),
+        d.path(),
+        ctx.path(),
+        "app:1",
+        &[
+            "--build-arg",
+            "TOKEN=x",
+            "--cache-from",
+            &format!("type=registry,ref={cache}"),
+        ],
+    );
+    let tar = d.path().join("app.tar");
+    common::kiln_ok(d.path(), &["save", "-o", tar.to_str().unwrap(), "app:1"]);
+    let e = runner();
+    common::kiln_ok(e.path(), &["load", "-i", tar.to_str().unwrap()]);
+    let out = common::kiln_ok(e.path(), &["run", "--rm", "app:1"]);
     assert_eq!(out, "v1\none\n");
 }

@@ -111,6 +111,7 @@ pub fn main() -> i32 {
         }
     }
     crate::store::set_open_hook(recover_leftovers);
+    crate::store::set_fetch_hook(crate::registry::artifact::fetch_remote_blob);
     let code = match dispatch(cli) {
         Ok(code) => code,
         // The output was cut short by its reader: not an error to report.

@@ -215,3 +215,58 @@ fn restore_one(
     std::fs::rename(&path, dir).with_context(|| format!("moving into {}", dir.display()))?;
     Ok(())
 }
+
+/// Compresses each layer a step makes on a thread of its own while the build goes on, when a
+/// `--cache-to` of every step (`mode=max`) will send it: the export then finds the blob made
+/// (`remotecache::layer_blob_for_export` is idempotent) instead of compressing every layer after
+/// the last step.
+pub struct Precompress {
+    compression: Option<remotecache::CacheCompression>,
+    pending: Mutex<Vec<std::thread::JoinHandle<()>>>,
+}
+
+impl Precompress {
+    /// For the first registry or local `--cache-to` in `mode=max`, if there is one.
+    pub fn for_exports(to: &[CacheTo]) -> Option<Precompress> {
+        to.iter().find_map(|t| match t {
+            CacheTo::Registry {
+                mode: CacheMode::Max,
+                compression,
+                ..
+            }
+            | CacheTo::Local {
+                mode: CacheMode::Max,
+                compression,
+                ..
+            } => Some(Precompress {
+                compression: *compression,
+                pending: Mutex::new(Vec::new()),
+            }),
+            _ => None,
+        })
+    }
+
+    /// Starts compressing `layer` (an error is left for the export, which tries again and
+    /// reports it).
+    pub fn start(&self, store: &Arc<Store>, layer: &crate::solver::cache::LayerRef) {
+        let (store, layer, compression) = (store.clone(), layer.clone(), self.compression);
+        let handle = std::thread::spawn(move || {
+            let _ = remotecache::layer_blob_for_export(&store, &layer, compression);
+        });
+        if let Ok(mut p) = self.pending.lock() {
+            p.push(handle);
+        }
+    }
+
+    /// Waits for every compression started.
+    pub fn wait(&self) {
+        let handles = self
+            .pending
+            .lock()
+            .map(|mut p| std::mem::take(&mut *p))
+            .unwrap_or_default();
+        for h in handles {
+            let _ = h.join();
+        }
+    }
+}

@@ -147,8 +147,10 @@ pub fn build(root: &Path, opts: BuildOptions) -> Result<i32> {
         named_contexts: named_contexts.clone(),
     };
     let db = Arc::new(Mutex::new(open_db(store.root())?));
+    let precompress = cache::Precompress::for_exports(&opts.cache_to).map(Arc::new);
     let backend: Arc<dyn Backend> = Arc::new(StoreBackend {
         store: store.clone(),
+        precompress: precompress.clone(),
         run_limits: opts.run_limits.clone(),
         run_settings: opts.run_settings.clone(),
         mounts: cache::MountRestorer {
@@ -202,10 +204,11 @@ pub fn build(root: &Path, opts: BuildOptions) -> Result<i32> {
             Ok::<_, anyhow::Error>(results.into_iter().flatten().collect::<Vec<_>>())
         });
         let solved = solved.and_then(|results| {
-            // The image's layers go into the store with it.
+            // The image's layers go into the store with it; those a registry cache holds stay
+            // there until something reads them (`Imports::assemble`).
             if let Some(i) = &imports {
                 for r in &results {
-                    crate::solver::remotecache::RemoteCache::materialize(i.as_ref(), &r.layers)?;
+                    i.assemble(&r.layers)?;
                 }
             }
             Ok(results)
@@ -286,6 +289,9 @@ pub fn build(root: &Path, opts: BuildOptions) -> Result<i32> {
     };
     if let Some(path) = &opts.iidfile {
         std::fs::write(path, &image_id).with_context(|| format!("--iidfile {}", path.display()))?;
+    }
+    if let Some(p) = &precompress {
+        p.wait();
     }
     for to in &opts.cache_to {
         if to == &crate::solver::remotecache::CacheTo::Inline {
@@ -446,6 +452,8 @@ struct StoreBackend {
     run_settings: crate::ops::RunSettings,
     /// Cache mounts of `--cache-from` caches, restored before the first RUN that mounts them.
     mounts: cache::MountRestorer,
+    /// Layers compressed as their steps finish, for a `mode=max` cache export.
+    precompress: Option<Arc<cache::Precompress>>,
 }
 
 impl Backend for StoreBackend {
@@ -459,14 +467,25 @@ impl Backend for StoreBackend {
     }
 
     fn has_layer(&self, layer: &LayerRef) -> bool {
+        // A remote blob (an image assembled from a registry cache) is fetched when a step reads it.
         self.store.has_layer_content(&layer.digest).unwrap_or(false)
+            || self
+                .store
+                .remote_blob(&layer.digest)
+                .ok()
+                .flatten()
+                .is_some()
     }
 
     fn execute(&self, req: ExecRequest) -> Result<Option<LayerRef>> {
         if let crate::solver::Op::Run(run) = &req.op {
             self.mounts.restore(&self.store, &run.mounts)?;
         }
-        crate::ops::execute(&self.store, req, &self.run_limits, &self.run_settings)
+        let layer = crate::ops::execute(&self.store, req, &self.run_limits, &self.run_settings)?;
+        if let (Some(p), Some(l)) = (&self.precompress, &layer) {
+            p.start(&self.store, l);
+        }
+        Ok(layer)
     }
 
     fn parse_trigger(&self, trigger: &str) -> Result<crate::dockerfile::Spanned> {

@@ -183,6 +183,8 @@ pub fn save(
         for layer in manifest.layers() {
             let d = layer.digest().to_string();
             if !blobs.contains_key(&d) {
+                // A layer kept at a registry (`store::remote`) is fetched now.
+                store.ensure_blob(&d)?;
                 let size = store
                     .blob_size(&d)
                     .with_context(|| format!("layer {d} is missing from the store"))?;

@@ -157,3 +157,36 @@ impl Repository {
         super::push::put_manifest(&self.client, &self.repo, media_type, bytes, "manifest")
     }
 }
+
+/// Fetches a remote blob of the store (`store::remote`: a layer an image names that stayed at
+/// its registry) from its `host/repository`, verified: the hook `cli` installs with
+/// `store::set_fetch_hook`, so whatever reads the blob first (unpacking it for `kiln run` or a
+/// step, `save`, a push that cannot mount it) downloads it then.
+pub fn fetch_remote_blob(
+    store: &crate::store::Store,
+    blob: &crate::store::RemoteBlob,
+) -> Result<()> {
+    let Some((registry, repository)) = blob.source.split_once('/') else {
+        bail!(
+            "the blob {} has no registry repository ({:?})",
+            blob.digest,
+            blob.source
+        );
+    };
+    let mut ctx = RegistryContext::load(store.root().to_path_buf())?;
+    ctx.quiet = true;
+    let repo = RepoRef {
+        registry: registry.to_string(),
+        repository: repository.to_string(),
+        tag: None,
+        digest: None,
+    };
+    let desc = Descriptor {
+        media_type: blob.media_type.clone(),
+        digest: blob.digest.clone(),
+        size: blob.size,
+        platform: None,
+        urls: Vec::new(),
+    };
+    Repository::open(&ctx, &repo, false, &[])?.fetch_blob(&desc, store)
+}

@@ -109,6 +109,10 @@ pub(super) fn push_blob(
             super::client::resolve_location(&url, &loc)
         }
     };
+    if store.blob_size(digest).is_none() {
+        // A blob the store keeps at another registry comes now (`store::remote`).
+        drop(store.open_blob(digest)?);
+    }
     let size = store
         .blob_size(digest)
         .with_context(|| format!("blob {digest} is missing from the local store"))?;

@@ -34,6 +34,10 @@ pub fn ensure_compressed(
     if media_type_compression(&layer.media_type) == compression && store.has_blob(&layer.digest) {
         return Ok(layer.clone());
     }
+    // A remote blob of this layer (`store::remote`) is fetched to be recompressed.
+    if store.unpacked_layer(&layer.diff_id)?.is_none() && !store.has_blob(&layer.digest) {
+        store.ensure_blob(&layer.digest)?;
+    }
     let stored = store.layers_with_diff_id(&layer.diff_id)?;
     if let Some(found) = stored
         .iter()
@@ -134,7 +138,8 @@ pub fn export_manifest(
     let mut changed = false;
     for (desc, diff_id) in layers.iter_mut().zip(diff_ids) {
         let digest = desc.digest().to_string();
-        if store.has_blob(&digest) {
+        // A remote blob goes as it is: a push mounts it, a save fetches it (`store::remote`).
+        if store.has_blob_or_remote(&digest)? {
             continue;
         }
         let blob = ensure_compressed(
@@ -212,7 +217,7 @@ fn export_index(store: &Store, index_digest: &str, compression: Compression) -> 
 /// decompressed, or for a layer kept unpacked, its tar written again on a thread (checked
 /// against the DiffID: a mismatch is a read error at the end of the stream).
 pub fn open_layer_tar(store: &Store, digest: &str, diff_id: &str) -> Result<Box<dyn Read>> {
-    if store.has_blob(digest) {
+    if store.ensure_blob(digest)? {
         let file = store.open_blob(digest)?;
         let (_, reader) = crate::oci::compress::decompress(io::BufReader::new(file))?;
         return Ok(reader);

@@ -179,16 +179,28 @@ impl Store {
         Ok(self.blobs_dir().join(digest_hex(digest)?))
     }
 
-    /// Opens a blob for reading.
+    /// Opens a blob for reading (a remote blob is fetched first: `store::remote`).
     pub fn open_blob(&self, digest: &str) -> Result<fs::File> {
         let path = self.blob_path(digest)?;
-        fs::File::open(&path).with_context(|| format!("blob {digest} is missing from the store"))
+        match fs::File::open(&path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && self.ensure_blob(digest)? => {
+                fs::File::open(&path)
+            }
+            other => other,
+        }
+        .with_context(|| format!("blob {digest} is missing from the store"))
     }
 
-    /// Reads a whole (small) blob: manifests, configs.
+    /// Reads a whole (small) blob: manifests, configs (a remote blob is fetched first).
     pub fn read_blob(&self, digest: &str) -> Result<Vec<u8>> {
         let path = self.blob_path(digest)?;
-        fs::read(&path).with_context(|| format!("blob {digest} is missing from the store"))
+        match fs::read(&path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && self.ensure_blob(digest)? => {
+                fs::read(&path)
+            }
+            other => other,
+        }
+        .with_context(|| format!("blob {digest} is missing from the store"))
     }
 
     /// Size of a blob, if present.

@@ -301,7 +301,7 @@ impl Store {
         let mut size = config_bytes.len() as u64;
         for layer in manifest.layers() {
             let digest = layer.digest().to_string();
-            if !self.has_layer_content(&digest)? {
+            if !self.has_layer_content(&digest)? && self.remote_blob(&digest)?.is_none() {
                 bail!("layer {digest} is missing from the store");
             }
             size += self.blob_size(&digest).unwrap_or(layer.size());
@@ -351,7 +351,10 @@ impl Store {
                     .collect::<Vec<_>>()
                     .iter(),
             ) {
-                if !self.has_blob(blob) && !unpacked_tx(tx, blob)? {
+                if !self.has_blob(blob)
+                    && !unpacked_tx(tx, blob)?
+                    && !super::remote::is_remote_tx(tx, blob)?
+                {
                     bail!("blob {blob} was removed while the image was being stored; try again");
                 }
             }

@@ -11,6 +11,7 @@
 mod blobs;
 pub mod gc;
 mod images;
+mod remote;
 pub mod space;
 
 pub use blobs::{Blob, BlobWriter};
@@ -18,6 +19,7 @@ pub use images::{
     CommittedImage, ImageRecord, IndexEntry, IndexRecord, LayerRecord, UnpackedLayerRecord,
     UNCOMPRESSED_LAYER,
 };
+pub use remote::{set_fetch_hook, FetchHook, RemoteBlob};
 
 use std::fs;
 use std::os::fd::AsRawFd;
@@ -112,6 +114,7 @@ impl Store {
         store.migrate("store", images::MIGRATIONS)?;
         store.migrate("store_indexes", images::INDEX_MIGRATIONS)?;
         store.migrate("store_gc", gc::MIGRATIONS)?;
+        store.migrate("store_remote", remote::MIGRATIONS)?;
         if let Some(hook) = OPEN_HOOK.get() {
             let first = HOOKED_ROOTS.lock().is_ok_and(|mut roots| {
                 let first = !roots.contains(&store.root);

@@ -55,6 +55,31 @@ impl Drop for Registry {
 
 impl Registry {
     pub fn start(mode: AuthMode) -> Registry {
+        Registry::start_with(mode, false)
+    }
+
+    /// A registry that logs every request it serves (see [`Registry::requests`]).
+    pub fn start_logged(mode: AuthMode) -> Registry {
+        Registry::start_with(mode, true)
+    }
+
+    /// The request lines the registry served so far, each as `METHOD PATH STATUS` (a registry
+    /// from [`Registry::start_logged`]; its access log is in combined log format).
+    pub fn requests(&self) -> Vec<String> {
+        let log = fs::read_to_string(self.dir.path().join("registry.log")).unwrap_or_default();
+        log.lines()
+            .filter_map(|l| {
+                let (_, rest) = l.split_once('"')?;
+                let (request, after) = rest.split_once('"')?;
+                let mut words = request.split_whitespace();
+                let (method, path) = (words.next()?, words.next()?);
+                let status = after.split_whitespace().next()?;
+                Some(format!("{method} {path} {status}"))
+            })
+            .collect()
+    }
+
+    fn start_with(mode: AuthMode, logged: bool) -> Registry {
         let mut last_err = String::new();
         // A free port can be taken between asking and binding; try a few.
         for _ in 0..5 {
@@ -90,7 +115,8 @@ impl Registry {
                 }
             };
             let config = format!(
-                "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n{auth}",
+                "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: {}\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n{auth}",
+                !logged,
                 dir.path().join("data").display()
             );
             let cfg_path = dir.path().join("config.yml");

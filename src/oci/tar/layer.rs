@@ -789,8 +789,10 @@ impl Applier {
                         io::copy(entry, &mut file)?;
                     }
                 }
+                // Through the open file: no path walks, no lstat (unpacking thousands of small
+                // files is bound by these metadata calls).
+                self.set_file_metadata(&file, &dest, &meta)?;
                 drop(file);
-                self.set_metadata(&dest, &meta, false)?;
             }
             tar::EntryType::Symlink => {
                 let target = entry
@@ -901,6 +903,43 @@ impl Applier {
                 self.written.insert(victim);
             }
         }
+        Ok(())
+    }
+
+    /// [`Self::set_metadata`] of a regular file just written, through its descriptor.
+    fn set_file_metadata(&self, file: &fs::File, path: &Path, meta: &EntryMeta) -> Result<()> {
+        if let Err(e) = std::os::unix::fs::fchown(file, Some(meta.uid), Some(meta.gid)) {
+            let single = crate::rootless::mapping() == crate::rootless::Mapping::Single;
+            if single && e.raw_os_error() == Some(libc::EINVAL) {
+                std::os::unix::fs::fchown(file, Some(0), Some(0))
+                    .with_context(|| format!("chown {}", path.display()))?;
+            } else if self.as_root {
+                return Err(e).with_context(|| format!("chown {}", path.display()));
+            }
+        }
+        for (k, v) in &meta.xattrs {
+            if crate::rootless::is_overlay_xattr(k) {
+                continue; // overlayfs' own: a layer must not smuggle redirects or opacity
+            }
+            if let Err(e) = set_xattr(path, k, v) {
+                if self.as_root && e.raw_os_error() != Some(libc::ENOTSUP) {
+                    return Err(e).with_context(|| {
+                        format!(
+                            "setting xattr {} on {}",
+                            String::from_utf8_lossy(k),
+                            path.display()
+                        )
+                    });
+                }
+            }
+        }
+        // After chown, which clears set-id bits.
+        use std::os::unix::fs::PermissionsExt;
+        file.set_permissions(fs::Permissions::from_mode(meta.mode & 0o7777))
+            .with_context(|| format!("chmod {}", path.display()))?;
+        let t = nix::sys::time::TimeSpec::new(meta.mtime.0, meta.mtime.1 as i64);
+        nix::sys::stat::futimens(std::os::fd::AsRawFd::as_raw_fd(file), &t, &t)
+            .with_context(|| format!("setting times on {}", path.display()))?;
         Ok(())
     }
 

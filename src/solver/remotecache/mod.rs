@@ -464,6 +464,53 @@ impl Imports {
         self.by_key.len()
     }
 
+    /// The registry repository (`host/repository`) of a cache whose manifest lists `digest`: the
+    /// blob is certainly there, so an image may name it without fetching it.
+    pub fn remote_source(&self, digest: &str) -> Option<String> {
+        if self.is_refused(digest) {
+            return None;
+        }
+        self.sources.iter().find_map(|s| {
+            let (registry, repository) = s.blobs.registry_repo()?;
+            s.listed
+                .contains(digest)
+                .then(|| format!("{registry}/{repository}"))
+        })
+    }
+
+    /// Puts the built image's layers in the store lazily: a layer a registry cache lists stays
+    /// there, recorded as a remote blob (`store::remote`, fetched when something first reads it:
+    /// `kiln run`, a later step, `save`; a push to the same registry mounts it); the others (a
+    /// `type=local` cache's) are copied now.
+    pub fn assemble(&self, layers: &[LayerRef]) -> Result<()> {
+        let mut fetch = Vec::new();
+        for l in layers {
+            if self.store.has_layer_content(&l.digest)?
+                || self.store.remote_blob(&l.digest)?.is_some()
+            {
+                continue;
+            }
+            match self.remote_source(&l.digest) {
+                Some(source) => {
+                    self.store.record_remote_blob(&crate::store::RemoteBlob {
+                        digest: l.digest.clone(),
+                        source,
+                        media_type: l.media_type.clone(),
+                        size: l.size,
+                    })?;
+                    self.store.record_layer(&crate::store::LayerRecord {
+                        digest: l.digest.clone(),
+                        diff_id: l.diff_id.clone(),
+                        media_type: l.media_type.clone(),
+                        size: l.size,
+                    })?;
+                }
+                None => fetch.push(l.clone()),
+            }
+        }
+        self.materialize(&fetch)
+    }
+
     /// Whether the cache at `registry/repository` lists `digest` in its manifest.
     pub fn listed_in(&self, registry: &str, repository: &str, digest: &str) -> bool {
         self.sources.iter().any(|s| {
@@ -683,7 +730,12 @@ pub fn prepare(
                 let new = if !here && compression.is_none() && keep_remote(l) {
                     l.clone()
                 } else {
-                    if !here {
+                    // A remote blob no imported cache lists (an earlier build's) is fetched
+                    // from where the store says it is.
+                    let elsewhere = !here
+                        && !imports.is_some_and(|i| i.by_blob.contains_key(&l.digest))
+                        && store.ensure_blob(&l.digest)?;
+                    if !here && !elsewhere {
                         let imports = imports.ok_or_else(|| {
                             anyhow!(
                                 "the layer {} of step {} is not in the store",
