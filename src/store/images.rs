@@ -1101,9 +1101,12 @@ fn set_name_tx(tx: &Transaction, name: &Reference, manifest_digest: &str) -> Res
     if !exists {
         bail!("manifest {manifest_digest} is not in the store");
     }
+    // A name that already points there is left alone: a rebuild that changed nothing then
+    // commits a transaction that wrote nothing, which costs no fsync.
     tx.execute(
         "INSERT INTO images (name, manifest, updated) VALUES (?1, ?2, ?3)
-         ON CONFLICT(name) DO UPDATE SET manifest = excluded.manifest, updated = excluded.updated",
+         ON CONFLICT(name) DO UPDATE SET manifest = excluded.manifest, updated = excluded.updated
+         WHERE images.manifest IS NOT excluded.manifest",
         params![name.full(), manifest_digest, now()],
     )?;
     Ok(())
