@@ -1074,6 +1074,7 @@ pub(super) fn forget_layer_tx(tx: &Transaction, diff_id: &str) -> Result<()> {
         )
         .optional()?;
     tx.execute("DELETE FROM unpacked_layers WHERE diff_id = ?1", [diff_id])?;
+    tx.execute("DELETE FROM layer_resume WHERE diff_id = ?1", [diff_id])?;
     if let Some(hex) = changes.and_then(|c| crate::digest::digest_hex(&c).ok().map(String::from)) {
         pend(format!("blobs/sha256/{hex}"))?;
     }
