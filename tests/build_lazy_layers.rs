@@ -431,3 +431,59 @@ fn a_copy_where_few_files_changed_links_the_rest_and_equals_a_full_copy() {
         common::kiln_ok(root.path(), &["save", "-o", to.to_str().unwrap(), image]);
     }
 }
+
+#[test]
+fn a_rebuild_after_one_file_changed_hashes_only_the_layer_past_it() {
+    // 40 files of 256 KiB: the layer's tar has checkpoints every few MiB to resume hashing at.
+    let root = root_with_busybox();
+    let ctx = context(&[(
+        "Dockerfile",
+        "FROM busybox:latest\nWORKDIR /srv\nCOPY tree /srv/tree\n",
+    )]);
+    let bodies: Vec<(String, String)> = (0..40)
+        .map(|i| {
+            let line = format!("// file {i}\n");
+            (
+                format!("tree/f{i:02}.js"),
+                line.repeat(256 * 1024 / line.len()),
+            )
+        })
+        .collect();
+    let files: Vec<(&str, Option<&str>)> = bodies
+        .iter()
+        .map(|(p, b)| (p.as_str(), Some(b.as_str())))
+        .collect();
+    write_tree(ctx.path(), &files);
+    let c = ctx.path().to_str().unwrap();
+    let sde = ["--build-arg", "SOURCE_DATE_EPOCH=1700000000"];
+    let (_, log) = build_ok(root.path(), &[&["-t", "one:1"][..], &sde, &[c]].concat());
+    assert!(!log.contains("are the previous layer's"), "{log}");
+
+    // A file in the middle changed: the tar before it is the previous layer's.
+    write_tree(ctx.path(), &[("tree/f20.js", Some("changed\n"))]);
+    let (_, log) = build_ok(root.path(), &[&["-t", "one:2"][..], &sde, &[c]].concat());
+    assert!(
+        log.contains("are the previous layer's, hashed from there on"),
+        "{log}"
+    );
+    // Then one further on, from the checkpoints that rebuild recorded.
+    write_tree(ctx.path(), &[("tree/f35.js", Some("changed too\n"))]);
+    let (_, log) = build_ok(root.path(), &[&["-t", "one:3"][..], &sde, &[c]].concat());
+    assert!(
+        log.contains("are the previous layer's, hashed from there on"),
+        "{log}"
+    );
+
+    // The same DiffIDs as a full copy in an empty root, and an export checks them once more.
+    let fresh = root_with_busybox();
+    build_ok(fresh.path(), &[&["-t", "one:3"][..], &sde, &[c]].concat());
+    assert_eq!(
+        diff_ids(fresh.path(), "one:3"),
+        diff_ids(root.path(), "one:3")
+    );
+    let dir = tempfile::tempdir().unwrap();
+    for image in ["one:2", "one:3"] {
+        let to = dir.path().join("x.tar");
+        common::kiln_ok(root.path(), &["save", "-o", to.to_str().unwrap(), image]);
+    }
+}

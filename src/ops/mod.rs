@@ -66,10 +66,20 @@ pub fn execute(
             &snap,
             &changes,
             req.source_date_epoch,
+            req.previous.as_ref().map(|p| p.layer.diff_id.as_str()),
         )?
     } else {
         None
     };
+    if let Some(k) = kept.as_ref().filter(|k| k.reused > 0) {
+        req.progress.log(
+            req.step,
+            &format!(
+                "layer: the first {} of its tar are the previous layer's, hashed from there on",
+                crate::store::space::human(k.reused)
+            ),
+        );
+    }
     let layer = match kept {
         Some(kept) => LayerRef {
             digest: kept.diff_id.clone(),

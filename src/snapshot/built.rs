@@ -25,6 +25,8 @@ pub struct KeptLayer {
     pub diff_id: String,
     /// Bytes of the uncompressed tar.
     pub size: u64,
+    /// Bytes at the start of the tar not hashed again (shared with `keep_upper`'s `base`).
+    pub reused: u64,
 }
 
 /// Encodes a change list (see the module doc).
@@ -77,12 +79,17 @@ pub fn decode_changes(bytes: &[u8]) -> Result<Vec<Change>> {
 /// that layer is already there: same content), the filesystem synced, the entry list stored and
 /// the layer recorded. Returns None when the upperdir could not be moved (the caller then writes
 /// a blob as before).
+///
+/// `base`: a layer this one likely starts like (an incremental COPY's previous result, whose
+/// unchanged files the upperdir links): hashing resumes after the part of the tar the two share
+/// (`oci::tar::layer::hash_layer`), and the checkpoints are recorded for the next rebuild.
 pub fn keep_upper(
     store: &Store,
     snapshotter: &Snapshotter,
     snap: &ActiveSnapshot,
     changes: &[Change],
     source_date_epoch: Option<i64>,
+    base: Option<&str>,
 ) -> Result<Option<KeptLayer>> {
     let upper = snap.upper();
     if let Some(epoch) = source_date_epoch {
@@ -90,26 +97,45 @@ pub fn keep_upper(
             .with_context(|| format!("clamping mtimes in {}", upper.display()))?;
     }
     let opts = crate::oci::layer::WriteOptions { source_date_epoch };
-    let mut hasher = crate::oci::compress::DiffIdWriter::new();
-    crate::oci::layer::write_layer(&upper, changes, &mut hasher, &opts)
-        .context("writing the step's layer")?;
-    let (diff_id, size) = hasher.finish().context("hashing the step's layer")?;
+    let base_checkpoints = match base {
+        Some(d) => store
+            .layer_checkpoints(d)?
+            .map(|b| crate::oci::layer::decode_checkpoints(&b))
+            .unwrap_or_default(),
+        None => Vec::new(),
+    };
+    let hashed = crate::oci::layer::hash_layer(&upper, changes, &opts, &base_checkpoints)
+        .context("hashing the step's layer")?;
+    let diff_id = hashed.diff_id.clone();
+    let size = hashed.size;
     let dir = snapshotter.layer_dir(&diff_id)?;
+    // The checkpoints describe the upperdir's files: kept only when it becomes the layer.
+    let mut moved = false;
     if !dir.is_dir() {
         // Within the snapshots filesystem; the overlay keeps working until it is unmounted.
-        if std::fs::rename(&upper, &dir).is_err() && !dir.is_dir() {
+        if std::fs::rename(&upper, &dir).is_ok() {
+            moved = true;
+        } else if !dir.is_dir() {
             return Ok(None);
         }
     }
     sync_filesystem(&dir)?;
     let list = store.put_blob_bytes(&encode_changes(changes))?;
-    store.record_unpacked_layer(&UnpackedLayerRecord {
-        diff_id: diff_id.clone(),
+    let checkpoints = moved.then(|| crate::oci::layer::encode_checkpoints(&hashed.checkpoints));
+    store.record_unpacked_layer_resumable(
+        &UnpackedLayerRecord {
+            diff_id: diff_id.clone(),
+            size,
+            changes: list.digest,
+            source_date_epoch,
+        },
+        checkpoints.as_deref(),
+    )?;
+    Ok(Some(KeptLayer {
+        diff_id,
         size,
-        changes: list.digest,
-        source_date_epoch,
-    })?;
-    Ok(Some(KeptLayer { diff_id, size }))
+        reused: hashed.reused,
+    }))
 }
 
 /// Writes the tar of the unpacked layer `layer` again, byte for byte the one its DiffID was

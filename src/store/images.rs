@@ -69,6 +69,16 @@ pub(super) const MIGRATIONS: &[&str] = &[
 ",
 ];
 
+/// Where hashing an unpacked layer's tar can resume (`oci::tar::layer::TarCheckpoint`, encoded),
+/// for a layer a build made whose directory is the tar it was hashed from. Forgotten with the
+/// layer's `unpacked_layers` row.
+pub(super) const RESUME_MIGRATIONS: &[&str] = &["
+    CREATE TABLE layer_resume (
+        diff_id TEXT PRIMARY KEY,
+        checkpoints BLOB NOT NULL
+    );
+"];
+
 /// Image indexes (multi-platform images), kept in their own module's migrations: a name in
 /// `images` points at a manifest or at an index; an index lists its manifests with their
 /// platforms. Manifests an index lists are kept while it exists, and are not dangling images.
@@ -393,7 +403,23 @@ impl Store {
     /// `snapshots/layers/<hex of diff_id>/` (which must be in place), its entry list the blob
     /// `changes` (already stored). Also recorded as a layer (digest = DiffID, uncompressed).
     pub fn record_unpacked_layer(&self, layer: &UnpackedLayerRecord) -> Result<()> {
+        self.record_unpacked_layer_resumable(layer, None)
+    }
+
+    /// [`Store::record_unpacked_layer`], with the checkpoints its tar's hashing can resume from
+    /// (replacing any the DiffID had: they describe the directory just made).
+    pub fn record_unpacked_layer_resumable(
+        &self,
+        layer: &UnpackedLayerRecord,
+        checkpoints: Option<&[u8]>,
+    ) -> Result<()> {
         self.transaction(|tx| {
+            if let Some(cps) = checkpoints {
+                tx.execute(
+                    "INSERT OR REPLACE INTO layer_resume (diff_id, checkpoints) VALUES (?1, ?2)",
+                    params![layer.diff_id, cps],
+                )?;
+            }
             tx.execute(
                 "INSERT OR IGNORE INTO unpacked_layers (diff_id, size, changes, source_date_epoch)
                  VALUES (?1, ?2, ?3, ?4)",
@@ -410,6 +436,19 @@ impl Store {
                 params![layer.diff_id, UNCOMPRESSED_LAYER, layer.size as i64],
             )?;
             Ok(())
+        })
+    }
+
+    /// The checkpoints recorded with the unpacked layer `diff_id` (see `RESUME_MIGRATIONS`).
+    pub fn layer_checkpoints(&self, diff_id: &str) -> Result<Option<Vec<u8>>> {
+        self.with_conn(|conn| {
+            Ok(conn
+                .query_row(
+                    "SELECT checkpoints FROM layer_resume WHERE diff_id = ?1",
+                    [diff_id],
+                    |r| r.get(0),
+                )
+                .optional()?)
         })
     }
 
@@ -1049,6 +1088,7 @@ impl Store {
             |r| r.get(0),
         )?;
         tx.execute("DELETE FROM unpacked_layers WHERE diff_id = ?1", [diff_id])?;
+        tx.execute("DELETE FROM layer_resume WHERE diff_id = ?1", [diff_id])?;
         let mut files = Vec::new();
         let shared: bool = tx.query_row(
             "SELECT EXISTS(SELECT 1 FROM unpacked_layers WHERE changes = ?1)
@@ -1104,9 +1144,12 @@ fn set_name_tx(tx: &Transaction, name: &Reference, manifest_digest: &str) -> Res
     if !exists {
         bail!("manifest {manifest_digest} is not in the store");
     }
+    // A name that already points there is left alone: a rebuild that changed nothing then
+    // commits a transaction that wrote nothing, which costs no fsync.
     tx.execute(
         "INSERT INTO images (name, manifest, updated) VALUES (?1, ?2, ?3)
-         ON CONFLICT(name) DO UPDATE SET manifest = excluded.manifest, updated = excluded.updated",
+         ON CONFLICT(name) DO UPDATE SET manifest = excluded.manifest, updated = excluded.updated
+         WHERE images.manifest IS NOT excluded.manifest",
         params![name.full(), manifest_digest, now()],
     )?;
     Ok(())

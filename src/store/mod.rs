@@ -115,6 +115,7 @@ impl Store {
         store.migrate("store_indexes", images::INDEX_MIGRATIONS)?;
         store.migrate("store_gc", gc::MIGRATIONS)?;
         store.migrate("store_remote", remote::MIGRATIONS)?;
+        store.migrate("store_layer_resume", images::RESUME_MIGRATIONS)?;
         if let Some(hook) = OPEN_HOOK.get() {
             let first = HOOKED_ROOTS.lock().is_ok_and(|mut roots| {
                 let first = !roots.contains(&store.root);

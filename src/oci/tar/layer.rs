@@ -71,6 +71,18 @@ pub fn write_layer(
     out: impl Write,
     opts: &WriteOptions,
 ) -> Result<()> {
+    let plan = plan_entries(changes)?;
+    let mut tar = TarWriter::new(Plain(out), opts);
+    for (rel, planned) in &plan {
+        tar.append_planned(source_root, rel, planned)?;
+    }
+    tar.out.bytes(&[0u8; 1024])?;
+    tar.out.0.flush()?;
+    Ok(())
+}
+
+/// The entries a change list makes, in the tar's order (sorted by path).
+fn plan_entries(changes: &[Change]) -> Result<Vec<(PathBuf, Planned)>> {
     let mut plan: BTreeMap<PathBuf, Planned> = BTreeMap::new();
     for change in changes {
         let rel = clean_change_path(change.path())?;
@@ -90,24 +102,170 @@ pub fn write_layer(
             }
         }
     }
-    let mut tar = TarWriter { out, opts };
-    let mut inodes: HashMap<(u64, u64), Vec<u8>> = HashMap::new();
-    for (rel, planned) in &plan {
-        let name = rel.as_os_str().as_bytes();
-        match planned {
-            Planned::Whiteout | Planned::Opaque => {
-                tar.append(&EntryHeader::marker(name.to_vec()), &[], None)?;
+    Ok(plan.into_iter().collect())
+}
+
+/// A point of a layer's tar where hashing can resume: before entry `entry` (in the tar's order),
+/// at byte `state.len`, with the SHA-256 state there. `skeleton` is the digest of the tar so far
+/// with each regular file's content replaced by its identity (device, inode, size, mtime): equal
+/// skeletons at the same entry mean the same bytes, because an unpacked layer's files are never
+/// written once it is kept, so an inode it shares (a hard link an incremental COPY made) has the
+/// same content.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TarCheckpoint {
+    pub entry: u64,
+    pub state: crate::digest::Sha256State,
+    pub skeleton: [u8; 32],
+}
+
+/// Bytes of one encoded checkpoint: entry (8), state (40), skeleton (32).
+const CHECKPOINT_BYTES: usize = 80;
+
+/// Encodes checkpoints for the store (see [`decode_checkpoints`]).
+pub fn encode_checkpoints(cps: &[TarCheckpoint]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(cps.len() * CHECKPOINT_BYTES);
+    for c in cps {
+        out.extend_from_slice(&c.entry.to_le_bytes());
+        out.extend_from_slice(&c.state.to_bytes());
+        out.extend_from_slice(&c.skeleton);
+    }
+    out
+}
+
+/// Decodes [`encode_checkpoints`]' output; anything damaged gives none (they only save work).
+pub fn decode_checkpoints(bytes: &[u8]) -> Vec<TarCheckpoint> {
+    if bytes.len() % CHECKPOINT_BYTES != 0 {
+        return Vec::new();
+    }
+    let mut out = Vec::new();
+    for rec in bytes.chunks_exact(CHECKPOINT_BYTES) {
+        let entry = u64::from_le_bytes(rec[..8].try_into().unwrap_or_default());
+        let Some(state) = crate::digest::Sha256State::from_bytes(&rec[8..48]) else {
+            return Vec::new();
+        };
+        let mut skeleton = [0u8; 32];
+        skeleton.copy_from_slice(&rec[48..]);
+        out.push(TarCheckpoint {
+            entry,
+            state,
+            skeleton,
+        });
+    }
+    out
+}
+
+/// A layer's DiffID and size from [`hash_layer`], with the checkpoints to resume from next time.
+#[derive(Debug, Clone)]
+pub struct HashedLayer {
+    pub diff_id: String,
+    pub size: u64,
+    pub checkpoints: Vec<TarCheckpoint>,
+    /// Bytes at the start of the tar that were not hashed again (a checkpoint of `base` matched).
+    pub reused: u64,
+}
+
+/// Files with more than one link a tar has had so far: their first name, and that entry's index.
+type SeenInodes = HashMap<(u64, u64), (Vec<u8>, usize)>;
+
+/// What the hashing thread ends with: the digest, the bytes hashed, the state at each mark.
+type HashResult = ([u8; 32], u64, Vec<Option<crate::digest::Sha256State>>);
+
+/// Tar bytes between checkpoints (at the next entry boundary past it).
+const CHECKPOINT_EVERY: u64 = 2 << 20;
+
+/// The DiffID and size of the layer [`write_layer`] would write for `changes`, without writing
+/// it: the tar is streamed into SHA-256 on a thread of its own. `base` are the checkpoints of
+/// another layer (the same step's previous result): the tar's entries are first gone through
+/// without reading any file (headers from stat, files by identity) and hashing resumes at the
+/// last checkpoint whose skeleton this tar shares, so only the bytes from there on are read and
+/// hashed. The result is the same as hashing the whole tar.
+pub fn hash_layer(
+    source_root: &Path,
+    changes: &[Change],
+    opts: &WriteOptions,
+    base: &[TarCheckpoint],
+) -> Result<HashedLayer> {
+    let plan = plan_entries(changes)?;
+    // Where to resume: the last checkpoint of `base` whose skeleton matches.
+    let mut start: Option<(usize, Sha256, SeenInodes)> = None;
+    if !base.is_empty() {
+        let mut tar = TarWriter::new(
+            SkeletonSink {
+                skeleton: Sha256::new(),
+                offset: 0,
+            },
+            opts,
+        );
+        let mut next = 0;
+        for (i, (rel, planned)) in plan.iter().enumerate() {
+            while next < base.len() && base[next].entry < i as u64 {
+                next += 1;
             }
-            Planned::Upsert => {
-                let path = source_root.join(rel);
-                tar.append_from_disk(&path, name, &mut inodes)
-                    .with_context(|| format!("adding {} to a layer", path.display()))?;
+            if next == base.len() {
+                break;
             }
+            let cp = &base[next];
+            if cp.entry == i as u64 {
+                let same = tar.out.offset == cp.state.len
+                    && tar.out.skeleton.clone().finalize() == cp.skeleton;
+                if !same {
+                    break;
+                }
+                start = Some((next, tar.out.skeleton.clone(), tar.inodes.clone()));
+                next += 1;
+                if next == base.len() {
+                    break;
+                }
+            }
+            tar.append_planned(source_root, rel, planned)?;
         }
     }
-    tar.out.write_all(&[0u8; 1024])?;
-    tar.out.flush()?;
-    Ok(())
+    let (first, state, skeleton, inodes, mut checkpoints) = match start {
+        Some((k, skeleton, inodes)) => (
+            base[k].entry as usize,
+            base[k].state,
+            skeleton,
+            inodes,
+            base[..=k].to_vec(),
+        ),
+        None => (
+            0,
+            crate::digest::Sha256State::INITIAL,
+            Sha256::new(),
+            HashMap::new(),
+            Vec::new(),
+        ),
+    };
+    let reused = state.len;
+    let mut tar = TarWriter::new(HashSink::start(state, skeleton), opts);
+    tar.inodes = inodes;
+    tar.index = first;
+    let mut marks = Vec::new();
+    let mut last_mark = reused;
+    for (i, (rel, planned)) in plan.iter().enumerate().skip(first) {
+        if i > first && tar.out.offset - last_mark >= CHECKPOINT_EVERY {
+            last_mark = tar.out.offset;
+            marks.push((i as u64, tar.out.mark()?));
+        }
+        tar.append_planned(source_root, rel, planned)?;
+    }
+    tar.out.bytes(&[0u8; 1024])?;
+    let (digest, size, states) = tar.out.finish()?;
+    for ((entry, skeleton), state) in marks.into_iter().zip(states) {
+        if let Some(state) = state {
+            checkpoints.push(TarCheckpoint {
+                entry,
+                state,
+                skeleton,
+            });
+        }
+    }
+    Ok(HashedLayer {
+        diff_id: format!("sha256:{}", hex::encode(digest)),
+        size,
+        checkpoints,
+        reused,
+    })
 }
 
 fn clean_change_path(p: &Path) -> Result<PathBuf> {
@@ -155,18 +313,245 @@ impl EntryHeader {
     }
 }
 
+/// Where [`TarWriter`] puts a tar: its bytes, told apart from regular files' contents (which a
+/// sink may read, or stand for by the file's identity).
+trait TarSink {
+    fn bytes(&mut self, b: &[u8]) -> io::Result<()>;
+    /// The `size` bytes of the regular file at `path`.
+    fn content(&mut self, path: &Path, meta: &fs::Metadata, size: u64) -> io::Result<()>;
+}
+
+/// The tar itself, into a writer.
+struct Plain<W>(W);
+
+impl<W: Write> TarSink for Plain<W> {
+    fn bytes(&mut self, b: &[u8]) -> io::Result<()> {
+        self.0.write_all(b)
+    }
+
+    fn content(&mut self, path: &Path, _meta: &fs::Metadata, size: u64) -> io::Result<()> {
+        let file = fs::File::open(path)?;
+        let copied = io::copy(&mut file.take(size), &mut self.0)?;
+        if copied != size {
+            return Err(io::Error::other(
+                "file shrank while being added to the layer",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A file's identity in a skeleton (see [`TarCheckpoint`]).
+fn identity(meta: &fs::Metadata) -> [u8; 32] {
+    let mut id = [0u8; 32];
+    id[..8].copy_from_slice(&meta.dev().to_le_bytes());
+    id[8..16].copy_from_slice(&meta.ino().to_le_bytes());
+    id[16..24].copy_from_slice(&meta.size().to_le_bytes());
+    let mtime_ns = meta.mtime() * 1_000_000_000 + meta.mtime_nsec();
+    id[24..].copy_from_slice(&mtime_ns.to_le_bytes());
+    id
+}
+
+/// The skeleton of a tar and its length, reading no file.
+struct SkeletonSink {
+    skeleton: Sha256,
+    offset: u64,
+}
+
+impl TarSink for SkeletonSink {
+    fn bytes(&mut self, b: &[u8]) -> io::Result<()> {
+        self.skeleton.update(b);
+        self.offset += b.len() as u64;
+        Ok(())
+    }
+
+    fn content(&mut self, _path: &Path, meta: &fs::Metadata, size: u64) -> io::Result<()> {
+        self.skeleton.update(identity(meta));
+        self.offset += size;
+        Ok(())
+    }
+}
+
+enum HashMsg {
+    Data(Vec<u8>),
+    /// Note the state here (an entry boundary).
+    Mark,
+}
+
+/// The tar into a resumable SHA-256 on another thread (fed 1 MiB chunks, so it overlaps with
+/// reading the files), and its skeleton on this one.
+struct HashSink {
+    buf: Vec<u8>,
+    tx: Option<std::sync::mpsc::SyncSender<HashMsg>>,
+    worker: Option<std::thread::JoinHandle<HashResult>>,
+    skeleton: Sha256,
+    offset: u64,
+}
+
+const HASH_CHUNK: usize = 1 << 20;
+
+impl HashSink {
+    fn start(state: crate::digest::Sha256State, skeleton: Sha256) -> HashSink {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<HashMsg>(4);
+        let worker = std::thread::spawn(move || {
+            let mut h = crate::digest::ResumableSha256::resume(state);
+            let mut states = Vec::new();
+            for msg in rx {
+                match msg {
+                    HashMsg::Data(d) => h.update(&d),
+                    HashMsg::Mark => states.push(h.state()),
+                }
+            }
+            let len = h.len();
+            (h.finalize(), len, states)
+        });
+        HashSink {
+            buf: Vec::with_capacity(HASH_CHUNK),
+            tx: Some(tx),
+            worker: Some(worker),
+            skeleton,
+            offset: state.len,
+        }
+    }
+
+    fn send(&mut self, msg: HashMsg) -> io::Result<()> {
+        let tx = self
+            .tx
+            .as_ref()
+            .ok_or_else(|| io::Error::other("hashing ended"))?;
+        tx.send(msg)
+            .map_err(|_| io::Error::other("the layer hashing thread stopped early"))
+    }
+
+    fn push(&mut self, b: &[u8]) -> io::Result<()> {
+        self.buf.extend_from_slice(b);
+        self.offset += b.len() as u64;
+        if self.buf.len() >= HASH_CHUNK {
+            let chunk = std::mem::replace(&mut self.buf, Vec::with_capacity(HASH_CHUNK));
+            self.send(HashMsg::Data(chunk))?;
+        }
+        Ok(())
+    }
+
+    /// Marks a checkpoint here: its skeleton digest now, its hash state when the thread gets here.
+    fn mark(&mut self) -> io::Result<[u8; 32]> {
+        if !self.buf.is_empty() {
+            let chunk = std::mem::replace(&mut self.buf, Vec::with_capacity(HASH_CHUNK));
+            self.send(HashMsg::Data(chunk))?;
+        }
+        self.send(HashMsg::Mark)?;
+        Ok(self.skeleton.clone().finalize())
+    }
+
+    /// The digest, the length and the state at each mark.
+    fn finish(&mut self) -> io::Result<([u8; 32], u64, Vec<Option<crate::digest::Sha256State>>)> {
+        if !self.buf.is_empty() {
+            let chunk = std::mem::take(&mut self.buf);
+            self.send(HashMsg::Data(chunk))?;
+        }
+        self.tx = None;
+        let worker = self
+            .worker
+            .take()
+            .ok_or_else(|| io::Error::other("hashing ended"))?;
+        worker
+            .join()
+            .map_err(|_| io::Error::other("the layer hashing thread failed"))
+    }
+}
+
+impl TarSink for HashSink {
+    fn bytes(&mut self, b: &[u8]) -> io::Result<()> {
+        self.skeleton.update(b);
+        self.push(b)
+    }
+
+    fn content(&mut self, path: &Path, meta: &fs::Metadata, size: u64) -> io::Result<()> {
+        self.skeleton.update(identity(meta));
+        let mut file = fs::File::open(path)?;
+        let mut left = size;
+        while left > 0 {
+            let room = HASH_CHUNK
+                .saturating_sub(self.buf.len())
+                .max(64 << 10)
+                .min(left as usize);
+            let at = self.buf.len();
+            self.buf.resize(at + room, 0);
+            let read = loop {
+                match file.read(&mut self.buf[at..]) {
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    other => break other,
+                }
+            };
+            let n = match read {
+                Ok(n) => n,
+                Err(e) => {
+                    self.buf.truncate(at);
+                    return Err(e);
+                }
+            };
+            self.buf.truncate(at + n);
+            if n == 0 {
+                return Err(io::Error::other(
+                    "file shrank while being added to the layer",
+                ));
+            }
+            left -= n as u64;
+            self.offset += n as u64;
+            if self.buf.len() >= HASH_CHUNK {
+                let chunk = std::mem::replace(&mut self.buf, Vec::with_capacity(HASH_CHUNK));
+                self.send(HashMsg::Data(chunk))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Drop for HashSink {
+    fn drop(&mut self) {
+        self.tx = None;
+        if let Some(w) = self.worker.take() {
+            let _ = w.join();
+        }
+    }
+}
+
 struct TarWriter<'o, W> {
     out: W,
     opts: &'o WriteOptions,
+    /// Files with more than one link seen so far.
+    inodes: SeenInodes,
+    /// The index of the entry being appended.
+    index: usize,
 }
 
-impl<W: Write> TarWriter<'_, W> {
-    fn append_from_disk(
-        &mut self,
-        path: &Path,
-        name: &[u8],
-        inodes: &mut HashMap<(u64, u64), Vec<u8>>,
-    ) -> Result<()> {
+impl<'o, W: TarSink> TarWriter<'o, W> {
+    fn new(out: W, opts: &'o WriteOptions) -> TarWriter<'o, W> {
+        TarWriter {
+            out,
+            opts,
+            inodes: HashMap::new(),
+            index: 0,
+        }
+    }
+
+    fn append_planned(&mut self, source_root: &Path, rel: &Path, planned: &Planned) -> Result<()> {
+        let name = rel.as_os_str().as_bytes();
+        match planned {
+            Planned::Whiteout | Planned::Opaque => {
+                self.append(&EntryHeader::marker(name.to_vec()), &[], None)?;
+            }
+            Planned::Upsert => {
+                let path = source_root.join(rel);
+                self.append_from_disk(&path, name)
+                    .with_context(|| format!("adding {} to a layer", path.display()))?;
+            }
+        }
+        self.index += 1;
+        Ok(())
+    }
+
+    fn append_from_disk(&mut self, path: &Path, name: &[u8]) -> Result<()> {
         let meta = fs::symlink_metadata(path)?;
         let ft = meta.file_type();
         let mut mtime = meta.mtime();
@@ -187,13 +572,13 @@ impl<W: Write> TarWriter<'_, W> {
         let xattrs = read_xattrs(path)?;
         if !ft.is_dir() && meta.nlink() > 1 {
             let key = (meta.dev(), meta.ino());
-            if let Some(first) = inodes.get(&key) {
+            if let Some((first, _)) = self.inodes.get(&key) {
                 h.kind = b'1';
                 h.link = first.clone();
                 h.mode = meta.mode() & 0o7777;
                 return self.append(&h, &[], None);
             }
-            inodes.insert(key, name.to_vec());
+            self.inodes.insert(key, (name.to_vec(), self.index));
         }
         if ft.is_dir() {
             h.kind = b'5';
@@ -201,8 +586,7 @@ impl<W: Write> TarWriter<'_, W> {
             self.append(&h, &xattrs, None)
         } else if ft.is_file() {
             h.size = meta.len();
-            let mut file = fs::File::open(path)?;
-            self.append(&h, &xattrs, Some(&mut file))
+            self.append(&h, &xattrs, Some((path, &meta)))
         } else if ft.is_symlink() {
             h.kind = b'2';
             h.link = fs::read_link(path)?.into_os_string().into_vec();
@@ -224,7 +608,7 @@ impl<W: Write> TarWriter<'_, W> {
         &mut self,
         h: &EntryHeader,
         xattrs: &[(Vec<u8>, Vec<u8>)],
-        data: Option<&mut fs::File>,
+        data: Option<(&Path, &fs::Metadata)>,
     ) -> Result<()> {
         let mut pax: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
         if h.name.len() > 100 {
@@ -265,15 +649,12 @@ impl<W: Write> TarWriter<'_, W> {
                 ..EntryHeader::marker(name)
             };
             self.write_header(&xh)?;
-            self.out.write_all(&body)?;
+            self.out.bytes(&body)?;
             self.pad(body.len() as u64)?;
         }
         self.write_header(h)?;
-        if let Some(file) = data {
-            let copied = io::copy(&mut file.take(h.size), &mut self.out)?;
-            if copied != h.size {
-                bail!("file shrank while being added to the layer");
-            }
+        if let Some((path, meta)) = data {
+            self.out.content(path, meta, h.size)?;
             self.pad(h.size)?;
         }
         Ok(())
@@ -282,7 +663,7 @@ impl<W: Write> TarWriter<'_, W> {
     fn pad(&mut self, size: u64) -> io::Result<()> {
         let rem = (size % 512) as usize;
         if rem != 0 {
-            self.out.write_all(&[0u8; 512][..512 - rem])?;
+            self.out.bytes(&[0u8; 512][..512 - rem])?;
         }
         Ok(())
     }
@@ -309,7 +690,7 @@ impl<W: Write> TarWriter<'_, W> {
         let sum: u32 = b.iter().map(|&x| x as u32).sum();
         let cks = format!("{sum:06o}\0 ");
         b[148..156].copy_from_slice(cks.as_bytes());
-        self.out.write_all(&b)
+        self.out.bytes(&b)
     }
 }
 
@@ -1381,4 +1762,147 @@ pub fn store_layer_with_gzip_level(
         diff_id: digests.diff_id,
         uncompressed_size: digests.uncompressed_size,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn full_diff_id(root: &Path, changes: &[Change]) -> (String, u64) {
+        let mut tar = Vec::new();
+        write_layer(root, changes, &mut tar, &WriteOptions::default()).unwrap();
+        (crate::digest::sha256_digest(&tar), tar.len() as u64)
+    }
+
+    /// 48 files of 256 KiB (several checkpoints apart) and a directory at the end.
+    fn make_tree(root: &Path) {
+        for i in 0..48u32 {
+            let data: Vec<u8> = (0..256 * 1024u32)
+                .map(|j| (i * 31 + j % 251) as u8)
+                .collect();
+            fs::write(root.join(format!("f{i:02}")), data).unwrap();
+        }
+        fs::create_dir(root.join("zz")).unwrap();
+        fs::write(root.join("zz/last"), b"last").unwrap();
+    }
+
+    /// Another layer made as an incremental COPY makes one: every file hard-linked from `from`.
+    fn link_tree(from: &Path, to: &Path) {
+        for e in fs::read_dir(from).unwrap() {
+            let e = e.unwrap();
+            if e.file_type().unwrap().is_file() {
+                fs::hard_link(e.path(), to.join(e.file_name())).unwrap();
+            }
+        }
+        fs::create_dir(to.join("zz")).unwrap();
+        fs::hard_link(from.join("zz/last"), to.join("zz/last")).unwrap();
+    }
+
+    #[test]
+    fn resumed_hashing_gives_the_full_tars_diff_id() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+        fs::create_dir(&a).unwrap();
+        fs::create_dir(&b).unwrap();
+        make_tree(&a);
+        let changes_a = tree_changes(&a).unwrap();
+        let first = hash_layer(&a, &changes_a, &WriteOptions::default(), &[]).unwrap();
+        assert_eq!(
+            (first.diff_id.clone(), first.size),
+            full_diff_id(&a, &changes_a)
+        );
+        // One about every CHECKPOINT_EVERY bytes, no more.
+        let most = first.size / CHECKPOINT_EVERY;
+        assert!(
+            (4..=most as usize).contains(&first.checkpoints.len()),
+            "{} checkpoints for {} bytes",
+            first.checkpoints.len(),
+            first.size
+        );
+        assert_eq!(first.reused, 0);
+        let cps = decode_checkpoints(&encode_checkpoints(&first.checkpoints));
+        assert_eq!(cps, first.checkpoints);
+
+        // The same files through links, one in the middle rewritten: hashing resumes before it.
+        link_tree(&a, &b);
+        fs::remove_file(b.join("f30")).unwrap();
+        fs::write(b.join("f30"), b"changed").unwrap();
+        let changes_b = tree_changes(&b).unwrap();
+        let second = hash_layer(&b, &changes_b, &WriteOptions::default(), &cps).unwrap();
+        let (want, size) = full_diff_id(&b, &changes_b);
+        assert_eq!((second.diff_id.clone(), second.size), (want, size));
+        assert_ne!(second.diff_id, first.diff_id);
+        assert!(second.reused > 20 * 256 * 1024, "reused {}", second.reused);
+        assert!(second.reused <= 30 * (256 * 1024 + 512) + 512);
+
+        // Its own checkpoints serve the next round (a file near the end changed).
+        let c = tmp.path().join("c");
+        fs::create_dir(&c).unwrap();
+        link_tree(&b, &c);
+        fs::remove_file(c.join("f45")).unwrap();
+        fs::write(c.join("f45"), b"changed again").unwrap();
+        let changes_c = tree_changes(&c).unwrap();
+        let third = hash_layer(
+            &c,
+            &changes_c,
+            &WriteOptions::default(),
+            &second.checkpoints,
+        )
+        .unwrap();
+        assert_eq!((third.diff_id, third.size), full_diff_id(&c, &changes_c));
+        assert!(third.reused > second.reused);
+        assert!(third.checkpoints.len() as u64 <= third.size / CHECKPOINT_EVERY);
+    }
+
+    #[test]
+    fn resuming_never_trusts_a_different_prefix() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+        fs::create_dir(&a).unwrap();
+        fs::create_dir(&b).unwrap();
+        make_tree(&a);
+        let changes_a = tree_changes(&a).unwrap();
+        let first = hash_layer(&a, &changes_a, &WriteOptions::default(), &[]).unwrap();
+        // The first file has the same bytes, size and mtime but is a copy, not the same inode;
+        // the rest are links: nothing before it is shared, so nothing is reused.
+        link_tree(&a, &b);
+        fs::remove_file(b.join("f00")).unwrap();
+        fs::copy(a.join("f00"), b.join("f00")).unwrap();
+        let mtime = fs::metadata(a.join("f00")).unwrap().modified().unwrap();
+        fs::File::options()
+            .write(true)
+            .open(b.join("f00"))
+            .unwrap()
+            .set_modified(mtime)
+            .unwrap();
+        let changes_b = tree_changes(&b).unwrap();
+        let second =
+            hash_layer(&b, &changes_b, &WriteOptions::default(), &first.checkpoints).unwrap();
+        assert_eq!(second.reused, 0);
+        assert_eq!(
+            (second.diff_id.clone(), second.size),
+            full_diff_id(&b, &changes_b)
+        );
+
+        // A layer with one more entry early on (an added file): its header shifts everything.
+        let c = tmp.path().join("c");
+        fs::create_dir(&c).unwrap();
+        link_tree(&a, &c);
+        fs::write(c.join("f00a"), b"new").unwrap();
+        let changes_c = tree_changes(&c).unwrap();
+        let third =
+            hash_layer(&c, &changes_c, &WriteOptions::default(), &first.checkpoints).unwrap();
+        assert_eq!(third.reused, 0);
+        assert_eq!((third.diff_id, third.size), full_diff_id(&c, &changes_c));
+
+        // Checkpoints of some other layer altogether, or damaged ones: a full hash.
+        assert!(decode_checkpoints(b"short").is_empty());
+        let mut wrong = first.checkpoints.clone();
+        for cp in &mut wrong {
+            cp.skeleton[0] ^= 1;
+        }
+        let fourth = hash_layer(&a, &changes_a, &WriteOptions::default(), &wrong).unwrap();
+        assert_eq!(fourth.reused, 0);
+        assert_eq!(fourth.diff_id, first.diff_id);
+    }
 }

@@ -577,14 +577,16 @@ impl SourceWalk<'_> {
             let in_source = join_rel(&job.in_source, &name);
             let rel = join_rel(&job.rel, &name);
             let digest = cached.as_ref().and_then(|c| c.get(name_bytes, stat.key));
-            let visit = self.visit(rel.clone(), &in_source, abs, stat, digest);
+            // Only a directory needs its path again (to descend): a file's goes into `visit`.
+            let dir_rel = (stat.kind == b'd').then(|| rel.clone());
+            let visit = self.visit(rel, &in_source, abs, stat, digest);
             if matches!(visit, Visit::Skip) {
                 continue;
             }
             if let Visit::Keep(p) = visit {
                 found.push(p);
             }
-            if stat.kind == b'd' {
+            if let Some(rel) = dir_rel {
                 subdirs.push(DirJob {
                     abs: abs.clone(),
                     rel,
