@@ -1287,13 +1287,19 @@ impl Applier {
         Ok(())
     }
 
-    /// [`Self::set_metadata`] of a regular file just written, through its descriptor.
-    fn set_file_metadata(&self, file: &fs::File, path: &Path, meta: &EntryMeta) -> Result<()> {
-        if let Err(e) = std::os::unix::fs::fchown(file, Some(meta.uid), Some(meta.gid)) {
+    /// Owner (through `chown`: by descriptor or by path) and xattrs of an entry just written.
+    fn set_owner_and_xattrs(
+        &self,
+        path: &Path,
+        meta: &EntryMeta,
+        chown: impl Fn(u32, u32) -> std::io::Result<()>,
+    ) -> Result<()> {
+        if let Err(e) = chown(meta.uid, meta.gid) {
+            // Rootless with only the user's id mapped: other owners are stored as root (kiln
+            // said so when it entered its namespace).
             let single = crate::rootless::mapping() == crate::rootless::Mapping::Single;
             if single && e.raw_os_error() == Some(libc::EINVAL) {
-                std::os::unix::fs::fchown(file, Some(0), Some(0))
-                    .with_context(|| format!("chown {}", path.display()))?;
+                chown(0, 0).with_context(|| format!("chown {}", path.display()))?;
             } else if self.as_root {
                 return Err(e).with_context(|| format!("chown {}", path.display()));
             }
@@ -1314,6 +1320,14 @@ impl Applier {
                 }
             }
         }
+        Ok(())
+    }
+
+    /// [`Self::set_metadata`] of a regular file just written, through its descriptor.
+    fn set_file_metadata(&self, file: &fs::File, path: &Path, meta: &EntryMeta) -> Result<()> {
+        self.set_owner_and_xattrs(path, meta, |uid, gid| {
+            std::os::unix::fs::fchown(file, Some(uid), Some(gid))
+        })?;
         // After chown, which clears set-id bits.
         use std::os::unix::fs::PermissionsExt;
         file.set_permissions(fs::Permissions::from_mode(meta.mode & 0o7777))
@@ -1326,33 +1340,9 @@ impl Applier {
 
     fn set_metadata(&self, path: &Path, meta: &EntryMeta, is_dir: bool) -> Result<()> {
         let is_link = fs::symlink_metadata(path)?.file_type().is_symlink();
-        if let Err(e) = std::os::unix::fs::lchown(path, Some(meta.uid), Some(meta.gid)) {
-            // Rootless with only the user's id mapped: other owners are stored as root (kiln
-            // said so when it entered its namespace).
-            let single = crate::rootless::mapping() == crate::rootless::Mapping::Single;
-            if single && e.raw_os_error() == Some(libc::EINVAL) {
-                std::os::unix::fs::lchown(path, Some(0), Some(0))
-                    .with_context(|| format!("chown {}", path.display()))?;
-            } else if self.as_root {
-                return Err(e).with_context(|| format!("chown {}", path.display()));
-            }
-        }
-        for (k, v) in &meta.xattrs {
-            if crate::rootless::is_overlay_xattr(k) {
-                continue; // overlayfs' own: a layer must not smuggle redirects or opacity
-            }
-            if let Err(e) = set_xattr(path, k, v) {
-                if self.as_root && e.raw_os_error() != Some(libc::ENOTSUP) {
-                    return Err(e).with_context(|| {
-                        format!(
-                            "setting xattr {} on {}",
-                            String::from_utf8_lossy(k),
-                            path.display()
-                        )
-                    });
-                }
-            }
-        }
+        self.set_owner_and_xattrs(path, meta, |uid, gid| {
+            std::os::unix::fs::lchown(path, Some(uid), Some(gid))
+        })?;
         if !is_link {
             // After chown, which clears set-id bits.
             use std::os::unix::fs::PermissionsExt;
