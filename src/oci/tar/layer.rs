@@ -1788,8 +1788,15 @@ mod tests {
         fs::hard_link(from.join("zz/last"), to.join("zz/last")).unwrap();
     }
 
-    #[test]
-    fn resumed_hashing_gives_the_full_tars_diff_id() {
+    /// A temp dir with `a` (the test tree, hashed from scratch: its changes and result) and an
+    /// empty `b`.
+    fn hashed_test_tree() -> (
+        tempfile::TempDir,
+        PathBuf,
+        PathBuf,
+        Vec<Change>,
+        HashedLayer,
+    ) {
         let tmp = tempfile::tempdir().unwrap();
         let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
         fs::create_dir(&a).unwrap();
@@ -1797,6 +1804,12 @@ mod tests {
         make_tree(&a);
         let changes_a = tree_changes(&a).unwrap();
         let first = hash_layer(&a, &changes_a, &WriteOptions::default(), &[]).unwrap();
+        (tmp, a, b, changes_a, first)
+    }
+
+    #[test]
+    fn resumed_hashing_gives_the_full_tars_diff_id() {
+        let (tmp, a, b, changes_a, first) = hashed_test_tree();
         assert_eq!(
             (first.diff_id.clone(), first.size),
             full_diff_id(&a, &changes_a)
@@ -1846,13 +1859,7 @@ mod tests {
 
     #[test]
     fn resuming_never_trusts_a_different_prefix() {
-        let tmp = tempfile::tempdir().unwrap();
-        let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
-        fs::create_dir(&a).unwrap();
-        fs::create_dir(&b).unwrap();
-        make_tree(&a);
-        let changes_a = tree_changes(&a).unwrap();
-        let first = hash_layer(&a, &changes_a, &WriteOptions::default(), &[]).unwrap();
+        let (tmp, a, b, changes_a, first) = hashed_test_tree();
         // The first file has the same bytes, size and mtime but is a copy, not the same inode;
         // the rest are links: nothing before it is shared, so nothing is reused.
         link_tree(&a, &b);
