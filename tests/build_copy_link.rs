@@ -20,15 +20,6 @@ fn cached(log: &str, text: &str) -> bool {
     lines[i + 1..].iter().any(|l| *l == format!("{id} CACHED"))
 }
 
-fn diff_ids(root: &std::path::Path, name: &str) -> Vec<String> {
-    config_of(root, name)["rootfs"]["diff_ids"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|d| d.as_str().unwrap().to_string())
-        .collect()
-}
-
 fn dockerfile(base_change: &str, copy: &str) -> String {
     format!("FROM busybox\nRUN echo {base_change} > /base\n{copy}\nRUN cat /app/app.txt /base > /seen\n")
 }

@@ -51,15 +51,6 @@ fn compressed_blobs(root: &Path) -> BTreeSet<String> {
         .collect()
 }
 
-fn diff_ids(root: &Path, name: &str) -> Vec<String> {
-    config_of(root, name)["rootfs"]["diff_ids"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|d| d.as_str().unwrap().to_string())
-        .collect()
-}
-
 /// The layer digests and media types of the single image in an OCI archive.
 fn archive_manifest(archive: &Path) -> (Vec<String>, Vec<String>) {
     let dir = tempfile::tempdir().unwrap();

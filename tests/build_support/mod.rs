@@ -70,6 +70,16 @@ pub fn config_of(root: &Path, name: &str) -> serde_json::Value {
     serde_json::from_slice(&store.read_blob(&rec.config_digest).unwrap()).unwrap()
 }
 
+/// The image's layer DiffIDs (`rootfs.diff_ids` of its config).
+pub fn diff_ids(root: &Path, name: &str) -> Vec<String> {
+    config_of(root, name)["rootfs"]["diff_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d.as_str().unwrap().to_string())
+        .collect()
+}
+
 pub fn image_id(root: &Path, name: &str) -> String {
     let store = kiln::store::Store::open(root).unwrap();
     store.resolve(name).unwrap().config_digest
