@@ -138,6 +138,9 @@ fn user_kiln() -> PathBuf {
 struct Home {
     dir: tempfile::TempDir,
     user: User,
+    /// KILN_ROOTLESS_HOLD for the user's kilns: a namespace holder that ends a second after
+    /// the last kiln, so the leftover checks see it gone.
+    hold_secs: &'static str,
 }
 
 impl Home {
@@ -148,7 +151,11 @@ impl Home {
             .unwrap();
         std::os::unix::fs::chown(dir.path(), Some(user.uid), Some(user.gid)).unwrap();
         fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o700)).unwrap();
-        Home { dir, user }
+        Home {
+            dir,
+            user,
+            hold_secs: "1",
+        }
     }
 
     fn path(&self) -> &Path {
@@ -173,6 +180,7 @@ impl Home {
             .env("USER", self.user.name)
             .env("SOURCE_DATE_EPOCH", EPOCH)
             .env("KILN_LOOPBACK_REGISTRIES_ONLY", "1")
+            .env("KILN_ROOTLESS_HOLD", self.hold_secs)
             .env_remove("KILN_ROOT")
             .env_remove("XDG_DATA_HOME");
         cmd
@@ -878,6 +886,7 @@ fn rootless_cp_diff_commit_export_and_terminals() {
             .current_dir(home.path())
             .env("HOME", home.path())
             .env("TERM", "xterm")
+            .env("KILN_ROOTLESS_HOLD", home.hold_secs)
             .env_remove("KILN_ROOT")
             .env_remove("XDG_DATA_HOME")
             .stdin(std::process::Stdio::null())
@@ -1010,7 +1019,23 @@ fn rootless_delegated_cgroup_subtree_holds_containers_and_pauses_them() {
         );
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
-    home.import_busybox();
+    // The first kiln starts in the delegated cgroup: its namespace holder, which stays, moves
+    // into the leaf `kiln-processes` so the subtree can still hand controllers down.
+    let tar = home.path().join("busybox.tar");
+    fs::copy(common::busybox_tar(), &tar).unwrap();
+    fs::set_permissions(&tar, fs::Permissions::from_mode(0o644)).unwrap();
+    ok(&["import", tar.to_str().unwrap(), "busybox:latest"]);
+    let holders = registrations(&home);
+    assert_eq!(holders.len(), 1, "{holders:?}");
+    let holder_cgroup = fs::read_to_string(format!("/proc/{}/cgroup", holders[0].0)).unwrap();
+    let leaf = format!(
+        "0::/{}/kiln-processes",
+        cgroup.dir.file_name().unwrap().to_str().unwrap()
+    );
+    assert!(
+        holder_cgroup.lines().any(|l| l == leaf),
+        "the holder is in {holder_cgroup:?}, not {leaf}"
+    );
 
     let info = ok(&["info"]);
     assert!(
@@ -1074,4 +1099,120 @@ fn rootless_delegated_cgroup_subtree_holds_containers_and_pauses_them() {
         std::thread::sleep(Duration::from_millis(50));
     }
     assert_no_leftovers(&home);
+}
+
+/// The registrations under the user's `ROOT/userns`: (pid, contents).
+fn registrations(home: &Home) -> Vec<(i32, String)> {
+    fs::read_dir(home.root().join("userns"))
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| {
+                    let name = e.file_name().to_string_lossy().into_owned();
+                    let pid = name.split_once('-')?.0.parse().ok()?;
+                    Some((pid, fs::read_to_string(e.path()).unwrap_or_default()))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Waits (up to 20 s) until process `pid` has ended.
+fn wait_gone(pid: i32, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while fs::metadata(format!("/proc/{pid}")).is_ok() {
+        assert!(Instant::now() < deadline, "{what} (pid {pid}) still runs");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn user_ns_of(pid: &str) -> String {
+    fs::read_link(format!("/proc/{pid}/ns/user"))
+        .unwrap()
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// The first kiln leaves a holder of its user namespace; the next kilns join it (one namespace
+/// for all), and the holder ends by itself once no kiln has come for KILN_ROOTLESS_HOLD seconds.
+#[test]
+fn rootless_namespace_holder_is_joined_then_ends_when_idle() {
+    let _serial = serial();
+    let user = ensure_user(FULL_USER, Some(FULL_RANGE));
+    let mut home = Home::new(user);
+    home.hold_secs = "3";
+    home.import_busybox();
+    let regs = registrations(&home);
+    assert_eq!(regs.len(), 1, "one holder registered: {regs:?}");
+    let (pid, text) = regs[0].clone();
+    assert_eq!(text, "holder full");
+    let pid = pid.to_string();
+    assert_eq!(
+        fs::read_to_string(format!("/proc/{pid}/comm"))
+            .unwrap()
+            .trim(),
+        "kiln-userns"
+    );
+    let held = user_ns_of(&pid);
+    assert_ne!(
+        held,
+        user_ns_of("self"),
+        "the holder is in the user's namespace"
+    );
+    // Two more kilns: each reports its own process's namespace, the holder's.
+    for _ in 0..2 {
+        let out = home.ok(&["run", "--rm", "busybox", "readlink", "/proc/self/ns/user"]);
+        assert_eq!(out.trim(), held, "a later kiln joined the holder");
+    }
+    assert_eq!(registrations(&home).len(), 1, "no second holder");
+    let info = home.ok(&["info"]);
+    assert!(
+        info.contains(&format!("process {pid} keeps the user namespace")),
+        "{info}"
+    );
+    // Idle for 3 s: the holder unregisters and ends (the leftover check waits up to 10 s).
+    assert_no_leftovers(&home);
+    // KILN_ROOTLESS_HOLD=0 starts none.
+    home.hold_secs = "0";
+    home.ok(&["images"]);
+    assert!(
+        registrations(&home).is_empty(),
+        "{:?}",
+        registrations(&home)
+    );
+    let info = home.ok(&["info"]);
+    assert!(info.contains("turned off (KILN_ROOTLESS_HOLD=0)"), "{info}");
+    assert_no_leftovers(&home);
+}
+
+/// A user given a subordinate range after a kiln made a one-id namespace: the next kiln does not
+/// join that holder (it would keep the single mapping) but makes a full namespace.
+#[test]
+fn rootless_holder_of_a_single_mapping_is_replaced_once_the_user_has_a_range() {
+    let _serial = serial();
+    const USER: &str = "kilnrl-upgrade";
+    const RANGE: (u32, u32) = (470_000, 65_536);
+    let user = ensure_user(USER, None);
+    let mut home = Home::new(user);
+    home.hold_secs = "30";
+    home.ok(&["images"]);
+    let before = registrations(&home);
+    assert_eq!(before.len(), 1, "{before:?}");
+    assert_eq!(before[0].1, "holder single");
+    let user = ensure_user(USER, Some(RANGE));
+    assert_eq!(user.uid, home.user.uid);
+    // `info` prints the uid_map of the namespace it runs in.
+    let info = home.ok(&["info"]);
+    assert!(
+        info.contains(&format!("1 {} {}", RANGE.0, RANGE.1)),
+        "the range is mapped: {info}"
+    );
+    let after = registrations(&home);
+    assert_eq!(after.len(), 1, "{after:?}");
+    assert_eq!(after[0].1, "holder full");
+    assert_ne!(after[0].0, before[0].0);
+    // The old holder saw its registration go and ended; the new one ends once unregistered.
+    wait_gone(before[0].0, "the one-id holder");
+    fs::remove_dir_all(home.root().join("userns")).unwrap();
+    wait_gone(after[0].0, "the holder whose registration went");
+    ensure_user(USER, None);
 }

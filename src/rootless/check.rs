@@ -113,6 +113,23 @@ pub fn requirements(root: &Path) -> Vec<Requirement> {
         "resource limits (-m, --cpus, --cpuset-cpus, --pids-limit, --cpu-shares) fail; \
          pause/unpause, stats and top need cgroups too",
     ));
+    if in_userns() {
+        let holder = super::namespace_holder(root);
+        let off = super::holder::idle_limit().is_none();
+        out.push(req(
+            "namespace holder",
+            holder.is_some(),
+            match (holder, off) {
+                (Some(pid), _) => {
+                    format!("process {pid} keeps the user namespace for the next kiln")
+                }
+                (None, true) => format!("turned off ({}=0)", super::holder::HOLD_ENV),
+                (None, false) => "none running".to_string(),
+            },
+            "each kiln makes a new user namespace (two setuid execs of newuidmap/newgidmap, \
+             a few milliseconds a command)",
+        ));
+    }
     let start = unprivileged_port_start();
     out.push(req(
         "low ports",

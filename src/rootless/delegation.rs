@@ -133,6 +133,21 @@ impl Delegation {
             .collect()
     }
 
+    /// Moves this process into the leaf `kiln-processes` when it sits in the delegated cgroup
+    /// itself, where it would keep [`Delegation::prepare`] from handing controllers down. The
+    /// namespace holder, which outlives the kiln that started it, does this once at its start.
+    pub fn step_aside(&self) {
+        let own = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+        let Some(rel) = own.lines().find_map(|l| l.strip_prefix("0::")) else {
+            return;
+        };
+        if self.mount.join(rel.trim().trim_start_matches('/')) == self.dir {
+            let leaf = self.dir.join("kiln-processes");
+            let _ = std::fs::create_dir_all(&leaf);
+            let _ = std::fs::write(leaf.join("cgroup.procs"), "0");
+        }
+    }
+
     /// Makes `kiln/` and hands it `wanted` (each must be in `controllers`): enabled in the
     /// delegated cgroup's and in `kiln/`'s `cgroup.subtree_control`. When the delegated cgroup
     /// itself holds this process, it first moves into the leaf `kiln-processes`.

@@ -20,6 +20,7 @@
 
 pub mod check;
 pub mod delegation;
+pub mod holder;
 mod idmap;
 
 use std::fs;
@@ -185,7 +186,12 @@ pub fn enter(root: &Path) -> Result<()> {
     let mode = if joined {
         None
     } else {
-        Some(create_userns().context("entering a user namespace (see `kiln info`)")?)
+        let mapping = create_userns().context("entering a user namespace (see `kiln info`)")?;
+        // Before the mount namespace below: the holder keeps only the user namespace.
+        if let Some(idle) = holder::idle_limit() {
+            holder::spawn(&holders_dir(root), mapping, idle);
+        }
+        Some(mapping)
     };
     nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS)
         .context("unshare the mount namespace inside the user namespace")?;
@@ -256,20 +262,49 @@ fn holders_dir(root: &Path) -> PathBuf {
     root.join("userns")
 }
 
-/// A live registered holder of this root's user namespace, if any (dead entries are removed).
+/// A live registered holder of this root's user namespace, if any (dead entries are removed,
+/// and so is a namespace holder that maps one id when the user now has a range to map).
 fn find_holder(root: &Path) -> Option<i32> {
     let entries = fs::read_dir(holders_dir(root)).ok()?;
+    let mut range_now: Option<bool> = None;
     for e in entries.flatten() {
         let name = e.file_name();
         let Some(owner) = name.to_str().and_then(crate::owner::Owner::parse_tag) else {
             continue;
         };
-        if owner.is_alive() {
-            return Some(owner.pid);
+        let path = e.path();
+        if !owner.is_alive() {
+            let _ = fs::remove_file(&path);
+            continue;
         }
-        let _ = fs::remove_file(e.path());
+        if holder::is_holder(&path) {
+            if holder::holds_single(&path)
+                && *range_now.get_or_insert_with(|| Plan::current().full())
+            {
+                // Its holder sees the registration gone and ends.
+                let _ = fs::remove_file(&path);
+                continue;
+            }
+            holder::touch(&path);
+        }
+        return Some(owner.pid);
     }
     None
+}
+
+/// The live namespace holder (not a container owner) registered under `root`, if any.
+pub fn namespace_holder(root: &Path) -> Option<i32> {
+    fs::read_dir(holders_dir(root))
+        .ok()?
+        .flatten()
+        .filter(|e| holder::is_holder(&e.path()))
+        .filter_map(|e| {
+            e.file_name()
+                .to_str()
+                .and_then(crate::owner::Owner::parse_tag)
+        })
+        .find(|o| o.is_alive())
+        .map(|o| o.pid)
 }
 
 /// Joins the user namespace of `pid` (a process of ours: its namespace's owner is our uid, so we
