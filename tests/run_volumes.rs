@@ -164,3 +164,56 @@ fn named_bind_and_anonymous_volumes() {
         );
     }
 }
+
+/// `volume create --label` and `volume ls --filter`, as docker 28 answers them (recorded with
+/// docker-ref): labels in `inspect` (null without any), `Labels` and `{{.Label}}` in `--format`,
+/// filters by label, name, dangling; a volume without a name gets 64 hex digits.
+#[test]
+fn volume_labels_and_filters() {
+    let root = common::temp_root();
+    let r = root.path();
+    common::kiln_ok(r, &["volume", "create", "kvt1"]);
+    common::kiln_ok(
+        r,
+        &["volume", "create", "--label", "a=1", "-l", "b", "kvt2"],
+    );
+    let vi: serde_json::Value =
+        serde_json::from_str(&common::kiln_ok(r, &["volume", "inspect", "kvt1", "kvt2"])).unwrap();
+    assert_eq!(vi[0]["Labels"], serde_json::Value::Null);
+    assert_eq!(vi[1]["Labels"], json!({"a": "1", "b": ""}));
+    let ls = |args: &[&str]| {
+        let mut all = vec!["volume", "ls"];
+        all.extend_from_slice(args);
+        common::kiln_ok(r, &all)
+    };
+    assert_eq!(
+        ls(&["--filter", "label=a"]),
+        "DRIVER    VOLUME NAME\nlocal     kvt2\n"
+    );
+    assert_eq!(
+        ls(&[
+            "--filter",
+            "label=b",
+            "--format",
+            "{{.Name}} {{.Labels}} {{.Label \"a\"}}"
+        ]),
+        "kvt2 a=1,b= 1\n"
+    );
+    assert_eq!(ls(&["-f", "name=kvt", "-f", "label=a=1", "-q"]), "kvt2\n");
+    assert_eq!(ls(&["-f", "label=a=2", "-q"]), "");
+    assert_eq!(ls(&["-f", "dangling=true", "-q"]), "kvt1\nkvt2\n");
+    assert_eq!(ls(&["-f", "dangling=false", "-q"]), "");
+    let bad = common::kiln(r, &["volume", "ls", "-f", "bogus=1"]);
+    assert_ne!(bad.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("invalid filter 'bogus'"));
+    let bad = common::kiln(r, &["volume", "create", "--label", "=x"]);
+    assert_ne!(bad.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("invalid --label \"=x\""));
+    let made = common::kiln_ok(r, &["volume", "create"]);
+    let made = made.trim();
+    assert!(
+        made.len() == 64 && made.bytes().all(|b| b.is_ascii_hexdigit()),
+        "{made}"
+    );
+    assert!(ls(&["-q"]).contains(made));
+}

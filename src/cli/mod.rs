@@ -25,6 +25,7 @@ pub mod registry_cmds;
 pub mod run_cmds;
 pub mod system_cmds;
 pub mod unsupported;
+pub mod volume_filter;
 
 pub use format::{table, template};
 

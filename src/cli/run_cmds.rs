@@ -499,12 +499,20 @@ pub enum ContainerCommands {
 
 #[derive(Debug, Subcommand)]
 pub enum VolumeCommands {
-    /// Create a named volume.
-    Create { name: String },
+    /// Create a named volume (a random name when none is given).
+    Create {
+        name: Option<String>,
+        /// Set a label on the volume (KEY=VALUE, or KEY for an empty value).
+        #[arg(short = 'l', long = "label", value_name = "KEY=VALUE")]
+        labels: Vec<String>,
+    },
     /// List volumes.
     Ls {
         #[arg(short, long)]
         quiet: bool,
+        /// Filter: name=REGEX, label=KEY[=VALUE], dangling=true|false, driver=local.
+        #[arg(short, long, value_name = "KEY=VALUE")]
+        filter: Vec<String>,
         /// A Go template per volume (`{{.Name}}`), `table TEMPLATE` or `json`.
         #[arg(long)]
         format: Option<String>,
@@ -1260,19 +1268,30 @@ const VOLUME_HEADERS: &[(&str, &str)] = &[
 fn volume(root: &Path, cmd: VolumeCommands) -> Result<i32> {
     let store = runner::open_store(root)?;
     match cmd {
-        VolumeCommands::Create { name } => {
+        VolumeCommands::Create { name, labels } => {
+            // docker's name for a volume created without one: 64 hex digits.
+            let name = name.unwrap_or_else(|| runner::random_hex(32));
             if !runner::config::valid_volume_name(&name) {
                 bail!("invalid volume name {name:?}: only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed");
             }
+            let labels = runner::runflags::labels(None, &labels)?;
             let dir = runner::volumes::data_dir(store.root(), &name);
             std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-            state::add_volume(&store, &name, false)?;
+            state::add_volume(&store, &name, &labels)?;
             crate::outln!("{name}")?;
             Ok(0)
         }
-        VolumeCommands::Ls { quiet, format } => {
+        VolumeCommands::Ls {
+            quiet,
+            filter,
+            format,
+        } => {
             let format = Format::parse(format.as_deref()).context("volume ls: --format")?;
-            let vols = state::volumes(&store)?;
+            let chosen = super::volume_filter::VolumeFilter::parse(&filter)?;
+            let vols: Vec<_> = state::volumes(&store)?
+                .into_iter()
+                .filter(|v| chosen.matches(v))
+                .collect();
             if !quiet && !matches!(format, Format::DefaultTable) {
                 let objects: Vec<serde_json::Value> = vols
                     .iter()
@@ -1281,7 +1300,7 @@ fn volume(root: &Path, cmd: VolumeCommands) -> Result<i32> {
                             "Availability": "N/A",
                             "Driver": "local",
                             "Group": "N/A",
-                            "Labels": "",
+                            "Labels": super::volume_filter::labels_text(&v.labels),
                             "Links": "N/A",
                             "Mountpoint": runner::volumes::data_dir(store.root(), &v.name),
                             "Name": v.name,
@@ -1359,7 +1378,8 @@ fn volume(root: &Path, cmd: VolumeCommands) -> Result<i32> {
                 out.push(serde_json::json!({
                     "CreatedAt": created,
                     "Driver": "local",
-                    "Labels": null,
+                    // docker's: null for a volume without labels.
+                    "Labels": (!v.labels.is_empty()).then_some(&v.labels),
                     "Mountpoint": runner::volumes::data_dir(store.root(), &v.name),
                     "Name": v.name,
                     "Options": null,

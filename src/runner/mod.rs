@@ -115,7 +115,8 @@ pub struct RunOptions {
     pub detach_keys: Option<String>,
 }
 
-fn random_hex(bytes: usize) -> String {
+/// `bytes` random bytes in hex: container IDs, anonymous volumes' names.
+pub fn random_hex(bytes: usize) -> String {
     use rand::RngCore;
     let mut b = vec![0u8; bytes];
     rand::thread_rng().fill_bytes(&mut b);

@@ -10,7 +10,8 @@ use serde::{Deserialize, Serialize};
 use super::config::{PortBinding, PortRequest, VolumeMount};
 use crate::store::Store;
 
-pub(crate) const MIGRATIONS: &[&str] = &["
+pub(crate) const MIGRATIONS: &[&str] = &[
+    "
     CREATE TABLE containers (
         id TEXT PRIMARY KEY,
         name TEXT NOT NULL UNIQUE,
@@ -41,7 +42,12 @@ pub(crate) const MIGRATIONS: &[&str] = &["
         PRIMARY KEY (volume, container)
     );
     CREATE INDEX volume_uses_container ON volume_uses(container);
-"];
+",
+    "
+    -- `volume create --label`: a JSON object of strings.
+    ALTER TABLE volumes ADD COLUMN labels TEXT NOT NULL DEFAULT '{}';
+",
+];
 
 /// Everything a container runs with, fixed at `kiln run`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -479,12 +485,15 @@ pub struct VolumeRecord {
     pub anonymous: bool,
     /// IDs of containers that use it.
     pub users: Vec<String>,
+    /// `volume create --label`s.
+    pub labels: std::collections::BTreeMap<String, String>,
 }
 
 pub fn volumes(store: &Store) -> Result<Vec<VolumeRecord>> {
     store.with_conn(|c| {
         let mut stmt = c.prepare(
-            "SELECT v.name, v.created, v.anonymous, group_concat(u.container) FROM volumes v \
+            "SELECT v.name, v.created, v.anonymous, group_concat(u.container), v.labels \
+             FROM volumes v \
              LEFT JOIN volume_uses u ON u.volume = v.name GROUP BY v.name ORDER BY v.name",
         )?;
         let rows = stmt
@@ -497,6 +506,8 @@ pub fn volumes(store: &Store) -> Result<Vec<VolumeRecord>> {
                     users: users
                         .map(|u| u.split(',').map(str::to_string).collect())
                         .unwrap_or_default(),
+                    // A row kiln cannot read keeps its volume usable, without labels.
+                    labels: serde_json::from_str(&r.get::<_, String>(4)?).unwrap_or_default(),
                 })
             })?
             .collect::<rusqlite::Result<Vec<_>>>()?;
@@ -508,12 +519,22 @@ pub fn volume(store: &Store, name: &str) -> Result<Option<VolumeRecord>> {
     Ok(volumes(store)?.into_iter().find(|v| v.name == name))
 }
 
-/// Records a volume (`kiln volume create` or first use).
-pub fn add_volume(store: &Store, name: &str, anonymous: bool) -> Result<()> {
+/// Records a named volume (`kiln volume create`) with its labels; an existing volume is kept as
+/// it is (docker's `volume create` of an existing name is a no-op too).
+pub fn add_volume(
+    store: &Store,
+    name: &str,
+    labels: &std::collections::BTreeMap<String, String>,
+) -> Result<()> {
     store.with_conn(|c| {
         c.execute(
-            "INSERT OR IGNORE INTO volumes (name, created, anonymous) VALUES (?1, ?2, ?3)",
-            params![name, chrono::Utc::now().timestamp(), anonymous as i64],
+            "INSERT OR IGNORE INTO volumes (name, created, anonymous, labels) \
+             VALUES (?1, ?2, 0, ?3)",
+            params![
+                name,
+                chrono::Utc::now().timestamp(),
+                serde_json::to_string(labels)?
+            ],
         )?;
         Ok(())
     })
