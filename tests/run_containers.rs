@@ -380,3 +380,74 @@ fn start_and_restart_keep_the_writable_layer() {
         0
     );
 }
+
+/// `--log-opt max-size/max-file`: the json-file log rotates as docker's (`seq 1 1000` with 1k
+/// files, two kept, shows 981..1000 in docker 28): `logs` shows a contiguous tail ending at the
+/// last line, from at most max-file files each within max-size; `inspect` shows the options
+/// as given. Options docker refuses, kiln refuses.
+#[test]
+fn log_opts_rotate_the_json_log() {
+    let root = setup();
+    let r = root.path();
+    let c = Container::run(
+        r,
+        &[
+            "--name",
+            "chatty",
+            "--log-opt",
+            "max-size=1k",
+            "--log-opt",
+            "max-file=2",
+            "bb",
+            "seq",
+            "1",
+            "1000",
+        ],
+    );
+    assert_eq!(common::kiln_ok(r, &["wait", "chatty"]), "0\n");
+    let logs = common::kiln_ok(r, &["logs", "chatty"]);
+    let shown: Vec<u32> = logs.lines().map(|l| l.parse().unwrap()).collect();
+    assert_eq!(shown.last(), Some(&1000), "{logs}");
+    assert!(
+        shown.len() > 5 && shown.len() < 60,
+        "{} lines kept",
+        shown.len()
+    );
+    let first = shown[0];
+    assert_eq!(shown, (first..=1000).collect::<Vec<_>>());
+    let dir = r.join("containers").join(&c.id);
+    let log = dir.join(format!("{}-json.log", c.id));
+    for p in [log.clone(), dir.join(format!("{}-json.log.1", c.id))] {
+        assert!(
+            std::fs::metadata(&p).unwrap().len() <= 1024,
+            "{}",
+            p.display()
+        );
+    }
+    assert!(!dir.join(format!("{}-json.log.2", c.id)).exists());
+    assert_eq!(
+        c.inspect()["HostConfig"]["LogConfig"],
+        json!({"Type": "json-file", "Config": {"max-file": "2", "max-size": "1k"}})
+    );
+    assert_eq!(
+        common::kiln_ok(r, &["logs", "--tail", "2", "chatty"]),
+        "999\n1000\n"
+    );
+    for (bad, says) in [
+        (
+            "bogus=1",
+            "unknown log opt 'bogus' for the json-file log driver",
+        ),
+        ("max-size=0", "must be more than 0"),
+    ] {
+        let (code, _, stderr) = out(&kiln(r, &["run", "--rm", "--log-opt", bad, "bb", "true"]));
+        assert_eq!(code, 125, "{bad}");
+        assert!(stderr.contains(says), "{bad}: {stderr}");
+    }
+    let (code, _, stderr) = out(&kiln(
+        r,
+        &["run", "--rm", "--log-driver", "syslog", "bb", "true"],
+    ));
+    assert_eq!(code, 125);
+    assert!(stderr.contains("json-file logs only"), "{stderr}");
+}

@@ -361,6 +361,12 @@ pub struct RunArgs {
     /// /proc, /sys unmasked and writable, as docker's.
     #[arg(long)]
     privileged: bool,
+    /// The logging driver: json-file (the only one; what `kiln logs` reads).
+    #[arg(long = "log-driver", value_name = "DRIVER")]
+    log_driver: Option<String>,
+    /// json-file options: max-size=SIZE (rotate past it), max-file=N (files kept).
+    #[arg(long = "log-opt", value_name = "KEY=VALUE")]
+    log_opt: Vec<String>,
     /// Print help.
     #[arg(long, action = clap::ArgAction::Help)]
     help: Option<bool>,
@@ -422,6 +428,8 @@ impl RunArgs {
             cap_add,
             cap_drop,
             privileged,
+            log_driver,
+            log_opt,
             help: _,
             platform,
             image,
@@ -480,6 +488,8 @@ impl RunArgs {
             cap_add,
             cap_drop,
             privileged,
+            log_driver,
+            log_opts: log_opt,
         };
         Ok(opts)
     }
@@ -1175,7 +1185,7 @@ fn logs(
                 .with_context(|| format!("invalid --tail {n:?}: expected a number or all"))?,
         ),
     };
-    let (mut lines, mut offset) = runner::logs::read_from(&path, 0)?;
+    let (mut lines, mut cursor) = runner::logs::read_all(&path)?;
     lines.retain(|l| filter.keeps(&l.time));
     if let Some(n) = tail {
         let skip = lines.len().saturating_sub(n);
@@ -1203,9 +1213,7 @@ fn logs(
             // Follow while the container runs or its owner is still starting it.
             let running = state::get(&store, &rec.id)?
                 .is_some_and(|r| r.status() == Status::Running || r.owner_alive());
-            let (more, next) = runner::logs::read_from(&path, offset)?;
-            offset = next;
-            emit(more)?;
+            emit(runner::logs::follow(&path, &mut cursor)?)?;
             if !running || filter.past_until() {
                 break;
             }

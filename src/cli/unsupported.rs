@@ -162,13 +162,6 @@ const TABLE: &[(&str, &str, Option<char>, &str)] = &[
     ),
     (
         "run",
-        "log-driver",
-        None,
-        "selects the logging driver; kiln always writes json-file logs",
-    ),
-    ("run", "log-opt", None, "sets logging driver options"),
-    (
-        "run",
         "mac-address",
         None,
         "sets the container's MAC address",
@@ -524,9 +517,9 @@ mod tests {
             "kiln run: kiln does not support --pid (docker: selects the PID namespace (host or \
              container:NAME))"
         );
-        assert!(message("run", "--log-opt=max-size=1m")
+        assert!(message("run", "--link=other:alias")
             .unwrap()
-            .contains("does not support --log-opt "));
+            .contains("does not support --link "));
         assert!(message("run", "--no-such-docker-flag").is_none());
         assert!(message("images", "--pid").is_none());
         assert!(message("stats", "--format").is_none());

@@ -538,7 +538,7 @@ fn attach_output(
 ) -> Result<i32> {
     use super::state::{self, Status};
     let path = super::logs::log_path(&super::lifecycle::container_dir(store, &rec.id), &rec.id);
-    let mut offset = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+    let mut cursor = super::logs::LogCursor::at_end(&path);
     if sig_proxy {
         let sigs = relay_signals();
         sigs.thread_block().context("blocking signals")?;
@@ -554,8 +554,7 @@ fn attach_output(
     loop {
         let running = state::get(store, &rec.id)?
             .is_some_and(|r| r.status() == Status::Running || r.owner_alive());
-        let (lines, next) = super::logs::read_from(&path, offset)?;
-        offset = next;
+        let lines = super::logs::follow(&path, &mut cursor)?;
         let mut out = io::stdout().lock();
         let mut err = io::stderr().lock();
         for l in lines {

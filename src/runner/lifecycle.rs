@@ -212,7 +212,7 @@ pub fn start(store: &Store, rec: &ContainerRecord, mode: StreamMode) -> Result<S
                 cfg.interactive,
                 attach_backlog_wanted(),
             )?;
-            let log = LogWriter::open(&logs::log_path(&dir, &rec.id))?;
+            let log = LogWriter::open(&logs::log_path(&dir, &rec.id), &cfg.log)?;
             copiers.push(log.copy_from(master, "stdout", Some(server.tee())));
             attach = Some(server);
         }
@@ -220,10 +220,10 @@ pub fn start(store: &Store, rec: &ContainerRecord, mode: StreamMode) -> Result<S
     if let Some(master) = pty_master {
         let log = match mode {
             StreamMode::Inherit => None,
-            _ => Some(LogWriter::open(&logs::log_path(
-                &container_dir(store, &rec.id),
-                &rec.id,
-            ))?),
+            _ => Some(LogWriter::open(
+                &logs::log_path(&container_dir(store, &rec.id), &rec.id),
+                &cfg.log,
+            )?),
         };
         if mode != StreamMode::LogOnly && cfg.interactive {
             saved_termios = raw_terminal();
@@ -246,7 +246,7 @@ pub fn start(store: &Store, rec: &ContainerRecord, mode: StreamMode) -> Result<S
         });
     } else if mode != StreamMode::Inherit {
         let dir = container_dir(store, &rec.id);
-        let log = LogWriter::open(&logs::log_path(&dir, &rec.id))?;
+        let log = LogWriter::open(&logs::log_path(&dir, &rec.id), &cfg.log)?;
         let tee = mode == StreamMode::Tee;
         if let Some(o) = running.stdout.take() {
             let t: Option<Box<dyn Write + Send>> = tee.then(|| Box::new(std::io::stdout()) as _);

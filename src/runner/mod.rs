@@ -111,6 +111,9 @@ pub struct RunOptions {
     pub cap_drop: Vec<String>,
     /// `--privileged`.
     pub privileged: bool,
+    /// `--log-driver` (json-file only) and `--log-opt`s.
+    pub log_driver: Option<String>,
+    pub log_opts: Vec<String>,
     /// `--detach-keys` (docker's format; default ctrl-p,ctrl-q).
     pub detach_keys: Option<String>,
 }
@@ -429,6 +432,7 @@ pub fn create(store: &Store, opts: &RunOptions) -> Result<ContainerRecord> {
         caps: runflags::capabilities(&opts.cap_add, &opts.cap_drop)?,
         no_new_privileges,
         privileged: opts.privileged,
+        log: logs::LogLimits::parse(opts.log_driver.as_deref(), &opts.log_opts)?,
     };
     if !cfg.working_dir.is_empty() && !cfg.working_dir.starts_with('/') {
         bail!(
@@ -1135,6 +1139,7 @@ pub fn inspect_json(store: &Store, rec: &ContainerRecord) -> serde_json::Value {
             "Init": c.init,
             "ReadonlyRootfs": c.read_only,
             "Privileged": c.privileged,
+            "LogConfig": {"Type": "json-file", "Config": c.log.docker_config()},
             "ExtraHosts": c.extra_hosts.iter().map(|(n, ip)| format!("{n}:{ip}")).collect::<Vec<_>>(),
             "RestartPolicy": {"Name": c.restart.name(), "MaximumRetryCount": c.restart.max_retries()},
             "PortBindings": c.publish.iter().map(|p| json!({

@@ -114,6 +114,9 @@ pub struct ContainerConfig {
     /// `--privileged`: every capability, the host's devices, no seccomp filter, no masked paths.
     #[serde(default)]
     pub privileged: bool,
+    /// `--log-opt max-size/max-file` (absent in records of older kilns: no rotation).
+    #[serde(default)]
+    pub log: super::logs::LogLimits,
 }
 
 impl ContainerConfig {
