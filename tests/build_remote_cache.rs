@@ -1227,3 +1227,119 @@ fn an_all_hit_build_downloads_no_layer_its_push_mounts_them_and_run_fetches_them
     let out = common::kiln_ok(e.path(), &["run", "--rm", "app:1"]);
     assert_eq!(out, "v1\none\n");
 }
+
+/// The `PUT` requests (from `from` on) that finished an upload of the blob `digest`, to any
+/// repository.
+fn blob_uploads(reg: &Registry, from: usize, digest: &str) -> Vec<String> {
+    let query = format!("digest={} ", digest.replace(':', "%3A"));
+    reg.requests()[from..]
+        .iter()
+        .filter(|r| r.starts_with("PUT ") && r.contains("/blobs/uploads/") && r.contains(&query))
+        .cloned()
+        .collect()
+}
+
+/// A builder stage whose layer is in no image (its file lands elsewhere in the image's).
+const BUILDER_AND_APP: &str = "FROM BASE AS builder
+RUN echo compiled > /artifact
+FROM BASE
+COPY --from=builder /artifact /app/artifact
+CMD [\"cat\", \"/app/artifact\"]
+";
+
+#[test]
+fn mode_max_sends_builder_layers_as_zstd_and_each_image_layer_once() {
+    common::require_root();
+    let reg = Registry::start_logged(AuthMode::None);
+    let host = reg.host();
+    let base = seed_base(&reg);
+    let ctx = context(&[("Dockerfile", &dockerfile(BUILDER_AND_APP, &base))]);
+    let cache = format!("{host}/cache/multi:max");
+    let image = format!("{host}/apps/multi:1");
+    let before = reg.requests().len();
+    let a = runner();
+    build(
+        Some(&reg),
+        a.path(),
+        ctx.path(),
+        &image,
+        &[
+            "--cache-to",
+            &format!("type=registry,ref={cache},mode=max"),
+            "--push",
+        ],
+    );
+    // The cache holds the builder's RUN layer (in no image: zstd) and the final stage's COPY
+    // layer (the image's: gzip, the very blob the push sent).
+    let (manifest, _) = cache_at(&reg, "cache/multi", "max");
+    let pushed = blob_json(&reg, &tag_digest(&reg, "apps/multi", "1").unwrap());
+    let image_layers: Vec<String> = pushed["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["digest"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(image_layers.len(), 2, "{pushed}");
+    let copy_layer = &image_layers[1];
+    let mut types: Vec<(bool, &str)> = manifest["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| {
+            (
+                l["digest"] == copy_layer.as_str(),
+                l["mediaType"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    types.sort();
+    assert_eq!(
+        types,
+        [
+            (false, "application/vnd.oci.image.layer.v1.tar+zstd"),
+            (true, "application/vnd.oci.image.layer.v1.tar+gzip")
+        ],
+        "{manifest}"
+    );
+    // Each blob of the build went up once: the layer both hold was mounted, not sent again.
+    for d in cache_layers(&reg, "cache/multi", "max") {
+        assert_eq!(
+            blob_uploads(&reg, before, &d).len(),
+            1,
+            "{d}: {:?}",
+            &reg.requests()[before..]
+        );
+    }
+    assert!(
+        reg.requests()[before..]
+            .iter()
+            .any(|r| r.starts_with("POST ")
+                && r.contains(&format!("mount={}", copy_layer.replace(':', "%3A")))
+                && r.ends_with(" 201")),
+        "{:?}",
+        &reg.requests()[before..]
+    );
+
+    // Runner B needs the builder's filesystem (its COPY takes another path): the zstd layer is
+    // fetched, verified and read.
+    let df_b = dockerfile(BUILDER_AND_APP, &base).replace("/app/artifact", "/copied");
+    let ctx_b = context(&[("Dockerfile", &df_b)]);
+    let b = runner();
+    let built_b = build(
+        Some(&reg),
+        b.path(),
+        ctx_b.path(),
+        "multi:b",
+        &["--cache-from", &format!("type=registry,ref={cache}")],
+    );
+    assert_eq!(
+        outcome(&built_b.log, "RUN echo compiled > /artifact"),
+        "CACHED"
+    );
+    assert_eq!(
+        outcome(&built_b.log, "COPY --from=builder /artifact /copied"),
+        "DONE"
+    );
+    let out = common::kiln_ok(b.path(), &["run", "--rm", "multi:b"]);
+    assert_eq!(out, "compiled\n");
+}

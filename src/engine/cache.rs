@@ -90,6 +90,16 @@ pub fn records_for(info: &BuildCacheInfo, mode: CacheMode) -> Vec<CacheRecord> {
         .collect()
 }
 
+/// The layers (by digest) of the steps of the image's stages: an export sends these as the push
+/// does (gzip), the others as the cache's own (`remotecache::layer_blob_for_export`).
+fn image_layers(info: &BuildCacheInfo) -> HashSet<String> {
+    info.steps
+        .iter()
+        .filter(|s| info.image_stages.contains(&s.stage))
+        .filter_map(|s| s.record.layer.as_ref().map(|l| l.digest.clone()))
+        .collect()
+}
+
 /// The cache mount directories of the build, as layers.
 fn mount_records(store: &Store, info: &BuildCacheInfo) -> Result<Vec<MountRecord>> {
     let mut out = Vec::new();
@@ -119,6 +129,8 @@ pub fn export(
     imports: Option<&Imports>,
 ) -> Result<remotecache::ExportStats> {
     let records = records_for(info, to.mode());
+    let image = image_layers(info);
+    let in_image = |l: &remotecache::LayerDesc| image.contains(&l.digest);
     let mounts = if to.cache_mounts() {
         mount_records(store, info)?
     } else {
@@ -136,15 +148,29 @@ pub fn export(
             let keep = |l: &remotecache::LayerDesc| {
                 imports.is_some_and(|i| i.listed_on(&r.registry, &l.digest))
             };
-            let prepared =
-                remotecache::prepare(store, &records, &mounts, *compression, imports, &keep)?;
+            let prepared = remotecache::prepare(
+                store,
+                &records,
+                &mounts,
+                *compression,
+                imports,
+                &keep,
+                &in_image,
+            )?;
             remotecache::registry::export(&ctx, store, reference, &prepared.doc, imports)
         }
         CacheTo::Local {
             dest, compression, ..
         } => {
-            let prepared =
-                remotecache::prepare(store, &records, &mounts, *compression, imports, &|_| false)?;
+            let prepared = remotecache::prepare(
+                store,
+                &records,
+                &mounts,
+                *compression,
+                imports,
+                &|_| false,
+                &in_image,
+            )?;
             remotecache::local::export(store, dest, &prepared.doc, imports)
         }
         CacheTo::Inline => Err(anyhow!("an inline cache is written with the image")),
@@ -246,12 +272,17 @@ impl Precompress {
         })
     }
 
-    /// Starts compressing `layer` (an error is left for the export, which tries again and
-    /// reports it).
-    pub fn start(&self, store: &Arc<Store>, layer: &crate::solver::cache::LayerRef) {
+    /// Starts compressing `layer`, a layer of the image's stages when `in_image` (an error is
+    /// left for the export, which tries again and reports it).
+    pub fn start(
+        &self,
+        store: &Arc<Store>,
+        layer: &crate::solver::cache::LayerRef,
+        in_image: bool,
+    ) {
         let (store, layer, compression) = (store.clone(), layer.clone(), self.compression);
         let handle = std::thread::spawn(move || {
-            let _ = remotecache::layer_blob_for_export(&store, &layer, compression);
+            let _ = remotecache::layer_blob_for_export(&store, &layer, compression, in_image);
         });
         if let Ok(mut p) = self.pending.lock() {
             p.push(handle);

@@ -250,6 +250,7 @@ pub fn build(root: &Path, opts: BuildOptions) -> Result<i32> {
                         &store,
                         &l.to_ref(),
                         None,
+                        true,
                     )?;
                     r.layer = Some(crate::solver::remotecache::LayerDesc::from(&blob));
                 }
@@ -487,9 +488,10 @@ impl Backend for StoreBackend {
         if let crate::solver::Op::Run(run) = &req.op {
             self.mounts.restore(&self.store, &run.mounts)?;
         }
+        let in_image = req.in_image;
         let layer = crate::ops::execute(&self.store, req, &self.run_limits, &self.run_settings)?;
         if let (Some(p), Some(l)) = (&self.precompress, &layer) {
-            p.start(&self.store, l);
+            p.start(&self.store, l, in_image);
         }
         Ok(layer)
     }

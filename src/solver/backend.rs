@@ -186,6 +186,9 @@ pub struct ExecRequest {
     /// For a COPY/ADD from the context that missed only because some selected files changed: the
     /// layer the same step on the same parent made last time, to build the new one from.
     pub previous: Option<PreviousCopy>,
+    /// Whether the step's stage is one whose layers the image has (the target and the stages it
+    /// is `FROM`); a layer of another stage leaves the machine only in a `mode=max` cache.
+    pub in_image: bool,
 }
 
 /// The previous result of a COPY step (see [`ExecRequest::previous`]).

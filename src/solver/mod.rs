@@ -316,13 +316,7 @@ pub async fn solve_shared(
     }
     let result = target_result.ok_or_else(|| anyhow!("the target stage produced no result"))?;
     let mut result = Arc::try_unwrap(result).unwrap_or_else(|a| (*a).clone());
-    let mut image_stages = vec![shared.graph.target];
-    while let BaseRef::Stage(j) = &shared.graph.bases[*image_stages.last().unwrap_or(&0)] {
-        if image_stages.contains(j) {
-            break;
-        }
-        image_stages.push(*j);
-    }
+    let image_stages = image_stages(&shared.graph);
     result.cache = BuildCacheInfo {
         steps: shared
             .steps
@@ -434,6 +428,18 @@ fn onbuild_triggers(
         out.push(instr);
     }
     Ok(out)
+}
+
+/// The stages whose layers the image has: the target and the stages it is `FROM`, in turn.
+fn image_stages(graph: &Graph) -> Vec<usize> {
+    let mut stages = vec![graph.target];
+    while let BaseRef::Stage(j) = &graph.bases[*stages.last().unwrap_or(&0)] {
+        if stages.contains(j) {
+            break;
+        }
+        stages.push(*j);
+    }
+    stages
 }
 
 async fn solve_stage(shared: &Arc<Shared>, stage: usize) -> Result<Arc<StageResult>> {
@@ -805,6 +811,7 @@ async fn run_step(
         ssh: shared.ssh.clone(),
         source_date_epoch: shared.req.source_date_epoch,
         previous,
+        in_image: image_stages(&shared.graph).contains(&stage),
     };
     let backend = shared.backend.clone();
     let result = tokio::task::spawn_blocking(move || backend.execute(req))

@@ -634,23 +634,44 @@ impl RemoteCache for Imports {
     }
 }
 
-/// The one place a local layer's blob is obtained for a cache export: the layer compressed
-/// (gzip unless `compression=` says zstd), made once from its unpacked snapshot when the build
-/// kept it uncompressed, and kept in the store for the next export (`snapshot::blobs`).
+/// The one place a local layer's blob is obtained for a cache export, made once from its
+/// unpacked snapshot when the build kept it uncompressed, and kept in the store for the next
+/// export (`snapshot::blobs`). `compression=` decides when given. Without it, a compressed blob
+/// the store has (a pulled layer) goes as it is; otherwise a layer of the image (`in_image`:
+/// the push sends the same blob, so it is uploaded once) is gzip, and a layer only the cache
+/// holds (a builder stage's, `mode=max`) is zstd: at its default level it takes a fraction of
+/// gzip's CPU for a smaller blob, and only kiln reads these blobs back.
 pub fn layer_blob_for_export(
     store: &Store,
     layer: &LayerRef,
     compression: Option<CacheCompression>,
+    in_image: bool,
 ) -> Result<LayerRef> {
     use crate::oci::compress::Compression;
+    let uncompressed = Compression::None.layer_media_type().to_string();
     let want = match compression {
-        // No `compression=`: a compressed blob the store has (a pulled layer) goes as it is.
-        None if layer.media_type != Compression::None.layer_media_type().to_string()
-            && store.has_blob(&layer.digest) =>
-        {
+        None if layer.media_type != uncompressed && store.has_blob(&layer.digest) => {
             return Ok(layer.clone())
         }
-        None | Some(CacheCompression::Gzip) => Compression::Gzip,
+        None if in_image => Compression::Gzip,
+        None => {
+            // A compressed blob of the layer made before (an earlier export's) is sent again
+            // rather than a second one made.
+            let stored = store.layers_with_diff_id(&layer.diff_id)?;
+            if let Some(found) = stored
+                .iter()
+                .find(|r| r.media_type != uncompressed && store.has_blob(&r.digest))
+            {
+                return Ok(LayerRef {
+                    digest: found.digest.clone(),
+                    diff_id: found.diff_id.clone(),
+                    size: found.size,
+                    media_type: found.media_type.clone(),
+                });
+            }
+            Compression::Zstd
+        }
+        Some(CacheCompression::Gzip) => Compression::Gzip,
         Some(CacheCompression::Zstd) => Compression::Zstd,
     };
     crate::snapshot::blobs::ensure_compressed(store, layer, want)
@@ -708,7 +729,8 @@ pub struct Prepared {
 
 /// Resolves each record's layer to the blob the export sends (`layer_blob_for_export`); a
 /// layer whose blob is not in the store is downloaded from the cache that listed it first,
-/// unless `keep_remote` says the destination has it already.
+/// unless `keep_remote` says the destination has it already. `in_image` tells the layers the
+/// built image has (their blob is the one the push sends).
 pub fn prepare(
     store: &Store,
     records: &[CacheRecord],
@@ -716,6 +738,7 @@ pub fn prepare(
     compression: Option<CacheCompression>,
     imports: Option<&Imports>,
     keep_remote: &dyn Fn(&LayerDesc) -> bool,
+    in_image: &dyn Fn(&LayerDesc) -> bool,
 ) -> Result<Prepared> {
     let mut out = Vec::with_capacity(records.len());
     let mut converted: HashMap<String, LayerDesc> = HashMap::new();
@@ -745,7 +768,12 @@ pub fn prepare(
                         })?;
                         imports.materialize(&[l.to_ref()])?;
                     }
-                    LayerDesc::from(&layer_blob_for_export(store, &l.to_ref(), compression)?)
+                    LayerDesc::from(&layer_blob_for_export(
+                        store,
+                        &l.to_ref(),
+                        compression,
+                        in_image(l),
+                    )?)
                 };
                 converted.insert(l.digest.clone(), new.clone());
                 new
