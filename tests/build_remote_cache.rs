@@ -137,6 +137,22 @@ fn outcome(log: &str, step: &str) -> String {
         .unwrap_or_else(|| panic!("no step {step:?} in the log:\n{log}"))
 }
 
+/// Runner A: a fresh root builds `ctx` as `tag` with `--build-arg TOKEN=x --cache-to
+/// CACHE_TO` and `extra`.
+fn runner_a(
+    reg: &Registry,
+    ctx: &Path,
+    tag: &str,
+    cache_to: &str,
+    extra: &[&str],
+) -> (tempfile::TempDir, Built) {
+    let root = runner();
+    let mut args = vec!["--build-arg", "TOKEN=x", "--cache-to", cache_to];
+    args.extend_from_slice(extra);
+    let built = build(Some(reg), root.path(), ctx, tag, &args);
+    (root, built)
+}
+
 fn context(files: &[(&str, &str)]) -> tempfile::TempDir {
     let ctx = tempfile::tempdir().unwrap();
     for (name, text) in files {
@@ -429,18 +445,12 @@ fn a_tampered_layer_is_refused_and_its_step_runs_again() {
     let cache = format!("{}/cache/app:main", reg.host());
     let df = dockerfile(APP_DOCKERFILE, &base);
     let ctx = context(&[("Dockerfile", &df), ("app.txt", "v1\n")]);
-    let a = runner();
-    let built_a = build(
-        Some(&reg),
-        a.path(),
+    let (_a, built_a) = runner_a(
+        &reg,
         ctx.path(),
         "app:1",
-        &[
-            "--build-arg",
-            "TOKEN=x",
-            "--cache-to",
-            &format!("type=registry,ref={cache}"),
-        ],
+        &format!("type=registry,ref={cache}"),
+        &[],
     );
     // Flip a byte of every layer the cache lists, in the registry's own storage.
     let (manifest, _) = cache_at(&reg, "cache/app", "main");
@@ -523,18 +533,12 @@ fn a_killed_export_leaves_the_previous_cache_usable() {
     let base = seed_base(&reg);
     let df = dockerfile(APP_DOCKERFILE, &base);
     let v1 = context(&[("Dockerfile", &df), ("app.txt", "v1\n")]);
-    let a = runner();
-    let built_a = build(
-        Some(&reg),
-        a.path(),
+    let (_a, built_a) = runner_a(
+        &reg,
         v1.path(),
         "app:1",
-        &[
-            "--build-arg",
-            "TOKEN=x",
-            "--cache-to",
-            &format!("type=registry,ref={}/cache/app:main", reg.host()),
-        ],
+        &format!("type=registry,ref={}/cache/app:main", reg.host()),
+        &[],
     );
     let before = tag_digest(&reg, "cache/app", "main").unwrap();
 
@@ -757,14 +761,7 @@ fn local_cache_round_trips_and_drops_blobs_no_record_names() {
     let to = format!("type=local,dest={}", dest.display());
     let from = format!("type=local,src={}", dest.display());
     let v1 = context(&[("Dockerfile", &df), ("app.txt", "v1\n")]);
-    let a = runner();
-    let built_a = build(
-        Some(&reg),
-        a.path(),
-        v1.path(),
-        "app:1",
-        &["--build-arg", "TOKEN=x", "--cache-to", &to],
-    );
+    let (a, built_a) = runner_a(&reg, v1.path(), "app:1", &to, &[]);
     let index: serde_json::Value =
         serde_json::from_slice(&fs::read(dest.join("index.json")).unwrap()).unwrap();
     assert_eq!(
@@ -829,20 +826,7 @@ fn inline_cache_rides_in_the_pushed_image() {
     let df = dockerfile(APP_DOCKERFILE, &base);
     let ctx = context(&[("Dockerfile", &df), ("app.txt", "v1\n")]);
     let image = format!("{}/app/web:1", reg.host());
-    let a = runner();
-    let built_a = build(
-        Some(&reg),
-        a.path(),
-        ctx.path(),
-        &image,
-        &[
-            "--build-arg",
-            "TOKEN=x",
-            "--cache-to",
-            "type=inline",
-            "--push",
-        ],
-    );
+    let (_a, built_a) = runner_a(&reg, ctx.path(), &image, "type=inline", &["--push"]);
     let b = runner();
     let built_b = build(
         Some(&reg),
@@ -957,18 +941,12 @@ fn export_mounts_from_the_imported_cache_and_zstd_round_trips() {
     let df = dockerfile(APP_DOCKERFILE, &base);
     let ctx = context(&[("Dockerfile", &df), ("app.txt", "v1\n")]);
     let host = reg.host();
-    let a = runner();
-    let built_a = build(
-        Some(&reg),
-        a.path(),
+    let (_a, built_a) = runner_a(
+        &reg,
         ctx.path(),
         "app:1",
-        &[
-            "--build-arg",
-            "TOKEN=x",
-            "--cache-to",
-            &format!("type=registry,ref={host}/cache/app:main"),
-        ],
+        &format!("type=registry,ref={host}/cache/app:main"),
+        &[],
     );
     // Runner B exports to another repository of the same registry: the layers are mounted from
     // the imported cache's repository, not uploaded again.
@@ -1066,18 +1044,12 @@ fn an_all_hit_build_downloads_no_layer_its_push_mounts_them_and_run_fetches_them
     let df = dockerfile(APP_DOCKERFILE, &base);
     let ctx = context(&[("Dockerfile", &df), ("app.txt", "v1\n")]);
     let cache = format!("{host}/cache/app:main");
-    let a = runner();
-    let built_a = build(
-        Some(&reg),
-        a.path(),
+    let (_a, built_a) = runner_a(
+        &reg,
         ctx.path(),
         "app:1",
-        &[
-            "--build-arg",
-            "TOKEN=x",
-            "--cache-to",
-            &format!("type=registry,ref={cache}"),
-        ],
+        &format!("type=registry,ref={cache}"),
+        &[],
     );
     let layers = cache_layers(&reg, "cache/app", "main");
     assert_eq!(layers.len(), 3, "{layers:?}");
