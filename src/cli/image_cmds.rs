@@ -583,16 +583,9 @@ fn image_labels(
     store: &Store,
     config_digest: &str,
 ) -> Result<std::collections::BTreeMap<String, String>> {
-    let config: serde_json::Value = serde_json::from_slice(&store.read_blob(config_digest)?)?;
-    Ok(config
-        .pointer("/config/Labels")
-        .and_then(|l| l.as_object())
-        .map(|m| {
-            m.iter()
-                .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string()))
-                .collect()
-        })
-        .unwrap_or_default())
+    Ok(super::image_filter::config_labels(
+        &store.read_blob(config_digest)?,
+    ))
 }
 
 /// docker's column names of `history --format 'table …'`.

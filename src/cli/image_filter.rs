@@ -4,6 +4,8 @@
 //! keys must all match; several `reference=` match when any does; several `label=` must all
 //! match, as docker's daemon combines them.
 
+use std::collections::BTreeMap;
+
 use anyhow::{bail, Context, Result};
 
 use crate::reference::Reference;
@@ -14,7 +16,7 @@ use crate::store::{ImageRecord, Store};
 pub struct ImageFilter {
     dangling: Option<bool>,
     references: Vec<String>,
-    labels: Vec<(String, Option<String>)>,
+    labels: Vec<LabelFilter>,
     before: Option<i64>,
     since: Option<i64>,
 }
@@ -25,6 +27,54 @@ pub fn split_filter(raw: &str) -> Result<(&str, &str)> {
         Some((k, v)) if !k.is_empty() => Ok((k, v)),
         _ => bail!("invalid argument {raw:?} for \"-f, --filter\" flag: bad format of filter (expected name=value)"),
     }
+}
+
+/// A `label=KEY` or `label=KEY=VALUE` filter, the same for images, containers and volumes.
+#[derive(Debug, Clone)]
+pub struct LabelFilter {
+    key: String,
+    value: Option<String>,
+}
+
+impl LabelFilter {
+    /// From the value after `label=`.
+    pub fn parse(value: &str) -> LabelFilter {
+        match value.split_once('=') {
+            Some((k, v)) => LabelFilter {
+                key: k.to_string(),
+                value: Some(v.to_string()),
+            },
+            None => LabelFilter {
+                key: value.to_string(),
+                value: None,
+            },
+        }
+    }
+
+    /// Whether every filter holds for `labels` (docker's daemon combines several with AND).
+    pub fn all_match(filters: &[LabelFilter], labels: &BTreeMap<String, String>) -> bool {
+        filters
+            .iter()
+            .all(|f| match (labels.get(&f.key), &f.value) {
+                (Some(have), Some(want)) => have == want,
+                (Some(_), None) => true,
+                (None, _) => false,
+            })
+    }
+}
+
+/// The labels of an image config (`config.Labels`), empty when it has none or is unreadable.
+pub fn config_labels(config_json: &[u8]) -> BTreeMap<String, String> {
+    let config: serde_json::Value = serde_json::from_slice(config_json).unwrap_or_default();
+    config
+        .pointer("/config/Labels")
+        .and_then(|l| l.as_object())
+        .map(|m| {
+            m.iter()
+                .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string()))
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// Whether a `--filter` value is well formed (`KEY=VALUE`): docker's CLI refuses the rest as a
@@ -57,10 +107,7 @@ impl ImageFilter {
                         .with_context(|| format!("invalid filter 'reference={value}'"))?;
                     out.references.push(value.to_string());
                 }
-                "label" => out.labels.push(match value.split_once('=') {
-                    Some((k, v)) => (k.to_string(), Some(v.to_string())),
-                    None => (value.to_string(), None),
-                }),
+                "label" => out.labels.push(LabelFilter::parse(value)),
                 "before" | "since" => {
                     let img = store
                         .resolve(value)
@@ -113,12 +160,8 @@ impl ImageFilter {
                 return false;
             }
         }
-        for (k, v) in &self.labels {
-            match (labels.get(k), v) {
-                (Some(have), Some(want)) if have == want => {}
-                (Some(_), None) => {}
-                _ => return false,
-            }
+        if !LabelFilter::all_match(&self.labels, labels) {
+            return false;
         }
         if self.before.is_some_and(|t| img.created >= t) {
             return false;

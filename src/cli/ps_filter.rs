@@ -29,7 +29,7 @@ const STATES: &[&str] = &[
 pub struct PsFilter {
     statuses: Vec<String>,
     names: Vec<regex::Regex>,
-    labels: Vec<(String, Option<String>)>,
+    labels: Vec<super::image_filter::LabelFilter>,
     /// Image IDs (config digests); `Some(empty)` when no image had the name given.
     ancestors: Option<Vec<String>>,
     exited: Vec<i32>,
@@ -60,10 +60,9 @@ impl PsFilter {
                     regex::Regex::new(value)
                         .with_context(|| format!("invalid filter 'name={value}'"))?,
                 ),
-                "label" => out.labels.push(match value.split_once('=') {
-                    Some((k, v)) => (k.to_string(), Some(v.to_string())),
-                    None => (value.to_string(), None),
-                }),
+                "label" => out
+                    .labels
+                    .push(super::image_filter::LabelFilter::parse(value)),
                 "ancestor" => {
                     let ids = out.ancestors.get_or_insert_with(Vec::new);
                     // An image that does not exist matches nothing, as docker's (no error).
@@ -120,12 +119,8 @@ impl PsFilter {
         if !self.names.is_empty() && !self.names.iter().any(|r| r.is_match(&rec.name)) {
             return false;
         }
-        for (k, v) in &self.labels {
-            match (labels.get(k), v) {
-                (Some(have), Some(want)) if have == want => {}
-                (Some(_), None) => {}
-                _ => return false,
-            }
+        if !super::image_filter::LabelFilter::all_match(&self.labels, labels) {
+            return false;
         }
         if let Some(ids) = &self.ancestors {
             if !ids.contains(&rec.image_id) {
@@ -159,18 +154,9 @@ pub fn container_labels(images: &Store, rec: &ContainerRecord) -> BTreeMap<Strin
 }
 
 fn image_labels(images: &Store, rec: &ContainerRecord) -> BTreeMap<String, String> {
-    let Ok(bytes) = images.read_blob(&rec.image_id) else {
-        return BTreeMap::new();
-    };
-    let config: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
-    config
-        .pointer("/config/Labels")
-        .and_then(|l| l.as_object())
-        .map(|m| {
-            m.iter()
-                .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string()))
-                .collect()
-        })
+    images
+        .read_blob(&rec.image_id)
+        .map(|config| super::image_filter::config_labels(&config))
         .unwrap_or_default()
 }
 

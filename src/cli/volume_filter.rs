@@ -10,7 +10,7 @@ use crate::runner::state::VolumeRecord;
 #[derive(Debug, Default)]
 pub struct VolumeFilter {
     names: Vec<regex::Regex>,
-    labels: Vec<(String, Option<String>)>,
+    labels: Vec<super::image_filter::LabelFilter>,
     dangling: Option<bool>,
     drivers: Vec<String>,
 }
@@ -25,10 +25,9 @@ impl VolumeFilter {
                     regex::Regex::new(value)
                         .with_context(|| format!("invalid filter 'name={value}'"))?,
                 ),
-                "label" => out.labels.push(match value.split_once('=') {
-                    Some((k, v)) => (k.to_string(), Some(v.to_string())),
-                    None => (value.to_string(), None),
-                }),
+                "label" => out
+                    .labels
+                    .push(super::image_filter::LabelFilter::parse(value)),
                 "dangling" => {
                     out.dangling = Some(match value {
                         "true" | "1" => true,
@@ -51,12 +50,8 @@ impl VolumeFilter {
         if !self.names.is_empty() && !self.names.iter().any(|r| r.is_match(&v.name)) {
             return false;
         }
-        for (k, want) in &self.labels {
-            match (v.labels.get(k), want) {
-                (Some(have), Some(want)) if have == want => {}
-                (Some(_), None) => {}
-                _ => return false,
-            }
+        if !super::image_filter::LabelFilter::all_match(&self.labels, &v.labels) {
+            return false;
         }
         if self.dangling.is_some_and(|d| d != v.users.is_empty()) {
             return false;
