@@ -409,35 +409,11 @@ pub fn parse_until(s: &str, now: i64) -> Result<i64> {
     bail!("expected a duration (24h, 30m, 1h30m), a time (2024-01-02T15:04:05Z) or Unix seconds")
 }
 
-/// A Go duration in whole seconds (`1h30m`, `90s`, `1.5h`); None when it is not one.
+/// A Go duration in whole seconds (`1h30m`, `90s`, `1.5h`, `0`); None when it is not one.
 fn parse_go_duration(s: &str) -> Option<i64> {
-    let mut rest = s.trim();
-    if rest.is_empty() {
-        return None;
-    }
-    let mut total = 0f64;
-    while !rest.is_empty() {
-        let num_end = rest
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .unwrap_or(rest.len());
-        let n: f64 = rest[..num_end].parse().ok()?;
-        rest = &rest[num_end..];
-        let unit_end = rest
-            .find(|c: char| c.is_ascii_digit() || c == '.')
-            .unwrap_or(rest.len());
-        let mult = match &rest[..unit_end] {
-            "ns" => 1e-9,
-            "us" | "µs" => 1e-6,
-            "ms" => 1e-3,
-            "s" => 1.0,
-            "m" => 60.0,
-            "h" => 3600.0,
-            _ => return None,
-        };
-        rest = &rest[unit_end..];
-        total += n * mult;
-    }
-    Some(total as i64)
+    crate::runner::health::parse_duration(s)
+        .ok()
+        .map(|d| d.as_secs() as i64)
 }
 
 /// The labels of an image's config.
