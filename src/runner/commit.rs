@@ -277,24 +277,8 @@ fn commit_raw(
     layers: &[oci_spec::image::Descriptor],
     names: &[Reference],
 ) -> Result<String> {
-    use oci_spec::image::{Descriptor, ImageManifestBuilder, MediaType};
     let bytes = crate::digest::canonical_json(config).context("serialising the image config")?;
-    let blob = store.put_blob_bytes(&bytes)?;
-    let manifest = ImageManifestBuilder::default()
-        .schema_version(2u32)
-        .media_type(MediaType::ImageManifest)
-        .config(Descriptor::new(
-            MediaType::ImageConfig,
-            blob.size,
-            blob.digest
-                .parse::<oci_spec::image::Digest>()
-                .context("config digest")?,
-        ))
-        .layers(layers.to_vec())
-        .build()
-        .context("building the image manifest")?;
-    let manifest_bytes =
-        crate::digest::canonical_json(&manifest).context("serialising the manifest")?;
-    store.add_manifest_with_names(&manifest_bytes, names)?;
-    Ok(blob.digest)
+    Ok(store
+        .commit_config_bytes(&bytes, layers, names)?
+        .config_digest)
 }

@@ -253,7 +253,19 @@ impl Store {
         }
         let config_bytes =
             crate::digest::canonical_json(config).context("serialising the image config")?;
-        let config_blob = self.put_blob_bytes(&config_bytes)?;
+        self.commit_config_bytes(&config_bytes, layers, names)
+    }
+
+    /// [`Store::commit_image`] for a config already serialised (one that keeps fields the OCI
+    /// type does not model, as `kiln commit` writes): the config blob, a manifest over
+    /// `layers`, `names` pointed at it.
+    pub fn commit_config_bytes(
+        &self,
+        config_bytes: &[u8],
+        layers: &[Descriptor],
+        names: &[Reference],
+    ) -> Result<CommittedImage> {
+        let config_blob = self.put_blob_bytes(config_bytes)?;
         let manifest = ImageManifestBuilder::default()
             .schema_version(2u32)
             .media_type(MediaType::ImageManifest)
