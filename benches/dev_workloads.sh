@@ -119,10 +119,15 @@ for w in $ONLY; do
     pk=(tree bc zip unzip pv)
     n=0
     token="$(date +%s%N)"
-    addpkg() { sed -i "s/jq file less.*/jq file less ${pk[$n]} # $token-$n/" "$W/deps/Dockerfile"; n=$((n + 1)); }
-    kx=""; for _ in $(seq "$RUNS"); do addpkg; kx="$kx $(time_ms kb deps)"; done
-    n=0
-    dx=""; if [ $have_docker = 1 ]; then for _ in $(seq "$RUNS"); do addpkg; dx="$dx $(time_ms db deps)"; done; fi
+    # kiln and docker in turn (same package, each its own token), so that a drift of the shared
+    # machine or of the mirror weighs on both alike
+    addpkg() { sed -i "s/jq file less.*/jq file less ${pk[$n]} # $token-$n-$1/" "$W/deps/Dockerfile"; }
+    kx=""; dx=""
+    for _ in $(seq "$RUNS"); do
+      addpkg k; kx="$kx $(time_ms kb deps)"
+      if [ $have_docker = 1 ]; then addpkg d; dx="$dx $(time_ms db deps)"; fi
+      n=$((n + 1))
+    done
     row "deps: one package added" "$(echo "$kx" | median)" "$( [ -n "$dx" ] && echo "$dx" | median || echo -)"
     ;;
   esac
