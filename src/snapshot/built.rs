@@ -92,8 +92,6 @@ pub fn keep_upper(
     base: Option<&str>,
 ) -> Result<Option<KeptLayer>> {
     let upper = snap.upper();
-    // The disk writes the layer out while it is hashed; `sync_filesystem` below waits for it.
-    super::writeback::start_all(&upper, changes);
     if let Some(epoch) = source_date_epoch {
         clamp_mtimes(&upper, epoch)
             .with_context(|| format!("clamping mtimes in {}", upper.display()))?;

@@ -42,9 +42,14 @@ fn start_file(path: &Path) {
     }
 }
 
-/// Starts the writeback of every regular file `changes` upserts under `root` (the layer's files,
-/// before they are hashed), on a thread of its own; returns at once.
+/// Starts the writeback of every regular file `changes` upserts under `root` (a RUN's layer's
+/// files, before they are hashed), on a thread of its own; returns at once. Nothing for a layer
+/// of more than [`MAX_ENTRIES`] entries.
 pub fn start_all(root: &Path, changes: &[Change]) {
+    if changes.len() > MAX_ENTRIES {
+        // Many small files: opening each costs more than the head start gives.
+        return;
+    }
     let files: Vec<PathBuf> = changes
         .iter()
         .filter_map(|c| match c {
