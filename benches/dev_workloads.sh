@@ -90,8 +90,8 @@ row() {
   if [[ $2 =~ ^[0-9]+$ && $3 =~ ^[0-9]+$ && $3 -gt 0 ]]; then r=$(awk -v a="$2" -v b="$3" 'BEGIN{printf "%.2f", a/b}'); fi
   printf "%-40s %10s %10s %8s\n" "$1" "$2" "$3" "$r"
 }
-kb() { "$KILN" --root "$ROOT" build -q --network host -t "dev/$1" "$W/$1"; }
-db() { $DOCKER build -q --network=host -t "dev/$1" "$W/$1"; }
+kb() { "$KILN" --root "$ROOT" build -q --network host -t "dev/$1" "${@:2}" "$W/$1"; }
+db() { $DOCKER build -q --network=host -t "dev/$1" "${@:2}" "$W/$1"; }
 peer() { if [ $have_docker = 1 ]; then measure "$@"; else echo "-"; fi; }
 
 echo "kiln: $KILN   runs per figure: $RUNS   (ms, median; ratio = kiln/docker)"
@@ -102,6 +102,7 @@ for w in $ONLY; do
     # the first builds install gcc (minutes, network-bound): done once, not measured
     kb compile >/dev/null 2>&1 || echo "compile: kiln's first build failed"
     [ $have_docker = 1 ] && { db compile >/dev/null 2>&1 || echo "compile: docker's first build failed"; }
+    row "compile: cold build (--no-cache)" "$(measure : kb compile --no-cache)" "$(peer : db compile --no-cache)"
     touch1="echo '/* '\$RANDOM' */' >> $W/compile/src/u100.c"
     row "compile: one .c file touched" "$(measure "$touch1" kb compile)" "$(peer "$touch1" db compile)"
     row "compile: no-op rebuild" "$(measure : kb compile)" "$(peer : db compile)"
@@ -109,6 +110,7 @@ for w in $ONLY; do
   deps)
     kb deps >/dev/null 2>&1 || echo "deps: kiln's first build failed"
     [ $have_docker = 1 ] && { db deps >/dev/null 2>&1 || echo "deps: docker's first build failed"; }
+    row "deps: cold build (--no-cache, warm apt cache mounts)" "$(measure : kb deps --no-cache)" "$(peer : db deps --no-cache)"
     edit="echo \$RANDOM >> $W/deps/app/m7.txt"
     row "deps: app code changed" "$(measure "$edit" kb deps)" "$(peer "$edit" db deps)"
     # one more package, each run a different one so that every run misses the package step
@@ -117,10 +119,15 @@ for w in $ONLY; do
     pk=(tree bc zip unzip pv)
     n=0
     token="$(date +%s%N)"
-    addpkg() { sed -i "s/jq file less.*/jq file less ${pk[$n]} # $token-$n/" "$W/deps/Dockerfile"; n=$((n + 1)); }
-    kx=""; for _ in $(seq "$RUNS"); do addpkg; kx="$kx $(time_ms kb deps)"; done
-    n=0
-    dx=""; if [ $have_docker = 1 ]; then for _ in $(seq "$RUNS"); do addpkg; dx="$dx $(time_ms db deps)"; done; fi
+    # kiln and docker in turn (same package, each its own token), so that a drift of the shared
+    # machine or of the mirror weighs on both alike
+    addpkg() { sed -i "s/jq file less.*/jq file less ${pk[$n]} # $token-$n-$1/" "$W/deps/Dockerfile"; }
+    kx=""; dx=""
+    for _ in $(seq "$RUNS"); do
+      addpkg k; kx="$kx $(time_ms kb deps)"
+      if [ $have_docker = 1 ]; then addpkg d; dx="$dx $(time_ms db deps)"; fi
+      n=$((n + 1))
+    done
     row "deps: one package added" "$(echo "$kx" | median)" "$( [ -n "$dx" ] && echo "$dx" | median || echo -)"
     ;;
   esac

@@ -60,6 +60,11 @@ pub fn execute(
     // Only an overlay's upperdir is the layer in overlay form; the copy-based snapshotter's
     // (rootless without overlay) is the whole tree, so its layer is written as a blob.
     let kept = if snap.upper_is_diff() {
+        if matches!(req.op, Op::Run(_)) {
+            // The disk writes a RUN's layer out while it is hashed (a COPY's files are mostly
+            // links to an earlier layer, or were just written by kiln itself, in order).
+            crate::snapshot::writeback::start_all(&snap.upper(), &changes);
+        }
         crate::snapshot::built::keep_upper(
             store,
             &snapshotter,

@@ -121,7 +121,13 @@ pub(super) fn run_step(
             })
         })
         .collect();
+    // The disk idles while most commands run: start writing the layer out now (see
+    // `snapshot::writeback`), so the sync before the layer is recorded has less left to do.
+    let flusher = snap
+        .upper_is_diff()
+        .then(|| crate::snapshot::writeback::Flusher::start(snap.upper()));
     let exit = running.wait();
+    drop(flusher);
     for r in readers {
         let _ = r.join();
     }

@@ -30,6 +30,7 @@ mod copyfs;
 pub mod diff;
 mod layers;
 pub mod overlay;
+pub mod writeback;
 
 use std::fs::File;
 use std::io;

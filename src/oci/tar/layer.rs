@@ -373,16 +373,23 @@ impl TarSink for SkeletonSink {
 }
 
 enum HashMsg {
-    Data(Vec<u8>),
+    /// A buffer and how many of its bytes are data.
+    Data(Vec<u8>, usize),
     /// Note the state here (an entry boundary).
     Mark,
 }
 
 /// The tar into a resumable SHA-256 on another thread (fed 1 MiB chunks, so it overlaps with
-/// reading the files), and its skeleton on this one.
+/// reading the files), and its skeleton on this one. The chunks' buffers go back and forth
+/// between the two threads: files are read into them as they are (no allocation, no zeroing per
+/// chunk).
 struct HashSink {
+    /// Always `HASH_CHUNK` long; `fill` bytes are data.
     buf: Vec<u8>,
+    fill: usize,
     tx: Option<std::sync::mpsc::SyncSender<HashMsg>>,
+    /// Buffers the hashing thread is done with.
+    spare: std::sync::mpsc::Receiver<Vec<u8>>,
     worker: Option<std::thread::JoinHandle<HashResult>>,
     skeleton: Sha256,
     offset: u64,
@@ -393,12 +400,17 @@ const HASH_CHUNK: usize = 1 << 20;
 impl HashSink {
     fn start(state: crate::digest::Sha256State, skeleton: Sha256) -> HashSink {
         let (tx, rx) = std::sync::mpsc::sync_channel::<HashMsg>(4);
+        let (back, spare) = std::sync::mpsc::channel::<Vec<u8>>();
         let worker = std::thread::spawn(move || {
             let mut h = crate::digest::ResumableSha256::resume(state);
             let mut states = Vec::new();
             for msg in rx {
                 match msg {
-                    HashMsg::Data(d) => h.update(&d),
+                    HashMsg::Data(d, n) => {
+                        h.update(&d[..n]);
+                        // The sink may be gone already (an error): the buffer is then freed.
+                        let _ = back.send(d);
+                    }
                     HashMsg::Mark => states.push(h.state()),
                 }
             }
@@ -406,8 +418,10 @@ impl HashSink {
             (h.finalize(), len, states)
         });
         HashSink {
-            buf: Vec::with_capacity(HASH_CHUNK),
+            buf: vec![0; HASH_CHUNK],
+            fill: 0,
             tx: Some(tx),
+            spare,
             worker: Some(worker),
             skeleton,
             offset: state.len,
@@ -423,32 +437,44 @@ impl HashSink {
             .map_err(|_| io::Error::other("the layer hashing thread stopped early"))
     }
 
-    fn push(&mut self, b: &[u8]) -> io::Result<()> {
-        self.buf.extend_from_slice(b);
+    /// Sends the buffered data to the hashing thread.
+    fn flush_chunk(&mut self) -> io::Result<()> {
+        if self.fill == 0 {
+            return Ok(());
+        }
+        let next = self
+            .spare
+            .try_recv()
+            .unwrap_or_else(|_| vec![0; HASH_CHUNK]);
+        let full = std::mem::replace(&mut self.buf, next);
+        let n = std::mem::take(&mut self.fill);
+        self.send(HashMsg::Data(full, n))
+    }
+
+    fn push(&mut self, mut b: &[u8]) -> io::Result<()> {
         self.offset += b.len() as u64;
-        if self.buf.len() >= HASH_CHUNK {
-            let chunk = std::mem::replace(&mut self.buf, Vec::with_capacity(HASH_CHUNK));
-            self.send(HashMsg::Data(chunk))?;
+        while !b.is_empty() {
+            let n = (HASH_CHUNK - self.fill).min(b.len());
+            self.buf[self.fill..self.fill + n].copy_from_slice(&b[..n]);
+            self.fill += n;
+            b = &b[n..];
+            if self.fill == HASH_CHUNK {
+                self.flush_chunk()?;
+            }
         }
         Ok(())
     }
 
     /// Marks a checkpoint here: its skeleton digest now, its hash state when the thread gets here.
     fn mark(&mut self) -> io::Result<[u8; 32]> {
-        if !self.buf.is_empty() {
-            let chunk = std::mem::replace(&mut self.buf, Vec::with_capacity(HASH_CHUNK));
-            self.send(HashMsg::Data(chunk))?;
-        }
+        self.flush_chunk()?;
         self.send(HashMsg::Mark)?;
         Ok(self.skeleton.clone().finalize())
     }
 
     /// The digest, the length and the state at each mark.
     fn finish(&mut self) -> io::Result<([u8; 32], u64, Vec<Option<crate::digest::Sha256State>>)> {
-        if !self.buf.is_empty() {
-            let chunk = std::mem::take(&mut self.buf);
-            self.send(HashMsg::Data(chunk))?;
-        }
+        self.flush_chunk()?;
         self.tx = None;
         let worker = self
             .worker
@@ -471,36 +497,24 @@ impl TarSink for HashSink {
         let mut file = fs::File::open(path)?;
         let mut left = size;
         while left > 0 {
-            let room = HASH_CHUNK
-                .saturating_sub(self.buf.len())
-                .max(64 << 10)
-                .min(left as usize);
-            let at = self.buf.len();
-            self.buf.resize(at + room, 0);
-            let read = loop {
-                match file.read(&mut self.buf[at..]) {
+            let room = (HASH_CHUNK - self.fill).min(usize::try_from(left).unwrap_or(usize::MAX));
+            let at = self.fill;
+            let n = loop {
+                match file.read(&mut self.buf[at..at + room]) {
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    other => break other,
+                    other => break other?,
                 }
             };
-            let n = match read {
-                Ok(n) => n,
-                Err(e) => {
-                    self.buf.truncate(at);
-                    return Err(e);
-                }
-            };
-            self.buf.truncate(at + n);
             if n == 0 {
                 return Err(io::Error::other(
                     "file shrank while being added to the layer",
                 ));
             }
+            self.fill += n;
             left -= n as u64;
             self.offset += n as u64;
-            if self.buf.len() >= HASH_CHUNK {
-                let chunk = std::mem::replace(&mut self.buf, Vec::with_capacity(HASH_CHUNK));
-                self.send(HashMsg::Data(chunk))?;
+            if self.fill == HASH_CHUNK {
+                self.flush_chunk()?;
             }
         }
         Ok(())
@@ -1805,6 +1819,27 @@ mod tests {
         let changes_a = tree_changes(&a).unwrap();
         let first = hash_layer(&a, &changes_a, &WriteOptions::default(), &[]).unwrap();
         (tmp, a, b, changes_a, first)
+    }
+
+    #[test]
+    fn hashing_matches_the_written_tar_across_chunk_boundaries() {
+        // Files larger than a hashing chunk, odd sizes, a long name (a PAX header) and empty
+        // files, so that chunk ends fall inside contents and headers.
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path();
+        let big: Vec<u8> = (0..(HASH_CHUNK * 3 + 4097))
+            .map(|i| (i * 7 % 251) as u8)
+            .collect();
+        fs::write(root.join("big"), &big).unwrap();
+        fs::write(root.join("big2"), &big[..HASH_CHUNK - 100]).unwrap();
+        for i in 0..40 {
+            fs::write(root.join(format!("odd{i}")), &big[..(i * 12_345 + 1)]).unwrap();
+        }
+        fs::write(root.join("empty"), b"").unwrap();
+        fs::write(root.join("n".repeat(200)), b"long name").unwrap();
+        let changes = tree_changes(root).unwrap();
+        let hashed = hash_layer(root, &changes, &WriteOptions::default(), &[]).unwrap();
+        assert_eq!((hashed.diff_id, hashed.size), full_diff_id(root, &changes));
     }
 
     #[test]
