@@ -148,7 +148,7 @@ fn decode_entries_borrowed(mut bytes: &[u8]) -> Vec<(&[u8], Cached)> {
         out.push((name, (key, digest)));
         bytes = &tail[RECORD_TAIL..];
     }
-    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out.sort_by(|a, b| a.0.cmp(b.0));
     out.dedup_by(|later, earlier| later.0 == earlier.0);
     out
 }
