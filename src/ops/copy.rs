@@ -14,8 +14,13 @@
 
 use std::collections::HashMap;
 use std::fs;
-use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+
+use nix::fcntl::AtFlags;
+use nix::sys::stat::fstatat;
+use nix::unistd::linkat;
 
 use anyhow::{anyhow, bail, Context, Result};
 
@@ -278,18 +283,21 @@ impl Writer<'_> {
         in_source: &str,
         target: &Path,
     ) -> Result<()> {
-        let mut children: Vec<(std::ffi::OsString, PathBuf)> = fs::read_dir(dir)
-            .with_context(|| format!("listing {}", dir.display()))?
-            .map(|e| e.map(|e| (e.file_name(), e.path())))
-            .collect::<std::io::Result<_>>()
-            .with_context(|| format!("listing {}", dir.display()))?;
-        children.sort();
-        for (name, child) in children {
+        // Each child is stat'ed relative to the listed directory (`DirEntry::metadata`: one
+        // path component to look up, not the whole path).
+        let mut children: Vec<(std::ffi::OsString, PathBuf, fs::Metadata)> = Vec::new();
+        for e in fs::read_dir(dir).with_context(|| format!("listing {}", dir.display()))? {
+            let e = e.with_context(|| format!("listing {}", dir.display()))?;
+            let meta = e
+                .metadata()
+                .with_context(|| format!("reading {}", e.path().display()))?;
+            children.push((e.file_name(), e.path(), meta));
+        }
+        children.sort_by(|a, b| a.0.cmp(&b.0));
+        for (name, child, meta) in children {
             let name_str = name.to_string_lossy();
             let child_rel = join_rel(rel, &name_str);
             let child_in_source = join_rel(in_source, &name_str);
-            let meta = fs::symlink_metadata(&child)
-                .with_context(|| format!("reading {}", child.display()))?;
             // `--exclude` leaves out everything below what it matches; `.dockerignore` may
             // re-include a path below an ignored directory.
             if self.excludes.is_excluded(&child_in_source) {
@@ -339,8 +347,9 @@ impl Writer<'_> {
                     .chunks(chunk)
                     .map(|slice| {
                         scope.spawn(move || -> Result<()> {
+                            let mut dirs = LinkDirs::default();
                             for (src, meta, dest) in slice {
-                                this.copy_file(src, meta, dest)?;
+                                this.copy_file(src, meta, dest, &mut dirs)?;
                             }
                             Ok(())
                         })
@@ -445,14 +454,20 @@ impl Writer<'_> {
             self.flush()?;
             return self.set_times(&dir, meta);
         }
-        self.copy_file(src, meta, dest)
+        self.copy_file(src, meta, dest, &mut LinkDirs::default())
     }
 
     /// Copies one non-directory entry; safe to run for different destinations at once.
-    fn copy_file(&self, src: &Path, meta: &fs::Metadata, dest: &Path) -> Result<()> {
+    fn copy_file(
+        &self,
+        src: &Path,
+        meta: &fs::Metadata,
+        dest: &Path,
+        dirs: &mut LinkDirs,
+    ) -> Result<()> {
         let ft = meta.file_type();
         if ft.is_file() {
-            return self.copy_regular_file(src, meta, dest);
+            return self.copy_regular_file(src, meta, dest, dirs);
         }
         self.remove_existing(dest)?;
         if ft.is_symlink() {
@@ -501,9 +516,15 @@ impl Writer<'_> {
     /// lookup first; an existing entry is replaced as `remove_existing` says), its data copied,
     /// then owner, mode and times set through the open descriptor. Every path-based call
     /// resolves the destination through the overlay again, which is most of a big COPY's time.
-    fn copy_regular_file(&self, src: &Path, meta: &fs::Metadata, dest: &Path) -> Result<()> {
+    fn copy_regular_file(
+        &self,
+        src: &Path,
+        meta: &fs::Metadata,
+        dest: &Path,
+        dirs: &mut LinkDirs,
+    ) -> Result<()> {
         if let Some(reuse) = self.reuse {
-            if self.link_previous(reuse, src, meta, dest)? {
+            if self.link_previous(reuse, src, meta, dest, dirs)? {
                 return Ok(());
             }
         }
@@ -543,13 +564,16 @@ impl Writer<'_> {
 
 impl Writer<'_> {
     /// Hard-links the previous layer's file for `dest` when it is exactly what copying `src`
-    /// would write; false when it is not (or cannot be linked), and the file is copied.
+    /// would write; false when it is not (or cannot be linked), and the file is copied. The
+    /// previous file is stat'ed and linked by name, relative to descriptors of the two parent
+    /// directories (`dirs`, kept while consecutive files share them), not by whole paths.
     fn link_previous(
         &self,
         reuse: &Reuse,
         src: &Path,
         meta: &fs::Metadata,
         dest: &Path,
+        dirs: &mut LinkDirs,
     ) -> Result<bool> {
         let (Ok(src_rel), Ok(dest_rel)) = (
             src.strip_prefix(self.src.root),
@@ -560,8 +584,17 @@ impl Writer<'_> {
         if !reuse.unchanged.contains(src_rel.to_string_lossy().as_ref()) {
             return Ok(false);
         }
+        let (Some(dest_dir), Some(name)) = (dest.parent(), dest.file_name()) else {
+            return Ok(false);
+        };
         let prev = reuse.prev_root.join(dest_rel);
-        let Ok(pm) = fs::symlink_metadata(&prev) else {
+        let Some(prev_dir) = prev.parent() else {
+            return Ok(false);
+        };
+        let Some(prev_fd) = LinkDirs::fd(&mut dirs.prev, prev_dir) else {
+            return Ok(false);
+        };
+        let Ok(pm) = fstatat(Some(prev_fd), name, AtFlags::AT_SYMLINK_NOFOLLOW) else {
             return Ok(false);
         };
         // The mtime a full copy ends with: the source's, clamped as the layer is.
@@ -570,24 +603,52 @@ impl Writer<'_> {
             _ => (meta.mtime(), meta.mtime_nsec()),
         };
         let mode = self.opts.mode_for(meta.mode(), meta.is_dir());
-        let same = pm.is_file()
-            && pm.len() == meta.len()
-            && (pm.mtime(), pm.mtime_nsec()) == mtime
-            && pm.mode() & 0o7777 == mode
-            && (pm.uid(), pm.gid()) == self.owner_for(meta)
+        let same = pm.st_mode & libc::S_IFMT == libc::S_IFREG
+            && pm.st_size as u64 == meta.len()
+            && (pm.st_mtime, pm.st_mtime_nsec) == mtime
+            && pm.st_mode & 0o7777 == mode
+            && (pm.st_uid, pm.st_gid) == self.owner_for(meta)
             && crate::snapshot::diff::xattrs(&prev).is_ok_and(|x| x.is_empty());
         if !same {
             return Ok(false);
         }
-        match fs::hard_link(&prev, dest) {
+        let Some(dest_fd) = LinkDirs::fd(&mut dirs.dest, dest_dir) else {
+            return Ok(false);
+        };
+        let link = || linkat(Some(prev_fd), name, Some(dest_fd), name, AtFlags::empty());
+        match link() {
             Ok(()) => Ok(true),
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            Err(nix::errno::Errno::EEXIST) => {
                 self.remove_existing(dest)?;
-                Ok(fs::hard_link(&prev, dest).is_ok())
+                Ok(link().is_ok())
             }
             // Another filesystem, too many links: a plain copy.
             Err(_) => Ok(false),
         }
+    }
+}
+
+/// A copy thread's descriptors of the directories its last linked file was in: that file's
+/// directory in the previous layer and in the destination.
+#[derive(Default)]
+struct LinkDirs {
+    prev: Option<(PathBuf, fs::File)>,
+    dest: Option<(PathBuf, fs::File)>,
+}
+
+impl LinkDirs {
+    /// The descriptor of `dir`, opened unless `slot` already holds it; None when it cannot be
+    /// opened (the file is then copied).
+    fn fd(slot: &mut Option<(PathBuf, fs::File)>, dir: &Path) -> Option<RawFd> {
+        if slot.as_ref().map(|(p, _)| p.as_path()) != Some(dir) {
+            let f = fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_DIRECTORY)
+                .open(dir)
+                .ok()?;
+            *slot = Some((dir.to_path_buf(), f));
+        }
+        slot.as_ref().map(|(_, f)| f.as_raw_fd())
     }
 }
 

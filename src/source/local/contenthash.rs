@@ -9,6 +9,7 @@
 //! The stat walk itself runs on several threads, and entries that do need reading are hashed on
 //! two.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::ffi::CString;
 use std::fs;
@@ -81,14 +82,15 @@ CREATE TABLE IF NOT EXISTS build_dir_digests (
 /// Bytes of one encoded entry after its name: size, mtime, inode, ctime, digest.
 const RECORD_TAIL: usize = 8 * 4 + 32;
 
-/// The entries of one directory, sorted by name, for lookups during a walk.
-pub struct DirDigests(Vec<(Vec<u8>, Cached)>);
+/// The entries of one directory, sorted by name, for lookups during a walk: names borrowed from
+/// the loaded record (a no-op walk copies none), owned only for digests computed since loading.
+pub struct DirDigests<'a>(Vec<(Cow<'a, [u8]>, Cached)>);
 
-impl DirDigests {
+impl DirDigests<'_> {
     fn get(&self, name: &[u8], key: StatKey) -> Option<[u8; 32]> {
         let i = self
             .0
-            .binary_search_by(|(n, _)| n.as_slice().cmp(name))
+            .binary_search_by(|(n, _)| n.as_ref().cmp(name))
             .ok()?;
         let (k, d) = &self.0[i].1;
         (*k == key).then_some(*d)
@@ -113,7 +115,15 @@ fn encode_entries(entries: &[(Vec<u8>, Cached)]) -> Vec<u8> {
 
 /// Decodes `encode_entries`' output, sorted by name. A damaged record decodes as far as it is
 /// intact: the cache only ever saves work, it never decides a digest on its own.
-fn decode_entries(mut bytes: &[u8]) -> Vec<(Vec<u8>, Cached)> {
+fn decode_entries(bytes: &[u8]) -> Vec<(Vec<u8>, Cached)> {
+    decode_entries_borrowed(bytes)
+        .into_iter()
+        .map(|(n, c)| (n.to_vec(), c))
+        .collect()
+}
+
+/// [`decode_entries`] with the names borrowed from `bytes`.
+fn decode_entries_borrowed(mut bytes: &[u8]) -> Vec<(&[u8], Cached)> {
     let mut out = Vec::new();
     let u64_at = |b: &[u8], i: usize| {
         let mut word = [0u8; 8];
@@ -135,10 +145,10 @@ fn decode_entries(mut bytes: &[u8]) -> Vec<(Vec<u8>, Cached)> {
         };
         let mut digest = [0u8; 32];
         digest.copy_from_slice(&tail[32..RECORD_TAIL]);
-        out.push((name.to_vec(), (key, digest)));
+        out.push((name, (key, digest)));
         bytes = &tail[RECORD_TAIL..];
     }
-    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out.sort_by(|a, b| a.0.cmp(b.0));
     out.dedup_by(|later, earlier| later.0 == earlier.0);
     out
 }
@@ -206,16 +216,21 @@ impl FileDigestCache {
     }
 
     /// The cached entries of the directory at `dir` (absolute), for a walk listing it.
-    pub fn directory(&self, dir: &[u8]) -> DirDigests {
-        let mut entries = self
+    pub fn directory(&self, dir: &[u8]) -> DirDigests<'_> {
+        let mut entries: Vec<(Cow<[u8]>, Cached)> = self
             .stored
             .get(dir)
-            .map(|b| decode_entries(b))
+            .map(|b| {
+                decode_entries_borrowed(b)
+                    .into_iter()
+                    .map(|(n, c)| (Cow::Borrowed(n), c))
+                    .collect()
+            })
             .unwrap_or_default();
         let fresh = self.fresh.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(new) = fresh.get(dir) {
-            entries.retain(|(n, _)| !new.contains_key(n));
-            entries.extend(new.iter().map(|(n, c)| (n.clone(), *c)));
+            entries.retain(|(n, _)| !new.contains_key(n.as_ref()));
+            entries.extend(new.iter().map(|(n, c)| (Cow::Owned(n.clone()), *c)));
             entries.sort_by(|a, b| a.0.cmp(&b.0));
         }
         DirDigests(entries)
@@ -574,7 +589,12 @@ impl SourceWalk<'_> {
             abs.extend_from_slice(&job.abs);
             abs.push(b'/');
             abs.extend_from_slice(name_bytes);
-            let in_source = join_rel(&job.in_source, &name);
+            // The path within the source only matters to `--exclude` patterns.
+            let in_source = if self.excludes.is_empty() {
+                String::new()
+            } else {
+                join_rel(&job.in_source, &name)
+            };
             let rel = join_rel(&job.rel, &name);
             let digest = cached.as_ref().and_then(|c| c.get(name_bytes, stat.key));
             // Only a directory needs its path again (to descend): a file's goes into `visit`.
