@@ -144,6 +144,7 @@ pub fn build(root: &Path, opts: BuildOptions) -> Result<i32> {
         remote: imports
             .clone()
             .map(|i| i as Arc<dyn crate::solver::remotecache::RemoteCache>),
+        record_steps: !opts.cache_to.is_empty(),
         named_contexts: named_contexts.clone(),
     };
     let db = Arc::new(Mutex::new(open_db(store.root())?));

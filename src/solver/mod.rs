@@ -68,6 +68,9 @@ pub struct BuildRequest {
     pub max_parallelism: usize,
     /// The caches of `--cache-from`, asked when the local cache misses.
     pub remote: Option<Arc<dyn remotecache::RemoteCache>>,
+    /// Whether a cache export (`--cache-to`, inline too) will want each step's record: without
+    /// one the solver keeps none (a COPY's record holds the whole context's file list).
+    pub record_steps: bool,
     /// `--build-context NAME=…`: what replaces stages, bases and `--from` images of those names.
     pub named_contexts: crate::source::named::NamedContexts,
 }
@@ -155,6 +158,7 @@ struct BuildRequestShared {
     allow_insecure: bool,
     checks: Arc<Mutex<crate::dockerfile::lint::Report>>,
     source_date_epoch: Option<i64>,
+    record_steps: bool,
 }
 
 /// Solves the build: returns the target stage's result.
@@ -245,6 +249,7 @@ pub async fn solve_shared(
             allow_insecure: request.allow_insecure,
             checks: request.checks.clone(),
             source_date_epoch: request.source_date_epoch,
+            record_steps: request.record_steps,
         },
         graph,
         stages: request.stages,
@@ -669,8 +674,14 @@ async fn run_step(
         }
     }
     // What a remote record keeps of the inputs, taken now: `inputs.layer` is set after the step.
-    let redacted_inputs = remotecache::redact_inputs(&inputs);
+    let redacted_inputs = shared
+        .req
+        .record_steps
+        .then(|| remotecache::redact_inputs(&inputs));
     let note = |key: &str, layer: Option<&LayerRef>, created: i64| {
+        let Some(redacted_inputs) = &redacted_inputs else {
+            return;
+        };
         let mut chain = parent_chain.clone();
         chain.extend(layer.map(|l| l.diff_id.clone()));
         if let Ok(mut steps) = shared.steps.lock() {
