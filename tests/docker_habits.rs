@@ -176,8 +176,9 @@ fn docker_flags_kiln_lacks_say_what_docker_does() {
              container:NAME))",
         ),
         (
-            "kiln run --log-opt max-size=1m busybox",
-            "kiln run: kiln does not support --log-opt (docker: sets logging driver options)",
+            "kiln run --link other:alias busybox",
+            "kiln run: kiln does not support --link (docker: links to another container on the \
+             legacy bridge)",
         ),
         (
             "kiln images --tree",
