@@ -63,6 +63,11 @@ impl LabelFilter {
     }
 }
 
+/// A `name=` filter: a regular expression found anywhere in the name (containers, volumes).
+pub fn name_pattern(value: &str) -> Result<regex::Regex> {
+    regex::Regex::new(value).with_context(|| format!("invalid filter 'name={value}'"))
+}
+
 /// The labels of an image config (`config.Labels`), empty when it has none or is unreadable.
 pub fn config_labels(config_json: &[u8]) -> BTreeMap<String, String> {
     let config: serde_json::Value = serde_json::from_slice(config_json).unwrap_or_default();

@@ -56,10 +56,7 @@ impl PsFilter {
                     }
                     out.statuses.push(value.to_string());
                 }
-                "name" => out.names.push(
-                    regex::Regex::new(value)
-                        .with_context(|| format!("invalid filter 'name={value}'"))?,
-                ),
+                "name" => out.names.push(super::image_filter::name_pattern(value)?),
                 "label" => out
                     .labels
                     .push(super::image_filter::LabelFilter::parse(value)),

@@ -3,7 +3,7 @@
 //! container), `driver=` (kiln's volumes are all `local`). Several values of one key match when
 //! any does (`label=` when all do); different keys must all match.
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 
 use crate::runner::state::VolumeRecord;
 
@@ -21,10 +21,7 @@ impl VolumeFilter {
         for raw in filters {
             let (key, value) = super::image_filter::split_filter(raw)?;
             match key {
-                "name" => out.names.push(
-                    regex::Regex::new(value)
-                        .with_context(|| format!("invalid filter 'name={value}'"))?,
-                ),
+                "name" => out.names.push(super::image_filter::name_pattern(value)?),
                 "label" => out
                     .labels
                     .push(super::image_filter::LabelFilter::parse(value)),
