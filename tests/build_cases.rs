@@ -159,5 +159,6 @@ cases!(
     arg_scoping,
     run_features,
     mongodb,
-    dockerignore
+    dockerignore,
+    stage_args
 );

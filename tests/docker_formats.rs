@@ -187,10 +187,10 @@ fn container_templates() {
 fn json_comes_in_dockers_field_order() {
     let root = root_with_image();
     let r = root.path();
-    // Docker 28.5 prints `"ArgsEscaped":true` last, which kiln's image config lacks.
+    // Docker 28.5's line, `"ArgsEscaped":true` (set by every CMD) last.
     assert_eq!(
         fmt(r, &["inspect", "-f", "{{json .Config}}", "tplref:1"]),
-        "{\"ExposedPorts\":{\"53/udp\":{},\"8080/tcp\":{}},\"Env\":[\"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\",\"FOO=bar\"],\"Entrypoint\":[\"sh\",\"-c\"],\"Cmd\":[\"echo hi\"],\"Volumes\":{\"/data\":{}},\"WorkingDir\":\"/app\",\"Labels\":{\"k\":\"v\",\"other\":\"a b\"}}\n"
+        "{\"ExposedPorts\":{\"53/udp\":{},\"8080/tcp\":{}},\"Env\":[\"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\",\"FOO=bar\"],\"Entrypoint\":[\"sh\",\"-c\"],\"Cmd\":[\"echo hi\"],\"Volumes\":{\"/data\":{}},\"WorkingDir\":\"/app\",\"Labels\":{\"k\":\"v\",\"other\":\"a b\"},\"ArgsEscaped\":true}\n"
     );
     let doc = fmt(r, &["inspect", "tplref:1"]);
     assert!(
@@ -214,7 +214,7 @@ fn json_comes_in_dockers_field_order() {
     assert_eq!(config["OnBuild"], serde_json::Value::Null);
     assert_eq!(config["User"], "");
     assert!(doc.contains(
-        "        \"Config\": {\n            \"Cmd\": [\n                \"echo hi\"\n            ],\n            \"Entrypoint\": ["
+        "        \"Config\": {\n            \"ArgsEscaped\": true,\n            \"Cmd\": [\n                \"echo hi\"\n            ],\n            \"Entrypoint\": ["
     ));
 
     common::kiln_ok(

@@ -369,6 +369,14 @@ pub struct Vars {
 }
 
 impl Vars {
+    /// A stage built `FROM` an earlier stage starts with that stage's ARGs (BuildKit carries
+    /// the base stage's build args and their environment over): its RUNs see them and list
+    /// them in their history, without declaring them again.
+    pub fn inherit_args(&mut self, base: &Vars) {
+        self.args = base.args.clone();
+        self.args_over_env = base.args_over_env.clone();
+    }
+
     /// The value of `name` for expansion: whichever of ENV and the stage's ARGs set it last.
     pub fn lookup(&self, name: &str) -> Option<String> {
         let arg = || {

@@ -134,8 +134,14 @@ impl ImageConfigFile {
 
     /// Prepares a base image's config for a new stage: BuildKit starts from the base config,
     /// adds the default PATH when there is no PATH, and drops the base's ONBUILD triggers (they
-    /// run now, in this build, and are not inherited).
+    /// run now, in this build, and are not inherited). BuildKit reads the base config into the
+    /// OCI image type plus Docker's three extra fields, so whatever else the base carries
+    /// (`container_config`, `docker_version`, a top-level `comment`, `Hostname`, `AttachStdin`, ...)
+    /// is not in the built image; only the OCI platform's `os.version` and `os.features` are kept.
     pub fn for_new_stage(mut self) -> ImageConfigFile {
+        self.other
+            .retain(|key, _| key == "os.version" || key == "os.features");
+        self.config.other.clear();
         let env = self.config.env.get_or_insert_with(Vec::new);
         if !env.iter().any(|e| e.starts_with("PATH=")) {
             env.insert(0, format!("PATH={DEFAULT_PATH}"));
@@ -182,14 +188,40 @@ mod tests {
     use super::*;
 
     #[test]
-    fn round_trips_unknown_fields_and_sets_default_path() {
+    fn round_trips_unknown_fields() {
         let json = br#"{"architecture":"amd64","os":"linux","config":{"Cmd":["sh"],"Foo":1},"rootfs":{"type":"layers","diff_ids":["sha256:aa"]},"extra":true}"#;
-        let cfg = ImageConfigFile::from_json(json).unwrap().for_new_stage();
-        assert_eq!(cfg.env_get("PATH"), Some(DEFAULT_PATH));
+        let cfg = ImageConfigFile::from_json(json).unwrap();
         let out: serde_json::Value = serde_json::from_slice(&cfg.to_json()).unwrap();
         assert_eq!(out["extra"], true);
         assert_eq!(out["config"]["Foo"], 1);
         assert_eq!(out["config"]["Cmd"][0], "sh");
+    }
+
+    #[test]
+    fn a_new_stage_keeps_only_what_buildkit_keeps_and_sets_default_path() {
+        // The shape of a `docker import`ed base (what docker-ref 28.5 drops from it, checked by
+        // building FROM it with docker's BuildKit and reading the saved config).
+        let json = br#"{"architecture":"arm64","variant":"v8","os":"linux","os.version":"10.0",
+            "comment":"Imported from -","docker_version":"28.5.2","container_config":{"Tty":false},
+            "config":{"Cmd":["sh"],"Hostname":"","AttachStdin":false,"ArgsEscaped":true,
+            "Shell":["/bin/ash","-c"]},"rootfs":{"type":"layers","diff_ids":["sha256:aa"]}}"#;
+        let cfg = ImageConfigFile::from_json(json).unwrap().for_new_stage();
+        assert_eq!(cfg.env_get("PATH"), Some(DEFAULT_PATH));
+        let out: serde_json::Value = serde_json::from_slice(&cfg.to_json()).unwrap();
+        let top: Vec<&String> = out.as_object().unwrap().keys().collect();
+        assert_eq!(
+            top,
+            [
+                "architecture",
+                "config",
+                "os",
+                "os.version",
+                "rootfs",
+                "variant"
+            ]
+        );
+        let config: Vec<&String> = out["config"].as_object().unwrap().keys().collect();
+        assert_eq!(config, ["ArgsEscaped", "Cmd", "Env", "Shell"]);
     }
 
     #[test]

@@ -102,6 +102,8 @@ pub struct StageResult {
     pub created: i64,
     /// Filled for the target only: what a cache export records.
     pub cache: BuildCacheInfo,
+    /// The variables at the stage's end: a stage built on it inherits its ARGs.
+    pub vars: crate::dockerfile::Vars,
 }
 
 type Outcome = Option<Result<Arc<StageResult>, String>>;
@@ -480,13 +482,14 @@ async fn solve_stage(shared: &Arc<Shared>, stage: usize) -> Result<Arc<StageResu
             // image (BuildKit); the new stage's config no longer has them.
             let label = shared.labels[*j].clone();
             let triggers = onbuild_triggers(shared, &base.config, from_line, &label)?;
-            let walk = StageWalk::start(
+            let mut walk = StageWalk::start(
                 shared,
                 base.config.clone().for_new_stage(),
                 base.layers.clone(),
                 base.key.clone(),
                 base.created,
             );
+            walk.vars.inherit_args(&base.vars);
             (walk, triggers)
         }
         BaseRef::Image(name) => {
@@ -617,6 +620,7 @@ async fn solve_stage(shared: &Arc<Shared>, stage: usize) -> Result<Arc<StageResu
         key: walk.key,
         created: walk.created,
         cache: BuildCacheInfo::default(),
+        vars: walk.vars,
     }))
 }
 

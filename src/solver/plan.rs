@@ -217,6 +217,9 @@ pub(super) async fn plan_step(
             walk.history(format!("CMD {}", go_quoted(&argv)), true, created);
             // An empty list is no value: the image config omits it (`omitempty`), as BuildKit's.
             walk.config.config.cmd = Some(argv).filter(|a| !a.is_empty());
+            // BuildKit sets the (Windows-only, deprecated) ArgsEscaped on every CMD, shell or
+            // exec form; ENTRYPOINT leaves it as it was.
+            walk.config.config.args_escaped = Some(true);
             walk.cmd_set_here = true;
         }
         Instruction::Entrypoint(form) => {
