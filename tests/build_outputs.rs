@@ -292,6 +292,8 @@ fn add_from_a_url_with_checksum() {
     assert_eq!(std::fs::read_to_string(&p).unwrap(), "download\n");
     use std::os::unix::fs::MetadataExt;
     assert_eq!(std::fs::metadata(&p).unwrap().mode() & 0o777, 0o600);
+    // As BuildKit (checked with docker-ref): the file's mtime is the server's Last-Modified.
+    assert_eq!(std::fs::metadata(&p).unwrap().mtime(), 1_577_934_245);
     let bad = context(&[(
         "Dockerfile",
         &format!("FROM busybox:latest\nADD --checksum={sum} {url} /dl/\n"),
@@ -429,6 +431,9 @@ fn add_of_a_url_with_http_auth_secrets() {
 
 /// A one-file HTTP server on 127.0.0.1 (any path gets `body` as it is at the time of the
 /// request); returns its port.
+/// The `Last-Modified` the test server sends: 2020-01-02T03:04:05Z.
+const SERVED_MODIFIED: &str = "Thu, 02 Jan 2020 03:04:05 GMT";
+
 fn serve_http(body: std::sync::Arc<std::sync::Mutex<Vec<u8>>>) -> u16 {
     serve_with(move |_| Some(body.lock().unwrap().clone()))
 }
@@ -452,7 +457,7 @@ fn serve_with(answer: impl Fn(&str) -> Option<Vec<u8>> + Send + 'static) -> u16 
             }
             let _ = match answer(&String::from_utf8_lossy(&req)) {
                 Some(data) => {
-                    let head = format!("HTTP/1.0 200 OK\r\nContent-Length: {}\r\n\r\n", data.len());
+                    let head = format!("HTTP/1.0 200 OK\r\nLast-Modified: {SERVED_MODIFIED}\r\nContent-Length: {}\r\n\r\n", data.len());
                     s.write_all(head.as_bytes())
                         .and_then(|_| s.write_all(&data))
                 }

@@ -741,6 +741,19 @@ pub fn write_file_in_root(
     mode: u32,
     owner: (u32, u32),
 ) -> Result<()> {
+    write_file_in_root_at(root, path, data, mode, owner, None)
+}
+
+/// [`write_file_in_root`], with the file's mtime (and atime) set to `mtime` seconds since the
+/// epoch when given (an ADD of a URL: the server's `Last-Modified`).
+pub fn write_file_in_root_at(
+    root: &Path,
+    path: &str,
+    data: &[u8],
+    mode: u32,
+    owner: (u32, u32),
+    mtime: Option<i64>,
+) -> Result<()> {
     let rel = clean_rel(path);
     let (parent_rel, name) = match rel.rfind('/') {
         Some(i) => (&rel[..i], &rel[i + 1..]),
@@ -763,6 +776,11 @@ pub fn write_file_in_root(
         .open(&dest)
         .with_context(|| format!("writing {path}"))?;
     std::io::Write::write_all(&mut f, data)?;
+    if let Some(t) = mtime {
+        let at = std::time::UNIX_EPOCH + std::time::Duration::from_secs(t.max(0) as u64);
+        f.set_times(fs::FileTimes::new().set_modified(at).set_accessed(at))
+            .with_context(|| format!("setting the time of {path}"))?;
+    }
     std::os::unix::fs::lchown(&dest, Some(owner.0), Some(owner.1))?;
     fs::set_permissions(&dest, fs::Permissions::from_mode(mode))?;
     Ok(())

@@ -170,11 +170,8 @@ pub(super) fn copy_step(
     }
     for (url, checksum) in &c.urls {
         let authorization = crate::solver::http_authorization(url, &req.secrets)?;
-        let data = crate::source::http::fetch_authorized(
-            url,
-            checksum.as_deref(),
-            authorization.as_deref(),
-        )?;
+        let crate::source::http::Download { data, modified } =
+            crate::source::http::download(url, checksum.as_deref(), authorization.as_deref())?;
         if options.unpack_urls && crate::source::archive::is_archive_data(&data) {
             // `ADD --unpack=true URL DEST`: DEST is a directory the archive's entries go into.
             let dir = copy::ensure_dir_in_root(
@@ -193,12 +190,14 @@ pub(super) fn copy_step(
         } else {
             c.dest.clone()
         };
-        copy::write_file_in_root(
+        // BuildKit gives the file the server's Last-Modified time.
+        copy::write_file_in_root_at(
             &dest_root,
             &target,
             &data,
             options.mode_for(0o600, false),
             options.chown.unwrap_or((0, 0)),
+            modified,
         )?;
     }
     for g in &c.git {

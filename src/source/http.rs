@@ -1,5 +1,5 @@
 //! ADD of a URL: downloads the file (following redirects; http by hand, https through ureq),
-//! verifies `--checksum=sha256:...`.
+//! verifies `--checksum=sha256:...`, and reads the `Last-Modified` time BuildKit gives the file.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -65,9 +65,26 @@ pub fn fetch_authorized(
     checksum: Option<&str>,
     authorization: Option<&str>,
 ) -> Result<Vec<u8>> {
+    Ok(download(url, checksum, authorization)?.data)
+}
+
+/// What a URL served: its bytes and, when the server sent `Last-Modified`, that time (seconds
+/// since the epoch), which BuildKit gives the downloaded file as its mtime.
+pub struct Download {
+    pub data: Vec<u8>,
+    pub modified: Option<i64>,
+}
+
+/// [`fetch_authorized`], keeping the `Last-Modified` time.
+pub fn download(
+    url: &str,
+    checksum: Option<&str>,
+    authorization: Option<&str>,
+) -> Result<Download> {
     let shown = crate::source::git::redact_urls(url);
     let auth = authorization.and_then(|a| host_of(url).map(|h| (h, a.to_string())));
-    let data = get(url, 5, auth.as_ref()).with_context(|| format!("ADD {shown}"))?;
+    let (data, last_modified) =
+        get(url, 5, auth.as_ref()).with_context(|| format!("ADD {shown}"))?;
     if let Some(sum) = checksum {
         let want = sum
             .strip_prefix("sha256:")
@@ -77,7 +94,28 @@ pub fn fetch_authorized(
             bail!("ADD {shown}: checksum mismatch: got sha256:{got}, expected {sum}");
         }
     }
-    Ok(data)
+    Ok(Download {
+        data,
+        modified: last_modified.as_deref().and_then(parse_http_date),
+    })
+}
+
+/// An HTTP date (`Thu, 02 Jan 2020 03:04:05 GMT`, the form RFC 9110 requires) as seconds since
+/// the epoch; `None` for anything else (the file then gets the time it was written, as when
+/// the header is missing).
+fn parse_http_date(value: &str) -> Option<i64> {
+    chrono::DateTime::parse_from_rfc2822(value.trim())
+        .ok()
+        .map(|t| t.timestamp())
+}
+
+/// The value of header `name` in an HTTP response head.
+fn header_value(head: &str, name: &str) -> Option<String> {
+    head.lines().skip(1).find_map(|l| {
+        l.split_once(':')
+            .filter(|(k, _)| k.trim().eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.trim().to_string())
+    })
 }
 
 /// The file name ADD gives a download: the last path segment of the URL.
@@ -91,8 +129,13 @@ pub fn file_name(url: &str) -> String {
         .to_string()
 }
 
-/// `auth`: (host, header value), sent only to that host.
-fn get(url: &str, redirects_left: u32, auth: Option<&(String, String)>) -> Result<Vec<u8>> {
+/// `auth`: (host, header value), sent only to that host. Returns the body and the
+/// `Last-Modified` header.
+fn get(
+    url: &str,
+    redirects_left: u32,
+    auth: Option<&(String, String)>,
+) -> Result<(Vec<u8>, Option<String>)> {
     let header = auth
         .filter(|(host, _)| host_of(url).as_deref() == Some(host.as_str()))
         .map(|(_, v)| v.as_str());
@@ -137,13 +180,7 @@ fn get(url: &str, redirects_left: u32, auth: Option<&(String, String)>) -> Resul
         if redirects_left == 0 {
             bail!("too many redirects");
         }
-        let location = head
-            .lines()
-            .find_map(|l| {
-                l.split_once(':')
-                    .filter(|(k, _)| k.eq_ignore_ascii_case("location"))
-                    .map(|(_, v)| v.trim().to_string())
-            })
+        let location = header_value(&head, "location")
             .ok_or_else(|| anyhow!("redirect without a Location"))?;
         let next = if location.starts_with('/') {
             format!("http://{hostport}{location}")
@@ -155,11 +192,12 @@ fn get(url: &str, redirects_left: u32, auth: Option<&(String, String)>) -> Resul
     if status != 200 {
         bail!("HTTP status {status}");
     }
-    Ok(response[header_end + 4..].to_vec())
+    let modified = header_value(&head, "last-modified");
+    Ok((response[header_end + 4..].to_vec(), modified))
 }
 
 /// https through ureq (rustls, the platform's roots), following redirects.
-fn get_https(url: &str, authorization: Option<&str>) -> Result<Vec<u8>> {
+fn get_https(url: &str, authorization: Option<&str>) -> Result<(Vec<u8>, Option<String>)> {
     let tls = ureq::tls::TlsConfig::builder()
         .root_certs(ureq::tls::RootCerts::PlatformVerifier)
         .build();
@@ -176,11 +214,18 @@ fn get_https(url: &str, authorization: Option<&str>) -> Result<Vec<u8>> {
         request = request.header("Authorization", v);
     }
     let mut resp = request.call().map_err(|e| anyhow!("{e}"))?;
-    resp.body_mut()
+    let modified = resp
+        .headers()
+        .get("last-modified")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let data = resp
+        .body_mut()
         .with_config()
         .limit(MAX_SIZE as u64)
         .read_to_vec()
-        .map_err(|e| anyhow!("reading the download: {e}"))
+        .map_err(|e| anyhow!("reading the download: {e}"))?;
+    Ok((data, modified))
 }
 
 #[cfg(test)]
@@ -215,5 +260,36 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("checksum mismatch"));
+    }
+
+    #[test]
+    fn last_modified_is_read_as_the_files_time() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        std::thread::spawn(move || {
+            for head in [
+                "last-modified:  Thu, 02 Jan 2020 03:04:05 GMT\r\n",
+                "Last-Modified: yesterday\r\n",
+                "",
+            ] {
+                let (mut s, _) = listener.accept().unwrap();
+                let mut req = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                    let n = s.read(&mut buf).unwrap();
+                    if n == 0 {
+                        break;
+                    }
+                    req.extend_from_slice(&buf[..n]);
+                }
+                write!(s, "HTTP/1.0 200 OK\r\n{head}Content-Length: 2\r\n\r\nhi").unwrap();
+            }
+        });
+        let url = format!("http://127.0.0.1:{port}/f");
+        let got: Vec<Option<i64>> = (0..3)
+            .map(|_| download(&url, None, None).unwrap().modified)
+            .collect();
+        // 2020-01-02T03:04:05Z; a date that is not an HTTP date counts as none.
+        assert_eq!(got, [Some(1_577_934_245), None, None]);
     }
 }
