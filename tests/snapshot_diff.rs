@@ -143,6 +143,48 @@ fn upperdir_diff_has_exactly_the_changes() {
     );
 }
 
+/// Overlay puts a directory's mtime back after copying a file in it up, so its ctime moves on
+/// alone: that is not an mtime the step set (it was, on a loaded machine, before the differ
+/// compared the mtime with the step's start). One the step did set (`touch -d`) still is.
+#[test]
+fn a_copy_up_after_an_entry_change_is_not_a_set_directory_mtime() {
+    let layers = Layers::new();
+    // An mtime for /data in the lower layer that no step's instant can share (the differ
+    // compares mtimes to the second).
+    let old = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_200_000_000);
+    for l in ["l1/data", "l2/data"] {
+        std::fs::File::open(layers.dir.path().join(l))
+            .unwrap()
+            .set_times(std::fs::FileTimes::new().set_modified(old))
+            .unwrap();
+    }
+    for (script, data_changed) in [
+        // The sleep puts the copy-up of file5 on a later clock tick than the rm.
+        (
+            "rm /data/file1; sleep 0.05; touch -d @1000000000 /data/file5",
+            false,
+        ),
+        ("rm /data/file1; touch -d @1000000000 /data", true),
+        ("rm /data/file1; touch -d '2999-01-01' /data", true),
+    ] {
+        let root = common::temp_root();
+        let snap = prepare(&layers, root.path());
+        let (exit, _, err) =
+            sandbox::output(&ExecSpec::new(snap.merged(), ["/bin/sh", "-c", script])).unwrap();
+        assert_eq!(exit.code, 0, "{}", String::from_utf8_lossy(&err));
+        let changes = snap.changes().unwrap();
+        assert_eq!(
+            changes.contains(&Change::Upsert(p("data"))),
+            data_changed,
+            "{script}: {changes:?}"
+        );
+        assert!(
+            changes.contains(&Change::Delete(p("data/file1"))),
+            "{script}"
+        );
+    }
+}
+
 #[test]
 fn tree_compare_fallback_finds_the_same_effect() {
     let layers = Layers::new();

@@ -92,6 +92,7 @@ pub fn copy_reusing(
         first_links: HashMap::new(),
         links: Vec::new(),
     };
+    let mut filled_here: Vec<PathBuf> = Vec::new();
     for rel in &expanded {
         let path = resolve_in_root(src.root, rel)?;
         let meta = fs::symlink_metadata(&path).with_context(|| format!("\"/{rel}\": not found"))?;
@@ -106,9 +107,23 @@ pub fn copy_reusing(
             } else {
                 dest_clean.clone()
             };
+            let was_empty = resolve_in_root(dest_root, &target)
+                .map(|p| fs::read_dir(p).map_or(true, |mut d| d.next().is_none()))
+                .unwrap_or(true);
             let dir = w.ensure_dir_path(&target)?;
+            if was_empty {
+                filled_here.push(dir.clone());
+            }
             w.copy_children(&path, rel, "", &dir)?;
             w.flush()?;
+            // A destination that was missing or empty gets the (last) source directory's
+            // times, not its mode or owner, as in BuildKit (checked with docker-ref). BuildKit
+            // sets them on a destination that has entries too, but its layer then records the
+            // directory only if entries in it changed, and kiln's never records a directory
+            // for its entries' sake alone, so there it keeps its own.
+            if filled_here.contains(&dir) {
+                w.set_times(&dir, &meta)?;
+            }
         } else if opts.unpack_archives
             && meta.is_file()
             && crate::source::archive::is_local_archive(&path)
@@ -924,6 +939,32 @@ mod tests {
         assert_eq!(fs::read(f.img.join("app/a.js")).unwrap(), b"a");
         assert_eq!(fs::read(f.img.join("app/sub/c.js")).unwrap(), b"c");
         assert!(!f.img.join("app/src").exists());
+
+        // A new or empty destination takes the source directory's mtime (not its mode), as
+        // BuildKit's copy does; one with entries keeps its own.
+        use std::os::unix::fs::PermissionsExt;
+        let old = fs::FileTimes::new()
+            .set_modified(std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_600_000_000));
+        fs::File::open(f.ctx.join("docs"))
+            .unwrap()
+            .set_times(old)
+            .unwrap();
+        fs::set_permissions(f.ctx.join("docs"), fs::Permissions::from_mode(0o700)).unwrap();
+        for d in ["empty", "full"] {
+            fs::create_dir(f.img.join(d)).unwrap();
+            fs::set_permissions(f.img.join(d), fs::Permissions::from_mode(0o711)).unwrap();
+        }
+        fs::write(f.img.join("full/x"), "x").unwrap();
+        for (dest, mode, takes) in [
+            ("/new", 0o755, true),
+            ("/empty", 0o711, true),
+            ("/full", 0o711, false),
+        ] {
+            run(&f, &["docs"], dest, CopyOptions::default()).unwrap();
+            let m = fs::metadata(f.img.join(&dest[1..])).unwrap();
+            assert_eq!(m.mode() & 0o7777, mode, "{dest}");
+            assert_eq!(m.mtime() == 1_600_000_000, takes, "{dest}");
+        }
     }
 
     #[test]

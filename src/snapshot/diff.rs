@@ -158,8 +158,25 @@ fn same_entry(a: &Path, am: &Metadata, b: &Path, bm: &Metadata) -> io::Result<bo
 /// layer's tar header keeps).
 /// Whether a directory's mtime was set by the step (`touch -r`, `touch -d`), not moved by the
 /// kernel when entries came and went (which sets mtime and ctime to the same instant).
-fn set_mtime(m: &Metadata) -> bool {
-    (m.mtime(), m.mtime_nsec()) != (m.ctime(), m.ctime_nsec())
+///
+/// Overlay leaves mtime and ctime apart too: after copying a file up it puts the parent's mtime
+/// back as it was (an instant of this step) and the ctime moves on. So when the upperdir's
+/// creation time (`started`, the step's start) is known, a set mtime is one before the step or
+/// after the ctime, which a restore never gives.
+fn set_mtime(m: &Metadata, started: Option<(i64, i64)>) -> bool {
+    let mtime = (m.mtime(), m.mtime_nsec());
+    let ctime = (m.ctime(), m.ctime_nsec());
+    match started {
+        Some(start) => mtime < start || mtime > ctime,
+        None => mtime != ctime,
+    }
+}
+
+/// When the upperdir was made (its birth time, where the filesystem keeps one).
+fn birth_time(upper: &Path) -> Option<(i64, i64)> {
+    let born = fs::metadata(upper).ok()?.created().ok()?;
+    let since = born.duration_since(std::time::UNIX_EPOCH).ok()?;
+    Some((since.as_secs() as i64, i64::from(since.subsec_nanos())))
 }
 
 fn same_mtime(am: &Metadata, bm: &Metadata) -> bool {
@@ -206,11 +223,18 @@ fn add_all(tree: &Path, rel: &Path, out: &mut Vec<Change>) -> io::Result<()> {
 /// layers: a single layer directory, or a read-only overlay of several).
 pub fn diff_upper(upper: &Path, lower: &Path) -> io::Result<Vec<Change>> {
     let mut out = Vec::new();
-    walk_upper(upper, lower, Path::new(""), &mut out)?;
+    let started = birth_time(upper);
+    walk_upper(upper, lower, Path::new(""), started, &mut out)?;
     Ok(out)
 }
 
-fn walk_upper(upper: &Path, lower: &Path, rel: &Path, out: &mut Vec<Change>) -> io::Result<()> {
+fn walk_upper(
+    upper: &Path,
+    lower: &Path,
+    rel: &Path,
+    started: Option<(i64, i64)>,
+    out: &mut Vec<Change>,
+) -> io::Result<()> {
     for name in sorted_entries(&upper.join(rel))? {
         let r = rel.join(&name);
         let u = upper.join(&r);
@@ -232,10 +256,12 @@ fn walk_upper(upper: &Path, lower: &Path, rel: &Path, out: &mut Vec<Change>) -> 
             }
             match lm {
                 Some(lm) if lm.is_dir() => {
-                    if !same_entry(&u, &um, &l, &lm)? || (!same_mtime(&um, &lm) && set_mtime(&um)) {
+                    if !same_entry(&u, &um, &l, &lm)?
+                        || (!same_mtime(&um, &lm) && set_mtime(&um, started))
+                    {
                         out.push(Change::Upsert(r.clone()));
                     }
-                    walk_upper(upper, lower, &r, out)?;
+                    walk_upper(upper, lower, &r, started, out)?;
                 }
                 _ => {
                     // New, or replacing a non-directory (overlay hides what was below).
