@@ -22,6 +22,67 @@ fn hostname_short_flag_net_alias_and_relative_volume() {
     );
     let help = common::kiln_ok(r, &["run", "--help"]);
     assert!(help.contains("--hostname") && help.contains("-h"), "{help}");
+    // HOSTNAME is in the environment of the command and of exec, as docker's daemon puts it
+    // (docker 28: `HOSTNAME=myhost`; on the host's network the host's name; -e wins).
+    assert_eq!(
+        common::kiln_ok(
+            r,
+            &[
+                "run",
+                "--rm",
+                "-h",
+                "myhost",
+                "bb",
+                "sh",
+                "-c",
+                "echo $HOSTNAME"
+            ]
+        ),
+        "myhost\n"
+    );
+    let host = nix::unistd::gethostname().unwrap().into_string().unwrap();
+    assert_eq!(
+        common::kiln_ok(
+            r,
+            &[
+                "run",
+                "--rm",
+                "--network=host",
+                "bb",
+                "sh",
+                "-c",
+                "hostname; echo $HOSTNAME; cat /etc/hostname"
+            ]
+        ),
+        format!("{host}\n{host}\n{host}\n")
+    );
+    assert_eq!(
+        common::kiln_ok(
+            r,
+            &[
+                "run",
+                "--rm",
+                "-e",
+                "HOSTNAME=given",
+                "bb",
+                "sh",
+                "-c",
+                "echo $HOSTNAME"
+            ]
+        ),
+        "given\n"
+    );
+    common::kiln_ok(
+        r,
+        &[
+            "run", "-d", "--name", "hn", "-h", "hnbox", "bb", "sleep", "60",
+        ],
+    );
+    assert_eq!(
+        common::kiln_ok(r, &["exec", "hn", "sh", "-c", "echo $HOSTNAME"]),
+        "hnbox\n"
+    );
+    common::kiln_ok(r, &["rm", "-f", "hn"]);
     // --net is --network.
     let o = common::kiln_ok(
         r,

@@ -339,6 +339,20 @@ pub fn set_env(env: &mut Vec<String>, entry: String) {
     env.push(entry);
 }
 
+/// Adds `HOSTNAME=<hostname>` to a container process's environment, after PATH, unless the
+/// image or `-e` set it: docker's daemon gives it to every container and `exec` (it is not in
+/// the container's config).
+pub fn add_hostname_env(env: &mut Vec<String>, hostname: &str) {
+    if hostname.is_empty() || env.iter().any(|e| e.starts_with("HOSTNAME=")) {
+        return;
+    }
+    let at = env
+        .iter()
+        .position(|e| e.starts_with("PATH="))
+        .map_or(0, |i| i + 1);
+    env.insert(at, format!("HOSTNAME={hostname}"));
+}
+
 /// Applies one `-e` value: `K=V`, or `K` taken from `lookup` (kiln's environment; dropped when
 /// unset, as docker does).
 pub fn apply_env_flag(
@@ -457,6 +471,16 @@ pub fn parse_security_opts(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn hostname_env_comes_after_path_unless_given() {
+        let mut env = vec!["PATH=/bin".to_string(), "A=1".to_string()];
+        super::add_hostname_env(&mut env, "abc123");
+        assert_eq!(env, ["PATH=/bin", "HOSTNAME=abc123", "A=1"]);
+        let mut given = vec!["HOSTNAME=mine".to_string()];
+        super::add_hostname_env(&mut given, "abc123");
+        assert_eq!(given, ["HOSTNAME=mine"]);
+    }
+
     use super::*;
 
     fn req(ip: &str, hp: Option<(u16, u16)>, cp: u16, proto: Proto) -> PortRequest {

@@ -131,6 +131,7 @@ pub fn exec(rec: &ContainerRecord, opts: &ExecOptions, cmd: &[String]) -> Result
     if !env.iter().any(|e| e.starts_with("PATH=")) {
         env.push(format!("PATH={DEFAULT_PATH}"));
     }
+    config::add_hostname_env(&mut env, &rec.config.hostname);
     if !env.iter().any(|e| e.starts_with("HOME=")) {
         env.push(format!("HOME={}", user.home));
     }

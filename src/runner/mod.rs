@@ -403,6 +403,12 @@ pub fn create(store: &Store, opts: &RunOptions) -> Result<ContainerRecord> {
         hostname: match (&opts.hostname, &shared_net) {
             (Some(h), _) => h.clone(),
             (None, Some(other)) => other.config.hostname.clone(),
+            // On the host's network a container is named as the host (docker's daemon does so).
+            (None, None) if network == "host" => nix::unistd::gethostname()
+                .ok()
+                .and_then(|h| h.into_string().ok())
+                .filter(|h| !h.is_empty())
+                .unwrap_or_else(|| id[..12].to_string()),
             (None, None) => id[..12].to_string(),
         },
         network: network.to_string(),
