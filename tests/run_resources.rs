@@ -146,3 +146,39 @@ fn memory_limit_oom_kills_with_137_and_inspect_says_so() {
     assert!(String::from_utf8_lossy(&o.stderr).contains("fork"), "{o:?}");
     common::kiln_ok(r, &["rm", "hog", "fine"]);
 }
+
+/// The container sees its own cgroup, read-only, at /sys/fs/cgroup, as under runc, so a JVM or
+/// Go runtime sizes itself to `-m` and `--cpus` (docker 28 on cgroup v1:
+/// `/sys/fs/cgroup/memory/memory.limit_in_bytes` is the limit, `cpu.cfs_quota_us` the quota).
+#[test]
+fn the_container_sees_its_limits_under_sys_fs_cgroup() {
+    common::require_root();
+    let root = common::temp_root();
+    let r = root.path();
+    run_fixtures::busybox_image(r, "bb", json!({"Cmd": ["sh"]}));
+    let version = kiln::sandbox::cgroup::detect();
+    let script = match version {
+        kiln::sandbox::cgroup::CgroupVersion::V1 => {
+            "cat /sys/fs/cgroup/memory/memory.limit_in_bytes /sys/fs/cgroup/cpu/cpu.cfs_quota_us \
+             /sys/fs/cgroup/cpu/cpu.cfs_period_us; touch /sys/fs/cgroup/memory/x 2>&1 || true"
+        }
+        _ => "cat /sys/fs/cgroup/memory.max /sys/fs/cgroup/cpu.max; touch /sys/fs/cgroup/x 2>&1 || true",
+    };
+    let out = common::kiln_ok(
+        r,
+        &[
+            "run", "--rm", "-m", "96m", "--cpus", "0.5", "bb", "sh", "-c", script,
+        ],
+    );
+    let lines: Vec<&str> = out.lines().collect();
+    match version {
+        kiln::sandbox::cgroup::CgroupVersion::V1 => {
+            assert_eq!(lines[..3], ["100663296", "50000", "100000"], "{out}");
+        }
+        _ => assert_eq!(lines[..2], ["100663296", "50000 100000"], "{out}"),
+    }
+    assert!(
+        lines[lines.len() - 1].contains("Read-only file system"),
+        "{out}"
+    );
+}

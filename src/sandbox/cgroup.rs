@@ -491,6 +491,26 @@ impl Cgroup {
     pub fn dirs(&self) -> &[PathBuf] {
         &self.dirs
     }
+
+    /// What the container sees at /sys/fs/cgroup: its own cgroup, read-only, as runc shows
+    /// it (so a JVM or a Go runtime sizes itself to `-m` and `--cpus`). v1: each controller's
+    /// directory at /sys/fs/cgroup/<controller>; v2: the one directory at /sys/fs/cgroup.
+    pub fn views(&self) -> Vec<super::rootfs::CgroupView> {
+        self.dirs
+            .iter()
+            .map(|dir| super::rootfs::CgroupView {
+                host_dir: dir.clone(),
+                controller: match self.version {
+                    CgroupVersion::V2 => None,
+                    CgroupVersion::V1 => dir
+                        .strip_prefix(CGROUP_ROOT)
+                        .ok()
+                        .and_then(|rel| rel.components().next())
+                        .map(|c| c.as_os_str().to_string_lossy().into_owned()),
+                },
+            })
+            .collect()
+    }
 }
 
 /// The v2 controllers that `Resources`' limits need.

@@ -7,7 +7,8 @@
 //!   (`Network::Join`: another container's).
 //! - `pivot_root` into `ExecSpec::rootfs` (typically `snapshot::ActiveSnapshot::merged()`), with
 //!   a new procfs on /proc, a tmpfs /dev (null zero full random urandom tty, ptmx + a new devpts,
-//!   shm, mqueue, fd/stdin/stdout/stderr links), read-only sysfs on /sys, generated /etc/hosts
+//!   shm, mqueue, fd/stdin/stdout/stderr links), read-only sysfs on /sys (with the execution's own cgroup read-only at /sys/fs/cgroup, as runc
+//!   shows it: v1 a tmpfs of its controllers' directories, v2 its one directory), generated /etc/hosts
 //!   and /etc/hostname (and the host's /etc/resolv.conf with `Network::Host`) bound in; the old
 //!   root is detached. Mount points that had to be created in the root filesystem (e.g. a
 //!   missing /etc/hosts) are removed again when the execution ends, so they never reach a diff.

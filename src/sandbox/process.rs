@@ -301,6 +301,7 @@ fn prepare_and_start(
                 .context("list the host's devices for a privileged container")?,
             None => Vec::new(),
         },
+        cgroup_views: Vec::new(),
     };
 
     let id = format!(
@@ -319,6 +320,7 @@ fn prepare_and_start(
     let cgroup =
         Cgroup::create_with_devices(&id, &spec.resources, devices).context("create the cgroup")?;
     plan.nodev_binds = !cgroup.as_ref().is_some_and(Cgroup::restricts_devices);
+    plan.cgroup_views = cgroup.as_ref().map(Cgroup::views).unwrap_or_default();
     let started = start(spec, plan, &cgroup);
     match started {
         Ok(mut running) => {

@@ -128,6 +128,15 @@ pub struct EtcFile {
     pub content: Vec<u8>,
 }
 
+/// One of the container's own cgroup directories, shown read-only under /sys/fs/cgroup:
+/// `controller` names the v1 controller (its subdirectory there); `None` is v2's one directory,
+/// shown as /sys/fs/cgroup itself.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CgroupView {
+    pub host_dir: PathBuf,
+    pub controller: Option<String>,
+}
+
 /// Everything the init needs to build the container's filesystem; made in the parent.
 #[derive(Debug, Clone)]
 pub struct RootfsPlan {
@@ -160,6 +169,9 @@ pub struct RootfsPlan {
     pub privileged: bool,
     /// Device nodes made in /dev besides `DEVICES` (a privileged execution's).
     pub devices: Vec<super::privileged::DeviceNode>,
+    /// The execution's cgroup, shown at /sys/fs/cgroup (empty: nothing there, as without a
+    /// cgroup).
+    pub cgroup_views: Vec<CgroupView>,
 }
 
 fn ctx(what: &str, path: &Path) -> impl FnOnce(io::Error) -> io::Error {
@@ -238,8 +250,10 @@ pub fn setup_and_pivot(sys: &dyn Syscall, plan: &RootfsPlan) -> io::Result<()> {
         .is_err()
     {
         // A new sysfs can be refused (e.g. host network in a user namespace): bind the host's
-        // read-only instead.
+        // read-only instead (its /sys/fs/cgroup is then the host's, read-only).
         bind_host_read_only(sys, Path::new("/sys"), &plan.sys_dir)?;
+    } else {
+        mount_cgroup_views(sys, plan)?;
     }
 
     // /etc files: written in the container's /dev tmpfs, bound over their targets, then unlinked
@@ -268,6 +282,54 @@ pub fn setup_and_pivot(sys: &dyn Syscall, plan: &RootfsPlan) -> io::Result<()> {
         .map_err(ctx("detach old root", dot))?;
     sys.chdir(root).map_err(ctx("chdir", root))?;
     Ok(())
+}
+
+/// Shows the execution's own cgroup at /sys/fs/cgroup, read-only, as runc does: on v1 a tmpfs
+/// with each controller's directory bound at its name, on v2 the one directory bound there.
+fn mount_cgroup_views(sys: &dyn Syscall, plan: &RootfsPlan) -> io::Result<()> {
+    if plan.cgroup_views.is_empty() {
+        return Ok(());
+    }
+    let target = plan.sys_dir.join("fs/cgroup");
+    let read_only = MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | MOUNT_ATTR_NOEXEC;
+    if let [only] = plan.cgroup_views.as_slice() {
+        if only.controller.is_none() {
+            sys.mount(Some(&only.host_dir), &target, None, MsFlags::MS_BIND, None)
+                .map_err(ctx(
+                    &format!("bind {} on", only.host_dir.display()),
+                    &target,
+                ))?;
+            return set_attrs_recursive(sys, &target, read_only)
+                .map_err(ctx("make read-only", &target));
+        }
+    }
+    sys.mount(
+        Some(Path::new("tmpfs")),
+        &target,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        Some("mode=755"),
+    )
+    .map_err(ctx("mount tmpfs on", &target))?;
+    for view in &plan.cgroup_views {
+        let Some(name) = &view.controller else {
+            continue;
+        };
+        let point = target.join(name);
+        sys.mkdir_all(&point, 0o755)
+            .map_err(ctx("create", &point))?;
+        sys.mount(Some(&view.host_dir), &point, None, MsFlags::MS_BIND, None)
+            .map_err(ctx(&format!("bind {} on", view.host_dir.display()), &point))?;
+        // Co-mounted controllers (`cpu,cpuacct`) are also found by each name, as on the host.
+        if name.contains(',') {
+            for part in name.split(',') {
+                let link = target.join(part);
+                sys.symlink(Path::new(name), &link)
+                    .map_err(ctx("symlink", &link))?;
+            }
+        }
+    }
+    set_attrs_recursive(sys, &target, read_only).map_err(ctx("make read-only", &target))
 }
 
 /// Binds the host's `host` (and every mount below it) on `target`, read-only, nosuid, nodev,
@@ -679,7 +741,84 @@ mod tests {
             read_only: false,
             privileged: false,
             devices: Vec::new(),
+            cgroup_views: Vec::new(),
         }
+    }
+
+    fn view(host_dir: &str, controller: Option<&str>) -> CgroupView {
+        CgroupView {
+            host_dir: host_dir.into(),
+            controller: controller.map(str::to_string),
+        }
+    }
+
+    #[test]
+    fn the_executions_cgroup_is_shown_read_only_at_sys_fs_cgroup() {
+        // v1: a tmpfs, each controller's directory bound at its name, all made read-only.
+        let sys = RecordingSyscall::new(&[], &[]);
+        let mut p = plan(Network::None, vec![]);
+        p.cgroup_views = vec![
+            view("/sys/fs/cgroup/memory/kiln/1.0", Some("memory")),
+            view("/sys/fs/cgroup/cpu/kiln/1.0", Some("cpu")),
+            view(
+                "/sys/fs/cgroup/net_cls,net_prio/kiln/1.0",
+                Some("net_cls,net_prio"),
+            ),
+        ];
+        setup_and_pivot(&sys, &p).unwrap();
+        let calls = sys.calls();
+        let m = mounts_of(&calls);
+        let at = |t: &str| m.iter().filter(|x| x.1 == Path::new(t)).collect::<Vec<_>>();
+        assert_eq!(at("/r/sys/fs/cgroup")[0].2.as_deref(), Some("tmpfs"));
+        for (host, point) in [
+            ("/sys/fs/cgroup/memory/kiln/1.0", "/r/sys/fs/cgroup/memory"),
+            ("/sys/fs/cgroup/cpu/kiln/1.0", "/r/sys/fs/cgroup/cpu"),
+        ] {
+            let bind = at(point);
+            assert_eq!(bind.len(), 1, "{point}");
+            assert_eq!(bind[0].0.as_deref(), Some(Path::new(host)));
+            assert!(bind[0].3.contains(MsFlags::MS_BIND));
+        }
+        assert!(setattrs_of(&calls)
+            .iter()
+            .any(|(t, rec, a)| t == Path::new("/r/sys/fs/cgroup")
+                && *rec
+                && a & MOUNT_ATTR_RDONLY != 0));
+        for part in ["net_cls", "net_prio"] {
+            let link = Path::new("/r/sys/fs/cgroup").join(part);
+            assert!(
+                calls.iter().any(|c| matches!(c, Call::Symlink(target, l)
+                    if target == Path::new("net_cls,net_prio") && *l == link)),
+                "{calls:?}"
+            );
+        }
+
+        // v2: the one directory bound at /sys/fs/cgroup itself, no tmpfs.
+        let sys = RecordingSyscall::new(&[], &[]);
+        p.cgroup_views = vec![view("/sys/fs/cgroup/kiln/1.0", None)];
+        setup_and_pivot(&sys, &p).unwrap();
+        let calls = sys.calls();
+        let m = mounts_of(&calls);
+        let at: Vec<_> = m
+            .iter()
+            .filter(|x| x.1 == Path::new("/r/sys/fs/cgroup"))
+            .collect();
+        assert_eq!(at.len(), 1);
+        assert_eq!(
+            at[0].0.as_deref(),
+            Some(Path::new("/sys/fs/cgroup/kiln/1.0"))
+        );
+        assert!(setattrs_of(&calls)
+            .iter()
+            .any(|(t, _, a)| t == Path::new("/r/sys/fs/cgroup") && a & MOUNT_ATTR_RDONLY != 0));
+
+        // Without a cgroup, nothing is mounted there.
+        let sys = RecordingSyscall::new(&[], &[]);
+        p.cgroup_views.clear();
+        setup_and_pivot(&sys, &p).unwrap();
+        assert!(!mounts_of(&sys.calls())
+            .iter()
+            .any(|x| x.1.starts_with("/r/sys/fs")));
     }
 
     #[test]
