@@ -512,3 +512,58 @@ fn log_opts_rotate_the_json_log() {
     assert_eq!(code, 125);
     assert!(stderr.contains("json-file logs only"), "{stderr}");
 }
+
+/// `--group-add` (docker's): supplementary groups of the container's user, for the command
+/// and for `exec`, shown in inspect's `HostConfig.GroupAdd`; a name the image's /etc/group
+/// lacks fails the start with docker's message (docker 28's answers, from docker-ref).
+#[test]
+fn group_add_gives_supplementary_groups_to_run_and_exec() {
+    let root = setup();
+    let r = root.path();
+    assert_eq!(
+        common::kiln_ok(
+            r,
+            &[
+                "run",
+                "--rm",
+                "--group-add",
+                "5",
+                "--group-add",
+                "1234",
+                "bb",
+                "id",
+                "-G"
+            ]
+        ),
+        "0 5 1234\n"
+    );
+    common::kiln_ok(
+        r,
+        &[
+            "run",
+            "-d",
+            "--name",
+            "ga",
+            "--group-add",
+            "77",
+            "-u",
+            "1000",
+            "bb",
+            "sleep",
+            "60",
+        ],
+    );
+    assert_eq!(common::kiln_ok(r, &["exec", "ga", "id", "-G"]), "0 77\n");
+    assert_eq!(
+        common::kiln_ok(r, &["inspect", "-f", "{{json .HostConfig.GroupAdd}}", "ga"]),
+        "[\"77\"]\n"
+    );
+    common::kiln_ok(r, &["rm", "-f", "ga"]);
+    let out = common::kiln(r, &["run", "--rm", "--group-add", "staff", "bb", "id"]);
+    assert_eq!(out.status.code(), Some(125));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("unable to find group staff: no matching entries in group file"),
+        "{err}"
+    );
+}

@@ -312,6 +312,10 @@ pub struct RunArgs {
     /// A resource limit of the command: NAME=SOFT[:HARD] (nofile=1024:2048, nproc=512, core=-1).
     #[arg(long = "ulimit", value_name = "NAME=SOFT[:HARD]")]
     ulimit: Vec<String>,
+    /// Add a supplementary group of the container's user (a name from the image's /etc/group,
+    /// or a number).
+    #[arg(long = "group-add", value_name = "GROUP")]
+    group_add: Vec<String>,
     /// The size of /dev/shm (default 64m).
     #[arg(long = "shm-size", value_name = "SIZE")]
     shm_size: Option<String>,
@@ -412,6 +416,7 @@ impl RunArgs {
             tmpfs,
             add_host,
             ulimit,
+            group_add,
             shm_size,
             label,
             stop_signal,
@@ -470,6 +475,7 @@ impl RunArgs {
             tmpfs,
             add_hosts: add_host,
             ulimits: ulimit,
+            group_add,
             shm_size,
             labels: label,
             stop_signal,

@@ -126,12 +126,6 @@ const TABLE: &[(&str, &str, Option<char>, &str)] = &[
     ("run", "gpus", None, "adds GPU devices to the container"),
     (
         "run",
-        "group-add",
-        None,
-        "adds supplementary groups for the container's user",
-    ),
-    (
-        "run",
         "ip",
         None,
         "sets the container's IPv4 address on a user-defined network",

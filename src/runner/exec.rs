@@ -121,8 +121,11 @@ pub fn exec(rec: &ContainerRecord, opts: &ExecOptions, cmd: &[String]) -> Result
     let passwd = std::fs::read_to_string(proc_dir.join("root/etc/passwd")).unwrap_or_default();
     let group = std::fs::read_to_string(proc_dir.join("root/etc/group")).unwrap_or_default();
     let user_spec = opts.user.clone().unwrap_or_else(|| rec.config.user.clone());
-    let user = user::resolve(&user_spec, &passwd, &group)
+    let mut user = user::resolve(&user_spec, &passwd, &group)
         .map_err(|e| anyhow::anyhow!("exec: user {user_spec:?}: {e}"))?;
+    // docker's exec gets the container's --group-add groups too.
+    user::add_groups(&mut user, &rec.config.group_add, &group)
+        .map_err(|e| anyhow::anyhow!("exec: --group-add: {e}"))?;
 
     let mut env = rec.config.env.clone();
     for e in &opts.env {

@@ -151,6 +151,7 @@ pub fn start(store: &Store, rec: &ContainerRecord, mode: StreamMode) -> Result<S
     }
     spec.hostname = cfg.hostname.clone();
     spec.extra_hosts = cfg.extra_hosts.clone();
+    spec.group_add = cfg.group_add.clone();
     for u in &cfg.ulimits {
         spec.ulimits
             .push(crate::sandbox::ulimit::parse(u).context("--ulimit")?);

@@ -90,6 +90,8 @@ pub struct RunOptions {
     pub add_hosts: Vec<String>,
     /// `--ulimit NAME=SOFT[:HARD]`.
     pub ulimits: Vec<String>,
+    /// `--group-add GROUP`.
+    pub group_add: Vec<String>,
     /// `--shm-size`.
     pub shm_size: Option<String>,
     /// `--label K=V`.
@@ -429,6 +431,7 @@ pub fn create(store: &Store, opts: &RunOptions) -> Result<ContainerRecord> {
         labels,
         extra_hosts,
         ulimits: opts.ulimits.clone(),
+        group_add: opts.group_add.clone(),
         shm_size,
         stop_timeout: opts.stop_timeout,
         healthcheck,
@@ -1147,6 +1150,7 @@ pub fn inspect_json(store: &Store, rec: &ContainerRecord) -> serde_json::Value {
             "Privileged": c.privileged,
             "LogConfig": {"Type": "json-file", "Config": c.log.docker_config()},
             "ExtraHosts": c.extra_hosts.iter().map(|(n, ip)| format!("{n}:{ip}")).collect::<Vec<_>>(),
+            "GroupAdd": (!c.group_add.is_empty()).then(|| c.group_add.clone()),
             "RestartPolicy": {"Name": c.restart.name(), "MaximumRetryCount": c.restart.max_retries()},
             "PortBindings": c.publish.iter().map(|p| json!({
                 "ContainerPort": format!("{}/{}", p.container_port, p.proto),

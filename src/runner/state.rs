@@ -87,6 +87,9 @@ pub struct ContainerConfig {
     /// `--ulimit` specs as given (checked at `run`; parsed again at each start).
     #[serde(default)]
     pub ulimits: Vec<String>,
+    /// `--group-add` groups as given (resolved in the container at each start and exec).
+    #[serde(default)]
+    pub group_add: Vec<String>,
     /// `--shm-size` in bytes (None: docker's 64 MiB).
     #[serde(default)]
     pub shm_size: Option<u64>,

@@ -240,6 +240,8 @@ pub struct ExecSpec {
     pub keep_system_mount_points: bool,
     /// `--ulimit`: resource limits set in the command's process before exec.
     pub ulimits: Vec<ulimit::Ulimit>,
+    /// `--group-add`: supplementary groups (names from the image's /etc/group, or numbers).
+    pub group_add: Vec<String>,
     /// `--shm-size`: the bytes of /dev/shm's tmpfs (docker's default: 64 MiB).
     pub shm_size: u64,
     /// Mount the root filesystem read-only (`--read-only`).
@@ -288,6 +290,7 @@ impl ExecSpec {
             etc_hostname: true,
             keep_system_mount_points: false,
             ulimits: Vec::new(),
+            group_add: Vec::new(),
             shm_size: DEFAULT_SHM_SIZE,
             read_only_root: false,
             caps: None,

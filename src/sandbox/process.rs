@@ -109,6 +109,8 @@ struct ChildContext {
     seccomp: Option<Arc<super::seccomp::Filter>>,
     /// `--ulimit`s, set in the command's process while it has every capability.
     ulimits: Vec<super::ulimit::Ulimit>,
+    /// `--group-add`, resolved with the container's /etc/group.
+    group_add: Vec<String>,
     /// The capabilities a root command keeps.
     caps: u64,
     no_new_privs: bool,
@@ -465,6 +467,7 @@ fn start(spec: &ExecSpec, plan: RootfsPlan, cgroup: &Option<Cgroup>) -> anyhow::
                 .filter_with_caps(spec.caps.unwrap_or_else(caps::default_mask))?,
         },
         ulimits: spec.ulimits.clone(),
+        group_add: spec.group_add.clone(),
         caps: spec.effective_caps(),
         no_new_privs: spec.no_new_privileges,
         ambient_caps: spec.privileged == Some(super::HostDevices::BuildKitInsecure),
@@ -971,10 +974,13 @@ fn command_process(ctx: &ChildContext, stdio: [Option<RawFd>; 3]) -> ! {
 
     let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
     let group = std::fs::read_to_string("/etc/group").unwrap_or_default();
-    let user = match user::resolve(&ctx.user, &passwd, &group) {
+    let mut user = match user::resolve(&ctx.user, &passwd, &group) {
         Ok(u) => u,
         Err(e) => fail(report, "user", e),
     };
+    if let Err(e) = user::add_groups(&mut user, &ctx.group_add, &group) {
+        fail(report, "user", e);
+    }
     let mut env = ctx.env.clone();
     if ctx.set_home {
         if let Ok(c) = CString::new(format!("HOME={}", user.home)) {

@@ -112,9 +112,38 @@ pub fn resolve(spec: &str, passwd: &str, group: &str) -> Result<User, String> {
     })
 }
 
+/// Adds `--group-add` groups (a name from the image's /etc/group, or a number) to the user's
+/// supplementary groups, after its own, as docker does; a name the image lacks is an error.
+pub fn add_groups(user: &mut User, extra: &[String], group: &str) -> Result<(), String> {
+    for g in extra {
+        let gid = match group_entries(group).find(|e| e.name == g.as_str()) {
+            Some(e) => e.gid,
+            None => g.parse::<u32>().map_err(|_| {
+                format!("unable to find group {g}: no matching entries in group file")
+            })?,
+        };
+        if !user.additional_gids.contains(&gid) {
+            user.additional_gids.push(gid);
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn group_add_by_name_or_number_after_the_users_own() {
+        let mut u = resolve("app", PASSWD, GROUP).unwrap();
+        add_groups(&mut u, &["audio".into(), "5".into(), "wheel".into()], GROUP).unwrap();
+        assert_eq!(u.additional_gids, [1000, 10, 29, 5]);
+        let err = add_groups(&mut u, &["staff".into()], GROUP).unwrap_err();
+        assert_eq!(
+            err,
+            "unable to find group staff: no matching entries in group file"
+        );
+    }
 
     const PASSWD: &str = "root:x:0:0:root:/root:/bin/sh\n\
                           app:x:1000:1000:app:/home/app:/bin/sh\n\
