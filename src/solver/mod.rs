@@ -694,6 +694,7 @@ async fn run_step(
                     created,
                     place: remote_place.to_string(),
                     inputs: redacted_inputs.clone(),
+                    files_blob: None,
                 },
             });
         }
