@@ -1330,7 +1330,12 @@ fn a_long_file_list_rides_in_its_own_blob_sent_once_and_read_only_to_explain() {
     let host = reg.host();
     let base = seed_base(&reg);
     let mut files: Vec<(String, String)> = (0..100)
-        .map(|i| (format!("vendor/m{}/f{i}.go", i % 7), format!("package m // {i}\n")))
+        .map(|i| {
+            (
+                format!("vendor/m{}/f{i}.go", i % 7),
+                format!("package m // {i}\n"),
+            )
+        })
         .collect();
     files.push(("app.txt".into(), "v1\n".into()));
     files.push(("Dockerfile".into(), dockerfile(VENDOR_DOCKERFILE, &base)));
@@ -1406,10 +1411,7 @@ fn a_long_file_list_rides_in_its_own_blob_sent_once_and_read_only_to_explain() {
         "{}",
         built_b.log
     );
-    assert_eq!(
-        blob_gets(&reg, before_b, &files_blob),
-        Vec::<String>::new()
-    );
+    assert_eq!(blob_gets(&reg, before_b, &files_blob), Vec::<String>::new());
     assert_eq!(
         blob_uploads(&reg, before_b, &files_blob),
         Vec::<String>::new()
@@ -1425,7 +1427,11 @@ fn a_long_file_list_rides_in_its_own_blob_sent_once_and_read_only_to_explain() {
     );
 
     // Runner C after a vendored file changed: the list is fetched to say which file.
-    fs::write(ctx.path().join("vendor/m3/f10.go"), "package m // changed\n").unwrap();
+    fs::write(
+        ctx.path().join("vendor/m3/f10.go"),
+        "package m // changed\n",
+    )
+    .unwrap();
     let before_c = reg.requests().len();
     let c = runner();
     let built_c = build(
@@ -1436,9 +1442,7 @@ fn a_long_file_list_rides_in_its_own_blob_sent_once_and_read_only_to_explain() {
         &["--cache-from", &from, "--cache-to", &to],
     );
     assert!(
-        built_c
-            .log
-            .contains("the cache from")
+        built_c.log.contains("the cache from")
             && built_c.log.contains("1 file changed: vendor/m3/f10.go"),
         "{}",
         built_c.log
