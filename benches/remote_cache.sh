@@ -10,8 +10,15 @@
 # "exported cache to ..." line), plus the growth of the registry's storage.
 #
 #   cargo build --release && benches/remote_cache.sh [RUNS]
+#   SETTLE=35 benches/remote_cache.sh   wait 35 s after each root is removed, before the next run
+#
+# SETTLE: on ext4 without a journal (this VM's root filesystem) the inode allocator skips inodes
+# freed in the last 30 s, one by one from the start of the group, so a 5,000-file tree written
+# right after another was deleted takes 2-8x longer (runner A's COPY vendor, runner B's unpack of
+# the vendor layer); SETTLE takes that out of the figures.
 set -euo pipefail
 RUNS=${1:-3}
+SETTLE=${SETTLE:-0}
 KILN=${KILN:-$(dirname "$0")/../target/release/kiln}
 [ -x "$KILN" ] || { echo "build first: cargo build --release" >&2; exit 1; }
 KILN=$(realpath "$KILN")
@@ -93,6 +100,7 @@ run_ci() {
   echo "$(((t1 - t0) / 1000000)) ${bytes:-?} $(grep -c ' CACHED$' "$log")"
   [ -n "${KEEP_LOG:-}" ] && cp "$log" "$KEEP_LOG.$(date +%s%N)"
   rm -rf "$root"
+  sleep "$SETTLE"
 }
 median() { sort -n | awk '{a[NR]=$1} END{print a[int((NR+1)/2)]}'; }
 du_reg() { du -sb "$WORK/reg/data" | cut -f1; }

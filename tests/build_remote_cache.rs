@@ -1315,3 +1315,150 @@ fn mode_max_sends_builder_layers_as_zstd_and_each_image_layer_once() {
     let out = common::kiln_ok(b.path(), &["run", "--rm", "multi:b"]);
     assert_eq!(out, "compiled\n");
 }
+
+/// A COPY of a vendored tree (more files than a record keeps inline) and an app file.
+const VENDOR_DOCKERFILE: &str = "FROM BASE
+COPY vendor /src/vendor
+COPY app.txt /src/app.txt
+RUN ls /src/vendor | wc -l > /src/count
+";
+
+#[test]
+fn a_long_file_list_rides_in_its_own_blob_sent_once_and_read_only_to_explain() {
+    common::require_root();
+    let reg = Registry::start_logged(AuthMode::None);
+    let host = reg.host();
+    let base = seed_base(&reg);
+    let mut files: Vec<(String, String)> = (0..100)
+        .map(|i| {
+            (
+                format!("vendor/m{}/f{i}.go", i % 7),
+                format!("package m // {i}\n"),
+            )
+        })
+        .collect();
+    files.push(("app.txt".into(), "v1\n".into()));
+    files.push(("Dockerfile".into(), dockerfile(VENDOR_DOCKERFILE, &base)));
+    let refs: Vec<(&str, &str)> = files
+        .iter()
+        .map(|(p, t)| (p.as_str(), t.as_str()))
+        .collect();
+    let ctx = context(&refs);
+    let cache = format!("{host}/cache/vendor:main");
+    let to = format!("type=registry,ref={cache},mode=max");
+    let from = format!("type=registry,ref={cache}");
+    let image = format!("{host}/apps/vendor:1");
+    let (_a, _built_a) = runner_a(&reg, ctx.path(), &image, &to, &[]);
+
+    // The config keeps the vendor COPY's list as a descriptor; the manifest lists that blob.
+    let (manifest, config) = cache_at(&reg, "cache/vendor", "main");
+    let listed: Vec<(String, String)> = manifest["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| {
+            (
+                l["mediaType"].as_str().unwrap().to_string(),
+                l["digest"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    let files_blobs: Vec<&String> = listed
+        .iter()
+        .filter(|(t, _)| t == "application/vnd.kiln.build-cache.files.v1+json")
+        .map(|(_, d)| d)
+        .collect();
+    assert_eq!(files_blobs.len(), 1, "{manifest}");
+    let files_blob = files_blobs[0].clone();
+    let vendor_record = config["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["inputs"]["instruction"] == "COPY vendor /src/vendor")
+        .expect("a record of the vendor COPY");
+    assert_eq!(vendor_record["filesBlob"]["digest"], files_blob.as_str());
+    assert_eq!(vendor_record["inputs"]["files"], serde_json::json!([]));
+    let list = blob_json(&reg, &files_blob);
+    assert!(
+        list.as_array().unwrap().len() > 100,
+        "the whole selection (files and directories): {list}"
+    );
+    let app_record = config["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["inputs"]["instruction"] == "COPY app.txt /src/app.txt")
+        .unwrap();
+    assert!(app_record.get("filesBlob").is_none(), "{app_record}");
+    assert_eq!(app_record["inputs"]["files"][0][0], "app.txt");
+
+    // Runner B after the app file changed: the list is neither read (the vendor COPY hits)
+    // nor sent again (the imported cache lists it); the new cache names it still.
+    fs::write(ctx.path().join("app.txt"), "v2\n").unwrap();
+    let before_b = reg.requests().len();
+    let b = runner();
+    let built_b = build(
+        Some(&reg),
+        b.path(),
+        ctx.path(),
+        &image,
+        &["--cache-from", &from, "--cache-to", &to],
+    );
+    assert_eq!(outcome(&built_b.log, "COPY vendor /src/vendor"), "CACHED");
+    assert_eq!(outcome(&built_b.log, "COPY app.txt /src/app.txt"), "DONE");
+    assert!(
+        built_b.log.contains("1 file changed: app.txt"),
+        "{}",
+        built_b.log
+    );
+    assert_eq!(blob_gets(&reg, before_b, &files_blob), Vec::<String>::new());
+    assert_eq!(
+        blob_uploads(&reg, before_b, &files_blob),
+        Vec::<String>::new()
+    );
+    let (manifest_b, _) = cache_at(&reg, "cache/vendor", "main");
+    assert!(
+        manifest_b["layers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|l| l["digest"] == files_blob.as_str()),
+        "{manifest_b}"
+    );
+
+    // Runner C after a vendored file changed: the list is fetched to say which file.
+    fs::write(
+        ctx.path().join("vendor/m3/f10.go"),
+        "package m // changed\n",
+    )
+    .unwrap();
+    let before_c = reg.requests().len();
+    let c = runner();
+    let built_c = build(
+        Some(&reg),
+        c.path(),
+        ctx.path(),
+        &image,
+        &["--cache-from", &from, "--cache-to", &to],
+    );
+    assert!(
+        built_c.log.contains("the cache from")
+            && built_c.log.contains("1 file changed: vendor/m3/f10.go"),
+        "{}",
+        built_c.log
+    );
+    assert_eq!(blob_gets(&reg, before_c, &files_blob).len(), 1);
+    // Its export sends the new list (another blob), once.
+    let (_, config_c) = cache_at(&reg, "cache/vendor", "main");
+    let new_blob = config_c["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["inputs"]["instruction"] == "COPY vendor /src/vendor")
+        .unwrap()["filesBlob"]["digest"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_ne!(new_blob, files_blob);
+    assert_eq!(blob_uploads(&reg, before_c, &new_blob).len(), 1);
+}

@@ -698,6 +698,7 @@ async fn run_step(
                     created,
                     place: remote_place.to_string(),
                     inputs: redacted_inputs.clone(),
+                    files_blob: None,
                 },
             });
         }
@@ -765,6 +766,8 @@ async fn run_step(
             .as_ref()
             .and_then(|old| cache::previous_copy(old, &inputs))
             .filter(|p| shared.backend.has_layer(&p.layer));
+        // Explaining against a cache may fetch its list of files: not under the database lock.
+        drop(conn);
         let remote = match (&old, &shared.remote) {
             (None, Some(r)) => r.explain(remote_place, &inputs, first_fs_step),
             _ => None,

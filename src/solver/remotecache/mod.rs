@@ -33,6 +33,10 @@ pub const ARTIFACT_TYPE: &str = "application/vnd.kiln.build-cache.v1";
 pub const CONFIG_MEDIA_TYPE: &str = "application/vnd.kiln.build-cache.config.v1+json";
 /// The key of the records in an image config (`type=inline`).
 pub const INLINE_KEY: &str = "kiln.build-cache.v1";
+/// The media type of a blob holding one record's list of selected files (`CacheRecord::files_blob`).
+pub const FILES_MEDIA_TYPE: &str = "application/vnd.kiln.build-cache.files.v1+json";
+/// A record whose step selected more files than this keeps their list in a blob of its own.
+pub const INLINE_FILES_MAX: usize = 64;
 /// Cache configs are small JSON documents; larger ones are refused.
 pub const MAX_CONFIG_BYTES: u64 = 64 << 20;
 
@@ -89,6 +93,11 @@ pub struct CacheRecord {
     /// What went into the key, with values of build args and environment variables hashed.
     #[serde(default)]
     pub inputs: StepInputs,
+    /// The blob holding `inputs.files` when the step selected more than `INLINE_FILES_MAX`
+    /// entries (`inputs.files` is then empty): read only to explain a miss of this step, and
+    /// the same blob (not uploaded again) while the selected files stay the same.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub files_blob: Option<LayerDesc>,
 }
 
 /// A `RUN --mount=type=cache` directory exported as a layer.
@@ -136,6 +145,9 @@ impl CacheDoc {
                 check_digest(&l.digest).context("a record's layer digest")?;
                 check_digest(&l.diff_id).context("a record's layer DiffID")?;
             }
+            if let Some(f) = &r.files_blob {
+                check_digest(&f.digest).context("a record's file list digest")?;
+            }
         }
         for m in &doc.mounts {
             check_digest(&m.layer.digest).context("a cache mount's layer digest")?;
@@ -146,17 +158,67 @@ impl CacheDoc {
         Ok(doc)
     }
 
-    /// The distinct blobs the records and mounts name, in a stable order.
+    /// The distinct blobs the records and mounts name, in a stable order: the layers, then the
+    /// file lists (`files_blob`); the manifest lists them all.
     pub fn layers(&self) -> Vec<LayerDesc> {
         let mut seen = HashSet::new();
         self.records
             .iter()
             .filter_map(|r| r.layer.as_ref())
             .chain(self.mounts.iter().map(|m| &m.layer))
+            .chain(self.records.iter().filter_map(|r| r.files_blob.as_ref()))
             .filter(|l| seen.insert(l.digest.clone()))
             .cloned()
             .collect()
     }
+
+    /// Moves each long list of selected files (more than `INLINE_FILES_MAX`) out of its record
+    /// into a blob in `store` (`files_blob`), so the config stays small and a list that did not
+    /// change is the same blob, which an export finds at the destination instead of sending again.
+    pub fn split_file_lists(&mut self, store: &Store) -> Result<()> {
+        for r in &mut self.records {
+            if r.inputs.files.len() <= INLINE_FILES_MAX {
+                continue;
+            }
+            let bytes = serde_json::to_vec(&r.inputs.files)?;
+            let blob = store
+                .put_blob_bytes(&bytes)
+                .context("storing a step's list of files")?;
+            r.files_blob = Some(LayerDesc {
+                media_type: FILES_MEDIA_TYPE.to_string(),
+                digest: blob.digest,
+                size: blob.size,
+                diff_id: String::new(),
+            });
+            r.inputs.files = Vec::new();
+        }
+        Ok(())
+    }
+}
+
+/// Reads a record's list of files from `blob` (fetched into the store through `source`,
+/// verified, unless the store has it).
+fn load_file_list(
+    store: &Store,
+    source: &dyn BlobSource,
+    blob: &LayerDesc,
+) -> Result<Vec<(String, String)>> {
+    if blob.size > MAX_CONFIG_BYTES {
+        bail!(
+            "the file list {} is {} bytes, larger than kiln reads",
+            blob.digest,
+            blob.size
+        );
+    }
+    if !store.has_blob(&blob.digest) {
+        source.fetch(store, blob)?;
+    }
+    let bytes = store.read_blob(&blob.digest)?;
+    if crate::digest::sha256_digest(&bytes) != blob.digest {
+        bail!("the file list {} failed verification", blob.digest);
+    }
+    serde_json::from_slice(&bytes)
+        .with_context(|| format!("the file list {} is not kiln's format", blob.digest))
 }
 
 fn check_digest(d: &str) -> Result<()> {
@@ -406,7 +468,7 @@ pub struct Imports {
     store: Arc<Store>,
     sources: Vec<Loaded>,
     by_key: HashMap<String, (usize, CacheRecord)>,
-    by_place: HashMap<String, (usize, StepInputs)>,
+    by_place: HashMap<String, (usize, StepInputs, Option<LayerDesc>)>,
     by_blob: HashMap<String, usize>,
     mounts: HashMap<String, (usize, LayerDesc)>,
     refused: Mutex<HashSet<String>>,
@@ -434,7 +496,7 @@ impl Imports {
                 if !r.place.is_empty() {
                     by_place
                         .entry(r.place.clone())
-                        .or_insert_with(|| (i, r.inputs.clone()));
+                        .or_insert_with(|| (i, r.inputs.clone(), r.files_blob.clone()));
                 }
             }
             for m in &s.doc.mounts {
@@ -615,9 +677,22 @@ impl RemoteCache for Imports {
     }
 
     fn explain(&self, place: &str, inputs: &StepInputs, first_step: bool) -> Option<String> {
-        let (i, old) = self.by_place.get(place)?;
+        let (i, old, files_blob) = self.by_place.get(place)?;
         let new = redact_inputs(inputs);
-        let why = super::cache::explain_miss(Some(old), &new, first_step);
+        let mut old = old.clone();
+        if let Some(blob) = files_blob {
+            // The list is read only now, for the one step that needs it.
+            match load_file_list(&self.store, self.sources[*i].blobs.as_ref(), blob) {
+                Ok(files) => old.files = files,
+                Err(e) => {
+                    return Some(format!(
+                        "the cache from {} has this step with different inputs (its list of files could not be read: {e:#})",
+                        self.sources[*i].name
+                    ))
+                }
+            }
+        }
+        let why = super::cache::explain_miss(Some(&old), &new, first_step);
         Some(format!(
             "the cache from {} has this step with different inputs: {why}",
             self.sources[*i].name
@@ -785,9 +860,9 @@ pub fn prepare(
         }
         out.push(r);
     }
-    Ok(Prepared {
-        doc: CacheDoc::new(out, mounts.to_vec()),
-    })
+    let mut doc = CacheDoc::new(out, mounts.to_vec());
+    doc.split_file_lists(store)?;
+    Ok(Prepared { doc })
 }
 
 #[cfg(test)]
@@ -812,6 +887,7 @@ mod tests {
             created: 5,
             place: digest('d'),
             inputs: StepInputs::default(),
+            files_blob: None,
         };
         let doc = CacheDoc::new(vec![rec.clone(), rec.clone()], vec![]);
         assert_eq!(doc.records.len(), 1);
@@ -900,6 +976,7 @@ mod tests {
                 instruction: format!("RUN {key}"),
                 ..Default::default()
             },
+            files_blob: None,
         };
         let base = vec![digest('7')];
         let l1 = layer(&good);
@@ -945,6 +1022,87 @@ mod tests {
         assert!(err.chain().any(|c| c.is::<Refused>()), "{err:#}");
         assert!(!store.has_blob(&other.digest));
         assert!(imports.lookup(&digest('b'), &base).is_none());
+    }
+
+    #[test]
+    fn long_file_lists_go_to_a_blob_read_only_to_explain_a_miss() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path()).unwrap());
+        let files = |changed: &str| -> Vec<(String, String)> {
+            (0..=INLINE_FILES_MAX)
+                .map(|i| {
+                    let name = format!("vendor/f{i}.go");
+                    let d = if name == changed { "0c0c" } else { "5a5a" };
+                    (name, d.to_string())
+                })
+                .collect()
+        };
+        let rec = |key: char, place: char, files: Vec<(String, String)>| CacheRecord {
+            key: digest(key),
+            layer: None,
+            chain: vec![],
+            created: 1,
+            place: digest(place),
+            inputs: StepInputs {
+                instruction: "COPY vendor /src/vendor".into(),
+                files,
+                ..Default::default()
+            },
+            files_blob: None,
+        };
+        let short = vec![("main.go".to_string(), "x".to_string())];
+        let mut doc = CacheDoc::new(
+            vec![rec('a', '1', files("")), rec('b', '2', short.clone())],
+            vec![],
+        );
+        doc.split_file_lists(&store).unwrap();
+        let long = doc.records.iter().find(|r| r.key == digest('a')).unwrap();
+        assert!(long.inputs.files.is_empty());
+        let blob = long.files_blob.clone().unwrap();
+        assert_eq!(blob.media_type, FILES_MEDIA_TYPE);
+        let short_rec = doc.records.iter().find(|r| r.key == digest('b')).unwrap();
+        assert_eq!(short_rec.inputs.files, short);
+        assert!(short_rec.files_blob.is_none());
+        assert!(doc.layers().iter().any(|l| l.digest == blob.digest));
+        // The same list is the same blob; another list is another.
+        let mut again = CacheDoc::new(vec![rec('a', '1', files(""))], vec![]);
+        again.split_file_lists(&store).unwrap();
+        assert_eq!(again.records[0].files_blob.as_ref(), Some(&blob));
+        let mut other = CacheDoc::new(vec![rec('a', '1', files("vendor/f3.go"))], vec![]);
+        other.split_file_lists(&store).unwrap();
+        assert_ne!(other.records[0].files_blob.as_ref(), Some(&blob));
+        // The config round trips with the descriptor.
+        let bytes = serde_json::to_vec(&doc).unwrap();
+        assert_eq!(CacheDoc::parse(&bytes).unwrap(), doc);
+
+        // Another machine: the list is fetched from the cache only when the step is explained.
+        let list = store.read_blob(&blob.digest).unwrap();
+        let elsewhere = tempfile::tempdir().unwrap();
+        let store_b = Arc::new(Store::open(elsewhere.path()).unwrap());
+        let imports = Imports::new(
+            store_b.clone(),
+            vec![loaded("cache", doc.records.clone(), &list)],
+            Box::new(|_| {}),
+        );
+        assert!(!store_b.has_blob(&blob.digest));
+        let new = StepInputs {
+            instruction: "COPY vendor /src/vendor".into(),
+            files: files("vendor/f7.go"),
+            ..Default::default()
+        };
+        let why = imports.explain(&digest('1'), &new, false).unwrap();
+        assert!(why.contains("1 file changed: vendor/f7.go"), "{why}");
+        assert!(store_b.has_blob(&blob.digest));
+        // A source serving other bytes: the explanation says the list could not be read.
+        let elsewhere_c = tempfile::tempdir().unwrap();
+        let store_c = Arc::new(Store::open(elsewhere_c.path()).unwrap());
+        let bad = Imports::new(
+            store_c,
+            vec![loaded("bad", doc.records.clone(), b"[]")],
+            Box::new(|_| {}),
+        );
+        let why = bad.explain(&digest('1'), &new, false).unwrap();
+        assert!(why.contains("could not be read"), "{why}");
     }
 
     #[test]
