@@ -703,7 +703,8 @@ fn mount_tmpfs_add_host_label_and_stop_flags() {
             "bb",
             "sh",
             "-c",
-            "grep db /etc/hosts; grep -E ' /(scratch|t2) ' /proc/mounts | cut -d' ' -f2,4 | sort; \
+            // -w: the container's random hostname (also in /etc/hosts) may contain "db".
+            "grep -w db /etc/hosts; grep -E ' /(scratch|t2) ' /proc/mounts | cut -d' ' -f2,4 | sort; \
              cat /h/in.txt; touch /h/x 2>/dev/null || echo ro; echo kept > /v/f",
         ],
     );
