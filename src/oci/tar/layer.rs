@@ -10,7 +10,7 @@
 //! taken relative to the target, and parent directories are resolved with symlinks interpreted
 //! inside the target (like a chroot), so a symlinked parent or a hard link cannot escape.
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::ffi::{CString, OsStr, OsString};
 use std::fs;
 use std::io::{self, Read, Write};
@@ -81,28 +81,55 @@ pub fn write_layer(
     Ok(())
 }
 
-/// The entries a change list makes, in the tar's order (sorted by path).
+/// The entries a change list makes, in the tar's order (sorted by path). A later whiteout or
+/// opaque marker for a path replaces what was planned there; an upsert never does.
 fn plan_entries(changes: &[Change]) -> Result<Vec<(PathBuf, Planned)>> {
-    let mut plan: BTreeMap<PathBuf, Planned> = BTreeMap::new();
+    // Sorted by `sort_key`, not by `Path`'s order, which is the same order: comparing paths
+    // component by component was most of planning a layer of tens of thousands of entries.
+    let mut plan: Vec<(Vec<u8>, PathBuf, Planned)> = Vec::with_capacity(changes.len());
+    let mut at: HashMap<Vec<u8>, usize> = HashMap::with_capacity(changes.len());
+    let mut put = |rel: PathBuf, planned: Planned, replace: bool| {
+        let key = sort_key(&rel);
+        match at.entry(key) {
+            std::collections::hash_map::Entry::Occupied(e) => {
+                if replace {
+                    plan[*e.get()].2 = planned;
+                }
+            }
+            std::collections::hash_map::Entry::Vacant(v) => {
+                plan.push((v.key().clone(), rel, planned));
+                v.insert(plan.len() - 1);
+            }
+        }
+    };
     for change in changes {
         let rel = clean_change_path(change.path())?;
         match change {
-            Change::Upsert(_) => {
-                plan.entry(rel).or_insert(Planned::Upsert);
-            }
+            Change::Upsert(_) => put(rel, Planned::Upsert, false),
             Change::Delete(_) => {
                 let name = rel.file_name().context("a whiteout needs a name")?;
                 let mut wh = OsString::from(WHITEOUT_PREFIX);
                 wh.push(name);
-                plan.insert(rel.with_file_name(wh), Planned::Whiteout);
+                put(rel.with_file_name(wh), Planned::Whiteout, true);
             }
             Change::Opaque(_) => {
-                plan.insert(rel.join(OPAQUE_WHITEOUT), Planned::Opaque);
-                plan.insert(rel, Planned::Upsert);
+                put(rel.join(OPAQUE_WHITEOUT), Planned::Opaque, true);
+                put(rel, Planned::Upsert, true);
             }
         }
     }
-    Ok(plan.into_iter().collect())
+    plan.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    Ok(plan.into_iter().map(|(_, rel, p)| (rel, p)).collect())
+}
+
+/// A clean relative path's bytes with each `/` as a NUL: their byte order is the paths' order
+/// (component by component), since no name holds a NUL and a NUL sorts before any other byte.
+fn sort_key(rel: &Path) -> Vec<u8> {
+    rel.as_os_str()
+        .as_bytes()
+        .iter()
+        .map(|&b| if b == b'/' { 0 } else { b })
+        .collect()
 }
 
 /// A point of a layer's tar where hashing can resume: before entry `entry` (in the tar's order),
@@ -240,7 +267,7 @@ pub fn hash_layer(
     let mut tar = TarWriter::new(HashSink::start(state, skeleton), opts);
     tar.inodes = inodes;
     tar.index = first;
-    tar.out.ahead = Some(ReadAhead::start(source_root, &plan, first));
+    let mut gather = Gather::start(source_root, &plan, first);
     let mut marks = Vec::new();
     let mut last_mark = reused;
     for (i, (rel, planned)) in plan.iter().enumerate().skip(first) {
@@ -248,9 +275,12 @@ pub fn hash_layer(
             last_mark = tar.out.offset;
             marks.push((i as u64, tar.out.mark()?));
         }
-        tar.out.entry = i;
+        if matches!(planned, Planned::Upsert) {
+            tar.pre = gather.take(i);
+        }
         tar.append_planned(source_root, rel, planned)?;
     }
+    drop(gather);
     tar.out.bytes(&[0u8; 1024])?;
     let (digest, size, states) = tar.out.finish()?;
     for ((entry, skeleton), state) in marks.into_iter().zip(states) {
@@ -319,8 +349,15 @@ impl EntryHeader {
 /// sink may read, or stand for by the file's identity).
 trait TarSink {
     fn bytes(&mut self, b: &[u8]) -> io::Result<()>;
-    /// The `size` bytes of the regular file at `path`.
-    fn content(&mut self, path: &Path, meta: &fs::Metadata, size: u64) -> io::Result<()>;
+    /// The `size` bytes of the regular file at `path`; `pre`: those bytes, when they were read
+    /// already (with `meta`, see [`Gather`]).
+    fn content(
+        &mut self,
+        path: &Path,
+        meta: &fs::Metadata,
+        size: u64,
+        pre: Option<&[u8]>,
+    ) -> io::Result<()>;
 }
 
 /// The tar itself, into a writer.
@@ -331,7 +368,16 @@ impl<W: Write> TarSink for Plain<W> {
         self.0.write_all(b)
     }
 
-    fn content(&mut self, path: &Path, _meta: &fs::Metadata, size: u64) -> io::Result<()> {
+    fn content(
+        &mut self,
+        path: &Path,
+        _meta: &fs::Metadata,
+        size: u64,
+        pre: Option<&[u8]>,
+    ) -> io::Result<()> {
+        if let Some(data) = pre.filter(|d| d.len() as u64 == size) {
+            return self.0.write_all(data);
+        }
         let file = fs::File::open(path)?;
         let copied = io::copy(&mut file.take(size), &mut self.0)?;
         if copied != size {
@@ -367,7 +413,13 @@ impl TarSink for SkeletonSink {
         Ok(())
     }
 
-    fn content(&mut self, _path: &Path, meta: &fs::Metadata, size: u64) -> io::Result<()> {
+    fn content(
+        &mut self,
+        _path: &Path,
+        meta: &fs::Metadata,
+        size: u64,
+        _pre: Option<&[u8]>,
+    ) -> io::Result<()> {
         self.skeleton.update(identity(meta));
         self.offset += size;
         Ok(())
@@ -395,10 +447,6 @@ struct HashSink {
     worker: Option<std::thread::JoinHandle<HashResult>>,
     skeleton: Sha256,
     offset: u64,
-    /// Small files' contents read ahead on another thread (see [`ReadAhead`]), and the index of
-    /// the entry being appended, to match them with.
-    ahead: Option<ReadAhead>,
-    entry: usize,
 }
 
 const HASH_CHUNK: usize = 1 << 20;
@@ -431,8 +479,6 @@ impl HashSink {
             worker: Some(worker),
             skeleton,
             offset: state.len,
-            ahead: None,
-            entry: 0,
         }
     }
 
@@ -500,12 +546,16 @@ impl TarSink for HashSink {
         self.push(b)
     }
 
-    fn content(&mut self, path: &Path, meta: &fs::Metadata, size: u64) -> io::Result<()> {
+    fn content(
+        &mut self,
+        path: &Path,
+        meta: &fs::Metadata,
+        size: u64,
+        pre: Option<&[u8]>,
+    ) -> io::Result<()> {
         self.skeleton.update(identity(meta));
-        let entry = self.entry;
-        if let Some(data) = self.ahead.as_mut().and_then(|a| a.take(entry, meta, size)) {
-            self.push(&data)?;
-            return Ok(());
+        if let Some(data) = pre.filter(|d| d.len() as u64 == size) {
+            return self.push(data);
         }
         let mut file = fs::File::open(path)?;
         let mut left = size;
@@ -536,8 +586,6 @@ impl TarSink for HashSink {
 
 impl Drop for HashSink {
     fn drop(&mut self) {
-        // The read-ahead thread stops at its next send once its receiver is gone.
-        self.ahead = None;
         self.tx = None;
         if let Some(w) = self.worker.take() {
             let _ = w.join();
@@ -545,95 +593,187 @@ impl Drop for HashSink {
     }
 }
 
-/// Files up to this size are read ahead for [`hash_layer`]; bigger ones are read in place.
+/// Files up to this size are read by the [`Gather`] threads; bigger ones are read in place.
 const READ_AHEAD_FILE: u64 = 64 << 10;
-/// Files read ahead and not yet hashed, at most (with `READ_AHEAD_FILE`: 4 MiB of memory).
-const READ_AHEAD_FILES: usize = 64;
+/// Entries in one block a gather thread hands over.
+const GATHER_BLOCK: usize = 32;
+/// Blocks each gather thread may have ready before the hashing loop takes them (memory: at most
+/// threads x (this + 1) x `GATHER_BLOCK` x `READ_AHEAD_FILE`, 12 MiB, plus the block in use).
+const GATHER_QUEUE: usize = 2;
+/// Threads gathering entries ahead of the hashing loop.
+const GATHER_THREADS: usize = 2;
 
-/// One file read ahead: its entry's index, its identity when it was read, and its bytes.
-type AheadFile = (usize, [u8; 32], Vec<u8>);
-
-/// The contents of a layer's small regular files, read in the tar's order on a thread of its
-/// own while the hashing loop stats the entries and writes their headers: for a tar of tens of
-/// thousands of small files, opening and reading them is half its time. A file read ahead is
-/// used only when the loop's own lstat of it gives the same identity (device, inode, size,
-/// mtime) and the read gave exactly its size; anything else is read in place as before, so the
-/// bytes hashed are the bytes `write_layer` writes.
-struct ReadAhead {
-    rx: Option<std::sync::mpsc::Receiver<AheadFile>>,
-    /// A file received for an entry the loop has not reached yet.
-    next: Option<AheadFile>,
-    worker: Option<std::thread::JoinHandle<()>>,
+/// What a [`Gather`] thread found for one entry: what the hashing loop would otherwise look up
+/// itself (its lstat, its xattrs) and, for a small regular file, its bytes (exactly `meta`'s
+/// size, read from the descriptor `meta` was taken from).
+struct Gathered {
+    meta: fs::Metadata,
+    xattrs: Vec<(Vec<u8>, Vec<u8>)>,
+    data: Option<Vec<u8>>,
 }
 
-impl ReadAhead {
-    fn start(source_root: &Path, plan: &[(PathBuf, Planned)], first: usize) -> ReadAhead {
-        let paths: Vec<(usize, PathBuf)> = plan
+/// Gathered entries in the tar's order: (entry index, what was found; None: look in place).
+type GatherBlock = Vec<(usize, Option<Gathered>)>;
+
+/// The tar's entries gathered ahead of the hashing loop on `GATHER_THREADS` threads: for a tar of
+/// tens of thousands of small files, stat'ing them, listing their xattrs and reading them is most
+/// of its time, and one thread in the kernel at a time left the rest of the machine idle. The
+/// entries are cut into blocks of `GATHER_BLOCK`, thread k gathering blocks k, k + n, k + 2n...
+/// into a bounded channel of its own, which the loop reads in turn, so the blocks arrive in the
+/// tar's order. A regular file is stat'ed and opened relative to its directory's descriptor
+/// (kept while the thread's entries share it), its xattrs and bytes read through that
+/// descriptor and its metadata taken from it (`fstat`), so the bytes go with the metadata the
+/// header is written from; anything else is looked up by path as the loop would. An entry that
+/// could not be gathered is looked up by the loop itself (which then reports its error), so the
+/// bytes hashed are always those `write_layer` writes.
+struct Gather {
+    rxs: Vec<std::sync::mpsc::Receiver<GatherBlock>>,
+    block: VecDeque<(usize, Option<Gathered>)>,
+    next_block: usize,
+    workers: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Gather {
+    fn start(source_root: &Path, plan: &[(PathBuf, Planned)], first: usize) -> Gather {
+        let entries: Vec<(usize, PathBuf)> = plan
             .iter()
             .enumerate()
             .skip(first)
             .filter(|(_, (_, p))| matches!(p, Planned::Upsert))
-            .map(|(i, (rel, _))| (i, source_root.join(rel)))
+            .map(|(i, (rel, _))| (i, rel.clone()))
             .collect();
-        let (tx, rx) = std::sync::mpsc::sync_channel::<AheadFile>(READ_AHEAD_FILES);
-        let worker = std::thread::spawn(move || {
-            for (i, path) in paths {
-                let Ok(meta) = fs::symlink_metadata(&path) else {
-                    continue;
-                };
-                if !meta.is_file() || meta.len() > READ_AHEAD_FILE {
-                    continue;
+        let entries = std::sync::Arc::new(entries);
+        let root = std::sync::Arc::new(source_root.to_path_buf());
+        let threads = GATHER_THREADS.min(entries.len().div_ceil(GATHER_BLOCK));
+        let mut rxs = Vec::new();
+        let mut workers = Vec::new();
+        for k in 0..threads {
+            let (tx, rx) = std::sync::mpsc::sync_channel::<GatherBlock>(GATHER_QUEUE);
+            let (entries, root) = (entries.clone(), root.clone());
+            workers.push(std::thread::spawn(move || {
+                let mut dir = None;
+                let mut b = k;
+                while b * GATHER_BLOCK < entries.len() {
+                    let end = ((b + 1) * GATHER_BLOCK).min(entries.len());
+                    let block = entries[b * GATHER_BLOCK..end]
+                        .iter()
+                        .map(|(i, rel)| (*i, gather_entry(&root, rel, &mut dir)))
+                        .collect();
+                    // The loop is gone (an error): stop.
+                    if tx.send(block).is_err() {
+                        return;
+                    }
+                    b += threads;
                 }
-                let Ok(file) = fs::File::open(&path) else {
-                    continue;
-                };
-                let mut data = Vec::with_capacity(meta.len() as usize);
-                // One byte more than the size: a file that grew is read in place, as stat'ed.
-                match file.take(meta.len() + 1).read_to_end(&mut data) {
-                    Ok(n) if n as u64 == meta.len() => {}
-                    _ => continue,
-                }
-                if tx.send((i, identity(&meta), data)).is_err() {
-                    return;
-                }
-            }
-        });
-        ReadAhead {
-            rx: Some(rx),
-            next: None,
-            worker: Some(worker),
+            }));
+            rxs.push(rx);
+        }
+        Gather {
+            rxs,
+            block: VecDeque::new(),
+            next_block: 0,
+            workers,
         }
     }
 
-    /// The bytes of entry `entry` if they were read ahead from the file `meta` describes.
-    fn take(&mut self, entry: usize, meta: &fs::Metadata, size: u64) -> Option<Vec<u8>> {
-        if size > READ_AHEAD_FILE {
-            return None;
-        }
+    /// What was gathered for entry `entry` (the loop asks for every upserted entry in order).
+    fn take(&mut self, entry: usize) -> Option<Gathered> {
         loop {
-            let got = match self.next.take() {
-                Some(f) => f,
-                None => self.rx.as_ref()?.recv().ok()?,
-            };
-            if got.0 < entry {
-                continue; // an entry written without content (a hard link's second name)
+            if self.block.is_empty() {
+                let rx = self.rxs.get(self.next_block % self.rxs.len().max(1))?;
+                // A thread that stopped (it cannot, short of a panic) leaves the rest in place.
+                let block = rx.recv().ok()?;
+                self.next_block += 1;
+                self.block = block.into();
             }
-            if got.0 > entry {
-                self.next = Some(got);
+            let &(i, _) = self.block.front()?;
+            if i < entry {
+                self.block.pop_front();
+                continue;
+            }
+            if i > entry {
                 return None;
             }
-            return (got.1 == identity(meta) && got.2.len() as u64 == size).then_some(got.2);
+            return self.block.pop_front()?.1;
         }
     }
 }
 
-impl Drop for ReadAhead {
+impl Drop for Gather {
     fn drop(&mut self) {
-        self.rx = None;
-        if let Some(w) = self.worker.take() {
+        // The threads stop at their next send once their receivers are gone.
+        self.rxs.clear();
+        for w in self.workers.drain(..) {
             let _ = w.join();
         }
     }
+}
+
+/// One entry for [`Gather`]; `dir`: the thread's last parent directory and its descriptor.
+fn gather_entry(
+    root: &Path,
+    rel: &Path,
+    dir: &mut Option<(PathBuf, fs::File)>,
+) -> Option<Gathered> {
+    use std::os::fd::{AsRawFd, FromRawFd};
+    let (parent, name) = (rel.parent()?, rel.file_name()?);
+    if dir.as_ref().map(|(p, _)| p.as_path()) != Some(parent) {
+        let f = fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_DIRECTORY)
+            .open(root.join(parent))
+            .ok()?;
+        *dir = Some((parent.to_path_buf(), f));
+    }
+    let dfd = dir.as_ref()?.1.as_raw_fd();
+    let st =
+        nix::sys::stat::fstatat(Some(dfd), name, nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW).ok()?;
+    if st.st_mode & libc::S_IFMT == libc::S_IFREG && st.st_size as u64 <= READ_AHEAD_FILE {
+        let cname = CString::new(name.as_bytes()).ok()?;
+        // SAFETY: dfd is an open directory and cname a valid C string; the descriptor returned
+        // is owned by the File made from it below. O_NONBLOCK: never wait on a FIFO put there
+        // since the stat (the identity is checked against it).
+        let fd = unsafe {
+            libc::openat(
+                dfd,
+                cname.as_ptr(),
+                libc::O_RDONLY
+                    | libc::O_NOFOLLOW
+                    | libc::O_NONBLOCK
+                    | libc::O_NOCTTY
+                    | libc::O_CLOEXEC,
+            )
+        };
+        if fd < 0 {
+            return None;
+        }
+        // SAFETY: fd was just opened and nothing else owns it.
+        let file = unsafe { fs::File::from_raw_fd(fd) };
+        let meta = file.metadata().ok()?;
+        if !meta.is_file() || meta.dev() != st.st_dev || meta.ino() != st.st_ino {
+            return None;
+        }
+        let xattrs = read_xattrs_fd(&file).ok()?;
+        let mut data = Vec::with_capacity(meta.len() as usize);
+        // One byte more than the size: a file that grew is read in place, as stat'ed.
+        match (&file).take(meta.len() + 1).read_to_end(&mut data) {
+            Ok(n) if n as u64 == meta.len() => {}
+            _ => return None,
+        }
+        return Some(Gathered {
+            meta,
+            xattrs,
+            data: Some(data),
+        });
+    }
+    let path = root.join(rel);
+    let meta = fs::symlink_metadata(&path).ok()?;
+    let xattrs = read_xattrs(&path).ok()?;
+    Some(Gathered {
+        meta,
+        xattrs,
+        data: None,
+    })
 }
 
 struct TarWriter<'o, W> {
@@ -643,6 +783,9 @@ struct TarWriter<'o, W> {
     inodes: SeenInodes,
     /// The index of the entry being appended.
     index: usize,
+    /// What a [`Gather`] thread found for the next entry appended from disk (used instead of
+    /// looking again).
+    pre: Option<Gathered>,
 }
 
 impl<'o, W: TarSink> TarWriter<'o, W> {
@@ -652,6 +795,7 @@ impl<'o, W: TarSink> TarWriter<'o, W> {
             opts,
             inodes: HashMap::new(),
             index: 0,
+            pre: None,
         }
     }
 
@@ -672,7 +816,14 @@ impl<'o, W: TarSink> TarWriter<'o, W> {
     }
 
     fn append_from_disk(&mut self, path: &Path, name: &[u8]) -> Result<()> {
-        let meta = fs::symlink_metadata(path)?;
+        let (meta, xattrs, data) = match self.pre.take() {
+            Some(g) => (g.meta, g.xattrs, g.data),
+            None => {
+                let meta = fs::symlink_metadata(path)?;
+                let xattrs = read_xattrs(path)?;
+                (meta, xattrs, None)
+            }
+        };
         let ft = meta.file_type();
         let mut mtime = meta.mtime();
         if let Some(epoch) = self.opts.source_date_epoch {
@@ -689,7 +840,6 @@ impl<'o, W: TarSink> TarWriter<'o, W> {
             link: Vec::new(),
             dev: (0, 0),
         };
-        let xattrs = read_xattrs(path)?;
         if !ft.is_dir() && meta.nlink() > 1 {
             let key = (meta.dev(), meta.ino());
             if let Some((first, _)) = self.inodes.get(&key) {
@@ -706,7 +856,7 @@ impl<'o, W: TarSink> TarWriter<'o, W> {
             self.append(&h, &xattrs, None)
         } else if ft.is_file() {
             h.size = meta.len();
-            self.append(&h, &xattrs, Some((path, &meta)))
+            self.append(&h, &xattrs, Some((path, &meta, data.as_deref())))
         } else if ft.is_symlink() {
             h.kind = b'2';
             h.link = fs::read_link(path)?.into_os_string().into_vec();
@@ -728,7 +878,7 @@ impl<'o, W: TarSink> TarWriter<'o, W> {
         &mut self,
         h: &EntryHeader,
         xattrs: &[(Vec<u8>, Vec<u8>)],
-        data: Option<(&Path, &fs::Metadata)>,
+        data: Option<(&Path, &fs::Metadata, Option<&[u8]>)>,
     ) -> Result<()> {
         let mut pax: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
         if h.name.len() > 100 {
@@ -773,8 +923,8 @@ impl<'o, W: TarSink> TarWriter<'o, W> {
             self.pad(body.len() as u64)?;
         }
         self.write_header(h)?;
-        if let Some((path, meta)) = data {
-            self.out.content(path, meta, h.size)?;
+        if let Some((path, meta, pre)) = data {
+            self.out.content(path, meta, h.size, pre)?;
             self.pad(h.size)?;
         }
         Ok(())
@@ -844,10 +994,44 @@ fn cpath(p: &Path) -> io::Result<CString> {
 /// The xattrs of `path` (not followed), sorted, without overlayfs' own `trusted.overlay.*`.
 fn read_xattrs(path: &Path) -> io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
     let c = cpath(path)?;
+    xattrs_with(
+        // SAFETY: c is a valid C string; the buffer is writable for the length passed.
+        |buf| unsafe { libc::llistxattr(c.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) },
+        // SAFETY: valid C strings; the buffer is writable for the length passed.
+        |name, buf| unsafe {
+            libc::lgetxattr(
+                c.as_ptr(),
+                name.as_ptr(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+            )
+        },
+    )
+}
+
+/// [`read_xattrs`] of an open file (no path to look up again).
+fn read_xattrs_fd(file: &fs::File) -> io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    use std::os::fd::AsRawFd;
+    let fd = file.as_raw_fd();
+    xattrs_with(
+        // SAFETY: fd is an open descriptor; the buffer is writable for the length passed.
+        |buf| unsafe { libc::flistxattr(fd, buf.as_mut_ptr().cast(), buf.len()) },
+        // SAFETY: fd is open, name a valid C string; the buffer is writable for its length.
+        |name, buf| unsafe {
+            libc::fgetxattr(fd, name.as_ptr(), buf.as_mut_ptr().cast(), buf.len())
+        },
+    )
+}
+
+/// The xattrs `list` names and `get` reads (`listxattr`/`getxattr` of one inode), sorted,
+/// without overlayfs' own.
+fn xattrs_with(
+    list: impl Fn(&mut [u8]) -> isize,
+    get: impl Fn(&CString, &mut [u8]) -> isize,
+) -> io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
     let mut names = vec![0u8; 1024];
     let len = loop {
-        // SAFETY: c is a valid C string; names is a writable buffer of the length passed.
-        let n = unsafe { libc::llistxattr(c.as_ptr(), names.as_mut_ptr().cast(), names.len()) };
+        let n = list(&mut names);
         if n >= 0 {
             break n as usize;
         }
@@ -866,15 +1050,7 @@ fn read_xattrs(path: &Path) -> io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
         let cname = CString::new(name).map_err(io::Error::other)?;
         let mut value = vec![0u8; 256];
         loop {
-            // SAFETY: valid C strings; value is a writable buffer of the length passed.
-            let n = unsafe {
-                libc::lgetxattr(
-                    c.as_ptr(),
-                    cname.as_ptr(),
-                    value.as_mut_ptr().cast(),
-                    value.len(),
-                )
-            };
+            let n = get(&cname, &mut value);
             if n >= 0 {
                 value.truncate(n as usize);
                 break;
@@ -1950,8 +2126,9 @@ mod tests {
 
     #[test]
     fn small_files_read_ahead_hash_as_the_written_tar() {
-        // Many small files (read ahead), files at and past the read-ahead size (read in place),
-        // an empty one, hard links (second names have no content), a symlink, a deletion.
+        // Many small files (gathered ahead, in many blocks), files at and past the read-ahead
+        // size (read in place), an empty one, hard links (second names have no content, the
+        // names in blocks of different gather threads), a symlink, a deletion.
         let tmp = tempfile::tempdir().unwrap();
         let root = tmp.path();
         for d in 0..30u32 {
@@ -1979,6 +2156,85 @@ mod tests {
         changes.push(Change::Delete("d07/gone".into()));
         let hashed = hash_layer(root, &changes, &WriteOptions::default(), &[]).unwrap();
         assert_eq!((hashed.diff_id, hashed.size), full_diff_id(root, &changes));
+    }
+
+    #[test]
+    fn planned_entries_are_in_the_paths_order_and_markers_replace() {
+        // Names where byte order and component order differ ('-' and '.' sort before '/').
+        let names = [
+            "a-b", "a/b", "a.b", "a", "a/b/c", "ab", "a/b-c", "a/b/c/d", "a b", "a/a", "b", "a/b.c",
+        ];
+        let mut changes: Vec<Change> = names.iter().map(|n| Change::Upsert(n.into())).collect();
+        changes.push(Change::Upsert("a".into()));
+        changes.push(Change::Delete("a/gone".into()));
+        changes.push(Change::Opaque("ab".into()));
+        changes.push(Change::Upsert("ab/.wh..wh..opq".into()));
+        let plan = plan_entries(&changes).unwrap();
+        let mut want: Vec<PathBuf> = names.iter().map(PathBuf::from).collect();
+        want.push("a/.wh.gone".into());
+        want.push("ab/.wh..wh..opq".into());
+        want.sort();
+        let got: Vec<PathBuf> = plan.iter().map(|(p, _)| p.clone()).collect();
+        assert_eq!(got, want);
+        let kind = |p: &str| {
+            plan.iter()
+                .find(|(q, _)| q == Path::new(p))
+                .map(|(_, k)| match k {
+                    Planned::Upsert => 'U',
+                    Planned::Whiteout => 'W',
+                    Planned::Opaque => 'O',
+                })
+        };
+        // The opaque marker came first: the later upsert of the same name does not replace it.
+        assert_eq!(kind("ab/.wh..wh..opq"), Some('O'));
+        assert_eq!(kind("a/.wh.gone"), Some('W'));
+        assert_eq!(kind("ab"), Some('U'));
+    }
+
+    #[test]
+    fn gathered_xattrs_and_special_files_hash_as_the_written_tar() {
+        // Entries the gather threads read through a descriptor (small files: metadata, xattrs,
+        // bytes) or by path (directories, a FIFO, a file past the read-ahead size), with xattrs
+        // on some of each, over many blocks of both threads.
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path();
+        for d in 0..12u32 {
+            let dir = root.join(format!("d{d:02}"));
+            fs::create_dir(&dir).unwrap();
+            for f in 0..(GATHER_BLOCK as u32 / 3) {
+                let p = dir.join(format!("f{f:02}"));
+                fs::write(&p, vec![b'x'; (d * 37 + f * 101) as usize]).unwrap();
+                if f % 4 == d % 4 {
+                    set_xattr(&p, b"user.kiln.test", format!("{d}-{f}").as_bytes()).unwrap();
+                }
+            }
+            if d % 3 == 0 {
+                set_xattr(&dir, b"user.kiln.dir", b"yes").unwrap();
+            }
+        }
+        let big = root.join("d05/big");
+        fs::write(&big, vec![3u8; READ_AHEAD_FILE as usize * 2]).unwrap();
+        set_xattr(&big, b"user.kiln.big", b"1").unwrap();
+        nix::unistd::mkfifo(
+            &root.join("d07/fifo"),
+            nix::sys::stat::Mode::from_bits_truncate(0o644),
+        )
+        .unwrap();
+        let small = root.join("d02/f02");
+        assert_eq!(
+            read_xattrs_fd(&fs::File::open(&small).unwrap()).unwrap(),
+            read_xattrs(&small).unwrap()
+        );
+        assert_eq!(read_xattrs(&small).unwrap().len(), 1);
+        let changes = tree_changes(root).unwrap();
+        let hashed = hash_layer(root, &changes, &WriteOptions::default(), &[]).unwrap();
+        assert_eq!((hashed.diff_id, hashed.size), full_diff_id(root, &changes));
+        // The xattrs are in that tar (the comparison above is not between two tars without them).
+        let mut tar = Vec::new();
+        write_layer(root, &changes, &mut tar, &WriteOptions::default()).unwrap();
+        let text = String::from_utf8_lossy(&tar);
+        assert!(text.contains("SCHILY.xattr.user.kiln.test=2-2"));
+        assert!(text.contains("SCHILY.xattr.user.kiln.dir=yes"));
     }
 
     #[test]
