@@ -48,7 +48,10 @@ const STACK: usize = 64 << 10;
 pub enum Entry {
     /// A regular file: its inode (device, number), and whether its content is already durable (a
     /// hard link to a file of a recorded layer).
-    File { inode: (u64, u64), durable: bool },
+    File {
+        inode: (u64, u64),
+        durable: bool,
+    },
     Dir,
     /// A symlink, whiteout, device, fifo or socket: nothing to open; its parent's fsync makes it
     /// durable.
@@ -130,8 +133,7 @@ impl Inspect for DiskInspect<'_> {
         let inode = (meta.dev(), meta.ino());
         let durable = meta.nlink() > 1
             && self.durable_base.is_some_and(|b| {
-                std::fs::symlink_metadata(b.join(rel))
-                    .is_ok_and(|m| (m.dev(), m.ino()) == inode)
+                std::fs::symlink_metadata(b.join(rel)).is_ok_and(|m| (m.dev(), m.ino()) == inode)
             });
         Entry::File { inode, durable }
     }
@@ -166,7 +168,10 @@ fn sync_paths(root: &Path, paths: &[PathBuf], dirs: bool) -> Result<()> {
     std::thread::scope(|s| {
         let mut handles = Vec::with_capacity(threads);
         for _ in 0..threads {
-            match std::thread::Builder::new().stack_size(STACK).spawn_scoped(s, work) {
+            match std::thread::Builder::new()
+                .stack_size(STACK)
+                .spawn_scoped(s, work)
+            {
                 Ok(h) => handles.push(h),
                 // Fewer threads (a process limit): the ones running do the rest.
                 Err(_) if !handles.is_empty() => break,
