@@ -78,8 +78,8 @@ pub fn decode_changes(bytes: &[u8]) -> Result<Vec<Change>> {
 /// for the DiffID and size, the upperdir renamed to `snapshots/layers/<hex>/` (kept as it is when
 /// that layer is already there: same content), made durable file by file before that rename
 /// (`snapshot::durable`: only what the layer consists of, never the whole filesystem), the entry
-/// list stored and the layer recorded. Returns None when the upperdir could not be moved (the caller then writes
-/// a blob as before).
+/// list stored and the layer recorded. Returns None when the upperdir could not be moved (the
+/// caller then writes a blob as before).
 ///
 /// `base`: a layer this one likely starts like (an incremental COPY's previous result, whose
 /// unchanged files the upperdir links): hashing resumes after the part of the tar the two share
