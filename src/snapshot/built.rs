@@ -76,9 +76,10 @@ pub fn decode_changes(bytes: &[u8]) -> Result<Vec<Change>> {
 /// from it): with SOURCE_DATE_EPOCH the upperdir's mtimes are clamped first (as the tar's are, so
 /// later steps see what an unpacked blob would show), then the tar is streamed once into a hash
 /// for the DiffID and size, the upperdir renamed to `snapshots/layers/<hex>/` (kept as it is when
-/// that layer is already there: same content), the filesystem synced, the entry list stored and
-/// the layer recorded. Returns None when the upperdir could not be moved (the caller then writes
-/// a blob as before).
+/// that layer is already there: same content), made durable file by file before that rename
+/// (`snapshot::durable`: only what the layer consists of, never the whole filesystem), the entry
+/// list stored and the layer recorded. Returns None when the upperdir could not be moved (the
+/// caller then writes a blob as before).
 ///
 /// `base`: a layer this one likely starts like (an incremental COPY's previous result, whose
 /// unchanged files the upperdir links): hashing resumes after the part of the tar the two share
@@ -112,14 +113,36 @@ pub fn keep_upper(
     // The checkpoints describe the upperdir's files: kept only when it becomes the layer.
     let mut moved = false;
     if !dir.is_dir() {
+        // Durable before it has its final name (see `durable`): a layer directory in place is
+        // always complete. Links into `base` are durable when the store recorded that layer.
+        let base_dir = match base {
+            Some(d) if store.unpacked_layer(d)?.is_some() => Some(snapshotter.layer_dir(d)?),
+            _ => None,
+        };
+        let inspect = super::durable::DiskInspect {
+            root: &upper,
+            durable_base: base_dir.as_deref().filter(|d| d.is_dir()),
+        };
+        super::durable::sync(&upper, &super::durable::plan(changes, &inspect))
+            .context("making the step's layer durable")?;
         // Within the snapshots filesystem; the overlay keeps working until it is unmounted.
         if std::fs::rename(&upper, &dir).is_ok() {
             moved = true;
         } else if !dir.is_dir() {
             return Ok(None);
         }
+    } else if store.unpacked_layer(&diff_id)?.is_none() {
+        // Put in place by another kiln that has not recorded it yet (made durable before its
+        // rename), or unpacked from a blob (never synced): synced here, as its own.
+        let inspect = super::durable::DiskInspect {
+            root: &dir,
+            durable_base: None,
+        };
+        super::durable::sync(&dir, &super::durable::plan(changes, &inspect))
+            .context("making the step's layer durable")?;
     }
-    sync_filesystem(&dir)?;
+    // The layer's name in `snapshots/layers/`.
+    super::durable::fsync_path(&snapshotter.layers_dir(), true)?;
     let list = store.put_blob_bytes(&encode_changes(changes))?;
     let checkpoints = moved.then(|| crate::oci::layer::encode_checkpoints(&hashed.checkpoints));
     store.record_unpacked_layer_resumable(
@@ -182,19 +205,6 @@ pub fn tar_source(store: &Store, layer: &UnpackedLayerRecord) -> Result<TarSourc
             source_date_epoch: layer.source_date_epoch,
         },
     })
-}
-
-/// Makes what the step wrote durable before the store records it: the layer is the only copy of
-/// its content (there is no blob), so a record must never point at files still in the page cache.
-fn sync_filesystem(dir: &Path) -> Result<()> {
-    let f = std::fs::File::open(dir).with_context(|| format!("opening {}", dir.display()))?;
-    use std::os::fd::AsRawFd;
-    // SAFETY: syncfs on a descriptor we own; no memory is passed.
-    if unsafe { libc::syncfs(f.as_raw_fd()) } != 0 {
-        return Err(std::io::Error::last_os_error())
-            .with_context(|| format!("syncing the filesystem of {}", dir.display()));
-    }
-    Ok(())
 }
 
 /// Sets every mtime above `epoch` under `root` (root excluded) to `epoch`, not following symlinks.

@@ -28,6 +28,7 @@ pub mod blobs;
 pub mod built;
 mod copyfs;
 pub mod diff;
+pub mod durable;
 mod layers;
 pub mod overlay;
 pub mod writeback;

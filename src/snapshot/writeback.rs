@@ -1,18 +1,18 @@
 //! Early writeback of an upperdir that is going to become a layer.
 //!
-//! A step's layer is made durable by one `syncfs` before the store records it
-//! (`built::keep_upper`). With the kernel's default writeback thresholds (10% of memory dirty
-//! before background writeback starts, 30 s before dirty data expires) nothing a RUN writes
-//! reaches the disk while it runs: the whole layer is written out by that `syncfs`, after the
-//! command, while the build waits (a 437 MB layer: about a second here). A RUN is mostly CPU
-//! work while the disk idles, so [`Flusher`] starts the writeback of the upperdir's files while
-//! the command runs, and [`start_all`] starts it for every file of the layer before it is hashed,
-//! so the disk writes while the tar is hashed. The `syncfs` then only waits for what is still in
-//! flight.
+//! A step's layer is made durable by fsyncing its own files and directories before the store
+//! records it (`durable`, called by `built::keep_upper`). With the kernel's default writeback
+//! thresholds (10% of memory dirty before background writeback starts, 30 s before dirty data
+//! expires) nothing a RUN writes reaches the disk while it runs: the whole layer would be written
+//! out by those fsyncs, after the command, while the build waits (a 437 MB layer: about a second
+//! here). A RUN is mostly CPU work while the disk idles, so [`Flusher`] starts the writeback of
+//! the upperdir's files while the command runs, and [`start_all`] starts it for every file of the
+//! layer before it is hashed, so the disk writes while the tar is hashed. The fsyncs then mostly
+//! wait for what is still in flight and for the journal.
 //!
 //! Nothing here makes anything durable or is relied on for it: `sync_file_range(WRITE)` only
 //! queues dirty pages for writing and does not wait, and the store still records a layer only
-//! after the `syncfs` returned (crash safety is unchanged). What it costs: files the command
+//! after its fsyncs returned (crash safety is unchanged). What it costs: files the command
 //! writes and then deletes may be written to disk once.
 
 use std::os::fd::AsRawFd;
@@ -31,7 +31,7 @@ const PERIOD: Duration = Duration::from_millis(1000);
 const MAX_ENTRIES: usize = 20_000;
 
 /// Starts the writeback of one file's dirty pages; does not wait. Errors are ignored: this is
-/// only a head start for the `syncfs` that follows.
+/// only a head start for the fsyncs that follow.
 fn start_file(path: &Path) {
     let Ok(f) = std::fs::File::open(path) else {
         return;
