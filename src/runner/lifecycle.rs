@@ -136,7 +136,7 @@ pub fn start(store: &Store, rec: &ContainerRecord, mode: StreamMode) -> Result<S
 
     let mut spec = ExecSpec::new(snapshot.merged(), cfg.args());
     spec.env = cfg.env.clone();
-    crate::runner::config::add_hostname_env(&mut spec.env, &cfg.hostname);
+    super::config::add_hostname_env(&mut spec.env, &cfg.hostname);
     spec.cwd = PathBuf::from(if cfg.working_dir.is_empty() {
         "/"
     } else {

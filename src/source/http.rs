@@ -232,6 +232,19 @@ fn get_https(url: &str, authorization: Option<&str>) -> Result<(Vec<u8>, Option<
 mod tests {
     use super::*;
 
+    /// Reads a request up to the end of its head, so the answer never races the request.
+    fn read_request_head(s: &mut TcpStream) {
+        let mut req = Vec::new();
+        let mut buf = [0u8; 1024];
+        while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = s.read(&mut buf).unwrap();
+            if n == 0 {
+                break;
+            }
+            req.extend_from_slice(&buf[..n]);
+        }
+    }
+
     #[test]
     fn downloads_and_verifies() {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -239,15 +252,7 @@ mod tests {
         std::thread::spawn(move || {
             for _ in 0..2 {
                 let (mut s, _) = listener.accept().unwrap();
-                let mut req = Vec::new();
-                let mut buf = [0u8; 1024];
-                while !req.windows(4).any(|w| w == b"\r\n\r\n") {
-                    let n = s.read(&mut buf).unwrap();
-                    if n == 0 {
-                        break;
-                    }
-                    req.extend_from_slice(&buf[..n]);
-                }
+                read_request_head(&mut s);
                 s.write_all(b"HTTP/1.0 200 OK\r\nContent-Length: 5\r\n\r\nhello")
                     .unwrap();
             }
@@ -273,15 +278,7 @@ mod tests {
                 "",
             ] {
                 let (mut s, _) = listener.accept().unwrap();
-                let mut req = Vec::new();
-                let mut buf = [0u8; 1024];
-                while !req.windows(4).any(|w| w == b"\r\n\r\n") {
-                    let n = s.read(&mut buf).unwrap();
-                    if n == 0 {
-                        break;
-                    }
-                    req.extend_from_slice(&buf[..n]);
-                }
+                read_request_head(&mut s);
                 write!(s, "HTTP/1.0 200 OK\r\n{head}Content-Length: 2\r\n\r\nhi").unwrap();
             }
         });
